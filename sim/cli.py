@@ -1,0 +1,71 @@
+"""The ``moesim`` console script: one dispatcher, one module per subcommand.
+
+File tools (``moesim trace ...``) parse their own flags with argparse; experiment subcommands
+(``sim``, ``cache``, ``predictor``, ``realrun``, ``kernels bench``, ``demo``) are Hydra apps, so
+they take ``key=value`` overrides, ``-m`` sweeps and ``hydra.run.dir=DIR``.
+
+Every subcommand module exposes ``main(argv: list[str]) -> int``; it is imported only when used,
+so ``moesim trace stats`` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from sim.errors import MoesimError
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "trace": ("traces.cli", "import, validate, summarise and synthesise routing/request traces"),
+    "sim": ("sim.run", "run the discrete-event simulator (Hydra overrides, -m to sweep)"),
+    "cache": ("sim.replay_cli", "fast cache replay of a routing trace through cache policies"),
+    "placement": ("sim.placement_cli", "evaluate expert placement / load balancing on a trace"),
+    "predictor": ("sim.predictor.cli", "train / evaluate the eMoE expert predictor"),
+    "realrun": ("realrun.cli", "run policies on a real device; calibrate the cost model"),
+    "kernels": ("kernels.cli", "benchmark the Triton MoE kernels"),
+    "report": ("analysis.cli", "turn run and sweep directories into tables and plots"),
+    "demo": ("sim.demo", "the embedded default: a small end-to-end run, no downloads"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: moesim <command> [args...]", "", "commands:"]
+    for name, (_, text) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<10} {text}")
+    lines.append("")
+    lines.append("Run 'moesim <command> --help' for a command's own options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"moesim: error: unknown command {name!r}; expected one of {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            print(f"moesim: error: command {name!r} is not available in this build ({exc})",
+                  file=sys.stderr)
+            return 2
+        raise
+    try:
+        return int(module.main(rest) or 0)
+    except MoesimError as exc:
+        print(f"moesim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moesim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

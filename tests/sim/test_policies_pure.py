@@ -1,0 +1,43 @@
+import subprocess
+import sys
+
+
+def test_policies_import_without_simpy_or_torch():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('simpy', 'torch', 'triton'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import sim.policies as p\n"
+        "from sim.policies.base import _load_all\n"
+        "_load_all()\n"
+        "print(len(p.CACHE.names()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) >= 1
+
+
+def test_registry_rejects_unknown_name():
+    import pytest
+
+    from sim.errors import ConfigError
+    from sim.policies import CACHE
+
+    with pytest.raises(ConfigError, match="unknown cache policy 'nope'.*lru"):
+        CACHE.get("nope")
+
+
+def test_lru_evicts_least_recent_and_breaks_ties_by_id():
+    from sim.policies import CACHE
+
+    c = CACHE.make("lru", capacity=2, num_keys=8)
+    assert c.access(0, [3, 1]) == ([1, 3], [])
+    assert c.access(1, [3]) == ([], [])
+    assert c.access(2, [5]) == ([5], [1])
+    assert c.resident == {3, 5}
+    c2 = CACHE.make("lru", capacity=2, num_keys=8)
+    c2.access(0, [4, 2])
+    assert c2.access(1, [7]) == ([7], [2])  # equal last use: smallest id goes

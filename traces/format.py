@@ -1,0 +1,379 @@
+"""The routing-trace format: numpy arrays in memory, one Parquet file on disk.
+
+In memory a :class:`RoutingTrace` holds, for T tokens, L MoE layers and top-k K::
+
+    experts  (T, L, K) int16    expert ids chosen by the router, in the router's order
+    weights  (T, L, K) float32  gate weights, or None where the source did not record them
+    tokens   DataFrame, T rows  request_id (str), position (int32), phase ('prefill'|'decode'),
+                                task (str), text (str or None)
+    meta     TraceMeta          model, num_layers, num_experts, top_k, source, layer_ids
+
+Tokens of one request are contiguous and in position order; requests appear in trace order.
+
+On disk: one Parquet file, one row per token, with the token-table columns plus ``experts`` (a
+fixed-size list of L*K int16) and, where known, ``weights`` (fixed-size list of L*K float32). The
+schema metadata key ``moesim`` holds a JSON object with ``schema_version``, ``kind`` = "routing",
+and the :class:`TraceMeta` fields.
+
+This module is the only reader and writer of the format; every importer produces a RoutingTrace
+and calls :func:`write_trace`. Validation runs on load and before every write; each violation is a
+:class:`~sim.errors.TraceFormatError` naming the file, the token (row) and layer, and what was
+expected. Writes are atomic (temporary file in the target folder, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim.errors import TraceFormatError
+
+SCHEMA_VERSION = 1
+META_KEY = b"moesim"
+PHASES = ("prefill", "decode")
+TOKEN_COLUMNS = ("request_id", "position", "phase", "task", "text")
+
+
+@dataclass
+class TraceMeta:
+    model: str
+    num_layers: int
+    num_experts: int
+    top_k: int
+    source: str = ""
+    #: the model's own numbering of the L MoE layers (DeepSeek-V2-Lite: 1..26; default 0..L-1)
+    layer_ids: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.layer_ids:
+            self.layer_ids = list(range(self.num_layers))
+
+
+@dataclass
+class RoutingTrace:
+    experts: np.ndarray  # (T, L, K) int16
+    weights: np.ndarray | None  # (T, L, K) float32 or None
+    tokens: pd.DataFrame  # T rows, TOKEN_COLUMNS
+    meta: TraceMeta
+
+    # ---- shape --------------------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        return int(self.experts.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return self.meta.num_layers
+
+    @property
+    def num_experts(self) -> int:
+        return self.meta.num_experts
+
+    @property
+    def top_k(self) -> int:
+        return self.meta.top_k
+
+    # ---- requests -----------------------------------------------------------------------------
+    def request_ids(self) -> list[str]:
+        """Request ids in trace order."""
+        return list(pd.unique(self.tokens["request_id"]))
+
+    def request_bounds(self) -> np.ndarray:
+        """(R+1,) int64 offsets: request r owns tokens ``bounds[r]:bounds[r+1]``."""
+        rid = self.tokens["request_id"].to_numpy()
+        if len(rid) == 0:
+            return np.zeros(1, dtype=np.int64)
+        change = np.flatnonzero(rid[1:] != rid[:-1]) + 1
+        return np.concatenate([[0], change, [len(rid)]]).astype(np.int64)
+
+    def request_tasks(self) -> list[str]:
+        b = self.request_bounds()
+        task = self.tokens["task"].to_numpy()
+        return [str(task[i]) for i in b[:-1]]
+
+    def select_requests(self, request_ids: list[str]) -> RoutingTrace:
+        """A new trace with the named requests, in the given order."""
+        b = self.request_bounds()
+        index = {r: i for i, r in enumerate(self.request_ids())}
+        missing = [r for r in request_ids if r not in index]
+        if missing:
+            raise TraceFormatError(f"requests not in trace: {missing[:5]}")
+        rows = np.concatenate(
+            [np.arange(b[index[r]], b[index[r] + 1]) for r in request_ids]
+        ) if request_ids else np.zeros(0, dtype=np.int64)
+        return self.take(rows)
+
+    def take(self, rows: np.ndarray) -> RoutingTrace:
+        rows = np.asarray(rows, dtype=np.int64)
+        return RoutingTrace(
+            experts=self.experts[rows],
+            weights=None if self.weights is None else self.weights[rows],
+            tokens=self.tokens.iloc[rows].reset_index(drop=True),
+            meta=TraceMeta(**asdict(self.meta)),
+        )
+
+    # ---- checks -------------------------------------------------------------------------------
+    def validate(self, where: str = "<memory>") -> None:
+        validate(self, where)
+
+
+def make_tokens(
+    request_id: Any, position: Any, phase: Any, task: Any, text: Any = None
+) -> pd.DataFrame:
+    """Build a token table with the canonical dtypes (scalars broadcast)."""
+    n = len(position) if hasattr(position, "__len__") else None
+    df = pd.DataFrame({"position": np.asarray(position, dtype=np.int32)})
+    n = len(df)
+    for name, value in (("request_id", request_id), ("phase", phase), ("task", task)):
+        if isinstance(value, str):
+            df[name] = pd.Series([value] * n, dtype=object)
+        else:
+            df[name] = pd.Series(np.asarray(value, dtype=object).astype(str), dtype=object)
+    if text is None:
+        df["text"] = pd.Series([None] * n, dtype=object)
+    else:
+        df["text"] = pd.Series(list(text), dtype=object)
+    return df[list(TOKEN_COLUMNS)]
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------
+def validate(trace: RoutingTrace, where: str = "<memory>") -> None:
+    """Raise TraceFormatError naming ``where``, the token row and layer for the first violation."""
+    m = trace.meta
+    for name in ("num_layers", "num_experts", "top_k"):
+        v = getattr(m, name)
+        if not isinstance(v, int | np.integer) or v <= 0:
+            raise TraceFormatError(f"{where}: metadata {name} must be a positive integer, got {v!r}")
+    if m.top_k > m.num_experts:
+        raise TraceFormatError(
+            f"{where}: top_k {m.top_k} exceeds num_experts {m.num_experts}")
+    if len(m.layer_ids) != m.num_layers:
+        raise TraceFormatError(
+            f"{where}: metadata layer_ids has {len(m.layer_ids)} entries, expected num_layers="
+            f"{m.num_layers}")
+    e = trace.experts
+    if e.ndim != 3 or e.shape[1:] != (m.num_layers, m.top_k):
+        raise TraceFormatError(
+            f"{where}: experts has shape {e.shape}, expected (T, {m.num_layers}, {m.top_k})")
+    T = e.shape[0]
+    if T == 0:
+        raise TraceFormatError(f"{where}: trace has no tokens")
+    if len(trace.tokens) != T:
+        raise TraceFormatError(
+            f"{where}: token table has {len(trace.tokens)} rows, experts has {T} tokens")
+    missing = [c for c in TOKEN_COLUMNS if c not in trace.tokens.columns]
+    if missing:
+        raise TraceFormatError(f"{where}: token table lacks columns {missing}")
+    if not np.issubdtype(e.dtype, np.integer):
+        raise TraceFormatError(f"{where}: experts must be integers, got dtype {e.dtype}")
+    bad = (e < 0) | (e >= m.num_experts)
+    if bad.any():
+        t, l, k = (int(x) for x in np.argwhere(bad)[0])
+        raise TraceFormatError(
+            f"{where}: token {t} layer {m.layer_ids[l]}: expert id {int(e[t, l, k])} out of range, "
+            f"expected 0..{m.num_experts - 1}")
+    if m.top_k > 1:
+        s = np.sort(e, axis=2)
+        dup = (s[:, :, 1:] == s[:, :, :-1]).any(axis=2)
+        if dup.any():
+            t, l = (int(x) for x in np.argwhere(dup)[0])
+            raise TraceFormatError(
+                f"{where}: token {t} layer {m.layer_ids[l]}: expert chosen twice in top-{m.top_k} "
+                f"{e[t, l].tolist()}, expected {m.top_k} distinct experts")
+    if trace.weights is not None:
+        w = trace.weights
+        if w.shape != e.shape:
+            raise TraceFormatError(f"{where}: weights shape {w.shape} != experts shape {e.shape}")
+        nonfinite = ~np.isfinite(w)
+        if nonfinite.any():
+            t, l, k = (int(x) for x in np.argwhere(nonfinite)[0])
+            raise TraceFormatError(
+                f"{where}: token {t} layer {m.layer_ids[l]}: gate weight {w[t, l, k]} is not finite")
+    tok = trace.tokens
+    phase = tok["phase"].to_numpy()
+    badp = ~np.isin(phase, PHASES)
+    if badp.any():
+        t = int(np.flatnonzero(badp)[0])
+        raise TraceFormatError(
+            f"{where}: token {t}: phase {phase[t]!r}, expected one of {list(PHASES)}")
+    pos = tok["position"].to_numpy()
+    if (pos < 0).any():
+        t = int(np.flatnonzero(pos < 0)[0])
+        raise TraceFormatError(f"{where}: token {t}: position {pos[t]} is negative")
+    rid = tok["request_id"].to_numpy()
+    if pd.isna(tok["request_id"]).any():
+        t = int(np.flatnonzero(pd.isna(tok["request_id"]).to_numpy())[0])
+        raise TraceFormatError(f"{where}: token {t}: request_id is missing")
+    b = trace.request_bounds()
+    starts = rid[b[:-1]]
+    if len(set(starts.tolist())) != len(starts):
+        seen: set = set()
+        for i, r in enumerate(starts):
+            if r in seen:
+                raise TraceFormatError(
+                    f"{where}: token {int(b[i])}: request {r!r} is not contiguous; expected each "
+                    f"request's tokens together")
+            seen.add(r)
+    # positions strictly increase inside a request
+    same = rid[1:] == rid[:-1]
+    back = same & (pos[1:] <= pos[:-1])
+    if back.any():
+        t = int(np.flatnonzero(back)[0]) + 1
+        raise TraceFormatError(
+            f"{where}: token {t}: position {pos[t]} of request {rid[t]!r} does not follow "
+            f"{pos[t - 1]}; expected increasing positions")
+
+
+# ------------------------------------------------------------------------------------------------
+# Parquet I/O
+# ------------------------------------------------------------------------------------------------
+def _atomic_write_table(table: Any, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_trace(trace: RoutingTrace, path: str | os.PathLike) -> None:
+    """Validate and atomically write ``trace`` to ``path`` (Parquet)."""
+    import pyarrow as pa
+
+    path = Path(path)
+    validate(trace, str(path))
+    T, L, K = trace.experts.shape
+    tok = trace.tokens
+    cols: dict[str, Any] = {
+        "request_id": pa.array(tok["request_id"].astype(str).tolist(), type=pa.string()),
+        "position": pa.array(tok["position"].to_numpy(dtype=np.int32), type=pa.int32()),
+        "phase": pa.array(tok["phase"].astype(str).tolist(), type=pa.string()).dictionary_encode(),
+        "task": pa.array(tok["task"].astype(str).tolist(), type=pa.string()).dictionary_encode(),
+        "text": pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                          for v in tok["text"].tolist()], type=pa.string()),
+        "experts": pa.FixedSizeListArray.from_arrays(
+            pa.array(trace.experts.astype(np.int16).reshape(-1)), L * K),
+    }
+    if trace.weights is not None:
+        cols["weights"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(trace.weights.astype(np.float32).reshape(-1)), L * K)
+    meta = {"schema_version": SCHEMA_VERSION, "kind": "routing", **asdict(trace.meta)}
+    table = pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    _atomic_write_table(table, path)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a moesim Parquet file (routing trace or workload)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise TraceFormatError(f"{path}: no such file")
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise TraceFormatError(f"{path}: not a readable Parquet file ({_short(exc)})") from None
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise TraceFormatError(f"{path}: Parquet file has no moesim metadata; expected a file "
+                               f"written by moesim (import it with 'moesim trace import')")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise TraceFormatError(f"{path}: moesim metadata is not valid JSON") from None
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise TraceFormatError(
+            f"{path}: schema_version {version!r}, this moesim reads version {SCHEMA_VERSION}")
+    return meta
+
+
+def read_trace(path: str | os.PathLike) -> RoutingTrace:
+    """Read and validate a routing trace written by :func:`write_trace`."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    meta = read_meta(path)
+    if meta.get("kind") != "routing":
+        raise TraceFormatError(f"{path}: holds a {meta.get('kind')!r} table, expected a routing trace")
+    try:
+        fields = {k: meta[k] for k in ("model", "num_layers", "num_experts", "top_k")}
+        tm = TraceMeta(**fields, source=meta.get("source", ""), layer_ids=meta.get("layer_ids", []),
+                       extra=meta.get("extra", {}))
+    except KeyError as exc:
+        raise TraceFormatError(f"{path}: moesim metadata lacks {exc.args[0]!r}") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise TraceFormatError(f"{path}: not a readable Parquet file ({_short(exc)})") from None
+    need = ["request_id", "position", "phase", "task", "experts"]
+    missing = [c for c in need if c not in table.column_names]
+    if missing:
+        raise TraceFormatError(f"{path}: missing columns {missing}, expected {need} (+ text, weights)")
+    T = table.num_rows
+    L, K = tm.num_layers, tm.top_k
+
+    def _matrix(name: str, dtype: Any) -> np.ndarray:
+        col = table.column(name).combine_chunks()
+        import pyarrow as pa
+
+        if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != L * K:
+            raise TraceFormatError(
+                f"{path}: column {name!r} has type {col.type}, expected fixed_size_list of "
+                f"{L}*{K}={L * K} values per token")
+        if col.null_count or col.values.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]) \
+                if col.null_count else -1
+            raise TraceFormatError(f"{path}: column {name!r} has missing values (row {row})")
+        return col.flatten().to_numpy().astype(dtype, copy=False).reshape(T, L, K)
+
+    experts = _matrix("experts", np.int16)
+    weights = _matrix("weights", np.float32) if "weights" in table.column_names else None
+    text = table.column("text").to_pylist() if "text" in table.column_names else None
+    tokens = make_tokens(
+        request_id=table.column("request_id").to_numpy(zero_copy_only=False),
+        position=table.column("position").to_numpy(),
+        phase=table.column("phase").cast("string").to_numpy(zero_copy_only=False),
+        task=table.column("task").cast("string").to_numpy(zero_copy_only=False),
+        text=text if text is not None else [None] * T,
+    )
+    trace = RoutingTrace(experts=experts, weights=weights, tokens=tokens, meta=tm)
+    validate(trace, str(path))
+    return trace
+
+
+def _short(exc: BaseException) -> str:
+    s = str(exc).strip().splitlines()
+    return s[0][:200] if s else type(exc).__name__
