@@ -199,7 +199,7 @@ class PrefetchContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class PrefetchPolicy(ABC):
+class PrefetchPolicy:
     """Predicts experts ahead of need.
 
     - ``on_request(ctx)`` -> ``{layer: array of experts}`` to load for a new prompt (eMoE-A,
@@ -304,7 +304,7 @@ class SchedulerPolicy(ABC):
 
     name: ClassVar[str] = "?"
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self, **_: Any) -> None:  # noqa: B027 - schedulers without parameters
         pass
 
     @abstractmethod
