@@ -1,0 +1,22 @@
+import subprocess
+import sys
+
+from sim.cli import SUBCOMMANDS, main
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert f"  {name} " in out
+
+
+def test_unknown_command_is_one_line_error(capsys):
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moesim: error: unknown command 'frobnicate'") and err.count("\n") == 1
+
+
+def test_console_script_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "sim.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: moesim" in out.stdout
