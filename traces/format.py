@@ -244,6 +244,7 @@ def _atomic_write_table(table: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
     try:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
@@ -258,6 +259,7 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -1,0 +1,91 @@
+"""PNG plots of a routing trace: popularity heatmap, reuse-distance CDF, cross-layer transitions."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traces.format import RoutingTrace, atomic_write_bytes
+
+
+def _save(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def write_plots(trace: RoutingTrace, out_dir: str | os.PathLike,
+                stats: dict[str, Any] | None = None) -> list[Path]:
+    """Write popularity.png, reuse_distance_cdf.png and transitions.png into ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from traces.stats import popularity_counts, reuse_stats, transition_counts
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = trace.meta
+    L, E, K = m.num_layers, m.num_experts, m.top_k
+    title = f"{m.model}: {len(trace.request_ids())} requests, {trace.num_tokens} tokens"
+    written = []
+
+    # popularity heatmap (layer x expert), share of the layer's tokens
+    share = popularity_counts(trace) / float(trace.num_tokens)  # (L, E)
+    fig, ax = plt.subplots(figsize=(max(6, E * 0.12 + 2), max(4, L * 0.18 + 1.5)))
+    im = ax.imshow(share, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("expert id")
+    ax.set_ylabel("MoE layer")
+    step = max(1, L // 13)
+    ax.set_yticks(range(0, L, step), [str(m.layer_ids[i]) for i in range(0, L, step)])
+    fig.colorbar(im, ax=ax, label=f"share of tokens routed to expert (uniform = {K / E:.3f})")
+    ax.set_title(f"Expert popularity per layer\n{title}", fontsize=9)
+    p = out / "popularity.png"
+    _save(fig, p)
+    plt.close(fig)
+    written.append(p)
+
+    # reuse-distance CDF
+    rd = (stats or {}).get("reuse_distance") or reuse_stats(trace)
+    hist = np.asarray(rd["histogram"], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if hist.sum() > 0:
+        cdf = np.cumsum(hist) / hist.sum()
+        ax.step(np.arange(E), cdf, where="post", label="non-cold accesses")
+        ax.axvline(rd["median"], color="grey", ls="--", lw=0.8, label=f"median {rd['median']:.0f}")
+    ax.set_xlabel("reuse distance (distinct experts at the layer since the last use, same request)")
+    ax.set_ylabel("CDF")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, E - 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Reuse distance ({rd['cold']} cold of {rd['num_accesses']} accesses)\n{title}", fontsize=9)
+    p = out / "reuse_distance_cdf.png"
+    _save(fig, p)
+    plt.close(fig)
+    written.append(p)
+
+    # transition heatmaps P(e' at l+1 | e at l) for up to four layer pairs
+    if L >= 2:
+        pairs = sorted({int(round(x)) for x in np.linspace(0, L - 2, min(4, L - 1))})
+        fig, axes = plt.subplots(1, len(pairs), figsize=(4.8 * len(pairs), 4.4), squeeze=False,
+                                 layout="constrained")
+        for ax, l in zip(axes[0], pairs):
+            C = transition_counts(trace.experts, E, l).astype(np.float64)
+            P = C / np.maximum(C.sum(axis=1, keepdims=True), 1)
+            im = ax.imshow(P, cmap="magma", interpolation="nearest", vmin=0)
+            ax.set_title(f"layer {m.layer_ids[l]} -> {m.layer_ids[l + 1]}", fontsize=9)
+            ax.set_xlabel(f"expert at layer {m.layer_ids[l + 1]}")
+            ax.set_ylabel(f"expert at layer {m.layer_ids[l]}")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.suptitle(f"P(next-layer expert | expert) (uniform = {1 / E:.3f})\n{title}", fontsize=9)
+        p = out / "transitions.png"
+        _save(fig, p)
+        plt.close(fig)
+        written.append(p)
+    return written
