@@ -1,0 +1,142 @@
+"""Cluster resources: the GPU topology, replicas, and links that share their bandwidth.
+
+A cluster is ``nodes x gpus_per_node`` GPUs, cut into replicas of ``expert_parallel`` consecutive
+GPUs (a replica may span nodes; its all-to-all then uses the network). Each GPU has its own
+host-to-device link with a copy engine separate from compute, so copies overlap compute; the
+transfers that are on one link at the same time share its bandwidth equally (processor sharing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sim.config import ClusterConfig
+from sim.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Topology:
+    nodes: int
+    gpus_per_node: int
+    expert_parallel: int
+
+    @property
+    def num_gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def num_replicas(self) -> int:
+        return self.num_gpus // self.expert_parallel
+
+    def replica_gpus(self, replica: int) -> list[int]:
+        ep = self.expert_parallel
+        return list(range(replica * ep, (replica + 1) * ep))
+
+    def node_of(self, gpu: int) -> int:
+        return gpu // self.gpus_per_node
+
+    def replica_of(self, gpu: int) -> int:
+        return gpu // self.expert_parallel
+
+    @property
+    def inter_node(self) -> bool:
+        return self.expert_parallel > self.gpus_per_node
+
+    @classmethod
+    def from_config(cls, c: ClusterConfig) -> Topology:
+        if c.nodes < 1 or c.gpus_per_node < 1 or c.expert_parallel < 1:
+            raise ConfigError(f"cluster: nodes, gpus_per_node, expert_parallel must be >= 1, got "
+                              f"{c.nodes}, {c.gpus_per_node}, {c.expert_parallel}")
+        total = c.nodes * c.gpus_per_node
+        ep = c.expert_parallel
+        if total % ep or (ep > c.gpus_per_node and ep % c.gpus_per_node) or \
+                (ep < c.gpus_per_node and c.gpus_per_node % ep):
+            raise ConfigError(f"cluster: expert_parallel={ep} must tile {c.nodes} node(s) x "
+                              f"{c.gpus_per_node} GPUs (divide a node, or be whole nodes)")
+        return cls(c.nodes, c.gpus_per_node, ep)
+
+
+class Link:
+    """One direction of a link whose concurrent transfers share ``bytes_per_s`` equally.
+
+    ``add(t, nbytes)`` starts a transfer at ``t + latency_s`` (calls come in non-decreasing
+    ``t``); ``finish(tid)`` is its completion time given the transfers added so far, exact as
+    long as it is asked before a later ``add`` could overlap it (the simulator asks for a copy it
+    waits on before it issues anything later). ``bytes_total`` and ``busy_s`` accumulate.
+    """
+
+    __slots__ = ("bytes_per_s", "latency_s", "t", "active", "done", "next_id", "bytes_total",
+                 "busy_s", "infinite")
+
+    def __init__(self, bytes_per_s: float, latency_s: float = 0.0) -> None:
+        if bytes_per_s <= 0:
+            raise ConfigError(f"link bandwidth must be > 0, got {bytes_per_s}")
+        self.bytes_per_s = float(bytes_per_s)
+        self.infinite = self.bytes_per_s == float("inf")
+        self.latency_s = float(latency_s)
+        self.t = 0.0
+        self.active: dict[int, float] = {}  # tid -> remaining bytes
+        self.done: dict[int, float] = {}  # tid -> finish time
+        self.next_id = 0
+        self.bytes_total = 0.0
+        self.busy_s = 0.0
+
+    def _advance(self, t: float) -> None:
+        active = self.active
+        bw = self.bytes_per_s
+        while active and self.t < t:
+            n = len(active)
+            m = min(active.values())
+            dt = m * n / bw
+            if self.t + dt <= t:
+                self.t += dt
+                self.busy_s += dt
+                for k in list(active):
+                    r = active[k] - m
+                    if r <= 1e-6:
+                        del active[k]
+                        self.done[k] = self.t
+                    else:
+                        active[k] = r
+            else:
+                d = (t - self.t) * bw / n
+                for k in active:
+                    active[k] -= d
+                self.busy_s += t - self.t
+                self.t = t
+        if self.t < t:
+            self.t = t
+
+    def add(self, t: float, nbytes: float) -> int:
+        tid = self.next_id
+        self.next_id += 1
+        self.bytes_total += nbytes
+        start = t + self.latency_s
+        if self.infinite or nbytes <= 0:
+            self.done[tid] = start
+            return tid
+        self._advance(start)
+        self.active[tid] = float(nbytes)
+        return tid
+
+    def finish(self, tid: int) -> float:
+        """Completion time of transfer ``tid`` (forgotten afterwards)."""
+        if tid in self.done:
+            return self.done.pop(tid)
+        rem = sorted(self.active.items(), key=lambda kv: kv[1])
+        t, prev, n = self.t, 0.0, len(rem)
+        for i, (k, r) in enumerate(rem):
+            t += (r - prev) * (n - i) / self.bytes_per_s
+            prev = r
+            if k == tid:
+                return t
+        raise KeyError(f"unknown transfer {tid}")
+
+    def forget(self, tid: int) -> None:
+        self.done.pop(tid, None)
+
+    def reset(self, t: float) -> None:
+        """Drop every transfer (the GPU failed) and restart the clock at ``t``."""
+        self.active.clear()
+        self.done.clear()
+        self.t = max(self.t, t)

@@ -1,0 +1,265 @@
+"""Structured configs of the simulator, registered in Hydra's ConfigStore.
+
+The dataclasses fix the *types and keys* (Hydra rejects an unknown key or a wrong type); the YAML
+files under ``conf/`` hold the *values* (``conf/model/*.yaml``, ``conf/hardware/*.yaml``, ...).
+``register_configs()`` stores ``sim_schema`` (the root node that ``conf/sim.yaml`` and
+``conf/demo.yaml`` start from); call it before composing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sim.errors import ConfigError
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4, "int8": 1, "int4": 0.5}
+
+
+@dataclass
+class ModelConfig:
+    """A MoE model's shape, from its published ``config.json`` (``source`` names it)."""
+
+    name: str = "mixtral-8x7b"
+    #: MoE layers (dense layers such as DeepSeek's first_k_dense_replace are in ``dense_layers``)
+    num_layers: int = 32
+    dense_layers: int = 0
+    num_experts: int = 8
+    top_k: int = 2
+    shared_experts: int = 0
+    hidden_size: int = 4096
+    #: intermediate size of one routed expert (moe_intermediate_size where the model has one)
+    expert_intermediate_size: int = 14336
+    #: intermediate size of a dense layer's MLP (0 when every layer is MoE)
+    dense_intermediate_size: int = 0
+    vocab_size: int = 32000
+    dtype: str = "bf16"
+    #: "gqa" (multi-head / grouped-query) or "mla" (DeepSeek multi-head latent attention)
+    attention: str = "gqa"
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    #: MLA only: compressed KV rank, rope dims, query LoRA rank (0: none), value head dim
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    qk_nope_head_dim: int = 0
+    q_lora_rank: int = 0
+    v_head_dim: int = 0
+    source: str = ""
+
+
+@dataclass
+class HardwareConfig:
+    """One GPU kind and its links; every constant's source is in the YAML beside it."""
+
+    name: str = "h100-sxm"
+    memory_bytes: int = 80 * 10**9
+    hbm_bytes_per_s: float = 3.35e12
+    bf16_flops: float = 989e12
+    #: share of peak FLOP/s and HBM bandwidth a well-tuned kernel reaches (an assumption)
+    flops_efficiency: float = 0.6
+    hbm_efficiency: float = 0.8
+    #: fixed cost of one kernel launch / collective / copy setup
+    kernel_latency_s: float = 5e-6
+    pcie_gen: int = 5
+    #: host-to-device bandwidth a pinned cudaMemcpyAsync reaches (measured-typical, per direction)
+    host_link_bytes_per_s: float = 55e9
+    host_link_latency_s: float = 10e-6
+    #: GPU-to-GPU bandwidth inside a node, per GPU per direction
+    nvlink_bytes_per_s: float = 450e9
+    nvlink_latency_s: float = 8e-6
+    #: inter-node network bandwidth per GPU per direction
+    network_bytes_per_s: float = 50e9
+    network_latency_s: float = 20e-6
+    source: str = ""
+
+
+@dataclass
+class FaultConfig:
+    """A GPU (``gpu`` >= 0, global id) or node (``node`` >= 0) fails at ``time_s``."""
+
+    time_s: float = -1.0
+    gpu: int = -1
+    node: int = -1
+    #: the failed GPUs come back after this long (inf: never)
+    recovery_s: float = 60.0
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "1x8"
+    nodes: int = 1
+    gpus_per_node: int = 8
+    #: GPUs per replica (expert-parallel degree); replicas = nodes * gpus_per_node / ep
+    expert_parallel: int = 8
+    #: expert cache slots per GPU: ``expert_budget_bytes`` if > 0, else this fraction of the
+    #: experts the placement puts on the GPU (1.0: all of them, the full-memory baseline)
+    expert_budget_fraction: float = 1.0
+    expert_budget_bytes: int = 0
+    #: memory kept free for activations and the runtime, per GPU
+    reserved_bytes: int = 4 * 10**9
+    #: start with the cache filled with the GPU's first experts (weights loaded before serving)
+    warm_start: bool = True
+    faults: list[FaultConfig] = field(default_factory=list)
+
+
+@dataclass
+class WorkloadConfig:
+    """Requests: from ``path`` (workload Parquet, Azure CSV, Mooncake JSONL) or synthetic Poisson."""
+
+    name: str = "poisson"
+    path: str = ""
+    #: first N requests only (0: all)
+    max_requests: int = 0
+    #: synthetic arrivals (used when path is empty)
+    num_requests: int = 200
+    rate_rps: float = 2.0
+    prompt_tokens_mean: float = 512.0
+    output_tokens_mean: float = 128.0
+    task: str = "unknown"
+    #: arrival times are multiplied by this (2.0 = half the load)
+    time_scale: float = 1.0
+
+
+@dataclass
+class TraceConfig:
+    """The routing a request replays: a real trace (``path``) or the fitted generator."""
+
+    name: str = "synthetic"
+    path: str = ""
+    #: fitted generator parameters (traces/params/<name>.json); default: the model's name
+    generator: str = ""
+    #: generated traces per task and their length in tokens (deterministic under the seed)
+    pool_size: int = 32
+    pool_tokens: int = 2048
+    #: a request longer than its bound trace: "wrap" (replay from its start), "extend"
+    #: (append another trace of the same task), "error"; the count is in the metrics
+    overflow: str = "wrap"
+
+
+@dataclass
+class PolicyConfig:
+    cache: str = "lru"
+    prefetch: str = "none"
+    placement: str = "contiguous"
+    scheduler: str = "fcfs"
+    cache_args: dict[str, Any] = field(default_factory=dict)
+    prefetch_args: dict[str, Any] = field(default_factory=dict)
+    placement_args: dict[str, Any] = field(default_factory=dict)
+    scheduler_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ServingConfig:
+    #: "round_robin" or "least_loaded"
+    router: str = "round_robin"
+    #: tokens per iteration (decode tokens + prefill chunks)
+    token_budget: int = 8192
+    max_batch_requests: int = 256
+    #: waiting requests shown to the scheduler per iteration (head of the queue)
+    scheduler_window: int = 256
+    #: SLOs used for attainment
+    ttft_slo_s: float = 2.0
+    tpot_slo_s: float = 0.2
+    #: "analytic" or "table"
+    cost_model: str = "analytic"
+    cost_table: str = ""
+
+
+@dataclass
+class OutputConfig:
+    #: write a Chrome/Perfetto trace of simulated [start, end) seconds to this file ("" = none)
+    chrome_trace: str = ""
+    chrome_trace_start_s: float = 0.0
+    chrome_trace_end_s: float = 1.0
+    #: "auto" (when stderr is a terminal), "on", "off"
+    progress: str = "auto"
+    requests_parquet: bool = True
+    print_summary: bool = True
+
+
+@dataclass
+class SimConfig:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+@dataclass
+class DemoConfig(SimConfig):
+    #: cache policies compared in the demo (each against the full-memory baseline)
+    demo_policies: list[str] = field(default_factory=lambda: ["lru"])
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="sim_schema", node=SimConfig)
+    cs.store(name="demo_schema", node=DemoConfig)
+
+
+def to_sim_config(cfg: Any) -> SimConfig:
+    """An OmegaConf node (or a SimConfig) -> a plain SimConfig dataclass."""
+    if isinstance(cfg, SimConfig):
+        return cfg
+    from omegaconf import OmegaConf
+
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, SimConfig):
+        raise ConfigError(f"expected a sim config, got {type(obj).__name__}")
+    return obj
+
+
+def dtype_bytes(dtype: str) -> float:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
+
+
+def expert_bytes(m: ModelConfig) -> int:
+    """Bytes of one routed expert's weights (gate, up and down projections)."""
+    return int(3 * m.hidden_size * m.expert_intermediate_size * dtype_bytes(m.dtype))
+
+
+def attention_params(m: ModelConfig) -> int:
+    """Parameters of one layer's attention block."""
+    h = m.hidden_size
+    if m.attention == "mla":
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        q = (h * m.q_lora_rank + m.q_lora_rank * m.num_heads * qk) if m.q_lora_rank else \
+            h * m.num_heads * qk
+        kv = h * (m.kv_lora_rank + m.qk_rope_head_dim) + \
+            m.kv_lora_rank * m.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
+        return int(q + kv + m.num_heads * m.v_head_dim * h)
+    return int(h * (m.num_heads + 2 * m.num_kv_heads) * m.head_dim + m.num_heads * m.head_dim * h)
+
+
+def kv_bytes_per_token(m: ModelConfig) -> float:
+    """KV-cache bytes one token takes over all layers (MLA caches the compressed latent)."""
+    layers = m.num_layers + m.dense_layers
+    if m.attention == "mla":
+        per_layer = (m.kv_lora_rank + m.qk_rope_head_dim) * dtype_bytes(m.dtype)
+    else:
+        per_layer = 2 * m.num_kv_heads * m.head_dim * dtype_bytes(m.dtype)
+    return float(per_layer * layers)
+
+
+def dense_weight_bytes(m: ModelConfig) -> int:
+    """Weights that every replica holds besides routed experts: attention, shared experts,
+    dense layers, embeddings and the LM head."""
+    b = dtype_bytes(m.dtype)
+    layers = m.num_layers + m.dense_layers
+    att = attention_params(m) * layers
+    shared = m.shared_experts * 3 * m.hidden_size * m.expert_intermediate_size * m.num_layers
+    dense = 3 * m.hidden_size * m.dense_intermediate_size * m.dense_layers
+    emb = 2 * m.vocab_size * m.hidden_size
+    return int((att + shared + dense + emb) * b)

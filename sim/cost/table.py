@@ -1,0 +1,153 @@
+"""The table cost model: interpolates profiles measured by ``realrun`` calibration.
+
+CSV layout (one file per device, header required, one row per measurement)::
+
+    op,device,dtype,tokens,experts,hidden,intermediate,bytes,time_s
+
+- ``op``: ``expert`` (one expert's FFN over ``tokens`` tokens), ``gate`` (router of one layer,
+  ``tokens`` tokens, ``experts`` = routed experts), ``attention`` (one layer's attention over a
+  batch of ``tokens`` tokens, unsharded), ``copy`` (host-to-device copy of ``bytes``),
+  ``all_to_all`` (one all-to-all, ``bytes`` sent per GPU, ``experts`` column = number of GPUs).
+- ``device``: the GPU name (e.g. ``h100-sxm``); ``dtype``: weight dtype (``bf16``, ``fp8``).
+- ``tokens``, ``experts``, ``hidden``, ``intermediate``, ``bytes``: integers, 0 where the op has
+  no such dimension; ``time_s``: measured median seconds (float > 0).
+
+Rows are selected by ``device``, ``dtype`` and the model's ``hidden`` / ``intermediate`` (for
+``expert``, ``gate`` and ``attention``); within a selection the time is interpolated linearly in
+``tokens`` (or ``bytes``). A query outside the measured range is answered by the nearest
+measured point scaled linearly (per token or per byte) and **counted** in :meth:`report`
+(``out_of_range`` per op), which the simulator writes into ``metrics.json``. An op with no
+matching rows falls back to the analytic model and is counted under ``fallback``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.cost.analytic import AnalyticCost
+from sim.errors import ConfigError
+
+COLUMNS = ("op", "device", "dtype", "tokens", "experts", "hidden", "intermediate", "bytes", "time_s")
+OPS = ("expert", "gate", "attention", "copy", "all_to_all")
+_INT_COLUMNS = ("tokens", "experts", "hidden", "intermediate", "bytes")
+
+
+def read_profile(path: str | Path) -> pd.DataFrame:
+    """Read and check a calibration CSV; errors name the file, the row and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: cost table not found")
+    try:
+        df = pd.read_csv(path, dtype={"op": str, "device": str, "dtype": str})
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{path}: missing columns {missing}; expected header {','.join(COLUMNS)}")
+    for i, op in enumerate(df["op"].tolist()):
+        if op not in OPS:
+            raise ConfigError(f"{path}: row {i + 2}: op {op!r}, expected one of {list(OPS)}")
+    for c in (*_INT_COLUMNS, "time_s"):
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad = v.isna() | (v < 0) if c != "time_s" else v.isna() | (v <= 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            want = "a positive number" if c == "time_s" else "an integer >= 0"
+            raise ConfigError(f"{path}: row {i + 2}: {c} = {df[c].iloc[i]!r}, expected {want}")
+        df[c] = v
+    return df
+
+
+class TableCost:
+    """Interpolated measured times, with an analytic fallback for unmeasured ops (reported)."""
+
+    def __init__(self, profile: pd.DataFrame, fallback: AnalyticCost, where: str = "<table>") -> None:
+        self.fallback = fallback
+        m, hw = fallback.model, fallback.hw
+        sel = profile[(profile["device"] == hw.name) & (profile["dtype"] == m.dtype)]
+        if sel.empty:
+            raise ConfigError(f"{where}: no rows for device={hw.name!r} dtype={m.dtype!r}")
+        self._curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        shape_ok = (sel["hidden"] == m.hidden_size)
+        for op, x, extra in (("expert", "tokens", sel["intermediate"] == m.expert_intermediate_size),
+                             ("gate", "tokens", sel["experts"] == m.num_experts),
+                             ("attention", "tokens", None), ("copy", "bytes", None),
+                             ("all_to_all", "bytes", None)):
+            rows = sel[sel["op"] == op]
+            if op in ("expert", "gate", "attention"):
+                rows = rows[shape_ok[rows.index]]
+                if extra is not None:
+                    rows = rows[extra[rows.index]]
+            if len(rows):
+                g = rows.groupby(x)["time_s"].median().sort_index()
+                self._curves[op] = (g.index.to_numpy(np.float64), g.to_numpy(np.float64))
+        self.out_of_range: dict[str, int] = {op: 0 for op in OPS}
+        self.fallback_calls: dict[str, int] = {op: 0 for op in OPS}
+        self.host_link_latency_s = fallback.host_link_latency_s
+        if "copy" in self._curves:
+            xs, ys = self._curves["copy"]
+            self.host_link_bytes_per_s = float(xs[-1] / ys[-1]) if xs[-1] > 0 else \
+                fallback.host_link_bytes_per_s
+        else:
+            self.host_link_bytes_per_s = fallback.host_link_bytes_per_s
+
+    @classmethod
+    def from_csv(cls, path: str | Path, fallback: AnalyticCost) -> TableCost:
+        return cls(read_profile(path), fallback, str(path))
+
+    def _interp(self, op: str, x: np.ndarray) -> np.ndarray | None:
+        curve = self._curves.get(op)
+        if curve is None:
+            self.fallback_calls[op] += int(np.size(x))
+            return None
+        xs, ys = curve
+        x = np.asarray(x, dtype=np.float64)
+        y = np.interp(x, xs, ys)
+        lo, hi = x < xs[0], x > xs[-1]
+        n_out = int(np.count_nonzero(lo | hi))
+        if n_out:
+            self.out_of_range[op] += n_out
+            # nearest measured point scaled per unit (no silent flat clamp)
+            y = np.where(hi, ys[-1] * x / max(xs[-1], 1.0), y)
+            y = np.where(lo & (xs[0] > 0), ys[0] * x / max(xs[0], 1.0), y)
+        return y
+
+    def gate_s(self, tokens: int) -> float:
+        y = self._interp("gate", np.array([tokens]))
+        return self.fallback.gate_s(tokens) if y is None else float(y[0])
+
+    def expert_s(self, tokens: np.ndarray) -> np.ndarray:
+        t = np.asarray(tokens)
+        nz = t > 0
+        out = np.zeros(t.shape, dtype=np.float64)
+        if nz.any():
+            y = self._interp("expert", t[nz])
+            out[nz] = self.fallback.expert_s(t[nz]) if y is None else y
+        return out
+
+    def attention_s(self, prefill_tokens: int, decode_tokens: int, context_tokens: int,
+                    shards: int) -> float:
+        tokens = prefill_tokens + decode_tokens
+        if tokens == 0:
+            return 0.0
+        y = self._interp("attention", np.array([tokens]))
+        if y is None:
+            return self.fallback.attention_s(prefill_tokens, decode_tokens, context_tokens, shards)
+        return float(y[0]) / shards
+
+    def copy_s(self, nbytes: float) -> float:
+        y = self._interp("copy", np.array([nbytes]))
+        return self.fallback.copy_s(nbytes) if y is None else float(y[0])
+
+    def all_to_all_s(self, bytes_per_gpu: float, gpus: int, inter_node: bool) -> float:
+        if gpus <= 1:
+            return 0.0
+        y = self._interp("all_to_all", np.array([bytes_per_gpu]))
+        return self.fallback.all_to_all_s(bytes_per_gpu, gpus, inter_node) if y is None else float(y[0])
+
+    def report(self) -> dict:
+        return {"out_of_range": {k: v for k, v in self.out_of_range.items() if v},
+                "fallback": {k: v for k, v in self.fallback_calls.items() if v}}

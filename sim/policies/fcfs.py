@@ -1,0 +1,22 @@
+"""First-come-first-served admission (the vLLM / Orca default): admit waiting requests in arrival
+order while the iteration's token budget lasts; the last one admitted may be prefilled in chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sim.policies.base import SCHEDULER, RequestView, SchedulerPolicy
+
+
+@SCHEDULER.register("fcfs")
+class FCFSScheduler(SchedulerPolicy):
+    def admit(self, now_s: float, waiting: Sequence[RequestView], running: Sequence[RequestView],
+              token_budget: int) -> list[int]:
+        out: list[int] = []
+        left = token_budget
+        for v in sorted(waiting, key=lambda v: (v.arrival_s, v.index)):
+            if left <= 0:
+                break
+            out.append(v.index)
+            left -= v.prompt_tokens + v.done_tokens
+        return out

@@ -1,0 +1,161 @@
+"""``moesim sim [key=value ...] [-m]``: one simulation (or a Hydra sweep).
+
+Writes into the run directory (``hydra.run.dir``): ``metrics.json`` (simulated quantities only:
+same seed, same bytes), ``requests.parquet`` (one row per request), ``run_info.json`` (wall time,
+simulated seconds per wall second, versions) and, with ``output.chrome_trace=FILE``, a
+Chrome/Perfetto trace of the window ``[output.chrome_trace_start_s, output.chrome_trace_end_s)``.
+Prints a summary table. ``seed=N`` and ``workload.max_requests=N`` are accepted by every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim.config import SimConfig, WorkloadConfig, register_configs, to_sim_config
+from sim.errors import ConfigError
+
+
+def load_workload_table(w: WorkloadConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """The requests of a run: ``workload.path`` (via traces' importers) or synthetic Poisson."""
+    from traces.workload import make_workload
+
+    if w.path:
+        if not Path(w.path).exists():
+            raise ConfigError(f"workload.path={w.path}: no such file")
+        try:
+            from traces.importers import load_workload  # type: ignore[attr-defined]
+        except ImportError:
+            from traces.request_import import load_workload
+        df = load_workload(w.path)
+    else:
+        n = w.num_requests
+        if n < 1 or w.rate_rps <= 0:
+            raise ConfigError("workload.num_requests must be >= 1 and workload.rate_rps > 0")
+        gaps = rng.exponential(1.0 / w.rate_rps, size=n)  # (R,)
+        arrival = np.cumsum(gaps) - gaps[0]
+        prompt = np.maximum(1, rng.geometric(1.0 / max(w.prompt_tokens_mean, 1.0), size=n))
+        output = np.maximum(1, rng.geometric(1.0 / max(w.output_tokens_mean, 1.0), size=n))
+        df = make_workload(arrival, prompt, output, task=w.task)
+    if w.max_requests > 0:
+        df = df.iloc[: w.max_requests].reset_index(drop=True)
+    return df
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="req", desc="sim", file=sys.stderr, mininterval=0.5)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = None,
+             recorder: Any = None, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Build and run one simulation; returns (Simulation, metrics dict)."""
+    from sim.binding import bind, build_pool
+    from sim.cost import make_cost_model
+    from sim.engine import Simulation
+    from sim.metrics import compute_metrics
+
+    rng = np.random.default_rng(cfg.seed)
+    # independent streams so a change in one part does not shift the others
+    rng_work, rng_pool, rng_bind, rng_sim = (np.random.default_rng(s) for s in
+                                            np.random.SeedSequence(cfg.seed).spawn(4))
+    del rng
+    if workload is None:
+        workload = load_workload_table(cfg.workload, rng_work)
+    elif cfg.workload.max_requests > 0:
+        workload = workload.iloc[: cfg.workload.max_requests].reset_index(drop=True)
+    if pool is None:
+        tasks = sorted(set(workload["task"].astype(str).tolist()))
+        pool = build_pool(cfg.model, cfg.trace, tasks, rng_pool)
+    binding = bind(pool, workload, cfg.trace.overflow, rng_bind)
+    cost = make_cost_model(cfg.serving.cost_model, cfg.model, cfg.hardware, cfg.serving.cost_table)
+    bar = _Progress(len(workload), progress)
+    try:
+        sim = Simulation(cfg, workload, pool, binding, cost, rng_sim, recorder=recorder, progress=bar)
+        sim.run()
+    finally:
+        bar.close()
+    return sim, compute_metrics(sim)
+
+
+def _versions() -> dict[str, str]:
+    import hydra
+    import simpy
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+            "simpy": simpy.__version__, "hydra": hydra.__version__}
+
+
+def write_outputs(out_dir: Path, sim: Any, metrics: dict[str, Any], wall_s: float,
+                  cfg: SimConfig) -> None:
+    from sim.metrics import metrics_json, request_table
+    from traces.format import _atomic_write_table, atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(metrics_json(metrics), out_dir / "metrics.json")
+    if cfg.output.requests_parquet:
+        import pyarrow as pa
+
+        _atomic_write_table(pa.Table.from_pandas(request_table(sim), preserve_index=False),
+                            out_dir / "requests.parquet")
+    info = {"wall_time_s": wall_s,
+            "sim_s_per_wall_s": metrics["sim_time_s"] / wall_s if wall_s > 0 else None,
+            "argv": sys.argv, "cpu_count": os.cpu_count(), "versions": _versions()}
+    atomic_write_bytes((json.dumps(info, indent=2) + "\n").encode(), out_dir / "run_info.json")
+
+
+def _progress_enabled(mode: str) -> bool:
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"output.progress={mode!r}; expected auto, on or off")
+    return mode == "on" or (mode == "auto" and sys.stderr.isatty())
+
+
+def task(cfg_node: Any) -> dict[str, Any]:
+    from sim.chrome_trace import write_chrome_trace
+    from sim.engine import Recorder
+    from sim.hydra_app import run_dir
+    from sim.metrics import format_summary
+
+    cfg = to_sim_config(cfg_node)
+    out_dir = Path(run_dir())
+    o = cfg.output
+    rec = Recorder(o.chrome_trace_start_s, o.chrome_trace_end_s) if o.chrome_trace else None
+    t0 = time.perf_counter()
+    sim, metrics = simulate(cfg, recorder=rec, progress=_progress_enabled(o.progress))
+    wall = time.perf_counter() - t0
+    write_outputs(out_dir, sim, metrics, wall, cfg)
+    if rec is not None:
+        path = Path(o.chrome_trace)
+        write_chrome_trace(rec.events, path if path.is_absolute() else out_dir / path)
+    if o.print_summary:
+        print(format_summary(metrics))
+        print(f"wall {wall:.2f} s, simulated {metrics['sim_time_s']:.1f} s, "
+              f"{metrics['sim_time_s'] / wall:.0f} simulated s per wall s; outputs in {out_dir}")
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    from sim.hydra_app import run_hydra
+
+    register_configs()
+    return run_hydra("sim", task, argv, prog="moesim sim")
