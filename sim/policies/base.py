@@ -131,6 +131,20 @@ class CachePolicy(ABC):
         if self.requires_future:
             raise NotImplementedError
 
+    def begin_request(self, index: int) -> None:  # noqa: B027 - optional hook
+        """A new request starts (policies with per-request state, e.g. MoE-Infinity's, reset it)."""
+
+    def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
+        """Serve steps ``first_step + i`` needing ``keys[i]`` (S, K) distinct ints; return misses.
+
+        Exactly equivalent to calling :meth:`access` once per row (no ``active`` set); policies
+        may override it with a fast path over the same state (the cache replay uses this).
+        """
+        misses = 0
+        for i, row in enumerate(np.asarray(keys).tolist()):
+            misses += len(self.access(first_step + i, row)[0])
+        return misses
+
     # -- protocol -------------------------------------------------------------------------------
     def access(self, step: int, keys: Iterable[int], active: Iterable[int] | None = None
                ) -> tuple[list[int], list[int]]:

@@ -1,29 +1,22 @@
-"""LRU expert cache, as in mixtral-offloading (Eliseev & Mazur, 2023): evict the least recently
-used expert. Ties (equal last use, e.g. keys loaded in the same step) go to the smallest key."""
+"""LRU expert cache, as in mixtral-offloading (Eliseev & Mazur, 2023, "Fast inference of
+Mixture-of-Experts language models with offloading", arXiv 2312.17238; one LRU cache per layer).
+
+Evicts the least recently used resident expert. Ties (equal last use, e.g. keys used in the same
+step) go to the smallest id first: after each step the step's keys sit at the recent end of the
+order in increasing id order.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from sim.policies.base import CACHE, CachePolicy
+from sim.policies._ordered import OrderedCache
+from sim.policies.base import CACHE
 
 
 @CACHE.register("lru")
-class LRUCache(CachePolicy):
+class LRUCache(OrderedCache):
+    _touch_hits = True
+
     def __init__(self, capacity: int, num_keys: int, **kw: Any) -> None:
         super().__init__(capacity, num_keys, **kw)
-        self._last: dict[int, int] = {}
-
-    def _on_hit(self, step: int, key: int) -> None:
-        self._last[key] = step
-
-    def _on_insert(self, step: int, key: int) -> None:
-        self._last[key] = step
-
-    def _on_evict(self, key: int) -> None:
-        del self._last[key]
-
-    def _victim(self, step: int, candidates: Iterable[int], active: Any) -> int:
-        last = self._last
-        return min(candidates, key=lambda k: (last[k], k))

@@ -1,0 +1,72 @@
+"""Plots for ``moesim cache`` (hit rate vs expert memory) and ``moesim placement`` (GPU load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Software": None})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plot_hit_rate(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Hit rate against the fraction of each layer's experts resident, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["policy"] for r in results):
+        rs = sorted((r for r in results if r["policy"] == name), key=lambda r: r["capacity_frac"])
+        style = dict(color="black", linestyle="--", linewidth=2) if name == "belady" else {}
+        ax.plot([r["capacity_frac"] for r in rs], [r["hit_rate"] for r in rs], marker="o",
+                label=name + (" (oracle)" if name == "belady" else ""), **style)
+    ax.set_xlabel("experts resident per layer (fraction)")
+    ax.set_ylabel("hit rate")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Max/mean GPU load on the test half, one bar per placement policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = [r["policy"] for r in results]
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [r["train_max_over_mean"] for r in results], width=0.4,
+           label="planning half")
+    ax.bar([i + 0.2 for i in x], [r["test_max_over_mean"] for r in results], width=0.4,
+           label="test half")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("max / mean GPU load (per layer, averaged)")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    _savefig(fig, path)
+    plt.close(fig)

@@ -1,0 +1,117 @@
+"""Shared machinery for caches whose victim is found by scanning one ordered list (LRU, FIFO, LIFO).
+
+State: ``self.resident`` (the set the base class documents) plus ``self._order``, an OrderedDict of
+the resident keys, oldest first. Each subclass says how a step reorders it (``_touch_hits``: LRU
+moves every key the step used to the end in increasing id order; FIFO and LIFO leave hits alone)
+and from which end victims are taken (``_from_back``: LIFO).
+
+``access`` and the fast ``replay`` both run :meth:`_serve`, so the two paths share one state and
+give identical results; the semantics are the base protocol's (misses loaded in increasing key
+order, victims never in the step's set, a key streams through when every resident key is needed).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sim.policies.base import CachePolicy
+
+
+class OrderedCache(CachePolicy):
+    _touch_hits: ClassVar[bool] = False
+    _from_back: ClassVar[bool] = False
+    #: whether victims outside the caller's ``active`` set go first (Huang et al.'s buffering)
+    _uses_active: ClassVar[bool] = False
+
+    def __init__(self, capacity: int, num_keys: int, **kw: Any) -> None:
+        super().__init__(capacity, num_keys, **kw)
+        self._order: OrderedDict[int, None] = OrderedDict()
+
+    # -- hooks used by the base class's insert() (prefetch) ------------------------------------
+    def _on_insert(self, step: int, key: int) -> None:
+        self._order[key] = None
+
+    def _on_evict(self, key: int) -> None:
+        del self._order[key]
+
+    def _victim(self, step: int, candidates: Iterable[int], active: Any) -> int:
+        cands = candidates if isinstance(candidates, set | frozenset) else set(candidates)
+        if not self._uses_active:
+            active = ()
+        seq = reversed(self._order) if self._from_back else iter(self._order)
+        fallback = None
+        for k in seq:
+            if k in cands:
+                if k not in active:
+                    return k
+                if fallback is None:
+                    fallback = k
+        assert fallback is not None, "no candidate is resident"
+        return fallback
+
+    # -- one step -------------------------------------------------------------------------------
+    def _serve(self, row: list[int], active: Any = ()) -> tuple[list[int], list[int]]:
+        """``row``: the step's distinct keys in increasing order. Returns (misses, evicted)."""
+        res = self.resident
+        od = self._order
+        miss = [k for k in row if k not in res]
+        evicted: list[int] = []
+        if miss:
+            room = self.capacity - len(res)
+            kept = miss
+            if len(miss) > room:
+                n_ev = min(len(miss) - room, len(res) - (len(row) - len(miss)))
+                if n_ev > 0:
+                    seq = reversed(od) if self._from_back else od
+                    if active:
+                        for k in seq:
+                            if k not in row and k not in active:
+                                evicted.append(k)
+                                if len(evicted) == n_ev:
+                                    break
+                        if len(evicted) < n_ev:
+                            seq = reversed(od) if self._from_back else od
+                            for k in seq:
+                                if k not in row and k in active:
+                                    evicted.append(k)
+                                    if len(evicted) == n_ev:
+                                        break
+                    else:
+                        for k in seq:
+                            if k not in row:
+                                evicted.append(k)
+                                if len(evicted) == n_ev:
+                                    break
+                    for k in evicted:
+                        del od[k]
+                        res.discard(k)
+                else:
+                    n_ev = 0
+                kept = miss[: room + n_ev]
+            for k in kept:
+                res.add(k)
+                od[k] = None
+        if self._touch_hits:
+            for k in row:
+                if k in res:
+                    od.move_to_end(k)
+        return miss, evicted
+
+    def access(self, step: int, keys: Iterable[int], active: Iterable[int] | None = None
+               ) -> tuple[list[int], list[int]]:
+        row = sorted(set(int(k) for k in keys))
+        act = () if active is None or not self._uses_active else (
+            active if isinstance(active, set | frozenset) else frozenset(int(k) for k in active))
+        return self._serve(row, act)
+
+    def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
+        rows = np.sort(np.asarray(keys), axis=1).tolist()  # (S, K) rows in increasing id order
+        serve = self._serve
+        misses = 0
+        for row in rows:
+            misses += len(serve(row)[0])
+        return misses

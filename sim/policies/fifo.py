@@ -1,0 +1,17 @@
+"""FIFO expert cache: evict the earliest inserted resident expert (keys inserted in the same step:
+smallest id first, since a step's misses are loaded in increasing id order). Hits do not reorder.
+
+Source: the FIFO baseline Huang et al. compare expert buffering against ("Toward Efficient
+Inference for Mixture of Experts", NeurIPS 2024, arXiv 2303.06182, Sec. 5).
+"""
+
+from __future__ import annotations
+
+from sim.policies._ordered import OrderedCache
+from sim.policies.base import CACHE
+
+
+@CACHE.register("fifo")
+class FIFOCache(OrderedCache):
+    _touch_hits = False
+    _from_back = False
