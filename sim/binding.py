@@ -105,10 +105,15 @@ def build_pool(model: ModelConfig, trace: TraceConfig, tasks: list[str],
                           f"give a real routing trace with trace.path=FILE") from None
     name = trace.generator or model.name
     params = fitted_params(name)
-    traces = [sample_trace(params, trace.pool_size, trace.pool_tokens, rng, task=t) for t in tasks]
+    traces, labels = [], []
+    for t in tasks:
+        # a workload task the generator was fitted on samples that task; any other task draws
+        # each entry's task by the fitted shares (the binding still files it under ``t``)
+        fitted = t if t in params.tasks else None
+        traces.append(sample_trace(params, trace.pool_size, trace.pool_tokens, rng, task=fitted))
+        labels += [t] * trace.pool_size
     pool = RoutingPool.concat(traces, source=f"synth:{name}")
-    # the generator labels its own task; bind by the workload's task names
-    pool.tasks = [t for t in tasks for _ in range(trace.pool_size)]
+    pool.tasks = labels
     pool.__post_init__()
     check_pool(pool, model, f"generator {name}")
     return pool

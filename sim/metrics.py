@@ -8,6 +8,8 @@
   ``slo_attainment`` (share of requests meeting both)
 - ``hit_rate`` (expert accesses on GPUs with a cache policy), ``expert_accesses``,
   ``h2d_bytes``, ``fetch_stall_s`` (sum over GPUs of time layers waited on copies)
+- ``expert_streamed``: misses not kept because the step needed more keys than the budget holds
+  (they pass through a one-layer staging buffer outside the cache)
 - ``peak_expert_bytes_per_gpu``, ``expert_budget_bytes_per_gpu``, ``kv_peak_tokens``,
   ``kv_capacity_tokens``
 - ``load_imbalance`` (max / mean expert tokens per GPU over the run), ``load_imbalance_iter``
@@ -87,6 +89,7 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
         "hit_rate": _f(hits / (hits + misses)) if hits + misses else 1.0,
         "expert_accesses": int(hits + misses),
         "expert_misses": int(misses),
+        "expert_streamed": int(sum(st.streamed for st in states)),
         "h2d_bytes": int(sum(st.link.bytes_total for st in states)),
         "fetch_stall_s": _f(sum(st.stall_s for st in states)),
         "peak_expert_bytes_per_gpu": [int(st.peak_resident * eb) for st in states],

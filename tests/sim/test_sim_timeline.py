@@ -1,0 +1,86 @@
+"""Timeline tests: tiny scenarios whose exact event log is worked out by hand (SimPy's style)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.binding import bind
+from sim.engine import Recorder, Simulation
+from sim.metrics import compute_metrics
+from sim.testing import StubCost, pool_from_rows, tiny_config, workload
+
+
+def _run(cfg, wl, pool, cost):
+    rec = Recorder(0.0, float("inf"))
+    b = bind(pool, wl, "wrap", np.random.default_rng(0))
+    sim = Simulation(cfg, wl, pool, b, cost, np.random.default_rng(0), recorder=rec)
+    sim.run()
+    return sim, rec.events, compute_metrics(sim)
+
+
+def _assert_log(got, want):
+    assert [e[:3] for e in got] == [w[:3] for w in want]
+    for g, w in zip(got, want):
+        assert g[3:] == pytest.approx(w[3:], abs=1e-12), (g, w)
+
+
+def test_one_gpu_lru_misses_wait_for_copies():
+    # 2 layers x 4 experts, top-1, one GPU holding 2 of its 8 experts (warm: keys 0, 1).
+    # tokens: pos0 -> (L0 e0, L1 e1), pos1 -> (e0, e2), pos2 -> (e3, e1); keys = layer * 4 + e
+    pool = pool_from_rows([[[0], [1]], [[0], [2]], [[3], [1]]])
+    cfg = tiny_config(layers=2, experts=4, budget_fraction=0.25)
+    cost = StubCost(attn_s=0.001, expert_s_each=0.002, host_link_bytes_per_s=2000.0)  # 6 B = 3 ms
+    sim, log, m = _run(cfg, workload([0.0], [2], [2]), pool, cost)
+    want = [
+        # iteration 1 (prefill of 2 tokens) at t=0; L0 needs key 0 (hit)
+        ("attention L0", "compute", 0, 0.000, 0.001),
+        ("experts L0", "compute", 0, 0.001, 0.003),
+        # L1 needs keys 5, 6: both miss, LRU evicts 1 then 0; one 12-byte copy, 6 ms
+        ("attention L1", "compute", 0, 0.003, 0.004),
+        ("copy L1 x2", "copy", 0, 0.004, 0.010),
+        ("experts L1", "compute", 0, 0.010, 0.014),
+        # iteration 2 (decode of pos 2) at 0.014: key 3 misses (evicts 5), then key 5 misses again
+        ("attention L0", "compute", 0, 0.014, 0.015),
+        ("copy L0 x1", "copy", 0, 0.015, 0.018),
+        ("experts L0", "compute", 0, 0.018, 0.020),
+        ("attention L1", "compute", 0, 0.020, 0.021),
+        ("copy L1 x1", "copy", 0, 0.021, 0.024),
+        ("experts L1", "compute", 0, 0.024, 0.026),
+    ]
+    _assert_log(log, want)
+    assert m["requests_completed"] == 1
+    assert m["ttft_s"]["p50"] == pytest.approx(0.014)
+    assert m["e2e_s"]["p50"] == pytest.approx(0.026)
+    assert m["expert_misses"] == 4 and m["expert_accesses"] == 5
+    assert m["h2d_bytes"] == 4 * 6
+    assert m["fetch_stall_s"] == pytest.approx(0.006 + 0.003 + 0.003)
+    assert max(m["peak_expert_bytes_per_gpu"]) == 2 * 6
+
+
+def test_two_gpus_pay_all_to_all_and_overlap_copies():
+    # EP=2: GPU 0 holds experts 0,1 of each layer, GPU 1 experts 2,3; budget: 1 slot per layer
+    pool = pool_from_rows([[[0], [3]]])
+    cfg = tiny_config(layers=2, experts=4, gpus_per_node=2, ep=2, budget_fraction=0.5)
+    cost = StubCost(attn_s=0.001, expert_s_each=0.002, a2a_s=0.0005, host_link_bytes_per_s=2000.0)
+    sim, log, m = _run(cfg, workload([0.0], [1], [1]), pool, cost)
+    # warm caches: GPU0 keys {0, 1} (layer 0), GPU1 keys {2, 3} (layer 0) -> L1 key 7 misses on GPU1
+    want = [
+        ("attention L0", "compute", 0, 0.0, 0.001),
+        ("a2a dispatch L0", "all_to_all", 0, 0.001, 0.0015),
+        ("experts L0", "compute", 0, 0.0015, 0.0035),
+        ("attention L0", "compute", 1, 0.0, 0.001),
+        ("a2a dispatch L0", "all_to_all", 1, 0.001, 0.0015),
+        ("a2a combine L0", "all_to_all", 0, 0.0035, 0.004),
+        ("a2a combine L0", "all_to_all", 1, 0.0035, 0.004),
+        ("attention L1", "compute", 0, 0.004, 0.005),
+        ("a2a dispatch L1", "all_to_all", 0, 0.005, 0.0055),
+        ("attention L1", "compute", 1, 0.004, 0.005),
+        ("a2a dispatch L1", "all_to_all", 1, 0.005, 0.0055),
+        ("copy L1 x1", "copy", 1, 0.005, 0.008),
+        ("experts L1", "compute", 1, 0.008, 0.010),
+        ("a2a combine L1", "all_to_all", 0, 0.010, 0.0105),
+        ("a2a combine L1", "all_to_all", 1, 0.010, 0.0105),
+    ]
+    _assert_log(log, want)
+    assert m["requests_completed"] == 1 and m["e2e_s"]["p50"] == pytest.approx(0.0105)
