@@ -111,10 +111,10 @@ def popularity_stats(trace: RoutingTrace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # reuse distance
 # ------------------------------------------------------------------------------------------------
-def reuse_distances(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, int]:
+def reuse_distances(trace: RoutingTrace, per_layer: bool = False) -> tuple[Any, Any, int]:
     """(distances, token_gaps, cold): int64 arrays over all non-cold accesses; cold = first accesses.
 
-    See the module docstring for the definition.
+    See the module docstring for the definition. ``per_layer``: lists of L arrays instead.
     """
     ex = trace.experts
     T, L, K = ex.shape
@@ -154,6 +154,8 @@ def reuse_distances(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, int]:
             d[far] = _popcount(orv)
         dists.append(d)
         gaps.append(gap)
+    if per_layer:
+        return dists, gaps, cold
     return np.concatenate(dists), np.concatenate(gaps), cold
 
 
