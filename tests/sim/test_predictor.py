@@ -1,0 +1,147 @@
+"""The expert predictor: split, vocabulary, metrics, baselines, training, CLI, eMoE policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sim.predictor.data import Vocab, multi_hot, split_prompts, top_m, windows
+from sim.predictor.metrics import predict_previous_prompt, predict_transition, set_metrics
+from traces.format import RoutingTrace, TraceMeta, make_tokens, write_trace
+
+
+def synth_trace(num_prompts: int = 40, L: int = 4, E: int = 16, K: int = 2, seed: int = 0
+                ) -> RoutingTrace:
+    """Routing that depends on the token piece (and the previous piece): learnable."""
+    rng = np.random.default_rng(seed)
+    pieces = [f"w{i}" for i in range(12)]
+    table = np.stack([rng.permutation(E)[:K] for _ in range(len(pieces) * L)]).reshape(
+        len(pieces), L, K)
+    ex, text, rid, pos = [], [], [], []
+    for r in range(num_prompts):
+        n = int(rng.integers(3, 12))
+        ids = rng.integers(0, len(pieces), n)
+        ex.append(table[ids])
+        text += [pieces[i] for i in ids]
+        rid += [f"p{r}"] * n
+        pos += list(range(n))
+    experts = np.concatenate(ex).astype(np.int16)
+    return RoutingTrace(experts, None, make_tokens(rid, pos, "prefill", "chat", text),
+                        TraceMeta("synth", L, E, K, "test"))
+
+
+def test_split_is_by_prompt_deterministic_and_keeps_duplicates_together():
+    tr = synth_trace()
+    # make prompt p1 an exact copy of p0
+    b = tr.request_bounds()
+    n0 = b[1] - b[0]
+    rows = np.concatenate([np.arange(b[0], b[1]), np.arange(b[0], b[1]), np.arange(b[2], b[-1])])
+    dup = tr.take(rows)
+    dup.tokens["request_id"] = ["p0"] * n0 + ["p1"] * n0 + list(tr.tokens["request_id"][b[2]:])
+    a = split_prompts(dup, (0.6, 0.2, 0.2), seed=3)
+    c = split_prompts(dup, (0.6, 0.2, 0.2), seed=3)
+    assert all(np.array_equal(a[k], c[k]) for k in a)
+    allr = np.concatenate(list(a.values()))
+    assert sorted(allr.tolist()) == list(range(len(dup.request_ids())))
+    where = {int(r): k for k, v in a.items() for r in v}
+    assert where[0] == where[1]
+    assert split_prompts(dup, (0.6, 0.2, 0.2), seed=4)["test"].tolist() != a["test"].tolist()
+
+
+def test_windows_score_each_token_once_with_causal_context():
+    b = np.array([0, 5, 25])
+    w = windows(b, np.array([0, 1]), window=8)
+    scored = np.concatenate([np.arange(s, e) for _, e, s in w])
+    assert sorted(scored.tolist()) == list(range(25))
+    for start, end, first in w:
+        assert end - start <= 8 and start <= first < end
+        if first > start:
+            assert first - start >= 4  # at least window // 2 earlier tokens
+
+
+def test_vocab_unknown_pieces_and_stable_ngrams():
+    v = Vocab.build(np.array(["Ġthe", "Ġcat", "Ġthe"]), min_count=1, num_hash=64)
+    tok, ng = v.encode(np.array(["Ġthe", "Ġdog"]))
+    assert tok[0] == v.pieces.index("Ġthe") and tok[1] == 1  # <unk>
+    assert (ng[1] > 0).any() and ng.max() < 64
+    v2 = Vocab.from_json(v.to_json())
+    assert np.array_equal(v2.encode(np.array(["Ġdog"]))[1], ng[1:])
+
+
+def test_set_metrics_by_hand():
+    true = np.array([[[0, 1]], [[2, 3]]])  # (N=2, L=1, K=2)
+    pred = np.array([[[1, 5]], [[2, 3]]])
+    m = set_metrics(pred, true, num_experts=8)
+    assert m["f1"] == pytest.approx(3 / 4) and m["precision"] == m["recall"] == m["f1"]
+    assert m["top1_accuracy"] == 1.0 and m["exact_set_accuracy"] == 0.5
+    # negatives: 16 labels, 4 true; TN = 16 - TP(3) - FP(1) - FN(1) = 11
+    assert m["f1_macro_binary"] == pytest.approx((6 / 8 + 22 / 24) / 2)
+
+
+def test_baselines_previous_prompt_and_transition():
+    freq = np.zeros((3, 2, 4))
+    freq[0, :, 1] = 1
+    freq[1, :, 2] = 1
+    pop = np.array([[0, 0, 0, 5.0], [0, 0, 0, 5.0]])
+    prev = predict_previous_prompt(freq, pop, 1)
+    assert prev[:, 0, 0].tolist() == [3, 1, 2]
+    trans = np.zeros((2, 4, 4))
+    trans[1, 2, 0] = 7  # expert 2 at layer 0 -> expert 0 at layer 1
+    t = predict_transition(trans, pop, multi_hot(np.array([[[2], [1]]]), 4).astype(float), 1)
+    assert t[0, 0, 0] == 3 and t[0, 1, 0] == 0
+    assert top_m(np.array([1.0, 3.0, 3.0]), 2).tolist() == [1, 2]
+
+
+@pytest.mark.slow
+def test_train_and_eval_cli_on_a_small_slice(tmp_path):
+    """Trains the tiny predictor through the CLI on a synthetic trace and evaluates it: the
+    per-token predictor must learn the piece -> experts map (beating every baseline)."""
+    path = tmp_path / "synth.parquet"
+    write_trace(synth_trace(num_prompts=60), path)
+    run = tmp_path / "train"
+    cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={path}",
+           "predictor=tiny", "predictor.token.epochs=6", f"hydra.run.dir={run}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ck = run / "checkpoint"
+    assert (ck / "token.safetensors").exists() and (ck / "config.json").exists()
+    ev = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval", f"checkpoint={ck}",
+           f"trace.path={path}", "split=test", "staleness_periods=[1,4]", f"hydra.run.dir={ev}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = json.loads((ev / "metrics.json").read_text())
+    for key in ("f1", "precision", "recall", "baselines_f1"):
+        assert key in m
+    assert set(m["baselines_f1"]) == {"popular", "previous_prompt", "transition"}
+    assert m["f1"] > max(m["baselines_f1"].values())
+    assert [r["period"] for r in m["staleness"]] == [1, 4]
+    assert (ev / "staleness.png").exists() and (ev / "sensitivity.json").exists()
+    assert m["size"]["token_params"] > 0 and m["time"]["token_s_per_prompt_call"] > 0
+
+    # the eMoE policy loads the checkpoint lazily and charges its run time
+    from sim.policies import PREFETCH
+    from sim.policies.base import PrefetchContext
+
+    pol = PREFETCH.make("emoe_learned", num_layers=4, num_experts=16, top_k=2,
+                        checkpoint=str(ck), period=2, call_s=0.25)
+    first = pol.on_request(PrefetchContext(request_id="a", request_index=0))
+    assert all(len(v) == 16 for v in first.values()) and pol.cost_s() == 0.0
+    pol.observe(PrefetchContext(request_id="a"), 0, np.array([1, 2]))
+    plan = pol.on_request(PrefetchContext(request_id="b", request_index=2))
+    assert pol.cost_s() == 0.25 and all(len(v) == 16 for v in plan.values())
+    pol.on_request(PrefetchContext(request_id="c", request_index=3))
+    assert pol.cost_s() == 0.0  # the standing prediction is reused between reruns
+
+
+def test_eval_rejects_missing_checkpoint(tmp_path):
+    path = tmp_path / "synth.parquet"
+    write_trace(synth_trace(num_prompts=5), path)
+    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval", f"checkpoint={tmp_path / 'nope'}",
+           f"trace.path={path}", f"hydra.run.dir={tmp_path / 'ev'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "not a predictor checkpoint" in out.stderr
