@@ -165,7 +165,7 @@ def replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch:
 
 def _has_next_layer(prefetch: str, trace: RoutingTrace, kw: dict[str, Any]) -> bool:
     cls = PREFETCH.get(prefetch)
-    return getattr(cls, "predicts_next_layer", False)
+    return cls.next_layer is not PrefetchPolicy.next_layer
 
 
 def _replay_token_major(trace: RoutingTrace, policy: str, fraction: float, prefetch: str,
@@ -190,6 +190,7 @@ def _replay_token_major(trace: RoutingTrace, policy: str, fraction: float, prefe
             if len(pred):
                 pre_loads += len(caches[l].insert(a, np.asarray(pred)[:C].tolist())[0])
         for t in range(a, b):
+            ctx.extra["token"] = t
             row_t = rows[t]
             for l in range(L):
                 keys = row_t[l]

@@ -1,0 +1,64 @@
+"""eMoE-A (Tairin et al., "eMoE: task-aware memory-efficient MoE inference", arXiv 2503.06823,
+Sec. 4): predict the next prompt's expert set per layer from earlier prompts; the predictor reruns
+only every ``period`` prompts (p = 40 in the paper), its last prediction standing in between.
+
+This is the statistical stand-in for their XLNet predictor (the learned one is ``emoe_learned``,
+same interface): the prediction for layer l ranks experts by how many tokens of the last
+``window`` observed prompts used them (ties: smaller id) and returns the first ``set_size``
+(default: all with a positive count). With nothing observed yet it returns every expert, as eMoE
+loads all experts for the first prompt; a caller with a smaller budget keeps the first ones.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from sim.errors import ConfigError
+from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
+from sim.policies.emoe_l import top_ids
+
+
+@PREFETCH.register("emoe_a")
+class EMoEAPrefetch(PrefetchPolicy):
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, period: int = 40,
+                 window: int = 40, set_size: int | None = None, **kw: Any) -> None:
+        super().__init__(num_layers, num_experts, top_k)
+        if period < 1 or window < 1:
+            raise ConfigError(f"emoe_a: period and window must be >= 1, got {period}, {window}")
+        self.period, self.window, self.set_size = period, window, set_size
+        self._done: deque[np.ndarray] = deque(maxlen=window)  # finished prompts' (L, E) counts
+        self._cur: np.ndarray | None = None
+        self._cur_id: str | None = None
+        self._plan: dict[int, np.ndarray] | None = None
+        self.reruns = 0
+
+    def _close_current(self) -> None:
+        if self._cur is not None:
+            self._done.append(self._cur)
+        self._cur, self._cur_id = None, None
+
+    def observe(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> None:
+        if self._cur_id != ctx.request_id:
+            self._close_current()
+            self._cur = np.zeros((self.num_layers, self.num_experts), dtype=np.int64)  # (L, E)
+            self._cur_id = ctx.request_id
+        ids = np.asarray(experts, dtype=np.int64).reshape(-1)
+        self._cur[layer] += np.bincount(ids, minlength=self.num_experts)
+
+    def on_request(self, ctx: PrefetchContext) -> dict[int, np.ndarray]:
+        if self._cur_id != ctx.request_id:
+            self._close_current()
+        if self._plan is None or ctx.request_index % self.period == 0:
+            self.reruns += 1
+            if not self._done:
+                every = np.arange(self.num_experts, dtype=np.int64)
+                self._plan = {l: every for l in range(self.num_layers)}
+            else:
+                counts = np.sum(self._done, axis=0)  # (L, E)
+                n = self.set_size or self.num_experts
+                self._plan = {l: top_ids(counts[l].astype(np.float64), n)
+                              for l in range(self.num_layers)}
+        return dict(self._plan)

@@ -1,0 +1,76 @@
+"""eMoE-L (Tairin et al., "eMoE: task-aware memory-efficient MoE inference", arXiv 2503.06823,
+Sec. 3-4): predict layer l+1's experts from the experts layer l just used, using layer-to-layer
+transition statistics (their Fig. 3 shows these transitions are concentrated).
+
+Statistics: ``M[l, i, j]`` = how often expert i at layer l was followed by expert j at layer l+1
+in the same token. Learned on training traces with :meth:`fit` (experts (T, L, K)), and online
+from ``observe`` (which records the experts each layer used; consecutive layers of the same
+request are paired). ``next_layer(ctx, l, experts)`` scores each expert j of layer l+1 by
+``sum_{i in experts} M[l, i, j]`` and returns the ``num_predict`` best with a positive score
+(ties: smaller id), ``num_predict`` defaulting to top_k x the number of experts given, capped at
+``max_predict``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.errors import ConfigError
+from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
+
+
+def top_ids(score: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` ids with the largest positive score, larger score first, ties smaller id first."""
+    order = np.lexsort((np.arange(len(score)), -score))  # (E,)
+    order = order[score[order] > 0]
+    return order[:n].astype(np.int64)
+
+
+@PREFETCH.register("emoe_l")
+class EMoELayerPrefetch(PrefetchPolicy):
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, num_predict: int | None = None,
+                 max_predict: int | None = None, learn_online: bool = True, **kw: Any) -> None:
+        super().__init__(num_layers, num_experts, top_k)
+        if num_predict is not None and num_predict < 0:
+            raise ConfigError(f"emoe_l: num_predict must be >= 0, got {num_predict}")
+        self.num_predict, self.max_predict = num_predict, max_predict
+        self.learn_online = learn_online
+        L, E = num_layers, num_experts
+        self.M = np.zeros((max(L - 1, 0), E, E), dtype=np.float64)  # (L-1, E, E)
+        self._prev: tuple[str, int, np.ndarray] | None = None
+
+    def fit(self, experts: np.ndarray) -> EMoELayerPrefetch:
+        """Add transition counts from a training trace's experts (T, L, K)."""
+        ex = np.asarray(experts, dtype=np.int64)
+        T, L, K = ex.shape
+        for l in range(L - 1):
+            a = np.repeat(ex[:, l, :], K, axis=1).reshape(-1)  # (T*K*K,)
+            b = np.tile(ex[:, l + 1, :], (1, K)).reshape(-1)
+            np.add.at(self.M[l], (a, b), 1.0)
+        return self
+
+    def observe(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> None:
+        if not self.learn_online:
+            return
+        ex = np.asarray(experts, dtype=np.int64)
+        cur = ex.reshape(-1, ex.shape[-1]) if ex.ndim > 1 else ex.reshape(1, -1)  # (n, K)
+        prev = self._prev
+        if prev is not None and prev[0] == ctx.request_id and prev[1] == layer - 1 and \
+                prev[2].shape[0] == cur.shape[0] and 0 < layer <= self.M.shape[0]:
+            K1, K2 = prev[2].shape[1], cur.shape[1]
+            a = np.repeat(prev[2], K2, axis=1).reshape(-1)
+            b = np.tile(cur, (1, K1)).reshape(-1)
+            np.add.at(self.M[layer - 1], (a, b), 1.0)
+        self._prev = (ctx.request_id, layer, cur)
+
+    def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:
+        if layer + 1 >= self.num_layers:
+            return np.zeros(0, dtype=np.int64)
+        ids = np.unique(np.asarray(experts, dtype=np.int64).reshape(-1))
+        n = self.num_predict if self.num_predict is not None else self.top_k * max(1, len(ids))
+        if self.max_predict is not None:
+            n = min(n, self.max_predict)
+        score = self.M[layer][ids].sum(axis=0)  # (E,)
+        return top_ids(score, min(n, self.num_experts))

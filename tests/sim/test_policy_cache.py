@@ -1,0 +1,229 @@
+"""Cache policies against a reference model written from the replay's spec, and against sources.
+
+The reference (``Ref``) follows the documented protocol literally: hits first, misses loaded in
+increasing id order, each load into a full cache evicting the victim chosen by the spec's
+ordering among resident keys not needed by the step; a key streams through when every resident
+key is needed. Each policy's fast ``replay`` and its ``access`` must agree with it step by step.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.policies import CACHE
+
+NEVER = 1 << 62
+
+
+class Ref:
+    def __init__(self, policy: str, capacity: int, future: list[list[int]]):
+        self.p, self.C, self.future = policy, capacity, future
+        self.res: set[int] = set()
+        self.last: dict[int, int] = {}
+        self.count: dict[int, int] = {}
+        self.req: dict[int, int] = {}
+        self.ins: dict[int, int] = {}
+
+    def next_use(self, k: int, step: int) -> int:
+        for s in range(step + 1, len(self.future)):
+            if k in self.future[s]:
+                return s
+        return NEVER
+
+    def order(self, k: int, step: int):  # the victim is the minimum of this key
+        p = self.p
+        if p in ("lru", "keep_predicted"):
+            return (self.last[k], k)
+        if p == "lfu":
+            return (self.count[k], self.last[k], k)
+        if p == "priority":
+            return (self.req.get(k, 0), self.count[k], self.last[k], k)
+        if p == "fifo":
+            return (self.ins[k], k)
+        if p == "lifo":
+            return (-self.ins[k], -k)
+        if p == "belady":
+            return (-self.next_use(k, step), k)
+        raise AssertionError(p)
+
+    def begin_request(self) -> None:
+        self.req = {}
+
+    def access(self, step: int, keys: list[int]):
+        need = set(keys)
+        for k in need:
+            self.count[k] = self.count.get(k, 0) + 1
+            self.req[k] = self.req.get(k, 0) + 1
+            if k in self.res:
+                self.last[k] = step
+        misses = sorted(need - self.res)
+        evicted = []
+        for k in misses:
+            if len(self.res) >= self.C:
+                cands = self.res - need
+                if not cands:
+                    continue
+                v = min(cands, key=lambda c: self.order(c, step))
+                self.res.discard(v)
+                evicted.append(v)
+            self.res.add(k)
+            self.ins[k] = step
+            self.last[k] = step
+        for k in need:
+            self.last[k] = step
+        return misses, evicted
+
+
+POLICIES = ["lru", "lfu", "fifo", "lifo", "belady", "priority", "keep_predicted"]
+
+traces = st.integers(1, 4).flatmap(lambda k: st.tuples(
+    st.just(k),
+    st.integers(k, 9),  # num_keys
+    st.integers(0, 60),  # steps
+    st.integers(0, 8),  # capacity
+    st.integers(0, 2**32 - 1),  # seed
+))
+
+
+def _make_trace(k: int, n: int, steps: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(n, 0.5))  # skewed popularity, like real routing
+    return np.array([rng.choice(n, k, replace=False, p=p) for _ in range(steps)],
+                    dtype=np.int64).reshape(steps, k)  # (S, K)
+
+
+def _make(policy: str, C: int, n: int, keys: np.ndarray):
+    c = CACHE.make(policy, capacity=C, num_keys=n)
+    if c.requires_future:
+        c.set_future(keys)
+    return c
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=60, deadline=None)
+@given(spec=traces)
+def test_policy_matches_reference_step_by_step(policy, spec):
+    k, n, steps, C, seed = spec
+    keys = _make_trace(k, n, steps, seed)
+    ref = Ref(policy, C, [set(r) for r in keys.tolist()])
+    pol = _make(policy, C, n, keys)
+    fast = _make(policy, C, n, keys)
+    total = 0
+    for s, row in enumerate(keys.tolist()):
+        if policy == "priority" and s % 7 == 0:
+            ref.begin_request()
+            pol.begin_request(s)
+        want = ref.access(s, row)
+        got = pol.access(s, row)
+        assert got == want, (s, row)
+        assert pol.resident == ref.res
+        total += len(want[0])
+    if policy != "priority":
+        assert fast.replay(keys) == total
+        assert fast.resident == ref.res
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=traces)
+def test_belady_never_misses_more_than_any_policy(spec):
+    k, n, steps, C, seed = spec
+    keys = _make_trace(k, n, steps, seed)
+    misses = {p: _make(p, C, n, keys).replay(keys) for p in POLICIES}
+    assert misses["belady"] == min(misses.values()), misses
+
+
+def _optimal_misses(keys: list[list[int]], C: int) -> int:
+    """Exhaustive search over every victim choice (tiny traces only)."""
+    best = {frozenset(): 0}
+    for row in keys:
+        need = set(row)
+        nxt: dict[frozenset, int] = {}
+        for res, m in best.items():
+            misses = sorted(need - res)
+            states = [(set(res), 0)]
+            for key in misses:
+                new = []
+                for r, _ in states:
+                    if len(r) < C:
+                        new.append((r | {key}, 0))
+                    elif not (r - need):
+                        new.append((r, 0))
+                    else:
+                        new.extend(((r - {v}) | {key}, 0) for v in sorted(r - need))
+                states = new
+            for r, _ in states:
+                f = frozenset(r)
+                nxt[f] = min(nxt.get(f, 1 << 30), m + len(misses))
+        best = nxt
+    return min(best.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 2), n=st.integers(2, 5), steps=st.integers(0, 9), C=st.integers(1, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_belady_equals_exhaustive_optimum(k, n, steps, C, seed):
+    k = min(k, n)
+    keys = _make_trace(k, n, steps, seed)
+    assert _make("belady", C, n, keys).replay(keys) == _optimal_misses(keys.tolist(), C)
+
+
+def test_huang_lifo_example():
+    """Huang et al. Sec. 5: cache of 2, experts 1, 2, 3 needed in increasing id order, batch after
+    batch. LIFO evicts 2 when loading 3 and keeps 1 (reused first by the next batch); FIFO evicts
+    1 and then misses on every expert."""
+    active = frozenset({1, 2, 3})
+    lifo = CACHE.make("lifo", capacity=2, num_keys=4)
+    fifo = CACHE.make("fifo", capacity=2, num_keys=4)
+    step = itertools.count()
+    seq = [1, 2, 3]
+    assert [lifo.access(next(step), [e], active) for e in seq] == [([1], []), ([2], []), ([3], [2])]
+    assert lifo.resident == {1, 3}
+    for _ in range(3):
+        assert [lifo.access(next(step), [e], active)[0] for e in seq] == [[], [2], [3]]
+    for _ in range(4):
+        assert [fifo.access(next(step), [e], active)[0] for e in seq] == [[1], [2], [3]]
+
+
+def test_lifo_evicts_inactive_experts_first():
+    c = CACHE.make("lifo", capacity=3, num_keys=8)
+    c.access(0, [1])
+    c.access(1, [2])
+    c.access(2, [5])
+    # batch needs {1, 5, 6}: 2 is inactive, so it goes although 5 is the latest in
+    assert c.access(3, [6], active={1, 5, 6}) == ([6], [2])
+    # plain (no active set): latest inserted first
+    assert c.access(4, [7]) == ([7], [6])
+
+
+def test_keep_predicted_protects_predicted_set():
+    c = CACHE.make("keep_predicted", capacity=2, num_keys=8)
+    c.set_predicted([3])
+    c.access(0, [3])
+    c.access(1, [4])
+    assert c.access(2, [5]) == ([5], [4])  # LRU would evict 3
+    c.set_predicted([])
+    assert c.access(3, [6]) == ([6], [3])
+
+
+def test_belady_requires_future_and_matching_replay():
+    from sim.errors import ConfigError
+
+    c = CACHE.make("belady", capacity=1, num_keys=4)
+    with pytest.raises(ConfigError, match="set_future"):
+        c.access(0, [1])
+    c.set_future(np.array([[1], [2]]))
+    with pytest.raises(ConfigError, match="differ"):
+        c.replay(np.array([[1], [3]]))
+
+
+def test_prefetch_insert_respects_protect_and_counts():
+    c = CACHE.make("lru", capacity=2, num_keys=8)
+    c.access(0, [1, 2])
+    loaded, evicted = c.insert(1, [3], protect=[1])
+    assert loaded == [3] and evicted == [2]
+    assert c.access(2, [3]) == ([], [])
