@@ -1,0 +1,177 @@
+"""``moesim placement``: expert placement / load balancing on a routing trace (Hydra app,
+conf/placement.yaml), as Huang et al. evaluate it: plan on the first ``train_frac`` of the prompts
+(trace order), evaluate on the rest.
+
+Load of expert e at layer l = tokens routed to it. A GPU's load shares each replicated expert's
+load equally among its replicas. Reported per policy, for both halves: ``max_over_mean`` = max
+GPU load / mean GPU load per layer, averaged over layers (aggregate over the half), its worst
+layer, and ``batch_max_over_mean`` = the same per batch (one prompt, or ``batch_tokens``
+tokens), averaged over batches and layers. ``rebalance`` starts from a plan on the first half and
+replans online every ``period`` test batches from the last ``window`` batches; its weight moves
+are charged as copies (``moved_experts``, ``bytes_moved``). ``exhaustive`` (the oracle) is
+planned on the test half itself and skipped, with the reason recorded, when too large.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.errors import ConfigError, MoesimError
+
+
+def share_matrix(placement: Any, L: int, E: int) -> np.ndarray:
+    """(L, E, G): fraction of expert e's load that GPU g serves."""
+    A = np.zeros((L, E, placement.num_gpus))
+    for l in range(L):
+        for e in range(E):
+            gpus = placement.replicas[l][e]
+            for g in gpus:
+                A[l, e, g] += 1.0 / len(gpus)
+    return A
+
+
+def imbalance(load: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """max/mean GPU load for loads (..., L, E) -> (..., L); layers with no load count as 1."""
+    gl = np.einsum("...le,leg->...lg", load, A)  # (..., L, G)
+    mean = gl.mean(axis=-1)
+    return np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
+
+
+def batch_loads(experts: np.ndarray, batch_of: np.ndarray, nb: int, E: int) -> np.ndarray:
+    """(nb, L, E) tokens per expert per batch from experts (T, L, K) and batch ids (T,)."""
+    T, L, K = experts.shape
+    idx = (batch_of[:, None, None] * L + np.arange(L)[None, :, None]) * E + experts  # (T, L, K)
+    return np.bincount(idx.reshape(-1), minlength=nb * L * E).reshape(nb, L, E).astype(np.float64)
+
+
+def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
+             batch_tokens: int | None, policy_kwargs: dict[str, Any], expert_bytes: int
+             ) -> dict[str, Any]:
+    from sim.policies import PLACEMENT
+    from sim.policies.rebalance import moves
+
+    ex = trace.experts.astype(np.int64)  # (T, L, K)
+    T, L, K = ex.shape
+    E = trace.num_experts
+    bounds = trace.request_bounds()
+    R = len(bounds) - 1
+    if R < 2:
+        raise ConfigError(f"placement needs at least 2 prompts to split, trace has {R}")
+    if not 0.0 < train_frac < 1.0:
+        raise ConfigError(f"train_frac must be in (0, 1), got {train_frac}")
+    r_split = min(max(1, int(round(R * train_frac))), R - 1)
+    t_split = int(bounds[r_split])
+    if batch_tokens is None:
+        batch_of = np.repeat(np.arange(R), np.diff(bounds))  # (T,) one batch per prompt
+    else:
+        if batch_tokens <= 0:
+            raise ConfigError(f"batch_tokens must be positive, got {batch_tokens}")
+        batch_of = np.concatenate([np.arange(t_split) // batch_tokens,
+                                   (t_split - 1) // batch_tokens + 1
+                                   + np.arange(T - t_split) // batch_tokens])
+    nb = int(batch_of[-1]) + 1
+    bl = batch_loads(ex, batch_of, nb, E)  # (nb, L, E)
+    b_split = int(batch_of[t_split])
+    train, test = bl[:b_split], bl[b_split:]
+    train_load, test_load = train.sum(axis=0), test.sum(axis=0)  # (L, E)
+    results = []
+    for name in policies:
+        kw = dict(policy_kwargs.get(name, {}) or {})
+        rec: dict[str, Any] = {"policy": name, "oracle": name == "exhaustive", "kwargs": kw}
+        try:
+            pol = PLACEMENT.make(name, num_gpus=num_gpus, **kw)
+            if hasattr(pol, "fit_history"):
+                pol.fit_history(train)
+            plan = pol.place(test_load if name == "exhaustive" else train_load)
+        except MoesimError as exc:
+            if name != "exhaustive":
+                raise
+            rec["skipped"] = str(exc)
+            results.append(rec)
+            continue
+        A = share_matrix(plan, L, E)
+        tr_l, te_l = imbalance(train_load, A), imbalance(test_load, A)
+        rec.update(train_max_over_mean=float(tr_l.mean()), train_worst_layer=float(tr_l.max()),
+                   train_batch_max_over_mean=float(imbalance(train, A).mean()))
+        moved = 0
+        if name == "rebalance":
+            # each test batch runs under the placement in force, then the policy observes it
+            gl = np.zeros((L, num_gpus))
+            per_batch = []
+            cur = plan
+            for t in range(len(test)):
+                gl += np.einsum("le,leg->lg", test[t], A)
+                per_batch.append(imbalance(test[t], A))
+                new = pol.observe(test[t])
+                if new is not None:
+                    moved += moves(cur, new)
+                    cur = new
+                    A = share_matrix(cur, L, E)
+            mean = gl.mean(axis=-1)
+            agg = np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
+            rec.update(test_max_over_mean=float(agg.mean()), test_worst_layer=float(agg.max()),
+                       test_batch_max_over_mean=float(np.mean(per_batch)), replans=int(
+                           len(test) // pol.period))
+        else:
+            rec.update(test_max_over_mean=float(te_l.mean()), test_worst_layer=float(te_l.max()),
+                       test_batch_max_over_mean=float(imbalance(test, A).mean()))
+        slots = np.zeros((L, num_gpus), dtype=np.int64)
+        for l in range(L):
+            for gpus in plan.replicas[l]:
+                for g in gpus:
+                    slots[l, g] += 1
+        rec.update(max_slots_per_gpu_layer=int(slots.max()),
+                   replicas=int(slots.sum()), moved_experts=moved, bytes_moved=moved * expert_bytes)
+        results.append(rec)
+    return {"num_gpus": num_gpus, "prompts": R, "train_prompts": r_split, "test_prompts": R - r_split,
+            "train_tokens": t_split, "test_tokens": T - t_split, "batches_train": b_split,
+            "batches_test": nb - b_split, "results": results}
+
+
+def _task(cfg: Any) -> None:
+    from omegaconf import OmegaConf
+
+    from sim.hydra_app import run_dir
+    from sim.replay import expert_bytes_for
+    from traces.format import atomic_write_bytes, read_trace
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    trace = read_trace(c["trace"]["path"])
+    n = c["trace"].get("max_requests")
+    if n is not None:
+        trace = trace.select_requests(trace.request_ids()[: int(n)])
+    eb = expert_bytes_for(trace.meta.model, c.get("expert_bytes"))
+    m = evaluate(trace, [str(p) for p in c["policies"]], int(c["num_gpus"]), float(c["train_frac"]),
+                 c.get("batch_tokens"), c.get("policy_kwargs") or {}, eb)
+    m = {"kind": "placement", "trace": {"path": str(c["trace"]["path"]), "model": trace.meta.model,
+                                        "layers": trace.num_layers, "experts": trace.num_experts,
+                                        "top_k": trace.top_k},
+         "expert_bytes": eb, **m}
+    out = Path(run_dir())
+    atomic_write_bytes((json.dumps(m, indent=1, sort_keys=True) + "\n").encode(), out / "metrics.json")
+    done = [r for r in m["results"] if "skipped" not in r]
+    if c.get("plot", True) and done:
+        from analysis.plots_cache import plot_placement
+
+        plot_placement(done, out / "placement.png",
+                       title=f"{trace.meta.model}, {m['num_gpus']} GPUs: plan on {m['train_prompts']} "
+                             f"prompts, test on {m['test_prompts']}")
+    print(f"moesim placement -> {out / 'metrics.json'}", file=sys.stderr)
+    for r in m["results"]:
+        if "skipped" in r:
+            print(f"  {r['policy']:<12} skipped: {r['skipped']}")
+        else:
+            print(f"  {r['policy']:<12} max/mean train={r['train_max_over_mean']:.3f} "
+                  f"test={r['test_max_over_mean']:.3f} (per batch {r['test_batch_max_over_mean']:.3f})"
+                  f" moved={r['moved_experts']}")
+
+
+def main(argv: list[str]) -> int:
+    from sim.hydra_app import run_hydra
+
+    return run_hydra("placement", _task, argv, prog="moesim placement")
