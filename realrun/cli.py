@@ -1,0 +1,114 @@
+"""``moesim realrun replay|calibrate``: Hydra apps (conf/realrun_replay.yaml, _calibrate.yaml).
+
+    moesim realrun replay [trace.path=FILE] [cache=lifo] [capacity_frac=0.5] [device=cuda]
+        -> RUN_DIR/metrics.json (counts: hits, misses, bytes; same seed, same bytes)
+           RUN_DIR/timings.json (measured seconds: copies, layers, wall time)
+    moesim realrun calibrate [device=cuda] [model=mixtral-8x7b]
+        -> RUN_DIR/profile.csv (sim/cost/table.py layout) + meta.json; use it with
+           moesim sim cost_model=table cost_table=RUN_DIR/profile.csv
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sim.errors import ConfigError
+
+USAGE = __doc__.split("\n\n", 1)[1]
+
+
+def main(argv: list[str]) -> int:
+    from sim.hydra_app import run_hydra
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: moesim realrun {replay,calibrate} [key=value ...]\n" + USAGE)
+        return 0
+    sub, rest = argv[0], argv[1:]
+    if sub == "replay":
+        return run_hydra("realrun_replay", replay_task, rest, "moesim realrun replay")
+    if sub == "calibrate":
+        return run_hydra("realrun_calibrate", calibrate_task, rest, "moesim realrun calibrate")
+    print(f"moesim realrun: error: unknown subcommand {sub!r}; expected replay or calibrate",
+          file=sys.stderr)
+    return 2
+
+
+def _interpret_if_cpu(device: str) -> None:
+    import os
+
+    if not str(device).startswith("cuda"):
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton runs on the CPU only interpreted
+
+
+def _write_json(obj: dict[str, Any], path: Path) -> None:
+    from traces.format import atomic_write_bytes
+
+    atomic_write_bytes((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), path)
+
+
+def _trace(cfg: Any):
+    import numpy as np
+
+    from traces.format import read_trace
+
+    if cfg.trace.path:
+        return read_trace(cfg.trace.path)
+    from traces.synth import fitted_params, sample_trace
+
+    rng = np.random.default_rng(cfg.seed)
+    return sample_trace(fitted_params(cfg.trace.params), int(cfg.trace.requests),
+                        int(cfg.trace.tokens_per_request), rng)
+
+
+def replay_task(cfg: Any) -> None:
+    from sim.hydra_app import run_dir
+
+    _interpret_if_cpu(cfg.device)
+    from realrun.runner import RealMoE, RealrunConfig
+
+    trace = _trace(cfg)
+    if cfg.shrink < 1:
+        raise ConfigError(f"shrink must be >= 1, got {cfg.shrink}")
+    hidden = max(16, cfg.model.hidden_size // cfg.shrink)
+    inter = max(16, cfg.model.expert_intermediate_size // cfg.shrink)
+    if trace.num_experts != cfg.model.num_experts or trace.top_k != cfg.model.top_k:
+        raise ConfigError(
+            f"trace has {trace.num_experts} experts top-{trace.top_k}, model {cfg.model.name} has "
+            f"{cfg.model.num_experts} top-{cfg.model.top_k}; choose model= to match the trace")
+    rc = RealrunConfig(hidden=hidden, intermediate=inter, cache_policy=cfg.cache,
+                       capacity_frac=cfg.capacity_frac, batch_tokens=cfg.batch_tokens,
+                       block_size=cfg.block_size, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed,
+                       max_tokens=cfg.max_tokens)
+    moe = RealMoE(rc, trace.num_layers, trace.num_experts, trace.top_k)
+    metrics, timings = moe.run_trace(trace, progress=sys.stderr.isatty())
+    metrics["model"] = cfg.model.name
+    out = Path(run_dir())
+    _write_json(metrics, out / "metrics.json")
+    _write_json(timings, out / "timings.json")
+    print(f"realrun {cfg.cache} @ {cfg.capacity_frac:.0%}: hit rate {metrics['hit_rate']:.3f}, "
+          f"{metrics['h2d_bytes'] / 2**20:.1f} MiB copied in {metrics['h2d_copies']} copies, "
+          f"{timings['wall_time_s']:.2f} s wall on {timings['device']} -> {out}")
+
+
+def calibrate_task(cfg: Any) -> None:
+    from sim.hydra_app import run_dir
+
+    _interpret_if_cpu(cfg.device)
+    import torch
+
+    from realrun.calibrate import calibrate, device_label, write_profile
+
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda asked for, but torch sees no CUDA GPU")
+    hidden = max(16, cfg.model.hidden_size // cfg.shrink)
+    inter = max(16, cfg.model.expert_intermediate_size // cfg.shrink)
+    rows = calibrate(cfg.device, cfg.dtype, hidden, inter, cfg.model.num_experts, cfg.model.top_k,
+                     list(cfg.tokens), list(cfg.copy_bytes), cfg.warmup, cfg.reps,
+                     cfg.block_size, cfg.label or None)
+    meta = {"device": device_label(torch.device(cfg.device)), "model": cfg.model.name,
+            "hidden": hidden, "intermediate": inter, "dtype": cfg.dtype, "shrink": cfg.shrink}
+    csv = write_profile(rows, Path(run_dir()), meta)
+    print(f"{len(rows)} measurements -> {csv}")
