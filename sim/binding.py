@@ -99,12 +99,12 @@ def build_pool(model: ModelConfig, trace: TraceConfig, tasks: list[str],
         check_pool(pool, model, trace.path)
         return pool
     try:
-        from traces.synth import fitted_params, sample_trace
+        from traces.synth import load_params, sample_trace
     except ImportError as exc:
         raise ConfigError(f"the routing generator (traces.synth) is not available ({exc}); "
                           f"give a real routing trace with trace.path=FILE") from None
     name = trace.generator or model.name
-    params = fitted_params(name)
+    params = load_params(name)
     traces, labels = [], []
     for t in tasks:
         # a workload task the generator was fitted on samples that task; any other task draws

@@ -95,7 +95,8 @@ class Link:
                     r = active[k] - m
                     if r <= 1e-6:
                         del active[k]
-                        self.done[k] = self.t
+                        if k >= 0:
+                            self.done[k] = self.t
                     else:
                         active[k] = r
             else:
@@ -118,6 +119,40 @@ class Link:
         self._advance(start)
         self.active[tid] = float(nbytes)
         return tid
+
+    def fetch(self, t: float, nbytes: float) -> float:
+        """Start a transfer the caller waits on right away; returns its completion time.
+
+        Same as ``finish(add(t, nbytes))``, but the transfer's completion is not kept for a later
+        ``finish`` (nothing asks twice), and an idle link takes a short path."""
+        self.bytes_total += nbytes
+        start = t + self.latency_s
+        if self.infinite or nbytes <= 0:
+            return start
+        active = self.active
+        if len(active) == 1:
+            # the common case: one earlier transfer; drop it if it is done by ``start``
+            (k, r), = active.items()
+            dt = r / self.bytes_per_s
+            if self.t + dt <= start:
+                del active[k]
+                if k >= 0:
+                    self.done[k] = self.t + dt
+                self.busy_s += dt
+                self.t = start
+            else:
+                self._advance(start)
+        elif active:
+            self._advance(start)
+        elif start > self.t:
+            self.t = start
+        tid = -1 - self.next_id  # negative ids: not recorded in ``done``
+        self.next_id += 1
+        if not active:
+            active[tid] = float(nbytes)
+            return start + nbytes / self.bytes_per_s
+        active[tid] = float(nbytes)
+        return self.finish(tid)
 
     def finish(self, tid: int) -> float:
         """Completion time of transfer ``tid`` (forgotten afterwards)."""

@@ -127,7 +127,8 @@ class TraceConfig:
 
     name: str = "synthetic"
     path: str = ""
-    #: fitted generator parameters (traces/params/<name>.json); default: the model's name
+    #: fitted generator parameters: a shipped name (traces/params/<name>.json) or a JSON file from
+    #: "moesim trace fit"; default: the model's name
     generator: str = ""
     #: generated traces per task and their length in tokens (deterministic under the seed)
     pool_size: int = 32
@@ -157,7 +158,7 @@ class ServingConfig:
     token_budget: int = 8192
     max_batch_requests: int = 256
     #: waiting requests shown to the scheduler per iteration (head of the queue)
-    scheduler_window: int = 256
+    scheduler_window: int = 64
     #: SLOs used for attainment
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.2

@@ -160,6 +160,11 @@ class Simulation:
         self.model = m
         self.L, self.E, self.K = m.num_layers, m.num_experts, m.top_k
         self.pool = pool
+        LE = m.num_layers * m.num_experts
+        key_dtype = np.int16 if LE < 2**15 else np.int32
+        # (N, L*K) the pool's routing as cache keys (layer * E + expert), computed once
+        self.pool_keys = (pool.experts.astype(key_dtype) + (np.arange(m.num_layers, dtype=key_dtype)
+                          * m.num_experts)[None, :, None]).reshape(len(pool.experts), -1)
         self.topo = Topology.from_config(c)
         if s.router not in ROUTERS:
             raise ConfigError(f"serving.router={s.router!r}; expected one of {list(ROUTERS)}")
@@ -208,6 +213,8 @@ class Simulation:
         self.iter_imbalance_sum = 0.0
         self.iter_layers = 0
         self.last_finish_s = 0.0
+        self._views: dict[int, RequestView] = {}
+        self.gpu_tokens = np.zeros((len(self.replicas), self.topo.expert_parallel))  # (replicas, G)
 
     # ------------------------------------------------------------------------------------------
     # set-up
@@ -233,6 +240,13 @@ class Simulation:
                 for g in gpus:
                     share[l, e, g] += 1.0 / len(gpus)
         self.share = share
+        pairs = np.argwhere(share.reshape(self.L * self.E, ep) > 0)  # (P, 2) (key, gpu), key-sorted
+        self.pair_key = pairs[:, 0].astype(np.int64)
+        self.pair_gpu = pairs[:, 1].astype(np.int64)
+        self.single_owner = len(pairs) == self.L * self.E
+        self.owner_flat = share.reshape(self.L * self.E, ep).argmax(axis=1)  # (L*E,)
+        self.layer_of_key = np.arange(self.L * self.E) // self.E  # (L*E,)
+        self.lg_index = self.layer_of_key * ep + self.owner_flat  # (L*E,) flat (layer, gpu)
         return placement
 
     def _setup_gpus(self) -> None:
@@ -358,10 +372,15 @@ class Simulation:
     # the serving loop
     # ------------------------------------------------------------------------------------------
     def _view(self, i: int) -> RequestView:
+        v = self._views.get(i)
+        if v is not None:
+            v.done_tokens = int(self.req.generated[i])
+            return v
         r = self.req
-        return RequestView(index=i, arrival_s=float(r.arrival_s[i]), prompt_tokens=int(r.prompt[i]),
+        v = self._views[i] = RequestView(index=i, arrival_s=float(r.arrival_s[i]), prompt_tokens=int(r.prompt[i]),
                            done_tokens=int(r.generated[i]), predicted_output_tokens=float("nan"),
                            task=r.task[i], slo_s=float("inf"))
+        return v
 
     def _serve(self, rep: Replica):
         env, r = self.env, self.req
@@ -474,19 +493,30 @@ class Simulation:
         batch, alloc = batch[keep], alloc[keep]
         rows, pairs = self._rows(batch, alloc)
         T = len(rows)
-        ex = self.pool.experts[rows]  # (T, L, K)
-        flat = (ex.astype(np.int64) + self.layer_bounds[:-1][None, :, None]).ravel()  # (T*L*K,)
-        counts = np.bincount(flat, minlength=L * E).reshape(L, E)  # (L, E) tokens per expert
+        keys_tok = self.pool_keys[rows]  # (T, L*K) key = layer * E + expert
+        counts_flat = np.bincount(keys_tok.ravel(), minlength=L * E)  # (L*E,) tokens per key
+        counts = counts_flat.reshape(L, E)  # (L, E)
         self.recorded_le += counts
         G = len(rep.gpus)
-        tok_g = counts[:, :, None] * self.share  # (L, E, G) tokens per expert per GPU
-        self.computed_le += np.rint(tok_g.sum(axis=2)).astype(np.int64)
-        comp = cost.expert_s(np.ceil(tok_g - 1e-9)).sum(axis=1)  # (L, G) expert compute per GPU
-        load_g = tok_g.sum(axis=1)  # (L, G)
-        mean_load = load_g.mean(axis=1)
-        nz = mean_load > 0
-        self.iter_imbalance_sum += float((load_g.max(axis=1)[nz] / mean_load[nz]).sum())
+        if self.single_owner:
+            # each expert on one GPU: per-GPU sums by scatter (no (L, E, G) product)
+            computed = counts
+            comp_le = cost.expert_s(counts)  # (L, E)
+            lg = self.lg_index
+            comp_arr = np.bincount(lg, weights=comp_le.ravel(), minlength=L * G).reshape(L, G)
+            load_g = np.bincount(lg, weights=counts_flat, minlength=L * G).reshape(L, G)
+        else:
+            tok_g = counts[:, :, None] * self.share  # (L, E, G) tokens per expert per GPU
+            computed = np.rint(tok_g.sum(axis=2)).astype(np.int64)
+            comp_arr = cost.expert_s(np.ceil(tok_g - 1e-9)).sum(axis=1)  # (L, G) expert compute
+            load_g = tok_g.sum(axis=1)  # (L, G)
+        self.computed_le += computed
+        comp = comp_arr.tolist()  # [L][G] seconds
+        sum_load = load_g.sum(axis=1)  # (L,)
+        nz = sum_load > 0
+        self.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
         self.iter_layers += int(nz.sum())
+        self.gpu_tokens[rep.index] += load_g.sum(axis=0)
         decode = int((alloc == 1).sum())
         prefill = T - decode
         attn = cost.attention_s(prefill, decode, pairs, G)
@@ -494,24 +524,22 @@ class Simulation:
         a2a = cost.all_to_all_s(T * K * self.model.hidden_size * 2.0 / G, G, self.topo.inter_node) \
             if G > 1 else 0.0
         pf_cost = self.prefetch.cost_s() if (self._pf_next or self._pf_req) else 0.0
-        used = counts > 0  # (L, E)
-        used_flat = used.ravel()
+        used_flat = counts_flat > 0  # (L*E,)
         states = rep.states
         eb = self.expert_bytes
         recording = rec is not None and rec.want(t0)
         step0 = rep.step
         rep.step += L
-        # per GPU: the keys it needs this iteration, split by layer
-        need: list[list[Any]] = []
-        active: list[frozenset] = []
-        for st in states:
-            if st.cache is None:
-                need.append([])
-                active.append(frozenset())
-                continue
-            per_layer = [hk[used_flat[hk]] for hk in st.home_keys]
-            need.append(per_layer)
-            active.append(frozenset(np.flatnonzero(used_flat & st.home_mask).tolist()))
+        # per GPU: the keys it needs at each layer (sets) and over the iteration ("active")
+        need: list[list[set[int]]] = [[set() for _ in range(L)] if st.cache is not None else []
+                                      for st in states]
+        active: list[set[int]] = [set() for _ in states]
+        sel = used_flat[self.pair_key]
+        for k, g in zip(self.pair_key[sel].tolist(), self.pair_gpu[sel].tolist()):
+            ng = need[g]
+            if ng:
+                ng[k // E].add(k)
+                active[g].add(k)
         t = t0
         for l in range(L):
             t_gate = t + attn + gate + pf_cost
@@ -525,9 +553,8 @@ class Simulation:
                     if G > 1:
                         rec.add(f"a2a dispatch L{l}", "all_to_all", st.gpu, t_gate, ready)
                 if cache is not None:
-                    keys = need[g][l]
-                    if len(keys):
-                        keyset = set(keys.tolist())
+                    keyset = need[g][l]
+                    if keyset:
                         misses, _ = cache.access(step0 + l, keyset, active[g])
                         nres = len(cache.resident)
                         if nres > st.peak_resident:
@@ -555,8 +582,7 @@ class Simulation:
                                     if fin > start:
                                         start = fin
                         if nm:
-                            tid = st.link.add(t_gate, nm * eb)
-                            fin = st.link.finish(tid)
+                            fin = st.link.fetch(t_gate, nm * eb)
                             if recording:
                                 rec.add(f"copy L{l} x{nm}", "copy", st.gpu, t_gate + st.link.latency_s
                                         if not st.link.infinite else t_gate, fin)
@@ -564,9 +590,10 @@ class Simulation:
                                 start = fin
                 if start > ready:
                     st.stall_s += start - ready
-                e_end = start + comp[l, g]
-                st.busy_s += comp[l, g]
-                if recording and comp[l, g] > 0:
+                c = comp[l][g]
+                e_end = start + c
+                st.busy_s += c
+                if recording and c > 0:
                     rec.add(f"experts L{l}", "compute", st.gpu, start, e_end)
                 if e_end > end:
                     end = e_end
@@ -575,7 +602,7 @@ class Simulation:
                 for st in states:
                     rec.add(f"a2a combine L{l}", "all_to_all", st.gpu, end, t_next)
             if self._pf_obs or self._pf_next:
-                experts = np.flatnonzero(used[l])
+                experts = np.flatnonzero(used_flat[l * E:(l + 1) * E])
                 if self._pf_obs:
                     self.prefetch.observe(rep.ctx, l, experts)
                 if self._pf_next and l + 1 < L:
@@ -583,9 +610,6 @@ class Simulation:
                     if len(pred):
                         self._prefetch_keys(rep, (l + 1) * E + pred, step0 + l, t_gate, need, l + 1)
             t = t_next
-        load_total = load_g.sum(axis=0)  # (G,)
-        for g, st in enumerate(states):
-            st.expert_tokens += int(round(load_total[g]))
         self.tokens_processed += T
         r.processed[batch] += alloc
         rep.iterations += 1
@@ -636,6 +660,8 @@ class Simulation:
             r.completions[fin] += 1
             rep.kv_used -= int(r.ctx[fin].sum())
             fs = set(fin.tolist())
+            for i in fs:
+                self._views.pop(i, None)
             rep.running = [i for i in rep.running if i not in fs]
             self.completed += len(fin)
             self.last_finish_s = now

@@ -68,7 +68,7 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
     misses = sum(st.misses for st in states)
     sim_time = float(sim.last_finish_s - (sim.req.arrival_s.min() if sim.R else 0.0))
     out_tokens = int(done["output_tokens"].sum())
-    gpu_tokens = np.array([st.expert_tokens for st in states], dtype=np.float64)
+    gpu_tokens = np.rint(sim.gpu_tokens.ravel())  # (GPUs,) expert-token assignments
     recorded = int(sim.recorded_le.sum())
     eb = sim.expert_bytes
     cost_report = sim.cost.report()
