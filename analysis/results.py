@@ -6,7 +6,8 @@ directories at any depth (Hydra's ``multirun/DATE/TIME/N/``).
 
 :func:`load_runs` returns one row per run: ``run_dir``, one column per override (named by its key,
 values parsed as YAML scalars) and one column per scalar metric, nested keys joined with ``.``
-(``ttft_s.p50``). Metrics that hold a list of records (``results`` of ``moesim cache``, for
+(``ttft_s.p50``); wall-clock figures kept out of ``metrics.json`` (``run_info.json`` of the
+simulator, ``timings.json`` of realrun) come in as ``wall.*`` and ``timing.*`` columns. Metrics that hold a list of records (``results`` of ``moesim cache``, for
 instance) are expanded by :func:`load_records` instead: one row per record, with the run's
 overrides repeated.
 """
@@ -86,6 +87,11 @@ def load_runs(root: str | Path) -> pd.DataFrame:
         row: dict[str, Any] = {"run_dir": str(run)}
         row.update(read_overrides(run))
         row.update(flatten(read_metrics(run)))
+        for extra in ("run_info.json", "timings.json"):  # wall-clock figures, kept apart
+            path = run / extra
+            if path.is_file():
+                row.update(flatten(json.loads(path.read_text()), "wall." if extra ==
+                                   "run_info.json" else "timing."))
         rows.append(row)
     return pd.DataFrame(rows)
 
