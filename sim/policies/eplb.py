@@ -23,12 +23,15 @@ from sim.errors import ConfigError
 from sim.policies.base import PLACEMENT, Placement, PlacementPolicy
 
 
-def replicate(load: np.ndarray, total: int) -> np.ndarray:
-    """Replica counts (E,) summing to ``total`` >= E, hottest per replica first."""
+def replicate(load: np.ndarray, total: int, max_per: int) -> np.ndarray:
+    """Replica counts (E,) summing to ``total`` >= E, hottest per replica first, at most
+    ``max_per`` each (a GPU never holds two copies of one expert)."""
     E = len(load)
+    if total > E * max_per:
+        raise ConfigError(f"eplb: {total} replicas of {E} experts need more than {max_per} GPUs")
     reps = np.ones(E, dtype=np.int64)
     for _ in range(total - E):
-        per = load / reps
+        per = np.where(reps < max_per, load / reps, -np.inf)
         e = int(np.lexsort((np.arange(E), -per))[0])
         reps[e] += 1
     return reps
@@ -75,7 +78,7 @@ class EPLBPlacement(PlacementPolicy):
             row: list[list[int]] = [[] for _ in range(E)]
             for n, experts in enumerate(node_of):
                 ex = np.array(sorted(experts), dtype=np.int64)
-                cnt = replicate(load[l, ex], len(ex) + R // N)
+                cnt = replicate(load[l, ex], len(ex) + R // N, gpn)
                 items = np.repeat(ex, cnt)
                 w = np.repeat(load[l, ex] / cnt, cnt)
                 for j, members in enumerate(pack(w, items, gpn, S)):
