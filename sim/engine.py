@@ -540,6 +540,12 @@ class Simulation:
             if ng:
                 ng[k // E].add(k)
                 active[g].add(k)
+        if not recording and not self._pf_next and not self._pf_req:
+            t = self._layers_fast(rep, t0, need, active, comp, attn + gate + pf_cost, a2a, step0)
+            self.tokens_processed += T
+            r.processed[batch] += alloc
+            rep.iterations += 1
+            return t - t0
         t = t0
         for l in range(L):
             t_gate = t + attn + gate + pf_cost
@@ -614,6 +620,72 @@ class Simulation:
         r.processed[batch] += alloc
         rep.iterations += 1
         return t - t0
+
+    def _layers_fast(self, rep: Replica, t0: float, need: list[list[set[int]]], active: list[set[int]],
+                     comp: list[list[float]], pre_s: float, a2a: float, step0: int) -> float:
+        """The layer walk of :meth:`_iteration` when nothing is recorded and nothing is prefetched
+        (no copy in flight at an iteration's start): the same arithmetic, fewer checks per
+        (GPU, layer). ``tests/sim/test_sim_degenerate.py`` checks both walks agree."""
+        states = rep.states
+        eb = self.expert_bytes
+        G = len(states)
+        with_cache = [(g, st, st.cache, st.link, need[g], active[g]) for g, st in enumerate(states)
+                      if st.cache is not None and active[g]]
+        # with nothing prefetched, a link carries one copy at a time (each is waited on before the
+        # next layer issues another), so a copy takes latency + bytes / bandwidth; a copy still in
+        # flight from an aborted iteration goes through the link's general path
+        simple = all(not st.link.active for _, st, *_ in with_cache)
+        misses_total = [0] * G
+        stall = [0.0] * G
+        t = t0
+        for l in range(self.L):
+            t_gate = t + pre_s
+            ready = t_gate + a2a
+            comp_l = comp[l]
+            starts = None
+            for g, st, cache, link, ng, act in with_cache:
+                keyset = ng[l]
+                if not keyset:
+                    continue
+                misses = cache.access(step0 + l, keyset, act)[0]
+                if misses:
+                    nm = len(misses)
+                    misses_total[g] += nm
+                    if misses[-1] not in cache.resident:
+                        st.streamed += sum(1 for k in misses if k not in cache.resident)
+                    if simple:
+                        nbytes = nm * eb
+                        link.bytes_total += nbytes
+                        dt = 0.0 if link.infinite else nbytes / link.bytes_per_s
+                        fin = t_gate + link.latency_s + dt
+                        link.busy_s += dt
+                        link.t = fin
+                    else:
+                        fin = link.fetch(t_gate, nm * eb)
+                    if fin > ready:
+                        if starts is None:
+                            starts = [ready] * G
+                        starts[g] = fin
+                        stall[g] += fin - ready
+            if starts is None:
+                end = ready + max(comp_l)
+            else:
+                end = max(s + c for s, c in zip(starts, comp_l))
+            t = end + a2a
+        for g, st, cache, _, _, act in with_cache:
+            st.misses += misses_total[g]
+            st.hits += len(act) - misses_total[g]
+            st.stall_s += stall[g]
+            nres = len(cache.resident)
+            if nres > st.peak_resident:
+                st.peak_resident = nres
+                if nres > st.capacity:
+                    raise MoesimError(f"cache policy {self.cfg.policy.cache!r} holds {nres} experts on "
+                                      f"GPU {st.gpu}, over its budget {st.capacity}")
+        busy = np.asarray(comp).sum(axis=0)  # (G,)
+        for g, st in enumerate(states):
+            st.busy_s += float(busy[g])
+        return t
 
     def _prefetch_keys(self, rep: Replica, keys: np.ndarray, step: int, t_issue: float,
                        need: list[list[Any]], layer: int) -> None:

@@ -71,3 +71,13 @@ def test_one_gpu_pays_no_all_to_all(pool):
                                                                expert_parallel=2))
     ep2_slow = dataclasses.replace(ep2, hardware=slow_net.hardware)
     assert _sim(ep2_slow, _wl(), pool)[1]["sim_time_s"] > _sim(ep2, _wl(), pool)[1]["sim_time_s"]
+
+
+def test_fast_and_recorded_layer_walks_agree(pool):
+    """The engine walks layers on a fast path unless it records a timeline; both must agree."""
+    cfg = tiny_config(layers=3, experts=8, top_k=2, gpus_per_node=2, ep=2, budget_fraction=0.5,
+                      token_budget=8)
+    _, fast = _sim(cfg, _wl(), pool)
+    _, slow = _sim(cfg, _wl(), pool, Recorder(0.0, float("inf")))
+    assert fast["expert_misses"] > 0 and fast["fetch_stall_s"] > 0
+    assert fast == slow
