@@ -88,6 +88,11 @@ def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path) -> dict[str, Any
                                     "per layer (popularity for the first)",
                  "transition": "first-order cross-layer counts applied to the token's true "
                                "experts at layer l-1 (eMoE-L information; layer 0: popularity)"}}
+    if getattr(tok_model, "lookup", False):
+        table = tok_model.prior_table.float().numpy()  # (V, L, E)
+        token["references"] = {"piece_lookup": set_metrics(top_m(table[enc.tok[rows]], K), true, E)}
+        token["reference_inputs"] = {"piece_lookup": "the token piece alone: its experts in the "
+                                                     "training prompts (smoothed), no context"}
     token["beats_all_baselines"] = bool(all(token["predictor"]["f1"] > v["f1"]
                                             for v in token["baselines"].values()))
 
