@@ -27,7 +27,6 @@ import csv
 import io
 import itertools
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,14 +80,11 @@ def _timer(device: str, warmup_ms: float, rep_ms: float):
 
         return cuda_time_us
 
-    def cpu_time_us(fn) -> float:
+    def cpu_time_us(fn) -> float:  # smoke mode: one warm call, one timed call
         fn()
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return 1e6 * statistics.median(ts)
+        t0 = time.perf_counter()
+        fn()
+        return 1e6 * (time.perf_counter() - t0)
 
     return cpu_time_us
 
