@@ -159,6 +159,10 @@ class ServingConfig:
     max_batch_requests: int = 256
     #: waiting requests shown to the scheduler per iteration (head of the queue)
     scheduler_window: int = 64
+    #: output length predicted for a task before any of its requests completed (schedulers see
+    #: the running per-task mean afterwards); a request's SLO for schedulers is
+    #: ttft_slo_s + tpot_slo_s * predicted output
+    predicted_output_tokens: float = 128.0
     #: SLOs used for attainment
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.2

@@ -214,6 +214,7 @@ class Simulation:
         self.iter_layers = 0
         self.last_finish_s = 0.0
         self._views: dict[int, RequestView] = {}
+        self._task_outputs: dict[str, tuple[int, int]] = {}  # task -> (completed, output tokens)
         self.gpu_tokens = np.zeros((len(self.replicas), self.topo.expert_parallel))  # (replicas, G)
 
     # ------------------------------------------------------------------------------------------
@@ -377,10 +378,19 @@ class Simulation:
             v.done_tokens = int(self.req.generated[i])
             return v
         r = self.req
-        v = self._views[i] = RequestView(index=i, arrival_s=float(r.arrival_s[i]), prompt_tokens=int(r.prompt[i]),
-                           done_tokens=int(r.generated[i]), predicted_output_tokens=float("nan"),
-                           task=r.task[i], slo_s=float("inf"))
+        v = self._views[i] = RequestView(
+            index=i, arrival_s=float(r.arrival_s[i]), prompt_tokens=int(r.prompt[i]),
+            done_tokens=int(r.generated[i]), predicted_output_tokens=self._predicted_output(i),
+            task=r.task[i], slo_s=0.0)
+        s = self.cfg.serving
+        v.slo_s = s.ttft_slo_s + s.tpot_slo_s * v.predicted_output_tokens
         return v
+
+    def _predicted_output(self, i: int) -> float:
+        """Output length a serving system would predict: the mean over completed requests of the
+        same task so far (eMoE's per-task profile), ``serving.predicted_output_tokens`` before any."""
+        n, total = self._task_outputs.get(self.req.task[i], (0, 0))
+        return total / n if n else float(self.cfg.serving.predicted_output_tokens)
 
     def _serve(self, rep: Replica):
         env, r = self.env, self.req
@@ -688,7 +698,7 @@ class Simulation:
         return t
 
     def _prefetch_keys(self, rep: Replica, keys: np.ndarray, step: int, t_issue: float,
-                       need: list[list[Any]], layer: int) -> None:
+                       need: list[list[set[int]]], layer: int) -> None:
         """Load predicted keys into the GPUs that hold them, issuing copies at ``t_issue``."""
         for g, st in enumerate(rep.states):
             if st.cache is None:
@@ -696,7 +706,7 @@ class Simulation:
             mine = keys[st.home_mask[keys]]
             if not len(mine):
                 continue
-            protect = need[g][layer].tolist() if layer < len(need[g]) else []
+            protect = need[g][layer] if layer < len(need[g]) else ()
             loaded, _ = st.cache.insert(step, mine.tolist(), protect=protect)
             if len(st.cache.resident) > st.capacity:
                 raise MoesimError(f"cache policy {self.cfg.policy.cache!r} went over budget on GPU "
@@ -710,7 +720,7 @@ class Simulation:
         ctx = PrefetchContext(request_id=self.req.request_id[i], task=self.req.task[i],
                               prompt_tokens=int(self.req.prompt[i]), request_index=i)
         plan = self.prefetch.on_request(ctx)
-        need: list[list[Any]] = [[] for _ in rep.states]
+        need: list[list[set[int]]] = [[] for _ in rep.states]
         for layer, experts in sorted(plan.items()):
             keys = int(layer) * self.E + np.asarray(experts, dtype=np.int64)
             self._prefetch_keys(rep, keys, rep.step, self.env.now, need, int(layer))
@@ -734,6 +744,8 @@ class Simulation:
             fs = set(fin.tolist())
             for i in fs:
                 self._views.pop(i, None)
+                n, total = self._task_outputs.get(r.task[i], (0, 0))
+                self._task_outputs[r.task[i]] = (n + 1, total + int(r.output[i]))
             rep.running = [i for i in rep.running if i not in fs]
             self.completed += len(fin)
             self.last_finish_s = now

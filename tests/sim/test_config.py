@@ -27,7 +27,8 @@ def _compose(overrides):
 
 
 def test_required_models_and_hardware_are_there():
-    assert {"mixtral-8x7b", "mixtral-8x22b", "deepseek-v2-lite", "qwen3-30b-a3b", "deepseek-v3"} <= set(MODELS)
+    want = {"mixtral-8x7b", "mixtral-8x22b", "deepseek-v2-lite", "qwen3-30b-a3b", "deepseek-v3"}
+    assert want <= set(MODELS)
     assert {"h100-sxm", "h200", "a100-40gb"} <= set(HARDWARE) and len(HARDWARE) >= 4
 
 
