@@ -18,7 +18,7 @@ def check(dev: str = "cuda") -> list[str]:
 
     from kernels import reference as ref
     from kernels.align import dynamic_gating
-    from kernels.combine import combine
+    from kernels.combine_op import combine
     from kernels.gating import topk_gating
     from kernels.layer import moe_layer
     from kernels.static_gating import static_capacity_gating

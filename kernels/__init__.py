@@ -48,7 +48,7 @@ _API = {
     "dynamic_gating": "kernels.align",
     "static_capacity_gating": "kernels.static_gating",
     "grouped_swiglu": "kernels.grouped_ffn",
-    "combine": "kernels.combine",
+    "combine": "kernels.combine_op",  # module named apart so kernels.combine stays the function
     "moe_layer": "kernels.layer",
     "AlignResult": "kernels.reference",
     "FfnConfig": "kernels.tuning",

@@ -128,7 +128,7 @@ def _bench_one(shape: ModelShape, tokens: int, cfg, timer, peak, device_name: st
 
     from kernels import reference as ref
     from kernels.align import dynamic_gating
-    from kernels.combine import combine
+    from kernels.combine_op import combine
     from kernels.gating import topk_gating
     from kernels.grouped_ffn import grouped_swiglu
     from kernels.layer import moe_layer

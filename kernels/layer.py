@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from kernels.align import dynamic_gating
-from kernels.combine import combine
+from kernels.combine_op import combine
 from kernels.gating import topk_gating
 from kernels.grouped_ffn import grouped_swiglu
 from kernels.static_gating import static_capacity_gating

@@ -107,7 +107,7 @@ class RealMoE:
     def layer(self, l: int, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """One MoE layer: x (T, H), logits (T, E) -> (T, H)."""
         from kernels.align import dynamic_gating
-        from kernels.combine import combine
+        from kernels.combine_op import combine
         from kernels.gating import topk_gating
         from kernels.grouped_ffn import grouped_swiglu
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.combine import combine
+from kernels.combine_op import combine
 from kernels.reference import combine_ref
 from sim.errors import ConfigError
 
@@ -41,3 +41,11 @@ def test_determinism_rerun(gen):
 def test_bad_input():
     with pytest.raises(ConfigError, match="T\\*K"):
         combine(torch.zeros(4, 2), torch.zeros(3, dtype=torch.int32), torch.zeros(2, 2))
+
+
+def test_public_api_names_are_the_functions():
+    import kernels
+    import kernels.layer  # noqa: F401 - imports every kernel module
+
+    for name in ("combine", "topk_gating", "dynamic_gating", "grouped_swiglu", "moe_layer"):
+        assert callable(getattr(kernels, name)), name
