@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,21 +43,27 @@ def main() -> int:
                    f"workload.path={a.path}", f"workload.max_requests={a.max_requests}",
                    f"hydra.run.dir={d}", "output.progress=off", "output.print_summary=false", *a.overrides]
             t0 = time.perf_counter()
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"})
             total = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
             info = json.loads((Path(d) / "run_info.json").read_text())
             m = json.loads((Path(d) / "metrics.json").read_text())
         sim_s = m["sim_time_s"]
-        rows.append((total, info["wall_time_s"], sim_s))
-        print(f"run {i + 1}: command {total:.1f} s, simulation {info['wall_time_s']:.1f} s, simulated "
+        rows.append((total, info["wall_time_s"], sim_s, cpu))
+        print(f"run {i + 1}: command {total:.1f} s wall / {cpu:.1f} s CPU, simulation "
+              f"{info['wall_time_s']:.1f} s, simulated "
               f"{sim_s:.0f} s -> {sim_s / total:.0f} (command) / {sim_s / info['wall_time_s']:.0f} "
               f"(simulation) simulated s per wall s; {m['requests_completed']} requests, "
               f"{m['iterations']} iterations", flush=True)
     total = statistics.median(r[0] for r in rows)
     wall = statistics.median(r[1] for r in rows)
+    cpu = statistics.median(r[3] for r in rows)
     sim_s = rows[0][2]
-    print(f"median of {a.repeat}: command {total:.1f} s, simulation {wall:.1f} s, simulated {sim_s:.0f} s: "
-          f"{sim_s / total:.0f} / {sim_s / wall:.0f} simulated s per wall s "
+    print(f"median of {a.repeat}: command {total:.1f} s wall ({cpu:.1f} s CPU), simulation {wall:.1f} s, "
+          f"simulated {sim_s:.0f} s: {sim_s / total:.0f} (command wall) / {sim_s / cpu:.0f} (command CPU) / "
+          f"{sim_s / wall:.0f} (simulation wall) simulated s per s "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     return 0
 

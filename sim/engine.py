@@ -199,6 +199,13 @@ class Simulation:
                          for r in range(self.topo.num_replicas)]
         self._setup_gpus()
         # per-run tallies
+        need_kv = self.req.prompt + self.req.output  # (R,) KV tokens a request holds at its end
+        if self.R and int(need_kv.max()) > self.kv_capacity_tokens:
+            i = int(np.argmax(need_kv))
+            raise ConfigError(
+                f"request {self.req.request_id[i]!r} needs {int(need_kv[i])} KV tokens (prompt + output), "
+                f"a replica holds {self.kv_capacity_tokens} ({cfg.hardware.name}, {c.expert_parallel} "
+                f"GPU(s), expert budget); lower the expert budget, add GPUs, or cap the workload")
         self.rr_next = 0
         self.pending: list[int] = []  # requests with no live replica to go to
         self.completed = 0
@@ -251,9 +258,8 @@ class Simulation:
         return placement
 
     def _setup_gpus(self) -> None:
-        cfg, m, c, hw = self.cfg, self.model, self.cfg.cluster, self.cfg.hardware
+        m, c, hw = self.model, self.cfg.cluster, self.cfg.hardware
         ep = self.topo.expert_parallel
-        LE = self.L * self.E
         dense_share = dense_weight_bytes(m) / ep
         kv_bytes_total = 0.0
         self.capacity_slots: list[int] = []
@@ -284,20 +290,24 @@ class Simulation:
                 keys = np.flatnonzero(mask)
                 cap = self.capacity_slots[local]
                 full = cap >= len(keys)
-                cache = None
-                if not full:
-                    cache = CACHE.make(cfg.policy.cache, capacity=cap, num_keys=LE, **cfg.policy.cache_args)
-                    if getattr(cache, "requires_future", False):
-                        raise ConfigError(f"cache policy {cfg.policy.cache!r} is an oracle (needs the "
-                                          f"future); use the replay (moesim cache) for oracles")
-                    if c.warm_start and cap:
-                        cache.insert(0, keys[:cap].tolist())
+                cache = None if full else self._make_cache(cap, keys)
                 home_keys = [keys[(keys >= l * self.E) & (keys < (l + 1) * self.E)] for l in range(self.L)]
                 st = GpuState(gpu=gpu, cache=cache, capacity=cap,
                               link=Link(self.cost.host_link_bytes_per_s, self.cost.host_link_latency_s),
                               home_keys=home_keys, home_mask=mask)
                 st.peak_resident = cap if full else len(cache.resident)
                 rep.states.append(st)
+
+    def _make_cache(self, cap: int, keys: np.ndarray) -> CachePolicy:
+        """A GPU's cache policy; warm start loads its first ``cap`` experts (before serving)."""
+        p = self.cfg.policy
+        cache = CACHE.make(p.cache, capacity=cap, num_keys=self.L * self.E, **p.cache_args)
+        if getattr(cache, "requires_future", False):
+            raise ConfigError(f"cache policy {p.cache!r} is an oracle (needs the future); use the "
+                              f"replay (moesim cache) for oracles")
+        if self.cfg.cluster.warm_start and cap:
+            cache.insert(0, keys[:cap].tolist())
+        return cache
 
     # ------------------------------------------------------------------------------------------
     # routing of requests to replicas
@@ -363,6 +373,9 @@ class Simulation:
             yield env.timeout(f.recovery_s)
             for r in reps:
                 rep = self.replicas[r]
+                for st in rep.states:  # the GPUs restarted: weights reloaded, caches fresh
+                    if st.cache is not None:
+                        st.cache = self._make_cache(st.capacity, np.flatnonzero(st.home_mask))
                 rep.alive = True
                 rep.proc = env.process(self._serve(rep))
             pend, self.pending = self.pending, []
