@@ -31,6 +31,9 @@ prefetch loads; ``bytes_moved = loads x expert_bytes``.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -89,6 +92,19 @@ class ReplayResult:
         return asdict(self)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The replay allocates millions of short-lived lists and ints and no reference cycles;
+    pausing the cyclic collector while it runs saves ~20% (restored afterwards)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _make_cache(name: str, capacity: int, num_keys: int, future: Any) -> CachePolicy:
     pol = CACHE.make(name, capacity=capacity, num_keys=num_keys)
     if pol.requires_future:
@@ -119,6 +135,13 @@ def _contexts(trace: RoutingTrace) -> list[PrefetchContext]:
 def replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch: str | None = None,
                  prefetch_kwargs: dict[str, Any] | None = None) -> ReplayResult:
     """Plain mode (see the module docstring)."""
+    with _gc_paused():
+        return _replay_plain(trace, policy, fraction, prefetch=prefetch,
+                             prefetch_kwargs=prefetch_kwargs)
+
+
+def _replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch: str | None,
+                  prefetch_kwargs: dict[str, Any] | None) -> ReplayResult:
     T, L, K = trace.experts.shape
     E = trace.num_experts
     C = layer_capacity(fraction, E)
@@ -206,6 +229,12 @@ def _replay_token_major(trace: RoutingTrace, policy: str, fraction: float, prefe
 
 def replay_batch(trace: RoutingTrace, policy: str, fraction: float, batch_size: int) -> ReplayResult:
     """Batch mode (see the module docstring)."""
+    with _gc_paused():
+        return _replay_batch(trace, policy, fraction, batch_size)
+
+
+def _replay_batch(trace: RoutingTrace, policy: str, fraction: float, batch_size: int
+                  ) -> ReplayResult:
     if batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     T, L, K = trace.experts.shape

@@ -110,8 +110,38 @@ class OrderedCache(CachePolicy):
 
     def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
         rows = np.sort(np.asarray(keys), axis=1).tolist()  # (S, K) rows in increasing id order
-        serve = self._serve
+        # _serve inlined for the plain case (no active set; counts only): same state and decisions
+        res, od, cap = self.resident, self._order, self.capacity
+        move = od.move_to_end
+        touch, back = self._touch_hits, self._from_back
         misses = 0
         for row in rows:
-            misses += len(serve(row)[0])
+            miss = [k for k in row if k not in res]
+            if miss:
+                nm = len(miss)
+                misses += nm
+                room = cap - len(res)
+                if nm > room:
+                    n_ev = min(nm - room, len(res) - len(row) + nm)
+                    if n_ev > 0:
+                        ev = []
+                        for k in (reversed(od) if back else od):
+                            if k not in row:
+                                ev.append(k)
+                                if len(ev) == n_ev:
+                                    break
+                        for k in ev:
+                            del od[k]
+                            res.discard(k)
+                    miss = miss[: room + n_ev]
+                for k in miss:
+                    res.add(k)
+                    od[k] = None
+                if touch:
+                    for k in row:
+                        if k in res:
+                            move(k)
+            elif touch:
+                for k in row:
+                    move(k)
         return misses

@@ -18,7 +18,7 @@ on random traces (hypothesis) and against brute force on tiny ones.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from heapq import heapify, heappop, heappush
+from heapq import nlargest
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from sim.errors import ConfigError
 from sim.policies.base import CACHE, CachePolicy
 
-NEVER = 1 << 62
+NEVER = 1 << 40  # 'never used again': beyond any step; rank = NEVER * keys + ... fits int64
 
 
 @CACHE.register("belady")
@@ -35,8 +35,7 @@ class BeladyCache(CachePolicy):
 
     def __init__(self, capacity: int, num_keys: int, **kw: Any) -> None:
         super().__init__(capacity, num_keys, **kw)
-        self._nu = [NEVER] * self.num_keys  # next use of each resident key
-        self._heap: list[tuple[int, int]] = []
+        self._nu = [0] * self.num_keys  # eviction rank (_rank) of each resident key
         self._offsets: np.ndarray | None = None
 
     # -- the future -----------------------------------------------------------------------------
@@ -73,10 +72,14 @@ class BeladyCache(CachePolicy):
         return int(ss[i]) if i < hi else NEVER
 
     # -- one step -------------------------------------------------------------------------------
-    def _serve(self, row: list[int], nus: list[int]) -> tuple[list[int], list[int]]:
+    def _rank(self, key: int, next_use: int) -> int:
+        """Eviction rank: larger next use first, equal next use: smaller id (unique per key)."""
+        return next_use * self.num_keys + (self.num_keys - 1 - key)
+
+    def _serve(self, row: list[int], ranks: list[int]) -> tuple[list[int], list[int]]:
+        """``ranks``: :meth:`_rank` of each key of ``row`` with its next use after this step."""
         res = self.resident
-        nu_of = self._nu
-        heap = self._heap
+        rank = self._nu
         miss = [k for k in row if k not in res]
         evicted: list[int] = []
         if miss:
@@ -84,21 +87,16 @@ class BeladyCache(CachePolicy):
             kept = miss
             if len(miss) > room:
                 n_ev = max(0, min(len(miss) - room, len(res) - (len(row) - len(miss))))
-                while len(evicted) < n_ev:
-                    negnu, k = heappop(heap)
-                    if k in res and -negnu == nu_of[k] and k not in row:
-                        evicted.append(k)
-                        res.discard(k)
+                # the step's own resident keys still rank by next use = this step, below every
+                # other resident key, so a scan for the maximum never picks them
+                evicted = nlargest(n_ev, res, key=rank.__getitem__) if n_ev > 0 else []
+                for v in evicted:
+                    res.discard(v)
                 kept = miss[: room + n_ev]
             for k in kept:
                 res.add(k)
-        for k, n in zip(row, nus):
-            nu_of[k] = n
-            if k in res:
-                heappush(heap, (-n, k))
-        if len(heap) > 4 * self.capacity + 64:
-            self._heap = [(-nu_of[k], k) for k in res]
-            heapify(self._heap)
+        for k, r in zip(row, ranks):
+            rank[k] = r
         return miss, evicted
 
     def access(self, step: int, keys: Iterable[int], active: Iterable[int] | None = None
@@ -109,8 +107,9 @@ class BeladyCache(CachePolicy):
         if 0 <= step < len(offsets) - 1:
             a, b = offsets[step], offsets[step + 1]
             known = dict(zip(self._flat[a:b].tolist(), self._nu_flat[a:b].tolist()))
-        nus = [known[k] if k in known else self._next_use(k, step, True) for k in row]
-        return self._serve(row, nus)
+        ranks = [self._rank(k, known[k] if k in known else self._next_use(k, step, True))
+                 for k in row]
+        return self._serve(row, ranks)
 
     def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
         offsets = self._need_future()
@@ -120,23 +119,39 @@ class BeladyCache(CachePolicy):
         if b - a != S * K or not np.array_equal(self._flat[a:b], keys.reshape(-1)):
             raise ConfigError(f"belady.replay: steps {first_step}..{first_step + S - 1} differ from "
                               f"the future given to set_future()")
-        nu2 = self._nu_flat[a:b].reshape(S, K)  # (S, K)
+        n = self.num_keys
+        rank2 = self._nu_flat[a:b].reshape(S, K) * n + (n - 1 - keys)  # (S, K) see _rank
         order = np.argsort(keys, axis=1, kind="stable")  # (S, K)
         rows = np.take_along_axis(keys, order, axis=1).tolist()
-        nus = np.take_along_axis(nu2, order, axis=1).tolist()
-        serve = self._serve
+        nus = np.take_along_axis(rank2, order, axis=1).tolist()
+        # the loop below is _serve inlined (counts only): same state, same decisions
+        res, rank, cap = self.resident, self._nu, self.capacity
+        by_rank = rank.__getitem__
         misses = 0
-        for row, nu in zip(rows, nus):
-            misses += len(serve(row, nu)[0])
+        for row, rk in zip(rows, nus):
+            miss = [k for k in row if k not in res]
+            if miss:
+                nm = len(miss)
+                misses += nm
+                room = cap - len(res)
+                if nm > room:
+                    n_ev = min(nm - room, len(res) - len(row) + nm)
+                    if n_ev == 1:
+                        res.discard(max(res, key=by_rank))
+                    elif n_ev > 1:
+                        for v in nlargest(n_ev, res, key=by_rank):
+                            res.discard(v)
+                    res.update(miss[: room + n_ev])
+                else:
+                    res.update(miss)
+            for k, r in zip(row, rk):
+                rank[k] = r
         return misses
 
     # -- base insert() (prefetch) path ----------------------------------------------------------
     def _on_insert(self, step: int, key: int) -> None:
         self._need_future()
-        n = self._next_use(key, step, False)
-        self._nu[key] = n
-        heappush(self._heap, (-n, key))
+        self._nu[key] = self._rank(key, self._next_use(key, step, False))
 
     def _victim(self, step: int, candidates: Iterable[int], active: Any) -> int:
-        nu = self._nu
-        return max(candidates, key=lambda k: (nu[k], -k))
+        return max(candidates, key=self._nu.__getitem__)

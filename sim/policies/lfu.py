@@ -69,10 +69,38 @@ class LFUCache(CachePolicy):
 
     def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
         rows = np.sort(np.asarray(keys), axis=1).tolist()  # (S, K)
-        serve = self._serve
+        # _serve inlined (counts only): same state and decisions
+        res, cnt, last, cap = self.resident, self._count, self._last, self.capacity
+        heap = self._heap
+        limit = 4 * cap + 64
         misses = 0
-        for i, row in enumerate(rows, first_step):
-            misses += len(serve(i, row)[0])
+        for step, row in enumerate(rows, first_step):
+            miss = [k for k in row if k not in res]
+            if miss:
+                nm = len(miss)
+                misses += nm
+                room = cap - len(res)
+                if nm > room:
+                    n_ev = min(nm - room, len(res) - len(row) + nm)
+                    ev = 0
+                    while ev < n_ev:
+                        c, _, k = heappop(heap)
+                        if k in res and c == cnt[k] and k not in row:
+                            res.discard(k)
+                            ev += 1
+                    miss = miss[: room + n_ev]
+                res.update(miss)
+            for k in row:
+                c = cnt[k] + 1
+                cnt[k] = c
+                last[k] = step
+                if k in res:
+                    heappush(heap, (c, step, k))
+            if len(heap) > limit:
+                self._heap = heap
+                self._compact()
+                heap = self._heap
+        self._heap = heap
         return misses
 
     # -- base insert() (prefetch) path ----------------------------------------------------------
