@@ -24,6 +24,7 @@ preemption). Admission requires room for the request's whole pending context plu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,8 @@ class GpuState:
     misses: int = 0
     prefetched: int = 0
     streamed: int = 0
+    #: capacity below the experts it holds in one layer: a step may stream keys through
+    may_stream: bool = False
     prefetch_used: int = 0
     stall_s: float = 0.0
     expert_tokens: int = 0
@@ -124,6 +127,21 @@ class Recorder:
 
     def add(self, name: str, cat: str, gpu: int, start: float, end: float) -> None:
         self.events.append((name, cat, gpu, start, end))
+
+
+class _LazyViews(Sequence):
+    """The running requests as RequestViews, built only when a scheduler looks at them."""
+
+    def __init__(self, indices: list[int], view: Any) -> None:
+        self._indices, self._view = list(indices), view
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._view(j) for j in self._indices[i]]
+        return self._view(self._indices[i])
 
 
 class Replica:
@@ -296,6 +314,7 @@ class Simulation:
                               link=Link(self.cost.host_link_bytes_per_s, self.cost.host_link_latency_s),
                               home_keys=home_keys, home_mask=mask)
                 st.peak_resident = cap if full else len(cache.resident)
+                st.may_stream = cap < max((len(k) for k in home_keys), default=0)
                 rep.states.append(st)
 
     def _make_cache(self, cap: int, keys: np.ndarray) -> CachePolicy:
@@ -458,7 +477,7 @@ class Simulation:
         if budget > 0 and rep.waiting and len(rep.running) < s.max_batch_requests:
             window = rep.waiting[: s.scheduler_window]
             views = [self._view(i) for i in window]
-            running_views = [self._view(i) for i in rep.running]
+            running_views = _LazyViews(rep.running, self._view)
             picked = self.scheduler.admit(self.env.now, views, running_views, budget)
             admitted: list[int] = []
             extra: list[int] = []
@@ -534,7 +553,6 @@ class Simulation:
             comp_arr = cost.expert_s(np.ceil(tok_g - 1e-9)).sum(axis=1)  # (L, G) expert compute
             load_g = tok_g.sum(axis=1)  # (L, G)
         self.computed_le += computed
-        comp = comp_arr.tolist()  # [L][G] seconds
         sum_load = load_g.sum(axis=1)  # (L,)
         nz = sum_load > 0
         self.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
@@ -563,12 +581,16 @@ class Simulation:
             if ng:
                 ng[k // E].add(k)
                 active[g].add(k)
+        t_fast = None
         if not recording and not self._pf_next and not self._pf_req:
-            t = self._layers_fast(rep, t0, need, active, comp, attn + gate + pf_cost, a2a, step0)
+            t_fast = self._layers_fast(rep, t0, need, active, comp_arr, attn + gate + pf_cost, a2a, step0)
+        if t_fast is not None:
+            t = t_fast
             self.tokens_processed += T
             r.processed[batch] += alloc
             rep.iterations += 1
             return t - t0
+        comp = comp_arr.tolist()  # [L][G] seconds
         t = t0
         for l in range(L):
             t_gate = t + attn + gate + pf_cost
@@ -645,70 +667,79 @@ class Simulation:
         return t - t0
 
     def _layers_fast(self, rep: Replica, t0: float, need: list[list[set[int]]], active: list[set[int]],
-                     comp: list[list[float]], pre_s: float, a2a: float, step0: int) -> float:
-        """The layer walk of :meth:`_iteration` when nothing is recorded and nothing is prefetched
-        (no copy in flight at an iteration's start): the same arithmetic, fewer checks per
-        (GPU, layer). ``tests/sim/test_sim_degenerate.py`` checks both walks agree."""
+                     comp_arr: np.ndarray, pre_s: float, a2a: float, step0: int) -> float | None:
+        """The layer walk of :meth:`_iteration` in closed form, when nothing is recorded, nothing
+        is prefetched and no copy is in flight: each link then carries one copy at a time (a layer
+        waits for its copy before the next layer issues another), so GPU g starts layer l's experts
+        ``max(a2a, latency + misses * expert_bytes / bandwidth)`` after the gate, and
+
+            duration = sum_l (pre + max_g(start offset[l, g] + compute[l, g]) + a2a).
+
+        The cache policies are asked GPU by GPU (each GPU's cache sees the same steps in the same
+        order as in the layer walk). Returns None when a link still has a copy in flight (the
+        caller then walks the layers). ``tests/sim/test_sim_degenerate.py`` checks both agree."""
         states = rep.states
+        for st in states:
+            if st.link.active:
+                return None
+        L = self.L
         eb = self.expert_bytes
         G = len(states)
-        with_cache = [(g, st, st.cache, st.link, need[g], active[g]) for g, st in enumerate(states)
-                      if st.cache is not None and active[g]]
-        # with nothing prefetched, a link carries one copy at a time (each is waited on before the
-        # next layer issues another), so a copy takes latency + bytes / bandwidth; a copy still in
-        # flight from an aborted iteration goes through the link's general path
-        simple = all(not st.link.active for _, st, *_ in with_cache)
-        misses_total = [0] * G
-        stall = [0.0] * G
-        t = t0
-        for l in range(self.L):
-            t_gate = t + pre_s
-            ready = t_gate + a2a
-            comp_l = comp[l]
-            starts = None
-            for g, st, cache, link, ng, act in with_cache:
-                keyset = ng[l]
-                if not keyset:
-                    continue
-                misses = cache.access(step0 + l, keyset, act)[0]
-                if misses:
-                    nm = len(misses)
-                    misses_total[g] += nm
-                    if misses[-1] not in cache.resident:
-                        st.streamed += sum(1 for k in misses if k not in cache.resident)
-                    if simple:
-                        nbytes = nm * eb
-                        link.bytes_total += nbytes
-                        dt = 0.0 if link.infinite else nbytes / link.bytes_per_s
-                        fin = t_gate + link.latency_s + dt
-                        link.busy_s += dt
-                        link.t = fin
-                    else:
-                        fin = link.fetch(t_gate, nm * eb)
-                    if fin > ready:
-                        if starts is None:
-                            starts = [ready] * G
-                        starts[g] = fin
-                        stall[g] += fin - ready
-            if starts is None:
-                end = ready + max(comp_l)
+        miss = None
+        for g, st in enumerate(states):
+            cache, act = st.cache, active[g]
+            if cache is None or not act:
+                continue
+            acc = cache.access
+            ng = need[g]
+            if st.may_stream:
+                nm = []
+                for l, ks in enumerate(ng):
+                    if not ks:
+                        nm.append(0)
+                        continue
+                    misses = acc(step0 + l, ks, act)[0]
+                    res = cache.resident
+                    st.streamed += sum(1 for k in misses if k not in res)
+                    nm.append(len(misses))
             else:
-                end = max(s + c for s, c in zip(starts, comp_l))
-            t = end + a2a
-        for g, st, cache, _, _, act in with_cache:
-            st.misses += misses_total[g]
-            st.hits += len(act) - misses_total[g]
-            st.stall_s += stall[g]
+                nm = [len(acc(step0 + l, ks, act)[0]) if ks else 0 for l, ks in enumerate(ng)]
+            tot = sum(nm)
+            st.misses += tot
+            st.hits += len(act) - tot
+            if tot:
+                if miss is None:
+                    miss = np.zeros((L, G))
+                miss[:, g] = nm
             nres = len(cache.resident)
             if nres > st.peak_resident:
                 st.peak_resident = nres
                 if nres > st.capacity:
                     raise MoesimError(f"cache policy {self.cfg.policy.cache!r} holds {nres} experts on "
                                       f"GPU {st.gpu}, over its budget {st.capacity}")
-        busy = np.asarray(comp).sum(axis=0)  # (G,)
+        if miss is None:
+            offset = None
+            span = comp_arr.max(axis=1) + a2a  # (L,)
+        else:
+            link = states[0].link
+            per_expert_s = 0.0 if link.infinite else eb / link.bytes_per_s
+            copy = miss * per_expert_s + link.latency_s  # (L, G) copy time from the gate
+            offset = np.where(miss > 0, np.maximum(copy, a2a), a2a)  # (L, G)
+            span = (offset + comp_arr).max(axis=1)  # (L,)
+            copied = miss.sum(axis=0)  # (G,)
+            stall = (offset - a2a).sum(axis=0)  # (G,)
+            for g, st in enumerate(states):
+                if copied[g]:
+                    st.link.bytes_total += copied[g] * eb
+                    st.link.busy_s += copied[g] * per_expert_s
+                    st.stall_s += float(stall[g])
+        dur = float(L * (pre_s + a2a) + span.sum())
+        for st in states:
+            st.link.t = max(st.link.t, t0 + dur)
+        busy = comp_arr.sum(axis=0)  # (G,)
         for g, st in enumerate(states):
             st.busy_s += float(busy[g])
-        return t
+        return t0 + dur
 
     def _prefetch_keys(self, rep: Replica, keys: np.ndarray, step: int, t_issue: float,
                        need: list[list[set[int]]], layer: int) -> None:
