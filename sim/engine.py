@@ -108,6 +108,9 @@ class GpuState:
     streamed: int = 0
     #: capacity below the experts it holds in one layer: a step may stream keys through
     may_stream: bool = False
+    #: (L,) frozenset of the keys it holds at each layer; all of them
+    layer_sets: list[frozenset] = field(default_factory=list)
+    all_keys: frozenset = frozenset()
     prefetch_used: int = 0
     stall_s: float = 0.0
     expert_tokens: int = 0
@@ -273,6 +276,7 @@ class Simulation:
         self.owner_flat = share.reshape(self.L * self.E, ep).argmax(axis=1)  # (L*E,)
         self.layer_of_key = np.arange(self.L * self.E) // self.E  # (L*E,)
         self.lg_index = self.layer_of_key * ep + self.owner_flat  # (L*E,) flat (layer, gpu)
+        self.home_n = np.bincount(self.lg_index, minlength=self.L * ep).reshape(self.L, ep)  # (L, G)
         return placement
 
     def _setup_gpus(self) -> None:
@@ -315,6 +319,8 @@ class Simulation:
                               home_keys=home_keys, home_mask=mask)
                 st.peak_resident = cap if full else len(cache.resident)
                 st.may_stream = cap < max((len(k) for k in home_keys), default=0)
+                st.layer_sets = [frozenset(k.tolist()) for k in home_keys]
+                st.all_keys = frozenset(keys.tolist())
                 rep.states.append(st)
 
     def _make_cache(self, cap: int, keys: np.ndarray) -> CachePolicy:
@@ -572,15 +578,7 @@ class Simulation:
         step0 = rep.step
         rep.step += L
         # per GPU: the keys it needs at each layer (sets) and over the iteration ("active")
-        need: list[list[set[int]]] = [[set() for _ in range(L)] if st.cache is not None else []
-                                      for st in states]
-        active: list[set[int]] = [set() for _ in states]
-        sel = used_flat[self.pair_key]
-        for k, g in zip(self.pair_key[sel].tolist(), self.pair_gpu[sel].tolist()):
-            ng = need[g]
-            if ng:
-                ng[k // E].add(k)
-                active[g].add(k)
+        need, active = self._needs(states, used_flat)
         t_fast = None
         if not recording and not self._pf_next and not self._pf_req:
             t_fast = self._layers_fast(rep, t0, need, active, comp_arr, attn + gate + pf_cost, a2a, step0)
@@ -665,6 +663,46 @@ class Simulation:
         r.processed[batch] += alloc
         rep.iterations += 1
         return t - t0
+
+    def _needs(self, states: list[GpuState], used_flat: np.ndarray
+               ) -> tuple[list[list[Any]], list[Any]]:
+        """Per GPU: the set of keys it needs at each layer, and their union over the iteration.
+
+        A (GPU, layer) whose every expert is used reuses one prebuilt frozenset; only partly used
+        ones are built key by key."""
+        L, E = self.L, self.E
+        G = len(states)
+        if not self.single_owner:
+            need: list[list[Any]] = [[set() for _ in range(L)] if st.cache is not None else []
+                                     for st in states]
+            active: list[Any] = [set() for _ in states]
+            sel = used_flat[self.pair_key]
+            for k, g in zip(self.pair_key[sel].tolist(), self.pair_gpu[sel].tolist()):
+                ng = need[g]
+                if ng:
+                    ng[k // E].add(k)
+                    active[g].add(k)
+            return need, active
+        used_n = np.bincount(self.lg_index, weights=used_flat, minlength=L * G).reshape(L, G)  # (L, G)
+        state = np.where(used_n == self.home_n, 2, np.where(used_n > 0, 1, 0)).T.tolist()  # [G][L]
+        need, active = [], []
+        empty: frozenset[int] = frozenset()
+        for g, st in enumerate(states):
+            if st.cache is None:
+                need.append([])
+                active.append(empty)
+                continue
+            full = st.layer_sets
+            row = state[g]
+            if 1 not in row:
+                ng = [full[l] if row[l] else empty for l in range(L)]
+            else:
+                ng = [full[l] if row[l] == 2 else
+                      (frozenset(k for k in full[l] if used_flat[k]) if row[l] else empty)
+                      for l in range(L)]
+            need.append(ng)
+            active.append(st.all_keys if 0 not in row and 1 not in row else frozenset().union(*ng))
+        return need, active
 
     def _layers_fast(self, rep: Replica, t0: float, need: list[list[set[int]]], active: list[set[int]],
                      comp_arr: np.ndarray, pre_s: float, a2a: float, step0: int) -> float | None:
