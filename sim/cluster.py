@@ -167,6 +167,12 @@ class Link:
                 return t
         raise KeyError(f"unknown transfer {tid}")
 
+    def finish_peek(self, tid: int) -> float:
+        """Like :meth:`finish` but keeps the transfer's record for a later ``finish``."""
+        if tid in self.done:
+            return self.done[tid]
+        return self.finish(tid)
+
     def forget(self, tid: int) -> None:
         self.done.pop(tid, None)
 

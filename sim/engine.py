@@ -794,9 +794,14 @@ class Simulation:
                 raise MoesimError(f"cache policy {self.cfg.policy.cache!r} went over budget on GPU "
                                   f"{st.gpu} during prefetch")
             st.peak_resident = max(st.peak_resident, len(st.cache.resident))
+            rec = self.recorder
             for k in loaded:
-                st.inflight[k] = st.link.add(t_issue, self.expert_bytes)
+                tid = st.inflight[k] = st.link.add(t_issue, self.expert_bytes)
                 st.prefetched += 1
+                if rec is not None and rec.want(t_issue):
+                    # finish as known now (later copies on the link may stretch it)
+                    rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
+                            t_issue + st.link.latency_s, st.link.finish_peek(tid))
 
     def _prefetch_request(self, rep: Replica, i: int) -> None:
         ctx = PrefetchContext(request_id=self.req.request_id[i], task=self.req.task[i],

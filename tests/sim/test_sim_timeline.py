@@ -84,3 +84,32 @@ def test_two_gpus_pay_all_to_all_and_overlap_copies():
     ]
     _assert_log(log, want)
     assert m["requests_completed"] == 1 and m["e2e_s"]["p50"] == pytest.approx(0.0105)
+
+
+def test_next_layer_prefetch_runs_ahead_of_the_layer():
+    from sim.policies.base import PrefetchPolicy
+
+    class NextIsTwo(PrefetchPolicy):
+        def next_layer(self, ctx, layer, experts):
+            return np.array([2])
+
+    pool = pool_from_rows([[[0], [2]]])  # L0 -> key 0 (resident), L1 -> key 6 (not resident)
+    cfg = tiny_config(layers=2, experts=4, budget_fraction=0.25)
+    wl = workload([0.0], [1], [1])
+    rec = Recorder(0.0, float("inf"))
+    sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", np.random.default_rng(0)), StubCost(),
+                     np.random.default_rng(0), recorder=rec)
+    sim.prefetch, sim._pf_next = NextIsTwo(2, 4, 1), True
+    sim.run()
+    want = [
+        ("attention L0", "compute", 0, 0.000, 0.001),
+        ("experts L0", "compute", 0, 0.001, 0.003),
+        # issued at L0's gate (0.001), evicting LRU key 1, done at 0.004
+        ("prefetch L1 e2", "copy", 0, 0.001, 0.004),
+        ("attention L1", "compute", 0, 0.003, 0.004),
+        ("experts L1", "compute", 0, 0.004, 0.006),  # no miss: 3 ms sooner than fetching on demand
+    ]
+    _assert_log(rec.events, want)
+    m = compute_metrics(sim)
+    assert m["prefetch"] == {"issued": 1, "used": 1} and m["expert_misses"] == 0
+    assert m["e2e_s"]["p50"] == pytest.approx(0.006)
