@@ -9,7 +9,9 @@ layer, and ``batch_max_over_mean`` = the same per batch (one prompt, or ``batch_
 tokens), averaged over batches and layers. ``rebalance`` starts from a plan on the first half and
 replans online every ``period`` test batches from the last ``window`` batches; its weight moves
 are charged as copies (``moved_experts``, ``bytes_moved``). ``exhaustive`` (the oracle) is
-planned on the test half itself and skipped, with the reason recorded, when too large.
+planned on the test half itself and skipped, with the reason recorded, when too large; a lower
+bound for single-copy placements on the test half (max of the mean and the heaviest expert) is
+always reported.
 """
 
 from __future__ import annotations
@@ -128,7 +130,14 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
         rec.update(max_slots_per_gpu_layer=int(slots.max()),
                    replicas=int(slots.sum()), moved_experts=moved, bytes_moved=moved * expert_bytes)
         results.append(rec)
-    return {"num_gpus": num_gpus, "prompts": R, "train_prompts": r_split, "test_prompts": R - r_split,
+    # no single-copy placement beats this on the test half: a GPU holds at least the mean load
+    # and at least the heaviest expert (per layer, averaged over layers)
+    tot = test_load.sum(axis=1)  # (L,)
+    lb = np.divide(np.maximum(tot / num_gpus, test_load.max(axis=1)), tot / num_gpus,
+                   out=np.ones_like(tot), where=tot > 0)
+    return {"num_gpus": num_gpus, "prompts": R,
+            "test_single_copy_lower_bound_max_over_mean": float(lb.mean()),
+            "train_prompts": r_split, "test_prompts": R - r_split,
             "train_tokens": t_split, "test_tokens": T - t_split, "batches_train": b_split,
             "batches_test": nb - b_split, "results": results}
 

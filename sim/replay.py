@@ -253,7 +253,7 @@ def _replay_batch(trace: RoutingTrace, policy: str, fraction: float, batch_size:
         steps = ei.astype(np.int64)[:, None]  # (S, 1)
         acc_l[l] = len(ei)
         pol = _make_cache(policy, C, E, steps)
-        if not getattr(cls, "uses_active", False):
+        if not getattr(cls, "uses_active", False) and not getattr(cls, "uses_prediction", False):
             misses_l[l] = pol.replay(steps, 0)
             continue
         starts = np.concatenate([[0], np.cumsum(need.sum(axis=1))])

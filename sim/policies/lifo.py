@@ -22,3 +22,5 @@ class LIFOBufferingCache(OrderedCache):
     _touch_hits = False
     _from_back = True
     _uses_active = True
+    #: the replay's batch mode passes the batch's experts as ``active`` to policies that use it
+    uses_active = True

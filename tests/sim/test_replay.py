@@ -72,6 +72,17 @@ def test_batch_mode_is_huangs_setting():
     assert bel.misses <= lifo.misses
 
 
+def test_batch_mode_passes_the_batch_as_active():
+    # C = 3. batch {0,1}; batch {2,3}: loading 3 evicts inactive 1 (LIFO alone would evict 2);
+    # batch {2,3} again: both hit. Misses: 2 + 2 + 0.
+    tr = _trace([[[0, 1]], [[2, 3]], [[2, 3]]])
+    assert replay_batch(tr, "lifo", 0.75, batch_size=1).misses == 4
+    from sim.policies import CACHE
+
+    c = CACHE.make("lifo", capacity=3, num_keys=4)  # the same executions without the active set
+    assert sum(len(c.access(i, [e])[0]) for i, e in enumerate([0, 1, 2, 3, 2, 3])) == 6
+
+
 def test_run_replay_reports_gap_and_bytes():
     rng = np.random.default_rng(1)
     ex = np.stack([np.stack([rng.choice(8, 2, replace=False) for _ in range(3)])
