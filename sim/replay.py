@@ -25,6 +25,12 @@ layer, loaded with ``insert`` before the request's first token (their loads coun
 ``bytes_moved``); ``next_layer`` predictions are inserted into layer l+1's cache right after layer
 l's access of the same token (token-major replay). Hits on prefetched experts count as hits.
 
+Per-request policies: policies with ``uses_requests`` (MoE-Infinity's priority) get
+``begin_request`` at each request's first token; ``keep_predicted`` (eMoE) gets ``set_predicted``
+at each request's start from the ``prefetch`` policy, or from ``emoe_a`` when there is none (one
+predictor per layer pass; eMoE-A's prediction for a layer depends on that layer's history only).
+In batch mode it gets no predicted set (it is then LRU).
+
 Counts: ``accesses`` = requested experts, ``hits + misses = accesses``; ``loads`` = misses plus
 prefetch loads; ``bytes_moved = loads x expert_bytes``.
 """
