@@ -27,7 +27,8 @@ l's access of the same token (token-major replay). Hits on prefetched experts co
 
 Per-request policies: policies with ``uses_requests`` (MoE-Infinity's priority) get
 ``begin_request`` at each request's first token; ``keep_predicted`` (eMoE) gets ``set_predicted``
-at each request's start from the ``prefetch`` policy, or from ``emoe_a`` when there is none (one
+at each request's start (the first C experts the ``prefetch`` policy names, or ``emoe_a`` when
+there is none; one
 predictor per layer pass; eMoE-A's prediction for a layer depends on that layer's history only).
 In batch mode it gets no predicted set (it is then LRU).
 
@@ -181,7 +182,8 @@ def _replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch
                 pred = predictor.on_request(ctx).get(l)
                 pred = np.zeros(0, dtype=np.int64) if pred is None else np.asarray(pred)
                 if getattr(cls, "uses_prediction", False):
-                    pol.set_predicted(pred.tolist())  # type: ignore[attr-defined]
+                    # the predicted set is what fits: its first C (most expected) experts
+                    pol.set_predicted(pred[:C].tolist())  # type: ignore[attr-defined]
                 if pf is not None and len(pred):
                     loaded, _ = pol.insert(a, pred[: max(C, 0)].tolist())
                     pre_loads += len(loaded)
