@@ -581,7 +581,7 @@ class Simulation:
         need, active = self._needs(states, used_flat)
         t_fast = None
         if not recording and not self._pf_next and not self._pf_req:
-            t_fast = self._layers_fast(rep, t0, need, active, comp_arr, attn + gate + pf_cost, a2a, step0)
+            t_fast = self._layers_fast(rep, t0, need, active, comp_arr, attn, gate, pf_cost, a2a, step0)
         if t_fast is not None:
             t = t_fast
             self.tokens_processed += T
@@ -704,18 +704,19 @@ class Simulation:
             active.append(st.all_keys if 0 not in row and 1 not in row else frozenset().union(*ng))
         return need, active
 
-    def _layers_fast(self, rep: Replica, t0: float, need: list[list[set[int]]], active: list[set[int]],
-                     comp_arr: np.ndarray, pre_s: float, a2a: float, step0: int) -> float | None:
-        """The layer walk of :meth:`_iteration` in closed form, when nothing is recorded, nothing
-        is prefetched and no copy is in flight: each link then carries one copy at a time (a layer
-        waits for its copy before the next layer issues another), so GPU g starts layer l's experts
-        ``max(a2a, latency + misses * expert_bytes / bandwidth)`` after the gate, and
-
-            duration = sum_l (pre + max_g(start offset[l, g] + compute[l, g]) + a2a).
+    def _layers_fast(self, rep: Replica, t0: float, need: list[list[Any]], active: list[Any],
+                     comp_arr: np.ndarray, attn: float, gate: float, pf_cost: float, a2a: float,
+                     step0: int) -> float | None:
+        """The layer walk of :meth:`_iteration` when nothing is recorded, nothing is prefetched and
+        no copy is in flight: each link then carries one copy at a time (a layer waits for its copy
+        before the next layer issues another), so a copy issued at the gate ends at
+        ``gate + latency + bytes / bandwidth`` with no processor sharing to compute.
 
         The cache policies are asked GPU by GPU (each GPU's cache sees the same steps in the same
-        order as in the layer walk). Returns None when a link still has a copy in flight (the
-        caller then walks the layers). ``tests/sim/test_sim_degenerate.py`` checks both agree."""
+        order as in the layer walk), then one pass over layers does the same float arithmetic in
+        the same order as the walk, so both give the same bytes. Returns None when a link still
+        has a copy in flight (the caller then walks the layers). ``tests/sim/test_sim_degenerate.py``
+        checks both agree."""
         states = rep.states
         for st in states:
             if st.link.active:
@@ -723,7 +724,7 @@ class Simulation:
         L = self.L
         eb = self.expert_bytes
         G = len(states)
-        miss = None
+        miss_rows: list[tuple[int, GpuState, list[int]]] = []
         for g, st in enumerate(states):
             cache, act = st.cache, active[g]
             if cache is None or not act:
@@ -746,38 +747,41 @@ class Simulation:
             st.misses += tot
             st.hits += len(act) - tot
             if tot:
-                if miss is None:
-                    miss = np.zeros((L, G))
-                miss[:, g] = nm
+                miss_rows.append((g, st, nm))
             nres = len(cache.resident)
             if nres > st.peak_resident:
                 st.peak_resident = nres
                 if nres > st.capacity:
                     raise MoesimError(f"cache policy {self.cfg.policy.cache!r} holds {nres} experts on "
                                       f"GPU {st.gpu}, over its budget {st.capacity}")
-        if miss is None:
-            offset = None
-            span = comp_arr.max(axis=1) + a2a  # (L,)
-        else:
-            link = states[0].link
-            per_expert_s = 0.0 if link.infinite else eb / link.bytes_per_s
-            copy = miss * per_expert_s + link.latency_s  # (L, G) copy time from the gate
-            offset = np.where(miss > 0, np.maximum(copy, a2a), a2a)  # (L, G)
-            span = (offset + comp_arr).max(axis=1)  # (L,)
-            copied = miss.sum(axis=0)  # (G,)
-            stall = (offset - a2a).sum(axis=0)  # (G,)
-            for g, st in enumerate(states):
-                if copied[g]:
-                    st.link.bytes_total += copied[g] * eb
-                    st.link.busy_s += copied[g] * per_expert_s
-                    st.stall_s += float(stall[g])
-        dur = float(L * (pre_s + a2a) + span.sum())
-        for st in states:
-            st.link.t = max(st.link.t, t0 + dur)
-        busy = comp_arr.sum(axis=0)  # (G,)
-        for g, st in enumerate(states):
-            st.busy_s += float(busy[g])
-        return t0 + dur
+        comp = comp_arr.tolist()  # [L][G]
+        t = t0
+        for l in range(L):
+            t_gate = t + attn + gate + pf_cost
+            ready = t_gate + a2a
+            comp_l = comp[l]
+            if miss_rows:
+                starts = [ready] * G
+                for g, st, nm in miss_rows:
+                    m = nm[l]
+                    if m:
+                        link = st.link
+                        nbytes = m * eb
+                        link.bytes_total += nbytes
+                        fin = t_gate + link.latency_s
+                        if not link.infinite:
+                            fin = fin + nbytes / link.bytes_per_s
+                        link.t = fin
+                        if fin > ready:
+                            st.stall_s += fin - ready
+                            starts[g] = fin
+                end = max(ready, max(a + c for a, c in zip(starts, comp_l)))
+            else:
+                end = max(ready, ready + max(comp_l))
+            for st, c in zip(states, comp_l):
+                st.busy_s += c
+            t = end + a2a
+        return t
 
     def _prefetch_keys(self, rep: Replica, keys: np.ndarray, step: int, t_issue: float,
                        need: list[list[set[int]]], layer: int) -> None:
