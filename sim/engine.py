@@ -458,6 +458,7 @@ class Simulation:
     def _form_batch(self, rep: Replica) -> tuple[np.ndarray, np.ndarray]:
         r, s = self.req, self.cfg.serving
         # preempt (newest first) until the running requests' next tokens fit in KV
+        alloc = np.zeros(0, dtype=np.int64)
         while rep.running:
             run = np.asarray(rep.running)
             pend = r.prompt[run] + r.generated[run] - r.ctx[run]  # (B,) pending tokens
@@ -471,11 +472,6 @@ class Simulation:
             r.preemptions[victim] += 1
             self.preemptions += 1
             rep.waiting.insert(0, victim)
-        if rep.running:
-            run = np.asarray(rep.running)
-            pend = r.prompt[run] + r.generated[run] - r.ctx[run]
-            alloc = self._allocate(pend, s.token_budget)
-        else:
             alloc = np.zeros(0, dtype=np.int64)
         used = int(alloc.sum())
         budget = s.token_budget - used
