@@ -1,32 +1,39 @@
 """Synthetic routing traces: a generator fitted to a real trace, plus uniform and Zipf baselines.
 
-The fitted model (per task; ``L`` layers, ``E`` experts, top-``K``) is a mixture of C token
-"routing types" (latent clusters), which is what makes cross-layer structure come out right: the
-K experts of a real token at layer l predict its experts at layer l+1 far better than any
-first-order chain P(e' | e) reproduces (DeepSeek-V2-Lite: 0.48 precision in-sample vs 0.16 from a
-first-order sampler, 0.14 from popularity alone), because the experts of one token agree.
+The fitted model (per task; ``L`` layers, ``E`` experts, top-``K``) samples a token's experts layer
+by layer. At layer l the K experts are the top K of a random score (Gumbel-top-k, i.e. K draws
+without replacement, Plackett-Luce) over the E experts::
 
-per type c       ``profile[c, l, e]``: how often tokens of type c use expert e at layer l
-                 (so per-layer popularity and cross-layer transitions are both mixtures of these)
-type shares      ``weights[c]``
-temporal reuse   a token keeps the previous token's type with probability ``persist``; otherwise,
-                 with probability ``history``, it takes the type of a uniformly chosen earlier token
-                 of the same request (request-level locality); otherwise a fresh type ~ weights.
+    score(e') = bias[l, e']                                          popularity
+              + beta * log(mean_{e in S(t, l-1)} P_{l-1}(e' | e))     cross-layer (l > 0)
+              + sigma * R[r, l, e']                                   request topic
+              + G[t, l, e']                                           Gumbel noise
 
-Sampling: types are resolved for all tokens at once (pointer jumping along "copied from" links),
-then each layer draws K distinct experts per token without replacement in proportion to
-``profile[type, l]`` (Plackett-Luce, exponential race): numpy over tokens, a loop over layers.
+``P_{l-1}`` is the real first-order transition matrix (rows of the transition counts, smoothed);
+``beta`` sharpens it, which is what makes the in-sample cross-layer precision of the synthetic
+trace reach the real one (a plain first-order chain, beta = 1, gives 0.16 on DeepSeek-V2-Lite
+against 0.475 real). ``R ~ N(0, 1)`` is drawn once per request and layer (request-level locality:
+experts a request favours are reused, which sets the reuse distance). Temporal locality between
+neighbouring tokens: with probability ``rho`` a token reuses the previous token's Gumbel noise
+vector at that layer (so it tends to pick the same experts). ``bias[l] = (1 - beta [l > 0]) *
+log pop[l] + correction[l]``, where ``correction`` is fitted so that every expert's synthetic
+popularity matches the real one (the sharpened chain would otherwise concentrate on popular
+experts).
 
-Fitting (:func:`fit_params`): hard EM (classification EM) of the mixture on up to
-``max_fit_tokens`` tokens, every token then assigned its most likely type; profiles are the
-integer counts of the assigned tokens (exact, from the named source; add-``smoothing`` when
-loaded); ``persist`` and ``history`` are the rates at which the assigned types repeat the previous
-token's / an earlier token's type in the real requests.
+Sampling is numpy over all tokens of a chunk of requests, a Python loop over layers only (the
+previous-token noise links are resolved by pointer jumping, not a loop over tokens).
 
-A parameter file is JSON: ``schema`` = "moesim-synth-params", ``version``, model shape, ``source``
-(what it was fitted from, when, with which command), ``tasks`` -> {``share``,
-``popularity_counts`` (L x E, for reference and baselines), ``type_counts`` (C x L x E),
-``type_weights`` (C), ``persist``, ``history``, ``tokens_per_request`` summary}.
+Fitting (:func:`fit_params`): popularity and transition counts are exact integer counts of the
+real trace; ``beta``, ``sigma`` and ``rho`` are calibrated (Broyden iterations, common random
+numbers) so that the sampled trace's cross-layer predict precision, median reuse distance and
+consecutive-token overlap (definitions in :mod:`traces.stats`) match the real trace's, while the
+popularity correction is updated by iterative proportional fitting at every evaluation. The
+targets and achieved values are stored in the file.
+
+A parameter file is JSON: ``schema`` = "moesim-synth-params", ``version`` 2, model shape,
+``source`` (what it was fitted from, when, with which command), ``tasks`` -> {``share``,
+``popularity_counts`` (L x E), ``transition_counts`` ((L-1) x E x E), ``beta``, ``sigma``,
+``rho``, ``pop_correction`` (L x E), ``calibration``, ``tokens_per_request`` summary}.
 """
 
 from __future__ import annotations
@@ -45,21 +52,30 @@ from sim.errors import MoesimError
 from traces.format import RoutingTrace, TraceMeta, make_tokens
 
 SCHEMA = "moesim-synth-params"
-VERSION = 1
+VERSION = 2
 SHIPPED = {"deepseek-v2-lite": "deepseek-v2-lite.json", "mixtral-8x7b": "mixtral-8x7b.json"}
+#: requests are sampled in chunks of about this many tokens (bounds memory to ~ chunk * E floats)
+CHUNK_TOKENS = 1 << 16
 
 
 @dataclass
 class TaskModel:
-    """Sampling arrays of one task (probabilities, smoothed)."""
+    """Sampling arrays of one task."""
 
     name: str
     share: float
-    pop: np.ndarray  # (L, E) float64, rows sum to 1
-    profile: np.ndarray  # (C, L, E) float64, rows sum to 1
-    type_w: np.ndarray  # (C,) float64, sums to 1
-    persist: float
-    history: float
+    logpop: np.ndarray  # (L, E) float32, log of smoothed popularity shares
+    trans: np.ndarray  # (L-1, E, E) float32, rows P_l(e' | e) sum to 1
+    correction: np.ndarray  # (L, E) float32
+    beta: float
+    sigma: float
+    rho: float
+
+    def bias(self) -> np.ndarray:
+        """(L, E) float32 popularity term of the score."""
+        scale = np.full((self.logpop.shape[0], 1), 1.0 - self.beta, dtype=np.float32)
+        scale[0] = 1.0
+        return (scale * self.logpop + self.correction).astype(np.float32)
 
 
 @dataclass
@@ -82,44 +98,54 @@ def _err(where: str, msg: str) -> MoesimError:
     return MoesimError(f"{where}: {msg}")
 
 
+def _probs(counts: np.ndarray, smoothing: float) -> np.ndarray:
+    p = np.asarray(counts, dtype=np.float64) + smoothing
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def task_model(name: str, t: dict[str, Any], L: int, E: int, where: str = "<params>",
+               smoothing: float = 0.5) -> TaskModel:
+    """Check one task's fields and build its sampling arrays."""
+    try:
+        pc = np.asarray(t["popularity_counts"], dtype=np.float64)
+        tc = np.asarray(t["transition_counts"], dtype=np.float64)
+        corr = np.asarray(t["pop_correction"], dtype=np.float64)
+        beta, sigma, rho = float(t["beta"]), float(t["sigma"]), float(t["rho"])
+        share = float(t.get("share", 1.0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _err(where, f"task {name!r}: missing or bad field {exc}") from None
+    if pc.shape != (L, E) or tc.shape != (L - 1, E, E) or corr.shape != (L, E):
+        raise _err(where, f"task {name!r}: shapes popularity_counts {pc.shape}, transition_counts "
+                          f"{tc.shape}, pop_correction {corr.shape}; expected ({L}, {E}), "
+                          f"({L - 1}, {E}, {E}), ({L}, {E})")
+    if not (np.isfinite(pc).all() and np.isfinite(tc).all() and np.isfinite(corr).all()) or \
+            (pc < 0).any() or (tc < 0).any():
+        raise _err(where, f"task {name!r}: counts must be finite and >= 0, pop_correction finite")
+    if not (0 <= beta <= 50 and 0 <= sigma <= 20 and 0 <= rho < 1 and share >= 0):
+        raise _err(where, f"task {name!r}: beta={beta}, sigma={sigma}, rho={rho}, share={share}; "
+                          f"expected 0 <= beta <= 50, 0 <= sigma <= 20, 0 <= rho < 1, share >= 0")
+    return TaskModel(name=str(name), share=share,
+                     logpop=np.log(_probs(pc, smoothing)).astype(np.float32),
+                     trans=_probs(tc, smoothing).astype(np.float32),
+                     correction=corr.astype(np.float32), beta=beta, sigma=sigma, rho=rho)
+
+
 def params_from_dict(d: dict[str, Any], where: str = "<params>", smoothing: float = 0.5) -> SynthParams:
-    """Check a parameter dict and turn its counts into sampling probabilities."""
+    """Check a parameter dict and turn its counts into sampling arrays."""
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
         raise _err(where, f"not a synth parameter file (expected \"schema\": \"{SCHEMA}\")")
     if d.get("version") != VERSION:
-        raise _err(where, f"version {d.get('version')!r}, this moesim reads version {VERSION}")
+        raise _err(where, f"version {d.get('version')!r}, this moesim reads version {VERSION} "
+                          f"(refit with 'moesim trace fit')")
     try:
         L, E, K = int(d["num_layers"]), int(d["num_experts"]), int(d["top_k"])
         tasks_raw = d["tasks"]
     except (KeyError, TypeError, ValueError) as exc:
         raise _err(where, f"missing or bad field {exc}") from None
-    if not (L >= 1 and E >= 2 and 1 <= K <= E) or not tasks_raw:
-        raise _err(where, f"num_layers={L}, num_experts={E}, top_k={K}, {len(tasks_raw or {})} tasks: "
+    if not (L >= 1 and E >= 2 and 1 <= K <= E) or not isinstance(tasks_raw, dict) or not tasks_raw:
+        raise _err(where, f"num_layers={L}, num_experts={E}, top_k={K}, tasks {type(tasks_raw).__name__}: "
                           f"expected L >= 1, E >= 2, 1 <= K <= E and at least one task")
-    tasks: dict[str, TaskModel] = {}
-    for name, t in tasks_raw.items():
-        try:
-            pc = np.asarray(t["popularity_counts"], dtype=np.float64)
-            tc = np.asarray(t["type_counts"], dtype=np.float64)
-            tw = np.asarray(t["type_weights"], dtype=np.float64)
-            persist, history = float(t["persist"]), float(t["history"])
-            share = float(t.get("share", 1.0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _err(where, f"task {name!r}: missing or bad field {exc}") from None
-        if pc.shape != (L, E) or tc.ndim != 3 or tc.shape[1:] != (L, E) or tw.shape != tc.shape[:1] \
-                or len(tw) == 0:
-            raise _err(where, f"task {name!r}: shapes popularity {pc.shape}, type_counts {tc.shape}, "
-                              f"type_weights {tw.shape}; expected ({L}, {E}), (C, {L}, {E}), (C,)")
-        if not (np.isfinite(pc).all() and np.isfinite(tc).all() and np.isfinite(tw).all()) or \
-                (pc < 0).any() or (tc < 0).any() or (tw < 0).any() or tw.sum() <= 0 or \
-                not (0 <= persist < 1 and 0 <= history <= 1):
-            raise _err(where, f"task {name!r}: counts and weights must be finite and >= 0, persist in "
-                              f"[0, 1), history in [0, 1]")
-        pop = pc + smoothing
-        pop /= pop.sum(axis=1, keepdims=True)
-        prof = tc + smoothing
-        prof /= prof.sum(axis=2, keepdims=True)
-        tasks[str(name)] = TaskModel(str(name), share, pop, prof, tw / tw.sum(), persist, history)
+    tasks = {str(n): task_model(n, t, L, E, where, smoothing) for n, t in tasks_raw.items()}
     tot = sum(t.share for t in tasks.values())
     for t in tasks.values():
         t.share = t.share / tot if tot > 0 else 1.0 / len(tasks)
@@ -163,31 +189,94 @@ def _pl_topk(w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.take_along_axis(idx, order, axis=1)
 
 
-def _sample_task(tm: TaskModel, lens: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarray:
-    """(sum(lens), L, K) int16 experts for requests of the given lengths (tokens contiguous)."""
-    C, L, E = tm.profile.shape
-    lens = np.asarray(lens, dtype=np.int64)
-    T = int(lens.sum())
-    starts = np.repeat(np.cumsum(lens) - lens, lens)  # (T,) first token of each token's request
-    pos = np.arange(T) - starts  # (T,)
-    u = rng.random(T)
-    keep = (pos > 0) & (u < tm.persist)
-    hist = (pos > 1) & ~keep & (u < tm.persist + (1.0 - tm.persist) * tm.history)
+def _prev_links(pos: np.ndarray, rho: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Noise sharing at one layer: (root (T,) bool, src (T,) index of the root a token copies).
+
+    A token at position > 0 copies the previous token's noise with probability rho; chains are
+    resolved by pointer jumping.
+    """
+    T = len(pos)
+    copy = (pos > 0) & (rng.random(T) < rho)  # (T,)
     ptr = np.arange(T)
-    ptr[keep] = ptr[keep] - 1
-    h = np.flatnonzero(hist)
-    ptr[h] = starts[h] + np.floor(rng.random(len(h)) * pos[h]).astype(np.int64)  # earlier token
-    z = rng.choice(C, size=T, p=tm.type_w)  # fresh types; copies overwrite below
-    while True:  # pointer jumping: every link points to an earlier token, so this ends
+    ptr[copy] -= 1
+    while True:  # every link points to an earlier token: ends after log2(longest run) rounds
         nxt = ptr[ptr]
         if np.array_equal(nxt, ptr):
             break
         ptr = nxt
-    z = z[ptr]  # (T,)
+    root = ~copy
+    return root, (np.cumsum(root) - 1)[ptr]
+
+
+def _sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
+                  rng: np.random.Generator, target_share: np.ndarray | None = None,
+                  ipf_iters: int = 6) -> np.ndarray:
+    """(sum(lens), L, K) int16 experts for requests of the given lengths (tokens contiguous).
+
+    ``target_share`` (L, E) (fitting only): after drawing layer l's noise, ``bias[l]`` is
+    corrected in place by ``ipf_iters`` rounds of iterative proportional fitting (same noise,
+    experts redrawn) so that the layer's expert shares match ``target_share[l]``; the request
+    topics are then centred (token-weighted) so that the correction fits the expected shares,
+    not the chance popularity shift of the requests drawn.
+    """
+    L, E = bias.shape
+    n = len(lens)
+    T = int(lens.sum())
+    ridx = np.repeat(np.arange(n), lens)  # (T,)
+    pos = np.arange(T) - (np.cumsum(lens) - lens)[ridx]  # (T,)
     out = np.empty((T, L, K), dtype=np.int16)  # (T, L, K)
+    prev = None
+    beta, sigma = np.float32(tm.beta), np.float32(tm.sigma)
+    inv_k = np.float32(1.0 / K)
     for l in range(L):
-        out[:, l] = _pl_topk(tm.profile[z, l], K, rng)
+        root, src = _prev_links(pos, tm.rho, rng)
+        g = rng.random((int(root.sum()), E), dtype=np.float32)  # (roots, E) -> Gumbel
+        np.maximum(g, np.float32(1e-30), out=g)
+        np.log(g, out=g)
+        np.negative(g, out=g)
+        np.log(g, out=g)
+        np.negative(g, out=g)
+        s = g[src]  # (T, E)
+        s += bias[l]
+        if sigma > 0:
+            r = rng.standard_normal((n, E), dtype=np.float32)  # (n, E) request topic
+            if target_share is not None:  # fitting: no net popularity shift from the topics drawn
+                r -= (lens[:, None] * r).sum(axis=0) / np.float32(T)
+            s += sigma * r[ridx]
+        if l > 0 and beta > 0:
+            P = tm.trans[l - 1]  # (E, E)
+            acc = P[prev[:, 0]]  # (T, E) sum of the rows of the previous layer's experts
+            for k in range(1, K):
+                acc += P[prev[:, k]]
+            acc *= inv_k
+            np.log(acc, out=acc)
+            acc *= beta
+            s += acc
+        if target_share is not None:
+            s -= bias[l]
+            for _ in range(ipf_iters):
+                top = np.argsort(s + bias[l], axis=1)[:, -K:]  # (T, K)
+                share = (np.bincount(top.reshape(-1), minlength=E) + 0.5) / (T * K + 0.5 * E)
+                bias[l] += np.log(target_share[l] / share).astype(np.float32)
+            s += bias[l]
+        top = np.argsort(s, axis=1)[:, : -K - 1: -1]  # (T, K) highest scores first
+        out[:, l] = top
+        prev = top
     return out
+
+
+def _sample_task(tm: TaskModel, lens: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarray:
+    """(sum(lens), L, K) int16, requests in chunks of about CHUNK_TOKENS tokens."""
+    lens = np.asarray(lens, dtype=np.int64)
+    bias = tm.bias()
+    ends = np.cumsum(lens)
+    parts, lo = [], 0
+    while lo < len(lens):
+        base = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, base + CHUNK_TOKENS, side="right")))
+        parts.append(_sample_chunk(tm, bias, lens[lo:hi], K, rng))
+        lo = hi
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def sample_trace(params: SynthParams, num_requests: int, tokens_per_request: Any,
@@ -218,7 +307,7 @@ def sample_trace(params: SynthParams, num_requests: int, tokens_per_request: Any
         if len(sel) == 0:
             continue
         block = _sample_task(params.tasks[n], lens[sel], K, rng)
-        rows = np.concatenate([np.arange(starts[i], starts[i] + lens[i]) for i in sel])
+        rows = np.repeat(starts[sel] - (np.cumsum(lens[sel]) - lens[sel]), lens[sel]) + np.arange(len(block))
         experts[rows] = block
     return _make_trace(params, experts, lens, req_task, phase or params.phase, "fitted")
 
@@ -269,103 +358,215 @@ def sample_baseline(params: SynthParams, kind: str, num_requests: int, tokens_pe
 # ------------------------------------------------------------------------------------------------
 # fitting
 # ------------------------------------------------------------------------------------------------
-def _onehot(ex: np.ndarray, E: int) -> np.ndarray:
-    """(n, L, K) -> (n, L*E) float32 indicator."""
-    n, L, K = ex.shape
-    x = np.zeros((n, L * E), dtype=np.float32)
-    idx = (np.arange(L)[None, :, None] * E + ex.astype(np.int64)).reshape(n, -1)
-    x[np.arange(n)[:, None], idx] = 1.0
-    return x
+#: calibrated parameters (beta, sigma, rho): start, finite-difference step, largest step, bounds
+_X0 = np.array([3.0, 0.5, 0.15])
+_FD = np.array([0.5, 0.2, 0.05])
+_MAX_STEP = np.array([2.0, 0.5, 0.15])
+_LO, _HI = np.array([0.0, 0.0, 0.0]), np.array([20.0, 4.0, 0.9])
+_TARGETS = ("predict_precision", "reuse_median", "overlap")
 
 
-def _assign(ex: np.ndarray, logp: np.ndarray, logw: np.ndarray, E: int, chunk: int = 4096) -> np.ndarray:
-    """Most likely type of each token: argmax_c log w_c + sum_l sum_k log p[c, l, e]."""
-    C = logp.shape[0]
-    flat = logp.reshape(C, -1).T.astype(np.float32)  # (L*E, C)
-    out = np.empty(len(ex), dtype=np.int64)
-    for i in range(0, len(ex), chunk):
-        out[i:i + chunk] = np.argmax(_onehot(ex[i:i + chunk], E) @ flat + logw, axis=1)
-    return out
+def _smooth_median(d: np.ndarray) -> float:
+    """Median of non-negative integers, interpolated inside the median's histogram bin (so that
+    it moves continuously with the distribution; rounds to the plain median)."""
+    if len(d) == 0:
+        return float("nan")
+    F = np.cumsum(np.bincount(d)) / len(d)
+    k = int(np.searchsorted(F, 0.5))
+    lo = float(F[k - 1]) if k > 0 else 0.0
+    return k - 0.5 + (0.5 - lo) / max(float(F[k]) - lo, 1e-12)
 
 
-def _type_counts(ex: np.ndarray, z: np.ndarray, C: int, E: int) -> np.ndarray:
-    n, L, K = ex.shape
-    key = (z[:, None, None] * L + np.arange(L)[None, :, None]) * E + ex.astype(np.int64)  # (n, L, K)
-    return np.bincount(key.reshape(-1), minlength=C * L * E).reshape(C, L, E)
+def popularity_counts_of(experts: np.ndarray, E: int) -> np.ndarray:
+    """(L, E) int64 popularity counts of a (T, L, K) expert array."""
+    T, L, K = experts.shape
+    flat = np.arange(L, dtype=np.int64)[None, :, None] * E + experts.astype(np.int64)  # (T, L, K)
+    return np.bincount(flat.reshape(-1), minlength=L * E).reshape(L, E)
 
 
-def fit_types(ex: np.ndarray, E: int, num_types: int, rng: np.random.Generator, iters: int = 15,
-              max_fit_tokens: int = 30000, smoothing: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Hard-EM fit of the type mixture; returns (type of every token (T,), type counts (C, L, E))."""
-    T = len(ex)
-    C = max(1, min(num_types, T))
-    fit_rows = np.sort(rng.choice(T, size=min(T, max_fit_tokens), replace=False))
-    sub = ex[fit_rows]
-    z = rng.integers(0, C, size=len(sub))
-    for _ in range(iters):
-        cnt = _type_counts(sub, z, C, E) + smoothing
-        logp = np.log(cnt / cnt.sum(axis=2, keepdims=True))
-        logw = np.log((np.bincount(z, minlength=C) + 1.0) / (len(z) + C))
-        z_new = _assign(sub, logp, logw, E)
-        if np.array_equal(z_new, z):
+def calibration_stats(trace: RoutingTrace) -> dict[str, Any]:
+    """The statistics the calibration matches (definitions in :mod:`traces.stats`)."""
+    from traces.stats import consecutive_overlap, cross_layer_stats, gini, popularity_counts, reuse_distances
+
+    d = reuse_distances(trace)[0]
+    ov = consecutive_overlap(trace)
+    pc = popularity_counts(trace)
+    return {
+        "predict_precision": cross_layer_stats(trace)["predict_precision_mean"] if trace.num_layers > 1
+        else float("nan"),
+        "reuse_median": _smooth_median(d),
+        "reuse_median_plain": float(np.median(d)) if len(d) else float("nan"),
+        "overlap": float(np.nanmean(ov)) if np.isfinite(ov).any() else float("nan"),
+        "gini": float(gini(pc.astype(np.float64)).mean()),
+        "popularity_counts": pc,
+    }
+
+
+def _calib_lengths(lens: np.ndarray, calib_tokens: int) -> np.ndarray:
+    """Request lengths for calibration runs: every k-th request by length when the real trace is
+    larger than ``calib_tokens`` (keeps the length distribution), the lengths repeated when it
+    is smaller."""
+    s = np.sort(lens)
+    tot = int(s.sum())
+    if tot > calib_tokens:
+        return s[:: int(np.ceil(tot / calib_tokens))]
+    return np.tile(s, max(1, calib_tokens // max(tot, 1)))
+
+
+def _calibrate(pc: np.ndarray, tc: np.ndarray, real: dict[str, Any], lens: np.ndarray, K: int,
+               seed: int, meta: TraceMeta, max_evals: int, tol: float,
+               full_lens: np.ndarray) -> dict[str, Any]:
+    """Broyden iterations on (beta, sigma, rho), each evaluation with an IPF popularity
+    correction, then the popularity skew: the IPF target is the real shares to a power ``lam``
+    found by secant steps so that fresh samples with the real request lengths (``full_lens``; the
+    request topics add chance skew of their own) have the real Gini. Returns the task's fields."""
+    from traces.stats import gini
+
+    L, E = pc.shape
+    target = np.array([real[k] for k in _TARGETS], dtype=np.float64)
+    active = np.isfinite(target) & (target > 0)
+    real_share = _probs(pc, 0.5).astype(np.float32)
+    corr = np.zeros((L, E))
+    t = {"popularity_counts": pc, "transition_counts": tc, "pop_correction": corr}
+    fake = SynthParams(model=meta.model, num_layers=L, num_experts=E, top_k=K,
+                       layer_ids=list(meta.layer_ids), phase="prefill", tasks={}, source={}, raw={})
+    log: list[dict[str, Any]] = []
+
+    def model(x: np.ndarray, c: np.ndarray) -> TaskModel:
+        return task_model("calib", {**t, "pop_correction": c, "beta": x[0], "sigma": x[1],
+                                    "rho": x[2]}, L, E)
+
+    def run(x: np.ndarray, update: bool, lam: float = 1.0) -> np.ndarray:
+        nonlocal corr
+        tm = model(x, corr)
+        base = tm.bias()
+        bias = base.copy()
+        goal = real_share ** np.float32(lam)
+        goal /= goal.sum(axis=1, keepdims=True)
+        ex = _sample_chunk(tm, bias, lens, K, np.random.default_rng(seed), target_share=goal)
+        s = calibration_stats(_make_trace(fake, ex, lens, np.full(len(lens), "calib", dtype=object),
+                                          "prefill", "fitted"))
+        y = np.array([s[k] for k in _TARGETS], dtype=np.float64)
+        err = np.where(active, y / np.where(active, target, 1.0) - 1.0, 0.0)
+        gini_err = s["gini"] / real["gini"] - 1.0 if real["gini"] > 0 else 0.0
+        new_corr = corr + (bias - base).astype(np.float64)
+        log.append({"x": x.copy(), "y": y, "corr": new_corr, "gini": s["gini"],
+                    "reuse_median_plain": s["reuse_median_plain"],
+                    "score": float(max(np.abs(err).max(), abs(gini_err)))})
+        if update:  # warm start of the next evaluation's popularity fit
+            corr = new_corr
+        return y
+
+    x = np.where(active, _X0, 0.0)
+    if not active[0]:
+        x[0] = 0.0
+    y = run(x, True)
+    J = np.eye(3)
+    for i in np.flatnonzero(active):  # finite-difference Jacobian
+        xi = x.copy()
+        xi[i] += _FD[i]
+        J[:, i] = (run(xi, False) - y) / _FD[i]
+    while len(log) < max_evals and log[-1]["score"] > tol:
+        a = np.flatnonzero(active)
+        r = (target - y)[a]
+        try:
+            dx_a = np.linalg.solve(J[np.ix_(a, a)], r)
+        except np.linalg.LinAlgError:
+            dx_a = np.linalg.lstsq(J[np.ix_(a, a)], r, rcond=None)[0]
+        dx = np.zeros(3)
+        dx[a] = dx_a
+        dx *= min(1.0, float(np.min(_MAX_STEP[a] / np.maximum(np.abs(dx_a), 1e-12))))
+        x_new = np.clip(x + dx, _LO, _HI)
+        y_new = run(x_new, True)
+        dx, dy = x_new - x, y_new - y
+        if float(dx @ dx) > 0:  # Broyden rank-one update
+            J += np.outer(dy - J @ dx, dx) / float(dx @ dx)
+        x, y = x_new, y_new
+    best = min(log, key=lambda e: e["score"])
+    x, corr = best["x"], best["corr"]
+
+    def fresh_gini(lam: float) -> tuple[float, np.ndarray]:
+        """Mean Gini of two fresh samples with the real lengths, after an IPF run to shares**lam."""
+        run(x, True, lam)
+        c = log.pop()["corr"]
+        tm = model(x, c)
+        g = [float(gini(popularity_counts_of(_sample_task(tm, full_lens, K, np.random.default_rng(seed + i)),
+                                             E).astype(np.float64)).mean()) for i in (1, 2)]
+        return float(np.mean(g)), c
+
+    lams, ginis, corrs = [1.0], [], []
+    g, c = fresh_gini(1.0)
+    ginis.append(g)
+    corrs.append(c)
+    lams.append(0.8 if g > real["gini"] else 1.1)
+    for _ in range(4):
+        g, c = fresh_gini(lams[-1])
+        ginis.append(g)
+        corrs.append(c)
+        if abs(g / real["gini"] - 1.0) < tol or real["gini"] <= 0:
             break
-        z = z_new
-    cnt = _type_counts(sub, z, C, E) + smoothing
-    logp = np.log(cnt / cnt.sum(axis=2, keepdims=True))
-    logw = np.log((np.bincount(z, minlength=C) + 1.0) / (len(z) + C))
-    z_all = _assign(ex, logp, logw, E)
-    return z_all, _type_counts(ex, z_all, C, E)
+        slope = (ginis[-1] - ginis[-2]) / (lams[-1] - lams[-2]) if lams[-1] != lams[-2] else 0.0
+        step = (real["gini"] - g) / slope if slope > 0 else -0.2
+        lams.append(float(np.clip(lams[-1] + np.clip(step, -0.3, 0.3), 0.2, 1.5)))
+    i = int(np.argmin(np.abs(np.asarray(ginis) / real["gini"] - 1.0)))
+    best = {**best, "corr": corrs[i], "gini": ginis[i]}
+    return {
+        "beta": round(float(best["x"][0]), 5), "sigma": round(float(best["x"][1]), 5),
+        "rho": round(float(best["x"][2]), 5),
+        "pop_correction": np.round(best["corr"], 4).tolist(),
+        "calibration": {
+            "method": "Broyden on (beta, sigma, rho), each run with per-layer IPF of the popularity "
+                      "correction; common random numbers (seed below); reuse_median interpolated "
+                      "within its histogram bin",
+            "calib_requests": int(len(lens)), "calib_tokens": int(lens.sum()), "seed": seed,
+            "evaluations": len(log),
+            "target": {**{k: round(float(real[k]), 5) for k in _TARGETS}, "gini": round(real["gini"], 5),
+                       "reuse_median_plain": real["reuse_median_plain"]},
+            "achieved": {**{k: round(float(v), 5) for k, v in zip(_TARGETS, best["y"])},
+                         "gini": round(best["gini"], 5), "reuse_median_plain": best["reuse_median_plain"]},
+            "gini_note": "achieved gini: mean of 2 fresh samples with the real request lengths",
+            "pop_power": round(lams[i], 5),
+        },
+    }
 
 
-def _reuse_rates(z: np.ndarray, bounds: np.ndarray) -> tuple[float, float]:
-    """(persist, history) from a type sequence: share of tokens repeating the previous token's type,
-    and, of the others with >= 2 earlier tokens, the share whose type occurred earlier in the request."""
-    T = len(z)
-    ridx = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
-    pos = np.arange(T) - bounds[:-1][ridx]
-    same = np.zeros(T, dtype=bool)
-    same[1:] = (z[1:] == z[:-1]) & (pos[1:] > 0)
-    n_prev = int((pos > 0).sum())
-    persist = float(same.sum() / n_prev) if n_prev else 0.0
-    # seen-before: first occurrence of (request, type) vs later ones
-    key = ridx * (int(z.max()) + 1) + z
-    first = np.zeros(T, dtype=bool)
-    first[np.unique(key, return_index=True)[1]] = True
-    cand = (pos > 1) & ~same
-    history = float((~first[cand]).mean()) if cand.any() else 0.0
-    return min(persist, 0.99), history
-
-
-def fit_params(trace: RoutingTrace, seed: int = 0, command: str = "", num_types: int = 64,
-               max_fit_tokens: int = 30000, trace_path: str = "") -> dict[str, Any]:
+def fit_params(trace: RoutingTrace, seed: int = 0, command: str = "", trace_path: str = "",
+               calib_tokens: int = 24000, max_evals: int = 18, tol: float = 0.015) -> dict[str, Any]:
     """Fit the generator to ``trace`` (per task); returns the JSON-ready parameter dict."""
-    from traces.stats import popularity_counts
+    from traces.stats import transition_counts
 
-    rng = np.random.default_rng(seed)
     m = trace.meta
     tasks_col = trace.tokens["task"].to_numpy()
     req_tasks = np.asarray(trace.request_tasks(), dtype=object)
     out_tasks: dict[str, Any] = {}
     for name in sorted(set(req_tasks.tolist())):
         sub = trace.take(np.flatnonzero(tasks_col == name))
-        z, tc = fit_types(sub.experts, m.num_experts, num_types, rng, max_fit_tokens=max_fit_tokens)
-        bounds = sub.request_bounds()
-        persist, history = _reuse_rates(z, bounds)
-        lens = np.diff(bounds)
+        real = calibration_stats(sub)
+        pc = real["popularity_counts"]
+        tc = np.stack([transition_counts(sub.experts, m.num_experts, l) for l in range(m.num_layers - 1)]) \
+            if m.num_layers > 1 else np.zeros((0, m.num_experts, m.num_experts), dtype=np.int64)
+        lens = np.diff(sub.request_bounds())
+        cal = _calibrate(pc, tc, real, _calib_lengths(lens, calib_tokens), m.top_k, seed, m, max_evals, tol,
+                         full_lens=lens)
         out_tasks[name] = {
             "share": float((req_tasks == name).mean()),
-            "popularity_counts": popularity_counts(sub).tolist(),
-            "type_counts": tc.tolist(),
-            "type_weights": np.bincount(z, minlength=tc.shape[0]).tolist(),
-            "persist": round(persist, 6), "history": round(history, 6),
+            "popularity_counts": pc.tolist(),
+            "transition_counts": tc.tolist(),
+            **cal,
             "tokens_per_request": {"num_requests": int(len(lens)), "num_tokens": int(lens.sum()),
                                    "median": float(np.median(lens)), "mean": float(lens.mean()),
                                    "max": int(lens.max())},
         }
-    source = {"trace": m.source, "trace_file": trace_path, "model": m.model,
-              "fitted_on": _dt.date.today().isoformat(), "command": command, "seed": seed,
-              "num_types": num_types, "max_fit_tokens": max_fit_tokens}
+    source = {"trace": m.source, "trace_file": _no_machine_path(trace_path), "model": m.model,
+              "fitted_on": _dt.date.today().isoformat(),
+              "command": " ".join(_no_machine_path(w) for w in command.split()), "seed": seed,
+              "calib_tokens": calib_tokens, "max_evals": max_evals}
     return _wrap(m, out_tasks, source, phase=str(trace.tokens["phase"].iloc[0]))
+
+
+def _no_machine_path(word: str) -> str:
+    """An absolute path becomes its file name (parameter files must not name machine paths)."""
+    return os.path.basename(word) if os.path.isabs(word) else word
 
 
 def _wrap(m: TraceMeta, tasks: dict[str, Any], source: dict[str, Any], phase: str = "decode") -> dict:
