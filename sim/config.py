@@ -93,7 +93,9 @@ class ClusterConfig:
     #: GPUs per replica (expert-parallel degree); replicas = nodes * gpus_per_node / ep
     expert_parallel: int = 8
     #: expert cache slots per GPU: ``expert_budget_bytes`` if > 0, else this fraction of the
-    #: experts the placement puts on the GPU (1.0: all of them, the full-memory baseline)
+    #: experts the placement puts on the GPU, i.e. of the model's experts / expert_parallel under
+    #: contiguous placement (1.0: all of them, the full-memory baseline; 0.5 on Mixtral EP 8:
+    #: 16 of each GPU's 32 experts)
     expert_budget_fraction: float = 1.0
     expert_budget_bytes: int = 0
     #: memory kept free for activations and the runtime, per GPU

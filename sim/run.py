@@ -4,7 +4,17 @@ Writes into the run directory (``hydra.run.dir``): ``metrics.json`` (simulated q
 same seed, same bytes), ``requests.parquet`` (one row per request), ``run_info.json`` (wall time,
 simulated seconds per wall second, versions) and, with ``output.chrome_trace=FILE``, a
 Chrome/Perfetto trace of the window ``[output.chrome_trace_start_s, output.chrome_trace_end_s)``.
-Prints a summary table. ``seed=N`` and ``workload.max_requests=N`` are accepted by every run.
+Prints a summary table and simulated seconds per wall second. ``seed=N`` and
+``workload.max_requests=N`` are accepted by every run.
+
+Examples::
+
+    moesim sim                                             # Mixtral-8x7B, 8 H100s, EP 8, 200 requests
+    moesim sim model=deepseek-v2-lite cluster=1x1 hardware=a100-40gb cluster.expert_budget_fraction=0.25
+    moesim sim -m policy.cache=lru,lifo,lfu cluster.expert_budget_fraction=0.25,0.5
+    moesim sim experiment=fault_demo                       # a GPU fails at 20 s, back 30 s later
+    moesim sim experiment=bench_azure_mixtral workload.path=AzureLLMInferenceTrace_conv.csv
+    moesim sim trace=file trace.path=ROUTING.parquet output.chrome_trace=timeline.json
 """
 
 from __future__ import annotations
