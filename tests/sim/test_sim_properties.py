@@ -87,3 +87,24 @@ def test_fault_reroutes_in_flight_requests_and_shows_in_metrics():
     assert m["requests_rerouted"] > 0 and m["tokens_recomputed"] > 0
     assert m["faults"][0]["gpus"] == [0] and m["faults"][0]["requests_rerouted"] == m["requests_rerouted"]
     assert (sim.req.reroutes > 0).sum() == m["requests_rerouted"]
+
+
+def test_node_fault_and_no_live_replica_waits_for_recovery():
+    from sim.testing import StubCost as Cost
+
+    cfg = tiny_config(layers=2, experts=4, top_k=1, nodes=2, gpus_per_node=1, ep=1, kv_tokens=200,
+                      token_budget=8)
+    # node 1 fails first (never returns), then node 0 fails and returns at 0.3 s
+    cfg.cluster.faults = [FaultConfig(time_s=0.05, node=1, recovery_s=float("inf")),
+                          FaultConfig(time_s=0.1, node=0, recovery_s=0.2)]
+    rng = np.random.default_rng(0)
+    pool = random_pool(2, 4, 1, entries=3, tokens=9, rng=rng)
+    wl = workload([0.0] * 6, [10] * 6, [30] * 6)
+    sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), Cost(), rng)
+    sim.run()
+    m = compute_metrics(sim)
+    assert m["requests_completed"] == 6 and (sim.req.completions == 1).all()
+    assert [f["gpus"] for f in m["faults"]] == [[1], [0]]
+    rerouted = sim.req.reroutes > 0
+    assert rerouted.any() and (sim.req.finish_s[rerouted] > 0.3).all()
+    assert m["sim_time_s"] > 0.3  # nothing could run between 0.1 s and 0.3 s
