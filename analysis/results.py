@@ -7,7 +7,8 @@ directories at any depth (Hydra's ``multirun/DATE/TIME/N/``).
 :func:`load_runs` returns one row per run: ``run_dir``, one column per override (named by its key,
 values parsed as YAML scalars) and one column per scalar metric, nested keys joined with ``.``
 (``ttft_s.p50``); wall-clock figures kept out of ``metrics.json`` (``run_info.json`` of the
-simulator, ``timings.json`` of realrun) come in as ``wall.*`` and ``timing.*`` columns. Metrics that hold a list of records (``results`` of ``moesim cache``, for
+simulator, ``timings.json`` of realrun) come in as ``wall.*`` and ``timing.*`` columns.
+Metrics that hold a list of records (``results`` of ``moesim cache``, for
 instance) are expanded by :func:`load_records` instead: one row per record, with the run's
 overrides repeated.
 """
