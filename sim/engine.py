@@ -107,7 +107,6 @@ class GpuState:
     prefetched: int = 0
     streamed: int = 0
     #: capacity below the experts it holds in one layer: a step may stream keys through
-    may_stream: bool = False
     #: (L,) frozenset of the keys it holds at each layer; all of them
     layer_sets: list[frozenset] = field(default_factory=list)
     all_keys: frozenset = frozenset()
@@ -318,7 +317,6 @@ class Simulation:
                               link=Link(self.cost.host_link_bytes_per_s, self.cost.host_link_latency_s),
                               home_keys=home_keys, home_mask=mask)
                 st.peak_resident = cap if full else len(cache.resident)
-                st.may_stream = cap < max((len(k) for k in home_keys), default=0)
                 st.layer_sets = [frozenset(k.tolist()) for k in home_keys]
                 st.all_keys = frozenset(keys.tolist())
                 rep.states.append(st)
@@ -725,20 +723,8 @@ class Simulation:
             cache, act = st.cache, active[g]
             if cache is None or not act:
                 continue
-            acc = cache.access
-            ng = need[g]
-            if st.may_stream:
-                nm = []
-                for l, ks in enumerate(ng):
-                    if not ks:
-                        nm.append(0)
-                        continue
-                    misses = acc(step0 + l, ks, act)[0]
-                    res = cache.resident
-                    st.streamed += sum(1 for k in misses if k not in res)
-                    nm.append(len(misses))
-            else:
-                nm = [len(acc(step0 + l, ks, act)[0]) if ks else 0 for l, ks in enumerate(ng)]
+            nm, streamed = cache.access_steps(step0, need[g], act)
+            st.streamed += streamed
             tot = sum(nm)
             st.misses += tot
             st.hits += len(act) - tot

@@ -108,6 +108,56 @@ class OrderedCache(CachePolicy):
             active if isinstance(active, set | frozenset) else frozenset(int(k) for k in active))
         return self._serve(row, act)
 
+    def access_steps(self, first_step: int, rows: Any, active: Iterable[int] | None = None
+                     ) -> tuple[list[int], int]:
+        """The base protocol's ``access_steps`` with a fast path for one-key steps (an expert-
+        parallel GPU often holds one expert of a layer): same state, same decisions as ``_serve``.
+        """
+        cls = type(self)
+        if cls.access is not OrderedCache.access or cls._serve is not OrderedCache._serve:
+            return CachePolicy.access_steps(self, first_step, rows, active)  # subclass decides
+        act = () if active is None or not self._uses_active else (
+            active if isinstance(active, set | frozenset) else frozenset(int(k) for k in active))
+        res, od, cap = self.resident, self._order, self.capacity
+        touch, back = self._touch_hits, self._from_back
+        serve = self._serve
+        counts: list[int] = []
+        streamed = 0
+        for row in rows:
+            n = len(row)
+            if n == 0:
+                counts.append(0)
+            elif n == 1:
+                (k,) = row
+                if k in res:
+                    if touch:
+                        od.move_to_end(k)
+                    counts.append(0)
+                    continue
+                counts.append(1)
+                if len(res) >= cap:
+                    if not res:  # capacity 0: streams through
+                        streamed += 1
+                        continue
+                    v = None
+                    if act:
+                        for c in (reversed(od) if back else od):
+                            if c not in act:
+                                v = c
+                                break
+                    if v is None:
+                        v = next(reversed(od)) if back else next(iter(od))
+                    del od[v]
+                    res.discard(v)
+                res.add(k)
+                od[k] = None
+            else:
+                miss = serve(sorted(row), act)[0]
+                counts.append(len(miss))
+                if miss:
+                    streamed += sum(1 for k in miss if k not in res)
+        return counts, streamed
+
     def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
         rows = np.sort(np.asarray(keys), axis=1).tolist()  # (S, K) rows in increasing id order
         # _serve inlined for the plain case (no active set; counts only): same state and decisions

@@ -145,6 +145,28 @@ class CachePolicy(ABC):
             misses += len(self.access(first_step + i, row)[0])
         return misses
 
+    def access_steps(self, first_step: int, rows: Sequence[Any], active: Iterable[int] | None = None
+                     ) -> tuple[list[int], int]:
+        """Serve steps ``first_step + i`` needing ``rows[i]`` (a collection of distinct keys, maybe
+        empty: no step is taken then, but the step number still advances) under one ``active`` set.
+
+        Returns (misses per row, keys streamed through). Exactly equivalent to calling
+        :meth:`access` once per non-empty row; policies may override it with a fast path over the
+        same state (the simulator calls this once per GPU and iteration, for all layers).
+        """
+        counts: list[int] = []
+        streamed = 0
+        for i, row in enumerate(rows):
+            if not row:
+                counts.append(0)
+                continue
+            misses = self.access(first_step + i, row, active)[0]
+            counts.append(len(misses))
+            if misses:
+                res = self.resident
+                streamed += sum(1 for k in misses if k not in res)
+        return counts, streamed
+
     # -- protocol -------------------------------------------------------------------------------
     def access(self, step: int, keys: Iterable[int], active: Iterable[int] | None = None
                ) -> tuple[list[int], list[int]]:
