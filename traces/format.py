@@ -237,37 +237,32 @@ def validate(trace: RoutingTrace, where: str = "<memory>") -> None:
 # ------------------------------------------------------------------------------------------------
 # Parquet I/O
 # ------------------------------------------------------------------------------------------------
-def _atomic_write_table(table: Any, path: Path) -> None:
-    import pyarrow.parquet as pq
-
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place; on
+    any failure the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_write_table(table: Any, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_trace(trace: RoutingTrace, path: str | os.PathLike) -> None:
@@ -374,6 +369,19 @@ def read_trace(path: str | os.PathLike) -> RoutingTrace:
     trace = RoutingTrace(experts=experts, weights=weights, tokens=tokens, meta=tm)
     validate(trace, str(path))
     return trace
+
+
+def read_nonempty(path: str | os.PathLike) -> bytes:
+    """The bytes of an input file; a clear error when it is missing, a directory or empty."""
+    path = Path(path)
+    if not path.exists():
+        raise TraceFormatError(f"{path}: no such file")
+    if path.is_dir():
+        raise TraceFormatError(f"{path}: is a directory, expected a file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise TraceFormatError(f"{path}: file is empty")
+    return data
 
 
 def _short(exc: BaseException) -> str:

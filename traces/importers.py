@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import TraceFormatError
-from traces.format import RoutingTrace, TraceMeta, make_tokens
+from traces.format import RoutingTrace, TraceMeta, make_tokens, read_nonempty
 
 PathLike = str | Path
 
@@ -50,17 +50,6 @@ _PROMPT_RE = re.compile(r"^prompt_(\d+)_data$")
 def _prompt_id(path: Path) -> str:
     m = _PROMPT_RE.match(path.stem)
     return m.group(1) if m else path.stem
-
-
-def _read_text(path: Path) -> bytes:
-    if not path.exists():
-        raise TraceFormatError(f"{path}: no such file")
-    if path.is_dir():
-        raise TraceFormatError(f"{path}: is a directory, expected a file")
-    data = path.read_bytes()
-    if not data.strip():
-        raise TraceFormatError(f"{path}: file is empty")
-    return data
 
 
 def _parse_int_lists(col, path: Path, top_k: int, first_line: int) -> np.ndarray:
@@ -116,7 +105,7 @@ def _read_moe_beyond_file(path: Path, layer_ids: np.ndarray, num_experts: int, t
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    data = _read_text(path)
+    data = read_nonempty(path)
     header = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
     cols = [c.strip() for c in header.split(",")]
     if tuple(cols) != MOE_BEYOND_COLUMNS:
@@ -260,7 +249,7 @@ _SPEC_KEYS = ("dataset", "problem_id", "layer", "experts", "gating_probs")
 
 
 def _read_jsonl_records(path: Path) -> list[tuple[int, dict]]:
-    data = _read_text(path)
+    data = read_nonempty(path)
     out: list[tuple[int, dict]] = []
     for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
         if not line.strip():

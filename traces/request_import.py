@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import TraceFormatError
+from traces.format import read_nonempty
 from traces.workload import make_workload, read_workload, validate_workload
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -49,17 +50,6 @@ def task_from_name(path: Path) -> str:
         if needle in s:
             return task
     return "unknown"
-
-
-def _nonempty(path: Path) -> bytes:
-    if not path.exists():
-        raise TraceFormatError(f"{path}: no such file")
-    if path.is_dir():
-        raise TraceFormatError(f"{path}: is a directory, expected a file")
-    data = path.read_bytes()
-    if not data.strip():
-        raise TraceFormatError(f"{path}: file is empty")
-    return data
 
 
 def _int_column(values: pd.Series, path: Path, name: str, line0: int) -> np.ndarray:
@@ -81,7 +71,7 @@ def _read_azure(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(arrival seconds since epoch, prompt, output, first data line)."""
     import io
 
-    data = _nonempty(path)
+    data = read_nonempty(path)
     header = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
     cols = [c.strip() for c in header.split(",")]
     if tuple(cols) != AZURE_COLUMNS:
@@ -103,7 +93,7 @@ def _read_azure(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
 
 
 def _read_mooncake(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    data = _nonempty(path)
+    data = read_nonempty(path)
     rows = []
     lines = []
     for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
