@@ -201,7 +201,7 @@ class SimConfig:
 @dataclass
 class DemoConfig(SimConfig):
     #: cache policies compared in the demo (each against the full-memory baseline)
-    demo_policies: list[str] = field(default_factory=lambda: ["lru", "lifo"])
+    demo_policies: list[str] = field(default_factory=lambda: ["lru", "lfu", "lifo"])
 
 
 def register_configs() -> None:
