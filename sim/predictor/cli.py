@@ -102,7 +102,12 @@ def train_task(cfg: Any) -> None:
         "d_ff": tp["d_ff"], "dropout": tp["dropout"], "prev_rank": tp["prev_rank"],
         "num_layers": L, "num_experts": E, "vocab_size": len(vocab), "num_hash": vocab.num_hash,
         "num_pos_buckets": tp["num_pos_buckets"], "lookup_prior": bool(tp["lookup_prior"]),
-        "prior_alpha": float(tp["prior_alpha"])}
+        "prior_alpha": float(tp["prior_alpha"]),
+        # token_layers: the transformer over the layer axis
+        "layer_d_model": tp.get("layer_d_model", tp["d_model"]),
+        "layer_layers": tp.get("layer_layers", 2), "layer_heads": tp.get("layer_heads", 4),
+        "layer_d_ff": tp.get("layer_d_ff", 4 * int(tp["d_model"])),
+        "prev_token": tp.get("prev_token", "lower")}
     token_train_cfg = {"model": token_model_cfg, "window": p["window"],
                        "batch_tokens": p["batch_tokens"], "epochs": tp["epochs"], "lr": tp["lr"],
                        "weight_decay": tp["weight_decay"]}

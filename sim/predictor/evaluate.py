@@ -79,7 +79,7 @@ def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path) -> dict[str, Any
         "transition": predict_transition(base["transition"], pop,
                                          multi_hot(true, E).astype(np.float64), K),
     }
-    token = {"inputs": _inputs(ck["token_model"]["mode"]),
+    token = {"inputs": _inputs(ck["token_model"]),
              "predictor": set_metrics(pred_tok, true, E),
              "baselines": {k: set_metrics(v, true, E) for k, v in tok_baselines.items()},
              "baseline_inputs": {
@@ -169,12 +169,27 @@ def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path) -> dict[str, Any
     }
 
 
-def _inputs(mode: str) -> str:
+def _inputs(model_cfg: dict[str, Any]) -> str:
+    mode = str(model_cfg["mode"])
+    ctx = ("token pieces of this and the earlier tokens of the same prompt (causal, up to the "
+           "window) and their positions")
+    prior = ("; the smoothed training-set expert frequencies of this token's piece"
+             if model_cfg.get("lookup_prior") else "")
     if mode == "token":
-        return ("token pieces of this and the earlier tokens of the same prompt (causal, up to the "
-                "window) and their positions; no experts of any token")
-    return ("token pieces of this and the earlier tokens (causal) plus this token's true experts "
-            "at layer l-1 when predicting layer l (eMoE-L: known once layer l-1 has routed)")
+        return ctx + prior + "; no experts of any token"
+    if mode == "token_layers":
+        pt = str(model_cfg.get("prev_token", "lower"))
+        prev = {"none": "; no experts of any other token",
+                "lower": "; the previous token's true experts at layers 0..l-1 (prefill-safe: "
+                         "all prompt tokens have passed layers < l before layer l routes)",
+                "same": "; the previous token's true experts at layers 0..l (decode only: the "
+                        "previous token ran all layers before this one; NOT available at "
+                        "prefill)"}[pt]
+        return (ctx + prior + "; this token's true experts at all layers 0..l-1 when predicting "
+                "layer l (known once those layers have routed)" + prev +
+                "; nothing of layers >= l of this token, nothing of later tokens")
+    return (ctx + prior + "; this token's true experts at layer l-1 when predicting layer l "
+            "(eMoE-L: known once layer l-1 has routed)")
 
 
 def _write_staleness(curve: list[dict[str, Any]], out: Path) -> None:

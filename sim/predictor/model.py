@@ -7,6 +7,14 @@ Two forms:
   experts of any token. Output: (L, E) logits, one row per MoE layer. Mode ``token_prev`` (eMoE-L
   style) also feeds layer l-1's *true* experts of the same token into layer l's logits: at serving
   time layer l-1 has routed before layer l runs, so this is information a server has.
+  Mode ``token_layers`` (layer-causal, eMoE-L generalised) runs a second causal transformer over
+  the layer axis of each token: position l sees the token's context vector, a layer embedding and
+  the token's *true* experts at layers 0..l-1 (position l holds layer l-1's set, the causal mask
+  lets it see the earlier positions), plus the previous token's experts at layers < l
+  (``prev_token: lower``, prefill-safe: at prefill all tokens of a prompt pass a layer together,
+  so earlier tokens' layer-l experts are not known before layer l routes) or <= l
+  (``prev_token: same``, decode only: the previous token finished all layers before this one
+  started). Nothing of layer >= l of this token, or of any later token, reaches layer l's logits.
 - :class:`PromptPredictor` (per prompt, eMoE-A): a causal transformer over the previous prompts'
   per-layer expert frequency matrices; output j predicts prompt j+1's (L, E) distribution.
 
@@ -56,6 +64,28 @@ class TokenPredictor(nn.Module):
             self.prev_b = nn.Parameter(torch.zeros(self.L, r, self.E))
             self.prev_u = nn.Linear(d, self.L * r)
             self.r = r
+        elif self.mode == "token_layers":
+            dl = int(cfg.get("layer_d_model", d))
+            self.prev_token = str(cfg.get("prev_token", "lower"))
+            if self.prev_token not in ("none", "lower", "same"):
+                raise ValueError(f"prev_token must be none, lower or same, got {self.prev_token!r}")
+            # expert ids are per layer: row l * E + e; row L * E is the "no set" (layer -1) padding
+            self.ex_self = nn.Embedding(self.L * self.E + 1, dl)
+            self.ex_prev = nn.Embedding(self.L * self.E + 1, dl)
+            self.layer_emb = nn.Embedding(self.L, dl)
+            self.ctx_proj = nn.Linear(d, dl)
+            self.layer_encoder = _encoder(dl, int(cfg.get("layer_heads", 4)),
+                                          int(cfg.get("layer_d_ff", 4 * dl)),
+                                          int(cfg.get("layer_layers", 2)), float(cfg["dropout"]))
+            self.layer_norm = nn.LayerNorm(dl)
+            self.layer_head = nn.Parameter(torch.randn(self.L, dl, self.E) * dl ** -0.5)
+            self.layer_bias = nn.Parameter(torch.zeros(self.L, self.E))
+            # direct cross-layer term: logits[l] += sum_{j<l} multi_hot[j] @ cross[j, :, l]
+            # (the first-order transition generalised to all earlier layers; block-triangular)
+            self.cross = nn.Parameter(torch.zeros(self.L * self.E, self.L * self.E))
+            blk = torch.triu(torch.ones(self.L, self.L), diagonal=1)  # [j, l] = 1 iff j < l
+            self.register_buffer("cross_mask", blk.repeat_interleave(self.E, 0)
+                                 .repeat_interleave(self.E, 1), persistent=False)
         elif self.mode != "token":
             raise ValueError(f"unknown token predictor mode {self.mode!r}")
         self.lookup = bool(cfg.get("lookup_prior", False))
@@ -67,12 +97,17 @@ class TokenPredictor(nn.Module):
             self.prior_scale = nn.Parameter(torch.ones(self.L, 1))
 
     def forward(self, tok: torch.Tensor, ngram: torch.Tensor, pos: torch.Tensor,
-                prev: torch.Tensor | None = None, prior: torch.Tensor | None = None
+                prev: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                experts: torch.Tensor | None = None, prev_experts: torch.Tensor | None = None,
+                has_prev: torch.Tensor | None = None, sel: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """tok (B, W), ngram (B, W, G), pos (B, W) [, prev (B, W, L, E) multi-hot of layer l-1's
         experts at index l (row 0 zeros)] [, prior (B, W, L, E): the lookup prior to use instead of
         ``prior_table[tok]`` (training passes out-of-fold priors)] -> logits (B, W, L, E).
-        Right padding only."""
+        Mode ``token_layers`` also takes experts (B, W, L, K) (this token's true experts; layer l's
+        logits use only layers < l), prev_experts (B, W, L, K) (the previous token's), has_prev
+        (B, W) bool (false at a prompt's first token) and sel (B, W) bool (the tokens whose logits
+        are wanted; the others are returned as zeros). Right padding only."""
         B, W = tok.shape
         g = self.ngram(ngram)  # (B, W, G, D)
         n = (ngram > 0).sum(-1, keepdim=True).clamp(min=1)  # (B, W, 1)
@@ -90,7 +125,38 @@ class TokenPredictor(nn.Module):
             u = self.prev_u(h).view(B, W, self.L, self.r)  # (B, W, L, r)
             a = torch.einsum("bwle,ler->bwlr", p, self.prev_a)
             out = out + torch.einsum("bwlr,lrf->bwlf", u * a, self.prev_b)
+        if self.mode == "token_layers":
+            assert experts is not None and prev_experts is not None and has_prev is not None
+            if sel is None:
+                sel = torch.ones(B, W, dtype=torch.bool)
+            out = out.masked_fill(~sel[..., None, None], 0.0)
+            out[sel] = out[sel] + self._layer_logits(h[sel], experts[sel], prev_experts[sel],
+                                                     has_prev[sel])
         return out
+
+    def _layer_logits(self, h: torch.Tensor, ex: torch.Tensor, pex: torch.Tensor,
+                      has_prev: torch.Tensor) -> torch.Tensor:
+        """h (n, D) context, ex / pex (n, L, K) this / the previous token's experts, has_prev (n,)
+        -> (n, L, E) logits; position l sees ex[:, :l] only (causal mask over layers)."""
+        n, L, K = ex.shape
+        E = self.E
+        pad = L * E
+        ids = ex + (torch.arange(L) * E)[None, :, None]  # (n, L, K) per-layer expert rows
+        pids = pex + (torch.arange(L) * E)[None, :, None]
+        # position l holds this token's layer l-1 set (position 0: padding)
+        shifted = torch.cat([torch.full((n, 1, K), pad), ids[:, :-1]], dim=1)  # (n, L, K)
+        x = self.ex_self(shifted).sum(2)  # (n, L, Dl)
+        if self.prev_token != "none":
+            if self.prev_token == "lower":  # previous token's layer l-1 at position l
+                pids = torch.cat([torch.full((n, 1, K), pad), pids[:, :-1]], dim=1)
+            pids = torch.where(has_prev[:, None, None], pids, torch.full_like(pids, pad))
+            x = x + self.ex_prev(pids).sum(2)
+        x = x + self.layer_emb.weight[None] + self.ctx_proj(h)[:, None, :]
+        y = self.layer_encoder(self.drop(x), mask=_causal_mask(L), is_causal=True)
+        y = self.layer_norm(y)  # (n, L, Dl)
+        mh = torch.zeros(n, L * E).scatter_(1, ids.reshape(n, L * K), 1.0)  # (n, L*E)
+        direct = (mh @ (self.cross * self.cross_mask)).view(n, L, E)
+        return torch.einsum("nld,lde->nle", y, self.layer_head) + self.layer_bias + direct
 
 
 class PromptPredictor(nn.Module):

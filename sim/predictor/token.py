@@ -28,12 +28,15 @@ class Encoded:
     pos: np.ndarray  # (T,) int64 position bucket
     experts: np.ndarray  # (T, L, K) int64
     bounds: np.ndarray  # (R+1,) int64
+    req_start: np.ndarray  # (T,) int64 first row of each token's prompt
 
 
 def encode(trace: RoutingTrace, vocab: Vocab, num_pos_buckets: int) -> Encoded:
     tok, ngram = vocab.encode(trace.tokens["text"].to_numpy())
     pos = position_bucket(trace.tokens["position"].to_numpy(), num_pos_buckets)
-    return Encoded(tok, ngram, pos, trace.experts.astype(np.int64), trace.request_bounds())
+    b = trace.request_bounds()
+    req_start = np.repeat(b[:-1], np.diff(b)).astype(np.int64)  # (T,)
+    return Encoded(tok, ngram, pos, trace.experts.astype(np.int64), b, req_start)
 
 
 def lookup_log_prior(enc: Encoded, rows: np.ndarray, vocab_size: int, num_experts: int,
@@ -73,8 +76,8 @@ def make_batches(win: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
 
 
 def _batch_tensors(enc: Encoded, win: np.ndarray, num_experts: int, with_prev: bool,
-                   fold_prior: tuple[np.ndarray, np.ndarray] | None = None
-                   ) -> dict[str, torch.Tensor]:
+                   fold_prior: tuple[np.ndarray, np.ndarray] | None = None,
+                   with_layers: bool = False) -> dict[str, torch.Tensor]:
     """Right-padded tensors for windows ``win`` (B, 3)."""
     B = len(win)
     W = int((win[:, 1] - win[:, 0]).max())
@@ -98,7 +101,20 @@ def _batch_tensors(enc: Encoded, win: np.ndarray, num_experts: int, with_prev: b
         prev = torch.zeros(B, W, L, num_experts)
         prev[:, :, 1:].scatter_(3, out["experts"][:, :, :-1], 1.0)
         out["prev"] = prev
+    if with_layers:
+        has_prev = valid & (rows > enc.req_start[rows])  # (B, W)
+        out["has_prev"] = torch.from_numpy(has_prev)
+        out["prev_experts"] = torch.from_numpy(enc.experts[np.where(has_prev, rows - 1, rows)])
     return out
+
+
+def _forward(model: TokenPredictor, bt: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model on a batch from :func:`_batch_tensors` (layer inputs only for ``token_layers``;
+    its layer transformer runs on the scored tokens only)."""
+    if model.mode != "token_layers":
+        return model(bt["tok"], bt["ngram"], bt["pos"], bt.get("prev"), bt.get("prior"))
+    return model(bt["tok"], bt["ngram"], bt["pos"], None, bt.get("prior"), experts=bt["experts"],
+                 prev_experts=bt["prev_experts"], has_prev=bt["has_prev"], sel=bt["scored"])
 
 
 def set_loss(logits: torch.Tensor, experts: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
@@ -129,6 +145,7 @@ def train_token(trace: RoutingTrace, vocab: Vocab, train_req: np.ndarray, val_re
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     with_prev = model.mode == "token_prev"
+    with_layers = model.mode == "token_layers"
     E = trace.num_experts
     fold_prior = None
     if model.lookup:
@@ -155,8 +172,8 @@ def train_token(trace: RoutingTrace, vocab: Vocab, train_req: np.ndarray, val_re
         model.train()
         total, count = 0.0, 0
         for bi in rng.permutation(len(batches)):
-            bt = _batch_tensors(enc, win[batches[bi]], E, with_prev, fold_prior)
-            logits = model(bt["tok"], bt["ngram"], bt["pos"], bt.get("prev"), bt.get("prior"))
+            bt = _batch_tensors(enc, win[batches[bi]], E, with_prev, fold_prior, with_layers)
+            logits = _forward(model, bt)
             loss = set_loss(logits, bt["experts"], bt["scored"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,8 +217,9 @@ def predict_token(model: TokenPredictor, enc: Encoded, requests: np.ndarray, k: 
     top = np.zeros((T, model.L, k), dtype=np.int64)
     sums = np.zeros((T, model.L, E), dtype=np.float32) if prob_sums else None
     for bidx in make_batches(win, int(cfg["batch_tokens"])):
-        bt = _batch_tensors(enc, win[bidx], E, model.mode == "token_prev")
-        logits = model(bt["tok"], bt["ngram"], bt["pos"], bt.get("prev"))
+        bt = _batch_tensors(enc, win[bidx], E, model.mode == "token_prev",
+                            with_layers=model.mode == "token_layers")
+        logits = _forward(model, bt)
         sc = bt["scored"].numpy()
         dst = where[bt["rows"].numpy()[sc]]
         z = logits[bt["scored"]]  # (n, L, E)

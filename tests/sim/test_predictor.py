@@ -145,3 +145,91 @@ def test_eval_rejects_missing_checkpoint(tmp_path):
            f"trace.path={path}", f"hydra.run.dir={tmp_path / 'ev'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "not a predictor checkpoint" in out.stderr
+
+
+def _tiny_layer_model(prev_token: str):
+    import torch
+
+    from sim.predictor.model import TokenPredictor
+
+    torch.manual_seed(0)
+    cfg = {"mode": "token_layers", "d_model": 16, "layers": 1, "heads": 2, "d_ff": 32,
+           "dropout": 0.0, "num_layers": 5, "num_experts": 8, "vocab_size": 20, "num_hash": 30,
+           "num_pos_buckets": 48, "layer_d_model": 16, "layer_layers": 2, "layer_heads": 2,
+           "layer_d_ff": 32, "prev_token": prev_token}
+    return TokenPredictor(cfg).eval()
+
+
+@pytest.mark.parametrize("prev_token", ["lower", "same"])
+def test_token_layers_sees_no_later_layer_and_no_later_token(prev_token):
+    """Layer l's logits of token t must not change when this token's experts at layers >= l, or
+    anything of later tokens, change; they must change when layer l-1 changes (it is used)."""
+    import torch
+
+    m = _tiny_layer_model(prev_token)
+    g = torch.Generator().manual_seed(1)
+    B, W, L, K, E = 2, 6, 5, 2, 8
+
+    def rand_sets(n: int) -> torch.Tensor:
+        return torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(n)])
+
+    tok = torch.randint(2, 20, (B, W), generator=g)
+    ng = torch.randint(0, 30, (B, W, 24), generator=g)
+    pos = torch.arange(W).repeat(B, 1)
+    has_prev = torch.ones(B, W, dtype=torch.bool)
+    has_prev[:, 0] = False
+
+    def run(tk: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return m(tk, ng, pos, experts=ex, prev_experts=torch.roll(ex, 1, 1), has_prev=has_prev)
+
+    ex = rand_sets(B * W * L).view(B, W, L, K)
+    base = run(tok, ex)
+    l = 2
+    ex2 = ex.clone()
+    ex2[:, :, l:] = rand_sets(B * W * (L - l)).view(B, W, L - l, K)
+    out2 = run(tok, ex2)
+    # this token's layers >= l changed (and, through the roll, the previous token's)
+    upto = l if prev_token == "same" else l + 1  # 'same' sees the previous token's layer l
+    assert torch.equal(base[:, :, :upto], out2[:, :, :upto])
+    assert not torch.allclose(base[:, :, l + 1:], out2[:, :, l + 1:])
+    if prev_token == "same":  # only the previous token's layer l differs at layer l
+        assert torch.equal(base[:, 0, :l + 1], out2[:, 0, :l + 1])
+    # later tokens (pieces and experts) changed: tokens < 4 unchanged
+    tok3, ex3 = tok.clone(), ex.clone()
+    tok3[:, 4:] = 3
+    ex3[:, 4:] = rand_sets(B * 2 * L).view(B, 2, L, K)
+    assert torch.equal(base[:, :4], run(tok3, ex3)[:, :4])
+
+
+def test_token_layers_learns_cross_layer_routing():
+    """A trace where layer 0's experts are random per token and layer l's a fixed function of
+    layer l-1's: the layer-causal model must predict layers 1.. well and layer 0 only at chance
+    (it never sees layer 0's own experts)."""
+    from sim.predictor.token import encode, predict_token, train_token
+
+    rng = np.random.default_rng(0)
+    L, E, K = 4, 16, 2
+    base = synth_trace(num_prompts=60, L=L, E=E, K=K)
+    ex = base.experts.astype(np.int64).copy()  # (T, L, K)
+    perm = np.stack([rng.permutation(E) for _ in range(L)])  # (L, E)
+    noise = rng.integers(0, E, size=len(ex))  # (T,) per-token random first-layer expert
+    ex[:, 0, 0] = noise
+    ex[:, 0, 1] = (noise + 1 + rng.integers(0, E - 1, size=len(ex))) % E
+    for l in range(1, L):
+        ex[:, l] = perm[l][ex[:, l - 1]]
+    tr = RoutingTrace(ex.astype(np.int16), None, base.tokens, base.meta)
+    parts = split_prompts(tr, (0.7, 0.1, 0.2), seed=0)
+    vocab = Vocab.build(tr.tokens["text"].to_numpy(), 1, 64)
+    mcfg = {"mode": "token_layers", "d_model": 16, "layers": 1, "heads": 2, "d_ff": 32,
+            "dropout": 0.0, "num_layers": L, "num_experts": E, "vocab_size": len(vocab),
+            "num_hash": 64, "num_pos_buckets": 48, "layer_d_model": 16, "layer_layers": 1,
+            "layer_heads": 2, "layer_d_ff": 32, "prev_token": "lower"}
+    cfg = {"model": mcfg, "window": 16, "batch_tokens": 64, "epochs": 10, "lr": 1e-2,
+           "weight_decay": 0.0}
+    model, _ = train_token(tr, vocab, parts["train"], np.zeros(0, dtype=np.int64), cfg, seed=0,
+                           log=lambda s: None)
+    top, _ = predict_token(model, encode(tr, vocab, 48), parts["test"], K, cfg)
+    rows = np.concatenate([np.arange(*tr.request_bounds()[r:r + 2]) for r in parts["test"]])
+    f1 = set_metrics(top, tr.experts[rows], E)["per_layer"]["f1"]
+    assert f1[0] < 0.35 and min(f1[1:]) > 0.6, f1
