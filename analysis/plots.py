@@ -17,24 +17,33 @@ def _plt():
     return plt
 
 
-def save_figure(fig, path: str | Path, caption: str | None = None) -> None:
-    """Save atomically (temp file + rename), with an optional caption line at the bottom."""
-    import os
-    import tempfile
+def command_line() -> str:
+    """The ``moesim`` command that is running, as a user would type it again (without the
+    ``hydra.run.dir`` / ``hydra.sweep.dir`` overrides, which only say where outputs go)."""
+    import shlex
+    import sys
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    argv = list(sys.argv)
+    head = argv[0] if argv and argv[0].startswith("moesim") else "moesim"
+    rest = [a for a in argv[1:] if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    return " ".join([head, *(shlex.quote(a) for a in rest)])
+
+
+def save_figure(fig, path: str | Path, caption: str | None = None) -> None:
+    """Save ``fig`` as a PNG atomically, with the command that regenerates it as a caption
+    (default: :func:`command_line`; ``caption=""`` for none). No timestamps or version strings
+    go into the file, so the same command gives the same bytes."""
+    import io
+
+    from traces.format import atomic_write_bytes
+
+    caption = command_line() if caption is None else caption
     if caption:
-        fig.text(0.01, 0.005, caption, fontsize=7, color="0.35", ha="left", va="bottom")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        _plt().close(fig)
+        fig.text(0.01, -0.01, caption, fontsize=6.5, color="0.35", ha="left", va="top")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    _plt().close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
 
 
 def line_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | Path,

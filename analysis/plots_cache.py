@@ -5,22 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def _savefig(fig: Any, path: Path) -> None:
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from analysis.plots import save_figure
 
 
 def plot_hit_rate(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -43,8 +28,7 @@ def plot_hit_rate(results: list[dict[str, Any]], path: Path, title: str = "") ->
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    _savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -74,5 +58,4 @@ def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    _savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)

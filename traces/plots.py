@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from traces.format import RoutingTrace, atomic_write_bytes
+from traces.format import RoutingTrace
 
 
 def _save(fig: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(buf.getvalue(), path)
+    from analysis.plots import save_figure
+
+    save_figure(fig, path)
 
 
 def write_plots(trace: RoutingTrace, out_dir: str | os.PathLike,
