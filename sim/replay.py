@@ -32,6 +32,14 @@ there is none; one
 predictor per layer pass; eMoE-A's prediction for a layer depends on that layer's history only).
 In batch mode it gets no predicted set (it is then LRU).
 
+Rerouting (eMoE, ``reroute=True``, plain mode, no next-layer prefetch): while a layer's cache is
+not yet full at a request's start (the first prompts: eMoE loads everything first) the request is
+served as above; once it is full, the request is served from what is resident after its
+``on_request`` prefetch, with no load: each chosen expert that is absent is rerouted to a resident
+one (eMoE: "the next-best resident expert"). ``rerouted`` counts those choices and
+``routing_fidelity = 1 - rerouted / accesses``; rerouted choices are neither hits nor misses of the
+demand path but are reported apart (``hits + misses + rerouted = accesses``).
+
 Counts: ``accesses`` = requested experts, ``hits + misses = accesses``; ``loads`` = misses plus
 prefetch loads; ``bytes_moved = loads x expert_bytes``.
 """
@@ -94,6 +102,8 @@ class ReplayResult:
     prefetch_loads: int
     bytes_moved: int
     per_layer_hit_rate: list[float] = field(default_factory=list)
+    rerouted: int = 0
+    routing_fidelity: float = 1.0
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,15 +150,16 @@ def _contexts(trace: RoutingTrace) -> list[PrefetchContext]:
 
 
 def replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch: str | None = None,
-                 prefetch_kwargs: dict[str, Any] | None = None) -> ReplayResult:
+                 prefetch_kwargs: dict[str, Any] | None = None, reroute: bool = False
+                 ) -> ReplayResult:
     """Plain mode (see the module docstring)."""
     with _gc_paused():
         return _replay_plain(trace, policy, fraction, prefetch=prefetch,
-                             prefetch_kwargs=prefetch_kwargs)
+                             prefetch_kwargs=prefetch_kwargs, reroute=reroute)
 
 
 def _replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch: str | None,
-                  prefetch_kwargs: dict[str, Any] | None) -> ReplayResult:
+                  prefetch_kwargs: dict[str, Any] | None, reroute: bool = False) -> ReplayResult:
     T, L, K = trace.experts.shape
     E = trace.num_experts
     C = layer_capacity(fraction, E)
@@ -156,12 +167,18 @@ def _replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch
     pf_kw = dict(prefetch_kwargs or {})
     needs_token_major = prefetch not in (None, "", "none") and _has_next_layer(prefetch, trace, pf_kw)
     if needs_token_major:
+        if reroute:
+            raise ConfigError(f"reroute=true needs a per-request prefetch policy (or none), not the "
+                              f"next-layer policy {prefetch!r}")
         return _replay_token_major(trace, policy, fraction, prefetch, pf_kw)
+    if reroute and cls.requires_future:
+        reroute = False  # the oracle is the demand-loading bound: it never reroutes
     per_request = (getattr(cls, "uses_requests", False) or getattr(cls, "uses_prediction", False)
-                   or prefetch not in (None, "", "none"))
+                   or prefetch not in (None, "", "none") or reroute)
     bounds = trace.request_bounds()
     ctxs = _contexts(trace) if per_request else []
     misses_l = np.zeros(L, dtype=np.int64)
+    rerouted_l = np.zeros(L, dtype=np.int64)
     pre_loads = 0
     for l in range(L):
         keys = trace.experts[:, l, :].astype(np.int64)  # (T, K)
@@ -187,11 +204,17 @@ def _replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch
                 if pf is not None and len(pred):
                     loaded, _ = pol.insert(a, pred[: max(C, 0)].tolist())
                     pre_loads += len(loaded)
-            m += pol.replay(keys[a:b], a)
+            if reroute and len(pol.resident) >= C > 0:
+                resident = np.zeros(E, dtype=bool)  # (E,)
+                resident[list(pol.resident)] = True
+                rerouted_l[l] += int((~resident[keys[a:b]]).sum())
+            else:
+                m += pol.replay(keys[a:b], a)
             if predictor is not None:
                 predictor.observe(ctx, l, keys[a:b])
         misses_l[l] = m
-    return _result(policy, fraction, C, "plain", prefetch, T * L * K, misses_l, T * K, pre_loads)
+    return _result(policy, fraction, C, "plain", prefetch, T * L * K, misses_l, T * K, pre_loads,
+                   rerouted_l)
 
 
 def _has_next_layer(prefetch: str, trace: RoutingTrace, kw: dict[str, Any]) -> bool:
@@ -276,25 +299,30 @@ def _replay_batch(trace: RoutingTrace, policy: str, fraction: float, batch_size:
 
 
 def _result(policy: str, fraction: float, C: int, mode: str, prefetch: str | None, accesses: int,
-            misses_l: np.ndarray, acc_l: Any, pre_loads: int) -> ReplayResult:
+            misses_l: np.ndarray, acc_l: Any, pre_loads: int, rerouted_l: Any = 0) -> ReplayResult:
+    rerouted_l = np.broadcast_to(np.asarray(rerouted_l, dtype=np.int64), misses_l.shape)
+    rerouted = int(rerouted_l.sum())
     misses = int(misses_l.sum())
     acc_l = np.broadcast_to(np.asarray(acc_l, dtype=np.float64), misses_l.shape)
-    per_layer = [round(float(x), 6) for x in 1.0 - misses_l / np.maximum(acc_l, 1)]
+    per_layer = [round(float(x), 6) for x in 1.0 - (misses_l + rerouted_l) / np.maximum(acc_l, 1)]
     return ReplayResult(
         policy=policy, capacity_frac=float(fraction), capacity=C, mode=mode,
-        prefetch=prefetch or "none", accesses=int(accesses), hits=int(accesses - misses),
-        misses=misses, hit_rate=(accesses - misses) / accesses if accesses else 0.0,
+        prefetch=prefetch or "none", accesses=int(accesses), hits=int(accesses - misses - rerouted),
+        misses=misses, hit_rate=(accesses - misses - rerouted) / accesses if accesses else 0.0,
         loads=misses + pre_loads, prefetch_loads=pre_loads, bytes_moved=0,
-        per_layer_hit_rate=per_layer)
+        per_layer_hit_rate=per_layer, rerouted=int(rerouted),
+        routing_fidelity=1.0 - rerouted / accesses if accesses else 1.0)
 
 
 def run_replay(trace: RoutingTrace, policies: list[str], fractions: list[float], *,
                mode: str = "plain", batch_size: int = 16, prefetch: str | None = None,
                prefetch_kwargs: dict[str, Any] | None = None, expert_bytes: int | None = None,
-               ) -> list[dict[str, Any]]:
+               reroute: bool = False) -> list[dict[str, Any]]:
     """Every (policy, fraction) pair, plus Belady at each fraction for the gap; records in order."""
     if mode not in ("plain", "batch"):
         raise ConfigError(f"mode must be 'plain' or 'batch', got {mode!r}")
+    if reroute and mode != "plain":
+        raise ConfigError("reroute=true is a plain-mode option")
     for p in policies:
         CACHE.get(p)  # unknown names fail before any work
     eb = expert_bytes_for(trace.meta.model, expert_bytes)
@@ -305,7 +333,8 @@ def run_replay(trace: RoutingTrace, policies: list[str], fractions: list[float],
         for name in names:
             if mode == "plain":
                 pf = None if name == "belady" else prefetch  # the oracle: demand loading only
-                res = replay_plain(trace, name, frac, prefetch=pf, prefetch_kwargs=prefetch_kwargs)
+                res = replay_plain(trace, name, frac, prefetch=pf, prefetch_kwargs=prefetch_kwargs,
+                                   reroute=reroute)
             else:
                 res = replay_batch(trace, name, frac, batch_size)
             res.bytes_moved = res.loads * eb

@@ -38,7 +38,7 @@ def _task(cfg: Any) -> None:
     t0 = time.perf_counter()
     results = run_replay(trace, policies, fracs, mode=c["mode"], batch_size=int(c["batch_size"]),
                          prefetch=c.get("prefetch"), prefetch_kwargs=c.get("prefetch_kwargs") or {},
-                         expert_bytes=c.get("expert_bytes"))
+                         expert_bytes=c.get("expert_bytes"), reroute=bool(c.get("reroute", False)))
     wall_s = time.perf_counter() - t0
     out = Path(run_dir())
     metrics = {

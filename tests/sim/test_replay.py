@@ -130,3 +130,26 @@ def test_cli_writes_identical_metrics(tmp_path):
     assert {r["policy"] for r in m["results"]} >= {"lru", "lfu", "fifo", "lifo", "belady"}
     bel = {r["capacity_frac"]: r["misses"] for r in m["results"] if r["policy"] == "belady"}
     assert all(r["misses"] >= bel[r["capacity_frac"]] for r in m["results"])
+
+
+def test_reroute_serves_full_caches_without_loads():
+    """eMoE rerouting: the first request fills each layer's cache (C=2 of 4 experts); later
+    requests load nothing; each absent choice is rerouted and counted against fidelity."""
+    import numpy as np
+
+    from sim.replay import replay_plain
+    from traces.format import RoutingTrace, TraceMeta, make_tokens
+
+    ex = np.array([[[0]], [[1]],            # request a: fills the cache with {0, 1}
+                   [[2]], [[0]], [[3]]],    # request b: 2 and 3 absent -> rerouted, 0 a hit
+                  dtype=np.int16)
+    tr = RoutingTrace(ex, None, make_tokens(["a", "a", "b", "b", "b"], [0, 1, 0, 1, 2], "prefill",
+                                            "chat"), TraceMeta("toy", 1, 4, 1))
+    r = replay_plain(tr, "lru", 0.5, reroute=True)
+    assert (r.accesses, r.misses, r.rerouted, r.hits) == (5, 2, 2, 1)
+    assert r.routing_fidelity == 1 - 2 / 5
+    assert r.loads == 2
+    plain = replay_plain(tr, "lru", 0.5)
+    assert plain.rerouted == 0 and plain.routing_fidelity == 1.0 and plain.misses == 5
+    bel = replay_plain(tr, "belady", 0.5, reroute=True)
+    assert bel.rerouted == 0  # the oracle bounds demand loading; it never reroutes
