@@ -2,6 +2,12 @@
 
     python benchmarks/predictor_bench.py TRACE.parquet [OUT_DIR] [train overrides ...]
 
+Modes: predictor.token.mode=token (pieces only), token_prev (+ this token's layer l-1 experts),
+token_layers (+ this token's experts at all layers < l and the previous token's at layers < l;
+predictor.token.prev_token=same: <= l, decode only). E.g.
+
+    python benchmarks/predictor_bench.py /tmp/ds.parquet /tmp/pb predictor.token.mode=token_layers
+
 Prints training time, test-prompt F1 of the per-token predictor against its baselines, the
 per-prompt (eMoE-A) F1 and the staleness curve. Targets (issue "The eMoE expert predictor"):
 token F1 (overlap / top-k) >= 0.82 on held-out prompts, above every baseline; train in minutes
@@ -35,8 +41,11 @@ def main(argv: list[str]) -> int:
     m = json.loads((out / "eval" / "metrics.json").read_text())
     t, p = m["token"], m["prompt"]
     print(f"train wall time: {train_wall_s:.1f} s")
-    print(f"token ({t['inputs'][:60]}...): F1 {m['f1']:.4f}  macro-binary F1 "
-          f"{t['predictor']['f1_macro_binary']:.4f}  top1 {t['predictor']['top1_accuracy']:.4f}")
+    print(f"token predictor inputs: {t['inputs']}")
+    print(f"token: F1 {m['f1']:.4f}  macro-binary F1 {t['predictor']['f1_macro_binary']:.4f}  "
+          f"top1 {t['predictor']['top1_accuracy']:.4f}")
+    for k, v in t.get("references", {}).items():
+        print(f"  reference {k:15s} F1 {v['f1']:.4f}  macro-binary {v['f1_macro_binary']:.4f}")
     for k, v in t["baselines"].items():
         print(f"  baseline {k:16s} F1 {v['f1']:.4f}  macro-binary {v['f1_macro_binary']:.4f}")
     print(f"prompt (M={p['set_size']}): F1 {p['predictor']['f1']:.4f} coverage "
