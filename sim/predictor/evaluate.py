@@ -193,7 +193,6 @@ def _inputs(model_cfg: dict[str, Any]) -> str:
 
 
 def _write_staleness(curve: list[dict[str, Any]], out: Path) -> None:
-    import io
 
     import matplotlib
 
@@ -215,7 +214,6 @@ def _write_staleness(curve: list[dict[str, Any]], out: Path) -> None:
     ax.set_title("per-prompt prediction vs staleness")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), out / "staleness.png")
+    from analysis.plots import save_figure
+
+    save_figure(fig, out / "staleness.png")

@@ -137,6 +137,37 @@ def test_train_and_eval_cli_on_a_small_slice(tmp_path):
     pol.on_request(PrefetchContext(request_id="c", request_index=3))
     assert pol.cost_s() == 0.0  # the standing prediction is reused between reruns
 
+    # hooked into the cache replay and the simulator by name, like any prefetch policy
+    from sim.replay import replay_plain
+    from traces.format import read_trace
+
+    tr = read_trace(path)
+    r = replay_plain(tr, "lru", 0.5, prefetch="emoe_learned",
+                     prefetch_kwargs={"checkpoint": str(ck), "period": 2})
+    assert r.prefetch_loads > 0 and r.hits + r.misses == r.accesses
+
+    from sim.binding import RoutingPool, bind
+    from sim.engine import Simulation
+    from sim.metrics import compute_metrics
+    from sim.testing import StubCost, tiny_config, workload
+
+    def simulate(call_s: float) -> dict:
+        cfg = tiny_config(layers=tr.num_layers, experts=tr.num_experts, top_k=tr.top_k,
+                          gpus_per_node=1, ep=1, budget_fraction=0.5, token_budget=64)
+        cfg.policy.prefetch = "emoe_learned"
+        cfg.policy.prefetch_args = {"checkpoint": str(ck), "period": 2, "call_s": call_s}
+        rng = np.random.default_rng(0)
+        pool = RoutingPool.from_trace(tr)
+        wl = workload([0.0, 0.1, 0.2, 0.3], [5, 6, 4, 5], [3, 2, 3, 2])
+        sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(), rng)
+        sim.run()
+        return compute_metrics(sim)
+
+    charged, free = simulate(0.5), simulate(0.0)
+    assert charged["requests_completed"] == free["requests_completed"] == 4
+    assert charged["prefetch"]["issued"] > 0
+    assert charged["sim_time_s"] > free["sim_time_s"]  # the predictor's run time is charged
+
 
 def test_eval_rejects_missing_checkpoint(tmp_path):
     path = tmp_path / "synth.parquet"
