@@ -202,7 +202,13 @@ class Simulation:
         self.env = simpy.Environment()
         self.expert_bytes = expert_bytes(m)
         self.kv_token_bytes = kv_bytes_per_token(m)
-        # policies
+        # policies (the cache policy is only built where a GPU caches, so check its name now)
+        CACHE.get(cfg.policy.cache)
+        if not 0.0 < c.expert_budget_fraction <= 1.0:
+            raise ConfigError(f"cluster.expert_budget_fraction={c.expert_budget_fraction}; expected "
+                              f"a fraction in (0, 1] of the experts each GPU holds")
+        if c.expert_budget_bytes < 0:
+            raise ConfigError(f"cluster.expert_budget_bytes={c.expert_budget_bytes}; expected >= 0")
         self.prefetch: PrefetchPolicy = PREFETCH.make(cfg.policy.prefetch, num_layers=self.L,
                                                       num_experts=self.E, top_k=self.K,
                                                       **cfg.policy.prefetch_args)

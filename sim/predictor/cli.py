@@ -95,6 +95,12 @@ def train_task(cfg: Any) -> None:
     b = trace.request_bounds()
     text = trace.tokens["text"].to_numpy()
     tp = p["token"]
+    for part in ("token", "prompt"):
+        for key in ("epochs", "d_model", "layers", "heads"):
+            if int(p[part][key]) < 1:
+                raise ConfigError(f"predictor.{part}.{key}={p[part][key]}; expected an integer >= 1")
+        if not float(p[part]["lr"]) > 0:
+            raise ConfigError(f"predictor.{part}.lr={p[part]['lr']}; expected > 0")
     vocab = Vocab.build(text[request_rows(b, parts["train"])], int(tp["min_count"]), int(tp["num_hash"]))
     L, E, K = trace.num_layers, trace.num_experts, trace.top_k
     token_model_cfg = {

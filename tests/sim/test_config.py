@@ -115,3 +115,18 @@ def test_bad_workload_path_is_one_line_error(tmp_path, capsys):
     assert exc.value.code == 2
     assert "workload.path=/nonexistent.csv: no such file" in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("policy.cache=nope", "unknown cache policy 'nope'"),
+    ("cluster.expert_budget_fraction=2", "expected a fraction in (0, 1]"),
+    ("cluster.expert_budget_fraction=0", "expected a fraction in (0, 1]"),
+    ("policy.scheduler=nope", "unknown scheduler policy 'nope'"),
+])
+def test_impossible_configs_are_one_line_errors(tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["sim", *ARGS, f"hydra.run.dir={tmp_path}", override])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "metrics.json").exists()

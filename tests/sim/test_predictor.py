@@ -264,3 +264,14 @@ def test_token_layers_learns_cross_layer_routing():
     rows = np.concatenate([np.arange(*tr.request_bounds()[r:r + 2]) for r in parts["test"]])
     f1 = set_metrics(top, tr.experts[rows], E)["per_layer"]["f1"]
     assert f1[0] < 0.35 and min(f1[1:]) > 0.6, f1
+
+
+def test_train_rejects_impossible_settings(tmp_path):
+    path = tmp_path / "synth.parquet"
+    write_trace(synth_trace(num_prompts=5), path)
+    cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={path}",
+           "predictor=tiny", "predictor.token.epochs=0", f"hydra.run.dir={tmp_path / 'tr'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "moesim: error: predictor.token.epochs=0; expected an integer >= 1"
+    assert not (tmp_path / "tr" / "checkpoint").exists()
