@@ -55,6 +55,8 @@ def load_workload_table(w: WorkloadConfig, rng: np.random.Generator) -> pd.DataF
         prompt = np.maximum(1, rng.geometric(1.0 / max(w.prompt_tokens_mean, 1.0), size=n))
         output = np.maximum(1, rng.geometric(1.0 / max(w.output_tokens_mean, 1.0), size=n))
         df = make_workload(arrival, prompt, output, task=w.task)
+    if w.max_requests < 0:
+        raise ConfigError(f"workload.max_requests={w.max_requests}; expected N >= 1, or 0 for all")
     if w.max_requests > 0:
         df = df.iloc[: w.max_requests].reset_index(drop=True)
     return df
