@@ -44,8 +44,8 @@ def main(argv: list[str]) -> int:
     command = "moesim report " + " ".join(shlex.quote(a) for a in argv)
     atomic_write_bytes(df.to_csv(index=False).encode(), out / "table.csv")
     lines = [f"# Report on `{args.dir}`", "", f"Regenerate: `{command}`", ""]
-    shown = df.drop(columns=["run_dir"]) if "run_dir" in df.columns else df
-    lines.append(_markdown(shown))
+    lines.append(_markdown(_shown_columns(df, args)))
+    lines += ["", f"All {len(df.columns)} columns: `table.csv`."]
     if args.y:
         if not args.x:
             raise MoesimError("--y needs --x")
@@ -56,6 +56,19 @@ def main(argv: list[str]) -> int:
     print(f"{len(df)} rows -> {out}/table.csv, {out}/report.md" + (
         f", {out}/plot.png" if args.y else ""))
     return 0
+
+
+def _shown_columns(df, args):
+    """The Markdown table shows what varies (overrides, the axes) and, without --y, the first few
+    metrics; table.csv keeps every column."""
+    keep = [c for c in df.attrs.get("overrides", []) if c in df.columns]
+    axes = [c for c in (args.x, args.hue, args.y) if c and c not in keep]
+    if args.y:
+        cols = keep + axes
+    else:
+        rest = [c for c in df.columns if c not in keep and c != "run_dir"]
+        cols = keep + axes + [c for c in rest if c not in axes][: max(0, 12 - len(keep) - len(axes))]
+    return df[list(dict.fromkeys(cols))]
 
 
 def _markdown(df) -> str:

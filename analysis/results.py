@@ -83,10 +83,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per run (see the module docstring); ``df.attrs["overrides"]`` lists the override
+    columns."""
     rows = []
+    override_keys: dict[str, None] = {}
     for run in find_runs(root):
         row: dict[str, Any] = {"run_dir": str(run)}
-        row.update(read_overrides(run))
+        ov = read_overrides(run)
+        override_keys.update(dict.fromkeys(ov))
+        row.update(ov)
         row.update(flatten(read_metrics(run)))
         for extra in ("run_info.json", "timings.json"):  # wall-clock figures, kept apart
             path = run / extra
@@ -94,21 +99,28 @@ def load_runs(root: str | Path) -> pd.DataFrame:
                 row.update(flatten(json.loads(path.read_text()), "wall." if extra ==
                                    "run_info.json" else "timing."))
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["overrides"] = list(override_keys)
+    return df
 
 
 def load_records(root: str | Path, key: str = "results") -> pd.DataFrame:
     """One row per record of the list ``metrics[key]`` of every run under ``root``."""
     rows = []
+    override_keys: dict[str, None] = {}
     for run in find_runs(root):
         metrics = read_metrics(run)
         records = metrics.get(key)
         if not isinstance(records, list):
             continue
-        base = {"run_dir": str(run), **read_overrides(run)}
+        ov = read_overrides(run)
+        override_keys.update(dict.fromkeys(ov))
+        base = {"run_dir": str(run), **ov}
         for rec in records:
             if isinstance(rec, dict):
                 rows.append({**base, **flatten(rec)})
     if not rows:
         raise MoesimError(f"{root}: no run holds a '{key}' list in its metrics.json")
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["overrides"] = list(override_keys)
+    return df
