@@ -743,32 +743,42 @@ class Simulation:
                     raise MoesimError(f"cache policy {self.cfg.policy.cache!r} holds {nres} experts on "
                                       f"GPU {st.gpu}, over its budget {st.capacity}")
         comp = comp_arr.tolist()  # [L][G]
+        # Per GPU with misses: (g, misses per layer, latency, bandwidth, infinite, link).
+        # Floats are added in the walk's order, so both paths give the same bytes; an end time
+        # max(ready + c_g, fin_g + c_g over stalled g) equals the walk's max over start_g + c_g
+        # because addition rounds monotonically.
+        rows = [(g, nm, st.link.latency_s, st.link.bytes_per_s, st.link.infinite, st.link)
+                for g, st, nm in miss_rows]
+        stall = [st.stall_s for st in states]
         t = t0
         for l in range(L):
             t_gate = t + attn + gate + pf_cost
             ready = t_gate + a2a
             comp_l = comp[l]
-            if miss_rows:
-                starts = [ready] * G
-                for g, st, nm in miss_rows:
-                    m = nm[l]
-                    if m:
-                        link = st.link
-                        nbytes = m * eb
-                        link.bytes_total += nbytes
-                        fin = t_gate + link.latency_s
-                        if not link.infinite:
-                            fin = fin + nbytes / link.bytes_per_s
-                        link.t = fin
-                        if fin > ready:
-                            st.stall_s += fin - ready
-                            starts[g] = fin
-                end = max(ready, max(a + c for a, c in zip(starts, comp_l)))
-            else:
-                end = max(ready, ready + max(comp_l))
-            for st, c in zip(states, comp_l):
-                st.busy_s += c
+            end = ready + max(comp_l)
+            if end < ready:
+                end = ready
+            for g, nm, lat, bw, inf, link in rows:
+                m = nm[l]
+                if m:
+                    nbytes = m * eb
+                    link.bytes_total += nbytes
+                    fin = t_gate + lat
+                    if not inf:
+                        fin = fin + nbytes / bw
+                    link.t = fin
+                    if fin > ready:
+                        stall[g] += fin - ready
+                        v = fin + comp_l[g]
+                        if v > end:
+                            end = v
             t = end + a2a
+        for g, st in enumerate(states):
+            busy = st.busy_s
+            for c in comp_arr[:, g].tolist():
+                busy += c
+            st.busy_s = busy
+            st.stall_s = stall[g]
         return t
 
     def _prefetch_keys(self, rep: Replica, keys: np.ndarray, step: int, t_issue: float,
