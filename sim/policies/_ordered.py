@@ -146,8 +146,9 @@ class OrderedCache(CachePolicy):
                                 v = c
                                 break
                     if v is None:
-                        v = next(reversed(od)) if back else next(iter(od))
-                    del od[v]
+                        v = od.popitem(last=back)[0]  # the oldest (newest for LIFO) goes
+                    else:
+                        del od[v]
                     res.discard(v)
                 res.add(k)
                 od[k] = None
