@@ -21,19 +21,11 @@ USAGE = __doc__.split("\n\n", 1)[1]
 
 
 def main(argv: list[str]) -> int:
-    from sim.hydra_app import run_hydra
+    from sim.hydra_app import run_subcommand
 
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: moesim realrun {replay,calibrate} [key=value ...]\n" + USAGE)
-        return 0
-    sub, rest = argv[0], argv[1:]
-    if sub == "replay":
-        return run_hydra("realrun_replay", replay_task, rest, "moesim realrun replay")
-    if sub == "calibrate":
-        return run_hydra("realrun_calibrate", calibrate_task, rest, "moesim realrun calibrate")
-    print(f"moesim realrun: error: unknown subcommand {sub!r}; expected replay or calibrate",
-          file=sys.stderr)
-    return 2
+    return run_subcommand(argv, "realrun", {"replay": ("realrun_replay", replay_task),
+                                            "calibrate": ("realrun_calibrate", calibrate_task)},
+                          "usage: moesim realrun {replay,calibrate} [key=value ...]\n" + USAGE)
 
 
 def _interpret_if_cpu(device: str) -> None:

@@ -723,7 +723,6 @@ class Simulation:
                 return None
         L = self.L
         eb = self.expert_bytes
-        G = len(states)
         miss_rows: list[tuple[int, GpuState, list[int]]] = []
         for g, st in enumerate(states):
             cache, act = st.cache, active[g]

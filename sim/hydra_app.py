@@ -43,3 +43,22 @@ def run_dir() -> str:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get().runtime.output_dir
+
+
+def run_subcommand(argv: list[str], group: str, apps: dict[str, tuple[str, Callable[[Any], Any]]],
+                   usage: str) -> int:
+    """Dispatch ``moesim GROUP SUB [overrides]`` to the Hydra app ``apps[SUB] = (config, task)``.
+
+    ``-h``/``--help`` (or nothing) prints ``usage``; an unknown SUB is a one-line error, status 2.
+    """
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage)
+        return 0
+    sub, rest = argv[0], argv[1:]
+    if sub not in apps:
+        expected = " or ".join(repr(a) for a in apps)
+        print(f"moesim {group}: error: unknown subcommand {sub!r}; expected {expected}",
+              file=sys.stderr)
+        return 2
+    config_name, task = apps[sub]
+    return run_hydra(config_name, task, rest, f"moesim {group} {sub}")

@@ -20,3 +20,14 @@ def test_unknown_command_is_one_line_error(capsys):
 def test_console_script_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "sim.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage: moesim" in out.stdout
+
+
+def test_group_subcommands_help_and_unknown(capsys):
+    for group, subs in (("predictor", ("train", "eval")), ("realrun", ("replay", "calibrate"))):
+        assert main([group, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert all(s in out for s in subs)
+        assert main([group, "nope"]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"moesim {group}: error: unknown subcommand 'nope'; expected "
+                       f"{subs[0]!r} or {subs[1]!r}\n")

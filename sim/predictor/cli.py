@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,10 @@ USAGE = ("usage: moesim predictor {train,eval} [key=value ...]\n"
 
 
 def main(argv: list[str]) -> int:
-    from sim.hydra_app import run_hydra
+    from sim.hydra_app import run_subcommand
 
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0
-    sub, rest = argv[0], argv[1:]
-    if sub == "train":
-        return run_hydra("predictor_train", train_task, rest, "moesim predictor train")
-    if sub == "eval":
-        return run_hydra("predictor_eval", eval_task, rest, "moesim predictor eval")
-    print(f"moesim predictor: error: unknown subcommand {sub!r}; expected train or eval",
-          file=sys.stderr)
-    return 2
+    return run_subcommand(argv, "predictor", {"train": ("predictor_train", train_task),
+                                              "eval": ("predictor_eval", eval_task)}, USAGE)
 
 
 # ------------------------------------------------------------------------------------------------
