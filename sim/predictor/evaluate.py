@@ -177,6 +177,17 @@ def _inputs(model_cfg: dict[str, Any]) -> str:
              if model_cfg.get("lookup_prior") else "")
     if mode == "token":
         return ctx + prior + "; no experts of any token"
+    if mode == "prefill_layers":
+        prev = {"none": "", "lower": "; the previous token's true experts at layers 0..l-1"}[
+            str(model_cfg.get("prev_token", "lower"))]
+        return ("PREFILL ONLY (a decode token has no later tokens): token pieces of the whole "
+                "prompt window, earlier AND later tokens of the same prompt (bidirectional, up to "
+                "the window), and their positions" + prior + "; when predicting layer l: this "
+                "token's true experts at layers 0..l-1" + prev + "; the next token's true experts "
+                "at layer l-1 (layer-transformer input) and 0..l-2 (through its causal mask); the "
+                "prompt's mean multi-hot of ALL its tokens' true experts at layers 0..l-1 (all "
+                "prompt tokens pass layers < l before layer l routes at prefill); nothing of "
+                "layers >= l of any token")
     if mode == "token_layers":
         pt = str(model_cfg.get("prev_token", "lower"))
         prev = {"none": "; no experts of any other token",

@@ -15,6 +15,13 @@ Two forms:
   so earlier tokens' layer-l experts are not known before layer l routes) or <= l
   (``prev_token: same``, decode only: the previous token finished all layers before this one
   started). Nothing of layer >= l of this token, or of any later token, reaches layer l's logits.
+- Mode ``prefill_layers`` (PREFILL ONLY) is ``token_layers`` with what a prefill step knows: all
+  tokens of a prompt pass layer l-1 together before layer l routes, and the whole prompt's text is
+  there. The context transformer is bidirectional over the window (earlier and later tokens of the
+  same prompt), position l of the layer transformer also sees the next token's experts at layer
+  l-1 and the prompt's mean multi-hot at layer l-1 (all its tokens), and a direct term maps the
+  prompt's mean multi-hot at layers < l to layer l's logits. Nothing of layer >= l of ANY token
+  reaches layer l's logits. Not valid at decode (a decode token has no later tokens).
 - :class:`PromptPredictor` (per prompt, eMoE-A): a causal transformer over the previous prompts'
   per-layer expert frequency matrices; output j predicts prompt j+1's (L, E) distribution.
 
@@ -30,6 +37,8 @@ import torch
 from torch import nn
 
 from sim.predictor.data import MAX_NGRAMS
+
+LAYER_MODES = ("token_layers", "prefill_layers")
 
 
 def _encoder(d: int, heads: int, ff: int, layers: int, dropout: float) -> nn.TransformerEncoder:
@@ -64,11 +73,13 @@ class TokenPredictor(nn.Module):
             self.prev_b = nn.Parameter(torch.zeros(self.L, r, self.E))
             self.prev_u = nn.Linear(d, self.L * r)
             self.r = r
-        elif self.mode == "token_layers":
+        elif self.mode in LAYER_MODES:
             dl = int(cfg.get("layer_d_model", d))
             self.prev_token = str(cfg.get("prev_token", "lower"))
             if self.prev_token not in ("none", "lower", "same"):
                 raise ValueError(f"prev_token must be none, lower or same, got {self.prev_token!r}")
+            if self.mode == "prefill_layers" and self.prev_token == "same":
+                raise ValueError("prefill_layers: prev_token=same is decode-only; use lower or none")
             # expert ids are per layer: row l * E + e; row L * E is the "no set" (layer -1) padding
             self.ex_self = nn.Embedding(self.L * self.E + 1, dl)
             self.ex_prev = nn.Embedding(self.L * self.E + 1, dl)
@@ -86,6 +97,12 @@ class TokenPredictor(nn.Module):
             blk = torch.triu(torch.ones(self.L, self.L), diagonal=1)  # [j, l] = 1 iff j < l
             self.register_buffer("cross_mask", blk.repeat_interleave(self.E, 0)
                                  .repeat_interleave(self.E, 1), persistent=False)
+            if self.mode == "prefill_layers":
+                self.ex_next = nn.Embedding(self.L * self.E + 1, dl)
+                # position l += prompt mean multi-hot at layer l-1 @ prompt_in[l]
+                self.prompt_in = nn.Parameter(torch.randn(self.L, self.E, dl) * 0.05)
+                # logits[l] += sum_{j<l} prompt_mean[j] @ prompt_cross[j, :, l]
+                self.prompt_cross = nn.Parameter(torch.zeros(self.L * self.E, self.L * self.E))
         elif self.mode != "token":
             raise ValueError(f"unknown token predictor mode {self.mode!r}")
         self.lookup = bool(cfg.get("lookup_prior", False))
@@ -99,20 +116,28 @@ class TokenPredictor(nn.Module):
     def forward(self, tok: torch.Tensor, ngram: torch.Tensor, pos: torch.Tensor,
                 prev: torch.Tensor | None = None, prior: torch.Tensor | None = None,
                 experts: torch.Tensor | None = None, prev_experts: torch.Tensor | None = None,
-                has_prev: torch.Tensor | None = None, sel: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                has_prev: torch.Tensor | None = None, sel: torch.Tensor | None = None,
+                next_experts: torch.Tensor | None = None, has_next: torch.Tensor | None = None,
+                prompt_mean: torch.Tensor | None = None) -> torch.Tensor:
         """tok (B, W), ngram (B, W, G), pos (B, W) [, prev (B, W, L, E) multi-hot of layer l-1's
         experts at index l (row 0 zeros)] [, prior (B, W, L, E): the lookup prior to use instead of
         ``prior_table[tok]`` (training passes out-of-fold priors)] -> logits (B, W, L, E).
         Mode ``token_layers`` also takes experts (B, W, L, K) (this token's true experts; layer l's
         logits use only layers < l), prev_experts (B, W, L, K) (the previous token's), has_prev
         (B, W) bool (false at a prompt's first token) and sel (B, W) bool (the tokens whose logits
-        are wanted; the others are returned as zeros). Right padding only."""
+        are wanted; the others are returned as zeros). Right padding only.
+        Mode ``prefill_layers`` also takes next_experts (B, W, L, K) / has_next (B, W) (the next
+        token's experts; false at a prompt's last token) and prompt_mean (B, L, E) (each window's
+        prompt: mean multi-hot of all its tokens' experts; layer l uses its layers < l only); its
+        context encoder is bidirectional (token id 0 = padding, masked as a key)."""
         B, W = tok.shape
         g = self.ngram(ngram)  # (B, W, G, D)
         n = (ngram > 0).sum(-1, keepdim=True).clamp(min=1)  # (B, W, 1)
         x = self.tok(tok) + g.sum(2) / n + self.pos(pos)  # (B, W, D)
-        h = self.encoder(self.drop(x), mask=_causal_mask(W), is_causal=True)
+        if self.mode == "prefill_layers":  # prefill: the whole window of the prompt, both ways
+            h = self.encoder(self.drop(x), src_key_padding_mask=tok == 0)
+        else:
+            h = self.encoder(self.drop(x), mask=_causal_mask(W), is_causal=True)
         h = self.norm(h)
         out = self.head(h).view(B, W, self.L, self.E)
         if self.lookup:
@@ -125,17 +150,42 @@ class TokenPredictor(nn.Module):
             u = self.prev_u(h).view(B, W, self.L, self.r)  # (B, W, L, r)
             a = torch.einsum("bwle,ler->bwlr", p, self.prev_a)
             out = out + torch.einsum("bwlr,lrf->bwlf", u * a, self.prev_b)
-        if self.mode == "token_layers":
+        if self.mode in LAYER_MODES:
             assert experts is not None and prev_experts is not None and has_prev is not None
             if sel is None:
                 sel = torch.ones(B, W, dtype=torch.bool)
+            extra = None
+            if self.mode == "prefill_layers":
+                assert next_experts is not None and has_next is not None and prompt_mean is not None
+                extra = self._prompt_terms(prompt_mean.float(), next_experts, has_next, sel)
             out = out.masked_fill(~sel[..., None, None], 0.0)
             out[sel] = out[sel] + self._layer_logits(h[sel], experts[sel], prev_experts[sel],
-                                                     has_prev[sel])
+                                                     has_prev[sel], extra)
         return out
 
+    def _prompt_terms(self, pm: torch.Tensor, nex: torch.Tensor, has_next: torch.Tensor,
+                      sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """prefill_layers: pm (B, L, E) prompt mean multi-hot, nex (B, W, L, K) next token's
+        experts, has_next (B, W), sel (B, W) -> (n, L, Dl) layer-transformer inputs (position l:
+        layer l-1 of the next token and of the prompt) and (n, L, E) direct logits (layers < l)."""
+        B, L, E = pm.shape
+        K = nex.shape[-1]
+        pad = L * E
+        shifted = torch.cat([torch.zeros(B, 1, E), pm[:, :-1]], dim=1)  # (B, L, E) l <- l-1
+        p_in = torch.einsum("ble,led->bld", shifted, self.prompt_in)  # (B, L, Dl)
+        direct = (pm.reshape(B, L * E) @ (self.prompt_cross * self.cross_mask)).view(B, L, E)
+        W = sel.shape[1]
+        p_in = p_in[:, None].expand(B, W, L, p_in.shape[-1])[sel]  # (n, L, Dl)
+        direct = direct[:, None].expand(B, W, L, E)[sel]  # (n, L, E)
+        nids = nex[sel] + (torch.arange(L) * E)[None, :, None]  # (n, L, K)
+        n = nids.shape[0]
+        nids = torch.cat([torch.full((n, 1, K), pad), nids[:, :-1]], dim=1)  # l <- l-1
+        nids = torch.where(has_next[sel][:, None, None], nids, torch.full_like(nids, pad))
+        return p_in + self.ex_next(nids).sum(2), direct
+
     def _layer_logits(self, h: torch.Tensor, ex: torch.Tensor, pex: torch.Tensor,
-                      has_prev: torch.Tensor) -> torch.Tensor:
+                      has_prev: torch.Tensor,
+                      extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """h (n, D) context, ex / pex (n, L, K) this / the previous token's experts, has_prev (n,)
         -> (n, L, E) logits; position l sees ex[:, :l] only (causal mask over layers)."""
         n, L, K = ex.shape
@@ -152,10 +202,14 @@ class TokenPredictor(nn.Module):
             pids = torch.where(has_prev[:, None, None], pids, torch.full_like(pids, pad))
             x = x + self.ex_prev(pids).sum(2)
         x = x + self.layer_emb.weight[None] + self.ctx_proj(h)[:, None, :]
+        if extra is not None:
+            x = x + extra[0]
         y = self.layer_encoder(self.drop(x), mask=_causal_mask(L), is_causal=True)
         y = self.layer_norm(y)  # (n, L, Dl)
         mh = torch.zeros(n, L * E).scatter_(1, ids.reshape(n, L * K), 1.0)  # (n, L*E)
         direct = (mh @ (self.cross * self.cross_mask)).view(n, L, E)
+        if extra is not None:
+            direct = direct + extra[1]
         return torch.einsum("nld,lde->nle", y, self.layer_head) + self.layer_bias + direct
 
 
@@ -186,4 +240,4 @@ def num_parameters(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-__all__ = ["MAX_NGRAMS", "PromptPredictor", "TokenPredictor", "num_parameters"]
+__all__ = ["LAYER_MODES", "MAX_NGRAMS", "PromptPredictor", "TokenPredictor", "num_parameters"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sim.predictor.data import Vocab, position_bucket, request_rows, windows
-from sim.predictor.model import TokenPredictor
+from sim.predictor.model import LAYER_MODES, TokenPredictor
 from traces.format import RoutingTrace
 
 
@@ -29,6 +29,20 @@ class Encoded:
     experts: np.ndarray  # (T, L, K) int64
     bounds: np.ndarray  # (R+1,) int64
     req_start: np.ndarray  # (T,) int64 first row of each token's prompt
+    req_end: np.ndarray  # (T,) int64 end row (exclusive) of each token's prompt
+    req_of_row: np.ndarray  # (T,) int64 each token's request index
+    prompt_mean: np.ndarray  # (R, L, E) float32 per prompt: mean multi-hot of its tokens' experts
+
+
+def prompt_mean_multi_hot(experts: np.ndarray, bounds: np.ndarray, num_experts: int) -> np.ndarray:
+    """(T, L, K) experts, (R+1,) request bounds -> (R, L, E) float32: per prompt and layer, the
+    share of its tokens that routed to each expert (prefill_layers' prompt summary)."""
+    T, L, K = experts.shape
+    R, E = len(bounds) - 1, num_experts
+    owner = np.repeat(np.arange(R), np.diff(bounds))  # (T,)
+    flat = (owner[:, None, None] * L + np.arange(L)[None, :, None]) * E + experts  # (T, L, K)
+    counts = np.bincount(flat.ravel(), minlength=R * L * E).reshape(R, L, E)
+    return (counts / np.maximum(np.diff(bounds), 1)[:, None, None]).astype(np.float32)
 
 
 def encode(trace: RoutingTrace, vocab: Vocab, num_pos_buckets: int) -> Encoded:
@@ -36,7 +50,11 @@ def encode(trace: RoutingTrace, vocab: Vocab, num_pos_buckets: int) -> Encoded:
     pos = position_bucket(trace.tokens["position"].to_numpy(), num_pos_buckets)
     b = trace.request_bounds()
     req_start = np.repeat(b[:-1], np.diff(b)).astype(np.int64)  # (T,)
-    return Encoded(tok, ngram, pos, trace.experts.astype(np.int64), b, req_start)
+    req_end = np.repeat(b[1:], np.diff(b)).astype(np.int64)  # (T,)
+    req_of_row = np.repeat(np.arange(len(b) - 1), np.diff(b)).astype(np.int64)  # (T,)
+    ex = trace.experts.astype(np.int64)
+    return Encoded(tok, ngram, pos, ex, b, req_start, req_end, req_of_row,
+                   prompt_mean_multi_hot(ex, b, trace.num_experts))
 
 
 def lookup_log_prior(enc: Encoded, rows: np.ndarray, vocab_size: int, num_experts: int,
@@ -77,7 +95,7 @@ def make_batches(win: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
 
 def _batch_tensors(enc: Encoded, win: np.ndarray, num_experts: int, with_prev: bool,
                    fold_prior: tuple[np.ndarray, np.ndarray] | None = None,
-                   with_layers: bool = False) -> dict[str, torch.Tensor]:
+                   with_layers: bool = False, prefill: bool = False) -> dict[str, torch.Tensor]:
     """Right-padded tensors for windows ``win`` (B, 3)."""
     B = len(win)
     W = int((win[:, 1] - win[:, 0]).max())
@@ -105,16 +123,23 @@ def _batch_tensors(enc: Encoded, win: np.ndarray, num_experts: int, with_prev: b
         has_prev = valid & (rows > enc.req_start[rows])  # (B, W)
         out["has_prev"] = torch.from_numpy(has_prev)
         out["prev_experts"] = torch.from_numpy(enc.experts[np.where(has_prev, rows - 1, rows)])
+    if prefill:  # prefill_layers: the next token of the prompt and the whole prompt's summary
+        has_next = valid & (rows + 1 < enc.req_end[rows])  # (B, W)
+        out["has_next"] = torch.from_numpy(has_next)
+        out["next_experts"] = torch.from_numpy(enc.experts[np.where(has_next, rows + 1, rows)])
+        out["prompt_mean"] = torch.from_numpy(enc.prompt_mean[enc.req_of_row[win[:, 0]]])  # (B, L, E)
     return out
 
 
 def _forward(model: TokenPredictor, bt: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model on a batch from :func:`_batch_tensors` (layer inputs only for ``token_layers``;
     its layer transformer runs on the scored tokens only)."""
-    if model.mode != "token_layers":
+    if model.mode not in LAYER_MODES:
         return model(bt["tok"], bt["ngram"], bt["pos"], bt.get("prev"), bt.get("prior"))
     return model(bt["tok"], bt["ngram"], bt["pos"], None, bt.get("prior"), experts=bt["experts"],
-                 prev_experts=bt["prev_experts"], has_prev=bt["has_prev"], sel=bt["scored"])
+                 prev_experts=bt["prev_experts"], has_prev=bt["has_prev"], sel=bt["scored"],
+                 next_experts=bt.get("next_experts"), has_next=bt.get("has_next"),
+                 prompt_mean=bt.get("prompt_mean"))
 
 
 def set_loss(logits: torch.Tensor, experts: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
@@ -145,7 +170,8 @@ def train_token(trace: RoutingTrace, vocab: Vocab, train_req: np.ndarray, val_re
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     with_prev = model.mode == "token_prev"
-    with_layers = model.mode == "token_layers"
+    with_layers = model.mode in LAYER_MODES
+    prefill = model.mode == "prefill_layers"
     E = trace.num_experts
     fold_prior = None
     if model.lookup:
@@ -172,7 +198,8 @@ def train_token(trace: RoutingTrace, vocab: Vocab, train_req: np.ndarray, val_re
         model.train()
         total, count = 0.0, 0
         for bi in rng.permutation(len(batches)):
-            bt = _batch_tensors(enc, win[batches[bi]], E, with_prev, fold_prior, with_layers)
+            bt = _batch_tensors(enc, win[batches[bi]], E, with_prev, fold_prior, with_layers,
+                                prefill)
             logits = _forward(model, bt)
             loss = set_loss(logits, bt["experts"], bt["scored"])
             opt.zero_grad(set_to_none=True)
@@ -218,7 +245,8 @@ def predict_token(model: TokenPredictor, enc: Encoded, requests: np.ndarray, k: 
     sums = np.zeros((T, model.L, E), dtype=np.float32) if prob_sums else None
     for bidx in make_batches(win, int(cfg["batch_tokens"])):
         bt = _batch_tensors(enc, win[bidx], E, model.mode == "token_prev",
-                            with_layers=model.mode == "token_layers")
+                            with_layers=model.mode in LAYER_MODES,
+                            prefill=model.mode == "prefill_layers")
         logits = _forward(model, bt)
         sc = bt["scored"].numpy()
         dst = where[bt["rows"].numpy()[sc]]

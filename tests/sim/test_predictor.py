@@ -275,3 +275,115 @@ def test_train_rejects_impossible_settings(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "moesim: error: predictor.token.epochs=0; expected an integer >= 1"
     assert not (tmp_path / "tr" / "checkpoint").exists()
+
+
+def _tiny_prefill_model():
+    import torch
+
+    from sim.predictor.model import TokenPredictor
+
+    torch.manual_seed(0)
+    cfg = {"mode": "prefill_layers", "d_model": 16, "layers": 1, "heads": 2, "d_ff": 32,
+           "dropout": 0.0, "num_layers": 5, "num_experts": 8, "vocab_size": 20, "num_hash": 30,
+           "num_pos_buckets": 48, "layer_d_model": 16, "layer_layers": 2, "layer_heads": 2,
+           "layer_d_ff": 32, "prev_token": "lower"}
+    m = TokenPredictor(cfg).eval()
+    with torch.no_grad():  # the zero-initialised direct terms must be exercised too
+        for p in (m.cross, m.prompt_cross, m.layer_bias):
+            p.normal_(0.0, 0.5)
+    return m
+
+
+def test_prefill_layers_sees_no_layer_at_or_above_l_of_any_token():
+    """Prefill mode: layer l's logits of every token may use any token's experts at layers < l
+    (and later tokens' pieces) but nothing at layers >= l of ANY token; padding is invisible."""
+    import torch
+
+    m = _tiny_prefill_model()
+    g = torch.Generator().manual_seed(2)
+    B, W, L, K, E = 2, 6, 5, 2, 8
+
+    def rand_sets(n: int) -> torch.Tensor:
+        return torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(n)])
+
+    tok = torch.randint(2, 20, (B, W), generator=g)
+    ng = torch.randint(1, 30, (B, W, 24), generator=g)
+    pos = torch.arange(W).repeat(B, 1)
+    has_prev = torch.ones(B, W, dtype=torch.bool)
+    has_prev[:, 0] = False
+    has_next = torch.ones(B, W, dtype=torch.bool)
+    has_next[:, -1] = False
+
+    def run(tk: torch.Tensor, ex: torch.Tensor, ngr: torch.Tensor = ng) -> torch.Tensor:
+        mh = torch.zeros(B, W, L, E).scatter_(3, ex, 1.0)
+        valid = (tk > 0).float()[..., None, None]
+        pm = (mh * valid).sum(1) / valid.sum(1)  # (B, L, E) the window's prompt summary
+        with torch.no_grad():
+            return m(tk, ngr, pos, experts=ex, prev_experts=torch.roll(ex, 1, 1),
+                     has_prev=has_prev, next_experts=torch.roll(ex, -1, 1), has_next=has_next,
+                     prompt_mean=pm)
+
+    ex = rand_sets(B * W * L).view(B, W, L, K)
+    base = run(tok, ex)
+    for l in (1, 2, 3):
+        ex2 = ex.clone()  # every token's layers >= l change
+        ex2[:, :, l:] = rand_sets(B * W * (L - l)).view(B, W, L - l, K)
+        out2 = run(tok, ex2)
+        assert torch.equal(base[:, :, :l + 1], out2[:, :, :l + 1]), l
+        assert not torch.allclose(base[:, :, l + 1:], out2[:, :, l + 1:]), l
+    # a LATER token's layer l-1 is used for layer l (prefill knows it), not below
+    l = 2
+    ex3 = ex.clone()
+    ex3[:, 4, l - 1] = rand_sets(B).view(B, K)
+    out3 = run(tok, ex3)
+    assert torch.equal(base[:, 0, :l], out3[:, 0, :l])
+    assert not torch.allclose(base[:, 0, l], out3[:, 0, l])
+    # later tokens' pieces reach earlier tokens (bidirectional context)
+    tok4 = tok.clone()
+    tok4[:, 5] = 3 + (tok[:, 5] - 1) % 16
+    assert not torch.allclose(base[:, 0], run(tok4, ex)[:, 0])
+    # right padding (token id 0) is masked: its n-grams cannot reach the valid tokens
+    tok5 = tok.clone()
+    tok5[:, 4:] = 0
+    has_next[:, 3] = False
+    ng6 = ng.clone()
+    ng6[:, 4:] = torch.randint(1, 30, (B, 2, 24), generator=g)
+    assert torch.equal(run(tok5, ex)[:, :4], run(tok5, ex, ng6)[:, :4])
+
+
+def test_prefill_layers_batches_leak_no_layer_at_or_above_l():
+    """End to end through encode / windows / batches: replacing every token's experts at layers
+    >= l of the trace leaves the predicted layers <= l unchanged; the prompt summary is the
+    prompt's mean multi-hot."""
+    import torch
+
+    from sim.predictor.model import TokenPredictor
+    from sim.predictor.token import encode, predict_token
+
+    L, E, K = 4, 16, 2
+    tr = synth_trace(num_prompts=12, L=L, E=E, K=K)
+    vocab = Vocab.build(tr.tokens["text"].to_numpy(), 1, 64)
+    torch.manual_seed(0)
+    m = TokenPredictor({"mode": "prefill_layers", "d_model": 16, "layers": 1, "heads": 2,
+                        "d_ff": 32, "dropout": 0.0, "num_layers": L, "num_experts": E,
+                        "vocab_size": len(vocab), "num_hash": 64, "num_pos_buckets": 48,
+                        "layer_d_model": 16, "layer_layers": 1, "layer_heads": 2,
+                        "layer_d_ff": 32}).eval()
+    with torch.no_grad():
+        for p in (m.cross, m.prompt_cross):
+            p.normal_(0.0, 0.5)
+    cfg = {"window": 4, "batch_tokens": 16}  # long prompts span several windows
+    req = np.arange(12)
+    enc = encode(tr, vocab, 48)
+    b = tr.request_bounds()
+    want = multi_hot(tr.experts[b[3]:b[4]], E).mean(0)  # (L, E)
+    assert np.allclose(enc.prompt_mean[3], want)
+    top, _ = predict_token(m, enc, req, K, cfg)
+    rng = np.random.default_rng(1)
+    for l in (1, 2):
+        ex = tr.experts.astype(np.int64).copy()
+        ex[:, l:] = np.argsort(rng.random((len(ex), L - l, E)), -1)[..., :K]
+        tr2 = RoutingTrace(ex.astype(np.int16), None, tr.tokens, tr.meta)
+        top2, _ = predict_token(m, encode(tr2, vocab, 48), req, K, cfg)
+        assert np.array_equal(top[:, :l + 1], top2[:, :l + 1]), l
+        assert not np.array_equal(top[:, l + 1:], top2[:, l + 1:]), l
