@@ -58,43 +58,27 @@ class OrderedCache(CachePolicy):
         """``row``: the step's distinct keys in increasing order. Returns (misses, evicted)."""
         res = self.resident
         od = self._order
-        miss = [k for k in row if k not in res]
+        miss, n_ev, n_keep = self._plan(row)
         evicted: list[int] = []
-        if miss:
-            room = self.capacity - len(res)
-            kept = miss
-            if len(miss) > room:
-                n_ev = min(len(miss) - room, len(res) - (len(row) - len(miss)))
-                if n_ev > 0:
-                    seq = reversed(od) if self._from_back else od
-                    if active:
-                        for k in seq:
-                            if k not in row and k not in active:
-                                evicted.append(k)
-                                if len(evicted) == n_ev:
-                                    break
-                        if len(evicted) < n_ev:
-                            seq = reversed(od) if self._from_back else od
-                            for k in seq:
-                                if k not in row and k in active:
-                                    evicted.append(k)
-                                    if len(evicted) == n_ev:
-                                        break
-                    else:
-                        for k in seq:
-                            if k not in row:
-                                evicted.append(k)
-                                if len(evicted) == n_ev:
-                                    break
-                    for k in evicted:
-                        del od[k]
-                        res.discard(k)
-                else:
-                    n_ev = 0
-                kept = miss[: room + n_ev]
-            for k in kept:
-                res.add(k)
-                od[k] = None
+        if n_ev:
+            # victims in eviction order, outside the step's keys; with an ``active`` set, the
+            # keys outside it first (Huang et al.), then the active ones
+            passes = ((lambda k: k not in active), (lambda k: k in active)) if active else \
+                ((lambda k: True),)
+            for wanted in passes:
+                for k in (reversed(od) if self._from_back else od):
+                    if k not in row and wanted(k):
+                        evicted.append(k)
+                        if len(evicted) == n_ev:
+                            break
+                if len(evicted) == n_ev:
+                    break
+            for k in evicted:
+                del od[k]
+                res.discard(k)
+        for k in miss[:n_keep]:
+            res.add(k)
+            od[k] = None
         if self._touch_hits:
             for k in row:
                 if k in res:

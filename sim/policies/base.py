@@ -127,6 +127,19 @@ class CachePolicy(ABC):
     def _victim(self, step: int, candidates: Iterable[int], active: frozenset[int] | set[int]) -> int:
         """Pick the key to evict among ``candidates`` (resident, not needed by this step)."""
 
+    def _plan(self, row: Sequence[int]) -> tuple[list[int], int, int]:
+        """One step of the protocol, before any victim is chosen: the step's missing keys (in
+        ``row`` order), how many resident keys must be evicted for them, and how many of the
+        missing keys are kept (the first ``n_keep``; the rest stream through because every other
+        resident key is needed by the step). Shared by the policies' own ``_serve`` paths."""
+        res = self.resident
+        miss = [k for k in row if k not in res]
+        room = self.capacity - len(res)
+        if len(miss) <= room:
+            return miss, 0, len(miss)
+        n_ev = max(0, min(len(miss) - room, len(res) - (len(row) - len(miss))))
+        return miss, n_ev, room + n_ev
+
     def set_future(self, future: Sequence[np.ndarray]) -> None:
         if self.requires_future:
             raise NotImplementedError

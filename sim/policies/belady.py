@@ -80,21 +80,13 @@ class BeladyCache(CachePolicy):
         """``ranks``: :meth:`_rank` of each key of ``row`` with its next use after this step."""
         res = self.resident
         rank = self._nu
-        miss = [k for k in row if k not in res]
-        evicted: list[int] = []
-        if miss:
-            room = self.capacity - len(res)
-            kept = miss
-            if len(miss) > room:
-                n_ev = max(0, min(len(miss) - room, len(res) - (len(row) - len(miss))))
-                # the step's own resident keys still rank by next use = this step, below every
-                # other resident key, so a scan for the maximum never picks them
-                evicted = nlargest(n_ev, res, key=rank.__getitem__) if n_ev > 0 else []
-                for v in evicted:
-                    res.discard(v)
-                kept = miss[: room + n_ev]
-            for k in kept:
-                res.add(k)
+        miss, n_ev, n_keep = self._plan(row)
+        # the step's own resident keys still rank by next use = this step, below every other
+        # resident key, so a scan for the maximum never picks them
+        evicted = nlargest(n_ev, res, key=rank.__getitem__) if n_ev > 0 else []
+        for v in evicted:
+            res.discard(v)
+        res.update(miss[:n_keep])
         for k, r in zip(row, ranks):
             rank[k] = r
         return miss, evicted

@@ -37,21 +37,14 @@ class LFUCache(CachePolicy):
         res = self.resident
         cnt = self._count
         heap = self._heap
-        miss = [k for k in row if k not in res]
+        miss, n_ev, n_keep = self._plan(row)
         evicted: list[int] = []
-        if miss:
-            room = self.capacity - len(res)
-            kept = miss
-            if len(miss) > room:
-                n_ev = max(0, min(len(miss) - room, len(res) - (len(row) - len(miss))))
-                while len(evicted) < n_ev:
-                    c, _, k = heappop(heap)
-                    if k in res and c == cnt[k] and k not in row:
-                        evicted.append(k)
-                        res.discard(k)
-                kept = miss[: room + n_ev]
-            for k in kept:
-                res.add(k)
+        while len(evicted) < n_ev:
+            c, _, k = heappop(heap)
+            if k in res and c == cnt[k] and k not in row:
+                evicted.append(k)
+                res.discard(k)
+        res.update(miss[:n_keep])
         last = self._last
         for k in row:
             c = cnt[k] + 1

@@ -45,21 +45,14 @@ class ActivationPriorityCache(CachePolicy):
         res = self.resident
         cnt, req, last = self._count, self._req, self._last
         heap = self._heap
-        miss = [k for k in row if k not in res]
+        miss, n_ev, n_keep = self._plan(row)
         evicted: list[int] = []
-        if miss:
-            room = self.capacity - len(res)
-            kept = miss
-            if len(miss) > room:
-                n_ev = max(0, min(len(miss) - room, len(res) - (len(row) - len(miss))))
-                while len(evicted) < n_ev:
-                    _, c, _, k = heappop(heap)
-                    if k in res and c == cnt[k] and k not in row:
-                        evicted.append(k)
-                        res.discard(k)
-                kept = miss[: room + n_ev]
-            for k in kept:
-                res.add(k)
+        while len(evicted) < n_ev:
+            _, c, _, k = heappop(heap)
+            if k in res and c == cnt[k] and k not in row:
+                evicted.append(k)
+                res.discard(k)
+        res.update(miss[:n_keep])
         for k in row:
             c = cnt[k] + 1
             cnt[k] = c
