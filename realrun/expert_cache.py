@@ -68,27 +68,25 @@ class ExpertCache:
         misses, evicted = self.policy.access(step, experts, active)
         self.hits += len(set(experts)) - len(misses)
         self.misses += len(misses)
-        for e in evicted:
-            slot = int(self.slot_of[e])
-            self.slot_of[e] = -1
-            self._free.append(slot)
-        loaded = [e for e in misses if e in self.policy.resident]
-        for e in loaded:
-            self._copy_in(e)
+        loaded = [e for e in misses if e in self.policy.resident]  # the rest streamed through
+        self._apply(evicted, loaded)
         return loaded
 
     def prefetch(self, step: int, experts: list[int], protect: list[int] = ()) -> list[int]:
         loaded, evicted = self.policy.insert(step, experts, protect)
+        self._apply(evicted, loaded)
+        return loaded
+
+    def _apply(self, evicted: list[int], loaded: list[int]) -> None:
+        """Free the evicted experts' slots, then copy the loaded ones in."""
         for e in evicted:
             self._free.append(int(self.slot_of[e]))
             self.slot_of[e] = -1
         for e in loaded:
             self._copy_in(e)
-        return loaded
 
     def _copy_in(self, e: int) -> None:
         slot = self._free.pop()
-        t0 = time.perf_counter()
         if self._stream is not None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             with torch.cuda.stream(self._stream):
@@ -99,6 +97,7 @@ class ExpertCache:
             end.synchronize()
             dt = start.elapsed_time(end) / 1e3
         else:
+            t0 = time.perf_counter()
             for n, w in self.host.items():
                 self.slots[n][slot].copy_(w[e])
             dt = time.perf_counter() - t0

@@ -58,6 +58,11 @@ def test_expert_cache_copies_real_weights_into_slots():
     s = int(c.slot_of[3])
     assert torch.equal(c.slots["w13"][s], host["w13"][3])
     assert c.stats.bytes == 3 * c.expert_bytes == 3 * (6 + 3) * 4
+    # prefetch: the policy picks the victim outside `protect`, the slot table follows
+    assert c.prefetch(2, [1], protect=[3]) == [1]
+    c.check()
+    assert c.policy.resident == {1, 3}
+    assert torch.equal(c.slots["w2"][int(c.slot_of[1])], host["w2"][1])
 
 
 def test_replay_metrics_and_determinism():
