@@ -178,7 +178,7 @@ class RealMoE:
             "device": _device_name(self.device),
             "copy_s_total": float(copy_s.sum()),
             "copy_s_median": float(np.median(copy_s)) if len(copy_s) else 0.0,
-            "layer_s_mean": float(layer_s.mean() / max(1, len(range(0, T, cfg.batch_tokens)))),
+            "layer_s_mean": float(layer_s.mean() / max(1, -(-T // cfg.batch_tokens))),
             "wall_time_s": float(wall),
         }
         return metrics, timings
