@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from analysis.plots import line_plot
     from analysis.results import load_records, load_runs
-    from traces.format import atomic_write_bytes
+    from sim.files import atomic_write_bytes
 
     df = load_records(args.dir, args.records) if args.records else load_runs(args.dir)
     out = Path(args.out) if args.out else Path(args.dir) / "report"

@@ -35,7 +35,7 @@ def save_figure(fig, path: str | Path, caption: str | None = None) -> None:
     go into the file, so the same command gives the same bytes."""
     import io
 
-    from traces.format import atomic_write_bytes
+    from sim.files import atomic_write_bytes
 
     caption = command_line() if caption is None else caption
     if caption:

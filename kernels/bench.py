@@ -315,7 +315,7 @@ def run_bench(cfg) -> Path:
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    from traces.format import atomic_write_bytes
+    from sim.files import atomic_write_bytes
 
     path = out_dir / f"kernels_bench_{cfg.dtype}.csv"
     atomic_write_bytes(buf.getvalue().encode(), path)

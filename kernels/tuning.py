@@ -106,7 +106,7 @@ def load_ffn_configs(path: Path) -> dict[int, FfnConfig]:
 
 def save_ffn_configs(configs: dict[int, FfnConfig], experts: int, hidden: int, ffn: int, top_k: int,
                      dtype: str, device_name: str, config_dir: Path | None = None) -> Path:
-    from traces.format import atomic_write_bytes
+    from sim.files import atomic_write_bytes
 
     path = config_path(experts, hidden, ffn, top_k, dtype, device_name, config_dir)
     doc = {

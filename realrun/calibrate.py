@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from sim.cost.table import COLUMNS
-from traces.format import atomic_write_bytes
+from sim.files import atomic_write_bytes
 
 DEVICE_LABELS = (("H200", "h200"), ("H100", "h100-sxm"), ("A100", "a100-40gb"), ("4090", "rtx-4090"))
 

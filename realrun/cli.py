@@ -36,7 +36,7 @@ def _interpret_if_cpu(device: str) -> None:
 
 
 def _write_json(obj: dict[str, Any], path: Path) -> None:
-    from traces.format import atomic_write_bytes
+    from sim.files import atomic_write_bytes
 
     atomic_write_bytes((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), path)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from traces.format import atomic_write_bytes
+from sim.files import atomic_write_bytes
 
 THREADS = {"compute": 1, "copy": 2, "all_to_all": 3}
 

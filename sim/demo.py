@@ -35,9 +35,9 @@ def _row(name: str, m: dict[str, Any]) -> list[str]:
 
 def task(cfg_node: Any) -> dict[str, Any]:
     from sim.binding import build_pool
+    from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
     from sim.run import load_workload_table, simulate, write_outputs
-    from traces.format import atomic_write_bytes
 
     cfg = to_sim_config(cfg_node)
     out = Path(run_dir())

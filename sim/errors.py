@@ -17,3 +17,9 @@ class TraceFormatError(MoesimError):
 
 class ConfigError(MoesimError):
     """A configuration that cannot be run (unknown policy, impossible budget, ...)."""
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), for one-line errors."""
+    s = str(exc).strip().splitlines()
+    return s[0][:200] if s else type(exc).__name__

@@ -145,9 +145,10 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
 def _task(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
+    from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
     from sim.replay import expert_bytes_for
-    from traces.format import atomic_write_bytes, read_trace
+    from traces.format import read_trace
 
     c = OmegaConf.to_container(cfg, resolve=True)
     trace = read_trace(c["trace"]["path"])

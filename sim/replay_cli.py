@@ -19,9 +19,10 @@ from sim.errors import ConfigError
 def _task(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
+    from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
     from sim.replay import run_replay
-    from traces.format import atomic_write_bytes, read_trace
+    from traces.format import read_trace
 
     c = OmegaConf.to_container(cfg, resolve=True)
     trace_path = c["trace"]["path"]

@@ -120,15 +120,15 @@ def _versions() -> dict[str, str]:
 
 def write_outputs(out_dir: Path, sim: Any, metrics: dict[str, Any], wall_s: float,
                   cfg: SimConfig) -> None:
+    from sim.files import atomic_write_bytes, atomic_write_table
     from sim.metrics import metrics_json, request_table
-    from traces.format import _atomic_write_table, atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(metrics_json(metrics), out_dir / "metrics.json")
     if cfg.output.requests_parquet:
         import pyarrow as pa
 
-        _atomic_write_table(pa.Table.from_pandas(request_table(sim), preserve_index=False),
+        atomic_write_table(pa.Table.from_pandas(request_table(sim), preserve_index=False),
                             out_dir / "requests.parquet")
     info = {"wall_time_s": wall_s,
             "sim_s_per_wall_s": metrics["sim_time_s"] / wall_s if wall_s > 0 else None,

@@ -166,7 +166,8 @@ def _cmd_stats(a: argparse.Namespace) -> int:
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
-    from traces.format import atomic_write_bytes, read_trace
+    from sim.files import atomic_write_bytes
+    from traces.format import read_trace
     from traces.synth import fit_params
 
     tr = read_trace(a.trace)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.errors import TraceFormatError
+from sim.errors import TraceFormatError, short_error
+from sim.files import atomic_write_table
 
 SCHEMA_VERSION = 1
 META_KEY = b"moesim"
@@ -237,34 +237,6 @@ def validate(trace: RoutingTrace, where: str = "<memory>") -> None:
 # ------------------------------------------------------------------------------------------------
 # Parquet I/O
 # ------------------------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place; on
-    any failure the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_table(table: Any, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
 def write_trace(trace: RoutingTrace, path: str | os.PathLike) -> None:
     """Validate and atomically write ``trace`` to ``path`` (Parquet)."""
     import pyarrow as pa
@@ -288,7 +260,7 @@ def write_trace(trace: RoutingTrace, path: str | os.PathLike) -> None:
             pa.array(trace.weights.astype(np.float32).reshape(-1)), L * K)
     meta = {"schema_version": SCHEMA_VERSION, "kind": "routing", **asdict(trace.meta)}
     table = pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    _atomic_write_table(table, path)
+    atomic_write_table(table, path)
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -301,7 +273,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise TraceFormatError(f"{path}: not a readable Parquet file ({_short(exc)})") from None
+        raise TraceFormatError(f"{path}: not a readable Parquet file ({short_error(exc)})") from None
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise TraceFormatError(f"{path}: Parquet file has no moesim metadata; expected a file "
@@ -334,7 +306,7 @@ def read_trace(path: str | os.PathLike) -> RoutingTrace:
     try:
         table = pq.read_table(path)
     except Exception as exc:
-        raise TraceFormatError(f"{path}: not a readable Parquet file ({_short(exc)})") from None
+        raise TraceFormatError(f"{path}: not a readable Parquet file ({short_error(exc)})") from None
     need = ["request_id", "position", "phase", "task", "experts"]
     missing = [c for c in need if c not in table.column_names]
     if missing:
@@ -370,20 +342,3 @@ def read_trace(path: str | os.PathLike) -> RoutingTrace:
     validate(trace, str(path))
     return trace
 
-
-def read_nonempty(path: str | os.PathLike) -> bytes:
-    """The bytes of an input file; a clear error when it is missing, a directory or empty."""
-    path = Path(path)
-    if not path.exists():
-        raise TraceFormatError(f"{path}: no such file")
-    if path.is_dir():
-        raise TraceFormatError(f"{path}: is a directory, expected a file")
-    data = path.read_bytes()
-    if not data.strip():
-        raise TraceFormatError(f"{path}: file is empty")
-    return data
-
-
-def _short(exc: BaseException) -> str:
-    s = str(exc).strip().splitlines()
-    return s[0][:200] if s else type(exc).__name__

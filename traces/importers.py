@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import TraceFormatError
-from traces.format import RoutingTrace, TraceMeta, make_tokens, read_nonempty
+from sim.files import read_nonempty
+from traces.format import RoutingTrace, TraceMeta, make_tokens
 
 PathLike = str | Path
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import TraceFormatError
-from traces.format import read_nonempty
+from sim.files import read_nonempty
 from traces.workload import make_workload, read_workload, validate_workload
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")

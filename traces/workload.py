@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.errors import TraceFormatError
-from traces.format import META_KEY, SCHEMA_VERSION, _atomic_write_table, _short, read_meta
+from sim.errors import TraceFormatError, short_error
+from sim.files import atomic_write_table
+from traces.format import META_KEY, SCHEMA_VERSION, read_meta
 
 WORKLOAD_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "task")
 
@@ -76,7 +77,7 @@ def write_workload(df: pd.DataFrame, path: str | os.PathLike, source: str = "") 
     meta = {"schema_version": SCHEMA_VERSION, "kind": "workload", "source": source,
             "num_requests": len(df)}
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    _atomic_write_table(table, path)
+    atomic_write_table(table, path)
 
 
 def read_workload(path: str | os.PathLike) -> pd.DataFrame:
@@ -89,7 +90,7 @@ def read_workload(path: str | os.PathLike) -> pd.DataFrame:
     try:
         df = pq.read_table(path).to_pandas()
     except Exception as exc:
-        raise TraceFormatError(f"{path}: not a readable Parquet file ({_short(exc)})") from None
+        raise TraceFormatError(f"{path}: not a readable Parquet file ({short_error(exc)})") from None
     validate_workload(df, str(path))
     df["request_id"] = df["request_id"].astype(str)
     df["task"] = df["task"].astype(str)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import ConfigError
-from traces.format import atomic_write_bytes
+from sim.files import atomic_write_bytes
 
 FILES = ("token.safetensors", "prompt.safetensors", "baselines.safetensors", "config.json")
 

@@ -59,7 +59,7 @@ def _setup_torch(threads: int, seed: int) -> None:
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    from traces.format import atomic_write_bytes
+    from sim.files import atomic_write_bytes
 
     atomic_write_bytes(json.dumps(obj, indent=1).encode(), path)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import ConfigError
+from sim.files import atomic_write_bytes
 from sim.predictor.data import Vocab, multi_hot, prompt_frequencies, request_rows, top_m
 from sim.predictor.metrics import (
     predict_popular,
@@ -19,7 +20,7 @@ from sim.predictor.metrics import (
     predict_transition,
     set_metrics,
 )
-from traces.format import RoutingTrace, atomic_write_bytes
+from traces.format import RoutingTrace
 
 
 def _select(trace: RoutingTrace, ck: dict[str, Any], split: str, where: str) -> np.ndarray:
