@@ -19,14 +19,16 @@ USAGE = """usage: moesim kernels bench [key=value ...]
 
 Time each Triton MoE kernel and the whole MoE layer against the torch reference and against
 static capacity gating; print a table and write kernels/results/<device>/kernels_bench_<dtype>.csv.
-Keys (conf/kernels_bench.yaml): shapes, sizes, dtype, capacity_factor, tune, out_dir, reference,
-device, interpret. Needs a CUDA GPU (device=cpu interpret=true is a smoke mode)."""
+Keys (conf/kernels_bench.yaml; 'moesim kernels bench --help' lists them all): shapes, sizes, dtype,
+capacity_factor, tune, out_dir, reference, device, interpret. Needs a CUDA GPU (device=cpu
+interpret=true is a smoke mode)."""
 
 
 def _bench_task(cfg) -> None:
     from kernels.bench import run_bench
+    from sim.schemas import KernelsBenchConfig, app_config
 
-    run_bench(cfg)
+    run_bench(app_config(cfg, KernelsBenchConfig))
 
 
 def main(argv: list[str]) -> int:

@@ -4,8 +4,8 @@
         -> RUN_DIR/metrics.json (counts: hits, misses, bytes; same seed, same bytes)
            RUN_DIR/timings.json (measured seconds: copies, layers, wall time)
     moesim realrun calibrate [device=cuda] [model=mixtral-8x7b]
-        -> RUN_DIR/profile.csv (sim/cost/table.py layout) + meta.json; use it with
-           moesim sim cost_model=table cost_table=RUN_DIR/profile.csv
+        -> RUN_DIR/profile.csv (sim/cost/table.py layout) + meta.json; the simulator uses it with
+    moesim sim serving.cost_model=table serving.cost_table=RUN_DIR/profile.csv
 """
 
 from __future__ import annotations
@@ -44,10 +44,14 @@ def _write_json(obj: dict[str, Any], path: Path) -> None:
 def _trace(cfg: Any):
     import numpy as np
 
+    from sim.schemas import require_file
     from traces.format import read_trace
 
-    if cfg.trace.path:
-        return read_trace(cfg.trace.path)
+    if cfg.trace.path is not None:
+        return read_trace(require_file(cfg.trace.path, "trace.path"))
+    if cfg.trace.requests < 1 or cfg.trace.tokens_per_request < 1:
+        raise ConfigError(f"trace.requests={cfg.trace.requests} and trace.tokens_per_request="
+                          f"{cfg.trace.tokens_per_request}; both must be >= 1 (or give trace.path)")
     from traces.synth import fitted_params, sample_trace
 
     rng = np.random.default_rng(cfg.seed)
@@ -57,7 +61,9 @@ def _trace(cfg: Any):
 
 def replay_task(cfg: Any) -> None:
     from sim.hydra_app import run_dir
+    from sim.schemas import RealrunReplayConfig, app_config
 
+    cfg = app_config(cfg, RealrunReplayConfig)
     _interpret_if_cpu(cfg.device)
     from realrun.runner import RealMoE, RealrunConfig
 
@@ -87,7 +93,11 @@ def replay_task(cfg: Any) -> None:
 
 def calibrate_task(cfg: Any) -> None:
     from sim.hydra_app import run_dir
+    from sim.schemas import RealrunCalibrateConfig, app_config
 
+    cfg = app_config(cfg, RealrunCalibrateConfig)
+    if cfg.shrink < 1:
+        raise ConfigError(f"shrink must be >= 1, got {cfg.shrink}")
     _interpret_if_cpu(cfg.device)
     import torch
 

@@ -1,41 +1,108 @@
 """Run a task function as a Hydra app from a ``moesim`` subcommand.
 
-``run_hydra(config_name, task, argv)`` gives every experiment subcommand the same behaviour:
+``run_hydra(config_name, task, argv, prog)`` gives every experiment subcommand the same behaviour:
 ``key=value`` overrides, ``-m`` sweeps, ``hydra.run.dir=DIR``, ``--cfg job``; configs are found in
-the ``conf`` package, so they work from a checkout and from an installed wheel. A
-:class:`~sim.errors.MoesimError` raised by the task becomes one line on stderr and exit status 2
-(Hydra would otherwise print a traceback).
+the ``conf`` package, so they work from a checkout and from an installed wheel; each app's schema
+(:mod:`sim.schemas`) is registered first, so an unknown key or a wrong type is an error.
+
+Bad input is one line on stderr, ``<prog>: error: <what, naming the key>``, and exit status 2
+(``SystemExit(2)``), with no traceback: a :class:`~sim.errors.MoesimError` raised by the task, a
+key left ``???``, and Hydra's own errors (unknown key, wrong type, unknown config, bad override
+syntax; Hydra is run with ``HYDRA_FULL_ERROR=1`` so that they reach us instead of its report). A
+failed run removes the run directory it created if nothing but Hydra's files (``.hydra/``, the
+job's log) is in it; a directory that existed before, or that holds output, is kept.
+``-h``/``--help`` prints the app's usage (its module docstring) and its keys.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from sim.errors import MoesimError
+from sim.errors import ConfigError, MoesimError, short_error
 
 CONFIG_PATH = "pkg://conf"
 
+#: what to give for a key a YAML leaves ``???``
+_MISSING_HINTS = {
+    "trace.path": "FILE (a routing trace written by 'moesim trace import')",
+    "checkpoint": "DIR (the checkpoint/ folder of a 'moesim predictor train' run)",
+}
+
+
+#: the flags Hydra's command line takes (anything else starting with "-" is an error)
+_HYDRA_FLAGS = frozenset({
+    "--hydra-help", "--version", "--cfg", "-c", "--resolve", "--package", "-p", "--run", "-r",
+    "--multirun", "-m", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
+    "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"})
+
+
+class _AppFailed(BaseException):
+    """Carries a task's one-line error past Hydra's job runner (which catches ``Exception``)."""
+
 
 def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], prog: str) -> int:
+    """Run ``task`` as the Hydra app ``conf/<config_name>.yaml``; 0, or ``SystemExit(2)``."""
     import hydra
 
+    from sim.schemas import register_app_schemas
+
+    register_app_schemas()
+    if "-h" in argv or "--help" in argv:
+        print(app_help(config_name, prog, sys.modules[task.__module__].__doc__ or ""))
+        return 0
+    _check_override_syntax(argv, prog)
+    runs = _RunDirs(argv)
+
     def _task(cfg: Any) -> Any:
+        runs.started()
         try:
+            _check_missing(cfg, prog)
             return task(cfg)
         except MoesimError as exc:
-            print(f"moesim: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise _AppFailed(str(exc)) from None
 
+    _task.__module__ = f"moesim.{config_name}"  # Hydra's job name (log file, help): the app's
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(_task)
-    saved = sys.argv
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [prog, *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # raise errors to us instead of printing a report
     try:
         app()
+    except _AppFailed as exc:
+        _fail(prog, str(exc), runs)
+    except Exception as exc:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if isinstance(exc, MoesimError):
+            _fail(prog, str(exc), runs)
+        if isinstance(exc, HydraException | OmegaConfBaseException):
+            _fail(prog, hydra_error_line(exc), runs)
+        runs.remove_failed()
+        raise
+    except BaseException:
+        runs.remove_failed()
+        raise
     finally:
-        sys.argv = saved
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
     return 0
+
+
+def _fail(prog: str, message: str, runs: _RunDirs) -> None:
+    runs.remove_failed()
+    line = " ".join(message.split()) if "\n" in message else message
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def run_dir() -> str:
@@ -43,6 +110,181 @@ def run_dir() -> str:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get().runtime.output_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# checks and messages
+# ------------------------------------------------------------------------------------------------
+def _check_override_syntax(argv: list[str], prog: str) -> None:
+    """Each ``key=value`` must parse under Hydra's override grammar; name the one that does not."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") and arg.split("=", 1)[0] not in _HYDRA_FLAGS:
+            print(f"{prog}: error: unknown option {arg!r} (options: --help, -m, --cfg job, "
+                  f"--hydra-help; settings are key=value)", file=sys.stderr)
+            raise SystemExit(2)
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_override(arg)
+        except HydraException as exc:
+            print(f"{prog}: error: bad override {arg!r}: {short_error(exc)} (quote lists and "
+                  f"values with spaces, e.g. 'key=[a,b]')", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+def _check_missing(cfg: Any, prog: str) -> None:
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} has no value; give {key}={_MISSING_HINTS.get(key, '...')}"
+                          + (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""))
+
+
+def hydra_error_line(exc: BaseException) -> str:
+    """One line for a Hydra / OmegaConf error, naming the key or override it is about."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    cause = exc.__cause__
+    text = str(exc).strip()
+    if isinstance(exc, MissingConfigException):
+        lines = text.splitlines()
+        first = lines[0].split(": ", 1)[-1] if lines else str(exc)
+        found = re.search(r"Could not find '([^']+)/([^'/]+)'", first)
+        if found:
+            first = f"{found[1]}={found[2]}: no config conf/{found[1]}/{found[2]}.yaml"
+        opts = [ln.strip() for ln in lines if ln.startswith("\t") and "provider=" not in ln]
+        return first + (f"; available: {', '.join(opts)}" if opts else "")
+    full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) or (
+            cause is None and isinstance(exc, ConfigAttributeError | ConfigKeyError)):
+        return (f"unknown key {full_key!r} (--help lists the keys; '+{full_key}=...' adds one "
+                f"only where a config allows it)")
+    override = text.split("override ", 1)[1].splitlines()[0] if "override " in text else None
+    if isinstance(cause, ValidationError) or isinstance(exc, ValidationError):
+        detail = short_error(cause or exc)
+        if "is not a ListConfig" in detail and override:
+            key, _, value = override.partition("=")
+            return f"{override}: {key} is a list; write '{key}=[{value}]'"
+        where = override or full_key
+        return f"{where}: {detail}" if where else detail
+    if cause is not None:
+        return f"{short_error(exc)}: {short_error(cause)}"
+    return short_error(exc)
+
+
+# ------------------------------------------------------------------------------------------------
+# --help
+# ------------------------------------------------------------------------------------------------
+def app_help(config_name: str, prog: str, doc: str) -> str:
+    """The app's usage (its module docstring), its keys with their defaults, its config groups."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from sim.schemas import APPS
+
+    with initialize_config_module("conf", version_base="1.3"):
+        hcfg = compose(config_name, return_hydra_config=True)
+        choices = {k: v for k, v in OmegaConf.to_container(hcfg.hydra.runtime.choices).items()
+                   if not k.startswith("hydra/")}
+        keys = _flat_keys(OmegaConf.to_container(compose(config_name), resolve=False))
+    lines = [f"usage: {prog} [key=value ...] [-m] [--cfg job] [hydra.run.dir=DIR]", "",
+             doc.strip(), "",
+             f"Keys (values: conf/{config_name}.yaml; types: {APPS[config_name].__module__}."
+             f"{APPS[config_name].__qualname__}; an unknown key or a wrong type is an error):", ""]
+    width = max((len(k) for k in keys), default=0)
+    lines += [f"  {k:<{width}}  {v}" for k, v in keys.items()]
+    if choices:
+        import importlib.resources
+
+        lines += ["", "Config groups (group=NAME):"]
+        root = importlib.resources.files("conf")
+        for group, choice in choices.items():
+            names = sorted(p.name[:-5] for p in root.joinpath(group).iterdir()
+                           if p.name.endswith(".yaml"))
+            lines.append(f"  {group:<12} {', '.join(names)} (default: {choice or 'none'})")
+    lines += ["", "Hydra: key=value overrides; -m sweeps (key=a,b); --cfg job prints the composed "
+              "config; --hydra-help for Hydra's own flags."]
+    return "\n".join(lines)
+
+
+def _flat_keys(node: Any, prefix: str = "") -> dict[str, str]:
+    """{"trace.path": "???", "policies": "[lru, lfu]", ...}: every key with its default."""
+    if isinstance(node, dict) and node:
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_flat_keys(v, f"{prefix}{k}."))
+        return out
+
+    def show(v: Any) -> str:
+        if isinstance(v, list):
+            return "[" + ", ".join(show(x) for x in v) + "]"
+        return "null" if v is None else "{}" if v == {} else str(v).lower() if isinstance(v, bool) \
+            else str(v)
+
+    return {prefix[:-1]: show(node)}
+
+
+# ------------------------------------------------------------------------------------------------
+# run directories a failed run leaves behind
+# ------------------------------------------------------------------------------------------------
+class _RunDirs:
+    """The run (job) directories this invocation created, removed again if the run fails while
+    they hold nothing but Hydra's own files."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.cwd = Path.cwd().resolve()
+        #: hydra.run.dir / hydra.sweep.dir given on the command line -> existed before the run
+        self.explicit: dict[Path, bool] = {}
+        for arg in argv:
+            key, sep, value = arg.lstrip("+").partition("=")
+            if sep and key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+                p = Path(value).resolve()
+                self.explicit[p] = p.exists()
+        self.created: list[tuple[Path, str, Path | None]] = []
+
+    def started(self) -> None:
+        """Called as a job's task starts (Hydra has made its directory and written .hydra/)."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        d = Path(hc.runtime.output_dir).resolve()
+        job = str(hc.job.name)
+        sweep = Path(hc.sweep.dir).resolve() if hc.mode == RunMode.MULTIRUN else None
+        if self.explicit.get(d) or not self._only_hydra_files(d, job):
+            return
+        self.created.append((d, job, sweep))
+
+    @staticmethod
+    def _only_hydra_files(d: Path, job: str) -> bool:
+        try:
+            return all(p.name in (".hydra", f"{job}.log", "multirun.yaml") for p in d.iterdir())
+        except OSError:
+            return False
+
+    def remove_failed(self) -> None:
+        for d, job, sweep in reversed(self.created):
+            if d == self.cwd or d in self.cwd.parents or not self._only_hydra_files(d, job):
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            stop = {p for p, existed in self.explicit.items() if existed}
+            for parent in d.parents:
+                if parent in stop or parent == self.cwd or parent in self.cwd.parents:
+                    break
+                if parent == sweep and self._only_hydra_files(parent, job):
+                    (parent / "multirun.yaml").unlink(missing_ok=True)
+                try:
+                    parent.rmdir()  # only an empty directory goes
+                except OSError:
+                    break
+        self.created.clear()
 
 
 def run_subcommand(argv: list[str], group: str, apps: dict[str, tuple[str, Callable[[Any], Any]]],

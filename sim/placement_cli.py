@@ -2,6 +2,8 @@
 conf/placement.yaml), as Huang et al. evaluate it: plan on the first ``train_frac`` of the prompts
 (trace order), evaluate on the rest.
 
+    moesim placement trace.path=FILE [num_gpus=8] ['policies=[greedy,eplb]'] [train_frac=0.5] [model=NAME]
+
 Load of expert e at layer l = tokens routed to it. A GPU's load shares each replicated expert's
 load equally among its replicas. Reported per policy, for both halves: ``max_over_mean`` = max
 GPU load / mean GPU load per layer, averaged over layers (aggregate over the half), its worst
@@ -143,29 +145,40 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
 
 
 def _task(cfg: Any) -> None:
-    from omegaconf import OmegaConf
-
     from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
-    from sim.replay import expert_bytes_for
+    from sim.schemas import PlacementAppConfig, app_config, require_file
+    from sim.world import expert_bytes, model_for_trace
     from traces.format import read_trace
 
-    c = OmegaConf.to_container(cfg, resolve=True)
-    trace = read_trace(c["trace"]["path"])
-    n = c["trace"].get("max_requests")
+    c: PlacementAppConfig = app_config(cfg, PlacementAppConfig)
+    n = c.trace.max_requests
+    if n is not None and n <= 0:
+        raise ConfigError(f"trace.max_requests must be positive (or null: all), got {n}")
+    if not c.policies:
+        raise ConfigError("policies must be a non-empty list, e.g. 'policies=[greedy,eplb]'")
+    if c.num_gpus < 1:
+        raise ConfigError(f"num_gpus must be >= 1, got {c.num_gpus}")
+    trace = read_trace(require_file(c.trace.path, "trace.path"))
     if n is not None:
-        trace = trace.select_requests(trace.request_ids()[: int(n)])
-    eb = expert_bytes_for(trace.meta.model, c.get("expert_bytes"))
-    m = evaluate(trace, [str(p) for p in c["policies"]], int(c["num_gpus"]), float(c["train_frac"]),
-                 c.get("batch_tokens"), c.get("policy_kwargs") or {}, eb)
-    m = {"kind": "placement", "trace": {"path": str(c["trace"]["path"]), "model": trace.meta.model,
+        trace = trace.select_requests(trace.request_ids()[:n])
+    if c.expert_bytes is not None:
+        if c.expert_bytes <= 0:
+            raise ConfigError(f"expert_bytes must be positive (or null: from the model), "
+                              f"got {c.expert_bytes}")
+        eb = c.expert_bytes
+    else:
+        eb = expert_bytes(c.model if c.model is not None else model_for_trace(trace.meta.model))
+    m = evaluate(trace, list(c.policies), c.num_gpus, c.train_frac, c.batch_tokens,
+                 dict(c.policy_kwargs), eb)
+    m = {"kind": "placement", "trace": {"path": str(c.trace.path), "model": trace.meta.model,
                                         "layers": trace.num_layers, "experts": trace.num_experts,
                                         "top_k": trace.top_k},
          "expert_bytes": eb, **m}
     out = Path(run_dir())
     atomic_write_bytes((json.dumps(m, indent=1, sort_keys=True) + "\n").encode(), out / "metrics.json")
     done = [r for r in m["results"] if "skipped" not in r]
-    if c.get("plot", True) and done:
+    if c.plot and done:
         from analysis.plots_cache import plot_placement
 
         plot_placement(done, out / "placement.png",

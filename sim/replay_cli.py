@@ -1,5 +1,12 @@
 """``moesim cache``: replay a routing trace through cache policies (Hydra app, conf/cache.yaml).
 
+    moesim cache trace.path=FILE ['policies=[lru,lifo,belady]'] ['capacity_fracs=[0.25,0.5]'] [model=NAME]
+    moesim cache trace.path=FILE mode=batch batch_size=16 [expert_bytes=N] [plot=false]
+    moesim cache trace.path=FILE 'policies=[lru,keep_predicted]' prefetch=emoe_a reroute=true
+
+``model=NAME`` (a conf/model config) gives the expert bytes; by default they come from the model
+the trace names (``sim.world.model_for_trace``); ``expert_bytes=N`` overrides both.
+
 Writes ``metrics.json`` (atomic; a ``results`` list with one record per (policy, capacity
 fraction), Belady always included for the gap) and ``hit_rate.png`` into the run directory.
 Same inputs -> byte-identical ``metrics.json`` (no timings or absolute run paths in it).
@@ -17,29 +24,28 @@ from sim.errors import ConfigError
 
 
 def _task(cfg: Any) -> None:
-    from omegaconf import OmegaConf
-
     from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
     from sim.replay import run_replay
+    from sim.schemas import CacheAppConfig, app_config, require_file
     from traces.format import read_trace
 
-    c = OmegaConf.to_container(cfg, resolve=True)
-    trace_path = c["trace"]["path"]
+    c: CacheAppConfig = app_config(cfg, CacheAppConfig)
+    if not c.policies or not c.capacity_fracs:
+        raise ConfigError("policies and capacity_fracs must be non-empty lists, e.g. "
+                          "'policies=[lru,lifo]' 'capacity_fracs=[0.5]'")
+    n = c.trace.max_requests
+    if n is not None and n <= 0:
+        raise ConfigError(f"trace.max_requests must be positive (or null: all), got {n}")
+    trace_path = require_file(c.trace.path, "trace.path")
     trace = read_trace(trace_path)
-    n = c["trace"].get("max_requests")
     if n is not None:
-        if int(n) <= 0:
-            raise ConfigError(f"trace.max_requests must be positive, got {n}")
-        trace = trace.select_requests(trace.request_ids()[: int(n)])
-    policies = [str(p) for p in c["policies"]]
-    fracs = [float(f) for f in c["capacity_fracs"]]
-    if not policies or not fracs:
-        raise ConfigError("policies and capacity_fracs must be non-empty lists")
+        trace = trace.select_requests(trace.request_ids()[:n])
     t0 = time.perf_counter()
-    results = run_replay(trace, policies, fracs, mode=c["mode"], batch_size=int(c["batch_size"]),
-                         prefetch=c.get("prefetch"), prefetch_kwargs=c.get("prefetch_kwargs") or {},
-                         expert_bytes=c.get("expert_bytes"), reroute=bool(c.get("reroute", False)))
+    results = run_replay(trace, list(c.policies), list(c.capacity_fracs), mode=c.mode,
+                         batch_size=c.batch_size, prefetch=c.prefetch,
+                         prefetch_kwargs=dict(c.prefetch_kwargs), expert_bytes=c.expert_bytes,
+                         reroute=c.reroute, model=c.model.name if c.model is not None else None)
     wall_s = time.perf_counter() - t0
     out = Path(run_dir())
     metrics = {
@@ -47,17 +53,17 @@ def _task(cfg: Any) -> None:
         "trace": {"path": str(trace_path), "model": trace.meta.model, "tokens": trace.num_tokens,
                   "requests": len(trace.request_ids()), "layers": trace.num_layers,
                   "experts": trace.num_experts, "top_k": trace.top_k},
-        "mode": c["mode"], "batch_size": int(c["batch_size"]) if c["mode"] == "batch" else None,
-        "prefetch": c.get("prefetch") or "none",
+        "mode": c.mode, "batch_size": c.batch_size if c.mode == "batch" else None,
+        "prefetch": c.prefetch or "none",
         "results": results,
     }
     atomic_write_bytes((json.dumps(metrics, indent=1, sort_keys=True) + "\n").encode(),
                        out / "metrics.json")
-    if c.get("plot", True):
+    if c.plot:
         from analysis.plots_cache import plot_hit_rate
 
         plot_hit_rate(results, out / "hit_rate.png",
-                      title=f"{trace.meta.model}: {c['mode']} replay, {trace.num_tokens} tokens")
+                      title=f"{trace.meta.model}: {c.mode} replay, {trace.num_tokens} tokens")
     print(f"moesim cache: {len(results)} records, {wall_s:.1f} s -> {out / 'metrics.json'}",
           file=sys.stderr)
     for r in results:

@@ -1,6 +1,6 @@
 """``moesim predictor train|eval``: Hydra apps (configs conf/predictor_train.yaml, _eval.yaml).
 
-    moesim predictor train trace.path=FILE [predictor=tiny] [trace.max_prompts=N]
+    moesim predictor train trace.path=FILE [predictor=tiny] [trace.max_prompts=N] ['split=[0.8,0.1,0.1]']
         -> RUN_DIR/checkpoint/ (safetensors + config.json), RUN_DIR/metrics.json (training record)
     moesim predictor eval checkpoint=DIR trace.path=FILE [split=test|val|train|all]
         -> RUN_DIR/metrics.json, staleness.csv, staleness.png, sensitivity.json
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import ConfigError, TraceFormatError
+from sim.schemas import PredictorEvalConfig, PredictorTrainConfig
 
 USAGE = ("usage: moesim predictor {train,eval} [key=value ...]\n"
          "  train trace.path=FILE                      train; checkpoint into the run directory\n"
@@ -30,18 +31,22 @@ def main(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-def _plain(cfg: Any) -> Any:
-    from omegaconf import OmegaConf
+def _plain(cfg: Any, schema: type) -> dict[str, Any]:
+    """The config checked against its schema (sim/schemas.py), as plain dicts and lists."""
+    import dataclasses
 
-    return OmegaConf.to_container(cfg, resolve=True)
+    from sim.schemas import app_config
+
+    return dataclasses.asdict(app_config(cfg, schema))
 
 
 def _load_trace(path: Any, max_prompts: Any = None):
+    from sim.schemas import require_file
     from traces.format import read_trace
 
-    if path in (None, "???", ""):
-        raise ConfigError("trace.path is required: a routing trace written by 'moesim trace import'")
-    tr = read_trace(path)
+    if max_prompts is not None and int(max_prompts) < 1:
+        raise ConfigError(f"trace.max_prompts={max_prompts}; expected N >= 1 (or null: all)")
+    tr = read_trace(require_file(path, "trace.path"))
     if tr.tokens["text"].isna().all():
         raise TraceFormatError(f"{path}: the trace keeps no token text; the per-token predictor "
                                f"needs it (import a trace that records token pieces)")
@@ -73,24 +78,24 @@ def train_task(cfg: Any) -> None:
     from sim.predictor.prompt import train_prompt
     from sim.predictor.token import train_token
 
-    c = _plain(cfg)
+    c = _plain(cfg, PredictorTrainConfig)
     p = c["predictor"]
     seed = int(c["seed"])
-    _setup_torch(c["threads"], seed)
-    out = Path(run_dir())
-    trace = _load_trace(c["trace"]["path"], c["trace"].get("max_prompts"))
-    parts = split_prompts(trace, tuple(c["split"]), seed)
-    if len(parts["train"]) == 0:
-        raise ConfigError(f"{c['trace']['path']}: no training prompts after the split {c['split']}")
-    b = trace.request_bounds()
-    text = trace.tokens["text"].to_numpy()
-    tp = p["token"]
     for part in ("token", "prompt"):
         for key in ("epochs", "d_model", "layers", "heads"):
             if int(p[part][key]) < 1:
                 raise ConfigError(f"predictor.{part}.{key}={p[part][key]}; expected an integer >= 1")
         if not float(p[part]["lr"]) > 0:
             raise ConfigError(f"predictor.{part}.lr={p[part]['lr']}; expected > 0")
+    if int(c["threads"]) < 1:
+        raise ConfigError(f"threads={c['threads']}; expected an integer >= 1")
+    _setup_torch(c["threads"], seed)
+    out = Path(run_dir())
+    trace = _load_trace(c["trace"]["path"], c["trace"]["max_prompts"])
+    parts = split_prompts(trace, tuple(c["split"]), seed, require=("train", "val"))
+    b = trace.request_bounds()
+    text = trace.tokens["text"].to_numpy()
+    tp = p["token"]
     vocab = Vocab.build(text[request_rows(b, parts["train"])], int(tp["min_count"]), int(tp["num_hash"]))
     L, E, K = trace.num_layers, trace.num_experts, trace.top_k
     token_model_cfg = {
@@ -148,12 +153,15 @@ def eval_task(cfg: Any) -> None:
     from sim.hydra_app import run_dir
     from sim.predictor.evaluate import evaluate
 
-    c = _plain(cfg)
+    c = _plain(cfg, PredictorEvalConfig)
+    if int(c["threads"]) < 1:
+        raise ConfigError(f"threads={c['threads']}; expected an integer >= 1")
     _setup_torch(c["threads"], 0)
-    if c.get("checkpoint") in (None, "???", ""):
-        raise ConfigError("checkpoint=DIR is required (a run directory's checkpoint/ folder)")
+    if not c["checkpoint"]:
+        raise ConfigError("checkpoint is empty; give checkpoint=DIR (a run directory's checkpoint/ "
+                          "folder)")
     out = Path(run_dir())
-    trace = _load_trace(c["trace"]["path"], c["trace"].get("max_prompts"))
+    trace = _load_trace(c["trace"]["path"], c["trace"]["max_prompts"])
     metrics = evaluate(trace, c, out)
     _write_json(metrics, out / "metrics.json")
     t = metrics["token"]

@@ -34,12 +34,14 @@ def prompt_texts(trace: RoutingTrace) -> list[str]:
             for i in range(len(b) - 1)]
 
 
-def split_prompts(trace: RoutingTrace, fractions: tuple[float, float, float], seed: int
-                  ) -> dict[str, np.ndarray]:
+def split_prompts(trace: RoutingTrace, fractions: tuple[float, float, float], seed: int,
+                  require: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Split request indices into train/val/test by prompt, never by token.
 
     Identical prompts (same token text) are kept in the same part, so a test prompt is never a
     copy of a training prompt. Returns sorted int64 request indices per part (trace order).
+    A part named in ``require`` that gets no prompt is a ConfigError (training without validation
+    prompts would keep the last epoch silently).
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, "
@@ -62,6 +64,11 @@ def split_prompts(trace: RoutingTrace, fractions: tuple[float, float, float], se
             parts["val"] += members
         else:
             parts["test"] += members
+    empty = [k for k in require if not parts[k]]
+    if empty:
+        raise ConfigError(f"split={list(fractions)} of {R} prompt(s) leaves no {' or '.join(empty)} "
+                          f"prompts; use a trace with more prompts (trace.path, trace.max_prompts) "
+                          f"or change split=[train,val,test]")
     return {k: np.array(sorted(v), dtype=np.int64) for k, v in parts.items()}
 
 
