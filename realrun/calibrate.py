@@ -9,8 +9,8 @@ Measures, on the device at hand, with the real kernels and real copies:
 
 Each figure is the median of ``reps`` timed runs after ``warmup`` runs (CUDA events on a GPU,
 ``perf_counter`` on the CPU). Rows follow the CSV layout of :mod:`sim.cost.table`, so
-``cost.kind=table cost.path=PROFILE.csv`` makes the simulator use them; ``meta.json`` beside the
-CSV records the device, the engine and the versions.
+``moesim sim serving.cost_model=table serving.cost_table=PROFILE.csv`` makes the simulator use
+them; ``meta.json`` beside the CSV records the device, the engine and the versions.
 """
 
 from __future__ import annotations

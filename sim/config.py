@@ -135,8 +135,8 @@ class TraceConfig:
     #: generated traces per task and their length in tokens (deterministic under the seed)
     pool_size: int = 32
     pool_tokens: int = 2048
-    #: a request longer than its bound trace: "wrap" (replay from its start), "extend"
-    #: (append another trace of the same task), "error"; the count is in the metrics
+    #: a request longer than its bound trace: "wrap" (replay it from its start) or "error"
+    #: (sim/binding.py); the count is in the metrics
     overflow: str = "wrap"
 
 
