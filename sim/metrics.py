@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from sim.engine import Simulation
+from sim.errors import MoesimError
+from sim.world import CacheCounts, stable_float
 
 
 def _pct(x: np.ndarray) -> dict[str, float]:
@@ -37,9 +39,7 @@ def _pct(x: np.ndarray) -> dict[str, float]:
     return {"p50": _f(p50), "p90": _f(p90), "p99": _f(p99), "mean": _f(np.mean(x))}
 
 
-def _f(x: Any) -> float:
-    """Round to 12 significant digits: stable JSON across numpy versions' repr."""
-    return float(f"{float(x):.12g}")
+_f = stable_float
 
 
 def request_table(sim: Simulation) -> pd.DataFrame:
@@ -63,60 +63,64 @@ def request_table(sim: Simulation) -> pd.DataFrame:
 def compute_metrics(sim: Simulation) -> dict[str, Any]:
     df = request_table(sim)
     done = df[df["completions"] > 0]
+    tl, plan = sim.tallies, sim.plan
     states = [st for rep in sim.replicas for st in rep.states]
-    hits = sum(st.hits for st in states)
-    misses = sum(st.misses for st in states)
-    sim_time = float(sim.last_finish_s - (sim.req.arrival_s.min() if sim.R else 0.0))
+    counts = CacheCounts.total(st.counts for st in states)
+    sim_time = float(tl.last_finish_s - (sim.req.arrival_s.min() if sim.R else 0.0))
     out_tokens = int(done["output_tokens"].sum())
-    gpu_tokens = np.rint(sim.gpu_tokens.ravel())  # (GPUs,) expert-token assignments
-    recorded = int(sim.recorded_le.sum())
-    eb = sim.expert_bytes
-    cost_report = sim.cost.report()
+    gpu_tokens = np.rint(tl.gpu_tokens.ravel())  # (GPUs,) expert-token assignments
+    recorded = int(tl.recorded_le.sum())
+    eb = plan.expert_bytes
+    h2d = int(sum(st.link.bytes_total for st in states))
+    record = counts.record(eb)
+    if record["h2d_bytes"] != h2d:
+        raise MoesimError(f"internal: the links moved {h2d} bytes, the caches loaded {counts.loads} "
+                          f"experts of {eb} bytes")
+    p = sim.cfg.policy
     return {
         "requests_total": int(sim.R),
         "requests_completed": int(len(done)),
         "requests_completed_more_than_once": int((df["completions"] > 1).sum()),
         "output_tokens": out_tokens,
-        "processed_tokens": int(sim.tokens_processed),
+        "processed_tokens": int(tl.tokens_processed),
         "sim_time_s": _f(sim_time),
         "tokens_per_s": _f(out_tokens / sim_time) if sim_time > 0 else 0.0,
-        "processed_tokens_per_s": _f(sim.tokens_processed / sim_time) if sim_time > 0 else 0.0,
+        "processed_tokens_per_s": _f(tl.tokens_processed / sim_time) if sim_time > 0 else 0.0,
         "ttft_s": _pct(done["ttft_s"].to_numpy()),
         "tpot_s": _pct(done["tpot_s"].to_numpy()),
         "e2e_s": _pct(done["e2e_s"].to_numpy()),
         "slo": {"ttft_s": _f(sim.cfg.serving.ttft_slo_s), "tpot_s": _f(sim.cfg.serving.tpot_slo_s)},
         "slo_attainment": _f(done["slo_met"].mean()) if len(done) else 0.0,
-        "hit_rate": _f(hits / (hits + misses)) if hits + misses else 1.0,
-        "expert_accesses": int(hits + misses),
-        "expert_misses": int(misses),
-        "expert_streamed": int(sum(st.streamed for st in states)),
-        "h2d_bytes": int(sum(st.link.bytes_total for st in states)),
+        **record,
+        # the names before the shared record (kept for one release; see the README)
+        "expert_accesses": record["accesses"],
+        "expert_misses": record["misses"],
+        "expert_streamed": record["streamed"],
         "fetch_stall_s": _f(sum(st.stall_s for st in states)),
         "peak_expert_bytes_per_gpu": [int(st.peak_resident * eb) for st in states],
         "expert_budget_bytes_per_gpu": [int(st.capacity * eb) for st in states],
         "expert_bytes": int(eb),
         "kv_peak_tokens": [int(rep.kv_peak) for rep in sim.replicas],
-        "kv_capacity_tokens": int(sim.kv_capacity_tokens),
+        "kv_capacity_tokens": int(plan.kv_capacity_tokens),
         "gpu_expert_tokens": [int(x) for x in gpu_tokens],
         "gpu_busy_s": [_f(st.busy_s) for st in states],
         "load_imbalance": _f(gpu_tokens.max() / gpu_tokens.mean()) if gpu_tokens.sum() else 1.0,
-        "load_imbalance_iter": _f(sim.iter_imbalance_sum / sim.iter_layers) if sim.iter_layers else 1.0,
-        "routing_fidelity": _f(sim.computed_le.sum() / recorded) if recorded else 1.0,
-        "prefetch": {"issued": int(sum(st.prefetched for st in states)),
+        "load_imbalance_iter": _f(tl.iter_imbalance_sum / tl.iter_layers) if tl.iter_layers else 1.0,
+        "routing_fidelity": _f(tl.computed_le.sum() / recorded) if recorded else 1.0,
+        "prefetch": {"issued": record["prefetched"],
                      "used": int(sum(st.prefetch_used for st in states))},
         "iterations": int(sum(rep.iterations for rep in sim.replicas)),
-        "preemptions": int(sim.preemptions),
-        "tokens_recomputed": int(sim.tokens_recomputed),
-        "requests_rerouted": int(sim.requests_rerouted),
-        "faults": sim.fault_log,
+        "preemptions": int(tl.preemptions),
+        "tokens_recomputed": int(tl.tokens_recomputed),
+        "requests_rerouted": int(tl.requests_rerouted),
+        "faults": tl.fault_log,
         "binding": sim.binding_report,
-        "cost_model": cost_report,
+        "cost_model": sim.cost.report(),
         "config": {"model": sim.model.name, "hardware": sim.cfg.hardware.name,
-                   "gpus": int(sim.topo.num_gpus), "replicas": int(sim.topo.num_replicas),
-                   "expert_parallel": int(sim.topo.expert_parallel),
-                   "policy": {"cache": sim.cfg.policy.cache, "prefetch": sim.cfg.policy.prefetch,
-                              "placement": sim.cfg.policy.placement,
-                              "scheduler": sim.cfg.policy.scheduler},
+                   "gpus": int(plan.topo.num_gpus), "replicas": int(plan.topo.num_replicas),
+                   "expert_parallel": int(plan.topo.expert_parallel),
+                   "policy": {"cache": p.cache, "prefetch": p.prefetch, "placement": p.placement,
+                              "scheduler": p.scheduler},
                    "seed": int(sim.cfg.seed)},
     }
 

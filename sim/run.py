@@ -87,6 +87,9 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
     from sim.engine import Simulation
     from sim.metrics import compute_metrics
 
+    from sim.plan import check_config
+
+    check_config(cfg)  # fail before any work
     rng = np.random.default_rng(cfg.seed)
     # independent streams so a change in one part does not shift the others
     rng_work, rng_pool, rng_bind, rng_sim = (np.random.default_rng(s) for s in

@@ -63,7 +63,7 @@ def test_invariants(s):
     assert all(p <= b for p, b in zip(m["peak_expert_bytes_per_gpu"], m["expert_budget_bytes_per_gpu"]))
     assert all(k <= m["kv_capacity_tokens"] for k in m["kv_peak_tokens"])
     # every recorded (token, layer, expert) is computed: fidelity 1 with no rerouting policy
-    assert (sim.computed_le == sim.recorded_le).all()
+    assert (sim.tallies.computed_le == sim.tallies.recorded_le).all()
     assert m["routing_fidelity"] == 1.0
     # each request processed at least its whole context once
     need = sim.req.prompt + sim.req.output - 1
@@ -72,9 +72,10 @@ def test_invariants(s):
         # nothing recomputed: the recorded assignments are exactly the bound routing's rows
         r = sim.req
         rows = np.concatenate([r.offset[i] + np.arange(need[i]) % r.length[i] for i in range(R)])
-        ex = sim.pool.experts[rows].astype(np.int64) + (np.arange(sim.L) * sim.E)[None, :, None]
-        want = np.bincount(ex.ravel(), minlength=sim.L * sim.E).reshape(sim.L, sim.E)
-        assert (sim.recorded_le == want).all()
+        L, E = sim.plan.L, sim.plan.E
+        keys = sim.plan.pool_keys[rows].astype(np.int64)  # (T, L*K) layer * E + expert
+        want = np.bincount(keys.ravel(), minlength=L * E).reshape(L, E)
+        assert (sim.tallies.recorded_le == want).all()
         assert (r.processed == need).all()
 
 

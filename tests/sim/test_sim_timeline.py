@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sim.binding import bind
-from sim.engine import Recorder, Simulation
+from sim.engine import Policies, Recorder, Simulation
 from sim.metrics import compute_metrics
 from sim.testing import StubCost, pool_from_rows, tiny_config, workload
 
@@ -98,8 +98,8 @@ def test_next_layer_prefetch_runs_ahead_of_the_layer():
     wl = workload([0.0], [1], [1])
     rec = Recorder(0.0, float("inf"))
     sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", np.random.default_rng(0)), StubCost(),
-                     np.random.default_rng(0), recorder=rec)
-    sim.prefetch, sim._pf_next = NextIsTwo(2, 4, 1), True
+                     np.random.default_rng(0), recorder=rec,
+                     policies=Policies(prefetch=NextIsTwo(num_layers=2, num_experts=4, top_k=1)))
     sim.run()
     want = [
         ("attention L0", "compute", 0, 0.000, 0.001),

@@ -1,0 +1,413 @@
+"""One layer walk: an iteration of a replica, layer by layer, with the cache decisions of the
+policies, the copies they cause, and the time it all takes.
+
+Shape legend: T tokens in the iteration's batch, L MoE layers, K top-k, E experts per layer,
+G GPUs of the replica. A cache key is ``layer * E + expert``.
+
+Per iteration, with numpy over all tokens and layers at once, the walk counts tokens per
+(layer, expert), the GPU each expert computes on (the plan's placement) and each GPU's
+expert-compute time per layer (cost model). Then, per layer: attention, gating, all-to-all
+dispatch; each GPU's cache policy serves the keys the GPU needs at that layer (cache step
+``rep.step + layer``; the iteration's keys of the GPU are the ``active`` set); misses are copied
+over the GPU's host link and the layer waits for them (and for prefetched keys still in flight);
+experts compute; all-to-all combine. The next-layer prefetch policy may then start copies for
+layer + 1 at this layer's gate time.
+
+Decisions and timing are two steps of the same walk. The decisions of a layer never depend on
+time, so when no next-layer prefetch interleaves with them, each GPU's cache serves all layers of
+the iteration in one ``access_steps`` call (the policies' batched entry to the same rule); with
+next-layer prefetch, layer by layer. Timing is then one loop (:meth:`LayerWalk._time_layer`)
+whatever the decisions came from; recording a Chrome trace only makes it visit every GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.errors import MoesimError
+from sim.plan import ClusterPlan
+from sim.policies.base import CachePolicy, PrefetchContext, PrefetchPolicy
+from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
+
+
+def capability(cls: Any, name: str) -> bool:
+    """TEMPORARY until the policies declare their capabilities: the declared flag, else derived."""
+    v = getattr(cls, name, None)
+    if v is not None:
+        return bool(v)
+    from sim.policies.base import PrefetchPolicy as P
+
+    derived = {"plans_requests": lambda: cls.on_request is not P.on_request,
+               "predicts_next_layer": lambda: cls.next_layer is not P.next_layer,
+               "observes": lambda: cls.observe is not P.observe,
+               "uses_requests": lambda: False, "uses_prediction": lambda: False}
+    return derived[name]()
+
+
+class CacheLog:
+    """Opt-in record of every call a GPU's cache received (``output.cache_log``), so that the
+    replay driver can serve the same sequence and must count the same (:func:`sim.replay.replay_log`).
+
+    Events per GPU, in order: ``("warm", step, keys, ())`` (weights loaded before serving, not a
+    load), ``("access", step, keys, active)``, ``("insert", step, keys, protect)`` (prefetch),
+    ``("begin", request, (), ())``, ``("predict", 0, keys, ())`` and ``("reset", 0, (), ())`` (the
+    GPU failed: a fresh cache follows)."""
+
+    def __init__(self) -> None:
+        self.events: dict[int, list[tuple[str, int, tuple[int, ...], tuple[int, ...]]]] = {}
+
+    def add(self, gpu: int, kind: str, step: int, keys: Any = (), other: Any = ()) -> None:
+        self.events.setdefault(gpu, []).append(
+            (kind, int(step), tuple(sorted(int(k) for k in keys)), tuple(sorted(int(k) for k in other))))
+
+
+class LayerWalk:
+    def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, tallies: Tallies,
+                 prefetch: PrefetchPolicy, predictor: PrefetchPolicy | None, cache_name: str,
+                 recorder: Recorder | None = None, log: CacheLog | None = None) -> None:
+        self.plan, self.cost, self.req, self.t = plan, cost, req, tallies
+        self.prefetch, self.predictor = prefetch, predictor
+        self.cache_name = cache_name
+        self.recorder, self.log = recorder, log
+        self.L, self.E, self.K = plan.L, plan.E, plan.K
+        pf = type(prefetch)
+        self.pf_next = capability(pf, "predicts_next_layer")
+        self.pf_req = capability(pf, "plans_requests")
+        self.observers = [p for p in dict.fromkeys([prefetch, predictor])
+                          if p is not None and capability(type(p), "observes")]
+        self.eb = plan.expert_bytes
+
+    # ------------------------------------------------------------------------------------------
+    def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
+        """Walk the layers of one iteration; return its duration (s). Mutates caches and links."""
+        L, E, K, plan, cost, tl = self.L, self.E, self.K, self.plan, self.cost, self.t
+        keep = alloc > 0
+        batch, alloc = batch[keep], alloc[keep]
+        rows, pairs = self._rows(batch, alloc)
+        T = len(rows)
+        keys_tok = plan.pool_keys[rows]  # (T, L*K) key = layer * E + expert
+        counts_flat = np.bincount(keys_tok.ravel(), minlength=L * E)  # (L*E,) tokens per key
+        counts = counts_flat.reshape(L, E)  # (L, E)
+        tl.recorded_le += counts
+        G = len(rep.gpus)
+        if plan.single_owner:
+            # each expert on one GPU: per-GPU sums by scatter (no (L, E, G) product)
+            computed = counts
+            comp_le = cost.expert_s(counts)  # (L, E)
+            lg = plan.lg_index
+            comp_arr = np.bincount(lg, weights=comp_le.ravel(), minlength=L * G).reshape(L, G)
+            load_g = np.bincount(lg, weights=counts_flat, minlength=L * G).reshape(L, G)
+        else:
+            tok_g = counts[:, :, None] * plan.share  # (L, E, G) tokens per expert per GPU
+            computed = np.rint(tok_g.sum(axis=2)).astype(np.int64)
+            comp_arr = cost.expert_s(np.ceil(tok_g - 1e-9)).sum(axis=1)  # (L, G) expert compute
+            load_g = tok_g.sum(axis=1)  # (L, G)
+        tl.computed_le += computed
+        sum_load = load_g.sum(axis=1)  # (L,)
+        nz = sum_load > 0
+        tl.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
+        tl.iter_layers += int(nz.sum())
+        tl.gpu_tokens[rep.index] += load_g.sum(axis=0)
+        decode = int((alloc == 1).sum())
+        attn = cost.attention_s(T - decode, decode, pairs, G)
+        gate = cost.gate_s(T)
+        a2a = cost.all_to_all_s(T * K * plan.hidden_size * 2.0 / G, G, plan.topo.inter_node) \
+            if G > 1 else 0.0
+        pf_cost = self.prefetch.cost_s() if (self.pf_next or self.pf_req) else 0.0
+        used_flat = counts_flat > 0  # (L*E,)
+        states = rep.states
+        step0 = rep.step
+        rep.step += L
+        need, active = self._needs(states, used_flat)
+        comp = comp_arr.tolist()  # [L][G] seconds
+        stall = [st.stall_s for st in states]
+        rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
+        t = t0
+        if self.pf_next:
+            for l in range(L):
+                miss = [self._serve_layer(st, step0 + l, need[g][l], active[g])
+                        for g, st in enumerate(states)]
+                t_gate = t + attn + gate + pf_cost
+                t = self._time_layer(l, t, t_gate, t_gate + a2a, a2a, attn, comp[l], states, need,
+                                     miss, stall, rec)
+                self._next_layer(rep, l, used_flat, step0, t_gate, need)
+        else:
+            miss_g = [self._serve_all(st, step0, need[g], active[g]) for g, st in enumerate(states)]
+            miss = [None] * G
+            for l in range(L):
+                for g in range(G):
+                    mg = miss_g[g]
+                    miss[g] = mg[l] if mg is not None else None
+                t_gate = t + attn + gate + pf_cost
+                t = self._time_layer(l, t, t_gate, t_gate + a2a, a2a, attn, comp[l], states, need,
+                                     miss, stall, rec)
+                if self.observers:
+                    self._observe(rep, l, used_flat)
+        for g, st in enumerate(states):
+            busy = st.busy_s
+            for c in comp_arr[:, g].tolist():
+                busy += c
+            st.busy_s = busy
+            st.stall_s = stall[g]
+        return t - t0
+
+    # -- decisions ------------------------------------------------------------------------------
+    def _check(self, st: GpuState, cache: CachePolicy) -> None:
+        nres = len(cache.resident)
+        if nres > st.peak_resident:
+            st.peak_resident = nres
+            if nres > st.capacity:
+                raise MoesimError(f"cache policy {self.cache_name!r} holds {nres} experts on GPU "
+                                  f"{st.gpu}, over its budget {st.capacity}")
+
+    def _serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
+        """One layer's keys through a GPU's cache: the misses (a list), or None when no access."""
+        cache = st.cache
+        if cache is None or not keyset:
+            return None
+        if self.log is not None:
+            self.log.add(st.gpu, "access", step, keyset, active)
+        before = len(cache.resident)
+        misses, _ = cache.access(step, keyset, active)
+        nm = len(misses)
+        res = cache.resident
+        streamed = sum(1 for k in misses if k not in res) if nm and misses[-1] not in res else 0
+        c = st.counts
+        c.misses += nm
+        c.hits += len(keyset) - nm
+        c.streamed += streamed
+        c.evictions += (nm - streamed) - (len(res) - before)
+        self._check(st, cache)
+        return misses
+
+    def _serve_all(self, st: GpuState, step0: int, need: list[Any], active: Any) -> Any:
+        """All layers' keys through a GPU's cache at once: per layer the misses (a list where
+        prefetched keys are in flight and must be told apart, else a count), or None."""
+        cache = st.cache
+        if cache is None or not active:
+            return None
+        if st.inflight:
+            return [self._serve_layer(st, step0 + l, keys, active) for l, keys in enumerate(need)]
+        if self.log is not None:
+            for l, keys in enumerate(need):
+                if keys:
+                    self.log.add(st.gpu, "access", step0 + l, keys, active)
+        before = len(cache.resident)
+        nm, streamed = cache.access_steps(step0, need, active)
+        tot = sum(nm)
+        c = st.counts
+        c.misses += tot
+        c.hits += len(active) - tot
+        c.streamed += streamed
+        c.evictions += (tot - streamed) - (len(cache.resident) - before)
+        self._check(st, cache)
+        return nm
+
+    def _needs(self, states: list[GpuState], used_flat: np.ndarray) -> tuple[list[list[Any]], list[Any]]:
+        """Per GPU: the set of keys it needs at each layer, and their union over the iteration.
+
+        A (GPU, layer) whose every expert is used reuses one prebuilt frozenset; only partly used
+        ones are built key by key."""
+        L, E, plan = self.L, self.E, self.plan
+        G = len(states)
+        if not plan.single_owner:
+            need: list[list[Any]] = [[set() for _ in range(L)] if st.cache is not None else []
+                                     for st in states]
+            active: list[Any] = [set() for _ in states]
+            sel = used_flat[plan.pair_key]
+            for k, g in zip(plan.pair_key[sel].tolist(), plan.pair_gpu[sel].tolist()):
+                ng = need[g]
+                if ng:
+                    ng[k // E].add(k)
+                    active[g].add(k)
+            return need, active
+        used_n = np.bincount(plan.lg_index, weights=used_flat, minlength=L * G).reshape(L, G)  # (L, G)
+        state = np.where(used_n == plan.home_n, 2, np.where(used_n > 0, 1, 0)).T.tolist()  # [G][L]
+        need, active = [], []
+        empty: frozenset[int] = frozenset()
+        for g, st in enumerate(states):
+            if st.cache is None:
+                need.append([])
+                active.append(empty)
+                continue
+            full = st.layer_sets
+            row = state[g]
+            if 1 not in row:
+                ng = [full[l] if row[l] else empty for l in range(L)]
+            else:
+                ng = [full[l] if row[l] == 2 else
+                      (frozenset(k for k in full[l] if used_flat[k]) if row[l] else empty)
+                      for l in range(L)]
+            need.append(ng)
+            active.append(st.all_keys if 0 not in row and 1 not in row else frozenset().union(*ng))
+        return need, active
+
+    # -- timing ---------------------------------------------------------------------------------
+    def _time_layer(self, l: int, t: float, t_gate: float, ready: float, a2a: float, attn: float,
+                    comp_l: list[float], states: list[GpuState], need: list[list[Any]],
+                    miss: list[Any], stall: list[float], rec: Recorder | None) -> float:
+        """Layer ``l`` of an iteration that starts it at ``t``; returns when the next layer starts.
+
+        A GPU that neither waits for a copy nor records starts its experts at ``ready``; the
+        layer ends when the last GPU's experts end (``ready + max(comp)`` covers every GPU that
+        did not wait, exactly: float addition is monotonic)."""
+        end = ready + max(comp_l)
+        if end < ready:
+            end = ready
+        eb = self.eb
+        G = len(states)
+        for g, st in enumerate(states):
+            m = miss[g]
+            if m is None and rec is None:
+                continue
+            start = ready
+            if rec is not None:
+                rec.add(f"attention L{l}", "compute", st.gpu, t, t + attn)
+                if G > 1:
+                    rec.add(f"a2a dispatch L{l}", "all_to_all", st.gpu, t_gate, ready)
+            if m is not None:
+                inflight = st.inflight
+                if inflight:
+                    for k in need[g][l]:
+                        tid = inflight.pop(k, None)
+                        if tid is not None:
+                            if k in m:  # evicted before use, fetched again
+                                st.link.forget(tid)
+                                continue
+                            st.prefetch_used += 1
+                            fin = st.link.finish(tid)
+                            if fin > start:
+                                start = fin
+                nm = m if isinstance(m, int) else len(m)
+                if nm:
+                    link = st.link
+                    fin = link.fetch(t_gate, nm * eb)
+                    if rec is not None:
+                        rec.add(f"copy L{l} x{nm}", "copy", st.gpu,
+                                t_gate if link.infinite else t_gate + link.latency_s, fin)
+                    if fin > start:
+                        start = fin
+                if start > ready:
+                    stall[g] += start - ready
+            c = comp_l[g]
+            e_end = start + c
+            if rec is not None and c > 0:
+                rec.add(f"experts L{l}", "compute", st.gpu, start, e_end)
+            if e_end > end:
+                end = e_end
+        t_next = end + a2a
+        if rec is not None and G > 1:
+            for st in states:
+                rec.add(f"a2a combine L{l}", "all_to_all", st.gpu, end, t_next)
+        return t_next
+
+    # -- prediction and prefetch ----------------------------------------------------------------
+    def _observe(self, rep: ReplicaState, l: int, used_flat: np.ndarray) -> np.ndarray:
+        E = self.E
+        experts = np.flatnonzero(used_flat[l * E:(l + 1) * E])
+        for p in self.observers:
+            p.observe(rep.ctx, l, experts)
+        return experts
+
+    def _next_layer(self, rep: ReplicaState, l: int, used_flat: np.ndarray, step0: int,
+                    t_gate: float, need: list[list[Any]]) -> None:
+        E = self.E
+        experts = self._observe(rep, l, used_flat) if self.observers else \
+            np.flatnonzero(used_flat[l * E:(l + 1) * E])
+        if l + 1 < self.L:
+            pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
+            if len(pred):
+                self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, t_gate, need, l + 1)
+
+    def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, t_issue: float,
+                      need: list[list[Any]], layer: int) -> None:
+        """Load predicted keys into the GPUs that hold them, issuing copies at ``t_issue``."""
+        for g, st in enumerate(rep.states):
+            cache = st.cache
+            if cache is None:
+                continue
+            mine = keys[st.home_mask[keys]]
+            if not len(mine):
+                continue
+            protect = need[g][layer] if layer < len(need[g]) else ()
+            if self.log is not None:
+                self.log.add(st.gpu, "insert", step, mine.tolist(), protect)
+            before = len(cache.resident)
+            loaded, _ = cache.insert(step, mine.tolist(), protect=protect)
+            st.counts.prefetched += len(loaded)
+            st.counts.evictions += len(loaded) - (len(cache.resident) - before)
+            if len(cache.resident) > st.capacity:
+                raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
+                                  f"{st.gpu} during prefetch")
+            st.peak_resident = max(st.peak_resident, len(cache.resident))
+            rec = self.recorder
+            for k in loaded:
+                tid = st.inflight[k] = st.link.add(t_issue, self.eb)
+                if rec is not None and rec.want(t_issue):
+                    # finish as known now (later copies on the link may stretch it)
+                    rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
+                            t_issue + st.link.latency_s, st.link.finish_peek(tid))
+
+    def request_start(self, rep: ReplicaState, i: int, now: float) -> None:
+        """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,
+        the request predictor (the prefetch policy, or eMoE-A for a cache that keeps a predicted
+        set) names the experts it expects, and the prefetch policy loads them."""
+        r = self.req
+        pred_plan: dict[int, Any] = {}
+        if self.predictor is not None:
+            ctx = PrefetchContext(request_id=r.request_id[i], task=r.task[i],
+                                  prompt_tokens=int(r.prompt[i]), request_index=i)
+            pred_plan = self.predictor.on_request(ctx)
+        for st in rep.states:
+            cache = st.cache
+            if cache is None:
+                continue
+            cls = type(cache)
+            if capability(cls, "uses_requests"):
+                if self.log is not None:
+                    self.log.add(st.gpu, "begin", i)
+                cache.begin_request(i)
+            if capability(cls, "uses_prediction") and self.predictor is not None:
+                keys = self._predicted_keys(st, pred_plan)
+                if self.log is not None:
+                    self.log.add(st.gpu, "predict", 0, keys)
+                cache.set_predicted(keys)
+        if self.pf_req and pred_plan:
+            need: list[list[Any]] = [[] for _ in rep.states]
+            for layer, experts in sorted(pred_plan.items()):
+                keys = int(layer) * self.E + np.asarray(experts, dtype=np.int64)
+                self.prefetch_keys(rep, keys, rep.step, now, need, int(layer))
+
+    def _predicted_keys(self, st: GpuState, plan: dict[int, Any]) -> list[int]:
+        """The predicted set that fits a GPU's cache: the predicted experts the GPU holds, taken
+        rank by rank across layers (every layer's first, then every layer's second, ...) up to
+        its slots; with one cache per layer this is the replay's rule (each layer's first C)."""
+        E = self.E
+        per_layer = []
+        for layer, experts in sorted(plan.items()):
+            keys = int(layer) * E + np.asarray(experts, dtype=np.int64)
+            per_layer.append(keys[st.home_mask[keys]].tolist())
+        out: list[int] = []
+        depth = max((len(k) for k in per_layer), default=0)
+        for rank in range(depth):
+            for keys in per_layer:
+                if rank < len(keys):
+                    if len(out) >= st.capacity:
+                        return out
+                    out.append(keys[rank])
+        return out
+
+    def _rows(self, batch: np.ndarray, alloc: np.ndarray) -> tuple[np.ndarray, int]:
+        """(T,) pool rows of the batch's tokens, and the attention context pairs they read."""
+        r = self.req
+        start = r.ctx[batch]  # (B,) first position processed
+        total = int(alloc.sum())
+        rep_start = np.repeat(start, alloc)  # (T,)
+        first = np.cumsum(alloc) - alloc
+        pos = rep_start + (np.arange(total) - np.repeat(first, alloc))  # (T,) positions
+        length = np.repeat(r.length[batch], alloc)
+        rows = np.repeat(r.offset[batch], alloc) + pos % length
+        return rows, int((pos + 1).sum())
+
