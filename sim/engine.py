@@ -109,7 +109,7 @@ class Simulation:
         self.prefetch = inject.prefetch or PREFETCH.make(p.prefetch, **dims, **p.prefetch_args)
         if capability(type(self.prefetch), "plans_requests"):
             predictor: PrefetchPolicy | None = self.prefetch
-        elif capability(CACHE.get(p.cache), "uses_prediction") or p.cache == "keep_predicted":  # eMoE's cache keeps what eMoE-A predicts
+        elif capability(CACHE.get(p.cache), "uses_prediction"):  # eMoE's cache keeps what eMoE-A predicts
             predictor = PREFETCH.make("emoe_a", **dims)
         else:
             predictor = None

@@ -86,7 +86,6 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
     from sim.cost import make_cost_model
     from sim.engine import Simulation
     from sim.metrics import compute_metrics
-
     from sim.plan import check_config
 
     check_config(cfg)  # fail before any work
