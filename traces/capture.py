@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import MoesimError, TraceFormatError
+from sim.errors import MoesimError, TraceFormatError, short_error
 from sim.files import atomic_write, atomic_write_bytes, read_nonempty
 from traces.format import RoutingTrace, TraceMeta, make_tokens, read_trace, write_trace
 
@@ -126,7 +126,7 @@ class _Recorder:
             raise MoesimError(f"routers of layers {missing} did not run in a forward pass")
         c = [self.calls[i] for i in range(len(self.routers))]
         self.calls = {}
-        for (layer, _), (lg, w, ids, _h) in zip(self.routers, c):
+        for (layer, _), (_lg, w, ids, _h) in zip(self.routers, c):
             if ids.shape[0] != n_tokens or w.shape != ids.shape:
                 raise MoesimError(f"router of layer {layer} returned ids {ids.shape} and weights "
                                   f"{w.shape}, expected ({n_tokens}, top_k)")
@@ -174,7 +174,7 @@ def _load(model_dir: Path, dtype: str, device: str) -> _Loaded:
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True,
                                                                   dtype=torch_dtype)
     except (OSError, ValueError) as exc:
-        raise MoesimError(f"{model_dir}: cannot load the checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise MoesimError(f"{model_dir}: cannot load the checkpoint ({short_error(exc)})") from None
     model.to(device).eval()
     routers = find_routers(model, arch)
     E = num_experts_of(routers[0][1])

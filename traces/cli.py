@@ -3,6 +3,7 @@
 ::
 
     moesim trace import --format FORMAT SRC... -o OUT.parquet
+    moesim trace capture MODEL_DIR --prompts PROMPTS.jsonl -o OUT.parquet [--max-new-tokens N]
     moesim trace validate FILE
     moesim trace stats FILE [--json] [--plots DIR]
     moesim trace fit TRACE.parquet -o PARAMS.json
@@ -31,12 +32,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from traces.engine_import import ENGINE_FORMATS
     from traces.importers import ROUTING_FORMATS
+    from traces.load_table import LOAD_FORMATS
     from traces.request_import import WORKLOAD_FORMATS
 
-    formats = {**ROUTING_FORMATS, **WORKLOAD_FORMATS}
+    formats = {**ROUTING_FORMATS, **ENGINE_FORMATS, **LOAD_FORMATS, **WORKLOAD_FORMATS}
     p = _Parser(prog="moesim trace", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", parser_class=_Parser, metavar="{import,validate,stats,fit,synth}")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser,
+                           metavar="{import,capture,validate,stats,fit,synth}")
     sub.required = True
 
     imp = sub.add_parser("import", help="import real routing or request traces",
@@ -51,6 +55,18 @@ def _build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--task", default=None, help="task name for every request (default: from the source)")
     imp.add_argument("--zero", choices=["fail", "drop"], default="fail",
                      help="workload formats: requests with 0 prompt or output tokens fail or are dropped")
+    imp.add_argument("--num-experts", type=int, default=None,
+                     help="vllm-routed-experts, layer-parquet: the model's routed experts (not in the files)")
+    imp.add_argument("--model", default=None, help="model name recorded in the output's metadata")
+    imp.add_argument("--token-ids", nargs="+", default=[],
+                     help="layer-parquet: token-id Parquet files or folder")
+    imp.add_argument("--seq-len", type=int, default=None,
+                     help="layer-parquet: tokens per request (default: the whole stream is one request)")
+    imp.add_argument("--max-tokens", type=int, default=None, help="layer-parquet: import the first N tokens")
+
+    from traces.capture_cli import add_capture_parser
+
+    add_capture_parser(sub)
 
     val = sub.add_parser("validate", help="check a routing trace or workload Parquet")
     val.add_argument("file")
@@ -83,6 +99,10 @@ def _cmd_import(a: argparse.Namespace) -> int:
     from traces.format import write_trace
 
     out = Path(a.output)
+    from traces.capture_cli import import_engine_format
+
+    if import_engine_format(a, out):
+        return 0
     if a.format in ("azure-csv", "mooncake-jsonl"):
         from traces.request_import import import_workload
         from traces.workload import write_workload
@@ -124,6 +144,13 @@ def _kind(path: Path) -> str:
 def _cmd_validate(a: argparse.Namespace) -> int:
     path = Path(a.file)
     kind = _kind(path)
+    if kind == "load":
+        from traces.load_table import read_load_table
+
+        lt = read_load_table(path)
+        print(f"{path}: valid load table, {lt.meta.num_layers} layers x {lt.meta.num_experts} experts, "
+              f"{int(lt.counts.sum())} routed token-slots (counts only: no cache replay)")
+        return 0
     if kind == "workload":
         from traces.workload import read_workload
 
@@ -140,7 +167,14 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 def _cmd_stats(a: argparse.Namespace) -> int:
     path = Path(a.file)
-    if _kind(path) == "workload":
+    kind = _kind(path)
+    if kind == "load":
+        from traces.load_table import format_load_stats, load_stats, read_load_table
+
+        s = load_stats(read_load_table(path))
+        print(json.dumps(s) if a.json else format_load_stats(s))
+        return 0
+    if kind == "workload":
         from traces.stats import workload_stats
         from traces.workload import read_workload
 
@@ -202,7 +236,9 @@ def main(argv: list[str]) -> int:
     parser = _build_parser()
     a = parser.parse_args(argv)
     try:
+        from traces.capture_cli import cmd_capture
+
         return {"import": _cmd_import, "validate": _cmd_validate, "stats": _cmd_stats,
-                "fit": _cmd_fit, "synth": _cmd_synth}[a.cmd](a)
+                "fit": _cmd_fit, "synth": _cmd_synth, "capture": cmd_capture}[a.cmd](a)
     except (OSError, UnicodeError) as exc:  # unreadable files, permissions: one line, no traceback
         raise TraceFormatError(f"{getattr(exc, 'filename', '') or ''} {exc}".strip()) from None

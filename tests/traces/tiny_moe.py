@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CHARS = "abcdefghijklmnopqrstuvwxyz .,?!0123456789"
+CHARS = "abcdefghijklmnopqrstuvwxyz .,?!+=-0123456789"
 VOCAB = 64  # [UNK]=0, <eos>=1, then CHARS; the rest unused
 
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
