@@ -84,6 +84,8 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
             _fail(prog, str(exc), runs)
         if isinstance(exc, HydraException | OmegaConfBaseException):
             _fail(prog, hydra_error_line(exc), runs)
+        if isinstance(exc, ValueError) and not runs.any_started:  # Hydra's flag checks
+            _fail(prog, short_error(exc), runs)
         runs.remove_failed()
         raise
     except BaseException:
@@ -248,12 +250,14 @@ class _RunDirs:
                 p = Path(value).resolve()
                 self.explicit[p] = p.exists()
         self.created: list[tuple[Path, str, Path | None]] = []
+        self.any_started = False
 
     def started(self) -> None:
         """Called as a job's task starts (Hydra has made its directory and written .hydra/)."""
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        self.any_started = True
         hc = HydraConfig.get()
         d = Path(hc.runtime.output_dir).resolve()
         job = str(hc.job.name)

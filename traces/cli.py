@@ -8,7 +8,7 @@
     moesim trace stats FILE [--json] [--plots DIR]
     moesim trace fit TRACE.parquet -o PARAMS.json
     moesim trace synth --params NAME|FILE --requests N --tokens-per-request T --seed S -o OUT.parquet
-    moesim trace synth --kind uniform|zipf [--zipf-a A] --model NAME|FILE ...
+    moesim trace synth --kind uniform|zipf [--zipf-a A] --params NAME|FILE -o OUT.parquet
 
 Bad input raises :class:`~sim.errors.MoesimError`; the ``moesim`` dispatcher prints it on one line
 and exits 2, and no output file is written (writes are atomic and come last).

@@ -1,0 +1,71 @@
+"""Every Hydra app's config composes (Hydra's compose API) and converts to its schema dataclass;
+every app YAML starts its defaults with its schema, so an unknown key or a wrong type is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from sim.schemas import APPS, app_config, register_app_schemas
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+#: values for the keys an app's YAML leaves ??? (the command line must give them)
+REQUIRED = {"trace.path": "t.parquet", "checkpoint": "ck"}
+
+
+def _compose(name: str, overrides: list[str] = ()):  # type: ignore[assignment]
+    register_app_schemas()
+    with initialize_config_module("conf", version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def _filled(name: str, overrides: list[str] = ()):  # type: ignore[assignment]
+    cfg = _compose(name, overrides)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    assert set(missing) <= set(REQUIRED), missing
+    return _compose(name, [*overrides, *(f"{k}={REQUIRED[k]}" for k in missing)])
+
+
+def test_every_app_yaml_has_a_schema():
+    apps = sorted(p.stem for p in CONF.glob("*.yaml"))
+    assert apps == sorted(APPS)
+    for name in apps:
+        defaults = yaml.safe_load((CONF / f"{name}.yaml").read_text()).get("defaults", [])
+        assert defaults and defaults[0] == f"{name}_schema", name
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_app_config_composes_and_converts(name):
+    obj = app_config(_filled(name), APPS[name])
+    assert isinstance(obj, APPS[name])
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_unknown_key_and_wrong_type_are_refused(name):
+    with pytest.raises(ConfigCompositionException):
+        _compose(name, ["no_such_key=1"])
+    cfg = _compose(name)
+    int_key = next(k for k in cfg if OmegaConf.get_type(cfg, k) is int)
+    with pytest.raises(ConfigCompositionException):
+        _compose(name, [f"{int_key}=x"])
+
+
+def test_app_values_are_the_yaml_values():
+    cache = app_config(_filled("cache"), APPS["cache"])
+    assert cache.capacity_fracs == [0.25, 0.5, 0.75] and cache.model is None
+    assert cache.expert_bytes is None and cache.trace.max_requests is None
+    chosen = app_config(_filled("cache", ["model=mixtral-8x7b"]), APPS["cache"])
+    assert chosen.model.name == "mixtral-8x7b"
+    tiny = app_config(_filled("predictor_train", ["predictor=tiny"]), APPS["predictor_train"])
+    assert tiny.predictor.window == 32 and tiny.predictor.token.d_model == 32
+    layers = app_config(_filled("predictor_train", ["predictor=layers"]), APPS["predictor_train"])
+    assert layers.predictor.token.mode == "token_layers" and layers.predictor.token.epochs == 8
+    bench = app_config(_filled("kernels_bench"), APPS["kernels_bench"])
+    assert bench.out_dir is None and bench.tune_space.num_warps == [4, 8]
+    replay = app_config(_filled("realrun_replay"), APPS["realrun_replay"])
+    assert replay.trace.path is None and replay.model.name == "deepseek-v2-lite"
