@@ -1,8 +1,10 @@
-"""Pure policies (cache, prefetch, placement, scheduling) shared by sim, the replay and realrun.
+"""Pure policies (cache, prefetch, placement, scheduling, routing) shared by sim, the replay and
+realrun, one folder per kind (``cache/``, ``prefetch/``, ``placement/``, ``scheduler/``,
+``router/``), one module per registered name.
 
 Never import simpy or torch here or in any policy module (tests/sim/test_policies_pure.py checks).
 """
 
-from sim.policies.base import CACHE, PLACEMENT, PREFETCH, SCHEDULER
+from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER
 
-__all__ = ["CACHE", "PLACEMENT", "PREFETCH", "SCHEDULER"]
+__all__ = ["CACHE", "PLACEMENT", "PREFETCH", "ROUTER", "SCHEDULER"]

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.policies import PLACEMENT
-from sim.policies.exhaustive import best_layer
-from sim.policies.rebalance import moves
+from sim.policies.placement.exhaustive import best_layer
+from sim.policies.placement.rebalance import moves
 
 
 def _slots(plan, L, G):

@@ -7,7 +7,7 @@ import pytest
 
 from sim.policies import PREFETCH
 from sim.policies.base import PrefetchContext
-from sim.policies.task_aware import reroute
+from sim.policies.prefetch.emoe_task import reroute
 from traces.format import RoutingTrace, TraceMeta, make_tokens
 
 

@@ -7,8 +7,8 @@ Inference for Mixture of Experts", NeurIPS 2024, arXiv 2303.06182, Sec. 5).
 
 from __future__ import annotations
 
-from sim.policies._ordered import OrderedCache
 from sim.policies.base import CACHE
+from sim.policies.cache._ordered import OrderedCache
 
 
 @CACHE.register("fifo")

@@ -13,14 +13,13 @@ latest (a step's misses load in increasing id order).
 
 from __future__ import annotations
 
-from sim.policies._ordered import OrderedCache
 from sim.policies.base import CACHE
+from sim.policies.cache._ordered import OrderedCache
 
 
 @CACHE.register("lifo")
 class LIFOBufferingCache(OrderedCache):
     _touch_hits = False
     _from_back = True
-    _uses_active = True
-    #: the replay's batch mode passes the batch's experts as ``active`` to policies that use it
+    #: a driver serving batches passes the batch's experts as ``active`` (replay batch mode, sim)
     uses_active = True

@@ -8,15 +8,10 @@ order in increasing id order.
 
 from __future__ import annotations
 
-from typing import Any
-
-from sim.policies._ordered import OrderedCache
 from sim.policies.base import CACHE
+from sim.policies.cache._ordered import OrderedCache
 
 
 @CACHE.register("lru")
 class LRUCache(OrderedCache):
     _touch_hits = True
-
-    def __init__(self, capacity: int, num_keys: int, **kw: Any) -> None:
-        super().__init__(capacity, num_keys, **kw)

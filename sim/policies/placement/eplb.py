@@ -15,6 +15,7 @@ Load prediction is left to the caller, as in EPLB (the planning window's loads).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,11 +55,19 @@ def pack(weights: np.ndarray, items: np.ndarray, bins: int, cap: int) -> list[li
     return out
 
 
+@dataclass(frozen=True)
+class EPLBConfig:
+    num_redundant: int | None = None  # extra replicas per layer (None: to fill the last GPU slot row)
+    num_nodes: int = 1  # > 1: hierarchical (nodes first, then each node's GPUs)
+
+
 @PLACEMENT.register("eplb")
 class EPLBPlacement(PlacementPolicy):
-    def __init__(self, num_gpus: int, num_redundant: int | None = None, num_nodes: int = 1,
-                 **kw: Any) -> None:
-        super().__init__(num_gpus, **kw)
+    Config = EPLBConfig
+
+    def __init__(self, num_gpus: int, cfg: Any = None) -> None:
+        super().__init__(num_gpus, cfg)
+        num_redundant, num_nodes = self.cfg.num_redundant, self.cfg.num_nodes
         if num_nodes < 1 or num_gpus % num_nodes:
             raise ConfigError(f"eplb: num_gpus {num_gpus} must be a multiple of num_nodes {num_nodes}")
         self.num_redundant, self.num_nodes = num_redundant, num_nodes

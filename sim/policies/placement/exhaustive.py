@@ -8,6 +8,7 @@ Refuses more than ``max_experts`` experts per layer (the search is multinomial).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,11 +44,18 @@ def best_layer(load: np.ndarray, G: int) -> tuple[float, list[int]]:
     return float(best[0]), best[1]
 
 
+@dataclass(frozen=True)
+class ExhaustiveConfig:
+    max_experts: int = 16  # refuse larger layers (the search is multinomial)
+
+
 @PLACEMENT.register("exhaustive")
 class ExhaustivePlacement(PlacementPolicy):
-    def __init__(self, num_gpus: int, max_experts: int = 16, **kw: Any) -> None:
-        super().__init__(num_gpus, **kw)
-        self.max_experts = max_experts
+    Config = ExhaustiveConfig
+
+    def __init__(self, num_gpus: int, cfg: Any = None) -> None:
+        super().__init__(num_gpus, cfg)
+        self.max_experts = self.cfg.max_experts
 
     def place(self, load: np.ndarray) -> Placement:
         load = np.asarray(load, dtype=np.float64)  # (L, E)

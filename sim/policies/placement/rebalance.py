@@ -9,6 +9,7 @@ expert size).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,22 @@ def moves(old: Placement, new: Placement) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class RebalanceConfig:
+    inner: str = "greedy"  # the placement policy replanned
+    window: int = 100  # batches whose loads a replan sees
+    period: int = 50  # batches between replans
+    inner_kwargs: dict[str, Any] | None = None  # the inner policy's arguments
+
+
 @PLACEMENT.register("rebalance")
 class PeriodicRebalance(PlacementPolicy):
-    def __init__(self, num_gpus: int, inner: str = "greedy", window: int = 100, period: int = 50,
-                 inner_kwargs: dict[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(num_gpus, **kw)
+    Config = RebalanceConfig
+
+    def __init__(self, num_gpus: int, cfg: Any = None) -> None:
+        super().__init__(num_gpus, cfg)
+        inner, window, period = self.cfg.inner, self.cfg.window, self.cfg.period
+        inner_kwargs = self.cfg.inner_kwargs
         if window < 1 or period < 1:
             raise ConfigError(f"rebalance: window and period must be >= 1, got {window}, {period}")
         if inner == "rebalance":

@@ -12,20 +12,32 @@ loads all experts for the first prompt; a caller with a smaller budget keeps the
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sim.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
-from sim.policies.emoe_l import top_ids
+from sim.policies.prefetch._ids import top_ids
+
+
+@dataclass(frozen=True)
+class EMoEAConfig:
+    period: int = 40  # prompts between predictor reruns (p in the paper)
+    window: int = 40  # observed prompts the prediction ranks by
+    set_size: int | None = None  # experts per layer (None: all with a positive count)
 
 
 @PREFETCH.register("emoe_a")
 class EMoEAPrefetch(PrefetchPolicy):
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, period: int = 40,
-                 window: int = 40, set_size: int | None = None, **kw: Any) -> None:
-        super().__init__(num_layers, num_experts, top_k)
+    Config = EMoEAConfig
+    plans_requests = True
+    observes = True
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
+        super().__init__(num_layers, num_experts, top_k, cfg)
+        period, window, set_size = self.cfg.period, self.cfg.window, self.cfg.set_size
         if period < 1 or window < 1:
             raise ConfigError(f"emoe_a: period and window must be >= 1, got {period}, {window}")
         self.period, self.window, self.set_size = period, window, set_size

@@ -13,26 +13,33 @@ request are paired). ``next_layer(ctx, l, experts)`` scores each expert j of lay
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sim.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
+from sim.policies.prefetch._ids import top_ids
 
 
-def top_ids(score: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` ids with the largest positive score, larger score first, ties smaller id first."""
-    order = np.lexsort((np.arange(len(score)), -score))  # (E,)
-    order = order[score[order] > 0]
-    return order[:n].astype(np.int64)
+@dataclass(frozen=True)
+class EMoELConfig:
+    num_predict: int | None = None  # experts predicted (None: top_k x experts given)
+    max_predict: int | None = None  # cap on num_predict
+    learn_online: bool = True  # learn transitions from observe()
 
 
 @PREFETCH.register("emoe_l")
 class EMoELayerPrefetch(PrefetchPolicy):
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, num_predict: int | None = None,
-                 max_predict: int | None = None, learn_online: bool = True, **kw: Any) -> None:
-        super().__init__(num_layers, num_experts, top_k)
+    Config = EMoELConfig
+    predicts_next_layer = True
+    observes = True
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
+        super().__init__(num_layers, num_experts, top_k, cfg)
+        num_predict, max_predict = self.cfg.num_predict, self.cfg.max_predict
+        learn_online = self.cfg.learn_online
         if num_predict is not None and num_predict < 0:
             raise ConfigError(f"emoe_l: num_predict must be >= 0, got {num_predict}")
         self.num_predict, self.max_predict = num_predict, max_predict

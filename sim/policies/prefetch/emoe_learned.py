@@ -19,6 +19,7 @@ torch is imported only inside the constructor (through ``sim.predictor``), so im
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,25 @@ from sim.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
 
 
+@dataclass(frozen=True)
+class EMoELearnedConfig:
+    checkpoint: str = ""  # predictor directory from 'moesim predictor train' (required)
+    period: int = 40  # prompts between predictor reruns
+    set_size: int | None = None  # experts per layer (None: the checkpoint's)
+    sensitivity: str | None = None  # a sensitivity.json from 'moesim predictor eval'
+    call_s: float | None = None  # seconds one predictor call costs (None: measured)
+
+
 @PREFETCH.register("emoe_learned")
 class EMoELearned(PrefetchPolicy):
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, checkpoint: str = "",
-                 period: int = 40, set_size: int | None = None, sensitivity: str | None = None,
-                 call_s: float | None = None, **kw: Any) -> None:
-        super().__init__(num_layers, num_experts, top_k)
+    Config = EMoELearnedConfig
+    plans_requests = True
+    observes = True
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
+        super().__init__(num_layers, num_experts, top_k, cfg)
+        checkpoint, period, set_size = self.cfg.checkpoint, self.cfg.period, self.cfg.set_size
+        sensitivity, call_s = self.cfg.sensitivity, self.cfg.call_s
         if not checkpoint:
             raise ConfigError("prefetch policy emoe_learned needs checkpoint=DIR (from "
                               "'moesim predictor train')")

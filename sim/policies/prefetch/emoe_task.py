@@ -19,13 +19,14 @@ resident expert not already chosen; rerouted choices count against routing fidel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sim.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
-from sim.policies.emoe_l import top_ids
+from sim.policies.prefetch._ids import top_ids
 
 
 def reroute(experts: np.ndarray, resident: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, int]:
@@ -48,13 +49,24 @@ def reroute(experts: np.ndarray, resident: np.ndarray, scores: np.ndarray) -> tu
     return ex, moved
 
 
+@dataclass(frozen=True)
+class EMoETaskConfig:
+    top: int | None = None  # experts loaded per layer (L in the paper; None: all)
+    sensitivity: dict[str, Any] | None = None  # task -> 0/1 per layer (or one for all)
+    output_tokens: dict[str, float] | None = None  # task -> profiled output length W_o
+    default_output_tokens: float = 128  # W_o of a task not in output_tokens
+
+
 @PREFETCH.register("emoe_task")
 class TaskAwareLoading(PrefetchPolicy):
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, top: int | None = None,
-                 sensitivity: dict[str, Any] | None = None,
-                 output_tokens: dict[str, float] | None = None, default_output_tokens: float = 128,
-                 **kw: Any) -> None:
-        super().__init__(num_layers, num_experts, top_k)
+    Config = EMoETaskConfig
+    plans_requests = True
+    observes = True
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
+        super().__init__(num_layers, num_experts, top_k, cfg)
+        top, sensitivity = self.cfg.top, self.cfg.sensitivity
+        output_tokens, default_output_tokens = self.cfg.output_tokens, self.cfg.default_output_tokens
         self.top = top if top is not None else num_experts
         self.sens: dict[str, np.ndarray] = {}
         for task, s in (sensitivity or {}).items():

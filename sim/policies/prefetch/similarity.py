@@ -13,20 +13,34 @@ step). The library keeps the last ``max_history`` finished requests. No history:
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sim.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
-from sim.policies.emoe_l import top_ids
+from sim.policies.prefetch._ids import top_ids
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    num_predict: int | None = None  # experts predicted (None: 2 x top_k)
+    max_history: int = 1000  # finished requests kept in the library
+    refresh: int = 1  # layer steps between re-matches
 
 
 @PREFETCH.register("similarity")
 class TraceSimilarityPrefetch(PrefetchPolicy):
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, num_predict: int | None = None,
-                 max_history: int = 1000, refresh: int = 1, **kw: Any) -> None:
-        super().__init__(num_layers, num_experts, top_k)
+    Config = SimilarityConfig
+    plans_requests = True
+    predicts_next_layer = True
+    observes = True
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
+        super().__init__(num_layers, num_experts, top_k, cfg)
+        num_predict, max_history = self.cfg.num_predict, self.cfg.max_history
+        refresh = self.cfg.refresh
         if max_history < 1 or refresh < 1:
             raise ConfigError("similarity: max_history and refresh must be >= 1")
         self.num_predict = num_predict if num_predict is not None else 2 * top_k

@@ -21,6 +21,7 @@ Runs on every call (the simulator calls it on arrivals and completions):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sim.errors import ConfigError
@@ -32,11 +33,21 @@ def remaining_output(v: RequestView, reset_frac: float = 0.05) -> float:
     return g if g > 0 else reset_frac * v.predicted_output_tokens
 
 
+@dataclass(frozen=True)
+class EMoESchedConfig:
+    load_latency_s: float = 0.0  # dE: profiled expert-loading latency
+    per_token_s: float = 1e-3  # c: profiled per-token cost
+    reset_frac: float = 0.05  # G_i once the prediction ran out, as a share of it
+
+
 @SCHEDULER.register("emoe")
 class EMoEScheduler(SchedulerPolicy):
-    def __init__(self, load_latency_s: float = 0.0, per_token_s: float = 1e-3,
-                 reset_frac: float = 0.05, **kw: Any) -> None:
-        super().__init__(**kw)
+    Config = EMoESchedConfig
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        load_latency_s, per_token_s = self.cfg.load_latency_s, self.cfg.per_token_s
+        reset_frac = self.cfg.reset_frac
         if load_latency_s < 0 or per_token_s < 0 or not 0 <= reset_frac <= 1:
             raise ConfigError("emoe scheduler: load_latency_s, per_token_s >= 0 and reset_frac in "
                               "[0, 1] expected")

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sim.policies.base import SCHEDULER, RequestView, SchedulerPolicy
+from sim.policies.base import SCHEDULER, RequestView, SchedulerPolicy, admit_in_order
 
 
 @SCHEDULER.register("fcfs")
 class FCFSScheduler(SchedulerPolicy):
     def admit(self, now_s: float, waiting: Sequence[RequestView], running: Sequence[RequestView],
               token_budget: int) -> list[int]:
-        out: list[int] = []
-        left = token_budget
-        for v in sorted(waiting, key=lambda v: (v.arrival_s, v.index)):
-            if left <= 0:
-                break
-            out.append(v.index)
-            left -= v.prompt_tokens + v.done_tokens
-        return out
+        return admit_in_order(sorted(waiting, key=lambda v: (v.arrival_s, v.index)), token_budget)

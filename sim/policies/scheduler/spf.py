@@ -8,18 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sim.policies.base import SCHEDULER, RequestView, SchedulerPolicy
+from sim.policies.base import SCHEDULER, RequestView, SchedulerPolicy, admit_in_order
 
 
 @SCHEDULER.register("spf")
 class ShortestPredictedFirst(SchedulerPolicy):
     def admit(self, now_s: float, waiting: Sequence[RequestView], running: Sequence[RequestView],
               token_budget: int) -> list[int]:
-        out: list[int] = []
-        left = token_budget
-        for v in sorted(waiting, key=lambda v: (v.predicted_output_tokens, v.arrival_s, v.index)):
-            if left <= 0:
-                break
-            out.append(v.index)
-            left -= v.prompt_tokens + v.done_tokens
-        return out
+        order = sorted(waiting, key=lambda v: (v.predicted_output_tokens, v.arrival_s, v.index))
+        return admit_in_order(order, token_budget)

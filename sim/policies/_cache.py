@@ -1,0 +1,210 @@
+"""The cache-policy interface and the one routine that serves a step (re-exported by ``base``).
+
+A cache policy supplies its rule only: :meth:`CachePolicy._victims` (which resident keys go, in
+eviction order) and the touch hooks :meth:`~CachePolicy._on_step` / :meth:`~CachePolicy._on_insert`
+(what a served step or a prefetch does to its own state). :meth:`CachePolicy._serve` applies the
+protocol once; ``access``, ``access_steps``, ``replay`` and ``insert`` are all built on it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sim.errors import ConfigError
+from sim.policies._registry import NoArgs, Registry
+from sim.world import CacheCounts
+
+#: the active set of a step with none (or of a policy that ignores it)
+NO_KEYS: frozenset[int] = frozenset()
+
+
+class CachePolicy(ABC):
+    """A cache of ``capacity`` slots over keys ``0..num_keys-1``; subclasses pick victims.
+
+    Driving protocol (the simulator, the replay and realrun all use exactly this):
+
+    ``access(step, keys, active=None)`` serves one step that needs ``keys`` (distinct ints) at
+    once. Resident keys are hits. Missing keys are loaded in increasing key order; each load into
+    a full cache first evicts a victim the policy picks (``_victims``) among resident keys *not*
+    in ``keys``. If every resident key is needed by the step (capacity < len(keys)), the key
+    streams through: it counts as a miss and is not kept. Returns ``(misses, evicted)``, both
+    lists in the order they happened.
+
+    ``active`` is the set of keys the surrounding batch still needs (Huang et al.'s "active
+    experts"); it reaches only policies declaring ``uses_active``, the others behave as if it
+    were empty.
+
+    ``insert(step, keys, protect=())`` loads keys ahead of need (prefetch) with the same eviction
+    rule, never evicting a key in ``protect``; it returns ``(loaded, evicted)``.
+
+    Steps are non-decreasing ints. Oracles (``requires_future = True``) are handed the whole
+    access sequence first via ``set_future``: ``future[i]`` is the array of keys step ``i`` will
+    access.
+
+    Hooks every driver calls (no-ops here, so a driver calls them unconditionally):
+    ``begin_request(index)`` when a request starts (meaningful where ``uses_requests``) and
+    ``set_predicted(keys)`` when a predictor names the next prompts' experts (``uses_prediction``).
+
+    ``counts`` (a :class:`sim.world.CacheCounts`) tallies what the cache did: hits, misses,
+    streamed (misses not kept), evictions (by steps and by prefetch), prefetched (keys ``insert``
+    loaded).
+    """
+
+    name: ClassVar[str] = "?"
+    Config: ClassVar[type] = NoArgs
+    #: reads the future: the driver calls ``set_future`` first (Belady)
+    requires_future: ClassVar[bool] = False
+    #: its victims depend on the ``active`` set the driver passes (Huang et al.'s buffering)
+    uses_active: ClassVar[bool] = False
+    #: has ``set_predicted`` (eMoE's keep-the-predicted-set)
+    uses_prediction: ClassVar[bool] = False
+    #: has a meaningful ``begin_request`` (MoE-Infinity's per-request priority)
+    uses_requests: ClassVar[bool] = False
+
+    def __init__(self, capacity: int, num_keys: int, cfg: Any = None) -> None:
+        if capacity < 0:
+            raise ConfigError(f"cache capacity must be >= 0, got {capacity}")
+        self.capacity = int(capacity)
+        self.num_keys = int(num_keys)
+        self.cfg = cfg if cfg is not None else type(self).Config()
+        self.resident: set[int] = set()
+        self.counts = CacheCounts()
+
+    # -- the rule: what a subclass supplies -----------------------------------------------------
+    @abstractmethod
+    def _victims(self, step: int, n: int, exclude: Collection[int], active: Collection[int]
+                 ) -> list[int]:
+        """``n`` (>= 1) distinct resident keys not in ``exclude``, in eviction order; there are at
+        least ``n`` such keys. ``active``: the batch's active set (empty unless ``uses_active``).
+        The victims are evicted right after; the policy learns of it in the touch hook."""
+
+    def _on_step(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
+                 ) -> None:
+        """Touch hook of a served step: ``row`` its keys (increasing), ``loaded`` its misses now
+        resident (in load order; the other misses streamed through), ``evicted`` the victims that
+        made room. Hits are the keys of ``row`` resident before the step."""
+
+    def _on_insert(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
+                   ) -> None:
+        """Touch hook of a prefetch: ``loaded`` keys now resident, ``evicted`` the victims.
+        ``row`` also holds the protected resident keys (they are not touched)."""
+
+    # -- the one routine ------------------------------------------------------------------------
+    def _serve(self, first_step: int, rows: Iterable[list[int]], active: Collection[int],
+               log: list[tuple[list[int], list[int]]] | None = None, prefetch: bool = False
+               ) -> int:
+        """Serve steps ``first_step + i`` needing ``rows[i]`` (distinct keys, increasing; an empty
+        row takes no step). Returns the misses. ``log`` (if given) receives ``(misses, evicted)``
+        per row. With ``prefetch`` a row is an ``insert``: its resident keys are the protected
+        ones, its missing keys those to load; ``log`` receives ``(loaded, evicted)`` then.
+
+        Per step: missing keys, in row order, are loaded into free slots; past those, each
+        evicts one resident key outside the row (``_victims``); once no such key is left the
+        remaining ones stream through (not kept)."""
+        res = self.resident
+        cap = self.capacity
+        victims = self._victims
+        touch = self._on_insert if prefetch else self._on_step
+        n_keys = misses = streamed = evictions = 0
+        for step, row in enumerate(rows, first_step):
+            if not row:
+                if log is not None:
+                    log.append(([], []))
+                continue
+            n_keys += len(row)
+            miss = [k for k in row if k not in res]
+            kept = miss
+            ev: list[int] = []
+            if miss:
+                nm = len(miss)
+                misses += nm
+                room = cap - len(res)
+                if nm > room:
+                    # victims: resident keys outside the row, as many as the misses past the
+                    # free slots need, and no more than there are
+                    n_ev = min(nm - room, len(res) - len(row) + nm)
+                    if n_ev:
+                        ev = victims(step, n_ev, row, active)
+                        res.difference_update(ev)
+                        evictions += n_ev
+                    kept = miss[:room + n_ev]
+                    streamed += nm - len(kept)
+                res.update(kept)
+            touch(step, row, kept, ev)
+            if log is not None:
+                log.append((kept if prefetch else miss, ev))
+        c = self.counts
+        c.evictions += evictions
+        if prefetch:
+            c.prefetched += misses - streamed
+        else:
+            c.hits += n_keys - misses
+            c.misses += misses
+            c.streamed += streamed
+        return misses
+
+    def _active(self, active: Iterable[int] | None) -> Collection[int]:
+        """The active set as the policy sees it (empty unless it declares ``uses_active``)."""
+        if active is None or not self.uses_active:
+            return NO_KEYS
+        return active if isinstance(active, set | frozenset) else frozenset(int(k) for k in active)
+
+    # -- hooks every driver calls ---------------------------------------------------------------
+    def set_future(self, future: Sequence[np.ndarray]) -> None:
+        if self.requires_future:
+            raise NotImplementedError
+
+    def begin_request(self, index: int) -> None:  # noqa: B027 - a no-op unless uses_requests
+        """A new request starts (policies with per-request state, e.g. MoE-Infinity's, reset it)."""
+
+    def set_predicted(self, keys: Iterable[int]) -> None:  # noqa: B027 - unless uses_prediction
+        """A predictor names the keys the next prompts will use (eMoE keeps them)."""
+
+    # -- protocol -------------------------------------------------------------------------------
+    def access(self, step: int, keys: Iterable[int], active: Iterable[int] | None = None
+               ) -> tuple[list[int], list[int]]:
+        log: list[tuple[list[int], list[int]]] = []
+        self._serve(step, (sorted(set(int(k) for k in keys)),), self._active(active), log)
+        return log[0]
+
+    def access_steps(self, first_step: int, rows: Sequence[Any], active: Iterable[int] | None = None
+                     ) -> tuple[list[int], int]:
+        """Serve steps ``first_step + i`` needing ``rows[i]`` (a collection of distinct keys, maybe
+        empty: no step is taken then, but the step number still advances) under one ``active`` set.
+
+        Returns (misses per row, keys streamed through). Exactly equivalent to calling
+        :meth:`access` once per non-empty row (the simulator calls this once per GPU and
+        iteration, for all layers).
+        """
+        log: list[tuple[list[int], list[int]]] = []
+        before = self.counts.streamed
+        self._serve(first_step, [sorted(r) for r in rows], self._active(active), log)
+        return [len(m) for m, _ in log], self.counts.streamed - before
+
+    def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
+        """Serve steps ``first_step + i`` needing ``keys[i]`` (S, K) distinct ints; return misses.
+
+        Exactly equivalent to calling :meth:`access` once per row (no ``active`` set); the cache
+        replay uses it for a layer's whole step sequence.
+        """
+        return self._serve(first_step, np.sort(np.asarray(keys), axis=1).tolist(), NO_KEYS)
+
+    def insert(self, step: int, keys: Iterable[int], protect: Iterable[int] = ()
+               ) -> tuple[list[int], list[int]]:
+        """Load ``keys`` ahead of need (those not resident, in increasing order) with the step
+        rule; a key in ``protect`` is never evicted; loads stop when no other victim is left."""
+        res = self.resident
+        todo = set(int(k) for k in keys) - res
+        if not todo:
+            return [], []
+        held = {int(k) for k in protect}.intersection(res)
+        log: list[tuple[list[int], list[int]]] = []
+        self._serve(step, (sorted(todo | held),), NO_KEYS, log, prefetch=True)
+        return log[0]
+
+
+CACHE: Registry[CachePolicy] = Registry("cache", ("capacity", "num_keys"))

@@ -1,0 +1,1 @@
+"""Request routers (which replica a new request joins), one module per registered name."""

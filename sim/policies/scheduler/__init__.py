@@ -1,0 +1,1 @@
+"""Scheduling (admission) policies, one module per registered name."""
