@@ -96,6 +96,8 @@ def _decode_npy_b64(s: Any, where: str) -> np.ndarray:
                                f"and send return_routed_experts)")
     try:
         raw = base64.b64decode(s, validate=True)
+        if not raw.startswith(b"\x93NUMPY"):
+            raise ValueError("no .npy header")
         return np.load(io.BytesIO(raw), allow_pickle=False)
     except (binascii.Error, ValueError, OSError, EOFError) as exc:
         raise TraceFormatError(f"{where}: routed_experts is not base64 of a .npy array "
@@ -151,6 +153,8 @@ def _vllm_jsonl(path: Path) -> list[tuple[str, str | None, np.ndarray, int, int,
 
 def _vllm_npz(path: Path) -> tuple[str, None, np.ndarray, int, int, str]:
     where = str(path)
+    if not zipfile.is_zipfile(path):
+        raise TraceFormatError(f"{where}: not a .npz file (numpy.savez writes a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
@@ -233,8 +237,9 @@ def _read_parquet(path: Path, columns: list[str], max_rows: int | None):
             n += b.num_rows
             if n >= max_rows:
                 break
-        return pa.Table.from_batches(batches, schema=pf.schema_arrow.select(columns) if batches else None
-                                     ).slice(0, max_rows)
+        if not batches:
+            return pf.read(columns=columns)
+        return pa.Table.from_batches(batches).slice(0, max_rows)
     except TraceFormatError:
         raise
     except Exception as exc:
