@@ -244,11 +244,14 @@ class _RunDirs:
         self.cwd = Path.cwd().resolve()
         #: hydra.run.dir / hydra.sweep.dir given on the command line -> existed before the run
         self.explicit: dict[Path, bool] = {}
+        #: explicit dir -> its deepest ancestor that existed before the run (removal stops there)
+        self.root: dict[Path, Path] = {}
         for arg in argv:
             key, sep, value = arg.lstrip("+").partition("=")
             if sep and key in ("hydra.run.dir", "hydra.sweep.dir") and value:
                 p = Path(value).resolve()
                 self.explicit[p] = p.exists()
+                self.root[p] = p if p.exists() else next(a for a in p.parents if a.exists())
         self.created: list[tuple[Path, str, Path | None]] = []
         self.any_started = False
 
@@ -278,9 +281,10 @@ class _RunDirs:
             if d == self.cwd or d in self.cwd.parents or not self._only_hydra_files(d, job):
                 continue
             shutil.rmtree(d, ignore_errors=True)
-            stop = {p for p, existed in self.explicit.items() if existed}
+            # parents made for it go too: below the explicit dir's old ancestor, or below cwd
+            top = next((r for e, r in self.root.items() if e == d or e in d.parents), self.cwd)
             for parent in d.parents:
-                if parent in stop or parent == self.cwd or parent in self.cwd.parents:
+                if parent == top or top not in parent.parents:
                     break
                 if parent == sweep and self._only_hydra_files(parent, job):
                     (parent / "multirun.yaml").unlink(missing_ok=True)

@@ -273,7 +273,8 @@ def test_train_rejects_impossible_settings(tmp_path):
            "predictor=tiny", "predictor.token.epochs=0", f"hydra.run.dir={tmp_path / 'tr'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip() == "moesim: error: predictor.token.epochs=0; expected an integer >= 1"
+    assert out.stderr.strip() == ("moesim predictor train: error: predictor.token.epochs=0; "
+                                  "expected an integer >= 1")
     assert not (tmp_path / "tr" / "checkpoint").exists()
 
 
