@@ -1,8 +1,9 @@
 """The ``moesim`` console script: one dispatcher, one module per subcommand.
 
-File tools (``moesim trace ...``) parse their own flags with argparse; experiment subcommands
-(``sim``, ``cache``, ``predictor``, ``realrun``, ``kernels bench``, ``demo``) are Hydra apps, so
-they take ``key=value`` overrides, ``-m`` sweeps and ``hydra.run.dir=DIR``.
+File tools (``trace``, ``report``) parse their own flags with argparse; experiment subcommands
+(``sim``, ``cache``, ``placement``, ``predictor``, ``realrun``, ``kernels bench``, ``demo``) are
+Hydra apps (:mod:`sim.hydra_app`, schemas in :mod:`sim.config` and :mod:`sim.schemas`), so they
+take ``key=value`` overrides, ``-m`` sweeps, ``hydra.run.dir=DIR`` and ``--cfg job``.
 
 Every subcommand module exposes ``main(argv: list[str]) -> int``; it is imported only when used,
 so ``moesim trace stats`` never pays for importing torch.

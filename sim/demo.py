@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.config import register_configs, to_sim_config
+from sim.config import to_sim_config
 from sim.metrics import format_table
 
 COLUMNS = ["run", "budget", "hit rate", "H2D GB", "stall s", "TTFT p50 s", "TPOT p50 ms",
@@ -71,5 +71,4 @@ def task(cfg_node: Any) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     from sim.hydra_app import run_hydra
 
-    register_configs()
-    return run_hydra("demo", task, argv, prog="moesim demo")
+    return run_hydra("demo", task, argv, prog="moesim demo")  # registers demo_schema
