@@ -151,7 +151,14 @@ class _Loaded:
 
 
 def _load(model_dir: Path, dtype: str, device: str) -> _Loaded:
-    from traces.capture_arch import arch_for, find_routers, num_experts_of, router_params, shared_experts
+    from traces.capture_arch import (
+        arch_for,
+        expert_bytes_of,
+        find_routers,
+        num_experts_of,
+        router_params,
+        shared_experts,
+    )
 
     cfg_file = model_dir / "config.json"
     if not model_dir.is_dir() or not cfg_file.is_file():
@@ -184,6 +191,7 @@ def _load(model_dir: Path, dtype: str, device: str) -> _Loaded:
         source=f"moesim trace capture: {model_dir}", layer_ids=[i for i, _ in routers],
         extra={"architecture": arch.name, "model_type": arch.model_type, "routing": arch.routing_text,
                "shared_experts": shared_experts(arch, model.config),
+               "expert_bytes": expert_bytes_of(model, routers[0][0], E),
                "transformers": transformers.__version__, "torch": torch.__version__,
                "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")})
     params = [router_params(arch, mod, model.config) for _, mod in routers]

@@ -89,6 +89,17 @@ def find_routers(model: Any, arch: Arch) -> list[tuple[int, Any]]:
     return found
 
 
+def expert_bytes_of(model: Any, layer: int, num_experts: int) -> int | None:
+    """Bytes of one routed expert of decoder layer ``layer``: the parameters of that layer's
+    ``experts`` module (fused (E, ...) tensors in transformers >= 5) divided by E; None if absent."""
+    for name, mod in model.named_modules():
+        m = _LAYER_RE.search(name)
+        if m and int(m.group(1)) == layer and name.endswith(".experts"):
+            total = sum(p.numel() * p.element_size() for p in mod.parameters())
+            return int(total // num_experts) if total else None
+    return None
+
+
 def num_experts_of(router: Any) -> int:
     return int(router.weight.shape[0])
 

@@ -38,6 +38,10 @@ def cmd_capture(a: argparse.Namespace) -> int:
           f"({int((t.tokens['phase'] == 'decode').sum())} decode), {t.num_layers} MoE layers "
           f"{t.meta.layer_ids}, {t.num_experts} experts, top-{t.top_k} ({t.meta.extra['architecture']})"
           + (f"; hidden states in {r.hidden}" if r.hidden else ""))
+    eb = t.meta.extra.get("expert_bytes")
+    if eb:
+        print(f"one routed expert is {eb} bytes ({t.meta.extra['dtype']}): "
+              f"moesim cache trace.path={a.output} expert_bytes={eb}")
     return 0
 
 

@@ -115,6 +115,12 @@ def test_cli_capture_then_stats(tmp_path, capsys):
     assert "Qwen2-MoE" in capsys.readouterr().out
     assert moesim(["trace", "stats", str(out)]) == 0
     assert "tokens" in capsys.readouterr().out
+    from sim.replay import run_replay  # the cache replay takes a captured trace like any other
+
+    tr = read_trace(out)
+    assert tr.meta.extra["expert_bytes"] == 3 * 32 * 16 * 4  # gate, up, down of 32x16, float32
+    recs = run_replay(tr, ["lru"], [0.5], expert_bytes=tr.meta.extra["expert_bytes"])
+    assert recs[0]["accesses"] == tr.num_tokens * tr.num_layers * tr.top_k
 
 
 def test_prefill_only_when_budget_is_one(tmp_path):
