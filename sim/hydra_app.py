@@ -62,6 +62,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     def _task(cfg: Any) -> Any:
         runs.started()
         try:
+            _check_keys(cfg, config_name)
             _check_missing(cfg, prog)
             return task(cfg)
         except MoesimError as exc:
@@ -86,6 +87,10 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
             _fail(prog, hydra_error_line(exc), runs)
         if isinstance(exc, ValueError) and not runs.any_started:  # Hydra's flag checks
             _fail(prog, short_error(exc), runs)
+        if isinstance(exc, AssertionError) and not runs.any_started and "NoneType" in str(exc):
+            # OmegaConf asserts when an override sets a key inside a group left null
+            _fail(prog, "an override sets a key inside a config group that has no config; choose "
+                  "the group first (e.g. model=NAME model.num_layers=4)", runs)
         runs.remove_failed()
         raise
     except BaseException:
@@ -136,6 +141,24 @@ def _check_override_syntax(argv: list[str], prog: str) -> None:
             print(f"{prog}: error: bad override {arg!r}: {short_error(exc)} (quote lists and "
                   f"values with spaces, e.g. 'key=[a,b]')", file=sys.stderr)
             raise SystemExit(2) from None
+
+
+def _check_keys(cfg: Any, config_name: str, prefix: str = "") -> None:
+    """Keys a schema does not have (Hydra lets '+key=...' add them) are an error."""
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+
+    kind = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(kind):
+        extra = sorted(set(cfg.keys()) - {f.name for f in dataclasses.fields(kind)})
+        if extra:
+            raise ConfigError(f"unknown key {prefix + str(extra[0])!r}: the {config_name} config has "
+                              f"no such key (--help lists the keys)")
+    for key in cfg.keys():
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _check_keys(child, config_name, f"{prefix}{key}.")
 
 
 def _check_missing(cfg: Any, prog: str) -> None:
