@@ -118,25 +118,28 @@ class CachePolicy(ABC):
             n_keys += len(row)
             miss = [k for k in row if k not in res]
             kept = miss
-            ev: list[int] = []
+            ev: Sequence[int] = ()
             if miss:
                 nm = len(miss)
                 misses += nm
                 room = cap - len(res)
                 if nm > room:
-                    # victims: resident keys outside the row, as many as the misses past the
-                    # free slots need, and no more than there are
-                    n_ev = min(nm - room, len(res) - len(row) + nm)
+                    # victims: resident keys outside the row, one per miss past the free slots
+                    # while there are any; the misses left after them stream through
+                    n_ev = nm - room
+                    n_cand = len(res) - len(row) + nm
+                    if n_ev > n_cand:
+                        streamed += n_ev - n_cand
+                        n_ev = n_cand
                     if n_ev:
                         ev = victims(step, n_ev, row, active)
                         res.difference_update(ev)
                         evictions += n_ev
                     kept = miss[:room + n_ev]
-                    streamed += nm - len(kept)
                 res.update(kept)
             touch(step, row, kept, ev)
             if log is not None:
-                log.append((kept if prefetch else miss, ev))
+                log.append((kept if prefetch else miss, list(ev)))
         c = self.counts
         c.evictions += evictions
         if prefetch:

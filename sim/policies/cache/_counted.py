@@ -5,8 +5,10 @@ State, per key: ``_count`` uses since the start (resident or not), ``_last`` the
 use and, with ``_per_request``, ``_req`` uses in the current request. Victims come from a lazy
 min-heap of entries ``(req, count, last, key)`` (without ``req`` for LFU): an entry is current
 while its key is resident and its count unchanged (counts only grow; ``begin_request`` and
-compaction rebuild the heap), so stale entries are skipped when popped; every resident key has a
-current entry. The heap is rebuilt when it grows past a few times the capacity.
+compaction rebuild the heap), so stale entries are skipped when popped. Every resident key has a
+current entry outside a step: the touch hooks push one for each key of a step or a prefetch
+(whose entries a victim search may have dropped). The heap is rebuilt when it grows past a few
+times the capacity.
 """
 
 from __future__ import annotations
@@ -44,17 +46,14 @@ class CountedCache(CachePolicy):
                  ) -> list[int]:
         res, cnt, heap = self.resident, self._count, self._heap
         out: list[int] = []
-        held = []  # current entries of excluded keys: they go back
-        while len(out) < n:
+        while n:
             e = heappop(heap)
             k = e[-1]
-            if k in res and e[-3] == cnt[k]:  # current (e[-3] is the count)
-                if k in exclude:
-                    held.append(e)
-                elif k not in out:
-                    out.append(k)
-        for e in held:
-            heappush(heap, e)
+            # current (e[-3] is the count), not excluded (an excluded key's entry is dropped:
+            # the touch hook after the step or prefetch pushes a fresh one)
+            if k in res and e[-3] == cnt[k] and k not in exclude and k not in out:
+                out.append(k)
+                n -= 1
         return out
 
     def _on_step(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
@@ -82,5 +81,7 @@ class CountedCache(CachePolicy):
 
     def _on_insert(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
                    ) -> None:
-        for k in loaded:
-            heappush(self._heap, self._entry(k))
+        # the loaded keys, and the protected ones (their entries may have been dropped)
+        for k in row:
+            if k in self.resident:
+                heappush(self._heap, self._entry(k))

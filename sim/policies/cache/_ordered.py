@@ -33,14 +33,20 @@ class OrderedCache(CachePolicy):
                  ) -> list[int]:
         od = self._order
         out: list[int] = []
-        if active:  # first pass: keys outside the active set
+        if not active:
             for k in (reversed(od) if self._from_back else od):
-                if k not in active and k not in exclude:
+                if k not in exclude:
                     out.append(k)
                     if len(out) == n:
-                        return out
-        for k in (reversed(od) if self._from_back else od):
-            if k not in exclude and (not active or k in active):
+                        break
+            return out
+        for k in (reversed(od) if self._from_back else od):  # keys outside the active set first
+            if k not in active and k not in exclude:
+                out.append(k)
+                if len(out) == n:
+                    return out
+        for k in (reversed(od) if self._from_back else od):  # then the active ones
+            if k in active and k not in exclude:
                 out.append(k)
                 if len(out) == n:
                     break

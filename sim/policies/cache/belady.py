@@ -36,6 +36,7 @@ class BeladyCache(CachePolicy):
     def __init__(self, capacity: int, num_keys: int, cfg: Any = None) -> None:
         super().__init__(capacity, num_keys, cfg)
         self._rank = [0] * self.num_keys  # eviction rank of each resident key (larger goes first)
+        self._by_rank = self._rank.__getitem__
         self._offsets: np.ndarray | None = None
         self._rows: list[list[int]] = []  # the future's keys per step, increasing
         self._ranks: list[list[int]] = []  # their ranks after that step (same order)
@@ -62,11 +63,16 @@ class BeladyCache(CachePolicy):
         self._sorted_keys, self._sorted_steps = sk, ss
         n = self.num_keys
         rank = nu * n + (n - 1 - flat)  # (N,) see _rank_at
-        by_step = np.lexsort((flat, step_of))  # by step, then key
-        keys_l, rank_l = flat[by_step].tolist(), rank[by_step].tolist()
-        bounds = offsets.tolist()
-        self._rows = [keys_l[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        self._ranks = [rank_l[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        if isinstance(future, np.ndarray) and future.ndim == 2:
+            by_key = np.argsort(flat.reshape(S, K), axis=1, kind="stable")  # (S, K)
+            self._rows = np.take_along_axis(flat.reshape(S, K), by_key, axis=1).tolist()
+            self._ranks = np.take_along_axis(rank.reshape(S, K), by_key, axis=1).tolist()
+        else:
+            by_step = np.lexsort((flat, step_of))  # by step, then key
+            keys_l, rank_l = flat[by_step].tolist(), rank[by_step].tolist()
+            bounds = offsets.tolist()
+            self._rows = [keys_l[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            self._ranks = [rank_l[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _need_future(self) -> np.ndarray:
         if self._offsets is None:
@@ -85,23 +91,32 @@ class BeladyCache(CachePolicy):
     # -- the rule -------------------------------------------------------------------------------
     def _victims(self, step: int, n: int, exclude: Collection[int], active: Collection[int]
                  ) -> list[int]:
-        res, by_rank = self.resident, self._rank.__getitem__
-        out = [max(res, key=by_rank)] if n == 1 else nlargest(n, res, key=by_rank)
-        if any(k in exclude for k in out):  # a caller off the future, or protected keys
-            out = nlargest(n, [k for k in res if k not in exclude], key=by_rank)
-        return out
+        res, by_rank = self.resident, self._by_rank
+        if n == 1:
+            v = max(res, key=by_rank)
+            if v not in exclude:
+                return [v]
+        else:
+            out = nlargest(n, res, key=by_rank)
+            for k in out:
+                if k in exclude:
+                    break
+            else:
+                return out
+        # a caller off the future, or protected keys: search among the others
+        return nlargest(n, [k for k in res if k not in exclude], key=by_rank)
 
     def _on_step(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
                  ) -> None:
         rows = self._rows
-        rank = self._rank
         if 0 <= step < len(rows) and rows[step] == row:
+            rank = self._rank
             for k, r in zip(row, self._ranks[step]):
                 rank[k] = r
         else:
             self._need_future()
             for k in row:
-                rank[k] = self._rank_at(k, step, True)
+                self._rank[k] = self._rank_at(k, step, True)
 
     def _on_insert(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
                    ) -> None:
