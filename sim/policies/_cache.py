@@ -82,14 +82,14 @@ class CachePolicy(ABC):
         least ``n`` such keys. ``active``: the batch's active set (empty unless ``uses_active``).
         The victims are evicted right after; the policy learns of it in the touch hook."""
 
-    def _on_step(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
-                 ) -> None:
+    def _on_step(self, step: int, row: list[int], loaded: list[int],  # noqa: B027 - optional
+                 evicted: Sequence[int]) -> None:
         """Touch hook of a served step: ``row`` its keys (increasing), ``loaded`` its misses now
         resident (in load order; the other misses streamed through), ``evicted`` the victims that
         made room. Hits are the keys of ``row`` resident before the step."""
 
-    def _on_insert(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
-                   ) -> None:
+    def _on_insert(self, step: int, row: list[int], loaded: list[int],  # noqa: B027 - optional
+                   evicted: Sequence[int]) -> None:
         """Touch hook of a prefetch: ``loaded`` keys now resident, ``evicted`` the victims.
         ``row`` also holds the protected resident keys (they are not touched)."""
 
