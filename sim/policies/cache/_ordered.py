@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
+from itertools import chain, islice
 from typing import Any, ClassVar
 
 from sim.policies.base import CachePolicy
@@ -32,25 +33,19 @@ class OrderedCache(CachePolicy):
     def _victims(self, step: int, n: int, exclude: Collection[int], active: Collection[int]
                  ) -> list[int]:
         od = self._order
-        out: list[int] = []
         if not active:
+            out: list[int] = []
             for k in (reversed(od) if self._from_back else od):
                 if k not in exclude:
                     out.append(k)
                     if len(out) == n:
                         break
             return out
-        for k in (reversed(od) if self._from_back else od):  # keys outside the active set first
-            if k not in active and k not in exclude:
-                out.append(k)
-                if len(out) == n:
-                    return out
-        for k in (reversed(od) if self._from_back else od):  # then the active ones
-            if k in active and k not in exclude:
-                out.append(k)
-                if len(out) == n:
-                    break
-        return out
+        # Huang et al.: the keys outside the active set first, then the active ones, each in order
+        scan = od.__reversed__ if self._from_back else od.__iter__
+        outside = (k for k in scan() if k not in active and k not in exclude)
+        inside = (k for k in scan() if k in active and k not in exclude)
+        return list(islice(chain(outside, inside), n))
 
     def _on_step(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
                  ) -> None:
@@ -68,8 +63,4 @@ class OrderedCache(CachePolicy):
 
     def _on_insert(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
                    ) -> None:
-        od = self._order
-        for k in evicted:
-            del od[k]
-        for k in loaded:
-            od[k] = None
+        self._on_step(step, [], loaded, evicted)  # a prefetch touches no key of its own
