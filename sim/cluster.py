@@ -62,14 +62,19 @@ class Link:
     ``add(t, nbytes)`` starts a transfer at ``t + latency_s`` (calls come in non-decreasing
     ``t``); ``finish(tid)`` is its completion time given the transfers added so far, exact as
     long as it is asked before a later ``add`` could overlap it (the simulator asks for a copy it
-    waits on before it issues anything later). ``bytes_total`` and ``busy_s`` accumulate.
+    waits on before it issues anything later). ``bytes_total`` accumulates.
+
+    A transfer that ``fetch`` starts on an idle link is held apart (``_solo``: its start clock
+    and bytes) instead of in ``active``: the next ``fetch`` after it has finished drops it in a
+    few float operations, and any other call first puts it into ``active`` exactly as if it had
+    been there all along, so the processor sharing is unchanged.
     """
 
     __slots__ = ("bytes_per_s", "latency_s", "t", "active", "done", "next_id", "bytes_total",
-                 "busy_s", "infinite")
+                 "infinite", "_solo")
 
     def __init__(self, bytes_per_s: float, latency_s: float = 0.0) -> None:
-        if bytes_per_s <= 0:
+        if not bytes_per_s > 0:
             raise ConfigError(f"link bandwidth must be > 0, got {bytes_per_s}")
         self.bytes_per_s = float(bytes_per_s)
         self.infinite = self.bytes_per_s == float("inf")
@@ -79,9 +84,16 @@ class Link:
         self.done: dict[int, float] = {}  # tid -> finish time
         self.next_id = 0
         self.bytes_total = 0.0
-        self.busy_s = 0.0
+        self._solo: float = 0.0  # bytes of the transfer held apart (0: none); it started at self.t
+
+    def _unsolo(self) -> None:
+        if self._solo:
+            self.active[-1 - self.next_id] = self._solo
+            self.next_id += 1
+            self._solo = 0.0
 
     def _advance(self, t: float) -> None:
+        self._unsolo()
         active = self.active
         bw = self.bytes_per_s
         while active and self.t < t:
@@ -90,7 +102,6 @@ class Link:
             dt = m * n / bw
             if self.t + dt <= t:
                 self.t += dt
-                self.busy_s += dt
                 for k in list(active):
                     r = active[k] - m
                     if r <= 1e-6:
@@ -103,7 +114,6 @@ class Link:
                 d = (t - self.t) * bw / n
                 for k in active:
                     active[k] -= d
-                self.busy_s += t - self.t
                 self.t = t
         if self.t < t:
             self.t = t
@@ -130,15 +140,21 @@ class Link:
         if self.infinite or nbytes <= 0:
             return start
         active = self.active
+        solo = self._solo
+        if solo:
+            if not active and self.t + solo / self.bytes_per_s <= start:
+                # the common case: the one earlier transfer is a fetch, done by ``start``
+                self.t = start
+                self._solo = float(nbytes)
+                return start + nbytes / self.bytes_per_s
+            self._unsolo()
         if len(active) == 1:
-            # the common case: one earlier transfer; drop it if it is done by ``start``
             (k, r), = active.items()
             dt = r / self.bytes_per_s
             if self.t + dt <= start:
                 del active[k]
                 if k >= 0:
                     self.done[k] = self.t + dt
-                self.busy_s += dt
                 self.t = start
             else:
                 self._advance(start)
@@ -146,11 +162,11 @@ class Link:
             self._advance(start)
         elif start > self.t:
             self.t = start
+        if not active:
+            self._solo = float(nbytes)
+            return start + nbytes / self.bytes_per_s
         tid = -1 - self.next_id  # negative ids: not recorded in ``done``
         self.next_id += 1
-        if not active:
-            active[tid] = float(nbytes)
-            return start + nbytes / self.bytes_per_s
         active[tid] = float(nbytes)
         return self.finish(tid)
 
@@ -158,6 +174,7 @@ class Link:
         """Completion time of transfer ``tid`` (forgotten afterwards)."""
         if tid in self.done:
             return self.done.pop(tid)
+        self._unsolo()
         rem = sorted(self.active.items(), key=lambda kv: kv[1])
         t, prev, n = self.t, 0.0, len(rem)
         for i, (k, r) in enumerate(rem):
@@ -178,6 +195,7 @@ class Link:
 
     def reset(self, t: float) -> None:
         """Drop every transfer (the GPU failed) and restart the clock at ``t``."""
+        self._solo = 0.0
         self.active.clear()
         self.done.clear()
         self.t = max(self.t, t)

@@ -7,8 +7,11 @@ is missing, a directory or empty is a one-line :class:`~sim.errors.TraceFormatEr
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +71,17 @@ def require_file(path: str | os.PathLike, key: str) -> Path:
     if p.is_dir():
         raise TraceFormatError(f"{key}={path}: is a directory, expected a file")
     return p
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (restored afterwards). The simulator and the replay
+    allocate millions of short-lived lists and sets and make no reference cycles in their loops;
+    the collector's passes over them cost 5-20 % of the run."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -16,7 +16,7 @@ layer + 1 at this layer's gate time.
 Decisions and timing are two steps of the same walk. The decisions of a layer never depend on
 time, so when no next-layer prefetch interleaves with them, each GPU's cache serves all layers of
 the iteration in one ``access_steps`` call (the policies' batched entry to the same rule); with
-next-layer prefetch, layer by layer. Timing is then one loop (:meth:`LayerWalk._time_layer`)
+next-layer prefetch, layer by layer. Timing is then one loop (:meth:`LayerWalk._time_layers`)
 whatever the decisions came from; recording a Chrome trace only makes it visit every GPU.
 """
 
@@ -78,6 +78,11 @@ class LayerWalk:
         self.observers = [p for p in dict.fromkeys([prefetch, predictor])
                           if p is not None and capability(type(p), "observes")]
         self.eb = plan.expert_bytes
+        from sim.policies.base import CACHE
+
+        cache_cls = CACHE.get(cache_name)
+        self.cache_uses_requests = capability(cache_cls, "uses_requests")
+        self.cache_uses_prediction = capability(cache_cls, "uses_prediction")
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
@@ -125,31 +130,27 @@ class LayerWalk:
         stall = [st.stall_s for st in states]
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
         t = t0
+        gaps = (attn, gate, pf_cost, a2a)
         if self.pf_next:
             for l in range(L):
                 miss = [self._serve_layer(st, step0 + l, need[g][l], active[g])
                         for g, st in enumerate(states)]
                 t_gate = t + attn + gate + pf_cost
-                t = self._time_layer(l, t, t_gate, t_gate + a2a, a2a, attn, comp[l], states, need,
-                                     miss, stall, rec)
+                t = self._time_layers(((l, miss),), t, gaps, comp, states, need, stall, rec)
                 self._next_layer(rep, l, used_flat, step0, t_gate, need)
         else:
-            miss_g = [self._serve_all(st, step0, need[g], active[g]) for g, st in enumerate(states)]
-            miss = [None] * G
-            for l in range(L):
-                for g in range(G):
-                    mg = miss_g[g]
-                    miss[g] = mg[l] if mg is not None else None
-                t_gate = t + attn + gate + pf_cost
-                t = self._time_layer(l, t, t_gate, t_gate + a2a, a2a, attn, comp[l], states, need,
-                                     miss, stall, rec)
-                if self.observers:
+            nones = [None] * L
+            miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
+                      for g, st in enumerate(states)]
+            # zip: per layer l, miss[g] = GPU g's misses at layer l
+            t = self._time_layers(enumerate(zip(*miss_g)), t, gaps, comp, states, need, stall, rec)
+            if self.observers:
+                for l in range(L):
                     self._observe(rep, l, used_flat)
+        # busy += c layer by layer, per GPU (np.add.accumulate is sequential: the same floats)
+        busy = np.add.accumulate(np.vstack([[st.busy_s for st in states], comp_arr]), axis=0)[-1]
         for g, st in enumerate(states):
-            busy = st.busy_s
-            for c in comp_arr[:, g].tolist():
-                busy += c
-            st.busy_s = busy
+            st.busy_s = float(busy[g])
             st.stall_s = stall[g]
         return t - t0
 
@@ -245,63 +246,99 @@ class LayerWalk:
         return need, active
 
     # -- timing ---------------------------------------------------------------------------------
-    def _time_layer(self, l: int, t: float, t_gate: float, ready: float, a2a: float, attn: float,
-                    comp_l: list[float], states: list[GpuState], need: list[list[Any]],
-                    miss: list[Any], stall: list[float], rec: Recorder | None) -> float:
-        """Layer ``l`` of an iteration that starts it at ``t``; returns when the next layer starts.
+    def _time_layers(self, layers: Any, t: float, gaps: tuple[float, float, float, float],
+                     comp: list[list[float]], states: list[GpuState], need: list[list[Any]],
+                     stall: list[float], rec: Recorder | None) -> float:
+        """Time ``layers`` (pairs of a layer and each GPU's misses there: a count, a list, or None
+        for no access) from ``t``; returns when the next layer starts.
 
-        A GPU that neither waits for a copy nor records starts its experts at ``ready``; the
-        layer ends when the last GPU's experts end (``ready + max(comp)`` covers every GPU that
-        did not wait, exactly: float addition is monotonic)."""
-        end = ready + max(comp_l)
-        if end < ready:
-            end = ready
+        A layer (``gaps``): attention, gating, the prediction's cost, all-to-all dispatch, each
+        GPU's experts once its copies are in, all-to-all combine. A GPU that waits for no copy
+        starts its experts when the dispatch is done, and the layer ends when the last GPU's
+        experts end (``ready + max(comp)`` covers every GPU that did not wait, exactly: float
+        addition is monotonic). Recording only writes down what this loop computed."""
+        attn, gate, pf_cost, a2a = gaps  # added one by one, in this order (same floats)
         eb = self.eb
         G = len(states)
-        for g, st in enumerate(states):
-            m = miss[g]
-            if m is None and rec is None:
-                continue
-            start = ready
-            if rec is not None:
-                rec.add(f"attention L{l}", "compute", st.gpu, t, t + attn)
-                if G > 1:
-                    rec.add(f"a2a dispatch L{l}", "all_to_all", st.gpu, t_gate, ready)
-            if m is not None:
-                inflight = st.inflight
-                if inflight:
-                    for k in need[g][l]:
-                        tid = inflight.pop(k, None)
-                        if tid is not None:
-                            if k in m:  # evicted before use, fetched again
-                                st.link.forget(tid)
-                                continue
-                            st.prefetch_used += 1
-                            fin = st.link.finish(tid)
-                            if fin > start:
-                                start = fin
-                nm = m if isinstance(m, int) else len(m)
+        fetch = [st.link.fetch for st in states]
+        inflights = [st.inflight for st in states]
+        for l, miss in layers:
+            t_gate = t + attn + gate + pf_cost
+            ready = t_gate + a2a
+            comp_l = comp[l]
+            end = ready + max(comp_l)
+            if end < ready:
+                end = ready
+            copies = {} if rec is not None else None  # g -> (experts copied, copy end)
+            starts = {} if rec is not None else None  # g -> experts start, when after ready
+            for g in range(G):
+                m = miss[g]
+                if m is None:
+                    continue
+                start = ready
+                if inflights[g]:
+                    start = self._wait_prefetched(states[g], need[g][l], m, start)
+                nm = m if m.__class__ is int else len(m)
                 if nm:
-                    link = st.link
-                    fin = link.fetch(t_gate, nm * eb)
-                    if rec is not None:
-                        rec.add(f"copy L{l} x{nm}", "copy", st.gpu,
-                                t_gate if link.infinite else t_gate + link.latency_s, fin)
+                    fin = fetch[g](t_gate, nm * eb)
                     if fin > start:
                         start = fin
+                    if copies is not None:
+                        copies[g] = (nm, fin)
                 if start > ready:
                     stall[g] += start - ready
+                    e_end = start + comp_l[g]
+                    if e_end > end:
+                        end = e_end
+                    if starts is not None:
+                        starts[g] = start
+            t_next = end + a2a
+            if rec is not None:
+                self._record_layer(rec, l, states, (t, t_gate, ready, end, t_next), attn, comp_l,
+                                   copies, starts)
+            t = t_next
+        return t
+
+    @staticmethod
+    def _record_layer(rec: Recorder, l: int, states: list[GpuState], times: tuple, attn: float,
+                      comp_l: list[float], copies: dict, starts: dict) -> None:
+        """The events of layer ``l`` as :meth:`_time_layers` timed them (it computes, this only
+        writes down): per GPU attention, dispatch, its copy, its experts; then the combines."""
+        t, t_gate, ready, end, t_next = times
+        G = len(states)
+        for g, st in enumerate(states):
+            rec.add(f"attention L{l}", "compute", st.gpu, t, t + attn)
+            if G > 1:
+                rec.add(f"a2a dispatch L{l}", "all_to_all", st.gpu, t_gate, ready)
+            if g in copies:
+                nm, fin = copies[g]
+                link = st.link
+                rec.add(f"copy L{l} x{nm}", "copy", st.gpu,
+                        t_gate if link.infinite else t_gate + link.latency_s, fin)
             c = comp_l[g]
-            e_end = start + c
-            if rec is not None and c > 0:
-                rec.add(f"experts L{l}", "compute", st.gpu, start, e_end)
-            if e_end > end:
-                end = e_end
-        t_next = end + a2a
-        if rec is not None and G > 1:
+            if c > 0:
+                start = starts.get(g, ready)
+                rec.add(f"experts L{l}", "compute", st.gpu, start, start + c)
+        if G > 1:
             for st in states:
                 rec.add(f"a2a combine L{l}", "all_to_all", st.gpu, end, t_next)
-        return t_next
+
+    @staticmethod
+    def _wait_prefetched(st: GpuState, keyset: Any, misses: Any, start: float) -> float:
+        """A layer needs ``keyset``; the ones prefetched and still in flight are waited for,
+        unless they were evicted before use (a miss: fetched again, the prefetch forgotten)."""
+        inflight = st.inflight
+        for k in keyset:
+            tid = inflight.pop(k, None)
+            if tid is not None:
+                if k in misses:
+                    st.link.forget(tid)
+                    continue
+                st.prefetch_used += 1
+                fin = st.link.finish(tid)
+                if fin > start:
+                    start = fin
+        return start
 
     # -- prediction and prefetch ----------------------------------------------------------------
     def _observe(self, rep: ReplicaState, l: int, used_flat: np.ndarray) -> np.ndarray:
@@ -364,12 +401,11 @@ class LayerWalk:
             cache = st.cache
             if cache is None:
                 continue
-            cls = type(cache)
-            if capability(cls, "uses_requests"):
+            if self.cache_uses_requests:
                 if self.log is not None:
                     self.log.add(st.gpu, "begin", i)
                 cache.begin_request(i)
-            if capability(cls, "uses_prediction") and self.predictor is not None:
+            if self.cache_uses_prediction and self.predictor is not None:
                 keys = self._predicted_keys(st, pred_plan)
                 if self.log is not None:
                     self.log.add(st.gpu, "predict", 0, keys)
