@@ -28,39 +28,21 @@ from sim.cluster import Link
 from sim.config import SimConfig
 from sim.errors import MoesimError
 from sim.faults import fault_process
-from sim.layers import CacheLog, LayerWalk, capability
+from sim.layers import CacheLog, LayerWalk
 from sim.plan import ClusterPlan, check_config
 from sim.policies.base import (
     CACHE,
     PLACEMENT,
     PREFETCH,
+    ROUTER,
     SCHEDULER,
     CachePolicy,
     PlacementPolicy,
     PrefetchContext,
     PrefetchPolicy,
+    RouterPolicy,
     SchedulerPolicy,
 )
-
-try:  # TEMPORARY until the router policies land
-    from sim.policies.base import ROUTER, RouterPolicy
-except ImportError:  # pragma: no cover
-    RouterPolicy = Any  # type: ignore[misc,assignment]
-
-    class _RR:
-        def __init__(self, name: str) -> None:
-            self.name, self.n = name, 0
-
-        def pick(self, alive: list[int], loads: list[int]) -> int:
-            if self.name == "round_robin":
-                self.n += 1
-                return alive[(self.n - 1) % len(alive)]
-            return min(zip(loads, alive))[1]
-
-    class ROUTER:  # type: ignore[no-redef]
-        @staticmethod
-        def make(name: str) -> Any:
-            return _RR(name)
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 
 __all__ = ["CacheLog", "Policies", "Recorder", "Simulation"]
@@ -107,9 +89,9 @@ class Simulation:
         self.topo = topo
         dims = dict(num_layers=m.num_layers, num_experts=m.num_experts, top_k=m.top_k)
         self.prefetch = inject.prefetch or PREFETCH.make(p.prefetch, **dims, **p.prefetch_args)
-        if capability(type(self.prefetch), "plans_requests"):
+        if type(self.prefetch).plans_requests:
             predictor: PrefetchPolicy | None = self.prefetch
-        elif capability(CACHE.get(p.cache), "uses_prediction"):  # eMoE's cache keeps what eMoE-A predicts
+        elif CACHE.get(p.cache).uses_prediction:  # eMoE's cache keeps what eMoE-A predicts
             predictor = PREFETCH.make("emoe_a", **dims)
         else:
             predictor = None

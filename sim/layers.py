@@ -28,22 +28,8 @@ import numpy as np
 
 from sim.errors import MoesimError
 from sim.plan import ClusterPlan
-from sim.policies.base import CachePolicy, PrefetchContext, PrefetchPolicy
+from sim.policies.base import CACHE, CachePolicy, PrefetchContext, PrefetchPolicy
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
-
-
-def capability(cls: Any, name: str) -> bool:
-    """TEMPORARY until the policies declare their capabilities: the declared flag, else derived."""
-    v = getattr(cls, name, None)
-    if v is not None:
-        return bool(v)
-    from sim.policies.base import PrefetchPolicy as P
-
-    derived = {"plans_requests": lambda: cls.on_request is not P.on_request,
-               "predicts_next_layer": lambda: cls.next_layer is not P.next_layer,
-               "observes": lambda: cls.observe is not P.observe,
-               "uses_requests": lambda: False, "uses_prediction": lambda: False}
-    return derived[name]()
 
 
 class CacheLog:
@@ -73,16 +59,14 @@ class LayerWalk:
         self.recorder, self.log = recorder, log
         self.L, self.E, self.K = plan.L, plan.E, plan.K
         pf = type(prefetch)
-        self.pf_next = capability(pf, "predicts_next_layer")
-        self.pf_req = capability(pf, "plans_requests")
+        self.pf_next = pf.predicts_next_layer
+        self.pf_req = pf.plans_requests
         self.observers = [p for p in dict.fromkeys([prefetch, predictor])
-                          if p is not None and capability(type(p), "observes")]
+                          if p is not None and type(p).observes]
         self.eb = plan.expert_bytes
-        from sim.policies.base import CACHE
-
         cache_cls = CACHE.get(cache_name)
-        self.cache_uses_requests = capability(cache_cls, "uses_requests")
-        self.cache_uses_prediction = capability(cache_cls, "uses_prediction")
+        self.cache_uses_requests = cache_cls.uses_requests
+        self.cache_uses_prediction = cache_cls.uses_prediction
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:

@@ -90,6 +90,8 @@ def test_next_layer_prefetch_runs_ahead_of_the_layer():
     from sim.policies.base import PrefetchPolicy
 
     class NextIsTwo(PrefetchPolicy):
+        predicts_next_layer = True
+
         def next_layer(self, ctx, layer, experts):
             return np.array([2])
 
