@@ -44,6 +44,7 @@ from sim.policies.base import (
     SchedulerPolicy,
 )
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
+from sim.world import CacheCounts
 
 __all__ = ["CacheLog", "Policies", "Recorder", "Simulation"]
 
@@ -142,6 +143,7 @@ class Simulation:
             if self.log is not None:
                 self.log.add(st.gpu, "warm", 0, keys)
             cache.insert(0, keys)
+            cache.counts = CacheCounts()  # the weights loaded before serving are not loads
         return cache
 
     # -- requests to replicas -------------------------------------------------------------------

@@ -52,6 +52,7 @@ def fault_process(sim: Simulation, f: Any):
             rep = sim.replicas[r]
             for st in rep.states:  # the GPUs restarted: weights reloaded, caches fresh
                 if st.cache is not None:
+                    st.retired.add(st.cache.counts)
                     st.cache = sim.new_cache(st, reset=True)
             rep.alive = True
             sim.start_replica(rep)

@@ -154,16 +154,7 @@ class LayerWalk:
             return None
         if self.log is not None:
             self.log.add(st.gpu, "access", step, keyset, active)
-        before = len(cache.resident)
         misses, _ = cache.access(step, keyset, active)
-        nm = len(misses)
-        res = cache.resident
-        streamed = sum(1 for k in misses if k not in res) if nm and misses[-1] not in res else 0
-        c = st.counts
-        c.misses += nm
-        c.hits += len(keyset) - nm
-        c.streamed += streamed
-        c.evictions += (nm - streamed) - (len(res) - before)
         self._check(st, cache)
         return misses
 
@@ -179,14 +170,7 @@ class LayerWalk:
             for l, keys in enumerate(need):
                 if keys:
                     self.log.add(st.gpu, "access", step0 + l, keys, active)
-        before = len(cache.resident)
-        nm, streamed = cache.access_steps(step0, need, active)
-        tot = sum(nm)
-        c = st.counts
-        c.misses += tot
-        c.hits += len(active) - tot
-        c.streamed += streamed
-        c.evictions += (tot - streamed) - (len(cache.resident) - before)
+        nm, _ = cache.access_steps(step0, need, active)
         self._check(st, cache)
         return nm
 
@@ -355,10 +339,7 @@ class LayerWalk:
             protect = need[g][layer] if layer < len(need[g]) else ()
             if self.log is not None:
                 self.log.add(st.gpu, "insert", step, mine.tolist(), protect)
-            before = len(cache.resident)
             loaded, _ = cache.insert(step, mine.tolist(), protect=protect)
-            st.counts.prefetched += len(loaded)
-            st.counts.evictions += len(loaded) - (len(cache.resident) - before)
             if len(cache.resident) > st.capacity:
                 raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
                                   f"{st.gpu} during prefetch")

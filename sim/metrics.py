@@ -65,7 +65,7 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
     done = df[df["completions"] > 0]
     tl, plan = sim.tallies, sim.plan
     states = [st for rep in sim.replicas for st in rep.states]
-    counts = CacheCounts.total(st.counts for st in states)
+    counts = CacheCounts.total(st.counts() for st in states)
     sim_time = float(tl.last_finish_s - (sim.req.arrival_s.min() if sim.R else 0.0))
     out_tokens = int(done["output_tokens"].sum())
     gpu_tokens = np.rint(tl.gpu_tokens.ravel())  # (GPUs,) expert-token assignments

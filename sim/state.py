@@ -68,11 +68,17 @@ class GpuState:
     layer_sets: list[frozenset] = field(default_factory=list)
     all_keys: frozenset = frozenset()
     inflight: dict[int, int] = field(default_factory=dict)  # prefetched key -> link transfer id
-    counts: CacheCounts = field(default_factory=CacheCounts)  # what its caches did (all of them)
+    #: what the caches this GPU had before its current one did (a fault replaces the cache)
+    retired: CacheCounts = field(default_factory=CacheCounts)
     peak_resident: int = 0
     prefetch_used: int = 0
     stall_s: float = 0.0
     busy_s: float = 0.0
+
+    def counts(self) -> CacheCounts:
+        """What this GPU's caches did over the run (the policies count; see CachePolicy)."""
+        out = CacheCounts().add(self.retired)
+        return out.add(self.cache.counts) if self.cache is not None else out
 
 
 @dataclass
