@@ -59,26 +59,31 @@ class ExpertCache:
         self._free = list(range(self.capacity - 1, -1, -1))
         self.expert_bytes = sum(w[0].numel() * w.element_size() for w in self.host.values())
         self.stats = CopyStats()
-        self.hits = 0
-        self.misses = 0
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    @property
+    def hits(self) -> int:
+        return self.policy.counts.hits
+
+    @property
+    def misses(self) -> int:
+        return self.policy.counts.misses
 
     def ensure(self, step: int, experts: list[int], active: list[int] | None = None) -> list[int]:
         """Make ``experts`` resident (policy decides victims); returns the experts copied in."""
         misses, evicted = self.policy.access(step, experts, active)
-        self.hits += len(set(experts)) - len(misses)
-        self.misses += len(misses)
         loaded = [e for e in misses if e in self.policy.resident]  # the rest streamed through
-        self._apply(evicted, loaded)
+        self.apply(evicted, loaded)
         return loaded
 
     def prefetch(self, step: int, experts: list[int], protect: list[int] = ()) -> list[int]:
         loaded, evicted = self.policy.insert(step, experts, protect)
-        self._apply(evicted, loaded)
+        self.apply(evicted, loaded)
         return loaded
 
-    def _apply(self, evicted: list[int], loaded: list[int]) -> None:
-        """Free the evicted experts' slots, then copy the loaded ones in."""
+    def apply(self, evicted: list[int], loaded: list[int]) -> None:
+        """Carry out a policy decision: free the evicted experts' slots, then copy the loaded
+        ones in."""
         for e in evicted:
             self._free.append(int(self.slot_of[e]))
             self.slot_of[e] = -1

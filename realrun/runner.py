@@ -6,9 +6,11 @@ For every batch of ``batch_tokens`` consecutive trace tokens and every MoE layer
    Triton top-k gating and dynamic-gating alignment kernels;
 2. the experts the batch needs at that layer are made resident through an
    :class:`~realrun.expert_cache.ExpertCache` driven by the *same* CachePolicy class the
-   simulator and the replay use (Huang et al.'s batch setting: experts run in increasing id
-   order; when they do not all fit, they run in chunks of at most ``capacity`` experts, each chunk
-   made resident before its grouped-FFN launch, the rest of the batch passed as ``active``);
+   simulator and the replay use, in the one batch semantics of ``moesim cache mode=batch``
+   (:func:`sim.world.batch_executions`: the batch's experts run one at a time in increasing id
+   order, each one cache step with the batch's union as ``active``). The experts are launched
+   together in one grouped-FFN call until a decision would evict an expert that has not run
+   yet; that chunk is launched first. So the counts equal the replay's, by construction;
 3. the grouped SwiGLU kernel reads each expert through the expert-to-slot table (a non-resident
    expert is never read), and the combine kernel scatters the results back.
 
@@ -30,8 +32,9 @@ import numpy as np
 import torch
 
 from realrun.expert_cache import ExpertCache
-from sim.errors import ConfigError
+from sim.errors import ConfigError, MoesimError
 from sim.policies import CACHE
+from sim.world import CacheCounts, cache_slots
 from traces.format import RoutingTrace
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -90,7 +93,10 @@ class RealMoE:
             raise ConfigError("device=cuda asked for, but torch sees no CUDA GPU")
         self.L, self.E, self.K = num_layers, num_experts, top_k
         self.dtype = DTYPES[cfg.dtype]
-        self.capacity = max(1, round(cfg.capacity_frac * num_experts))
+        self.capacity = cache_slots(cfg.capacity_frac, num_experts, "capacity_frac")
+        if self.capacity < 1:
+            raise ConfigError(f"capacity_frac={cfg.capacity_frac} of {num_experts} experts is "
+                              f"{self.capacity} slots; an expert cache needs at least one")
         weights = make_weights(num_layers, num_experts, cfg.hidden, cfg.intermediate, self.dtype,
                                cfg.seed)
         if CACHE.get(cfg.cache_policy).requires_future:
@@ -102,30 +108,43 @@ class RealMoE:
             for w in weights
         ]
         self.host_weights = weights
-        self.step = 0
+        self.steps = [0] * num_layers  # each layer's cache counts its own steps
 
     def layer(self, l: int, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """One MoE layer: x (T, H), logits (T, E) -> (T, H)."""
         from kernels.align import dynamic_gating
         from kernels.combine_op import combine
         from kernels.gating import topk_gating
-        from kernels.grouped_ffn import grouped_swiglu
-
         cache = self.caches[l]
+        policy = cache.policy
         ids, w = topk_gating(logits, self.K, renormalize=True)  # (T, K)
         align = dynamic_gating(ids, self.cfg.block_size, self.E)
         needed = sorted(set(ids.reshape(-1).tolist()))
+        union = frozenset(needed)
         y = None
-        for c0 in range(0, len(needed), self.capacity):
-            chunk = needed[c0:c0 + self.capacity]
-            cache.ensure(self.step, chunk, active=needed[c0:])
-            self.step += 1
-            slot = torch.full((self.E,), -1, dtype=torch.int32)
-            slot[chunk] = cache.slot_of[chunk]
-            part = grouped_swiglu(x, cache.slots["w13"], cache.slots["w2"], slot.to(self.device),
-                                  align, self.K, self.cfg.block_size)  # (P, H)
-            y = part if y is None else y + part
+        pending: list[int] = []  # decided and resident, not launched yet
+        for e in needed:
+            misses, evicted = policy.access(self.steps[l], (e,), union)
+            self.steps[l] += 1
+            if pending and not pending_safe(pending, evicted):
+                y = self._launch(x, cache, pending, align, y)
+                pending = []
+            cache.apply(evicted, [k for k in misses if k in policy.resident])
+            pending.append(e)
+        if pending:
+            y = self._launch(x, cache, pending, align, y)
         return combine(y, align.inv, w)
+
+    def _launch(self, x: torch.Tensor, cache: ExpertCache, experts: list[int], align: Any,
+                y: torch.Tensor | None) -> torch.Tensor:
+        """One grouped-FFN launch over ``experts`` (resident) through the slot table."""
+        from kernels.grouped_ffn import grouped_swiglu
+
+        slot = torch.full((self.E,), -1, dtype=torch.int32)
+        slot[experts] = cache.slot_of[experts]
+        part = grouped_swiglu(x, cache.slots["w13"], cache.slots["w2"], slot.to(self.device),
+                              align, self.K, self.cfg.block_size)  # (P, H)
+        return part if y is None else y + part
 
     def run_trace(self, trace: RoutingTrace, progress: bool = False
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -153,8 +172,10 @@ class RealMoE:
                 layer_s[l] += time.perf_counter() - t0
                 x = x / (x.float().pow(2).mean(-1, keepdim=True).sqrt() + 1e-6).to(x.dtype)
         wall = time.perf_counter() - t_start
-        hits = sum(c.hits for c in self.caches)
-        misses = sum(c.misses for c in self.caches)
+        counts = CacheCounts.total(c.policy.counts for c in self.caches)
+        copied = sum(c.stats.bytes for c in self.caches)
+        if self.caches and copied != counts.loads * self.caches[0].expert_bytes:
+            raise MoesimError(f"internal: copied {copied} bytes for {counts.loads} expert loads")
         copies = [s for c in self.caches for s in c.stats.samples]
         copy_s = np.array([s for _, s in copies]) if copies else np.zeros(0)
         metrics = {
@@ -167,11 +188,7 @@ class RealMoE:
             "hidden": cfg.hidden,
             "intermediate": cfg.intermediate,
             "dtype": cfg.dtype,
-            "accesses": int(hits + misses),
-            "hits": int(hits),
-            "misses": int(misses),
-            "hit_rate": float(hits / max(1, hits + misses)),
-            "h2d_bytes": int(sum(c.stats.bytes for c in self.caches)),
+            **counts.record(self.caches[0].expert_bytes if self.caches else 0),
             "h2d_copies": len(copies),
         }
         timings = {
@@ -182,6 +199,11 @@ class RealMoE:
             "wall_time_s": float(wall),
         }
         return metrics, timings
+
+
+def pending_safe(pending: list[int], evicted: list[int]) -> bool:
+    """No expert waiting for its launch is among the ``evicted`` (its slot would be overwritten)."""
+    return not evicted or not set(evicted).intersection(pending)
 
 
 def _device_name(device: torch.device) -> str:

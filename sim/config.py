@@ -183,6 +183,9 @@ class OutputConfig:
     progress: str = "auto"
     requests_parquet: bool = True
     print_summary: bool = True
+    #: write every call each GPU's cache received to cache_log.parquet (for the cross-driver
+    #: check: sim.replay.replay_log serves it again and must count the same); small runs only
+    cache_log: bool = False
 
 
 @dataclass

@@ -2,8 +2,11 @@
 replay (``moesim cache``) and realrun import them from here and never re-derive them.
 
 - :func:`cache_slots`: how many experts a cache holds for a fraction of a set of experts.
-- :func:`expert_bytes` / :func:`model_for_trace`: an expert's bytes for a model config, and the
-  model config a routing trace's model name stands for (``conf/model/*.yaml``).
+- :func:`expert_bytes` / :func:`model_for_trace` / :func:`expert_bytes_of_trace`: an expert's
+  bytes for a model config, the model config a routing trace's model name stands for
+  (``conf/model/*.yaml``), and the bytes a trace's experts weigh.
+- :func:`batch_executions`: how a batch runs its experts through a cache (Huang et al.'s batch
+  setting), the one semantics of ``moesim cache mode=batch`` and realrun.
 - :class:`CacheCounts`: the one cache-counts record; every driver's ``metrics.json`` carries
   :meth:`CacheCounts.record`'s fields under the same names.
 """
@@ -17,8 +20,8 @@ from typing import Any
 from sim.config import ModelConfig, expert_bytes
 from sim.errors import ConfigError
 
-__all__ = ["CacheCounts", "cache_slots", "expert_bytes", "model_for_trace", "model_named",
-           "known_models", "stable_float"]
+__all__ = ["CacheCounts", "batch_executions", "cache_slots", "expert_bytes", "expert_bytes_of_trace",
+           "known_models", "model_for_trace", "model_named", "stable_float"]
 
 
 def cache_slots(fraction: float, experts: int, key: str = "capacity fraction") -> int:
@@ -76,6 +79,53 @@ def model_for_trace(trace_model: str) -> ModelConfig:
         raise ConfigError(f"no model config matches the trace's model {trace_model!r} (known: "
                           f"{', '.join(known_models())}); give model=NAME or expert_bytes=N")
     return model_named(best)
+
+
+def expert_bytes_of_trace(meta: Any, model: str | ModelConfig | None = None,
+                          override: int | None = None) -> int:
+    """Bytes of one routed expert of a routing trace's model: ``override`` if given, else the
+    model config ``model`` (a name in ``conf/model`` or a config), else what a capture recorded
+    (``meta.extra["expert_bytes"]``), else the config the trace's model name stands for."""
+    if override is not None:
+        if int(override) <= 0:
+            raise ConfigError(f"expert_bytes={override}; expected a positive number of bytes")
+        return int(override)
+    if model is not None:
+        return expert_bytes(model_named(model) if isinstance(model, str) else model)
+    recorded = (getattr(meta, "extra", None) or {}).get("expert_bytes")
+    if recorded:
+        return int(recorded)
+    return expert_bytes(model_for_trace(meta.model))
+
+
+# ------------------------------------------------------------------------------------------------
+# batches
+# ------------------------------------------------------------------------------------------------
+def batch_executions(experts: Any, batch_size: int, num_experts: int) -> tuple[Any, Any]:
+    """How a batch of tokens runs one layer's experts through a cache: Huang et al.'s batch setting.
+
+    ``experts`` (T, K): the layer's top-k per token. Batches are ``batch_size`` consecutive
+    tokens. A batch runs the union of its experts one at a time in increasing id order; each run
+    is one cache step needing that one expert, with the batch's whole union as the ``active``
+    set (Huang et al.'s buffering evicts experts outside it first). An executor may launch
+    several runs in one kernel when none of them evicts another's weights before it ran (realrun
+    does); the cache decisions, and so every count, are those of the one-at-a-time order.
+
+    Returns ``(starts, ids)``: ``ids`` (S,) the expert of every run in order, ``starts`` (B+1,)
+    where batch b's runs are ``ids[starts[b]:starts[b + 1]]``."""
+    import numpy as np
+
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size={batch_size}; expected a positive number of tokens")
+    ex = np.asarray(experts)
+    T = len(ex)
+    nb = -(-T // batch_size)
+    need = np.zeros((nb * batch_size, num_experts), dtype=bool)  # (B*bs, E)
+    need[np.repeat(np.arange(T), ex.shape[1]), ex.reshape(-1)] = True
+    need = need.reshape(nb, batch_size, num_experts).any(axis=1)  # (B, E)
+    _, ids = np.nonzero(need)  # runs in batch order, increasing id inside a batch
+    starts = np.concatenate([[0], np.cumsum(need.sum(axis=1))]).astype(np.int64)
+    return starts, ids.astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_perfect_prefetch_replay_hits_everything_after_first_layer():
     r = replay_plain(tr, "lru", 0.5, prefetch="perfect")
     # layer 1 is always prefetched exactly -> only layer 0 can miss
     assert r.per_layer_hit_rate[1] == 1.0
-    assert r.prefetch_loads > 0 and r.loads == r.misses + r.prefetch_loads
+    assert r.prefetched > 0 and r.loads == r.misses + r.prefetched
 
 
 def test_task_aware_expected_tokens_formula():

@@ -144,7 +144,7 @@ def test_train_and_eval_cli_on_a_small_slice(tmp_path):
     tr = read_trace(path)
     r = replay_plain(tr, "lru", 0.5, prefetch="emoe_learned",
                      prefetch_kwargs={"checkpoint": str(ck), "period": 2})
-    assert r.prefetch_loads > 0 and r.hits + r.misses == r.accesses
+    assert r.prefetched > 0 and r.hits + r.misses == r.accesses
 
     from sim.binding import RoutingPool, bind
     from sim.engine import Simulation

@@ -23,9 +23,10 @@ def _trace(experts, model="DeepSeek-V2-Lite-Chat", E=4, request_of=None) -> Rout
                         meta=TraceMeta(model=model, num_layers=L, num_experts=E, top_k=K))
 
 
-def test_layer_capacity_rounds_half_up():
+def test_layer_capacity_is_the_shared_slot_rule():
     assert layer_capacity(0.25, 64) == 16
-    assert layer_capacity(0.5, 5) == 3
+    assert layer_capacity(0.5, 5) == 2  # rounds down: a budget never buys more than it says
+    assert layer_capacity(0.29, 100) == 29  # not 28: binary 0.29 * 100 is 28.999...
     assert layer_capacity(0.0, 8) == 0
     from sim.errors import ConfigError
 
