@@ -95,12 +95,13 @@ class CachePolicy(ABC):
 
     # -- the one routine ------------------------------------------------------------------------
     def _serve(self, first_step: int, rows: Iterable[list[int]], active: Collection[int],
-               log: list[tuple[list[int], list[int]]] | None = None, prefetch: bool = False
-               ) -> int:
-        """Serve steps ``first_step + i`` needing ``rows[i]`` (distinct keys, increasing; an empty
-        row takes no step). Returns the misses. ``log`` (if given) receives ``(misses, evicted)``
-        per row. With ``prefetch`` a row is an ``insert``: its resident keys are the protected
-        ones, its missing keys those to load; ``log`` receives ``(loaded, evicted)`` then.
+               missed: list[list[int]] | None = None, evicted: list[list[int]] | None = None,
+               prefetch: bool = False) -> int:
+        """Serve steps ``first_step + i`` needing ``rows[i]`` (distinct keys: a list in increasing
+        order, or any collection of one key; an empty row takes no step). Returns the misses.
+        ``missed`` / ``evicted`` (if given) receive each row's misses / victims. With
+        ``prefetch`` a row is an ``insert``: its resident keys are the protected ones, its
+        missing keys those to load; ``missed`` receives the loaded ones.
 
         Per step: missing keys, in row order, are loaded into free slots; past those, each
         evicts one resident key outside the row (``_victims``); once no such key is left the
@@ -111,35 +112,61 @@ class CachePolicy(ABC):
         touch = self._on_insert if prefetch else self._on_step
         n_keys = misses = streamed = evictions = 0
         for step, row in enumerate(rows, first_step):
-            if not row:
-                if log is not None:
-                    log.append(([], []))
-                continue
-            n_keys += len(row)
-            miss = [k for k in row if k not in res]
-            kept = miss
+            n = len(row)
             ev: Sequence[int] = ()
-            if miss:
-                nm = len(miss)
-                misses += nm
-                room = cap - len(res)
-                if nm > room:
-                    # victims: resident keys outside the row, one per miss past the free slots
-                    # while there are any; the misses left after them stream through
-                    n_ev = nm - room
-                    n_cand = len(res) - len(row) + nm
-                    if n_ev > n_cand:
-                        streamed += n_ev - n_cand
-                        n_ev = n_cand
-                    if n_ev:
-                        ev = victims(step, n_ev, row, active)
+            if n == 1:
+                # a one-key step (an expert-parallel GPU's layer, a batch's execution): the plan
+                # below for n = 1, without its list bookkeeping (the simulator's hot path)
+                (k,) = row
+                if k in res:
+                    miss = kept = []
+                else:
+                    miss = kept = row
+                    misses += 1
+                    if len(res) < cap:
+                        res.add(k)
+                    elif res:
+                        ev = victims(step, 1, row, active)
                         res.difference_update(ev)
-                        evictions += n_ev
-                    kept = miss[:room + n_ev]
-                res.update(kept)
+                        res.add(k)
+                        evictions += 1
+                    else:  # no slot at all: streams through
+                        kept = []
+                        streamed += 1
+            elif n:
+                miss = [k for k in row if k not in res]
+                kept = miss
+                if miss:
+                    nm = len(miss)
+                    misses += nm
+                    room = cap - len(res)
+                    if nm > room:
+                        # victims: resident keys outside the row, one per miss past the free
+                        # slots while there are any; the misses left after them stream through
+                        n_ev = nm - room
+                        n_cand = len(res) - n + nm
+                        if n_ev > n_cand:
+                            streamed += n_ev - n_cand
+                            n_ev = n_cand
+                        if n_ev:
+                            ev = victims(step, n_ev, row, active)
+                            res.difference_update(ev)
+                            evictions += n_ev
+                        kept = miss[:room + n_ev]
+                    res.update(kept)
+            else:  # an empty row takes no step
+                miss = kept = []
+                if missed is not None:
+                    missed.append(miss)
+                if evicted is not None:
+                    evicted.append([])
+                continue
+            n_keys += n
             touch(step, row, kept, ev)
-            if log is not None:
-                log.append((kept if prefetch else miss, list(ev)))
+            if missed is not None:
+                missed.append(kept if prefetch else miss)
+            if evicted is not None:
+                evicted.append(list(ev))
         c = self.counts
         c.evictions += evictions
         if prefetch:
@@ -170,9 +197,10 @@ class CachePolicy(ABC):
     # -- protocol -------------------------------------------------------------------------------
     def access(self, step: int, keys: Iterable[int], active: Iterable[int] | None = None
                ) -> tuple[list[int], list[int]]:
-        log: list[tuple[list[int], list[int]]] = []
-        self._serve(step, (sorted(set(int(k) for k in keys)),), self._active(active), log)
-        return log[0]
+        missed: list[list[int]] = []
+        evicted: list[list[int]] = []
+        self._serve(step, (sorted(set(int(k) for k in keys)),), self._active(active), missed, evicted)
+        return missed[0], evicted[0]
 
     def access_steps(self, first_step: int, rows: Sequence[Any], active: Iterable[int] | None = None
                      ) -> tuple[list[int], int]:
@@ -183,10 +211,11 @@ class CachePolicy(ABC):
         :meth:`access` once per non-empty row (the simulator calls this once per GPU and
         iteration, for all layers).
         """
-        log: list[tuple[list[int], list[int]]] = []
+        missed: list[list[int]] = []
         before = self.counts.streamed
-        self._serve(first_step, [sorted(r) for r in rows], self._active(active), log)
-        return [len(m) for m, _ in log], self.counts.streamed - before
+        rows = [sorted(r) if len(r) > 1 else r for r in rows]
+        self._serve(first_step, rows, self._active(active), missed)
+        return [len(m) for m in missed], self.counts.streamed - before
 
     def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
         """Serve steps ``first_step + i`` needing ``keys[i]`` (S, K) distinct ints; return misses.
@@ -205,9 +234,10 @@ class CachePolicy(ABC):
         if not todo:
             return [], []
         held = {int(k) for k in protect}.intersection(res)
-        log: list[tuple[list[int], list[int]]] = []
-        self._serve(step, (sorted(todo | held),), NO_KEYS, log, prefetch=True)
-        return log[0]
+        loaded: list[list[int]] = []
+        evicted: list[list[int]] = []
+        self._serve(step, (sorted(todo | held),), NO_KEYS, loaded, evicted, prefetch=True)
+        return loaded[0], evicted[0]
 
 
 CACHE: Registry[CachePolicy] = Registry("cache", ("capacity", "num_keys"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from itertools import chain, islice
 from typing import Any, ClassVar
 
 from sim.policies.base import CachePolicy
@@ -32,20 +31,21 @@ class OrderedCache(CachePolicy):
 
     def _victims(self, step: int, n: int, exclude: Collection[int], active: Collection[int]
                  ) -> list[int]:
-        od = self._order
-        if not active:
-            out: list[int] = []
-            for k in (reversed(od) if self._from_back else od):
-                if k not in exclude:
+        # one pass in list order: keys outside the active set go first (Huang et al.), the
+        # active ones (kept apart, n at most) only when those run out
+        out: list[int] = []
+        inside: list[int] | None = None
+        for k in (reversed(self._order) if self._from_back else self._order):
+            if k not in exclude:
+                if k not in active:
                     out.append(k)
                     if len(out) == n:
-                        break
-            return out
-        # Huang et al.: the keys outside the active set first, then the active ones, each in order
-        scan = od.__reversed__ if self._from_back else od.__iter__
-        outside = (k for k in scan() if k not in active and k not in exclude)
-        inside = (k for k in scan() if k in active and k not in exclude)
-        return list(islice(chain(outside, inside), n))
+                        return out
+                elif inside is None:
+                    inside = [k]
+                elif len(inside) < n:
+                    inside.append(k)
+        return out + (inside or [])[:n - len(out)]
 
     def _on_step(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
                  ) -> None:
@@ -54,7 +54,7 @@ class OrderedCache(CachePolicy):
             del od[k]
         for k in loaded:
             od[k] = None
-        if self._touch_hits:
+        if self._touch_hits and len(loaded) < len(row):  # loads already sit in row order
             res = self.resident
             move = od.move_to_end
             for k in row:
