@@ -57,7 +57,7 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
              batch_tokens: int | None, policy_kwargs: dict[str, Any], expert_bytes: int
              ) -> dict[str, Any]:
     from sim.policies import PLACEMENT
-    from sim.policies.rebalance import moves
+    from sim.policies.placement.rebalance import moves
 
     ex = trace.experts.astype(np.int64)  # (T, L, K)
     T, L, K = ex.shape
