@@ -127,7 +127,7 @@ class CachePolicy(ABC):
                         res.add(k)
                     elif res:
                         ev = victims(step, 1, row, active)
-                        res.difference_update(ev)
+                        res.discard(ev[0])
                         res.add(k)
                         evictions += 1
                     else:  # no slot at all: streams through

@@ -12,14 +12,14 @@ rows_st = st.lists(st.frozensets(st.integers(0, 11), max_size=4), min_size=1, ma
 
 @settings(max_examples=60, deadline=None)
 @given(rows=st.lists(rows_st, min_size=1, max_size=4), cap=st.integers(0, 6),
-       active_extra=st.frozensets(st.integers(0, 11), max_size=5))
-def test_access_steps_matches_access(rows, cap, active_extra):
+       active_extra=st.frozensets(st.integers(0, 11), max_size=5), no_active=st.booleans())
+def test_access_steps_matches_access(rows, cap, active_extra, no_active):
     for name in ONLINE:
         a = CACHE.make(name, capacity=cap, num_keys=12)
         b = CACHE.make(name, capacity=cap, num_keys=12)
         step = 0
         for it in rows:
-            active = frozenset().union(*it) | active_extra
+            active = None if no_active else frozenset().union(*it) | active_extra
             counts, streamed = a.access_steps(step, it, active)
             exp_counts, exp_streamed = [], 0
             for i, row in enumerate(it):
@@ -32,4 +32,5 @@ def test_access_steps_matches_access(rows, cap, active_extra):
             assert counts == exp_counts, name
             assert streamed == exp_streamed, name
             assert a.resident == b.resident, name
+            assert a.counts == b.counts, name
             step += len(it)

@@ -31,11 +31,16 @@ class OrderedCache(CachePolicy):
 
     def _victims(self, step: int, n: int, exclude: Collection[int], active: Collection[int]
                  ) -> list[int]:
+        od = self._order
+        if n == 1 and not active:  # the usual step: the key at the victim end, unless excluded
+            k = next(reversed(od)) if self._from_back else next(iter(od))
+            if k not in exclude:
+                return [k]
         # one pass in list order: keys outside the active set go first (Huang et al.), the
         # active ones (kept apart, n at most) only when those run out
         out: list[int] = []
         inside: list[int] | None = None
-        for k in (reversed(self._order) if self._from_back else self._order):
+        for k in (reversed(od) if self._from_back else od):
             if k not in exclude:
                 if k not in active:
                     out.append(k)
@@ -64,3 +69,52 @@ class OrderedCache(CachePolicy):
     def _on_insert(self, step: int, row: list[int], loaded: list[int], evicted: Sequence[int]
                    ) -> None:
         self._on_step(step, [], loaded, evicted)  # a prefetch touches no key of its own
+
+    def access_steps(self, first_step: int, rows: Sequence[Any], active: Any = None
+                     ) -> tuple[list[int], int]:
+        """The base ``access_steps`` with the simulator's usual step taken without a call: one key,
+        no active set in play (an expert-parallel GPU holds one expert of a layer). Its rule is
+        read from the same two flags as :meth:`_victims` and :meth:`_on_step` (which end victims
+        leave from, whether a hit moves to the recent end): a missing key is never resident, so
+        the victim is the end key. Other steps go through the base routine. The bench that
+        needs it: ``moesim sim experiment=bench_azure_mixtral`` (tests/sim/
+        test_policy_access_steps.py holds it equal to ``access``)."""
+        if type(self)._victims is not OrderedCache._victims or self._active(active):
+            return super().access_steps(first_step, rows, active)
+        res, od, cap = self.resident, self._order, self.capacity
+        back, touch = self._from_back, self._touch_hits
+        out: list[int] = []
+        hits = misses = streamed = evictions = 0
+        streamed_base = 0  # streamed in steps the base routine served (it counted them)
+        for i, row in enumerate(rows):
+            if len(row) != 1:
+                if row:
+                    nm, st = super().access_steps(first_step + i, [row])
+                    out.append(nm[0])
+                    streamed_base += st
+                else:
+                    out.append(0)
+                continue
+            (k,) = row
+            if k in res:
+                hits += 1
+                if touch:
+                    od.move_to_end(k)
+                out.append(0)
+                continue
+            misses += 1
+            out.append(1)
+            if len(res) >= cap:
+                if not res:  # no slot at all: streams through
+                    streamed += 1
+                    continue
+                res.discard(od.popitem(last=back)[0])
+                evictions += 1
+            res.add(k)
+            od[k] = None
+        c = self.counts
+        c.hits += hits
+        c.misses += misses
+        c.streamed += streamed
+        c.evictions += evictions
+        return out, streamed + streamed_base
