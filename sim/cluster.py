@@ -137,16 +137,18 @@ class Link:
         ``finish`` (nothing asks twice), and an idle link takes a short path."""
         self.bytes_total += nbytes
         start = t + self.latency_s
-        if self.infinite or nbytes <= 0:
-            return start
-        active = self.active
         solo = self._solo
-        if solo:
-            if not active and self.t + solo / self.bytes_per_s <= start:
+        if solo and nbytes > 0:
+            bw = self.bytes_per_s
+            if not self.active and self.t + solo / bw <= start:
                 # the common case: the one earlier transfer is a fetch, done by ``start``
                 self.t = start
                 self._solo = float(nbytes)
-                return start + nbytes / self.bytes_per_s
+                return start + nbytes / bw
+        if self.infinite or nbytes <= 0:
+            return start
+        active = self.active
+        if solo:
             self._unsolo()
         if len(active) == 1:
             (k, r), = active.items()
