@@ -92,7 +92,14 @@ def check_pool(pool: RoutingPool, model: ModelConfig, where: str) -> None:
 def build_pool(model: ModelConfig, trace: TraceConfig, tasks: list[str],
                rng: np.random.Generator) -> RoutingPool:
     """The routing pool of a run: a real trace file, or the fitted generator."""
+    if trace.name == "file" and not trace.path:
+        raise ConfigError("trace=file needs trace.path=FILE (a routing trace from 'moesim trace "
+                          "import' or 'moesim trace capture'); leave trace=synthetic for the "
+                          "fitted generator")
     if trace.path:
+        from sim.files import require_file
+
+        require_file(trace.path, "trace.path")
         from traces.format import read_trace
 
         pool = RoutingPool.from_trace(read_trace(trace.path), source=trace.path)

@@ -19,7 +19,7 @@ import numpy as np
 from sim.cluster import Topology
 from sim.config import SimConfig, dense_weight_bytes, expert_bytes, kv_bytes_per_token
 from sim.errors import ConfigError
-from sim.policies.base import CACHE, PREFETCH, Placement, PlacementPolicy
+from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Placement, PlacementPolicy
 from sim.world import cache_slots
 
 
@@ -74,6 +74,12 @@ def check_config(cfg: SimConfig) -> Topology:
         if not (f.recovery_s >= 0):
             raise ConfigError(f"{where}.recovery_s={f.recovery_s}; expected >= 0 (inf: never)")
     pol = cfg.policy
+    # every policy's arguments, checked now: a cache is only built where a GPU caches
+    CACHE.config(pol.cache, **pol.cache_args)
+    PREFETCH.config(pol.prefetch, **pol.prefetch_args)
+    PLACEMENT.config(pol.placement, **pol.placement_args)
+    SCHEDULER.config(pol.scheduler, **pol.scheduler_args)
+    ROUTER.get(s.router)
     if CACHE.get(pol.cache).requires_future:
         raise ConfigError(f"policy.cache={pol.cache!r} is an oracle (needs the future); use the "
                           f"replay (moesim cache) for oracles")

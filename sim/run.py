@@ -39,12 +39,10 @@ def load_workload_table(w: WorkloadConfig, rng: np.random.Generator) -> pd.DataF
     from traces.workload import make_workload
 
     if w.path:
-        if not Path(w.path).exists():
-            raise ConfigError(f"workload.path={w.path}: no such file")
-        try:
-            from traces.importers import load_workload  # type: ignore[attr-defined]
-        except ImportError:
-            from traces.request_import import load_workload
+        from sim.files import require_file
+        from traces.request_import import load_workload
+
+        require_file(w.path, "workload.path")
         df = load_workload(w.path)
     else:
         n = w.num_requests

@@ -136,6 +136,13 @@ def import_workload(
     parts = []
     for p in paths:
         t_s, prompt, output, line0 = reader(p)
+        back = np.flatnonzero(np.diff(t_s) < 0)
+        if len(back):
+            i = int(back[0]) + 1
+            raise TraceFormatError(
+                f"{p}: data row {i + 1}: arrival {t_s[i]:.3f} s is before row {i}'s "
+                f"{t_s[i - 1]:.3f} s; expected non-decreasing "
+                f"arrival times (sort the file, or split it into files that are each in order)")
         ids = np.arange(len(t_s)).astype(str).astype(object)
         if len(paths) > 1:
             ids = np.asarray([f"{p.stem}/{i}" for i in ids], dtype=object)
