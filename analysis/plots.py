@@ -8,13 +8,18 @@ from pathlib import Path
 import pandas as pd
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display): the one place the backend
+    is chosen; every plot of the project gets pyplot from here."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_plt = pyplot
 
 
 def command_line() -> str:

@@ -10,10 +10,9 @@ from analysis.plots import save_figure
 
 def plot_hit_rate(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Hit rate against the fraction of each layer's experts resident, one line per policy."""
-    import matplotlib
+    from analysis.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["policy"] for r in results):
@@ -33,11 +32,11 @@ def plot_hit_rate(results: list[dict[str, Any]], path: Path, title: str = "") ->
 
 def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Max/mean GPU load (planning half, test half, test per batch), bars per placement policy."""
-    import matplotlib
     import numpy as np
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from analysis.plots import pyplot
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [r["policy"] for r in results]

@@ -29,14 +29,8 @@ from sim.errors import ConfigError, MoesimError
 
 
 def share_matrix(placement: Any, L: int, E: int) -> np.ndarray:
-    """(L, E, G): fraction of expert e's load that GPU g serves."""
-    A = np.zeros((L, E, placement.num_gpus))
-    for l in range(L):
-        for e in range(E):
-            gpus = placement.replicas[l][e]
-            for g in gpus:
-                A[l, e, g] += 1.0 / len(gpus)
-    return A
+    """(L, E, G): fraction of expert e's load that GPU g serves (:meth:`Placement.share`)."""
+    return placement.share(L, E, "placement")
 
 
 def imbalance(load: np.ndarray, A: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from sim.config import SimConfig, dense_weight_bytes, expert_bytes, kv_bytes_per
 from sim.errors import ConfigError
 from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Placement, PlacementPolicy
 from sim.world import cache_slots
+from traces.format import expert_counts
 
 
 def _positive(key: str, value: float) -> None:
@@ -128,10 +129,12 @@ class ClusterPlan:
         layer_base = (np.arange(L, dtype=np.int64) * E)[None, :, None]  # (1, L, 1)
         pool_keys = (pool_experts.astype(key_dtype) + layer_base.astype(key_dtype)).reshape(
             len(pool_experts), -1)  # (N, L*K)
-        load = np.bincount((pool_experts.astype(np.int64) + layer_base).ravel(),
-                           minlength=L * E).reshape(L, E)  # (L, E) the history the operator has
+        load = expert_counts(pool_experts, E)  # (L, E) the history the operator has
         placement = placement_policy.place(load)
-        share = _share(placement, L, E, ep, cfg.policy.placement)
+        if placement.num_gpus != ep:
+            raise ConfigError(f"placement policy {cfg.policy.placement!r} placed experts on "
+                              f"{placement.num_gpus} GPUs, the replica has {ep}")
+        share = placement.share(L, E, cfg.policy.placement)  # (L, E, G)
         pairs = np.argwhere(share.reshape(L * E, ep) > 0)  # (P, 2) (key, gpu), key-sorted
         owner = share.reshape(L * E, ep).argmax(axis=1)  # (L*E,)
         lg_index = (np.arange(L * E) // E) * ep + owner
@@ -173,20 +176,3 @@ class ClusterPlan:
                    lg_index=lg_index, home_n=home_n, home_masks=masks, capacity_slots=slots,
                    kv_capacity_tokens=kv_cap, pool_keys=pool_keys)
 
-
-def _share(placement: Placement, L: int, E: int, ep: int, name: str) -> np.ndarray:
-    """(L, E, G) share of an expert's tokens per GPU, replicas sharing equally; checks the shape."""
-    if placement.num_gpus != ep or len(placement.replicas) != L or \
-            any(len(r) != E for r in placement.replicas):
-        raise ConfigError(f"placement policy {name!r} returned a placement of the wrong shape "
-                          f"(expected {L} layers x {E} experts on {ep} GPUs)")
-    share = np.zeros((L, E, ep))
-    for l in range(L):
-        for e in range(E):
-            gpus = placement.replicas[l][e]
-            if not gpus or any(not 0 <= g < ep for g in gpus):
-                raise ConfigError(f"placement puts layer {l} expert {e} on GPUs {gpus}, "
-                                  f"expected 1+ of 0..{ep - 1}")
-            for g in gpus:
-                share[l, e, g] += 1.0 / len(gpus)
-    return share

@@ -202,7 +202,7 @@ def _cmd_stats(a: argparse.Namespace) -> int:
 def _cmd_fit(a: argparse.Namespace) -> int:
     from sim.files import atomic_write_bytes
     from traces.format import read_trace
-    from traces.synth import fit_params
+    from traces.synth_fit import fit_params
 
     tr = read_trace(a.trace)
     params = fit_params(tr, seed=a.seed, command=" ".join(["moesim", "trace", "fit", a.trace, "-o",

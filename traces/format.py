@@ -57,6 +57,14 @@ class TraceMeta:
             self.layer_ids = list(range(self.num_layers))
 
 
+def expert_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """(L, E) int64: how many tokens chose expert e at layer l, from experts (T, L, K). The one
+    place expert popularity is counted (stats, the generator's fit, placement planning)."""
+    T, L, K = experts.shape
+    flat = np.arange(L, dtype=np.int64)[None, :, None] * num_experts + experts.astype(np.int64)
+    return np.bincount(flat.reshape(-1), minlength=L * num_experts).reshape(L, num_experts)
+
+
 @dataclass
 class RoutingTrace:
     experts: np.ndarray  # (T, L, K) int16

@@ -20,10 +20,9 @@ def _save(fig: Any, path: Path) -> None:
 def write_plots(trace: RoutingTrace, out_dir: str | os.PathLike,
                 stats: dict[str, Any] | None = None) -> list[Path]:
     """Write popularity.png, reuse_distance_cdf.png and transitions.png into ``out_dir``."""
-    import matplotlib
+    from analysis.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from traces.stats import popularity_counts, reuse_stats, transition_counts
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traces.format import RoutingTrace
+from traces.format import RoutingTrace, expert_counts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -68,10 +68,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 
 def popularity_counts(trace: RoutingTrace) -> np.ndarray:
     """(L, E) int64: number of tokens using expert e at layer l."""
-    T, L, K = trace.experts.shape
-    E = trace.num_experts
-    flat = (np.arange(L, dtype=np.int64)[None, :, None] * E + trace.experts.astype(np.int64))  # (T, L, K)
-    return np.bincount(flat.reshape(-1), minlength=L * E).reshape(L, E)
+    return expert_counts(trace.experts, trace.num_experts)
 
 
 def gini(shares: np.ndarray) -> np.ndarray:

@@ -23,9 +23,10 @@ experts).
 Sampling is numpy over all tokens of a chunk of requests, a Python loop over layers only (the
 previous-token noise links are resolved by pointer jumping, not a loop over tokens).
 
-Fitting (:func:`fit_params`): popularity and transition counts are exact integer counts of the
-real trace; ``beta``, ``sigma`` and ``rho`` are calibrated (Broyden iterations, common random
-numbers, on a length-stratified subset of the real requests) so that the sampled trace's
+Fitting (:func:`traces.synth_fit.fit_params`): popularity and transition counts are exact
+integer counts of the real trace; ``beta``, ``sigma`` and ``rho`` are calibrated (Broyden
+iterations, common random numbers, on a length-stratified subset of the real requests) so that
+the sampled trace's
 cross-layer predict precision, median reuse distance and consecutive-token overlap (definitions
 in :mod:`traces.stats`) match the real trace's; every evaluation fits the popularity correction
 layer by layer (iterative proportional fitting, request topics centred). Last, the IPF target
@@ -42,7 +43,6 @@ A parameter file is JSON: ``schema`` = "moesim-synth-params", ``version`` 2, mod
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from dataclasses import dataclass
@@ -102,7 +102,7 @@ def _err(where: str, msg: str) -> MoesimError:
     return MoesimError(f"{where}: {msg}")
 
 
-def _probs(counts: np.ndarray, smoothing: float) -> np.ndarray:
+def smoothed_probs(counts: np.ndarray, smoothing: float) -> np.ndarray:
     p = np.asarray(counts, dtype=np.float64) + smoothing
     return p / p.sum(axis=-1, keepdims=True)
 
@@ -129,8 +129,8 @@ def task_model(name: str, t: dict[str, Any], L: int, E: int, where: str = "<para
         raise _err(where, f"task {name!r}: beta={beta}, sigma={sigma}, rho={rho}, share={share}; "
                           f"expected 0 <= beta <= 50, 0 <= sigma <= 20, 0 <= rho < 1, share >= 0")
     return TaskModel(name=str(name), share=share,
-                     logpop=np.log(_probs(pc, smoothing)).astype(np.float32),
-                     trans=_probs(tc, smoothing).astype(np.float32),
+                     logpop=np.log(smoothed_probs(pc, smoothing)).astype(np.float32),
+                     trans=smoothed_probs(tc, smoothing).astype(np.float32),
                      correction=corr.astype(np.float32), beta=beta, sigma=sigma, rho=rho)
 
 
@@ -212,7 +212,7 @@ def _prev_links(pos: np.ndarray, rho: float, rng: np.random.Generator) -> tuple[
     return root, (np.cumsum(root) - 1)[ptr]
 
 
-def _sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
+def sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
                   rng: np.random.Generator, target_share: np.ndarray | None = None,
                   ipf_iters: int = 6) -> np.ndarray:
     """(sum(lens), L, K) int16 experts for requests of the given lengths (tokens contiguous).
@@ -269,7 +269,7 @@ def _sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
     return out
 
 
-def _sample_task(tm: TaskModel, lens: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarray:
+def sample_task(tm: TaskModel, lens: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarray:
     """(sum(lens), L, K) int16, requests in chunks of about CHUNK_TOKENS tokens."""
     lens = np.asarray(lens, dtype=np.int64)
     bias = tm.bias()
@@ -278,7 +278,7 @@ def _sample_task(tm: TaskModel, lens: np.ndarray, K: int, rng: np.random.Generat
     while lo < len(lens):
         base = ends[lo - 1] if lo else 0
         hi = max(lo + 1, int(np.searchsorted(ends, base + CHUNK_TOKENS, side="right")))
-        parts.append(_sample_chunk(tm, bias, lens[lo:hi], K, rng))
+        parts.append(sample_chunk(tm, bias, lens[lo:hi], K, rng))
         lo = hi
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
@@ -310,13 +310,13 @@ def sample_trace(params: SynthParams, num_requests: int, tokens_per_request: Any
         sel = np.flatnonzero(req_task == n)
         if len(sel) == 0:
             continue
-        block = _sample_task(params.tasks[n], lens[sel], K, rng)
+        block = sample_task(params.tasks[n], lens[sel], K, rng)
         rows = np.repeat(starts[sel] - (np.cumsum(lens[sel]) - lens[sel]), lens[sel]) + np.arange(len(block))
         experts[rows] = block
-    return _make_trace(params, experts, lens, req_task, phase or params.phase, "fitted")
+    return make_trace(params, experts, lens, req_task, phase or params.phase, "fitted")
 
 
-def _make_trace(params: SynthParams, experts: np.ndarray, lens: np.ndarray, req_task: np.ndarray,
+def make_trace(params: SynthParams, experts: np.ndarray, lens: np.ndarray, req_task: np.ndarray,
                 phase: str, kind: str, extra: dict | None = None) -> RoutingTrace:
     n = len(lens)
     width = len(str(n - 1))
@@ -355,225 +355,5 @@ def sample_baseline(params: SynthParams, kind: str, num_requests: int, tokens_pe
     experts = np.zeros((T, L, K), dtype=np.int16)
     for l in range(L):
         experts[:, l] = _pl_topk(np.broadcast_to(w[l], (T, E)), K, rng)
-    return _make_trace(params, experts, lens, np.full(num_requests, task, dtype=object),
+    return make_trace(params, experts, lens, np.full(num_requests, task, dtype=object),
                        phase or params.phase, kind, {"zipf_a": zipf_a} if kind == "zipf" else None)
-
-
-# ------------------------------------------------------------------------------------------------
-# fitting
-# ------------------------------------------------------------------------------------------------
-#: calibrated parameters (beta, sigma, rho): start, finite-difference step, largest step, bounds
-_X0 = np.array([3.0, 0.5, 0.15])
-_FD = np.array([0.5, 0.2, 0.05])
-_MAX_STEP = np.array([2.0, 0.5, 0.15])
-_LO, _HI = np.array([0.0, 0.0, 0.0]), np.array([20.0, 4.0, 0.9])
-_TARGETS = ("predict_precision", "reuse_median", "overlap")
-
-
-def _smooth_median(d: np.ndarray) -> float:
-    """Median of non-negative integers, interpolated inside the median's histogram bin (so that
-    it moves continuously with the distribution; rounds to the plain median)."""
-    if len(d) == 0:
-        return float("nan")
-    F = np.cumsum(np.bincount(d)) / len(d)
-    k = int(np.searchsorted(F, 0.5))
-    lo = float(F[k - 1]) if k > 0 else 0.0
-    return k - 0.5 + (0.5 - lo) / max(float(F[k]) - lo, 1e-12)
-
-
-def popularity_counts_of(experts: np.ndarray, E: int) -> np.ndarray:
-    """(L, E) int64 popularity counts of a (T, L, K) expert array."""
-    T, L, K = experts.shape
-    flat = np.arange(L, dtype=np.int64)[None, :, None] * E + experts.astype(np.int64)  # (T, L, K)
-    return np.bincount(flat.reshape(-1), minlength=L * E).reshape(L, E)
-
-
-def calibration_stats(trace: RoutingTrace) -> dict[str, Any]:
-    """The statistics the calibration matches (definitions in :mod:`traces.stats`)."""
-    from traces.stats import consecutive_overlap, cross_layer_stats, gini, popularity_counts, reuse_distances
-
-    d = reuse_distances(trace)[0]
-    ov = consecutive_overlap(trace)
-    pc = popularity_counts(trace)
-    return {
-        "predict_precision": cross_layer_stats(trace)["predict_precision_mean"] if trace.num_layers > 1
-        else float("nan"),
-        "reuse_median": _smooth_median(d),
-        "reuse_median_plain": float(np.median(d)) if len(d) else float("nan"),
-        "overlap": float(np.nanmean(ov)) if np.isfinite(ov).any() else float("nan"),
-        "gini": float(gini(pc.astype(np.float64)).mean()),
-        "popularity_counts": pc,
-    }
-
-
-def _calib_lengths(lens: np.ndarray, calib_tokens: int) -> np.ndarray:
-    """Request lengths for calibration runs: every k-th request by length when the real trace is
-    larger than ``calib_tokens`` (keeps the length distribution), the lengths repeated when it
-    is smaller."""
-    s = np.sort(lens)
-    tot = int(s.sum())
-    if tot > calib_tokens:
-        return s[:: int(np.ceil(tot / calib_tokens))]
-    return np.tile(s, max(1, calib_tokens // max(tot, 1)))
-
-
-def _calibrate(pc: np.ndarray, tc: np.ndarray, real: dict[str, Any], lens: np.ndarray, K: int,
-               seed: int, meta: TraceMeta, max_evals: int, tol: float,
-               full_lens: np.ndarray) -> dict[str, Any]:
-    """Broyden iterations on (beta, sigma, rho), each evaluation with an IPF popularity
-    correction, then the popularity skew: the IPF target is the real shares to a power ``lam``
-    found by secant steps so that fresh samples with the real request lengths (``full_lens``; the
-    request topics add chance skew of their own) have the real Gini. Returns the task's fields."""
-    from traces.stats import gini
-
-    L, E = pc.shape
-    target = np.array([real[k] for k in _TARGETS], dtype=np.float64)
-    active = np.isfinite(target) & (target > 0)
-    real_share = _probs(pc, 0.5).astype(np.float32)
-    corr = np.zeros((L, E))
-    t = {"popularity_counts": pc, "transition_counts": tc, "pop_correction": corr}
-    fake = SynthParams(model=meta.model, num_layers=L, num_experts=E, top_k=K,
-                       layer_ids=list(meta.layer_ids), phase="prefill", tasks={}, source={}, raw={})
-    log: list[dict[str, Any]] = []
-
-    def model(x: np.ndarray, c: np.ndarray) -> TaskModel:
-        return task_model("calib", {**t, "pop_correction": c, "beta": x[0], "sigma": x[1],
-                                    "rho": x[2]}, L, E)
-
-    def run(x: np.ndarray, update: bool, lam: float = 1.0) -> np.ndarray:
-        nonlocal corr
-        tm = model(x, corr)
-        base = tm.bias()
-        bias = base.copy()
-        goal = real_share ** np.float32(lam)
-        goal /= goal.sum(axis=1, keepdims=True)
-        ex = _sample_chunk(tm, bias, lens, K, np.random.default_rng(seed), target_share=goal)
-        s = calibration_stats(_make_trace(fake, ex, lens, np.full(len(lens), "calib", dtype=object),
-                                          "prefill", "fitted"))
-        y = np.array([s[k] for k in _TARGETS], dtype=np.float64)
-        err = np.where(active, y / np.where(active, target, 1.0) - 1.0, 0.0)
-        gini_err = s["gini"] / real["gini"] - 1.0 if real["gini"] > 0 else 0.0
-        new_corr = corr + (bias - base).astype(np.float64)
-        log.append({"x": x.copy(), "y": y, "corr": new_corr, "gini": s["gini"],
-                    "reuse_median_plain": s["reuse_median_plain"],
-                    "score": float(max(np.abs(err).max(), abs(gini_err)))})
-        if update:  # warm start of the next evaluation's popularity fit
-            corr = new_corr
-        return y
-
-    x = np.where(active, _X0, 0.0)
-    if not active[0]:
-        x[0] = 0.0
-    y = run(x, True)
-    J = np.eye(3)
-    for i in np.flatnonzero(active):  # finite-difference Jacobian
-        xi = x.copy()
-        xi[i] += _FD[i]
-        J[:, i] = (run(xi, False) - y) / _FD[i]
-    while len(log) < max_evals and log[-1]["score"] > tol:
-        a = np.flatnonzero(active)
-        r = (target - y)[a]
-        try:
-            dx_a = np.linalg.solve(J[np.ix_(a, a)], r)
-        except np.linalg.LinAlgError:
-            dx_a = np.linalg.lstsq(J[np.ix_(a, a)], r, rcond=None)[0]
-        dx = np.zeros(3)
-        dx[a] = dx_a
-        dx *= min(1.0, float(np.min(_MAX_STEP[a] / np.maximum(np.abs(dx_a), 1e-12))))
-        x_new = np.clip(x + dx, _LO, _HI)
-        y_new = run(x_new, True)
-        dx, dy = x_new - x, y_new - y
-        if float(dx @ dx) > 0:  # Broyden rank-one update
-            J += np.outer(dy - J @ dx, dx) / float(dx @ dx)
-        x, y = x_new, y_new
-    best = min(log, key=lambda e: e["score"])
-    x, corr = best["x"], best["corr"]
-
-    def fresh_gini(lam: float) -> tuple[float, np.ndarray]:
-        """Mean Gini of two fresh samples with the real lengths, after an IPF run to shares**lam."""
-        run(x, True, lam)
-        c = log.pop()["corr"]
-        tm = model(x, c)
-        g = [float(gini(popularity_counts_of(_sample_task(tm, full_lens, K, np.random.default_rng(seed + i)),
-                                             E).astype(np.float64)).mean()) for i in (1, 2)]
-        return float(np.mean(g)), c
-
-    lams, ginis, corrs = [1.0], [], []
-    g, c = fresh_gini(1.0)
-    ginis.append(g)
-    corrs.append(c)
-    lams.append(0.8 if g > real["gini"] else 1.1)
-    for _ in range(4):
-        g, c = fresh_gini(lams[-1])
-        ginis.append(g)
-        corrs.append(c)
-        if abs(g / real["gini"] - 1.0) < tol or real["gini"] <= 0:
-            break
-        slope = (ginis[-1] - ginis[-2]) / (lams[-1] - lams[-2]) if lams[-1] != lams[-2] else 0.0
-        step = (real["gini"] - g) / slope if slope > 0 else -0.2
-        lams.append(float(np.clip(lams[-1] + np.clip(step, -0.3, 0.3), 0.2, 1.5)))
-    i = int(np.argmin(np.abs(np.asarray(ginis) / real["gini"] - 1.0)))
-    best = {**best, "corr": corrs[i], "gini": ginis[i]}
-    return {
-        "beta": round(float(best["x"][0]), 5), "sigma": round(float(best["x"][1]), 5),
-        "rho": round(float(best["x"][2]), 5),
-        "pop_correction": np.round(best["corr"], 4).tolist(),
-        "calibration": {
-            "method": "Broyden on (beta, sigma, rho), each run with per-layer IPF of the popularity "
-                      "correction; common random numbers (seed below); reuse_median interpolated "
-                      "within its histogram bin",
-            "calib_requests": int(len(lens)), "calib_tokens": int(lens.sum()), "seed": seed,
-            "evaluations": len(log),
-            "target": {**{k: round(float(real[k]), 5) for k in _TARGETS}, "gini": round(real["gini"], 5),
-                       "reuse_median_plain": real["reuse_median_plain"]},
-            "achieved": {**{k: round(float(v), 5) for k, v in zip(_TARGETS, best["y"])},
-                         "gini": round(best["gini"], 5), "reuse_median_plain": best["reuse_median_plain"]},
-            "gini_note": "achieved gini: mean of 2 fresh samples with the real request lengths",
-            "pop_power": round(lams[i], 5),
-        },
-    }
-
-
-def fit_params(trace: RoutingTrace, seed: int = 0, command: str = "", trace_path: str = "",
-               calib_tokens: int = 24000, max_evals: int = 18, tol: float = 0.015) -> dict[str, Any]:
-    """Fit the generator to ``trace`` (per task); returns the JSON-ready parameter dict."""
-    from traces.stats import transition_counts
-
-    m = trace.meta
-    tasks_col = trace.tokens["task"].to_numpy()
-    req_tasks = np.asarray(trace.request_tasks(), dtype=object)
-    out_tasks: dict[str, Any] = {}
-    for name in sorted(set(req_tasks.tolist())):
-        sub = trace.take(np.flatnonzero(tasks_col == name))
-        real = calibration_stats(sub)
-        pc = real["popularity_counts"]
-        tc = np.stack([transition_counts(sub.experts, m.num_experts, l) for l in range(m.num_layers - 1)]) \
-            if m.num_layers > 1 else np.zeros((0, m.num_experts, m.num_experts), dtype=np.int64)
-        lens = np.diff(sub.request_bounds())
-        cal = _calibrate(pc, tc, real, _calib_lengths(lens, calib_tokens), m.top_k, seed, m, max_evals, tol,
-                         full_lens=lens)
-        out_tasks[name] = {
-            "share": float((req_tasks == name).mean()),
-            "popularity_counts": pc.tolist(),
-            "transition_counts": tc.tolist(),
-            **cal,
-            "tokens_per_request": {"num_requests": int(len(lens)), "num_tokens": int(lens.sum()),
-                                   "median": float(np.median(lens)), "mean": float(lens.mean()),
-                                   "max": int(lens.max())},
-        }
-    source = {"trace": m.source, "trace_file": _no_machine_path(trace_path), "model": m.model,
-              "fitted_on": _dt.date.today().isoformat(),
-              "command": " ".join(_no_machine_path(w) for w in command.split()), "seed": seed,
-              "calib_tokens": calib_tokens, "max_evals": max_evals}
-    return _wrap(m, out_tasks, source, phase=str(trace.tokens["phase"].iloc[0]))
-
-
-def _no_machine_path(word: str) -> str:
-    """An absolute path becomes its file name (parameter files must not name machine paths)."""
-    return os.path.basename(word) if os.path.isabs(word) else word
-
-
-def _wrap(m: TraceMeta, tasks: dict[str, Any], source: dict[str, Any], phase: str = "decode") -> dict:
-    return {"schema": SCHEMA, "version": VERSION, "model": m.model, "num_layers": m.num_layers,
-            "num_experts": m.num_experts, "top_k": m.top_k, "layer_ids": list(m.layer_ids),
-            "phase": phase, "source": source, "tasks": tasks}

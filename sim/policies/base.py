@@ -122,16 +122,32 @@ class Placement:
                     used[g] += 1
         return used
 
-    def gpu_load(self, load: np.ndarray) -> np.ndarray:
-        """(L, G) token load per GPU given (L, E) expert loads, replicas sharing equally."""
-        L, E = load.shape
-        out = np.zeros((L, self.num_gpus))
+    def share(self, num_layers: int | None = None, num_experts: int | None = None,
+              name: str = "?") -> np.ndarray:
+        """(L, E, G) share of expert e's tokens at layer l that GPU g computes (replicas share
+        equally): the one place the share matrix is computed (the simulator's plan, the
+        placement app, :meth:`gpu_load`). With ``num_layers`` / ``num_experts`` it also checks
+        the placement has that shape (``name``: the policy, for the error)."""
+        L = len(self.replicas) if num_layers is None else num_layers
+        E = len(self.replicas[0]) if num_experts is None else num_experts
+        G = self.num_gpus
+        if len(self.replicas) != L or any(len(r) != E for r in self.replicas):
+            raise ConfigError(f"placement policy {name!r} returned a placement of the wrong shape "
+                              f"(expected {L} layers x {E} experts on {G} GPUs)")
+        share = np.zeros((L, E, G))
         for l in range(L):
             for e in range(E):
                 gpus = self.replicas[l][e]
+                if not gpus or any(not 0 <= g < G for g in gpus):
+                    raise ConfigError(f"placement puts layer {l} expert {e} on GPUs {gpus}, "
+                                      f"expected 1+ of 0..{G - 1}")
                 for g in gpus:
-                    out[l, g] += load[l, e] / len(gpus)
-        return out
+                    share[l, e, g] += 1.0 / len(gpus)
+        return share
+
+    def gpu_load(self, load: np.ndarray) -> np.ndarray:
+        """(L, G) token load per GPU given (L, E) expert loads, replicas sharing equally."""
+        return np.einsum("le,leg->lg", load, self.share(*load.shape))
 
 
 class PlacementPolicy(ABC):

@@ -206,10 +206,9 @@ def _inputs(model_cfg: dict[str, Any]) -> str:
 
 def _write_staleness(curve: list[dict[str, Any]], out: Path) -> None:
 
-    import matplotlib
+    from analysis.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lines = ["period,f1,coverage,previous_prompt_f1,popular_f1"]
     lines += [f"{r['period']},{r['f1']:.6f},{r['coverage']:.6f},{r['previous_prompt_f1']:.6f},"

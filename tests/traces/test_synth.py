@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import traces.synth as synth
+import traces.synth_fit as synth_fit
 from sim.errors import MoesimError
 from traces.stats import cross_layer_stats, popularity_counts
 
@@ -95,7 +96,7 @@ def test_fit_calibrates_to_its_source():
     must be near the targets, the counts exact, and the fitted model must load and sample."""
     truth = synth.fitted_params("mixtral-8x7b")
     src = synth.sample_trace(truth, 12, np.arange(12) * 10 + 40, np.random.default_rng(3), task="humaneval")
-    d = synth.fit_params(src, seed=0, command="moesim trace fit /abs/path/SRC.parquet -o out.json",
+    d = synth_fit.fit_params(src, seed=0, command="moesim trace fit /abs/path/SRC.parquet -o out.json",
                          calib_tokens=3000, max_evals=10)
     assert d["source"]["command"] == "moesim trace fit SRC.parquet -o out.json"
     t = d["tasks"]["humaneval"]
