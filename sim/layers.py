@@ -227,9 +227,9 @@ class LayerWalk:
         addition is monotonic). Recording only writes down what this loop computed."""
         attn, gate, pf_cost, a2a = gaps  # added one by one, in this order (same floats)
         eb = self.eb
-        G = len(states)
         fetch = [st.link.fetch for st in states]
         inflights = [st.inflight for st in states]
+        waits = any(inflights)  # prefetched copies in flight on some GPU (none are added here)
         for l, miss in layers:
             t_gate = t + attn + gate + pf_cost
             ready = t_gate + a2a
@@ -239,12 +239,11 @@ class LayerWalk:
                 end = ready
             copies = {} if rec is not None else None  # g -> (experts copied, copy end)
             starts = {} if rec is not None else None  # g -> experts start, when after ready
-            for g in range(G):
-                m = miss[g]
+            for g, m in enumerate(miss):
                 if m is None:
                     continue
                 start = ready
-                if inflights[g]:
+                if waits and inflights[g]:
                     start = self._wait_prefetched(states[g], need[g][l], m, start)
                 nm = m if m.__class__ is int else len(m)
                 if nm:
