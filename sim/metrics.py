@@ -6,10 +6,13 @@
   last completion), ``tokens_per_s`` (output tokens / sim_time_s), ``processed_tokens_per_s``
 - ``ttft_s``, ``tpot_s``, ``e2e_s``: ``{p50, p90, p99, mean}``; ``slo``: the TTFT/TPOT targets and
   ``slo_attainment`` (share of requests meeting both)
-- ``hit_rate`` (expert accesses on GPUs with a cache policy), ``expert_accesses``,
-  ``h2d_bytes``, ``fetch_stall_s`` (sum over GPUs of time layers waited on copies)
-- ``expert_streamed``: misses not kept because the step needed more keys than the budget holds
-  (they pass through a one-layer staging buffer outside the cache)
+- the shared cache-counts record (:class:`sim.world.CacheCounts`, summed over the GPUs with a
+  cache policy, counted by the policies themselves): ``accesses``, ``hits``, ``misses``,
+  ``hit_rate``, ``rerouted``, ``streamed`` (misses not kept because the step needed more keys than
+  the budget holds: they pass through a one-layer staging buffer), ``evictions``, ``prefetched``,
+  ``loads``, ``h2d_bytes`` (checked equal to what the host links carried); ``expert_accesses``,
+  ``expert_misses``, ``expert_streamed`` repeat them for one release
+- ``fetch_stall_s`` (sum over GPUs of time layers waited on copies)
 - ``peak_expert_bytes_per_gpu``, ``expert_budget_bytes_per_gpu``, ``kv_peak_tokens``,
   ``kv_capacity_tokens``
 - ``load_imbalance`` (max / mean expert tokens per GPU over the run), ``load_imbalance_iter``
