@@ -71,6 +71,12 @@ class HardwareConfig:
     #: inter-node network bandwidth per GPU per direction
     network_bytes_per_s: float = 50e9
     network_latency_s: float = 20e-6
+    #: setup cost of each expert's host-to-device copy beyond the first of a fetch (one
+    #: cudaMemcpyAsync per weight tensor; mixtral-offloading copies expert by expert)
+    host_copy_overhead_s: float = 0.0
+    #: fixed cost of one serving iteration outside the kernels: scheduling, input preparation,
+    #: sampling, detokenisation (an engine-and-host constant; its source is in the YAML)
+    iteration_overhead_s: float = 0.0
     source: str = ""
 
 
@@ -92,6 +98,16 @@ class ClusterConfig:
     gpus_per_node: int = 8
     #: GPUs per replica (expert-parallel degree); replicas = nodes * gpus_per_node / ep
     expert_parallel: int = 8
+    #: tensor-parallel degree of attention, dense layers and the LM head inside a replica (divides
+    #: expert_parallel; the rest is attention data parallelism): two all-reduces per layer
+    tensor_parallel: int = 1
+    #: how experts are split: "ep" (whole experts placed on the replica's GPUs by the placement
+    #: policy) or "tp" (every expert sharded over the tensor-parallel group, as vLLM without
+    #: --enable-expert-parallel; needs tensor_parallel == expert_parallel)
+    moe_parallel: str = "ep"
+    #: "global": one expert cache per GPU over all layers; "per_layer": one cache per MoE layer
+    #: per GPU (mixtral-offloading's LRU per layer), each with its share of the slots
+    cache_scope: str = "global"
     #: expert cache slots per GPU: ``expert_budget_bytes`` if > 0, else this fraction of the
     #: experts the placement puts on the GPU, i.e. of the model's experts / expert_parallel under
     #: contiguous placement (1.0: all of them, the full-memory baseline; 0.5 on Mixtral EP 8:

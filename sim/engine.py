@@ -102,8 +102,9 @@ class Simulation:
         self.batcher = Batcher(self.req, cfg.serving, self.scheduler, plan.kv_capacity_tokens,
                                self.tallies, p.scheduler)
         self.log = cache_log
+        # a per-layer cache scope logs its calls itself, per layer (sim.cache_scope)
         self.walk = LayerWalk(plan, cost, self.req, self.tallies, self.prefetch, predictor, p.cache,
-                              recorder, cache_log)
+                              recorder, None if plan.layer_slots else cache_log)
         self.replicas = [self._replica(r) for r in range(topo.num_replicas)]
         self.env = simpy.Environment()
         self.done = self.env.event()
@@ -133,8 +134,11 @@ class Simulation:
 
     def new_cache(self, st: GpuState, reset: bool = False) -> CachePolicy:
         """A GPU's cache policy; a warm start loads its first ``capacity`` experts (before serving,
-        not counted as loads)."""
+        not counted as loads). With ``cluster.cache_scope=per_layer``: one cache per layer
+        (:class:`sim.cache_scope.LayeredCache`), each warmed with its layer's first experts."""
         p, plan = self.cfg.policy, self.plan
+        if plan.layer_slots:
+            return self._new_layered(st, reset)
         cache = CACHE.make(p.cache, capacity=st.capacity, num_keys=plan.L * plan.E, **p.cache_args)
         if self.log is not None and reset:
             self.log.add(st.gpu, "reset", 0)
@@ -144,6 +148,19 @@ class Simulation:
                 self.log.add(st.gpu, "warm", 0, keys)
             cache.insert(0, keys)
             cache.counts = CacheCounts()  # the weights loaded before serving are not loads
+        return cache
+
+    def _new_layered(self, st: GpuState, reset: bool) -> Any:
+        from sim.cache_scope import LayeredCache
+
+        p, plan = self.cfg.policy, self.plan
+        slots = plan.layer_slots[st.local]
+        cache = LayeredCache(p.cache, slots, plan.L, plan.E, p.cache_args, gpu=st.gpu, log=self.log)
+        if reset:
+            cache.reset_log()
+        if self.cfg.cluster.warm_start and st.capacity:
+            keys = [k for l, ks in enumerate(st.layer_sets) for k in sorted(ks)[: slots[l]]]
+            cache.warm(keys)
         return cache
 
     # -- requests to replicas -------------------------------------------------------------------

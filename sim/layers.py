@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import MoesimError
+from sim.layer_costs import batch_shape, layer_costs
 from sim.plan import ClusterPlan
 from sim.policies.base import CACHE, CachePolicy, PrefetchContext, PrefetchPolicy
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
@@ -64,6 +65,10 @@ class LayerWalk:
         self.observers = [p for p in dict.fromkeys([prefetch, predictor])
                           if p is not None and type(p).observes]
         self.eb = plan.expert_bytes
+        # per-copy setup beyond a fetch's first copy, as link time (bytes at the link's rate)
+        bw = cost.host_link_bytes_per_s
+        over = getattr(cost, "host_copy_overhead_s", 0.0)
+        self.pad_bytes = over * bw if over and bw != float("inf") else 0.0
         cache_cls = CACHE.get(cache_name)
         self.cache_uses_requests = cache_cls.uses_requests
         self.cache_uses_prediction = cache_cls.uses_prediction
@@ -71,39 +76,23 @@ class LayerWalk:
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
         """Walk the layers of one iteration; return its duration (s). Mutates caches and links."""
-        L, E, K, plan, cost, tl = self.L, self.E, self.K, self.plan, self.cost, self.t
+        L, E, plan, cost, tl = self.L, self.E, self.plan, self.cost, self.t
         keep = alloc > 0
         batch, alloc = batch[keep], alloc[keep]
-        rows, pairs = self._rows(batch, alloc)
-        T = len(rows)
-        keys_tok = plan.pool_keys[rows]  # (T, L*K) key = layer * E + expert
+        shape = batch_shape(self.req, batch, alloc)
+        keys_tok = plan.pool_keys[shape.rows]  # (T, L*K) key = layer * E + expert
         counts_flat = np.bincount(keys_tok.ravel(), minlength=L * E)  # (L*E,) tokens per key
-        counts = counts_flat.reshape(L, E)  # (L, E)
-        tl.recorded_le += counts
+        tl.recorded_le += counts_flat.reshape(L, E)
         G = len(rep.gpus)
-        if plan.single_owner:
-            # each expert on one GPU: per-GPU sums by scatter (no (L, E, G) product)
-            computed = counts
-            comp_le = cost.expert_s(counts)  # (L, E)
-            lg = plan.lg_index
-            comp_arr = np.bincount(lg, weights=comp_le.ravel(), minlength=L * G).reshape(L, G)
-            load_g = np.bincount(lg, weights=counts_flat, minlength=L * G).reshape(L, G)
-        else:
-            tok_g = counts[:, :, None] * plan.share  # (L, E, G) tokens per expert per GPU
-            computed = np.rint(tok_g.sum(axis=2)).astype(np.int64)
-            comp_arr = cost.expert_s(np.ceil(tok_g - 1e-9)).sum(axis=1)  # (L, G) expert compute
-            load_g = tok_g.sum(axis=1)  # (L, G)
-        tl.computed_le += computed
+        lc = layer_costs(plan, cost, counts_flat, shape, G)
+        comp_arr, load_g = lc.comp, lc.load
+        tl.computed_le += lc.computed
         sum_load = load_g.sum(axis=1)  # (L,)
         nz = sum_load > 0
         tl.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
         tl.iter_layers += int(nz.sum())
         tl.gpu_tokens[rep.index] += load_g.sum(axis=0)
-        decode = int((alloc == 1).sum())
-        attn = cost.attention_s(T - decode, decode, pairs, G)
-        gate = cost.gate_s(T)
-        a2a = cost.all_to_all_s(T * K * plan.hidden_size * 2.0 / G, G, plan.topo.inter_node) \
-            if G > 1 else 0.0
+        attn, gate, a2a = lc.attn, lc.gate, lc.a2a
         pf_cost = self.prefetch.cost_s() if (self.pf_next or self.pf_req) else 0.0
         used_flat = counts_flat > 0  # (L*E,)
         states = rep.states
@@ -113,7 +102,7 @@ class LayerWalk:
         comp = comp_arr.tolist()  # [L][G] seconds
         stall = [st.stall_s for st in states]
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
-        t = t0
+        t = t0 + lc.pre
         gaps = (attn, gate, pf_cost, a2a)
         if self.pf_next:
             for l in range(L):
@@ -226,7 +215,7 @@ class LayerWalk:
         experts end (``ready + max(comp)`` covers every GPU that did not wait, exactly: float
         addition is monotonic). Recording only writes down what this loop computed."""
         attn, gate, pf_cost, a2a = gaps  # added one by one, in this order (same floats)
-        eb = self.eb
+        eb, pad = self.eb, self.pad_bytes
         fetch = [st.link.fetch for st in states]
         inflights = [st.inflight for st in states]
         waits = any(inflights)  # prefetched copies in flight on some GPU (none are added here)
@@ -247,7 +236,12 @@ class LayerWalk:
                     start = self._wait_prefetched(states[g], need[g][l], m, start)
                 nm = m if m.__class__ is int else len(m)
                 if nm:
-                    fin = fetch[g](t_gate, nm * eb)
+                    if pad and nm > 1:  # the overhead occupies the link but moves no bytes
+                        link = states[g].link
+                        fin = link.fetch(t_gate, nm * eb + (nm - 1) * pad)
+                        link.bytes_total -= (nm - 1) * pad
+                    else:
+                        fin = fetch[g](t_gate, nm * eb)
                     if fin > start:
                         start = fin
                     if copies is not None:
@@ -398,16 +392,3 @@ class LayerWalk:
                         return out
                     out.append(keys[rank])
         return out
-
-    def _rows(self, batch: np.ndarray, alloc: np.ndarray) -> tuple[np.ndarray, int]:
-        """(T,) pool rows of the batch's tokens, and the attention context pairs they read."""
-        r = self.req
-        start = r.ctx[batch]  # (B,) first position processed
-        total = int(alloc.sum())
-        rep_start = np.repeat(start, alloc)  # (T,)
-        first = np.cumsum(alloc) - alloc
-        pos = rep_start + (np.arange(total) - np.repeat(first, alloc))  # (T,) positions
-        length = np.repeat(r.length[batch], alloc)
-        rows = np.repeat(r.offset[batch], alloc) + pos % length
-        return rows, int((pos + 1).sum())
-

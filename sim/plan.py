@@ -52,6 +52,25 @@ def check_config(cfg: SimConfig) -> Topology:
     if m.top_k > m.num_experts:
         raise ConfigError(f"model.top_k={m.top_k} exceeds model.num_experts={m.num_experts}")
     topo = Topology.from_config(c)
+    tp = c.tensor_parallel
+    if tp < 1 or c.expert_parallel % tp:
+        raise ConfigError(f"cluster.tensor_parallel={tp} must be >= 1 and divide "
+                          f"cluster.expert_parallel={c.expert_parallel} (the replica's GPUs)")
+    if tp > c.gpus_per_node:
+        raise ConfigError(f"cluster.tensor_parallel={tp} exceeds a node's {c.gpus_per_node} GPUs "
+                          f"(tensor parallelism stays on NVLink)")
+    if c.moe_parallel not in ("ep", "tp"):
+        raise ConfigError(f"cluster.moe_parallel={c.moe_parallel!r}; expected 'ep' (experts placed "
+                          f"whole) or 'tp' (experts sharded over the tensor-parallel group)")
+    if c.moe_parallel == "tp" and tp != c.expert_parallel:
+        raise ConfigError(f"cluster.moe_parallel=tp shards every expert over the replica: needs "
+                          f"cluster.tensor_parallel ({tp}) == cluster.expert_parallel "
+                          f"({c.expert_parallel})")
+    if c.cache_scope not in ("global", "per_layer"):
+        raise ConfigError(f"cluster.cache_scope={c.cache_scope!r}; expected 'global' (one cache "
+                          f"per GPU) or 'per_layer' (one cache per MoE layer per GPU)")
+    for key in ("host_copy_overhead_s", "iteration_overhead_s"):
+        _nonneg(f"hardware.{key}", getattr(hw, key))
     if s.token_budget < 1 or s.max_batch_requests < 1 or s.scheduler_window < 1:
         raise ConfigError("serving.token_budget, serving.max_batch_requests and "
                           "serving.scheduler_window must be >= 1")
@@ -110,8 +129,11 @@ class ClusterPlan:
     home_n: np.ndarray  # (L, G) experts each GPU holds per layer
     home_masks: list[np.ndarray]  # per local GPU: (L*E,) bool
     capacity_slots: list[int]  # per local GPU
+    layer_slots: list[list[int]]  # per local GPU, per layer (cache_scope=per_layer; else [])
     kv_capacity_tokens: int
     pool_keys: np.ndarray  # (N, L*K) the pool's routing as cache keys layer * E + expert
+    tensor_parallel: int = 1
+    moe_tp: bool = False  # every expert sharded over the replica (expert_bytes is one shard)
 
     @classmethod
     def build(cls, cfg: SimConfig, topo: Topology, pool_experts: np.ndarray, prompt: np.ndarray,
@@ -134,15 +156,19 @@ class ClusterPlan:
         if placement.num_gpus != ep:
             raise ConfigError(f"placement policy {cfg.policy.placement!r} placed experts on "
                               f"{placement.num_gpus} GPUs, the replica has {ep}")
-        share = placement.share(L, E, cfg.policy.placement)  # (L, E, G)
+        moe_tp = c.moe_parallel == "tp"
+        if moe_tp:  # every GPU holds a 1/ep shard of every expert
+            share = np.full((L, E, ep), 1.0 / ep)
+        else:
+            share = placement.share(L, E, cfg.policy.placement)  # (L, E, G)
         pairs = np.argwhere(share.reshape(L * E, ep) > 0)  # (P, 2) (key, gpu), key-sorted
         owner = share.reshape(L * E, ep).argmax(axis=1)  # (L*E,)
         lg_index = (np.arange(L * E) // E) * ep + owner
         home_n = np.bincount(lg_index, minlength=L * ep).reshape(L, ep)
-        eb = expert_bytes(m)
+        eb = expert_bytes(m) // (ep if moe_tp else 1)
         kv_tb = kv_bytes_per_token(m)
         dense_share = dense_weight_bytes(m) / ep
-        masks, slots, kv_bytes_total = [], [], 0.0
+        masks, slots, layer_slots, kv_bytes_total = [], [], [], 0.0
         for g in range(ep):
             mask = (share[:, :, g] > 0).ravel()  # (L*E,)
             home = int(mask.sum())
@@ -150,6 +176,15 @@ class ClusterPlan:
                 cap = min(home, int(c.expert_budget_bytes // eb))
             else:
                 cap = cache_slots(c.expert_budget_fraction, home, "cluster.expert_budget_fraction")
+            if c.cache_scope == "per_layer":
+                # each layer's cache: the same rule on the layer's experts (the budget in bytes
+                # is split evenly over the layers)
+                per = mask.reshape(L, E).sum(axis=1)
+                ls = [min(int(n), cap // L) if c.expert_budget_bytes > 0 else
+                      cache_slots(c.expert_budget_fraction, int(n), "cluster.expert_budget_fraction")
+                      for n in per]
+                cap = sum(ls)
+                layer_slots.append(ls)
             free = hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb
             if free <= 0:
                 raise ConfigError(
@@ -174,5 +209,6 @@ class ClusterPlan:
                    placement=placement, share=share, single_owner=len(pairs) == L * E,
                    pair_key=pairs[:, 0].astype(np.int64), pair_gpu=pairs[:, 1].astype(np.int64),
                    lg_index=lg_index, home_n=home_n, home_masks=masks, capacity_slots=slots,
-                   kv_capacity_tokens=kv_cap, pool_keys=pool_keys)
+                   layer_slots=layer_slots, kv_capacity_tokens=kv_cap, pool_keys=pool_keys,
+                   tensor_parallel=c.tensor_parallel, moe_tp=moe_tp)
 

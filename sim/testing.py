@@ -51,14 +51,18 @@ def tiny_config(layers: int = 2, experts: int = 4, top_k: int = 1, nodes: int = 
 @dataclass
 class StubCost:
     """Round-number costs: attention ``attn_s`` per layer when any token runs, gating free,
-    ``expert_s_each`` per expert that has tokens, all-to-all ``a2a_s`` (0 on one GPU), copies at
-    ``host_link_bytes_per_s`` with no latency."""
+    ``expert_s_each`` per expert that has tokens (summed per GPU and layer), all-to-all ``a2a_s``
+    (0 on one GPU), ``collectives_s`` of tensor-parallel all-reduces per layer, ``iteration_s_each``
+    per iteration, copies at ``host_link_bytes_per_s`` with no latency."""
 
     attn_s: float = 0.001
     expert_s_each: float = 0.002
     a2a_s: float = 0.0005
     host_link_bytes_per_s: float = 2000.0
     host_link_latency_s: float = 0.0
+    collectives_s: float = 0.0
+    iteration_s_each: float = 0.0
+    host_copy_overhead_s: float = 0.0
 
     def gate_s(self, tokens: int) -> float:
         return 0.0
@@ -66,9 +70,21 @@ class StubCost:
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
         return np.where(np.asarray(tokens) > 0, self.expert_s_each, 0.0)
 
+    def moe_s(self, tokens: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+        from sim.cost.base import moe_by_sum
+
+        return moe_by_sum(self.expert_s(tokens), group, groups)
+
     def attention_s(self, prefill_tokens: int, decode_tokens: int, context_tokens: int,
-                    shards: int) -> float:
+                    shards: int, kv_tokens: int | None = None) -> float:
         return self.attn_s if prefill_tokens + decode_tokens else 0.0
+
+    def layer_collectives_s(self, tokens: int) -> float:
+        return self.collectives_s if tokens else 0.0
+
+    def iteration_s(self, prefill_tokens: int, decode_tokens: int, context_tokens: int,
+                    kv_tokens: int, sequences: int) -> float:
+        return self.iteration_s_each if prefill_tokens + decode_tokens else 0.0
 
     def copy_s(self, nbytes: float) -> float:
         return nbytes / self.host_link_bytes_per_s

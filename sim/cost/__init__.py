@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from sim.config import HardwareConfig, ModelConfig
-from sim.cost.analytic import AnalyticCost
+from sim.config import ClusterConfig, HardwareConfig, ModelConfig
+from sim.cost.analytic import AnalyticCost, Parallel
 from sim.cost.base import CostModel
 from sim.errors import ConfigError
 
 
-def make_cost_model(kind: str, model: ModelConfig, hw: HardwareConfig, table: str = "") -> CostModel:
-    analytic = AnalyticCost(model, hw)
+def parallel_of(cluster: ClusterConfig) -> Parallel:
+    """The parallel layout of one replica of ``cluster``."""
+    return Parallel(gpus=cluster.expert_parallel, tp=cluster.tensor_parallel,
+                    moe_tp=cluster.moe_parallel == "tp",
+                    inter_node=cluster.expert_parallel > cluster.gpus_per_node)
+
+
+def make_cost_model(kind: str, model: ModelConfig, hw: HardwareConfig, table: str = "",
+                    cluster: ClusterConfig | None = None) -> CostModel:
+    """The cost model ``kind`` for ``model`` on ``hw``, priced for one replica of ``cluster``
+    (default: one GPU)."""
+    analytic = AnalyticCost(model, hw, parallel_of(cluster) if cluster is not None else None)
     if kind == "analytic":
         return analytic
     if kind == "table":
@@ -21,4 +31,4 @@ def make_cost_model(kind: str, model: ModelConfig, hw: HardwareConfig, table: st
     raise ConfigError(f"unknown cost model {kind!r}; expected 'analytic' or 'table'")
 
 
-__all__ = ["AnalyticCost", "CostModel", "make_cost_model"]
+__all__ = ["AnalyticCost", "CostModel", "Parallel", "make_cost_model", "parallel_of"]

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from sim.cost.analytic import AnalyticCost
+from sim.cost.base import moe_by_sum
 from sim.errors import ConfigError
 
 COLUMNS = ("op", "device", "dtype", "tokens", "experts", "hidden", "intermediate", "bytes", "time_s")
@@ -85,7 +86,7 @@ class TableCost:
                 g = rows.groupby(x)["time_s"].median().sort_index()
                 self._curves[op] = (g.index.to_numpy(np.float64), g.to_numpy(np.float64))
         self.out_of_range: dict[str, int] = {op: 0 for op in OPS}
-        self.fallback_calls: dict[str, int] = {op: 0 for op in OPS}
+        self.fallback_calls: dict[str, int] = {op: 0 for op in (*OPS, "iteration", "all_reduce")}
         self.host_link_latency_s = fallback.host_link_latency_s
         if "copy" in self._curves:
             xs, ys = self._curves["copy"]
@@ -128,15 +129,34 @@ class TableCost:
             out[nz] = self.fallback.expert_s(t[nz]) if y is None else y
         return out
 
+    def moe_s(self, tokens: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+        """The measured per-expert times summed per (layer, GPU): each measured expert ran alone."""
+        return moe_by_sum(self.expert_s(tokens), group, groups)
+
     def attention_s(self, prefill_tokens: int, decode_tokens: int, context_tokens: int,
-                    shards: int) -> float:
+                    shards: int, kv_tokens: int | None = None) -> float:
         tokens = prefill_tokens + decode_tokens
         if tokens == 0:
             return 0.0
         y = self._interp("attention", np.array([tokens]))
         if y is None:
-            return self.fallback.attention_s(prefill_tokens, decode_tokens, context_tokens, shards)
+            return self.fallback.attention_s(prefill_tokens, decode_tokens, context_tokens, shards,
+                                             kv_tokens)
         return float(y[0]) / shards
+
+    def layer_collectives_s(self, tokens: int) -> float:
+        t = self.fallback.layer_collectives_s(tokens)
+        if t:
+            self.fallback_calls["all_reduce"] += 1
+        return t
+
+    def iteration_s(self, prefill_tokens: int, decode_tokens: int, context_tokens: int,
+                    kv_tokens: int, sequences: int) -> float:
+        t = self.fallback.iteration_s(prefill_tokens, decode_tokens, context_tokens, kv_tokens,
+                                      sequences)
+        if t:
+            self.fallback_calls["iteration"] += 1
+        return t
 
     def copy_s(self, nbytes: float) -> float:
         y = self._interp("copy", np.array([nbytes]))
