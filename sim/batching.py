@@ -105,6 +105,10 @@ class Batcher:
                 rep.running.extend(admitted)
                 alloc = np.concatenate([alloc, np.asarray(extra, dtype=np.int64)])
         if not rep.running or int(alloc.sum()) == 0:
+            if not rep.waiting:  # running requests with no pending token: an inconsistent state
+                ids = [r.request_id[j] for j in rep.running]
+                raise MoesimError(f"replica {rep.index}: no tokens to process for running "
+                                  f"request(s) {ids} (their KV already covers their context)")
             i = rep.waiting[0]
             raise MoesimError(f"replica {rep.index}: cannot admit request {r.request_id[i]!r} "
                               f"({int(r.prompt[i])} prompt tokens) into {cap} KV tokens")
