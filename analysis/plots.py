@@ -51,21 +51,99 @@ def save_figure(fig, path: str | Path, caption: str | None = None) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
+SHARES = ("hit_rate", "slo_attainment", "routing_fidelity", "f1", "precision", "recall",
+          "accuracy", "fraction", "share")
+
+
+def is_share(name: str) -> bool:
+    """A quantity in [0, 1] whose axis starts at zero."""
+    return any(t in str(name).lower() for t in SHARES)
+
+
+def resolve_repeats(df: pd.DataFrame, x: str, y: str, hue: str | None
+                    ) -> tuple[pd.DataFrame, str | None, str]:
+    """Rows that share (hue, x) are never averaged silently: if they differ only in ``seed``
+    they are aggregated (mean, error bars = one standard deviation; the axis label says so),
+    otherwise each run keeps its own series (``hue`` becomes the run's ``label``).
+    Returns (df with ``_y``, ``_err``, ``_n``), the hue column, the y-axis label."""
+    keys = [c for c in (hue, x) if c]
+    d = df.dropna(subset=[y]).copy()
+    if not d.duplicated(subset=keys).any():
+        d["_y"], d["_err"], d["_n"] = d[y], 0.0, 1
+        return d, hue, y
+    config = [c for c in df.attrs.get("config_columns", []) if c in d.columns and c not in keys]
+    by_seed = "seed" in d.columns and not any(
+        g[[c for c in config if c != "seed"]].astype(str).nunique().gt(1).any()
+        for _, g in d.groupby(keys, sort=False)) and d.groupby(keys)["seed"].nunique().gt(1).all()
+    if by_seed:
+        agg = d.groupby(keys, sort=True)[y].agg(["mean", "std", "count"]).reset_index()
+        agg = agg.rename(columns={"mean": "_y", "std": "_err", "count": "_n"}).fillna({"_err": 0.0})
+        n = int(agg["_n"].min())
+        return agg, hue, f"{y}: mean over {n} seeds (bars: 1 sd)"
+    if "label" in d.columns and not d.duplicated(subset=["label", x]).any():
+        d["_y"], d["_err"], d["_n"] = d[y], 0.0, 1
+        return d, "label", y
+    from sim.errors import MoesimError
+
+    raise MoesimError(f"several runs share {', '.join(keys)} and differ in more than the seed; "
+                      f"give --hue to tell them apart")
+
+
+def compare_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | Path,
+                 title: str = "", caption: str | None = None, xlabel: str | None = None,
+                 ylabel: str | None = None) -> None:
+    """``y`` against ``x``: bars when ``x`` is categorical (or has one value), lines when it is
+    numeric; one colour per ``hue`` value (:mod:`analysis.style`); no silent averaging
+    (:func:`resolve_repeats`); the y axis starts at zero for shares and for bars."""
+    import numpy as np
+
+    from analysis.style import label as style_label
+    from analysis.style import line_style
+
+    d, hue, ylab = resolve_repeats(df, x, y, hue)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.6, 4.2))
+    groups = [(None, d)] if hue is None else list(d.groupby(hue, sort=False))
+    xs_all = list(dict.fromkeys(d[x].tolist()))
+    numeric = pd.api.types.is_numeric_dtype(d[x]) and len(xs_all) > 1
+    if numeric:
+        for name, g in groups:
+            g = g.sort_values(x)
+            st = line_style(name if name is not None else y)
+            ax.errorbar(g[x], g["_y"], yerr=g["_err"] if g["_err"].any() else None, marker="o",
+                        capsize=3, label=None if name is None else style_label(name), **st)
+        if is_share(y):
+            ax.set_ylim(0, max(1.0, float(d["_y"].max()) * 1.05))
+    else:
+        width = 0.8 / max(1, len(groups))
+        pos = np.arange(len(xs_all))
+        for j, (name, g) in enumerate(groups):
+            vals = [g.loc[g[x] == v, "_y"] for v in xs_all]
+            errs = [g.loc[g[x] == v, "_err"] for v in xs_all]
+            h = [float(v.iloc[0]) if len(v) else np.nan for v in vals]
+            e = [float(v.iloc[0]) if len(v) else 0.0 for v in errs]
+            st = line_style(name if name is not None else "")
+            ax.bar(pos + (j - (len(groups) - 1) / 2) * width, h, width=width * 0.95,
+                   yerr=e if any(e) else None, capsize=3, color=st["color"],
+                   hatch="//" if st.get("linestyle") == "--" else None, edgecolor="white",
+                   label=None if name is None else style_label(name))
+        ax.set_xticks(pos)
+        ax.set_xticklabels([str(v) for v in xs_all], rotation=20 if len(xs_all) > 4 else 0,
+                           ha="right" if len(xs_all) > 4 else "center", fontsize=8)
+        ax.set_ylim(bottom=0)
+        if is_share(y):
+            ax.set_ylim(0, max(1.0, float(np.nanmax(d["_y"])) * 1.05))
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or ylab)
+    ax.set_title(title or f"{y} vs {x}", fontsize=10)
+    ax.grid(alpha=0.3, axis="y" if not numeric else "both")
+    if hue is not None:
+        ax.legend(title=hue, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    save_figure(fig, path, caption)
+
+
 def line_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | Path,
               title: str = "", caption: str | None = None) -> None:
-    """One line per value of ``hue`` (or one line), points sorted by ``x``; means over repeats."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    groups = [(None, df)] if hue is None else list(df.groupby(hue, sort=True))
-    categorical_x = not pd.api.types.is_numeric_dtype(df[x])
-    for name, g in groups:
-        agg = g.groupby(x, sort=True)[y].mean()
-        xs = [str(v) for v in agg.index] if categorical_x else agg.index
-        ax.plot(xs, agg.values, marker="o", label=None if name is None else str(name))
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(title or f"{y} vs {x}")
-    ax.grid(alpha=0.3)
-    if hue is not None:
-        ax.legend(title=hue, fontsize=8)
-    save_figure(fig, path, caption)
+    """Kept for callers of the old name: :func:`compare_plot` (bars for categorical x, no silent
+    averaging)."""
+    compare_plot(df, x, y, hue, path, title=title, caption=caption)

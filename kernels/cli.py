@@ -24,11 +24,21 @@ capacity_factor, tune, out_dir, reference, device, interpret. Needs a CUDA GPU (
 interpret=true is a smoke mode)."""
 
 
+#: dtype spelled as everywhere else (model.dtype) -> torch's name (CSV and tuned-config names)
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
 def _bench_task(cfg) -> None:
+    import dataclasses
+
     from kernels.bench import run_bench
+    from sim.errors import ConfigError
     from sim.schemas import KernelsBenchConfig, app_config
 
-    run_bench(app_config(cfg, KernelsBenchConfig))
+    c = app_config(cfg, KernelsBenchConfig)
+    if c.dtype not in TORCH_DTYPES:
+        raise ConfigError(f"dtype={c.dtype!r}; expected one of {', '.join(TORCH_DTYPES)}")
+    run_bench(dataclasses.replace(c, dtype=TORCH_DTYPES[c.dtype]))
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,7 @@
 """``moesim realrun replay|calibrate``: Hydra apps (conf/realrun_replay.yaml, _calibrate.yaml).
 
-    moesim realrun replay [trace.path=FILE] [cache=lifo] [capacity_frac=0.5] [device=cuda]
+    moesim realrun replay [trace.path=FILE] [policy.cache=lifo] [cluster.expert_budget_fraction=0.5]
+        [device=cuda model.dtype=bf16]
         -> RUN_DIR/metrics.json (counts: hits, misses, bytes; same seed, same bytes)
            RUN_DIR/timings.json (measured seconds: copies, layers, wall time)
     moesim realrun calibrate [device=cuda] [model=mixtral-8x7b]
@@ -44,19 +45,22 @@ def _write_json(obj: dict[str, Any], path: Path) -> None:
 def _trace(cfg: Any):
     import numpy as np
 
-    from sim.schemas import require_file
+    from sim.schemas import limit_requests, require_file
     from traces.format import read_trace
 
-    if cfg.trace.path is not None:
-        return read_trace(require_file(cfg.trace.path, "trace.path"))
-    if cfg.trace.requests < 1 or cfg.trace.tokens_per_request < 1:
-        raise ConfigError(f"trace.requests={cfg.trace.requests} and trace.tokens_per_request="
+    if cfg.trace.path:
+        return limit_requests(read_trace(require_file(cfg.trace.path, "trace.path")),
+                              cfg.workload.max_requests)
+    n = cfg.workload.num_requests
+    if n < 1 or cfg.trace.tokens_per_request < 1:
+        raise ConfigError(f"workload.num_requests={n} and trace.tokens_per_request="
                           f"{cfg.trace.tokens_per_request}; both must be >= 1 (or give trace.path)")
     from traces.synth import fitted_params, sample_trace
 
     rng = np.random.default_rng(cfg.seed)
-    return sample_trace(fitted_params(cfg.trace.params), int(cfg.trace.requests),
-                        int(cfg.trace.tokens_per_request), rng)
+    return limit_requests(sample_trace(fitted_params(cfg.trace.generator), int(n),
+                                       int(cfg.trace.tokens_per_request), rng),
+                          cfg.workload.max_requests)
 
 
 def replay_task(cfg: Any) -> None:
@@ -76,9 +80,10 @@ def replay_task(cfg: Any) -> None:
         raise ConfigError(
             f"trace has {trace.num_experts} experts top-{trace.top_k}, model {cfg.model.name} has "
             f"{cfg.model.num_experts} top-{cfg.model.top_k}; choose model= to match the trace")
-    rc = RealrunConfig(hidden=hidden, intermediate=inter, cache_policy=cfg.cache,
-                       capacity_frac=cfg.capacity_frac, batch_tokens=cfg.batch_tokens,
-                       block_size=cfg.block_size, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed,
+    rc = RealrunConfig(hidden=hidden, intermediate=inter, cache_policy=cfg.policy.cache,
+                       capacity_frac=cfg.cluster.expert_budget_fraction,
+                       batch_tokens=cfg.batch_tokens, block_size=cfg.block_size, device=cfg.device,
+                       dtype=cfg.model.dtype, seed=cfg.seed,
                        max_tokens=cfg.max_tokens)
     moe = RealMoE(rc, trace.num_layers, trace.num_experts, trace.top_k)
     metrics, timings = moe.run_trace(trace, progress=sys.stderr.isatty())
@@ -86,7 +91,8 @@ def replay_task(cfg: Any) -> None:
     out = Path(run_dir())
     _write_json(metrics, out / "metrics.json")
     _write_json(timings, out / "timings.json")
-    print(f"realrun {cfg.cache} @ {cfg.capacity_frac:.0%}: hit rate {metrics['hit_rate']:.3f}, "
+    print(f"realrun {cfg.policy.cache} @ {cfg.cluster.expert_budget_fraction:.0%}: "
+          f"hit rate {metrics['hit_rate']:.3f}, "
           f"{metrics['h2d_bytes'] / 2**20:.1f} MiB copied in {metrics['h2d_copies']} copies, "
           f"{timings['wall_time_s']:.2f} s wall on {timings['device']} -> {out}")
 
@@ -107,10 +113,10 @@ def calibrate_task(cfg: Any) -> None:
         raise ConfigError("device=cuda asked for, but torch sees no CUDA GPU")
     hidden = max(16, cfg.model.hidden_size // cfg.shrink)
     inter = max(16, cfg.model.expert_intermediate_size // cfg.shrink)
-    rows = calibrate(cfg.device, cfg.dtype, hidden, inter, cfg.model.num_experts, cfg.model.top_k,
+    rows = calibrate(cfg.device, cfg.model.dtype, hidden, inter, cfg.model.num_experts, cfg.model.top_k,
                      list(cfg.tokens), list(cfg.copy_bytes), cfg.warmup, cfg.reps,
                      cfg.block_size, cfg.label or None)
     meta = {"device": device_label(torch.device(cfg.device)), "model": cfg.model.name,
-            "hidden": hidden, "intermediate": inter, "dtype": cfg.dtype, "shrink": cfg.shrink}
+            "hidden": hidden, "intermediate": inter, "dtype": cfg.model.dtype, "shrink": cfg.shrink}
     csv = write_profile(rows, Path(run_dir()), meta)
     print(f"{len(rows)} measurements -> {csv}")

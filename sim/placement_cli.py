@@ -2,7 +2,12 @@
 conf/placement.yaml), as Huang et al. evaluate it: plan on the first ``train_frac`` of the prompts
 (trace order), evaluate on the rest.
 
-    moesim placement trace.path=FILE [num_gpus=8] ['policies=[greedy,eplb]'] [train_frac=0.5] [model=NAME]
+    moesim placement trace.path=FILE [cluster.expert_parallel=8] ['policy.placements=[greedy,eplb]']
+        [train_frac=0.5] [model=NAME]
+
+The keys are the simulator's: ``policy.placements`` is the plural of ``policy.placement``,
+``cluster.expert_parallel`` the GPUs a layer's experts are spread over, ``workload.max_requests``
+the first N requests of the trace; ``policy.placement_args.NAME`` a placement's arguments.
 
 Load of expert e at layer l = tokens routed to it. A GPU's load shares each replicated expert's
 load equally among its replicas. Reported per policy, for both halves: ``max_over_mean`` = max
@@ -141,21 +146,18 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
 def _task(cfg: Any) -> None:
     from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
-    from sim.schemas import PlacementAppConfig, app_config, require_file
+    from sim.schemas import PlacementAppConfig, app_config, limit_requests, require_file
     from sim.world import expert_bytes, model_for_trace
     from traces.format import read_trace
 
     c: PlacementAppConfig = app_config(cfg, PlacementAppConfig)
-    n = c.trace.max_requests
-    if n is not None and n <= 0:
-        raise ConfigError(f"trace.max_requests must be positive (or null: all), got {n}")
-    if not c.policies:
-        raise ConfigError("policies must be a non-empty list, e.g. 'policies=[greedy,eplb]'")
-    if c.num_gpus < 1:
-        raise ConfigError(f"num_gpus must be >= 1, got {c.num_gpus}")
-    trace = read_trace(require_file(c.trace.path, "trace.path"))
-    if n is not None:
-        trace = trace.select_requests(trace.request_ids()[:n])
+    if not c.policy.placements:
+        raise ConfigError("policy.placements must be a non-empty list, e.g. "
+                          "'policy.placements=[greedy,eplb]'")
+    if c.cluster.expert_parallel < 1:
+        raise ConfigError(f"cluster.expert_parallel must be >= 1, got {c.cluster.expert_parallel}")
+    trace = limit_requests(read_trace(require_file(c.trace.path, "trace.path")),
+                           c.workload.max_requests)
     if c.expert_bytes is not None:
         if c.expert_bytes <= 0:
             raise ConfigError(f"expert_bytes must be positive (or null: from the model), "
@@ -163,8 +165,8 @@ def _task(cfg: Any) -> None:
         eb = c.expert_bytes
     else:
         eb = expert_bytes(c.model if c.model is not None else model_for_trace(trace.meta.model))
-    m = evaluate(trace, list(c.policies), c.num_gpus, c.train_frac, c.batch_tokens,
-                 dict(c.policy_kwargs), eb)
+    m = evaluate(trace, list(c.policy.placements), c.cluster.expert_parallel, c.train_frac,
+                 c.batch_tokens, dict(c.policy.placement_args), eb)
     m = {"kind": "placement", "trace": {"path": str(c.trace.path), "model": trace.meta.model,
                                         "layers": trace.num_layers, "experts": trace.num_experts,
                                         "top_k": trace.top_k},

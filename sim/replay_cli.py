@@ -1,11 +1,16 @@
 """``moesim cache``: replay a routing trace through cache policies (Hydra app, conf/cache.yaml).
 
-    moesim cache trace.path=FILE ['policies=[lru,lifo,belady]'] ['capacity_fracs=[0.25,0.5]'] [model=NAME]
+    moesim cache trace.path=FILE ['policy.caches=[lru,lifo,belady]'] [model=NAME]
+        ['cluster.expert_budget_fractions=[0.25,0.5]']
     moesim cache trace.path=FILE mode=batch batch_size=16 [expert_bytes=N] [plot=false]
-    moesim cache trace.path=FILE 'policies=[lru,keep_predicted]' prefetch=emoe_a reroute=true
+    moesim cache trace.path=FILE 'policy.caches=[keep_predicted]' policy.prefetch=emoe_a policy.reroute=true
 
 ``model=NAME`` (a conf/model config) gives the expert bytes; by default they come from the model
 the trace names (``sim.world.model_for_trace``); ``expert_bytes=N`` overrides both.
+
+The keys are the simulator's (``moesim sim``): ``policy.caches`` and
+``cluster.expert_budget_fractions`` are the plurals of ``policy.cache`` and
+``cluster.expert_budget_fraction``; ``workload.max_requests=N`` replays the first N requests.
 
 Writes ``metrics.json`` (atomic; a ``results`` list with one record per (policy, capacity
 fraction), Belady always included for the gap) and ``hit_rate.png`` into the run directory.
@@ -27,25 +32,22 @@ def _task(cfg: Any) -> None:
     from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
     from sim.replay import run_replay
-    from sim.schemas import CacheAppConfig, app_config, require_file
+    from sim.schemas import CacheAppConfig, app_config, limit_requests, require_file
     from traces.format import read_trace
 
     c: CacheAppConfig = app_config(cfg, CacheAppConfig)
-    if not c.policies or not c.capacity_fracs:
-        raise ConfigError("policies and capacity_fracs must be non-empty lists, e.g. "
-                          "'policies=[lru,lifo]' 'capacity_fracs=[0.5]'")
-    n = c.trace.max_requests
-    if n is not None and n <= 0:
-        raise ConfigError(f"trace.max_requests must be positive (or null: all), got {n}")
+    if not c.policy.caches or not c.cluster.expert_budget_fractions:
+        raise ConfigError("policy.caches and cluster.expert_budget_fractions must be non-empty "
+                          "lists, e.g. 'policy.caches=[lru,lifo]' "
+                          "'cluster.expert_budget_fractions=[0.5]'")
     trace_path = require_file(c.trace.path, "trace.path")
-    trace = read_trace(trace_path)
-    if n is not None:
-        trace = trace.select_requests(trace.request_ids()[:n])
+    trace = limit_requests(read_trace(trace_path), c.workload.max_requests)
     t0 = time.perf_counter()
-    results = run_replay(trace, list(c.policies), list(c.capacity_fracs), mode=c.mode,
-                         batch_size=c.batch_size, prefetch=c.prefetch,
-                         prefetch_kwargs=dict(c.prefetch_kwargs), expert_bytes=c.expert_bytes,
-                         reroute=c.reroute, model=c.model.name if c.model is not None else None)
+    results = run_replay(trace, list(c.policy.caches), list(c.cluster.expert_budget_fractions),
+                         mode=c.mode, batch_size=c.batch_size, prefetch=c.policy.prefetch,
+                         prefetch_kwargs=dict(c.policy.prefetch_args), expert_bytes=c.expert_bytes,
+                         reroute=c.policy.reroute,
+                         model=c.model.name if c.model is not None else None)
     wall_s = time.perf_counter() - t0
     out = Path(run_dir())
     metrics = {
@@ -54,7 +56,7 @@ def _task(cfg: Any) -> None:
                   "requests": len(trace.request_ids()), "layers": trace.num_layers,
                   "experts": trace.num_experts, "top_k": trace.top_k},
         "mode": c.mode, "batch_size": c.batch_size if c.mode == "batch" else None,
-        "prefetch": c.prefetch or "none",
+        "prefetch": c.policy.prefetch or "none", "reroute": c.policy.reroute,
         "results": results,
     }
     atomic_write_bytes((json.dumps(metrics, indent=1, sort_keys=True) + "\n").encode(),

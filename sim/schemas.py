@@ -1,5 +1,11 @@
-"""Structured configs (types and keys) of every Hydra app but ``sim``/``demo`` (those are in
-:mod:`sim.config`), registered in Hydra's ConfigStore by :func:`register_app_schemas`.
+"""Structured configs (types and keys) of every Hydra app but ``sim`` (:mod:`sim.config`),
+registered in Hydra's ConfigStore by :func:`register_app_schemas`.
+
+One vocabulary: the simulator's keys name each idea everywhere (``policy.cache``,
+``policy.prefetch``, ``policy.placement``, ``policy.scheduler``, ``cluster.expert_budget_fraction``,
+``workload.max_requests``, ``model.dtype`` spelled bf16/fp16/fp32); an app that compares a list
+of them in one run takes the plural of the same key (``policy.caches``,
+``cluster.expert_budget_fractions``, ``policy.placements``).
 
 Each app's YAML (``conf/<app>.yaml``, the values) starts its ``defaults`` with ``<app>_schema``,
 so Hydra rejects an unknown key or a wrong type before anything runs. :data:`APPS` maps each app's
@@ -14,7 +20,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from sim.config import DemoConfig, ModelConfig, SimConfig
+from sim.config import ModelConfig, SimConfig
 from sim.errors import ConfigError
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
@@ -22,44 +28,83 @@ from sim.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------------------
-# moesim cache / moesim placement (conf/cache.yaml, conf/placement.yaml)
+# the shared vocabulary: the simulator's keys (sim/config.py) are the names; an app that sweeps a
+# list of them inside one run uses the plural of the same name (policy.caches, ...)
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class TraceFileConfig:
-    """A routing trace to read: ``path`` (``moesim trace import``), first ``max_requests``."""
+    """A routing trace to read: ``path`` (``moesim trace import``)."""
 
     path: str = MISSING
-    max_requests: Optional[int] = None
+
+
+@dataclass
+class RequestLimitConfig:
+    """``workload.max_requests``: the first N requests (prompts) of the trace only (0: all)."""
+
+    max_requests: int = 0
+
+
+@dataclass
+class CachePolicyConfig:
+    """``policy.*`` of ``moesim cache``: the cache policies compared, the prefetch policy."""
+
+    caches: list[str] = field(default_factory=lambda: [
+        "lru", "lfu", "fifo", "lifo", "priority", "keep_predicted", "belady"])
+    prefetch: str = "none"
+    prefetch_args: dict[str, Any] = field(default_factory=dict)
+    #: eMoE: once a layer's cache is full, absent experts are rerouted to resident ones, not loaded
+    reroute: bool = False
+
+
+@dataclass
+class BudgetSweepConfig:
+    """``cluster.expert_budget_fractions``: the expert memories compared (share of a layer's)."""
+
+    expert_budget_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
 
 
 @dataclass
 class CacheAppConfig:
     trace: TraceFileConfig = field(default_factory=TraceFileConfig)
+    workload: RequestLimitConfig = field(default_factory=RequestLimitConfig)
     #: a conf/model config (``model=NAME``) for the expert bytes; null: the trace's model name
     model: Optional[ModelConfig] = None
-    policies: list[str] = field(default_factory=lambda: [
-        "lru", "lfu", "fifo", "lifo", "priority", "keep_predicted", "belady"])
-    capacity_fracs: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    policy: CachePolicyConfig = field(default_factory=CachePolicyConfig)
+    cluster: BudgetSweepConfig = field(default_factory=BudgetSweepConfig)
     mode: str = "plain"
     batch_size: int = 16
-    prefetch: str = "none"
-    prefetch_kwargs: dict[str, Any] = field(default_factory=dict)
-    reroute: bool = False
     expert_bytes: Optional[int] = None
     plot: bool = True
 
 
 @dataclass
+class PlacementPolicyConfig:
+    """``policy.*`` of ``moesim placement``: the placements compared, each one's arguments."""
+
+    placements: list[str] = field(default_factory=lambda: [
+        "contiguous", "round_robin", "greedy", "anticorr", "eplb", "rebalance", "exhaustive"])
+    #: placement name -> its arguments (e.g. eplb: {num_redundant: 8})
+    placement_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlacementClusterConfig:
+    """``cluster.expert_parallel``: the GPUs one layer's experts are spread over."""
+
+    expert_parallel: int = 8
+
+
+@dataclass
 class PlacementAppConfig:
     trace: TraceFileConfig = field(default_factory=TraceFileConfig)
+    workload: RequestLimitConfig = field(default_factory=RequestLimitConfig)
     #: a conf/model config (``model=NAME``) for the expert bytes; null: the trace's model name
     model: Optional[ModelConfig] = None
-    num_gpus: int = 8
-    policies: list[str] = field(default_factory=lambda: [
-        "contiguous", "round_robin", "greedy", "anticorr", "eplb", "rebalance", "exhaustive"])
+    policy: PlacementPolicyConfig = field(default_factory=PlacementPolicyConfig)
+    cluster: PlacementClusterConfig = field(default_factory=PlacementClusterConfig)
     train_frac: float = 0.5
     batch_tokens: Optional[int] = None
-    policy_kwargs: dict[str, Any] = field(default_factory=dict)
     expert_bytes: Optional[int] = None
     plot: bool = True
 
@@ -69,25 +114,43 @@ class PlacementAppConfig:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class RealrunTraceConfig:
-    """``path`` (a routing trace), or null: ``requests`` x ``tokens_per_request`` tokens sampled
-    from the fitted generator ``params``."""
+    """``path`` (a routing trace), or empty: ``workload.num_requests`` x ``tokens_per_request``
+    tokens sampled from the fitted generator ``generator`` (as ``moesim sim``'s trace.generator)."""
 
-    path: Optional[str] = None
-    params: str = "deepseek-v2-lite"
-    requests: int = 4
+    path: str = ""
+    generator: str = "deepseek-v2-lite"
     tokens_per_request: int = 16
+
+
+@dataclass
+class RealrunWorkloadConfig:
+    #: requests sampled from the generator when trace.path is empty
+    num_requests: int = 4
+    #: the first N requests of the trace only (0: all)
+    max_requests: int = 0
+
+
+@dataclass
+class OneCachePolicyConfig:
+    cache: str = "lru"
+
+
+@dataclass
+class OneBudgetConfig:
+    #: experts resident per layer, as a share of the layer's experts
+    expert_budget_fraction: float = 0.5
 
 
 @dataclass
 class RealrunReplayConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     trace: RealrunTraceConfig = field(default_factory=RealrunTraceConfig)
-    cache: str = "lru"
-    capacity_frac: float = 0.5
+    workload: RealrunWorkloadConfig = field(default_factory=RealrunWorkloadConfig)
+    policy: OneCachePolicyConfig = field(default_factory=OneCachePolicyConfig)
+    cluster: OneBudgetConfig = field(default_factory=OneBudgetConfig)
     batch_tokens: int = 16
     block_size: int = 16
     device: str = "cpu"
-    dtype: str = "fp32"
     shrink: int = 32
     max_tokens: Optional[int] = None
     seed: int = 0
@@ -97,7 +160,6 @@ class RealrunReplayConfig:
 class RealrunCalibrateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     device: str = "cuda"
-    dtype: str = "bf16"
     shrink: int = 1
     label: Optional[str] = None
     tokens: list[int] = field(default_factory=lambda: [2**i for i in range(13)])
@@ -162,17 +224,13 @@ class PredictorConfig:
     prompt: PromptPredictorConfig = field(default_factory=PromptPredictorConfig)
 
 
-@dataclass
-class PredictorTraceConfig:
-    path: str = MISSING
-    #: keep only the first N prompts of the trace (null: all)
-    max_prompts: Optional[int] = None
 
 
 @dataclass
 class PredictorTrainConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
-    trace: PredictorTraceConfig = field(default_factory=PredictorTraceConfig)
+    trace: TraceFileConfig = field(default_factory=TraceFileConfig)
+    workload: RequestLimitConfig = field(default_factory=RequestLimitConfig)
     seed: int = 0
     threads: int = 2
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
@@ -188,7 +246,8 @@ class MoeModelSize:
 @dataclass
 class PredictorEvalConfig:
     checkpoint: str = MISSING
-    trace: PredictorTraceConfig = field(default_factory=PredictorTraceConfig)
+    trace: TraceFileConfig = field(default_factory=TraceFileConfig)
+    workload: RequestLimitConfig = field(default_factory=RequestLimitConfig)
     split: str = "test"
     threads: int = 2
     prompt_set_size: Optional[int] = None
@@ -213,7 +272,8 @@ class TuneSpace:
 class KernelsBenchConfig:
     shapes: list[str] = field(default_factory=lambda: ["mixtral-8x7b", "deepseek-v2-lite"])
     sizes: list[int] = field(default_factory=lambda: [2**i for i in range(13)])
-    dtype: str = "bfloat16"
+    #: one spelling everywhere (model.dtype): bf16 | fp16 | fp32
+    dtype: str = "bf16"
     capacity_factor: float = 1.25
     reference: bool = True
     device: str = "cuda"
@@ -227,10 +287,23 @@ class KernelsBenchConfig:
     seed: int = 0
 
 
+# ------------------------------------------------------------------------------------------------
+# moesim demo (conf/demo.yaml)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class DemoAppConfig(SimConfig):
+    """The simulator's keys, plus ``runs``: run name -> the simulator keys it sets (dotted), on
+    top of the rest of the config; every run sees the same requests and the same routing."""
+
+    runs: dict[str, Any] = field(default_factory=dict)
+    #: also replay the runs' routing through ``moesim cache`` (hit rate vs memory, eMoE rerouting)
+    replay: bool = True
+
+
 #: app config name (conf/<name>.yaml) -> its schema; the ConfigStore name is "<name>_schema"
 #: except for sim and demo (sim_schema, demo_schema from sim.config)
 APPS: dict[str, type] = {
-    "sim": SimConfig, "demo": DemoConfig,
+    "sim": SimConfig, "demo": DemoAppConfig,
     "cache": CacheAppConfig, "placement": PlacementAppConfig,
     "realrun_replay": RealrunReplayConfig, "realrun_calibrate": RealrunCalibrateConfig,
     "predictor_train": PredictorTrainConfig, "predictor_eval": PredictorEvalConfig,
@@ -244,10 +317,10 @@ def register_app_schemas() -> None:
 
     from sim.config import register_configs
 
-    register_configs()  # sim_schema, demo_schema
+    register_configs()  # sim_schema (and sim.config's old demo_schema, replaced here)
     cs = ConfigStore.instance()
     for name, schema in APPS.items():
-        if name not in ("sim", "demo"):
+        if name != "sim":
             cs.store(name=f"{name}_schema", node=schema)
 
 
@@ -273,3 +346,11 @@ def require_file(path: str | None, key: str, what: str = "a routing trace writte
     if not Path(path).exists():
         raise ConfigError(f"{key}={path}: no such file ({what})")
     return path
+
+
+def limit_requests(trace: Any, n: int, key: str = "workload.max_requests") -> Any:
+    """``trace`` cut to its first ``n`` requests (``n = 0``: all of it); a negative ``n`` is an
+    error naming ``key``."""
+    if n < 0:
+        raise ConfigError(f"{key}={n}; expected N >= 1, or 0 for all requests")
+    return trace.select_requests(trace.request_ids()[:n]) if n else trace

@@ -45,25 +45,26 @@ def _assert_one_line(rc, err, *words):
 
 CASES = [
     # (argv with {many}/{one} for the traces, words the one line must contain)
-    (["cache", "trace.path={many}", "capacity_fracs=0.5"], ["capacity_fracs", "[0.5]"]),
-    (["cache", "trace.path={many}", "policies=lru"], ["policies", "[lru]"]),
+    (["cache", "trace.path={many}", "cluster.expert_budget_fractions=0.5"],
+     ["cluster.expert_budget_fractions", "[0.5]"]),
+    (["cache", "trace.path={many}", "policy.caches=lru"], ["policy.caches", "[lru]"]),
     (["cache"], ["trace.path", "give trace.path="]),
     (["cache", "trace.path="], ["trace.path", "empty"]),
     (["cache", "trace.path=/no/such.parquet"], ["trace.path=/no/such.parquet", "no such file"]),
     (["cache", "trace.path={many}", "bogus=1"], ["unknown key 'bogus'"]),
     (["cache", "trace.path={many}", "batch_size=x"], ["batch_size=x"]),
-    (["cache", "trace.path={many}", "policies=[lru"], ["bad override 'policies=[lru'"]),
+    (["cache", "trace.path={many}", "policy.caches=[lru"], ["bad override 'policy.caches=[lru'"]),
     (["cache", "trace.path={many}", "model=nope"], ["model=nope", "mixtral-8x7b"]),
     (["cache", "trace.path={many}", "--frobnicate"], ["--frobnicate"]),
     (["cache", "trace.path={many}", "+foo=1"], ["unknown key 'foo'"]),
     (["cache", "trace.path={many}", "model.num_layers=4"], ["model=NAME"]),
     (["sim", "+model.bogus=1"], ["unknown key 'model.bogus'"]),
     (["placement"], ["trace.path"]),
-    (["placement", "trace.path={many}", "num_gpus=[8]"], ["num_gpus"]),
+    (["placement", "trace.path={many}", "cluster.expert_parallel=[8]"], ["cluster.expert_parallel"]),
     (["sim", "seed=x"], ["seed=x"]),
     (["sim", "model=nope"], ["model=nope"]),
     (["sim", "cost_model=table"], ["unknown key 'cost_model'"]),
-    (["demo", "demo_policies=lru"], ["demo_policies"]),
+    (["demo", "replay=maybe"], ["replay"]),
     (["demo", "-m", "--cfg", "job"], ["--multirun"]),
     (["predictor", "train"], ["trace.path"]),
     (["predictor", "train", "trace.path={one}", "predictor=tiny"], ["split=", "no val prompts"]),
@@ -125,9 +126,10 @@ def test_failed_sim_run_removes_its_default_run_dir(capsys, monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize("argv,key", [
-    (["cache"], "capacity_fracs"), (["placement"], "train_frac"), (["sim"], "serving.cost_table"),
-    (["demo"], "demo_policies"), (["predictor", "train"], "predictor.token.mode"),
-    (["predictor", "eval"], "staleness_periods"), (["realrun", "replay"], "capacity_frac"),
+    (["cache"], "cluster.expert_budget_fractions"), (["placement"], "train_frac"),
+    (["sim"], "serving.cost_table"),
+    (["demo"], "runs"), (["predictor", "train"], "predictor.token.mode"),
+    (["predictor", "eval"], "staleness_periods"), (["realrun", "replay"], "cluster.expert_budget_fraction"),
     (["realrun", "calibrate"], "copy_bytes"), (["kernels", "bench"], "capacity_factor"),
 ])
 def test_app_help_is_its_usage_and_keys(argv, key, capsys):

@@ -205,8 +205,8 @@ def _parse_only(app: str, args: list[str]) -> int:
 
 def test_placeholder_handling():
     s = {"FILE": "/t.parquet", "NAME": "ds"}
-    assert to_argv("moesim cache trace.path=FILE ['policies=[lru,lifo]'] [model=NAME]", s) == \
-        ["cache", "trace.path=/t.parquet", "policies=[lru,lifo]", "model=ds"]
+    assert to_argv("moesim cache trace.path=FILE ['policy.caches=[lru,lifo]'] [model=NAME]", s) == \
+        ["cache", "trace.path=/t.parquet", "policy.caches=[lru,lifo]", "model=ds"]
     assert to_argv("moesim sim -m policy.cache=lru,lifo x=1  # note", s) == \
         ["sim", "policy.cache=lru", "x=1"]
     assert to_argv("moesim predictor eval [split=test|val]", s) == ["predictor", "eval", "split=test"]

@@ -1,6 +1,6 @@
 """``moesim predictor train|eval``: Hydra apps (configs conf/predictor_train.yaml, _eval.yaml).
 
-    moesim predictor train trace.path=FILE [predictor=tiny] [trace.max_prompts=N] ['split=[0.8,0.1,0.1]']
+    moesim predictor train trace.path=FILE [predictor=tiny] [workload.max_requests=N] ['split=[0.8,0.1,0.1]']
         -> RUN_DIR/checkpoint/ (safetensors + config.json), RUN_DIR/metrics.json (training record)
     moesim predictor eval checkpoint=DIR trace.path=FILE [split=test|val|train|all]
         -> RUN_DIR/metrics.json, staleness.csv, staleness.png, sensitivity.json
@@ -40,19 +40,17 @@ def _plain(cfg: Any, schema: type) -> dict[str, Any]:
     return dataclasses.asdict(app_config(cfg, schema))
 
 
-def _load_trace(path: Any, max_prompts: Any = None):
-    from sim.schemas import require_file
+def _load_trace(path: Any, max_requests: int = 0):
+    from sim.schemas import limit_requests, require_file
     from traces.format import read_trace
 
-    if max_prompts is not None and int(max_prompts) < 1:
-        raise ConfigError(f"trace.max_prompts={max_prompts}; expected N >= 1 (or null: all)")
+    if max_requests < 0:
+        raise ConfigError(f"workload.max_requests={max_requests}; expected N >= 1 (or 0: all)")
     tr = read_trace(require_file(path, "trace.path"))
     if tr.tokens["text"].isna().all():
         raise TraceFormatError(f"{path}: the trace keeps no token text; the per-token predictor "
                                f"needs it (import a trace that records token pieces)")
-    if max_prompts:
-        tr = tr.select_requests(tr.request_ids()[: int(max_prompts)])
-    return tr
+    return limit_requests(tr, int(max_requests))
 
 
 def _setup_torch(threads: int, seed: int) -> None:
@@ -91,7 +89,7 @@ def train_task(cfg: Any) -> None:
         raise ConfigError(f"threads={c['threads']}; expected an integer >= 1")
     _setup_torch(c["threads"], seed)
     out = Path(run_dir())
-    trace = _load_trace(c["trace"]["path"], c["trace"]["max_prompts"])
+    trace = _load_trace(c["trace"]["path"], c["workload"]["max_requests"])
     parts = split_prompts(trace, tuple(c["split"]), seed, require=("train", "val"))
     b = trace.request_bounds()
     text = trace.tokens["text"].to_numpy()
@@ -161,7 +159,7 @@ def eval_task(cfg: Any) -> None:
         raise ConfigError("checkpoint is empty; give checkpoint=DIR (a run directory's checkpoint/ "
                           "folder)")
     out = Path(run_dir())
-    trace = _load_trace(c["trace"]["path"], c["trace"]["max_prompts"])
+    trace = _load_trace(c["trace"]["path"], c["workload"]["max_requests"])
     metrics = evaluate(trace, c, out)
     _write_json(metrics, out / "metrics.json")
     t = metrics["token"]

@@ -67,7 +67,7 @@ def split_prompts(trace: RoutingTrace, fractions: tuple[float, float, float], se
     empty = [k for k in require if not parts[k]]
     if empty:
         raise ConfigError(f"split={list(fractions)} of {R} prompt(s) leaves no {' or '.join(empty)} "
-                          f"prompts; use a trace with more prompts (trace.path, trace.max_prompts) "
+                          f"prompts; use a trace with more prompts (trace.path, workload.max_requests) "
                           f"or change split=[train,val,test]")
     return {k: np.array(sorted(v), dtype=np.int64) for k, v in parts.items()}
 

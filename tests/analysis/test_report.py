@@ -47,8 +47,8 @@ def test_report_writes_table_markdown_and_plot(sweep, capsys):
     md = (out / "report.md").read_text()
     assert "Regenerate: `moesim report" in md
     header = next(line for line in md.splitlines() if line.startswith("| "))
-    assert header == "| policy.cache | seed | capacity_frac | policy | hit_rate |"
-    assert sum(1 for line in md.splitlines() if line.startswith("| belady")) == 2
+    assert header == "| run | policy.cache | seed | capacity_frac | policy | hit_rate |"
+    assert sum(1 for line in md.splitlines() if "| belady |" in line) == 2
     assert len(pd.read_csv(out / "table.csv")) == 6
 
 

@@ -27,7 +27,7 @@ def test_unknown_subcommand_and_help(capsys):
 @pytest.mark.slow
 def test_smoke_bench_writes_csv_on_cpu(tmp_path, capsys):
     rc = main(["bench", "device=cpu", "interpret=true", "shapes=[tiny]", "sizes=[3]", "reference=false",
-               "dtype=float32", f"out_dir={tmp_path}"])
+               "dtype=fp32", f"out_dir={tmp_path}"])
     assert rc == 0
     path = tmp_path / "kernels_bench_float32.csv"
     rows = list(csv.DictReader(path.open()))

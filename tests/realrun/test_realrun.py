@@ -85,14 +85,14 @@ def test_oracle_policies_are_refused():
 @pytest.mark.slow
 def test_cli_replay_and_calibrate(tmp_path, capsys):
     rd = tmp_path / "replay"
-    assert main(["realrun", "replay", f"hydra.run.dir={rd}", "trace.requests=1",
+    assert main(["realrun", "replay", f"hydra.run.dir={rd}", "workload.num_requests=1",
                  "trace.tokens_per_request=2", "shrink=128", "model=deepseek-v2-lite",
-                 "cache=lifo"]) == 0
+                 "policy.cache=lifo"]) == 0
     m = json.loads((rd / "metrics.json").read_text())
     assert m["cache_policy"] == "lifo" and m["tokens"] == 2 and 0 <= m["hit_rate"] <= 1
     assert (rd / "timings.json").exists()
     cd = tmp_path / "cal"
-    assert main(["realrun", "calibrate", f"hydra.run.dir={cd}", "device=cpu", "dtype=fp32",
+    assert main(["realrun", "calibrate", f"hydra.run.dir={cd}", "device=cpu", "model.dtype=fp32",
                  "shrink=256", "tokens=[2]", "copy_bytes=[1024]", "reps=1", "warmup=0",
                  "block_size=16"]) == 0
     from sim.cost.table import read_profile

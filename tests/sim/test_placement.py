@@ -105,9 +105,10 @@ def test_placement_cli_on_synthetic_trace(tmp_path):
     write_trace(tr, path)
     outs = []
     for run in ("a", "b"):
-        assert main(["placement", f"trace.path={path}", "num_gpus=4", f"hydra.run.dir={tmp_path / run}",
-                     "policy_kwargs.eplb.num_redundant=4", "policy_kwargs.rebalance.period=2",
-                     "policy_kwargs.rebalance.window=3"]) == 0
+        assert main(["placement", f"trace.path={path}", "cluster.expert_parallel=4",
+                     f"hydra.run.dir={tmp_path / run}",
+                     "policy.placement_args.eplb.num_redundant=4", "policy.placement_args.rebalance.period=2",
+                     "policy.placement_args.rebalance.window=3"]) == 0
         outs.append((tmp_path / run / "metrics.json").read_bytes())
     assert outs[0] == outs[1]
     m = json.loads(outs[0])

@@ -122,8 +122,8 @@ def test_cli_writes_identical_metrics(tmp_path):
     outs = []
     for run in ("a", "b"):
         d = tmp_path / run
-        rc = main(["cache", f"trace.path={path}", "policies=[lru,lfu,fifo,lifo,priority,keep_predicted]",
-                   "capacity_fracs=[0.25,0.5]", f"hydra.run.dir={d}", "plot=false"])
+        rc = main(["cache", f"trace.path={path}", "policy.caches=[lru,lfu,fifo,lifo,priority,keep_predicted]",
+                   "cluster.expert_budget_fractions=[0.25,0.5]", f"hydra.run.dir={d}", "plot=false"])
         assert rc == 0
         outs.append((d / "metrics.json").read_bytes())
     assert outs[0] == outs[1]
