@@ -106,3 +106,18 @@ def test_bad_input():
         dynamic_gating(torch.zeros(2, 2), 16, 4)
     with pytest.raises(ConfigError, match="block_size"):
         dynamic_gating(torch.zeros(2, 2, dtype=torch.int32), 0, 4)
+
+
+def test_more_than_1024_chunks_matches_reference():
+    """Above 65,536 slots (1,024 chunks of 64) the per-expert scan over chunks takes a second
+    pass: its running sum must carry over (the largest case above has 420 slots)."""
+    from kernels.align import CHUNK
+
+    T, K, E = 16_500, 4, 8
+    g = torch.Generator().manual_seed(7)
+    ids = torch.argsort(torch.rand(T, E, generator=g), dim=1)[:, :K].to(torch.int32)  # (T, K) distinct
+    assert T * K > 1024 * CHUNK
+    r = dynamic_gating(ids, 16, E)
+    assert_same(r, dynamic_gating_ref(ids, 16, E))
+    assert r.expert_counts.tolist() == torch.bincount(ids.reshape(-1).long(), minlength=E).tolist()
+    assert torch.equal(r.sorted_token_ids[r.inv.long()], torch.arange(T * K, dtype=torch.int32))

@@ -128,7 +128,9 @@ def test_cli_writes_identical_metrics(tmp_path):
         outs.append((d / "metrics.json").read_bytes())
     assert outs[0] == outs[1]
     m = json.loads(outs[0])
-    assert {r["policy"] for r in m["results"]} >= {"lru", "lfu", "fifo", "lifo", "belady"}
+    assert [(r["policy"], r["capacity_frac"]) for r in m["results"]] == [
+        (p, f) for f in (0.25, 0.5)
+        for p in ("lru", "lfu", "fifo", "lifo", "priority", "keep_predicted", "belady")]
     bel = {r["capacity_frac"]: r["misses"] for r in m["results"] if r["policy"] == "belady"}
     assert all(r["misses"] >= bel[r["capacity_frac"]] for r in m["results"])
 

@@ -1,0 +1,142 @@
+"""The cache replay's counters add up (``hits + misses + rerouted = accesses``, per layer too), and
+batch mode with multi-token batches equals a plainly written driver of the same semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.policies import CACHE
+from sim.replay import replay_batch, replay_plain, run_replay
+from sim.world import batch_executions
+from traces.format import RoutingTrace, TraceMeta, make_tokens
+
+POLICIES = ["lru", "lfu", "fifo", "lifo", "priority", "keep_predicted", "belady"]
+
+
+def _trace(experts, E, request_of=None) -> RoutingTrace:
+    ex = np.asarray(experts, dtype=np.int16)  # (T, L, K)
+    T, L, K = ex.shape
+    rid = request_of if request_of is not None else ["r0"] * T
+    pos = np.zeros(T, dtype=np.int32)
+    for i in range(1, T):
+        pos[i] = pos[i - 1] + 1 if rid[i] == rid[i - 1] else 0
+    return RoutingTrace(ex, None, make_tokens(rid, pos, "prefill", "chat"),
+                        TraceMeta(model="toy", num_layers=L, num_experts=E, top_k=K))
+
+
+def _random(seed, T=60, L=3, E=8, K=2, per_request=12):
+    rng = np.random.default_rng(seed)
+    # skewed popularity, different per layer, so that layers' hit rates differ
+    p = rng.dirichlet(np.full(E, 0.5), size=L)  # (L, E)
+    ex = np.stack([np.stack([rng.choice(E, K, replace=False, p=p[l]) for l in range(L)])
+                   for _ in range(T)])  # (T, L, K)
+    return _trace(ex, E, [f"r{i // per_request}" for i in range(T)])
+
+
+def _naive_batch(trace, policy, fraction, batch_size):
+    """Batch mode written plainly: per layer, per batch of B tokens, the union of their experts
+    in increasing id order, one access per expert with the union as the active set."""
+    T, L, K = trace.experts.shape
+    E = trace.num_experts
+    C = int(np.floor(fraction * E + 1e-9))
+    misses, accesses = [], []
+    for l in range(L):
+        batches = [sorted({int(e) for t in range(b, min(b + batch_size, T)) for e in trace.experts[t, l]})
+                   for b in range(0, T, batch_size)]
+        runs = [e for u in batches for e in u]
+        pol = CACHE.make(policy, capacity=C, num_keys=E)
+        if pol.requires_future:
+            pol.set_future(np.asarray(runs, dtype=np.int64)[:, None])
+        step, m = 0, 0
+        for u in batches:
+            for e in u:
+                m += len(pol.access(step, (e,), frozenset(u))[0])
+                step += 1
+        misses.append(m)
+        accesses.append(len(runs))
+    return np.asarray(misses), np.asarray(accesses)
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 5, 16])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_multi_token_batches_equal_the_plain_driver(policy, batch_size):
+    tr = _random(batch_size, T=61)  # 61: the last batch is short
+    for frac in (0.25, 0.5):
+        r = replay_batch(tr, policy, frac, batch_size)
+        misses_l, acc_l = _naive_batch(tr, policy, frac, batch_size)
+        assert (r.misses, r.accesses) == (int(misses_l.sum()), int(acc_l.sum())), (policy, frac)
+        assert r.per_layer_hit_rate == [round(1 - m / a, 6) for m, a in zip(misses_l, acc_l)]
+        assert r.hits + r.misses + r.rerouted == r.accesses and r.rerouted == 0
+
+
+def test_batch_executions_hand_computed():
+    # 5 tokens, batches of 2: {1, 3} | {0, 3} | {2}: runs 1, 3 | 0, 3 | 2
+    ex = np.array([[3, 1], [1, 3], [0, 3], [3, 0], [2, 2]])
+    starts, ids = batch_executions(ex, 2, 4)
+    assert starts.tolist() == [0, 2, 4, 5] and ids.tolist() == [1, 3, 0, 3, 2]
+    starts, ids = batch_executions(ex, 5, 4)
+    assert starts.tolist() == [0, 4] and ids.tolist() == [0, 1, 2, 3]
+    starts, ids = batch_executions(ex, 1, 4)
+    assert starts.tolist() == [0, 2, 4, 6, 8, 9] and ids.tolist() == [1, 3, 1, 3, 0, 3, 0, 3, 2]
+
+
+def test_lifo_multi_token_batches_hand_computed():
+    # C = 2 of 4 experts, batches of 2 tokens (top-1): {0, 1} | {2, 3} | {1, 2} | {2, 3}
+    #   b0: 0 miss, 1 miss                                   resident {0, 1}, 1 last in
+    #   b1: 2 miss: both inactive, LIFO evicts 1 -> {0, 2}; 3 miss: 0 is the only inactive -> {2, 3}
+    #   b2: 1 miss: 3 inactive -> {2, 1}; 2 hit
+    #   b3: 2 hit; 3 miss: 1 inactive -> {2, 3}
+    # 6 misses of 8. Without the active set LIFO would evict 2 in b1 (the last in), and a union
+    # cut one expert short (b2 = {1}) would let LIFO evict 2 there (the last in, not 3).
+    ex = [[[0]], [[1]], [[3]], [[2]], [[2]], [[1]], [[3]], [[2]]]
+    r = replay_batch(_trace(ex, 4), "lifo", 0.5, batch_size=2)
+    assert (r.accesses, r.misses, r.hits) == (8, 6, 2)
+    f = replay_batch(_trace(ex, 4), "fifo", 0.5, batch_size=2)
+    # FIFO: b1 2 evicts 0 -> {1, 2}, 3 evicts 1 -> {2, 3}; b2 1 evicts 2 -> {3, 1}, 2 evicts 3
+    # -> {1, 2}; b3 2 hit, 3 evicts 1: 7 misses
+    assert (f.accesses, f.misses) == (8, 7)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_plain_counts_add_up_per_layer(policy):
+    tr = _random(7)
+    T, L, K = tr.experts.shape
+    for frac in (0.25, 0.5, 0.75):
+        r = replay_plain(tr, policy, frac)
+        assert r.hits + r.misses + r.rerouted == r.accesses == T * L * K
+        per_layer_hits = [round(h * T * K) for h in r.per_layer_hit_rate]
+        assert sum(per_layer_hits) == r.hits
+        assert r.hit_rate == pytest.approx(r.hits / r.accesses)
+        assert r.loads == r.misses + r.prefetched
+
+
+def test_reroute_counts_add_up_per_layer():
+    # 2 layers, 4 experts, C = 2, top-1. Request a fills both caches; request b's choices:
+    #   layer 0: 0 (hit), 2 (rerouted), 3 (rerouted)   -> 1 hit of 3
+    #   layer 1: 1 (hit), 0 (hit), 3 (rerouted)        -> 2 hits of 3
+    ex = np.array([[[0], [0]], [[1], [1]],
+                   [[0], [1]], [[2], [0]], [[3], [3]]], dtype=np.int16)
+    tr = _trace(ex, 4, ["a", "a", "b", "b", "b"])
+    r = replay_plain(tr, "lru", 0.5, reroute=True)
+    assert (r.accesses, r.hits, r.misses, r.rerouted) == (10, 1 + 2, 4, 3)
+    assert r.hits + r.misses + r.rerouted == r.accesses
+    # per layer: a's 2 cold misses, then b's hits; a rerouted choice is not a hit
+    assert r.per_layer_hit_rate == [round(1 / 5, 6), round(2 / 5, 6)]
+    assert r.hit_rate == pytest.approx(3 / 10)
+    assert r.routing_fidelity == pytest.approx(1 - 3 / 10)
+    rec = r.record(10)
+    assert (rec["rerouted"], rec["hit_rate"], rec["loads"], rec["h2d_bytes"]) == (3, 0.3, 4, 40)
+
+
+def test_run_replay_returns_exactly_the_policies_asked_plus_belady():
+    tr = _random(3, T=24)
+    recs = run_replay(tr, ["lifo", "lru"], [0.5], mode="batch", batch_size=4, expert_bytes=6)
+    assert [r["policy"] for r in recs] == ["lifo", "lru", "belady"]
+    assert [r["oracle"] for r in recs] == [False, False, True]
+    bel = recs[2]
+    for r in recs:
+        assert r["mode"] == "batch" and r["gap_to_belady_misses"] == r["misses"] - bel["misses"] >= 0
+    recs = run_replay(tr, ["belady", "fifo"], [0.25, 0.75], expert_bytes=6)
+    assert [(r["policy"], r["capacity_frac"]) for r in recs] == [
+        ("belady", 0.25), ("fifo", 0.25), ("belady", 0.75), ("fifo", 0.75)]
