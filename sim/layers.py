@@ -269,7 +269,7 @@ class LayerWalk:
         G = len(states)
         for g, st in enumerate(states):
             rec.add(f"attention L{l}", "compute", st.gpu, t, t + attn)
-            if G > 1:
+            if G > 1 and ready > t_gate:
                 rec.add(f"a2a dispatch L{l}", "all_to_all", st.gpu, t_gate, ready)
             if g in copies:
                 nm, fin = copies[g]
@@ -280,7 +280,7 @@ class LayerWalk:
             if c > 0:
                 start = starts.get(g, ready)
                 rec.add(f"experts L{l}", "compute", st.gpu, start, start + c)
-        if G > 1:
+        if G > 1 and t_next > end:
             for st in states:
                 rec.add(f"a2a combine L{l}", "all_to_all", st.gpu, end, t_next)
 
