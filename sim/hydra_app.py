@@ -61,16 +61,30 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
 
     def _task(cfg: Any) -> Any:
         runs.started()
+        job = _SweepJob.current(prog)
+        if job is not None and job.finished_before():
+            return None
         try:
             _check_keys(cfg, config_name)
             _check_missing(cfg, prog)
-            return task(cfg)
+            result = task(cfg)
         except MoesimError as exc:
-            raise _AppFailed(str(exc)) from None
+            if job is None:
+                raise _AppFailed(str(exc)) from None
+            return job.failed(str(exc))
+        except Exception as exc:
+            if job is None:
+                raise
+            return job.failed(f"{type(exc).__name__}: {short_error(exc)}")
+        if job is not None:
+            job.done()
+        return result
 
     _task.__module__ = f"moesim.{config_name}"  # Hydra's job name (log file, help): the app's
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(_task)
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    if "-m" in argv or "--multirun" in argv:  # the summary of the sweep, failed jobs included
+        argv = [*argv, "+hydra.callbacks.moesim_sweep._target_=sim.hydra_app.SweepSummary"]
     sys.argv = [prog, *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # raise errors to us instead of printing a report
     try:
@@ -110,6 +124,101 @@ def _fail(prog: str, message: str, runs: _RunDirs) -> None:
     line = " ".join(message.split()) if "\n" in message else message
     print(f"{prog}: error: {line}", file=sys.stderr)
     raise SystemExit(2)
+
+
+class _SweepJob:
+    """One job of a sweep (``-m``): skipped when a rerun finds it finished (``done.json`` with the
+    same overrides, written atomically after the task returned), recorded in ``failed.json``
+    when it fails, so that the other jobs go on and the summary reports it."""
+
+    def __init__(self, d: Path, overrides: list[str], prog: str) -> None:
+        self.dir, self.overrides, self.prog = d, overrides, prog
+
+    @classmethod
+    def current(cls, prog: str) -> _SweepJob | None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        return cls(Path(hc.runtime.output_dir), list(hc.overrides.task), prog)
+
+    def finished_before(self) -> bool:
+        import json
+
+        path = self.dir / "done.json"
+        try:
+            same = json.loads(path.read_text()).get("overrides") == self.overrides
+        except (OSError, ValueError):
+            return False
+        if same:
+            print(f"{self.prog}: job {self.dir.name} finished before, skipped: "
+                  f"{' '.join(self.overrides)}", file=sys.stderr, flush=True)
+        return same
+
+    def done(self) -> None:
+        import json
+
+        from sim.files import atomic_write_bytes
+
+        (self.dir / "failed.json").unlink(missing_ok=True)
+        atomic_write_bytes((json.dumps({"overrides": self.overrides}) + "\n").encode(),
+                           self.dir / "done.json")
+
+    def failed(self, error: str) -> None:
+        import json
+
+        from sim.files import atomic_write_bytes
+
+        (self.dir / "done.json").unlink(missing_ok=True)
+        atomic_write_bytes((json.dumps({"overrides": self.overrides, "error": error}) + "\n")
+                           .encode(), self.dir / "failed.json")
+        print(f"{self.prog}: job {self.dir.name} failed ({' '.join(self.overrides)}): {error}",
+              file=sys.stderr, flush=True)
+
+
+try:
+    from hydra.experimental.callback import Callback as _Callback
+except ImportError:  # pragma: no cover
+    _Callback = object
+
+
+class SweepSummary(_Callback):
+    """Hydra callback (added by :func:`run_hydra` to every ``-m`` run): at the end of a sweep,
+    one comparison table of the finished jobs and every failed job with its error; a sweep with a
+    failed job exits with status 2 after the others have run."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        import json
+
+        sweep = Path(str(config.hydra.sweep.dir))
+        failed = []
+        for p in sorted(sweep.rglob("failed.json")):
+            try:
+                failed.append((p.parent.name, json.loads(p.read_text())))
+            except (OSError, ValueError):
+                failed.append((p.parent.name, {"error": "unreadable failed.json"}))
+        try:
+            from analysis.results import load_runs
+
+            df = load_runs(sweep)
+            vary = [c for c in df.attrs["overrides"] if df[c].astype(str).nunique() > 1]
+            cols = (vary or ["label"]) + [c for c in ("hit_rate", "ttft_s.p50", "e2e_s.p90",
+                                            "slo_attainment", "tokens_per_s") if c in df.columns]
+            print(f"\nsweep {sweep}: {len(df)} runs finished, {len(failed)} failed")
+            print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        except MoesimError:
+            print(f"\nsweep {sweep}: no run finished, {len(failed)} failed")
+        if failed:
+            lines = [f"job {n} ({' '.join(f.get('overrides', []))}): {f.get('error')}"
+                     for n, f in failed]
+            for line in lines:
+                print(f"  FAILED {line}", file=sys.stderr)
+            # a BaseException: Hydra turns a callback's Exception into a warning
+            raise _AppFailed(f"{len(failed)} job(s) of the sweep failed (the others finished; "
+                              f"rerun the same command with hydra.sweep.dir={sweep} to retry "
+                              f"only those): {lines[0]}")
 
 
 def run_dir() -> str:

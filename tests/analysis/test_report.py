@@ -63,3 +63,35 @@ def test_report_errors_are_one_line(tmp_path, capsys):
 def test_report_unknown_column(sweep, capsys):
     assert main(["report", str(sweep), "--x", "nope", "--y", "ttft_s.p99"]) == 2
     assert "column 'nope'" in capsys.readouterr().err
+
+
+def test_runs_sharing_an_x_value_are_not_averaged(tmp_path, capsys):
+    """all-resident and lru both have policy.cache=lru: two bars, never one mean."""
+    from analysis.plots import resolve_repeats
+
+    for name, hit in (("all-resident", 1.0), ("lru", 0.09)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"hit_rate": hit}))
+        (d / "config.json").write_text(json.dumps({"label": name, "config": {
+            "policy": {"cache": "lru"}, "cluster": {"expert_budget_fraction": 1.0 if hit == 1 else 0.5}}}))
+    (tmp_path / "broken" / ".hydra").mkdir(parents=True)  # a run without metrics
+    df = load_runs(tmp_path)
+    df["x"] = "lru"
+    d, hue, ylabel = resolve_repeats(df, "x", "hit_rate", None)
+    assert hue == "label" and sorted(d["_y"]) == [0.09, 1.0] and ylabel == "hit_rate"
+    assert [f["label"] for f in df.attrs["failed"]] == ["broken"]
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "broken" in md and "| all-resident |" in md and "| lru |" in md
+
+
+def test_repeats_over_seeds_are_a_named_mean(tmp_path):
+    from analysis.plots import resolve_repeats
+
+    rows = [{"policy.cache": "lru", "seed": s, "hit_rate": h, "label": f"s{s}"}
+            for s, h in ((0, 0.4), (1, 0.6))]
+    df = pd.DataFrame(rows)
+    df.attrs["config_columns"] = ["policy.cache", "seed"]
+    d, _, ylabel = resolve_repeats(df, "policy.cache", "hit_rate", None)
+    assert d["_y"].tolist() == [0.5] and "mean over 2 seeds" in ylabel
