@@ -124,9 +124,10 @@ class AnalyticCost:
         active = (t > 0).astype(np.float64)
         g = np.asarray(group).ravel()
         flops = np.bincount(g, weights=padded, minlength=groups) * self._expert_flops_per_token
+        tok = np.bincount(g, weights=t, minlength=groups)
         nbytes = np.bincount(g, weights=active, minlength=groups) * self._expert_weight_bytes + \
-            np.bincount(g, weights=t, minlength=groups) * self._act_bytes_per_token
-        has = np.bincount(g, weights=t, minlength=groups) > 0
+            tok * self._act_bytes_per_token
+        has = tok > 0
         return np.where(has, MOE_LAUNCHES * self.hw.kernel_latency_s +
                         np.maximum(flops / self.flops_s, nbytes / self.hbm_s), 0.0)
 
