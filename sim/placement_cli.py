@@ -143,6 +143,36 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
             "batches_test": nb - b_split, "results": results}
 
 
+def evaluate_load(counts: np.ndarray, policies: list[str], num_gpus: int,
+                  policy_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Placement from a load table (per layer x expert counts, e.g. SGLang's expert-distribution
+    dump): each policy plans on the whole table and is scored on it (max / mean GPU load, in
+    sample). A load table has no token order, so there is no held-out half and no per-batch or
+    rebalancing figure; the exhaustive oracle plans on the same table."""
+    from sim.policies import PLACEMENT
+
+    load = np.asarray(counts, dtype=np.float64)  # (L, E)
+    L, E = load.shape
+    results = []
+    for name in policies:
+        kw = dict(policy_kwargs.get(name, {}) or {})
+        rec: dict[str, Any] = {"policy": name, "oracle": name == "exhaustive", "kwargs": kw}
+        try:
+            plan = PLACEMENT.make(name, num_gpus=num_gpus, **kw).place(load)
+        except MoesimError as exc:
+            if name != "exhaustive":
+                raise
+            rec["skipped"] = str(exc)
+            results.append(rec)
+            continue
+        im = imbalance(load, share_matrix(plan, L, E))  # (L,)
+        rec.update(train_max_over_mean=float(im.mean()), train_worst_layer=float(im.max()),
+                   replicas=int(plan.slots_used().sum()))
+        results.append(rec)
+    return {"num_gpus": num_gpus, "source": "load table (in sample: no token order, no test half)",
+            "results": results}
+
+
 def _task(cfg: Any) -> None:
     from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
@@ -156,8 +186,24 @@ def _task(cfg: Any) -> None:
                           "'policy.placements=[greedy,eplb]'")
     if c.cluster.expert_parallel < 1:
         raise ConfigError(f"cluster.expert_parallel must be >= 1, got {c.cluster.expert_parallel}")
-    trace = limit_requests(read_trace(require_file(c.trace.path, "trace.path")),
-                           c.workload.max_requests)
+    from traces.format import read_meta
+    from traces.load_table import LOAD_KIND, read_load_table
+
+    path = require_file(c.trace.path, "trace.path")
+    if read_meta(path).get("kind") == LOAD_KIND:  # counts only: plan and score in sample
+        table = read_load_table(path)
+        m = evaluate_load(table.counts, list(c.policy.placements), c.cluster.expert_parallel,
+                          dict(c.policy.placement_args))
+        m = {"kind": "placement", "trace": {"path": str(c.trace.path), "model": table.meta.model,
+                                            "layers": table.meta.num_layers,
+                                            "experts": table.meta.num_experts}, **m}
+        atomic_write_bytes((json.dumps(m, indent=1, sort_keys=True) + "\n").encode(),
+                           Path(run_dir()) / "metrics.json")
+        for r in m["results"]:
+            print(f"  {r['policy']:<12} " + (f"skipped: {r['skipped']}" if "skipped" in r else
+                                             f"max/mean (in sample) {r['train_max_over_mean']:.3f}"))
+        return
+    trace = limit_requests(read_trace(path), c.workload.max_requests)
     if c.expert_bytes is not None:
         if c.expert_bytes <= 0:
             raise ConfigError(f"expert_bytes must be positive (or null: from the model), "
