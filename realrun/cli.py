@@ -4,9 +4,11 @@
         [device=cuda model.dtype=bf16]
         -> RUN_DIR/metrics.json (counts: hits, misses, bytes; same seed, same bytes)
            RUN_DIR/timings.json (measured seconds: copies, layers, wall time)
-    moesim realrun calibrate [device=cuda] [model=mixtral-8x7b]
+    moesim realrun calibrate [device=cuda] [model=mixtral-8x7b] [shrink=1]
         -> RUN_DIR/profile.csv (sim/cost/table.py layout) + meta.json; the simulator uses it with
     moesim sim serving.cost_model=table serving.cost_table=RUN_DIR/profile.csv
+    moesim realrun validate [device=cpu] [shrink=8] [trace=file trace.path=FILE] [profile=CSV]
+        -> RUN_DIR/metrics.json (hits/bytes both sides, latency errors), iterations.csv, plots
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ def main(argv: list[str]) -> int:
     from sim.hydra_app import run_subcommand
 
     return run_subcommand(argv, "realrun", {"replay": ("realrun_replay", replay_task),
-                                            "calibrate": ("realrun_calibrate", calibrate_task)},
-                          "usage: moesim realrun {replay,calibrate} [key=value ...]\n" + USAGE)
+                                            "calibrate": ("realrun_calibrate", calibrate_task),
+                                            "validate": ("realrun_validate", validate_task)},
+                          "usage: moesim realrun {replay,calibrate,validate} [key=value ...]\n" + USAGE)
 
 
 def _interpret_if_cpu(device: str) -> None:
@@ -97,26 +100,30 @@ def replay_task(cfg: Any) -> None:
           f"{timings['wall_time_s']:.2f} s wall on {timings['device']} -> {out}")
 
 
+def validate_task(cfg: Any) -> None:
+    from realrun.validate import validate_task as task  # torch only when it runs
+
+    task(cfg)
+
+
 def calibrate_task(cfg: Any) -> None:
     from sim.hydra_app import run_dir
     from sim.schemas import RealrunCalibrateConfig, app_config
 
     cfg = app_config(cfg, RealrunCalibrateConfig)
-    if cfg.shrink < 1:
-        raise ConfigError(f"shrink must be >= 1, got {cfg.shrink}")
-    _interpret_if_cpu(cfg.device)
     import torch
 
-    from realrun.calibrate import calibrate, device_label, write_profile
+    from realrun.calibrate import calibrate_model, device_label, write_profile
+    from realrun.model import shrunk_model
 
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device=cuda asked for, but torch sees no CUDA GPU")
-    hidden = max(16, cfg.model.hidden_size // cfg.shrink)
-    inter = max(16, cfg.model.expert_intermediate_size // cfg.shrink)
-    rows = calibrate(cfg.device, cfg.model.dtype, hidden, inter, cfg.model.num_experts, cfg.model.top_k,
-                     list(cfg.tokens), list(cfg.copy_bytes), cfg.warmup, cfg.reps,
-                     cfg.block_size, cfg.label or None)
-    meta = {"device": device_label(torch.device(cfg.device)), "model": cfg.model.name,
-            "hidden": hidden, "intermediate": inter, "dtype": cfg.model.dtype, "shrink": cfg.shrink}
+    m = shrunk_model(cfg.model, cfg.shrink)
+    rows, facts = calibrate_model(m, cfg.device, list(cfg.tokens), list(cfg.copy_experts),
+                                  list(cfg.contexts), cfg.warmup, cfg.reps, cfg.block_size,
+                                  cfg.label or None)
+    meta = {"device": cfg.label or device_label(torch.device(cfg.device)), "model": m.name,
+            "hidden": m.hidden_size, "intermediate": m.expert_intermediate_size,
+            "dtype": m.dtype, "shrink": cfg.shrink, **facts}
     csv = write_profile(rows, Path(run_dir()), meta)
     print(f"{len(rows)} measurements -> {csv}")

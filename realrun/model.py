@@ -181,11 +181,15 @@ class TinyMoE:
         return rms_norm(x)  # the MoE block's input norm
 
     # -- gating ---------------------------------------------------------------------------------
+    def logits(self, l: int, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Router logits (T, E) of layer ``l``: the recorded ``experts`` (T, K) on top, in order."""
+        return routing_logits(experts, self.sh.E) + ROUTER_EPS * torch.tanh(
+            (x @ self.wg[l].t()).float())
+
     def gate(self, l: int, x: torch.Tensor, experts: torch.Tensor) -> Routed:
         """Router of layer ``l`` over x (T, H), forced to the recorded ``experts`` (T, K)."""
         sh = self.sh
-        logits = routing_logits(experts, sh.E) + ROUTER_EPS * torch.tanh(
-            (x @ self.wg[l].t()).float())  # (T, E)
+        logits = self.logits(l, x, experts)  # (T, E)
         if self.device.type == "cuda":
             from kernels.align import dynamic_gating
             from kernels.gating import topk_gating

@@ -96,6 +96,8 @@ class Slots:
         n = capacity + sh.E
         self.w13 = torch.empty((n, 2 * sh.I, sh.H), dtype=DTYPES[sh.dtype], device=dev)
         self.w2 = torch.empty((n, sh.H, sh.I), dtype=DTYPES[sh.dtype], device=dev)
+        self.w13.zero_()  # touch every page before serving: no first-touch faults in the timing
+        self.w2.zero_()
         self.slot: dict[int, int] = {}
         self.free = list(range(capacity - 1, -1, -1))
         self.copied = 0  # expert copies made (cache and staging)

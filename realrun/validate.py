@@ -1,5 +1,10 @@
 """``moesim realrun validate``: one scenario served for real and simulated, compared.
 
+    moesim realrun validate [device=cpu] [shrink=8] [trace=file trace.path=ds.parquet]
+        [policy.cache=lifo] [policy.prefetch=emoe_l] [cluster.expert_budget_fraction=0.5]
+        [profile=PROFILE.csv]   (empty: calibrate on this device first, into the run directory)
+    -> RUN_DIR/metrics.json, iterations.csv, sim_vs_real.png, error_cdf.png (+ profile.csv, meta.json)
+
 The scenario is the simulator's config (model, workload, routing trace and binding, cache,
 prefetch and scheduler policies, expert budget) on one device (cluster 1x1), with two changes
 that make the two sides comparable: every request arrives at time 0 (an offline workload, so the
@@ -49,7 +54,8 @@ def scenario(cfg: SimConfig, shrink: int, dtype: str, pool: Any = None) -> Scena
     from sim.plan import check_config
     from sim.run import load_workload_table
 
-    cfg = replace(cfg, model=shrunk_model(cfg.model, shrink, dtype))
+    trace = cfg.trace if cfg.trace.generator else replace(cfg.trace, generator=cfg.model.name)
+    cfg = replace(cfg, model=shrunk_model(cfg.model, shrink, dtype), trace=trace)
     check_config(cfg)
     if cfg.cluster.nodes * cfg.cluster.gpus_per_node != 1:
         raise MoesimError("realrun validate runs one device: cluster=1x1 (nodes=1, gpus_per_node=1, "
@@ -178,3 +184,75 @@ def plot(it: pd.DataFrame, out_dir: Path, command: str) -> list[Path]:
 def _record(c: CacheCounts, expert_bytes: int) -> dict[str, int]:
     r = c.record(expert_bytes)
     return {k: r[k] for k in COMPARED}
+
+
+def validate_task(cfg_node: Any) -> dict:
+    """The Hydra task: calibrate if no profile is given, serve, simulate, compare, write."""
+    import json
+    import sys
+    import time
+
+    from sim.files import atomic_write_bytes
+    from sim.hydra_app import run_dir
+    from sim.schemas import RealrunValidateConfig, app_config
+
+    cfg = app_config(cfg_node, RealrunValidateConfig)
+    import torch
+
+    from realrun.calibrate import calibrate_model, device_label, write_profile
+    from sim.cost.analytic import AnalyticCost
+    from sim.cost.table import TableCost
+    from sim.run import _progress_enabled
+
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise MoesimError("device=cuda asked for, but torch sees no CUDA GPU")
+    out = Path(run_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    base = SimConfig(**{k: getattr(cfg, k) for k in SimConfig.__dataclass_fields__})
+    sc = scenario(base, cfg.shrink, cfg.model.dtype)
+    label = device_label(torch.device(cfg.device))
+    profile = cfg.profile
+    t0 = time.perf_counter()
+    if not profile:
+        c = cfg.calibration
+        rows, facts = calibrate_model(sc.cfg.model, cfg.device, list(c.tokens), list(c.copy_experts),
+                                      list(c.contexts), c.warmup, c.reps, cfg.block_size, label,
+                                      cfg.seed)
+        profile = str(write_profile(rows, out, {
+            "device": label, "model": sc.cfg.model.name, "hidden": sc.cfg.model.hidden_size,
+            "intermediate": sc.cfg.model.expert_intermediate_size, "dtype": sc.cfg.model.dtype,
+            "shrink": cfg.shrink, **facts}))
+    calib_s = time.perf_counter() - t0
+    progress = _progress_enabled(cfg.output.progress)
+    real_it, res = serve(sc, cfg.device, cfg.seed, progress=progress)
+    cost = TableCost.from_csv(profile, AnalyticCost(sc.cfg.model, sc.cfg.hardware), device=label)
+    sim_it, sim_total, report = simulate(sc, cost)
+    metrics, it = compare(sim_it, real_it, sim_total, res.counts, res.expert_bytes)
+    p = sc.cfg.policy
+    metrics = {"engine": "realrun validate", "device": label, "model": sc.cfg.model.name,
+               "shrink": cfg.shrink, "cache_policy": p.cache, "prefetch_policy": p.prefetch,
+               "expert_budget_fraction": sc.cfg.cluster.expert_budget_fraction,
+               "requests": int(len(sc.workload)), "profile": str(profile),
+               "cost_model_report": report, **metrics}
+    atomic_write_bytes((json.dumps(metrics, indent=2) + "\n").encode(), out / "metrics.json")
+    atomic_write_bytes(it.to_csv(index=False).encode(), out / "iterations.csv")
+    timings = {"calibration_s": calib_s, "realrun_wall_s": res.wall_s, "argv": sys.argv,
+               "load_average": list(_loadavg())}
+    atomic_write_bytes((json.dumps(timings, indent=2) + "\n").encode(), out / "timings.json")
+    if cfg.plots:
+        plot(it, out, "moesim realrun validate " + " ".join(sys.argv[1:]))
+    ok = "identical" if metrics["counts_identical"] else "DIFFERENT"
+    print(f"realrun validate {p.cache}/{p.prefetch} @ {sc.cfg.cluster.expert_budget_fraction:.0%} on "
+          f"{label}, {metrics['iterations']} iterations: hits {metrics['hits_real']}, bytes "
+          f"{metrics['bytes_real']} ({ok}); latency error median {metrics['latency_error_median']:.1%}, "
+          f"p90 {metrics['latency_error_p90']:.1%}, end to end {metrics['e2e_error']:.1%} -> {out}")
+    return metrics
+
+
+def _loadavg() -> tuple[float, ...]:
+    import os
+
+    try:
+        return os.getloadavg()
+    except OSError:
+        return ()

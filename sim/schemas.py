@@ -110,7 +110,7 @@ class PlacementAppConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-# moesim realrun replay / calibrate (conf/realrun_replay.yaml, conf/realrun_calibrate.yaml)
+# moesim realrun replay / calibrate / validate (conf/realrun_{replay,calibrate,validate}.yaml)
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class RealrunTraceConfig:
@@ -163,11 +163,38 @@ class RealrunCalibrateConfig:
     shrink: int = 1
     label: Optional[str] = None
     tokens: list[int] = field(default_factory=lambda: [2**i for i in range(13)])
-    copy_bytes: list[int] = field(default_factory=lambda: [
-        1048576, 16777216, 67108864, 268435456, 352321536])
+    #: experts copied one after the other, per copy measurement
+    copy_experts: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    #: KV lengths of the decode batches measured for attention
+    contexts: list[int] = field(default_factory=lambda: [16, 128, 512, 2048])
     warmup: int = 3
     reps: int = 10
     block_size: int = 64
+
+
+@dataclass
+class ValidateCalibrationConfig:
+    """What ``moesim realrun validate`` measures when it calibrates first (no ``profile``)."""
+
+    tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+    copy_experts: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    contexts: list[int] = field(default_factory=lambda: [16, 128, 512])
+    warmup: int = 3
+    reps: int = 9
+
+
+@dataclass
+class RealrunValidateConfig(SimConfig):
+    """The simulator's keys (one device: cluster=1x1; every arrival at 0), plus the device."""
+
+    device: str = "cpu"
+    #: hidden and intermediate sizes and heads divided by this, on both sides
+    shrink: int = 8
+    #: a profile.csv calibrated on this device for the shrunk model; empty: calibrate first
+    profile: str = ""
+    calibration: ValidateCalibrationConfig = field(default_factory=ValidateCalibrationConfig)
+    block_size: int = 16
+    plots: bool = True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,6 +333,7 @@ APPS: dict[str, type] = {
     "sim": SimConfig, "demo": DemoAppConfig,
     "cache": CacheAppConfig, "placement": PlacementAppConfig,
     "realrun_replay": RealrunReplayConfig, "realrun_calibrate": RealrunCalibrateConfig,
+    "realrun_validate": RealrunValidateConfig,
     "predictor_train": PredictorTrainConfig, "predictor_eval": PredictorEvalConfig,
     "kernels_bench": KernelsBenchConfig,
 }

@@ -130,7 +130,7 @@ def test_failed_sim_run_removes_its_default_run_dir(capsys, monkeypatch, tmp_pat
     (["sim"], "serving.cost_table"),
     (["demo"], "runs"), (["predictor", "train"], "predictor.token.mode"),
     (["predictor", "eval"], "staleness_periods"), (["realrun", "replay"], "cluster.expert_budget_fraction"),
-    (["realrun", "calibrate"], "copy_bytes"), (["kernels", "bench"], "capacity_factor"),
+    (["realrun", "calibrate"], "copy_experts"), (["kernels", "bench"], "capacity_factor"),
 ])
 def test_app_help_is_its_usage_and_keys(argv, key, capsys):
     rc, out, _ = _run([*argv, "--help"], capsys)

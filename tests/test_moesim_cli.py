@@ -23,11 +23,11 @@ def test_console_script_entry_point_runs():
 
 
 def test_group_subcommands_help_and_unknown(capsys):
-    for group, subs in (("predictor", ("train", "eval")), ("realrun", ("replay", "calibrate"))):
+    for group, subs in (("predictor", ("train", "eval")), ("realrun", ("replay", "calibrate", "validate"))):
         assert main([group, "--help"]) == 0
         out = capsys.readouterr().out
         assert all(s in out for s in subs)
         assert main([group, "nope"]) == 2
         err = capsys.readouterr().err
         assert err == (f"moesim {group}: error: unknown subcommand 'nope'; expected "
-                       f"{subs[0]!r} or {subs[1]!r}\n")
+                       f"{' or '.join(repr(s) for s in subs)}\n")

@@ -11,6 +11,17 @@ CSV layout (one file per device, header required, one row per measurement)::
 - ``device``: the GPU name (e.g. ``h100-sxm``); ``dtype``: weight dtype (``bf16``, ``fp8``).
 - ``tokens``, ``experts``, ``hidden``, ``intermediate``, ``bytes``: integers, 0 where the op has
   no such dimension; ``time_s``: measured median seconds (float > 0).
+- Optional columns (0 when absent): ``context`` (attention: the (query, key) pairs the batch
+  attends, causal) and ``sequences`` (attention: the requests of the batch). ``op`` may also be
+  ``iteration``: per iteration besides the layers, against ``tokens``.
+
+Attention rows that carry ``context`` or ``sequences`` (``moesim realrun calibrate`` writes
+them) are fitted, by least squares with non-negative coefficients, as
+``c0 + c_tok * tokens + c_ctx * context + c_seq * sequences``; ``attention_s`` answers
+``c0 + c_tok * tokens + c_ctx * context`` and the per-sequence part, which the protocol gives only
+per iteration, is charged by ``iteration_s`` (``num_layers * c_seq * sequences``). Older rows
+(tokens only) are interpolated in tokens. The copy link's bandwidth is the largest measured
+copy's bytes per second, its latency what the smallest copy took beyond that.
 
 Rows are selected by ``device``, ``dtype`` and the model's ``hidden`` / ``intermediate`` (for
 ``expert``, ``gate`` and ``attention``); within a selection the time is interpolated linearly in
@@ -32,7 +43,8 @@ from sim.cost.base import moe_by_sum
 from sim.errors import ConfigError
 
 COLUMNS = ("op", "device", "dtype", "tokens", "experts", "hidden", "intermediate", "bytes", "time_s")
-OPS = ("expert", "gate", "attention", "copy", "all_to_all")
+OPS = ("expert", "gate", "attention", "copy", "all_to_all", "iteration")
+OPTIONAL_COLUMNS = ("context", "sequences")
 _INT_COLUMNS = ("tokens", "experts", "hidden", "intermediate", "bytes")
 
 
@@ -51,7 +63,10 @@ def read_profile(path: str | Path) -> pd.DataFrame:
     for i, op in enumerate(df["op"].tolist()):
         if op not in OPS:
             raise ConfigError(f"{path}: row {i + 2}: op {op!r}, expected one of {list(OPS)}")
-    for c in (*_INT_COLUMNS, "time_s"):
+    for c in OPTIONAL_COLUMNS:
+        if c not in df.columns:
+            df[c] = 0
+    for c in (*_INT_COLUMNS, *OPTIONAL_COLUMNS, "time_s"):
         v = pd.to_numeric(df[c], errors="coerce")
         bad = v.isna() | (v < 0) if c != "time_s" else v.isna() | (v <= 0)
         if bad.any():
@@ -65,39 +80,59 @@ def read_profile(path: str | Path) -> pd.DataFrame:
 class TableCost:
     """Interpolated measured times, with an analytic fallback for unmeasured ops (reported)."""
 
-    def __init__(self, profile: pd.DataFrame, fallback: AnalyticCost, where: str = "<table>") -> None:
+    def __init__(self, profile: pd.DataFrame, fallback: AnalyticCost, where: str = "<table>",
+                 device: str | None = None) -> None:
+        """Rows of ``device`` (default: the fallback's hardware name) and the model's dtype."""
         self.fallback = fallback
         m, hw = fallback.model, fallback.hw
-        sel = profile[(profile["device"] == hw.name) & (profile["dtype"] == m.dtype)]
+        device = device or hw.name
+        for c in OPTIONAL_COLUMNS:
+            if c not in profile.columns:
+                profile = profile.assign(**{c: 0})
+        sel = profile[(profile["device"] == device) & (profile["dtype"] == m.dtype)]
         if sel.empty:
-            raise ConfigError(f"{where}: no rows for device={hw.name!r} dtype={m.dtype!r}")
+            raise ConfigError(f"{where}: no rows for device={device!r} dtype={m.dtype!r}")
         self._curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         shape_ok = (sel["hidden"] == m.hidden_size)
         for op, x, extra in (("expert", "tokens", sel["intermediate"] == m.expert_intermediate_size),
                              ("gate", "tokens", sel["experts"] == m.num_experts),
                              ("attention", "tokens", None), ("copy", "bytes", None),
-                             ("all_to_all", "bytes", None)):
+                             ("all_to_all", "bytes", None), ("iteration", "tokens", None)):
             rows = sel[sel["op"] == op]
-            if op in ("expert", "gate", "attention"):
+            if op in ("expert", "gate", "attention", "iteration"):
                 rows = rows[shape_ok[rows.index]]
                 if extra is not None:
                     rows = rows[extra[rows.index]]
-            if len(rows):
+            if op == "attention" and ((rows["context"] > 0) | (rows["sequences"] > 0)).any():
+                self._fit_attention(rows)
+            elif len(rows):
                 g = rows.groupby(x)["time_s"].median().sort_index()
                 self._curves[op] = (g.index.to_numpy(np.float64), g.to_numpy(np.float64))
         self.out_of_range: dict[str, int] = {op: 0 for op in OPS}
-        self.fallback_calls: dict[str, int] = {op: 0 for op in (*OPS, "iteration", "all_reduce")}
+        self.fallback_calls: dict[str, int] = {op: 0 for op in (*OPS, "all_reduce")}
         self.host_link_latency_s = fallback.host_link_latency_s
+        self.host_link_bytes_per_s = fallback.host_link_bytes_per_s
         if "copy" in self._curves:
             xs, ys = self._curves["copy"]
-            self.host_link_bytes_per_s = float(xs[-1] / ys[-1]) if xs[-1] > 0 else \
-                fallback.host_link_bytes_per_s
-        else:
-            self.host_link_bytes_per_s = fallback.host_link_bytes_per_s
+            if xs[-1] > 0:
+                self.host_link_bytes_per_s = float(xs[-1] / ys[-1])
+                self.host_link_latency_s = max(0.0, float(ys[0] - xs[0] / self.host_link_bytes_per_s))
+        #: per-copy setup beyond a fetch's first: in the latency and bandwidth above
+        self.host_copy_overhead_s = 0.0
+
+    _attn: tuple[float, float, float, float] | None = None  # c0, c_tok, c_ctx, c_seq
+    _attn_max: tuple[float, float] = (0.0, 0.0)  # measured tokens, context
+
+    def _fit_attention(self, rows: pd.DataFrame) -> None:
+        X = np.column_stack([np.ones(len(rows)), rows["tokens"], rows["context"],
+                             rows["sequences"]]).astype(np.float64)  # (N, 4)
+        y = rows["time_s"].to_numpy(np.float64)
+        self._attn = tuple(float(c) for c in nonneg_lstsq(X, y))  # type: ignore[assignment]
+        self._attn_max = (float(rows["tokens"].max()), float(rows["context"].max()))
 
     @classmethod
-    def from_csv(cls, path: str | Path, fallback: AnalyticCost) -> TableCost:
-        return cls(read_profile(path), fallback, str(path))
+    def from_csv(cls, path: str | Path, fallback: AnalyticCost, device: str | None = None) -> TableCost:
+        return cls(read_profile(path), fallback, str(path), device)
 
     def _interp(self, op: str, x: np.ndarray) -> np.ndarray | None:
         curve = self._curves.get(op)
@@ -138,6 +173,11 @@ class TableCost:
         tokens = prefill_tokens + decode_tokens
         if tokens == 0:
             return 0.0
+        if self._attn is not None:
+            c0, c_tok, c_ctx, _ = self._attn
+            if tokens > self._attn_max[0] or context_tokens > self._attn_max[1]:
+                self.out_of_range["attention"] += 1
+            return (c0 + c_tok * tokens + c_ctx * context_tokens) / shards
         y = self._interp("attention", np.array([tokens]))
         if y is None:
             return self.fallback.attention_s(prefill_tokens, decode_tokens, context_tokens, shards,
@@ -152,6 +192,10 @@ class TableCost:
 
     def iteration_s(self, prefill_tokens: int, decode_tokens: int, context_tokens: int,
                     kv_tokens: int, sequences: int) -> float:
+        if "iteration" in self._curves:
+            t = 0.0 if self._attn is None else \
+                self.fallback.model.num_layers * self._attn[3] * sequences
+            return t + float(self._interp("iteration", np.array([prefill_tokens + decode_tokens]))[0])
         t = self.fallback.iteration_s(prefill_tokens, decode_tokens, context_tokens, kv_tokens,
                                       sequences)
         if t:
@@ -171,3 +215,18 @@ class TableCost:
     def report(self) -> dict:
         return {"out_of_range": {k: v for k, v in self.out_of_range.items() if v},
                 "fallback": {k: v for k, v in self.fallback_calls.items() if v}}
+
+
+def nonneg_lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares ``X c ~ y`` with ``c >= 0``: features whose coefficient comes out negative
+    are dropped (set to 0) and the rest refitted, until none is negative."""
+    keep = np.ones(X.shape[1], dtype=bool)
+    c = np.zeros(X.shape[1])
+    while keep.any():
+        sol = np.linalg.lstsq(X[:, keep], y, rcond=None)[0]
+        if (sol >= 0).all():
+            c[keep] = sol
+            break
+        idx = np.flatnonzero(keep)
+        keep[idx[np.argmin(sol)]] = False
+    return c

@@ -93,33 +93,35 @@ def test_cli_replay_and_calibrate(tmp_path, capsys):
     assert (rd / "timings.json").exists()
     cd = tmp_path / "cal"
     assert main(["realrun", "calibrate", f"hydra.run.dir={cd}", "device=cpu", "model.dtype=fp32",
-                 "shrink=256", "tokens=[2]", "copy_bytes=[1024]", "reps=1", "warmup=0",
-                 "block_size=16"]) == 0
+                 "shrink=256", "tokens=[2]", "copy_experts=[1]", "contexts=[16]", "reps=1",
+                 "warmup=0", "block_size=16"]) == 0
     from sim.cost.table import read_profile
 
     df = read_profile(cd / "profile.csv")
-    assert sorted(df["op"].unique()) == ["copy", "expert", "gate"]
+    assert sorted(df["op"].unique()) == ["attention", "copy", "expert", "gate", "iteration"]
     assert (df["time_s"] > 0).all()
     assert json.loads((cd / "meta.json").read_text())["device"] == "cpu"
 
 
 def test_calibration_profile_feeds_the_simulators_table_model(tmp_path):
     """realrun's calibration rows are what sim/cost/table.py reads: every op it measured is
-    interpolated from the profile (no analytic fallback), for the model and device it names."""
-    from realrun.calibrate import calibrate, write_profile
+    answered from the profile (no analytic fallback), for the model and device it names."""
+    from realrun.calibrate import calibrate_model, write_profile
     from sim.config import HardwareConfig, ModelConfig
     from sim.cost import AnalyticCost
     from sim.cost.table import TableCost
 
-    rows = calibrate("cpu", "fp32", hidden=32, intermediate=16, num_experts=8, top_k=2,
-                     tokens=[1, 4], copy_bytes=[4096, 65536], warmup=0, reps=1,
-                     label="h100-sxm")
-    csv = write_profile(rows, tmp_path, {"device": "h100-sxm"})
     model = ModelConfig(hidden_size=32, expert_intermediate_size=16, num_experts=8, top_k=2,
-                        dtype="fp32")
+                        num_layers=2, num_heads=2, head_dim=8, dtype="fp32")
+    rows, facts = calibrate_model(model, "cpu", tokens=[1, 4], copy_experts=[1, 4], contexts=[8],
+                                  warmup=0, reps=1, label="h100-sxm")
+    assert facts["copies_in_line"] and 0.0 <= facts["copy_compute_overlap"] <= 1.0
+    csv = write_profile(rows, tmp_path, {"device": "h100-sxm"})
     t = TableCost.from_csv(csv, AnalyticCost(model, HardwareConfig()))
     assert t.expert_s(np.array([1, 4])).tolist() == [r["time_s"] for r in rows if r["op"] == "expert"]
     t.gate_s(4)
-    t.copy_s(65536)
+    t.copy_s(3 * 32 * 16 * 4)
+    t.attention_s(2, 1, 4, 1)
+    t.iteration_s(2, 1, 4, 4, 2)
     rep = t.report()
     assert not any(rep["fallback"].values()) and not any(rep["out_of_range"].values())
