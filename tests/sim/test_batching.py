@@ -177,3 +177,72 @@ def test_a_batch_with_nothing_to_process_is_a_clear_error():
     with pytest.raises(MoesimError, match=r"replica 0: no tokens to process for running request\(s\) "
                                           r"\['r0'\]"):
         b.form(rep, 0.0)
+
+
+def test_a_request_preempted_twice_counts_twice():
+    # (found by a search over small cases) three requests of 2 + 5 tokens, 8 KV tokens, 3 tokens
+    # an iteration: request 2 is preempted, re-admitted and preempted again
+    req, b, rep, t = _setup([2, 2, 2], [5, 5, 5], kv=8, token_budget=3)
+    _drive(req, b, rep)
+    assert req.preemptions.tolist() == [0, 1, 2]
+    assert int(req.preemptions.sum()) == t.preemptions
+    need = req.prompt + req.output - 1
+    assert int((req.processed - need).sum()) == t.tokens_recomputed
+
+
+def test_the_scheduler_sees_running_requests_as_views():
+    from sim.policies.base import SchedulerPolicy
+
+    seen = []
+
+    class Spy(SchedulerPolicy):
+        def admit(self, now_s, waiting, running, token_budget):
+            seen.append((now_s, [v.index for v in running], [v.index for v in running[0:2]],
+                         [(v.index, v.task, v.done_tokens) for v in waiting]))
+            return [v.index for v in waiting][:1]
+
+    req, b, rep, t = _setup([2, 2, 2], [3, 3, 3], kv=100)
+    req.task[:] = ["a", "b", "c"]
+    b.scheduler = Spy()
+    for now in range(3):
+        batch, alloc = b.form(rep, float(now))
+        b.begin(rep, batch, alloc)
+        b.finish(rep, batch, alloc, now + 1.0)
+    assert seen == [(0.0, [], [], [(0, "a", 0), (1, "b", 0), (2, "c", 0)]),
+                    (1.0, [0], [0], [(1, "b", 0), (2, "c", 0)]),
+                    (2.0, [0, 1], [0, 1], [(2, "c", 0)])]
+
+
+def test_admission_stops_when_the_token_budget_is_spent_whatever_the_scheduler_picks():
+    from sim.policies.base import SchedulerPolicy
+
+    class Greedy(SchedulerPolicy):  # picks every waiting request, budget or not
+        def admit(self, now_s, waiting, running, token_budget):
+            return [v.index for v in waiting]
+
+    req, b, rep, t = _setup([10, 10, 10], [2, 2, 2], kv=1000, token_budget=15)
+    b.scheduler = Greedy()
+    batch, alloc = b.form(rep, 0.0)
+    assert batch.tolist() == [0, 1] and alloc.tolist() == [10, 5] and rep.waiting == [2]
+    req, b, rep, t = _setup([10, 10, 10], [2, 2, 2], kv=1000, token_budget=100, max_batch=2)
+    b.scheduler = Greedy()
+    batch, alloc = b.form(rep, 0.0)
+    assert batch.tolist() == [0, 1] and alloc.tolist() == [10, 10] and rep.waiting == [2]
+
+
+def test_a_view_keeps_the_prediction_it_was_first_given():
+    # the scheduler's view of a request (its predicted output, so its SLO) is fixed when first
+    # built; only done_tokens follows the request. A request of the same task completing in the
+    # meantime changes the prediction of views built after it.
+    req, b, rep, t = _setup([1, 1, 1], [2, 2, 2], kv=100, max_batch=1)
+    v2 = b.view(2)
+    assert v2.predicted_output_tokens == 128.0
+    _drive_until = 0
+    while req.completions[0] == 0:
+        batch, alloc = b.form(rep, float(_drive_until))
+        b.begin(rep, batch, alloc)
+        b.finish(rep, batch, alloc, _drive_until + 1.0)
+        _drive_until += 1
+    assert b.predicted_output(2) == 2.0
+    assert b.view(2).predicted_output_tokens == 128.0 and b.view(2) is v2
+    assert b.view(2).task == "chat"
