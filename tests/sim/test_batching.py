@@ -237,12 +237,12 @@ def test_a_view_keeps_the_prediction_it_was_first_given():
     req, b, rep, t = _setup([1, 1, 1], [2, 2, 2], kv=100, max_batch=1)
     v2 = b.view(2)
     assert v2.predicted_output_tokens == 128.0
-    _drive_until = 0
+    now = 0
     while req.completions[0] == 0:
-        batch, alloc = b.form(rep, float(_drive_until))
+        batch, alloc = b.form(rep, float(now))
         b.begin(rep, batch, alloc)
-        b.finish(rep, batch, alloc, _drive_until + 1.0)
-        _drive_until += 1
+        b.finish(rep, batch, alloc, now + 1.0)
+        now += 1
     assert b.predicted_output(2) == 2.0
     assert b.view(2).predicted_output_tokens == 128.0 and b.view(2) is v2
     assert b.view(2).task == "chat"
