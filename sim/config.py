@@ -81,6 +81,19 @@ class HardwareConfig:
 
 
 @dataclass
+class EngineConfig:
+    """The serving engine's software: what one iteration costs outside the GPU kernels
+    (scheduling, input preparation, the GPU-to-CPU sync of sampled tokens, output processing),
+    paid in series with the kernels by an engine that does not overlap them. A constant of the
+    engine and its version, never of a row; its source is in ``conf/engine/<name>.yaml``."""
+
+    name: str = "none"
+    #: host time per iteration that the GPU waits for (added to every iteration)
+    iteration_overhead_s: float = 0.0
+    source: str = ""
+
+
+@dataclass
 class FaultConfig:
     """A GPU (``gpu`` >= 0, global id) or node (``node`` >= 0) fails at ``time_s``."""
 
@@ -214,6 +227,7 @@ class SimConfig:
     trace: TraceConfig = field(default_factory=TraceConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sim.config import ClusterConfig, HardwareConfig, ModelConfig
+from sim.config import ClusterConfig, EngineConfig, HardwareConfig, ModelConfig
 from sim.cost.analytic import AnalyticCost, Parallel
 from sim.cost.base import CostModel
 from sim.errors import ConfigError
@@ -16,10 +16,16 @@ def parallel_of(cluster: ClusterConfig) -> Parallel:
 
 
 def make_cost_model(kind: str, model: ModelConfig, hw: HardwareConfig, table: str = "",
-                    cluster: ClusterConfig | None = None) -> CostModel:
+                    cluster: ClusterConfig | None = None,
+                    engine: EngineConfig | None = None) -> CostModel:
     """The cost model ``kind`` for ``model`` on ``hw``, priced for one replica of ``cluster``
-    (default: one GPU)."""
-    analytic = AnalyticCost(model, hw, parallel_of(cluster) if cluster is not None else None)
+    (default: one GPU) served by ``engine`` (default: no engine overhead)."""
+    eng = engine or EngineConfig()
+    if not eng.iteration_overhead_s >= 0:
+        raise ConfigError(f"engine.iteration_overhead_s={eng.iteration_overhead_s} (engine "
+                          f"{eng.name!r}); expected a number >= 0")
+    analytic = AnalyticCost(model, hw, parallel_of(cluster) if cluster is not None else None,
+                            engine_overhead_s=eng.iteration_overhead_s)
     if kind == "analytic":
         return analytic
     if kind == "table":

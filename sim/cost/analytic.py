@@ -17,7 +17,8 @@ A layer is priced as the kernels a serving engine runs for it (vLLM / SGLang, CU
 - collectives: all-to-all (EP dispatch/combine across attention data-parallel ranks) and, with
   tensor parallelism, two all-reduces per layer, each ``latency + 2 (n-1)/n bytes / bandwidth``
   (ring) on NVLink (or the network across nodes);
-- per iteration: a fixed engine overhead (``hardware.iteration_overhead_s``), the embedding
+- per iteration: a fixed overhead (``hardware.iteration_overhead_s`` plus the serving engine's
+  ``engine.iteration_overhead_s``, ``conf/engine``), the embedding
   gather, the dense (non-MoE) layers and the LM head over the sequences that sample a token.
 
 Copies are ``latency + bytes / bandwidth``; per-expert copy setup is ``host_copy_overhead_s``.
@@ -65,8 +66,12 @@ class Parallel:
 
 
 class AnalyticCost:
-    def __init__(self, model: ModelConfig, hw: HardwareConfig, parallel: Parallel | None = None) -> None:
+    def __init__(self, model: ModelConfig, hw: HardwareConfig, parallel: Parallel | None = None,
+                 engine_overhead_s: float = 0.0) -> None:
         self.model, self.hw = model, hw
+        #: fixed host time per iteration: the host's (``hardware.iteration_overhead_s``) plus the
+        #: serving engine's (``engine.iteration_overhead_s``, conf/engine)
+        self.iteration_overhead_s = hw.iteration_overhead_s + engine_overhead_s
         self.par = par = parallel or Parallel()
         self.wbytes = dtype_bytes(model.dtype)
         self.flops_s = hw.bf16_flops * hw.flops_efficiency * (2.0 if model.dtype == "fp8" else 1.0)
@@ -184,7 +189,7 @@ class AnalyticCost:
         m, par = self.model, self.par
         h = m.hidden_size
         t_gpu = tokens / par.dp
-        out = self.hw.iteration_overhead_s + self._roof(0.0, t_gpu * h * 2 * 2)  # embedding gather
+        out = self.iteration_overhead_s + self._roof(0.0, t_gpu * h * 2 * 2)  # embedding gather
         if m.dense_layers:
             mlp = 3.0 * h * m.dense_intermediate_size
             per = self._attention_block(tokens, context_tokens, kv_tokens, self._attn_params,
