@@ -56,7 +56,7 @@ COLD_BYTES = 48 << 20
 
 
 def _timeit(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int,
-            cold: torch.Tensor | None = None) -> float:
+            cold: torch.Tensor | None = None, clock: str = "wall") -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -71,31 +71,35 @@ def _timeit(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int,
             b.synchronize()
             times.append(a.elapsed_time(b) / 1e3)
         else:
-            t0 = time.perf_counter()
+            now = time.thread_time if clock == "cpu" else time.perf_counter
+            t0 = now()
             fn()
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
     return statistics.median(times)
 
 
 def calibrate_model(model: Any, device: str, tokens: list[int], copy_experts: list[int],
                     contexts: list[int], warmup: int = 2, reps: int = 5, block_size: int = 16,
-                    label: str | None = None, seed: int = 0) -> tuple[list[dict[str, Any]], dict]:
+                    label: str | None = None, seed: int = 0, clock: str = "wall",
+                    cold_bytes: int = COLD_BYTES) -> tuple[list[dict[str, Any]], dict]:
     """Measure what :class:`realrun.serve.RealServer` runs for ``model`` (shrunk already), with
     the very functions it calls (:mod:`realrun.model`, :class:`realrun.serve.Slots`); weights
     cycle over layers and slots so that no measurement reads the same weights twice in a row.
-    Returns the profile rows and facts for ``meta.json`` (copy/compute overlap)."""
+    ``clock`` (CPU only): ``wall`` or ``cpu`` (this thread's CPU time), as realrun serves.
+    Returns the profile rows and facts for ``meta.json`` (copy/compute overlap, clock)."""
     from realrun.model import Routed, Shapes, TinyMoE, expert_ffn
     from realrun.serve import Slots
+    from sim.cost.analytic import kv_read_tokens
 
     dev = torch.device(device)
     if dev.type == "cpu":
         torch.set_num_threads(1)  # realrun serves on one core
     sh = Shapes.of(model, block_size)
     moe = TinyMoE(sh, dev, seed)
-    cold = torch.zeros(COLD_BYTES // 4) if dev.type == "cpu" else None
+    cold = torch.zeros(cold_bytes // 4) if dev.type == "cpu" and cold_bytes > 0 else None
 
     def timeit(fn: Callable[[], Any], warmup: int, reps: int) -> float:
-        return _timeit(fn, dev, warmup, reps, cold)
+        return _timeit(fn, dev, warmup, reps, cold, clock)
 
     label = label or device_label(dev)
     rows: list[dict[str, Any]] = []
@@ -122,9 +126,11 @@ def calibrate_model(model: Any, device: str, tokens: list[int], copy_experts: li
         kvs = [(moe.new_kv(st + n), st, n) for st, n in seqs]
         T = sum(n for _, n in seqs)
         ctx = sum(n * st + n * (n + 1) // 2 for st, n in seqs)
+        kv = kv_read_tokens(np.array([st for st, _ in seqs]), np.array([n for _, n in seqs]))
         x = x_of(T)
         t = timeit(lambda x=x, kvs=kvs: moe.attention(next_layer(), x, kvs), warmup, reps)
-        row("attention", tokens=T, hidden=sh.H, context=ctx, sequences=len(seqs), time_s=t)
+        row("attention", tokens=T, hidden=sh.H, context=ctx, kv_tokens=kv, sequences=len(seqs),
+            time_s=t)
     # gating (router, top-k, alignment) and the per-iteration input
     for n in tokens:
         x = x_of(n)
@@ -174,7 +180,8 @@ def calibrate_model(model: Any, device: str, tokens: list[int], copy_experts: li
         row("copy", bytes=n * sh.expert_bytes, time_s=t)
     return rows, {"copy_compute_overlap": _overlap(copy, lambda: expert_ffn(
         x, r, table(), slots.w13, slots.w2, 1, block_size), dev),
-        "copies_in_line": dev.type != "cuda", "expert_bytes": sh.expert_bytes}
+        "copies_in_line": dev.type != "cuda", "expert_bytes": sh.expert_bytes,
+        "clock": "cuda events" if dev.type == "cuda" else clock}
 
 
 def _overlap(copy: Callable[[int], None], compute: Callable[[], Any], dev: torch.device) -> float:

@@ -46,6 +46,9 @@ from sim.errors import ConfigError, MoesimError
 from sim.layer_costs import batch_shape
 from sim.world import CacheCounts
 
+#: what a CPU iteration is timed by: wall clock, or this thread's CPU time
+CLOCKS = ("wall", "cpu")
+
 
 class _NoLink:
     """The walk's prefetch issues link transfers; realrun's copies are real, so they go nowhere."""
@@ -67,7 +70,9 @@ class IterationRecord:
     requests: int
     pairs: int
     counts: CacheCounts
-    measured_s: float
+    measured_s: float  # on the server's clock
+    wall_s: float = 0.0  # perf_counter (CUDA events on a GPU)
+    cpu_s: float = 0.0  # this thread's CPU time (CPU only)
 
 
 @dataclass
@@ -83,7 +88,8 @@ class ServeResult:
                               "pairs": r.pairs, "hits": r.counts.hits, "misses": r.counts.misses,
                               "prefetched": r.counts.prefetched,
                               "bytes": r.counts.loads * self.expert_bytes,
-                              "measured_s": r.measured_s} for r in self.iterations])
+                              "measured_s": r.measured_s, "wall_s": r.wall_s, "cpu_s": r.cpu_s}
+                             for r in self.iterations])
 
 
 class Slots:
@@ -182,8 +188,14 @@ class FollowedCache:
 class RealServer:
     """Serve ``world`` (a :class:`sim.engine.Simulation`, built, not run) for real."""
 
-    def __init__(self, world: Any, device: str = "cpu", seed: int = 0, block_size: int = 16
-                 ) -> None:
+    def __init__(self, world: Any, device: str = "cpu", seed: int = 0, block_size: int = 16,
+                 clock: str = "wall") -> None:
+        """``clock`` (CPU only): ``wall`` (``perf_counter``) or ``cpu`` (this thread's CPU time,
+        ``time.thread_time``: what the iteration cost a core of its own, whatever else the
+        machine runs; torch runs on this one thread)."""
+        if clock not in CLOCKS:
+            raise ConfigError(f"clock={clock!r}; expected one of {list(CLOCKS)}")
+        self.clock = clock
         if world.topo.expert_parallel != 1 or world.topo.num_replicas != 1:
             raise ConfigError("realrun serves one replica on one device: cluster.expert_parallel=1 "
                               "and one GPU (cluster=1x1)")
@@ -237,21 +249,24 @@ class RealServer:
             bar = tqdm(total=w.R, unit="req", desc="realrun")
         t_start = time.perf_counter()
         before = st.counts()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for i in range(w.R):  # every request arrives at time 0, in order
             w.req.replica[i] = rep.index
             rep.waiting.append(i)
             w.walk.request_start(rep, i, 0.0)
         st.inflight.clear()
         self._sync()
-        setup_s = time.perf_counter() - t0
+        setup = (time.perf_counter() - t0, time.thread_time() - c0)
         while w.tallies.completed < w.R:
             now = time.perf_counter() - t_start
             batch, alloc = w.batcher.form(rep, now)
             w.batcher.begin(rep, batch, alloc)
             rec = self.iteration(batch, alloc)
-            rec.measured_s += setup_s
-            setup_s = 0.0
+            rec.wall_s += setup[0]
+            rec.cpu_s += setup[1]
+            rec.measured_s = rec.cpu_s if self.clock == "cpu" and self.device.type != "cuda" \
+                else rec.wall_s
+            setup = (0.0, 0.0)
             after = st.counts()
             rec.counts = counts_minus(after, before)
             before = after
@@ -313,7 +328,8 @@ class RealServer:
             for l in range(L):
                 walk._observe(rep, l, used_flat)
         return IterationRecord(tokens=len(shape.rows), decode=shape.decode, requests=len(batch),
-                               pairs=shape.pairs, counts=CacheCounts(), measured_s=timer.stop())
+                               pairs=shape.pairs, counts=CacheCounts(), measured_s=0.0,
+                               **timer.stop())
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -321,21 +337,22 @@ class RealServer:
 
 
 class _Timer:
+    """Wall time (CUDA events on a GPU) and this thread's CPU time of a stretch of work."""
+
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         if self.cuda:
             self.a = torch.cuda.Event(enable_timing=True)
             self.b = torch.cuda.Event(enable_timing=True)
             self.a.record()
-        else:
-            self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.thread_time()
 
-    def stop(self) -> float:
+    def stop(self) -> dict[str, float]:
         if self.cuda:
             self.b.record()
             self.b.synchronize()
-            return self.a.elapsed_time(self.b) / 1e3
-        return time.perf_counter() - self.t0
+            return {"wall_s": self.a.elapsed_time(self.b) / 1e3, "cpu_s": 0.0}
+        return {"wall_s": time.perf_counter() - self.t0, "cpu_s": time.thread_time() - self.c0}
 
 
 def counts_minus(a: CacheCounts, b: CacheCounts) -> CacheCounts:

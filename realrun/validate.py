@@ -97,16 +97,18 @@ def simulate(sc: Scenario, cost: Any) -> tuple[pd.DataFrame, CacheCounts, dict]:
     return pd.DataFrame(rows), st.counts(), cost.report()
 
 
-def serve(sc: Scenario, device: str, seed: int, progress: bool = False) -> tuple[pd.DataFrame, Any]:
+def serve(sc: Scenario, device: str, seed: int, progress: bool = False, clock: str = "wall"
+          ) -> tuple[pd.DataFrame, Any]:
     """Serve the scenario for real; per iteration: tokens, counts and measured seconds."""
     from realrun.serve import RealServer
     from sim.cost.analytic import AnalyticCost
 
     w = world(sc, AnalyticCost(sc.cfg.model, sc.cfg.hardware))  # its cost model is never asked
-    res = RealServer(w, device=device, seed=seed).run(progress=progress)
+    res = RealServer(w, device=device, seed=seed, clock=clock).run(progress=progress)
     eb = res.expert_bytes
     rows = [{"tokens": r.tokens, "decode": r.decode, "requests": r.requests, "pairs": r.pairs,
-             "real_s": r.measured_s, **_record(r.counts, eb)} for r in res.iterations]
+             "real_s": r.measured_s, "real_wall_s": r.wall_s, "real_cpu_s": r.cpu_s,
+             **_record(r.counts, eb)} for r in res.iterations]
     return pd.DataFrame(rows), res
 
 
@@ -121,8 +123,10 @@ def compare(sim_it: pd.DataFrame, real_it: pd.DataFrame, sim_total: CacheCounts,
         it[f"{c}_sim"] = sim_it[c].to_numpy()
         it[f"{c}_real"] = real_it[c].to_numpy()
     it["sim_s"] = sim_it["sim_s"].to_numpy()
+    clocks = [c for c in ("real_wall_s", "real_cpu_s") if c in it.columns]
     it = it[["tokens", "decode", "requests", "pairs", *[f"{c}_{s}" for c in COMPARED
-                                                        for s in ("sim", "real")], "sim_s", "real_s"]]
+                                                        for s in ("sim", "real")], "sim_s", "real_s",
+             *clocks]]
     it.insert(0, "iteration", np.arange(len(it)))
     bad = [c for c in COMPARED if not (it[f"{c}_sim"] == it[f"{c}_real"]).all()]
     s_rec, r_rec = sim_total.record(expert_bytes), real_total.record(expert_bytes)
@@ -138,6 +142,10 @@ def compare(sim_it: pd.DataFrame, real_it: pd.DataFrame, sim_total: CacheCounts,
     out["latency_error_p90"] = stable_float(np.quantile(err, 0.9)) if len(err) else 0.0
     out["latency_error_signed_median"] = stable_float(
         np.median((it["sim_s"] - it["real_s"]) / it["real_s"])) if len(err) else 0.0
+    for c in clocks:  # the error on either clock, whichever the profile was measured on
+        e = np.abs(it["sim_s"] - it[c]) / it[c]
+        if (it[c] > 0).all() and len(e):
+            out[f"latency_error_median_{c[5:-2]}"] = stable_float(np.median(e))
     tot_sim, tot_real = float(it["sim_s"].sum()), float(it["real_s"].sum())
     out["e2e_sim_s"], out["e2e_real_s"] = stable_float(tot_sim), stable_float(tot_real)
     out["e2e_error"] = stable_float(abs(tot_sim - tot_real) / tot_real) if tot_real else 0.0
@@ -217,14 +225,14 @@ def validate_task(cfg_node: Any) -> dict:
         c = cfg.calibration
         rows, facts = calibrate_model(sc.cfg.model, cfg.device, list(c.tokens), list(c.copy_experts),
                                       list(c.contexts), c.warmup, c.reps, cfg.block_size, label,
-                                      cfg.seed)
+                                      cfg.seed, cfg.clock)
         profile = str(write_profile(rows, out, {
             "device": label, "model": sc.cfg.model.name, "hidden": sc.cfg.model.hidden_size,
             "intermediate": sc.cfg.model.expert_intermediate_size, "dtype": sc.cfg.model.dtype,
             "shrink": cfg.shrink, **facts}))
     calib_s = time.perf_counter() - t0
     progress = _progress_enabled(cfg.output.progress)
-    real_it, res = serve(sc, cfg.device, cfg.seed, progress=progress)
+    real_it, res = serve(sc, cfg.device, cfg.seed, progress=progress, clock=cfg.clock)
     cost = TableCost.from_csv(profile, AnalyticCost(sc.cfg.model, sc.cfg.hardware), device=label)
     sim_it, sim_total, report = simulate(sc, cost)
     metrics, it = compare(sim_it, real_it, sim_total, res.counts, res.expert_bytes)
@@ -233,6 +241,7 @@ def validate_task(cfg_node: Any) -> dict:
                "shrink": cfg.shrink, "cache_policy": p.cache, "prefetch_policy": p.prefetch,
                "expert_budget_fraction": sc.cfg.cluster.expert_budget_fraction,
                "requests": int(len(sc.workload)), "profile": str(profile),
+               "clock": "cuda events" if str(cfg.device).startswith("cuda") else cfg.clock,
                "cost_model_report": report, **metrics}
     atomic_write_bytes((json.dumps(metrics, indent=2) + "\n").encode(), out / "metrics.json")
     atomic_write_bytes(it.to_csv(index=False).encode(), out / "iterations.csv")

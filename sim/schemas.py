@@ -193,6 +193,9 @@ class RealrunValidateConfig(SimConfig):
     #: a profile.csv calibrated on this device for the shrunk model; empty: calibrate first
     profile: str = ""
     calibration: ValidateCalibrationConfig = field(default_factory=ValidateCalibrationConfig)
+    #: CPU only: time iterations and the profile by "cpu" (this thread's CPU time, immune to
+    #: other jobs on the machine) or "wall" (perf_counter); a GPU is timed by CUDA events
+    clock: str = "cpu"
     block_size: int = 16
     plots: bool = True
 

@@ -12,14 +12,16 @@ CSV layout (one file per device, header required, one row per measurement)::
 - ``tokens``, ``experts``, ``hidden``, ``intermediate``, ``bytes``: integers, 0 where the op has
   no such dimension; ``time_s``: measured median seconds (float > 0).
 - Optional columns (0 when absent): ``context`` (attention: the (query, key) pairs the batch
-  attends, causal) and ``sequences`` (attention: the requests of the batch). ``op`` may also be
-  ``iteration``: per iteration besides the layers, against ``tokens``.
+  attends, causal), ``kv_tokens`` (attention: the KV tokens read, once per query tile:
+  :func:`sim.cost.analytic.kv_read_tokens`) and ``sequences`` (attention: the requests of the
+  batch). ``op`` may also be ``iteration``: per iteration besides the layers, against ``tokens``.
 
-Attention rows that carry ``context`` or ``sequences`` (``moesim realrun calibrate`` writes
-them) are fitted, by least squares with non-negative coefficients, as
-``c0 + c_tok * tokens + c_ctx * context + c_seq * sequences``; ``attention_s`` answers
-``c0 + c_tok * tokens + c_ctx * context`` and the per-sequence part, which the protocol gives only
-per iteration, is charged by ``iteration_s`` (``num_layers * c_seq * sequences``). Older rows
+Attention rows that carry ``context``, ``kv_tokens`` or ``sequences`` (``moesim realrun
+calibrate`` writes them) are fitted, by least squares on the relative error with non-negative
+coefficients, as ``c0 + c_tok * tokens + c_ctx * context + c_kv * kv_tokens + c_seq * sequences``
+(decode reads its KV per query, prefill per tile: the two terms tell them apart);
+``attention_s`` answers all but the per-sequence part, which the protocol gives only per
+iteration and ``iteration_s`` charges (``num_layers * c_seq * sequences``). Older rows
 (tokens only) are interpolated in tokens. The copy link's bandwidth is the largest measured
 copy's bytes per second, its latency what the smallest copy took beyond that.
 
@@ -44,7 +46,7 @@ from sim.errors import ConfigError
 
 COLUMNS = ("op", "device", "dtype", "tokens", "experts", "hidden", "intermediate", "bytes", "time_s")
 OPS = ("expert", "gate", "attention", "copy", "all_to_all", "iteration")
-OPTIONAL_COLUMNS = ("context", "sequences")
+OPTIONAL_COLUMNS = ("context", "kv_tokens", "sequences")
 _INT_COLUMNS = ("tokens", "experts", "hidden", "intermediate", "bytes")
 
 
@@ -103,7 +105,7 @@ class TableCost:
                 rows = rows[shape_ok[rows.index]]
                 if extra is not None:
                     rows = rows[extra[rows.index]]
-            if op == "attention" and ((rows["context"] > 0) | (rows["sequences"] > 0)).any():
+            if op == "attention" and (rows[list(OPTIONAL_COLUMNS)] > 0).any(axis=None):
                 self._fit_attention(rows)
             elif len(rows):
                 g = rows.groupby(x)["time_s"].median().sort_index()
@@ -120,14 +122,15 @@ class TableCost:
         #: per-copy setup beyond a fetch's first: in the latency and bandwidth above
         self.host_copy_overhead_s = 0.0
 
-    _attn: tuple[float, float, float, float] | None = None  # c0, c_tok, c_ctx, c_seq
+    _attn: tuple[float, ...] | None = None  # c0, c_tok, c_ctx, c_kv, c_seq
     _attn_max: tuple[float, float] = (0.0, 0.0)  # measured tokens, context
 
     def _fit_attention(self, rows: pd.DataFrame) -> None:
         X = np.column_stack([np.ones(len(rows)), rows["tokens"], rows["context"],
-                             rows["sequences"]]).astype(np.float64)  # (N, 4)
+                             rows["kv_tokens"], rows["sequences"]]).astype(np.float64)  # (N, 5)
         y = rows["time_s"].to_numpy(np.float64)
-        self._attn = tuple(float(c) for c in nonneg_lstsq(X, y))  # type: ignore[assignment]
+        w = 1.0 / y  # relative error: small batches weigh as much as large ones
+        self._attn = tuple(float(c) for c in nonneg_lstsq(X * w[:, None], y * w))
         self._attn_max = (float(rows["tokens"].max()), float(rows["context"].max()))
 
     @classmethod
@@ -174,10 +177,11 @@ class TableCost:
         if tokens == 0:
             return 0.0
         if self._attn is not None:
-            c0, c_tok, c_ctx, _ = self._attn
+            c0, c_tok, c_ctx, c_kv, _ = self._attn
             if tokens > self._attn_max[0] or context_tokens > self._attn_max[1]:
                 self.out_of_range["attention"] += 1
-            return (c0 + c_tok * tokens + c_ctx * context_tokens) / shards
+            kv = context_tokens if kv_tokens is None else kv_tokens
+            return (c0 + c_tok * tokens + c_ctx * context_tokens + c_kv * kv) / shards
         y = self._interp("attention", np.array([tokens]))
         if y is None:
             return self.fallback.attention_s(prefill_tokens, decode_tokens, context_tokens, shards,
@@ -194,7 +198,7 @@ class TableCost:
                     kv_tokens: int, sequences: int) -> float:
         if "iteration" in self._curves:
             t = 0.0 if self._attn is None else \
-                self.fallback.model.num_layers * self._attn[3] * sequences
+                self.fallback.model.num_layers * self._attn[4] * sequences
             return t + float(self._interp("iteration", np.array([prefill_tokens + decode_tokens]))[0])
         t = self.fallback.iteration_s(prefill_tokens, decode_tokens, context_tokens, kv_tokens,
                                       sequences)

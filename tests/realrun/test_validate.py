@@ -140,19 +140,22 @@ def test_doubled_copy_time_adds_each_iterations_bytes_at_the_copy_rate(tmp_path)
                                atol=1e-12)
 
 
-def test_attention_fit_is_linear_in_tokens_context_and_sequences(tmp_path):
+def test_attention_fit_is_linear_in_tokens_context_kv_and_sequences(tmp_path):
     p = tmp_path / "p.csv"
-    rows = ["op,device,dtype,tokens,experts,hidden,intermediate,bytes,time_s,context,sequences"]
-    for T, ctx, seq in ((1, 1, 1), (64, 2080, 1), (4, 40, 4), (16, 600, 16), (32, 100, 2)):
-        rows.append(f"attention,cpu,fp32,{T},0,32,0,0,{1e-4 + 2e-6 * T + 3e-8 * ctx + 5e-6 * seq},"
-                    f"{ctx},{seq}")
-    rows.append("iteration,cpu,fp32,1,0,32,0,0,0.000001,0,0")
+    rows = ["op,device,dtype,tokens,experts,hidden,intermediate,bytes,time_s,context,kv_tokens,"
+            "sequences"]
+    for T, ctx, kv, seq in ((1, 1, 1, 1), (64, 2080, 64, 1), (4, 40, 40, 4), (16, 600, 600, 16),
+                            (32, 100, 40, 2), (128, 8256, 128, 1)):
+        t = 1e-4 + 2e-6 * T + 3e-8 * ctx + 7e-8 * kv + 5e-6 * seq
+        rows.append(f"attention,cpu,fp32,{T},0,32,0,0,{t},{ctx},{kv},{seq}")
+    rows.append("iteration,cpu,fp32,1,0,32,0,0,0.000001,0,0,0")
     p.write_text("\n".join(rows) + "\n")
     t = TableCost.from_csv(p, AnalyticCost(TOY, HardwareConfig()), device="cpu")
-    assert t.attention_s(10, 5, 300, 1) == pytest.approx(1e-4 + 2e-6 * 15 + 3e-8 * 300)
+    assert t.attention_s(10, 5, 300, 1, kv_tokens=80) == pytest.approx(
+        1e-4 + 2e-6 * 15 + 3e-8 * 300 + 7e-8 * 80)
     # the per-sequence part, once per layer, is charged per iteration
     assert t.iteration_s(0, 1, 0, 0, 1) == pytest.approx(TOY.num_layers * 5e-6 + 1e-6)
-    t.attention_s(100, 0, 10, 1)
+    t.attention_s(200, 0, 10, 1)
     assert t.report()["out_of_range"] == {"attention": 1}
 
 
