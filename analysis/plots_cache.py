@@ -9,24 +9,43 @@ from analysis.plots import save_figure
 
 
 def plot_hit_rate(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Hit rate against the fraction of each layer's experts resident, one line per policy."""
+    """Hit rate against the fraction of each layer's experts resident, one line per policy
+    (Belady dashed black); bars, one per policy, when a single memory is compared."""
     from analysis.plots import pyplot
 
     plt = pyplot()
 
+    from analysis.style import color, label, line_style
+
+    names = list(dict.fromkeys(r["policy"] for r in results))
+    fracs = sorted({r["capacity_frac"] for r in results})
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["policy"] for r in results):
-        rs = sorted((r for r in results if r["policy"] == name), key=lambda r: r["capacity_frac"])
-        style = dict(color="black", linestyle="--", linewidth=2) if name == "belady" else {}
-        ax.plot([r["capacity_frac"] for r in rs], [r["hit_rate"] for r in rs], marker="o",
-                label=name + (" (oracle)" if name == "belady" else ""), **style)
-    ax.set_xlabel("experts resident per layer (fraction)")
+    if len(fracs) == 1:  # one memory compared: a category per policy, so bars
+        vals = [next(r["hit_rate"] for r in results if r["policy"] == n) for n in names]
+        bars = ax.bar(range(len(names)), vals, color=[color(n) for n in names],
+                      hatch=None, edgecolor="white")
+        for b, n in zip(bars, names):
+            if n == "belady":
+                b.set_hatch("//")
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), [label(n) for n in names], rotation=20, ha="right",
+                      fontsize=8)
+        ax.set_xlabel(f"cache policy ({fracs[0]:g} of each layer's experts resident)")
+    else:
+        for name in names:
+            rs = sorted((r for r in results if r["policy"] == name),
+                        key=lambda r: r["capacity_frac"])
+            ax.plot([r["capacity_frac"] for r in rs], [r["hit_rate"] for r in rs], marker="o",
+                    label=label(name), **line_style(name))
+        ax.set_xlabel("experts resident per layer (fraction)")
+        ax.legend(fontsize=8)
     ax.set_ylabel("hit rate")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -54,7 +73,8 @@ def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("max / mean GPU load (per layer, averaged)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: covers no bar
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
     save_figure(fig, path)

@@ -19,6 +19,8 @@ COLORS: dict[str, str] = {
     "priority": "#e377c2", "keep_predicted": "#2ca02c", "belady": "#000000",
     "all-resident": "#7f7f7f", "full-memory": "#7f7f7f",
     "emoe": "#2ca02c", "emoe-predict": "#2ca02c", "emoe-reroute": "#98df8a",
+    "emoe_a": "#2ca02c", "emoe_a-reroute": "#98df8a", "emoe_task": "#d62728",
+    "emoe_task-reroute": "#ff9896", "on-demand": "#bcbd22",
     # schedulers
     "fcfs": "#1f77b4", "spf": "#9467bd", "emoe_sched": "#2ca02c",
     # placements

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,7 @@ def replay_task(cfg: Any) -> None:
                        dtype=cfg.model.dtype, seed=cfg.seed,
                        max_tokens=cfg.max_tokens)
     moe = RealMoE(rc, trace.num_layers, trace.num_experts, trace.top_k)
-    metrics, timings = moe.run_trace(trace, progress=sys.stderr.isatty())
+    metrics, timings = moe.run_trace(trace, progress=True)  # tqdm on stderr, TTY or not
     metrics["model"] = cfg.model.name
     out = Path(run_dir())
     _write_json(metrics, out / "metrics.json")
@@ -121,7 +120,7 @@ def calibrate_task(cfg: Any) -> None:
     m = shrunk_model(cfg.model, cfg.shrink)
     rows, facts = calibrate_model(m, cfg.device, list(cfg.tokens), list(cfg.copy_experts),
                                   list(cfg.contexts), cfg.warmup, cfg.reps, cfg.block_size,
-                                  cfg.label or None)
+                                  cfg.label or None, clock=cfg.clock)
     meta = {"device": cfg.label or device_label(torch.device(cfg.device)), "model": m.name,
             "hidden": m.hidden_size, "intermediate": m.expert_intermediate_size,
             "dtype": m.dtype, "shrink": cfg.shrink, **facts}

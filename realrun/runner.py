@@ -24,6 +24,7 @@ Weights are random (seeded); the hidden and intermediate sizes are the model's d
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -159,7 +160,8 @@ class RealMoE:
         if progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, desc="realrun", unit="batch")
+            batches = tqdm(batches, desc="realrun", unit="batch", file=sys.stderr,
+                           mininterval=0.5 if sys.stderr.isatty() else 5.0)
         for b0 in batches:
             b1 = min(T, b0 + cfg.batch_tokens)
             x = torch.randn((b1 - b0, cfg.hidden), generator=g).to(self.dtype).to(self.device)

@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "kernels": ("kernels.cli", "benchmark the Triton MoE kernels"),
     "report": ("analysis.cli", "turn run and sweep directories into tables and plots"),
     "demo": ("sim.demo", "the embedded default: a small end-to-end run, no downloads"),
+    "experiment": ("sim.experiments", "the papers' headline comparisons: 'experiment emoe', "
+                                      "'experiment huang' (one report, paper beside ours)"),
 }
 
 

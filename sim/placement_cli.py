@@ -13,7 +13,9 @@ Load of expert e at layer l = tokens routed to it. A GPU's load shares each repl
 load equally among its replicas. Reported per policy, for both halves: ``max_over_mean`` = max
 GPU load / mean GPU load per layer, averaged over layers (aggregate over the half), its worst
 layer, and ``batch_max_over_mean`` = the same per batch (one prompt, or ``batch_tokens``
-tokens), averaged over batches and layers. ``rebalance`` starts from a plan on the first half and
+tokens), averaged over batches and layers (``test_batch_worst_max_over_mean``: averaged over
+layers, the worst batch). Divided by ``cluster.expert_parallel`` these are the busiest GPU's
+share of the tokens, Huang et al.'s "max device load". ``rebalance`` starts from a plan on the first half and
 replans online every ``period`` test batches from the last ``window`` batches; its weight moves
 are charged as copies (``moved_experts``, ``bytes_moved``). ``exhaustive`` (the oracle) is
 planned on the test half itself and skipped, with the reason recorded, when too large; a lower
@@ -118,11 +120,15 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
             mean = gl.mean(axis=-1)
             agg = np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
             rec.update(test_max_over_mean=float(agg.mean()), test_worst_layer=float(agg.max()),
-                       test_batch_max_over_mean=float(np.mean(per_batch)), replans=int(
+                       test_batch_max_over_mean=float(np.mean(per_batch)),
+                       test_batch_worst_max_over_mean=float(np.mean(per_batch, axis=1).max()),
+                       replans=int(
                            len(test) // pol.period))
         else:
+            per_batch = imbalance(test, A)  # (batches, L)
             rec.update(test_max_over_mean=float(te_l.mean()), test_worst_layer=float(te_l.max()),
-                       test_batch_max_over_mean=float(imbalance(test, A).mean()))
+                       test_batch_max_over_mean=float(per_batch.mean()),
+                       test_batch_worst_max_over_mean=float(per_batch.mean(axis=1).max()))
         slots = np.zeros((L, num_gpus), dtype=np.int64)
         for l in range(L):
             for gpus in plan.replicas[l]:

@@ -81,3 +81,54 @@ def test_app_values_are_the_yaml_values():
     assert bench.out_dir is None and bench.tune_space.num_warps == [4, 8]
     replay = app_config(_filled("realrun_replay"), APPS["realrun_replay"])
     assert replay.trace.path == "" and replay.model.name == "deepseek-v2-lite"
+
+
+# ------------------------------------------------------------------------------------------------
+# every option of every config group composes (in an app that uses the group), launchers included
+# ------------------------------------------------------------------------------------------------
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra",)
+                and not p.name.startswith("_") and any(p.glob("*.yaml")))
+#: launcher configs: hydra's plugins (installed) and moesim's own conf/hydra/launcher/*.yaml
+LAUNCHERS = sorted({"basic", "joblib", "submitit_local", "submitit_slurm",
+                    *(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))})
+#: an option that needs a key filled to compose
+OPTION_NEEDS = {("trace", "file"): ["trace.path=t.parquet"]}
+
+
+def _apps_using(group: str) -> list[str]:
+    out = []
+    for name in sorted(APPS):
+        defaults = yaml.safe_load((CONF / f"{name}.yaml").read_text()).get("defaults", [])
+        if any(isinstance(d, dict) and group in d for d in defaults):
+            out.append(name)
+    return out
+
+
+def test_every_group_is_used_by_an_app():
+    assert GROUPS and all(_apps_using(g) for g in GROUPS), {g: _apps_using(g) for g in GROUPS}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_of_every_group_composes(group):
+    app = _apps_using(group)[0]
+    options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    register_app_schemas()
+    with initialize_config_module("conf", version_base="1.3"):  # one context: fast
+        for opt in options:
+            over = [f"{group}={opt}", *OPTION_NEEDS.get((group, opt), [])]
+            cfg = compose(app, overrides=over)
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            cfg = compose(app, overrides=[*over, *(f"{k}={REQUIRED[k]}" for k in missing)])
+            assert isinstance(app_config(cfg, APPS[app]), APPS[app]), (group, opt)
+
+
+def test_every_launcher_config_composes():
+    register_app_schemas()
+    with initialize_config_module("conf", version_base="1.3"):
+        for launcher in LAUNCHERS:
+            cfg = compose("sim", overrides=[f"hydra/launcher={launcher}"],
+                          return_hydra_config=True)
+            target = cfg.hydra.launcher._target_
+            assert target.startswith("hydra") and target.endswith("Launcher"), (launcher, target)
+            if launcher == "ray":  # moesim's own config for the (uninstalled) Ray plugin
+                assert "ray_launcher" in target and "address" in cfg.hydra.launcher.ray.init

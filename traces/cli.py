@@ -206,7 +206,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
 
     tr = read_trace(a.trace)
     params = fit_params(tr, seed=a.seed, command=" ".join(["moesim", "trace", "fit", a.trace, "-o",
-                                                              a.output, "--seed", str(a.seed)]))
+                                                              a.output, "--seed", str(a.seed)]),
+                        progress=True)
     atomic_write_bytes((json.dumps(params, indent=1) + "\n").encode(), a.output)
     print(f"wrote {a.output}: tasks {list(params['tasks'])}")
     return 0

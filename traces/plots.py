@@ -73,15 +73,22 @@ def write_plots(trace: RoutingTrace, out_dir: str | os.PathLike,
         pairs = sorted({int(round(x)) for x in np.linspace(0, L - 2, min(4, L - 1))})
         fig, axes = plt.subplots(1, len(pairs), figsize=(4.8 * len(pairs), 4.4), squeeze=False,
                                  layout="constrained")
-        for ax, l in zip(axes[0], pairs):
+        Ps = []
+        for l in pairs:
             C = transition_counts(trace.experts, E, l).astype(np.float64)
-            P = C / np.maximum(C.sum(axis=1, keepdims=True), 1)
-            im = ax.imshow(P, cmap="magma", interpolation="nearest", vmin=0)
+            Ps.append(C / np.maximum(C.sum(axis=1, keepdims=True), 1))
+        vmax = max(float(P.max()) for P in Ps) or 1.0  # one colour scale for every panel
+        for ax, l, P in zip(axes[0], pairs, Ps):
+            im = ax.imshow(P, cmap="magma", interpolation="nearest", vmin=0, vmax=vmax)
             ax.set_title(f"layer {m.layer_ids[l]} -> {m.layer_ids[l + 1]}", fontsize=9)
             ax.set_xlabel(f"expert at layer {m.layer_ids[l + 1]}")
             ax.set_ylabel(f"expert at layer {m.layer_ids[l]}")
-            fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.suptitle(f"P(next-layer expert | expert) (uniform = {1 / E:.3f})\n{title}", fontsize=9)
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8,
+                     label="P(next-layer expert | expert), one scale for all panels")
+        shown = ", ".join(f"{m.layer_ids[l]}->{m.layer_ids[l + 1]}" for l in pairs)
+        fig.suptitle(f"P(next-layer expert | expert) (uniform = {1 / E:.3f}); layer pairs shown: "
+                     f"{shown} ({len(pairs)} of the {L - 1} adjacent pairs, evenly spaced)\n{title}",
+                     fontsize=9)
         p = out / "transitions.png"
         _save(fig, p)
         plt.close(fig)

@@ -83,7 +83,7 @@ def _calib_lengths(lens: np.ndarray, calib_tokens: int) -> np.ndarray:
 
 def _calibrate(pc: np.ndarray, tc: np.ndarray, real: dict[str, Any], lens: np.ndarray, K: int,
                seed: int, meta: TraceMeta, max_evals: int, tol: float,
-               full_lens: np.ndarray) -> dict[str, Any]:
+               full_lens: np.ndarray, bar: Any = None) -> dict[str, Any]:
     """Broyden iterations on (beta, sigma, rho), each evaluation with an IPF popularity
     correction, then the popularity skew: the IPF target is the real shares to a power ``lam``
     found by secant steps so that fresh samples with the real request lengths (``full_lens``; the
@@ -106,6 +106,8 @@ def _calibrate(pc: np.ndarray, tc: np.ndarray, real: dict[str, Any], lens: np.nd
 
     def run(x: np.ndarray, update: bool, lam: float = 1.0) -> np.ndarray:
         nonlocal corr
+        if bar is not None:
+            bar.update(1)
         tm = model(x, corr)
         base = tm.bias()
         bias = base.copy()
@@ -199,15 +201,27 @@ def _calibrate(pc: np.ndarray, tc: np.ndarray, real: dict[str, Any], lens: np.nd
 
 
 def fit_params(trace: RoutingTrace, seed: int = 0, command: str = "", trace_path: str = "",
-               calib_tokens: int = 24000, max_evals: int = 18, tol: float = 0.015) -> dict[str, Any]:
-    """Fit the generator to ``trace`` (per task); returns the JSON-ready parameter dict."""
+               calib_tokens: int = 24000, max_evals: int = 18, tol: float = 0.015,
+               progress: bool = False) -> dict[str, Any]:
+    """Fit the generator to ``trace`` (per task); returns the JSON-ready parameter dict.
+    ``progress``: a tqdm bar on stderr counting the calibration's sampling runs (at most
+    ``max_evals`` + 6 per task)."""
+    import sys
+
     from traces.stats import transition_counts
 
     m = trace.meta
     tasks_col = trace.tokens["task"].to_numpy()
     req_tasks = np.asarray(trace.request_tasks(), dtype=object)
     out_tasks: dict[str, Any] = {}
-    for name in sorted(set(req_tasks.tolist())):
+    names = sorted(set(req_tasks.tolist()))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=(max_evals + 6) * len(names), desc="trace fit", unit="run",
+                   file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 5.0)
+    for name in names:
         sub = trace.take(np.flatnonzero(tasks_col == name))
         real = calibration_stats(sub)
         pc = real["popularity_counts"]
@@ -215,7 +229,10 @@ def fit_params(trace: RoutingTrace, seed: int = 0, command: str = "", trace_path
             if m.num_layers > 1 else np.zeros((0, m.num_experts, m.num_experts), dtype=np.int64)
         lens = np.diff(sub.request_bounds())
         cal = _calibrate(pc, tc, real, _calib_lengths(lens, calib_tokens), m.top_k, seed, m, max_evals, tol,
-                         full_lens=lens)
+                         full_lens=lens, bar=bar)
+        if bar is not None:  # this task's unused evaluations: the bar ends at the task's end
+            bar.n = (names.index(name) + 1) * (max_evals + 6)
+            bar.refresh()
         out_tasks[name] = {
             "share": float((req_tasks == name).mean()),
             "popularity_counts": pc.tolist(),
@@ -225,6 +242,8 @@ def fit_params(trace: RoutingTrace, seed: int = 0, command: str = "", trace_path
                                    "median": float(np.median(lens)), "mean": float(lens.mean()),
                                    "max": int(lens.max())},
         }
+    if bar is not None:
+        bar.close()
     source = {"trace": m.source, "trace_file": _no_machine_path(trace_path), "model": m.model,
               "fitted_on": _dt.date.today().isoformat(),
               "command": " ".join(_no_machine_path(w) for w in command.split()), "seed": seed,

@@ -220,6 +220,10 @@ def _write_staleness(curve: list[dict[str, Any]], out: Path) -> None:
     ax.plot(p, [r["previous_prompt_f1"] for r in curve], "s--", label="copy previous prompt")
     ax.plot(p, [r["popular_f1"] for r in curve], ":", label="most popular")
     ax.set_xscale("log")
+    ax.set_xticks(p, [str(v) for v in p])  # every p as a plain number, not 10^x
+    ax.minorticks_off()
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
     ax.set_xlabel("prediction period p (prompts)")
     ax.set_ylabel("per-layer set F1")
     ax.set_title("per-prompt prediction vs staleness")

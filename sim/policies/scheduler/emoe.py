@@ -16,6 +16,13 @@ Runs on every call (the simulator calls it on arrivals and completions):
    remaining predicted output ``predicted_output_tokens - done_tokens`` -- when it has run out it
    resets to ``reset_frac`` (5%) of the initial prediction -- and ``r_i = now - arrival_s`` the time
    already spent. Request i misses its SLO if ``t_i > slo_s``.
+4. A running request that misses its SLO already with the batch as it is (``n`` = the running
+   requests, ``W = 0``) is past saving: refusing newcomers cannot make it meet its SLO, so it does
+   not stop admission (the algorithm's aim is that admission makes no running request miss). Read
+   literally, one late request would block every admission until it completes; with the SLOs
+   taken from the running mean of the task's completed outputs (short ones complete first), that
+   stalled the queue under load (``moesim experiment emoe``'s report shows both).
+   ``protect_late=true`` restores the literal reading.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class EMoESchedConfig:
     load_latency_s: float = 0.0  # dE: profiled expert-loading latency
     per_token_s: float = 1e-3  # c: profiled per-token cost
     reset_frac: float = 0.05  # G_i once the prediction ran out, as a share of it
+    protect_late: bool = False  # a running request already past its SLO still stops admission
 
 
 @SCHEDULER.register("emoe")
@@ -60,13 +68,16 @@ class EMoEScheduler(SchedulerPolicy):
               token_budget: int) -> list[int]:
         queue = sorted(waiting, key=lambda v: (v.arrival_s + v.slo_s, v.slo_s, v.arrival_s, v.index))
         batch = list(running)
+        if not self.cfg.protect_late:  # past saving: they do not stop admission (step 4)
+            n0 = len(batch)
+            batch = [r for r in batch if self.expected_latency_s(now_s, r, n0, 0) <= r.slo_s]
         out: list[int] = []
         used, W = 0, 0
         for v in queue:
             need = v.prompt_tokens + v.done_tokens
             if used + need > token_budget:
                 break
-            n, W2 = len(batch) + 1, W + v.prompt_tokens
+            n, W2 = len(running) + len(out) + 1, W + v.prompt_tokens
             if any(self.expected_latency_s(now_s, r, n, W2) > r.slo_s for r in batch):
                 break
             out.append(v.index)
