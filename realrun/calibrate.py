@@ -22,6 +22,7 @@ them; ``meta.json`` beside the CSV records the device, the engine and the versio
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -181,7 +182,15 @@ def calibrate_model(model: Any, device: str, tokens: list[int], copy_experts: li
     return rows, {"copy_compute_overlap": _overlap(copy, lambda: expert_ffn(
         x, r, table(), slots.w13, slots.w2, 1, block_size), dev),
         "copies_in_line": dev.type != "cuda", "expert_bytes": sh.expert_bytes,
-        "clock": "cuda events" if dev.type == "cuda" else clock}
+        "clock": "cuda events" if dev.type == "cuda" else clock,
+        "load_average": [round(v, 2) for v in _loadavg()], "cpu_count": os.cpu_count()}
+
+
+def _loadavg() -> tuple[float, ...]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return ()
 
 
 def _overlap(copy: Callable[[int], None], compute: Callable[[], Any], dev: torch.device) -> float:
