@@ -22,6 +22,7 @@ from omegaconf import MISSING
 
 from sim.config import ModelConfig, SimConfig
 from sim.errors import ConfigError
+from sim.experiment_config import EmoeExperimentConfig, HuangExperimentConfig
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
@@ -341,6 +342,7 @@ APPS: dict[str, type] = {
     "realrun_validate": RealrunValidateConfig,
     "predictor_train": PredictorTrainConfig, "predictor_eval": PredictorEvalConfig,
     "kernels_bench": KernelsBenchConfig,
+    "experiment_emoe": EmoeExperimentConfig, "experiment_huang": HuangExperimentConfig,
 }
 
 
