@@ -118,6 +118,9 @@ class Slots:
             self.w13[slot].copy_(m.host_w13[key])
             self.w2[slot].copy_(m.host_w2[key])
         else:
+            # the slot may still be read by a layer enqueued on the compute stream (an evicted
+            # expert, a staging slot): the copy waits for what is enqueued there
+            stream.wait_stream(torch.cuda.current_stream(m.device))
             with torch.cuda.stream(stream):
                 self.w13[slot].copy_(m.host_w13[key], non_blocking=True)
                 self.w2[slot].copy_(m.host_w2[key], non_blocking=True)

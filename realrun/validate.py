@@ -46,9 +46,12 @@ class Scenario:
     binding: Any
 
 
-def scenario(cfg: SimConfig, shrink: int, dtype: str, pool: Any = None) -> Scenario:
+def scenario(cfg: SimConfig, shrink: int, dtype: str, pool: Any = None, layers: int = 0
+             ) -> Scenario:
     """The validation scenario of ``cfg``: the shrunk model, arrivals at 0, the routing pool
-    (``pool``, or built from ``cfg.trace``) and binding drawn as :func:`sim.run.simulate` does."""
+    (``pool``, or built from ``cfg.trace``) and binding drawn as :func:`sim.run.simulate` does;
+    ``layers`` > 0: the model's and the routing's first ``layers`` MoE layers only (as many as
+    fit the device)."""
     from realrun.model import shrunk_model
     from sim.binding import bind, build_pool
     from sim.plan import check_config
@@ -66,6 +69,11 @@ def scenario(cfg: SimConfig, shrink: int, dtype: str, pool: Any = None) -> Scena
     wl["arrival_s"] = 0.0
     if pool is None:
         pool = build_pool(cfg.model, cfg.trace, sorted(set(wl["task"].astype(str))), rng_pool)
+    if 0 < layers < cfg.model.num_layers:
+        pool = replace(pool, experts=np.ascontiguousarray(pool.experts[:, :layers]))
+        cfg = replace(cfg, model=replace(cfg.model, num_layers=layers))
+    elif layers < 0 or layers > cfg.model.num_layers:
+        raise MoesimError(f"layers={layers}; expected 0 (all) or 1..{cfg.model.num_layers}")
     return Scenario(cfg, wl, pool, bind(pool, wl, cfg.trace.overflow, rng_bind))
 
 
@@ -217,7 +225,7 @@ def validate_task(cfg_node: Any) -> dict:
     out = Path(run_dir())
     out.mkdir(parents=True, exist_ok=True)
     base = SimConfig(**{k: getattr(cfg, k) for k in SimConfig.__dataclass_fields__})
-    sc = scenario(base, cfg.shrink, cfg.model.dtype)
+    sc = scenario(base, cfg.shrink, cfg.model.dtype, layers=cfg.layers)
     label = device_label(torch.device(cfg.device))
     profile = cfg.profile
     t0 = time.perf_counter()
@@ -238,7 +246,8 @@ def validate_task(cfg_node: Any) -> dict:
     metrics, it = compare(sim_it, real_it, sim_total, res.counts, res.expert_bytes)
     p = sc.cfg.policy
     metrics = {"engine": "realrun validate", "device": label, "model": sc.cfg.model.name,
-               "shrink": cfg.shrink, "cache_policy": p.cache, "prefetch_policy": p.prefetch,
+               "shrink": cfg.shrink, "layers": sc.cfg.model.num_layers, "cache_policy": p.cache,
+               "prefetch_policy": p.prefetch,
                "expert_budget_fraction": sc.cfg.cluster.expert_budget_fraction,
                "requests": int(len(sc.workload)), "profile": str(profile),
                "clock": "cuda events" if str(cfg.device).startswith("cuda") else cfg.clock,

@@ -193,6 +193,8 @@ class RealrunValidateConfig(SimConfig):
     device: str = "cpu"
     #: hidden and intermediate sizes and heads divided by this, on both sides
     shrink: int = 8
+    #: the model's (and the routing's) first N MoE layers only, as many as fit (0: all)
+    layers: int = 0
     #: a profile.csv calibrated on this device for the shrunk model; empty: calibrate first
     profile: str = ""
     calibration: ValidateCalibrationConfig = field(default_factory=ValidateCalibrationConfig)

@@ -63,6 +63,20 @@ def test_realrun_counts_what_the_simulator_counts(cache, prefetch, frac):
     assert (it["real_s"] > 0).all() and (it["sim_s"] > 0).all()
 
 
+def test_the_first_layers_only_as_many_as_fit():
+    cfg = _cfg()
+    sc = V.scenario(cfg, 1, "fp32", pool=random_pool(3, 8, 2, 4, 64, np.random.default_rng(0)),
+                    layers=2)
+    assert sc.cfg.model.num_layers == 2 and sc.pool.experts.shape[1] == 2
+    sim_it, sim_total, _ = V.simulate(sc, AnalyticCost(sc.cfg.model, sc.cfg.hardware))
+    real_it, res = V.serve(sc, "cpu", 0)
+    m, _ = V.compare(sim_it, real_it, sim_total, res.counts, res.expert_bytes)
+    assert m["counts_identical"] and m["accesses_real"] > 0
+    with pytest.raises(Exception, match="layers=4"):
+        V.scenario(cfg, 1, "fp32", pool=random_pool(3, 8, 2, 4, 64, np.random.default_rng(0)),
+                   layers=4)
+
+
 def test_a_count_difference_is_an_error():
     sc = _scenario()
     sim_it, sim_total, _ = V.simulate(sc, AnalyticCost(sc.cfg.model, sc.cfg.hardware))
