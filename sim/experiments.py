@@ -1,6 +1,6 @@
-"""``moesim experiment NAME [key=value ...]``: the source papers' headline comparisons, each run
-in-process across the apps it needs (simulator, cache replay, placement, cost model) and written
-up as one report that sets the paper's figure beside ours.
+"""``moesim experiment emoe`` / ``moesim experiment huang``: the source papers' headline
+comparisons, each run in-process across the apps it needs (simulator, cache replay, placement,
+cost model) and written up as one report that sets the paper's figure beside ours.
 
     moesim experiment emoe [trace.path=ds.parquet] [key=value ...]   # eMoE (Tairin et al.)
     moesim experiment huang [trace.path=ds.parquet] [key=value ...]  # Huang et al. (NeurIPS 2024)

@@ -33,7 +33,8 @@ PLACEHOLDERS = {
 }
 #: command lines (after normalisation, placeholders still in) that are quoted but not checked
 UNCHECKED: dict[str, str] = {}
-HYDRA_APPS = {"sim", "cache", "placement", "demo", "predictor", "realrun", "kernels"}
+HYDRA_APPS = {"sim", "cache", "placement", "demo", "predictor", "realrun", "kernels",
+              "experiment"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,9 +168,10 @@ def test_documented_command_is_valid(where, cmd, subst, capsys, monkeypatch, tmp
     monkeypatch.chdir(tmp_path)
     app = argv[0] if argv else ""
     if app in HYDRA_APPS:
-        if app in ("predictor", "realrun", "kernels") and len(argv) == 1:
+        groups = ("predictor", "realrun", "kernels", "experiment")
+        if app in groups and len(argv) == 1:
             argv.append("--help")  # the group's usage: its subcommands
-        elif app not in ("predictor", "realrun", "kernels") or len(argv) > 1:
+        elif app not in groups or len(argv) > 1:
             argv.append("--cfg=job")
         try:
             rc = moesim(argv)
