@@ -234,8 +234,15 @@ def write_huang_report(res: dict[str, Any], out: Path) -> Path:
                     label=f"static capacity (factor {ga['capacity_factor']:g}, padded)")
             ax.plot(df["batch_tokens"], df["dynamic_ms"], marker="o", color="#1f77b4",
                     label="dynamic (tokens sorted by expert, no padding, no drops)")
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.set_xticks(df["batch_tokens"].tolist(), [str(b) for b in df["batch_tokens"]])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            for axis in (ax.yaxis,):
+                axis.set_major_formatter(ScalarFormatter())
+                axis.set_minor_formatter(ScalarFormatter())
             ax.set_xlabel("tokens per batch")
             ax.set_ylabel("expert FFN time, one layer (ms, estimate)")
             ax.legend(fontsize=8)
