@@ -95,7 +95,10 @@ def calibrate_model(model: Any, device: str, tokens: list[int], copy_experts: li
     dev = torch.device(device)
     if dev.type == "cpu":
         torch.set_num_threads(1)  # realrun serves on one core
-    sh = Shapes.of(model, block_size)
+    from dataclasses import replace
+
+    # four layers are enough to cycle weights through: a whole model need not fit the host
+    sh = Shapes.of(replace(model, num_layers=min(model.num_layers, 4)), block_size)
     moe = TinyMoE(sh, dev, seed)
     cold = torch.zeros(cold_bytes // 4) if dev.type == "cpu" and cold_bytes > 0 else None
 

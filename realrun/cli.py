@@ -1,4 +1,4 @@
-"""``moesim realrun replay|calibrate``: Hydra apps (conf/realrun_replay.yaml, _calibrate.yaml).
+"""``moesim realrun replay|calibrate|validate``: Hydra apps (conf/realrun_{replay,calibrate,validate}.yaml).
 
     moesim realrun replay [trace.path=FILE] [policy.cache=lifo] [cluster.expert_budget_fraction=0.5]
         [device=cuda model.dtype=bf16]

@@ -136,10 +136,12 @@ class TinyMoE:
         self.ws13 = [rnd(2 * sh.S, H, fan_in=H).to(self.device) for _ in range(L)] if sh.S else []
         self.ws2 = [rnd(H, sh.S, fan_in=sh.S).to(self.device) for _ in range(L)] if sh.S else []
         self.wg = [rnd(E, H, fan_in=H).to(self.device) for _ in range(L)]
-        self.host_w13 = rnd(L * E, 2 * I, H, fan_in=H)  # (L*E, 2I, H)
-        self.host_w2 = rnd(L * E, H, I, fan_in=I)  # (L*E, H, I)
-        if self.device.type == "cuda":
-            self.host_w13, self.host_w2 = self.host_w13.pin_memory(), self.host_w2.pin_memory()
+        pin = self.device.type == "cuda"
+        self.host_w13 = torch.empty((L * E, 2 * I, H), dtype=dt, pin_memory=pin)  # (L*E, 2I, H)
+        self.host_w2 = torch.empty((L * E, H, I), dtype=dt, pin_memory=pin)  # (L*E, H, I)
+        for k in range(L * E):  # expert by expert: no full-size float32 temporary
+            self.host_w13[k] = rnd(2 * I, H, fan_in=H)
+            self.host_w2[k] = rnd(H, I, fan_in=I)
         self.scale = 1.0 / sh.dq**0.5
 
     # -- attention / dense ----------------------------------------------------------------------

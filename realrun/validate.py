@@ -239,6 +239,8 @@ def validate_task(cfg_node: Any) -> dict:
             "intermediate": sc.cfg.model.expert_intermediate_size, "dtype": sc.cfg.model.dtype,
             "shrink": cfg.shrink, **facts}))
     calib_s = time.perf_counter() - t0
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the calibration's slots, before realrun's
     progress = _progress_enabled(cfg.output.progress)
     real_it, res = serve(sc, cfg.device, cfg.seed, progress=progress, clock=cfg.clock)
     cost = TableCost.from_csv(profile, AnalyticCost(sc.cfg.model, sc.cfg.hardware), device=label)
