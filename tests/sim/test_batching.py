@@ -151,8 +151,11 @@ def test_a_scheduler_admitting_a_request_not_waiting_is_an_error():
 
     req, b, rep, t = _setup([1, 1], [1, 1], kv=100)
     b.scheduler = Bad()
-    with pytest.raises(MoesimError, match="admitted request 0, which is not waiting"):
+    with pytest.raises(MoesimError, match="^scheduler 'fcfs' admitted request 0, which is not waiting"):
         b.form(rep, 0.0)
+    anonymous = Batcher(req, b.s, Bad(), 100, t)
+    with pytest.raises(MoesimError, match=r"^scheduler '\?' admitted request 0"):
+        anonymous.form(ReplicaState(index=0, gpus=[0], waiting=[0, 1]), 0.0)
 
 
 def test_predicted_output_is_the_running_per_task_mean():
@@ -246,3 +249,42 @@ def test_a_view_keeps_the_prediction_it_was_first_given():
     assert b.predicted_output(2) == 2.0
     assert b.view(2).predicted_output_tokens == 128.0 and b.view(2) is v2
     assert b.view(2).task == "chat"
+
+
+def test_a_new_request_gets_what_the_running_ones_leave_of_the_budget():
+    req, b, rep, t = _setup([4, 10], [3, 3], kv=1000, token_budget=8)
+    rep.waiting = [0]
+    batch, alloc = b.form(rep, 0.0)
+    b.begin(rep, batch, alloc)
+    b.finish(rep, batch, alloc, 1.0)
+    rep.waiting.append(1)
+    batch, alloc = b.form(rep, 1.0)
+    assert batch.tolist() == [0, 1] and alloc.tolist() == [1, 7]  # 8 - 1 decode token
+    assert batch.dtype == np.int64 and alloc.dtype == np.int64
+
+
+def test_a_scheduler_that_never_admits_is_a_clear_error():
+    # eMoE's token budget T_max keeps out a prompt longer than it: with nothing running the
+    # replica can never serve it
+    req, b, rep, t = _setup([100, 1], [3, 3], kv=1000, token_budget=64, scheduler="emoe")
+    with pytest.raises(MoesimError, match=r"^replica 0: cannot admit request 'r0' \(100 prompt tokens\) "
+                                          r"into 1000 KV tokens$"):
+        b.form(rep, 0.0)
+
+
+@pytest.mark.parametrize("full", ["batch", "budget"])
+def test_the_scheduler_is_not_asked_while_the_batch_or_the_budget_is_full(full):
+    # a request that arrives while nothing can be admitted is first seen by the scheduler once
+    # there is room; by then a request of its task has completed, so its prediction is that
+    # request's output (2), not the configured default (128)
+    kw = dict(max_batch=1) if full == "batch" else dict(token_budget=1)
+    req, b, rep, t = _setup([1, 1], [2, 5], kv=100, **kw)
+    rep.waiting = [0]
+    for now in range(3):
+        if now == 1:
+            rep.waiting.append(1)
+        batch, alloc = b.form(rep, float(now))
+        assert batch.tolist() == ([0] if now < 2 else [1])
+        b.begin(rep, batch, alloc)
+        b.finish(rep, batch, alloc, now + 1.0)
+    assert b.view(1).predicted_output_tokens == 2.0

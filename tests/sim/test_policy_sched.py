@@ -146,3 +146,34 @@ def test_fcfs_orders_by_arrival_and_spf_by_prediction_with_index_ties():
     q0 = rv(0, 1.0, 5, 2, 10.0)  # ties q on prediction and arrival: the smaller index first
     assert s.admit(0.0, [p, q, q0, r], [], token_budget=100) == [2, 0, 1, 3]
     assert f.admit(0.0, [p, q, q0, r], [], token_budget=100) == [2, 0, 1, 3]
+
+
+def test_emoe_a_running_request_already_late_does_not_stop_admission():
+    # dE = 1, c = 0.1, now = 10. Running L: G = 40, r = 10: with the batch as it is (n = 1,
+    # W = 0) t_L = 1 + 40 * 0.1 + 10 = 15. Admitting X (prompt 10): t_L = 1 + (10 + 2*40)*0.1 + 10
+    # = 20. An SLO of exactly 15 is still met: L counts and stops X; an SLO under 15 is past
+    # saving: L no longer stops admission (unless protect_late, the literal reading).
+    x = rv(1, 9.0, 10, 10, 100.0)
+    s = _emoe()
+    on_time = rv(0, 0.0, 10, 50, 15.0, done=10)
+    assert math.isclose(s.expected_latency_s(10.0, on_time, 1, 0), 15.0)
+    assert s.admit(10.0, [x], [on_time], token_budget=100) == []
+    late = rv(0, 0.0, 10, 50, 14.9, done=10)
+    assert s.admit(10.0, [x], [late], token_budget=100) == [1]
+    strict = SCHEDULER.make("emoe", load_latency_s=1.0, per_token_s=0.1, protect_late=True)
+    assert strict.admit(10.0, [x], [late], token_budget=100) == []
+    assert strict.admit(10.0, [x], [on_time], token_budget=100) == []
+
+
+def test_emoe_remaining_output_default_reset_fraction_and_message():
+    from sim.policies.scheduler.emoe import remaining_output
+
+    assert math.isclose(remaining_output(rv(0, 0.0, 1, 40, 1.0, done=40)), 0.05 * 40)
+    assert remaining_output(rv(0, 0.0, 1, 40, 1.0, done=30)) == 10
+    import pytest
+
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^emoe scheduler: load_latency_s, per_token_s >= 0 and "
+                                          r"reset_frac in \[0, 1\] expected$"):
+        SCHEDULER.make("emoe", reset_frac=2.0)
