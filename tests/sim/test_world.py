@@ -89,3 +89,23 @@ def test_models_by_name_and_by_trace():
     assert expert_bytes_of_trace(rec) == 5
     assert expert_bytes_of_trace(rec, model="mixtral-8x7b") == 3 * 4096 * 14336 * 2
     assert expert_bytes_of_trace(rec, model="mixtral-8x7b", override=9) == 9
+
+
+def test_model_lookup_messages_and_paths():
+    from types import SimpleNamespace
+
+    known = ", ".join(known_models())
+    with pytest.raises(ConfigError) as e:
+        model_named("nope")
+    assert str(e.value) == f"model='nope': no such model config; known: {known}"
+    with pytest.raises(ConfigError) as e:
+        model_for_trace("x")
+    assert str(e.value) == (f"no model config matches the trace's model 'x' (known: {known}); give "
+                            f"model=NAME or expert_bytes=N")
+    # only the last path part names the model
+    assert model_for_trace("hub/org/DeepSeek-V2-Lite-Chat").name == "deepseek-v2-lite"
+    with pytest.raises(ConfigError):
+        model_for_trace("deepseek-v2-lite/other")
+    # a meta without an `extra` field (any object with a model name) works
+    assert expert_bytes_of_trace(SimpleNamespace(model="mixtral-8x7b")) == 3 * 4096 * 14336 * 2
+    assert expert_bytes_of_trace(SimpleNamespace(model="mixtral-8x7b"), override=1) == 1
