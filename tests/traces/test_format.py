@@ -59,3 +59,115 @@ def test_parquet_round_trip_is_lossless(tr, tmp_path):
         a, b = tr.tokens[col].tolist(), back.tokens[col].tolist()
         assert a == b, col
     pd.testing.assert_series_equal(back.tokens["position"], tr.tokens["position"])
+
+
+# ------------------------------------------------------------------------------------------------
+# the on-disk schema, read errors, request selection
+# ------------------------------------------------------------------------------------------------
+def _small(text=None, weights=True) -> RoutingTrace:
+    ex = np.array([[[0, 1], [2, 3]], [[1, 2], [3, 0]], [[3, 2], [0, 1]]], dtype=np.int16)  # (3, 2, 2)
+    w = np.linspace(0, 1, ex.size, dtype=np.float32).reshape(ex.shape) if weights else None
+    tok = make_tokens(["a", "a", "b"], [0, 1, 0], ["prefill", "decode", "prefill"], ["t1", "t1", "t2"],
+                      text=text)
+    return RoutingTrace(ex, w, tok, TraceMeta("toy", 2, 4, 2))
+
+
+def test_written_schema_is_the_documented_one(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from traces.format import read_meta
+
+    path = tmp_path / "t.parquet"
+    write_trace(_small(), path)  # text all None
+    schema = pq.read_schema(path)
+    types = {f.name: f.type for f in schema}
+    assert types["request_id"] == pa.string() and types["text"] == pa.string()
+    assert types["position"] == pa.int32()
+    assert types["phase"] == pa.dictionary(pa.int32(), pa.string())
+    assert types["task"] == pa.dictionary(pa.int32(), pa.string())
+    assert types["experts"] == pa.list_(pa.int16(), 4)
+    assert types["weights"] == pa.list_(pa.float32(), 4)
+    meta = read_meta(path)
+    assert meta["schema_version"] == 1 and meta["kind"] == "routing" and meta["top_k"] == 2
+    # a NaN text (pandas' missing value) is written as missing
+    tr = _small(text=["x", float("nan"), None], weights=False)
+    write_trace(tr, tmp_path / "n.parquet")
+    back = read_trace(tmp_path / "n.parquet")
+    assert back.tokens["text"].tolist() == ["x", None, None] and back.weights is None
+    assert "weights" not in pq.read_schema(tmp_path / "n.parquet").names
+
+
+def test_write_validates_first_and_names_the_file(tmp_path):
+    import pytest
+
+    from sim.errors import TraceFormatError
+
+    tr = _small()
+    tr.experts[1, 0, 0] = 9
+    path = tmp_path / "bad.parquet"
+    with pytest.raises(TraceFormatError, match=f"^{path}: token 1 layer 0: expert id 9 out of range"):
+        write_trace(tr, path)
+    assert not path.exists()
+
+
+def test_read_errors_name_the_file(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from sim.errors import TraceFormatError
+    from traces.format import read_meta
+
+    missing = tmp_path / "none.parquet"
+    with pytest.raises(TraceFormatError, match=f"^{missing}: no such file$"):
+        read_meta(missing)
+    junk = tmp_path / "junk.parquet"
+    junk.write_text("not parquet")
+    with pytest.raises(TraceFormatError, match=rf"^{junk}: not a readable Parquet file \(.+\)$"):
+        read_meta(junk)
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"x": [1]}), plain)
+    with pytest.raises(TraceFormatError, match=f"^{plain}: Parquet file has no moesim metadata; expected "
+                                               f"a file written by moesim \\(import it with 'moesim trace "
+                                               f"import'\\)$"):
+        read_meta(plain)
+    bad_json = tmp_path / "json.parquet"
+    pq.write_table(pa.table({"x": [1]}).replace_schema_metadata({b"moesim": b"{oops"}), bad_json)
+    with pytest.raises(TraceFormatError, match=f"^{bad_json}: moesim metadata is not valid JSON$"):
+        read_meta(bad_json)
+    v2 = tmp_path / "v2.parquet"
+    pq.write_table(pa.table({"x": [1]}).replace_schema_metadata(
+        {b"moesim": json.dumps({"schema_version": 2}).encode()}), v2)
+    with pytest.raises(TraceFormatError, match=f"^{v2}: schema_version 2, this moesim reads version 1$"):
+        read_meta(v2)
+
+
+def test_select_take_and_request_tables():
+    import pytest
+
+    from sim.errors import TraceFormatError
+
+    tr = _small()
+    assert tr.request_ids() == ["a", "b"] and tr.request_tasks() == ["t1", "t2"]
+    assert tr.request_bounds().tolist() == [0, 2, 3]
+    sel = tr.select_requests(["b", "a"])
+    assert sel.tokens["request_id"].tolist() == ["b", "a", "a"]
+    assert sel.tokens.index.tolist() == [0, 1, 2]
+    assert sel.experts.tolist() == tr.experts[[2, 0, 1]].tolist()
+    assert np.array_equal(sel.weights, tr.weights[[2, 0, 1]]) and sel.weights.dtype == np.float32
+    assert sel.meta == tr.meta and sel.meta is not tr.meta
+    empty = tr.select_requests([])
+    assert empty.num_tokens == 0 and empty.experts.shape == (0, 2, 2)
+    with pytest.raises(TraceFormatError, match=r"^requests not in trace: \['z', 'y'\]$"):
+        tr.select_requests(["a", "z", "y"])
+    taken = tr.take([2])
+    assert taken.request_ids() == ["b"] and taken.tokens["position"].tolist() == [0]
+    no_w = _small(weights=False).take([0, 1])
+    assert no_w.weights is None and no_w.num_tokens == 2
+    with pytest.raises(TraceFormatError, match="^mine.parquet: "):
+        bad = _small()
+        bad.experts[0, 0, 1] = 0
+        bad.validate("mine.parquet")
