@@ -140,3 +140,64 @@ def test_run_replay_returns_exactly_the_policies_asked_plus_belady():
     recs = run_replay(tr, ["belady", "fifo"], [0.25, 0.75], expert_bytes=6)
     assert [(r["policy"], r["capacity_frac"]) for r in recs] == [
         ("belady", 0.25), ("fifo", 0.25), ("belady", 0.75), ("fifo", 0.75)]
+
+
+def test_next_layer_prefetch_replays_token_major():
+    # 2 layers, 4 experts, C = 1, top-1. Per token, layer 0 then layer 1; after layer 0 the
+    # perfect next-layer oracle inserts the token's layer-1 expert, so layer 1 always hits:
+    #   t0 (0, 1): L0 miss, prefetch 1, L1 hit;  t1 (2, 3): L0 miss, prefetch 3, L1 hit;
+    #   t2 (0, 1): L0 miss, prefetch 1, L1 hit
+    tr = _trace([[[0], [1]], [[2], [3]], [[0], [1]]], 4)
+    r = replay_plain(tr, "lru", 0.25, prefetch="perfect")
+    assert (r.accesses, r.hits, r.misses, r.prefetched, r.loads) == (6, 3, 3, 3, 6)
+    assert r.per_layer_hit_rate == [0.0, 1.0] and r.counts.evictions == 4
+    with pytest.raises(Exception, match="reroute=true needs a per-request prefetch policy"):
+        replay_plain(tr, "lru", 0.25, prefetch="perfect", reroute=True)
+    # only the first C of a next-layer prediction is inserted: top-2 at C = 1 -> {2} once (then
+    # resident); the experts a step needs beyond its one slot stream through
+    tr2 = _trace([[[0, 1], [2, 3]], [[0, 1], [2, 3]]], 4)
+    r2 = replay_plain(tr2, "lru", 0.25, prefetch="perfect")
+    assert (r2.prefetched, r2.hits, r2.misses, r2.counts.streamed) == (1, 3, 5, 4)
+    assert r2.per_layer_hit_rate == [0.25, 0.5]
+
+
+def test_per_request_prefetch_loads_the_plan_before_the_first_token():
+    # 1 layer, C = 2. Request a uses 1, 1, 2: the plan (most used first) [1, 2, 0, 3] -> insert
+    # {1, 2}: all three hit. Request b uses 3, 0: plan [0, 3, 1, 2] -> insert {0, 3}: both hit.
+    tr = _trace([[[1]], [[1]], [[2]], [[3]], [[0]]], 4, ["a", "a", "a", "b", "b"])
+    r = replay_plain(tr, "lru", 0.5, prefetch="perfect_request")
+    assert (r.accesses, r.hits, r.misses, r.prefetched, r.loads) == (5, 5, 0, 4, 4)
+    assert r.prefetch == r.record(1)["prefetch"] == "perfect_request"
+    # Belady in run_replay is the demand-loading bound: no prefetch for it
+    recs = run_replay(tr, ["lru"], [0.5], prefetch="perfect_request", expert_bytes=1)
+    assert [(x["policy"], x["prefetch"], x["prefetched"]) for x in recs] == [
+        ("lru", "perfect_request", 4), ("belady", "none", 0)]
+
+
+def test_replay_option_errors():
+    from sim.errors import ConfigError
+
+    tr = _random(1, T=8)
+    with pytest.raises(ConfigError, match="^mode must be 'plain' or 'batch', got 'fast'$"):
+        run_replay(tr, ["lru"], [0.5], mode="fast", expert_bytes=1)
+    with pytest.raises(ConfigError, match="^reroute=true is a plain-mode option$"):
+        run_replay(tr, ["lru"], [0.5], mode="batch", reroute=True, expert_bytes=1)
+
+
+def test_replay_log_serves_each_event_kind():
+    from sim.errors import ConfigError
+    from sim.replay import replay_log
+
+    events = [("warm", 0, (0, 1), ()),          # loaded before serving: not counted
+              ("access", 1, (0,), ()),          # hit
+              ("access", 2, (2,), ()),          # miss, evicts 1 (LRU)
+              ("insert", 3, (3,), (2,)),        # prefetched, evicts 0 (2 protected)
+              ("begin", 4, (), ()),
+              ("predict", 4, (3,), ()),
+              ("access", 5, (3,), ()),          # hit
+              ("reset", 6, (), ()),             # a fault: a fresh cache, counts kept
+              ("access", 7, (0,), ())]          # cold miss
+    c = replay_log(events, "lru", 2, 4)
+    assert (c.hits, c.misses, c.prefetched, c.evictions, c.loads) == (2, 2, 1, 2, 3)
+    with pytest.raises(ConfigError, match="^cache log: unknown event 'jump'$"):
+        replay_log([("jump", 0, (), ())], "lru", 2, 4)
