@@ -208,7 +208,7 @@ class OutputConfig:
     chrome_trace: str = ""
     chrome_trace_start_s: float = 0.0
     chrome_trace_end_s: float = 1.0
-    #: "auto" (when stderr is a terminal), "on", "off"
+    #: "auto"/"on": a live bar on a terminal, a line every 30 s otherwise; "off"
     progress: str = "auto"
     requests_parquet: bool = True
     print_summary: bool = True

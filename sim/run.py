@@ -61,20 +61,37 @@ def load_workload_table(w: WorkloadConfig, rng: np.random.Generator) -> pd.DataF
 
 
 class _Progress:
-    def __init__(self, total: int, enabled: bool) -> None:
+    """Completed requests on stderr: a live tqdm bar on a terminal; elsewhere (a log file, a
+    pipe, a batch job) one plain line at most every ``every_s`` seconds and at the end."""
+
+    def __init__(self, total: int, enabled: bool, tty: bool | None = None, every_s: float = 30.0
+                 ) -> None:
         self.bar = None
-        if enabled:
+        self.total, self.done, self.every_s = total, 0, every_s
+        self.t0 = self.last = time.perf_counter()
+        self.lines = enabled and not (sys.stderr.isatty() if tty is None else tty)
+        if enabled and not self.lines:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="req", desc="sim", file=sys.stderr, mininterval=0.5)
 
     def update(self, n: int) -> None:
+        self.done += n
         if self.bar is not None:
             self.bar.update(n)
+        elif self.lines and time.perf_counter() - self.last >= self.every_s:
+            self._line()
+
+    def _line(self) -> None:
+        self.last = time.perf_counter()
+        print(f"sim: {self.done}/{self.total} requests done, {self.last - self.t0:.0f} s wall",
+              file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.lines:
+            self._line()
 
 
 def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = None,
@@ -172,7 +189,7 @@ def read_cache_log(path: str | Path) -> dict[int, list[tuple[str, int, tuple, tu
 def _progress_enabled(mode: str) -> bool:
     if mode not in ("auto", "on", "off"):
         raise ConfigError(f"output.progress={mode!r}; expected auto, on or off")
-    return mode == "on" or (mode == "auto" and sys.stderr.isatty())
+    return mode != "off"  # "auto": a bar on a terminal, periodic lines elsewhere
 
 
 def task(cfg_node: Any) -> dict[str, Any]:

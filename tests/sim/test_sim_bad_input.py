@@ -81,3 +81,17 @@ def test_a_stuck_simulation_is_a_livelock_error_not_a_hang(monkeypatch):
     sim = engine.Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), zero, rng)
     with pytest.raises(MoesimError, match="livelock"):
         sim.run()
+
+
+def test_progress_is_not_silent_off_a_terminal(capsys):
+    from sim.run import _Progress
+
+    p = _Progress(10, enabled=True, tty=False, every_s=0.0)
+    p.update(4)
+    p.close()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("sim: 4/10 requests done") and err[-1].startswith("sim: 4/10")
+    q = _Progress(10, enabled=False, tty=False)
+    q.update(3)
+    q.close()
+    assert capsys.readouterr().err == ""
