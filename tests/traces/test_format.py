@@ -171,3 +171,72 @@ def test_select_take_and_request_tables():
         bad = _small()
         bad.experts[0, 0, 1] = 0
         bad.validate("mine.parquet")
+
+
+def _rewrite(src, dst, table=None, meta_edit=None):
+    """Write ``src``'s table (or ``table``) to ``dst`` with its moesim metadata edited."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(src) if table is None else table
+    meta = json.loads(pq.read_schema(src).metadata[b"moesim"])
+    if meta_edit:
+        meta_edit(meta)
+    pq.write_table(t.replace_schema_metadata({b"moesim": json.dumps(meta).encode()}), dst)
+    return dst
+
+
+def test_read_trace_errors_and_defaults(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from sim.errors import TraceFormatError
+
+    good = tmp_path / "good.parquet"
+    write_trace(_small(), good)
+    t = pq.read_table(good)
+
+    p = _rewrite(good, tmp_path / "kind.parquet", meta_edit=lambda m: m.update(kind="workload"))
+    with pytest.raises(TraceFormatError, match=f"^{p}: holds a 'workload' table, expected a routing trace$"):
+        read_trace(p)
+    p = _rewrite(good, tmp_path / "lacks.parquet", meta_edit=lambda m: m.pop("top_k"))
+    with pytest.raises(TraceFormatError, match=f"^{p}: moesim metadata lacks 'top_k'$"):
+        read_trace(p)
+    # optional metadata: source "", layer ids 0..L-1, extra {}
+    p = _rewrite(good, tmp_path / "bare.parquet",
+                 meta_edit=lambda m: [m.pop(k) for k in ("source", "layer_ids", "extra")])
+    bare = read_trace(p)
+    assert (bare.meta.source, bare.meta.layer_ids, bare.meta.extra) == ("", [0, 1], {})
+    p = _rewrite(good, tmp_path / "cols.parquet", table=t.drop_columns(["experts", "phase"]))
+    with pytest.raises(TraceFormatError, match=rf"^{p}: missing columns \['phase', 'experts'\], expected "
+                                               rf"\['request_id', 'position', 'phase', 'task', 'experts'\] "
+                                               rf"\(\+ text, weights\)$"):
+        read_trace(p)
+    p = _rewrite(good, tmp_path / "size.parquet", meta_edit=lambda m: m.update(top_k=1, num_experts=4))
+    with pytest.raises(TraceFormatError, match=rf"^{p}: column 'experts' has type fixed_size_list<\w+: "
+                                               rf"int16>\[4\], expected fixed_size_list of 2\*1=2 values "
+                                               rf"per token$"):
+        read_trace(p)
+    var = t.set_column(t.column_names.index("experts"), "experts",
+                       pa.array([[0, 1, 2, 3]] * 3, type=pa.list_(pa.int16())))
+    p = _rewrite(good, tmp_path / "var.parquet", table=var)
+    with pytest.raises(TraceFormatError, match=rf"^{p}: column 'experts' has type list<\w+: int16>, "
+                                               rf"expected fixed_size_list of 2\*2=4"):
+        read_trace(p)
+    rows = pa.array([[0, 1, 2, 3], None, [1, 2, 3, 0]], type=pa.list_(pa.int16(), 4))
+    p = _rewrite(good, tmp_path / "nullrow.parquet",
+                 table=t.set_column(t.column_names.index("experts"), "experts", rows))
+    with pytest.raises(TraceFormatError, match=rf"^{p}: column 'experts' has missing values \(row 1\)$"):
+        read_trace(p)
+    vals = pa.array([[0, 1, 2, 3], [0, None, 2, 3], [1, 2, 3, 0]], type=pa.list_(pa.int16(), 4))
+    p = _rewrite(good, tmp_path / "nullval.parquet",
+                 table=t.set_column(t.column_names.index("experts"), "experts", vals))
+    with pytest.raises(TraceFormatError, match=rf"^{p}: column 'experts' has missing values \(row -1\)$"):
+        read_trace(p)
+    w = pa.array([[0.5] * 4, None, [0.5] * 4], type=pa.list_(pa.float32(), 4))
+    p = _rewrite(good, tmp_path / "nullw.parquet",
+                 table=t.set_column(t.column_names.index("weights"), "weights", w))
+    with pytest.raises(TraceFormatError, match=rf"^{p}: column 'weights' has missing values \(row 1\)$"):
+        read_trace(p)
