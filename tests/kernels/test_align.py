@@ -121,3 +121,28 @@ def test_more_than_1024_chunks_matches_reference():
     assert_same(r, dynamic_gating_ref(ids, 16, E))
     assert r.expert_counts.tolist() == torch.bincount(ids.reshape(-1).long(), minlength=E).tolist()
     assert torch.equal(r.sorted_token_ids[r.inv.long()], torch.arange(T * K, dtype=torch.int32))
+
+
+def test_bad_input_messages_and_the_empty_case():
+    with pytest.raises(ConfigError, match=r"^dynamic_gating: topk_ids must be \(T, K\), got shape \(4,\)$"):
+        dynamic_gating(torch.zeros(4, dtype=torch.int32), 16, 4)
+    with pytest.raises(ConfigError, match="^dynamic_gating: topk_ids must be int32 or int64, got "
+                                          "torch.float32$"):
+        dynamic_gating(torch.zeros(2, 2), 16, 4)
+    with pytest.raises(ConfigError, match="^dynamic_gating: num_experts must be >= 1, got 0$"):
+        dynamic_gating(torch.zeros(2, 2, dtype=torch.int32), 16, 0)
+    with pytest.raises(ConfigError, match="^dynamic_gating: block_size must be >= 1, got 0$"):
+        dynamic_gating(torch.zeros(2, 2, dtype=torch.int32), 0, 4)
+    r = dynamic_gating(torch.zeros(2, 2, dtype=torch.int32), 1, 1)  # block_size 1: no padding
+    assert r.sorted_token_ids.tolist() == [0, 1, 2, 3] and r.expert_ids.tolist() == [0, 0, 0, 0]
+    assert int(r.num_tokens_post_padded[0]) == 4
+    big = torch.zeros(1, dtype=torch.int32).as_strided((2**31 - 1, 1), (0, 0))  # no memory
+    with pytest.raises(ConfigError, match=r"^dynamic_gating: T\*K=2147483647 does not fit int32 slot ids$"):
+        dynamic_gating(big, 16, 4)  # 2**31 - 1 itself is the sentinel: refused
+    # no tokens: every output empty or sentinel, nothing launched
+    e = dynamic_gating(torch.zeros((0, 2), dtype=torch.int64), 4, 3)
+    assert e.sorted_token_ids.tolist() == [0] * 9 and e.expert_ids.tolist() == [-1, -1, -1]
+    assert e.num_tokens_post_padded.tolist() == [0] and e.expert_counts.tolist() == [0, 0, 0]
+    assert e.expert_offsets.tolist() == [0, 0, 0, 0] and e.inv.numel() == 0
+    assert int(e.num_dropped) == 0 and e.num_dropped.dtype == torch.int64
+    assert_same(e, dynamic_gating_ref(torch.zeros((0, 2), dtype=torch.int64), 4, 3))
