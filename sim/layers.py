@@ -65,6 +65,11 @@ class LayerWalk:
         self.observers = [p for p in dict.fromkeys([prefetch, predictor])
                           if p is not None and type(p).observes]
         self.eb = plan.expert_bytes
+        #: a device whose copies run in line with compute (``copies_in_line``: the CPU profile of
+        #: realrun calibrate): a prefetch costs its copy time where it is issued (the next layer,
+        #: or the next iteration for a request's prefetch) instead of overlapping on the link
+        self.inline = bool(getattr(cost, "copies_in_line", False))
+        self._inline_s: dict[int, float] = {}  # replica -> in-line copy seconds not yet charged
         # per-copy setup beyond a fetch's first copy, as link time (bytes at the link's rate)
         bw = cost.host_link_bytes_per_s
         over = getattr(cost, "host_copy_overhead_s", 0.0)
@@ -103,6 +108,8 @@ class LayerWalk:
         stall = [st.stall_s for st in states]
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
         t = t0 + lc.pre
+        if self.inline:
+            t += self._inline_s.pop(rep.index, 0.0)
         gaps = (attn, gate, pf_cost, a2a)
         if self.pf_next:
             for l in range(L):
@@ -111,6 +118,8 @@ class LayerWalk:
                 t_gate = t + attn + gate + pf_cost
                 t = self._time_layers(((l, miss),), t, gaps, comp, states, need, stall, rec)
                 self._next_layer(rep, l, used_flat, step0, t_gate, need)
+                if self.inline:
+                    t += self._inline_s.pop(rep.index, 0.0)
         else:
             nones = [None] * L
             miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
@@ -322,6 +331,7 @@ class LayerWalk:
     def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, t_issue: float,
                       need: list[list[Any]], layer: int) -> None:
         """Load predicted keys into the GPUs that hold them, issuing copies at ``t_issue``."""
+        stall = 0.0  # in-line copies only
         for g, st in enumerate(rep.states):
             cache = st.cache
             if cache is None:
@@ -337,6 +347,10 @@ class LayerWalk:
                 raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
                                   f"{st.gpu} during prefetch")
             st.peak_resident = max(st.peak_resident, len(cache.resident))
+            if self.inline:
+                if loaded:  # the replica's GPUs copy side by side: the longest stalls it
+                    stall = max(stall, self.cost.copy_s(len(loaded) * self.eb))
+                continue
             rec = self.recorder
             for k in loaded:
                 tid = st.inflight[k] = st.link.add(t_issue, self.eb)
@@ -344,6 +358,8 @@ class LayerWalk:
                     # finish as known now (later copies on the link may stretch it)
                     rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
                             t_issue + st.link.latency_s, st.link.finish_peek(tid))
+        if stall:
+            self._inline_s[rep.index] = self._inline_s.get(rep.index, 0.0) + stall
 
     def request_start(self, rep: ReplicaState, i: int, now: float) -> None:
         """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,

@@ -133,9 +133,22 @@ class TableCost:
         self._attn = tuple(float(c) for c in nonneg_lstsq(X * w[:, None], y * w))
         self._attn_max = (float(rows["tokens"].max()), float(rows["context"].max()))
 
+    #: the profile's device copies in line with compute (``copies_in_line`` in the meta.json
+    #: beside the CSV: realrun's CPU): the layer walk charges a prefetch's copy where it is issued
+    copies_in_line: bool = False
+
     @classmethod
     def from_csv(cls, path: str | Path, fallback: AnalyticCost, device: str | None = None) -> TableCost:
-        return cls(read_profile(path), fallback, str(path), device)
+        t = cls(read_profile(path), fallback, str(path), device)
+        meta = Path(path).parent / "meta.json"
+        if meta.is_file():
+            import json
+
+            try:
+                t.copies_in_line = bool(json.loads(meta.read_text()).get("copies_in_line", False))
+            except (ValueError, AttributeError):
+                raise ConfigError(f"{meta}: not a JSON object (the profile's meta.json)") from None
+        return t
 
     def _interp(self, op: str, x: np.ndarray) -> np.ndarray | None:
         curve = self._curves.get(op)

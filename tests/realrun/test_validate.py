@@ -154,6 +154,28 @@ def test_doubled_copy_time_adds_each_iterations_bytes_at_the_copy_rate(tmp_path)
                                atol=1e-12)
 
 
+def test_copies_in_line_are_charged_where_prefetches_are_issued(tmp_path):
+    """A profile whose meta.json says copies run in line (realrun's CPU): a prefetch's copy time
+    is added where it is issued instead of overlapping; without prefetch nothing changes."""
+    (tmp_path / "profile.csv").write_text(PROFILE)
+    line = tmp_path / "line"
+    line.mkdir()
+    (line / "profile.csv").write_text(PROFILE)
+    (line / "meta.json").write_text(json.dumps({"copies_in_line": True}))
+    for prefetch in ("none", "emoe_l", "emoe_a"):
+        sc = _scenario(prefetch=prefetch)
+        fb = AnalyticCost(sc.cfg.model, sc.cfg.hardware)
+        over, inline = (TableCost.from_csv(d / "profile.csv", fb, "cpu") for d in (tmp_path, line))
+        assert inline.copies_in_line and not over.copies_in_line
+        a, ca, _ = V.simulate(sc, over)
+        b, cb, _ = V.simulate(sc, inline)
+        assert ca == cb  # the same decisions
+        if prefetch == "none":
+            assert a["sim_s"].tolist() == b["sim_s"].tolist()
+        else:
+            assert cb.prefetched > 0 and b["sim_s"].sum() > a["sim_s"].sum()
+
+
 def test_attention_fit_is_linear_in_tokens_context_kv_and_sequences(tmp_path):
     p = tmp_path / "p.csv"
     rows = ["op,device,dtype,tokens,experts,hidden,intermediate,bytes,time_s,context,kv_tokens,"
