@@ -88,14 +88,22 @@ def calibrate_model(model: Any, device: str, tokens: list[int], copy_experts: li
     cycle over layers and slots so that no measurement reads the same weights twice in a row.
     ``clock`` (CPU only): ``wall`` or ``cpu`` (this thread's CPU time), as realrun serves.
     Returns the profile rows and facts for ``meta.json`` (copy/compute overlap, clock)."""
+    from realrun.serve import one_thread
+
+    dev = torch.device(device)
+    with one_thread(dev):  # realrun serves on one core
+        return _calibrate(model, dev, tokens, copy_experts, contexts, warmup, reps, block_size,
+                          label, seed, clock, cold_bytes)
+
+
+def _calibrate(model: Any, dev: torch.device, tokens: list[int], copy_experts: list[int],
+               contexts: list[int], warmup: int, reps: int, block_size: int, label: str | None,
+               seed: int, clock: str, cold_bytes: int) -> tuple[list[dict[str, Any]], dict]:
+    from dataclasses import replace
+
     from realrun.model import Routed, Shapes, TinyMoE, expert_ffn
     from realrun.serve import Slots
     from sim.cost.analytic import kv_read_tokens
-
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        torch.set_num_threads(1)  # realrun serves on one core
-    from dataclasses import replace
 
     # four layers are enough to cycle weights through: a whole model need not fit the host
     sh = Shapes.of(replace(model, num_layers=min(model.num_layers, 4)), block_size)

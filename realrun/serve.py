@@ -34,6 +34,8 @@ the first iteration.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,9 +220,8 @@ class RealServer:
         g = torch.Generator().manual_seed(seed + 1)
         self.emb = torch.randn((1024, self.sh.H), generator=g).to(DTYPES[self.sh.dtype]).to(self.device)
         self.kv: dict[int, torch.Tensor] = {}
-        if self.device.type == "cpu":
-            torch.set_num_threads(1)  # one core: a measurement the table can reproduce
-        self.warm_up()
+        with one_thread(self.device):
+            self.warm_up()
 
     def warm_up(self) -> None:
         """Every op once, untimed (first-call costs: allocator, dispatch, kernel compilation)."""
@@ -237,6 +238,11 @@ class RealServer:
 
     # ------------------------------------------------------------------------------------------
     def run(self, progress: bool = False) -> ServeResult:
+        """Serve every request; on the CPU torch runs on this one thread (as calibrated)."""
+        with one_thread(self.device):
+            return self._run(progress)
+
+    def _run(self, progress: bool) -> ServeResult:
         w, rep, st = self.world, self.rep, self.st
         cache = st.cache
         # the warm start (weights loaded before serving, not loads): the cache's resident set, or
@@ -356,6 +362,20 @@ class _Timer:
             self.b.synchronize()
             return {"wall_s": self.a.elapsed_time(self.b) / 1e3, "cpu_s": 0.0}
         return {"wall_s": time.perf_counter() - self.t0, "cpu_s": time.thread_time() - self.c0}
+
+
+@contextmanager
+def one_thread(device: torch.device) -> Iterator[None]:
+    """torch on the calling thread only (CPU), the thread count restored after."""
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def counts_minus(a: CacheCounts, b: CacheCounts) -> CacheCounts:
