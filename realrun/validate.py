@@ -164,7 +164,7 @@ def compare(sim_it: pd.DataFrame, real_it: pd.DataFrame, sim_total: CacheCounts,
     return out, it
 
 
-def plot(it: pd.DataFrame, out_dir: Path, command: str) -> list[Path]:
+def plot(it: pd.DataFrame, out_dir: Path, command: str, clock: str = "wall") -> list[Path]:
     """Simulated against measured per iteration (with y = x) and the error CDF."""
     from analysis.plots import pyplot
 
@@ -176,7 +176,7 @@ def plot(it: pd.DataFrame, out_dir: Path, command: str) -> list[Path]:
     ax.scatter(ms, ss, s=10, alpha=0.7, label="iteration")
     hi = float(max(ms.max(), ss.max())) * 1.05 if len(it) else 1.0
     ax.plot([0, hi], [0, hi], "k--", lw=1, label="y = x")
-    ax.set_xlabel("measured (ms)")
+    ax.set_xlabel(f"measured (ms, {clock})")
     ax.set_ylabel("simulated (ms)")
     ax.set_title("per-iteration latency", fontsize=10)
     ax.legend()
@@ -260,7 +260,7 @@ def validate_task(cfg_node: Any) -> dict:
                "load_average": list(_loadavg())}
     atomic_write_bytes((json.dumps(timings, indent=2) + "\n").encode(), out / "timings.json")
     if cfg.plots:
-        plot(it, out, "moesim realrun validate " + " ".join(sys.argv[1:]))
+        plot(it, out, "moesim realrun validate " + " ".join(sys.argv[1:]), metrics["clock"])
     ok = "identical" if metrics["counts_identical"] else "DIFFERENT"
     print(f"realrun validate {p.cache}/{p.prefetch} @ {sc.cfg.cluster.expert_budget_fraction:.0%} on "
           f"{label}, {metrics['iterations']} iterations: hits {metrics['hits_real']}, bytes "
