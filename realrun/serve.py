@@ -26,9 +26,12 @@ buffer and dropped after the layer. On a GPU misses go on a copy stream the laye
 prefetches on a side stream that overlaps compute; on the CPU copies are memory copies, in line.
 Each layer runs attention, gating and the routed experts of :mod:`realrun.model`.
 
-Every iteration is timed (CUDA events on a GPU, ``perf_counter`` on the CPU): from the batch
-formed to the last layer's output. The request-start work (request prefetch copies) is timed into
-the first iteration.
+Every iteration is timed (CUDA events on a GPU; on the CPU both ``perf_counter`` and this
+thread's CPU time, ``clock`` choosing which one is the measurement): from the batch formed to
+the last layer's output. The request-start work (request prefetch copies) is timed into the
+first iteration. Decisions reach the slots through :class:`FollowedCache`, which carries out each
+``access`` and ``insert`` as it returns, so a key loaded and evicted again before the layer that
+needed it is still copied: every load the policy counts is one real copy (checked at the end).
 """
 
 from __future__ import annotations
