@@ -10,9 +10,9 @@ drives that batcher in real time and, per iteration, makes the policy calls of
 - every request arrives at time 0: ``request_start`` (per-request reset, predicted set, request
   prefetch) for each, in arrival order, before the first iteration;
 - per iteration: the batch's pool rows and attention shape (:func:`sim.layer_costs.batch_shape`),
-  the keys each layer needs (``LayerWalk._needs``), then per layer ``_serve_layer`` (cache step
+  the keys each layer needs (``LayerWalk.needs``), then per layer ``serve_layer`` (cache step
   ``rep.step + layer``, the iteration's keys ``active``) and, for a next-layer prefetch policy,
-  ``_next_layer``; the observers after the last layer.
+  ``next_layer``; the observers after the last layer.
 
 The simulator serves a layer's keys with the batched ``access_steps`` when nothing is in flight;
 the policies test that equal to one ``access`` per layer. So hits, misses, streamed, prefetched
@@ -314,7 +314,7 @@ class RealServer:
         used_flat = counts_flat > 0
         step0 = rep.step
         rep.step += L
-        need, active = walk._needs(rep.states, used_flat)
+        need, active = walk.needs(rep.states, used_flat)
         experts = torch.as_tensor((keys_tok % E).reshape(-1, L, K)).to(self.device)  # (T, L, K)
         seqs = []
         for i, n in zip(batch.tolist(), alloc.tolist()):
@@ -330,15 +330,15 @@ class RealServer:
             keys = sorted(need[0][l]) if cache is not None else \
                 (l * E + np.flatnonzero(counts_flat[l * E:(l + 1) * E])).tolist()
             if cache is not None:
-                walk._serve_layer(st, step0 + l, need[0][l], active[0])
+                walk.serve_layer(st, step0 + l, need[0][l], active[0])
             table = self.slots.layer_table(l, keys)
             x = x + expert_ffn(x, routed, table, self.slots.w13, self.slots.w2, K, sh.block_size)
             if walk.pf_next and cache is not None:
-                walk._next_layer(rep, l, used_flat, step0, 0.0, need)
+                walk.next_layer(rep, l, used_flat, step0, 0.0, need)
                 st.inflight.clear()
         if not walk.pf_next and walk.observers:
             for l in range(L):
-                walk._observe(rep, l, used_flat)
+                walk.observe(rep, l, used_flat)
         return IterationRecord(tokens=len(shape.rows), decode=shape.decode, requests=len(batch),
                                pairs=shape.pairs, counts=CacheCounts(), measured_s=0.0,
                                **timer.stop())

@@ -103,7 +103,7 @@ class LayerWalk:
         states = rep.states
         step0 = rep.step
         rep.step += L
-        need, active = self._needs(states, used_flat)
+        need, active = self.needs(states, used_flat)
         comp = comp_arr.tolist()  # [L][G] seconds
         stall = [st.stall_s for st in states]
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
@@ -113,11 +113,11 @@ class LayerWalk:
         gaps = (attn, gate, pf_cost, a2a)
         if self.pf_next:
             for l in range(L):
-                miss = [self._serve_layer(st, step0 + l, need[g][l], active[g])
+                miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
                         for g, st in enumerate(states)]
                 t_gate = t + attn + gate + pf_cost
                 t = self._time_layers(((l, miss),), t, gaps, comp, states, need, stall, rec)
-                self._next_layer(rep, l, used_flat, step0, t_gate, need)
+                self.next_layer(rep, l, used_flat, step0, t_gate, need)
                 if self.inline:
                     t += self._inline_s.pop(rep.index, 0.0)
         else:
@@ -128,7 +128,7 @@ class LayerWalk:
             t = self._time_layers(enumerate(zip(*miss_g)), t, gaps, comp, states, need, stall, rec)
             if self.observers:
                 for l in range(L):
-                    self._observe(rep, l, used_flat)
+                    self.observe(rep, l, used_flat)
         # busy += c layer by layer, per GPU (np.add.accumulate is sequential: the same floats)
         busy = np.add.accumulate(np.vstack([[st.busy_s for st in states], comp_arr]), axis=0)[-1]
         for g, st in enumerate(states):
@@ -145,7 +145,7 @@ class LayerWalk:
                 raise MoesimError(f"cache policy {self.cache_name!r} holds {nres} experts on GPU "
                                   f"{st.gpu}, over its budget {st.capacity}")
 
-    def _serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
+    def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
         """One layer's keys through a GPU's cache: the misses (a list), or None when no access."""
         cache = st.cache
         if cache is None or not keyset:
@@ -163,7 +163,7 @@ class LayerWalk:
         if cache is None or not active:
             return None
         if st.inflight:
-            return [self._serve_layer(st, step0 + l, keys, active) for l, keys in enumerate(need)]
+            return [self.serve_layer(st, step0 + l, keys, active) for l, keys in enumerate(need)]
         if self.log is not None:
             for l, keys in enumerate(need):
                 if keys:
@@ -172,7 +172,7 @@ class LayerWalk:
         self._check(st, cache)
         return nm
 
-    def _needs(self, states: list[GpuState], used_flat: np.ndarray) -> tuple[list[list[Any]], list[Any]]:
+    def needs(self, states: list[GpuState], used_flat: np.ndarray) -> tuple[list[list[Any]], list[Any]]:
         """Per GPU: the set of keys it needs at each layer, and their union over the iteration.
 
         A (GPU, layer) whose every expert is used reuses one prebuilt frozenset; only partly used
@@ -311,17 +311,17 @@ class LayerWalk:
         return start
 
     # -- prediction and prefetch ----------------------------------------------------------------
-    def _observe(self, rep: ReplicaState, l: int, used_flat: np.ndarray) -> np.ndarray:
+    def observe(self, rep: ReplicaState, l: int, used_flat: np.ndarray) -> np.ndarray:
         E = self.E
         experts = np.flatnonzero(used_flat[l * E:(l + 1) * E])
         for p in self.observers:
             p.observe(rep.ctx, l, experts)
         return experts
 
-    def _next_layer(self, rep: ReplicaState, l: int, used_flat: np.ndarray, step0: int,
+    def next_layer(self, rep: ReplicaState, l: int, used_flat: np.ndarray, step0: int,
                     t_gate: float, need: list[list[Any]]) -> None:
         E = self.E
-        experts = self._observe(rep, l, used_flat) if self.observers else \
+        experts = self.observe(rep, l, used_flat) if self.observers else \
             np.flatnonzero(used_flat[l * E:(l + 1) * E])
         if l + 1 < self.L:
             pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
