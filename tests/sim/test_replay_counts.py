@@ -201,3 +201,121 @@ def test_replay_log_serves_each_event_kind():
     assert (c.hits, c.misses, c.prefetched, c.evictions, c.loads) == (2, 2, 1, 2, 3)
     with pytest.raises(ConfigError, match="^cache log: unknown event 'jump'$"):
         replay_log([("jump", 0, (), ())], "lru", 2, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# the replay's wiring: contexts, prefetch construction, run_replay's pass-through
+# ------------------------------------------------------------------------------------------------
+def test_contexts_describe_each_request():
+    from sim.policies.base import PrefetchContext
+    from sim.replay import _contexts
+
+    tr = _trace([[[0]], [[1]], [[2]], [[3]], [[0]]], 4, ["a", "a", "b", "b", "b"])
+    tr.tokens["task"] = ["t1", "t1", "t2", "t2", "t2"]
+    assert _contexts(tr) == [
+        PrefetchContext(request_id="a", task="t1", prompt_tokens=2, request_index=0,
+                        extra={"first_token": 0, "last_token": 2}),
+        PrefetchContext(request_id="b", task="t2", prompt_tokens=3, request_index=1,
+                        extra={"first_token": 2, "last_token": 5})]
+
+
+def test_make_prefetch_names_none_and_passes_arguments():
+    from sim.replay import _make_prefetch
+
+    tr = _random(2, T=12)
+    assert _make_prefetch(None, tr) is None and _make_prefetch("", tr) is None
+    assert _make_prefetch("none", tr) is None
+    pf = _make_prefetch("emoe_a", tr, period=3, set_size=2)
+    assert (pf.cfg.period, pf.cfg.set_size) == (3, 2)
+    assert (pf.num_layers, pf.num_experts, pf.top_k) == (3, 8, 2)
+
+
+def _naive_token_major(trace, policy, fraction, prefetch):
+    """Plain mode with a next-layer prefetch policy, written plainly from the docstring."""
+    from sim.policies import PREFETCH
+    from sim.replay import _contexts
+
+    T, L, K = trace.experts.shape
+    E = trace.num_experts
+    C = int(np.floor(fraction * E + 1e-9))
+    caches = []
+    for l in range(L):
+        c = CACHE.make(policy, capacity=C, num_keys=E)
+        if c.requires_future:
+            c.set_future(trace.experts[:, l, :].astype(np.int64))
+        caches.append(c)
+    pf = PREFETCH.make(prefetch, num_layers=L, num_experts=E, top_k=K)
+    if pf.requires_future:
+        pf.set_trace(trace)
+    bounds = trace.request_bounds()
+    misses = [0] * L
+    for r, ctx in enumerate(_contexts(trace)):
+        first, last = int(bounds[r]), int(bounds[r + 1])
+        for c in caches:
+            c.begin_request(r)
+        plan = pf.on_request(ctx)
+        for l in sorted(plan):
+            if len(plan[l]):
+                caches[l].insert(first, [int(e) for e in plan[l]][:C])
+        for t in range(first, last):
+            ctx.extra["token"] = t
+            for l in range(L):
+                need = [int(e) for e in trace.experts[t, l]]
+                misses[l] += len(caches[l].access(t, need)[0])
+                if l + 1 < L:
+                    nxt = pf.next_layer(ctx, l, np.asarray(need, dtype=np.int64))
+                    if len(nxt):
+                        caches[l + 1].insert(t, [int(e) for e in nxt][:C])
+                pf.observe(ctx, l, np.asarray([need], dtype=np.int64))
+    return misses, _total_counts(caches)
+
+
+def _total_counts(caches):
+    from sim.world import CacheCounts
+
+    return CacheCounts.total(c.counts for c in caches)
+
+
+@pytest.mark.parametrize("prefetch", ["similarity", "perfect", "emoe_l"])
+@pytest.mark.parametrize("policy", ["lru", "lifo", "priority", "belady"])
+def test_next_layer_prefetch_equals_the_plain_driver(policy, prefetch):
+    tr = _random(11, T=40, L=3, E=8, K=2, per_request=8)
+    r = replay_plain(tr, policy, 0.5, prefetch=prefetch)
+    misses, counts = _naive_token_major(tr, policy, 0.5, prefetch)
+    assert r.counts == counts
+    T, L, K = tr.experts.shape
+    assert r.per_layer_hit_rate == [round(1 - m / (T * K), 6) for m in misses]
+    assert (r.mode, r.prefetch, r.policy, r.capacity) == ("plain", prefetch, policy, 4)
+
+
+def test_run_replay_passes_its_options_through():
+    tr = _trace([[[0], [1]], [[1], [2]], [[2], [0]], [[3], [3]], [[0], [1]], [[1], [2]]], 4,
+                ["a", "a", "b", "b", "c", "c"])
+    batch = run_replay(tr, ["lifo"], [0.5], mode="batch", expert_bytes=1)
+    assert batch[0]["misses"] == replay_batch(tr, "lifo", 0.5, 16).misses
+    assert batch[0]["misses"] != replay_batch(tr, "lifo", 0.5, 1).misses  # 16 is the default
+    rer = run_replay(tr, ["lru"], [0.5], reroute=True, expert_bytes=1)
+    assert rer[0]["rerouted"] == replay_plain(tr, "lru", 0.5, reroute=True).rerouted > 0
+    kw = dict(period=1, set_size=1)
+    pf = run_replay(tr, ["lru"], [0.5], prefetch="emoe_a", prefetch_kwargs=kw, expert_bytes=1)
+    assert pf[0]["prefetched"] == replay_plain(tr, "lru", 0.5, prefetch="emoe_a",
+                                               prefetch_kwargs=kw).prefetched
+    assert pf[0]["prefetched"] != replay_plain(tr, "lru", 0.5, prefetch="emoe_a").prefetched
+    by_model = run_replay(tr, ["lru"], [0.5], model="mixtral-8x7b")
+    assert by_model[0]["h2d_bytes"] == by_model[0]["loads"] * 3 * 4096 * 14336 * 2
+    lru, bel = run_replay(tr, ["lru"], [0.5], expert_bytes=1)
+    assert (lru["hits"], bel["hits"], bel["accesses"]) == (0, 2, 12)
+    assert lru["gap_to_belady_hit_rate"] == 0.166666667 and bel["gap_to_belady_hit_rate"] == 0.0
+    assert lru["gap_to_belady_misses"] == 2
+
+
+def test_result_fields_on_tiny_cases():
+    one = _trace([[[2]]], 4)
+    r = replay_plain(one, "lru", 0.5)
+    assert r.per_layer_hit_rate == [0.0] and (r.capacity, r.mode) == (2, "plain")
+    b = replay_batch(one, "lru", 0.5, 4)
+    assert b.per_layer_hit_rate == [0.0] and (b.capacity, b.mode, b.prefetch) == (2, "batch", "none")
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^capacity_fracs=1.5; expected a fraction"):
+        replay_plain(one, "lru", 1.5)
