@@ -240,3 +240,59 @@ def test_read_trace_errors_and_defaults(tmp_path):
                  table=t.set_column(t.column_names.index("weights"), "weights", w))
     with pytest.raises(TraceFormatError, match=rf"^{p}: column 'weights' has missing values \(row 1\)$"):
         read_trace(p)
+
+
+def test_format_edges():
+    import pytest
+
+    from sim.errors import TraceFormatError
+    from traces.format import TOKEN_COLUMNS, validate
+
+    tr = _small()
+    # the token table: canonical columns and object dtypes (not pandas' string dtype)
+    assert list(tr.tokens.columns) == list(TOKEN_COLUMNS)
+    assert all(tr.tokens[c].dtype == object for c in ("request_id", "phase", "task", "text"))
+    assert make_tokens("r", [0, 1], "decode", "t")["request_id"].dtype == object
+    assert tr.take([]).num_tokens == 0 and tr.take(np.array([1])).request_ids() == ["a"]
+    assert list(tr.select_requests(["b"]).tokens.columns) == list(TOKEN_COLUMNS)
+    empty = tr.take([])
+    assert empty.request_bounds().tolist() == [0] and empty.request_bounds().dtype == np.int64
+    one = tr.take([0])
+    assert one.request_bounds().tolist() == [0, 1]
+    with pytest.raises(TraceFormatError, match=r"^requests not in trace: \['p', 'q', 'r', 's', 't'\]$"):
+        tr.select_requests(["p", "q", "r", "s", "t", "u"])
+    bad = _small()
+    bad.experts[2, 1, :] = [1, 1]
+    with pytest.raises(TraceFormatError, match="^<memory>: token 2 layer 1"):
+        validate(bad)
+
+
+def test_read_trace_validates_and_keeps_dtypes(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+    import pytest
+
+    import traces.format as fmt
+    from sim.errors import TraceFormatError
+
+    good = tmp_path / "good.parquet"
+    write_trace(_small(text=["x", "y", "z"]), good)
+    back = read_trace(good)
+    assert back.weights.dtype == np.float32 and back.experts.dtype == np.int16
+    assert back.tokens["text"].tolist() == ["x", "y", "z"]
+    t = pq.read_table(good)
+    p = _rewrite(good, tmp_path / "notext.parquet", table=t.drop_columns(["text"]))
+    assert read_trace(p).tokens["text"].tolist() == [None, None, None]
+    # a file whose content breaks a rule validate() checks (written around write_trace)
+    monkeypatch.setattr(fmt, "validate", lambda *a, **k: None)
+    dup = _small()
+    dup.experts[1, 0, :] = [2, 2]
+    write_trace(dup, tmp_path / "dup.parquet")
+    monkeypatch.undo()
+    p = tmp_path / "dup.parquet"
+    with pytest.raises(TraceFormatError, match=f"^{p}: token 1 layer 0: expert chosen twice"):
+        read_trace(p)
+    junk = tmp_path / "junk.parquet"
+    junk.write_text("not parquet")
+    with pytest.raises(TraceFormatError) as e:
+        fmt.read_meta(junk)
+    assert "(None)" not in str(e.value) and "arquet" in str(e.value).split("(", 1)[1]

@@ -86,6 +86,10 @@ CASES = [
      "token 3: request 'a' is not contiguous"),
     ("position repeats", _tok("position", [0, 1, 1, 0, 1]),
      "token 2: position 1 of request 'a' does not follow 1; expected increasing positions"),
+    ("last request not contiguous", _tok("request_id", ["a", "a", "b", "b", "a"]),
+     "token 4: request 'a' is not contiguous"),
+    ("position back in a later request", _tok("position", [0, 1, 2, 1, 1]),
+     "token 4: position 1 of request 'b' does not follow 1"),
     ("position goes back", _tok("position", [0, 2, 1, 0, 1]),
      "token 2: position 1 of request 'a' does not follow 2"),
 ]
@@ -116,6 +120,19 @@ def test_each_rule_names_the_file_the_token_and_the_expectation(name, mutate, me
         validate(tr, "where.parquet")
     with pytest.raises(TraceFormatError, match="^<memory>: "):
         tr.validate()
+
+
+def test_a_duplicate_anywhere_in_a_top_3_is_found():
+    ex = np.array([[[0, 1, 2]], [[3, 1, 1]]], dtype=np.int16)  # sorted [1, 1, 3]: 1st and 2nd
+    tr = RoutingTrace(ex, None, make_tokens("a", [0, 1], "prefill", "chat"), TraceMeta("toy", 1, 4, 3))
+    with pytest.raises(TraceFormatError, match=r"token 1 layer 0: expert chosen twice in top-3 \[3, 1, 1\]"):
+        validate(tr)
+    tr.experts[1, 0] = [3, 2, 2]  # sorted [2, 2, 3]
+    with pytest.raises(TraceFormatError, match="token 1 layer 0: expert chosen twice"):
+        validate(tr)
+    tr.experts[1, 0] = [2, 3, 2]  # sorted [2, 2, 3] from a non-adjacent pair
+    with pytest.raises(TraceFormatError, match="token 1 layer 0: expert chosen twice"):
+        validate(tr)
 
 
 def test_the_first_violation_is_the_one_reported():
