@@ -319,3 +319,64 @@ def test_result_fields_on_tiny_cases():
 
     with pytest.raises(ConfigError, match=r"^capacity_fracs=1.5; expected a fraction"):
         replay_plain(one, "lru", 1.5)
+
+
+class _Both:
+    """A test prefetcher that plans requests and predicts the next layer from what it observed."""
+
+    def __new__(cls, *a, **k):
+        from sim.policies.base import PrefetchPolicy
+
+        class Both(PrefetchPolicy):
+            plans_requests = True
+            predicts_next_layer = True
+            observes = True
+
+            def __init__(self, num_layers, num_experts, top_k, cfg=None):
+                super().__init__(num_layers, num_experts, top_k, cfg)
+                self.seen = np.zeros((num_layers, num_experts), dtype=np.int64)
+
+            def on_request(self, ctx):
+                # layer 0 only: the request's index mod E and the next one
+                E = self.num_experts
+                return {0: np.array([ctx.request_index % E, (ctx.request_index + 1) % E])}
+
+            def next_layer(self, ctx, layer, experts):
+                assert layer + 1 < self.num_layers
+                return np.argsort(-self.seen[layer + 1], kind="stable")[:2]
+
+            def observe(self, ctx, layer, experts):
+                self.seen[layer] += np.bincount(np.asarray(experts).reshape(-1),
+                                                minlength=self.num_experts)
+        return Both(*a, **k)
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo", "priority"])
+def test_a_prefetcher_that_plans_and_predicts_equals_the_plain_driver(policy, monkeypatch):
+    from sim.policies import PREFETCH
+
+    cls = type(_Both(1, 2, 1))
+    monkeypatch.setitem(PREFETCH._classes, "test_both", cls)
+    tr = _random(5, T=30, L=3, E=8, K=2, per_request=6)
+    r = replay_plain(tr, policy, 0.5, prefetch="test_both")
+    misses, counts = _naive_token_major(tr, policy, 0.5, "test_both")
+    assert r.counts == counts and r.prefetched > 0
+    T, L, K = tr.experts.shape
+    assert r.per_layer_hit_rate == [round(1 - m / (T * K), 6) for m in misses]
+
+
+def test_plain_prefetch_edges():
+    tr = _trace([[[0]], [[1]], [[2]], [[3]], [[0]]], 4, ["a", "a", "b", "b", "b"])
+    # no slot: nothing is prefetched, nothing rerouted (the cache is never full of anything)
+    z = replay_plain(tr, "lru", 0.0, prefetch="perfect_request")
+    assert (z.prefetched, z.misses, z.hits) == (0, 5, 0)
+    zr = replay_plain(tr, "lru", 0.0, reroute=True)
+    assert (zr.rerouted, zr.misses) == (0, 5)
+    # one slot: after request a the cache is full; b's choices not resident are rerouted
+    one = replay_plain(tr, "lru", 0.25, reroute=True)
+    assert (one.misses, one.rerouted, one.hits) == (2, 3, 0)
+    # keep_predicted's own predictor (eMoE-A) takes the prefetch arguments
+    ex = _random(9, T=48, L=2, E=8, K=2, per_request=6)
+    a = replay_plain(ex, "keep_predicted", 0.5)
+    b = replay_plain(ex, "keep_predicted", 0.5, prefetch_kwargs={"period": 1, "window": 1, "set_size": 1})
+    assert a.misses != b.misses
