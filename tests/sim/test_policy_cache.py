@@ -233,3 +233,66 @@ def test_prefetch_insert_respects_protect_and_counts():
     loaded, evicted = c.insert(1, [3], protect=[1])
     assert loaded == [3] and evicted == [2]
     assert c.access(2, [3]) == ([], [])
+
+
+def _belady_reference(future, C):
+    """Belady's MIN written plainly for one key per step: the resident key used farthest ahead
+    (never: farthest) is evicted; equal next use: the smallest id. Resident sets after each step."""
+    resident, out = set(), []
+    for s, k in enumerate(future):
+        if k not in resident:
+            if len(resident) >= C:
+                def nxt(r, s=s):
+                    later = [t for t in range(s + 1, len(future)) if future[t] == r]
+                    return later[0] if later else float("inf")
+                victim = max(resident, key=lambda r: (nxt(r), -r))
+                resident.discard(victim)
+            resident.add(k)
+        out.append(frozenset(resident))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_belady_victims_equal_a_plain_reference_step_by_step(seed):
+    rng = np.random.default_rng(seed)
+    N = int(rng.integers(3, 7))
+    future = rng.integers(0, N, size=40).tolist()
+    for C in (1, 2, 3):
+        want = _belady_reference(future, C)
+        c = CACHE.make("belady", capacity=C, num_keys=N)
+        c.set_future(np.asarray(future, dtype=np.int64)[:, None])
+        got = []
+        for s, k in enumerate(future):
+            c.access(s, [k])
+            got.append(frozenset(c.resident))
+        assert got == want, (seed, C)
+        fast = CACHE.make("belady", capacity=C, num_keys=N)
+        fast.set_future(np.asarray(future, dtype=np.int64)[:, None])
+        assert fast.replay(np.asarray(future, dtype=np.int64)[:, None]) == c.counts.misses
+
+
+def test_belady_ties_and_adjacent_next_uses():
+    # N = 4, C = 2. s0: 2, s1: 3, s2: 0 -> 2 and 3 are never used again: the smaller id (2) goes
+    c = CACHE.make("belady", capacity=2, num_keys=4)
+    c.set_future(np.array([[2], [3], [0]]))
+    for s, k in enumerate([2, 3, 0]):
+        c.access(s, [k])
+    assert sorted(c.resident) == [0, 3]
+    # next uses one step apart: key 0 at step 3, key 3 at step 4 -> 3 (farther) goes at step 2
+    c = CACHE.make("belady", capacity=2, num_keys=4)
+    c.set_future(np.array([[0], [3], [1], [0], [3]]))
+    for s, k in enumerate([0, 3, 1]):
+        c.access(s, [k])
+    assert sorted(c.resident) == [0, 1]
+    # an expert prefetched (inserted) at step 1 for use at step 1 is not evicted by that step
+    c = CACHE.make("belady", capacity=2, num_keys=4)
+    c.set_future(np.array([[0], [1], [2], [0]]))
+    c.access(0, [0])
+    c.insert(1, [1])
+    c.access(1, [1])
+    assert c.counts.hits == 1 and sorted(c.resident) == [0, 1]
+    c.access(2, [2])  # 1 is never used again, 0 at step 3: 1 goes
+    assert sorted(c.resident) == [0, 2]
+    with pytest.raises(Exception,
+                       match="^belady reads the future: call set_future\\(\\) before access\\(\\)$"):
+        CACHE.make("belady", capacity=1, num_keys=2).access(0, [0])
