@@ -296,3 +296,19 @@ def test_belady_ties_and_adjacent_next_uses():
     with pytest.raises(Exception,
                        match="^belady reads the future: call set_future\\(\\) before access\\(\\)$"):
         CACHE.make("belady", capacity=1, num_keys=2).access(0, [0])
+
+
+def test_belady_replay_from_a_later_step_and_its_consistency_check():
+    future = np.array([[0], [1], [2], [0], [1], [3], [0]])
+    ref = CACHE.make("belady", capacity=2, num_keys=4)
+    ref.set_future(future)
+    ref.access(0, [0])
+    m_access = sum(len(ref.access(s, [int(future[s, 0])])[0]) for s in range(1, 7))
+    fast = CACHE.make("belady", capacity=2, num_keys=4)
+    fast.set_future(future)
+    fast.access(0, [0])
+    assert fast.replay(future[1:], 1) == m_access and fast.resident == ref.resident
+    other = CACHE.make("belady", capacity=2, num_keys=4)
+    other.set_future(future)
+    with pytest.raises(Exception, match=r"^belady.replay: steps 2..4 differ from"):
+        other.replay(future[1:4], 2)
