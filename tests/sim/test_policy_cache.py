@@ -266,6 +266,13 @@ def test_belady_victims_equal_a_plain_reference_step_by_step(seed):
             c.access(s, [k])
             got.append(frozenset(c.resident))
         assert got == want, (seed, C)
+        seq = CACHE.make("belady", capacity=C, num_keys=N)  # the future as a sequence of rows
+        seq.set_future([np.array([k]) for k in future])
+        seq_got = []
+        for s, k in enumerate(future):
+            seq.access(s, [k])
+            seq_got.append(frozenset(seq.resident))
+        assert seq_got == want, (seed, C)
         fast = CACHE.make("belady", capacity=C, num_keys=N)
         fast.set_future(np.asarray(future, dtype=np.int64)[:, None])
         assert fast.replay(np.asarray(future, dtype=np.int64)[:, None]) == c.counts.misses
