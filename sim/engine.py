@@ -207,7 +207,7 @@ class Simulation:
                 raise MoesimError(
                     f"livelock: replica {rep.index} ran {idle} iterations without simulated time "
                     f"advancing at t={env.now:.6f} s ({len(rep.running)} running, {len(rep.waiting)} "
-                    f"waiting); the cost model returns zero durations")
+                    f"waiting): the cost model returns zero durations, or requests never progress")
             try:
                 yield env.timeout(dur)
             except simpy.Interrupt:
