@@ -33,6 +33,17 @@ def _fig(rep: Report, name: str, caption: str, draw: Any, ncols: int = 1,
     rep.figure(name, caption)
 
 
+def _section(rep: Report, title: str, rows: list[dict[str, Any]], note: str | None = None
+             ) -> pd.DataFrame:
+    """A part's heading, its note (if any) and its table of ``rows``; the table's frame."""
+    rep.h(title)
+    if note is not None:
+        rep.p(note)
+    df = pd.DataFrame(rows)
+    rep.table(df)
+    return df
+
+
 def _finish(rep: Report, out: Path, title: str) -> Path:
     from sim.files import atomic_write_bytes
 
@@ -67,9 +78,7 @@ def write_emoe_report(res: dict[str, Any], out: Path) -> Path:
           "load-weighted prediction of one task.")
     mem = res.get("memory")
     if mem:
-        rep.h("Expert memory against latency and routing fidelity")
-        sims = pd.DataFrame(mem["sims"])
-        rep.table(sims)
+        sims = _section(rep, "Expert memory against latency and routing fidelity", mem["sims"])
         ref = sims[sims["policy"].isin(["all-resident", "on-demand"])]
         curve = sims[~sims["policy"].isin(["all-resident", "on-demand"])]
 
@@ -102,9 +111,7 @@ def write_emoe_report(res: dict[str, Any], out: Path) -> Path:
                                   "loads", "h2d_bytes") if c in rp.columns]])
     per = res.get("period")
     if per:
-        rep.h("Prediction period p")
-        rows = pd.DataFrame(per["rows"])
-        rep.table(rows)
+        rows = _section(rep, "Prediction period p", per["rows"])
 
         def draw_p(ax: Any, ax2: Any) -> None:
             ax.plot(rows["period"], rows["routing_fidelity"], marker="o",
@@ -134,15 +141,13 @@ def write_emoe_report(res: dict[str, Any], out: Path) -> Path:
              "which is what makes small p costly in the paper.", draw_p, 2, (11, 4.0))
     sch = res.get("scheduler")
     if sch:
-        rep.h("SLO-aware scheduling under rising load")
         c = sch["constants"] or {}
-        rep.p(f"eMoE's constants profiled on the simulated system (FCFS at the lowest rate): "
-              f"c = {c.get('per_token_s', 0) * 1e3:.3f} ms per processed token (GPU busy time / "
-              f"tokens), dE = {c.get('load_latency_s', 0) * 1e3:.3f} ms expert-fetch stall per "
-              f"iteration. `emoe-literal`: the algorithm read literally (a request already past "
-              f"its SLO stops all admission) with the old 1 ms default.")
-        rows = pd.DataFrame(sch["rows"])
-        rep.table(rows)
+        note = (f"eMoE's constants profiled on the simulated system (FCFS at the lowest rate): "
+                f"c = {c.get('per_token_s', 0) * 1e3:.3f} ms per processed token (GPU busy time / "
+                f"tokens), dE = {c.get('load_latency_s', 0) * 1e3:.3f} ms expert-fetch stall per "
+                f"iteration. `emoe-literal`: the algorithm read literally (a request already past "
+                f"its SLO stops all admission) with the old 1 ms default.")
+        rows = _section(rep, "SLO-aware scheduling under rising load", sch["rows"], note)
 
         def draw_s(ax: Any, ax2: Any) -> None:
             for name, g in rows.groupby("scheduler", sort=False):
@@ -196,10 +201,8 @@ def write_huang_report(res: dict[str, Any], out: Path) -> Path:
              draw, 2, (11, 4.0))
     pl = res.get("placement")
     if pl:
-        rep.h("Load balancing: placement against contiguous")
-        rep.p(pl["metric_note"])
-        df = pd.DataFrame(pl["rows"])
-        rep.table(df)
+        df = _section(rep, "Load balancing: placement against contiguous", pl["rows"],
+                      pl["metric_note"])
 
         def draw_p(ax: Any) -> None:
             import numpy as np
@@ -224,10 +227,8 @@ def write_huang_report(res: dict[str, Any], out: Path) -> Path:
              (8.5, 4.0))
     ga = res.get("gating")
     if ga:
-        rep.h("Dynamic against static-capacity gating (cost-model estimate)")
-        rep.p(ga["note"])
-        df = pd.DataFrame(ga["rows"])
-        rep.table(df)
+        df = _section(rep, "Dynamic against static-capacity gating (cost-model estimate)",
+                      ga["rows"], ga["note"])
 
         def draw_g(ax: Any) -> None:
             ax.plot(df["batch_tokens"], df["static_ms"], marker="o", color="#d62728",

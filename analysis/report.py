@@ -273,25 +273,25 @@ def _replay_section(rep: Report, runs: list[Path]) -> None:
                         "gap_to_belady_hit_rate", "routing_fidelity", "loads", "h2d_bytes")
             if c in df.columns]
     rep.table(df[cols])
-    x = "capacity_frac"
-    compare_plot(df, x, "hit_rate", hue, rep.out / "hit_rate_vs_memory.png",
-                 title="hit rate against expert memory (Belady: dashed black)",
-                 caption=rep.command, xlabel="experts resident per layer (share)",
-                 ylabel="hit rate")
-    rep.figure("hit_rate_vs_memory.png", "Hit rate against expert memory per policy, with "
-               "Belady's optimal curve.")
-    if "routing_fidelity" in df.columns and (df["routing_fidelity"] < 1).any():
-        compare_plot(df, x, "routing_fidelity", hue, rep.out / "fidelity_vs_memory.png",
-                     title="routing fidelity (share of expert choices served as routed)",
+
+    def against_memory(y: str, name: str, title: str, ylabel: str, caption: str) -> None:
+        compare_plot(df, "capacity_frac", y, hue, rep.out / name, title=title,
                      caption=rep.command, xlabel="experts resident per layer (share)",
-                     ylabel="routing fidelity")
-        rep.figure("fidelity_vs_memory.png", "Routing fidelity: a rerouting policy trades it "
-                   "for loads (1.0 for every demand-loading policy).")
+                     ylabel=ylabel)
+        rep.figure(name, caption)
+
+    against_memory("hit_rate", "hit_rate_vs_memory.png",
+                   "hit rate against expert memory (Belady: dashed black)", "hit rate",
+                   "Hit rate against expert memory per policy, with Belady's optimal curve.")
+    if "routing_fidelity" in df.columns and (df["routing_fidelity"] < 1).any():
+        against_memory("routing_fidelity", "fidelity_vs_memory.png",
+                       "routing fidelity (share of expert choices served as routed)",
+                       "routing fidelity", "Routing fidelity: a rerouting policy trades it "
+                       "for loads (1.0 for every demand-loading policy).")
         if "loads" in df.columns:
-            compare_plot(df, x, "loads", hue, rep.out / "loads_vs_memory.png",
-                         title="expert loads (host-to-device copies)", caption=rep.command,
-                         xlabel="experts resident per layer (share)", ylabel="expert loads")
-            rep.figure("loads_vs_memory.png", "Expert loads: what rerouting saves.")
+            against_memory("loads", "loads_vs_memory.png",
+                           "expert loads (host-to-device copies)", "expert loads",
+                           "Expert loads: what rerouting saves.")
 
 
 def _placement_section(rep: Report, runs: list[Path]) -> None:

@@ -18,13 +18,12 @@ Three parts (``parts=[memory,period,scheduler]``):
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sim.experiments import pct, routing_trace, say, set_keys, simulate_run, write_json
+from sim.experiments import pct, run_experiment, say, set_keys, simulate_run, write_json
 
 PARTS = ("memory", "period", "scheduler")
 
@@ -209,30 +208,9 @@ def paper_vs_ours(res: dict[str, Any]) -> list[dict[str, str]]:
 
 def task(cfg_node: Any) -> dict[str, Any]:
     from analysis.experiment_report import write_emoe_report
-    from sim.errors import ConfigError
     from sim.experiment_config import EmoeExperimentConfig
-    from sim.hydra_app import run_dir
-    from sim.schemas import app_config
 
-    cfg = app_config(cfg_node, EmoeExperimentConfig)
-    parts = list(cfg.parts) or list(PARTS)
-    bad = [p for p in parts if p not in PARTS]
-    if bad:
-        raise ConfigError(f"parts: unknown {bad}; expected a subset of {list(PARTS)}")
-    out = Path(run_dir())
-    trace, source, real = routing_trace(cfg)
-    say(f"moesim experiment emoe: {source}; {trace.num_tokens} tokens, "
-        f"{len(trace.request_ids())} prompts; parts {parts}")
-    res: dict[str, Any] = {"source": source, "real": real}
-    if "memory" in parts:
-        res["memory"] = part_memory(cfg, out, trace)
-    if "period" in parts:
-        res["period"] = part_period(cfg, out, trace)
-    if "scheduler" in parts:
-        res["scheduler"] = part_scheduler(cfg, out)
-    res["paper_vs_ours"] = paper_vs_ours(res)
-    res["config"] = dataclasses.asdict(cfg)
-    write_json(res, out / "paper_vs_ours.json")
-    report = write_emoe_report(res, out / "report")
-    print(f"report: {report}")
-    return res
+    return run_experiment(cfg_node, EmoeExperimentConfig, "emoe",
+                          dict(zip(PARTS, (part_memory, part_period,
+                                          lambda cfg, out, _trace: part_scheduler(cfg, out)))),
+                          paper_vs_ours, write_emoe_report)

@@ -18,14 +18,13 @@ Three parts (``parts=[cache,placement,gating]``):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sim.experiments import routing_trace, say, write_json
+from sim.experiments import run_experiment, say, write_json
 
 PARTS = ("cache", "placement", "gating")
 
@@ -159,30 +158,8 @@ def paper_vs_ours(res: dict[str, Any]) -> list[dict[str, str]]:
 
 def task(cfg_node: Any) -> dict[str, Any]:
     from analysis.experiment_report import write_huang_report
-    from sim.errors import ConfigError
     from sim.experiment_config import HuangExperimentConfig
-    from sim.hydra_app import run_dir
-    from sim.schemas import app_config
 
-    cfg = app_config(cfg_node, HuangExperimentConfig)
-    parts = list(cfg.parts) or list(PARTS)
-    bad = [p for p in parts if p not in PARTS]
-    if bad:
-        raise ConfigError(f"parts: unknown {bad}; expected a subset of {list(PARTS)}")
-    out = Path(run_dir())
-    trace, source, real = routing_trace(cfg)
-    say(f"moesim experiment huang: {source}; {trace.num_tokens} tokens, "
-        f"{len(trace.request_ids())} prompts; parts {parts}")
-    res: dict[str, Any] = {"source": source, "real": real}
-    if "cache" in parts:
-        res["cache"] = part_cache(cfg, out, trace)
-    if "placement" in parts:
-        res["placement"] = part_placement(cfg, out, trace)
-    if "gating" in parts:
-        res["gating"] = part_gating(cfg, out, trace)
-    res["paper_vs_ours"] = paper_vs_ours(res)
-    res["config"] = dataclasses.asdict(cfg)
-    write_json(res, out / "paper_vs_ours.json")
-    report = write_huang_report(res, out / "report")
-    print(f"report: {report}")
-    return res
+    return run_experiment(cfg_node, HuangExperimentConfig, "huang",
+                          dict(zip(PARTS, (part_cache, part_placement, part_gating))),
+                          paper_vs_ours, write_huang_report)

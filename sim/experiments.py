@@ -22,6 +22,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,38 @@ def simulate_run(name: str, run_cfg: Any, keys: dict[str, Any], out: Path,
     say(f"      {name}: {time.perf_counter() - t0:.1f} s, E2E p50 {metrics['e2e_s']['p50']:.2f} s, "
         f"hit rate {metrics['hit_rate']:.3f}, SLO {metrics['slo_attainment']:.2f}")
     return metrics
+
+
+def run_experiment(cfg_node: Any, config_cls: type, name: str,
+                   parts_fns: dict[str, Callable[[Any, Path, Any], dict[str, Any]]],
+                   paper_vs_ours: Callable[[dict[str, Any]], list[dict[str, str]]],
+                   write_report: Callable[[dict[str, Any], Path], Any]) -> dict[str, Any]:
+    """An experiment's task: check ``parts`` against ``parts_fns`` (in order: its PARTS), run each
+    chosen part as ``fn(cfg, out, trace)`` on the routing trace, then write
+    ``paper_vs_ours.json`` and the report."""
+    from sim.hydra_app import run_dir
+    from sim.schemas import app_config
+
+    cfg = app_config(cfg_node, config_cls)
+    known = list(parts_fns)
+    parts = list(cfg.parts) or known
+    bad = [p for p in parts if p not in parts_fns]
+    if bad:
+        raise ConfigError(f"parts: unknown {bad}; expected a subset of {known}")
+    out = Path(run_dir())
+    trace, source, real = routing_trace(cfg)
+    say(f"moesim experiment {name}: {source}; {trace.num_tokens} tokens, "
+        f"{len(trace.request_ids())} prompts; parts {parts}")
+    res: dict[str, Any] = {"source": source, "real": real}
+    for part, fn in parts_fns.items():
+        if part in parts:
+            res[part] = fn(cfg, out, trace)
+    res["paper_vs_ours"] = paper_vs_ours(res)
+    res["config"] = dataclasses.asdict(cfg)
+    write_json(res, out / "paper_vs_ours.json")
+    report = write_report(res, out / "report")
+    print(f"report: {report}")
+    return res
 
 
 def pct(new: float, old: float) -> str:

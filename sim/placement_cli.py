@@ -54,10 +54,36 @@ def batch_loads(experts: np.ndarray, batch_of: np.ndarray, nb: int, E: int) -> n
     return np.bincount(idx.reshape(-1), minlength=nb * L * E).reshape(nb, L, E).astype(np.float64)
 
 
+def _make_and_place(rec: dict[str, Any], num_gpus: int, load: np.ndarray,
+                    history: np.ndarray | None = None) -> tuple[Any, Any] | None:
+    """(policy, plan) for ``rec``'s policy and kwargs planned on ``load`` (after
+    ``fit_history(history)`` where given and the policy learns from one). The exhaustive oracle's
+    refusal (too large to enumerate) is recorded as ``rec["skipped"]`` and gives None; any other
+    policy's error is raised."""
+    from sim.policies import PLACEMENT
+
+    name = rec["policy"]
+    try:
+        pol = PLACEMENT.make(name, num_gpus=num_gpus, **rec["kwargs"])
+        if history is not None and hasattr(pol, "fit_history"):
+            pol.fit_history(history)
+        return pol, pol.place(load)
+    except MoesimError as exc:
+        if name != "exhaustive":
+            raise
+        rec["skipped"] = str(exc)
+        return None
+
+
+def _write_metrics(m: dict[str, Any], out: Path) -> None:
+    from sim.files import atomic_write_bytes
+
+    atomic_write_bytes((json.dumps(m, indent=1, sort_keys=True) + "\n").encode(), out / "metrics.json")
+
+
 def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
              batch_tokens: int | None, policy_kwargs: dict[str, Any], expert_bytes: int
              ) -> dict[str, Any]:
-    from sim.policies import PLACEMENT
     from sim.policies.placement.rebalance import moves
 
     ex = trace.experts.astype(np.int64)  # (T, L, K)
@@ -88,17 +114,12 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
     for name in policies:
         kw = dict(policy_kwargs.get(name, {}) or {})
         rec: dict[str, Any] = {"policy": name, "oracle": name == "exhaustive", "kwargs": kw}
-        try:
-            pol = PLACEMENT.make(name, num_gpus=num_gpus, **kw)
-            if hasattr(pol, "fit_history"):
-                pol.fit_history(train)
-            plan = pol.place(test_load if name == "exhaustive" else train_load)
-        except MoesimError as exc:
-            if name != "exhaustive":
-                raise
-            rec["skipped"] = str(exc)
+        made = _make_and_place(rec, num_gpus, test_load if name == "exhaustive" else train_load,
+                               history=train)
+        if made is None:
             results.append(rec)
             continue
+        pol, plan = made
         A = share_matrix(plan, L, E)
         tr_l, te_l = imbalance(train_load, A), imbalance(test_load, A)
         rec.update(train_max_over_mean=float(tr_l.mean()), train_worst_layer=float(tr_l.max()),
@@ -122,8 +143,7 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
             rec.update(test_max_over_mean=float(agg.mean()), test_worst_layer=float(agg.max()),
                        test_batch_max_over_mean=float(np.mean(per_batch)),
                        test_batch_worst_max_over_mean=float(np.mean(per_batch, axis=1).max()),
-                       replans=int(
-                           len(test) // pol.period))
+                       replans=int(len(test) // pol.period))
         else:
             per_batch = imbalance(test, A)  # (batches, L)
             rec.update(test_max_over_mean=float(te_l.mean()), test_worst_layer=float(te_l.max()),
@@ -155,7 +175,6 @@ def evaluate_load(counts: np.ndarray, policies: list[str], num_gpus: int,
     dump): each policy plans on the whole table and is scored on it (max / mean GPU load, in
     sample). A load table has no token order, so there is no held-out half and no per-batch or
     rebalancing figure; the exhaustive oracle plans on the same table."""
-    from sim.policies import PLACEMENT
 
     load = np.asarray(counts, dtype=np.float64)  # (L, E)
     L, E = load.shape
@@ -163,14 +182,11 @@ def evaluate_load(counts: np.ndarray, policies: list[str], num_gpus: int,
     for name in policies:
         kw = dict(policy_kwargs.get(name, {}) or {})
         rec: dict[str, Any] = {"policy": name, "oracle": name == "exhaustive", "kwargs": kw}
-        try:
-            plan = PLACEMENT.make(name, num_gpus=num_gpus, **kw).place(load)
-        except MoesimError as exc:
-            if name != "exhaustive":
-                raise
-            rec["skipped"] = str(exc)
+        made = _make_and_place(rec, num_gpus, load)
+        if made is None:
             results.append(rec)
             continue
+        plan = made[1]
         im = imbalance(load, share_matrix(plan, L, E))  # (L,)
         rec.update(train_max_over_mean=float(im.mean()), train_worst_layer=float(im.max()),
                    replicas=int(plan.slots_used().sum()))
@@ -180,7 +196,6 @@ def evaluate_load(counts: np.ndarray, policies: list[str], num_gpus: int,
 
 
 def _task(cfg: Any) -> None:
-    from sim.files import atomic_write_bytes
     from sim.hydra_app import run_dir
     from sim.schemas import PlacementAppConfig, app_config, limit_requests, require_file
     from sim.world import expert_bytes, model_for_trace
@@ -203,8 +218,7 @@ def _task(cfg: Any) -> None:
         m = {"kind": "placement", "trace": {"path": str(c.trace.path), "model": table.meta.model,
                                             "layers": table.meta.num_layers,
                                             "experts": table.meta.num_experts}, **m}
-        atomic_write_bytes((json.dumps(m, indent=1, sort_keys=True) + "\n").encode(),
-                           Path(run_dir()) / "metrics.json")
+        _write_metrics(m, Path(run_dir()))
         for r in m["results"]:
             print(f"  {r['policy']:<12} " + (f"skipped: {r['skipped']}" if "skipped" in r else
                                              f"max/mean (in sample) {r['train_max_over_mean']:.3f}"))
@@ -224,7 +238,7 @@ def _task(cfg: Any) -> None:
                                         "top_k": trace.top_k},
          "expert_bytes": eb, **m}
     out = Path(run_dir())
-    atomic_write_bytes((json.dumps(m, indent=1, sort_keys=True) + "\n").encode(), out / "metrics.json")
+    _write_metrics(m, out)
     done = [r for r in m["results"] if "skipped" not in r]
     if c.plot and done:
         from analysis.plots_cache import plot_placement
