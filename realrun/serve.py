@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -265,7 +265,7 @@ class RealServer:
         for i in range(w.R):  # every request arrives at time 0, in order
             w.req.replica[i] = rep.index
             rep.waiting.append(i)
-            w.walk.request_start(rep, i, 0.0)
+            w.walk.pred.request_start(rep, i, 0.0)
         st.inflight.clear()
         self._sync()
         setup = (time.perf_counter() - t0, time.thread_time() - c0)
@@ -293,10 +293,9 @@ class RealServer:
         out.wall_s = time.perf_counter() - t_start
         out.counts = st.counts()
         out.copied_bytes = self.slots.copied * self.sh.expert_bytes
-        copies_expected = out.counts.loads
-        if self.slots.copied != copies_expected:
+        if self.slots.copied != out.counts.loads:
             raise MoesimError(f"internal: realrun made {self.slots.copied} expert copies for "
-                              f"{copies_expected} loads counted by the policy")
+                              f"{out.counts.loads} loads counted by the policy")
         return out
 
     def iteration(self, batch: np.ndarray, alloc: np.ndarray) -> IterationRecord:
@@ -333,12 +332,12 @@ class RealServer:
                 walk.serve_layer(st, step0 + l, need[0][l], active[0])
             table = self.slots.layer_table(l, keys)
             x = x + expert_ffn(x, routed, table, self.slots.w13, self.slots.w2, K, sh.block_size)
-            if walk.pf_next and cache is not None:
-                walk.next_layer(rep, l, used_flat, step0, 0.0, need)
+            if walk.pred.pf_next and cache is not None:
+                walk.pred.next_layer(rep, l, used_flat, step0, 0.0, need)
                 st.inflight.clear()
-        if not walk.pf_next and walk.observers:
+        if not walk.pred.pf_next and walk.pred.observers:
             for l in range(L):
-                walk.observe(rep, l, used_flat)
+                walk.pred.observe(rep, l, used_flat)
         return IterationRecord(tokens=len(shape.rows), decode=shape.decode, requests=len(batch),
                                pairs=shape.pairs, counts=CacheCounts(), measured_s=0.0,
                                **timer.stop())
@@ -383,7 +382,4 @@ def one_thread(device: torch.device) -> Iterator[None]:
 
 def counts_minus(a: CacheCounts, b: CacheCounts) -> CacheCounts:
     """``a - b`` field by field (what a cache did between two snapshots)."""
-    out = CacheCounts()
-    for f in ("hits", "misses", "streamed", "evictions", "prefetched", "rerouted"):
-        setattr(out, f, getattr(a, f) - getattr(b, f))
-    return out
+    return CacheCounts(**{f.name: getattr(a, f.name) - getattr(b, f.name) for f in fields(a)})

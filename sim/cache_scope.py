@@ -3,7 +3,7 @@ per layer), behind the interface the layer walk uses for one cache per GPU.
 
 Keys stay ``layer * E + expert``; layer ``l``'s cache holds only layer ``l``'s keys, with its own
 slots (:attr:`sim.plan.ClusterPlan.layer_slots`). For the cross-driver check every call a layer's
-cache receives is written to the :class:`sim.layers.CacheLog` under the id
+cache receives is written to the :class:`sim.cache_log.CacheLog` under the id
 ``gpu * num_layers + layer`` (:func:`log_id`), so that :func:`sim.replay.replay_log` serves each
 layer's cache again with that layer's capacity and must count the same.
 """

@@ -24,11 +24,12 @@ import simpy
 
 from sim.batching import Batcher
 from sim.binding import Binding, RoutingPool
+from sim.cache_log import CacheLog
 from sim.cluster import Link
 from sim.config import SimConfig
 from sim.errors import MoesimError
 from sim.faults import fault_process
-from sim.layers import CacheLog, LayerWalk
+from sim.layers import LayerWalk
 from sim.plan import ClusterPlan, check_config
 from sim.policies.base import (
     CACHE,
@@ -46,7 +47,7 @@ from sim.policies.base import (
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.world import CacheCounts
 
-__all__ = ["CacheLog", "Policies", "Recorder", "Simulation"]
+__all__ = ["Policies", "Recorder", "Simulation"]
 
 #: iterations in a row that may take no simulated time before the run is called a livelock
 LIVELOCK_ITERATIONS = 100_000
@@ -172,7 +173,7 @@ class Simulation:
         rep = self.replicas[self.router.pick(alive, [self.replicas[r].load() for r in alive])]
         self.req.replica[i] = rep.index
         rep.waiting.append(i)
-        self.walk.request_start(rep, i, self.env.now)
+        self.walk.pred.request_start(rep, i, self.env.now)
         if rep.wake is not None and not rep.wake.triggered:
             rep.wake.succeed()
 

@@ -11,7 +11,7 @@ dispatch; each GPU's cache policy serves the keys the GPU needs at that layer (c
 ``rep.step + layer``; the iteration's keys of the GPU are the ``active`` set); misses are copied
 over the GPU's host link and the layer waits for them (and for prefetched keys still in flight);
 experts compute; all-to-all combine. The next-layer prefetch policy may then start copies for
-layer + 1 at this layer's gate time.
+layer + 1 at this layer's gate time (:mod:`sim.prediction`).
 
 Decisions and timing are two steps of the same walk. The decisions of a layer never depend on
 time, so when no next-layer prefetch interleaves with them, each GPU's cache serves all layers of
@@ -26,28 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from sim.cache_log import CacheLog
 from sim.errors import MoesimError
 from sim.layer_costs import batch_shape, layer_costs
 from sim.plan import ClusterPlan
-from sim.policies.base import CACHE, CachePolicy, PrefetchContext, PrefetchPolicy
+from sim.policies.base import CachePolicy, PrefetchPolicy
+from sim.prediction import Prediction
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
-
-
-class CacheLog:
-    """Opt-in record of every call a GPU's cache received (``output.cache_log``), so that the
-    replay driver can serve the same sequence and must count the same (:func:`sim.replay.replay_log`).
-
-    Events per GPU, in order: ``("warm", step, keys, ())`` (weights loaded before serving, not a
-    load), ``("access", step, keys, active)``, ``("insert", step, keys, protect)`` (prefetch),
-    ``("begin", request, (), ())``, ``("predict", 0, keys, ())`` and ``("reset", 0, (), ())`` (the
-    GPU failed: a fresh cache follows)."""
-
-    def __init__(self) -> None:
-        self.events: dict[int, list[tuple[str, int, tuple[int, ...], tuple[int, ...]]]] = {}
-
-    def add(self, gpu: int, kind: str, step: int, keys: Any = (), other: Any = ()) -> None:
-        self.events.setdefault(gpu, []).append(
-            (kind, int(step), tuple(sorted(int(k) for k in keys)), tuple(sorted(int(k) for k in other))))
 
 
 class LayerWalk:
@@ -55,28 +40,16 @@ class LayerWalk:
                  prefetch: PrefetchPolicy, predictor: PrefetchPolicy | None, cache_name: str,
                  recorder: Recorder | None = None, log: CacheLog | None = None) -> None:
         self.plan, self.cost, self.req, self.t = plan, cost, req, tallies
-        self.prefetch, self.predictor = prefetch, predictor
         self.cache_name = cache_name
         self.recorder, self.log = recorder, log
         self.L, self.E, self.K = plan.L, plan.E, plan.K
-        pf = type(prefetch)
-        self.pf_next = pf.predicts_next_layer
-        self.pf_req = pf.plans_requests
-        self.observers = [p for p in dict.fromkeys([prefetch, predictor])
-                          if p is not None and type(p).observes]
         self.eb = plan.expert_bytes
-        #: a device whose copies run in line with compute (``copies_in_line``: the CPU profile of
-        #: realrun calibrate): a prefetch costs its copy time where it is issued (the next layer,
-        #: or the next iteration for a request's prefetch) instead of overlapping on the link
-        self.inline = bool(getattr(cost, "copies_in_line", False))
-        self._inline_s: dict[int, float] = {}  # replica -> in-line copy seconds not yet charged
+        #: prefetch and the per-request hooks of the caches (sim/prediction.py)
+        self.pred = Prediction(plan, cost, req, prefetch, predictor, cache_name, recorder, log)
         # per-copy setup beyond a fetch's first copy, as link time (bytes at the link's rate)
         bw = cost.host_link_bytes_per_s
         over = getattr(cost, "host_copy_overhead_s", 0.0)
         self.pad_bytes = over * bw if over and bw != float("inf") else 0.0
-        cache_cls = CACHE.get(cache_name)
-        self.cache_uses_requests = cache_cls.uses_requests
-        self.cache_uses_prediction = cache_cls.uses_prediction
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
@@ -98,7 +71,8 @@ class LayerWalk:
         tl.iter_layers += int(nz.sum())
         tl.gpu_tokens[rep.index] += load_g.sum(axis=0)
         attn, gate, a2a = lc.attn, lc.gate, lc.a2a
-        pf_cost = self.prefetch.cost_s() if (self.pf_next or self.pf_req) else 0.0
+        pred = self.pred
+        pf_cost = pred.cost_s()
         used_flat = counts_flat > 0  # (L*E,)
         states = rep.states
         step0 = rep.step
@@ -107,28 +81,25 @@ class LayerWalk:
         comp = comp_arr.tolist()  # [L][G] seconds
         stall = [st.stall_s for st in states]
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
-        t = t0 + lc.pre
-        if self.inline:
-            t += self._inline_s.pop(rep.index, 0.0)
+        t = t0 + lc.pre + pred.take_inline(rep)
         gaps = (attn, gate, pf_cost, a2a)
-        if self.pf_next:
+        if pred.pf_next:
             for l in range(L):
                 miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
                         for g, st in enumerate(states)]
                 t_gate = t + attn + gate + pf_cost
                 t = self._time_layers(((l, miss),), t, gaps, comp, states, need, stall, rec)
-                self.next_layer(rep, l, used_flat, step0, t_gate, need)
-                if self.inline:
-                    t += self._inline_s.pop(rep.index, 0.0)
+                pred.next_layer(rep, l, used_flat, step0, t_gate, need)
+                t += pred.take_inline(rep)
         else:
             nones = [None] * L
             miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
                       for g, st in enumerate(states)]
             # zip: per layer l, miss[g] = GPU g's misses at layer l
             t = self._time_layers(enumerate(zip(*miss_g)), t, gaps, comp, states, need, stall, rec)
-            if self.observers:
+            if pred.observers:
                 for l in range(L):
-                    self.observe(rep, l, used_flat)
+                    pred.observe(rep, l, used_flat)
         # busy += c layer by layer, per GPU (np.add.accumulate is sequential: the same floats)
         busy = np.add.accumulate(np.vstack([[st.busy_s for st in states], comp_arr]), axis=0)[-1]
         for g, st in enumerate(states):
@@ -309,102 +280,3 @@ class LayerWalk:
                 if fin > start:
                     start = fin
         return start
-
-    # -- prediction and prefetch ----------------------------------------------------------------
-    def observe(self, rep: ReplicaState, l: int, used_flat: np.ndarray) -> np.ndarray:
-        E = self.E
-        experts = np.flatnonzero(used_flat[l * E:(l + 1) * E])
-        for p in self.observers:
-            p.observe(rep.ctx, l, experts)
-        return experts
-
-    def next_layer(self, rep: ReplicaState, l: int, used_flat: np.ndarray, step0: int,
-                    t_gate: float, need: list[list[Any]]) -> None:
-        E = self.E
-        experts = self.observe(rep, l, used_flat) if self.observers else \
-            np.flatnonzero(used_flat[l * E:(l + 1) * E])
-        if l + 1 < self.L:
-            pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
-            if len(pred):
-                self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, t_gate, need, l + 1)
-
-    def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, t_issue: float,
-                      need: list[list[Any]], layer: int) -> None:
-        """Load predicted keys into the GPUs that hold them, issuing copies at ``t_issue``."""
-        stall = 0.0  # in-line copies only
-        for g, st in enumerate(rep.states):
-            cache = st.cache
-            if cache is None:
-                continue
-            mine = keys[st.home_mask[keys]]
-            if not len(mine):
-                continue
-            protect = need[g][layer] if layer < len(need[g]) else ()
-            if self.log is not None:
-                self.log.add(st.gpu, "insert", step, mine.tolist(), protect)
-            loaded, _ = cache.insert(step, mine.tolist(), protect=protect)
-            if len(cache.resident) > st.capacity:
-                raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
-                                  f"{st.gpu} during prefetch")
-            st.peak_resident = max(st.peak_resident, len(cache.resident))
-            if self.inline:
-                if loaded:  # the replica's GPUs copy side by side: the longest stalls it
-                    stall = max(stall, self.cost.copy_s(len(loaded) * self.eb))
-                continue
-            rec = self.recorder
-            for k in loaded:
-                tid = st.inflight[k] = st.link.add(t_issue, self.eb)
-                if rec is not None and rec.want(t_issue):
-                    # finish as known now (later copies on the link may stretch it)
-                    rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
-                            t_issue + st.link.latency_s, st.link.finish_peek(tid))
-        if stall:
-            self._inline_s[rep.index] = self._inline_s.get(rep.index, 0.0) + stall
-
-    def request_start(self, rep: ReplicaState, i: int, now: float) -> None:
-        """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,
-        the request predictor (the prefetch policy, or eMoE-A for a cache that keeps a predicted
-        set) names the experts it expects, and the prefetch policy loads them."""
-        r = self.req
-        pred_plan: dict[int, Any] = {}
-        if self.predictor is not None:
-            ctx = PrefetchContext(request_id=r.request_id[i], task=r.task[i],
-                                  prompt_tokens=int(r.prompt[i]), request_index=i)
-            pred_plan = self.predictor.on_request(ctx)
-        for st in rep.states:
-            cache = st.cache
-            if cache is None:
-                continue
-            if self.cache_uses_requests:
-                if self.log is not None:
-                    self.log.add(st.gpu, "begin", i)
-                cache.begin_request(i)
-            if self.cache_uses_prediction and self.predictor is not None:
-                keys = self._predicted_keys(st, pred_plan)
-                if self.log is not None:
-                    self.log.add(st.gpu, "predict", 0, keys)
-                cache.set_predicted(keys)
-        if self.pf_req and pred_plan:
-            need: list[list[Any]] = [[] for _ in rep.states]
-            for layer, experts in sorted(pred_plan.items()):
-                keys = int(layer) * self.E + np.asarray(experts, dtype=np.int64)
-                self.prefetch_keys(rep, keys, rep.step, now, need, int(layer))
-
-    def _predicted_keys(self, st: GpuState, plan: dict[int, Any]) -> list[int]:
-        """The predicted set that fits a GPU's cache: the predicted experts the GPU holds, taken
-        rank by rank across layers (every layer's first, then every layer's second, ...) up to
-        its slots; with one cache per layer this is the replay's rule (each layer's first C)."""
-        E = self.E
-        per_layer = []
-        for layer, experts in sorted(plan.items()):
-            keys = int(layer) * E + np.asarray(experts, dtype=np.int64)
-            per_layer.append(keys[st.home_mask[keys]].tolist())
-        out: list[int] = []
-        depth = max((len(k) for k in per_layer), default=0)
-        for rank in range(depth):
-            for keys in per_layer:
-                if rank < len(keys):
-                    if len(out) >= st.capacity:
-                        return out
-                    out.append(keys[rank])
-        return out

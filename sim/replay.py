@@ -333,7 +333,7 @@ def run_replay(trace: RoutingTrace, policies: list[str], fractions: list[float],
 
 def replay_log(events: list[tuple[str, int, tuple, tuple]], policy: str, capacity: int,
                num_keys: int, cache_args: dict[str, Any] | None = None) -> CacheCounts:
-    """Serve one GPU's recorded cache calls (:class:`sim.layers.CacheLog` events, in order)
+    """Serve one GPU's recorded cache calls (:class:`sim.cache_log.CacheLog` events, in order)
     through a fresh ``policy`` cache and return what it counted: the cross-driver check that the
     simulator counts what the replay counts on the same sequence."""
     def make() -> CachePolicy:

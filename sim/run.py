@@ -98,8 +98,9 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
              recorder: Any = None, progress: bool = False) -> tuple[Any, dict[str, Any]]:
     """Build and run one simulation; returns (Simulation, metrics dict)."""
     from sim.binding import bind, build_pool
+    from sim.cache_log import CacheLog
     from sim.cost import make_cost_model
-    from sim.engine import CacheLog, Simulation
+    from sim.engine import Simulation
     from sim.metrics import compute_metrics
     from sim.plan import check_config
 
@@ -151,39 +152,13 @@ def write_outputs(out_dir: Path, sim: Any, metrics: dict[str, Any], wall_s: floa
         atomic_write_table(pa.Table.from_pandas(request_table(sim), preserve_index=False),
                             out_dir / "requests.parquet")
     if sim.log is not None:
+        from sim.cache_log import write_cache_log
+
         write_cache_log(sim.log, out_dir / "cache_log.parquet")
     info = {"wall_time_s": wall_s,
             "sim_s_per_wall_s": metrics["sim_time_s"] / wall_s if wall_s > 0 else None,
             "argv": sys.argv, "cpu_count": os.cpu_count(), "versions": _versions()}
     atomic_write_bytes((json.dumps(info, indent=2) + "\n").encode(), out_dir / "run_info.json")
-
-
-def write_cache_log(log: Any, path: Path) -> None:
-    """A :class:`sim.layers.CacheLog` as Parquet: one row per event (gpu, kind, step, keys, other)."""
-    import pyarrow as pa
-
-    from sim.files import atomic_write_table
-
-    rows = [(g, *e) for g in sorted(log.events) for e in log.events[g]]
-    table = pa.table({
-        "gpu": pa.array([r[0] for r in rows], pa.int32()),
-        "kind": pa.array([r[1] for r in rows], pa.string()).dictionary_encode(),
-        "step": pa.array([r[2] for r in rows], pa.int64()),
-        "keys": pa.array([list(r[3]) for r in rows], pa.list_(pa.int32())),
-        "other": pa.array([list(r[4]) for r in rows], pa.list_(pa.int32())),
-    })
-    atomic_write_table(table, path)
-
-
-def read_cache_log(path: str | Path) -> dict[int, list[tuple[str, int, tuple, tuple]]]:
-    """The events per GPU of a ``cache_log.parquet`` (for :func:`sim.replay.replay_log`)."""
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path).to_pydict()
-    out: dict[int, list[tuple[str, int, tuple, tuple]]] = {}
-    for g, kind, step, keys, other in zip(t["gpu"], t["kind"], t["step"], t["keys"], t["other"]):
-        out.setdefault(int(g), []).append((str(kind), int(step), tuple(keys), tuple(other)))
-    return out
 
 
 def _progress_enabled(mode: str) -> bool:

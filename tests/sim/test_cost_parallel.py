@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from sim.binding import bind
+from sim.cache_log import CacheLog
 from sim.config import HardwareConfig, ModelConfig
 from sim.cost import AnalyticCost, Parallel
 from sim.cost.analytic import ATTENTION_TILE_TOKENS, MOE_BLOCK_TOKENS, kv_read_tokens
-from sim.engine import CacheLog, Recorder, Simulation
+from sim.engine import Recorder, Simulation
 from sim.metrics import compute_metrics
 from sim.replay import replay_log
 from sim.testing import StubCost, pool_from_rows, random_pool, tiny_config, workload

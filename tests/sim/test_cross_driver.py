@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from sim.binding import bind
+from sim.cache_log import CacheLog
 from sim.config import FaultConfig, ModelConfig, expert_bytes
-from sim.engine import CacheLog, Simulation
+from sim.engine import Simulation
 from sim.metrics import compute_metrics
 from sim.policies import CACHE
 from sim.replay import replay_log
@@ -140,3 +141,26 @@ def test_one_expert_size_for_every_driver():
     with pytest.raises(ConfigError, match="model=NAME or expert_bytes"):
         expert_bytes_of_trace(dataclasses.replace(meta, model="unknown-model"))
     assert isinstance(m, ModelConfig)
+
+
+def test_cache_log_file_from_the_cli_replays_to_the_simulators_counts(tmp_path):
+    """`moesim sim output.cache_log=true` writes cache_log.parquet; read back and served again by
+    the replay driver, it counts what that run's metrics.json says."""
+    import json
+
+    from sim.cache_log import read_cache_log
+    from sim.cli import main as moesim
+
+    out = tmp_path / "run"
+    rc = moesim(["sim", "model=deepseek-v2-lite", "hardware=a100-40gb", "cluster=1x1",
+                 "workload.num_requests=4", "trace.pool_size=2", "trace.pool_tokens=256",
+                 "cluster.expert_budget_fraction=0.5", "policy.cache=lifo", "output.cache_log=true",
+                 "output.print_summary=false", f"hydra.run.dir={out}"])
+    assert rc in (0, None)
+    m = json.loads((out / "metrics.json").read_text())
+    events = read_cache_log(out / "cache_log.parquet")
+    assert list(events) == [0]
+    slots = m["expert_budget_bytes_per_gpu"][0] // m["expert_bytes"]
+    got = replay_log(events[0], "lifo", slots, 26 * 64)
+    assert m["misses"] > 0
+    assert (got.hits, got.misses, got.evictions) == (m["hits"], m["misses"], m["evictions"])
