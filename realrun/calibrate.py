@@ -155,9 +155,7 @@ def _calibrate(model: Any, dev: torch.device, tokens: list[int], copy_experts: l
                    warmup, reps)
         row("iteration", tokens=n, hidden=sh.H, time_s=t)
     # routed experts through the slot table: m experts of n tokens each, per expert
-    slots = Slots(moe, min(sh.L * sh.E, 4 * sh.E))
-    slots.w13.zero_()  # touched once, as realrun's slots are before serving
-    slots.w2.zero_()
+    slots = Slots(moe, min(sh.L * sh.E, 4 * sh.E))  # touched once (zeroed), as realrun's are
     nslots = slots.capacity + sh.E
     m = min(sh.E, 16)
     base = [0]
@@ -194,10 +192,10 @@ def _calibrate(model: Any, dev: torch.device, tokens: list[int], copy_experts: l
         x, r, table(), slots.w13, slots.w2, 1, block_size), dev),
         "copies_in_line": dev.type != "cuda", "expert_bytes": sh.expert_bytes,
         "clock": "cuda events" if dev.type == "cuda" else clock,
-        "load_average": [round(v, 2) for v in _loadavg()], "cpu_count": os.cpu_count()}
+        "load_average": [round(v, 2) for v in load_average()], "cpu_count": os.cpu_count()}
 
 
-def _loadavg() -> tuple[float, ...]:
+def load_average() -> tuple[float, ...]:
     try:
         return os.getloadavg()
     except OSError:

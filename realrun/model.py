@@ -20,6 +20,7 @@ query/key head dim, dv the value head dim, S shared-expert intermediate, C devic
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,9 +209,7 @@ class TinyMoE:
             order = torch.sort(flat, stable=True).indices  # (T*K,) flat slots by expert
             counts = torch.bincount(flat, minlength=sh.E).tolist()
             align = None
-        starts = [0] * (sh.E + 1)
-        for e, c in enumerate(counts):
-            starts[e + 1] = starts[e] + c
+        starts = [0, *itertools.accumulate(counts)]
         return Routed(ids=ids, w=w, order=None if align is not None else order, counts=counts,
                       starts=starts, align=align)
 

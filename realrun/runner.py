@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from realrun import model
 from realrun.expert_cache import ExpertCache
+from realrun.model import DTYPES
 from sim.errors import ConfigError, MoesimError
 from sim.policies import CACHE
 from sim.world import CacheCounts, cache_slots
 from traces.format import RoutingTrace
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -57,13 +57,8 @@ class RealrunConfig:
 
 def routing_logits(experts: np.ndarray, num_experts: int) -> torch.Tensor:
     """(T, K) recorded expert ids -> (T, E) logits whose softmax top-k is exactly those ids, in
-    order (rank k gets logit 8 - k/K, unchosen experts 0)."""
-    T, K = experts.shape
-    logits = torch.zeros((T, num_experts), dtype=torch.float32)
-    ranks = torch.arange(K, dtype=torch.float32)
-    logits.scatter_(1, torch.as_tensor(experts, dtype=torch.int64),
-                    (8.0 - ranks / K).expand(T, K).contiguous())
-    return logits
+    order: :func:`realrun.model.routing_logits` of a host array."""
+    return model.routing_logits(torch.as_tensor(experts), num_experts)
 
 
 def make_weights(num_layers: int, num_experts: int, hidden: int, inter: int, dtype: torch.dtype,

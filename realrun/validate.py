@@ -215,7 +215,7 @@ def validate_task(cfg_node: Any) -> dict:
     cfg = app_config(cfg_node, RealrunValidateConfig)
     import torch
 
-    from realrun.calibrate import calibrate_model, device_label, write_profile
+    from realrun.calibrate import calibrate_model, device_label, load_average, write_profile
     from sim.cost.analytic import AnalyticCost
     from sim.cost.table import TableCost
     from sim.run import _progress_enabled
@@ -257,7 +257,7 @@ def validate_task(cfg_node: Any) -> dict:
     atomic_write_bytes((json.dumps(metrics, indent=2) + "\n").encode(), out / "metrics.json")
     atomic_write_bytes(it.to_csv(index=False).encode(), out / "iterations.csv")
     timings = {"calibration_s": calib_s, "realrun_wall_s": res.wall_s, "argv": sys.argv,
-               "load_average": list(_loadavg())}
+               "load_average": list(load_average())}
     atomic_write_bytes((json.dumps(timings, indent=2) + "\n").encode(), out / "timings.json")
     if cfg.plots:
         plot(it, out, "moesim realrun validate " + " ".join(sys.argv[1:]), metrics["clock"])
@@ -268,11 +268,3 @@ def validate_task(cfg_node: Any) -> dict:
           f"p90 {metrics['latency_error_p90']:.1%}, end to end {metrics['e2e_error']:.1%} -> {out}")
     return metrics
 
-
-def _loadavg() -> tuple[float, ...]:
-    import os
-
-    try:
-        return os.getloadavg()
-    except OSError:
-        return ()
