@@ -4,6 +4,7 @@ a random routing pool (a stand-in where the fitted generator is not needed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from sim.config import (
     expert_bytes,
     kv_bytes_per_token,
 )
+
+if TYPE_CHECKING:
+    from traces.format import RoutingTrace
 
 
 def tiny_model(layers: int = 2, experts: int = 4, top_k: int = 1) -> ModelConfig:
@@ -111,6 +115,22 @@ def pool_from_rows(rows: list[list[list[int]]], task: str = "unknown") -> Routin
     ex = np.asarray(rows, dtype=np.int16)  # (T, L, K)
     return RoutingPool(experts=ex, offsets=np.zeros(1, dtype=np.int64),
                        lengths=np.array([len(ex)], dtype=np.int64), tasks=[task], source="hand")
+
+
+def routing_trace(experts, num_experts: int = 4, request_of: list[str] | None = None,
+                  model: str = "toy") -> RoutingTrace:
+    """A prefill chat trace whose token t routes layer l to ``experts[t][l]``; ``request_of[t]``
+    names token t's request (default: one request), positions count up within each run of it."""
+    from traces.format import RoutingTrace, TraceMeta, make_tokens
+
+    ex = np.asarray(experts, dtype=np.int16)  # (T, L, K)
+    T, L, K = ex.shape
+    rid = request_of if request_of is not None else ["r0"] * T
+    pos = np.zeros(T, dtype=np.int32)
+    for i in range(1, T):
+        pos[i] = pos[i - 1] + 1 if rid[i] == rid[i - 1] else 0
+    return RoutingTrace(experts=ex, weights=None, tokens=make_tokens(rid, pos, "prefill", "chat"),
+                        meta=TraceMeta(model=model, num_layers=L, num_experts=num_experts, top_k=K))
 
 
 def workload(arrival_s: list[float], prompt: list[int], output: list[int]) -> pd.DataFrame:

@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 
 from sim.replay import layer_capacity, replay_batch, replay_plain, run_replay
-from traces.format import RoutingTrace, TraceMeta, make_tokens, write_trace
+from sim.testing import routing_trace
+from traces.format import RoutingTrace, write_trace
 
 
-def _trace(experts, model="DeepSeek-V2-Lite-Chat", E=4, request_of=None) -> RoutingTrace:
-    ex = np.asarray(experts, dtype=np.int16)  # (T, L, K)
-    T, L, K = ex.shape
-    rid = request_of if request_of is not None else ["r0"] * T
-    pos = np.zeros(T, dtype=np.int32)
-    for i in range(1, T):
-        pos[i] = pos[i - 1] + 1 if rid[i] == rid[i - 1] else 0
-    return RoutingTrace(experts=ex, weights=None,
-                        tokens=make_tokens(rid, pos, "prefill", "chat"),
-                        meta=TraceMeta(model=model, num_layers=L, num_experts=E, top_k=K))
+def _trace(experts, E=4, request_of=None, model="DeepSeek-V2-Lite-Chat") -> RoutingTrace:
+    return routing_trace(experts, E, request_of, model)
 
 
 def test_layer_capacity_is_the_shared_slot_rule():

@@ -8,21 +8,10 @@ import pytest
 
 from sim.policies import CACHE
 from sim.replay import replay_batch, replay_plain, run_replay
+from sim.testing import routing_trace as _trace
 from sim.world import batch_executions
-from traces.format import RoutingTrace, TraceMeta, make_tokens
 
 POLICIES = ["lru", "lfu", "fifo", "lifo", "priority", "keep_predicted", "belady"]
-
-
-def _trace(experts, E, request_of=None) -> RoutingTrace:
-    ex = np.asarray(experts, dtype=np.int16)  # (T, L, K)
-    T, L, K = ex.shape
-    rid = request_of if request_of is not None else ["r0"] * T
-    pos = np.zeros(T, dtype=np.int32)
-    for i in range(1, T):
-        pos[i] = pos[i - 1] + 1 if rid[i] == rid[i - 1] else 0
-    return RoutingTrace(ex, None, make_tokens(rid, pos, "prefill", "chat"),
-                        TraceMeta(model="toy", num_layers=L, num_experts=E, top_k=K))
 
 
 def _random(seed, T=60, L=3, E=8, K=2, per_request=12):
