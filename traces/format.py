@@ -57,6 +57,26 @@ class TraceMeta:
             self.layer_ids = list(range(self.num_layers))
 
 
+def check_expert_ids(experts: np.ndarray, num_experts: int, where_of: Any) -> None:
+    """Every id of ``experts`` (..., K) in 0..num_experts-1 and distinct along the last axis, else
+    a :class:`TraceFormatError` whose message starts with ``where_of(index)`` (``index``: the
+    leading indices of the offending row, e.g. (token, layer)). The one expert-id check of the
+    trace format, its importers and the serving-engine importers."""
+    bad = (experts < 0) | (experts >= num_experts)
+    if bad.any():
+        i = tuple(int(x) for x in np.argwhere(bad)[0])
+        raise TraceFormatError(f"{where_of(i[:-1])}: expert id {int(experts[i])} out of range, "
+                               f"expected 0..{num_experts - 1}")
+    K = experts.shape[-1]
+    if K > 1:
+        s = np.sort(experts, axis=-1)
+        dup = (s[..., 1:] == s[..., :-1]).any(axis=-1)
+        if dup.any():
+            i = tuple(int(x) for x in np.argwhere(dup)[0])
+            raise TraceFormatError(f"{where_of(i)}: expert chosen twice in top-{K} "
+                                   f"{experts[i].tolist()}, expected {K} distinct experts")
+
+
 def expert_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
     """(L, E) int64: how many tokens chose expert e at layer l, from experts (T, L, K). The one
     place expert popularity is counted (stats, the generator's fit, placement planning)."""
@@ -184,20 +204,8 @@ def validate(trace: RoutingTrace, where: str = "<memory>") -> None:
         raise TraceFormatError(f"{where}: token table lacks columns {missing}")
     if not np.issubdtype(e.dtype, np.integer):
         raise TraceFormatError(f"{where}: experts must be integers, got dtype {e.dtype}")
-    bad = (e < 0) | (e >= m.num_experts)
-    if bad.any():
-        t, l, k = (int(x) for x in np.argwhere(bad)[0])
-        raise TraceFormatError(
-            f"{where}: token {t} layer {m.layer_ids[l]}: expert id {int(e[t, l, k])} out of range, "
-            f"expected 0..{m.num_experts - 1}")
-    if m.top_k > 1:
-        s = np.sort(e, axis=2)
-        dup = (s[:, :, 1:] == s[:, :, :-1]).any(axis=2)
-        if dup.any():
-            t, l = (int(x) for x in np.argwhere(dup)[0])
-            raise TraceFormatError(
-                f"{where}: token {t} layer {m.layer_ids[l]}: expert chosen twice in top-{m.top_k} "
-                f"{e[t, l].tolist()}, expected {m.top_k} distinct experts")
+    check_expert_ids(e, m.num_experts,
+                     lambda i: f"{where}: token {i[0]} layer {m.layer_ids[i[1]]}")
     if trace.weights is not None:
         w = trace.weights
         if w.shape != e.shape:
