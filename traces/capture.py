@@ -25,6 +25,7 @@ OUT, then removes the parts folder. A rerun with other settings is refused.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import signal
@@ -37,8 +38,9 @@ from typing import Any
 import numpy as np
 
 from sim.errors import MoesimError, TraceFormatError, short_error
-from sim.files import atomic_write, atomic_write_bytes, read_nonempty
+from sim.files import atomic_write, atomic_write_bytes
 from traces.format import RoutingTrace, TraceMeta, make_tokens, read_trace, write_trace
+from traces.request_import import read_jsonl
 
 #: test hook: kill the process (SIGKILL) after this many prompts captured in this run
 KILL_ENV = "MOESIM_CAPTURE_KILL_AFTER"
@@ -55,16 +57,9 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
     """JSONL, one object per line: ``prompt`` (non-empty string), optional ``task`` (string,
     default "default") and ``id`` (string or int, default ``p<line>``); ids must be unique."""
     path = Path(path)
-    lines = read_nonempty(path).decode("utf-8", "replace").splitlines()
     out: list[Prompt] = []
     seen: set[str] = set()
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TraceFormatError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
+    for n, obj in read_jsonl(path):
         if not isinstance(obj, dict):
             raise TraceFormatError(f"{path}: line {n}: expected an object with \"prompt\"")
         p = obj.get("prompt")
@@ -211,8 +206,6 @@ def _run_prompt(ld: _Loaded, rec: _Recorder, prompt: Prompt, max_new_tokens: int
     eos = ld.model.config.eos_token_id
     eos = set() if eos is None or ignore_eos else set(eos if isinstance(eos, list) else [eos])
     blocks, tok_ids, phases = [], ids[0].tolist(), ["prefill"] * P
-    import inspect
-
     # transformers 5.x renamed past_key_values to cache; use whichever this version's forward takes
     key = "cache" if "cache" in inspect.signature(ld.model.forward).parameters else "past_key_values"
     with torch.no_grad():
@@ -237,7 +230,7 @@ def _run_prompt(ld: _Loaded, rec: _Recorder, prompt: Prompt, max_new_tokens: int
     hidden = np.concatenate([b[3] for b in blocks]) if rec.keep_hidden else None
     n = len(tok_ids)
     tokens = make_tokens(request_id=prompt.id, position=np.arange(n), phase=np.array(phases),
-                         task=prompt.task, text=[ld.tokenizer.decode([t]) for t in tok_ids])
+                         task=prompt.task, text=ld.tokenizer.batch_decode([[t] for t in tok_ids]))
     return RoutingTrace(experts=experts, weights=weights, tokens=tokens, meta=ld.meta), hidden
 
 

@@ -25,15 +25,17 @@ class Arch:
     routing_text: str
 
 
+_SOFTMAX_TOPK_NORM_IFF = "softmax, top-k, renormalised iff norm_topk_prob"
+
 ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("mixtral", "Mixtral", "MixtralConfig", "MixtralTopKRouter", "softmax_topk",
          "softmax, top-k, renormalised"),
     Arch("qwen2_moe", "Qwen2-MoE", "Qwen2MoeConfig", "Qwen2MoeTopKRouter", "softmax_topk",
-         "softmax, top-k, renormalised iff norm_topk_prob"),
+         _SOFTMAX_TOPK_NORM_IFF),
     Arch("qwen3_moe", "Qwen3-MoE", "Qwen3MoeConfig", "Qwen3MoeTopKRouter", "softmax_topk",
-         "softmax, top-k, renormalised iff norm_topk_prob"),
+         _SOFTMAX_TOPK_NORM_IFF),
     Arch("olmoe", "OLMoE", "OlmoeConfig", "OlmoeTopKRouter", "softmax_topk",
-         "softmax, top-k, renormalised iff norm_topk_prob"),
+         _SOFTMAX_TOPK_NORM_IFF),
     Arch("deepseek_v3", "DeepSeek-V3", "DeepseekV3Config", "DeepseekV3TopkRouter", "deepseek_v3",
          "sigmoid + e_score_correction_bias for the choice, group-limited top-k, weights from the "
          "unbiased scores (renormalised iff norm_topk_prob) x routed_scaling_factor"),

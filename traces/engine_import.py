@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import re
 import zipfile
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ import pandas as pd
 from sim.errors import TraceFormatError, short_error
 from sim.files import read_nonempty
 from traces.format import RoutingTrace, TraceMeta, make_tokens
+from traces.request_import import read_jsonl
 
 PathLike = str | Path
 
@@ -111,16 +111,10 @@ def _int_field(obj: dict, key: str, where: str) -> int:
     return v
 
 
-def _vllm_jsonl(path: Path) -> list[tuple[str, str | None, np.ndarray, int, int, str]]:
+def _vllm_jsonl(path: Path, data: bytes) -> list[tuple[str, str | None, np.ndarray, int, int, str]]:
     out = []
-    for n, line in enumerate(read_nonempty(path).decode("utf-8", "replace").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, obj in read_jsonl(path, data):
         where = f"{path}: line {n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list) or not obj["choices"]:
             raise TraceFormatError(f"{where}: expected a completions response object with \"choices\"")
         usage = obj.get("usage")
@@ -174,9 +168,9 @@ def import_vllm_routed_experts(paths: Sequence[PathLike], num_experts: int | Non
     E = _need_experts(num_experts, "vllm-routed-experts")
     reqs = []
     for p in map(Path, paths):
-        read_nonempty(p)
+        data = read_nonempty(p)
         if p.suffix == ".jsonl":
-            reqs += _vllm_jsonl(p)
+            reqs += _vllm_jsonl(p, data)
         elif p.suffix == ".npz":
             reqs.append(_vllm_npz(p))
         else:

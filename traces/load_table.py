@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +36,18 @@ import numpy as np
 
 from sim.errors import TraceFormatError, short_error
 from sim.files import atomic_write_table, read_nonempty
-from traces.format import META_KEY, SCHEMA_VERSION, read_meta
+from traces.format import META_KEY, SCHEMA_VERSION, TraceMeta, read_meta
 
 LOAD_KIND = "load"
 
 
-@dataclass
-class LoadMeta:
-    model: str
-    num_layers: int
-    num_experts: int
-    source: str = ""
-    layer_ids: list[int] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.layer_ids:
-            self.layer_ids = list(range(self.num_layers))
+#: a load table's metadata: :class:`traces.format.TraceMeta`'s fields (same order, same defaults,
+#: same ``layer_ids`` default of 0..L-1) less ``top_k``, which counts do not have
+LoadMeta = make_dataclass(
+    "LoadMeta",
+    [(f.name, f.type, field(default=f.default, default_factory=f.default_factory))
+     for f in fields(TraceMeta) if f.name != "top_k"],
+    namespace={"__post_init__": TraceMeta.__post_init__, "__module__": __name__})
 
 
 @dataclass

@@ -27,6 +27,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -92,17 +93,27 @@ def _read_azure(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
             _int_column(df["GeneratedTokens"], path, "GeneratedTokens", 2), 2)
 
 
-def _read_mooncake(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    data = read_nonempty(path)
-    rows = []
-    lines = []
-    for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+def read_jsonl(path: str | os.PathLike, data: bytes | None = None, hint: str = "") -> list[tuple[int, Any]]:
+    """(line number from 1, parsed value) for each non-blank line of the JSONL file ``path`` (its
+    bytes ``data`` where already read). A line that is not JSON fails naming the file and line,
+    with ``hint`` appended to the message."""
+    if data is None:
+        data = read_nonempty(path)
+    out = []
+    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            o = json.loads(line)
+            out.append((n, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise TraceFormatError(f"{path}: line {i}: not valid JSON ({exc.msg}); file truncated?") from None
+            raise TraceFormatError(f"{path}: line {n}: not valid JSON ({exc.msg}){hint}") from None
+    return out
+
+
+def _read_mooncake(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    rows = []
+    lines = []
+    for i, o in read_jsonl(path, hint="; file truncated?"):
         if not isinstance(o, dict) or any(k not in o for k in MOONCAKE_KEYS):
             raise TraceFormatError(f"{path}: line {i}: expected an object with keys {list(MOONCAKE_KEYS)} "
                                    f"(mooncake-jsonl)")

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import run
 
-from sim.cli import main as moesim
 from traces.format import read_trace
 
 L, K, E = 3, 2, 8
@@ -43,12 +43,6 @@ def response(rid="cmpl-1", P=4, N=3, arr=None, **over) -> dict:
 def jsonl(path: Path, objs) -> Path:
     path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs))
     return path
-
-
-def run(argv, capsys):
-    rc = moesim(argv)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 # ---- vLLM -----------------------------------------------------------------------------------------

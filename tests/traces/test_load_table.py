@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run
 
 from sim.cli import main as moesim
 from sim.errors import TraceFormatError
@@ -25,12 +26,6 @@ def dump(path, logical_count, **extra):
 def counts(steps=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 50, (steps, L, E), generator=g, dtype=torch.int32)
-
-
-def run(argv, capsys):
-    rc = moesim(argv)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def test_sglang_dump_to_load_table(tmp_path, capsys):
