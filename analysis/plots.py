@@ -19,8 +19,6 @@ def pyplot():
     return plt
 
 
-_plt = pyplot
-
 
 def command_line() -> str:
     """The ``moesim`` command that is running, as a user would type it again (without the
@@ -47,7 +45,7 @@ def save_figure(fig, path: str | Path, caption: str | None = None) -> None:
         fig.text(0.01, -0.01, caption, fontsize=6.5, color="0.35", ha="left", va="top")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
-    _plt().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(buf.getvalue(), path)
 
 
@@ -101,7 +99,7 @@ def compare_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | 
     from analysis.style import line_style
 
     d, hue, ylab = resolve_repeats(df, x, y, hue)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.6, 4.2))
     groups = [(None, d)] if hue is None else list(d.groupby(hue, sort=False))
     xs_all = list(dict.fromkeys(d[x].tolist()))

@@ -231,19 +231,12 @@ class SimConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-@dataclass
-class DemoConfig(SimConfig):
-    #: cache policies compared in the demo (each against the full-memory baseline)
-    demo_policies: list[str] = field(default_factory=lambda: ["lru", "lfu", "lifo"])
-
-
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="sim_schema", node=SimConfig)
-    cs.store(name="demo_schema", node=DemoConfig)
 
 
 def to_sim_config(cfg: Any) -> SimConfig:

@@ -47,11 +47,6 @@ def _smooth_median(d: np.ndarray) -> float:
     return k - 0.5 + (0.5 - lo) / max(float(F[k]) - lo, 1e-12)
 
 
-def popularity_counts_of(experts: np.ndarray, E: int) -> np.ndarray:
-    """(L, E) int64 popularity counts of a (T, L, K) expert array."""
-    return expert_counts(experts, E)
-
-
 def calibration_stats(trace: RoutingTrace) -> dict[str, Any]:
     """The statistics the calibration matches (definitions in :mod:`traces.stats`)."""
     from traces.stats import consecutive_overlap, cross_layer_stats, gini, popularity_counts, reuse_distances
@@ -160,7 +155,7 @@ def _calibrate(pc: np.ndarray, tc: np.ndarray, real: dict[str, Any], lens: np.nd
         run(x, True, lam)
         c = log.pop()["corr"]
         tm = model(x, c)
-        g = [float(gini(popularity_counts_of(sample_task(tm, full_lens, K, np.random.default_rng(seed + i)),
+        g = [float(gini(expert_counts(sample_task(tm, full_lens, K, np.random.default_rng(seed + i)),
                                              E).astype(np.float64)).mean()) for i in (1, 2)]
         return float(np.mean(g)), c
 
