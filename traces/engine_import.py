@@ -49,7 +49,7 @@ import pandas as pd
 
 from sim.errors import TraceFormatError, short_error
 from sim.files import read_nonempty
-from traces.format import RoutingTrace, TraceMeta, make_tokens
+from traces.format import RoutingTrace, TraceMeta, check_expert_ids, make_tokens
 from traces.request_import import read_jsonl
 
 PathLike = str | Path
@@ -63,20 +63,9 @@ def _need_experts(num_experts: int | None, fmt: str) -> int:
 
 
 def _check_block(ex: np.ndarray, where: str, E: int, layer_ids: list[int] | None = None) -> None:
-    """ex (T, L, K): ids in 0..E-1 and distinct per (token, layer)."""
+    """ex (T, L, K): ids in 0..E-1 and distinct per (token, layer) (:func:`check_expert_ids`)."""
     lid = layer_ids or list(range(ex.shape[1]))
-    bad = (ex < 0) | (ex >= E)
-    if bad.any():
-        t, l, k = (int(x) for x in np.argwhere(bad)[0])
-        raise TraceFormatError(f"{where}: token {t} layer {lid[l]}: expert id {int(ex[t, l, k])} "
-                               f"out of range, expected 0..{E - 1}")
-    if ex.shape[2] > 1:
-        s = np.sort(ex, axis=2)
-        dup = (s[:, :, 1:] == s[:, :, :-1]).any(axis=2)
-        if dup.any():
-            t, l = (int(x) for x in np.argwhere(dup)[0])
-            raise TraceFormatError(f"{where}: token {t} layer {lid[l]}: expert chosen twice "
-                                   f"{ex[t, l].tolist()}, expected {ex.shape[2]} distinct ids")
+    check_expert_ids(ex, E, lambda i: f"{where}: token {i[0]} layer {lid[i[1]]}")
 
 
 def _as_int_array(a: Any, where: str) -> np.ndarray:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import TraceFormatError
-from sim.files import read_nonempty
 from traces.format import RoutingTrace, TraceMeta, check_expert_ids, make_tokens
+from traces.request_import import read_jsonl
 
 PathLike = str | Path
 
@@ -64,19 +63,11 @@ _SPEC_KEYS = ("dataset", "problem_id", "layer", "experts", "gating_probs")
 
 
 def _read_jsonl_records(path: Path) -> list[tuple[int, dict]]:
-    data = read_nonempty(path)
-    out: list[tuple[int, dict]] = []
-    for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TraceFormatError(f"{path}: line {i}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                                   f"file truncated?") from None
+    """(line, record) of each non-blank line: JSON objects (read by the one JSONL reader)."""
+    out = read_jsonl(path, hint="; file truncated?")
+    for i, obj in out:
         if not isinstance(obj, dict):
             raise TraceFormatError(f"{path}: line {i}: expected a JSON object, got {type(obj).__name__}")
-        out.append((i, obj))
     if not out:
         raise TraceFormatError(f"{path}: file is empty")
     return out
