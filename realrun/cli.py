@@ -47,7 +47,8 @@ def _write_json(obj: dict[str, Any], path: Path) -> None:
 def _trace(cfg: Any):
     import numpy as np
 
-    from sim.schemas import limit_requests, require_file
+    from sim.files import require_file
+    from sim.schemas import limit_requests
     from traces.format import read_trace
 
     if cfg.trace.path:

@@ -54,7 +54,8 @@ def write_json(obj: Any, path: Path) -> None:
 def routing_trace(cfg: Any) -> tuple[Any, str, bool]:
     """(trace, source label, real?): ``trace.path`` (first ``replay_requests`` requests), or the
     generator fitted to the model's real trace (``synth_requests`` x ``synth_tokens``)."""
-    from sim.schemas import limit_requests, require_file
+    from sim.files import require_file
+    from sim.schemas import limit_requests
     from traces.format import read_trace
 
     if cfg.trace.path:

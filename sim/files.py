@@ -60,16 +60,17 @@ def read_nonempty(path: str | os.PathLike) -> bytes:
     return data
 
 
-def require_file(path: str | os.PathLike, key: str) -> Path:
+def require_file(path: str | os.PathLike | None, key: str,
+                 what: str = "a routing trace written by 'moesim trace import'") -> Path:
     """``path`` named by config ``key`` as an existing regular file, else a one-line error that
-    names the key."""
+    names the key (``what`` says what the file should be)."""
+    if path is None or str(path) in ("", "???"):
+        raise TraceFormatError(f"{key} is empty; give {key}=FILE ({what})")
     p = Path(path)
-    if str(path) in ("", "???"):
-        raise TraceFormatError(f"{key} is not set; give {key}=FILE")
     if not p.exists():
-        raise TraceFormatError(f"{key}={path}: no such file")
+        raise TraceFormatError(f"{key}={path}: no such file ({what})")
     if p.is_dir():
-        raise TraceFormatError(f"{key}={path}: is a directory, expected a file")
+        raise TraceFormatError(f"{key}={path}: is a directory, expected a file ({what})")
     return p
 
 

@@ -196,8 +196,9 @@ def evaluate_load(counts: np.ndarray, policies: list[str], num_gpus: int,
 
 
 def _task(cfg: Any) -> None:
+    from sim.files import require_file
     from sim.hydra_app import run_dir
-    from sim.schemas import PlacementAppConfig, app_config, limit_requests, require_file
+    from sim.schemas import PlacementAppConfig, app_config, limit_requests
     from sim.world import expert_bytes, model_for_trace
     from traces.format import read_trace
 

@@ -29,10 +29,10 @@ from sim.errors import ConfigError
 
 
 def _task(cfg: Any) -> None:
-    from sim.files import atomic_write_bytes
+    from sim.files import atomic_write_bytes, require_file
     from sim.hydra_app import run_dir
     from sim.replay import run_replay
-    from sim.schemas import CacheAppConfig, app_config, limit_requests, require_file
+    from sim.schemas import CacheAppConfig, app_config, limit_requests
     from traces.format import read_trace
 
     c: CacheAppConfig = app_config(cfg, CacheAppConfig)

@@ -373,18 +373,6 @@ def app_config(cfg: Any, schema: type) -> Any:
     return obj
 
 
-def require_file(path: str | None, key: str, what: str = "a routing trace written by "
-                 "'moesim trace import'") -> str:
-    """``path`` if it names an existing file or folder, else a ConfigError naming ``key``."""
-    from pathlib import Path
-
-    if not path:
-        raise ConfigError(f"{key} is empty; give {key}=FILE ({what})")
-    if not Path(path).exists():
-        raise ConfigError(f"{key}={path}: no such file ({what})")
-    return path
-
-
 def limit_requests(trace: Any, n: int, key: str = "workload.max_requests") -> Any:
     """``trace`` cut to its first ``n`` requests (``n = 0``: all of it); a negative ``n`` is an
     error naming ``key``."""

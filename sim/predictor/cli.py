@@ -41,7 +41,8 @@ def _plain(cfg: Any, schema: type) -> dict[str, Any]:
 
 
 def _load_trace(path: Any, max_requests: int = 0):
-    from sim.schemas import limit_requests, require_file
+    from sim.files import require_file
+    from sim.schemas import limit_requests
     from traces.format import read_trace
 
     if max_requests < 0:
