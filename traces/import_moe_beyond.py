@@ -1,5 +1,5 @@
-"""MoE-Beyond's routing CSVs -> :class:`~traces.format.RoutingTrace` (``moesim trace import --format
-moe-beyond-csv``).
+"""MoE-Beyond's routing CSVs -> :class:`~traces.format.RoutingTrace`: the ``moe-beyond-csv`` format
+of the trace importer (traces/cli.py).
 
 ``moe-beyond-csv``
     DeepSeek-V2-Lite-Chat prefill routing recorded by MoE-Beyond: one CSV per prompt,

@@ -1,5 +1,5 @@
-"""speculative-moe's routing JSONL -> :class:`~traces.format.RoutingTrace` (``moesim trace import
---format speculative-moe-jsonl``).
+"""speculative-moe's routing JSONL -> :class:`~traces.format.RoutingTrace`: the
+``speculative-moe-jsonl`` format of the trace importer (traces/cli.py).
 
 ``speculative-moe-jsonl``
     Mixtral-8x7B decode routing recorded by speculative-moe: one JSON object per (problem, layer,
