@@ -38,6 +38,7 @@ from sim.policies.base import PLACEMENT, Placement, PlacementPolicy
 class SplitConfig:
     num_redundant: int = 8  # extra replicas per layer (a multiple of the GPUs)
     candidates: int = 16  # replica cycles tried per layer when a history is given
+    max_swaps: int = 200  # local-search swaps per layer when a history is given (0: none)
     seed: int = 0
 
 
@@ -67,6 +68,34 @@ class SplitPlacement(PlacementPolicy):
     def fit_history(self, history: np.ndarray) -> None:
         """Per-batch expert loads (B, L, E) of the planning window."""
         self._hist = np.rint(np.asarray(history, dtype=np.float64)).astype(np.int64)
+
+    def _swap(self, owner: list[int], fixed: set[int], X: np.ndarray) -> list[int]:
+        """Local search on the per-batch loads X (B, E): swap two movable experts (not in
+        ``fixed``) between their GPUs while that lowers the sum over batches of the squared
+        GPU loads of the movable experts (their per-batch spread across GPUs, which the
+        replicas' split must absorb); the best swap first (ties: smaller expert ids)."""
+        E, G = X.shape[1], self.num_gpus
+        own = np.array(owner)
+        mov = np.array([e not in fixed for e in range(E)])
+        Xm = X * mov  # (B, E) movable experts' tokens
+        Q = Xm.T @ Xm  # (E, E)
+        dq = np.diag(Q)
+        ok = mov[:, None] & mov[None, :]
+        for _ in range(self.cfg.max_swaps):
+            base = Xm @ np.eye(G)[own]  # (B, G) movable load per GPU
+            C = Xm.T @ base  # (E, G)
+            c_own = C[np.arange(E), own]  # (E,)
+            c_cross = C[:, own]  # (E, E): C[e1, own[e2]]
+            # swap e1 <-> e2: sum_b 2 d (base_o2 - base_o1) + 2 d^2 with d = x1 - x2
+            delta = 2 * (c_cross - c_own[:, None] - c_cross.T + c_own[None, :]) + \
+                2 * (dq[:, None] + dq[None, :] - 2 * Q)
+            delta = np.where(ok & (own[:, None] != own[None, :]), delta, 0)
+            i = int(np.argmin(delta))
+            if delta.flat[i] >= 0:
+                break
+            e1, e2 = divmod(i, E)
+            own[e1], own[e2] = own[e2], own[e1]
+        return [int(g) for g in own]
 
     def _base(self, load: np.ndarray) -> tuple[list[int], list[list[int]]]:
         """Steps 1-2 for one layer: owner of each expert, and per round the replicated experts
@@ -125,6 +154,8 @@ class SplitPlacement(PlacementPolicy):
                 reps.append(self._replicas(owner, rounds, [_cycle(ring)] * nr))
                 continue
             h = self._hist[:, l, :]  # (B, E)
+            if self.cfg.max_swaps:
+                owner = self._swap(owner, {e for r in rounds for e in r}, h.astype(np.float64))
             best, best_row = np.inf, None
             for c in range(len(perms)):
                 sig = [_cycle(perms[(c + i) % len(perms)]) for i in range(nr)]
