@@ -13,12 +13,17 @@ layers at once:
    replicas, ties to the smaller GPU id (computed in closed form as an integer water-fill: the
    holders below the level ``h`` are raised to ``h``, the ``r`` tokens left over go one each to
    the holders at ``h`` with the smallest GPU ids);
-3. ``passes - 1`` refinement passes (stopping early once nothing moves): each replicated
-   expert, in the same order, takes its tokens back and water-fills them again against the
-   loads the others leave. Each step can only lower the sum of squared GPU loads (block
-   coordinate descent on a convex objective with per-expert constraints), so the loads move
-   toward the balanced flow that chains of replicas allow (GPU a to b through one shared expert,
-   b to c through another).
+3. refinement (``passes > 1``): from the greedy, up to ``passes - 1`` passes of continuous block
+   coordinate descent (each replicated expert, in the same order, takes its tokens back and
+   water-fills them, as real numbers, against the loads the others leave; stop once nothing
+   moves by 1e-9). Each step lowers the sum of squared GPU loads, a convex objective whose
+   constraints are per expert, so the loads converge to the balanced flow that chains of
+   replicas allow (GPU a to b through one shared expert, b to c through another). Then
+   integers: each expert's floors, its leftover tokens one each to its holders of largest
+   fractional part (fractions compared at 1e-6, ties smaller GPU id), and up to ``passes - 1``
+   integer passes of step 2's rule (stopping once nothing moves), which can only lower the sum
+   of squares further. Continuous first, because integer steps alone stall one token away
+   along a chain (tests/sim/test_token_split.py).
 
 ``passes=1`` is the serving engine's greedy; the default refines.
 
@@ -66,6 +71,52 @@ def water_fill(x: np.ndarray, hold: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.where(inc, h[:, None] - x, 0) + (inc & (rank <= rem[:, None]))
 
 
+def _water_fill_float(x: np.ndarray, hold: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Continuous water-fill: ``n`` (M,) over the holders ``hold`` (M, G) of loads ``x`` (M, G),
+    raising the lowest to a common level; returns (M, G) float allocations."""
+    G = x.shape[-1]
+    srt = np.sort(np.where(hold, x, np.inf), axis=-1)
+    S = np.cumsum(np.where(np.isfinite(srt), srt, 0.0), axis=-1)
+    k = np.arange(1, G + 1, dtype=np.float64)
+    kstar = ((k * srt - S <= n[:, None]) & np.isfinite(srt)).sum(axis=-1)
+    kk = np.maximum(kstar, 1)
+    Sk = np.take_along_axis(S, (kk - 1)[:, None], axis=-1)[:, 0]
+    h = (n + Sk) / kk
+    return np.where(hold & (kstar > 0)[:, None], np.maximum(h[:, None] - x, 0.0), 0.0)
+
+
+def _refine(alloc: np.ndarray, load: np.ndarray, hjm: list[np.ndarray], nnm: list[np.ndarray],
+            passes: int, N: int, L: int, G: int) -> np.ndarray:
+    """Continuous block coordinate descent from ``alloc`` (N, L, J, G) with GPU loads ``load``
+    (N, L, G): each replicated expert in turn water-fills its tokens against the others', for
+    ``passes`` passes or until no allocation moves by more than 1e-9."""
+    M = N * L
+    for _ in range(passes):
+        delta = 0.0
+        for j in range(len(hjm)):
+            x = load - alloc[:, :, j]
+            a = _water_fill_float(x.reshape(M, G), hjm[j], nnm[j].astype(np.float64)).reshape(N, L, G)
+            delta = max(delta, float(np.abs(a - alloc[:, :, j]).max(initial=0.0)))
+            alloc[:, :, j] = a
+            load = x + a
+        if delta <= 1e-9:
+            break
+    return alloc
+
+
+def _round(fa: np.ndarray, hj: np.ndarray, nn: np.ndarray) -> np.ndarray:
+    """Integer allocations from continuous ones (N, L, J, G): each expert's floors, and its
+    leftover tokens one each to its holders of largest fractional part (fractions compared at
+    1e-6, ties smaller GPU id)."""
+    fl = np.floor(fa + 1e-9)
+    frac = np.where(hj, np.round(fa - fl, 6), -1.0)
+    rem = nn - fl.sum(axis=-1).astype(np.int64)  # (N, L, J)
+    order = np.argsort(-frac, axis=-1, kind="stable")  # largest fraction first, ties smaller id
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(fa.shape[-1])[None, None, None, :], axis=-1)
+    return fl.astype(np.int64) + (hj & (rank < rem[..., None]))
+
+
 def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PASSES) -> np.ndarray:
     """Tokens each GPU computes of each (layer, expert) per batch: ``counts`` (..., L, E)
     integer tokens per batch, ``hold`` (L, E, G) bool (every expert held by at least one GPU);
@@ -109,19 +160,30 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
     load = out.sum(axis=2)  # (N, L, G)
     alloc = np.zeros((N, L, J, G), dtype=np.int64)
     M = N * L
-    for p in range(passes):
-        moved = False
-        for j in range(J):
-            x = load - alloc[:, :, j]
-            a = water_fill(x.reshape(M, G), hj[:, :, j].reshape(M, G),
-                           nn[:, :, j].reshape(M)).reshape(N, L, G)
-            if p and np.array_equal(a, alloc[:, :, j]):
-                continue
-            moved = True
-            alloc[:, :, j] = a
-            load = x + a
-        if not moved:
-            break
+    hjm = [hj[:, :, j].reshape(M, G) for j in range(J)]
+    nnm = [nn[:, :, j].reshape(M) for j in range(J)]
+
+    def integer_passes(count: int, alloc: np.ndarray, load: np.ndarray) -> np.ndarray:
+        for _ in range(count):
+            moved = False
+            for j in range(J):
+                x = load - alloc[:, :, j]
+                a = water_fill(x.reshape(M, G), hjm[j], nnm[j]).reshape(N, L, G)
+                if np.array_equal(a, alloc[:, :, j]):
+                    continue
+                moved = True
+                alloc[:, :, j] = a
+                load = x + a
+            if not moved:
+                break
+        return alloc
+
+    alloc = integer_passes(1, alloc, load)  # the greedy (from zero: every expert moves)
+    if passes > 1:
+        fa = _refine(alloc.astype(np.float64), load.astype(np.float64) + alloc.sum(axis=2),
+                     hjm, nnm, passes - 1, N, L, G)
+        alloc = _round(fa, hj, nn)
+        alloc = integer_passes(passes - 1, alloc, load + alloc.sum(axis=2))
     n_i, l_i, j_i = np.nonzero(ok)
     out[n_i, l_i, ee[n_i, l_i, j_i]] = alloc[n_i, l_i, j_i]
     return out.reshape(*lead, L, E, G)
