@@ -10,10 +10,12 @@ layers at once:
 1. an expert held by one GPU gives it all its tokens (the equal share, unchanged);
 2. the replicated experts of a layer, in descending order of their tokens in the batch (ties:
    smaller expert id), each hand their tokens one at a time to the least-loaded GPU among their
-   replicas, ties to the smaller GPU id (computed in closed form as an integer water-fill: the
-   holders below the level ``h`` are raised to ``h``, the ``r`` tokens left over go one each to
-   the holders at ``h`` with the smallest GPU ids);
-3. refinement (``passes > 1``): from the greedy, up to ``passes - 1`` passes of continuous block
+   replicas (computed in closed form as an integer water-fill: the holders below the level
+   ``h`` are raised to ``h``, the ``r`` tokens left over go one each to the holders at ``h``
+   first in the tie order);
+3. refinement (``passes > 1``), only for the (batch, layer)s whose busiest GPU after step 2 is
+   above the bound no split can beat (the mean rounded up, and the busiest GPU's tokens of
+   experts it alone holds): from the greedy, up to ``passes - 1`` passes of continuous block
    coordinate descent (each replicated expert, in the same order, takes its tokens back and
    water-fills them, as real numbers, against the loads the others leave; stop once nothing
    moves by 1e-9). Each step lowers the sum of squared GPU loads, a convex objective whose
@@ -24,6 +26,11 @@ layers at once:
    integer passes of step 2's rule (stopping once nothing moves), which can only lower the sum
    of squares further. Continuous first, because integer steps alone stall one token away
    along a chain (tests/sim/test_token_split.py).
+
+Tie order: with ``u = sum_e (e + 1) * tokens[e]`` of the (batch, layer), the GPUs in cyclic
+order from GPU ``u mod G``, upward when ``(u // G)`` is even, downward when odd; so the order
+turns with the routing and either GPU of a pair comes first about half the time (with a fixed
+order, the lower GPU of each replica pair takes every tied decode token over a run).
 
 ``passes=1`` is the serving engine's greedy; the default refines.
 
@@ -41,6 +48,7 @@ from sim.errors import ConfigError
 
 DEFAULT_PASSES = 8
 _BIG = np.int64(1) << 40  # a non-holder's load in the water-fill (never below the level)
+_K = np.arange(1, 1025, dtype=np.int64)  # 1..G (G <= 1024)
 
 
 def holders(placement: Any, num_layers: int | None = None, num_experts: int | None = None,
@@ -50,70 +58,108 @@ def holders(placement: Any, num_layers: int | None = None, num_experts: int | No
     return placement.share(num_layers, num_experts, name) > 0
 
 
-def water_fill(x: np.ndarray, hold: np.ndarray, n: np.ndarray) -> np.ndarray:
+def _tie_rank(G: int, u: np.ndarray) -> np.ndarray:
+    """(M, G) position of each GPU in the tie order of each row: cyclic from GPU ``u mod G``,
+    upward when ``u // G`` is even, else downward (``u`` (M,) from the routing)."""
+    step = 1 - 2 * ((u // G) % 2)  # +1 or -1
+    return ((np.arange(G)[None, :] - (u % G)[:, None]) * step[:, None]) % G
+
+
+def water_fill(x: np.ndarray, hold: np.ndarray, n: np.ndarray,
+               start: np.ndarray | None = None) -> np.ndarray:
     """Integer water-fill: ``n`` (M,) tokens over the GPUs ``hold`` (M, G) with loads ``x``
-    (M, G), each token to the least-loaded holder (ties smaller GPU id); returns (M, G) int64
-    tokens per GPU (0 off the holders). Rows with no holder must have ``n == 0``."""
-    x = x.astype(np.int64, copy=False)
-    n = n.astype(np.int64, copy=False)
-    G = x.shape[-1]
+    (M, G), each token to the least-loaded holder (ties: the tie order of ``start`` (M,), see
+    the module doc; default smaller GPU id first); returns (M, G) int64 tokens per GPU (0 off the
+    holders). Rows with no holder must have ``n == 0``."""
+    order = None if start is None else np.argsort(_tie_rank(x.shape[-1], start), axis=-1)
+    return _water_fill(x.astype(np.int64, copy=False), hold, n.astype(np.int64, copy=False), order)
+
+
+def _water_fill(x: np.ndarray, hold: np.ndarray, n: np.ndarray, order: np.ndarray | None
+                ) -> np.ndarray:
+    """:func:`water_fill` with the tie order given as ``order`` (M, G), the GPUs first to last
+    (None: by id)."""
+    M, G = x.shape
+    rows = np.arange(M)
     srt = np.sort(np.where(hold, x, _BIG), axis=-1)  # (M, G) holders' loads ascending
     S = np.cumsum(srt, axis=-1)
-    k = np.arange(1, G + 1, dtype=np.int64)
     # filling the k lowest up to the k-th costs k * x_(k) - S_k tokens (nondecreasing in k)
-    kstar = ((k * srt - S <= n[:, None]) & (srt < _BIG)).sum(axis=-1)  # (M,) GPUs that gain
+    kstar = ((_K[:G] * srt - S <= n[:, None]) & (srt < _BIG)).sum(axis=-1)  # (M,) GPUs that gain
     kk = np.maximum(kstar, 1)
-    Sk = np.take_along_axis(S, (kk - 1)[:, None], axis=-1)[:, 0]
+    Sk = S[rows, kk - 1]
     h = (n + Sk) // kk  # (M,) the level; the holders at or below it are exactly those that gain
     rem = n + Sk - h * kk
     inc = hold & (x <= h[:, None]) & (kstar > 0)[:, None]
-    rank = np.cumsum(inc, axis=-1)  # 1-based rank by GPU id among the gaining holders
+    if order is None:
+        rank = np.cumsum(inc, axis=-1)  # 1-based rank in GPU order among the gaining holders
+    else:
+        rank = np.empty((M, G), dtype=np.int64)
+        rank[rows[:, None], order] = np.cumsum(inc[rows[:, None], order], axis=-1)
     return np.where(inc, h[:, None] - x, 0) + (inc & (rank <= rem[:, None]))
 
 
 def _water_fill_float(x: np.ndarray, hold: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Continuous water-fill: ``n`` (M,) over the holders ``hold`` (M, G) of loads ``x`` (M, G),
     raising the lowest to a common level; returns (M, G) float allocations."""
-    G = x.shape[-1]
+    M, G = x.shape
     srt = np.sort(np.where(hold, x, np.inf), axis=-1)
-    S = np.cumsum(np.where(np.isfinite(srt), srt, 0.0), axis=-1)
-    k = np.arange(1, G + 1, dtype=np.float64)
-    kstar = ((k * srt - S <= n[:, None]) & np.isfinite(srt)).sum(axis=-1)
+    fin = np.isfinite(srt)
+    S = np.cumsum(np.where(fin, srt, 0.0), axis=-1)
+    kstar = ((_K[:G] * srt - S <= n[:, None]) & fin).sum(axis=-1)
     kk = np.maximum(kstar, 1)
-    Sk = np.take_along_axis(S, (kk - 1)[:, None], axis=-1)[:, 0]
-    h = (n + Sk) / kk
+    h = (n + S[np.arange(M), kk - 1]) / kk
     return np.where(hold & (kstar > 0)[:, None], np.maximum(h[:, None] - x, 0.0), 0.0)
 
 
-def _refine(alloc: np.ndarray, load: np.ndarray, hjm: list[np.ndarray], nnm: list[np.ndarray],
-            passes: int, N: int, L: int, G: int) -> np.ndarray:
-    """Continuous block coordinate descent from ``alloc`` (N, L, J, G) with GPU loads ``load``
-    (N, L, G): each replicated expert in turn water-fills its tokens against the others', for
+def _integer_passes(count: int, alloc: np.ndarray, load: np.ndarray, hj: np.ndarray,
+                    nn: np.ndarray, order: np.ndarray, skip_unmoved: bool) -> np.ndarray:
+    """Step 2's rule, ``count`` passes over the J replicated experts of each row, in place on
+    ``alloc`` (M, J, G) with GPU loads ``load`` (M, G) (which include ``alloc``)."""
+    for _ in range(count):
+        moved = False
+        for j in range(hj.shape[1]):
+            x = load - alloc[:, j]
+            a = _water_fill(x, hj[:, j], nn[:, j], order)
+            if skip_unmoved and np.array_equal(a, alloc[:, j]):
+                continue
+            moved = True
+            alloc[:, j] = a
+            load = x + a
+        if not moved:
+            break
+    return alloc
+
+
+def _refine(alloc: np.ndarray, load: np.ndarray, hj: np.ndarray, nn: np.ndarray,
+            passes: int) -> np.ndarray:
+    """Continuous block coordinate descent from ``alloc`` (M, J, G) with GPU loads ``load``
+    (M, G): each replicated expert in turn water-fills its tokens against the others', for
     ``passes`` passes or until no allocation moves by more than 1e-9."""
-    M = N * L
     for _ in range(passes):
         delta = 0.0
-        for j in range(len(hjm)):
-            x = load - alloc[:, :, j]
-            a = _water_fill_float(x.reshape(M, G), hjm[j], nnm[j].astype(np.float64)).reshape(N, L, G)
-            delta = max(delta, float(np.abs(a - alloc[:, :, j]).max(initial=0.0)))
-            alloc[:, :, j] = a
+        for j in range(hj.shape[1]):
+            x = load - alloc[:, j]
+            a = _water_fill_float(x, hj[:, j], nn[:, j].astype(np.float64))
+            delta = max(delta, float(np.abs(a - alloc[:, j]).max(initial=0.0)))
+            alloc[:, j] = a
             load = x + a
         if delta <= 1e-9:
             break
     return alloc
 
 
-def _round(fa: np.ndarray, hj: np.ndarray, nn: np.ndarray) -> np.ndarray:
-    """Integer allocations from continuous ones (N, L, J, G): each expert's floors, and its
+def _round(fa: np.ndarray, hj: np.ndarray, nn: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Integer allocations from continuous ones (M, J, G): each expert's floors, and its
     leftover tokens one each to its holders of largest fractional part (fractions compared at
-    1e-6, ties smaller GPU id)."""
+    1e-6, ties in the tie order)."""
+    G = fa.shape[-1]
     fl = np.floor(fa + 1e-9)
-    frac = np.where(hj, np.round(fa - fl, 6), -1.0)
-    rem = nn - fl.sum(axis=-1).astype(np.int64)  # (N, L, J)
-    order = np.argsort(-frac, axis=-1, kind="stable")  # largest fraction first, ties smaller id
+    q = np.where(hj, np.rint((fa - fl) * 1e6).astype(np.int64), -1)  # (M, J, G)
+    key = -q * G + _tie_rank(G, start)[:, None, :]
+    order = np.argsort(key, axis=-1, kind="stable")
     rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(fa.shape[-1])[None, None, None, :], axis=-1)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(G), order.shape), axis=-1)
+    rem = nn - fl.sum(axis=-1).astype(np.int64)  # (M, J)
     return fl.astype(np.int64) + (hj & (rank < rem[..., None]))
 
 
@@ -121,8 +167,9 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
     """Tokens each GPU computes of each (layer, expert) per batch: ``counts`` (..., L, E)
     integer tokens per batch, ``hold`` (L, E, G) bool (every expert held by at least one GPU);
     returns (..., L, E, G) int64 summing to ``counts`` over G, nonzero only on holders. Without
-    replicated experts it is ``counts`` on the one holder (the equal share); deterministic (see
-    the module doc for the order and the tie rules)."""
+    replicated experts it is ``counts`` on the one holder (the equal share); deterministic, and
+    each (batch, layer) independent of the others (see the module doc for the order and the
+    tie rule)."""
     counts = np.asarray(counts)
     hold = np.asarray(hold, dtype=bool)
     if hold.ndim != 3 or counts.shape[-2:] != hold.shape[:2]:
@@ -130,6 +177,8 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
                           f"(L, E, G)")
     if passes < 1:
         raise ConfigError(f"split_tokens: passes must be >= 1, got {passes}")
+    if hold.shape[2] > len(_K):
+        raise ConfigError(f"split_tokens: at most {len(_K)} GPUs, got {hold.shape[2]}")
     nrep = hold.sum(axis=-1)  # (L, E)
     if (nrep < 1).any():
         l, e = np.argwhere(nrep < 1)[0]
@@ -146,44 +195,34 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
     if not rep.any():
         return out.reshape(*lead, L, E, G)
     J = int(rep.sum(axis=1).max())
-    rep_e = np.zeros((L, J), dtype=np.int64)
-    rep_ok = np.zeros((L, J), dtype=bool)
-    for l in range(L):
-        es = np.flatnonzero(rep[l])
-        rep_e[l, :len(es)], rep_ok[l, :len(es)] = es, True
-    rc = np.take_along_axis(c, np.broadcast_to(rep_e, (N, L, J)), axis=2) * rep_ok  # (N, L, J)
-    order = np.argsort(-rc, axis=2, kind="stable")  # most tokens first, ties smaller expert id
-    ee = np.take_along_axis(np.broadcast_to(rep_e, (N, L, J)), order, axis=2)  # (N, L, J)
-    ok = np.take_along_axis(np.broadcast_to(rep_ok, (N, L, J)), order, axis=2)
-    nn = np.take_along_axis(rc, order, axis=2)
-    hj = hold[np.arange(L)[None, :, None], ee] & ok[..., None]  # (N, L, J, G)
-    load = out.sum(axis=2)  # (N, L, G)
-    alloc = np.zeros((N, L, J, G), dtype=np.int64)
+    rep_e = np.argsort(~rep, axis=1, kind="stable")[:, :J]  # (L, J) replicated ids ascending
+    rep_ok = np.take_along_axis(rep, rep_e, axis=1)  # then padding
+    # rows: one per (batch, layer), M = N * L
     M = N * L
-    hjm = [hj[:, :, j].reshape(M, G) for j in range(J)]
-    nnm = [nn[:, :, j].reshape(M) for j in range(J)]
-
-    def integer_passes(count: int, alloc: np.ndarray, load: np.ndarray) -> np.ndarray:
-        for _ in range(count):
-            moved = False
-            for j in range(J):
-                x = load - alloc[:, :, j]
-                a = water_fill(x.reshape(M, G), hjm[j], nnm[j]).reshape(N, L, G)
-                if np.array_equal(a, alloc[:, :, j]):
-                    continue
-                moved = True
-                alloc[:, :, j] = a
-                load = x + a
-            if not moved:
-                break
-        return alloc
-
-    alloc = integer_passes(1, alloc, load)  # the greedy (from zero: every expert moves)
+    cr = c.reshape(M, E)
+    layer = np.tile(np.arange(L), N)  # (M,)
+    start = cr @ np.arange(1, E + 1, dtype=np.int64)  # (M,) u: the tie order (module doc)
+    re, rok = rep_e[layer], rep_ok[layer]  # (M, J)
+    rc = np.take_along_axis(cr, re, axis=1) * rok
+    order = np.argsort(-rc, axis=1, kind="stable")  # most tokens first, ties smaller expert id
+    ee = np.take_along_axis(re, order, axis=1)  # (M, J)
+    ok = np.take_along_axis(rok, order, axis=1)
+    nn = np.take_along_axis(rc, order, axis=1)
+    hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
+    base = out.reshape(M, E, G).sum(axis=1)  # (M, G)
+    tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
+    alloc = _integer_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), hj, nn, tie,
+                            skip_unmoved=False)  # the greedy
     if passes > 1:
-        fa = _refine(alloc.astype(np.float64), load.astype(np.float64) + alloc.sum(axis=2),
-                     hjm, nnm, passes - 1, N, L, G)
-        alloc = _round(fa, hj, nn)
-        alloc = integer_passes(passes - 1, alloc, load + alloc.sum(axis=2))
-    n_i, l_i, j_i = np.nonzero(ok)
-    out[n_i, l_i, ee[n_i, l_i, j_i]] = alloc[n_i, l_i, j_i]
+        load = base + alloc.sum(axis=1)
+        bound = np.maximum(-(-cr.sum(axis=1) // G), base.max(axis=1))  # no split does better
+        r = np.flatnonzero(load.max(axis=1) > bound)
+        if len(r):
+            fa = _refine(alloc[r].astype(np.float64), load[r].astype(np.float64), hj[r], nn[r],
+                         passes - 1)
+            ar = _round(fa, hj[r], nn[r], start[r])
+            alloc[r] = _integer_passes(passes - 1, ar, base[r] + ar.sum(axis=1), hj[r], nn[r],
+                                       tie[r], skip_unmoved=True)
+    m_i, j_i = np.nonzero(ok)
+    out.reshape(M, E, G)[m_i, ee[m_i, j_i]] = alloc[m_i, j_i]
     return out.reshape(*lead, L, E, G)

@@ -24,10 +24,13 @@ def _random_hold(rng, L, E, G, p=0.3):
 
 def _greedy_reference(counts, hold):
     """Token by token: replicated experts most tokens first (ties smaller id), each token to the
-    least-loaded holder (ties smaller GPU id); single holders first."""
+    least-loaded holder (ties: with u = sum_e (e + 1) * tokens_e, GPUs in cyclic order from
+    u mod G, upward if u // G is even, else downward); single holders first."""
     L, E, G = hold.shape
     out = np.zeros((L, E, G), dtype=np.int64)
     for l in range(L):
+        u = int(sum((e + 1) * int(counts[l, e]) for e in range(E)))
+        s, step = u % G, (1 if (u // G) % 2 == 0 else -1)
         gl = np.zeros(G, dtype=np.int64)
         for e in range(E):
             if hold[l, e].sum() == 1:
@@ -38,7 +41,7 @@ def _greedy_reference(counts, hold):
         for e in sorted(rep, key=lambda e: (-counts[l, e], e)):
             gpus = np.flatnonzero(hold[l, e])
             for _ in range(int(counts[l, e])):
-                g = min(gpus, key=lambda g: (gl[g], g))
+                g = min(gpus, key=lambda g: (gl[g], ((g - s) * step) % G))
                 out[l, e, g] += 1
                 gl[g] += 1
     return out
@@ -83,9 +86,18 @@ def test_water_fill_hand_case():
     # loads 5, 2, 9, 2 on GPUs 0..3, holders 0, 1, 3; 6 tokens: GPUs 1 and 3 to 5 (6 tokens)
     a = water_fill(np.array([[5, 2, 9, 2]]), np.array([[True, True, False, True]]), np.array([6]))
     assert a.tolist() == [[0, 3, 0, 3]]
-    # 7 tokens: then GPUs 0, 1, 3 at 5, one more to the smallest GPU id
+    # 7 tokens: then GPUs 0, 1, 3 at 5, one more to the first in the tie order
     a = water_fill(np.array([[5, 2, 9, 2]]), np.array([[True, True, False, True]]), np.array([7]))
-    assert a.tolist() == [[1, 3, 0, 3]]
+    assert a.tolist() == [[1, 3, 0, 3]]  # from GPU 0
+    a = water_fill(np.array([[5, 2, 9, 2]]), np.array([[True, True, False, True]]), np.array([7]),
+                   start=np.array([2]))
+    assert a.tolist() == [[0, 3, 0, 4]]  # u = 2: from GPU 2 up: 2, 3, 0, 1
+    a = water_fill(np.array([[5, 2, 9, 2]]), np.array([[True, True, False, True]]), np.array([8]),
+                   start=np.array([1]))
+    assert a.tolist() == [[0, 4, 0, 4]]  # u = 1: from GPU 1 up: 1, 2, 3, 0
+    a = water_fill(np.array([[5, 2, 9, 2]]), np.array([[True, True, False, True]]), np.array([8]),
+                   start=np.array([5]))
+    assert a.tolist() == [[1, 4, 0, 3]]  # u = 5: from GPU 1 down: 1, 0, 3, 2
 
 
 def test_chain_of_replicas_reaches_perfect_balance():
@@ -95,8 +107,10 @@ def test_chain_of_replicas_reaches_perfect_balance():
     hold = np.zeros((1, 4, 3), dtype=bool)
     hold[0, 0, 0] = hold[0, 1, [0, 1]] = hold[0, 2, [1, 2]] = hold[0, 3, 1] = True
     counts = np.array([[9, 6, 9, 3]])
+    # u = 1*9 + 2*6 + 3*9 + 4*3 = 60: from GPU 60 % 3 = 0, upward (60 // 3 even)
     greedy = split_tokens(counts, hold, passes=1).sum(axis=1)
-    assert greedy.tolist() == [[11, 10, 6]]  # expert 2 first: 3 + 3 each; expert 1: 3 to GPU 1, then 2 + 1
+    assert greedy.tolist() == [[11, 10, 6]]  # expert 2: 3 to GPU 2, then 3 + 3; expert 1: 3 to
+    # GPU 1, then 2 + 1
     out = split_tokens(counts, hold)
     assert out.sum(axis=1).tolist() == [[9, 9, 9]]
     assert out[0, 1].tolist() == [0, 6, 0] and out[0, 2].tolist() == [0, 0, 9]
@@ -262,3 +276,15 @@ def test_sim_with_replicated_experts_follows_the_split():
     # and the run is reproducible byte for byte
     _, m2 = _sim(_cfg("eplb", num_redundant=4), pool)
     assert m == m2
+
+
+def test_ties_rotate_with_the_routing():
+    # one replicated expert on GPUs 0 and 1 and a single token per batch: a fixed tie order
+    # would put every token on GPU 0; the rotating one spreads them
+    hold = np.zeros((1, 3, 2), dtype=bool)
+    hold[0, 0] = True
+    hold[0, 1, 0] = hold[0, 2, 1] = True
+    counts = np.array([[[1, 0, 0]], [[1, 1, 1]], [[1, 2, 2]], [[1, 1, 0]]])  # (N, L, E)
+    out = split_tokens(counts, hold)[:, 0, 0]  # expert 0's token per batch
+    assert out.sum(axis=1).tolist() == [1, 1, 1, 1]
+    assert out[:, 0].sum() >= 1 and out[:, 1].sum() >= 1
