@@ -10,17 +10,21 @@ The keys are the simulator's: ``policy.placements`` is the plural of ``policy.pl
 the first N requests of the trace; ``policy.placement_args.NAME`` a placement's arguments.
 
 Load of expert e at layer l = tokens routed to it. A GPU's load shares each replicated expert's
-load equally among its replicas. Reported per policy, for both halves: ``max_over_mean`` = max
-GPU load / mean GPU load per layer, averaged over layers (aggregate over the half), its worst
-layer, and ``batch_max_over_mean`` = the same per batch (one prompt, or ``batch_tokens``
-tokens), averaged over batches and layers (``test_batch_worst_max_over_mean``: averaged over
-layers, the worst batch). Divided by ``cluster.expert_parallel`` these are the busiest GPU's
-share of the tokens, Huang et al.'s "max device load". ``rebalance`` starts from a plan on the first half and
-replans online every ``period`` test batches from the last ``window`` batches; its weight moves
-are charged as copies (``moved_experts``, ``bytes_moved``). ``exhaustive`` (the oracle) is
-planned on the test half itself and skipped, with the reason recorded, when too large; a lower
-bound for single-copy placements on the test half (max of the mean and the heaviest expert) is
-always reported.
+load equally among its replicas. Reported per policy, for both halves: ``max_over_mean`` = max GPU
+load / mean GPU load per layer, averaged over layers (aggregate over the half), its worst layer,
+and ``batch_max_over_mean`` = the same per batch (one prompt, or ``batch_tokens`` tokens), averaged
+over batches and layers (``test_batch_worst_max_over_mean``: averaged over layers, the worst batch;
+``test_batch_mean_over_max``: mean/max, averaged). The ``*_batch_split_*`` figures are the same per
+batch when each batch's tokens of a replicated expert are split across its replicas as a serving
+engine does, to the least-loaded replica GPU (:func:`sim.token_split.split_tokens`, the simulator's
+rule); for single-copy placements they equal the equal-share ones. ``split`` places its redundant
+experts for that split. Divided by ``cluster.expert_parallel`` these are the busiest GPU's share of
+the tokens, Huang et al.'s "max device load". ``rebalance`` starts from a plan on the first half
+and replans online every ``period`` test batches from the last ``window`` batches; its weight moves
+are charged as copies (``moved_experts``, ``bytes_moved``). ``exhaustive`` (the oracle) is planned
+on the test half itself and skipped, with the reason recorded, when too large; a lower bound for
+single-copy placements on the test half (max of the mean and the heaviest expert) is always
+reported.
 """
 
 from __future__ import annotations
