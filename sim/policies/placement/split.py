@@ -150,12 +150,15 @@ class SplitPlacement(PlacementPolicy):
             if not rounds:
                 reps.append([(g,) for g in owner])
                 continue
-            if self._hist is None or self.cfg.candidates == 1:
+            if self._hist is None:
                 reps.append(self._replicas(owner, rounds, [_cycle(ring)] * nr))
                 continue
             h = self._hist[:, l, :]  # (B, E)
             if self.cfg.max_swaps:
                 owner = self._swap(owner, {e for r in rounds for e in r}, h.astype(np.float64))
+            if self.cfg.candidates == 1:
+                reps.append(self._replicas(owner, rounds, [_cycle(ring)] * nr))
+                continue
             best, best_row = np.inf, None
             for c in range(len(perms)):
                 sig = [_cycle(perms[(c + i) % len(perms)]) for i in range(nr)]
