@@ -47,6 +47,7 @@ import numpy as np
 from sim.errors import ConfigError
 
 DEFAULT_PASSES = 8
+_TOL = 1e-9  # continuous refinement stops once no allocation moves more than this
 _BIG = np.int64(1) << 40  # a non-holder's load in the water-fill (never below the level)
 _K = np.arange(1, 1025, dtype=np.int64)  # 1..G (G <= 1024)
 
@@ -143,7 +144,7 @@ def _refine(alloc: np.ndarray, load: np.ndarray, hj: np.ndarray, nn: np.ndarray,
             delta = max(delta, float(np.abs(a - alloc[:, j]).max(initial=0.0)))
             alloc[:, j] = a
             load = x + a
-        if delta <= 1e-9:
+        if delta <= _TOL:
             break
     return alloc
 
@@ -208,6 +209,9 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
     ee = np.take_along_axis(re, order, axis=1)  # (M, J)
     ok = np.take_along_axis(rok, order, axis=1)
     nn = np.take_along_axis(rc, order, axis=1)
+    Jn = int((nn > 0).sum(axis=1).max(initial=0))  # experts with tokens come first; the rest get 0
+    ee, ok, nn = ee[:, :Jn], ok[:, :Jn], nn[:, :Jn]
+    J = Jn
     hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
     base = out.reshape(M, E, G).sum(axis=1)  # (M, G)
     tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
