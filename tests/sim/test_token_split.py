@@ -288,3 +288,17 @@ def test_ties_rotate_with_the_routing():
     out = split_tokens(counts, hold)[:, 0, 0]  # expert 0's token per batch
     assert out.sum(axis=1).tolist() == [1, 1, 1, 1]
     assert out[:, 0].sum() >= 1 and out[:, 1].sum() >= 1
+
+
+def test_rebalance_hands_the_window_to_an_inner_policy_that_learns():
+    pol = PLACEMENT.make("rebalance", num_gpus=2, inner="anticorr", window=3, period=2)
+    hist = np.array([[[9, 9, 1, 1]], [[1, 1, 9, 9]]] * 3, dtype=float)  # (B, L=1, E=4)
+    pol.fit_history(hist)  # experts 0 and 1 peak together, 0 and 2 alternate
+    assert pol.inner._corr[0, 0, 1] > 0.9 and pol.inner._corr[0, 0, 2] < -0.9
+    pol.place(hist.sum(axis=0))
+    later = np.array([[[9, 1, 9, 1]], [[1, 9, 1, 9]]], dtype=float)  # now 0 and 2 together
+    assert pol.observe(later[0]) is None
+    new = pol.observe(later[1])  # replanned on the window, with the window's correlations
+    assert new is not None and pol.inner._corr[0, 0, 2] > 0.9
+    owner = [g[0] for g in new.replicas[0]]
+    assert owner[0] != owner[2] and owner[1] != owner[3]
