@@ -40,8 +40,6 @@ a layer (padded to the largest layer).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from sim.errors import ConfigError
@@ -50,13 +48,6 @@ DEFAULT_PASSES = 8
 _TOL = 1e-9  # continuous refinement stops once no allocation moves more than this
 _BIG = np.int64(1) << 40  # a non-holder's load in the water-fill (never below the level)
 _K = np.arange(1, 1025, dtype=np.int64)  # 1..G (G <= 1024)
-
-
-def holders(placement: Any, num_layers: int | None = None, num_experts: int | None = None,
-            name: str = "?") -> np.ndarray:
-    """(L, E, G) bool: GPU g holds a replica of expert e of layer l (from
-    :meth:`Placement.share`, which checks the shape)."""
-    return placement.share(num_layers, num_experts, name) > 0
 
 
 def _tie_rank(G: int, u: np.ndarray) -> np.ndarray:
