@@ -50,7 +50,8 @@ def plot_hit_rate(results: list[dict[str, Any]], path: Path, title: str = "") ->
 
 
 def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Max/mean GPU load (planning half, test half, test per batch), bars per placement policy."""
+    """Max/mean GPU load (planning half, test half, test per batch with replicas sharing equally
+    and with each batch's tokens split across the replicas), bars per placement policy."""
     import numpy as np
 
     from analysis.plots import pyplot
@@ -62,12 +63,15 @@ def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -
     x = np.arange(len(names))
     bars = [("train_max_over_mean", "planning half (aggregate)"),
             ("test_max_over_mean", "test half (aggregate)"),
-            ("test_batch_max_over_mean", "test half (per batch)")]
+            ("test_batch_max_over_mean", "test half (per batch, equal share)"),
+            ("test_batch_split_max_over_mean", "test half (per batch, tokens split)")]
+    bars = [b for b in bars if all(b[0] in r for r in results)]
+    w = 0.8 / len(bars)
     top = 1.0
     for j, (key, label) in enumerate(bars):
         vals = [r[key] for r in results]
         top = max(top, *vals)
-        ax.bar(x + (j - 1) * 0.27, vals, width=0.27, label=label)
+        ax.bar(x + (j - (len(bars) - 1) / 2) * w, vals, width=w, label=label)
     ax.set_ylim(0.9, top * 1.05)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(x)

@@ -16,6 +16,7 @@ import numpy as np
 from sim.cost.analytic import kv_read_tokens
 from sim.plan import ClusterPlan
 from sim.state import Requests
+from sim.token_split import split_tokens
 
 
 @dataclass
@@ -69,11 +70,14 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
         comp = cost.moe_s(counts_flat, lg, L * G).reshape(L, G)
         load = np.bincount(lg, weights=counts_flat, minlength=L * G).reshape(L, G)
     else:
-        tok_g = counts[:, :, None] * plan.share  # (L, E, G) tokens per expert per GPU
-        computed = np.rint(tok_g.sum(axis=2)).astype(np.int64)
-        group = (np.arange(L)[:, None, None] * G + np.arange(G)[None, None, :]) + 0 * tok_g.astype(np.int64)
-        comp = cost.moe_s(np.ceil(tok_g - 1e-9).ravel(), group.ravel(), L * G).reshape(L, G)
-        load = tok_g.sum(axis=1)  # (L, G)
+        # replicated experts: this batch's tokens split across the replicas, each token to the
+        # least-loaded replica GPU (sim/token_split.py), integers summing to counts
+        tok_g = split_tokens(counts, plan.share > 0)  # (L, E, G) tokens per expert per GPU
+        computed = counts
+        group = np.broadcast_to(np.arange(L)[:, None, None] * G + np.arange(G)[None, None, :],
+                                tok_g.shape)
+        comp = cost.moe_s(tok_g.ravel(), group.ravel(), L * G).reshape(L, G)
+        load = tok_g.sum(axis=1).astype(np.float64)  # (L, G)
     T = len(shape.rows)
     prefill = T - shape.decode
     attn = cost.attention_s(prefill, shape.decode, shape.pairs, G, kv_tokens=shape.kv_tokens) + \

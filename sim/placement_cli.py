@@ -10,17 +10,21 @@ The keys are the simulator's: ``policy.placements`` is the plural of ``policy.pl
 the first N requests of the trace; ``policy.placement_args.NAME`` a placement's arguments.
 
 Load of expert e at layer l = tokens routed to it. A GPU's load shares each replicated expert's
-load equally among its replicas. Reported per policy, for both halves: ``max_over_mean`` = max
-GPU load / mean GPU load per layer, averaged over layers (aggregate over the half), its worst
-layer, and ``batch_max_over_mean`` = the same per batch (one prompt, or ``batch_tokens``
-tokens), averaged over batches and layers (``test_batch_worst_max_over_mean``: averaged over
-layers, the worst batch). Divided by ``cluster.expert_parallel`` these are the busiest GPU's
-share of the tokens, Huang et al.'s "max device load". ``rebalance`` starts from a plan on the first half and
-replans online every ``period`` test batches from the last ``window`` batches; its weight moves
-are charged as copies (``moved_experts``, ``bytes_moved``). ``exhaustive`` (the oracle) is
-planned on the test half itself and skipped, with the reason recorded, when too large; a lower
-bound for single-copy placements on the test half (max of the mean and the heaviest expert) is
-always reported.
+load equally among its replicas. Reported per policy, for both halves: ``max_over_mean`` = max GPU
+load / mean GPU load per layer, averaged over layers (aggregate over the half), its worst layer,
+and ``batch_max_over_mean`` = the same per batch (one prompt, or ``batch_tokens`` tokens), averaged
+over batches and layers (``test_batch_worst_max_over_mean``: averaged over layers, the worst batch;
+``test_batch_mean_over_max``: mean/max, averaged). The ``*_batch_split_*`` figures are the same per
+batch when each batch's tokens of a replicated expert are split across its replicas as a serving
+engine does, to the least-loaded replica GPU (:func:`sim.token_split.split_tokens`, the simulator's
+rule); for single-copy placements they equal the equal-share ones. ``split`` places its redundant
+experts for that split. Divided by ``cluster.expert_parallel`` these are the busiest GPU's share of
+the tokens, Huang et al.'s "max device load". ``rebalance`` starts from a plan on the first half
+and replans online every ``period`` test batches from the last ``window`` batches; its weight moves
+are charged as copies (``moved_experts``, ``bytes_moved``). ``exhaustive`` (the oracle) is planned
+on the test half itself and skipped, with the reason recorded, when too large; a lower bound for
+single-copy placements on the test half (max of the mean and the heaviest expert) is always
+reported.
 """
 
 from __future__ import annotations
@@ -45,6 +49,24 @@ def imbalance(load: np.ndarray, A: np.ndarray) -> np.ndarray:
     gl = np.einsum("...le,leg->...lg", load, A)  # (..., L, G)
     mean = gl.mean(axis=-1)
     return np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
+
+
+def split_imbalance(load: np.ndarray, hold: np.ndarray) -> np.ndarray:
+    """max/mean GPU load per batch and layer (B, L) when each batch's tokens ``load`` (B, L, E)
+    of a replicated expert are split across its replicas (:func:`sim.token_split.split_tokens`);
+    layers with no load count as 1."""
+    from sim.token_split import split_tokens
+
+    gl = split_tokens(np.rint(load).astype(np.int64), hold).sum(axis=-2)  # (B, L, G)
+    mean = gl.mean(axis=-1)
+    return np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
+
+
+def _per_batch(prefix: str, im: np.ndarray) -> dict[str, float]:
+    """Per-batch figures from (B, L) max/mean: mean max/mean, mean mean/max, worst batch."""
+    return {f"{prefix}_max_over_mean": float(im.mean()),
+            f"{prefix}_mean_over_max": float((1.0 / im).mean()),
+            f"{prefix}_worst_max_over_mean": float(im.mean(axis=1).max()) if len(im) else 1.0}
 
 
 def batch_loads(experts: np.ndarray, batch_of: np.ndarray, nb: int, E: int) -> np.ndarray:
@@ -121,18 +143,21 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
             continue
         pol, plan = made
         A = share_matrix(plan, L, E)
+        hold = A > 0
         tr_l, te_l = imbalance(train_load, A), imbalance(test_load, A)
         rec.update(train_max_over_mean=float(tr_l.mean()), train_worst_layer=float(tr_l.max()),
-                   train_batch_max_over_mean=float(imbalance(train, A).mean()))
+                   **_per_batch("train_batch", imbalance(train, A)),
+                   **_per_batch("train_batch_split", split_imbalance(train, hold)))
         moved = 0
         if name == "rebalance":
             # each test batch runs under the placement in force, then the policy observes it
             gl = np.zeros((L, num_gpus))
-            per_batch = []
+            per_batch, per_split = [], []
             cur = plan
             for t in range(len(test)):
                 gl += np.einsum("le,leg->lg", test[t], A)
                 per_batch.append(imbalance(test[t], A))
+                per_split.append(split_imbalance(test[t][None], A > 0)[0])
                 new = pol.observe(test[t])
                 if new is not None:
                     moved += moves(cur, new)
@@ -141,14 +166,13 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
             mean = gl.mean(axis=-1)
             agg = np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
             rec.update(test_max_over_mean=float(agg.mean()), test_worst_layer=float(agg.max()),
-                       test_batch_max_over_mean=float(np.mean(per_batch)),
-                       test_batch_worst_max_over_mean=float(np.mean(per_batch, axis=1).max()),
+                       **_per_batch("test_batch", np.array(per_batch).reshape(-1, L)),
+                       **_per_batch("test_batch_split", np.array(per_split).reshape(-1, L)),
                        replans=int(len(test) // pol.period))
         else:
-            per_batch = imbalance(test, A)  # (batches, L)
             rec.update(test_max_over_mean=float(te_l.mean()), test_worst_layer=float(te_l.max()),
-                       test_batch_max_over_mean=float(per_batch.mean()),
-                       test_batch_worst_max_over_mean=float(per_batch.mean(axis=1).max()))
+                       **_per_batch("test_batch", imbalance(test, A)),  # (batches, L)
+                       **_per_batch("test_batch_split", split_imbalance(test, hold)))
         slots = np.zeros((L, num_gpus), dtype=np.int64)
         for l in range(L):
             for gpus in plan.replicas[l]:
@@ -253,7 +277,9 @@ def _task(cfg: Any) -> None:
             print(f"  {r['policy']:<12} skipped: {r['skipped']}")
         else:
             print(f"  {r['policy']:<12} max/mean train={r['train_max_over_mean']:.3f} "
-                  f"test={r['test_max_over_mean']:.3f} (per batch {r['test_batch_max_over_mean']:.3f})"
+                  f"test={r['test_max_over_mean']:.3f} (per batch {r['test_batch_max_over_mean']:.3f}, "
+                  f"split {r['test_batch_split_max_over_mean']:.3f}; mean/max per batch "
+                  f"{r['test_batch_mean_over_max']:.3f}, split {r['test_batch_split_mean_over_max']:.3f})"
                   f" moved={r['moved_experts']}")
 
 

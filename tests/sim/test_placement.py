@@ -114,12 +114,24 @@ def test_placement_cli_on_synthetic_trace(tmp_path):
     m = json.loads(outs[0])
     assert m["train_prompts"] == m["test_prompts"] == 10
     by = {r["policy"]: r for r in m["results"]}
-    assert set(by) == {"contiguous", "round_robin", "greedy", "anticorr", "eplb", "rebalance",
-                       "exhaustive"}
+    assert set(by) == {"contiguous", "round_robin", "greedy", "anticorr", "eplb", "split",
+                       "rebalance", "exhaustive"}
     for r in by.values():
         assert r["test_max_over_mean"] >= 1.0 - 1e-12
     # the oracle is planned on the test half: no single-copy placement beats it there
     for name in ("contiguous", "round_robin", "greedy", "anticorr"):
         assert by["exhaustive"]["test_worst_layer"] <= by[name]["test_worst_layer"] + 1e-9
     assert by["eplb"]["max_slots_per_gpu_layer"] <= (E + 4) // 4
+    # per batch with each batch's tokens split across the replicas: single-copy placements are
+    # unchanged, replicated ones no worse than sharing equally (up to a token's rounding)
+    for name, r in by.items():
+        if name == "exhaustive":
+            continue
+        for half in ("train", "test"):
+            eq, sp = r[f"{half}_batch_max_over_mean"], r[f"{half}_batch_split_max_over_mean"]
+            if r["replicas"] == L * E:
+                assert sp == eq, name
+            mo = r[f"{half}_batch_split_mean_over_max"]  # mean of min/max: >= 1 / mean (Jensen)
+            assert 0 < mo <= 1 and mo * sp >= 1 - 1e-12
+    assert by["eplb"]["test_batch_split_max_over_mean"] < by["eplb"]["test_batch_max_over_mean"]
     assert (tmp_path / "a" / "placement.png").exists()

@@ -54,6 +54,12 @@ class PeriodicRebalance(PlacementPolicy):
         self.current: Placement | None = None
         self.moved = 0
 
+    def fit_history(self, history: np.ndarray) -> None:
+        """Per-batch loads (B, L, E) of the planning window, handed to an inner policy that learns
+        from them (``anticorr``, ``split``); the replans hand it their window the same way."""
+        if hasattr(self.inner, "fit_history"):
+            self.inner.fit_history(history)
+
     def place(self, load: np.ndarray) -> Placement:
         self.current = self.inner.place(load)
         return self.current
@@ -66,6 +72,7 @@ class PeriodicRebalance(PlacementPolicy):
         if self._since < self.period:
             return None
         self._since = 0
+        self.fit_history(np.stack(self._hist))
         new = self.inner.place(np.sum(self._hist, axis=0))
         if self.current is not None:
             self.moved += moves(self.current, new)
