@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sim.cost.analytic import kv_read_tokens
+from sim.network import gpu_traffic
 from sim.plan import ClusterPlan
 from sim.state import Requests
 
@@ -47,13 +48,16 @@ class LayerCosts:
     computed: np.ndarray  # (L, E) tokens computed per expert
     attn: float  # attention block + tensor-parallel collectives, per layer
     gate: float
-    a2a: float  # one all-to-all (dispatch or combine), per layer
+    #: the all-to-all's traffic: (L, G, G) tokens from GPU to GPU per layer (sim.network.gpu_traffic;
+    #: the combine reverses it), None when there is no all-to-all
+    a2a: np.ndarray | None
     pre: float  # per iteration, before the first layer: overhead, embeddings, dense layers, LM head
 
 
 def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: BatchShape,
-                G: int) -> LayerCosts:
-    """``counts_flat`` (L*E,) tokens per key of the iteration."""
+                G: int, keys_tok: np.ndarray | None = None) -> LayerCosts:
+    """``counts_flat`` (L*E,) tokens per key of the iteration; ``keys_tok`` (T, L*K) the batch's
+    keys (``plan.pool_keys[shape.rows]``, looked up when not given)."""
     L, E = plan.L, plan.E
     counts = counts_flat.reshape(L, E)  # (L, E)
     if plan.moe_tp:
@@ -79,8 +83,11 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     attn = cost.attention_s(prefill, shape.decode, shape.pairs, G, kv_tokens=shape.kv_tokens) + \
         cost.layer_collectives_s(T)
     gate = cost.gate_s(T)
+    # the all-to-all: each layer's traffic between the replica's GPUs (sim/network.py times it
+    # on the links); none on one GPU, nor when every expert is sharded over the replica
     dp = G // plan.tensor_parallel
-    a2a = cost.all_to_all_s(T * plan.K * plan.hidden_size * 2.0 / G, dp, plan.topo.inter_node) \
-        if dp > 1 else 0.0
+    a2a = None
+    if dp > 1 and not plan.moe_tp and T:
+        a2a = gpu_traffic(plan, plan.pool_keys[shape.rows] if keys_tok is None else keys_tok)
     pre = cost.iteration_s(prefill, shape.decode, shape.pairs, shape.kv_tokens, shape.sequences)
     return LayerCosts(comp=comp, load=load, computed=computed, attn=attn, gate=gate, a2a=a2a, pre=pre)

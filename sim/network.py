@@ -1,0 +1,269 @@
+"""The network as link resources: each layer's all-to-all (dispatch and combine) as the traffic of
+the actual token-to-GPU assignment over the links it crosses.
+
+Links (one per direction, so each GPU, NIC and node has an egress and an ingress link):
+
+- NVLink per GPU (``hardware.nvlink_bytes_per_s``, ``nvlink_latency_s``): traffic between two GPUs
+  of one node leaves on the sender's and enters on the receiver's;
+- a NIC per GPU or per node (``cluster.nic``; ``hardware.network_bytes_per_s``,
+  ``network_latency_s``): traffic between nodes leaves on the sender's NIC and enters on the
+  receiver's;
+- with ``cluster.spine_oversubscription`` = s > 1, a spine uplink and downlink per node (the
+  leaf switch's uplinks) of ``NICs of the node x NIC bandwidth / s``: a node's cross-node traffic
+  shares it (2: half the NIC bandwidth in aggregate).
+
+The traffic (:func:`gpu_traffic`): a token lives on the GPU that holds it for attention. The
+iteration's T tokens (in batch order) are spread evenly over the replica's G GPUs in contiguous
+blocks, token i on local GPU ``i * G // T``: the batch is spread evenly over the data-parallel
+ranks and, inside a tensor-parallel rank (whose GPUs all hold the rank's tokens after the
+all-reduce), each GPU sends an equal share. At layer l the token goes to the GPU of each of its K
+experts (the plan's placement: the single owner, or a replicated expert's ``share`` of its tokens
+per GPU) and comes back (combine: the same flows reversed). A token to an expert on its own GPU
+crosses no link. Bytes = tokens x hidden x 2 (bf16).
+
+Time: on each link, the replica's flows of one all-to-all are one transfer of their summed bytes
+(the slowest of them ends when the link's last byte is through); the all-to-all ends when the
+last link's transfer ends: ``max(base latency, max over links of latency + bytes / bandwidth)``,
+where the base latency (the collective's, paid even when no byte crosses a link) is the NVLink
+latency, or the network's when the replica spans nodes. A replica whose links are its own (its
+GPUs' NVLink and NICs are never used by another replica) has no contention, so this is exact and
+computed for all layers at once with numpy. A link that several replicas use (a node's NIC or
+spine uplink shared by replicas spanning nodes) is a :class:`SharedLink`: a transfer there waits
+for the link time other replicas have booked (see its doc), so that concurrent replicas contend.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Any
+
+import numpy as np
+
+from sim.cluster import Topology
+
+__all__ = ["BF16_BYTES", "Network", "SharedLink", "gpu_traffic", "token_sources"]
+
+#: bytes per hidden-state element moved by the all-to-all (bf16 activations)
+BF16_BYTES = 2.0
+
+
+def token_sources(T: int, G: int) -> np.ndarray:
+    """(T,) the local GPU each of the batch's T tokens lives on: contiguous even blocks."""
+    return (np.arange(T, dtype=np.int64) * G) // max(T, 1)
+
+
+def gpu_traffic(plan: Any, keys_tok: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:
+    """The dispatch of each layer: (L, G, G) tokens from source GPU (axis 1) to expert GPU (axis 2).
+
+    ``keys_tok`` (T, L*K): the iteration's tokens' cache keys ``layer * E + expert``; sources by
+    :func:`token_sources`; destinations by the plan's placement: the owner GPU of each expert, or
+    with replicated experts ``share`` (L, E, G), the share of an expert's tokens each GPU computes
+    (default ``plan.share``; a per-batch split passes its own). The diagonal is traffic that stays
+    on its GPU. This is the one place the token-to-GPU assignment enters the network model."""
+    L, E, G = plan.L, plan.E, plan.topo.expert_parallel
+    T = len(keys_tok)
+    src = token_sources(T, G)[:, None]  # (T, 1)
+    if share is None and plan.single_owner:
+        idx = src * (L * G) + plan.lg_index[keys_tok]  # (T, L*K) flat (src, layer, dst)
+        m = np.bincount(idx.ravel(), minlength=G * L * G).reshape(G, L, G)
+        return m.transpose(1, 0, 2).astype(np.float64)
+    sh = plan.share if share is None else share
+    idx = src * (L * E) + keys_tok  # (T, L*K) flat (src, key)
+    per = np.bincount(idx.ravel(), minlength=G * L * E).reshape(G, L, E).astype(np.float64)
+    return np.einsum("sle,leg->lsg", per, sh)
+
+
+class SharedLink:
+    """One direction of a link several replicas use: the link time they have booked.
+
+    Replicas time their iterations one at a time (each walks all its layers when the iteration
+    starts), so a later-walked replica's transfer cannot slow down one already timed. A transfer
+    therefore runs at the link's full rate in the link's idle time from its start, around the
+    time booked before it: the link is work-conserving (its busy time is processor sharing's),
+    and among transfers that overlap the one walked first goes first (processor sharing would
+    let both finish at the later time). ``book`` returns the transfer's finish; ``bytes_total``
+    accumulates."""
+
+    __slots__ = ("bytes_per_s", "starts", "ends", "bytes_total")
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.bytes_per_s = float(bytes_per_s)
+        self.starts: list[float] = []  # disjoint busy intervals, sorted
+        self.ends: list[float] = []
+        self.bytes_total = 0.0
+
+    def book(self, s: float, nbytes: float) -> float:
+        self.bytes_total += nbytes
+        if nbytes <= 0 or self.bytes_per_s == float("inf"):
+            return s
+        starts, ends = self.starts, self.ends
+        rem = nbytes / self.bytes_per_s  # link time the transfer needs
+        i0 = i = bisect_right(ends, s)  # intervals before i0 end by s
+        n = len(starts)
+        t = s
+        while True:
+            if i < n and starts[i] <= t:  # busy: wait for its end
+                if ends[i] > t:
+                    t = ends[i]
+                i += 1
+                continue
+            gap = (starts[i] if i < n else float("inf")) - t
+            if rem <= gap:
+                t += rem
+                break
+            rem -= gap
+            t = starts[i]
+        # every gap from s to t is now busy: intervals i0..i-1 and the new time merge into one
+        lo = min(s, starts[i0]) if i0 < i else s
+        hi = t
+        if i < n and starts[i] <= hi:
+            hi = ends[i]
+            i += 1
+        starts[i0:i] = [lo]
+        ends[i0:i] = [hi]
+        return t
+
+    def prune(self, before: float) -> None:
+        """Forget the intervals that end by ``before`` (no later transfer starts earlier)."""
+        k = bisect_right(self.ends, before)
+        if k:
+            del self.starts[:k]
+            del self.ends[:k]
+
+
+class _ReplicaNet:
+    """The links one replica's all-to-all crosses: columns of a (L, C) load matrix in (egress,
+    ingress) pairs, and which columns are shared with other replicas."""
+
+    def __init__(self, topo: Topology, gpus: list[int], shared_ids: set[tuple], hidden: int) -> None:
+        G = len(gpus)
+        node = np.array([topo.node_of(g) for g in gpus])
+        same = (node[:, None] == node[None, :]) & ~np.eye(G, dtype=bool)
+        cross = node[:, None] != node[None, :]
+        self.same, self.cross = same.astype(np.float64), cross.astype(np.float64)
+        self.any_cross = bool(cross.any())
+        bpt = hidden * BF16_BYTES
+        # column groups: (one-hot (G, J) local GPU -> link, ids of the J links, bandwidth, latency)
+        groups: list[tuple[np.ndarray, list[tuple], float, float, bool]] = [
+            (np.eye(G), [("nv", g) for g in gpus], topo.nvlink_bytes_per_s, topo.nvlink_latency_s,
+             False)]
+        if self.any_cross:
+            if topo.nic == "gpu":
+                nic_ids, nic_of = [("nic", g) for g in gpus], np.arange(G)
+            else:
+                nodes = sorted(set(node.tolist()))
+                nic_ids = [("nicn", n) for n in nodes]
+                nic_of = np.searchsorted(nodes, node)
+            groups.append((np.eye(len(nic_ids))[nic_of], nic_ids, topo.nic_bytes_per_s,
+                           topo.nic_latency_s, True))
+            if topo.spine_oversubscription > 1.0:
+                nodes = sorted(set(node.tolist()))
+                nics = topo.gpus_per_node if topo.nic == "gpu" else 1
+                groups.append((np.eye(len(nodes))[np.searchsorted(nodes, node)],
+                               [("spine", n) for n in nodes],
+                               nics * topo.nic_bytes_per_s / topo.spine_oversubscription, 0.0, True))
+        self.groups = groups
+        self.base = topo.nic_latency_s if self.any_cross else topo.nvlink_latency_s
+        self.bpt = bpt
+        # the shared columns: (group index, column, link id)
+        self.shared = [(k, j, lid) for k, (_, ids, _, _, _) in enumerate(groups)
+                       for j, lid in enumerate(ids) if lid in shared_ids]
+
+    def times(self, traffic: np.ndarray) -> tuple[np.ndarray, list]:
+        """Per layer the all-to-all time over the unshared links (L,), and per shared column its
+        (L,) egress and ingress bytes of the dispatch."""
+        L = traffic.shape[0]
+        intra = traffic * self.same  # (L, G, G)
+        best = np.zeros(L)
+        shared_bytes = []
+        sh = {(k, j) for k, j, _ in self.shared}
+        for k, (onehot, ids, bw, lat, is_net) in enumerate(self.groups):
+            m = (traffic * self.cross) if is_net else intra
+            out = (m.sum(axis=2) @ onehot) * self.bpt  # (L, J) bytes leaving per link
+            inn = (m.sum(axis=1) @ onehot) * self.bpt  # (L, J) bytes entering
+            if sh:
+                for j in range(len(ids)):
+                    if (k, j) in sh:
+                        shared_bytes.append((out[:, j].tolist(), inn[:, j].tolist(), bw, lat))
+                        out[:, j] = 0.0
+                        inn[:, j] = 0.0
+            load = np.maximum(out.max(axis=1, initial=0.0), inn.max(axis=1, initial=0.0))  # (L,)
+            t = np.where(load > 0, lat + load / bw, 0.0)
+            np.maximum(best, t, out=best)
+        np.maximum(best, self.base, out=best)
+        return best, shared_bytes
+
+
+class Network:
+    """The cluster's network links (run state): per replica its links, and the shared ones."""
+
+    def __init__(self, topo: Topology, hidden: int) -> None:
+        self.topo, self.hidden = topo, hidden
+        users: dict[tuple, set[int]] = {}
+        for r in range(topo.num_replicas):
+            if not topo.spans_nodes(r):
+                continue  # a replica in one node crosses only its own GPUs' NVLink
+            for g in topo.replicas[r]:
+                n = topo.node_of(g)
+                for lid in (("nic", g) if topo.nic == "gpu" else ("nicn", n), ("spine", n)):
+                    users.setdefault(lid, set()).add(r)
+        shared = {lid for lid, rs in users.items() if len(rs) > 1}
+        contending = set().union(*(users[lid] for lid in shared)) if shared else set()
+        #: per shared link id, its (egress, ingress) resources
+        self.links: dict[tuple, tuple[SharedLink, SharedLink]] = {}
+        self._shared_ids = shared
+        self._rep: dict[int, _ReplicaNet] = {}  # by the replica's first GPU
+        #: per replica using shared links, when it last walked (no later booking is earlier)
+        self._last: dict[int, float] = {r: 0.0 for r in sorted(contending)}
+        self._cache: tuple[Any, Any, Any] = (None, None, None)
+
+    def _replica(self, gpus: list[int]) -> _ReplicaNet:
+        rn = self._rep.get(gpus[0])
+        if rn is None:
+            rn = self._rep[gpus[0]] = _ReplicaNet(self.topo, gpus, self._shared_ids, self.hidden)
+        return rn
+
+    def layer_times(self, gpus: list[int], traffic: np.ndarray, t: float
+                    ) -> tuple[list[float], Any]:
+        """For a replica (its global GPU ids) and an iteration's :func:`gpu_traffic`, walked from
+        time ``t``: per layer the all-to-all time, and ``None`` or,
+        when the replica uses shared links, ``book(l, combine, t) -> end`` that times layer l's
+        dispatch (``combine`` False) or combine from ``t`` on the links (the per-layer times then
+        cover only the unshared links)."""
+        last = self._cache
+        if last[0] is traffic:
+            return last[1], last[2]
+        rn = self._replica(gpus)
+        best, shared_bytes = rn.times(traffic)
+        times = best.tolist()
+        book = None
+        if shared_bytes:
+            r = self.topo.replica_of(gpus[0])
+            self._last[r] = t
+            cutoff = min(self._last.values())
+            pairs = [self._link(lid, sb[2]) for (_, _, lid), sb in zip(rn.shared, shared_bytes)]
+            for eg, ig in pairs:
+                eg.prune(cutoff)
+                ig.prune(cutoff)
+            cols = [(pair, ob, ib, lat) for pair, (ob, ib, bw, lat) in zip(pairs, shared_bytes)]
+
+            def book(l: int, combine: bool, t0: float) -> float:
+                end = t0 + times[l]
+                for (eg, ig), ob, ib, lat in cols:
+                    # the combine reverses the flows: what left on egress comes back on ingress
+                    for link, nb in ((eg, ib[l] if combine else ob[l]),
+                                     (ig, ob[l] if combine else ib[l])):
+                        if nb > 0:
+                            fin = link.book(t0 + lat, nb)
+                            if fin > end:
+                                end = fin
+                return end
+
+        self._cache = (traffic, times, book)
+        return times, book
+
+    def _link(self, lid: tuple, bw: float) -> tuple[SharedLink, SharedLink]:
+        pair = self.links.get(lid)
+        if pair is None:
+            pair = self.links[lid] = (SharedLink(bw), SharedLink(bw))
+        return pair
