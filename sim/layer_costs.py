@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sim.cost.analytic import kv_read_tokens
-from sim.network import gpu_traffic
+from sim.network import gpu_traffic, source_counts
 from sim.plan import ClusterPlan
 from sim.state import Requests
 
@@ -55,9 +55,9 @@ class LayerCosts:
 
 
 def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: BatchShape,
-                G: int, keys_tok: np.ndarray | None = None) -> LayerCosts:
-    """``counts_flat`` (L*E,) tokens per key of the iteration; ``keys_tok`` (T, L*K) the batch's
-    keys (``plan.pool_keys[shape.rows]``, looked up when not given)."""
+                G: int, src_counts: np.ndarray | None = None) -> LayerCosts:
+    """``counts_flat`` (L*E,) tokens per key of the iteration; ``src_counts`` (G, L*E) the same per
+    source GPU (:func:`sim.network.source_counts`; counted from the batch when not given)."""
     L, E = plan.L, plan.E
     counts = counts_flat.reshape(L, E)  # (L, E)
     if plan.moe_tp:
@@ -88,6 +88,8 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     dp = G // plan.tensor_parallel
     a2a = None
     if dp > 1 and not plan.moe_tp and T:
-        a2a = gpu_traffic(plan, plan.pool_keys[shape.rows] if keys_tok is None else keys_tok)
+        if src_counts is None:
+            src_counts = source_counts(plan.pool_keys[shape.rows], G, L * E)
+        a2a = gpu_traffic(plan, src_counts)
     pre = cost.iteration_s(prefill, shape.decode, shape.pairs, shape.kv_tokens, shape.sequences)
     return LayerCosts(comp=comp, load=load, computed=computed, attn=attn, gate=gate, a2a=a2a, pre=pre)

@@ -29,7 +29,7 @@ import numpy as np
 from sim.cache_log import CacheLog
 from sim.errors import MoesimError
 from sim.layer_costs import batch_shape, layer_costs
-from sim.network import Network
+from sim.network import Network, source_counts
 from sim.plan import ClusterPlan
 from sim.policies.base import CachePolicy, PrefetchPolicy
 from sim.prediction import Prediction
@@ -62,10 +62,11 @@ class LayerWalk:
         batch, alloc = batch[keep], alloc[keep]
         shape = batch_shape(self.req, batch, alloc)
         keys_tok = plan.pool_keys[shape.rows]  # (T, L*K) key = layer * E + expert
-        counts_flat = np.bincount(keys_tok.ravel(), minlength=L * E)  # (L*E,) tokens per key
-        tl.recorded_le += counts_flat.reshape(L, E)
         G = len(rep.gpus)
-        lc = layer_costs(plan, cost, counts_flat, shape, G, keys_tok)
+        src_counts = source_counts(keys_tok, G, L * E)  # (G, L*E) per token's GPU (sim.network)
+        counts_flat = src_counts.sum(axis=0)  # (L*E,) tokens per key
+        tl.recorded_le += counts_flat.reshape(L, E)
+        lc = layer_costs(plan, cost, counts_flat, shape, G, src_counts)
         comp_arr, load_g = lc.comp, lc.load
         tl.computed_le += lc.computed
         sum_load = load_g.sum(axis=1)  # (L,)

@@ -41,7 +41,7 @@ import numpy as np
 
 from sim.cluster import Topology
 
-__all__ = ["BF16_BYTES", "Network", "SharedLink", "gpu_traffic", "token_sources"]
+__all__ = ["BF16_BYTES", "Network", "SharedLink", "gpu_traffic", "source_counts", "token_sources"]
 
 #: bytes per hidden-state element moved by the all-to-all (bf16 activations)
 BF16_BYTES = 2.0
@@ -52,25 +52,36 @@ def token_sources(T: int, G: int) -> np.ndarray:
     return (np.arange(T, dtype=np.int64) * G) // max(T, 1)
 
 
-def gpu_traffic(plan: Any, keys_tok: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:
+def source_counts(keys_tok: np.ndarray, G: int, LE: int) -> np.ndarray:
+    """(G, L*E) tokens per source GPU (:func:`token_sources`) and key, from ``keys_tok`` (T, L*K)
+    the batch's keys ``layer * E + expert``; summed over GPUs it is the tokens per key."""
+    T = len(keys_tok)
+    if G == 1:
+        return np.bincount(keys_tok.ravel(), minlength=LE)[None, :]
+    if T < 512:  # one bincount over (source, key) pairs: fewer calls
+        src = (token_sources(T, G) * LE).astype(np.int32)[:, None]  # (T, 1)
+        return np.bincount((src + keys_tok).ravel(), minlength=G * LE).reshape(G, LE)
+    bounds = (np.arange(G + 1) * T + G - 1) // G  # token_sources' blocks: GPU g has [b_g, b_g+1)
+    per = np.zeros((G, LE), dtype=np.int64)
+    for g in range(G):
+        lo, hi = bounds[g], bounds[g + 1]
+        if hi > lo:
+            per[g] = np.bincount(keys_tok[lo:hi].ravel(), minlength=LE)
+    return per
+
+
+def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:
     """The dispatch of each layer: (L, G, G) tokens from source GPU (axis 1) to expert GPU (axis 2).
 
-    ``keys_tok`` (T, L*K): the iteration's tokens' cache keys ``layer * E + expert``; sources by
-    :func:`token_sources`; destinations by the plan's placement: the owner GPU of each expert, or
-    with replicated experts ``share`` (L, E, G), the share of an expert's tokens each GPU computes
-    (default ``plan.share``; a per-batch split passes its own). The diagonal is traffic that stays
-    on its GPU. This is the one place the token-to-GPU assignment enters the network model."""
+    ``src_counts`` (G, L*E): :func:`source_counts` of the iteration's tokens; destinations by the
+    plan's placement: ``share`` (L, E, G), the share of an expert's tokens each GPU computes (1 on
+    its one owner; default ``plan.share``; a per-batch split of replicated experts passes its
+    own). The diagonal is traffic that stays on its GPU. This is the one place the token-to-GPU
+    assignment enters the network model."""
     L, E, G = plan.L, plan.E, plan.topo.expert_parallel
-    T = len(keys_tok)
-    src = token_sources(T, G)[:, None]  # (T, 1)
-    if share is None and plan.single_owner:
-        idx = src * (L * G) + plan.lg_index[keys_tok]  # (T, L*K) flat (src, layer, dst)
-        m = np.bincount(idx.ravel(), minlength=G * L * G).reshape(G, L, G)
-        return m.transpose(1, 0, 2).astype(np.float64)
-    sh = plan.share if share is None else share
-    idx = src * (L * E) + keys_tok  # (T, L*K) flat (src, key)
-    per = np.bincount(idx.ravel(), minlength=G * L * E).reshape(G, L, E).astype(np.float64)
-    return np.einsum("sle,leg->lsg", per, sh)
+    sh = plan.share if share is None else share  # (L, E, G)
+    per = src_counts.reshape(G, L, E).transpose(1, 0, 2).astype(np.float64)  # (L, G, E)
+    return np.matmul(per, sh)  # (L, G, G)
 
 
 class SharedLink:
@@ -172,6 +183,14 @@ class _ReplicaNet:
     def times(self, traffic: np.ndarray) -> tuple[np.ndarray, list]:
         """Per layer the all-to-all time over the unshared links (L,), and per shared column its
         (L,) egress and ingress bytes of the dispatch."""
+        if not self.any_cross:  # one node: the GPUs' own NVLink, unshared (the common case)
+            diag = np.einsum("lgg->lg", traffic)  # (L, G) tokens staying on their GPU
+            load = np.maximum((traffic.sum(axis=2) - diag).max(axis=1),
+                              (traffic.sum(axis=1) - diag).max(axis=1)) * self.bpt  # (L,) bytes
+            _, _, bw, lat, _ = self.groups[0]
+            best = np.where(load > 0, lat + load / bw, 0.0)
+            np.maximum(best, self.base, out=best)
+            return best, []
         L = traffic.shape[0]
         intra = traffic * self.same  # (L, G, G)
         best = np.zeros(L)
