@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sim.cost.analytic import kv_read_tokens
-from sim.network import gpu_traffic, source_counts
+from sim.network import source_counts
 from sim.plan import ClusterPlan
 from sim.state import Requests
 
@@ -48,9 +48,10 @@ class LayerCosts:
     computed: np.ndarray  # (L, E) tokens computed per expert
     attn: float  # attention block + tensor-parallel collectives, per layer
     gate: float
-    #: the all-to-all's traffic: (L, G, G) tokens from GPU to GPU per layer (sim.network.gpu_traffic;
-    #: the combine reverses it), None when there is no all-to-all
-    a2a: np.ndarray | None
+    #: the all-to-all: (G, L*E) tokens per source GPU and key, and the share of each expert's
+    #: tokens per GPU (None: the plan's); sim.network turns it into traffic and times it; None
+    #: when there is no all-to-all
+    a2a: tuple[np.ndarray, np.ndarray | None] | None
     pre: float  # per iteration, before the first layer: overhead, embeddings, dense layers, LM head
 
 
@@ -90,6 +91,8 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     if dp > 1 and not plan.moe_tp and T:
         if src_counts is None:
             src_counts = source_counts(plan.pool_keys[shape.rows], G, L * E)
-        a2a = gpu_traffic(plan, src_counts)
+        # the token-to-GPU assignment: the plan's placement (None); a per-batch split of
+        # replicated experts gives its (L, E, G) share here (sim.network.gpu_traffic)
+        a2a = (src_counts, None)
     pre = cost.iteration_s(prefill, shape.decode, shape.pairs, shape.kv_tokens, shape.sequences)
     return LayerCosts(comp=comp, load=load, computed=computed, attn=attn, gate=gate, a2a=a2a, pre=pre)

@@ -52,7 +52,7 @@ class LayerWalk:
         over = getattr(cost, "host_copy_overhead_s", 0.0)
         self.pad_bytes = over * bw if over and bw != float("inf") else 0.0
         #: the network links the all-to-all crosses (sim/network.py)
-        self.net = Network(plan.topo, plan.hidden_size)
+        self.net = Network(plan.topo, plan.hidden_size, plan)
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:

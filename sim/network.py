@@ -146,7 +146,8 @@ class _ReplicaNet:
     """The links one replica's all-to-all crosses: columns of a (L, C) load matrix in (egress,
     ingress) pairs, and which columns are shared with other replicas."""
 
-    def __init__(self, topo: Topology, gpus: list[int], shared_ids: set[tuple], hidden: int) -> None:
+    def __init__(self, topo: Topology, gpus: list[int], shared_ids: set[tuple], hidden: int,
+                 plan: Any = None) -> None:
         G = len(gpus)
         node = np.array([topo.node_of(g) for g in gpus])
         same = (node[:, None] == node[None, :]) & ~np.eye(G, dtype=bool)
@@ -179,6 +180,35 @@ class _ReplicaNet:
         # the shared columns: (group index, column, link id)
         self.shared = [(k, j, lid) for k, (_, ids, _, _, _) in enumerate(groups)
                        for j, lid in enumerate(ids) if lid in shared_ids]
+        #: one node and every expert on one GPU: each (source GPU, key)'s tokens leave on the
+        #: source's NVLink and enter on the owner's (none when they are the same GPU); the
+        #: flat index of those two sums in a (L, 2G) table, for one weighted bincount
+        self.fast_idx = None
+        if plan is not None and plan.single_owner and not self.any_cross:
+            L, E = plan.L, plan.E
+            layer = np.arange(L * E) // E  # (L*E,)
+            owner = (plan.lg_index - layer * G)[None, :]  # (1, L*E) local owner GPU of each key
+            src = np.arange(G)[:, None]  # (G, 1)
+            moves = owner != src  # (G, L*E)
+            dummy = 2 * L * G
+            sent = np.where(moves, layer * 2 * G + src, dummy)
+            recv = np.where(moves, layer * 2 * G + G + owner, dummy)
+            self.fast_idx = np.concatenate([sent.ravel(), recv.ravel()])
+            self.fast_shape = (L, 2 * G)
+            self.fast_scale = bpt / topo.nvlink_bytes_per_s
+
+    def fast_times(self, src_counts: np.ndarray) -> list[float]:
+        """:meth:`times` of :func:`gpu_traffic`'s static placement from the source counts directly
+        (one node, single owners, no shared link): per layer ``latency + max(bytes a GPU sends,
+        bytes a GPU receives) / NVLink bandwidth``."""
+        x = src_counts.ravel()
+        L, GG = self.fast_shape
+        n = L * GG
+        y = np.bincount(self.fast_idx, weights=np.concatenate((x, x)), minlength=n + 1)
+        t = y[:n].reshape(L, GG).max(axis=1)  # (L,) tokens on the most loaded link
+        t *= self.fast_scale
+        t += self.groups[0][3]
+        return t.tolist()
 
     def times(self, traffic: np.ndarray) -> tuple[np.ndarray, list]:
         """Per layer the all-to-all time over the unshared links (L,), and per shared column its
@@ -216,8 +246,10 @@ class _ReplicaNet:
 class Network:
     """The cluster's network links (run state): per replica its links, and the shared ones."""
 
-    def __init__(self, topo: Topology, hidden: int) -> None:
-        self.topo, self.hidden = topo, hidden
+    def __init__(self, topo: Topology, hidden: int, plan: Any = None) -> None:
+        """``plan`` (a :class:`~sim.plan.ClusterPlan`) turns the source counts of
+        :meth:`layer_times` into traffic (:func:`gpu_traffic`); without it, give traffic."""
+        self.topo, self.hidden, self.plan = topo, hidden, plan
         users: dict[tuple, set[int]] = {}
         for r in range(topo.num_replicas):
             if not topo.spans_nodes(r):
@@ -239,20 +271,32 @@ class Network:
     def _replica(self, gpus: list[int]) -> _ReplicaNet:
         rn = self._rep.get(gpus[0])
         if rn is None:
-            rn = self._rep[gpus[0]] = _ReplicaNet(self.topo, gpus, self._shared_ids, self.hidden)
+            rn = self._rep[gpus[0]] = _ReplicaNet(self.topo, gpus, self._shared_ids, self.hidden,
+                                                  self.plan)
         return rn
 
-    def layer_times(self, gpus: list[int], traffic: np.ndarray, t: float
-                    ) -> tuple[list[float], Any]:
-        """For a replica (its global GPU ids) and an iteration's :func:`gpu_traffic`, walked from
-        time ``t``: per layer the all-to-all time, and ``None`` or,
-        when the replica uses shared links, ``book(l, combine, t) -> end`` that times layer l's
-        dispatch (``combine`` False) or combine from ``t`` on the links (the per-layer times then
-        cover only the unshared links)."""
+    def layer_times(self, gpus: list[int], a2a: Any, t: float) -> tuple[list[float], Any]:
+        """For a replica (its global GPU ids) and an iteration's all-to-all, walked from time
+        ``t``: per layer the all-to-all time, and ``None`` or, when the replica uses shared
+        links, ``book(l, combine, t) -> end`` that times layer l's dispatch (``combine`` False)
+        or combine from ``t`` on the links (the per-layer times then cover only the unshared
+        links).
+
+        ``a2a``: the traffic (L, G, G) of :func:`gpu_traffic`, or ``(src_counts, share)`` as
+        :func:`sim.layer_costs.layer_costs` gives it (``share`` None: the plan's placement)."""
         last = self._cache
-        if last[0] is traffic:
+        if last[0] is a2a:
             return last[1], last[2]
         rn = self._replica(gpus)
+        if isinstance(a2a, tuple):
+            src_counts, share = a2a
+            if share is None and rn.fast_idx is not None:
+                times = rn.fast_times(src_counts)
+                self._cache = (a2a, times, None)
+                return times, None
+            traffic = gpu_traffic(self.plan, src_counts, share)
+        else:
+            traffic = a2a
         best, shared_bytes = rn.times(traffic)
         times = best.tolist()
         book = None
@@ -278,7 +322,7 @@ class Network:
                                 end = fin
                 return end
 
-        self._cache = (traffic, times, book)
+        self._cache = (a2a, times, book)
         return times, book
 
     def _link(self, lid: tuple, bw: float) -> tuple[SharedLink, SharedLink]:
