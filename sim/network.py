@@ -35,6 +35,7 @@ for the link time other replicas have booked (see its doc), so that concurrent r
 from __future__ import annotations
 
 from bisect import bisect_right
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,14 @@ def token_sources(T: int, G: int) -> np.ndarray:
     return (np.arange(T, dtype=np.int64) * G) // max(T, 1)
 
 
+@lru_cache(maxsize=4096)
+def _source_offsets(T: int, G: int, LE: int) -> np.ndarray:
+    """(T, 1) int32: each token's source GPU x ``LE`` (read-only, shared between calls)."""
+    out = (token_sources(T, G) * LE).astype(np.int32)[:, None]
+    out.flags.writeable = False
+    return out
+
+
 def source_counts(keys_tok: np.ndarray, G: int, LE: int) -> np.ndarray:
     """(G, L*E) tokens per source GPU (:func:`token_sources`) and key, from ``keys_tok`` (T, L*K)
     the batch's keys ``layer * E + expert``; summed over GPUs it is the tokens per key."""
@@ -59,8 +68,8 @@ def source_counts(keys_tok: np.ndarray, G: int, LE: int) -> np.ndarray:
     if G == 1:
         return np.bincount(keys_tok.ravel(), minlength=LE)[None, :]
     if T < 512:  # one bincount over (source, key) pairs: fewer calls
-        src = (token_sources(T, G) * LE).astype(np.int32)[:, None]  # (T, 1)
-        return np.bincount((src + keys_tok).ravel(), minlength=G * LE).reshape(G, LE)
+        return np.bincount((_source_offsets(T, G, LE) + keys_tok).ravel(),
+                           minlength=G * LE).reshape(G, LE)
     bounds = (np.arange(G + 1) * T + G - 1) // G  # token_sources' blocks: GPU g has [b_g, b_g+1)
     per = np.zeros((G, LE), dtype=np.int64)
     for g in range(G):
@@ -109,6 +118,13 @@ class SharedLink:
             return s
         starts, ends = self.starts, self.ends
         rem = nbytes / self.bytes_per_s  # link time the transfer needs
+        if not ends or ends[-1] <= s:  # idle from s on: the common case
+            if ends and ends[-1] == s:
+                ends[-1] = s + rem
+            else:
+                starts.append(s)
+                ends.append(s + rem)
+            return s + rem
         i0 = i = bisect_right(ends, s)  # intervals before i0 end by s
         n = len(starts)
         t = s
@@ -308,18 +324,21 @@ class Network:
             for eg, ig in pairs:
                 eg.prune(cutoff)
                 ig.prune(cutoff)
-            cols = [(pair, ob, ib, lat) for pair, (ob, ib, bw, lat) in zip(pairs, shared_bytes)]
+            # per all-to-all, (link, bytes per layer, latency); the combine reverses the flows:
+            # what left on a link's egress comes back on its ingress
+            disp = [c for (eg, ig), (ob, ib, _, lat) in zip(pairs, shared_bytes)
+                    for c in ((eg.book, ob, lat), (ig.book, ib, lat))]
+            comb = [c for (eg, ig), (ob, ib, _, lat) in zip(pairs, shared_bytes)
+                    for c in ((eg.book, ib, lat), (ig.book, ob, lat))]
 
             def book(l: int, combine: bool, t0: float) -> float:
                 end = t0 + times[l]
-                for (eg, ig), ob, ib, lat in cols:
-                    # the combine reverses the flows: what left on egress comes back on ingress
-                    for link, nb in ((eg, ib[l] if combine else ob[l]),
-                                     (ig, ob[l] if combine else ib[l])):
-                        if nb > 0:
-                            fin = link.book(t0 + lat, nb)
-                            if fin > end:
-                                end = fin
+                for link_book, nb, lat in (comb if combine else disp):
+                    b = nb[l]
+                    if b > 0:
+                        fin = link_book(t0 + lat, b)
+                        if fin > end:
+                            end = fin
                 return end
 
         self._cache = (a2a, times, book)
