@@ -270,3 +270,53 @@ def test_one_node_closed_form_equals_the_traffic_matrix(pool):
         assert not shared
         assert rn.fast_times(sc) == pytest.approx(general.tolist(), rel=1e-12)
         assert net.layer_times([0, 1, 2, 3], (sc, None), 0.0)[0] == rn.fast_times(sc)
+
+
+def test_timeline_of_two_replicas_sharing_node_nics():
+    """The event log, by hand: 2 nodes x 2 GPUs, replicas {0, 2} and {1, 3}, one NIC per node
+    (2 B/s, no latency), NVLink unused. Each replica serves one request of one token that lives
+    on its first GPU and routes to expert 2, held by its second GPU (the other node): 2 bytes
+    cross node 0's NIC out and node 1's NIC in (1 s), and back for the combine."""
+    from sim.testing import pool_from_rows
+
+    def run(n_requests):
+        cfg = _net_cfg(2, 2, 2, replicas=[(0, 2), (1, 3)], nic="node", bw=2.0)
+        cfg.model = dataclasses.replace(cfg.model, num_layers=1, num_experts=4, top_k=1)
+        rec = Recorder(0.0, INF)
+        pool = pool_from_rows([[[2]]])
+        _, m = _sim(cfg, workload([0.0] * n_requests, [1] * n_requests, [1] * n_requests), pool,
+                    rec, StubCost(attn_s=0.001, expert_s_each=0.002))
+        return rec.events, m
+
+    alone, m1 = run(1)
+    want_alone = [
+        ("attention L0", "compute", 0, 0.0, 0.001),
+        ("a2a dispatch L0", "all_to_all", 0, 0.001, 1.001),
+        ("attention L0", "compute", 2, 0.0, 0.001),
+        ("a2a dispatch L0", "all_to_all", 2, 0.001, 1.001),
+        ("experts L0", "compute", 2, 1.001, 1.003),
+        ("a2a combine L0", "all_to_all", 0, 1.003, 2.003),
+        ("a2a combine L0", "all_to_all", 2, 1.003, 2.003),
+    ]
+    _check_log(alone, want_alone)
+    assert m1["e2e_s"]["p50"] == pytest.approx(2.003)
+    both, m2 = run(2)
+    # replica 0 walks first and is timed as alone; replica 1's dispatch waits for node 0's NIC
+    # egress (busy 0.001-1.001), its combine for node 1's NIC egress (busy 1.003-2.003)
+    want_second = [
+        ("attention L0", "compute", 1, 0.0, 0.001),
+        ("a2a dispatch L0", "all_to_all", 1, 0.001, 2.001),
+        ("attention L0", "compute", 3, 0.0, 0.001),
+        ("a2a dispatch L0", "all_to_all", 3, 0.001, 2.001),
+        ("experts L0", "compute", 3, 2.001, 2.003),
+        ("a2a combine L0", "all_to_all", 1, 2.003, 3.003),
+        ("a2a combine L0", "all_to_all", 3, 2.003, 3.003),
+    ]
+    _check_log(both, want_alone + want_second)
+    assert m2["e2e_s"]["mean"] == pytest.approx((2.003 + 3.003) / 2)
+
+
+def _check_log(got, want):
+    assert [e[:3] for e in got] == [w[:3] for w in want]
+    for g, w in zip(got, want):
+        assert g[3:] == pytest.approx(w[3:], abs=1e-12), (g, w)
