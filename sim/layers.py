@@ -29,7 +29,7 @@ import numpy as np
 from sim.cache_log import CacheLog
 from sim.errors import MoesimError
 from sim.layer_costs import batch_shape, layer_costs
-from sim.network import Network, source_counts
+from sim.network import Network, count_tokens
 from sim.plan import ClusterPlan
 from sim.policies.base import CachePolicy, PrefetchPolicy
 from sim.prediction import Prediction
@@ -63,10 +63,10 @@ class LayerWalk:
         shape = batch_shape(self.req, batch, alloc)
         keys_tok = plan.pool_keys[shape.rows]  # (T, L*K) key = layer * E + expert
         G = len(rep.gpus)
-        src_counts = source_counts(keys_tok, G, L * E)  # (G, L*E) per token's GPU (sim.network)
-        counts_flat = src_counts.sum(axis=0)  # (L*E,) tokens per key
+        # (L*E,) tokens per key, and what the all-to-all needs of them (sim.network)
+        counts_flat, a2a_tokens = count_tokens(plan, keys_tok, G)
         tl.recorded_le += counts_flat.reshape(L, E)
-        lc = layer_costs(plan, cost, counts_flat, shape, G, src_counts)
+        lc = layer_costs(plan, cost, counts_flat, shape, G, a2a_tokens)
         comp_arr, load_g = lc.comp, lc.load
         tl.computed_le += lc.computed
         sum_load = load_g.sum(axis=1)  # (L,)

@@ -42,7 +42,8 @@ import numpy as np
 
 from sim.cluster import Topology
 
-__all__ = ["BF16_BYTES", "Network", "SharedLink", "gpu_traffic", "source_counts", "token_sources"]
+__all__ = ["BF16_BYTES", "Network", "SharedLink", "count_tokens", "gpu_traffic", "source_counts",
+           "token_sources"]
 
 #: bytes per hidden-state element moved by the all-to-all (bf16 activations)
 BF16_BYTES = 2.0
@@ -77,6 +78,28 @@ def source_counts(keys_tok: np.ndarray, G: int, LE: int) -> np.ndarray:
         if hi > lo:
             per[g] = np.bincount(keys_tok[lo:hi].ravel(), minlength=LE)
     return per
+
+
+def count_tokens(plan: Any, keys_tok: np.ndarray, G: int) -> tuple[np.ndarray, Any]:
+    """An iteration's tokens per key (L*E,), and what its all-to-all needs to know of them
+    (None: no all-to-all, on one GPU or with every expert sharded over the replica).
+
+    ``keys_tok`` (T, L*K): the batch's keys ``layer * E + expert``. With few tokens and a single
+    owner per expert, the traffic itself (L, G, G), counted token by token (cost ~ T*L*K); else
+    the :func:`source_counts` (G, L*E) (cost ~ G*L*E on top of the count per key), which
+    :func:`gpu_traffic` turns into traffic with the placement's share."""
+    L, E = plan.L, plan.E
+    LE = L * E
+    T = len(keys_tok)
+    if G // plan.tensor_parallel <= 1 or plan.moe_tp or T == 0:
+        return np.bincount(keys_tok.ravel(), minlength=LE), None
+    if plan.single_owner and T * plan.K < G * E:
+        counts = np.bincount(keys_tok.ravel(), minlength=LE)
+        idx = _source_offsets(T, G, L * G) + plan.lg_index[keys_tok]  # (T, L*K) (src, layer, dst)
+        m = np.bincount(idx.ravel(), minlength=G * L * G).reshape(G, L, G)
+        return counts, m.transpose(1, 0, 2)
+    sc = source_counts(keys_tok, G, LE)
+    return sc.sum(axis=0), sc
 
 
 def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ from sim.config import ClusterConfig, HardwareConfig
 from sim.engine import Recorder, Simulation
 from sim.errors import ConfigError
 from sim.metrics import compute_metrics
-from sim.network import Network, SharedLink, gpu_traffic, source_counts, token_sources
+from sim.network import Network, SharedLink, count_tokens, gpu_traffic, source_counts, token_sources
 from sim.testing import StubCost, random_pool, tiny_config, workload
 
 INF = float("inf")
@@ -270,6 +270,13 @@ def test_one_node_closed_form_equals_the_traffic_matrix(pool):
         assert not shared
         assert rn.fast_times(sc) == pytest.approx(general.tolist(), rel=1e-12)
         assert net.layer_times([0, 1, 2, 3], (sc, None), 0.0)[0] == rn.fast_times(sc)
+        # count_tokens: per key, and token by token (few tokens) or by source counts (many)
+        counts, tok = count_tokens(plan, keys, 4)
+        assert counts.tolist() == sc.sum(axis=0).tolist()
+        want = gpu_traffic(plan, sc)
+        got = tok if tok.ndim == 3 else gpu_traffic(plan, tok)
+        assert (tok.ndim == 3) == (T * plan.K < 4 * plan.E)
+        assert got.tolist() == want.tolist()
 
 
 def test_timeline_of_two_replicas_sharing_node_nics():
