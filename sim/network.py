@@ -95,7 +95,7 @@ def count_tokens(plan: Any, keys_tok: np.ndarray, G: int) -> tuple[np.ndarray, A
         return np.bincount(keys_tok.ravel(), minlength=LE), None
     if plan.single_owner and T * plan.K < G * E:
         counts = np.bincount(keys_tok.ravel(), minlength=LE)
-        idx = _source_offsets(T, G, L * G) + plan.lg_index[keys_tok]  # (T, L*K) (src, layer, dst)
+        idx = _source_offsets(T, G, L * G) + plan.lg_index.take(keys_tok)  # (T, L*K) src, layer, dst
         m = np.bincount(idx.ravel(), minlength=G * L * G).reshape(G, L, G)
         return counts, m.transpose(1, 0, 2)
     sc = source_counts(keys_tok, G, LE)
@@ -111,6 +111,10 @@ def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = No
     own). The diagonal is traffic that stays on its GPU. This is the one place the token-to-GPU
     assignment enters the network model."""
     L, E, G = plan.L, plan.E, plan.topo.expert_parallel
+    if share is None and plan.single_owner:  # a scatter by owner (no BLAS, see _ReplicaNet)
+        idx = (np.arange(G) * (L * G))[:, None] + plan.lg_index[None, :]  # (G, L*E) src, layer, dst
+        m = np.bincount(idx.ravel(), weights=src_counts.ravel(), minlength=G * L * G)
+        return m.reshape(G, L, G).transpose(1, 0, 2)
     sh = plan.share if share is None else share  # (L, E, G)
     per = src_counts.reshape(G, L, E).transpose(1, 0, 2).astype(np.float64)  # (L, G, E)
     return np.matmul(per, sh)  # (L, G, G)
@@ -182,43 +186,68 @@ class SharedLink:
 
 
 class _ReplicaNet:
-    """The links one replica's all-to-all crosses: columns of a (L, C) load matrix in (egress,
-    ingress) pairs, and which columns are shared with other replicas."""
+    """The links one replica's all-to-all crosses: C links (columns), each loaded by some of the
+    flows from local GPU g to h (flow ``g * G + h``): ``rows`` lists the flows link by link
+    (link c's from ``starts[c]``), so a gather and a sum give every link's load per layer at
+    once; and which links are shared."""
 
     def __init__(self, topo: Topology, gpus: list[int], shared_ids: set[tuple], hidden: int,
                  plan: Any = None) -> None:
         G = len(gpus)
-        node = np.array([topo.node_of(g) for g in gpus])
-        same = (node[:, None] == node[None, :]) & ~np.eye(G, dtype=bool)
-        cross = node[:, None] != node[None, :]
-        self.same, self.cross = same.astype(np.float64), cross.astype(np.float64)
-        self.any_cross = bool(cross.any())
+        node = [topo.node_of(g) for g in gpus]
+        nodes = sorted(set(node))
+        self.any_cross = len(nodes) > 1
         bpt = hidden * BF16_BYTES
-        # column groups: (one-hot (G, J) local GPU -> link, ids of the J links, bandwidth, latency)
-        groups: list[tuple[np.ndarray, list[tuple], float, float, bool]] = [
-            (np.eye(G), [("nv", g) for g in gpus], topo.nvlink_bytes_per_s, topo.nvlink_latency_s,
-             False)]
-        if self.any_cross:
-            if topo.nic == "gpu":
-                nic_ids, nic_of = [("nic", g) for g in gpus], np.arange(G)
-            else:
-                nodes = sorted(set(node.tolist()))
-                nic_ids = [("nicn", n) for n in nodes]
-                nic_of = np.searchsorted(nodes, node)
-            groups.append((np.eye(len(nic_ids))[nic_of], nic_ids, topo.nic_bytes_per_s,
-                           topo.nic_latency_s, True))
-            if topo.spine_oversubscription > 1.0:
-                nodes = sorted(set(node.tolist()))
-                nics = topo.gpus_per_node if topo.nic == "gpu" else 1
-                groups.append((np.eye(len(nodes))[np.searchsorted(nodes, node)],
-                               [("spine", n) for n in nodes],
-                               nics * topo.nic_bytes_per_s / topo.spine_oversubscription, 0.0, True))
-        self.groups = groups
-        self.base = topo.nic_latency_s if self.any_cross else topo.nvlink_latency_s
+        nic_of = (lambda i: ("nic", gpus[i])) if topo.nic == "gpu" else (lambda i: ("nicn", node[i]))
+        spine = self.any_cross and topo.spine_oversubscription > 1.0
+        spine_bw = (topo.gpus_per_node if topo.nic == "gpu" else 1) * topo.nic_bytes_per_s / \
+            topo.spine_oversubscription
+        cols: dict[tuple, int] = {}  # (link id, "out" | "in") -> column
+        spec: list[tuple[float, float]] = []  # per column (bandwidth, latency)
+        pairs: list[tuple[int, int]] = []  # (row, column)
+
+        def col(key: tuple, bw: float, lat: float) -> int:
+            if key not in cols:
+                cols[key] = len(spec)
+                spec.append((bw, lat))
+            return cols[key]
+
+        for i in range(G):
+            for j in range(G):
+                if i == j:
+                    continue
+                row = i * G + j
+                if node[i] == node[j]:
+                    links = [((("nv", gpus[i]), "out"), topo.nvlink_bytes_per_s, topo.nvlink_latency_s),
+                             ((("nv", gpus[j]), "in"), topo.nvlink_bytes_per_s, topo.nvlink_latency_s)]
+                else:
+                    links = [((nic_of(i), "out"), topo.nic_bytes_per_s, topo.nic_latency_s),
+                             ((nic_of(j), "in"), topo.nic_bytes_per_s, topo.nic_latency_s)]
+                    if spine:
+                        links += [((("spine", node[i]), "out"), spine_bw, 0.0),
+                                  ((("spine", node[j]), "in"), spine_bw, 0.0)]
+                for key, bw, lat in links:
+                    pairs.append((row, col(key, bw, lat)))
+        # W as a gather of the flows by link, then a sum per link (no BLAS: a matmul this size
+        # may start threads, and on a loaded machine that costs far more than the product)
+        pairs.sort(key=lambda rc: (rc[1], rc[0]))
+        self.rows = np.array([r for r, _ in pairs], dtype=np.int64)
+        starts = np.searchsorted(np.array([c for _, c in pairs]), np.arange(len(spec)))
+        self.starts = starts.astype(np.int64)
+        bw = np.array([b for b, _ in spec])
+        lat = np.array([x for _, x in spec])
         self.bpt = bpt
-        # the shared columns: (group index, column, link id)
-        self.shared = [(k, j, lid) for k, (_, ids, _, _, _) in enumerate(groups)
-                       for j, lid in enumerate(ids) if lid in shared_ids]
+        self.scale = bpt / bw  # (C,) seconds per token
+        self.lat = lat
+        self.base = topo.nic_latency_s if self.any_cross else topo.nvlink_latency_s
+        self.nv_lat = topo.nvlink_latency_s
+        # the shared links: (link id, egress column, ingress column, bandwidth, latency)
+        self.shared = [(lid, cols[(lid, "out")], cols[(lid, "in")], spec[cols[(lid, "out")]][0],
+                        spec[cols[(lid, "out")]][1])
+                       for lid in sorted({k[0] for k in cols if k[0] in shared_ids})]
+        self.unshared = np.ones(len(spec), dtype=bool)
+        for _, co, ci, _, _ in self.shared:
+            self.unshared[co] = self.unshared[ci] = False
         #: one node and every expert on one GPU: each (source GPU, key)'s tokens leave on the
         #: source's NVLink and enter on the owner's (none when they are the same GPU); the
         #: flat index of those two sums in a (L, 2G) table, for one weighted bincount
@@ -246,39 +275,25 @@ class _ReplicaNet:
         y = np.bincount(self.fast_idx, weights=np.concatenate((x, x)), minlength=n + 1)
         t = y[:n].reshape(L, GG).max(axis=1)  # (L,) tokens on the most loaded link
         t *= self.fast_scale
-        t += self.groups[0][3]
+        t += self.nv_lat
         return t.tolist()
 
     def times(self, traffic: np.ndarray) -> tuple[np.ndarray, list]:
-        """Per layer the all-to-all time over the unshared links (L,), and per shared column its
-        (L,) egress and ingress bytes of the dispatch."""
-        if not self.any_cross:  # one node: the GPUs' own NVLink, unshared (the common case)
-            diag = np.einsum("lgg->lg", traffic)  # (L, G) tokens staying on their GPU
-            load = np.maximum((traffic.sum(axis=2) - diag).max(axis=1),
-                              (traffic.sum(axis=1) - diag).max(axis=1)) * self.bpt  # (L,) bytes
-            _, _, bw, lat, _ = self.groups[0]
-            best = np.where(load > 0, lat + load / bw, 0.0)
-            np.maximum(best, self.base, out=best)
-            return best, []
-        L = traffic.shape[0]
-        intra = traffic * self.same  # (L, G, G)
-        best = np.zeros(L)
+        """Per layer the all-to-all time over the unshared links (L,), and per shared link its
+        (L,) egress and ingress bytes of the dispatch: ``(link id, out, in, bandwidth, latency)``."""
+        L, G = traffic.shape[0], traffic.shape[1]
+        if not len(self.rows):  # no link between the GPUs (cannot happen with G > 1)
+            return np.full(L, self.base), []
+        flows = traffic.reshape(L, G * G)[:, self.rows]  # (L, P) each flow once per link it loads
+        load = np.add.reduceat(flows, self.starts, axis=1).astype(np.float64)  # (L, C) tokens
+        t = np.where(load > 0, self.lat + load * self.scale, 0.0)  # (L, C)
         shared_bytes = []
-        sh = {(k, j) for k, j, _ in self.shared}
-        for k, (onehot, ids, bw, lat, is_net) in enumerate(self.groups):
-            m = (traffic * self.cross) if is_net else intra
-            out = (m.sum(axis=2) @ onehot) * self.bpt  # (L, J) bytes leaving per link
-            inn = (m.sum(axis=1) @ onehot) * self.bpt  # (L, J) bytes entering
-            if sh:
-                for j in range(len(ids)):
-                    if (k, j) in sh:
-                        shared_bytes.append((out[:, j].tolist(), inn[:, j].tolist(), bw, lat))
-                        out[:, j] = 0.0
-                        inn[:, j] = 0.0
-            load = np.maximum(out.max(axis=1, initial=0.0), inn.max(axis=1, initial=0.0))  # (L,)
-            t = np.where(load > 0, lat + load / bw, 0.0)
-            np.maximum(best, t, out=best)
-        np.maximum(best, self.base, out=best)
+        if self.shared:
+            for lid, co, ci, bw, lat in self.shared:
+                shared_bytes.append((lid, (load[:, co] * self.bpt).tolist(),
+                                     (load[:, ci] * self.bpt).tolist(), bw, lat))
+            t = t[:, self.unshared]
+        best = t.max(axis=1, initial=self.base)
         return best, shared_bytes
 
 
@@ -343,15 +358,15 @@ class Network:
             r = self.topo.replica_of(gpus[0])
             self._last[r] = t
             cutoff = min(self._last.values())
-            pairs = [self._link(lid, sb[2]) for (_, _, lid), sb in zip(rn.shared, shared_bytes)]
+            pairs = [self._link(lid, bw) for lid, _, _, bw, _ in shared_bytes]
             for eg, ig in pairs:
                 eg.prune(cutoff)
                 ig.prune(cutoff)
             # per all-to-all, (link, bytes per layer, latency); the combine reverses the flows:
             # what left on a link's egress comes back on its ingress
-            disp = [c for (eg, ig), (ob, ib, _, lat) in zip(pairs, shared_bytes)
+            disp = [c for (eg, ig), (_, ob, ib, _, lat) in zip(pairs, shared_bytes)
                     for c in ((eg.book, ob, lat), (ig.book, ib, lat))]
-            comb = [c for (eg, ig), (ob, ib, _, lat) in zip(pairs, shared_bytes)
+            comb = [c for (eg, ig), (_, ob, ib, _, lat) in zip(pairs, shared_bytes)
                     for c in ((eg.book, ib, lat), (ig.book, ob, lat))]
 
             def book(l: int, combine: bool, t0: float) -> float:

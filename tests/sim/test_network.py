@@ -49,7 +49,9 @@ def test_traffic_matrix_of_a_hand_made_routing():
     L, E, G = 2, 4, 2
     share = np.zeros((L, E, G))
     share[:, :2, 0] = share[:, 2:, 1] = 1.0
-    plan = SimpleNamespace(L=L, E=E, share=share, topo=SimpleNamespace(expert_parallel=G))
+    lg_index = (np.arange(L)[:, None] * G + share.argmax(axis=2)).ravel()  # layer * G + owner
+    plan = SimpleNamespace(L=L, E=E, share=share, topo=SimpleNamespace(expert_parallel=G),
+                           single_owner=True, lg_index=lg_index)
     # tokens 0, 1 live on GPU 0, tokens 2, 3 on GPU 1; keys = layer * 4 + expert
     routing = [[(0, 2), (1, 3)],  # token 0: L0 experts 0, 2; L1 experts 1, 3
                [(1, 3), (2, 3)],  # token 1
@@ -64,6 +66,7 @@ def test_traffic_matrix_of_a_hand_made_routing():
     # layer 1: token 0 -> e1 (0), e3 (1); token 1 -> e2, e3 (1, 1): GPU 0 sends [1, 3];
     #   token 2 -> e0 (0), e2 (1); token 3 -> e3 (1), e0 (0): GPU 1 sends [2, 2]
     assert m.tolist() == [[[2, 2], [2, 2]], [[1, 3], [2, 2]]]
+    assert gpu_traffic(plan, sc, share).tolist() == m.tolist()  # the share product: the same
     # 800 tokens take source_counts' per-block path (4 tokens: one bincount); the same counts
     big = np.repeat(keys, 200, axis=0)
     assert gpu_traffic(plan, source_counts(big, G, L * E)).tolist() == (200 * m).tolist()
