@@ -25,11 +25,13 @@ Time: on each link, the replica's flows of one all-to-all are one transfer of th
 (the slowest of them ends when the link's last byte is through); the all-to-all ends when the
 last link's transfer ends: ``max(base latency, max over links of latency + bytes / bandwidth)``,
 where the base latency (the collective's, paid even when no byte crosses a link) is the NVLink
-latency, or the network's when the replica spans nodes. A replica whose links are its own (its
-GPUs' NVLink and NICs are never used by another replica) has no contention, so this is exact and
-computed for all layers at once with numpy. A link that several replicas use (a node's NIC or
-spine uplink shared by replicas spanning nodes) is a :class:`SharedLink`: a transfer there waits
-for the link time other replicas have booked (see its doc), so that concurrent replicas contend.
+latency, or the network's when the replica spans nodes. Links are timed each on its own (a flow
+over a NIC and the spine is limited by the slower, the hops are not coupled). A replica whose
+links are its own (its GPUs' NVLink and NICs are never used by another replica) meets no other
+traffic, so this is closed form, for all layers at once with numpy. A link that several
+replicas use (a node's NIC or spine uplink shared by replicas spanning nodes) is a
+:class:`SharedLink`: a transfer there waits for the link time other replicas have booked (see
+its doc), so that concurrent replicas contend.
 """
 
 from __future__ import annotations
