@@ -68,7 +68,8 @@ class HardwareConfig:
     #: GPU-to-GPU bandwidth inside a node, per GPU per direction
     nvlink_bytes_per_s: float = 450e9
     nvlink_latency_s: float = 8e-6
-    #: inter-node network bandwidth per GPU per direction
+    #: inter-node network bandwidth of one NIC per direction (one NIC per GPU by default,
+    #: cluster.nic; DGX H100: ConnectX-7 400 Gb/s = 50 GB/s)
     network_bytes_per_s: float = 50e9
     network_latency_s: float = 20e-6
     #: setup cost of each expert's host-to-device copy beyond the first of a fetch (one
@@ -132,6 +133,15 @@ class ClusterConfig:
     #: start with the cache filled with the GPU's first experts (weights loaded before serving)
     warm_start: bool = True
     faults: list[FaultConfig] = field(default_factory=list)
+    #: the replicas as explicit lists of GPU ids (each of expert_parallel GPUs, disjoint; GPUs
+    #: left out stay idle); empty: consecutive GPUs (sim/network.py, README "Network")
+    replicas: list[list[int]] = field(default_factory=list)
+    #: "gpu": one NIC per GPU (DGX H100); "node": one NIC per node shared by its GPUs; a NIC's
+    #: bandwidth is hardware.network_bytes_per_s
+    nic: str = "gpu"
+    #: leaf-to-spine oversubscription: each node's cross-node traffic shares its NICs' aggregate
+    #: bandwidth / this ratio (1: full bisection, no spine bottleneck)
+    spine_oversubscription: float = 1.0
 
 
 @dataclass

@@ -22,7 +22,7 @@ def fault_process(sim: Simulation, f: Any):
     env, topo, tl = sim.env, sim.plan.topo, sim.tallies
     yield env.timeout(f.time_s)
     gpus = [f.gpu] if f.gpu >= 0 else [g for g in range(topo.num_gpus) if topo.node_of(g) == f.node]
-    reps = sorted({topo.replica_of(g) for g in gpus})
+    reps = sorted({topo.replica_of(g) for g in gpus} - {-1})  # -1: an idle GPU (no replica)
     moved = 0
     for r in reps:
         rep = sim.replicas[r]

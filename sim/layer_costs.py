@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sim.cost.analytic import kv_read_tokens
+from sim.network import count_tokens
 from sim.plan import ClusterPlan
 from sim.state import Requests
 from sim.token_split import split_tokens
@@ -48,13 +49,17 @@ class LayerCosts:
     computed: np.ndarray  # (L, E) tokens computed per expert
     attn: float  # attention block + tensor-parallel collectives, per layer
     gate: float
-    a2a: float  # one all-to-all (dispatch or combine), per layer
+    #: the all-to-all (sim.network times it): its traffic (L, G, G), or (G, L*E) tokens per source
+    #: GPU and key with the share of each expert's tokens per GPU (None: the plan's); None when
+    #: there is no all-to-all
+    a2a: Any
     pre: float  # per iteration, before the first layer: overhead, embeddings, dense layers, LM head
 
 
 def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: BatchShape,
-                G: int) -> LayerCosts:
-    """``counts_flat`` (L*E,) tokens per key of the iteration."""
+                G: int, a2a_tokens: Any = "count") -> LayerCosts:
+    """``counts_flat`` (L*E,) tokens per key of the iteration; ``a2a_tokens`` what the all-to-all
+    needs of the batch (:func:`sim.network.count_tokens`; counted from the batch when not given)."""
     L, E = plan.L, plan.E
     counts = counts_flat.reshape(L, E)  # (L, E)
     if plan.moe_tp:
@@ -83,8 +88,14 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     attn = cost.attention_s(prefill, shape.decode, shape.pairs, G, kv_tokens=shape.kv_tokens) + \
         cost.layer_collectives_s(T)
     gate = cost.gate_s(T)
-    dp = G // plan.tensor_parallel
-    a2a = cost.all_to_all_s(T * plan.K * plan.hidden_size * 2.0 / G, dp, plan.topo.inter_node) \
-        if dp > 1 else 0.0
+    # the all-to-all: each layer's traffic between the replica's GPUs (sim/network.py times it
+    # on the links); none on one GPU, nor when every expert is sharded over the replica
+    if isinstance(a2a_tokens, str):
+        a2a_tokens = count_tokens(plan, plan.pool_keys[shape.rows], G)[1]
+    a2a = a2a_tokens
+    if a2a is not None and a2a.ndim == 2:
+        # source counts (G, L*E) to the token-to-GPU assignment: the plan's placement (None); a
+        # per-batch split of replicated experts gives its (L, E, G) share here (gpu_traffic)
+        a2a = (a2a, None)
     pre = cost.iteration_s(prefill, shape.decode, shape.pairs, shape.kv_tokens, shape.sequences)
     return LayerCosts(comp=comp, load=load, computed=computed, attn=attn, gate=gate, a2a=a2a, pre=pre)

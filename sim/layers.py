@@ -29,6 +29,7 @@ import numpy as np
 from sim.cache_log import CacheLog
 from sim.errors import MoesimError
 from sim.layer_costs import batch_shape, layer_costs
+from sim.network import Network, count_tokens
 from sim.plan import ClusterPlan
 from sim.policies.base import CachePolicy, PrefetchPolicy
 from sim.prediction import Prediction
@@ -50,6 +51,8 @@ class LayerWalk:
         bw = cost.host_link_bytes_per_s
         over = getattr(cost, "host_copy_overhead_s", 0.0)
         self.pad_bytes = over * bw if over and bw != float("inf") else 0.0
+        #: the network links the all-to-all crosses (sim/network.py)
+        self.net = Network(plan.topo, plan.hidden_size, plan)
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
@@ -59,10 +62,11 @@ class LayerWalk:
         batch, alloc = batch[keep], alloc[keep]
         shape = batch_shape(self.req, batch, alloc)
         keys_tok = plan.pool_keys[shape.rows]  # (T, L*K) key = layer * E + expert
-        counts_flat = np.bincount(keys_tok.ravel(), minlength=L * E)  # (L*E,) tokens per key
-        tl.recorded_le += counts_flat.reshape(L, E)
         G = len(rep.gpus)
-        lc = layer_costs(plan, cost, counts_flat, shape, G)
+        # (L*E,) tokens per key, and what the all-to-all needs of them (sim.network)
+        counts_flat, a2a_tokens = count_tokens(plan, keys_tok, G)
+        tl.recorded_le += counts_flat.reshape(L, E)
+        lc = layer_costs(plan, cost, counts_flat, shape, G, a2a_tokens)
         comp_arr, load_g = lc.comp, lc.load
         tl.computed_le += lc.computed
         sum_load = load_g.sum(axis=1)  # (L,)
@@ -183,25 +187,31 @@ class LayerWalk:
         return need, active
 
     # -- timing ---------------------------------------------------------------------------------
-    def _time_layers(self, layers: Any, t: float, gaps: tuple[float, float, float, float],
+    def _time_layers(self, layers: Any, t: float, gaps: tuple[float, float, float, Any],
                      comp: list[list[float]], states: list[GpuState], need: list[list[Any]],
                      stall: list[float], rec: Recorder | None) -> float:
         """Time ``layers`` (pairs of a layer and each GPU's misses there: a count, a list, or None
         for no access) from ``t``; returns when the next layer starts.
 
         A layer (``gaps``): attention, gating, the prediction's cost, all-to-all dispatch, each
-        GPU's experts once its copies are in, all-to-all combine. A GPU that waits for no copy
-        starts its experts when the dispatch is done, and the layer ends when the last GPU's
-        experts end (``ready + max(comp)`` covers every GPU that did not wait, exactly: float
-        addition is monotonic). Recording only writes down what this loop computed."""
-        attn, gate, pf_cost, a2a = gaps  # added one by one, in this order (same floats)
+        GPU's experts once its copies are in, all-to-all combine. The all-to-all's traffic (the
+        last gap) is timed on the network's links (:meth:`sim.network.Network.layer_times`): a
+        time per layer, or, where the replica shares links with others, booked on them. A GPU
+        that waits for no copy starts its experts when the dispatch is done, and the layer ends
+        when the last GPU's experts end (``ready + max(comp)`` covers every GPU that did not
+        wait, exactly: float addition is monotonic). Recording only writes down what this loop computed."""
+        attn, gate, pf_cost, traffic = gaps  # added one by one, in this order (same floats)
+        if traffic is None:
+            a2a_l, book = [0.0] * self.L, None
+        else:
+            a2a_l, book = self.net.layer_times([st.gpu for st in states], traffic, t)
         eb, pad = self.eb, self.pad_bytes
         fetch = [st.link.fetch for st in states]
         inflights = [st.inflight for st in states]
         waits = any(inflights)  # prefetched copies in flight on some GPU (none are added here)
         for l, miss in layers:
             t_gate = t + attn + gate + pf_cost
-            ready = t_gate + a2a
+            ready = t_gate + a2a_l[l] if book is None else book(l, False, t_gate)
             comp_l = comp[l]
             end = ready + max(comp_l)
             if end < ready:
@@ -233,7 +243,7 @@ class LayerWalk:
                         end = e_end
                     if starts is not None:
                         starts[g] = start
-            t_next = end + a2a
+            t_next = end + a2a_l[l] if book is None else book(l, True, end)
             if rec is not None:
                 self._record_layer(rec, l, states, (t, t_gate, ready, end, t_next), attn, comp_l,
                                    copies, starts)

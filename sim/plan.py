@@ -51,7 +51,7 @@ def check_config(cfg: SimConfig) -> Topology:
             raise ConfigError(f"model.{key}={getattr(m, key)}; expected >= 1")
     if m.top_k > m.num_experts:
         raise ConfigError(f"model.top_k={m.top_k} exceeds model.num_experts={m.num_experts}")
-    topo = Topology.from_config(c)
+    topo = Topology.from_config(c, hw)
     tp = c.tensor_parallel
     if tp < 1 or c.expert_parallel % tp:
         raise ConfigError(f"cluster.tensor_parallel={tp} must be >= 1 and divide "

@@ -55,9 +55,11 @@ def tiny_config(layers: int = 2, experts: int = 4, top_k: int = 1, nodes: int = 
 @dataclass
 class StubCost:
     """Round-number costs: attention ``attn_s`` per layer when any token runs, gating free,
-    ``expert_s_each`` per expert that has tokens (summed per GPU and layer), all-to-all ``a2a_s``
-    (0 on one GPU), ``collectives_s`` of tensor-parallel all-reduces per layer, ``iteration_s_each``
-    per iteration, copies at ``host_link_bytes_per_s`` with no latency."""
+    ``expert_s_each`` per expert that has tokens (summed per GPU and layer), ``all_to_all_s``
+    ``a2a_s`` (0 on one GPU; the simulator times its all-to-all on the network's links instead,
+    from ``hardware``: sim/network.py), ``collectives_s`` of tensor-parallel all-reduces per
+    layer, ``iteration_s_each`` per iteration, copies at ``host_link_bytes_per_s`` with no
+    latency."""
 
     attn_s: float = 0.001
     expert_s_each: float = 0.002

@@ -14,7 +14,8 @@ A layer is priced as the kernels a serving engine runs for it (vLLM / SGLang, CU
   over the experts that have tokens), each expert's tokens padded to a block of
   :data:`MOE_BLOCK_TOKENS` (``moe_align_block_size``), so efficiency falls with few tokens per
   expert; the weights of every active expert are read once;
-- collectives: all-to-all (EP dispatch/combine across attention data-parallel ranks) and, with
+- collectives: all-to-all (EP dispatch/combine across attention data-parallel ranks; the
+  simulator times it on the network's links instead, :mod:`sim.network`) and, with
   tensor parallelism, two all-reduces per layer, each ``latency + 2 (n-1)/n bytes / bandwidth``
   (ring) on NVLink (or the network across nodes);
 - per iteration: a fixed overhead (``hardware.iteration_overhead_s`` plus the serving engine's
@@ -206,6 +207,9 @@ class AnalyticCost:
         return self.host_link_latency_s + nbytes / self.host_link_bytes_per_s
 
     def all_to_all_s(self, bytes_per_gpu: float, gpus: int, inter_node: bool) -> float:
+        """One all-to-all of ``bytes_per_gpu`` spread evenly over ``gpus`` (the table model's
+        fallback). The simulator does not call it: it times each layer's all-to-all on the
+        network's links from the actual traffic (:mod:`sim.network`)."""
         if gpus <= 1:
             return 0.0
         hw = self.hw

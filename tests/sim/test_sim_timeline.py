@@ -62,7 +62,10 @@ def test_two_gpus_pay_all_to_all_and_overlap_copies():
     # EP=2: GPU 0 holds experts 0,1 of each layer, GPU 1 experts 2,3; budget: 1 slot per layer
     pool = pool_from_rows([[[0], [3]]])
     cfg = tiny_config(layers=2, experts=4, gpus_per_node=2, ep=2, budget_fraction=0.5)
-    cost = StubCost(attn_s=0.001, expert_s_each=0.002, a2a_s=0.0005, host_link_bytes_per_s=2000.0)
+    # the all-to-all is timed on the network (sim/network.py): NVLink of infinite bandwidth and
+    # 0.5 ms latency makes every all-to-all 0.5 ms
+    cfg.hardware.nvlink_bytes_per_s, cfg.hardware.nvlink_latency_s = float("inf"), 0.0005
+    cost = StubCost(attn_s=0.001, expert_s_each=0.002, host_link_bytes_per_s=2000.0)
     sim, log, m = _run(cfg, workload([0.0], [1], [1]), pool, cost)
     # warm caches: GPU0 keys {0, 1} (layer 0), GPU1 keys {2, 3} (layer 0) -> L1 key 7 misses on GPU1
     want = [
