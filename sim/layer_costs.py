@@ -62,6 +62,7 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     needs of the batch (:func:`sim.network.count_tokens`; counted from the batch when not given)."""
     L, E = plan.L, plan.E
     counts = counts_flat.reshape(L, E)  # (L, E)
+    batch_share = None  # (L, E, G) this batch's split of replicated experts (multi-owner only)
     if plan.moe_tp:
         # every GPU computes every expert's tokens on its shard of the weights
         per_layer = cost.moe_s(counts_flat, np.repeat(np.arange(L), E), L)  # (L,)
@@ -83,6 +84,8 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
                                 tok_g.shape)
         comp = cost.moe_s(tok_g.ravel(), group.ravel(), L * G).reshape(L, G)
         load = tok_g.sum(axis=1).astype(np.float64)  # (L, G)
+        # the all-to-all follows the split: each GPU's share of an expert's tokens in this batch
+        batch_share = tok_g / np.maximum(counts, 1)[:, :, None]
     T = len(shape.rows)
     prefill = T - shape.decode
     attn = cost.attention_s(prefill, shape.decode, shape.pairs, G, kv_tokens=shape.kv_tokens) + \
@@ -94,8 +97,8 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
         a2a_tokens = count_tokens(plan, plan.pool_keys[shape.rows], G)[1]
     a2a = a2a_tokens
     if a2a is not None and a2a.ndim == 2:
-        # source counts (G, L*E) to the token-to-GPU assignment: the plan's placement (None); a
-        # per-batch split of replicated experts gives its (L, E, G) share here (gpu_traffic)
-        a2a = (a2a, None)
+        # source counts (G, L*E) to the token-to-GPU assignment: the plan's placement (None), or
+        # with replicated experts this batch's split (sim/token_split.py) as an (L, E, G) share
+        a2a = (a2a, batch_share)
     pre = cost.iteration_s(prefill, shape.decode, shape.pairs, shape.kv_tokens, shape.sequences)
     return LayerCosts(comp=comp, load=load, computed=computed, attn=attn, gate=gate, a2a=a2a, pre=pre)
