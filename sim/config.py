@@ -179,6 +179,9 @@ class PolicyConfig:
     prefetch_args: dict[str, Any] = field(default_factory=dict)
     placement_args: dict[str, Any] = field(default_factory=dict)
     scheduler_args: dict[str, Any] = field(default_factory=dict)
+    #: serve a cache policy that has an array form (lru: sim/policies/cache/_stamped.py) a whole
+    #: iteration at once with numpy; false: the general path (the reference; same metrics.json)
+    cache_arrays: bool = True
 
 
 @dataclass

@@ -31,6 +31,7 @@ from sim.errors import MoesimError
 from sim.layer_costs import batch_shape, layer_costs
 from sim.plan import ClusterPlan
 from sim.policies.base import CachePolicy, PrefetchPolicy
+from sim.policies.cache._stamped import serve_lru_iteration
 from sim.prediction import Prediction
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 
@@ -77,13 +78,21 @@ class LayerWalk:
         states = rep.states
         step0 = rep.step
         rep.step += L
-        need, active = self.needs(states, used_flat)
         comp = comp_arr.tolist()  # [L][G] seconds
         stall = [st.stall_s for st in states]
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
         t = t0 + lc.pre + pred.take_inline(rep)
         gaps = (attn, gate, pf_cost, a2a)
-        if pred.pf_next:
+        miss_lg = None
+        if rep.stamps is not None and not pred.pf_next and not any(st.inflight for st in states):
+            miss_lg = self._serve_arrays(rep, used_flat)
+        if miss_lg is not None:  # every GPU's misses per layer, served with numpy
+            t = self._time_layers(enumerate(miss_lg), t, gaps, comp, states, None, stall, rec)
+            if pred.observers:
+                for l in range(L):
+                    pred.observe(rep, l, used_flat)
+        elif pred.pf_next:
+            need, active = self.needs(states, used_flat)
             for l in range(L):
                 miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
                         for g, st in enumerate(states)]
@@ -92,6 +101,7 @@ class LayerWalk:
                 pred.next_layer(rep, l, used_flat, step0, t_gate, need)
                 t += pred.take_inline(rep)
         else:
+            need, active = self.needs(states, used_flat)
             nones = [None] * L
             miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
                       for g, st in enumerate(states)]
@@ -115,6 +125,20 @@ class LayerWalk:
             if nres > st.capacity:
                 raise MoesimError(f"cache policy {self.cache_name!r} holds {nres} experts on GPU "
                                   f"{st.gpu}, over its budget {st.capacity}")
+
+    def _serve_arrays(self, rep: ReplicaState, used_flat: np.ndarray) -> list[list[int]] | None:
+        """Every GPU's steps of the iteration through the replica's array caches (LRU as stamps,
+        :func:`sim.policies.cache._stamped.serve_lru_iteration`): the misses per layer and GPU, or
+        None when a step is not in array form (the general path serves it)."""
+        states = rep.states
+        miss = serve_lru_iteration(rep.stamps, [st.cache for st in states], used_flat, self.E, self.L)
+        if miss is None:
+            return None
+        for st in states:
+            cache = st.cache
+            if cache is not None and cache.nres > st.peak_resident:
+                st.peak_resident = cache.nres
+        return miss.tolist()
 
     def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
         """One layer's keys through a GPU's cache: the misses (a list), or None when no access."""
