@@ -35,6 +35,26 @@ from sim.policies.cache._stamped import serve_lru_iteration
 from sim.prediction import Prediction
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 
+#: the largest pool (rows x keys) whose prefix counts :class:`LayerWalk` keeps (int32: 128 MiB)
+PREFIX_MAX_ENTRIES = 1 << 25
+
+
+def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | None:
+    """(N+1, num_keys) int32: row ``i`` counts each key over pool rows ``0..i-1``; None when it
+    would exceed :data:`PREFIX_MAX_ENTRIES` entries."""
+    N = len(pool_keys)
+    if (N + 1) * num_keys > PREFIX_MAX_ENTRIES:
+        return None
+    out = np.zeros((N + 1, num_keys), dtype=np.int32)
+    step = max(1, (1 << 22) // max(num_keys, 1))
+    for a in range(0, N, step):
+        b = min(N, a + step)
+        flat = (np.arange(b - a, dtype=np.int64)[:, None] * num_keys + pool_keys[a:b]).ravel()
+        blk = np.bincount(flat, minlength=(b - a) * num_keys).reshape(b - a, num_keys)
+        np.cumsum(blk, axis=0, out=blk)
+        out[a + 1:b + 1] = blk + out[a]
+    return out
+
 
 class LayerWalk:
     def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, tallies: Tallies,
@@ -51,6 +71,32 @@ class LayerWalk:
         bw = cost.host_link_bytes_per_s
         over = getattr(cost, "host_copy_overhead_s", 0.0)
         self.pad_bytes = over * bw if over and bw != float("inf") else 0.0
+        #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
+        self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E)
+
+    def _key_counts(self, batch: np.ndarray, alloc: np.ndarray, shape: Any) -> np.ndarray:
+        """(L*E,) int64: tokens of the batch per key. A request's chunk is a range of its pool
+        entry's rows (wrapping around the entry): a difference of two prefix-count rows, plus whole
+        laps; decode tokens (one row each) are counted directly. Without the prefix counts (a
+        big pool), every token's keys are counted."""
+        LE, plan, req = self.L * self.E, self.plan, self.req
+        C = self.prefix
+        if C is None:
+            return np.bincount(plan.pool_keys[shape.rows].ravel(), minlength=LE)
+        off, ln = req.offset[batch], req.length[batch]
+        s0 = req.ctx[batch] % ln  # (B,) first row of the chunk inside the entry
+        one = alloc == 1
+        counts = np.bincount(plan.pool_keys[(off + s0)[one]].ravel(), minlength=LE)
+        if not one.all():
+            chunk = ~one
+            off, ln, s0 = off[chunk], ln[chunk], s0[chunk]
+            x1 = s0 + alloc[chunk]
+            laps = x1 // ln
+            counts += C[off + (x1 - laps * ln)].sum(axis=0, dtype=np.int64)
+            counts -= C[off + s0].sum(axis=0, dtype=np.int64)
+            if laps.any():
+                counts += (laps[:, None] * (C[off + ln] - C[off])).sum(axis=0, dtype=np.int64)
+        return counts
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
@@ -58,9 +104,8 @@ class LayerWalk:
         L, E, plan, cost, tl = self.L, self.E, self.plan, self.cost, self.t
         keep = alloc > 0
         batch, alloc = batch[keep], alloc[keep]
-        shape = batch_shape(self.req, batch, alloc)
-        keys_tok = plan.pool_keys[shape.rows]  # (T, L*K) key = layer * E + expert
-        counts_flat = np.bincount(keys_tok.ravel(), minlength=L * E)  # (L*E,) tokens per key
+        shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None)
+        counts_flat = self._key_counts(batch, alloc, shape)  # (L*E,) tokens per key
         tl.recorded_le += counts_flat.reshape(L, E)
         G = len(rep.gpus)
         lc = layer_costs(plan, cost, counts_flat, shape, G)
