@@ -124,7 +124,7 @@ class Simulation:
                            ctx=PrefetchContext(request_id=f"replica{index}"))
         E = plan.E
         if self.arrays:
-            rep.stamps = StampStore(plan.home_masks)
+            rep.stamps = StampStore(plan.home_masks, plan.L)
             self._stores.update((gpu, rep.stamps) for gpu in rep.gpus)
         for local, gpu in enumerate(rep.gpus):
             mask = plan.home_masks[local]

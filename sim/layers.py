@@ -132,7 +132,10 @@ class LayerWalk:
         if rep.stamps is not None and not pred.pf_next and not any(st.inflight for st in states):
             miss_lg = self._serve_arrays(rep, used_flat)
         if miss_lg is not None:  # every GPU's misses per layer, served with numpy
-            t = self._time_layers(enumerate(miss_lg), t, gaps, comp, states, None, stall, rec)
+            t_fast = None if rec is not None or self.pad_bytes else \
+                self._time_counts(miss_lg, t, gaps, comp, states, stall)
+            t = t_fast if t_fast is not None else \
+                self._time_layers(enumerate(miss_lg), t, gaps, comp, states, None, stall, rec)
             if pred.observers:
                 for l in range(L):
                     pred.observe(rep, l, used_flat)
@@ -176,13 +179,12 @@ class LayerWalk:
         :func:`sim.policies.cache._stamped.serve_lru_iteration`): the misses per layer and GPU, or
         None when a step is not in array form (the general path serves it)."""
         states = rep.states
-        miss = serve_lru_iteration(rep.stamps, [st.cache for st in states], used_flat, self.E, self.L)
+        miss = serve_lru_iteration(rep.stamps, used_flat)
         if miss is None:
             return None
-        for st in states:
-            cache = st.cache
-            if cache is not None and cache.nres > st.peak_resident:
-                st.peak_resident = cache.nres
+        for st, nres in zip(states, rep.stamps.nres.tolist()):
+            if nres > st.peak_resident:  # (at most the slots: the arrays never exceed them)
+                st.peak_resident = nres
         return miss.tolist()
 
     def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
@@ -307,6 +309,62 @@ class LayerWalk:
                 self._record_layer(rec, l, states, (t, t_gate, ready, end, t_next), attn, comp_l,
                                    copies, starts)
             t = t_next
+        return t
+
+    def _time_counts(self, miss_lg: list[list[int]], t: float, gaps: tuple[float, float, float, float],
+                     comp: list[list[float]], states: list[GpuState], stall: list[float]
+                     ) -> float | None:
+        """:meth:`_time_layers` for misses given as counts per (layer, GPU), no prefetched copy in
+        flight, nothing recorded, no per-copy overhead: the same float operations in the same
+        order, with each host link's usual fetch (:meth:`sim.cluster.Link.fetch`: the link idle or
+        done with its previous fetch) done on local copies of its clock; any other fetch goes
+        through the link itself. None (nothing changed) where the links differ in bandwidth or
+        latency, are infinite or carry other transfers: the caller times it the general way.
+        tests/sim/test_fast_path.py holds both to the same metrics.json."""
+        links = [st.link for st in states]
+        lk = links[0]
+        bw, lat, eb = lk.bytes_per_s, lk.latency_s, self.eb
+        if eb <= 0 or any(x.active or x.infinite or x.bytes_per_s != bw or x.latency_s != lat
+                          for x in links):
+            return None
+        attn, gate, pf_cost, a2a = gaps  # added one by one, in this order (same floats)
+        clock = [x.t for x in links]
+        solo = [x._solo for x in links]
+        total = [x.bytes_total for x in links]
+        general = [False] * len(links)  # a link carrying shared transfers: its own fetch
+        for l, miss in enumerate(miss_lg):
+            t_gate = t + attn + gate + pf_cost
+            ready = t_gate + a2a
+            comp_l = comp[l]
+            end = ready + max(comp_l)
+            if end < ready:
+                end = ready
+            start = t_gate + lat
+            for g, nm in enumerate(miss):
+                if not nm:
+                    continue
+                nb = nm * eb
+                s = solo[g]
+                if general[g] or (s and clock[g] + s / bw > start):
+                    x = links[g]
+                    x.t, x._solo, x.bytes_total = clock[g], s, total[g]
+                    fin = x.fetch(t_gate, nb)
+                    clock[g], solo[g], total[g] = x.t, x._solo, x.bytes_total
+                    general[g] = bool(x.active)
+                else:
+                    total[g] += nb
+                    if s or start > clock[g]:
+                        clock[g] = start
+                    solo[g] = float(nb)
+                    fin = start + nb / bw
+                if fin > ready:
+                    stall[g] += fin - ready
+                    e_end = fin + comp_l[g]
+                    if e_end > end:
+                        end = e_end
+            t = end + a2a
+        for g, x in enumerate(links):
+            x.t, x._solo, x.bytes_total = clock[g], solo[g], total[g]
         return t
 
     @staticmethod

@@ -146,7 +146,7 @@ def test_stamps_serve_like_lru(seed):
     G = int(rng.integers(1, 4))
     N = L * E
     masks = [rng.random(N) < rng.uniform(0.3, 1.0) for _ in range(G)]
-    store = StampStore(masks)
+    store = StampStore(masks, L)
     fast, ref = [], []
     for g in range(G):
         home = int(masks[g].sum())
@@ -162,7 +162,7 @@ def test_stamps_serve_like_lru(seed):
     step = 0
     for _ in range(30):
         used = rng.random(N) < rng.uniform(0.1, 0.9)
-        got = serve_lru_iteration(store, fast, used, E, L)
+        got = serve_lru_iteration(store, used)
         if got is None:  # a step needs more keys than a GPU's slots: the general path
             for g in range(G):
                 if fast[g] is not None:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from sim.policies.cache.lru import LRUCache
+from sim.world import CacheCounts
 
 _BIG = 1 << 40  # row offset when a replica's rows of stamps are searched as one sorted array
 
@@ -42,10 +43,12 @@ class StampStore:
 
     ``homes[g]``: the keys GPU ``g`` holds (increasing); ``loc`` (G, num_keys): the local index of
     a key on a GPU (-1: not held there); ``S`` (G, H) the stamps (H: the most keys a GPU holds;
-    padding stays -1)."""
+    padding stays -1). Per GPU: ``clock`` the next stamp, ``nres`` resident keys, ``cap`` slots,
+    and the hits, misses and evictions not yet added to the cache's ``counts``."""
 
-    def __init__(self, home_masks: list[np.ndarray]) -> None:
+    def __init__(self, home_masks: list[np.ndarray], L: int) -> None:
         G = len(home_masks)
+        self.G, self.L = G, L
         self.homes = [np.flatnonzero(m) for m in home_masks]
         H = max((len(h) for h in self.homes), default=0)
         self.H = H
@@ -53,10 +56,32 @@ class StampStore:
         for g, h in enumerate(self.homes):
             self.loc[g, h] = np.arange(len(h))
         self.S = np.full((G, H), -1, dtype=np.int64)
+        self.clock = np.zeros(G, dtype=np.int64)
+        self.nres = np.zeros(G, dtype=np.int64)
+        self.cap = np.zeros(G, dtype=np.int64)
+        self.tally = np.zeros((3, G), dtype=np.int64)  # hits, misses, evictions not yet counted
+        self.caches: list[StampedLRU | None] = [None] * G
+        self.objects: set[int] = set()  # rows whose cache is in objects mode
         # (key, GPU) holdings ordered by GPU then key: the order a GPU's steps use its keys
         gk = np.argwhere(self.loc >= 0)  # (P, 2) (GPU, key), GPU-major
-        self.pair_gpu, self.pair_key = gk[:, 0], gk[:, 1]
-        self.pair_loc = self.loc[self.pair_gpu, self.pair_key]
+        self._all = (gk[:, 0], gk[:, 1])
+        self._bind()
+
+    def _bind(self) -> None:
+        """The holdings of the GPUs with a cache, and whether any step can need more keys than
+        its GPU's slots (else that check is skipped)."""
+        pg, pk = self._all
+        have = np.array([c is not None for c in self.caches], dtype=bool)
+        keep = have[pg] if len(pg) else np.zeros(0, dtype=bool)
+        self.pair_gpu, self.pair_key = pg[keep], pk[keep]
+        layer = self.pair_key // (self.loc.shape[1] // self.L) if self.L else self.pair_key
+        self.pair_step = self.pair_gpu * self.L + layer  # (P,) a GPU's step
+        self.pair_layer = layer
+        self.pair_flat = self.pair_gpu * self.H + self.loc[self.pair_gpu, self.pair_key]
+        most = np.bincount(self.pair_step, minlength=self.G * self.L).reshape(self.G, self.L)
+        self.cap_step = np.repeat(self.cap, self.L)  # (G*L,)
+        self.check_steps = bool((most.max(axis=1, initial=0) > self.cap)[have].any())
+        self.offs = np.arange(self.G, dtype=np.int64) * _BIG
 
 
 class StampedLRU(LRUCache):
@@ -65,10 +90,14 @@ class StampedLRU(LRUCache):
     def __init__(self, capacity: int, num_keys: int, store: StampStore, row: int, cfg: Any = None
                  ) -> None:
         self._arrays = False
-        super().__init__(capacity, num_keys, cfg)
         self.store, self.row = store, row
-        self.clock = 0  # the next stamp
-        self.nres = 0  # resident keys (kept in arrays mode)
+        super().__init__(capacity, num_keys, cfg)
+        store.S[row] = -1
+        store.clock[row] = store.nres[row] = 0
+        store.cap[row] = self.capacity
+        store.caches[row] = self
+        store.objects.add(row)
+        store._bind()
 
     # -- the two modes --------------------------------------------------------------------------
     @property
@@ -91,11 +120,33 @@ class StampedLRU(LRUCache):
     def _order(self, value: OrderedDict[int, None]) -> None:
         self._od = value
 
+    @property
+    def counts(self) -> CacheCounts:  # type: ignore[override]
+        t = self.store.tally[:, self.row]
+        if t.any():
+            c = self._counts
+            c.hits += int(t[0])
+            c.misses += int(t[1])
+            c.evictions += int(t[2])
+            t[:] = 0
+        return self._counts
+
+    @counts.setter
+    def counts(self, value: CacheCounts) -> None:
+        self.store.tally[:, self.row] = 0
+        self._counts = value
+
+    @property
+    def nres(self) -> int:
+        return int(self.store.nres[self.row]) if self._arrays else len(self._res)
+
     def _to_objects(self) -> None:
-        srow = self.store.S[self.row]
+        st = self.store
+        srow = st.S[self.row]
         idx = np.flatnonzero(srow >= 0)
-        keys = self.store.homes[self.row][idx[np.argsort(srow[idx])]].tolist()  # oldest first
+        keys = st.homes[self.row][idx[np.argsort(srow[idx])]].tolist()  # oldest first
         self._arrays = False
+        st.objects.add(self.row)
         self._res = set(keys)
         self._od = OrderedDict.fromkeys(keys)
 
@@ -104,88 +155,96 @@ class StampedLRU(LRUCache):
         not one of the GPU's home keys (the arrays have no slot for it)."""
         if self._arrays:
             return True
-        loc = self.store.loc[self.row]
+        st, row = self.store, self.row
+        loc = st.loc[row]
         keys = list(self._od)
         if keys and int(loc[keys].min()) < 0:
             return False
-        srow = self.store.S[self.row]
+        srow = st.S[row]
         srow[:] = -1
-        srow[loc[keys]] = np.arange(self.clock, self.clock + len(keys))
-        self.clock += len(keys)
-        self.nres = len(keys)
+        c = int(st.clock[row])
+        srow[loc[keys]] = np.arange(c, c + len(keys))
+        st.clock[row] = c + len(keys)
+        st.nres[row] = len(keys)
         self._arrays = True
+        st.objects.discard(row)
         return True
 
 
-def serve_lru_iteration(store: StampStore, caches: list[StampedLRU | None], used_flat: np.ndarray,
-                        E: int, L: int) -> np.ndarray | None:
+def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray | None:
     """Serve one iteration's steps (step ``l``: the keys of layer ``l`` a GPU holds and the batch
-    uses, ``used_flat`` (L*E,) bool) on every GPU with a cache, all at once.
+    uses, ``used_flat`` (L*E,) bool) on every GPU of the store with a cache, all at once.
 
     Returns the misses per (layer, GPU) (L, G) int64, or None (nothing changed) when some step
     needs more keys than its GPU's slots: the caller then takes the general path."""
-    G = len(caches)
-    have = np.array([c is not None for c in caches])
-    sel = used_flat[store.pair_key] & have[store.pair_gpu]
+    G, L, H = store.G, store.L, store.H
+    sel = used_flat[store.pair_key]
     g = store.pair_gpu[sel]  # (n,) GPU of each access, in serving order
-    k = store.pair_key[sel]
-    li = store.pair_loc[sel]
-    layer = k // E
     n = len(g)
     if n == 0:
         return np.zeros((L, G), dtype=np.int64)
-    cap = np.array([c.capacity if c is not None else 0 for c in caches], dtype=np.int64)  # (G,)
-    gl = g * L + layer  # (n,) nondecreasing: a step of a GPU
-    per_step = np.bincount(gl, minlength=G * L).reshape(G, L)
-    if (per_step.max(axis=1) > cap).any():
+    gl = store.pair_step[sel]  # (n,) nondecreasing: a step of a GPU
+    if store.check_steps and (np.bincount(gl, minlength=G * L) > store.cap_step).any():
         return None
-    for c in caches:
-        if c is not None and not c.to_arrays():
-            return None
+    if store.objects:
+        for row in sorted(store.objects):
+            c = store.caches[row]
+            if c is not None and not c.to_arrays():
+                return None
+    layer = store.pair_layer[sel]
+    fi = store.pair_flat[sel]
     S = store.S
-    H = store.H
-    s = S[g, li]  # (n,) stamps at the start (-1: not resident)
-    offs = np.arange(G, dtype=np.int64) * _BIG
-    flat = (np.sort(S, axis=1) + offs[:, None]).ravel()
+    Sf = S.reshape(-1)
+    s = Sf[fi]  # (n,) stamps at the start (-1: not resident)
+    offs = store.offs
     # resident keys more recent than the key at the start of the iteration
-    newer = H - (np.searchsorted(flat, s + offs[g], "right") - g * H)
+    gH = g * H
+    newer = H + gH - np.searchsorted((np.sort(S, axis=1) + offs[:, None]).reshape(-1),
+                                     s + offs[g], "right")
     start_g = np.searchsorted(g, g, "left")  # first access of the GPU
     before = np.searchsorted(gl, gl, "left") - start_g  # keys of the GPU's earlier steps
-    # earlier-step keys already more recent than the key (counted in ``newer`` too): among the
-    # GPU's accesses by decreasing stamp, those before it whose layer is smaller
-    order = np.lexsort((-s, g))
-    onehot = np.zeros((n, L), dtype=np.int64)
-    onehot[np.arange(n), layer[order]] = 1
-    cum = np.cumsum(onehot, axis=0) - onehot  # (n, L) earlier in that order, per layer
-    cum -= cum[start_g[order]]  # ... of the same GPU
-    cum_l = np.cumsum(cum, axis=1)  # (n, L) ... with a layer <= l
-    lo = layer[order] - 1
-    twice = np.zeros(n, dtype=np.int64)
-    twice[order] = np.where(lo >= 0, cum_l[np.arange(n), np.maximum(lo, 0)], 0)
-    hit = (s >= 0) & (newer + before - twice < cap[g])
+    cap = store.cap[g]
+    hit = s >= 0
+    res = np.flatnonzero(hit)
+    if len(res):
+        # keys of earlier steps already more recent than the key (counted in ``newer`` too):
+        # among the GPU's resident accesses by decreasing stamp, those before it with a smaller
+        # layer (only resident ones can be more recent than a resident key)
+        nr = len(res)
+        order = res[np.lexsort((-s[res], g[res]))]
+        lo = layer[order]
+        onehot = np.zeros((nr, L), dtype=np.int64)
+        onehot[np.arange(nr), lo] = 1
+        cum = np.cumsum(onehot, axis=0)
+        cum -= onehot
+        grp = np.searchsorted(g[order], g[order], "left")  # first of the GPU in this order
+        cum -= cum[grp]
+        np.cumsum(cum, axis=1, out=cum)
+        twice = np.zeros(nr, dtype=np.int64)
+        inner = lo > 0
+        twice[inner] = cum[np.flatnonzero(inner), lo[inner] - 1]
+        back = np.zeros(n, dtype=np.int64)
+        back[order] = twice
+        hit[res] = newer[res] + before[res] - back[res] < cap[res]
     miss = ~hit
     n_g = np.bincount(g, minlength=G)
-    m_g = np.bincount(g[miss], minlength=G)
+    gm = g[miss]
+    m_g = np.bincount(gm, minlength=G)
     # stamps: the GPU's keys in serving order get the next n_g stamps
-    clock = np.array([c.clock if c is not None else 0 for c in caches], dtype=np.int64)
-    S[g, li] = clock[g] + (np.arange(n) - start_g)
-    nres0 = np.array([c.nres if c is not None else 0 for c in caches], dtype=np.int64)
-    nres = np.minimum(cap, nres0 + m_g)
+    Sf[fi] = store.clock[g] + (np.arange(n) - start_g)
+    store.clock += n_g
+    nres0 = store.nres
+    nres = np.minimum(store.cap, nres0 + m_g)
     ev = nres0 + m_g - nres
+    store.nres = nres
     if ev.any():
         rows = np.flatnonzero(ev)
-        srt = np.sort(S[rows], axis=1)
-        thr = srt[np.arange(len(rows)), H - nres[rows]]  # the least recent key kept
         sub = S[rows]
+        thr = np.sort(sub, axis=1)[np.arange(len(rows)), H - nres[rows]]  # least recent kept
         sub[sub < thr[:, None]] = -1
         S[rows] = sub
-    for gi, c in enumerate(caches):
-        if c is None or not n_g[gi]:
-            continue
-        c.clock += int(n_g[gi])
-        c.nres = int(nres[gi])
-        cnt = c.counts
-        cnt.hits += int(n_g[gi] - m_g[gi])
-        cnt.misses += int(m_g[gi])
-        cnt.evictions += int(ev[gi])
-    return np.bincount(layer[miss] * G + g[miss], minlength=L * G).reshape(L, G)
+    t = store.tally
+    t[0] += n_g - m_g
+    t[1] += m_g
+    t[2] += ev
+    return np.bincount(layer[miss] * G + gm, minlength=L * G).reshape(L, G)
