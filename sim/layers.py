@@ -51,8 +51,9 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | Non
         b = min(N, a + step)
         flat = (np.arange(b - a, dtype=np.int64)[:, None] * num_keys + pool_keys[a:b]).ravel()
         blk = np.bincount(flat, minlength=(b - a) * num_keys).reshape(b - a, num_keys)
-        np.cumsum(blk, axis=0, out=blk)
-        out[a + 1:b + 1] = blk + out[a]
+        dst = out[a + 1:b + 1]
+        np.cumsum(blk, axis=0, dtype=np.int32, out=dst)
+        dst += out[a]
     return out
 
 
@@ -123,7 +124,6 @@ class LayerWalk:
         states = rep.states
         step0 = rep.step
         rep.step += L
-        comp = comp_arr.tolist()  # [L][G] seconds
         stall = [st.stall_s for st in states]
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
         t = t0 + lc.pre + pred.take_inline(rep)
@@ -133,13 +133,15 @@ class LayerWalk:
             miss_lg = self._serve_arrays(rep, used_flat)
         if miss_lg is not None:  # every GPU's misses per layer, served with numpy
             t_fast = None if rec is not None or self.pad_bytes else \
-                self._time_counts(miss_lg, t, gaps, comp, states, stall)
+                self._time_counts(miss_lg, t, gaps, comp_arr, states, stall)
             t = t_fast if t_fast is not None else \
-                self._time_layers(enumerate(miss_lg), t, gaps, comp, states, None, stall, rec)
+                self._time_layers(enumerate(miss_lg.tolist()), t, gaps, comp_arr.tolist(), states,
+                                  None, stall, rec)
             if pred.observers:
                 for l in range(L):
                     pred.observe(rep, l, used_flat)
         elif pred.pf_next:
+            comp = comp_arr.tolist()  # [L][G] seconds
             need, active = self.needs(states, used_flat)
             for l in range(L):
                 miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
@@ -149,6 +151,7 @@ class LayerWalk:
                 pred.next_layer(rep, l, used_flat, step0, t_gate, need)
                 t += pred.take_inline(rep)
         else:
+            comp = comp_arr.tolist()
             need, active = self.needs(states, used_flat)
             nones = [None] * L
             miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
@@ -174,7 +177,7 @@ class LayerWalk:
                 raise MoesimError(f"cache policy {self.cache_name!r} holds {nres} experts on GPU "
                                   f"{st.gpu}, over its budget {st.capacity}")
 
-    def _serve_arrays(self, rep: ReplicaState, used_flat: np.ndarray) -> list[list[int]] | None:
+    def _serve_arrays(self, rep: ReplicaState, used_flat: np.ndarray) -> np.ndarray | None:
         """Every GPU's steps of the iteration through the replica's array caches (LRU as stamps,
         :func:`sim.policies.cache._stamped.serve_lru_iteration`): the misses per layer and GPU, or
         None when a step is not in array form (the general path serves it)."""
@@ -185,7 +188,7 @@ class LayerWalk:
         for st, nres in zip(states, rep.stamps.nres.tolist()):
             if nres > st.peak_resident:  # (at most the slots: the arrays never exceed them)
                 st.peak_resident = nres
-        return miss.tolist()
+        return miss
 
     def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
         """One layer's keys through a GPU's cache: the misses (a list), or None when no access."""
@@ -311,60 +314,84 @@ class LayerWalk:
             t = t_next
         return t
 
-    def _time_counts(self, miss_lg: list[list[int]], t: float, gaps: tuple[float, float, float, float],
-                     comp: list[list[float]], states: list[GpuState], stall: list[float]
+    def _time_counts(self, miss: np.ndarray, t: float, gaps: tuple[float, float, float, float],
+                     comp_arr: np.ndarray, states: list[GpuState], stall: list[float]
                      ) -> float | None:
-        """:meth:`_time_layers` for misses given as counts per (layer, GPU), no prefetched copy in
-        flight, nothing recorded, no per-copy overhead: the same float operations in the same
-        order, with each host link's usual fetch (:meth:`sim.cluster.Link.fetch`: the link idle or
-        done with its previous fetch) done on local copies of its clock; any other fetch goes
-        through the link itself. None (nothing changed) where the links differ in bandwidth or
-        latency, are infinite or carry other transfers: the caller times it the general way.
-        tests/sim/test_fast_path.py holds both to the same metrics.json."""
+        """:meth:`_time_layers` for misses given as counts ``miss`` (L, G), no prefetched copy in
+        flight, nothing recorded, no per-copy overhead: the same float operations, each on the
+        same operands, in the same order per GPU; None (nothing changed) where that does not
+        hold (the caller then times it the general way).
+
+        Why it holds. Every host link is idle or done with its previous fetch when a layer's
+        copies start (checked for the first start of the iteration against the link's clock;
+        later starts are later, and a layer ends after its copies), so each copy takes
+        :meth:`sim.cluster.Link.fetch`'s usual path: it ends at ``start + bytes / bandwidth``, the
+        same float for every GPU copying the same number of experts. Per layer then, for each
+        distinct count, one end time and the slowest of those GPUs' experts (float addition is
+        monotonic: ``max(fin + c_g) == fin + max(c_g)``); the stalls are added per GPU afterwards
+        (``np.add.accumulate``, sequential: the same floats), the links' clocks set as their last
+        fetch left them. tests/sim/test_fast_path.py holds both to the same metrics.json."""
         links = [st.link for st in states]
         lk = links[0]
         bw, lat, eb = lk.bytes_per_s, lk.latency_s, self.eb
-        if eb <= 0 or any(x.active or x.infinite or x.bytes_per_s != bw or x.latency_s != lat
-                          for x in links):
-            return None
         attn, gate, pf_cost, a2a = gaps  # added one by one, in this order (same floats)
-        clock = [x.t for x in links]
-        solo = [x._solo for x in links]
-        total = [x.bytes_total for x in links]
-        general = [False] * len(links)  # a link carrying shared transfers: its own fetch
-        for l, miss in enumerate(miss_lg):
+        if eb <= 0 or lat < 0 or min(gaps) < 0 or any(
+                x.active or x.infinite or x.bytes_per_s != bw or x.latency_s != lat for x in links):
+            return None
+        first = t + attn + gate + pf_cost + lat  # the earliest copy start of the iteration
+        for x in links:
+            if x.t > first or (x._solo and x.t + x._solo / bw > first):
+                return None
+        L = len(miss)
+        fetches = miss > 0  # (L, G)
+        nbytes = miss.sum(axis=0) * eb  # (G,) int
+        if any(x.bytes_total + int(n) >= 2.0 ** 53 for x, n in zip(links, nbytes.tolist())):
+            return None  # (the byte totals stay exact integers: their order does not matter)
+        vals = np.unique(miss[fetches]).tolist()  # distinct copy sizes (experts)
+        dur = [v * eb / bw for v in vals]  # each copy's duration (Link.fetch: nbytes / bw)
+        maxc = comp_arr.max(axis=1).tolist()  # (L,)
+        # per layer, per distinct copy size: (its column, its duration, the slowest such GPU)
+        groups: list[list[tuple[int, float, float]]] = [[] for _ in range(L)]
+        for j, v in enumerate(vals):
+            cm = np.where(miss == v, comp_arr, -np.inf).max(axis=1)  # (L,)
+            for l, c in enumerate(cm.tolist()):
+                if c > -np.inf:
+                    groups[l].append((j, dur[j], c))
+        nv = len(vals)
+        fins = [np.nan] * (L * nv)  # (L, nv) each copy's end
+        readys: list[float] = []
+        starts: list[float] = []
+        for l in range(L):
             t_gate = t + attn + gate + pf_cost
             ready = t_gate + a2a
-            comp_l = comp[l]
-            end = ready + max(comp_l)
+            end = ready + maxc[l]
             if end < ready:
                 end = ready
             start = t_gate + lat
-            for g, nm in enumerate(miss):
-                if not nm:
-                    continue
-                nb = nm * eb
-                s = solo[g]
-                if general[g] or (s and clock[g] + s / bw > start):
-                    x = links[g]
-                    x.t, x._solo, x.bytes_total = clock[g], s, total[g]
-                    fin = x.fetch(t_gate, nb)
-                    clock[g], solo[g], total[g] = x.t, x._solo, x.bytes_total
-                    general[g] = bool(x.active)
-                else:
-                    total[g] += nb
-                    if s or start > clock[g]:
-                        clock[g] = start
-                    solo[g] = float(nb)
-                    fin = start + nb / bw
+            readys.append(ready)
+            starts.append(start)
+            for j, d, cm in groups[l]:
+                fin = start + d
+                fins[l * nv + j] = fin
                 if fin > ready:
-                    stall[g] += fin - ready
-                    e_end = fin + comp_l[g]
+                    e_end = fin + cm
                     if e_end > end:
                         end = e_end
             t = end + a2a
-        for g, x in enumerate(links):
-            x.t, x._solo, x.bytes_total = clock[g], solo[g], total[g]
+        if vals:
+            idx = np.searchsorted(vals, miss)  # (L, G) column of each GPU's copy size
+            fin_lg = np.take_along_axis(np.array(fins).reshape(L, nv), np.minimum(idx, nv - 1),
+                                        axis=1)
+            rd = np.asarray(readys)[:, None]
+            late = fetches & (fin_lg > rd)
+            inc = np.where(late, fin_lg - rd, 0.0)  # (L, G) each stall, 0.0 elsewhere (x + 0.0 == x)
+            stall[:] = np.add.accumulate(np.vstack([stall, inc]), axis=0)[-1].tolist()
+            last = L - 1 - np.argmax(fetches[::-1], axis=0)  # (G,) layer of each GPU's last copy
+            for g, x in enumerate(links):
+                if nbytes[g]:
+                    x.bytes_total += int(nbytes[g])
+                    x.t = starts[last[g]]
+                    x._solo = float(int(miss[last[g], g]) * eb)
         return t
 
     @staticmethod

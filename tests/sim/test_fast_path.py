@@ -136,11 +136,16 @@ def test_random_scenarios_same_metrics(s):
 
 
 # -- the stamps against LRUCache, step by step ----------------------------------------------------
+@pytest.mark.parametrize("pairwise", [True, False])
 @pytest.mark.parametrize("seed", range(40))
-def test_stamps_serve_like_lru(seed):
+def test_stamps_serve_like_lru(seed, pairwise, monkeypatch):
     """Random home sets (some keys on several GPUs), capacities and iterations, with prefetch
     inserts in between (the cache turns to objects and back): the same misses per step, the same
-    counts, the same resident keys in the same recency order as LRUCache.access_steps."""
+    counts, the same resident keys in the same recency order as LRUCache.access_steps (the
+    double-counted keys found pairwise, and by counts per layer as for big iterations)."""
+    import sim.policies.cache._stamped as stamped
+
+    monkeypatch.setattr(stamped, "PAIRWISE_MAX", 10**9 if pairwise else -1)
     rng = np.random.default_rng(seed)
     L, E = int(rng.integers(1, 5)), int(rng.integers(2, 7))
     G = int(rng.integers(1, 4))

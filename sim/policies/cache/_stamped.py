@@ -43,8 +43,9 @@ class StampStore:
 
     ``homes[g]``: the keys GPU ``g`` holds (increasing); ``loc`` (G, num_keys): the local index of
     a key on a GPU (-1: not held there); ``S`` (G, H) the stamps (H: the most keys a GPU holds;
-    padding stays -1). Per GPU: ``clock`` the next stamp, ``nres`` resident keys, ``cap`` slots,
-    and the hits, misses and evictions not yet added to the cache's ``counts``."""
+    padding stays -1); ``clock`` the next stamp (one counter for the replica: stamps are only
+    compared within a GPU). Per GPU: ``nres`` resident keys, ``cap`` slots, and the accesses,
+    misses and evictions not yet added to the cache's ``counts``."""
 
     def __init__(self, home_masks: list[np.ndarray], L: int) -> None:
         G = len(home_masks)
@@ -56,10 +57,10 @@ class StampStore:
         for g, h in enumerate(self.homes):
             self.loc[g, h] = np.arange(len(h))
         self.S = np.full((G, H), -1, dtype=np.int64)
-        self.clock = np.zeros(G, dtype=np.int64)
+        self.clock = 0
         self.nres = np.zeros(G, dtype=np.int64)
         self.cap = np.zeros(G, dtype=np.int64)
-        self.tally = np.zeros((3, G), dtype=np.int64)  # hits, misses, evictions not yet counted
+        self.tally = np.zeros((3, G), dtype=np.int64)  # accesses, misses, evictions not yet counted
         self.caches: list[StampedLRU | None] = [None] * G
         self.objects: set[int] = set()  # rows whose cache is in objects mode
         # (key, GPU) holdings ordered by GPU then key: the order a GPU's steps use its keys
@@ -73,15 +74,18 @@ class StampStore:
         pg, pk = self._all
         have = np.array([c is not None for c in self.caches], dtype=bool)
         keep = have[pg] if len(pg) else np.zeros(0, dtype=bool)
-        self.pair_gpu, self.pair_key = pg[keep], pk[keep]
-        layer = self.pair_key // (self.loc.shape[1] // self.L) if self.L else self.pair_key
-        self.pair_step = self.pair_gpu * self.L + layer  # (P,) a GPU's step
-        self.pair_layer = layer
-        self.pair_flat = self.pair_gpu * self.H + self.loc[self.pair_gpu, self.pair_key]
-        most = np.bincount(self.pair_step, minlength=self.G * self.L).reshape(self.G, self.L)
+        pg, pk = pg[keep], pk[keep]
+        self.pair_key = pk
+        layer = pk // (self.loc.shape[1] // self.L) if self.L else pk
+        step = pg * self.L + layer  # (P,) a GPU's step
+        # per holding: GPU, step, layer, flat stamp index, row offset of the sorted stamps, the
+        # end of its GPU's row there, and its GPU's slots (one gather serves them all)
+        self.pairs = np.stack([pg, step, layer, pg * self.H + self.loc[pg, pk], pg * _BIG,
+                               (pg + 1) * self.H, self.cap[pg]])
+        most = np.bincount(step, minlength=self.G * self.L).reshape(self.G, self.L)
         self.cap_step = np.repeat(self.cap, self.L)  # (G*L,)
         self.check_steps = bool((most.max(axis=1, initial=0) > self.cap)[have].any())
-        self.offs = np.arange(self.G, dtype=np.int64) * _BIG
+        self.offs = (np.arange(self.G, dtype=np.int64) * _BIG)[:, None]
 
 
 class StampedLRU(LRUCache):
@@ -93,7 +97,7 @@ class StampedLRU(LRUCache):
         self.store, self.row = store, row
         super().__init__(capacity, num_keys, cfg)
         store.S[row] = -1
-        store.clock[row] = store.nres[row] = 0
+        store.nres[row] = 0
         store.cap[row] = self.capacity
         store.caches[row] = self
         store.objects.add(row)
@@ -125,7 +129,7 @@ class StampedLRU(LRUCache):
         t = self.store.tally[:, self.row]
         if t.any():
             c = self._counts
-            c.hits += int(t[0])
+            c.hits += int(t[0] - t[1])
             c.misses += int(t[1])
             c.evictions += int(t[2])
             t[:] = 0
@@ -162,13 +166,17 @@ class StampedLRU(LRUCache):
             return False
         srow = st.S[row]
         srow[:] = -1
-        c = int(st.clock[row])
+        c = st.clock
         srow[loc[keys]] = np.arange(c, c + len(keys))
-        st.clock[row] = c + len(keys)
+        st.clock = c + len(keys)
         st.nres[row] = len(keys)
         self._arrays = True
         st.objects.discard(row)
         return True
+
+
+#: resident accesses of an iteration up to which the double-counted keys are found pairwise
+PAIRWISE_MAX = 384
 
 
 def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray | None:
@@ -179,11 +187,10 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
     needs more keys than its GPU's slots: the caller then takes the general path."""
     G, L, H = store.G, store.L, store.H
     sel = used_flat[store.pair_key]
-    g = store.pair_gpu[sel]  # (n,) GPU of each access, in serving order
+    g, gl, layer, fi, off, row_end, cap = store.pairs[:, sel]  # (n,) each, in serving order
     n = len(g)
     if n == 0:
         return np.zeros((L, G), dtype=np.int64)
-    gl = store.pair_step[sel]  # (n,) nondecreasing: a step of a GPU
     if store.check_steps and (np.bincount(gl, minlength=G * L) > store.cap_step).any():
         return None
     if store.objects:
@@ -191,48 +198,29 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
             c = store.caches[row]
             if c is not None and not c.to_arrays():
                 return None
-    layer = store.pair_layer[sel]
-    fi = store.pair_flat[sel]
     S = store.S
     Sf = S.reshape(-1)
     s = Sf[fi]  # (n,) stamps at the start (-1: not resident)
-    offs = store.offs
     # resident keys more recent than the key at the start of the iteration
-    gH = g * H
-    newer = H + gH - np.searchsorted((np.sort(S, axis=1) + offs[:, None]).reshape(-1),
-                                     s + offs[g], "right")
-    start_g = np.searchsorted(g, g, "left")  # first access of the GPU
-    before = np.searchsorted(gl, gl, "left") - start_g  # keys of the GPU's earlier steps
-    cap = store.cap[g]
+    newer = row_end - np.searchsorted((np.sort(S, axis=1) + store.offs).reshape(-1), s + off,
+                                      "right")
+    start_g = np.searchsorted(g, g, "left")  # (n,) first access of the GPU
+    first = np.searchsorted(gl, gl, "left")  # (n,) first access of the step
     hit = s >= 0
     res = np.flatnonzero(hit)
     if len(res):
-        # keys of earlier steps already more recent than the key (counted in ``newer`` too):
-        # among the GPU's resident accesses by decreasing stamp, those before it with a smaller
-        # layer (only resident ones can be more recent than a resident key)
-        nr = len(res)
-        order = res[np.lexsort((-s[res], g[res]))]
-        lo = layer[order]
-        onehot = np.zeros((nr, L), dtype=np.int64)
-        onehot[np.arange(nr), lo] = 1
-        cum = np.cumsum(onehot, axis=0)
-        cum -= onehot
-        grp = np.searchsorted(g[order], g[order], "left")  # first of the GPU in this order
-        cum -= cum[grp]
-        np.cumsum(cum, axis=1, out=cum)
-        twice = np.zeros(nr, dtype=np.int64)
-        inner = lo > 0
-        twice[inner] = cum[np.flatnonzero(inner), lo[inner] - 1]
-        back = np.zeros(n, dtype=np.int64)
-        back[order] = twice
-        hit[res] = newer[res] + before[res] - back[res] < cap[res]
+        # keys of the GPU's earlier steps (first - start_g of them), less those already more
+        # recent than the key (counted in ``newer`` too; only resident keys can be)
+        twice = _earlier_newer(res, s[res], start_g[res], first[res], layer[res])
+        hit[res] = newer[res] + (first[res] - start_g[res]) - twice < cap[res]
     miss = ~hit
-    n_g = np.bincount(g, minlength=G)
     gm = g[miss]
+    n_g = np.bincount(g, minlength=G)
     m_g = np.bincount(gm, minlength=G)
-    # stamps: the GPU's keys in serving order get the next n_g stamps
-    Sf[fi] = store.clock[g] + (np.arange(n) - start_g)
-    store.clock += n_g
+    # stamps: the iteration's keys in serving order (a step's in increasing id) get the next n
+    c0 = store.clock
+    Sf[fi] = np.arange(c0, c0 + n)
+    store.clock = c0 + n
     nres0 = store.nres
     nres = np.minimum(store.cap, nres0 + m_g)
     ev = nres0 + m_g - nres
@@ -244,7 +232,34 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
         sub[sub < thr[:, None]] = -1
         S[rows] = sub
     t = store.tally
-    t[0] += n_g - m_g
+    t[0] += n_g
     t[1] += m_g
     t[2] += ev
     return np.bincount(layer[miss] * G + gm, minlength=L * G).reshape(L, G)
+
+
+def _earlier_newer(pos: np.ndarray, s: np.ndarray, start_g: np.ndarray, first: np.ndarray,
+                   layer: np.ndarray) -> np.ndarray:
+    """For each resident access (at ``pos`` in serving order, stamp ``s``): how many resident
+    accesses of its GPU's earlier steps (positions ``start_g .. first - 1``) have a larger stamp.
+    Pairwise up to :data:`PAIRWISE_MAX` accesses, else by counts per layer in stamp order."""
+    nr = len(pos)
+    if nr <= PAIRWISE_MAX:
+        p = pos[None, :]
+        return ((p >= start_g[:, None]) & (p < first[:, None]) & (s[None, :] > s[:, None])).sum(axis=1)
+    L = int(layer.max()) + 1
+    order = np.lexsort((-s, start_g))  # by GPU, then decreasing stamp
+    lo = layer[order]
+    onehot = np.zeros((nr, L), dtype=np.int64)
+    onehot[np.arange(nr), lo] = 1
+    cum = np.cumsum(onehot, axis=0)
+    cum -= onehot  # (nr, L) accesses before it in that order, per layer
+    sg = start_g[order]
+    cum -= cum[np.searchsorted(sg, sg, "left")]  # ... of the same GPU
+    np.cumsum(cum, axis=1, out=cum)  # ... with a layer <= l
+    twice = np.zeros(nr, dtype=np.int64)
+    inner = lo > 0
+    twice[inner] = cum[np.flatnonzero(inner), lo[inner] - 1]
+    out = np.empty(nr, dtype=np.int64)
+    out[order] = twice
+    return out
