@@ -204,18 +204,23 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
     # resident keys more recent than the key at the start of the iteration
     newer = row_end - np.searchsorted((np.sort(S, axis=1) + store.offs).reshape(-1), s + off,
                                       "right")
-    start_g = np.searchsorted(g, g, "left")  # (n,) first access of the GPU
-    first = np.searchsorted(gl, gl, "left")  # (n,) first access of the step
-    hit = s >= 0
-    res = np.flatnonzero(hit)
-    if len(res):
-        # keys of the GPU's earlier steps (first - start_g of them), less those already more
-        # recent than the key (counted in ``newer`` too; only resident keys can be)
-        twice = _earlier_newer(res, s[res], start_g[res], first[res], layer[res])
-        hit[res] = newer[res] + (first[res] - start_g[res]) - twice < cap[res]
+    n_g = np.bincount(g, minlength=G)
+    n_step = np.bincount(gl, minlength=G * L)
+    start_g = (np.cumsum(n_g) - n_g)[g]  # (n,) first access of the GPU
+    first = (np.cumsum(n_step) - n_step)[gl]  # (n,) first access of the step
+    before = first - start_g  # keys of the GPU's earlier steps
+    # the keys used since the key's last use: newer + before - twice, where twice (keys of earlier
+    # steps already more recent than it, counted in both) is at most min(newer, before): it
+    # decides only where newer < cap, before < cap and newer + before >= cap
+    hit = (s >= 0) & (newer + before < cap)
+    maybe = np.flatnonzero((s >= 0) & (newer + before >= cap) & (newer < cap) & (before < cap))
+    if len(maybe):
+        res = np.flatnonzero(s >= 0)  # only resident keys can be more recent than a resident one
+        twice = _earlier_newer(res, s[res], start_g[res], layer[res], maybe, s[maybe],
+                               start_g[maybe], first[maybe], layer[maybe])
+        hit[maybe] = newer[maybe] + before[maybe] - twice < cap[maybe]
     miss = ~hit
     gm = g[miss]
-    n_g = np.bincount(g, minlength=G)
     m_g = np.bincount(gm, minlength=G)
     # stamps: the iteration's keys in serving order (a step's in increasing id) get the next n
     c0 = store.clock
@@ -238,28 +243,38 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
     return np.bincount(layer[miss] * G + gm, minlength=L * G).reshape(L, G)
 
 
-def _earlier_newer(pos: np.ndarray, s: np.ndarray, start_g: np.ndarray, first: np.ndarray,
-                   layer: np.ndarray) -> np.ndarray:
-    """For each resident access (at ``pos`` in serving order, stamp ``s``): how many resident
-    accesses of its GPU's earlier steps (positions ``start_g .. first - 1``) have a larger stamp.
-    Pairwise up to :data:`PAIRWISE_MAX` accesses, else by counts per layer in stamp order."""
-    nr = len(pos)
-    if nr <= PAIRWISE_MAX:
+def _earlier_newer(pos: np.ndarray, s: np.ndarray, gid: np.ndarray, layer: np.ndarray,
+                   qpos: np.ndarray, qs: np.ndarray, qstart: np.ndarray, qfirst: np.ndarray,
+                   qlayer: np.ndarray) -> np.ndarray:
+    """For each query access (at ``qpos`` in serving order, stamp ``qs``): how many of the resident
+    accesses (``pos``, ``s``, their GPU's first position ``gid``, ``layer``) of its GPU's earlier
+    steps (positions ``qstart .. qfirst - 1``) have a larger stamp. Pairwise up to
+    :data:`PAIRWISE_MAX` ** 2 pairs, else by counts per layer in stamp order."""
+    nq, nr = len(qpos), len(pos)
+    if nq * nr <= PAIRWISE_MAX * PAIRWISE_MAX:
         p = pos[None, :]
-        return ((p >= start_g[:, None]) & (p < first[:, None]) & (s[None, :] > s[:, None])).sum(axis=1)
-    L = int(layer.max()) + 1
-    order = np.lexsort((-s, start_g))  # by GPU, then decreasing stamp
-    lo = layer[order]
-    onehot = np.zeros((nr, L), dtype=np.int64)
-    onehot[np.arange(nr), lo] = 1
+        return ((p >= qstart[:, None]) & (p < qfirst[:, None]) & (s[None, :] > qs[:, None])).sum(axis=1)
+    # all resident accesses and the queries, by GPU then decreasing stamp (a query after the
+    # resident access it is: equal stamps are the same access)
+    L = int(max(layer.max(), qlayer.max())) + 1
+    a_s = np.concatenate([s, qs])
+    a_g = np.concatenate([gid, qstart])
+    a_l = np.concatenate([layer, qlayer])
+    is_q = np.concatenate([np.zeros(nr, dtype=bool), np.ones(nq, dtype=bool)])
+    order = np.lexsort((is_q, -a_s, a_g))
+    lo = a_l[order]
+    onehot = np.zeros((nr + nq, L), dtype=np.int64)
+    onehot[np.arange(nr + nq), lo] = ~is_q[order]  # only resident accesses are counted
     cum = np.cumsum(onehot, axis=0)
-    cum -= onehot  # (nr, L) accesses before it in that order, per layer
-    sg = start_g[order]
+    cum -= onehot  # (n, L) resident accesses before it in that order, per layer
+    sg = a_g[order]
     cum -= cum[np.searchsorted(sg, sg, "left")]  # ... of the same GPU
     np.cumsum(cum, axis=1, out=cum)  # ... with a layer <= l
-    twice = np.zeros(nr, dtype=np.int64)
-    inner = lo > 0
-    twice[inner] = cum[np.flatnonzero(inner), lo[inner] - 1]
-    out = np.empty(nr, dtype=np.int64)
-    out[order] = twice
+    at = np.empty(nr + nq, dtype=np.int64)
+    at[order] = np.arange(nr + nq)
+    qi = at[nr:]  # the queries' rows
+    ql = qlayer
+    out = np.zeros(nq, dtype=np.int64)
+    inner = ql > 0
+    out[inner] = cum[qi[inner], ql[inner] - 1]
     return out
