@@ -263,18 +263,14 @@ def _earlier_newer(pos: np.ndarray, s: np.ndarray, gid: np.ndarray, layer: np.nd
     is_q = np.concatenate([np.zeros(nr, dtype=bool), np.ones(nq, dtype=bool)])
     order = np.lexsort((is_q, -a_s, a_g))
     lo = a_l[order]
-    onehot = np.zeros((nr + nq, L), dtype=np.int64)
+    onehot = np.zeros((nr + nq, L), dtype=np.int32)
     onehot[np.arange(nr + nq), lo] = ~is_q[order]  # only resident accesses are counted
-    cum = np.cumsum(onehot, axis=0)
-    cum -= onehot  # (n, L) resident accesses before it in that order, per layer
-    sg = a_g[order]
-    cum -= cum[np.searchsorted(sg, sg, "left")]  # ... of the same GPU
-    np.cumsum(cum, axis=1, out=cum)  # ... with a layer <= l
+    cum = np.cumsum(onehot, axis=0, dtype=np.int32)  # (n, L) up to it in that order, per layer
     at = np.empty(nr + nq, dtype=np.int64)
     at[order] = np.arange(nr + nq)
-    qi = at[nr:]  # the queries' rows
-    ql = qlayer
-    out = np.zeros(nq, dtype=np.int64)
-    inner = ql > 0
-    out[inner] = cum[qi[inner], ql[inner] - 1]
-    return out
+    qi = at[nr:]  # the queries' rows (a query counts nothing itself)
+    sg = a_g[order]
+    gfirst = np.searchsorted(sg, sg[qi], "left")  # first row of the query's GPU
+    base = np.where((gfirst > 0)[:, None], cum[np.maximum(gfirst - 1, 0)], 0)
+    per_layer = cum[qi] - base  # (nq, L) of the same GPU, before the query
+    return (per_layer * (np.arange(L)[None, :] < qlayer[:, None])).sum(axis=1)
