@@ -347,49 +347,70 @@ class LayerWalk:
         nbytes = miss.sum(axis=0) * eb  # (G,) int
         if any(x.bytes_total + int(n) >= 2.0 ** 53 for x, n in zip(links, nbytes.tolist())):
             return None  # (the byte totals stay exact integers: their order does not matter)
-        vals = np.unique(miss[fetches]).tolist()  # distinct copy sizes (experts)
+        top = int(miss.max())
+        vals = np.unique(miss[fetches]).tolist() if top > 1 else [1] * top  # distinct copy sizes
         dur = [v * eb / bw for v in vals]  # each copy's duration (Link.fetch: nbytes / bw)
         maxc = comp_arr.max(axis=1).tolist()  # (L,)
-        # per layer, per distinct copy size: (its column, its duration, the slowest such GPU)
-        groups: list[list[tuple[int, float, float]]] = [[] for _ in range(L)]
-        for j, v in enumerate(vals):
-            cm = np.where(miss == v, comp_arr, -np.inf).max(axis=1)  # (L,)
-            for l, c in enumerate(cm.tolist()):
-                if c > -np.inf:
-                    groups[l].append((j, dur[j], c))
+        # per distinct copy size, per layer: the slowest GPU copying that many (-inf: none)
+        slowest = [np.where(miss == v, comp_arr, -np.inf).max(axis=1).tolist() for v in vals]
         nv = len(vals)
-        fins = [np.nan] * (L * nv)  # (L, nv) each copy's end
+        fins: list[float] = []  # (L, nv) each copy's end
         readys: list[float] = []
         starts: list[float] = []
-        for l in range(L):
-            t_gate = t + attn + gate + pf_cost
-            ready = t_gate + a2a
-            end = ready + maxc[l]
-            if end < ready:
-                end = ready
-            start = t_gate + lat
-            readys.append(ready)
-            starts.append(start)
-            for j, d, cm in groups[l]:
+        none = -np.inf
+        if nv == 1:  # the usual case: one copy size (one expert) per GPU and layer
+            d, cm_l = dur[0], slowest[0]
+            for l in range(L):
+                t_gate = t + attn + gate + pf_cost
+                ready = t_gate + a2a
+                end = ready + maxc[l]
+                if end < ready:
+                    end = ready
+                start = t_gate + lat
+                readys.append(ready)
+                starts.append(start)
+                cm = cm_l[l]
                 fin = start + d
-                fins[l * nv + j] = fin
-                if fin > ready:
+                fins.append(fin)
+                if cm > none and fin > ready:
                     e_end = fin + cm
                     if e_end > end:
                         end = e_end
-            t = end + a2a
+                t = end + a2a
+        else:
+            for l in range(L):
+                t_gate = t + attn + gate + pf_cost
+                ready = t_gate + a2a
+                end = ready + maxc[l]
+                if end < ready:
+                    end = ready
+                start = t_gate + lat
+                readys.append(ready)
+                starts.append(start)
+                for j in range(nv):
+                    fin = start + dur[j]
+                    fins.append(fin)
+                    cm = slowest[j][l]
+                    if cm > none and fin > ready:
+                        e_end = fin + cm
+                        if e_end > end:
+                            end = e_end
+                t = end + a2a
         if vals:
-            idx = np.searchsorted(vals, miss)  # (L, G) column of each GPU's copy size
-            fin_lg = np.take_along_axis(np.array(fins).reshape(L, nv), np.minimum(idx, nv - 1),
-                                        axis=1)
+            fin_l = np.array(fins).reshape(L, nv)
+            if nv == 1:
+                fin_lg = fin_l  # (L, 1): the same end for every GPU copying
+            else:
+                fin_lg = np.take_along_axis(fin_l, np.searchsorted(vals, np.maximum(miss, 1)),
+                                            axis=1)  # (L, G) the end of each GPU's copy
             rd = np.asarray(readys)[:, None]
             late = fetches & (fin_lg > rd)
             inc = np.where(late, fin_lg - rd, 0.0)  # (L, G) each stall, 0.0 elsewhere (x + 0.0 == x)
             stall[:] = np.add.accumulate(np.vstack([stall, inc]), axis=0)[-1].tolist()
-            last = L - 1 - np.argmax(fetches[::-1], axis=0)  # (G,) layer of each GPU's last copy
-            for g, x in enumerate(links):
-                if nbytes[g]:
-                    x.bytes_total += int(nbytes[g])
+            last = (L - 1 - np.argmax(fetches[::-1], axis=0)).tolist()  # (G,) each last copy
+            for g, (x, nb) in enumerate(zip(links, nbytes.tolist())):
+                if nb:
+                    x.bytes_total += nb
                     x.t = starts[last[g]]
                     x._solo = float(int(miss[last[g], g]) * eb)
         return t
