@@ -205,20 +205,23 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
     newer = row_end - np.searchsorted((np.sort(S, axis=1) + store.offs).reshape(-1), s + off,
                                       "right")
     n_g = np.bincount(g, minlength=G)
+    gstart = np.cumsum(n_g) - n_g  # (G,) each GPU's first access
     n_step = np.bincount(gl, minlength=G * L)
-    start_g = (np.cumsum(n_g) - n_g)[g]  # (n,) first access of the GPU
-    first = (np.cumsum(n_step) - n_step)[gl]  # (n,) first access of the step
-    before = first - start_g  # keys of the GPU's earlier steps
+    start_g = gstart[g]  # (n,)
+    before = (np.cumsum(n_step) - n_step)[gl] - start_g  # keys of the GPU's earlier steps
     # the keys used since the key's last use: newer + before - twice, where twice (keys of earlier
     # steps already more recent than it, counted in both) is at most min(newer, before): it
     # decides only where newer < cap, before < cap and newer + before >= cap
-    hit = (s >= 0) & (newer + before < cap)
-    maybe = np.flatnonzero((s >= 0) & (newer + before >= cap) & (newer < cap) & (before < cap))
+    resident = s >= 0
+    seen = newer + before
+    hit = resident & (seen < cap)
+    maybe = np.flatnonzero(resident & (seen >= cap) & (np.maximum(newer, before) < cap))
     if len(maybe):
-        res = np.flatnonzero(s >= 0)  # only resident keys can be more recent than a resident one
-        twice = _earlier_newer(res, s[res], start_g[res], layer[res], maybe, s[maybe],
-                               start_g[maybe], first[maybe], layer[maybe])
-        hit[maybe] = newer[maybe] + before[maybe] - twice < cap[maybe]
+        res = np.flatnonzero(resident)  # only resident keys can be more recent than a resident one
+        sg = start_g[maybe]
+        twice = _earlier_newer(res, s[res], start_g[res], layer[res], maybe, s[maybe], sg,
+                               sg + before[maybe], layer[maybe])
+        hit[maybe] = seen[maybe] - twice < cap[maybe]
     miss = ~hit
     gm = g[miss]
     m_g = np.bincount(gm, minlength=G)
@@ -231,11 +234,13 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
     ev = nres0 + m_g - nres
     store.nres = nres
     if ev.any():
-        rows = np.flatnonzero(ev)
-        sub = S[rows]
-        thr = np.sort(sub, axis=1)[np.arange(len(rows)), H - nres[rows]]  # least recent kept
-        sub[sub < thr[:, None]] = -1
-        S[rows] = sub
+        # the nres most recent keys stay: where a GPU used at least that many this iteration, its
+        # last nres accesses (stamps from c0 + gstart + n_g - nres on); else a sorted row's cut
+        thr = np.where(ev > 0, c0 + gstart + n_g - nres, -1)
+        few = np.flatnonzero((ev > 0) & (n_g < nres))
+        if len(few):
+            thr[few] = np.sort(S[few], axis=1)[np.arange(len(few)), H - nres[few]]
+        S[S < thr[:, None]] = -1
     t = store.tally
     t[0] += n_g
     t[1] += m_g
