@@ -76,27 +76,27 @@ class LayerWalk:
         self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E)
 
     def _key_counts(self, batch: np.ndarray, alloc: np.ndarray, shape: Any) -> np.ndarray:
-        """(L*E,) int64: tokens of the batch per key. A request's chunk is a range of its pool
-        entry's rows (wrapping around the entry): a difference of two prefix-count rows, plus whole
-        laps; decode tokens (one row each) are counted directly. Without the prefix counts (a
-        big pool), every token's keys are counted."""
+        """(L*E,) int64: tokens of the batch per key. Every request's first token this iteration
+        is counted from its pool row; the rest of a chunk is a range of its pool entry's rows
+        (wrapping around the entry): a difference of two prefix-count rows, plus whole laps.
+        Without the prefix counts (a big pool), every token's keys are counted."""
         LE, plan, req = self.L * self.E, self.plan, self.req
         C = self.prefix
         if C is None:
             return np.bincount(plan.pool_keys[shape.rows].ravel(), minlength=LE)
         off, ln = req.offset[batch], req.length[batch]
-        s0 = req.ctx[batch] % ln  # (B,) first row of the chunk inside the entry
-        one = alloc == 1
-        counts = np.bincount(plan.pool_keys[(off + s0)[one]].ravel(), minlength=LE)
-        if not one.all():
-            chunk = ~one
-            off, ln, s0 = off[chunk], ln[chunk], s0[chunk]
-            x1 = s0 + alloc[chunk]
-            laps = x1 // ln
-            counts += C[off + (x1 - laps * ln)].sum(axis=0, dtype=np.int64)
-            counts -= C[off + s0].sum(axis=0, dtype=np.int64)
-            if laps.any():
-                counts += (laps[:, None] * (C[off + ln] - C[off])).sum(axis=0, dtype=np.int64)
+        s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry
+        counts = np.bincount(plan.pool_keys[off + s0].ravel(), minlength=LE)
+        big = np.flatnonzero(alloc > 1)
+        if len(big):
+            for o, n, x, a in zip(off[big].tolist(), ln[big].tolist(), s0[big].tolist(),
+                                  alloc[big].tolist()):
+                lap0, r0 = divmod(x + 1, n)  # rows x + 1 .. x + a - 1 of the entry, wrapped
+                lap1, r1 = divmod(x + a, n)
+                counts += C[o + r1]
+                counts -= C[o + r0]
+                if lap1 != lap0:
+                    counts += (lap1 - lap0) * (C[o + n].astype(np.int64) - C[o])
         return counts
 
     # ------------------------------------------------------------------------------------------
