@@ -107,7 +107,8 @@ class Simulation:
         self.log = cache_log
         # a per-layer cache scope logs its calls itself, per layer (sim.cache_scope)
         self.walk = LayerWalk(plan, cost, self.req, self.tallies, self.prefetch, predictor, p.cache,
-                              recorder, None if plan.layer_slots else cache_log)
+                              recorder, None if plan.layer_slots else cache_log,
+                              arrays=p.cache_arrays)
         # LRU as recency stamps, a replica's GPUs at once (sim/policies/cache/_stamped.py)
         self.arrays = (p.cache_arrays and CACHE.get(p.cache) is LRUCache and not plan.layer_slots
                        and cache_log is None)

@@ -60,7 +60,8 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | Non
 class LayerWalk:
     def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, tallies: Tallies,
                  prefetch: PrefetchPolicy, predictor: PrefetchPolicy | None, cache_name: str,
-                 recorder: Recorder | None = None, log: CacheLog | None = None) -> None:
+                 recorder: Recorder | None = None, log: CacheLog | None = None,
+                 arrays: bool = True) -> None:
         self.plan, self.cost, self.req, self.t = plan, cost, req, tallies
         self.cache_name = cache_name
         self.recorder, self.log = recorder, log
@@ -73,7 +74,8 @@ class LayerWalk:
         over = getattr(cost, "host_copy_overhead_s", 0.0)
         self.pad_bytes = over * bw if over and bw != float("inf") else 0.0
         #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
-        self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E)
+        #: (``arrays``: policy.cache_arrays; off, every token's keys are counted)
+        self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E) if arrays else None
 
     def _key_counts(self, batch: np.ndarray, alloc: np.ndarray, shape: Any) -> np.ndarray:
         """(L*E,) int64: tokens of the batch per key. Every request's first token this iteration

@@ -29,7 +29,7 @@ PREFETCHES = ["none", "emoe_a", "emoe_l", "emoe_task", "similarity"]
 
 
 def _sim(cfg, seed: int = 0, n: int = 12, prompt: int = 14, output: int = 5, entries: int = 4,
-         tokens: int = 11, prefix: bool = True):
+         tokens: int = 11):
     rng = np.random.default_rng(seed)
     m = cfg.model
     pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=entries, tokens=tokens, rng=rng)
@@ -37,21 +37,19 @@ def _sim(cfg, seed: int = 0, n: int = 12, prompt: int = 14, output: int = 5, ent
     wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(),
                   r.integers(1, prompt + 1, n).tolist(), r.integers(1, output + 1, n).tolist())
     sim_ = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
-    if not prefix:
-        for w in [sim_.walk]:
-            w.prefix = None
+    assert (sim_.walk.prefix is not None) == cfg.policy.cache_arrays
     sim_.run()
     return sim_, metrics_json(compute_metrics(sim_))
 
 
 def _both(make_cfg, **kw):
-    """metrics.json of the fast paths and of the general path (cache_arrays off, no prefix)."""
+    """metrics.json of the fast paths and of the general path (policy.cache_arrays=false)."""
     fast = make_cfg()
     fast.policy.cache_arrays = True
     slow = make_cfg()
     slow.policy.cache_arrays = False
     s_fast, j_fast = _sim(fast, **kw)
-    s_slow, j_slow = _sim(slow, prefix=False, **kw)
+    s_slow, j_slow = _sim(slow, **kw)
     return s_fast, j_fast, s_slow, j_slow
 
 
@@ -130,7 +128,7 @@ def test_random_scenarios_same_metrics(s):
         with pytest.raises(type(exc)):
             cfg = make()
             cfg.policy.cache_arrays = False
-            _sim(cfg, seed=s["seed"], tokens=s["tokens"], prefix=False)
+            _sim(cfg, seed=s["seed"], tokens=s["tokens"])
         return
     assert j_fast == j_slow
 
