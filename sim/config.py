@@ -189,6 +189,10 @@ class PolicyConfig:
     prefetch_args: dict[str, Any] = field(default_factory=dict)
     placement_args: dict[str, Any] = field(default_factory=dict)
     scheduler_args: dict[str, Any] = field(default_factory=dict)
+    #: serve a cache policy that has an array form (lru: sim/policies/cache/_stamped.py) a whole
+    #: iteration at once with numpy, and count a batch's tokens per expert from prefix counts over
+    #: the routing pool; false: the general path (the reference; the same metrics.json)
+    cache_arrays: bool = True
 
 
 @dataclass

@@ -44,6 +44,8 @@ from sim.policies.base import (
     RouterPolicy,
     SchedulerPolicy,
 )
+from sim.policies.cache._stamped import StampedLRU, StampStore
+from sim.policies.cache.lru import LRUCache
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.world import CacheCounts
 
@@ -105,7 +107,12 @@ class Simulation:
         self.log = cache_log
         # a per-layer cache scope logs its calls itself, per layer (sim.cache_scope)
         self.walk = LayerWalk(plan, cost, self.req, self.tallies, self.prefetch, predictor, p.cache,
-                              recorder, None if plan.layer_slots else cache_log)
+                              recorder, None if plan.layer_slots else cache_log,
+                              arrays=p.cache_arrays)
+        # LRU as recency stamps, a replica's GPUs at once (sim/policies/cache/_stamped.py)
+        self.arrays = (p.cache_arrays and CACHE.get(p.cache) is LRUCache and not plan.layer_slots
+                       and cache_log is None)
+        self._stores: dict[int, StampStore] = {}  # GPU -> its replica's store
         self.replicas = [self._replica(r) for r in range(topo.num_replicas)]
         self.env = simpy.Environment()
         self.done = self.env.event()
@@ -117,6 +124,9 @@ class Simulation:
         rep = ReplicaState(index=index, gpus=plan.topo.replica_gpus(index),
                            ctx=PrefetchContext(request_id=f"replica{index}"))
         E = plan.E
+        if self.arrays:
+            rep.stamps = StampStore(plan.home_masks, plan.L)
+            self._stores.update((gpu, rep.stamps) for gpu in rep.gpus)
         for local, gpu in enumerate(rep.gpus):
             mask = plan.home_masks[local]
             keys = np.flatnonzero(mask)
@@ -140,7 +150,12 @@ class Simulation:
         p, plan = self.cfg.policy, self.plan
         if plan.layer_slots:
             return self._new_layered(st, reset)
-        cache = CACHE.make(p.cache, capacity=st.capacity, num_keys=plan.L * plan.E, **p.cache_args)
+        if self.arrays:
+            cache: CachePolicy = StampedLRU(st.capacity, plan.L * plan.E, self._stores[st.gpu],
+                                            st.local)
+        else:
+            cache = CACHE.make(p.cache, capacity=st.capacity, num_keys=plan.L * plan.E,
+                               **p.cache_args)
         if self.log is not None and reset:
             self.log.add(st.gpu, "reset", 0)
         if self.cfg.cluster.warm_start and st.capacity:

@@ -22,24 +22,33 @@ from sim.token_split import split_tokens
 
 @dataclass
 class BatchShape:
-    rows: np.ndarray  # (T,) pool rows of the batch's tokens
+    rows: np.ndarray | None  # (T,) pool rows of the batch's tokens (None: not asked for)
+    tokens: int  # T
     pairs: int  # attention (query, key) pairs, causal
     kv_tokens: int  # KV tokens FlashAttention reads (once per query tile)
     decode: int  # decode tokens (requests with one token this iteration)
     sequences: int  # requests in the batch (each samples a token from the LM head)
 
 
-def batch_shape(req: Requests, batch: np.ndarray, alloc: np.ndarray) -> BatchShape:
-    """The batch's tokens: ``alloc`` (B,) tokens of each request ``batch`` (B,) this iteration."""
+def batch_shape(req: Requests, batch: np.ndarray, alloc: np.ndarray, rows: bool = True
+                ) -> BatchShape:
+    """The batch's tokens: ``alloc`` (B,) tokens of each request ``batch`` (B,) this iteration.
+    Without ``rows`` nothing is computed per token (the simulator counts tokens per key from the
+    pool's prefix counts, :mod:`sim.layers`)."""
     start = req.ctx[batch]  # (B,) first position processed
     total = int(alloc.sum())
-    rep_start = np.repeat(start, alloc)  # (T,)
-    first = np.cumsum(alloc) - alloc
-    pos = rep_start + (np.arange(total) - np.repeat(first, alloc))  # (T,) positions
-    length = np.repeat(req.length[batch], alloc)
-    rows = np.repeat(req.offset[batch], alloc) + pos % length
-    return BatchShape(rows=rows, pairs=int((pos + 1).sum()), kv_tokens=kv_read_tokens(start, alloc),
-                      decode=int((alloc == 1).sum()), sequences=len(batch))
+    pool_rows = None
+    if rows:
+        rep_start = np.repeat(start, alloc)  # (T,)
+        first = np.cumsum(alloc) - alloc
+        pos = rep_start + (np.arange(total) - np.repeat(first, alloc))  # (T,) positions
+        length = np.repeat(req.length[batch], alloc)
+        pool_rows = np.repeat(req.offset[batch], alloc) + pos % length
+    # causal pairs: positions start .. start + alloc - 1 each attend to position + 1 keys
+    pairs = int((alloc * start + alloc * (alloc + 1) // 2).sum())
+    return BatchShape(rows=pool_rows, tokens=total, pairs=pairs,
+                      kv_tokens=kv_read_tokens(start, alloc), decode=int((alloc == 1).sum()),
+                      sequences=len(batch))
 
 
 @dataclass
@@ -86,7 +95,7 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
         load = tok_g.sum(axis=1).astype(np.float64)  # (L, G)
         # the all-to-all follows the split: each GPU's share of an expert's tokens in this batch
         batch_share = tok_g / np.maximum(counts, 1)[:, :, None]
-    T = len(shape.rows)
+    T = shape.tokens
     prefill = T - shape.decode
     attn = cost.attention_s(prefill, shape.decode, shape.pairs, G, kv_tokens=shape.kv_tokens) + \
         cost.layer_collectives_s(T)

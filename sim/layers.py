@@ -32,14 +32,37 @@ from sim.layer_costs import batch_shape, layer_costs
 from sim.network import Network, count_tokens
 from sim.plan import ClusterPlan
 from sim.policies.base import CachePolicy, PrefetchPolicy
+from sim.policies.cache._stamped import serve_lru_iteration
 from sim.prediction import Prediction
 from sim.state import GpuState, Recorder, ReplicaState, Requests, Tallies
+
+#: the largest pool (rows x keys) whose prefix counts :class:`LayerWalk` keeps (int32: 128 MiB)
+PREFIX_MAX_ENTRIES = 1 << 25
+
+
+def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | None:
+    """(N+1, num_keys) int32: row ``i`` counts each key over pool rows ``0..i-1``; None when it
+    would exceed :data:`PREFIX_MAX_ENTRIES` entries."""
+    N = len(pool_keys)
+    if (N + 1) * num_keys > PREFIX_MAX_ENTRIES:
+        return None
+    out = np.zeros((N + 1, num_keys), dtype=np.int32)
+    step = max(1, (1 << 22) // max(num_keys, 1))
+    for a in range(0, N, step):
+        b = min(N, a + step)
+        flat = (np.arange(b - a, dtype=np.int64)[:, None] * num_keys + pool_keys[a:b]).ravel()
+        blk = np.bincount(flat, minlength=(b - a) * num_keys).reshape(b - a, num_keys)
+        dst = out[a + 1:b + 1]
+        np.cumsum(blk, axis=0, dtype=np.int32, out=dst)
+        dst += out[a]
+    return out
 
 
 class LayerWalk:
     def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, tallies: Tallies,
                  prefetch: PrefetchPolicy, predictor: PrefetchPolicy | None, cache_name: str,
-                 recorder: Recorder | None = None, log: CacheLog | None = None) -> None:
+                 recorder: Recorder | None = None, log: CacheLog | None = None,
+                 arrays: bool = True) -> None:
         self.plan, self.cost, self.req, self.t = plan, cost, req, tallies
         self.cache_name = cache_name
         self.recorder, self.log = recorder, log
@@ -53,6 +76,80 @@ class LayerWalk:
         self.pad_bytes = over * bw if over and bw != float("inf") else 0.0
         #: the network links the all-to-all crosses (sim/network.py)
         self.net = Network(plan.topo, plan.hidden_size, plan)
+        #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
+        #: (``arrays``: policy.cache_arrays; off, every token's keys are counted)
+        self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E) if arrays else None
+
+    def _key_counts(self, batch: np.ndarray, alloc: np.ndarray, shape: Any) -> np.ndarray:
+        """(L*E,) int64: tokens of the batch per key. Every request's first token this iteration
+        is counted from its pool row; the rest of a chunk is a range of its pool entry's rows
+        (wrapping around the entry): a difference of two prefix-count rows, plus whole laps.
+        Without the prefix counts (a big pool), every token's keys are counted."""
+        LE, plan, req = self.L * self.E, self.plan, self.req
+        C = self.prefix
+        if C is None:
+            return np.bincount(plan.pool_keys[shape.rows].ravel(), minlength=LE)
+        off, ln = req.offset[batch], req.length[batch]
+        s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry
+        counts = np.bincount(plan.pool_keys[off + s0].ravel(), minlength=LE)
+        big = np.flatnonzero(alloc > 1)
+        if len(big):
+            for o, n, x, a in zip(off[big].tolist(), ln[big].tolist(), s0[big].tolist(),
+                                  alloc[big].tolist()):
+                lap0, r0 = divmod(x + 1, n)  # rows x + 1 .. x + a - 1 of the entry, wrapped
+                lap1, r1 = divmod(x + a, n)
+                counts += C[o + r1]
+                counts -= C[o + r0]
+                if lap1 != lap0:
+                    counts += (lap1 - lap0) * (C[o + n].astype(np.int64) - C[o])
+        return counts
+
+    def _count(self, batch: np.ndarray, alloc: np.ndarray, shape: Any, G: int) -> tuple[np.ndarray, Any]:
+        """(L*E,) tokens per key of the batch, and what the all-to-all needs of them: as
+        :func:`sim.network.count_tokens` counts them from the tokens' rows, or from the prefix
+        counts (the same integers: tests/sim/test_fast_path.py)."""
+        plan = self.plan
+        if self.prefix is None:
+            return count_tokens(plan, plan.pool_keys[shape.rows], G)
+        if G // plan.tensor_parallel <= 1 or plan.moe_tp or shape.tokens == 0:
+            return self._key_counts(batch, alloc, shape), None
+        sc = self._source_counts(batch, alloc, G)
+        return sc.sum(axis=0), sc
+
+    def _source_counts(self, batch: np.ndarray, alloc: np.ndarray, G: int) -> np.ndarray:
+        """(G, L*E) int64 tokens per source GPU and key (:func:`sim.network.source_counts`: the
+        batch's T tokens in contiguous even blocks over the G GPUs), from the prefix counts: a
+        one-token request's keys from its pool row, a chunk cut at the blocks' bounds into ranges
+        of its pool entry's rows (wrapping around the entry)."""
+        LE, plan, req, C = self.L * self.E, self.plan, self.req, self.prefix
+        T = int(alloc.sum())
+        off, ln = req.offset[batch], req.length[batch]
+        s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry
+        first = np.cumsum(alloc) - alloc  # (B,) each request's first token in the batch
+        one = alloc == 1
+        src1 = (first[one] * G) // T  # network.token_sources of the one-token requests
+        per = np.bincount((src1[:, None] * LE + plan.pool_keys[off[one] + s0[one]]).ravel(),
+                          minlength=G * LE).reshape(G, LE)
+        big = np.flatnonzero(~one)
+        if len(big):
+            bounds = ((np.arange(G + 1) * T + G - 1) // G).tolist()  # GPU g: tokens [b_g, b_g+1)
+            for f, o, n, x, a in zip(first[big].tolist(), off[big].tolist(), ln[big].tolist(),
+                                     s0[big].tolist(), alloc[big].tolist()):
+                lo = f
+                g = (f * G) // T
+                while lo < f + a:
+                    hi = min(f + a, bounds[g + 1])
+                    if hi > lo:  # rows x + (lo - f) .. x + (hi - f) - 1 of the entry, wrapped
+                        lap0, r0 = divmod(x + lo - f, n)
+                        lap1, r1 = divmod(x + hi - f, n)
+                        row = per[g]
+                        row += C[o + r1]
+                        row -= C[o + r0]
+                        if lap1 != lap0:
+                            row += (lap1 - lap0) * (C[o + n].astype(np.int64) - C[o])
+                        lo = hi
+                    g += 1
+        return per
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
@@ -60,11 +157,10 @@ class LayerWalk:
         L, E, plan, cost, tl = self.L, self.E, self.plan, self.cost, self.t
         keep = alloc > 0
         batch, alloc = batch[keep], alloc[keep]
-        shape = batch_shape(self.req, batch, alloc)
-        keys_tok = plan.pool_keys[shape.rows]  # (T, L*K) key = layer * E + expert
+        shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None)
         G = len(rep.gpus)
         # (L*E,) tokens per key, and what the all-to-all needs of them (sim.network)
-        counts_flat, a2a_tokens = count_tokens(plan, keys_tok, G)
+        counts_flat, a2a_tokens = self._count(batch, alloc, shape, G)
         tl.recorded_le += counts_flat.reshape(L, E)
         lc = layer_costs(plan, cost, counts_flat, shape, G, a2a_tokens)
         comp_arr, load_g = lc.comp, lc.load
@@ -81,13 +177,25 @@ class LayerWalk:
         states = rep.states
         step0 = rep.step
         rep.step += L
-        need, active = self.needs(states, used_flat)
-        comp = comp_arr.tolist()  # [L][G] seconds
         stall = [st.stall_s for st in states]
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
         t = t0 + lc.pre + pred.take_inline(rep)
         gaps = (attn, gate, pf_cost, a2a)
-        if pred.pf_next:
+        miss_lg = None
+        if rep.stamps is not None and not pred.pf_next and not any(st.inflight for st in states):
+            miss_lg = self._serve_arrays(rep, used_flat)
+        if miss_lg is not None:  # every GPU's misses per layer, served with numpy
+            t_fast = None if rec is not None or self.pad_bytes else \
+                self._time_counts(miss_lg, t, gaps, comp_arr, states, stall)
+            t = t_fast if t_fast is not None else \
+                self._time_layers(enumerate(miss_lg.tolist()), t, gaps, comp_arr.tolist(), states,
+                                  None, stall, rec)
+            if pred.observers:
+                for l in range(L):
+                    pred.observe(rep, l, used_flat)
+        elif pred.pf_next:
+            comp = comp_arr.tolist()  # [L][G] seconds
+            need, active = self.needs(states, used_flat)
             for l in range(L):
                 miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
                         for g, st in enumerate(states)]
@@ -96,6 +204,8 @@ class LayerWalk:
                 pred.next_layer(rep, l, used_flat, step0, t_gate, need)
                 t += pred.take_inline(rep)
         else:
+            comp = comp_arr.tolist()
+            need, active = self.needs(states, used_flat)
             nones = [None] * L
             miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
                       for g, st in enumerate(states)]
@@ -119,6 +229,19 @@ class LayerWalk:
             if nres > st.capacity:
                 raise MoesimError(f"cache policy {self.cache_name!r} holds {nres} experts on GPU "
                                   f"{st.gpu}, over its budget {st.capacity}")
+
+    def _serve_arrays(self, rep: ReplicaState, used_flat: np.ndarray) -> np.ndarray | None:
+        """Every GPU's steps of the iteration through the replica's array caches (LRU as stamps,
+        :func:`sim.policies.cache._stamped.serve_lru_iteration`): the misses per layer and GPU, or
+        None when a step is not in array form (the general path serves it)."""
+        states = rep.states
+        miss = serve_lru_iteration(rep.stamps, used_flat)
+        if miss is None:
+            return None
+        for st, nres in zip(states, rep.stamps.nres.tolist()):
+            if nres > st.peak_resident:  # (at most the slots: the arrays never exceed them)
+                st.peak_resident = nres
+        return miss
 
     def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
         """One layer's keys through a GPU's cache: the misses (a list), or None when no access."""
@@ -248,6 +371,114 @@ class LayerWalk:
                 self._record_layer(rec, l, states, (t, t_gate, ready, end, t_next), attn, comp_l,
                                    copies, starts)
             t = t_next
+        return t
+
+    def _time_counts(self, miss: np.ndarray, t: float, gaps: tuple[float, float, float, Any],
+                     comp_arr: np.ndarray, states: list[GpuState], stall: list[float]
+                     ) -> float | None:
+        """:meth:`_time_layers` for misses given as counts ``miss`` (L, G), no prefetched copy in
+        flight, nothing recorded, no per-copy overhead: the same float operations, each on the
+        same operands, in the same order per GPU; None (nothing changed) where that does not
+        hold (the caller then times it the general way).
+
+        Why it holds. Every host link is idle or done with its previous fetch when a layer's
+        copies start (checked for the first start of the iteration against the link's clock;
+        later starts are later, and a layer ends after its copies), so each copy takes
+        :meth:`sim.cluster.Link.fetch`'s usual path: it ends at ``start + bytes / bandwidth``, the
+        same float for every GPU copying the same number of experts. Per layer then, for each
+        distinct count, one end time and the slowest of those GPUs' experts (float addition is
+        monotonic: ``max(fin + c_g) == fin + max(c_g)``); the stalls are added per GPU afterwards
+        (``np.add.accumulate``, sequential: the same floats), the links' clocks set as their last
+        fetch left them. tests/sim/test_fast_path.py holds both to the same metrics.json."""
+        links = [st.link for st in states]
+        lk = links[0]
+        bw, lat, eb = lk.bytes_per_s, lk.latency_s, self.eb
+        attn, gate, pf_cost, traffic = gaps  # added one by one, in this order (same floats)
+        if eb <= 0 or lat < 0 or min(attn, gate, pf_cost) < 0 or any(
+                x.active or x.infinite or x.bytes_per_s != bw or x.latency_s != lat for x in links):
+            return None
+        if traffic is None:
+            a2a_l = [0.0] * len(miss)
+        else:  # the all-to-all per layer, as _time_layers has it (links shared with other
+            # replicas are booked layer by layer there: that walk is the general one)
+            a2a_l, book = self.net.layer_times([st.gpu for st in states], traffic, t)
+            if book is not None:
+                return None
+        first = t + attn + gate + pf_cost + lat  # the earliest copy start of the iteration
+        for x in links:
+            if x.t > first or (x._solo and x.t + x._solo / bw > first):
+                return None
+        L = len(miss)
+        fetches = miss > 0  # (L, G)
+        nbytes = miss.sum(axis=0) * eb  # (G,) int
+        if any(x.bytes_total + int(n) >= 2.0 ** 53 for x, n in zip(links, nbytes.tolist())):
+            return None  # (the byte totals stay exact integers: their order does not matter)
+        top = int(miss.max())
+        vals = np.unique(miss[fetches]).tolist() if top > 1 else [1] * top  # distinct copy sizes
+        dur = [v * eb / bw for v in vals]  # each copy's duration (Link.fetch: nbytes / bw)
+        maxc = comp_arr.max(axis=1).tolist()  # (L,)
+        # per distinct copy size, per layer: the slowest GPU copying that many (-inf: none)
+        slowest = [np.where(miss == v, comp_arr, -np.inf).max(axis=1).tolist() for v in vals]
+        nv = len(vals)
+        fins: list[float] = []  # (L, nv) each copy's end
+        readys: list[float] = []
+        starts: list[float] = []
+        none = -np.inf
+        if nv == 1:  # the usual case: one copy size (one expert) per GPU and layer
+            d, cm_l = dur[0], slowest[0]
+            for l in range(L):
+                t_gate = t + attn + gate + pf_cost
+                ready = t_gate + a2a_l[l]
+                end = ready + maxc[l]
+                if end < ready:
+                    end = ready
+                start = t_gate + lat
+                readys.append(ready)
+                starts.append(start)
+                cm = cm_l[l]
+                fin = start + d
+                fins.append(fin)
+                if cm > none and fin > ready:
+                    e_end = fin + cm
+                    if e_end > end:
+                        end = e_end
+                t = end + a2a_l[l]
+        else:
+            for l in range(L):
+                t_gate = t + attn + gate + pf_cost
+                ready = t_gate + a2a_l[l]
+                end = ready + maxc[l]
+                if end < ready:
+                    end = ready
+                start = t_gate + lat
+                readys.append(ready)
+                starts.append(start)
+                for j in range(nv):
+                    fin = start + dur[j]
+                    fins.append(fin)
+                    cm = slowest[j][l]
+                    if cm > none and fin > ready:
+                        e_end = fin + cm
+                        if e_end > end:
+                            end = e_end
+                t = end + a2a_l[l]
+        if vals:
+            fin_l = np.array(fins).reshape(L, nv)
+            if nv == 1:
+                fin_lg = fin_l  # (L, 1): the same end for every GPU copying
+            else:
+                fin_lg = np.take_along_axis(fin_l, np.searchsorted(vals, np.maximum(miss, 1)),
+                                            axis=1)  # (L, G) the end of each GPU's copy
+            rd = np.asarray(readys)[:, None]
+            late = fetches & (fin_lg > rd)
+            inc = np.where(late, fin_lg - rd, 0.0)  # (L, G) each stall, 0.0 elsewhere (x + 0.0 == x)
+            stall[:] = np.add.accumulate(np.vstack([stall, inc]), axis=0)[-1].tolist()
+            last = (L - 1 - np.argmax(fetches[::-1], axis=0)).tolist()  # (G,) each last copy
+            for g, (x, nb) in enumerate(zip(links, nbytes.tolist())):
+                if nb:
+                    x.bytes_total += nb
+                    x.t = starts[last[g]]
+                    x._solo = float(int(miss[last[g], g]) * eb)
         return t
 
     @staticmethod

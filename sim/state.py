@@ -94,6 +94,9 @@ class ReplicaState:
     iterations: int = 0
     #: cache step counter (one step per layer of an iteration)
     step: int = 0
+    #: the GPUs' LRU caches as arrays (:class:`sim.policies.cache._stamped.StampStore`; None: the
+    #: general path)
+    stamps: Any = None
     ctx: PrefetchContext = field(default_factory=PrefetchContext)
     wake: Any = None  # simpy event the serving process sleeps on
     proc: Any = None  # its simpy process

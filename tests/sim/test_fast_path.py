@@ -1,0 +1,209 @@
+"""The simulator's fast paths against the general one (the reference): LRU as recency stamps
+served an iteration at once (sim/policies/cache/_stamped.py, ``policy.cache_arrays``) and the
+tokens per key from the pool's prefix counts (sim/layers.py) give byte-identical ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sim.layers
+from sim.binding import bind
+from sim.config import FaultConfig
+from sim.engine import Simulation
+from sim.metrics import compute_metrics, metrics_json
+from sim.policies.base import CACHE, PREFETCH
+from sim.policies.cache._stamped import StampedLRU, StampStore, serve_lru_iteration
+from sim.policies.cache.lru import LRUCache
+from sim.testing import StubCost, random_pool, tiny_config, workload
+
+#: online cache policies (the simulator rejects oracles: belady needs the replay)
+ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]
+#: prefetch policies that run without a trained checkpoint or the future
+PREFETCHES = ["none", "emoe_a", "emoe_l", "emoe_task", "similarity"]
+
+
+def _sim(cfg, seed: int = 0, n: int = 12, prompt: int = 14, output: int = 5, entries: int = 4,
+         tokens: int = 11):
+    rng = np.random.default_rng(seed)
+    m = cfg.model
+    pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=entries, tokens=tokens, rng=rng)
+    r = np.random.default_rng(seed + 1)
+    wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(),
+                  r.integers(1, prompt + 1, n).tolist(), r.integers(1, output + 1, n).tolist())
+    sim_ = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
+    assert (sim_.walk.prefix is not None) == cfg.policy.cache_arrays
+    sim_.run()
+    return sim_, metrics_json(compute_metrics(sim_))
+
+
+def _both(make_cfg, **kw):
+    """metrics.json of the fast paths and of the general path (policy.cache_arrays=false)."""
+    fast = make_cfg()
+    fast.policy.cache_arrays = True
+    slow = make_cfg()
+    slow.policy.cache_arrays = False
+    s_fast, j_fast = _sim(fast, **kw)
+    s_slow, j_slow = _sim(slow, **kw)
+    return s_fast, j_fast, s_slow, j_slow
+
+
+@pytest.mark.parametrize("prefetch", PREFETCHES)
+@pytest.mark.parametrize("cache", ONLINE)
+@pytest.mark.parametrize("shape", ["ep4", "ep1"])
+def test_every_policy_same_metrics(cache, prefetch, shape):
+    def make():
+        if shape == "ep4":  # one expert of a layer per GPU, as the Azure bench
+            cfg = tiny_config(layers=3, experts=4, top_k=2, gpus_per_node=4, ep=4,
+                              budget_fraction=0.5, token_budget=24)
+        else:  # one GPU holding every expert: steps of several keys
+            cfg = tiny_config(layers=3, experts=6, top_k=2, budget_fraction=0.5, token_budget=24)
+        cfg.policy.cache, cfg.policy.prefetch = cache, prefetch
+        return cfg
+
+    s_fast, j_fast, _, j_slow = _both(make, seed=3)
+    assert j_fast == j_slow
+    arrays = cache == "lru"
+    assert (s_fast.replicas[0].stamps is not None) == arrays
+    assert all(isinstance(st.cache, StampedLRU) == arrays for r in s_fast.replicas
+               for st in r.states if st.cache is not None)
+
+
+def test_fast_path_is_taken(monkeypatch):
+    """The bench's shape (EP, one key per GPU and layer, LRU) goes through the arrays."""
+    calls = {"arrays": 0, "general": 0}
+    real = sim.layers.serve_lru_iteration
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        calls["arrays" if out is not None else "general"] += 1
+        return out
+
+    monkeypatch.setattr(sim.layers, "serve_lru_iteration", spy)
+    cfg = tiny_config(layers=3, experts=4, top_k=2, gpus_per_node=4, ep=4, budget_fraction=0.5,
+                      token_budget=24)
+    sim_, _ = _sim(cfg)
+    assert calls["arrays"] == sum(r.iterations for r in sim_.replicas) > 0
+    assert calls["general"] == 0
+
+
+@st.composite
+def scenarios(draw):
+    layers = draw(st.integers(1, 3))
+    experts = draw(st.integers(2, 6))
+    gpus = draw(st.sampled_from([1, 2, 4]))
+    ep = draw(st.sampled_from([e for e in (1, 2, 4) if gpus % e == 0]))
+    return dict(layers=layers, experts=experts, top_k=draw(st.integers(1, min(2, experts))),
+                gpus=gpus, ep=ep, budget=draw(st.sampled_from([0.1, 0.3, 0.5, 0.8, 1.0])),
+                token_budget=draw(st.integers(1, 16)), seed=draw(st.integers(0, 50)),
+                fault=draw(st.booleans()), fault_gpu=draw(st.integers(0, gpus - 1)),
+                placement=draw(st.sampled_from(["contiguous", "replicated"])),
+                tokens=draw(st.integers(2, 9)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_random_scenarios_same_metrics(s):
+    """Random tiny clusters (replicated experts, faults, prompts longer than their pool entry so
+    chunks wrap around it): both paths write the same metrics.json."""
+    def make():
+        cfg = tiny_config(layers=s["layers"], experts=s["experts"], top_k=s["top_k"],
+                          gpus_per_node=s["gpus"], ep=s["ep"], budget_fraction=s["budget"],
+                          token_budget=s["token_budget"])
+        if s["placement"] == "replicated" and s["ep"] > 1 and s["experts"] >= 2:
+            cfg.policy.placement = "eplb"
+            cfg.policy.placement_args = {}
+        if s["fault"]:
+            cfg.cluster.faults = [FaultConfig(time_s=0.01, gpu=s["fault_gpu"], recovery_s=0.02)]
+        return cfg
+
+    try:
+        _, j_fast, _, j_slow = _both(make, seed=s["seed"], tokens=s["tokens"])
+    except Exception as exc:  # a config the simulator rejects is rejected by both paths alike
+        with pytest.raises(type(exc)):
+            cfg = make()
+            cfg.policy.cache_arrays = False
+            _sim(cfg, seed=s["seed"], tokens=s["tokens"])
+        return
+    assert j_fast == j_slow
+
+
+# -- the stamps against LRUCache, step by step ----------------------------------------------------
+@pytest.mark.parametrize("pairwise", [True, False])
+@pytest.mark.parametrize("seed", range(40))
+def test_stamps_serve_like_lru(seed, pairwise, monkeypatch):
+    """Random home sets (some keys on several GPUs), capacities and iterations, with prefetch
+    inserts in between (the cache turns to objects and back): the same misses per step, the same
+    counts, the same resident keys in the same recency order as LRUCache.access_steps (the
+    double-counted keys found pairwise, and by counts per layer as for big iterations)."""
+    import sim.policies.cache._stamped as stamped
+
+    monkeypatch.setattr(stamped, "PAIRWISE_MAX", 10**9 if pairwise else -1)
+    rng = np.random.default_rng(seed)
+    L, E = int(rng.integers(1, 5)), int(rng.integers(2, 7))
+    G = int(rng.integers(1, 4))
+    N = L * E
+    masks = [rng.random(N) < rng.uniform(0.3, 1.0) for _ in range(G)]
+    store = StampStore(masks, L)
+    fast, ref = [], []
+    for g in range(G):
+        home = int(masks[g].sum())
+        cap = int(rng.integers(0, home + 1)) if home else 0
+        c = StampedLRU(cap, N, store, g)
+        r = LRUCache(cap, N)
+        warm = np.flatnonzero(masks[g])[:cap].tolist()
+        for x in (c, r):
+            x.insert(0, warm)
+            x.counts = dataclasses.replace(x.counts, prefetched=0)
+        fast.append(c if home else None)
+        ref.append(r if home else None)
+    step = 0
+    for _ in range(30):
+        used = rng.random(N) < rng.uniform(0.1, 0.9)
+        got = serve_lru_iteration(store, used)
+        if got is None:  # a step needs more keys than a GPU's slots: the general path
+            for g in range(G):
+                if fast[g] is not None:
+                    rows = [[k for k in range(l * E, (l + 1) * E) if used[k] and masks[g][k]]
+                            for l in range(L)]
+                    fast[g].access_steps(step, rows)
+                    ref[g].access_steps(step, rows)
+        else:
+            for g in range(G):
+                if ref[g] is None:
+                    assert not got[:, g].any()
+                    continue
+                rows = [[k for k in range(l * E, (l + 1) * E) if used[k] and masks[g][k]]
+                        for l in range(L)]
+                want, _ = ref[g].access_steps(step, rows)
+                assert got[:, g].tolist() == want
+        step += L
+        for g in range(G):
+            if ref[g] is None:
+                continue
+            assert fast[g].counts == ref[g].counts
+            if rng.random() < 0.2:  # a prefetch: objects mode, then back to arrays
+                keys = rng.choice(np.flatnonzero(masks[g]), size=2).tolist()
+                assert fast[g].insert(step, keys) == ref[g].insert(step, keys)
+            assert list(fast[g]._order) == list(ref[g]._order)
+            assert fast[g].resident == ref[g].resident
+
+
+def test_prefix_counts_match_direct():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 12, size=(50, 4)).astype(np.int16)
+    C = sim.layers.pool_prefix_counts(keys, 12)
+    for a, b in [(0, 50), (3, 17), (10, 11), (49, 50)]:
+        assert (C[b] - C[a]).tolist() == np.bincount(keys[a:b].ravel(), minlength=12).tolist()
+
+
+def test_registries_cover_the_test():
+    """A new cache or prefetch policy joins the comparison above (or is named here)."""
+    assert set(ONLINE) == {n for n in CACHE.names() if not CACHE.get(n).requires_future}
+    assert set(PREFETCHES) | {"emoe_learned"} == {n for n in PREFETCH.names()
+                                                  if not PREFETCH.get(n).requires_future}
