@@ -17,7 +17,8 @@ Per point it prints GPUs, rate, requests, simulated seconds, wall seconds (the s
 user CPU seconds of the process (start-up included), simulated s per CPU s (user + system: the
 figure to quote on a shared machine, where wall time measures the other jobs) and its peak RSS
 (``os.wait4`` of that child, so each point's own peak), and writes ``OUT_DIR/scaling.csv`` and
-``OUT_DIR/scaling.png`` (wall time against GPUs, one line per rate, and against requests, one line per GPU count; log-log with a slope-1 guide),
+``OUT_DIR/scaling.png`` (wall time against GPUs, one line per rate, and against requests, one line
+per GPU count; log-log with a slope-1 guide),
 captioned with the command that regenerates it. Needs ../shared/data (the Azure traces).
 """
 
