@@ -90,7 +90,11 @@ def run_point(gpus: int, ep: int, rate: float, n_req: int, a: argparse.Namespace
             "command_wall_s": round(total, 2)}
 
 
-def plot(rows: list[dict], path: Path, caption: str) -> None:
+Y_LABELS = {"wall_s": "wall time of the simulation (s)",
+            "user_cpu_s": "user CPU time of the process (s, start-up included)"}
+
+
+def plot(rows: list[dict], path: Path, caption: str, y: str = "wall_s") -> None:
     from analysis.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -100,13 +104,13 @@ def plot(rows: list[dict], path: Path, caption: str) -> None:
     rates = sorted({r["rate"] for r in rows})
     gpus = sorted({r["gpus"] for r in rows})
     for rate in rates:
-        pts = sorted((r["gpus"], r["wall_s"]) for r in rows if r["rate"] == rate)
+        pts = sorted((r["gpus"], r[y]) for r in rows if r["rate"] == rate)
         ax1.plot(*zip(*pts), marker="o", label=f"{rate:g}x rate")
     for g in gpus:
-        pts = sorted((r["requests"], r["wall_s"]) for r in rows if r["gpus"] == g)
+        pts = sorted((r["requests"], r[y]) for r in rows if r["gpus"] == g)
         ax2.plot(*zip(*pts), marker="o", label=f"{g:g} GPUs")
     for ax, xs in ((ax1, gpus), (ax2, sorted({r["requests"] for r in rows}))):
-        lo = min(r["wall_s"] for r in rows)
+        lo = min(r[y] for r in rows)
         ax.plot([xs[0], xs[-1]], [lo, lo * xs[-1] / xs[0]], "k:", lw=1, label="linear (slope 1)")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -114,11 +118,11 @@ def plot(rows: list[dict], path: Path, caption: str) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylabel("wall time of the simulation (s)")
+        ax.set_ylabel(Y_LABELS[y])
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     ax1.set_xticks(gpus)
-    ax1.set_xlabel(f"GPUs (replicas of EP {rows[0]['gpus'] // rows[0]['replicas']})")
+    ax1.set_xlabel(f"GPUs (replicas of EP {int(rows[0]['gpus'] // rows[0]['replicas'])})")
     ax2.set_xlabel("requests simulated")
     ax1.set_title("cost against cluster size")
     ax2.set_title("cost against traffic")
@@ -140,14 +144,18 @@ def main() -> int:
     ap.add_argument("--traces", type=lambda s: s.split(","), default=DEFAULT_TRACES,
                     help="request traces, comma-separated (default: Azure conv,code)")
     ap.add_argument("--replot", action="store_true",
-                    help="only redraw OUT_DIR/scaling.png from OUT_DIR/scaling.csv (caption: this command)")
+                    help="only redraw OUT_DIR/scaling.png from OUT_DIR/scaling.csv")
+    ap.add_argument("--y", choices=list(Y_LABELS), default="wall_s",
+                    help="what the plot shows (user_cpu_s on a shared machine, where wall time "
+                         "measures the other jobs)")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every point")
     a = ap.parse_args()
     caption = "python benchmarks/sim_scaling.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    if a.replot:
+    if a.replot:  # the caption names the command that measured the points, then this one
         with open(Path(a.out) / "scaling.csv") as f:
             rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-        plot(rows, Path(a.out) / "scaling.png", caption)
+        made = (Path(a.out) / "command.txt").read_text().strip()
+        plot(rows, Path(a.out) / "scaling.png", f"{made}; replotted: {caption}", a.y)
         return 0
     gpus = a.gpus or ([8, 16, 32, 64, 128] if a.full else [8, 32, 128])
     rates = a.rates or ([1.0, 2.0, 4.0, 8.0] if a.full else [1.0, 4.0])
@@ -180,7 +188,8 @@ def main() -> int:
         w = csv.DictWriter(f, fieldnames=[*FIELDS, "command_wall_s"])
         w.writeheader()
         w.writerows(rows)
-    plot(rows, out / "scaling.png", caption)
+    (out / "command.txt").write_text(caption + "\n")
+    plot(rows, out / "scaling.png", caption, a.y)
     print(f"wrote {out / 'scaling.csv'} and {out / 'scaling.png'} (load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs)")
     return 0
