@@ -18,7 +18,8 @@ prompt or zero output tokens cannot be served by the simulator: ``zero="fail"`` 
 the file naming the row, ``zero="drop"`` drops such rows and counts them in ``dropped``.
 
 :func:`load_workload` accepts a workload Parquet or one of the raw files directly (by extension,
-then by sniffing the first line).
+then by sniffing the first line); :func:`load_workloads` merges several of any of these by arrival
+time (``workload.path`` given as a list), each request keeping its file's task.
 """
 
 from __future__ import annotations
