@@ -109,15 +109,15 @@ def _check_derivation(der: Any, L: int, E: int, where: str) -> None:
 def expand(d: dict[str, Any], where: str = "<params>") -> dict[str, Any]:
     """A derived parameter dict with its counts rebuilt from the source (a dict for
     :func:`traces.synth.params_from_dict`)."""
-    from traces.synth import SHIPPED, fitted_params
+    from traces.synth import SHIPPED
 
     der = d.get("derivation")
     L, E = int(d["num_layers"]), int(d["num_experts"])
     _check_derivation(der, L, E, where)
     src_name = str(der["from"])
-    if src_name not in SHIPPED or "derivation" in _raw_shipped(src_name):
+    src = _raw_shipped(src_name) if src_name in SHIPPED else {"derivation": None}
+    if "derivation" in src:
         raise MoesimError(f"{where}: derived from {src_name!r}, expected a fitted shipped parameter set")
-    src = fitted_params(src_name).raw
     tasks = {}
     for name, t in d["tasks"].items():
         if name not in src["tasks"]:
