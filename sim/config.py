@@ -149,7 +149,10 @@ class WorkloadConfig:
     """Requests: from ``path`` (workload Parquet, Azure CSV, Mooncake JSONL) or synthetic Poisson."""
 
     name: str = "poisson"
-    path: str = ""
+    #: a request trace, or a list of them merged by arrival time, each request keeping its
+    #: file's task (``'workload.path=[conv.csv,code.csv]'``; traces.request_import.load_workloads).
+    #: str or list[str]: OmegaConf 2.3 has no Union, so Any here and checked by workload_paths()
+    path: Any = ""
     #: first N requests only (0: all)
     max_requests: int = 0
     #: synthetic arrivals (used when path is empty)
@@ -160,6 +163,19 @@ class WorkloadConfig:
     task: str = "unknown"
     #: arrival times are multiplied by this (2.0 = half the load)
     time_scale: float = 1.0
+
+
+def workload_paths(path: Any) -> list[str]:
+    """``workload.path`` as a list of files ([] when empty: synthetic arrivals); anything but a
+    string or a list of non-empty strings is a one-line error naming the key."""
+    if path is None or path == "":
+        return []
+    if isinstance(path, str):
+        return [path]
+    if isinstance(path, (list, tuple)) and path and all(isinstance(p, str) and p for p in path):
+        return list(path)
+    raise ConfigError(f"workload.path={path!r}; expected a file or a non-empty list of files "
+                      f"('workload.path=[a.csv,b.csv]')")
 
 
 @dataclass

@@ -14,6 +14,7 @@ Examples::
     moesim sim -m policy.cache=lru,lifo,lfu cluster.expert_budget_fraction=0.25,0.5
     moesim sim experiment=fault_demo                       # a GPU fails at 20 s, back 30 s later
     moesim sim experiment=bench_azure_mixtral workload.path=AzureLLMInferenceTrace_conv.csv
+    moesim sim 'workload.path=[AzureLLMInferenceTrace_conv.csv,AzureLLMInferenceTrace_code.csv]'
     moesim sim trace=file trace.path=ROUTING.parquet output.chrome_trace=timeline.json
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.config import SimConfig, WorkloadConfig, register_configs, to_sim_config
+from sim.config import SimConfig, WorkloadConfig, register_configs, to_sim_config, workload_paths
 from sim.errors import ConfigError
 
 
@@ -38,7 +39,12 @@ def load_workload_table(w: WorkloadConfig, rng: np.random.Generator) -> pd.DataF
     """The requests of a run: ``workload.path`` (via traces' importers) or synthetic Poisson."""
     from traces.workload import make_workload
 
-    if w.path:
+    paths = workload_paths(w.path)
+    if isinstance(w.path, (list, tuple)):  # a list, even of one: merged, ids "<i>:<id>"
+        from traces.request_import import load_workloads
+
+        df = load_workloads(paths)
+    elif paths:
         from sim.files import require_file
         from traces.request_import import load_workload
 

@@ -7,6 +7,7 @@
     moesim trace validate FILE
     moesim trace stats FILE [--json] [--plots DIR]
     moesim trace fit TRACE.parquet -o PARAMS.json
+    moesim trace derive MODEL -o PARAMS.json [--source NAME] [--seed S]
     moesim trace synth --params NAME|FILE --requests N --tokens-per-request T --seed S -o OUT.parquet
     moesim trace synth --kind uniform|zipf [--zipf-a A] --params NAME|FILE -o OUT.parquet
 
@@ -40,7 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     formats = {**ROUTING_FORMATS, **ENGINE_FORMATS, **LOAD_FORMATS, **WORKLOAD_FORMATS}
     p = _Parser(prog="moesim trace", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser,
-                           metavar="{import,capture,validate,stats,fit,synth}")
+                           metavar="{import,capture,validate,stats,fit,derive,synth}")
     sub.required = True
 
     imp = sub.add_parser("import", help="import real routing or request traces",
@@ -81,10 +82,20 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("-o", "--output", required=True, help="parameters JSON")
     fit.add_argument("--seed", type=int, default=0, help="seed for the calibration runs")
 
+    der = sub.add_parser("derive", help="derive generator parameters for a model with no real trace "
+                                        "from the nearest fitted one (traces/synth_derive.py)")
+    der.add_argument("model", help="a conf/model/ name (deepseek-v3, qwen3-30b-a3b, mixtral-8x22b)")
+    der.add_argument("-o", "--output", required=True, help="parameters JSON")
+    der.add_argument("--source", default=None, help="fitted shipped parameters to derive from "
+                                                    "(default: the nearest, traces.synth_derive.NEAREST)")
+    der.add_argument("--seed", type=int, default=0, help="seed for the label shuffle and calibration runs")
+    der.add_argument("--eps", type=float, default=0.0,
+                     help="coherence of the expert split, 0 (children keep their channel) .. 1 (none)")
+
     syn = sub.add_parser("synth", help="sample a synthetic routing trace")
     syn.add_argument("--kind", choices=["fitted", "uniform", "zipf"], default="fitted")
     syn.add_argument("--params", default="deepseek-v2-lite",
-                     help="fitted parameters: a shipped name (deepseek-v2-lite, mixtral-8x7b) or a JSON file")
+                     help="fitted parameters: a shipped name (traces.synth.SHIPPED) or a JSON file")
     syn.add_argument("--zipf-a", type=float, default=1.2, help="Zipf exponent for --kind zipf")
     syn.add_argument("--requests", type=int, default=16)
     syn.add_argument("--tokens-per-request", type=int, default=128)
@@ -213,6 +224,24 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_derive(a: argparse.Namespace) -> int:
+    from sim.files import atomic_write_bytes
+    from traces.synth_derive import derive_params
+
+    cmd = ["moesim", "trace", "derive", a.model, "-o", a.output, "--seed", str(a.seed)]
+    if a.source:
+        cmd += ["--source", a.source]
+    if a.eps:
+        cmd += ["--eps", str(a.eps)]
+    params = derive_params(a.model, source=a.source, eps=a.eps, seed=a.seed, command=" ".join(cmd))
+    atomic_write_bytes((json.dumps(params, separators=(",", ":")) + "\n").encode(), a.output)
+    for n, t in params["tasks"].items():
+        c = t["calibration"]
+        print(f"task {n}: beta {t['beta']}, target {c['target']}, achieved {c['achieved']}")
+    print(f"wrote {a.output} (derived from {params['derivation']['from']})")
+    return 0
+
+
 def _cmd_synth(a: argparse.Namespace) -> int:
     import numpy as np
 
@@ -240,6 +269,6 @@ def main(argv: list[str]) -> int:
         from traces.capture_cli import cmd_capture
 
         return {"import": _cmd_import, "validate": _cmd_validate, "stats": _cmd_stats,
-                "fit": _cmd_fit, "synth": _cmd_synth, "capture": cmd_capture}[a.cmd](a)
+                "fit": _cmd_fit, "derive": _cmd_derive, "synth": _cmd_synth, "capture": cmd_capture}[a.cmd](a)
     except (OSError, UnicodeError) as exc:  # unreadable files, permissions: one line, no traceback
         raise TraceFormatError(f"{getattr(exc, 'filename', '') or ''} {exc}".strip()) from None

@@ -18,7 +18,8 @@ prompt or zero output tokens cannot be served by the simulator: ``zero="fail"`` 
 the file naming the row, ``zero="drop"`` drops such rows and counts them in ``dropped``.
 
 :func:`load_workload` accepts a workload Parquet or one of the raw files directly (by extension,
-then by sniffing the first line).
+then by sniffing the first line); :func:`load_workloads` merges several of any of these by arrival
+time (``workload.path`` given as a list), each request keeping its file's task.
 """
 
 from __future__ import annotations
@@ -133,9 +134,12 @@ def _read_mooncake(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]
 
 def import_workload(
     paths: Sequence[str | os.PathLike], fmt: str, *, task: str | None = None, zero: str = "fail",
-    dropped: dict[str, int] | None = None,
+    dropped: dict[str, int] | None = None, origins: dict[str, float] | None = None,
 ) -> pd.DataFrame:
-    """Read request traces of format ``fmt`` into one workload table (sorted by arrival)."""
+    """Read request traces of format ``fmt`` into one workload table (sorted by arrival).
+
+    ``origins`` (azure-csv only, whose timestamps are wall-clock dates): filled with the epoch
+    seconds of the earliest request kept, per file."""
     if fmt not in WORKLOAD_FORMATS:
         raise TraceFormatError(f"workload format {fmt!r}, expected one of {list(WORKLOAD_FORMATS)}")
     if zero not in ("fail", "drop"):
@@ -167,6 +171,8 @@ def import_workload(
             if dropped is not None:
                 dropped[str(p)] = int(zero_rows.sum())
         keep = ~zero_rows
+        if origins is not None and fmt == "azure-csv" and keep.any():
+            origins[str(p)] = float(t_s[keep].min())
         parts.append(pd.DataFrame({"request_id": ids[keep], "t": t_s[keep], "p": prompt[keep],
                                    "o": output[keep], "task": task or task_from_name(p)}))
     df = pd.concat(parts, ignore_index=True)
@@ -208,3 +214,48 @@ def load_workload(path: str | os.PathLike, *, task: str | None = None, zero: str
     if fmt == "parquet":
         return read_workload(path)
     return import_workload([path], fmt, task=task, zero=zero)
+
+
+def load_workloads(paths: Sequence[str | os.PathLike], key: str = "workload.path") -> pd.DataFrame:
+    """Several request traces (any mix of the formats :func:`load_workload` reads) merged into one
+    workload: a cluster serving several services at once.
+
+    Each request keeps its own file's task (a workload Parquet's ``task`` column; an Azure or
+    Mooncake file's task from its name). Clocks: when every file is an Azure CSV (wall-clock
+    dates), they are merged on that common clock (the Azure 2023 conversation trace starts
+    77 s before the code trace, and stays so); otherwise each file's arrivals count from its own
+    first request. Merge order: by arrival time; ties keep the order of the list, then the file's
+    row order (stable). Request ids become ``<i>:<id>`` (``i``: the file's position in the list).
+    A bad entry fails in one line naming ``key[i]`` and the file.
+    """
+    from sim.files import require_file
+
+    paths = list(paths)
+    if not paths:
+        raise TraceFormatError(f"{key}=[] names no file; give a request trace or a list of them")
+    parts, origins = [], []
+    for i, path in enumerate(paths):
+        where = f"{key}[{i}]"
+        require_file(path, where, what="a request trace: workload Parquet, Azure CSV or Mooncake JSONL")
+        try:
+            fmt = sniff_workload_format(path)
+            orig: dict[str, float] = {}
+            if fmt == "parquet":
+                df = read_workload(path)
+            else:
+                df = import_workload([path], fmt, zero="drop", origins=orig)
+        except TraceFormatError as exc:
+            raise TraceFormatError(f"{where}={path}: {exc}") from None
+        origins.append(orig.get(str(Path(path))))
+        df = df.copy()
+        df["request_id"] = [f"{i}:{r}" for r in df["request_id"]]
+        parts.append(df)
+    if all(o is not None for o in origins):  # one wall clock: keep the files' offsets
+        first = min(origins)
+        for df, o in zip(parts, origins):
+            df["arrival_s"] = df["arrival_s"] + (o - first)
+    merged = pd.concat(parts, ignore_index=True)  # list order, then row order
+    merged = merged.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+    merged["arrival_s"] = merged["arrival_s"] - merged["arrival_s"].iloc[0]
+    validate_workload(merged, f"{key}={paths}")
+    return merged

@@ -57,7 +57,11 @@ from traces.format import RoutingTrace, TraceMeta, make_tokens
 
 SCHEMA = "moesim-synth-params"
 VERSION = 2
-SHIPPED = {"deepseek-v2-lite": "deepseek-v2-lite.json", "mixtral-8x7b": "mixtral-8x7b.json"}
+#: fitted to a real trace: deepseek-v2-lite, mixtral-8x7b; derived from the nearest of those
+#: (traces/synth_derive.py, "derived": true in their source): the other conf/model/ models
+SHIPPED = {"deepseek-v2-lite": "deepseek-v2-lite.json", "mixtral-8x7b": "mixtral-8x7b.json",
+           "deepseek-v3": "deepseek-v3.json", "qwen3-30b-a3b": "qwen3-30b-a3b.json",
+           "mixtral-8x22b": "mixtral-8x22b.json"}
 #: requests are sampled in chunks of about this many tokens (bounds memory to ~ chunk * E floats)
 CHUNK_TOKENS = 1 << 16
 
@@ -141,6 +145,10 @@ def params_from_dict(d: dict[str, Any], where: str = "<params>", smoothing: floa
     if d.get("version") != VERSION:
         raise _err(where, f"version {d.get('version')!r}, this moesim reads version {VERSION} "
                           f"(refit with 'moesim trace fit')")
+    if "derivation" in d:  # derived parameters: counts rebuilt from the source's (synth_derive.py)
+        from traces.synth_derive import expand
+
+        d = expand(d, where)
     try:
         L, E, K = int(d["num_layers"]), int(d["num_experts"]), int(d["top_k"])
         tasks_raw = d["tasks"]
@@ -159,7 +167,7 @@ def params_from_dict(d: dict[str, Any], where: str = "<params>", smoothing: floa
 
 
 def fitted_params(name: str) -> SynthParams:
-    """The shipped parameters ``name`` ("deepseek-v2-lite" or "mixtral-8x7b")."""
+    """The shipped parameters ``name`` (a key of :data:`SHIPPED`: fitted or derived)."""
     if name not in SHIPPED:
         raise MoesimError(f"no shipped synth parameters {name!r}; expected one of {list(SHIPPED)} or a "
                           f"JSON file from 'moesim trace fit'")
@@ -259,7 +267,7 @@ def sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
         if target_share is not None:
             s -= bias[l]
             for _ in range(ipf_iters):
-                top = np.argsort(s + bias[l], axis=1)[:, -K:]  # (T, K)
+                top = np.argpartition(s + bias[l], E - K, axis=1)[:, E - K:]  # (T, K) the top-K set
                 share = (np.bincount(top.reshape(-1), minlength=E) + 0.5) / (T * K + 0.5 * E)
                 bias[l] += np.log(target_share[l] / share).astype(np.float32)
             s += bias[l]
