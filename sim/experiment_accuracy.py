@@ -10,7 +10,8 @@ layer: hit rate, bytes) and in the simulator (the trace's own prompts, LRU over 
 memory, copies over the host link started at the previous layer's gate: hit rate, stall, bytes),
 against demand LRU without prefetch. With ``dial.checkpoint`` the learned next-layer prefetcher
 (``learned_next``) runs too and is marked on the curves at its measured recall and precision
-(per token in the replay, per batch union in the simulator).
+(per token in the replay, per batch union in the simulator). In the simulator a prefetched
+expert counts as a hit even when its copy is still in flight; the stall is what a late copy costs.
 
 Writes ``DIR/accuracy.csv`` (one row per driver, memory and setting), ``DIR/accuracy.png``,
 ``DIR/summary.md`` and ``DIR/results.json``. Types: :class:`sim.experiment_config.DialConfig`.
@@ -144,8 +145,7 @@ def _plot(rows: list[dict[str, Any]], fracs: list[float], path: Path) -> None:
                 ax.set_ylabel(label)
             if i == 0:
                 ax.set_title(f"{f:g} of the experts on the GPU")
-            if key == "hit_rate":
-                ax.set_ylim(0, 1.02)
+            ax.set_ylim(0, 1.02) if key == "hit_rate" else ax.set_ylim(bottom=0)
             ax.legend(fontsize=5.5)
     fig.tight_layout()
     save_figure(fig, path)
