@@ -10,7 +10,8 @@ layer: hit rate, bytes) and in the simulator (the trace's own prompts, LRU over 
 memory, copies over the host link started at the previous layer's gate: hit rate, stall, bytes),
 against demand LRU without prefetch. With ``dial.checkpoint`` the learned next-layer prefetcher
 (``learned_next``) runs too and is marked on the curves at its measured recall and precision
-(per token in the replay, per batch union in the simulator). In the simulator a prefetched
+(per token in the replay, per batch union in the simulator), on the checkpoint's held-out test
+prompts (``dial.split``). In the simulator a prefetched
 expert counts as a hit even when its copy is still in flight; the stall is what a late copy costs.
 
 Writes ``DIR/accuracy.csv`` (one row per driver, memory and setting), ``DIR/accuracy.png``,
@@ -36,7 +37,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
     cfg = app_config(cfg_node, AccuracyExperimentConfig)
     check_dial(cfg)
     out = Path(run_dir())
-    trace = load_trace(cfg)
+    trace, tpath = load_trace(cfg, out)
     fracs = [float(f) for f in cfg.cluster.expert_budget_fractions]
     grid = [(float(r), float(p)) for r in cfg.dial.recalls for p in cfg.dial.precisions]
     eb = expert_bytes_of_trace(trace.meta, cfg.model, None)
@@ -56,7 +57,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
             if cfg.dial.checkpoint:
                 from sim.policies import PREFETCH
 
-                kw = learned_keys(cfg)["policy.prefetch_args"]
+                kw = learned_keys(cfg, tpath)["policy.prefetch_args"]
                 res = replay_plain(trace, "lru", f, prefetch="learned_next", prefetch_kwargs=kw)
                 pol = PREFETCH.make("learned_next", num_layers=trace.num_layers,
                                     num_experts=trace.num_experts, top_k=trace.top_k, **kw)
@@ -65,7 +66,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
                                         res.record(eb)))
                 learned["replay"] = acc
     if cfg.dial.sim:
-        setup = SimSetup(cfg, trace)
+        setup = SimSetup(cfg, trace, tpath)
         for f in fracs:
             say(f"[sim {f:g}] lru, noisy_oracle x {len(grid)} ...")
             mem = {"cluster.expert_budget_fraction": f, "policy.cache": "lru"}
@@ -75,7 +76,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
                 m, _ = setup.run(f"noisy r={r:g} p={p:g} @{f:g}", {**mem, **noisy_keys(cfg, r, p)})
                 rows.append(_sim_row("noisy_oracle", f, r, p, m))
             if cfg.dial.checkpoint:
-                m, pol = setup.run(f"learned_next@{f:g}", {**mem, **learned_keys(cfg)})
+                m, pol = setup.run(f"learned_next@{f:g}", {**mem, **learned_keys(cfg, tpath)})
                 acc = pol.accuracy()
                 rows.append(_sim_row("learned_next", f, acc["recall"], acc["precision"], m))
                 learned.setdefault("sim", {})[f"{f:g}"] = acc
@@ -157,7 +158,9 @@ def _summary(rows: list[dict[str, Any]], fracs: list[float], learned: dict[str, 
     from sim.files import atomic_write_bytes
 
     lines = ["# Accuracy dial", "", f"`{command_line()}`", "",
-             f"Trace {cfg.trace.path}: {len(trace.request_ids())} prompts, {trace.num_tokens} "
+             f"Trace {cfg.trace.path}"
+             f"{f' (the checkpoint split {cfg.dial.split!r})' if cfg.dial.checkpoint else ''}"
+             f": {len(trace.request_ids())} prompts, {trace.num_tokens} "
              f"tokens; model {cfg.model.name}, hardware {cfg.hardware.name}.", "",
              "| driver | memory | series | recall | precision | hit rate | stall (s) | H2D (GB) |",
              "|---|---|---|---|---|---|---|---|"]

@@ -110,6 +110,9 @@ class DialConfig:
     #: a per-token predictor checkpoint ('moesim predictor train ... predictor=layers'): the
     #: learned next-layer prefetcher ("": none; the accuracy sweep then marks nothing)
     checkpoint: str = ""
+    #: with a checkpoint, the prompts replayed: its held-out "test" prompts, "val", "train", or
+    #: "all" of the trace (a predictor scored on prompts it trained on looks better than it is)
+    split: str = "test"
     #: seconds per token per layer charged for the learned prefetcher (null: measured)
     call_s_per_token: Optional[float] = None
     #: drivers of the accuracy sweep

@@ -2,7 +2,8 @@
 simulator set-up that replays the trace's own prompts, one simulation, the learned prefetcher's
 table and the CSV writer.
 
-The simulator serves the first ``replay_requests`` prompts of ``trace.path`` (0: all), each
+The simulator serves the prompts :func:`load_trace` selects (with a checkpoint, its held-out
+test prompts; then the first ``replay_requests``), each
 request its own prompt (prompt tokens = the prompt's tokens, one output token: the trace holds
 prefill routing), arriving as a Poisson stream at ``workload.rate_rps`` (seeded by ``seed``).
 The cache replay replays the same prompts token by token.
@@ -23,17 +24,42 @@ from sim.errors import ConfigError
 from sim.experiments import say
 
 
-def load_trace(cfg: Any) -> Any:
-    """The first ``replay_requests`` prompts of ``trace.path`` (required)."""
+def load_trace(cfg: Any, out: Path) -> tuple[Any, str]:
+    """(trace, path): the prompts of ``trace.path`` (required) the experiment replays. With
+    ``dial.checkpoint``, the checkpoint's ``dial.split`` prompts (default: its held-out test
+    prompts, in trace order; ``all``: every prompt); then the first ``replay_requests``. A
+    selection is written to ``out/trace.parquet`` (the simulator and the learned prefetcher's
+    table read that file: its rows are the driver's rows)."""
     from sim.files import require_file
     from sim.schemas import limit_requests
-    from traces.format import read_trace
+    from traces.format import read_trace, write_trace
 
     if not cfg.trace.path:
         raise ConfigError("trace.path is required: a routing trace from 'moesim trace import' "
                           "(the oracles and the learned predictor read its tokens)")
-    return limit_requests(read_trace(require_file(cfg.trace.path, "trace.path")),
-                          cfg.replay_requests, "replay_requests")
+    full = read_trace(require_file(cfg.trace.path, "trace.path"))
+    trace = full
+    split = str(cfg.dial.split)
+    if cfg.dial.checkpoint and split != "all":
+        from sim.predictor.checkpoint import load_config
+
+        parts = load_config(cfg.dial.checkpoint).get("split", {})
+        if split not in parts:
+            raise ConfigError(f"dial.split={split!r}; expected all or one of {sorted(parts)} "
+                              f"(the checkpoint's prompt split)")
+        want = set(parts[split])
+        rids = [r for r in full.request_ids() if r in want]
+        if not rids:
+            raise ConfigError(f"dial.split={split!r}: none of the checkpoint's {split} prompts "
+                              f"is in {cfg.trace.path}")
+        trace = full.select_requests(rids)
+    trace = limit_requests(trace, cfg.replay_requests, "replay_requests")
+    if trace is full:
+        return trace, str(cfg.trace.path)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "trace.parquet"
+    write_trace(trace, path)
+    return trace, str(path)
 
 
 def sim_base(cfg: Any) -> Any:
@@ -49,13 +75,13 @@ def sim_base(cfg: Any) -> Any:
 class SimSetup:
     """Workload, routing pool and binding of the trace's own prompts (see the module doc)."""
 
-    def __init__(self, cfg: Any, trace: Any) -> None:
+    def __init__(self, cfg: Any, trace: Any, path: str) -> None:
         from sim.binding import Binding, RoutingPool, check_pool
         from traces.workload import make_workload
 
         self.base = sim_base(cfg)
-        self.pool = RoutingPool.from_trace(trace, source=str(cfg.trace.path))
-        check_pool(self.pool, self.base.model, str(cfg.trace.path))
+        self.pool = RoutingPool.from_trace(trace, source=path)
+        check_pool(self.pool, self.base.model, path)
         R = len(self.pool.offsets)
         if cfg.workload.rate_rps <= 0:
             raise ConfigError(f"workload.rate_rps={cfg.workload.rate_rps}; expected > 0")
@@ -100,8 +126,9 @@ def sim_row(m: dict[str, Any]) -> dict[str, Any]:
             "prefetch_used": m["prefetch"]["used"]}
 
 
-def learned_keys(cfg: Any, free: bool = False) -> dict[str, Any]:
-    args: dict[str, Any] = {"checkpoint": cfg.dial.checkpoint, "trace_path": cfg.trace.path}
+def learned_keys(cfg: Any, path: str, free: bool = False) -> dict[str, Any]:
+    """``learned_next`` on the replayed trace ``path`` (from :func:`load_trace`)."""
+    args: dict[str, Any] = {"checkpoint": cfg.dial.checkpoint, "trace_path": path}
     if free:
         args["call_s_per_token"] = 0.0
     elif cfg.dial.call_s_per_token is not None:

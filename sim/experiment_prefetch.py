@@ -4,7 +4,8 @@ prefetch, at each memory of ``cluster.expert_budget_fractions``.
 
     moesim experiment prefetch trace.path=ds.parquet dial.checkpoint=RUN/checkpoint [key=value ...]
 
-In the simulator (the trace's own prompts; LRU over the GPU's expert memory), a next-layer
+The prompts are the checkpoint's held-out test prompts (``dial.split``; then the first
+``replay_requests``). In the simulator (LRU over the GPU's expert memory), a next-layer
 prefetcher starts its copies on the host link when layer l's routing is known (its gate time)
 and layer l+1 waits for those still in flight: copies that arrive late count as stall. The
 learned prefetcher (``learned_next``) pays its own compute on every layer (``dial.call_s_per_token``,
@@ -48,11 +49,11 @@ def task(cfg_node: Any) -> dict[str, Any]:
         raise ConfigError("dial.checkpoint is required: a per-token predictor from 'moesim "
                           "predictor train trace.path=FILE predictor=layers' (its checkpoint/)")
     out = Path(run_dir())
-    trace = load_trace(cfg)
+    trace, tpath = load_trace(cfg, out)
     fracs = [float(f) for f in cfg.cluster.expert_budget_fractions]
     say(f"moesim experiment prefetch: {cfg.trace.path}, {trace.num_tokens} tokens, "
         f"{len(trace.request_ids())} prompts; memories {fracs}")
-    setup = SimSetup(cfg, trace)
+    setup = SimSetup(cfg, trace, tpath)
     rows: list[dict[str, Any]] = []
     for f in fracs:
         mem = {"cluster.expert_budget_fraction": f, "policy.cache": "lru"}
@@ -60,12 +61,12 @@ def task(cfg_node: Any) -> dict[str, Any]:
         got: dict[str, dict[str, Any]] = {}
         m, _ = setup.run(f"lru@{f:g}", {**mem, "policy.prefetch": "none"})
         got["lru"] = {**sim_row(m), "recall": None, "precision": None}
-        m, pol = setup.run(f"learned_next@{f:g}", {**mem, **learned_keys(cfg)})
+        m, pol = setup.run(f"learned_next@{f:g}", {**mem, **learned_keys(cfg, tpath)})
         acc = pol.accuracy()
         got["learned_next"] = {**sim_row(m), **acc,
                                "call_s_per_token_layer": pol.s_per_token_layer,
                                "measured_s_per_token": pol.measured_s_per_token}
-        m, _ = setup.run(f"learned_free@{f:g}", {**mem, **learned_keys(cfg, free=True)})
+        m, _ = setup.run(f"learned_free@{f:g}", {**mem, **learned_keys(cfg, tpath, free=True)})
         got["learned_free"] = {**sim_row(m), **acc}
         m, _ = setup.run(f"noisy_oracle@{f:g}",
                          {**mem, **noisy_keys(cfg, acc["recall"], acc["precision"])})
@@ -119,7 +120,9 @@ def _summary(rows: list[dict[str, Any]], fracs: list[float], cfg: Any, trace: An
 
     lr = next(r for r in rows if r["series"] == "learned_next")
     lines = ["# Next-layer prefetch with real lead time", "", f"`{command_line()}`", "",
-             f"Trace {cfg.trace.path}: {len(trace.request_ids())} prompts, {trace.num_tokens} "
+             f"Trace {cfg.trace.path}"
+             f"{f' (the checkpoint split {cfg.dial.split!r})' if cfg.dial.checkpoint else ''}"
+             f": {len(trace.request_ids())} prompts, {trace.num_tokens} "
              f"tokens; model {cfg.model.name}, hardware {cfg.hardware.name} (host link "
              f"{cfg.hardware.host_link_bytes_per_s / 1e9:g} GB/s); predictor {cfg.dial.checkpoint}, "
              f"charged {lr['call_s_per_token_layer'] * 1e6:.2f} us per token per layer "

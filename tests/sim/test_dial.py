@@ -223,6 +223,14 @@ def test_accuracy_and_prefetch_experiments_run_end_to_end(tiny_checkpoint, tmp_p
         (drv, s) for drv in ("replay", "sim") for s in ("lru", "noisy_oracle", "learned_next")}
     assert len(rows) == 2 * 2 * (1 + 4 + 1)
     assert (d / "accuracy.png").stat().st_size > 0 and (d / "summary.md").exists()
+    # the learned predictor is scored on the checkpoint's held-out prompts only
+    import json
+
+    from traces.format import read_trace
+
+    test_ids = json.loads((ck / "config.json").read_text())["split"]["test"]
+    replayed = read_trace(d / "trace.parquet").request_ids()
+    assert replayed and set(replayed) <= set(test_ids)
 
     d = tmp_path / "pf"
     assert main(["experiment", "prefetch", f"hydra.run.dir={d}", *common]) == 0
