@@ -97,3 +97,45 @@ def sim_base(cfg: StudyConfig) -> SimConfig:
     return dataclasses.replace(out, policy=_plain(cfg.policy, PolicyConfig),
                                cluster=_plain(cfg.cluster, ClusterConfig),
                                workload=_plain(cfg.workload, WorkloadConfig))
+
+
+@dataclass
+class DialConfig:
+    """The accuracy dial (``noisy_oracle``) and the learned next-layer prefetcher."""
+
+    #: the recall / precision grid of the accuracy sweep
+    recalls: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    precisions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    seed: int = 0  # noisy_oracle's seed
+    #: a per-token predictor checkpoint ('moesim predictor train ... predictor=layers'): the
+    #: learned next-layer prefetcher ("": none; the accuracy sweep then marks nothing)
+    checkpoint: str = ""
+    #: with a checkpoint, the prompts replayed: its held-out "test" prompts, "val", "train", or
+    #: "all" of the trace (a predictor scored on prompts it trained on looks better than it is)
+    split: str = "test"
+    #: seconds per token per layer charged for the learned prefetcher (null: measured)
+    call_s_per_token: Optional[float] = None
+    #: drivers of the accuracy sweep
+    replay: bool = True
+    sim: bool = True
+
+
+@dataclass
+class DialExperimentConfig(SimConfig):
+    """``moesim experiment accuracy`` / ``moesim experiment prefetch``: the simulator's keys plus
+    the memories compared and the dial."""
+
+    cluster: StudyClusterConfig = field(default_factory=StudyClusterConfig)
+    dial: DialConfig = field(default_factory=DialConfig)
+    #: replay only the first N prompts of the trace (0: all)
+    replay_requests: int = 0
+
+
+@dataclass
+class AccuracyExperimentConfig(DialExperimentConfig):
+    pass
+
+
+@dataclass
+class PrefetchExperimentConfig(DialExperimentConfig):
+    pass

@@ -36,6 +36,10 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
                                     "SLO-aware scheduling under rising load"),
     "huang": ("sim.experiment_huang", "Huang et al.: LIFO buffering, load-balancing placement, "
                                       "dynamic vs static gating"),
+    "accuracy": ("sim.experiment_accuracy", "the accuracy dial: next-layer prediction recall / "
+                                            "precision against hit rate, stall and bytes"),
+    "prefetch": ("sim.experiment_prefetch", "the learned next-layer prefetcher with real lead "
+                                            "time against LRU, the noisy oracle and perfect"),
 }
 
 

@@ -172,7 +172,7 @@ class LayerWalk:
         tl.gpu_tokens[rep.index] += load_g.sum(axis=0)
         attn, gate, a2a = lc.attn, lc.gate, lc.a2a
         pred = self.pred
-        pf_cost = pred.cost_s()
+        pf_cost = pred.begin(shape.rows)
         used_flat = counts_flat > 0  # (L*E,)
         states = rep.states
         step0 = rep.step

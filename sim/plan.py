@@ -103,9 +103,10 @@ def check_config(cfg: SimConfig) -> Topology:
     if CACHE.get(pol.cache).requires_future:
         raise ConfigError(f"policy.cache={pol.cache!r} is an oracle (needs the future); use the "
                           f"replay (moesim cache) for oracles")
-    if PREFETCH.get(pol.prefetch).requires_future:
+    pf_cls = PREFETCH.get(pol.prefetch)
+    if pf_cls.requires_future and not getattr(pf_cls, "batch_rows", False):
         raise ConfigError(f"policy.prefetch={pol.prefetch!r} is an oracle (needs the future); "
-                          f"the simulator runs online policies only")
+                          f"the simulator runs online policies and the next-layer oracles only")
     return topo
 
 

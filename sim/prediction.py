@@ -39,6 +39,13 @@ class Prediction:
         pf = type(prefetch)
         self.pf_next = pf.predicts_next_layer
         self.pf_req = pf.plans_requests
+        #: a next-layer policy that reads the batch's routing rows (the oracles, ``learned_next``):
+        #: given the pool once here, and each iteration's pool rows by :meth:`begin`
+        self.pf_rows = bool(getattr(pf, "batch_rows", False))
+        if self.pf_rows:
+            N = len(plan.pool_keys)
+            base = (np.arange(plan.L, dtype=np.int64) * plan.E)[None, :, None]  # (1, L, 1)
+            prefetch.set_routing(plan.pool_keys.reshape(N, plan.L, plan.K).astype(np.int64) - base)
         self.observers = [p for p in dict.fromkeys([prefetch, predictor])
                           if p is not None and type(p).observes]
         #: a device whose copies run in line with compute (``copies_in_line``: the CPU profile of
@@ -53,6 +60,13 @@ class Prediction:
     def cost_s(self) -> float:
         """Seconds one prediction call costs per layer (charged when a prefetch policy predicts)."""
         return self.prefetch.cost_s() if (self.pf_next or self.pf_req) else 0.0
+
+    def begin(self, rows: np.ndarray) -> float:
+        """An iteration serves the tokens of pool rows ``rows`` (T,): a policy that reads them
+        is told (its cost may depend on the batch); returns :meth:`cost_s`."""
+        if self.pf_rows:
+            self.prefetch.batch(rows)
+        return self.cost_s()
 
     def take_inline(self, rep: ReplicaState) -> float:
         """In-line prefetch copy time of replica ``rep`` not yet charged (0 on a device whose

@@ -22,7 +22,12 @@ from omegaconf import MISSING
 
 from sim.config import ModelConfig, SimConfig
 from sim.errors import ConfigError
-from sim.experiment_config import EmoeExperimentConfig, HuangExperimentConfig
+from sim.experiment_config import (
+    AccuracyExperimentConfig,
+    EmoeExperimentConfig,
+    HuangExperimentConfig,
+    PrefetchExperimentConfig,
+)
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
@@ -345,6 +350,8 @@ APPS: dict[str, type] = {
     "predictor_train": PredictorTrainConfig, "predictor_eval": PredictorEvalConfig,
     "kernels_bench": KernelsBenchConfig,
     "experiment_emoe": EmoeExperimentConfig, "experiment_huang": HuangExperimentConfig,
+    "experiment_accuracy": AccuracyExperimentConfig,
+    "experiment_prefetch": PrefetchExperimentConfig,
 }
 
 

@@ -1,8 +1,10 @@
 """Perfect next-layer prediction: the prefetch oracle (``perfect_request`` is its per-prompt
-sibling). It reads the trace's future (``set_trace``).
+sibling). It reads the trace's future (``set_trace``; in the simulator ``set_routing`` and
+``batch``, see :mod:`sim.policies.prefetch._oracle`).
 
 ``next_layer(ctx, l, experts)`` returns exactly the experts token ``ctx.extra["token"]`` uses at
-layer l+1 (the replay sets it; without it, the request's experts at layer l+1 over all its tokens).
+layer l+1 (the replay sets it); in the simulator, those of the iteration's batch; otherwise the
+request's experts at layer l+1 over all its tokens.
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from sim.policies.prefetch._oracle import TraceOracle
 @PREFETCH.register("perfect")
 class PerfectNextLayer(TraceOracle):
     predicts_next_layer = True
+    batch_rows = True
 
     def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:
         if layer + 1 >= self.num_layers:
             return np.zeros(0, dtype=np.int64)
-        if "token" in ctx.extra:
-            assert self._ex is not None
-            return np.sort(self._ex[int(ctx.extra["token"]), layer + 1])
-        return np.unique(self._rows(ctx)[:, layer + 1])
+        return self._truth_next(ctx, layer)[0]

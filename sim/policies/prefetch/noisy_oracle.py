@@ -1,0 +1,100 @@
+"""The accuracy dial: perfect next-layer prediction corrupted to a configured recall and
+precision. At ``recall = precision = 1`` it is ``perfect`` exactly; below, it answers "what
+accuracy buys what hit rate, stall and bytes" before anyone builds a predictor.
+
+From the true set S of layer l+1's experts (the token's in the replay, the batch's union in the
+simulator; see :mod:`sim.policies.prefetch._oracle`), with s = |S| and E experts per layer:
+
+- kept = ``floor(recall * s + u1)`` true experts (stochastic rounding: E[kept] = recall * s):
+  the ones with the smallest keys h(expert, "keep");
+- false = ``floor(kept * (1 - precision) / precision + u2)`` experts outside S, capped at E - s:
+  the ones with the smallest keys h(expert, "add"); so E[false] = kept (1 - p) / p and the
+  ratio of sums kept / predicted over many steps tends to the precision (less where the cap
+  binds: a precision below s / E cannot be reached);
+- returns kept + false, sorted.
+
+u1, u2 and h are a counter-based hash (splitmix64) of (seed, layer, the step's key, expert): the
+step's key is the token in the replay, the batch's (first pool row, size) in the simulator. No
+generator state is carried between calls, so the output depends only on the seed and the step,
+never on the order of calls, and the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sim.errors import ConfigError
+from sim.policies.base import PREFETCH, PrefetchContext
+from sim.policies.prefetch._oracle import TraceOracle
+
+_M1, _M2, _G = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def step_hash(seed: int, layer: int, key: tuple[int, int], slots: np.ndarray) -> np.ndarray:
+    """(n,) uint64 hashes of (seed, layer, key, slot) for each slot id."""
+    h = np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)
+    for part in (layer, key[0] & 0xFFFFFFFFFFFFFFFF, key[1] & 0xFFFFFFFFFFFFFFFF):
+        h = _mix(h ^ (np.array([part], dtype=np.uint64) + _G))
+    return _mix(h ^ (np.asarray(slots, dtype=np.uint64) * _G))
+
+
+def corrupt(true_ids: np.ndarray, num_experts: int, recall: float, precision: float, seed: int,
+            layer: int, key: tuple[int, int]) -> np.ndarray:
+    """A noisy copy of the sorted expert ids ``true_ids`` (see the module doc), sorted int64."""
+    S = np.asarray(true_ids, dtype=np.int64)
+    s, E = len(S), num_experts
+    h = step_hash(seed, layer, key, np.arange(2 * E + 2))  # keep keys, add keys, u1, u2
+    u = (h[2 * E:] >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # (2,) in [0, 1)
+    kept_n = min(s, int(np.floor(recall * s + u[0])))
+    kept = S[np.argsort(h[S], kind="stable")[:kept_n]]
+    false_n = 0
+    if kept_n and precision < 1.0:
+        false_n = min(E - s, int(np.floor(kept_n * (1.0 - precision) / precision + u[1])))
+    if false_n:
+        others = np.setdiff1d(np.arange(E, dtype=np.int64), S, assume_unique=True)
+        false = others[np.argsort(h[E + others], kind="stable")[:false_n]]
+        kept = np.concatenate([kept, false])
+    return np.sort(kept)
+
+
+@dataclass(frozen=True)
+class NoisyOracleConfig:
+    recall: float = 1.0  # expected share of the true next-layer experts predicted
+    precision: float = 1.0  # expected share of the predicted experts that are true
+    seed: int = 0
+
+
+@PREFETCH.register("noisy_oracle")
+class NoisyOracle(TraceOracle):
+    Config = NoisyOracleConfig
+    predicts_next_layer = True
+    batch_rows = True
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
+        super().__init__(num_layers, num_experts, top_k, cfg)
+        r, p = float(self.cfg.recall), float(self.cfg.precision)
+        if not 0.0 <= r <= 1.0:
+            raise ConfigError(f"noisy_oracle: recall={r}; expected 0 <= recall <= 1")
+        if not 0.0 < p <= 1.0:
+            raise ConfigError(f"noisy_oracle: precision={p}; expected 0 < precision <= 1")
+        self.recall, self.precision, self.seed = r, p, int(self.cfg.seed)
+
+    def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:
+        if layer + 1 >= self.num_layers:
+            return np.zeros(0, dtype=np.int64)
+        truth, key = self._truth_next(ctx, layer)
+        if self.recall == 1.0 and self.precision == 1.0:
+            return truth
+        return corrupt(truth, self.num_experts, self.recall, self.precision, self.seed, layer + 1, key)
