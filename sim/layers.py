@@ -157,7 +157,9 @@ class LayerWalk:
         L, E, plan, cost, tl = self.L, self.E, self.plan, self.cost, self.t
         keep = alloc > 0
         batch, alloc = batch[keep], alloc[keep]
-        shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None)
+        # the tokens' pool rows: counted from when there are no prefix counts, or read by a
+        # prefetch policy (the next-layer oracles, learned_next)
+        shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None or self.pred.pf_rows)
         G = len(rep.gpus)
         # (L*E,) tokens per key, and what the all-to-all needs of them (sim.network)
         counts_flat, a2a_tokens = self._count(batch, alloc, shape, G)
