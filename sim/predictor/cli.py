@@ -112,6 +112,14 @@ def train_task(cfg: Any) -> None:
             raise ConfigError(f"predictor.{part}.lr={p[part]['lr']}; expected > 0")
     if int(c["threads"]) < 1:
         raise ConfigError(f"threads={c['threads']}; expected an integer >= 1")
+    modes = ("phased", "token", "token_prev", "token_layers", "prefill_layers")
+    if p["token"]["mode"] not in modes:
+        raise ConfigError(f"predictor.token.mode={p['token']['mode']}; expected one of "
+                          f"{', '.join(modes)}")
+    for key in ("prev_token", "decode_prev_token"):
+        if p["token"][key] not in ("lower", "same", "none"):
+            raise ConfigError(f"predictor.token.{key}={p['token'][key]}; expected lower, same or "
+                              f"none")
     _setup_torch(c["threads"], seed)
     out = Path(run_dir())
     trace = _load_trace(c["trace"]["path"], c["workload"]["max_requests"])

@@ -276,6 +276,11 @@ def test_train_rejects_impossible_settings(tmp_path):
     assert out.stderr.strip() == ("moesim predictor train: error: predictor.token.epochs=0; "
                                   "expected an integer >= 1")
     assert not (tmp_path / "tr" / "checkpoint").exists()
+    cmd[-2] = "predictor.token.decode_prev_token=later"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "moesim predictor train: error: predictor.token.decode_prev_token=later; expected lower, "
+        "same or none")
 
 
 def _tiny_prefill_model():
