@@ -256,6 +256,7 @@ class PromptPredictorConfig:
 
 @dataclass
 class PredictorConfig:
+    absent_phase: str = "other"  # mode phased, a phase absent from training: other | refuse
     window: int = 128
     batch_tokens: int = 4096
     token: TokenPredictorConfig = field(default_factory=TokenPredictorConfig)

@@ -112,6 +112,8 @@ def train_task(cfg: Any) -> None:
             raise ConfigError(f"predictor.{part}.lr={p[part]['lr']}; expected > 0")
     if int(c["threads"]) < 1:
         raise ConfigError(f"threads={c['threads']}; expected an integer >= 1")
+    if p["absent_phase"] not in ("other", "refuse"):
+        raise ConfigError(f"predictor.absent_phase={p['absent_phase']}; expected other or refuse")
     modes = ("phased", "token", "token_prev", "token_layers", "prefill_layers")
     if p["token"]["mode"] not in modes:
         raise ConfigError(f"predictor.token.mode={p['token']['mode']}; expected one of "
@@ -155,7 +157,8 @@ def train_task(cfg: Any) -> None:
     enc = encode(trace, vocab, int(tp["num_pos_buckets"]), hidden)
     if mode == "phased":
         tok_model, tok_info, token_model_cfg = _train_phased(
-            trace, vocab, enc, parts, token_model_cfg, train_cfg, str(tp["decode_prev_token"]), seed)
+            trace, vocab, enc, parts, token_model_cfg, train_cfg, str(tp["decode_prev_token"]),
+            str(p["absent_phase"]), seed)
     else:
         tok_model, tok_info = train_token(trace, vocab, parts["train"], parts["val"],
                                           {"model": token_model_cfg, **train_cfg}, seed, enc=enc)
@@ -194,12 +197,15 @@ def train_task(cfg: Any) -> None:
 
 def _train_phased(trace: Any, vocab: Any, enc: Any, parts: dict[str, np.ndarray],
                   base_cfg: dict[str, Any], train_cfg: dict[str, Any], decode_prev_token: str,
-                  seed: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+                  absent: str, seed: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The phased default: a prefill head (prefill_layers) trained on the training prompts'
     prefill tokens, and a decode head (token_layers, ``decode_prev_token``) trained on all their
     tokens (the layer-causal model is valid for any token). A phase absent from the training
-    prompts: the prefill head learns from the decode tokens (each request's generated tokens seen
-    as one prompt); the decode head from the prefill tokens. The checkpoint records which."""
+    prompts: with ``absent == "other"`` the prefill head learns from the decode tokens (each
+    request's generated tokens seen as one prompt), the decode head from the prefill tokens; with
+    ``"refuse"`` that head is not trained and asking the checkpoint about a token of that phase is
+    an error. The checkpoint records which. Each head's training is the same (seed, data, config)
+    whether or not the other head is trained."""
     from sim.predictor.data import request_rows
     from sim.predictor.model import PhasedPredictor
     from sim.predictor.token import restrict, train_token
@@ -217,20 +223,31 @@ def _train_phased(trace: Any, vocab: Any, enc: Any, parts: dict[str, np.ndarray]
         "decode": (f"{n_dec} decode and {n_pre} prefill tokens" if n_dec else
                    f"{n_pre} prefill tokens (the training trace has no decode tokens; the "
                    f"layer-causal model reads each token's earlier context only, as at decode)")}
-    print(f"prefill head (prefill_layers) on {trained_on['prefill']}")
-    pre_model, pre_info = train_token(trace, vocab, parts["train"], parts["val"],
-                                      {"model": pre_cfg, **train_cfg}, seed, enc=pre_enc)
-    print(f"decode head (token_layers, prev_token={decode_prev_token}) on {trained_on['decode']}")
-    dec_model, dec_info = train_token(trace, vocab, parts["train"], parts["val"],
-                                      {"model": dec_cfg, **train_cfg}, seed, enc=enc)
+    if absent == "refuse":
+        for ph, n in (("prefill", n_pre), ("decode", n_dec)):
+            if not n:
+                trained_on[ph] = (f"not trained: the training trace had no {ph} tokens "
+                                  f"(predictor.absent_phase=refuse)")
+    pre_model = dec_model = None
+    pre_info = dec_info = {"train_s": 0.0, "best_val_f1": None}
+    if n_pre or absent == "other":
+        print(f"prefill head (prefill_layers) on {trained_on['prefill']}")
+        pre_model, pre_info = train_token(trace, vocab, parts["train"], parts["val"],
+                                          {"model": pre_cfg, **train_cfg}, seed, enc=pre_enc)
+    if n_dec or absent == "other":
+        print(f"decode head (token_layers, prev_token={decode_prev_token}) on "
+              f"{trained_on['decode']}")
+        dec_model, dec_info = train_token(trace, vocab, parts["train"], parts["val"],
+                                          {"model": dec_cfg, **train_cfg}, seed, enc=enc)
     shared = {k: base_cfg[k] for k in ("num_layers", "num_experts", "vocab_size", "num_hash",
                                        "num_pos_buckets", "lookup_prior", "hidden_size",
                                        "gate_weights")}
-    cfg = {"mode": "phased", **shared, "prefill": pre_cfg, "decode": dec_cfg,
-           "trained_on": trained_on}
+    cfg = {"mode": "phased", **shared, "prefill": pre_cfg if pre_model else None,
+           "decode": dec_cfg if dec_model else None, "trained_on": trained_on}
     model = PhasedPredictor(cfg)
-    model.prefill.load_state_dict(pre_model.state_dict())
-    model.decode.load_state_dict(dec_model.state_dict())
+    for head, trained in ((model.prefill, pre_model), (model.decode, dec_model)):
+        if trained is not None:
+            head.load_state_dict(trained.state_dict())
     model.eval()
     info = {"prefill": pre_info, "decode": dec_info, "train_s": pre_info["train_s"] + dec_info["train_s"],
             "best_val_f1": {"prefill": pre_info["best_val_f1"], "decode": dec_info["best_val_f1"]}}

@@ -82,7 +82,10 @@ def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path,
 
     # ---- per token -----------------------------------------------------------------------------
     t0 = time.perf_counter()
-    pred_tok, _ = predict_token(tok_model, enc, req, K, run_cfg)
+    try:
+        pred_tok, _ = predict_token(tok_model, enc, req, K, run_cfg)
+    except ValueError as exc:  # a phased checkpoint without the head a token's phase needs
+        raise ConfigError(f"{c['checkpoint']}: {exc}; {c['trace']['path']} holds such tokens") from None
     tok_s = time.perf_counter() - t0
     pop = base["popularity"]  # (L, E)
     freq = prompt_frequencies(trace, req)  # (R, L, E)
@@ -217,7 +220,9 @@ def _inputs(model_cfg: dict[str, Any]) -> str:
     mode = str(model_cfg["mode"])
     if mode == "phased":
         return ("per phase (each token answered by the head of its phase): PREFILL tokens: "
-                + _inputs(model_cfg["prefill"]) + " || DECODE tokens: " + _inputs(model_cfg["decode"]))
+                + (_inputs(model_cfg["prefill"]) if model_cfg.get("prefill") else "no head")
+                + " || DECODE tokens: "
+                + (_inputs(model_cfg["decode"]) if model_cfg.get("decode") else "no head"))
     ctx = ("token pieces of this and the earlier tokens of the same prompt (causal, up to the "
            "window) and their positions")
     prior = ("; the smoothed training-set expert frequencies of this token's piece"

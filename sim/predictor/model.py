@@ -247,20 +247,31 @@ class PhasedPredictor(nn.Module):
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
-        self.prefill = TokenPredictor(cfg["prefill"])
-        self.decode = TokenPredictor(cfg["decode"])
-        if self.prefill.mode != "prefill_layers" or self.decode.mode != "token_layers":
-            raise ValueError(f"phased: prefill head must be prefill_layers and decode head "
-                             f"token_layers, got {self.prefill.mode!r} / {self.decode.mode!r}")
-        self.L, self.E = self.prefill.L, self.prefill.E
-        self.lookup = self.prefill.lookup
+        # a head is None when its phase was absent from training with absent_phase=refuse
+        self.prefill = TokenPredictor(cfg["prefill"]) if cfg.get("prefill") else None
+        self.decode = TokenPredictor(cfg["decode"]) if cfg.get("decode") else None
+        if (self.prefill is not None and self.prefill.mode != "prefill_layers") or \
+                (self.decode is not None and self.decode.mode != "token_layers"):
+            raise ValueError("phased: the prefill head must be prefill_layers and the decode head "
+                             "token_layers")
+        one = self.prefill if self.prefill is not None else self.decode
+        if one is None:
+            raise ValueError("phased: no head")
+        self.L, self.E = one.L, one.E
+        self.lookup = one.lookup
+        self.trained_on = dict(cfg.get("trained_on", {}))
 
     @property
     def prior_table(self) -> torch.Tensor:
-        return self.prefill.prior_table
+        return (self.prefill if self.prefill is not None else self.decode).prior_table
 
     def head(self, phase: str) -> TokenPredictor:
-        return self.prefill if phase == "prefill" else self.decode
+        """The head for ``phase``; a phase without one is a ValueError that says why."""
+        h = self.prefill if phase == "prefill" else self.decode
+        if h is None:
+            why = self.trained_on.get(phase, f"its training trace had no {phase} tokens")
+            raise ValueError(f"this checkpoint has no {phase} head: {why}")
+        return h
 
 
 def make_token_model(cfg: dict[str, Any]) -> TokenPredictor | PhasedPredictor:

@@ -303,7 +303,7 @@ def _predict_phased(model: PhasedPredictor, enc: Encoded, requests: np.ndarray, 
     top = np.zeros((len(rows), model.L, k), dtype=np.int64)
     probs = np.zeros((len(rows), model.L, model.E), dtype=np.float32) if prob_sums else None
     if (~pre[rows]).any():  # decode tokens: the decode head over the whole request
-        t, p = _predict_one(model.decode, enc, requests, k, cfg, prob_sums, per_token=True)
+        t, p = _predict_one(model.head("decode"), enc, requests, k, cfg, prob_sums, per_token=True)
         dec = ~pre[rows]
         top[dec] = t[dec]
         if probs is not None:
@@ -311,7 +311,7 @@ def _predict_phased(model: PhasedPredictor, enc: Encoded, requests: np.ndarray, 
     if pre[rows].any():  # prefill tokens: the prefill head over the prefill tokens only
         sub, old = restrict(enc, pre)
         req = nonempty(sub, requests)
-        t, p = _predict_one(model.prefill, sub, req, k, cfg, prob_sums, per_token=True)
+        t, p = _predict_one(model.head("prefill"), sub, req, k, cfg, prob_sums, per_token=True)
         dst = where[old[request_rows(sub.bounds, req)]]
         top[dst] = t
         if probs is not None:
