@@ -510,3 +510,35 @@ def test_default_train_on_mixed_phases_reports_each_phase(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     tm = json.loads((tmp_path / "tr2" / "checkpoint" / "config.json").read_text())["token_model"]
     assert "no decode tokens" in tm["trained_on"]["decode"]
+
+
+@pytest.mark.slow
+def test_absent_phase_refuse_trains_the_same_prefill_head_and_refuses_decode(tmp_path):
+    """absent_phase=refuse on a prefill-only trace: the prefill head is the one the default
+    (absent_phase=other) trains, tensor for tensor; no decode head, and eval of decode tokens is
+    a one-line error."""
+    from safetensors.numpy import load_file
+
+    only = tmp_path / "prefill.parquet"
+    write_trace(synth_trace(num_prompts=20), only)
+    heads = {}
+    for absent in ("other", "refuse"):
+        cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={only}",
+               "predictor=tiny", "predictor.token.epochs=1", "predictor.prompt.epochs=1",
+               f"predictor.absent_phase={absent}", f"hydra.run.dir={tmp_path / absent}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        heads[absent] = load_file(tmp_path / absent / "checkpoint" / "token.safetensors")
+    pre = {k for k in heads["other"] if k.startswith("prefill.")}
+    assert pre and set(heads["refuse"]) == pre
+    assert all(np.array_equal(heads["other"][k], heads["refuse"][k]) for k in pre)
+    tm = json.loads((tmp_path / "refuse" / "checkpoint" / "config.json").read_text())["token_model"]
+    assert tm["decode"] is None and "not trained" in tm["trained_on"]["decode"]
+    mixed = tmp_path / "mixed.parquet"
+    write_trace(_mixed_phase_trace(num_prompts=6), mixed)
+    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval",
+           f"checkpoint={tmp_path / 'refuse' / 'checkpoint'}", f"trace.path={mixed}", "split=all",
+           f"hydra.run.dir={tmp_path / 'ev'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "no decode head" in out.stderr and "absent_phase=refuse" in out.stderr
