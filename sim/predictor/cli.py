@@ -4,6 +4,13 @@
         -> RUN_DIR/checkpoint/ (safetensors + config.json), RUN_DIR/metrics.json (training record)
     moesim predictor eval checkpoint=DIR trace.path=FILE [split=test|val|train|all]
         -> RUN_DIR/metrics.json, staleness.csv, staleness.png, sensitivity.json
+
+The default (``predictor.token.mode=phased``) trains one checkpoint for both phases: a prefill
+head (prefill_layers) and a decode head (token_layers, the previous token's layer l too), plus the
+per-prompt eMoE-A model; each token is answered by its phase's head. A phase with no token in the
+training trace: ``predictor.absent_phase=other`` (default) trains its head on the other phase's
+tokens, ``refuse`` leaves it out. A capture's ``.hidden.safetensors`` beside the trace and the
+trace's gate weights are inputs when present. ``eval`` reports overall and per phase.
 """
 
 from __future__ import annotations
