@@ -30,7 +30,7 @@ def test_predictor_takes_hidden_states_of_a_capture(tmp_path):
     mdir = tmp_path / "model"
     tiny_moe.build("mixtral", mdir)
     prompts = tiny_moe.write_prompts(tmp_path / "p.jsonl",
-                                     [{"prompt": w, "task": "chat"} for w in WORDS * 2])
+                                     [{"prompt": w, "task": "chat"} for w in WORDS])
     out = tmp_path / "t.parquet"
     capture(mdir, prompts, out, max_new_tokens=3, ignore_eos=True, hidden_states=True,
             chunk_prompts=8, log=lambda s: None)
@@ -38,7 +38,7 @@ def test_predictor_takes_hidden_states_of_a_capture(tmp_path):
     assert hidden_path(out).exists() and tr.weights is not None
     run = tmp_path / "train"
     cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={out}",
-           "predictor=tiny", "predictor.token.epochs=2", "predictor.prompt.epochs=1",
+           "predictor=tiny", "predictor.token.epochs=1", "predictor.prompt.epochs=1",
            f"hydra.run.dir={run}"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -55,7 +55,7 @@ def test_predictor_takes_hidden_states_of_a_capture(tmp_path):
     from sim.predictor.token import encode, predict_token
 
     tok, _, _, cfg = checkpoint.load(ck)
-    with torch.no_grad():  # a trained-for-2-epochs projection may be near zero: make it count
+    with torch.no_grad():  # a projection trained for one epoch may be near zero: make it count
         for head in (tok.prefill, tok.decode):
             head.hid_proj.weight.normal_(0.0, 1.0)
     vocab = Vocab.from_json_obj(cfg["vocab"])
