@@ -217,7 +217,7 @@ class RealrunValidateConfig(SimConfig):
 class TokenPredictorConfig:
     """The per-token predictor (sim/predictor/model.py); values: conf/predictor/default.yaml."""
 
-    mode: str = "token"
+    mode: str = "phased"
     d_model: int = 128
     layers: int = 2
     heads: int = 4
@@ -233,6 +233,9 @@ class TokenPredictorConfig:
     layer_heads: int = 4
     layer_d_ff: int = 128
     prev_token: str = "lower"
+    decode_prev_token: str = "same"  # mode phased: the decode head's prev_token
+    hidden_states: bool = True  # layer modes: use a capture's .hidden.safetensors when present
+    gate_weights: bool = True  # layer modes: use the trace's gate weights when present
     prev_rank: int = 32
     epochs: int = 4
     lr: float = 3.0e-3
@@ -258,6 +261,7 @@ class PromptPredictorConfig:
 
 @dataclass
 class PredictorConfig:
+    absent_phase: str = "other"  # mode phased, a phase absent from training: other | refuse
     window: int = 128
     batch_tokens: int = 4096
     token: TokenPredictorConfig = field(default_factory=TokenPredictorConfig)

@@ -1,6 +1,7 @@
 """Predictor checkpoints: a folder with safetensors weights plus one JSON config.
 
-    DIR/token.safetensors      per-token model weights
+    DIR/token.safetensors      per-token model weights (mode phased: both heads, keys prefill.*
+                               and decode.*)
     DIR/prompt.safetensors     per-prompt (eMoE-A) model weights
     DIR/baselines.safetensors  training statistics of the baselines (popularity, transitions)
     DIR/config.json            model configs, vocabulary, split, trace metadata, training record
@@ -53,18 +54,21 @@ def load_config(directory: str | Path) -> dict[str, Any]:
 
 
 def load(directory: str | Path) -> tuple[Any, Any, dict[str, np.ndarray], dict[str, Any]]:
-    """(token model, prompt model, baseline statistics, config) from a checkpoint folder."""
+    """(token model, prompt model, baseline statistics, config) from a checkpoint folder. The token
+    model is a TokenPredictor, or for ``token_model.mode == "phased"`` (the default since the
+    phased checkpoint) a PhasedPredictor with ``.prefill`` / ``.decode`` heads; both are scored by
+    :func:`sim.predictor.token.predict_token`."""
     from safetensors.numpy import load_file as np_load
     from safetensors.torch import load_file
 
-    from sim.predictor.model import PromptPredictor, TokenPredictor
+    from sim.predictor.model import PromptPredictor, make_token_model
 
     d = Path(directory)
     cfg = load_config(d)
     for f in FILES:
         if not (d / f).exists():
             raise ConfigError(f"{d}: checkpoint lacks {f}")
-    tok = TokenPredictor(cfg["token_model"])
+    tok = make_token_model(cfg["token_model"])  # a PhasedPredictor for mode phased
     tok.load_state_dict(load_file(str(d / "token.safetensors")))
     tok.eval()
     pr = PromptPredictor(cfg["prompt_model"])

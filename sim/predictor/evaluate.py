@@ -39,7 +39,10 @@ def _select(trace: RoutingTrace, ck: dict[str, Any], split: str, where: str) -> 
     return np.array(sorted(index[r] for r in want), dtype=np.int64)
 
 
-def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path) -> dict[str, Any]:
+def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path,
+             hidden: np.ndarray | None = None) -> dict[str, Any]:
+    """The checkpoint ``c['checkpoint']`` on ``trace``'s ``c['split']`` prompts; ``hidden``
+    (T, L, H): the trace's router input hidden states, required by a model trained on them."""
     import torch
 
     from sim.predictor import checkpoint
@@ -63,12 +66,26 @@ def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path) -> dict[str, Any
     rows = request_rows(b, req)
     true = trace.experts[rows].astype(np.int64)  # (T, L, K)
     vocab = Vocab.from_json_obj(ck["vocab"])
-    enc = encode(trace, vocab, int(ck["token_model"]["num_pos_buckets"]))
+    need_h = int(ck["token_model"].get("hidden_size", 0) or 0)
+    if need_h and hidden is None:
+        from traces.capture import hidden_path
+
+        raise ConfigError(f"{c['trace']['path']}: the checkpoint's predictor takes the router's "
+                          f"hidden states (H={need_h}) and {hidden_path(Path(str(c['trace']['path'])))}"
+                          f" is missing; evaluate on a trace captured with --hidden-states")
+    if need_h and hidden.shape[-1] != need_h:
+        raise ConfigError(f"{c['trace']['path']}: hidden states have H={hidden.shape[-1]}; the "
+                          f"checkpoint was trained on H={need_h}")
+    enc = encode(trace, vocab, int(ck["token_model"]["num_pos_buckets"]),
+                 hidden if need_h else None)
     run_cfg = {"window": ck["window"], "batch_tokens": ck["batch_tokens"]}
 
     # ---- per token -----------------------------------------------------------------------------
     t0 = time.perf_counter()
-    pred_tok, _ = predict_token(tok_model, enc, req, K, run_cfg)
+    try:
+        pred_tok, _ = predict_token(tok_model, enc, req, K, run_cfg)
+    except ValueError as exc:  # a phased checkpoint without the head a token's phase needs
+        raise ConfigError(f"{c['checkpoint']}: {exc}; {c['trace']['path']} holds such tokens") from None
     tok_s = time.perf_counter() - t0
     pop = base["popularity"]  # (L, E)
     freq = prompt_frequencies(trace, req)  # (R, L, E)
@@ -89,13 +106,22 @@ def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path) -> dict[str, Any
                                     "per layer (popularity for the first)",
                  "transition": "first-order cross-layer counts applied to the token's true "
                                "experts at layer l-1 (eMoE-L information; layer 0: popularity)"}}
+    lookup_pred = None
     if getattr(tok_model, "lookup", False):
         table = tok_model.prior_table.float().numpy()  # (V, L, E)
-        token["references"] = {"piece_lookup": set_metrics(top_m(table[enc.tok[rows]], K), true, E)}
+        lookup_pred = top_m(table[enc.tok[rows]], K)
+        token["references"] = {"piece_lookup": set_metrics(lookup_pred, true, E)}
         token["reference_inputs"] = {"piece_lookup": "the token piece alone: its experts in the "
                                                      "training prompts (smoothed), no context"}
     token["beats_all_baselines"] = bool(all(token["predictor"]["f1"] > v["f1"]
                                             for v in token["baselines"].values()))
+    phase_base = dict(tok_baselines)
+    if lookup_pred is not None:
+        phase_base["piece_lookup"] = lookup_pred
+    token["phases"] = _phases(pred_tok, true, E, phase_base,
+                              trace.tokens["phase"].to_numpy().astype(str)[rows])
+    if ck["token_model"].get("mode") == "phased":
+        token["heads_trained_on"] = ck["token_model"]["trained_on"]
 
     # ---- per prompt (eMoE-A) -------------------------------------------------------------------
     M = int(c.get("prompt_set_size") or ck["prompt_set_size"])
@@ -170,8 +196,33 @@ def evaluate(trace: RoutingTrace, c: dict[str, Any], out: Path) -> dict[str, Any
     }
 
 
+def _phases(pred: np.ndarray, true: np.ndarray, E: int, baselines: dict[str, np.ndarray],
+            phase: np.ndarray) -> dict[str, Any]:
+    """Per phase present (and ``overall``): the predictor's and every baseline's ``f1``
+    (overlap / k) and ``f1_macro`` (macro binary F1), ``n`` tokens, and whether the predictor beats
+    every baseline. pred / baselines (T, L, k), true (T, L, K), phase (T,) str."""
+    out: dict[str, Any] = {}
+    for name, sel in [("overall", np.ones(len(phase), dtype=bool)),
+                      ("prefill", phase == "prefill"), ("decode", phase == "decode")]:
+        if not sel.any():
+            continue
+        def m(p: np.ndarray, s: np.ndarray = sel) -> dict[str, float]:
+            r = set_metrics(p[s], true[s], E)
+            return {"f1": r["f1"], "f1_macro": r["f1_macro_binary"]}
+        base = {k: m(v) for k, v in baselines.items()}
+        pr = m(pred)
+        out[name] = {"n": int(sel.sum()), "predictor": pr, "baselines": base,
+                     "beats_all_baselines": bool(all(pr["f1"] > v["f1"] for v in base.values()))}
+    return out
+
+
 def _inputs(model_cfg: dict[str, Any]) -> str:
     mode = str(model_cfg["mode"])
+    if mode == "phased":
+        return ("per phase (each token answered by the head of its phase): PREFILL tokens: "
+                + (_inputs(model_cfg["prefill"]) if model_cfg.get("prefill") else "no head")
+                + " || DECODE tokens: "
+                + (_inputs(model_cfg["decode"]) if model_cfg.get("decode") else "no head"))
     ctx = ("token pieces of this and the earlier tokens of the same prompt (causal, up to the "
            "window) and their positions")
     prior = ("; the smoothed training-set expert frequencies of this token's piece"

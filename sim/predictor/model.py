@@ -97,6 +97,16 @@ class TokenPredictor(nn.Module):
             blk = torch.triu(torch.ones(self.L, self.L), diagonal=1)  # [j, l] = 1 iff j < l
             self.register_buffer("cross_mask", blk.repeat_interleave(self.E, 0)
                                  .repeat_interleave(self.E, 1), persistent=False)
+            # optional inputs at position l (layer l-1 of this token): the router's input hidden
+            # state (a capture's .hidden.safetensors) and the gate weights of the chosen experts
+            self.hidden_size = int(cfg.get("hidden_size", 0) or 0)
+            if self.hidden_size:
+                self.hid_norm = nn.LayerNorm(self.hidden_size)
+                self.hid_proj = nn.Linear(self.hidden_size, dl)
+            self.gate_weights = bool(cfg.get("gate_weights", False))
+            if self.gate_weights:
+                self.ex_weight = nn.Embedding(self.L * self.E + 1, dl, padding_idx=self.L * self.E)
+                nn.init.zeros_(self.ex_weight.weight)
             if self.mode == "prefill_layers":
                 self.ex_next = nn.Embedding(self.L * self.E + 1, dl)
                 # position l += prompt mean multi-hot at layer l-1 @ prompt_in[l]
@@ -118,7 +128,8 @@ class TokenPredictor(nn.Module):
                 experts: torch.Tensor | None = None, prev_experts: torch.Tensor | None = None,
                 has_prev: torch.Tensor | None = None, sel: torch.Tensor | None = None,
                 next_experts: torch.Tensor | None = None, has_next: torch.Tensor | None = None,
-                prompt_mean: torch.Tensor | None = None) -> torch.Tensor:
+                prompt_mean: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         """tok (B, W), ngram (B, W, G), pos (B, W) [, prev (B, W, L, E) multi-hot of layer l-1's
         experts at index l (row 0 zeros)] [, prior (B, W, L, E): the lookup prior to use instead of
         ``prior_table[tok]`` (training passes out-of-fold priors)] -> logits (B, W, L, E).
@@ -129,7 +140,10 @@ class TokenPredictor(nn.Module):
         Mode ``prefill_layers`` also takes next_experts (B, W, L, K) / has_next (B, W) (the next
         token's experts; false at a prompt's last token) and prompt_mean (B, L, E) (each window's
         prompt: mean multi-hot of all its tokens' experts; layer l uses its layers < l only); its
-        context encoder is bidirectional (token id 0 = padding, masked as a key)."""
+        context encoder is bidirectional (token id 0 = padding, masked as a key).
+        Layer modes built with ``hidden_size`` > 0 also take hidden (B, W, L, H) (the router's input
+        hidden state per layer; layer l's logits use layers < l), with ``gate_weights`` weights
+        (B, W, L, K) (the gate weights of ``experts``; layers < l likewise)."""
         B, W = tok.shape
         g = self.ngram(ngram)  # (B, W, G, D)
         n = (ngram > 0).sum(-1, keepdim=True).clamp(min=1)  # (B, W, 1)
@@ -159,8 +173,10 @@ class TokenPredictor(nn.Module):
                 assert next_experts is not None and has_next is not None and prompt_mean is not None
                 extra = self._prompt_terms(prompt_mean.float(), next_experts, has_next, sel)
             out = out.masked_fill(~sel[..., None, None], 0.0)
+            hid = hidden[sel].float() if self.hidden_size else None
+            w = weights[sel].float() if self.gate_weights else None
             out[sel] = out[sel] + self._layer_logits(h[sel], experts[sel], prev_experts[sel],
-                                                     has_prev[sel], extra)
+                                                     has_prev[sel], extra, hid, w)
         return out
 
     def _prompt_terms(self, pm: torch.Tensor, nex: torch.Tensor, has_next: torch.Tensor,
@@ -185,9 +201,12 @@ class TokenPredictor(nn.Module):
 
     def _layer_logits(self, h: torch.Tensor, ex: torch.Tensor, pex: torch.Tensor,
                       has_prev: torch.Tensor,
-                      extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                      extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      hid: torch.Tensor | None = None, w: torch.Tensor | None = None
+                      ) -> torch.Tensor:
         """h (n, D) context, ex / pex (n, L, K) this / the previous token's experts, has_prev (n,)
-        -> (n, L, E) logits; position l sees ex[:, :l] only (causal mask over layers)."""
+        [, hid (n, L, H) router input hidden states, w (n, L, K) gate weights of ex]
+        -> (n, L, E) logits; position l sees layers < l only (shift by one, causal mask)."""
         n, L, K = ex.shape
         E = self.E
         pad = L * E
@@ -196,6 +215,12 @@ class TokenPredictor(nn.Module):
         # position l holds this token's layer l-1 set (position 0: padding)
         shifted = torch.cat([torch.full((n, 1, K), pad), ids[:, :-1]], dim=1)  # (n, L, K)
         x = self.ex_self(shifted).sum(2)  # (n, L, Dl)
+        if w is not None:  # gate weights of layer l-1 at position l
+            ws = torch.cat([torch.zeros(n, 1, K), w[:, :-1]], dim=1)  # (n, L, K)
+            x = x + (self.ex_weight(shifted) * ws[..., None]).sum(2)
+        if hid is not None:  # router input hidden state of layer l-1 at position l
+            hs = self.hid_proj(self.hid_norm(hid[:, :-1]))  # (n, L-1, Dl)
+            x = x + torch.cat([torch.zeros(n, 1, hs.shape[-1]), hs], dim=1)
         if self.prev_token != "none":
             if self.prev_token == "lower":  # previous token's layer l-1 at position l
                 pids = torch.cat([torch.full((n, 1, K), pad), pids[:, :-1]], dim=1)
@@ -211,6 +236,47 @@ class TokenPredictor(nn.Module):
         if extra is not None:
             direct = direct + extra[1]
         return torch.einsum("nld,lde->nle", y, self.layer_head) + self.layer_bias + direct
+
+
+class PhasedPredictor(nn.Module):
+    """One per-token predictor for both phases: ``prefill`` (a ``prefill_layers`` model, for
+    prompt tokens) and ``decode`` (a ``token_layers`` model, for generated tokens). Inference
+    dispatches each token on its phase (:func:`sim.predictor.token.predict_token`)."""
+
+    mode = "phased"
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        # a head is None when its phase was absent from training with absent_phase=refuse
+        self.prefill = TokenPredictor(cfg["prefill"]) if cfg.get("prefill") else None
+        self.decode = TokenPredictor(cfg["decode"]) if cfg.get("decode") else None
+        if (self.prefill is not None and self.prefill.mode != "prefill_layers") or \
+                (self.decode is not None and self.decode.mode != "token_layers"):
+            raise ValueError("phased: the prefill head must be prefill_layers and the decode head "
+                             "token_layers")
+        one = self.prefill if self.prefill is not None else self.decode
+        if one is None:
+            raise ValueError("phased: no head")
+        self.L, self.E = one.L, one.E
+        self.lookup = one.lookup
+        self.trained_on = dict(cfg.get("trained_on", {}))
+
+    @property
+    def prior_table(self) -> torch.Tensor:
+        return (self.prefill if self.prefill is not None else self.decode).prior_table
+
+    def head(self, phase: str) -> TokenPredictor:
+        """The head for ``phase``; a phase without one is a ValueError that says why."""
+        h = self.prefill if phase == "prefill" else self.decode
+        if h is None:
+            why = self.trained_on.get(phase, f"its training trace had no {phase} tokens")
+            raise ValueError(f"this checkpoint has no {phase} head: {why}")
+        return h
+
+
+def make_token_model(cfg: dict[str, Any]) -> TokenPredictor | PhasedPredictor:
+    """The per-token model a checkpoint's ``token_model`` config describes."""
+    return PhasedPredictor(cfg) if str(cfg["mode"]) == "phased" else TokenPredictor(cfg)
 
 
 class PromptPredictor(nn.Module):
@@ -240,4 +306,5 @@ def num_parameters(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-__all__ = ["LAYER_MODES", "MAX_NGRAMS", "PromptPredictor", "TokenPredictor", "num_parameters"]
+__all__ = ["LAYER_MODES", "MAX_NGRAMS", "PhasedPredictor", "PromptPredictor", "TokenPredictor",
+           "make_token_model", "num_parameters"]

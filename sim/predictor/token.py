@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sim.predictor.data import Vocab, position_bucket, request_rows, windows
-from sim.predictor.model import LAYER_MODES, TokenPredictor
+from sim.predictor.model import LAYER_MODES, PhasedPredictor, TokenPredictor
 from traces.format import RoutingTrace
 
 
@@ -32,6 +32,35 @@ class Encoded:
     req_end: np.ndarray  # (T,) int64 end row (exclusive) of each token's prompt
     req_of_row: np.ndarray  # (T,) int64 each token's request index
     prompt_mean: np.ndarray  # (R, L, E) float32 per prompt: mean multi-hot of its tokens' experts
+    prefill: np.ndarray | None = None  # (T,) bool: the token is a prompt (prefill) token
+    hidden: np.ndarray | None = None  # (T, L, H) float16 router input hidden states (a capture's)
+    weights: np.ndarray | None = None  # (T, L, K) float32 gate weights of ``experts``
+
+
+def restrict(enc: Encoded, keep: np.ndarray) -> tuple[Encoded, np.ndarray]:
+    """The tokens ``keep`` (T,) bool of ``enc`` as an Encoded of their own (same request
+    indices; a request may become empty), and the kept rows' indices in ``enc``. Prompt
+    summaries (``prompt_mean``, first/last row) are rebuilt from the kept tokens only, so a
+    prefill view never sees a decode token."""
+    rows = np.flatnonzero(keep).astype(np.int64)
+    counts = np.bincount(enc.req_of_row[rows], minlength=len(enc.bounds) - 1).astype(np.int64)
+    b = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    R = len(b) - 1
+    ex = enc.experts[rows]
+    sub = Encoded(enc.tok[rows], enc.ngram[rows], enc.pos[rows], ex, b,
+                  np.repeat(b[:-1], counts).astype(np.int64), np.repeat(b[1:], counts).astype(np.int64),
+                  np.repeat(np.arange(R), counts).astype(np.int64),
+                  prompt_mean_multi_hot(ex, b, enc.prompt_mean.shape[-1]),
+                  None if enc.prefill is None else enc.prefill[rows],
+                  None if enc.hidden is None else enc.hidden[rows],
+                  None if enc.weights is None else enc.weights[rows])
+    return sub, rows
+
+
+def nonempty(enc: Encoded, requests: np.ndarray) -> np.ndarray:
+    """The requests of ``requests`` that hold at least one token in ``enc``."""
+    req = np.asarray(requests, dtype=np.int64)
+    return req[enc.bounds[req + 1] > enc.bounds[req]]
 
 
 def prompt_mean_multi_hot(experts: np.ndarray, bounds: np.ndarray, num_experts: int) -> np.ndarray:
@@ -45,7 +74,10 @@ def prompt_mean_multi_hot(experts: np.ndarray, bounds: np.ndarray, num_experts: 
     return (counts / np.maximum(np.diff(bounds), 1)[:, None, None]).astype(np.float32)
 
 
-def encode(trace: RoutingTrace, vocab: Vocab, num_pos_buckets: int) -> Encoded:
+def encode(trace: RoutingTrace, vocab: Vocab, num_pos_buckets: int,
+           hidden: np.ndarray | None = None) -> Encoded:
+    """The trace's tokens as model inputs; ``hidden`` (T, L, H): the router input hidden states
+    of a capture (traces/capture.py ``hidden_path``), kept as given."""
     tok, ngram = vocab.encode(trace.tokens["text"].to_numpy())
     pos = position_bucket(trace.tokens["position"].to_numpy(), num_pos_buckets)
     b = trace.request_bounds()
@@ -53,8 +85,13 @@ def encode(trace: RoutingTrace, vocab: Vocab, num_pos_buckets: int) -> Encoded:
     req_end = np.repeat(b[1:], np.diff(b)).astype(np.int64)  # (T,)
     req_of_row = np.repeat(np.arange(len(b) - 1), np.diff(b)).astype(np.int64)  # (T,)
     ex = trace.experts.astype(np.int64)
+    if hidden is not None and hidden.shape[:2] != ex.shape[:2]:
+        raise ValueError(f"hidden states {hidden.shape} do not match the trace's (T, L) = "
+                         f"{ex.shape[:2]}")
     return Encoded(tok, ngram, pos, ex, b, req_start, req_end, req_of_row,
-                   prompt_mean_multi_hot(ex, b, trace.num_experts))
+                   prompt_mean_multi_hot(ex, b, trace.num_experts),
+                   trace.tokens["phase"].to_numpy().astype(str) == "prefill", hidden,
+                   None if trace.weights is None else trace.weights.astype(np.float32))
 
 
 def lookup_log_prior(enc: Encoded, rows: np.ndarray, vocab_size: int, num_experts: int,
@@ -111,6 +148,10 @@ def _batch_tensors(enc: Encoded, win: np.ndarray, num_experts: int, with_prev: b
         "scored": torch.from_numpy(scored),
         "rows": torch.from_numpy(rows),
     }
+    if enc.hidden is not None:
+        out["hidden"] = torch.from_numpy(np.ascontiguousarray(enc.hidden[rows]))  # (B, W, L, H)
+    if enc.weights is not None:
+        out["weights"] = torch.from_numpy(enc.weights[rows])  # (B, W, L, K)
     if fold_prior is not None:
         tables, fold_of_row = fold_prior  # (F, V, L, E) float16, (T,) int64
         out["prior"] = torch.from_numpy(tables[fold_of_row[rows], out["tok"].numpy()]).float()
@@ -139,7 +180,8 @@ def _forward(model: TokenPredictor, bt: dict[str, torch.Tensor]) -> torch.Tensor
     return model(bt["tok"], bt["ngram"], bt["pos"], None, bt.get("prior"), experts=bt["experts"],
                  prev_experts=bt["prev_experts"], has_prev=bt["has_prev"], sel=bt["scored"],
                  next_experts=bt.get("next_experts"), has_next=bt.get("has_next"),
-                 prompt_mean=bt.get("prompt_mean"))
+                 prompt_mean=bt.get("prompt_mean"), hidden=bt.get("hidden"),
+                 weights=bt.get("weights"))
 
 
 def set_loss(logits: torch.Tensor, experts: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
@@ -153,13 +195,18 @@ def set_loss(logits: torch.Tensor, experts: torch.Tensor, scored: torch.Tensor) 
 
 
 def train_token(trace: RoutingTrace, vocab: Vocab, train_req: np.ndarray, val_req: np.ndarray,
-                cfg: dict[str, Any], seed: int, log: Any = print) -> tuple[TokenPredictor, dict]:
-    """Train on ``train_req``; pick the epoch with the best F1 on ``val_req``."""
+                cfg: dict[str, Any], seed: int, log: Any = print, enc: Encoded | None = None
+                ) -> tuple[TokenPredictor, dict]:
+    """Train on ``train_req``; pick the epoch with the best F1 on ``val_req``. ``enc``: the
+    trace's tokens already encoded (e.g. one phase's view from :func:`restrict`; default: all
+    tokens of ``trace``); requests without a token in it are skipped."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model_cfg = dict(cfg["model"])
     model = TokenPredictor(model_cfg)
-    enc = encode(trace, vocab, int(model_cfg["num_pos_buckets"]))
+    if enc is None:
+        enc = encode(trace, vocab, int(model_cfg["num_pos_buckets"]))
+    train_req, val_req = nonempty(enc, train_req), nonempty(enc, val_req)
     win = windows(enc.bounds, train_req, int(cfg["window"]))
     batches = make_batches(win, int(cfg["batch_tokens"]))
     epochs = int(cfg["epochs"])
@@ -228,11 +275,54 @@ def train_token(trace: RoutingTrace, vocab: Vocab, train_req: np.ndarray, val_re
 
 
 @torch.no_grad()
-def predict_token(model: TokenPredictor, enc: Encoded, requests: np.ndarray, k: int,
-                  cfg: dict[str, Any], prob_sums: bool = False
+def predict_token(model: TokenPredictor | PhasedPredictor, enc: Encoded, requests: np.ndarray,
+                  k: int, cfg: dict[str, Any], prob_sums: bool = False
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Top-k predicted experts (T_sel, L, k) int64, best first, for the tokens of ``requests``
-    in request order; optionally (R_sel, L, E) sums of predicted probabilities per request."""
+    in request order; optionally (R_sel, L, E) sums of predicted probabilities per request.
+    A :class:`PhasedPredictor` answers each token with the head of its phase: prefill tokens from
+    the prefill head over the prompt's prefill tokens only, decode tokens from the decode head
+    over the whole request (causal)."""
+    if isinstance(model, PhasedPredictor):
+        return _predict_phased(model, enc, np.asarray(requests, dtype=np.int64), k, cfg, prob_sums)
+    return _predict_one(model, enc, requests, k, cfg, prob_sums)
+
+
+def _per_request(sums: np.ndarray, enc: Encoded, requests: np.ndarray) -> np.ndarray:
+    lens = np.array([enc.bounds[r + 1] - enc.bounds[r] for r in requests])
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    return np.add.reduceat(sums, starts, axis=0) if len(sums) else sums
+
+
+def _predict_phased(model: PhasedPredictor, enc: Encoded, requests: np.ndarray, k: int,
+                    cfg: dict[str, Any], prob_sums: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    rows = request_rows(enc.bounds, requests)  # output order
+    where = np.full(int(enc.bounds[-1]), -1, dtype=np.int64)
+    where[rows] = np.arange(len(rows))
+    pre = enc.prefill if enc.prefill is not None else np.ones(int(enc.bounds[-1]), dtype=bool)
+    top = np.zeros((len(rows), model.L, k), dtype=np.int64)
+    probs = np.zeros((len(rows), model.L, model.E), dtype=np.float32) if prob_sums else None
+    if (~pre[rows]).any():  # decode tokens: the decode head over the whole request
+        t, p = _predict_one(model.head("decode"), enc, requests, k, cfg, prob_sums, per_token=True)
+        dec = ~pre[rows]
+        top[dec] = t[dec]
+        if probs is not None:
+            probs[dec] = p[dec]
+    if pre[rows].any():  # prefill tokens: the prefill head over the prefill tokens only
+        sub, old = restrict(enc, pre)
+        req = nonempty(sub, requests)
+        t, p = _predict_one(model.head("prefill"), sub, req, k, cfg, prob_sums, per_token=True)
+        dst = where[old[request_rows(sub.bounds, req)]]
+        top[dst] = t
+        if probs is not None:
+            probs[dst] = p
+    return top, None if probs is None else _per_request(probs, enc, requests)
+
+
+@torch.no_grad()
+def _predict_one(model: TokenPredictor, enc: Encoded, requests: np.ndarray, k: int,
+                 cfg: dict[str, Any], prob_sums: bool = False, per_token: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     model.eval()
     E = model.E
     win = windows(enc.bounds, requests, int(cfg["window"]))
@@ -254,8 +344,6 @@ def predict_token(model: TokenPredictor, enc: Encoded, requests: np.ndarray, k: 
         top[dst] = torch.topk(z, k, dim=-1).indices.numpy()
         if sums is not None:
             sums[dst] = torch.softmax(z, -1).numpy()
-    if sums is None:
-        return top, None
-    lens = np.array([enc.bounds[r + 1] - enc.bounds[r] for r in requests])
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    return top, np.add.reduceat(sums, starts, axis=0) if T else sums
+    if sums is None or per_token:
+        return top, sums
+    return top, _per_request(sums, enc, requests)

@@ -276,6 +276,11 @@ def test_train_rejects_impossible_settings(tmp_path):
     assert out.stderr.strip() == ("moesim predictor train: error: predictor.token.epochs=0; "
                                   "expected an integer >= 1")
     assert not (tmp_path / "tr" / "checkpoint").exists()
+    cmd[-2] = "predictor.token.decode_prev_token=later"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "moesim predictor train: error: predictor.token.decode_prev_token=later; expected lower, "
+        "same or none")
 
 
 def _tiny_prefill_model():
@@ -388,3 +393,143 @@ def test_prefill_layers_batches_leak_no_layer_at_or_above_l():
         top2, _ = predict_token(m, encode(tr2, vocab, 48), req, K, cfg)
         assert np.array_equal(top[:, :l + 1], top2[:, :l + 1]), l
         assert not np.array_equal(top[:, l + 1:], top2[:, l + 1:]), l
+
+
+def _mixed_phase_trace(num_prompts: int = 12, L: int = 4, E: int = 16, K: int = 2) -> RoutingTrace:
+    """synth_trace with the second half of each prompt's tokens marked decode."""
+    tr = synth_trace(num_prompts=num_prompts, L=L, E=E, K=K)
+    b = tr.request_bounds()
+    phase = np.array(["prefill"] * tr.num_tokens, dtype=object)
+    for r in range(len(b) - 1):
+        phase[b[r] + (b[r + 1] - b[r] + 1) // 2:b[r + 1]] = "decode"
+    tok = tr.tokens.copy()
+    tok["phase"] = phase.astype(str)
+    return RoutingTrace(tr.experts, None, tok, tr.meta)
+
+
+def _tiny_phased(vocab_size: int, L: int, E: int):
+    import torch
+
+    from sim.predictor.model import PhasedPredictor
+
+    torch.manual_seed(0)
+    base = {"d_model": 16, "layers": 1, "heads": 2, "d_ff": 32, "dropout": 0.0, "num_layers": L,
+            "num_experts": E, "vocab_size": vocab_size, "num_hash": 64, "num_pos_buckets": 48,
+            "layer_d_model": 16, "layer_layers": 1, "layer_heads": 2, "layer_d_ff": 32}
+    m = PhasedPredictor({"mode": "phased",
+                         "prefill": {**base, "mode": "prefill_layers", "prev_token": "lower"},
+                         "decode": {**base, "mode": "token_layers", "prev_token": "same"}}).eval()
+    with torch.no_grad():
+        for head in (m.prefill, m.decode):
+            head.cross.normal_(0.0, 0.5)
+        m.prefill.prompt_cross.normal_(0.0, 0.5)
+    return m
+
+
+def test_phased_predictor_answers_each_token_with_its_phase_head():
+    """Prefill tokens get the prefill head's answer over the prompt's prefill tokens only (a
+    decode token's pieces or experts never reach them); decode tokens get the decode head's over
+    the whole request; per-request probability sums add both."""
+    from sim.predictor.data import request_rows
+    from sim.predictor.token import encode, predict_token
+
+    L, E, K = 4, 16, 2
+    tr = _mixed_phase_trace(L=L, E=E, K=K)
+    vocab = Vocab.build(tr.tokens["text"].to_numpy(), 1, 64)
+    m = _tiny_phased(len(vocab), L, E)
+    cfg = {"window": 4, "batch_tokens": 16}
+    req = np.array([5, 1, 7, 2])  # any order: answers come back in request order
+    rows = request_rows(tr.request_bounds(), req)
+    pre = tr.tokens["phase"].to_numpy()[rows] == "prefill"
+    assert pre.any() and (~pre).any()
+    top, sums = predict_token(m, encode(tr, vocab, 48), req, K, cfg, prob_sums=True)
+    dec_top, dec_sums = predict_token(m.decode, encode(tr, vocab, 48), req, K, cfg, prob_sums=True)
+    assert np.array_equal(top[~pre], dec_top[~pre])
+    # the prefill head alone on a trace holding only the prefill tokens
+    keep = np.flatnonzero(tr.tokens["phase"].to_numpy() == "prefill")
+    only = tr.take(keep)
+    only_top, _ = predict_token(m.prefill, encode(only, vocab, 48), req, K, cfg)
+    assert np.array_equal(top[pre], only_top)
+    assert sums.shape == (len(req), L, E)
+    n_tok = np.diff(tr.request_bounds())[req]
+    assert np.allclose(sums.sum(-1), n_tok[:, None], atol=1e-3)  # each token's probabilities sum to 1
+    # decode tokens' pieces and experts changed: the prefill answers stay
+    ex = tr.experts.copy()
+    dec_rows = np.flatnonzero(tr.tokens["phase"].to_numpy() == "decode")
+    ex[dec_rows] = (ex[dec_rows] + 3) % E
+    tok2 = tr.tokens.copy()
+    tok2.loc[dec_rows, "text"] = "w0"
+    tr2 = RoutingTrace(ex, None, tok2, tr.meta)
+    top2, _ = predict_token(m, encode(tr2, vocab, 48), req, K, cfg)
+    assert np.array_equal(top[pre], top2[pre])
+    assert not np.array_equal(top[~pre], top2[~pre])
+
+
+@pytest.mark.slow
+def test_default_train_on_mixed_phases_reports_each_phase(tmp_path):
+    """`predictor=tiny` (phased like the default) on a trace with prefill and decode tokens: one
+    checkpoint, the eval reports overall / prefill / decode with f1 and f1_macro for the predictor
+    and every baseline."""
+    path = tmp_path / "mixed.parquet"
+    write_trace(_mixed_phase_trace(num_prompts=60), path)
+    run = tmp_path / "train"
+    cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={path}",
+           "predictor=tiny", "predictor.token.epochs=6", f"hydra.run.dir={run}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ck = json.loads((run / "checkpoint" / "config.json").read_text())
+    tm = ck["token_model"]
+    assert tm["mode"] == "phased" and tm["prefill"]["mode"] == "prefill_layers"
+    assert tm["decode"]["mode"] == "token_layers" and tm["decode"]["prev_token"] == "same"
+    assert "prefill tokens" in tm["trained_on"]["prefill"] and "decode and" in tm["trained_on"]["decode"]
+    ev = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval", f"checkpoint={run / 'checkpoint'}",
+           f"trace.path={path}", "split=test", "staleness_periods=[1]", f"hydra.run.dir={ev}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ph = json.loads((ev / "metrics.json").read_text())["token"]["phases"]
+    assert set(ph) == {"overall", "prefill", "decode"}
+    assert ph["prefill"]["n"] + ph["decode"]["n"] == ph["overall"]["n"]
+    for name, p in ph.items():
+        assert set(p["baselines"]) == {"popular", "previous_prompt", "transition", "piece_lookup"}
+        for v in [p["predictor"], *p["baselines"].values()]:
+            assert 0 < v["f1"] <= v["f1_macro"] <= 1
+        # the synthetic routing is a function of the piece: the lookup is exact, the others not
+        assert p["predictor"]["f1"] > max(p["baselines"][k]["f1"] for k in
+                                          ("popular", "previous_prompt", "transition")), (name, p)
+        assert p["beats_all_baselines"] == (p["predictor"]["f1"] > p["baselines"]["piece_lookup"]["f1"])
+    assert "prefill (" in out.stdout and "decode (" in out.stdout
+
+
+@pytest.mark.slow
+def test_absent_phase_refuse_trains_the_same_prefill_head_and_refuses_decode(tmp_path):
+    """absent_phase=refuse on a prefill-only trace: the prefill head is the one the default
+    (absent_phase=other) trains, tensor for tensor; no decode head, and eval of decode tokens is
+    a one-line error."""
+    from safetensors.numpy import load_file
+
+    only = tmp_path / "prefill.parquet"
+    write_trace(synth_trace(num_prompts=20), only)
+    heads = {}
+    for absent in ("other", "refuse"):
+        cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={only}",
+               "predictor=tiny", "predictor.token.epochs=1", "predictor.prompt.epochs=1",
+               f"predictor.absent_phase={absent}", f"hydra.run.dir={tmp_path / absent}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        heads[absent] = load_file(tmp_path / absent / "checkpoint" / "token.safetensors")
+    tm = json.loads((tmp_path / "other" / "checkpoint" / "config.json").read_text())["token_model"]
+    assert "no decode tokens" in tm["trained_on"]["decode"]  # the default: learnt from prefill
+    pre = {k for k in heads["other"] if k.startswith("prefill.")}
+    assert pre and set(heads["refuse"]) == pre
+    assert all(np.array_equal(heads["other"][k], heads["refuse"][k]) for k in pre)
+    tm = json.loads((tmp_path / "refuse" / "checkpoint" / "config.json").read_text())["token_model"]
+    assert tm["decode"] is None and "not trained" in tm["trained_on"]["decode"]
+    mixed = tmp_path / "mixed.parquet"
+    write_trace(_mixed_phase_trace(num_prompts=6), mixed)
+    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval",
+           f"checkpoint={tmp_path / 'refuse' / 'checkpoint'}", f"trace.path={mixed}", "split=all",
+           f"hydra.run.dir={tmp_path / 'ev'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "no decode head" in out.stderr and "absent_phase=refuse" in out.stderr
