@@ -102,8 +102,9 @@ class Batcher:
         if budget > 0 and rep.waiting and len(rep.running) < s.max_batch_requests:
             admitted, extra = self._admit(rep, now, budget, kv_free)
             if admitted:
-                adm = set(admitted)
-                rep.waiting = [i for i in rep.waiting if i not in adm]
+                adm = set(admitted)  # all from the scheduler's window: the head of the queue
+                w = min(len(rep.waiting), self.s.scheduler_window)
+                rep.waiting[:w] = [i for i in rep.waiting[:w] if i not in adm]
                 rep.running.extend(admitted)
                 alloc = np.concatenate([alloc, np.asarray(extra, dtype=np.int64)])
                 run = None
@@ -131,7 +132,16 @@ class Batcher:
                ) -> tuple[list[int], list[int]]:
         r, s = self.req, self.s
         window = rep.waiting[: s.scheduler_window]
-        picked = self.scheduler.admit(now, [self.view(i) for i in window],
+        views, gen, view = self._views, r.generated, self.view
+        wviews = []
+        for i in window:  # self.view(i), inlined where the view exists
+            v = views.get(i)
+            if v is None:
+                v = view(i)
+            else:
+                v.done_tokens = int(gen[i])
+            wviews.append(v)
+        picked = self.scheduler.admit(now, wviews,
                                       _LazyViews(rep.running, self.view), budget)
         admitted: list[int] = []
         extra: list[int] = []

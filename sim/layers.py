@@ -132,7 +132,13 @@ class LayerWalk:
                           minlength=G * LE).reshape(G, LE)
         big = np.flatnonzero(~one)
         if len(big):
+            # each chunk cut at the blocks' bounds: per piece, its GPU and the prefix-count rows
+            # it adds (+1), subtracts (-1) and, for whole laps of its entry, (end - start) * laps;
+            # summed at once as integers (exact in any order)
             bounds = ((np.arange(G + 1) * T + G - 1) // G).tolist()  # GPU g: tokens [b_g, b_g+1)
+            gs: list[int] = []
+            rows: list[int] = []
+            coef: list[int] = []
             for f, o, n, x, a in zip(first[big].tolist(), off[big].tolist(), ln[big].tolist(),
                                      s0[big].tolist(), alloc[big].tolist()):
                 lo = f
@@ -142,13 +148,18 @@ class LayerWalk:
                     if hi > lo:  # rows x + (lo - f) .. x + (hi - f) - 1 of the entry, wrapped
                         lap0, r0 = divmod(x + lo - f, n)
                         lap1, r1 = divmod(x + hi - f, n)
-                        row = per[g]
-                        row += C[o + r1]
-                        row -= C[o + r0]
+                        gs += (g, g)
+                        rows += (o + r1, o + r0)
+                        coef += (1, -1)
                         if lap1 != lap0:
-                            row += (lap1 - lap0) * (C[o + n].astype(np.int64) - C[o])
+                            gs += (g, g)
+                            rows += (o + n, o)
+                            coef += (lap1 - lap0, lap0 - lap1)
                         lo = hi
                     g += 1
+            M = np.zeros((G, len(rows)), dtype=np.int64)
+            M[gs, np.arange(len(rows))] = coef
+            per += M @ C[rows].astype(np.int64)
         return per
 
     # ------------------------------------------------------------------------------------------
