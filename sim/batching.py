@@ -60,6 +60,7 @@ class Batcher:
         self.scheduler_name = scheduler_name
         self._views: dict[int, RequestView] = {}
         self._task_outputs: dict[str, tuple[int, int]] = {}  # task -> (completed, output tokens)
+        self._run_cache: dict[int, tuple[list[int], np.ndarray]] = {}  # replica -> running, array
 
     # -- what a scheduler sees ------------------------------------------------------------------
     def view(self, i: int) -> RequestView:
@@ -88,7 +89,7 @@ class Batcher:
         alloc = np.zeros(0, dtype=np.int64)
         run = None
         while rep.running:
-            run = np.asarray(rep.running)
+            run = self._running_array(rep)
             pend = r.prompt[run] + r.generated[run] - r.ctx[run]  # (B,) pending tokens
             alloc = allocate(pend, s.token_budget)
             if rep.kv_used + int(alloc.sum()) <= cap or len(run) == 1:
@@ -117,6 +118,15 @@ class Batcher:
             raise MoesimError(f"replica {rep.index}: cannot admit request {r.request_id[i]!r} "
                               f"({int(r.prompt[i])} prompt tokens) into {cap} KV tokens")
         return (run if run is not None else np.asarray(rep.running, dtype=np.int64)), alloc
+
+    def _running_array(self, rep: ReplicaState) -> np.ndarray:
+        """``rep.running`` as an int64 array, reused while the list is unchanged (comparing two
+        lists of ints is cheaper than building the array)."""
+        key, arr = self._run_cache.get(rep.index, (None, None))
+        if key != rep.running:
+            key, arr = list(rep.running), np.asarray(rep.running, dtype=np.int64)
+            self._run_cache[rep.index] = (key, arr)
+        return arr
 
     def preempt(self, rep: ReplicaState, i: int) -> None:
         """Free request ``i``'s KV; it waits at the head of the queue to recompute its context."""
@@ -177,16 +187,22 @@ class Batcher:
                ) -> np.ndarray:
         """Book an iteration that ended at ``now``; returns the requests that completed."""
         r = self.req
-        keep = alloc > 0
-        b, a = batch[keep], alloc[keep]
-        r.ctx[b] += a
+        if alloc.all():
+            b, a = batch, alloc
+        else:
+            keep = alloc > 0
+            b, a = batch[keep], alloc[keep]
+        ctx = r.ctx[b] + a  # (the batch's requests are distinct)
+        r.ctx[b] = ctx
         rep.kv_used += int(a.sum())
-        caught_up = r.ctx[b] == r.prompt[b] + r.generated[b]
+        generated = r.generated[b]
+        caught_up = ctx == r.prompt[b] + generated
         gen = b[caught_up]
-        r.generated[gen] += 1
+        ngen = generated[caught_up] + 1
+        r.generated[gen] = ngen
         first = gen[np.isnan(r.first_token_s[gen])]
         r.first_token_s[first] = now
-        fin = gen[r.generated[gen] >= r.output[gen]]
+        fin = gen[ngen >= r.output[gen]]
         if len(fin):
             r.finish_s[fin] = now
             r.completions[fin] += 1

@@ -169,8 +169,9 @@ class LayerWalk:
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
         """Walk the layers of one iteration; return its duration (s). Mutates caches and links."""
         L, E, plan, cost, tl = self.L, self.E, self.plan, self.cost, self.t
-        keep = alloc > 0
-        batch, alloc = batch[keep], alloc[keep]
+        if not alloc.all():
+            keep = alloc > 0
+            batch, alloc = batch[keep], alloc[keep]
         shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None)
         G = len(rep.gpus)
         # (L*E,) tokens per key, and what the all-to-all needs of them (sim.network)
