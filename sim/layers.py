@@ -128,16 +128,16 @@ class LayerWalk:
         first = np.cumsum(alloc) - alloc  # (B,) each request's first token in the batch
         one = alloc == 1
         src1 = (first[one] * G) // T  # network.token_sources of the one-token requests
-        idx = plan.pool_keys[off[one] + s0[one]].astype(np.intp)  # (B1, L*K) their keys
+        idx = np.take(plan.pool_keys, off[one] + s0[one], axis=0).astype(np.intp)  # (B1, L*K)
         idx += (src1 * LE)[:, None]
         per = np.zeros(G * LE, dtype=np.int64)
-        np.add.at(per, idx.ravel(), 1)  # (a bincount: here the faster of the two)
+        np.add.at(per, idx.ravel(), 1)  # (a bincount: with intp indices the faster of the two)
         per = per.reshape(G, LE)
         big = np.flatnonzero(~one)
         if len(big):
             # each chunk cut at the blocks' bounds: per piece, its GPU and the prefix-count rows
             # it adds (+1), subtracts (-1) and, for whole laps of its entry, (end - start) * laps;
-            # summed at once as integers (exact in any order)
+            # summed at once (integers: exact in any order)
             bounds = ((np.arange(G + 1) * T + G - 1) // G).tolist()  # GPU g: tokens [b_g, b_g+1)
             gs: list[int] = []
             rows: list[int] = []
@@ -160,9 +160,10 @@ class LayerWalk:
                             coef += (lap1 - lap0, lap0 - lap1)
                         lo = hi
                     g += 1
-            M = np.zeros((G, len(rows)), dtype=np.int64)
+            # as float64 (BLAS): integers below 2**53 (counts of the pool's rows), summed exactly
+            M = np.zeros((G, len(rows)))
             M[gs, np.arange(len(rows))] = coef
-            per += M @ C[rows].astype(np.int64)
+            per += (M @ C[rows]).astype(np.int64)
         return per
 
     # ------------------------------------------------------------------------------------------
