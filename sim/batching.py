@@ -60,6 +60,7 @@ class Batcher:
         self.scheduler_name = scheduler_name
         self._views: dict[int, RequestView] = {}
         self._task_outputs: dict[str, tuple[int, int]] = {}  # task -> (completed, output tokens)
+        self._window_cache: dict[int, tuple[list[int], tuple[RequestView, ...]]] = {}
         self._run_cache: dict[int, tuple[list[int], np.ndarray]] = {}  # replica -> running, array
 
     # -- what a scheduler sees ------------------------------------------------------------------
@@ -142,15 +143,22 @@ class Batcher:
                ) -> tuple[list[int], list[int]]:
         r, s = self.req, self.s
         window = rep.waiting[: s.scheduler_window]
-        views, gen, view = self._views, r.generated, self.view
-        wviews = []
-        for i in window:  # self.view(i), inlined where the view exists
-            v = views.get(i)
-            if v is None:
-                v = view(i)
-            else:
-                v.done_tokens = int(gen[i])
-            wviews.append(v)
+        cached = self._window_cache.get(rep.index)
+        if cached is not None and cached[0] == window:
+            # the same waiting requests as last time: their views are as self.view leaves them
+            # (only finish() changes a request's generated tokens, and only of running requests)
+            wviews = list(cached[1])
+        else:
+            views, gen, view = self._views, r.generated, self.view
+            wviews = []
+            for i in window:  # self.view(i), inlined where the view exists
+                v = views.get(i)
+                if v is None:
+                    v = view(i)
+                else:
+                    v.done_tokens = int(gen[i])
+                wviews.append(v)
+            self._window_cache[rep.index] = (window, tuple(wviews))
         picked = self.scheduler.admit(now, wviews,
                                       _LazyViews(rep.running, self.view), budget)
         admitted: list[int] = []
@@ -187,7 +195,7 @@ class Batcher:
                ) -> np.ndarray:
         """Book an iteration that ended at ``now``; returns the requests that completed."""
         r = self.req
-        if alloc.all():
+        if len(alloc) and alloc.min() > 0:  # (a negative count is dropped as a zero)
             b, a = batch, alloc
         else:
             keep = alloc > 0

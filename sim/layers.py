@@ -170,7 +170,7 @@ class LayerWalk:
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
         """Walk the layers of one iteration; return its duration (s). Mutates caches and links."""
         L, E, plan, cost, tl = self.L, self.E, self.plan, self.cost, self.t
-        if not alloc.all():
+        if not (len(alloc) and alloc.min() > 0):
             keep = alloc > 0
             batch, alloc = batch[keep], alloc[keep]
         shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None)
