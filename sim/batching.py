@@ -89,16 +89,18 @@ class Batcher:
         r, s, cap = self.req, self.s, self.kv_capacity_tokens
         alloc = np.zeros(0, dtype=np.int64)
         run = None
+        used = 0  # alloc.sum()
         while rep.running:
             run = self._running_array(rep)
             pend = r.prompt[run] + r.generated[run] - r.ctx[run]  # (B,) pending tokens
             alloc = allocate(pend, s.token_budget)
-            if rep.kv_used + int(alloc.sum()) <= cap or len(run) == 1:
+            used = int(alloc.sum())
+            if rep.kv_used + used <= cap or len(run) == 1:
                 break
             self.preempt(rep, rep.running.pop())
             alloc = np.zeros(0, dtype=np.int64)
             run = None
-        used = int(alloc.sum())
+            used = 0
         budget = s.token_budget - used
         kv_free = cap - rep.kv_used - used
         if budget > 0 and rep.waiting and len(rep.running) < s.max_batch_requests:
@@ -109,8 +111,9 @@ class Batcher:
                 rep.waiting[:w] = [i for i in rep.waiting[:w] if i not in adm]
                 rep.running.extend(admitted)
                 alloc = np.concatenate([alloc, np.asarray(extra, dtype=np.int64)])
+                used += sum(extra)
                 run = None
-        if not rep.running or int(alloc.sum()) == 0:
+        if not rep.running or used == 0:
             if not rep.waiting:  # running requests with no pending token: an inconsistent state
                 ids = [r.request_id[j] for j in rep.running]
                 raise MoesimError(f"replica {rep.index}: no tokens to process for running "
