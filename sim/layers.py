@@ -182,9 +182,13 @@ class LayerWalk:
         comp_arr, load_g = lc.comp, lc.load
         tl.computed_le += lc.computed
         sum_load = load_g.sum(axis=1)  # (L,)
-        nz = sum_load > 0
-        tl.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
-        tl.iter_layers += int(nz.sum())
+        if sum_load.min() > 0:  # every layer has tokens (the usual case): no selection
+            tl.iter_imbalance_sum += float((load_g.max(axis=1) * G / sum_load).sum())
+            tl.iter_layers += L
+        else:
+            nz = sum_load > 0
+            tl.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
+            tl.iter_layers += int(nz.sum())
         tl.gpu_tokens[rep.index] += load_g.sum(axis=0)
         attn, gate, a2a = lc.attn, lc.gate, lc.a2a
         pred = self.pred
