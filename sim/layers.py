@@ -47,14 +47,15 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | Non
     if (N + 1) * num_keys > PREFIX_MAX_ENTRIES:
         return None
     out = np.zeros((N + 1, num_keys), dtype=np.int32)
-    step = max(1, (1 << 22) // max(num_keys, 1))
-    for a in range(0, N, step):
+    flat_out = out.reshape(-1)
+    width = pool_keys.shape[1] if pool_keys.ndim == 2 else 1
+    step = max(1, (1 << 20) // max(width, 1))
+    for a in range(0, N, step):  # row i + 1 counts row i's keys (a row may hold a key twice)
         b = min(N, a + step)
-        flat = (np.arange(b - a, dtype=np.int64)[:, None] * num_keys + pool_keys[a:b]).ravel()
-        blk = np.bincount(flat, minlength=(b - a) * num_keys).reshape(b - a, num_keys)
-        dst = out[a + 1:b + 1]
-        np.cumsum(blk, axis=0, dtype=np.int32, out=dst)
-        dst += out[a]
+        flat = pool_keys[a:b].astype(np.intp)
+        flat += (np.arange(a + 1, b + 1, dtype=np.intp) * num_keys)[:, None]
+        np.add.at(flat_out, flat.ravel(), 1)
+    np.cumsum(out, axis=0, dtype=np.int32, out=out)
     return out
 
 
