@@ -439,7 +439,8 @@ class LayerWalk:
         dur = [v * eb / bw for v in vals]  # each copy's duration (Link.fetch: nbytes / bw)
         maxc = comp_arr.max(axis=1).tolist()  # (L,)
         # per distinct copy size, per layer: the slowest GPU copying that many (-inf: none)
-        slowest = [np.where(miss == v, comp_arr, -np.inf).max(axis=1).tolist() for v in vals]
+        slowest = np.where(miss == np.array(vals, dtype=miss.dtype)[:, None, None], comp_arr,
+                           -np.inf).max(axis=2).tolist() if vals else []  # (nv, L)
         nv = len(vals)
         fins: list[float] = []  # (L, nv) each copy's end
         readys: list[float] = []
