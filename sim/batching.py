@@ -60,6 +60,8 @@ class Batcher:
         self.scheduler_name = scheduler_name
         self._views: dict[int, RequestView] = {}
         self._task_outputs: dict[str, tuple[int, int]] = {}  # task -> (completed, output tokens)
+        self._window_cache: dict[int, tuple[list[int], tuple[RequestView, ...]]] = {}
+        self._run_cache: dict[int, tuple[list[int], np.ndarray]] = {}  # replica -> running, array
 
     # -- what a scheduler sees ------------------------------------------------------------------
     def view(self, i: int) -> RequestView:
@@ -87,27 +89,31 @@ class Batcher:
         r, s, cap = self.req, self.s, self.kv_capacity_tokens
         alloc = np.zeros(0, dtype=np.int64)
         run = None
+        used = 0  # alloc.sum()
         while rep.running:
-            run = np.asarray(rep.running)
+            run = self._running_array(rep)
             pend = r.prompt[run] + r.generated[run] - r.ctx[run]  # (B,) pending tokens
             alloc = allocate(pend, s.token_budget)
-            if rep.kv_used + int(alloc.sum()) <= cap or len(run) == 1:
+            used = int(alloc.sum())
+            if rep.kv_used + used <= cap or len(run) == 1:
                 break
             self.preempt(rep, rep.running.pop())
             alloc = np.zeros(0, dtype=np.int64)
             run = None
-        used = int(alloc.sum())
+            used = 0
         budget = s.token_budget - used
         kv_free = cap - rep.kv_used - used
         if budget > 0 and rep.waiting and len(rep.running) < s.max_batch_requests:
             admitted, extra = self._admit(rep, now, budget, kv_free)
             if admitted:
-                adm = set(admitted)
-                rep.waiting = [i for i in rep.waiting if i not in adm]
+                adm = set(admitted)  # all from the scheduler's window: the head of the queue
+                w = min(len(rep.waiting), self.s.scheduler_window)
+                rep.waiting[:w] = [i for i in rep.waiting[:w] if i not in adm]
                 rep.running.extend(admitted)
                 alloc = np.concatenate([alloc, np.asarray(extra, dtype=np.int64)])
+                used += sum(extra)
                 run = None
-        if not rep.running or int(alloc.sum()) == 0:
+        if not rep.running or used == 0:
             if not rep.waiting:  # running requests with no pending token: an inconsistent state
                 ids = [r.request_id[j] for j in rep.running]
                 raise MoesimError(f"replica {rep.index}: no tokens to process for running "
@@ -116,6 +122,15 @@ class Batcher:
             raise MoesimError(f"replica {rep.index}: cannot admit request {r.request_id[i]!r} "
                               f"({int(r.prompt[i])} prompt tokens) into {cap} KV tokens")
         return (run if run is not None else np.asarray(rep.running, dtype=np.int64)), alloc
+
+    def _running_array(self, rep: ReplicaState) -> np.ndarray:
+        """``rep.running`` as an int64 array, reused while the list is unchanged (comparing two
+        lists of ints is cheaper than building the array)."""
+        key, arr = self._run_cache.get(rep.index, (None, None))
+        if key != rep.running:
+            key, arr = list(rep.running), np.asarray(rep.running, dtype=np.int64)
+            self._run_cache[rep.index] = (key, arr)
+        return arr
 
     def preempt(self, rep: ReplicaState, i: int) -> None:
         """Free request ``i``'s KV; it waits at the head of the queue to recompute its context."""
@@ -131,7 +146,23 @@ class Batcher:
                ) -> tuple[list[int], list[int]]:
         r, s = self.req, self.s
         window = rep.waiting[: s.scheduler_window]
-        picked = self.scheduler.admit(now, [self.view(i) for i in window],
+        cached = self._window_cache.get(rep.index)
+        if cached is not None and cached[0] == window:
+            # the same waiting requests as last time: their views are as self.view leaves them
+            # (only finish() changes a request's generated tokens, and only of running requests)
+            wviews = list(cached[1])
+        else:
+            views, gen, view = self._views, r.generated, self.view
+            wviews = []
+            for i in window:  # self.view(i), inlined where the view exists
+                v = views.get(i)
+                if v is None:
+                    v = view(i)
+                else:
+                    v.done_tokens = int(gen[i])
+                wviews.append(v)
+            self._window_cache[rep.index] = (window, tuple(wviews))
+        picked = self.scheduler.admit(now, wviews,
                                       _LazyViews(rep.running, self.view), budget)
         admitted: list[int] = []
         extra: list[int] = []
@@ -167,16 +198,22 @@ class Batcher:
                ) -> np.ndarray:
         """Book an iteration that ended at ``now``; returns the requests that completed."""
         r = self.req
-        keep = alloc > 0
-        b, a = batch[keep], alloc[keep]
-        r.ctx[b] += a
+        if len(alloc) and alloc.min() > 0:  # (a negative count is dropped as a zero)
+            b, a = batch, alloc
+        else:
+            keep = alloc > 0
+            b, a = batch[keep], alloc[keep]
+        ctx = r.ctx[b] + a  # (the batch's requests are distinct)
+        r.ctx[b] = ctx
         rep.kv_used += int(a.sum())
-        caught_up = r.ctx[b] == r.prompt[b] + r.generated[b]
+        generated = r.generated[b]
+        caught_up = ctx == r.prompt[b] + generated
         gen = b[caught_up]
-        r.generated[gen] += 1
+        ngen = generated[caught_up] + 1
+        r.generated[gen] = ngen
         first = gen[np.isnan(r.first_token_s[gen])]
         r.first_token_s[first] = now
-        fin = gen[r.generated[gen] >= r.output[gen]]
+        fin = gen[ngen >= r.output[gen]]
         if len(fin):
             r.finish_s[fin] = now
             r.completions[fin] += 1
@@ -186,7 +223,13 @@ class Batcher:
                 self._views.pop(i, None)
                 n, total = self._task_outputs.get(r.task[i], (0, 0))
                 self._task_outputs[r.task[i]] = (n + 1, total + int(r.output[i]))
-            rep.running = [i for i in rep.running if i not in fs]
+            if len(fs) <= 4:  # a few completions: removed in place (every occurrence)
+                running = rep.running
+                for i in fs:
+                    while i in running:
+                        running.remove(i)
+            else:
+                rep.running = [i for i in rep.running if i not in fs]
             self.tallies.completed += len(fin)
             self.tallies.last_finish_s = now
         rep.kv_peak = max(rep.kv_peak, rep.kv_used)

@@ -47,14 +47,15 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | Non
     if (N + 1) * num_keys > PREFIX_MAX_ENTRIES:
         return None
     out = np.zeros((N + 1, num_keys), dtype=np.int32)
-    step = max(1, (1 << 22) // max(num_keys, 1))
-    for a in range(0, N, step):
+    flat_out = out.reshape(-1)
+    width = pool_keys.shape[1] if pool_keys.ndim == 2 else 1
+    step = max(1, (1 << 20) // max(width, 1))
+    for a in range(0, N, step):  # row i + 1 counts row i's keys (a row may hold a key twice)
         b = min(N, a + step)
-        flat = (np.arange(b - a, dtype=np.int64)[:, None] * num_keys + pool_keys[a:b]).ravel()
-        blk = np.bincount(flat, minlength=(b - a) * num_keys).reshape(b - a, num_keys)
-        dst = out[a + 1:b + 1]
-        np.cumsum(blk, axis=0, dtype=np.int32, out=dst)
-        dst += out[a]
+        flat = pool_keys[a:b].astype(np.intp)
+        flat += (np.arange(a + 1, b + 1, dtype=np.intp) * num_keys)[:, None]
+        np.add.at(flat_out, flat.ravel(), 1)
+    np.cumsum(out, axis=0, dtype=np.int32, out=out)
     return out
 
 
@@ -128,11 +129,20 @@ class LayerWalk:
         first = np.cumsum(alloc) - alloc  # (B,) each request's first token in the batch
         one = alloc == 1
         src1 = (first[one] * G) // T  # network.token_sources of the one-token requests
-        per = np.bincount((src1[:, None] * LE + plan.pool_keys[off[one] + s0[one]]).ravel(),
-                          minlength=G * LE).reshape(G, LE)
+        idx = np.take(plan.pool_keys, off[one] + s0[one], axis=0).astype(np.intp)  # (B1, L*K)
+        idx += (src1 * LE)[:, None]
+        per = np.zeros(G * LE, dtype=np.int64)
+        np.add.at(per, idx.ravel(), 1)  # (a bincount: with intp indices the faster of the two)
+        per = per.reshape(G, LE)
         big = np.flatnonzero(~one)
         if len(big):
+            # each chunk cut at the blocks' bounds: per piece, its GPU and the prefix-count rows
+            # it adds (+1), subtracts (-1) and, for whole laps of its entry, (end - start) * laps;
+            # summed at once (integers: exact in any order)
             bounds = ((np.arange(G + 1) * T + G - 1) // G).tolist()  # GPU g: tokens [b_g, b_g+1)
+            gs: list[int] = []
+            rows: list[int] = []
+            coef: list[int] = []
             for f, o, n, x, a in zip(first[big].tolist(), off[big].tolist(), ln[big].tolist(),
                                      s0[big].tolist(), alloc[big].tolist()):
                 lo = f
@@ -142,21 +152,28 @@ class LayerWalk:
                     if hi > lo:  # rows x + (lo - f) .. x + (hi - f) - 1 of the entry, wrapped
                         lap0, r0 = divmod(x + lo - f, n)
                         lap1, r1 = divmod(x + hi - f, n)
-                        row = per[g]
-                        row += C[o + r1]
-                        row -= C[o + r0]
+                        gs += (g, g)
+                        rows += (o + r1, o + r0)
+                        coef += (1, -1)
                         if lap1 != lap0:
-                            row += (lap1 - lap0) * (C[o + n].astype(np.int64) - C[o])
+                            gs += (g, g)
+                            rows += (o + n, o)
+                            coef += (lap1 - lap0, lap0 - lap1)
                         lo = hi
                     g += 1
+            # as float64 (BLAS): integers below 2**53 (counts of the pool's rows), summed exactly
+            M = np.zeros((G, len(rows)))
+            M[gs, np.arange(len(rows))] = coef
+            per += (M @ C[rows]).astype(np.int64)
         return per
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
         """Walk the layers of one iteration; return its duration (s). Mutates caches and links."""
         L, E, plan, cost, tl = self.L, self.E, self.plan, self.cost, self.t
-        keep = alloc > 0
-        batch, alloc = batch[keep], alloc[keep]
+        if not (len(alloc) and alloc.min() > 0):
+            keep = alloc > 0
+            batch, alloc = batch[keep], alloc[keep]
         # the tokens' pool rows: counted from when there are no prefix counts, or read by a
         # prefetch policy (the next-layer oracles, learned_next)
         shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None or self.pred.pf_rows)
@@ -168,9 +185,13 @@ class LayerWalk:
         comp_arr, load_g = lc.comp, lc.load
         tl.computed_le += lc.computed
         sum_load = load_g.sum(axis=1)  # (L,)
-        nz = sum_load > 0
-        tl.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
-        tl.iter_layers += int(nz.sum())
+        if sum_load.min() > 0:  # every layer has tokens (the usual case): no selection
+            tl.iter_imbalance_sum += float((load_g.max(axis=1) * G / sum_load).sum())
+            tl.iter_layers += L
+        else:
+            nz = sum_load > 0
+            tl.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
+            tl.iter_layers += int(nz.sum())
         tl.gpu_tokens[rep.index] += load_g.sum(axis=0)
         attn, gate, a2a = lc.attn, lc.gate, lc.a2a
         pred = self.pred
@@ -420,7 +441,8 @@ class LayerWalk:
         dur = [v * eb / bw for v in vals]  # each copy's duration (Link.fetch: nbytes / bw)
         maxc = comp_arr.max(axis=1).tolist()  # (L,)
         # per distinct copy size, per layer: the slowest GPU copying that many (-inf: none)
-        slowest = [np.where(miss == v, comp_arr, -np.inf).max(axis=1).tolist() for v in vals]
+        slowest = np.where(miss == np.array(vals, dtype=miss.dtype)[:, None, None], comp_arr,
+                           -np.inf).max(axis=2).tolist() if vals else []  # (nv, L)
         nv = len(vals)
         fins: list[float] = []  # (L, nv) each copy's end
         readys: list[float] = []

@@ -251,31 +251,29 @@ class _ReplicaNet:
         for _, co, ci, _, _ in self.shared:
             self.unshared[co] = self.unshared[ci] = False
         #: one node and every expert on one GPU: each (source GPU, key)'s tokens leave on the
-        #: source's NVLink and enter on the owner's (none when they are the same GPU); the
-        #: flat index of those two sums in a (L, 2G) table, for one weighted bincount
+        #: source's NVLink and enter on the owner's (none when they are the same GPU)
         self.fast_idx = None
         if plan is not None and plan.single_owner and not self.any_cross:
             L, E = plan.L, plan.E
             layer = np.arange(L * E) // E  # (L*E,)
             owner = (plan.lg_index - layer * G)[None, :]  # (1, L*E) local owner GPU of each key
             src = np.arange(G)[:, None]  # (G, 1)
-            moves = owner != src  # (G, L*E)
-            dummy = 2 * L * G
-            sent = np.where(moves, layer * 2 * G + src, dummy)
-            recv = np.where(moves, layer * 2 * G + G + owner, dummy)
-            self.fast_idx = np.concatenate([sent.ravel(), recv.ravel()])
-            self.fast_shape = (L, 2 * G)
+            #: (G, L*E) 1 where a source GPU's tokens of a key leave the GPU, else 0
+            self.fast_moves = (owner != src).astype(np.int64)
+            #: (L*E,) each key's (layer, owner) index in an (L, G) table
+            self.fast_idx = plan.lg_index
+            self.fast_shape = (L, G)
             self.fast_scale = bpt / topo.nvlink_bytes_per_s
 
     def fast_times(self, src_counts: np.ndarray) -> list[float]:
         """:meth:`times` of :func:`gpu_traffic`'s static placement from the source counts directly
         (one node, single owners, no shared link): per layer ``latency + max(bytes a GPU sends,
-        bytes a GPU receives) / NVLink bandwidth``."""
-        x = src_counts.ravel()
-        L, GG = self.fast_shape
-        n = L * GG
-        y = np.bincount(self.fast_idx, weights=np.concatenate((x, x)), minlength=n + 1)
-        t = y[:n].reshape(L, GG).max(axis=1)  # (L,) tokens on the most loaded link
+        bytes a GPU receives) / NVLink bandwidth``. Token counts are integers: summed exactly."""
+        L, G = self.fast_shape
+        moved = src_counts * self.fast_moves  # (G, L*E) tokens leaving their source GPU
+        sent = moved.reshape(G, L, -1).sum(axis=2).max(axis=0)  # (L,) most sent by one GPU
+        recv = np.bincount(self.fast_idx, weights=moved.sum(axis=0), minlength=L * G)
+        t = np.maximum(sent, recv.reshape(L, G).max(axis=1))  # (L,) tokens on the busiest link
         t *= self.fast_scale
         t += self.nv_lat
         return t.tolist()

@@ -86,6 +86,9 @@ class StampStore:
         self.cap_step = np.repeat(self.cap, self.L)  # (G*L,)
         self.check_steps = bool((most.max(axis=1, initial=0) > self.cap)[have].any())
         self.offs = (np.arange(self.G, dtype=np.int64) * _BIG)[:, None]
+        #: serve_lru_iteration's per-access positions when every holding is used (the usual
+        #: iteration of a big batch): they depend only on the holdings
+        self.full = _positions(pg, step, self.G, self.L, self.cap_step)
 
 
 class StampedLRU(LRUCache):
@@ -187,11 +190,16 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
     needs more keys than its GPU's slots: the caller then takes the general path."""
     G, L, H = store.G, store.L, store.H
     sel = used_flat[store.pair_key]
-    g, gl, layer, fi, off, row_end, cap = store.pairs[:, sel]  # (n,) each, in serving order
+    if sel.all():  # every holding used: the positions are the store's
+        g, gl, layer, fi, off, row_end, cap = store.pairs  # (n,) each, in serving order
+        n_g, gstart, start_g, before, over = store.full
+    else:
+        g, gl, layer, fi, off, row_end, cap = store.pairs[:, sel]
+        n_g, gstart, start_g, before, over = _positions(g, gl, G, L, store.cap_step)
     n = len(g)
     if n == 0:
         return np.zeros((L, G), dtype=np.int64)
-    if store.check_steps and (np.bincount(gl, minlength=G * L) > store.cap_step).any():
+    if store.check_steps and over:
         return None
     if store.objects:
         for row in sorted(store.objects):
@@ -204,11 +212,6 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
     # resident keys more recent than the key at the start of the iteration
     newer = row_end - np.searchsorted((np.sort(S, axis=1) + store.offs).reshape(-1), s + off,
                                       "right")
-    n_g = np.bincount(g, minlength=G)
-    gstart = np.cumsum(n_g) - n_g  # (G,) each GPU's first access
-    n_step = np.bincount(gl, minlength=G * L)
-    start_g = gstart[g]  # (n,)
-    before = (np.cumsum(n_step) - n_step)[gl] - start_g  # keys of the GPU's earlier steps
     # the keys used since the key's last use: newer + before - twice, where twice (keys of earlier
     # steps already more recent than it, counted in both) is at most min(newer, before): it
     # decides only where newer < cap, before < cap and newer + before >= cap
@@ -246,6 +249,18 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
     t[1] += m_g
     t[2] += ev
     return np.bincount(layer[miss] * G + gm, minlength=L * G).reshape(L, G)
+
+
+def _positions(g: np.ndarray, gl: np.ndarray, G: int, L: int, cap_step: np.ndarray) -> tuple:
+    """Of accesses on GPUs ``g`` (n,) at steps ``gl`` (n,) in serving order: accesses per GPU
+    (G,), each GPU's first access (G,), each access's GPU's first (n,), the keys of its GPU's
+    earlier steps (n,), and whether some step has more keys than its GPU's slots."""
+    n_g = np.bincount(g, minlength=G)
+    gstart = np.cumsum(n_g) - n_g  # (G,) each GPU's first access
+    n_step = np.bincount(gl, minlength=G * L)
+    start_g = gstart[g]  # (n,)
+    before = (np.cumsum(n_step) - n_step)[gl] - start_g  # keys of the GPU's earlier steps
+    return n_g, gstart, start_g, before, bool((n_step > cap_step).any())
 
 
 def _earlier_newer(pos: np.ndarray, s: np.ndarray, gid: np.ndarray, layer: np.ndarray,
