@@ -47,6 +47,19 @@ class _AppFailed(BaseException):
     """Carries a task's one-line error past Hydra's job runner (which catches ``Exception``)."""
 
 
+
+#: top-level keys of the cache and placement apps before one vocabulary across commands (issue 14),
+#: and what they are now (an unknown-key error names the new one)
+RENAMED_KEYS = {
+    "num_gpus": "cluster.expert_parallel",
+    "capacity_fracs": "cluster.expert_budget_fractions",
+    "policies": "policy.caches (moesim cache) or policy.placements (moesim placement)",
+    "prefetch": "policy.prefetch",
+    "prefetch_kwargs": "policy.prefetch_args",
+    "reroute": "policy.reroute",
+    "policy_kwargs": "policy.placement_args",
+}
+
 def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], prog: str) -> int:
     """Run ``task`` as the Hydra app ``conf/<config_name>.yaml``; 0, or ``SystemExit(2)``."""
     import hydra
@@ -299,6 +312,9 @@ def hydra_error_line(exc: BaseException) -> str:
     full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
     if isinstance(cause, ConfigAttributeError | ConfigKeyError) or (
             cause is None and isinstance(exc, ConfigAttributeError | ConfigKeyError)):
+        moved = RENAMED_KEYS.get(str(full_key))
+        if moved:
+            return f"unknown key {full_key!r}: it is {moved!r} since the keys were renamed"
         return (f"unknown key {full_key!r} (--help lists the keys; '+{full_key}=...' adds one "
                 f"only where a config allows it)")
     override = text.split("override ", 1)[1].splitlines()[0] if "override " in text else None
