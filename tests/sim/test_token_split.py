@@ -273,6 +273,13 @@ def test_sim_with_replicated_experts_follows_the_split():
     assert np.array_equal(lc.load, tok.sum(axis=1))
     equal = np.einsum("le,leg->lg", counts.reshape(plan.L, plan.E), plan.share)
     assert (lc.load.max(axis=1) <= equal.max(axis=1) + 1).all()
+    # the all-to-all follows the split: each GPU receives the tokens the split gives it
+    from sim.network import gpu_traffic
+
+    src, share = lc.a2a
+    traffic = gpu_traffic(plan, src, share)  # (L, G, G) source GPU -> expert GPU
+    assert np.allclose(traffic.sum(axis=1), tok.sum(axis=1))
+    assert not np.allclose(gpu_traffic(plan, src, None).sum(axis=1), tok.sum(axis=1))  # not the equal share
     # and the run is reproducible byte for byte
     _, m2 = _sim(_cfg("eplb", num_redundant=4), pool)
     assert m == m2
