@@ -65,7 +65,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
 
     from sim.schemas import register_app_schemas
 
-    register_app_schemas()
+    register_app_schemas(config_name)  # its own schema (and sim_schema): no others
     if "-h" in argv or "--help" in argv:
         print(app_help(config_name, prog, sys.modules[task.__module__].__doc__ or ""))
         return 0
