@@ -43,6 +43,18 @@ _HYDRA_FLAGS = frozenset({
     "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"})
 
 
+def _single_run(argv: list[str]) -> bool:
+    """True when ``argv`` asks for one run (no ``-m``, no ``hydra.mode`` override)."""
+    return not any(a in ("-m", "--multirun") or "hydra.mode" in a for a in argv)
+
+
+def _no_mode(self: Any, config_name: str | None, overrides: list[str]) -> None:
+    """``Hydra.get_mode`` for a single run: no config of ours sets ``hydra.mode``, so Hydra's
+    answer is None (run mode) and the extra composition it makes to find that out (a whole
+    ``compose_config``, about 0.08 s) is skipped; Hydra then composes once, as for any run."""
+    return None
+
+
 class _AppFailed(BaseException):
     """Carries a task's one-line error past Hydra's job runner (which catches ``Exception``)."""
 
@@ -66,7 +78,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
 
     from sim.schemas import register_app_schemas
 
-    register_app_schemas()
+    register_app_schemas(config_name)  # its own schema (and sim_schema): no others
     if "-h" in argv or "--help" in argv:
         print(app_help(config_name, prog, sys.modules[task.__module__].__doc__ or ""))
         return 0
@@ -101,6 +113,12 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         argv = [*argv, "+hydra.callbacks.moesim_sweep._target_=sim.hydra_app.SweepSummary"]
     sys.argv = [prog, *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # raise errors to us instead of printing a report
+    skip_mode = _single_run(argv)
+    if skip_mode:
+        from hydra._internal.hydra import Hydra
+
+        saved_get_mode = Hydra.get_mode
+        Hydra.get_mode = _no_mode  # type: ignore[method-assign]
     try:
         app()
     except _AppFailed as exc:
@@ -125,6 +143,8 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         runs.remove_failed()
         raise
     finally:
+        if skip_mode:
+            Hydra.get_mode = saved_get_mode  # type: ignore[method-assign]
         sys.argv = saved_argv
         if saved_env is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -50,12 +50,21 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | Non
     flat_out = out.reshape(-1)
     width = pool_keys.shape[1] if pool_keys.ndim == 2 else 1
     step = max(1, (1 << 20) // max(width, 1))
+    # the increments as an int32 array, the dtype of the counts: np.add.at then takes its fast
+    # path (a Python 1 goes through a cast per element: about 20x slower on the bench's pool)
+    ones = np.ones(min(N, step) * width, dtype=np.int32)
     for a in range(0, N, step):  # row i + 1 counts row i's keys (a row may hold a key twice)
         b = min(N, a + step)
         flat = pool_keys[a:b].astype(np.intp)
         flat += (np.arange(a + 1, b + 1, dtype=np.intp) * num_keys)[:, None]
-        np.add.at(flat_out, flat.ravel(), 1)
-    np.cumsum(out, axis=0, dtype=np.int32, out=out)
+        np.add.at(flat_out, flat.ravel(), ones[:flat.size])
+    # the running sum down the rows, in blocks of rows that stay in cache (one cumsum over the
+    # whole array walks it column by column: about twice as slow); integers, exact in any order
+    for a in range(0, N + 1, 256):
+        blk = out[a:a + 256]
+        np.cumsum(blk, axis=0, dtype=np.int32, out=blk)
+        if a:
+            blk += out[a - 1]
     return out
 
 
@@ -80,6 +89,7 @@ class LayerWalk:
         #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
         #: (``arrays``: policy.cache_arrays; off, every token's keys are counted)
         self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E) if arrays else None
+        self._stacks: dict[tuple[int, ...], np.ndarray] = {}  # (see _sum_down)
 
     def _key_counts(self, batch: np.ndarray, alloc: np.ndarray, shape: Any) -> np.ndarray:
         """(L*E,) int64: tokens of the batch per key. Every request's first token this iteration
@@ -238,11 +248,24 @@ class LayerWalk:
                 for l in range(L):
                     pred.observe(rep, l, used_flat)
         # busy += c layer by layer, per GPU (np.add.accumulate is sequential: the same floats)
-        busy = np.add.accumulate(np.vstack([[st.busy_s for st in states], comp_arr]), axis=0)[-1]
+        busy = self._sum_down([st.busy_s for st in states], comp_arr)
         for g, st in enumerate(states):
             st.busy_s = float(busy[g])
             st.stall_s = stall[g]
         return t - t0
+
+    def _sum_down(self, start: list[float], rows: np.ndarray) -> np.ndarray:
+        """(G,) ``start[g] + rows[0, g] + rows[1, g] + ...`` added in that order (np.add.accumulate
+        is sequential: the same floats as a Python loop), ``rows`` (L, G): the stack of ``start``
+        above ``rows`` is built in a reused float64 buffer (what ``np.vstack`` would build)."""
+        if rows.dtype != np.float64:
+            return np.add.accumulate(np.vstack([start, rows]), axis=0)[-1]
+        buf = self._stacks.get(rows.shape)
+        if buf is None:
+            buf = self._stacks[rows.shape] = np.empty((rows.shape[0] + 1, *rows.shape[1:]))
+        buf[0] = start
+        buf[1:] = rows
+        return np.add.accumulate(buf, axis=0)[-1]
 
     # -- decisions ------------------------------------------------------------------------------
     def _check(self, st: GpuState, cache: CachePolicy) -> None:
@@ -496,7 +519,7 @@ class LayerWalk:
             rd = np.asarray(readys)[:, None]
             late = fetches & (fin_lg > rd)
             inc = np.where(late, fin_lg - rd, 0.0)  # (L, G) each stall, 0.0 elsewhere (x + 0.0 == x)
-            stall[:] = np.add.accumulate(np.vstack([stall, inc]), axis=0)[-1].tolist()
+            stall[:] = self._sum_down(stall, inc).tolist()
             last = (L - 1 - np.argmax(fetches[::-1], axis=0)).tolist()  # (G,) each last copy
             for g, (x, nb) in enumerate(zip(links, nbytes.tolist())):
                 if nb:

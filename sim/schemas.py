@@ -359,8 +359,10 @@ APPS: dict[str, type] = {
 }
 
 
-def register_app_schemas() -> None:
-    """Store every app's schema in Hydra's ConfigStore as ``<app>_schema`` (idempotent)."""
+def register_app_schemas(only: str | None = None) -> None:
+    """Store every app's schema in Hydra's ConfigStore as ``<app>_schema`` (idempotent); with
+    ``only``, ``sim_schema`` and that app's (an app's YAML names only its own schema, and Hydra
+    copies the whole store at each composition: a run registers what it composes)."""
     from hydra.core.config_store import ConfigStore
 
     from sim.config import register_configs
@@ -368,7 +370,7 @@ def register_app_schemas() -> None:
     register_configs()  # sim_schema (and sim.config's old demo_schema, replaced here)
     cs = ConfigStore.instance()
     for name, schema in APPS.items():
-        if name != "sim":
+        if name != "sim" and (only is None or name == only):
             cs.store(name=f"{name}_schema", node=schema)
 
 

@@ -130,3 +130,29 @@ def test_impossible_configs_are_one_line_errors(tmp_path, capsys, override, mess
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_single_run_composes_once_and_sweeps_still_ask_hydra(tmp_path, monkeypatch):
+    """A single run skips Hydra's mode probe (one composition, not two), runs in RUN mode, and
+    leaves ``Hydra.get_mode`` as it found it; ``-m`` still goes through Hydra's own probe."""
+    import yaml
+    from hydra._internal.hydra import Hydra
+
+    calls = []
+    original = Hydra.compose_config
+
+    def counting(self, *a, **k):
+        calls.append(k.get("run_mode"))
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Hydra, "compose_config", counting)
+    get_mode = Hydra.get_mode
+    assert cli_main(["sim", *ARGS, "workload.max_requests=2", f"hydra.run.dir={tmp_path / 'one'}"]) == 0
+    assert len(calls) == 1 and Hydra.get_mode is get_mode
+    hydra_yaml = yaml.safe_load((tmp_path / "one/.hydra/hydra.yaml").read_text())
+    assert hydra_yaml["hydra"]["mode"] == "RUN"
+    calls.clear()
+    assert cli_main(["sim", "-m", *ARGS, "workload.max_requests=2", "seed=1,2",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 0
+    assert len(calls) >= 2 and Hydra.get_mode is get_mode  # the probe, the sweep, its jobs
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) >= ["0", "1"]

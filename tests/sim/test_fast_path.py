@@ -202,6 +202,20 @@ def test_prefix_counts_match_direct():
         assert (C[b] - C[a]).tolist() == np.bincount(keys[a:b].ravel(), minlength=12).tolist()
 
 
+@pytest.mark.parametrize("rows", [255, 256, 257, 700])
+def test_prefix_counts_across_row_blocks(rows):
+    """Every row of the prefix counts, across the blocks the running sum is taken in (256 rows)
+    and with a key twice in a row, equals the counts taken row by row."""
+    rng = np.random.default_rng(rows)
+    keys = rng.integers(0, 9, size=(rows, 5)).astype(np.int16)
+    keys[::7, 1] = keys[::7, 0]
+    C = sim.layers.pool_prefix_counts(keys, 9)
+    direct = np.zeros((rows + 1, 9), dtype=np.int64)
+    for i in range(rows):
+        direct[i + 1] = direct[i] + np.bincount(keys[i], minlength=9)
+    assert C.dtype == np.int32 and C.tolist() == direct.tolist()
+
+
 def test_registries_cover_the_test():
     """A new cache or prefetch policy joins the comparison above (or is named here)."""
     assert set(ONLINE) == {n for n in CACHE.names() if not CACHE.get(n).requires_future}
