@@ -20,8 +20,9 @@ log pop[l] + correction[l]``, where ``correction`` is fitted so that every exper
 popularity matches the real one (the sharpened chain would otherwise concentrate on popular
 experts).
 
-Sampling is numpy over all tokens of a chunk of requests, a Python loop over layers only (the
-previous-token noise links are resolved by pointer jumping, not a loop over tokens).
+Sampling is numpy over all tokens of a chunk of requests, a Python loop over layers and blocks
+of :data:`BLOCK_ROWS` tokens only (the previous-token noise links are resolved by pointer
+jumping, not a loop over tokens).
 
 Fitting (:func:`traces.synth_fit.fit_params`): popularity and transition counts are exact
 integer counts of the real trace; ``beta``, ``sigma`` and ``rho`` are calibrated (Broyden
@@ -303,15 +304,15 @@ def sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
         for a in range(0, T, B):
             b = min(a + B, T)
             s, m = sbuf[: b - a], b - a
-            np.take(g, src[a:b], axis=0, out=s)  # (m, E)
+            np.take(g, src[a:b], axis=0, out=s, mode="clip")  # (m, E); in range: no check
             s += bias[l]
             if rs is not None:
-                s += rs[ridx[a:b]]
+                s += np.take(rs, ridx[a:b], axis=0, out=tbuf[:m], mode="clip")
             if P is not None:
                 acc, tmp = abuf[:m], tbuf[:m]  # sum of the rows of the previous layer's experts
-                np.take(P, prev[a:b, 0], axis=0, out=acc)
+                np.take(P, prev[a:b, 0], axis=0, out=acc, mode="clip")
                 for k in range(1, K):
-                    np.take(P, prev[a:b, k], axis=0, out=tmp)
+                    np.take(P, prev[a:b, k], axis=0, out=tmp, mode="clip")
                     acc += tmp
                 acc *= inv_k
                 np.log(acc, out=acc)
