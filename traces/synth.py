@@ -20,8 +20,9 @@ log pop[l] + correction[l]``, where ``correction`` is fitted so that every exper
 popularity matches the real one (the sharpened chain would otherwise concentrate on popular
 experts).
 
-Sampling is numpy over all tokens of a chunk of requests, a Python loop over layers only (the
-previous-token noise links are resolved by pointer jumping, not a loop over tokens).
+Sampling is numpy over all tokens of a chunk of requests, a Python loop over layers and blocks
+of :data:`BLOCK_ROWS` tokens only (the previous-token noise links are resolved by pointer
+jumping, not a loop over tokens).
 
 Fitting (:func:`traces.synth_fit.fit_params`): popularity and transition counts are exact
 integer counts of the real trace; ``beta``, ``sigma`` and ``rho`` are calibrated (Broyden
@@ -220,6 +221,45 @@ def _prev_links(pos: np.ndarray, rho: float, rng: np.random.Generator) -> tuple[
     return root, (np.cumsum(root) - 1)[ptr]
 
 
+def _topk_desc(s: np.ndarray, k: int) -> np.ndarray:
+    """(n, E) scores -> (n, k) indices of the k highest, highest first: exactly
+    ``np.argsort(s, axis=1)[:, : -k - 1 : -1]``. The values are sorted (a vectorised sort, much
+    cheaper than an argsort or argpartition); a row whose k + 1 highest values are strictly
+    increasing has one answer, its top k above the (k + 1)-th; a row with a tie there (or a NaN)
+    is argsorted whole, so that ties resolve as argsort resolves them."""
+    n, E = s.shape
+    if k >= E:
+        return np.argsort(s, axis=1)[:, : -k - 1: -1]
+    hi = np.sort(s, axis=1)[:, E - k - 1:]  # (n, k + 1): the boundary, then the top k ascending
+    good = (hi[:, 1:] > hi[:, :-1]).all(axis=1)
+    mask = s > hi[:, :1]
+    mask[~good] = False
+    idx = (np.flatnonzero(mask) % E).reshape(-1, k)  # good rows' top k, by expert id
+    top = np.empty((n, k), dtype=np.intp)
+    rows = np.flatnonzero(good)
+    v = s[rows[:, None], idx]
+    top[rows] = np.take_along_axis(idx, np.argsort(v, axis=1)[:, ::-1], axis=1)
+    if len(rows) < n:
+        bad = np.flatnonzero(~good)
+        top[bad] = np.argsort(s[bad], axis=1)[:, : -k - 1: -1]
+    return top
+
+
+#: rows of a chunk scored at a time when sampling (bounds the temporaries to ~ BLOCK_ROWS * E)
+BLOCK_ROWS = 1024
+
+
+def _gumbel(g: np.ndarray) -> None:
+    """Uniforms (float32, in place) -> Gumbel noise ``-log(-log(max(u, 1e-30)))``."""
+    for a in range(0, len(g), BLOCK_ROWS):
+        b = g[a:a + BLOCK_ROWS]
+        np.maximum(b, np.float32(1e-30), out=b)
+        np.log(b, out=b)
+        np.negative(b, out=b)
+        np.log(b, out=b)
+        np.negative(b, out=b)
+
+
 def sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
                   rng: np.random.Generator, target_share: np.ndarray | None = None,
                   ipf_iters: int = 6) -> np.ndarray:
@@ -230,7 +270,64 @@ def sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
     experts redrawn) so that the layer's expert shares match ``target_share[l]``; the request
     topics are then centred (token-weighted) so that the correction fits the expected shares,
     not the chance popularity shift of the requests drawn.
+
+    Without ``target_share`` the scores are computed :data:`BLOCK_ROWS` tokens at a time into
+    reused buffers (the same float operations in the same order, so the same experts).
     """
+    if target_share is not None:
+        return _sample_chunk_fit(tm, bias, lens, K, rng, target_share, ipf_iters)
+    L, E = bias.shape
+    n = len(lens)
+    T = int(lens.sum())
+    ridx = np.repeat(np.arange(n), lens)  # (T,)
+    pos = np.arange(T) - (np.cumsum(lens) - lens)[ridx]  # (T,)
+    out = np.empty((T, L, K), dtype=np.int16)  # (T, L, K)
+    prev = np.empty((T, K), dtype=np.intp)  # the previous layer's experts
+    cur = np.empty((T, K), dtype=np.intp)
+    beta, sigma = np.float32(tm.beta), np.float32(tm.sigma)
+    inv_k = np.float32(1.0 / K)
+    gbuf = np.empty(T * E, dtype=np.float32)  # the layer's noise, reused across layers
+    B = min(BLOCK_ROWS, T)
+    sbuf = np.empty((B, E), dtype=np.float32)
+    abuf = np.empty((B, E), dtype=np.float32)
+    tbuf = np.empty((B, E), dtype=np.float32)
+    for l in range(L):
+        root, src = _prev_links(pos, tm.rho, rng)
+        g = gbuf[: int(root.sum()) * E].reshape(-1, E)  # (roots, E) -> Gumbel
+        rng.random(dtype=np.float32, out=g)
+        _gumbel(g)
+        rs = None
+        if sigma > 0:
+            r = rng.standard_normal((n, E), dtype=np.float32)  # (n, E) request topic
+            rs = sigma * r
+        P = tm.trans[l - 1] if l > 0 and beta > 0 else None  # (E, E)
+        for a in range(0, T, B):
+            b = min(a + B, T)
+            s, m = sbuf[: b - a], b - a
+            np.take(g, src[a:b], axis=0, out=s, mode="clip")  # (m, E); in range: no check
+            s += bias[l]
+            if rs is not None:
+                s += np.take(rs, ridx[a:b], axis=0, out=tbuf[:m], mode="clip")
+            if P is not None:
+                acc, tmp = abuf[:m], tbuf[:m]  # sum of the rows of the previous layer's experts
+                np.take(P, prev[a:b, 0], axis=0, out=acc, mode="clip")
+                for k in range(1, K):
+                    np.take(P, prev[a:b, k], axis=0, out=tmp, mode="clip")
+                    acc += tmp
+                acc *= inv_k
+                np.log(acc, out=acc)
+                acc *= beta
+                s += acc
+            cur[a:b] = _topk_desc(s, K)  # (m, K) highest scores first
+        out[:, l] = cur
+        prev, cur = cur, prev
+    return out
+
+
+def _sample_chunk_fit(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
+                      rng: np.random.Generator, target_share: np.ndarray,
+                      ipf_iters: int) -> np.ndarray:
+    """:func:`sample_chunk` with ``target_share`` (fitting): the whole chunk at once."""
     L, E = bias.shape
     n = len(lens)
     T = int(lens.sum())
@@ -243,17 +340,12 @@ def sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
     for l in range(L):
         root, src = _prev_links(pos, tm.rho, rng)
         g = rng.random((int(root.sum()), E), dtype=np.float32)  # (roots, E) -> Gumbel
-        np.maximum(g, np.float32(1e-30), out=g)
-        np.log(g, out=g)
-        np.negative(g, out=g)
-        np.log(g, out=g)
-        np.negative(g, out=g)
+        _gumbel(g)
         s = g[src]  # (T, E)
         s += bias[l]
         if sigma > 0:
             r = rng.standard_normal((n, E), dtype=np.float32)  # (n, E) request topic
-            if target_share is not None:  # fitting: no net popularity shift from the topics drawn
-                r -= (lens[:, None] * r).sum(axis=0) / np.float32(T)
+            r -= (lens[:, None] * r).sum(axis=0) / np.float32(T)  # no net popularity shift
             s += sigma * r[ridx]
         if l > 0 and beta > 0:
             P = tm.trans[l - 1]  # (E, E)
@@ -264,14 +356,13 @@ def sample_chunk(tm: TaskModel, bias: np.ndarray, lens: np.ndarray, K: int,
             np.log(acc, out=acc)
             acc *= beta
             s += acc
-        if target_share is not None:
-            s -= bias[l]
-            for _ in range(ipf_iters):
-                top = np.argpartition(s + bias[l], E - K, axis=1)[:, E - K:]  # (T, K) the top-K set
-                share = (np.bincount(top.reshape(-1), minlength=E) + 0.5) / (T * K + 0.5 * E)
-                bias[l] += np.log(target_share[l] / share).astype(np.float32)
-            s += bias[l]
-        top = np.argsort(s, axis=1)[:, : -K - 1: -1]  # (T, K) highest scores first
+        s -= bias[l]
+        for _ in range(ipf_iters):
+            top = np.argpartition(s + bias[l], E - K, axis=1)[:, E - K:]  # (T, K) the top-K set
+            share = (np.bincount(top.reshape(-1), minlength=E) + 0.5) / (T * K + 0.5 * E)
+            bias[l] += np.log(target_share[l] / share).astype(np.float32)
+        s += bias[l]
+        top = _topk_desc(s, K)  # (T, K) highest scores first
         out[:, l] = top
         prev = top
     return out

@@ -223,3 +223,28 @@ def test_registries_cover_the_test():
     # next-layer prefetch walks layer by layer, off the array path
     assert set(PREFETCHES) | {"emoe_learned", "learned_next"} == {n for n in PREFETCH.names()
                                                   if not PREFETCH.get(n).requires_future}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_earlier_newer_dominance_count_equals_pairwise(monkeypatch, seed):
+    """The large-iteration count of keys used twice (ranks, layer blocks, binary searches) equals
+    the pairwise count on random iterations: accesses in serving order by GPU then layer,
+    distinct stamps, queries a subset of the residents."""
+    import sim.policies.cache._stamped as stamped
+
+    rng = np.random.default_rng(seed)
+    G, L = 5, 13
+    g = np.sort(rng.integers(0, G, 600))
+    layer = np.concatenate([np.sort(rng.integers(0, L, int((g == k).sum()))) for k in range(G)])
+    n = len(g)
+    gid = np.searchsorted(g, g, "left")  # each access's GPU's first position
+    first = np.array([np.flatnonzero((g == g[i]) & (layer == layer[i]))[0] for i in range(n)])
+    s = rng.permutation(10 * n)[:n] + 3
+    res = np.flatnonzero(rng.random(n) < 0.8)
+    q = res[rng.random(len(res)) < 0.6]
+    args = (res, s[res], gid[res], layer[res], q, s[q], gid[q], first[q], layer[q])
+    monkeypatch.setattr(stamped, "PAIRWISE_MAX", 10**9)
+    want = stamped._earlier_newer(*args)
+    monkeypatch.setattr(stamped, "PAIRWISE_MAX", 1)
+    got = stamped._earlier_newer(*args)
+    assert want.sum() > 0 and np.array_equal(np.asarray(got, dtype=np.int64), want)

@@ -109,3 +109,27 @@ def test_fit_calibrates_to_its_source():
     p = synth.params_from_dict(json.loads(json.dumps(d)))
     _check_routing(synth.sample_trace(p, 3, 20, np.random.default_rng(0)), src.num_layers,
                    src.num_experts, src.top_k, np.full(3, 20))
+
+
+@pytest.mark.parametrize("k", [1, 2, 8, 15, 16])
+def test_topk_desc_is_argsort_including_ties(k):
+    """The sampler's top-k (sort of the values, argsort only for rows with ties) picks exactly
+    what ``argsort(s)[:, :-k-1:-1]`` picks, ties at the boundary and inside the top k included."""
+    rng = np.random.default_rng(3)
+    s = rng.standard_normal((400, 16)).astype(np.float32)
+    s[::3] = np.round(s[::3] * 2) / 2  # many ties
+    s[5] = 1.0  # a constant row
+    s[7, :4] = np.nan
+    want = np.argsort(s, axis=1)[:, : -k - 1: -1]
+    assert np.array_equal(synth._topk_desc(s, k), want)
+
+
+def test_blocked_sampling_equals_whole_chunk(monkeypatch):
+    """Scoring BLOCK_ROWS tokens at a time gives the experts of scoring the chunk at once."""
+    p = synth.fitted_params("mixtral-8x7b")
+    tm = next(iter(p.tasks.values()))
+    lens = np.array([37, 1, 90, 12])
+    ref = synth.sample_chunk(tm, tm.bias(), lens, p.top_k, np.random.default_rng(5))
+    monkeypatch.setattr(synth, "BLOCK_ROWS", 7)
+    got = synth.sample_chunk(tm, tm.bias(), lens, p.top_k, np.random.default_rng(5))
+    assert np.array_equal(ref, got) and ref.shape == (140, p.num_layers, p.top_k)

@@ -269,28 +269,38 @@ def _earlier_newer(pos: np.ndarray, s: np.ndarray, gid: np.ndarray, layer: np.nd
     """For each query access (at ``qpos`` in serving order, stamp ``qs``): how many of the resident
     accesses (``pos``, ``s``, their GPU's first position ``gid``, ``layer``) of its GPU's earlier
     steps (positions ``qstart .. qfirst - 1``) have a larger stamp. Pairwise up to
-    :data:`PAIRWISE_MAX` ** 2 pairs, else by counts per layer in stamp order."""
+    :data:`PAIRWISE_MAX` ** 2 pairs, else as a dominance count: a GPU's earlier steps are its
+    layers below the query's, so the answer is the number of residents of the GPU with a larger
+    stamp and a lower layer. Residents ranked by GPU then decreasing stamp (stamps are distinct:
+    equal stamps are the same access, not counted), a query's newer residents are a rank range;
+    the layers below the query's split into at most log2(L) aligned blocks of 2**j layers, and
+    for each block size the residents sorted by (layer block, rank) count a range by two binary
+    searches: O(n log n log L), not O(n L)."""
     nq, nr = len(qpos), len(pos)
     if nq * nr <= PAIRWISE_MAX * PAIRWISE_MAX:
         p = pos[None, :]
         return ((p >= qstart[:, None]) & (p < qfirst[:, None]) & (s[None, :] > qs[:, None])).sum(axis=1)
-    # all resident accesses and the queries, by GPU then decreasing stamp (a query after the
-    # resident access it is: equal stamps are the same access)
-    L = int(max(layer.max(), qlayer.max())) + 1
-    a_s = np.concatenate([s, qs])
-    a_g = np.concatenate([gid, qstart])
-    a_l = np.concatenate([layer, qlayer])
-    is_q = np.concatenate([np.zeros(nr, dtype=bool), np.ones(nq, dtype=bool)])
-    order = np.lexsort((is_q, -a_s, a_g))
-    lo = a_l[order]
-    onehot = np.zeros((nr + nq, L), dtype=np.int32)
-    onehot[np.arange(nr + nq), lo] = ~is_q[order]  # only resident accesses are counted
-    cum = np.cumsum(onehot, axis=0, dtype=np.int32)  # (n, L) up to it in that order, per layer
-    at = np.empty(nr + nq, dtype=np.int64)
-    at[order] = np.arange(nr + nq)
-    qi = at[nr:]  # the queries' rows (a query counts nothing itself)
-    sg = a_g[order]
-    gfirst = np.searchsorted(sg, sg[qi], "left")  # first row of the query's GPU
-    base = np.where((gfirst > 0)[:, None], cum[np.maximum(gfirst - 1, 0)], 0)
-    per_layer = cum[qi] - base  # (nq, L) of the same GPU, before the query
-    return (per_layer * (np.arange(L)[None, :] < qlayer[:, None])).sum(axis=1)
+    s64, qs64 = s.astype(np.int64), qs.astype(np.int64)
+    smin = min(int(s64.min()), int(qs64.min()))
+    span = max(int(s64.max()), int(qs64.max())) - smin + 1
+    qg = qstart.astype(np.int64) * span
+    c = gid.astype(np.int64) * span + (span - 1 - (s64 - smin))  # by GPU, then decreasing stamp
+    order = np.argsort(c)
+    cs = c[order]
+    rank = np.empty(nr, dtype=np.int64)
+    rank[order] = np.arange(nr)
+    newer_end = np.searchsorted(cs, qg + (span - 1 - (qs64 - smin)), "left")  # ranks below: newer
+    gpu_first = np.searchsorted(cs, qg, "left")  # the first rank of the query's GPU
+    lay, ql = layer.astype(np.int64), qlayer.astype(np.int64)
+    out = np.zeros(nq, dtype=np.int64)
+    N = nr + 1
+    j, top = 0, int(ql.max())
+    while (1 << j) <= top:
+        sel = np.flatnonzero((ql >> j) & 1)  # layers below ql: the block of 2**j before ql >> j << j
+        if len(sel):
+            key = np.sort((lay >> j) * N + rank)
+            base = ((ql[sel] >> j) - 1) * N
+            out[sel] += (np.searchsorted(key, base + newer_end[sel], "left")
+                         - np.searchsorted(key, base + gpu_first[sel], "left"))
+        j += 1
+    return out
