@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from traces.synth import fitted_params, sample_trace
+from traces.synth import sample_trace
+from traces.synth_params import fitted_params
 
 
 def main() -> None:

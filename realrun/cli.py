@@ -58,7 +58,8 @@ def _trace(cfg: Any):
     if n < 1 or cfg.trace.tokens_per_request < 1:
         raise ConfigError(f"workload.num_requests={n} and trace.tokens_per_request="
                           f"{cfg.trace.tokens_per_request}; both must be >= 1 (or give trace.path)")
-    from traces.synth import fitted_params, sample_trace
+    from traces.synth import sample_trace
+    from traces.synth_params import fitted_params
 
     rng = np.random.default_rng(cfg.seed)
     return limit_requests(sample_trace(fitted_params(cfg.trace.generator), int(n),

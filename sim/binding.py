@@ -106,7 +106,8 @@ def build_pool(model: ModelConfig, trace: TraceConfig, tasks: list[str],
         check_pool(pool, model, trace.path)
         return pool
     try:
-        from traces.synth import load_params, sample_trace
+        from traces.synth import sample_trace
+        from traces.synth_params import load_params
     except ImportError as exc:
         raise ConfigError(f"the routing generator (traces.synth) is not available ({exc}); "
                           f"give a real routing trace with trace.path=FILE") from None

@@ -81,7 +81,8 @@ def _replay(cfg: Any, out: Path) -> None:
     """The same generator's routing through ``moesim cache``'s replay (hit rate vs memory)."""
     from sim.files import atomic_write_bytes
     from sim.replay import run_replay
-    from traces.synth import load_params, sample_trace
+    from traces.synth import sample_trace
+    from traces.synth_params import load_params
 
     params = load_params(cfg.trace.generator or cfg.model.name)
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[2])

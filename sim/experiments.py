@@ -66,7 +66,8 @@ def routing_trace(cfg: Any) -> tuple[Any, str, bool]:
         trace = limit_requests(read_trace(require_file(cfg.trace.path, "trace.path")),
                                cfg.replay_requests, "replay_requests")
         return trace, f"real routing trace {cfg.trace.path}", True
-    from traces.synth import load_params, sample_trace
+    from traces.synth import sample_trace
+    from traces.synth_params import load_params
 
     name = cfg.trace.generator or cfg.model.name
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[2])

@@ -95,7 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
     syn = sub.add_parser("synth", help="sample a synthetic routing trace")
     syn.add_argument("--kind", choices=["fitted", "uniform", "zipf"], default="fitted")
     syn.add_argument("--params", default="deepseek-v2-lite",
-                     help="fitted parameters: a shipped name (traces.synth.SHIPPED) or a JSON file")
+                     help="fitted parameters: a shipped name (traces.synth_params.SHIPPED) or a JSON file")
     syn.add_argument("--zipf-a", type=float, default=1.2, help="Zipf exponent for --kind zipf")
     syn.add_argument("--requests", type=int, default=16)
     syn.add_argument("--tokens-per-request", type=int, default=128)
@@ -246,7 +246,8 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     import numpy as np
 
     from traces.format import write_trace
-    from traces.synth import load_params, sample_baseline, sample_trace
+    from traces.synth import sample_baseline, sample_trace
+    from traces.synth_params import load_params
 
     if a.requests < 1 or a.tokens_per_request < 1:
         raise MoesimError("--requests and --tokens-per-request must be >= 1")

@@ -13,17 +13,9 @@ from typing import Any
 import numpy as np
 
 from traces.format import RoutingTrace, TraceMeta, expert_counts
-from traces.synth import (
-    SCHEMA,
-    VERSION,
-    SynthParams,
-    TaskModel,
-    make_trace,
-    sample_chunk,
-    sample_task,
-    smoothed_probs,
-    task_model,
-)
+from traces.synth import make_trace
+from traces.synth_params import SCHEMA, VERSION, SynthParams, TaskModel, smoothed_probs, task_model
+from traces.synth_sample import sample_chunk, sample_task
 
 # ------------------------------------------------------------------------------------------------
 # fitting

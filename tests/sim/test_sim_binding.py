@@ -51,7 +51,7 @@ def test_build_pool_from_a_trace_file_checks_the_model(tmp_path):
 
 def test_generated_pool_is_deterministic_under_the_seed():
     pytest.importorskip("traces.synth")
-    from traces.synth import fitted_params
+    from traces.synth_params import fitted_params
 
     fitted_params("deepseek-v2-lite")  # shipped in the wheel: failing to load them is a failure
     from sim.config import ModelConfig

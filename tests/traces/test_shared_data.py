@@ -52,7 +52,8 @@ def test_mixtral_import_reports_missing(tmp_path, capsys):
 @pytest.mark.slow
 def test_generator_matches_deepseek_within_10_percent(deepseek):
     from traces.stats import cross_layer_stats, popularity_stats, reuse_stats
-    from traces.synth import fitted_params, sample_trace
+    from traces.synth import sample_trace
+    from traces.synth_params import fitted_params
 
     lens = np.diff(deepseek.request_bounds())
     syn = sample_trace(fitted_params("deepseek-v2-lite"), len(lens), lens, np.random.default_rng(0))

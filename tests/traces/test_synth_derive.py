@@ -13,7 +13,7 @@ import pytest
 from sim.errors import MoesimError
 from traces.format import expert_counts
 from traces.stats import cross_layer_stats, gini
-from traces.synth import fitted_params, load_params, sample_trace
+from traces.synth import sample_trace
 from traces.synth_derive import (
     NEAREST,
     calibration_lengths,
@@ -23,6 +23,7 @@ from traces.synth_derive import (
     layer_maps,
     model_config,
 )
+from traces.synth_params import fitted_params, load_params
 
 #: fresh samples' statistics (mean of two) against the source's real ones (the derivation
 #: calibrates to 2.5 % on its own samples; samples of other seeds add their chance error)
