@@ -4,6 +4,7 @@ tests/traces/cli_helpers.py)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def slot_counts(plan, L, G):
@@ -16,3 +17,11 @@ def slot_counts(plan, L, G):
             for g in gpus:
                 s[l, g] += 1
     return s
+
+
+def assert_log(got, want):
+    """A Recorder's events equal the wanted (name, kind, gpu, start, end) rows, in order, the times
+    to 1e-12."""
+    assert [e[:3] for e in got] == [w[:3] for w in want]
+    for g, w in zip(got, want):
+        assert g[3:] == pytest.approx(w[3:], abs=1e-12), (g, w)
