@@ -53,7 +53,11 @@ def _finish(rep: Report, out: Path, title: str) -> Path:
     return md
 
 
-def _head(rep: Report, res: dict[str, Any], title: str) -> None:
+def _start(res: dict[str, Any], out: Path, title: str) -> Report:
+    """A report in ``out`` (created) headed by the title, the command, the routing and the
+    paper-against-ours table."""
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Report(out, command_line())
     rep.h(title, 1)
     rep.p(f"Regenerate: `{rep.command}`")
     src = res["source"]
@@ -61,13 +65,12 @@ def _head(rep: Report, res: dict[str, Any], title: str) -> None:
           "trace.path=FILE (e.g. DeepSeek-V2-Lite imported from ../shared/data) for real routing."))
     rep.h("Paper against ours")
     rep.table(pd.DataFrame(res["paper_vs_ours"]))
+    return rep
 
 
 # ------------------------------------------------------------------------------------------------
 def write_emoe_report(res: dict[str, Any], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    rep = Report(out, command_line())
-    _head(rep, res, "eMoE (Tairin et al.) reproduced")
+    rep = _start(res, out, "eMoE (Tairin et al.) reproduced")
     rep.p("Differences in setting: eMoE ran Mixtral/OpenMoE on 4x A100-40GB and measured output "
           "similarity; here DeepSeek-V2-Lite (64 experts, top-6) on one simulated A100-40GB. "
           "'Routing fidelity' is the share of expert choices served by the expert the trace chose; "
@@ -173,9 +176,7 @@ def write_emoe_report(res: dict[str, Any], out: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------
 def write_huang_report(res: dict[str, Any], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    rep = Report(out, command_line())
-    _head(rep, res, "Huang et al. (NeurIPS 2024) reproduced")
+    rep = _start(res, out, "Huang et al. (NeurIPS 2024) reproduced")
     rep.p("Differences in setting: Huang et al. ran a 52B LM MoE (512 experts, top-2) and NLLB "
           "(128 experts) on 8x V100; here DeepSeek-V2-Lite's routing (64 experts, top-6). No GPU "
           "was used: gating times are the analytic cost model's estimate.")

@@ -20,27 +20,15 @@ from sim.policies.base import PrefetchContext
 from sim.policies.prefetch.noisy_oracle import corrupt
 from sim.replay import replay_plain
 from sim.testing import StubCost, pool_from_rows, tiny_config, workload
-from traces.format import RoutingTrace, TraceMeta, make_tokens, write_trace
+from tests.predictor_helpers import synth_trace as predictor_synth_trace
+from tests.predictor_helpers import train_tiny
+from traces.format import RoutingTrace, write_trace
 
 
-def synth_trace(num_prompts: int = 12, L: int = 4, E: int = 16, K: int = 2, seed: int = 0,
-                model: str = "synth") -> RoutingTrace:
-    """Routing that depends on the token piece: learnable by the per-token predictor."""
-    rng = np.random.default_rng(seed)
-    pieces = [f"w{i}" for i in range(10)]
-    table = np.stack([rng.permutation(E)[:K] for _ in range(len(pieces) * L)]).reshape(
-        len(pieces), L, K)
-    ex, text, rid, pos = [], [], [], []
-    for r in range(num_prompts):
-        n = int(rng.integers(4, 10))
-        ids = rng.integers(0, len(pieces), n)
-        ex.append(table[ids])
-        text += [pieces[i] for i in ids]
-        rid += [f"p{r}"] * n
-        pos += list(range(n))
-    return RoutingTrace(np.concatenate(ex).astype(np.int16), None,
-                        make_tokens(rid, pos, "prefill", "chat", text),
-                        TraceMeta(model, L, E, K, "test"))
+def synth_trace(num_prompts: int = 12, **kw) -> RoutingTrace:
+    """The predictor tests' learnable trace at this module's size: 10 pieces, prompts of 4-9
+    tokens."""
+    return predictor_synth_trace(num_prompts, pieces=10, lengths=(4, 10), **kw)
 
 
 def _sim(tr: RoutingTrace, prefetch: str, args: dict | None = None, fraction: float = 0.5,
@@ -164,13 +152,8 @@ def tiny_checkpoint(tmp_path_factory):
     d = tmp_path_factory.mktemp("dial")
     path = d / "synth.parquet"
     write_trace(synth_trace(num_prompts=16, L=26, E=64, K=6, model="deepseek-v2-lite"), path)
-    run = d / "train"
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={path}",
-           "predictor=tiny", "predictor.token.mode=token_layers", "predictor.token.epochs=2",
-           f"hydra.run.dir={run}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return path, run / "checkpoint"
+    return path, train_tiny(path, d / "train", "predictor.token.mode=token_layers",
+                            "predictor.token.epochs=2", timeout=300)
 
 
 def test_table_is_cached_and_learned_next_charges_its_time(tiny_checkpoint):
@@ -237,9 +220,10 @@ def test_accuracy_and_prefetch_experiments_run_end_to_end(tiny_checkpoint, tmp_p
     rows = list(csv.DictReader((d / "prefetch.csv").open()))
     assert [r["series"] for r in rows] == ["lru", "learned_next", "learned_free", "noisy_oracle",
                                            "perfect"] * 2
-    for r in rows:
-        if r["series"] == "perfect" and r["share_of_perfect_stall_reduction"]:
-            assert float(r["share_of_perfect_stall_reduction"]) == pytest.approx(1.0)
+    perfect = [r["share_of_perfect_stall_reduction"] for r in rows if r["series"] == "perfect"]
+    assert any(perfect), perfect  # blank where perfect prefetch stalled no less than LRU
+    for share in filter(None, perfect):
+        assert float(share) == pytest.approx(1.0)
     text = (d / "summary.md").read_text()
     assert "of perfect prefetch's stall reduction" in text and (d / "prefetch.png").exists()
 

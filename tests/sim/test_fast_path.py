@@ -125,10 +125,11 @@ def test_random_scenarios_same_metrics(s):
     try:
         _, j_fast, _, j_slow = _both(make, seed=s["seed"], tokens=s["tokens"])
     except Exception as exc:  # a config the simulator rejects is rejected by both paths alike
-        with pytest.raises(type(exc)):
-            cfg = make()
-            cfg.policy.cache_arrays = False
-            _sim(cfg, seed=s["seed"], tokens=s["tokens"])
+        for arrays in (True, False):
+            with pytest.raises(type(exc)):
+                cfg = make()
+                cfg.policy.cache_arrays = arrays
+                _sim(cfg, seed=s["seed"], tokens=s["tokens"])
         return
     assert j_fast == j_slow
 

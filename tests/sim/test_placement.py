@@ -7,20 +7,11 @@ import json
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sim_test_helpers import slot_counts
 
 from sim.policies import PLACEMENT
 from sim.policies.placement.exhaustive import best_layer
 from sim.policies.placement.rebalance import moves
-
-
-def _slots(plan, L, G):
-    s = np.zeros((L, G), dtype=np.int64)
-    for l in range(L):
-        for gpus in plan.replicas[l]:
-            assert len(set(gpus)) == len(gpus) >= 1
-            for g in gpus:
-                s[l, g] += 1
-    return s
 
 
 @settings(max_examples=60, deadline=None)
@@ -42,7 +33,7 @@ def test_eplb_never_exceeds_slot_count(G, per, R_mult, nodes, seed):
             PLACEMENT.make("eplb", num_gpus=G, num_redundant=R, num_nodes=nodes).place(load)
         return
     plan = PLACEMENT.make("eplb", num_gpus=G, num_redundant=R, num_nodes=nodes).place(load)
-    s = _slots(plan, 3, G)
+    s = slot_counts(plan, 3, G)
     assert (s <= (E + R) // G).all()
     assert s.sum() == 3 * (E + R)
     # hot experts got the replicas: the hottest has at least as many as the coldest

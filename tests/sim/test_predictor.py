@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from sim.predictor.data import Vocab, multi_hot, split_prompts, top_m, windows
 from sim.predictor.metrics import predict_previous_prompt, predict_transition, set_metrics
-from traces.format import RoutingTrace, TraceMeta, make_tokens, write_trace
-
-
-def synth_trace(num_prompts: int = 40, L: int = 4, E: int = 16, K: int = 2, seed: int = 0
-                ) -> RoutingTrace:
-    """Routing that depends on the token piece (and the previous piece): learnable."""
-    rng = np.random.default_rng(seed)
-    pieces = [f"w{i}" for i in range(12)]
-    table = np.stack([rng.permutation(E)[:K] for _ in range(len(pieces) * L)]).reshape(
-        len(pieces), L, K)
-    ex, text, rid, pos = [], [], [], []
-    for r in range(num_prompts):
-        n = int(rng.integers(3, 12))
-        ids = rng.integers(0, len(pieces), n)
-        ex.append(table[ids])
-        text += [pieces[i] for i in ids]
-        rid += [f"p{r}"] * n
-        pos += list(range(n))
-    experts = np.concatenate(ex).astype(np.int16)
-    return RoutingTrace(experts, None, make_tokens(rid, pos, "prefill", "chat", text),
-                        TraceMeta("synth", L, E, K, "test"))
+from tests.predictor_helpers import eval_ok, predictor_cli, synth_trace, train_tiny
+from traces.format import RoutingTrace, write_trace
 
 
 def test_split_is_by_prompt_deterministic_and_keeps_duplicates_together():
@@ -102,18 +81,10 @@ def test_train_and_eval_cli_on_a_small_slice(tmp_path):
     per-token predictor must learn the piece -> experts map (beating every baseline)."""
     path = tmp_path / "synth.parquet"
     write_trace(synth_trace(num_prompts=60), path)
-    run = tmp_path / "train"
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={path}",
-           "predictor=tiny", "predictor.token.epochs=6", f"hydra.run.dir={run}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    ck = run / "checkpoint"
+    ck = train_tiny(path, tmp_path / "train", "predictor.token.epochs=6")
     assert (ck / "token.safetensors").exists() and (ck / "config.json").exists()
     ev = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval", f"checkpoint={ck}",
-           f"trace.path={path}", "split=test", "staleness_periods=[1,4]", f"hydra.run.dir={ev}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    eval_ok(ck, path, ev, "split=test", "staleness_periods=[1,4]")
     m = json.loads((ev / "metrics.json").read_text())
     for key in ("f1", "precision", "recall", "baselines_f1"):
         assert key in m
@@ -172,9 +143,8 @@ def test_train_and_eval_cli_on_a_small_slice(tmp_path):
 def test_eval_rejects_missing_checkpoint(tmp_path):
     path = tmp_path / "synth.parquet"
     write_trace(synth_trace(num_prompts=5), path)
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval", f"checkpoint={tmp_path / 'nope'}",
-           f"trace.path={path}", f"hydra.run.dir={tmp_path / 'ev'}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    out = predictor_cli("eval", f"checkpoint={tmp_path / 'nope'}", f"trace.path={path}",
+                        f"hydra.run.dir={tmp_path / 'ev'}", timeout=60)
     assert out.returncode == 2 and "not a predictor checkpoint" in out.stderr
 
 
@@ -269,15 +239,16 @@ def test_token_layers_learns_cross_layer_routing():
 def test_train_rejects_impossible_settings(tmp_path):
     path = tmp_path / "synth.parquet"
     write_trace(synth_trace(num_prompts=5), path)
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={path}",
-           "predictor=tiny", "predictor.token.epochs=0", f"hydra.run.dir={tmp_path / 'tr'}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    def train(setting):
+        return predictor_cli("train", f"trace.path={path}", "predictor=tiny", setting,
+                             f"hydra.run.dir={tmp_path / 'tr'}", timeout=60)
+
+    out = train("predictor.token.epochs=0")
     assert out.returncode == 2
     assert out.stderr.strip() == ("moesim predictor train: error: predictor.token.epochs=0; "
                                   "expected an integer >= 1")
     assert not (tmp_path / "tr" / "checkpoint").exists()
-    cmd[-2] = "predictor.token.decode_prev_token=later"
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    out = train("predictor.token.decode_prev_token=later")
     assert out.returncode == 2 and out.stderr.strip() == (
         "moesim predictor train: error: predictor.token.decode_prev_token=later; expected lower, "
         "same or none")
@@ -473,20 +444,14 @@ def test_default_train_on_mixed_phases_reports_each_phase(tmp_path):
     path = tmp_path / "mixed.parquet"
     write_trace(_mixed_phase_trace(num_prompts=60), path)
     run = tmp_path / "train"
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={path}",
-           "predictor=tiny", "predictor.token.epochs=6", f"hydra.run.dir={run}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    train_tiny(path, run, "predictor.token.epochs=6")
     ck = json.loads((run / "checkpoint" / "config.json").read_text())
     tm = ck["token_model"]
     assert tm["mode"] == "phased" and tm["prefill"]["mode"] == "prefill_layers"
     assert tm["decode"]["mode"] == "token_layers" and tm["decode"]["prev_token"] == "same"
     assert "prefill tokens" in tm["trained_on"]["prefill"] and "decode and" in tm["trained_on"]["decode"]
     ev = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval", f"checkpoint={run / 'checkpoint'}",
-           f"trace.path={path}", "split=test", "staleness_periods=[1]", f"hydra.run.dir={ev}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = eval_ok(run / "checkpoint", path, ev, "split=test", "staleness_periods=[1]")
     ph = json.loads((ev / "metrics.json").read_text())["token"]["phases"]
     assert set(ph) == {"overall", "prefill", "decode"}
     assert ph["prefill"]["n"] + ph["decode"]["n"] == ph["overall"]["n"]
@@ -512,12 +477,9 @@ def test_absent_phase_refuse_trains_the_same_prefill_head_and_refuses_decode(tmp
     write_trace(synth_trace(num_prompts=20), only)
     heads = {}
     for absent in ("other", "refuse"):
-        cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={only}",
-               "predictor=tiny", "predictor.token.epochs=1", "predictor.prompt.epochs=1",
-               f"predictor.absent_phase={absent}", f"hydra.run.dir={tmp_path / absent}"]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        heads[absent] = load_file(tmp_path / absent / "checkpoint" / "token.safetensors")
+        ck = train_tiny(only, tmp_path / absent, "predictor.token.epochs=1",
+                        "predictor.prompt.epochs=1", f"predictor.absent_phase={absent}")
+        heads[absent] = load_file(ck / "token.safetensors")
     tm = json.loads((tmp_path / "other" / "checkpoint" / "config.json").read_text())["token_model"]
     assert "no decode tokens" in tm["trained_on"]["decode"]  # the default: learnt from prefill
     pre = {k for k in heads["other"] if k.startswith("prefill.")}
@@ -527,9 +489,7 @@ def test_absent_phase_refuse_trains_the_same_prefill_head_and_refuses_decode(tmp
     assert tm["decode"] is None and "not trained" in tm["trained_on"]["decode"]
     mixed = tmp_path / "mixed.parquet"
     write_trace(_mixed_phase_trace(num_prompts=6), mixed)
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval",
-           f"checkpoint={tmp_path / 'refuse' / 'checkpoint'}", f"trace.path={mixed}", "split=all",
-           f"hydra.run.dir={tmp_path / 'ev'}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = predictor_cli("eval", f"checkpoint={tmp_path / 'refuse' / 'checkpoint'}",
+                        f"trace.path={mixed}", "split=all", f"hydra.run.dir={tmp_path / 'ev'}")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "no decode head" in out.stderr and "absent_phase=refuse" in out.stderr

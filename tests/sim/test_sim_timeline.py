@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_test_helpers import assert_log
 
 from sim.binding import bind
 from sim.engine import Policies, Recorder, Simulation
@@ -17,12 +18,6 @@ def _run(cfg, wl, pool, cost):
     sim = Simulation(cfg, wl, pool, b, cost, np.random.default_rng(0), recorder=rec)
     sim.run()
     return sim, rec.events, compute_metrics(sim)
-
-
-def _assert_log(got, want):
-    assert [e[:3] for e in got] == [w[:3] for w in want]
-    for g, w in zip(got, want):
-        assert g[3:] == pytest.approx(w[3:], abs=1e-12), (g, w)
 
 
 def test_one_gpu_lru_misses_wait_for_copies():
@@ -48,7 +43,7 @@ def test_one_gpu_lru_misses_wait_for_copies():
         ("copy L1 x1", "copy", 0, 0.021, 0.024),
         ("experts L1", "compute", 0, 0.024, 0.026),
     ]
-    _assert_log(log, want)
+    assert_log(log, want)
     assert m["requests_completed"] == 1
     assert m["ttft_s"]["p50"] == pytest.approx(0.014)
     assert m["e2e_s"]["p50"] == pytest.approx(0.026)
@@ -85,7 +80,7 @@ def test_two_gpus_pay_all_to_all_and_overlap_copies():
         ("a2a combine L1", "all_to_all", 0, 0.010, 0.0105),
         ("a2a combine L1", "all_to_all", 1, 0.010, 0.0105),
     ]
-    _assert_log(log, want)
+    assert_log(log, want)
     assert m["requests_completed"] == 1 and m["e2e_s"]["p50"] == pytest.approx(0.0105)
 
 
@@ -114,7 +109,7 @@ def test_next_layer_prefetch_runs_ahead_of_the_layer():
         ("attention L1", "compute", 0, 0.003, 0.004),
         ("experts L1", "compute", 0, 0.004, 0.006),  # no miss: 3 ms sooner than fetching on demand
     ]
-    _assert_log(rec.events, want)
+    assert_log(rec.events, want)
     m = compute_metrics(sim)
     assert m["prefetch"] == {"issued": 1, "used": 1} and m["expert_misses"] == 0
     assert m["e2e_s"]["p50"] == pytest.approx(0.006)

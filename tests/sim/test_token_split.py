@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sim_test_helpers import slot_counts
 
 from sim.errors import ConfigError
 from sim.policies import PLACEMENT
@@ -128,16 +129,6 @@ def test_split_rejects_bad_input():
         split_tokens(np.zeros((1, 2), dtype=np.int64), hold, passes=0)
 
 
-def _slots(plan, L, G):
-    s = np.zeros((L, G), dtype=np.int64)
-    for l in range(L):
-        for gpus in plan.replicas[l]:
-            assert len(set(gpus)) == len(gpus) >= 1
-            for g in gpus:
-                s[l, g] += 1
-    return s
-
-
 @pytest.mark.parametrize("history", [False, True])
 def test_split_placement_slots_and_connected_replicas(history):
     rng = np.random.default_rng(3)
@@ -147,7 +138,7 @@ def test_split_placement_slots_and_connected_replicas(history):
     if history:
         pol.fit_history(hist)
     plan = pol.place(hist.sum(axis=0))
-    assert (_slots(plan, L, G) == (E + R) // G).all()  # equal slots per GPU
+    assert (slot_counts(plan, L, G) == (E + R) // G).all()  # equal slots per GPU
     for l in range(L):
         n = np.array([len(r) for r in plan.replicas[l]])
         assert n.sum() == E + R and set(n.tolist()) <= {1, 2}

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 import tiny_moe  # noqa: E402  (tests/traces helper)
 
+from tests.predictor_helpers import eval_ok, predictor_cli, train_tiny  # noqa: E402
 from traces.capture import capture, hidden_path  # noqa: E402
 from traces.format import read_trace  # noqa: E402
 
@@ -36,13 +35,7 @@ def test_predictor_takes_hidden_states_of_a_capture(tmp_path):
             chunk_prompts=8, log=lambda s: None)
     tr = read_trace(out)
     assert hidden_path(out).exists() and tr.weights is not None
-    run = tmp_path / "train"
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={out}",
-           "predictor=tiny", "predictor.token.epochs=1", "predictor.prompt.epochs=1",
-           f"hydra.run.dir={run}"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    ck = run / "checkpoint"
+    ck = train_tiny(out, tmp_path / "train", "predictor.token.epochs=1", "predictor.prompt.epochs=1")
     tm = json.loads((ck / "config.json").read_text())["token_model"]
     assert tm["hidden_size"] == 32 and tm["gate_weights"] is True
     assert tm["prefill"]["hidden_size"] == tm["decode"]["hidden_size"] == 32
@@ -79,15 +72,12 @@ def test_predictor_takes_hidden_states_of_a_capture(tmp_path):
 
     # eval on the capture: both phases reported; the same trace without its hidden file: refused
     ev = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "sim.cli", "predictor", "eval", f"checkpoint={ck}",
-           f"trace.path={out}", "split=all", "staleness_periods=[1]", f"hydra.run.dir={ev}"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
+    eval_ok(ck, out, ev, "split=all", "staleness_periods=[1]")
     ph = json.loads((ev / "metrics.json").read_text())["token"]["phases"]
     assert set(ph) == {"overall", "prefill", "decode"}
     bare = tmp_path / "bare" / "t.parquet"
     bare.parent.mkdir()
     shutil.copy(out, bare)
-    cmd[6] = f"trace.path={bare}"
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = predictor_cli("eval", f"checkpoint={ck}", f"trace.path={bare}", "split=all",
+                        "staleness_periods=[1]", f"hydra.run.dir={ev}")
     assert res.returncode == 2 and "hidden states" in res.stderr and "t.hidden.safetensors" in res.stderr
