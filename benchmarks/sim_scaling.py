@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import shlex
@@ -184,11 +185,14 @@ def main() -> int:
                   f"{r['sim_s_per_wall_s']:>12.1f} {r['user_cpu_s']:>7.1f} {r['sim_s_per_cpu_s']:>11.1f} "
                   f"{r['peak_rss_mib']:>12.0f}",
                   flush=True)
-    with open(out / "scaling.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*FIELDS, "command_wall_s"])
-        w.writeheader()
-        w.writerows(rows)
-    (out / "command.txt").write_text(caption + "\n")
+    from sim.files import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*FIELDS, "command_wall_s"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(buf.getvalue().encode(), out / "scaling.csv")
+    atomic_write_bytes((caption + "\n").encode(), out / "command.txt")
     plot(rows, out / "scaling.png", caption, a.y)
     print(f"wrote {out / 'scaling.csv'} and {out / 'scaling.png'} (load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs)")
