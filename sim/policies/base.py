@@ -82,6 +82,12 @@ class PrefetchPolicy:
     def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
         self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
         self.cfg = cfg if cfg is not None else type(self).Config()
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027
+        """A policy's own state and the checks of its ``cfg``: called once by the constructor,
+        after ``num_layers``, ``num_experts``, ``top_k`` and ``cfg`` are set (so a policy
+        overrides this, not ``__init__``)."""
 
     def set_trace(self, trace: Any) -> None:
         if self.requires_future:
