@@ -78,6 +78,9 @@ class PrefetchPolicy:
     plans_requests: ClassVar[bool] = False
     predicts_next_layer: ClassVar[bool] = False
     observes: ClassVar[bool] = False
+    #: a next-layer policy that reads the batch's routing rows in the simulator (the oracles,
+    #: ``learned_next``): it defines ``set_routing(experts)`` and ``batch(rows)``
+    batch_rows: ClassVar[bool] = False
 
     def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
         self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k

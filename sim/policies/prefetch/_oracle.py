@@ -8,7 +8,7 @@ tokens (``batch``); its truth for layer l+1 is then the union of those rows' exp
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +18,6 @@ from sim.policies.base import PrefetchContext, PrefetchPolicy
 
 class TraceOracle(PrefetchPolicy):
     requires_future = True
-    #: runs in the simulator too, reading the batch's routing rows (``set_routing`` / ``batch``)
-    batch_rows: ClassVar[bool] = False
 
     def setup(self) -> None:
         self._ex: np.ndarray | None = None
