@@ -170,6 +170,11 @@ class PlacementPolicy(ABC):
             raise ConfigError(f"num_gpus must be positive, got {num_gpus}")
         self.num_gpus = num_gpus
         self.cfg = cfg if cfg is not None else type(self).Config()
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027
+        """A policy's own state and the checks of its ``cfg``: called once by the constructor,
+        after ``num_gpus`` and ``cfg`` are set (so a policy overrides this, not ``__init__``)."""
 
     @abstractmethod
     def place(self, load: np.ndarray) -> Placement:
