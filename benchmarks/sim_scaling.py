@@ -52,15 +52,15 @@ def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x]
 
 
-def requests_in_window(paths: list[str], rate: float, window_s: float) -> int:
-    """Requests of the merged trace arriving in the first ``window_s`` simulated seconds at
-    ``rate`` times the recorded rate."""
+def requests_in_window(paths: list[str], rates: list[float], window_s: float) -> dict[float, int]:
+    """Per rate: the requests of the merged trace (read once) arriving in the first ``window_s``
+    simulated seconds at ``rate`` times the recorded rate."""
     import numpy as np
 
     from traces.request_import import load_workloads
 
-    a = load_workloads(paths)["arrival_s"].to_numpy() / rate
-    return int(np.searchsorted(a, window_s, side="left"))
+    arrival = load_workloads(paths)["arrival_s"].to_numpy()
+    return {rate: int(np.searchsorted(arrival / rate, window_s, side="left")) for rate in rates}
 
 
 def run_point(gpus: int, ep: int, rate: float, n_req: int, a: argparse.Namespace) -> dict:
@@ -172,7 +172,7 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
-    counts = {rate: requests_in_window(a.traces, rate, a.window) for rate in rates}
+    counts = requests_in_window(a.traces, rates, a.window)
     head = f"{'GPUs':>5} {'rate':>5} {'requests':>8} {'sim s':>8} {'wall s':>8} {'sim s/wall s':>12} " \
            f"{'user s':>7} {'sim s/CPU s':>11} {'peak RSS MiB':>12}"
     print(head, flush=True)
