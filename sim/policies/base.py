@@ -176,6 +176,11 @@ class PlacementPolicy(ABC):
         """A policy's own state and the checks of its ``cfg``: called once by the constructor,
         after ``num_gpus`` and ``cfg`` are set (so a policy overrides this, not ``__init__``)."""
 
+    def fit_history(self, history: np.ndarray) -> None:  # noqa: B027
+        """Per-batch expert loads (B, L, E) of the planning window, given before :meth:`place`; a
+        policy that learns from them (``anticorr``, ``split``, ``rebalance``) overrides this, the
+        others ignore them."""
+
     @abstractmethod
     def place(self, load: np.ndarray) -> Placement:
         """``load`` (L, E): tokens routed to each expert in the planning window."""

@@ -56,8 +56,7 @@ class PeriodicRebalance(PlacementPolicy):
     def fit_history(self, history: np.ndarray) -> None:
         """Per-batch loads (B, L, E) of the planning window, handed to an inner policy that learns
         from them (``anticorr``, ``split``); the replans hand it their window the same way."""
-        if hasattr(self.inner, "fit_history"):
-            self.inner.fit_history(history)
+        self.inner.fit_history(history)
 
     def place(self, load: np.ndarray) -> Placement:
         self.current = self.inner.place(load)
