@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import shlex
@@ -51,15 +52,15 @@ def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x]
 
 
-def requests_in_window(paths: list[str], rate: float, window_s: float) -> int:
-    """Requests of the merged trace arriving in the first ``window_s`` simulated seconds at
-    ``rate`` times the recorded rate."""
+def requests_in_window(paths: list[str], rates: list[float], window_s: float) -> dict[float, int]:
+    """Per rate: the requests of the merged trace (read once) arriving in the first ``window_s``
+    simulated seconds at ``rate`` times the recorded rate."""
     import numpy as np
 
     from traces.request_import import load_workloads
 
-    a = load_workloads(paths)["arrival_s"].to_numpy() / rate
-    return int(np.searchsorted(a, window_s, side="left"))
+    arrival = load_workloads(paths)["arrival_s"].to_numpy()
+    return {rate: int(np.searchsorted(arrival / rate, window_s, side="left")) for rate in rates}
 
 
 def run_point(gpus: int, ep: int, rate: float, n_req: int, a: argparse.Namespace) -> dict:
@@ -171,7 +172,7 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
-    counts = {rate: requests_in_window(a.traces, rate, a.window) for rate in rates}
+    counts = requests_in_window(a.traces, rates, a.window)
     head = f"{'GPUs':>5} {'rate':>5} {'requests':>8} {'sim s':>8} {'wall s':>8} {'sim s/wall s':>12} " \
            f"{'user s':>7} {'sim s/CPU s':>11} {'peak RSS MiB':>12}"
     print(head, flush=True)
@@ -184,11 +185,14 @@ def main() -> int:
                   f"{r['sim_s_per_wall_s']:>12.1f} {r['user_cpu_s']:>7.1f} {r['sim_s_per_cpu_s']:>11.1f} "
                   f"{r['peak_rss_mib']:>12.0f}",
                   flush=True)
-    with open(out / "scaling.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*FIELDS, "command_wall_s"])
-        w.writeheader()
-        w.writerows(rows)
-    (out / "command.txt").write_text(caption + "\n")
+    from sim.files import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*FIELDS, "command_wall_s"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(buf.getvalue().encode(), out / "scaling.csv")
+    atomic_write_bytes((caption + "\n").encode(), out / "command.txt")
     plot(rows, out / "scaling.png", caption, a.y)
     print(f"wrote {out / 'scaling.csv'} and {out / 'scaling.png'} (load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs)")

@@ -46,6 +46,13 @@ def task(cfg_node: Any) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     learned: dict[str, Any] = {}
     if cfg.dial.replay:
+        if cfg.dial.checkpoint:  # the per-token accuracy: the same at every memory
+            from sim.policies import PREFETCH
+
+            learned_kw = learned_keys(cfg, tpath)["policy.prefetch_args"]
+            pol = PREFETCH.make("learned_next", num_layers=trace.num_layers,
+                                num_experts=trace.num_experts, top_k=trace.top_k, **learned_kw)
+            acc = _token_accuracy(pol, trace)
         for f in fracs:
             say(f"[replay {f:g}] lru, noisy_oracle x {len(grid)} ...")
             rec = replay_plain(trace, "lru", f).record(eb)
@@ -55,13 +62,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
                 rec = replay_plain(trace, "lru", f, prefetch="noisy_oracle", prefetch_kwargs=kw).record(eb)
                 rows.append(_replay_row("noisy_oracle", f, r, p, rec))
             if cfg.dial.checkpoint:
-                from sim.policies import PREFETCH
-
-                kw = learned_keys(cfg, tpath)["policy.prefetch_args"]
-                res = replay_plain(trace, "lru", f, prefetch="learned_next", prefetch_kwargs=kw)
-                pol = PREFETCH.make("learned_next", num_layers=trace.num_layers,
-                                    num_experts=trace.num_experts, top_k=trace.top_k, **kw)
-                acc = _token_accuracy(pol, trace)
+                res = replay_plain(trace, "lru", f, prefetch="learned_next", prefetch_kwargs=learned_kw)
                 rows.append(_replay_row("learned_next", f, acc["recall"], acc["precision"],
                                         res.record(eb)))
                 learned["replay"] = acc

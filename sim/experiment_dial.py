@@ -12,7 +12,6 @@ The cache replay replays the same prompts token by token.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import time
 from pathlib import Path
@@ -62,21 +61,12 @@ def load_trace(cfg: Any, out: Path) -> tuple[Any, str]:
     return trace, str(path)
 
 
-def sim_base(cfg: Any) -> Any:
-    """The plain simulator config the runs start from (the study keys dropped)."""
-    from sim.config import ClusterConfig, SimConfig
-
-    base = SimConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SimConfig)})
-    cl = ClusterConfig(**{f.name: getattr(cfg.cluster, f.name)
-                          for f in dataclasses.fields(ClusterConfig)})
-    return dataclasses.replace(base, cluster=cl)
-
-
 class SimSetup:
     """Workload, routing pool and binding of the trace's own prompts (see the module doc)."""
 
     def __init__(self, cfg: Any, trace: Any, path: str) -> None:
         from sim.binding import Binding, RoutingPool, check_pool
+        from sim.experiment_config import sim_base
         from traces.workload import make_workload
 
         self.base = sim_base(cfg)

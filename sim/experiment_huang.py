@@ -82,12 +82,14 @@ def part_placement(cfg: Any, out: Path, trace: Any) -> dict[str, Any]:
 
 def part_gating(cfg: Any, out: Path, trace: Any) -> dict[str, Any]:
     from sim.cost import make_cost_model
+    from traces.format import expert_counts
 
     cost = make_cost_model("analytic", cfg.model, cfg.hardware)
     ex = trace.experts.astype(np.int64)  # (T, L, K)
     T, L, K = ex.shape
     E = trace.num_experts
     cf = cfg.gating.capacity_factor
+    layers = np.arange(0, L, max(1, L // 4))  # four layers per batch
     rows = []
     for B in cfg.gating.batch_tokens:
         nb = T // B
@@ -98,12 +100,11 @@ def part_gating(cfg: Any, out: Path, trace: Any) -> dict[str, Any]:
         cap = math.ceil(cf * B * K / E)
         dyn, sta, dropped = [], [], 0
         for s in starts:
-            for layer in range(0, L, max(1, L // 4)):  # four layers per batch
-                counts = np.bincount(ex[s:s + B, layer].reshape(-1), minlength=E)  # (E,)
+            for counts in expert_counts(ex[s:s + B, layers], E):  # (E,) per measured layer
                 dyn.append(float(cost.expert_s(counts).sum()))
                 sta.append(float(cost.expert_s(np.full(E, cap)).sum()))
                 dropped += int(np.maximum(counts - cap, 0).sum())
-        routed = len(starts) * len(range(0, L, max(1, L // 4))) * B * K
+        routed = len(starts) * len(layers) * B * K
         rows.append({"batch_tokens": B, "capacity_per_expert": cap,
                      "dynamic_ms": 1e3 * float(np.mean(dyn)), "static_ms": 1e3 * float(np.mean(sta)),
                      "static_over_dynamic": float(np.mean(sta) / np.mean(dyn)),

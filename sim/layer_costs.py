@@ -71,16 +71,15 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     needs of the batch (:func:`sim.network.count_tokens`; counted from the batch when not given)."""
     L, E = plan.L, plan.E
     counts = counts_flat.reshape(L, E)  # (L, E)
+    computed = counts  # every layout below computes each routed token once
     batch_share = None  # (L, E, G) this batch's split of replicated experts (multi-owner only)
     if plan.moe_tp:
         # every GPU computes every expert's tokens on its shard of the weights
         per_layer = cost.moe_s(counts_flat, np.repeat(np.arange(L), E), L)  # (L,)
         comp = np.repeat(per_layer[:, None], G, axis=1)  # (L, G)
-        computed = counts
         load = np.repeat(counts.sum(axis=1, keepdims=True) / G, G, axis=1)
     elif plan.single_owner:
         # each expert on one GPU: per-GPU sums by scatter (no (L, E, G) product)
-        computed = counts
         lg = plan.lg_index
         comp = cost.moe_s(counts_flat, lg, L * G).reshape(L, G)
         load = np.bincount(lg, weights=counts_flat, minlength=L * G).reshape(L, G)
@@ -88,7 +87,6 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
         # replicated experts: this batch's tokens split across the replicas, each token to the
         # least-loaded replica GPU (sim/token_split.py), integers summing to counts
         tok_g = split_tokens(counts, plan.share > 0)  # (L, E, G) tokens per expert per GPU
-        computed = counts
         group = np.broadcast_to(np.arange(L)[:, None, None] * G + np.arange(G)[None, None, :],
                                 tok_g.shape)
         comp = cost.moe_s(tok_g.ravel(), group.ravel(), L * G).reshape(L, G)

@@ -41,7 +41,7 @@ class Prediction:
         self.pf_req = pf.plans_requests
         #: a next-layer policy that reads the batch's routing rows (the oracles, ``learned_next``):
         #: given the pool once here, and each iteration's pool rows by :meth:`begin`
-        self.pf_rows = bool(getattr(pf, "batch_rows", False))
+        self.pf_rows = pf.batch_rows
         if self.pf_rows:
             N = len(plan.pool_keys)
             base = (np.arange(plan.L, dtype=np.int64) * plan.E)[None, :, None]  # (1, L, 1)

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import MoesimError
+from sim.world import model_named
 
 #: the nearest model with a real trace, for each shipped model without one
 NEAREST = {"deepseek-v3": "deepseek-v2-lite", "qwen3-30b-a3b": "deepseek-v2-lite",
@@ -254,7 +255,7 @@ def derive_params(model: Any, source: str | None = None, eps: float = 0.0, seed:
     from traces.synth import SCHEMA, VERSION
 
     if not isinstance(model, ModelConfig):
-        model = model_config(str(model))
+        model = model_named(str(model))
     source = source or NEAREST.get(model.name)
     if source is None:
         raise MoesimError(f"no nearest traced model known for {model.name!r}; give --source NAME")
@@ -282,18 +283,3 @@ def derive_params(model: Any, source: str | None = None, eps: float = 0.0, seed:
                        "derived_on": _dt.date.today().isoformat(), "command": command, "seed": seed,
                        "calib_tokens": calib_tokens},
             "derivation": der, "tasks": tasks}
-
-
-def model_config(name: str) -> Any:
-    """``conf/model/<name>.yaml`` as a ModelConfig."""
-    from importlib import resources
-
-    from omegaconf import OmegaConf
-
-    from sim.config import ModelConfig
-
-    ref = resources.files("conf").joinpath("model", f"{name}.yaml")
-    if not ref.is_file():
-        raise MoesimError(f"no model config conf/model/{name}.yaml")
-    node = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(ref.read_text()))
-    return OmegaConf.to_object(node)

@@ -78,10 +78,19 @@ class PrefetchPolicy:
     plans_requests: ClassVar[bool] = False
     predicts_next_layer: ClassVar[bool] = False
     observes: ClassVar[bool] = False
+    #: a next-layer policy that reads the batch's routing rows in the simulator (the oracles,
+    #: ``learned_next``): it defines ``set_routing(experts)`` and ``batch(rows)``
+    batch_rows: ClassVar[bool] = False
 
     def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
         self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
         self.cfg = cfg if cfg is not None else type(self).Config()
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027
+        """A policy's own state and the checks of its ``cfg``: called once by the constructor,
+        after ``num_layers``, ``num_experts``, ``top_k`` and ``cfg`` are set (so a policy
+        overrides this, not ``__init__``)."""
 
     def set_trace(self, trace: Any) -> None:
         if self.requires_future:
@@ -161,6 +170,16 @@ class PlacementPolicy(ABC):
             raise ConfigError(f"num_gpus must be positive, got {num_gpus}")
         self.num_gpus = num_gpus
         self.cfg = cfg if cfg is not None else type(self).Config()
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027
+        """A policy's own state and the checks of its ``cfg``: called once by the constructor,
+        after ``num_gpus`` and ``cfg`` are set (so a policy overrides this, not ``__init__``)."""
+
+    def fit_history(self, history: np.ndarray) -> None:  # noqa: B027
+        """Per-batch expert loads (B, L, E) of the planning window, given before :meth:`place`; a
+        policy that learns from them (``anticorr``, ``split``, ``rebalance``) overrides this, the
+        others ignore them."""
 
     @abstractmethod
     def place(self, load: np.ndarray) -> Placement:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sim.errors import MoesimError
+from sim.world import model_named
 from traces.format import expert_counts
 from traces.stats import cross_layer_stats, gini
 from traces.synth import sample_trace
@@ -21,7 +22,6 @@ from traces.synth_derive import (
     derived_counts,
     expert_maps,
     layer_maps,
-    model_config,
 )
 from traces.synth_params import fitted_params, load_params
 
@@ -75,7 +75,7 @@ def test_derived_counts_keep_gini_and_the_source_transitions():
 @pytest.mark.parametrize("name", sorted(NEAREST))
 def test_shipped_derived_file_says_so_and_fits_the_model(name):
     p = fitted_params(name)
-    m = model_config(name)
+    m = model_named(name)
     assert (p.num_layers, p.num_experts, p.top_k) == (m.num_layers, m.num_experts, m.top_k)
     assert p.source["derived"] is True and p.source["derived_from"] == NEAREST[name]
     assert "DERIVED, not fitted" in p.source["note"]

@@ -9,7 +9,6 @@ it is the greedy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -26,8 +25,7 @@ class AntiCorrConfig:
 class AntiCorrelationPlacement(PlacementPolicy):
     Config = AntiCorrConfig
 
-    def __init__(self, num_gpus: int, cfg: Any = None) -> None:
-        super().__init__(num_gpus, cfg)
+    def setup(self) -> None:
         self.weight = self.cfg.weight
         self._corr: np.ndarray | None = None  # (L, E, E)
 

@@ -16,7 +16,6 @@ Load prediction is left to the caller, as in EPLB (the planning window's loads).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -65,11 +64,10 @@ class EPLBConfig:
 class EPLBPlacement(PlacementPolicy):
     Config = EPLBConfig
 
-    def __init__(self, num_gpus: int, cfg: Any = None) -> None:
-        super().__init__(num_gpus, cfg)
+    def setup(self) -> None:
         num_redundant, num_nodes = self.cfg.num_redundant, self.cfg.num_nodes
-        if num_nodes < 1 or num_gpus % num_nodes:
-            raise ConfigError(f"eplb: num_gpus {num_gpus} must be a multiple of num_nodes {num_nodes}")
+        if num_nodes < 1 or self.num_gpus % num_nodes:
+            raise ConfigError(f"eplb: num_gpus {self.num_gpus} must be a multiple of num_nodes {num_nodes}")
         self.num_redundant, self.num_nodes = num_redundant, num_nodes
 
     def place(self, load: np.ndarray) -> Placement:

@@ -53,8 +53,7 @@ class ExhaustiveConfig:
 class ExhaustivePlacement(PlacementPolicy):
     Config = ExhaustiveConfig
 
-    def __init__(self, num_gpus: int, cfg: Any = None) -> None:
-        super().__init__(num_gpus, cfg)
+    def setup(self) -> None:
         self.max_experts = self.cfg.max_experts
 
     def place(self, load: np.ndarray) -> Placement:

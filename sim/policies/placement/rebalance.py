@@ -39,8 +39,7 @@ class RebalanceConfig:
 class PeriodicRebalance(PlacementPolicy):
     Config = RebalanceConfig
 
-    def __init__(self, num_gpus: int, cfg: Any = None) -> None:
-        super().__init__(num_gpus, cfg)
+    def setup(self) -> None:
         inner, window, period = self.cfg.inner, self.cfg.window, self.cfg.period
         inner_kwargs = self.cfg.inner_kwargs
         if window < 1 or period < 1:
@@ -48,7 +47,7 @@ class PeriodicRebalance(PlacementPolicy):
         if inner == "rebalance":
             raise ConfigError("rebalance: inner policy cannot be rebalance")
         self.window, self.period = window, period
-        self.inner = PLACEMENT.make(inner, num_gpus=num_gpus, **(inner_kwargs or {}))
+        self.inner = PLACEMENT.make(inner, num_gpus=self.num_gpus, **(inner_kwargs or {}))
         self._hist: deque[np.ndarray] = deque(maxlen=window)
         self._since = 0
         self.current: Placement | None = None
@@ -57,8 +56,7 @@ class PeriodicRebalance(PlacementPolicy):
     def fit_history(self, history: np.ndarray) -> None:
         """Per-batch loads (B, L, E) of the planning window, handed to an inner policy that learns
         from them (``anticorr``, ``split``); the replans hand it their window the same way."""
-        if hasattr(self.inner, "fit_history"):
-            self.inner.fit_history(history)
+        self.inner.fit_history(history)
 
     def place(self, load: np.ndarray) -> Placement:
         self.current = self.inner.place(load)

@@ -35,7 +35,6 @@ expert moves). Planned on the test half itself, the same construction reaches 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -62,13 +61,12 @@ def _cycle(perm: np.ndarray) -> np.ndarray:
 class SplitPlacement(PlacementPolicy):
     Config = SplitConfig
 
-    def __init__(self, num_gpus: int, cfg: Any = None) -> None:
-        super().__init__(num_gpus, cfg)
+    def setup(self) -> None:
         R = self.cfg.num_redundant
-        if R < 0 or R % num_gpus:
+        if R < 0 or R % self.num_gpus:
             raise ConfigError(f"split: num_redundant={R} must be a nonnegative multiple of the "
-                              f"GPUs ({num_gpus})")
-        if R and num_gpus < 2:
+                              f"GPUs ({self.num_gpus})")
+        if R and self.num_gpus < 2:
             raise ConfigError("split: redundant experts need at least 2 GPUs")
         if self.cfg.candidates < 1:
             raise ConfigError(f"split: candidates must be >= 1, got {self.cfg.candidates}")

@@ -8,7 +8,7 @@ tokens (``batch``); its truth for layer l+1 is then the union of those rows' exp
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -18,11 +18,8 @@ from sim.policies.base import PrefetchContext, PrefetchPolicy
 
 class TraceOracle(PrefetchPolicy):
     requires_future = True
-    #: runs in the simulator too, reading the batch's routing rows (``set_routing`` / ``batch``)
-    batch_rows: ClassVar[bool] = False
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
-        super().__init__(num_layers, num_experts, top_k, cfg)
+    def setup(self) -> None:
         self._ex: np.ndarray | None = None
         self._bounds: dict[str, tuple[int, int]] = {}
         self._batch: np.ndarray | None = None  # (T,) pool rows of the simulator's batch

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -35,8 +34,7 @@ class EMoEAPrefetch(PrefetchPolicy):
     plans_requests = True
     observes = True
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
-        super().__init__(num_layers, num_experts, top_k, cfg)
+    def setup(self) -> None:
         period, window, set_size = self.cfg.period, self.cfg.window, self.cfg.set_size
         if period < 1 or window < 1:
             raise ConfigError(f"emoe_a: period and window must be >= 1, got {period}, {window}")

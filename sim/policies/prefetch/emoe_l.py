@@ -14,7 +14,6 @@ request are paired). ``next_layer(ctx, l, experts)`` scores each expert j of lay
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -36,15 +35,14 @@ class EMoELayerPrefetch(PrefetchPolicy):
     predicts_next_layer = True
     observes = True
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
-        super().__init__(num_layers, num_experts, top_k, cfg)
+    def setup(self) -> None:
         num_predict, max_predict = self.cfg.num_predict, self.cfg.max_predict
         learn_online = self.cfg.learn_online
         if num_predict is not None and num_predict < 0:
             raise ConfigError(f"emoe_l: num_predict must be >= 0, got {num_predict}")
         self.num_predict, self.max_predict = num_predict, max_predict
         self.learn_online = learn_online
-        L, E = num_layers, num_experts
+        L, E = self.num_layers, self.num_experts
         self.M = np.zeros((max(L - 1, 0), E, E), dtype=np.float64)  # (L-1, E, E)
         self._prev: tuple[str, int, np.ndarray] | None = None
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -44,8 +43,7 @@ class EMoELearned(PrefetchPolicy):
     plans_requests = True
     observes = True
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
-        super().__init__(num_layers, num_experts, top_k, cfg)
+    def setup(self) -> None:
         checkpoint, period, set_size = self.cfg.checkpoint, self.cfg.period, self.cfg.set_size
         sensitivity, call_s = self.cfg.sensitivity, self.cfg.call_s
         if not checkpoint:
@@ -56,17 +54,17 @@ class EMoELearned(PrefetchPolicy):
         from sim.predictor.runtime import PromptRuntime  # torch is imported here only
 
         self._rt = PromptRuntime(checkpoint)
-        if (self._rt.num_layers, self._rt.num_experts) != (num_layers, num_experts):
+        if (self._rt.num_layers, self._rt.num_experts) != (self.num_layers, self.num_experts):
             raise ConfigError(
                 f"{checkpoint}: predictor trained for {self._rt.num_layers} layers x "
-                f"{self._rt.num_experts} experts, the model has {num_layers} x {num_experts}")
+                f"{self._rt.num_experts} experts, the model has {self.num_layers} x {self.num_experts}")
         self.period = int(period)
         self.set_size = int(set_size or self._rt.set_size)
         self._call_s = float(call_s) if call_s is not None else self._rt.measure_call_s()
         self._insensitive: dict[str, set[int]] = _read_sensitivity(sensitivity) if sensitivity else {}
         self._history: list[np.ndarray] = []  # finished prompts' (L, E) activation shares
         self._cur_id: str | None = None
-        self._cur = np.zeros((num_layers, num_experts), dtype=np.float64)  # (L, E) counts
+        self._cur = np.zeros((self.num_layers, self.num_experts), dtype=np.float64)  # (L, E) counts
         self._standing: np.ndarray | None = None  # (L, set_size) last prediction
         self._last_cost_s = 0.0
 

@@ -63,14 +63,13 @@ class TaskAwareLoading(PrefetchPolicy):
     plans_requests = True
     observes = True
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
-        super().__init__(num_layers, num_experts, top_k, cfg)
+    def setup(self) -> None:
         top, sensitivity = self.cfg.top, self.cfg.sensitivity
         output_tokens, default_output_tokens = self.cfg.output_tokens, self.cfg.default_output_tokens
-        self.top = top if top is not None else num_experts
+        self.top = top if top is not None else self.num_experts
         self.sens: dict[str, np.ndarray] = {}
         for task, s in (sensitivity or {}).items():
-            arr = np.broadcast_to(np.asarray(s, dtype=np.float64), (num_layers,)).copy()
+            arr = np.broadcast_to(np.asarray(s, dtype=np.float64), (self.num_layers,)).copy()
             if not np.isin(arr, (0.0, 1.0)).all():
                 raise ConfigError(f"emoe_task: sensitivity of task {task!r} must be 0/1 per layer")
             self.sens[task] = arr

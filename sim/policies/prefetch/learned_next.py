@@ -58,8 +58,7 @@ class LearnedNextLayer(PrefetchPolicy):
     predicts_next_layer = True
     batch_rows = True
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
-        super().__init__(num_layers, num_experts, top_k, cfg)
+    def setup(self) -> None:
         if not self.cfg.checkpoint or not self.cfg.trace_path:
             raise ConfigError("prefetch policy learned_next needs checkpoint=DIR (from 'moesim "
                               "predictor train') and trace_path=FILE (the routing trace replayed)")
@@ -67,14 +66,14 @@ class LearnedNextLayer(PrefetchPolicy):
         if cs is not None and not cs >= 0:
             raise ConfigError(f"learned_next: call_s_per_token={cs}; expected >= 0")
         table, ex = _load(str(self.cfg.checkpoint), str(self.cfg.trace_path))
-        if table.top.shape[1] != num_layers or ex.shape[1:] != (num_layers, top_k):
+        if table.top.shape[1] != self.num_layers or ex.shape[1:] != (self.num_layers, self.top_k):
             raise ConfigError(f"{self.cfg.trace_path}: routing has {ex.shape[1]} layers, top-"
-                              f"{ex.shape[2]}; the model has {num_layers}, top-{top_k}")
+                              f"{ex.shape[2]}; the model has {self.num_layers}, top-{self.top_k}")
         self._top = table.top.astype(np.int64)  # (T, L, K)
         self._truth = ex  # (T, L, K) the trace's routing, for the accuracy counters
         self.mode = table.mode
         self.measured_s_per_token = float(table.s_per_token)
-        self.s_per_token_layer = float(cs) if cs is not None else table.s_per_token / num_layers
+        self.s_per_token_layer = float(cs) if cs is not None else table.s_per_token / self.num_layers
         self._batch: np.ndarray | None = None
         self.hits = self.predicted = self.true = 0
 

@@ -22,7 +22,6 @@ never on the order of calls, and the same seed gives the same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -82,8 +81,8 @@ class NoisyOracle(TraceOracle):
     predicts_next_layer = True
     batch_rows = True
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
-        super().__init__(num_layers, num_experts, top_k, cfg)
+    def setup(self) -> None:
+        super().setup()
         r, p = float(self.cfg.recall), float(self.cfg.precision)
         if not 0.0 <= r <= 1.0:
             raise ConfigError(f"noisy_oracle: recall={r}; expected 0 <= recall <= 1")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -37,13 +36,12 @@ class TraceSimilarityPrefetch(PrefetchPolicy):
     predicts_next_layer = True
     observes = True
 
-    def __init__(self, num_layers: int, num_experts: int, top_k: int, cfg: Any = None) -> None:
-        super().__init__(num_layers, num_experts, top_k, cfg)
+    def setup(self) -> None:
         num_predict, max_history = self.cfg.num_predict, self.cfg.max_history
         refresh = self.cfg.refresh
         if max_history < 1 or refresh < 1:
             raise ConfigError("similarity: max_history and refresh must be >= 1")
-        self.num_predict = num_predict if num_predict is not None else 2 * top_k
+        self.num_predict = num_predict if num_predict is not None else 2 * self.top_k
         self.refresh = refresh
         self._lib: deque[np.ndarray] = deque(maxlen=max_history)  # (L*E,) unit vectors
         self._lib_raw: deque[np.ndarray] = deque(maxlen=max_history)  # (L, E) counts
