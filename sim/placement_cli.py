@@ -87,7 +87,7 @@ def _make_and_place(rec: dict[str, Any], num_gpus: int, load: np.ndarray,
     name = rec["policy"]
     try:
         pol = PLACEMENT.make(name, num_gpus=num_gpus, **rec["kwargs"])
-        if history is not None and hasattr(pol, "fit_history"):
+        if history is not None:
             pol.fit_history(history)
         return pol, pol.place(load)
     except MoesimError as exc:

@@ -104,7 +104,7 @@ def check_config(cfg: SimConfig) -> Topology:
         raise ConfigError(f"policy.cache={pol.cache!r} is an oracle (needs the future); use the "
                           f"replay (moesim cache) for oracles")
     pf_cls = PREFETCH.get(pol.prefetch)
-    if pf_cls.requires_future and not getattr(pf_cls, "batch_rows", False):
+    if pf_cls.requires_future and not pf_cls.batch_rows:
         raise ConfigError(f"policy.prefetch={pol.prefetch!r} is an oracle (needs the future); "
                           f"the simulator runs online policies and the next-layer oracles only")
     return topo

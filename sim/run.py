@@ -111,11 +111,9 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
     from sim.plan import check_config
 
     check_config(cfg)  # fail before any work
-    rng = np.random.default_rng(cfg.seed)
     # independent streams so a change in one part does not shift the others
     rng_work, rng_pool, rng_bind, rng_sim = (np.random.default_rng(s) for s in
                                             np.random.SeedSequence(cfg.seed).spawn(4))
-    del rng
     if workload is None:
         workload = load_workload_table(cfg.workload, rng_work)
     elif cfg.workload.max_requests > 0:

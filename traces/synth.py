@@ -44,12 +44,8 @@ import numpy as np
 
 from sim.errors import MoesimError
 from traces.format import RoutingTrace, TraceMeta, make_tokens
-
-# SynthParams, _pl_topk and sample_task are used here; SCHEMA, SHIPPED, VERSION, task_model and
-# sample_chunk only by traces/synth_derive.py (outside this split's scope), which still imports
-# them from traces.synth: once its imports name traces.synth_params / traces.synth_sample, they go
-from traces.synth_params import SCHEMA, SHIPPED, VERSION, SynthParams, task_model  # noqa: F401
-from traces.synth_sample import _pl_topk, sample_chunk, sample_task  # noqa: F401
+from traces.synth_params import SynthParams
+from traces.synth_sample import _pl_topk, sample_task
 
 
 def sample_trace(params: SynthParams, num_requests: int, tokens_per_request: Any,

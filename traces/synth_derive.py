@@ -109,8 +109,8 @@ def _check_derivation(der: Any, L: int, E: int, where: str) -> None:
 
 def expand(d: dict[str, Any], where: str = "<params>") -> dict[str, Any]:
     """A derived parameter dict with its counts rebuilt from the source (a dict for
-    :func:`traces.synth.params_from_dict`)."""
-    from traces.synth import SHIPPED
+    :func:`traces.synth_params.params_from_dict`)."""
+    from traces.synth_params import SHIPPED
 
     der = d.get("derivation")
     L, E = int(d["num_layers"]), int(d["num_experts"])
@@ -134,7 +134,7 @@ def _raw_shipped(name: str) -> dict[str, Any]:
     import json
     from importlib import resources
 
-    from traces.synth import SHIPPED
+    from traces.synth_params import SHIPPED
 
     return json.loads(resources.files("traces.params").joinpath(SHIPPED[name]).read_text())
 
@@ -177,8 +177,10 @@ def _derive_task(name: str, st: dict[str, Any], der: dict[str, Any], Lt: int, Et
                  seed: int, calib_tokens: int, tol: float, max_evals: int) -> dict[str, Any]:
     """One task of the derived file: counts mapped, beta and the popularity power calibrated."""
     from traces.stats import gini
-    from traces.synth import SynthParams, make_trace, sample_chunk, sample_task, task_model
+    from traces.synth import make_trace
     from traces.synth_fit import calibration_stats
+    from traces.synth_params import SynthParams, task_model
+    from traces.synth_sample import sample_chunk, sample_task
 
     fake = SynthParams(model="derived", num_layers=Lt, num_experts=Et, top_k=Kt,
                        layer_ids=list(range(Lt)), phase="prefill", tasks={}, source={}, raw={})
@@ -252,7 +254,7 @@ def derive_params(model: Any, source: str | None = None, eps: float = 0.0, seed:
     """JSON-ready derived parameters for ``model`` (a :class:`sim.config.ModelConfig` or a
     ``conf/model`` name) from ``source`` (default :data:`NEAREST`)."""
     from sim.config import ModelConfig
-    from traces.synth import SCHEMA, VERSION
+    from traces.synth_params import SCHEMA, VERSION
 
     if not isinstance(model, ModelConfig):
         model = model_named(str(model))
