@@ -471,44 +471,24 @@ class LayerWalk:
         readys: list[float] = []
         starts: list[float] = []
         none = -np.inf
-        if nv == 1:  # the usual case: one copy size (one expert) per GPU and layer
-            d, cm_l = dur[0], slowest[0]
-            for l in range(L):
-                t_gate = t + attn + gate + pf_cost
-                ready = t_gate + a2a_l[l]
-                end = ready + maxc[l]
-                if end < ready:
-                    end = ready
-                start = t_gate + lat
-                readys.append(ready)
-                starts.append(start)
-                cm = cm_l[l]
-                fin = start + d
+        for l in range(L):
+            t_gate = t + attn + gate + pf_cost
+            ready = t_gate + a2a_l[l]
+            end = ready + maxc[l]
+            if end < ready:
+                end = ready
+            start = t_gate + lat
+            readys.append(ready)
+            starts.append(start)
+            for j in range(nv):
+                fin = start + dur[j]
                 fins.append(fin)
+                cm = slowest[j][l]
                 if cm > none and fin > ready:
                     e_end = fin + cm
                     if e_end > end:
                         end = e_end
-                t = end + a2a_l[l]
-        else:
-            for l in range(L):
-                t_gate = t + attn + gate + pf_cost
-                ready = t_gate + a2a_l[l]
-                end = ready + maxc[l]
-                if end < ready:
-                    end = ready
-                start = t_gate + lat
-                readys.append(ready)
-                starts.append(start)
-                for j in range(nv):
-                    fin = start + dur[j]
-                    fins.append(fin)
-                    cm = slowest[j][l]
-                    if cm > none and fin > ready:
-                        e_end = fin + cm
-                        if e_end > end:
-                            end = e_end
-                t = end + a2a_l[l]
+            t = end + a2a_l[l]
         if vals:
             fin_l = np.array(fins).reshape(L, nv)
             if nv == 1:
