@@ -68,6 +68,15 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | Non
     return out
 
 
+def entry_range(n: int, lo: int, hi: int) -> tuple[int, int, int]:
+    """Rows ``lo .. hi - 1`` of a pool entry of ``n`` rows, counted around the entry (wrapping):
+    ``(r0, r1, laps)`` such that their tokens per key are, with ``C`` the prefix counts and ``o``
+    the entry's first pool row, ``C[o + r1] - C[o + r0] + laps * (C[o + n] - C[o])``."""
+    lap0, r0 = divmod(lo, n)
+    lap1, r1 = divmod(hi, n)
+    return r0, r1, lap1 - lap0
+
+
 class LayerWalk:
     def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, tallies: Tallies,
                  prefetch: PrefetchPolicy, predictor: PrefetchPolicy | None, cache_name: str,
@@ -107,12 +116,11 @@ class LayerWalk:
         if len(big):
             for o, n, x, a in zip(off[big].tolist(), ln[big].tolist(), s0[big].tolist(),
                                   alloc[big].tolist()):
-                lap0, r0 = divmod(x + 1, n)  # rows x + 1 .. x + a - 1 of the entry, wrapped
-                lap1, r1 = divmod(x + a, n)
+                r0, r1, laps = entry_range(n, x + 1, x + a)  # rows x + 1 .. x + a - 1
                 counts += C[o + r1]
                 counts -= C[o + r0]
-                if lap1 != lap0:
-                    counts += (lap1 - lap0) * (C[o + n].astype(np.int64) - C[o])
+                if laps:
+                    counts += laps * (C[o + n].astype(np.int64) - C[o])
         return counts
 
     def _count(self, batch: np.ndarray, alloc: np.ndarray, shape: Any, G: int) -> tuple[np.ndarray, Any]:
@@ -159,16 +167,15 @@ class LayerWalk:
                 g = (f * G) // T
                 while lo < f + a:
                     hi = min(f + a, bounds[g + 1])
-                    if hi > lo:  # rows x + (lo - f) .. x + (hi - f) - 1 of the entry, wrapped
-                        lap0, r0 = divmod(x + lo - f, n)
-                        lap1, r1 = divmod(x + hi - f, n)
+                    if hi > lo:  # rows x + (lo - f) .. x + (hi - f) - 1 of the entry
+                        r0, r1, laps = entry_range(n, x + lo - f, x + hi - f)
                         gs += (g, g)
                         rows += (o + r1, o + r0)
                         coef += (1, -1)
-                        if lap1 != lap0:
+                        if laps:
                             gs += (g, g)
                             rows += (o + n, o)
-                            coef += (lap1 - lap0, lap0 - lap1)
+                            coef += (laps, -laps)
                         lo = hi
                     g += 1
             # as float64 (BLAS): integers below 2**53 (counts of the pool's rows), summed exactly
