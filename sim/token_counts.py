@@ -69,20 +69,17 @@ def batch_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray | None, ba
     if prefix is None:
         return count_tokens(plan, plan.pool_keys[shape.rows], G)
     if G // plan.tensor_parallel <= 1 or plan.moe_tp or shape.tokens == 0:
-        return key_counts(plan, req, prefix, batch, alloc, shape), None
+        return key_counts(plan, req, prefix, batch, alloc), None
     sc = source_counts(plan, req, prefix, batch, alloc, G)
     return sc.sum(axis=0), sc
 
 
-def key_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray | None, batch: np.ndarray,
-               alloc: np.ndarray, shape: Any) -> np.ndarray:
+def key_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.ndarray,
+               alloc: np.ndarray) -> np.ndarray:
     """(L*E,) int64: tokens of the batch per key. Every request's first token this iteration
     is counted from its pool row; the rest of a chunk is a range of its pool entry's rows
-    (wrapping around the entry): a difference of two prefix-count rows, plus whole laps.
-    Without the prefix counts (a big pool), every token's keys are counted."""
+    (wrapping around the entry): a difference of two prefix-count rows, plus whole laps."""
     LE, C = plan.L * plan.E, prefix
-    if C is None:
-        return np.bincount(plan.pool_keys[shape.rows].ravel(), minlength=LE)
     off, ln = req.offset[batch], req.length[batch]
     s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry
     counts = np.bincount(plan.pool_keys[off + s0].ravel(), minlength=LE)
