@@ -104,30 +104,27 @@ class LayerWalk:
             t = t_fast if t_fast is not None else \
                 timing.time_layers(enumerate(miss_lg.tolist()), t, gaps, comp_arr.tolist(), states,
                                   None, stall, rec)
-            if pred.observers:
-                for l in range(L):
-                    pred.observe(rep, l, used_flat)
-        elif pred.pf_next:
+        else:
             comp = comp_arr.tolist()  # [L][G] seconds
             need, active = self.needs(states, used_flat)
-            for l in range(L):
-                miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
-                        for g, st in enumerate(states)]
-                t_gate = t + attn + gate + pf_cost
-                t = timing.time_layers(((l, miss),), t, gaps, comp, states, need, stall, rec)
-                pred.next_layer(rep, l, used_flat, step0, t_gate, need)
-                t += pred.take_inline(rep)
-        else:
-            comp = comp_arr.tolist()
-            need, active = self.needs(states, used_flat)
-            nones = [None] * L
-            miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
-                      for g, st in enumerate(states)]
-            # zip: per layer l, miss[g] = GPU g's misses at layer l
-            t = timing.time_layers(enumerate(zip(*miss_g)), t, gaps, comp, states, need, stall, rec)
-            if pred.observers:
+            if pred.pf_next:  # layer by layer: the prefetch for layer + 1 follows each layer
                 for l in range(L):
-                    pred.observe(rep, l, used_flat)
+                    miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
+                            for g, st in enumerate(states)]
+                    t_gate = t + attn + gate + pf_cost
+                    t = timing.time_layers(((l, miss),), t, gaps, comp, states, need, stall, rec)
+                    pred.next_layer(rep, l, used_flat, step0, t_gate, need)
+                    t += pred.take_inline(rep)
+            else:
+                nones = [None] * L
+                miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
+                          for g, st in enumerate(states)]
+                # zip: per layer l, miss[g] = GPU g's misses at layer l
+                t = timing.time_layers(enumerate(zip(*miss_g)), t, gaps, comp, states, need,
+                                       stall, rec)
+        if pred.observers and not pred.pf_next:  # (next_layer observed them layer by layer)
+            for l in range(L):
+                pred.observe(rep, l, used_flat)
         # busy += c layer by layer, per GPU (np.add.accumulate is sequential: the same floats)
         busy = timing.sum_down([st.busy_s for st in states], comp_arr)
         for g, st in enumerate(states):
