@@ -6,7 +6,8 @@ arrivals, one process per fault. The rest lives in rooms a process calls into:
 - :mod:`sim.plan`: the cluster plan and every config check, computed once;
 - :mod:`sim.state`: requests, replicas, GPUs, the tallies metrics read;
 - :mod:`sim.batching`: continuous batching (admission, preemption, KV), pure;
-- :mod:`sim.layers`: the layer walk (cache decisions, copies, compute time);
+- :mod:`sim.layers`: the layer walk (cache decisions), with :mod:`sim.token_counts` (tokens per
+  key) and :mod:`sim.layer_timing` (copies, compute time);
 - :mod:`sim.faults`: failures and recovery;
 - :mod:`sim.metrics`: tallies -> ``metrics.json``.
 

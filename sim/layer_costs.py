@@ -34,7 +34,7 @@ def batch_shape(req: Requests, batch: np.ndarray, alloc: np.ndarray, rows: bool 
                 ) -> BatchShape:
     """The batch's tokens: ``alloc`` (B,) tokens of each request ``batch`` (B,) this iteration.
     Without ``rows`` nothing is computed per token (the simulator counts tokens per key from the
-    pool's prefix counts, :mod:`sim.layers`)."""
+    pool's prefix counts, :mod:`sim.token_counts`)."""
     start = req.ctx[batch]  # (B,) first position processed
     total = int(alloc.sum())
     pool_rows = None

@@ -1,6 +1,7 @@
 """The run state of a simulation: requests, replicas, GPUs, and the one tallies object that
 :mod:`sim.metrics` reads. Plain data; the rooms that change it are :mod:`sim.batching` (requests,
-KV), :mod:`sim.layers` (caches, links, GPU time), :mod:`sim.faults` and :mod:`sim.engine`.
+KV), :mod:`sim.layers` (caches), :mod:`sim.layer_timing` (links, GPU time),
+:mod:`sim.faults` and :mod:`sim.engine`.
 
 Shape legend: R requests, L MoE layers, E experts per layer, G GPUs of a replica.
 """

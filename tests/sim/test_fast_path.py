@@ -1,6 +1,6 @@
 """The simulator's fast paths against the general one (the reference): LRU as recency stamps
 served an iteration at once (sim/policies/cache/_stamped.py, ``policy.cache_arrays``) and the
-tokens per key from the pool's prefix counts (sim/layers.py) give byte-identical ``metrics.json``.
+tokens per key from the pool's prefix counts (sim/token_counts.py) give byte-identical ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sim.layers
+import sim.token_counts
 from sim.binding import bind
 from sim.config import FaultConfig
 from sim.engine import Simulation
@@ -198,7 +199,7 @@ def test_stamps_serve_like_lru(seed, pairwise, monkeypatch):
 def test_prefix_counts_match_direct():
     rng = np.random.default_rng(0)
     keys = rng.integers(0, 12, size=(50, 4)).astype(np.int16)
-    C = sim.layers.pool_prefix_counts(keys, 12)
+    C = sim.token_counts.pool_prefix_counts(keys, 12)
     for a, b in [(0, 50), (3, 17), (10, 11), (49, 50)]:
         assert (C[b] - C[a]).tolist() == np.bincount(keys[a:b].ravel(), minlength=12).tolist()
 
@@ -210,7 +211,7 @@ def test_prefix_counts_across_row_blocks(rows):
     rng = np.random.default_rng(rows)
     keys = rng.integers(0, 9, size=(rows, 5)).astype(np.int16)
     keys[::7, 1] = keys[::7, 0]
-    C = sim.layers.pool_prefix_counts(keys, 9)
+    C = sim.token_counts.pool_prefix_counts(keys, 9)
     direct = np.zeros((rows + 1, 9), dtype=np.int64)
     for i in range(rows):
         direct[i + 1] = direct[i] + np.bincount(keys[i], minlength=9)

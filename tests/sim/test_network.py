@@ -263,7 +263,7 @@ def test_one_node_closed_form_equals_the_traffic_matrix(pool):
     gpu_traffic exactly as the general path does."""
     cfg = _net_cfg(1, 4, 4, bw=3e4, lat=1e-4)
     sim, _ = _sim(cfg, _wl(), pool)
-    plan, net = sim.plan, sim.walk.net
+    plan, net = sim.plan, sim.walk.timing.net
     rn = net._replica([0, 1, 2, 3])
     assert rn.fast_idx is not None
     rng = np.random.default_rng(3)
