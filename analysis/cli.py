@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from sim.errors import MoesimError
+from sim.common.errors import MoesimError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     from analysis.plots import compare_plot
     from analysis.report import write_report
     from analysis.results import load_records, load_runs
-    from sim.files import atomic_write_bytes
+    from sim.common.files import atomic_write_bytes
 
     out = Path(args.out) if args.out else Path(args.dir) / "report"
     command = "moesim report " + " ".join(shlex.quote(a) for a in argv)

@@ -45,7 +45,7 @@ def _section(rep: Report, title: str, rows: list[dict[str, Any]], note: str | No
 
 
 def _finish(rep: Report, out: Path, title: str) -> Path:
-    from sim.files import atomic_write_bytes
+    from sim.common.files import atomic_write_bytes
 
     md = out / "report.md"
     atomic_write_bytes(rep.markdown().encode(), md)

@@ -38,7 +38,7 @@ def save_figure(fig, path: str | Path, caption: str | None = None) -> None:
     go into the file, so the same command gives the same bytes."""
     import io
 
-    from sim.files import atomic_write_bytes
+    from sim.common.files import atomic_write_bytes
 
     caption = command_line() if caption is None else caption
     if caption:
@@ -81,7 +81,7 @@ def resolve_repeats(df: pd.DataFrame, x: str, y: str, hue: str | None
     if "label" in d.columns and not d.duplicated(subset=["label", x]).any():
         d["_y"], d["_err"], d["_n"] = d[y], 0.0, 1
         return d, "label", y
-    from sim.errors import MoesimError
+    from sim.common.errors import MoesimError
 
     raise MoesimError(f"several runs share {', '.join(keys)} and differ in more than the seed; "
                       f"give --hue to tell them apart")

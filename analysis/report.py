@@ -113,7 +113,7 @@ def write_report(root: str | Path, out: str | Path, command: str, title: str = "
     """Write ``out/report.md`` and ``out/report.html`` (and their PNGs) for ``root``; returns
     the Markdown path."""
     from analysis.results import find_failed, find_runs, load_runs, read_metrics
-    from sim.files import atomic_write_bytes
+    from sim.common.files import atomic_write_bytes
 
     root, out = Path(root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def _sim_section(rep: Report, df: pd.DataFrame) -> None:
     rep.p(f"{len(df)} runs. Config columns are the keys that differ between runs; every metric "
           f"is in `table.csv`.")
     rep.table(df[["label", *config[:8], *metrics]])
-    from sim.files import atomic_write_bytes
+    from sim.common.files import atomic_write_bytes
 
     atomic_write_bytes(df.to_csv(index=False).encode(), rep.out / "table.csv")
     s = _series(df)

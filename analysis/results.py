@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from sim.errors import MoesimError
+from sim.common.errors import MoesimError
 
 
 def find_runs(root: str | Path) -> list[Path]:

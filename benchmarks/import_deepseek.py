@@ -27,7 +27,7 @@ def main() -> None:
                    key=lambda p: int(re.findall(r"\d+", p.name)[0]))
     if not files:
         raise SystemExit(f"no prompt_N_data.csv files in {a.dir}")
-    from sim.cli import main as moesim
+    from sim.app.cli import main as moesim
     from traces.format import read_trace
 
     times = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from kernels.cli import main
+from sim.app.kernels_cmd import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

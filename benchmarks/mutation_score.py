@@ -4,7 +4,7 @@ code the test suite caught.
 Usage (from the repository root, with the venv; mutmut is configured in pyproject.toml)::
 
     python benchmarks/mutation_score.py                       # the figures of the last runs
-    python benchmarks/mutation_score.py --run sim/batching.py # run mutmut on one module, then print
+    python benchmarks/mutation_score.py --run sim/serving/batching.py # run mutmut on one module, then print
     python benchmarks/mutation_score.py --run                 # every decision module (an hour+)
 
 ``--run`` runs ``nice -n 10 mutmut run "<module>.*"`` for each module named (a file, or a folder
@@ -31,8 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the decision modules (pyproject.toml [tool.mutmut] only_mutate)
-MODULES = ["sim/policies", "sim/batching.py", "sim/replay.py", "sim/world.py", "traces/format.py",
-           "kernels/align.py"]
+MODULES = ["sim/policies", "sim/serving/batching.py", "sim/replay/cache.py", "sim/world/facts.py",
+           "traces/format.py", "kernels/align.py"]
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.md"
 KILLED_CODES = {1, 3, 24, -24, 36, 152, 255, -9, -11}  # a test failed, a timeout, a crash
 SURVIVED_CODES = {0, 5, 33}  # tests passed, or no test reached the mutant
@@ -46,7 +46,7 @@ def equivalents(path: Path = EQUIVALENTS) -> set[str]:
 
 
 def module_glob(module: str) -> str:
-    """mutmut's name pattern for a file or folder: sim/batching.py -> sim.batching.*"""
+    """mutmut's name pattern for a file or folder: sim/serving/batching.py -> sim.serving.batching.*"""
     return module.removesuffix(".py").replace("/", ".") + ".*"
 
 

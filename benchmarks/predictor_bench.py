@@ -32,10 +32,10 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1]) if len(argv) > 1 else Path(tempfile.mkdtemp(prefix="predictor_bench_"))
     extra = argv[2:]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sim.cli", "predictor", "train", f"trace.path={trace}",
+    subprocess.run([sys.executable, "-m", "sim", "predictor", "train", f"trace.path={trace}",
                     f"hydra.run.dir={out / 'train'}", *extra], check=True)
     train_wall_s = time.perf_counter() - t0
-    subprocess.run([sys.executable, "-m", "sim.cli", "predictor", "eval",
+    subprocess.run([sys.executable, "-m", "sim", "predictor", "eval",
                     f"checkpoint={out / 'train' / 'checkpoint'}", f"trace.path={trace}",
                     f"hydra.run.dir={out / 'eval'}"], check=True)
     m = json.loads((out / "eval" / "metrics.json").read_text())

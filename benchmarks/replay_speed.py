@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from sim.replay import replay_plain
+from sim.replay.cache import replay_plain
 from traces.format import RoutingTrace, TraceMeta, make_tokens, read_trace
 
 

@@ -39,7 +39,7 @@ def main() -> int:
     rows = []
     for i in range(a.repeat):
         with tempfile.TemporaryDirectory() as d:
-            cmd = [sys.executable, "-m", "sim.cli", "sim", "experiment=bench_azure_mixtral",
+            cmd = [sys.executable, "-m", "sim", "sim", "experiment=bench_azure_mixtral",
                    f"workload.path={a.path}", f"workload.max_requests={a.max_requests}",
                    f"hydra.run.dir={d}", "output.progress=off", "output.print_summary=false", *a.overrides]
             t0 = time.perf_counter()

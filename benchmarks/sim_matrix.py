@@ -49,9 +49,9 @@ def main() -> int:
     args = ap.parse_args()
     from hydra import compose, initialize_config_module
 
-    from sim.config import register_configs, to_sim_config
-    from sim.metrics import metrics_json
-    from sim.run import simulate
+    from sim.engine.metrics import metrics_json
+    from sim.engine.run import simulate
+    from sim.world.config import register_configs, to_sim_config
 
     register_configs()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def main() -> int:
             t0 = time.perf_counter()
             recorder = None
             if cfg.output.chrome_trace:
-                from sim.engine import Recorder
+                from sim.engine.simulation import Recorder
 
                 recorder = Recorder(cfg.output.chrome_trace_start_s, cfg.output.chrome_trace_end_s)
             _, metrics = simulate(cfg, recorder=recorder)

@@ -65,7 +65,7 @@ def requests_in_window(paths: list[str], rates: list[float], window_s: float) ->
 
 def run_point(gpus: int, ep: int, rate: float, n_req: int, a: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "-m", "sim.cli", "sim", f"model={a.model}", "hardware=h100-sxm",
+        cmd = [sys.executable, "-m", "sim", "sim", f"model={a.model}", "hardware=h100-sxm",
                f"cluster.nodes={max(1, gpus // 8)}", f"cluster.gpus_per_node={min(gpus, 8)}",
                f"cluster.expert_parallel={ep}", f"cluster.expert_budget_fraction={a.budget}",
                "workload=azure_conv", f"workload.path=[{','.join(a.traces)}]",
@@ -185,7 +185,7 @@ def main() -> int:
                   f"{r['sim_s_per_wall_s']:>12.1f} {r['user_cpu_s']:>7.1f} {r['sim_s_per_cpu_s']:>11.1f} "
                   f"{r['peak_rss_mib']:>12.0f}",
                   flush=True)
-    from sim.files import atomic_write_bytes
+    from sim.common.files import atomic_write_bytes
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=[*FIELDS, "command_wall_s"])

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels.reference import AlignResult
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 __all__ = [
     "moe_align_block_size",

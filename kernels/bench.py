@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 __all__ = ["ModelShape", "SHAPES", "CSV_COLUMNS", "run_bench"]
 
@@ -315,7 +315,7 @@ def run_bench(cfg) -> Path:
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    from sim.files import atomic_write_bytes
+    from sim.common.files import atomic_write_bytes
 
     path = out_dir / f"kernels_bench_{cfg.dtype}.csv"
     atomic_write_bytes(buf.getvalue().encode(), path)

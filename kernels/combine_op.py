@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 __all__ = ["combine", "combine_kernel"]
 

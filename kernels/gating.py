@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 __all__ = ["topk_gating", "topk_gating_kernel"]
 

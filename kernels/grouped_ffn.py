@@ -29,7 +29,7 @@ import triton.language as tl
 
 from kernels.reference import AlignResult
 from kernels.tuning import FfnConfig
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 __all__ = ["grouped_swiglu", "grouped_gate_up_kernel", "grouped_down_kernel"]
 

@@ -16,7 +16,7 @@ from kernels.gating import topk_gating
 from kernels.grouped_ffn import grouped_swiglu
 from kernels.static_gating import static_capacity_gating
 from kernels.tuning import FfnConfig, default_ffn_config
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 __all__ = ["moe_layer"]
 

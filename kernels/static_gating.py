@@ -28,7 +28,7 @@ import triton
 
 from kernels.align import CHUNK, _count_and_scan, align_scatter_kernel, check_topk_ids
 from kernels.reference import AlignResult, static_capacity
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 __all__ = ["static_capacity_gating", "static_capacity"]
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 __all__ = [
     "FfnConfig",
@@ -106,7 +106,7 @@ def load_ffn_configs(path: Path) -> dict[int, FfnConfig]:
 
 def save_ffn_configs(configs: dict[int, FfnConfig], experts: int, hidden: int, ffn: int, top_k: int,
                      dtype: str, device_name: str, config_dir: Path | None = None) -> Path:
-    from sim.files import atomic_write_bytes
+    from sim.common.files import atomic_write_bytes
 
     path = config_path(experts, hidden, ffn, top_k, dtype, device_name, config_dir)
     doc = {

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from realrun.model import DTYPES
+from sim.common.files import atomic_write_bytes
 from sim.cost.table import COLUMNS, OPTIONAL_COLUMNS
-from sim.files import atomic_write_bytes
 
 DEVICE_LABELS = (("H200", "h200"), ("H100", "h100-sxm"), ("A100", "a100-40gb"), ("4090", "rtx-4090"))
 

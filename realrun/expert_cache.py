@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import CachePolicy
 
 

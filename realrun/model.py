@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sim.config import ModelConfig
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
+from sim.world.config import ModelConfig
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: the router's own logits are squashed into (-ROUTER_EPS, ROUTER_EPS): below half the gap (1/K)

@@ -7,7 +7,7 @@ For every batch of ``batch_tokens`` consecutive trace tokens and every MoE layer
 2. the experts the batch needs at that layer are made resident through an
    :class:`~realrun.expert_cache.ExpertCache` driven by the *same* CachePolicy class the
    simulator and the replay use, in the one batch semantics of ``moesim cache mode=batch``
-   (:func:`sim.world.batch_executions`: the batch's experts run one at a time in increasing id
+   (:func:`sim.world.facts.batch_executions`: the batch's experts run one at a time in increasing id
    order, each one cache step with the batch's union as ``active``). The experts are launched
    together in one grouped-FFN call until a decision would evict an expert that has not run
    yet; that chunk is launched first. So the counts equal the replay's, by construction;
@@ -35,9 +35,9 @@ import torch
 from realrun import model
 from realrun.expert_cache import ExpertCache
 from realrun.model import DTYPES
-from sim.errors import ConfigError, MoesimError
+from sim.common.errors import ConfigError, MoesimError
 from sim.policies import CACHE
-from sim.world import CacheCounts, cache_slots
+from sim.world.facts import CacheCounts, cache_slots
 from traces.format import RoutingTrace
 
 

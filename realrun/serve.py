@@ -1,15 +1,15 @@
 """Realrun serves the simulator's scenario for real: one replica on one device (EP 1).
 
-The world is the simulator's own: :class:`sim.engine.Simulation` is built from the same config,
+The world is the simulator's own: :class:`sim.engine.simulation.Simulation` is built from the same config,
 workload, routing pool and binding (and never run), which gives the requests, the cluster plan
-(cache slots from :func:`sim.world.cache_slots`), the warm-started cache policy, the prefetch
-policy and predictor, the scheduler and the continuous :class:`sim.batching.Batcher`. Realrun
+(cache slots from :func:`sim.world.facts.cache_slots`), the warm-started cache policy, the prefetch
+policy and predictor, the scheduler and the continuous :class:`sim.serving.batching.Batcher`. Realrun
 drives that batcher in real time and, per iteration, makes the policy calls of
-:class:`sim.layers.LayerWalk` through the walk's own methods in the simulator's order:
+:class:`sim.serving.walk.LayerWalk` through the walk's own methods in the simulator's order:
 
 - every request arrives at time 0: ``request_start`` (per-request reset, predicted set, request
   prefetch) for each, in arrival order, before the first iteration;
-- per iteration: the batch's pool rows and attention shape (:func:`sim.layer_costs.batch_shape`),
+- per iteration: the batch's pool rows and attention shape (:func:`sim.serving.layer_costs.batch_shape`),
   the keys each layer needs (``LayerWalk.needs``), then per layer ``serve_layer`` (cache step
   ``rep.step + layer``, the iteration's keys ``active``) and, for a next-layer prefetch policy,
   ``next_layer``; the observers after the last layer.
@@ -47,9 +47,9 @@ import pandas as pd
 import torch
 
 from realrun.model import DTYPES, Shapes, TinyMoE, expert_ffn
-from sim.errors import ConfigError, MoesimError
-from sim.layer_costs import batch_shape
-from sim.world import CacheCounts
+from sim.common.errors import ConfigError, MoesimError
+from sim.serving.layer_costs import batch_shape
+from sim.world.facts import CacheCounts
 
 #: what a CPU iteration is timed by: wall clock, or this thread's CPU time
 CLOCKS = ("wall", "cpu")
@@ -194,7 +194,7 @@ class FollowedCache:
 
 
 class RealServer:
-    """Serve ``world`` (a :class:`sim.engine.Simulation`, built, not run) for real."""
+    """Serve ``world`` (a :class:`sim.engine.simulation.Simulation`, built, not run) for real."""
 
     def __init__(self, world: Any, device: str = "cpu", seed: int = 0, block_size: int = 16,
                  clock: str = "wall") -> None:
@@ -299,7 +299,7 @@ class RealServer:
         return out
 
     def iteration(self, batch: np.ndarray, alloc: np.ndarray) -> IterationRecord:
-        """One iteration: the simulator's decisions (:class:`sim.layers.LayerWalk`'s own
+        """One iteration: the simulator's decisions (:class:`sim.serving.walk.LayerWalk`'s own
         methods, in its order) carried out with real weights, copies and compute."""
         w, rep, st, sh = self.world, self.rep, self.st, self.sh
         walk, plan, req = w.walk, w.plan, w.req

@@ -36,8 +36,8 @@ def synth_trace(num_prompts: int = 40, L: int = 4, E: int = 16, K: int = 2, seed
 
 
 def predictor_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``moesim predictor ARGS`` in a subprocess (``python -m sim.cli``), output captured."""
-    return subprocess.run([sys.executable, "-m", "sim.cli", "predictor", *args],
+    """``moesim predictor ARGS`` in a subprocess (``python -m sim``), output captured."""
+    return subprocess.run([sys.executable, "-m", "sim", "predictor", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

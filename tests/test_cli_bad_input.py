@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.cli import main as moesim
+from sim.app.cli import main as moesim
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_bad_input_is_one_line_and_leaves_no_run_dir(argv, words, traces, capsys
 
 
 def test_kernels_bench_bad_value_is_one_line(capsys, tmp_path):
-    from kernels.cli import main
+    from sim.app.kernels_cmd import main
 
     assert main(["bench", "sizes=4", f"out_dir={tmp_path}"]) == 2
     _assert_one_line(2, capsys.readouterr().err, "sizes", "[4]")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.cli import main as moesim
+from sim.app.cli import main as moesim
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def _yaml_comments() -> list[tuple[str, str]]:
 
 
 def documented_commands() -> list[tuple[str, str]]:
-    from sim.cli import SUBCOMMANDS
+    from sim.app.cli import SUBCOMMANDS
 
     seen: dict[str, str] = {}
     for where, cmd in _readme() + _docstrings() + _yaml_comments():
@@ -187,7 +187,7 @@ def test_documented_command_is_valid(where, cmd, subst, capsys, monkeypatch, tmp
 def _parse_only(app: str, args: list[str]) -> int:
     """The argparse file tools: the arguments must parse (nothing is read or written)."""
     if app == "trace":
-        from traces.cli import _build_parser
+        from sim.app.trace_cmd import _build_parser
 
         parser = _build_parser()
     elif app == "report":

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from sim.cli import main
+from sim.app.cli import main
 from sim.policies import SCHEDULER
 from sim.policies.base import RequestView
 
@@ -84,7 +84,7 @@ def test_emoe_scheduler_a_late_request_does_not_stop_admission():
 def test_submitit_local_sweep_runs_the_jobs(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     d = tmp_path / "sw"
-    r = subprocess.run([sys.executable, "-m", "sim.cli", "experiment", "huang", "-m",
+    r = subprocess.run([sys.executable, "-m", "sim", "experiment", "huang", "-m",
                         "hydra/launcher=submitit_local", f"hydra.sweep.dir={d}", "parts=[gating]",
                         "gating.batch_tokens=[16]", "synth_requests=4,5", "synth_tokens=16"],
                        capture_output=True, text=True, timeout=120)

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from sim.cli import SUBCOMMANDS, main
+from sim.app.cli import SUBCOMMANDS, main
 
 
 def test_help_lists_every_command(capsys):
@@ -18,7 +18,7 @@ def test_unknown_command_is_one_line_error(capsys):
 
 
 def test_console_script_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "sim.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "sim", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage: moesim" in out.stdout
 
 

@@ -15,7 +15,7 @@ TINY = ["model=deepseek-v2-lite", "cluster=1x1", "hardware=a100-40gb", "workload
 
 
 def _sweep(d, caches, extra=()):
-    return [sys.executable, "-m", "sim.cli", "sim", "-m", f"hydra.sweep.dir={d}", *TINY,
+    return [sys.executable, "-m", "sim", "sim", "-m", f"hydra.sweep.dir={d}", *TINY,
             f"policy.cache={caches}", *extra]
 
 

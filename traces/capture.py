@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import MoesimError, TraceFormatError, short_error
-from sim.files import atomic_write, atomic_write_bytes
+from sim.common.errors import MoesimError, TraceFormatError, short_error
+from sim.common.files import atomic_write, atomic_write_bytes
 from traces.format import RoutingTrace, TraceMeta, make_tokens, read_trace, write_trace
 from traces.request_import import read_jsonl
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sim.errors import MoesimError
+from sim.common.errors import MoesimError
 
 
 @dataclass(frozen=True)

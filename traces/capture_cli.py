@@ -1,5 +1,5 @@
 """The ``moesim trace`` pieces for captured and engine-recorded traces: the ``capture`` subcommand
-and ``import`` of the vLLM, layer-parquet and SGLang formats. Kept apart so that ``traces/cli.py``
+and ``import`` of the vLLM, layer-parquet and SGLang formats. Kept apart so that ``sim/app/trace_cmd.py``
 only registers them; nothing heavy (torch, transformers) is imported until a command runs."""
 
 from __future__ import annotations

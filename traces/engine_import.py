@@ -29,7 +29,7 @@
     token stream is cut into requests of ``seq_len`` tokens (default: one request), all ``prefill``
     (a training forward pass); ``token_ids`` files, when given, must align row for row.
 
-Each violation raises :class:`~sim.errors.TraceFormatError` naming the file, the row and what was
+Each violation raises :class:`~sim.common.errors.TraceFormatError` naming the file, the row and what was
 expected; nothing is written here.
 """
 
@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.errors import TraceFormatError, short_error
-from sim.files import read_nonempty
+from sim.common.errors import TraceFormatError, short_error
+from sim.common.files import read_nonempty
 from traces.format import RoutingTrace, TraceMeta, check_expert_ids, make_tokens
 from traces.request_import import read_jsonl
 

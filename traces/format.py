@@ -17,7 +17,7 @@ and the :class:`TraceMeta` fields.
 
 This module is the only reader and writer of the format; every importer produces a RoutingTrace
 and calls :func:`write_trace`. Validation runs on load and before every write; each violation is a
-:class:`~sim.errors.TraceFormatError` naming the file, the token (row) and layer, and what was
+:class:`~sim.common.errors.TraceFormatError` naming the file, the token (row) and layer, and what was
 expected. Writes are atomic (temporary file in the target folder, then rename).
 """
 
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.errors import TraceFormatError, short_error
-from sim.files import atomic_write_table
+from sim.common.errors import TraceFormatError, short_error
+from sim.common.files import atomic_write_table
 
 SCHEMA_VERSION = 1
 META_KEY = b"moesim"

@@ -1,5 +1,5 @@
 """MoE-Beyond's routing CSVs -> :class:`~traces.format.RoutingTrace`: the ``moe-beyond-csv`` format
-of the trace importer (traces/cli.py).
+of the trace importer (sim/app/trace_cmd.py).
 
 ``moe-beyond-csv``
     DeepSeek-V2-Lite-Chat prefill routing recorded by MoE-Beyond: one CSV per prompt,
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.errors import TraceFormatError
-from sim.files import read_nonempty
+from sim.common.errors import TraceFormatError
+from sim.common.files import read_nonempty
 from traces.format import RoutingTrace, TraceMeta, check_expert_ids, make_tokens
 
 PathLike = str | Path

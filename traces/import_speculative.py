@@ -1,5 +1,5 @@
 """speculative-moe's routing JSONL -> :class:`~traces.format.RoutingTrace`: the
-``speculative-moe-jsonl`` format of the trace importer (traces/cli.py).
+``speculative-moe-jsonl`` format of the trace importer (sim/app/trace_cmd.py).
 
 ``speculative-moe-jsonl``
     Mixtral-8x7B decode routing recorded by speculative-moe: one JSON object per (problem, layer,
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.errors import TraceFormatError
+from sim.common.errors import TraceFormatError
 from traces.format import RoutingTrace, TraceMeta, check_expert_ids, make_tokens
 from traces.request_import import read_jsonl
 

@@ -1,7 +1,7 @@
 """Importers: real routing traces in other people's formats -> :class:`~traces.format.RoutingTrace`.
 
 Every importer reads its sources in the order given, keeps request ids as the source gives them,
-checks each file and raises :class:`~sim.errors.TraceFormatError` naming the file, the line and what
+checks each file and raises :class:`~sim.common.errors.TraceFormatError` naming the file, the line and what
 was expected on the first violation. Nothing is written here; the CLI validates and writes.
 
 Formats (see ``../shared/data/README.md``), one module each, whose docstring describes the

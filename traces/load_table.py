@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import TraceFormatError, short_error
-from sim.files import atomic_write_table, read_nonempty
+from sim.common.errors import TraceFormatError, short_error
+from sim.common.files import atomic_write_table, read_nonempty
 from traces.format import META_KEY, SCHEMA_VERSION, TraceMeta, read_meta
 
 LOAD_KIND = "load"

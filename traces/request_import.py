@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.errors import TraceFormatError
-from sim.files import read_nonempty
+from sim.common.errors import TraceFormatError
+from sim.common.files import read_nonempty
 from traces.workload import make_workload, read_workload, validate_workload
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -228,7 +228,7 @@ def load_workloads(paths: Sequence[str | os.PathLike], key: str = "workload.path
     row order (stable). Request ids become ``<i>:<id>`` (``i``: the file's position in the list).
     A bad entry fails in one line naming ``key[i]`` and the file.
     """
-    from sim.files import require_file
+    from sim.common.files import require_file
 
     paths = list(paths)
     if not paths:

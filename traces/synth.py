@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import MoesimError
+from sim.common.errors import MoesimError
 from traces.format import RoutingTrace, TraceMeta, make_tokens
 from traces.synth_params import SynthParams
 from traces.synth_sample import _pl_topk, sample_task

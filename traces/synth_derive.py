@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import MoesimError
-from sim.world import model_named
+from sim.common.errors import MoesimError
+from sim.world.facts import model_named
 
 #: the nearest model with a real trace, for each shipped model without one
 NEAREST = {"deepseek-v3": "deepseek-v2-lite", "qwen3-30b-a3b": "deepseek-v2-lite",
@@ -251,9 +251,9 @@ def _derive_task(name: str, st: dict[str, Any], der: dict[str, Any], Lt: int, Et
 def derive_params(model: Any, source: str | None = None, eps: float = 0.0, seed: int = 0,
                   calib_tokens: int = 12000, tol: float = 0.05, max_evals: int = 6,
                   command: str = "") -> dict[str, Any]:
-    """JSON-ready derived parameters for ``model`` (a :class:`sim.config.ModelConfig` or a
+    """JSON-ready derived parameters for ``model`` (a :class:`sim.world.config.ModelConfig` or a
     ``conf/model`` name) from ``source`` (default :data:`NEAREST`)."""
-    from sim.config import ModelConfig
+    from sim.world.config import ModelConfig
     from traces.synth_params import SCHEMA, VERSION
 
     if not isinstance(model, ModelConfig):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import MoesimError
+from sim.common.errors import MoesimError
 
 SCHEMA = "moesim-synth-params"
 VERSION = 2

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.errors import TraceFormatError, short_error
-from sim.files import atomic_write_table
+from sim.common.errors import TraceFormatError, short_error
+from sim.common.files import atomic_write_table
 from traces.format import META_KEY, SCHEMA_VERSION, read_meta
 
 WORKLOAD_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "task")

@@ -52,10 +52,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def simulate_row(row: dict[str, str]) -> float:
     from hydra import compose
 
-    from sim.binding import build_pool
-    from sim.config import to_sim_config
-    from sim.run import simulate
-    from sim.testing import random_pool
+    from sim.engine.run import simulate
+    from sim.serving.binding import build_pool
+    from sim.serving.testing import random_pool
+    from sim.world.config import to_sim_config
     from traces.workload import make_workload
 
     gpus, tp = int(row["gpus"]), int(row["tp"])
@@ -72,7 +72,7 @@ def simulate_row(row: dict[str, str]) -> float:
                       "cluster.warm_start=true"]
     cfg = to_sim_config(compose("sim", overrides=overrides))
     if offloaded:
-        from sim.config import dense_weight_bytes
+        from sim.world.config import dense_weight_bytes
 
         c = cfg.cluster
         c.expert_budget_bytes = int(cfg.hardware.memory_bytes - c.reserved_bytes -
@@ -145,7 +145,7 @@ def main() -> int:
     args = ap.parse_args()
     from hydra import initialize_config_module
 
-    from sim.config import register_configs
+    from sim.world.config import register_configs
 
     register_configs()
     rows = [r for r in read_rows(args.rows) if args.only in r["id"]]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sim.config import ClusterConfig, EngineConfig, HardwareConfig, ModelConfig
+from sim.common.errors import ConfigError
 from sim.cost.analytic import AnalyticCost, Parallel
 from sim.cost.base import CostModel
-from sim.errors import ConfigError
+from sim.world.config import ClusterConfig, EngineConfig, HardwareConfig, ModelConfig
 
 
 def parallel_of(cluster: ClusterConfig) -> Parallel:

@@ -1,8 +1,8 @@
 """The analytic roofline cost model, built from the hardware, the model and the parallel layout.
 
 Every kernel is ``launch + max(flops / (peak * flops_efficiency), bytes / (hbm * hbm_efficiency))``
-with the constants of a :class:`~sim.config.HardwareConfig` (each cited in its YAML under
-``conf/hardware/``) and the shapes of a :class:`~sim.config.ModelConfig` (its ``config.json``).
+with the constants of a :class:`~sim.world.config.HardwareConfig` (each cited in its YAML under
+``conf/hardware/``) and the shapes of a :class:`~sim.world.config.ModelConfig` (its ``config.json``).
 A layer is priced as the kernels a serving engine runs for it (vLLM / SGLang, CUDA graphs):
 
 - attention block: the QKV / output projections and shared experts as GEMMs over the weights
@@ -15,7 +15,7 @@ A layer is priced as the kernels a serving engine runs for it (vLLM / SGLang, CU
   :data:`MOE_BLOCK_TOKENS` (``moe_align_block_size``), so efficiency falls with few tokens per
   expert; the weights of every active expert are read once;
 - collectives: all-to-all (EP dispatch/combine across attention data-parallel ranks; the
-  simulator times it on the network's links instead, :mod:`sim.network`) and, with
+  simulator times it on the network's links instead, :mod:`sim.world.network`) and, with
   tensor parallelism, two all-reduces per layer, each ``latency + 2 (n-1)/n bytes / bandwidth``
   (ring) on NVLink (or the network across nodes);
 - per iteration: a fixed overhead (``hardware.iteration_overhead_s`` plus the serving engine's
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.config import HardwareConfig, ModelConfig, attention_params, dtype_bytes
+from sim.world.config import HardwareConfig, ModelConfig, attention_params, dtype_bytes
 
 #: FlashAttention query tile: FA2's forward uses 128-row query blocks for head_dim <= 128 on
 #: SM80/SM90 (flash-attention csrc/flash_attn/src/flash_fwd_launch_template.h), FA3 128 too
@@ -209,7 +209,7 @@ class AnalyticCost:
     def all_to_all_s(self, bytes_per_gpu: float, gpus: int, inter_node: bool) -> float:
         """One all-to-all of ``bytes_per_gpu`` spread evenly over ``gpus`` (the table model's
         fallback). The simulator does not call it: it times each layer's all-to-all on the
-        network's links from the actual traffic (:mod:`sim.network`)."""
+        network's links from the actual traffic (:mod:`sim.world.network`)."""
         if gpus <= 1:
             return 0.0
         hw = self.hw

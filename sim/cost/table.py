@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim.common.errors import ConfigError
 from sim.cost.analytic import AnalyticCost
 from sim.cost.base import moe_by_sum
-from sim.errors import ConfigError
 
 COLUMNS = ("op", "device", "dtype", "tokens", "experts", "hidden", "intermediate", "bytes", "time_s")
 OPS = ("expert", "gate", "attention", "copy", "all_to_all", "iteration")

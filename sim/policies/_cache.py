@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies._registry import NoArgs, Registry
-from sim.world import CacheCounts
+from sim.world.facts import CacheCounts
 
 #: the active set of a step with none (or of a policy that ignores it)
 NO_KEYS: frozenset[int] = frozenset()
@@ -49,7 +49,7 @@ class CachePolicy(ABC):
     ``begin_request(index)`` when a request starts (meaningful where ``uses_requests``) and
     ``set_predicted(keys)`` when a predictor names the next prompts' experts (``uses_prediction``).
 
-    ``counts`` (a :class:`sim.world.CacheCounts`) tallies what the cache did: hits, misses,
+    ``counts`` (a :class:`sim.world.facts.CacheCounts`) tallies what the cache did: hits, misses,
     streamed (misses not kept), evictions (by steps and by prefetch), prefetched (keys ``insert``
     loaded).
     """

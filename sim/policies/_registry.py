@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 P = TypeVar("P")
 

@@ -1,7 +1,7 @@
 """Policy interfaces and registries.
 
 A policy decides; it never simulates, copies or times anything, and never imports simpy or torch.
-The simulator (sim/), the fast cache replay (sim/replay.py) and realrun/ all drive the *same*
+The simulator (sim/), the fast cache replay (sim/replay/cache.py) and realrun/ all drive the *same*
 policy classes through these interfaces.
 
 Kinds and their interfaces (one folder per kind, one file per registered name):
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies._cache import CACHE, CachePolicy
 from sim.policies._registry import NoArgs, Registry
 

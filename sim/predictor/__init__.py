@@ -1,5 +1,5 @@
 """The eMoE expert predictor: per-token and per-prompt (eMoE-A) models, baselines, evaluation.
 
 torch is imported only in this package (model, token, prompt, checkpoint, runtime), never in
-sim.policies at import time. ``moesim predictor train|eval`` is :mod:`sim.predictor.cli`.
+sim.policies at import time. ``moesim predictor train|eval`` is :mod:`sim.app.predictor_cmd`.
 """

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import ConfigError
-from sim.files import atomic_write_bytes
+from sim.common.errors import ConfigError
+from sim.common.files import atomic_write_bytes
 
 FILES = ("token.safetensors", "prompt.safetensors", "baselines.safetensors", "config.json")
 

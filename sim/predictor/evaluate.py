@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import ConfigError
-from sim.files import atomic_write_bytes
+from sim.common.errors import ConfigError
+from sim.common.files import atomic_write_bytes
 from sim.predictor.data import Vocab, multi_hot, prompt_frequencies, request_rows, top_m
 from sim.predictor.metrics import (
     predict_popular,
@@ -256,30 +256,8 @@ def _inputs(model_cfg: dict[str, Any]) -> str:
 
 
 def _write_staleness(curve: list[dict[str, Any]], out: Path) -> None:
-
-    from analysis.plots import pyplot
-
-    plt = pyplot()
-
+    """staleness.csv (the plot, staleness.png, is :func:`analysis.predictor_plots.plot_staleness`)."""
     lines = ["period,f1,coverage,previous_prompt_f1,popular_f1"]
     lines += [f"{r['period']},{r['f1']:.6f},{r['coverage']:.6f},{r['previous_prompt_f1']:.6f},"
               f"{r['popular_f1']:.6f}" for r in curve]
     atomic_write_bytes(("\n".join(lines) + "\n").encode(), out / "staleness.csv")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    p = [r["period"] for r in curve]
-    ax.plot(p, [r["f1"] for r in curve], "o-", label="predictor (eMoE-A)")
-    ax.plot(p, [r["previous_prompt_f1"] for r in curve], "s--", label="copy previous prompt")
-    ax.plot(p, [r["popular_f1"] for r in curve], ":", label="most popular")
-    ax.set_xscale("log")
-    ax.set_xticks(p, [str(v) for v in p])  # every p as a plain number, not 10^x
-    ax.minorticks_off()
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.set_xlabel("prediction period p (prompts)")
-    ax.set_ylabel("per-layer set F1")
-    ax.set_title("per-prompt prediction vs staleness")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    from analysis.plots import save_figure
-
-    save_figure(fig, out / "staleness.png")

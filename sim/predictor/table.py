@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from traces.format import RoutingTrace
 
 TABLE_DIR = "next_layer_tables"
@@ -82,7 +82,7 @@ def next_layer_table(checkpoint_dir: str | Path, trace: RoutingTrace, cache: boo
             pass  # a corrupt cache file is rebuilt
     top, s_tok = _score(d, trace, ck, threads)
     if cache:
-        from sim.files import atomic_write_bytes
+        from sim.common.files import atomic_write_bytes
 
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()

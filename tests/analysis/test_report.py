@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from analysis.results import find_runs, load_records, load_runs
-from sim.cli import main
-from sim.errors import MoesimError
+from sim.app.cli import main
+from sim.common.errors import MoesimError
 
 
 def _run(d, overrides, metrics):

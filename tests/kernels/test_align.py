@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from kernels.align import dynamic_gating, moe_align_block_size
 from kernels.reference import AlignResult, dynamic_gating_ref, moe_align_block_size_ref
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 FIELDS = list(AlignResult.__dataclass_fields__)
 

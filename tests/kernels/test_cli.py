@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels.bench import CSV_COLUMNS
-from kernels.cli import main
+from sim.app.kernels_cmd import main
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given on a machine without a GPU")

@@ -5,7 +5,7 @@ import torch
 
 from kernels.combine_op import combine
 from kernels.reference import combine_ref
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 
 def test_docstring_example():

@@ -5,7 +5,7 @@ import torch
 
 from kernels.gating import topk_gating
 from kernels.reference import topk_gating_ref
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 CASES = {
     # name: (E, K, kwargs)

@@ -8,7 +8,7 @@ from kernels.grouped_ffn import grouped_swiglu
 from kernels.reference import grouped_swiglu_ref
 from kernels.static_gating import static_capacity_gating
 from kernels.tuning import FfnConfig
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 #: stated tolerances (outputs are O(1)): fp32 IEEE dots; fp16/bf16 one intermediate rounding apart
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (3e-2, 3e-2)}

@@ -5,7 +5,7 @@ import torch
 
 from kernels.reference import AlignResult, static_capacity, static_capacity_gating_ref
 from kernels.static_gating import static_capacity_gating
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 
 def assert_same(a: AlignResult, b: AlignResult) -> None:

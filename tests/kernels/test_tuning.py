@@ -13,7 +13,7 @@ from kernels.tuning import (
     load_ffn_configs,
     save_ffn_configs,
 )
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 
 
 def test_save_load_nearest_and_default(tmp_path):

@@ -1,6 +1,6 @@
 """realrun and the cache replay count the same: realrun's replay and ``moesim cache mode=batch``
 give identical counts on the same trace, batch size and capacity, for every online cache policy
-(the one batch semantics, :func:`sim.world.batch_executions`), and all three drivers size a cache
+(the one batch semantics, :func:`sim.world.facts.batch_executions`), and all three drivers size a cache
 with the one slot rule."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sim.policies import CACHE
-from sim.replay import layer_capacity, replay_batch
-from sim.world import cache_slots
+from sim.replay.cache import layer_capacity, replay_batch
+from sim.world.facts import cache_slots
 from tests.sim.test_cross_driver import FRACTIONS, _run_logged
 from traces.format import RoutingTrace, TraceMeta, make_tokens
 

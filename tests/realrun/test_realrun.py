@@ -7,8 +7,8 @@ import torch
 from kernels.reference import moe_layer_ref
 from realrun.expert_cache import ExpertCache
 from realrun.runner import RealMoE, RealrunConfig, routing_logits
-from sim.cli import main
-from sim.errors import ConfigError
+from sim.app.cli import main
+from sim.common.errors import ConfigError
 from sim.policies import CACHE
 from traces.format import RoutingTrace, TraceMeta, make_tokens
 
@@ -107,9 +107,9 @@ def test_calibration_profile_feeds_the_simulators_table_model(tmp_path):
     """realrun's calibration rows are what sim/cost/table.py reads: every op it measured is
     answered from the profile (no analytic fallback), for the model and device it names."""
     from realrun.calibrate import calibrate_model, write_profile
-    from sim.config import HardwareConfig, ModelConfig
     from sim.cost import AnalyticCost
     from sim.cost.table import TableCost
+    from sim.world.config import HardwareConfig, ModelConfig
 
     model = ModelConfig(hidden_size=32, expert_intermediate_size=16, num_experts=8, top_k=2,
                         num_layers=2, num_heads=2, head_dim=8, dtype="fp32")

@@ -16,10 +16,10 @@ from kernels.reference import moe_layer_ref
 from realrun import serve as serve_mod
 from realrun import validate as V
 from realrun.model import TinyMoE
-from sim.config import ClusterConfig, HardwareConfig, ModelConfig, SimConfig
 from sim.cost.analytic import AnalyticCost
 from sim.cost.table import TableCost
-from sim.testing import random_pool
+from sim.serving.testing import random_pool
+from sim.world.config import ClusterConfig, HardwareConfig, ModelConfig, SimConfig
 
 TOY = ModelConfig(name="toy", num_layers=3, num_experts=8, top_k=2, shared_experts=1,
                   hidden_size=32, expert_intermediate_size=16, num_heads=2, num_kv_heads=2,
@@ -196,7 +196,7 @@ def test_attention_fit_is_linear_in_tokens_context_kv_and_sequences(tmp_path):
 
 
 def test_cli_validate_end_to_end(tmp_path, capsys):
-    from sim.cli import main
+    from sim.app.cli import main
     from traces.format import RoutingTrace, TraceMeta, make_tokens, write_trace
 
     rng = np.random.default_rng(1)

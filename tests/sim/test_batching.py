@@ -1,4 +1,4 @@
-"""Continuous batching (sim/batching.py) driven by hand, no simpy: a timeline of admissions,
+"""Continuous batching (sim/serving/batching.py) driven by hand, no simpy: a timeline of admissions,
 preemptions and recomputes whose right answer differs from every plausible wrong rule."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.batching import Batcher, allocate
-from sim.config import ServingConfig
-from sim.errors import ConfigError, MoesimError
+from sim.common.errors import ConfigError, MoesimError
 from sim.policies import SCHEDULER
-from sim.state import ReplicaState, Requests, Tallies
+from sim.serving.batching import Batcher, allocate
+from sim.serving.state import ReplicaState, Requests, Tallies
+from sim.world.config import ServingConfig
 
 
 def _setup(prompt, output, kv, token_budget=64, max_batch=16, scheduler="fcfs", arrival=None,

@@ -6,9 +6,9 @@ import json
 
 from hydra import compose, initialize_config_module
 
-from sim.cli import main as cli_main
-from sim.config import SimConfig, register_configs, to_sim_config
-from sim.plan import check_config
+from sim.app.cli import main as cli_main
+from sim.serving.plan import check_config
+from sim.world.config import SimConfig, register_configs, to_sim_config
 from tests.conftest import shared_path
 
 

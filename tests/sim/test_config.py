@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from sim.cli import main as cli_main
-from sim.config import SimConfig, expert_bytes, kv_bytes_per_token, register_configs, to_sim_config
+from sim.app.cli import main as cli_main
+from sim.world.config import SimConfig, expert_bytes, kv_bytes_per_token, register_configs, to_sim_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

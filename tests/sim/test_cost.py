@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.config import HardwareConfig, ModelConfig, expert_bytes
+from sim.common.errors import ConfigError
 from sim.cost import AnalyticCost, CostModel, make_cost_model
 from sim.cost.table import TableCost, read_profile
-from sim.errors import ConfigError
+from sim.world.config import HardwareConfig, ModelConfig, expert_bytes
 
 MIX = ModelConfig()  # Mixtral-8x7B defaults
 H100 = HardwareConfig()
@@ -84,10 +84,10 @@ def test_make_cost_model_names():
 
 
 def test_sim_reports_table_out_of_range_in_metrics(tmp_path):
-    from sim.binding import bind
-    from sim.engine import Simulation
-    from sim.metrics import compute_metrics
-    from sim.testing import random_pool, tiny_config, workload
+    from sim.engine.metrics import compute_metrics
+    from sim.engine.simulation import Simulation
+    from sim.serving.binding import bind
+    from sim.serving.testing import random_pool, tiny_config, workload
 
     cfg = tiny_config(layers=2, experts=4, top_k=1)
     csv = tmp_path / "stub.csv"

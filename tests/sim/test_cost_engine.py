@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.config import ClusterConfig, EngineConfig, HardwareConfig, ModelConfig
+from sim.common.errors import ConfigError
 from sim.cost import AnalyticCost, make_cost_model
-from sim.errors import ConfigError
+from sim.world.config import ClusterConfig, EngineConfig, HardwareConfig, ModelConfig
 
 MIX = ModelConfig()
 H100 = HardwareConfig()
@@ -60,7 +60,7 @@ def test_engine_yaml_matches_schema_and_cites(path):
 def test_engine_composes_from_the_sim_app():
     from hydra import compose, initialize_config_module
 
-    from sim.config import register_configs, to_sim_config
+    from sim.world.config import register_configs, to_sim_config
 
     register_configs()
     with initialize_config_module(config_module="conf", version_base="1.3"):

@@ -9,15 +9,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sim.binding import bind
-from sim.cache_log import CacheLog
-from sim.config import HardwareConfig, ModelConfig
 from sim.cost import AnalyticCost, Parallel
 from sim.cost.analytic import ATTENTION_TILE_TOKENS, MOE_BLOCK_TOKENS, kv_read_tokens
-from sim.engine import Recorder, Simulation
-from sim.metrics import compute_metrics
-from sim.replay import replay_log
-from sim.testing import StubCost, pool_from_rows, random_pool, tiny_config, workload
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Recorder, Simulation
+from sim.replay.cache import replay_log
+from sim.serving.binding import bind
+from sim.serving.cache_log import CacheLog
+from sim.serving.testing import StubCost, pool_from_rows, random_pool, tiny_config, workload
+from sim.world.config import HardwareConfig, ModelConfig
 
 MIX = ModelConfig()
 H100 = HardwareConfig()

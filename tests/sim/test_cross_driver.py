@@ -15,15 +15,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sim.binding import bind
-from sim.cache_log import CacheLog
-from sim.config import FaultConfig, ModelConfig, expert_bytes
-from sim.engine import Simulation
-from sim.metrics import compute_metrics
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Simulation
 from sim.policies import CACHE
-from sim.replay import replay_log
-from sim.testing import StubCost, random_pool, tiny_config, workload
-from sim.world import CacheCounts, expert_bytes_of_trace, model_for_trace
+from sim.replay.cache import replay_log
+from sim.serving.binding import bind
+from sim.serving.cache_log import CacheLog
+from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.world.config import FaultConfig, ModelConfig, expert_bytes
+from sim.world.facts import CacheCounts, expert_bytes_of_trace, model_for_trace
 from traces.format import TraceMeta
 
 ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]
@@ -136,7 +136,7 @@ def test_one_expert_size_for_every_driver():
     assert expert_bytes_of_trace(captured) == 1234
     for name in ("qwen3-30b-a3b", "deepseek-v3"):  # the old replay table lacked these
         assert expert_bytes_of_trace(dataclasses.replace(meta, model=name)) > 0
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model=NAME or expert_bytes"):
         expert_bytes_of_trace(dataclasses.replace(meta, model="unknown-model"))
@@ -148,8 +148,8 @@ def test_cache_log_file_from_the_cli_replays_to_the_simulators_counts(tmp_path):
     the replay driver, it counts what that run's metrics.json says."""
     import json
 
-    from sim.cache_log import read_cache_log
-    from sim.cli import main as moesim
+    from sim.app.cli import main as moesim
+    from sim.serving.cache_log import read_cache_log
 
     out = tmp_path / "run"
     rc = moesim(["sim", "model=deepseek-v2-lite", "hardware=a100-40gb", "cluster=1x1",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sim.cli import main as cli_main
+from sim.app.cli import main as cli_main
 
 
 @pytest.mark.slow

@@ -11,15 +11,15 @@ import sys
 import numpy as np
 import pytest
 
-from sim.binding import RoutingPool, bind
-from sim.engine import Policies, Recorder, Simulation
-from sim.errors import ConfigError
-from sim.metrics import compute_metrics
+from sim.common.errors import ConfigError
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Policies, Recorder, Simulation
 from sim.policies import PREFETCH
 from sim.policies.base import PrefetchContext
 from sim.policies.prefetch.noisy_oracle import corrupt
-from sim.replay import replay_plain
-from sim.testing import StubCost, pool_from_rows, tiny_config, workload
+from sim.replay.cache import replay_plain
+from sim.serving.binding import RoutingPool, bind
+from sim.serving.testing import StubCost, pool_from_rows, tiny_config, workload
 from tests.predictor_helpers import synth_trace as predictor_synth_trace
 from tests.predictor_helpers import train_tiny
 from traces.format import RoutingTrace, write_trace
@@ -193,7 +193,7 @@ def _sim_ds(tr, args):
 
 
 def test_accuracy_and_prefetch_experiments_run_end_to_end(tiny_checkpoint, tmp_path):
-    from sim.cli import main
+    from sim.app.cli import main
 
     path, ck = tiny_checkpoint
     common = [f"trace.path={path}", f"dial.checkpoint={ck}", "replay_requests=3",
@@ -231,7 +231,7 @@ def test_accuracy_and_prefetch_experiments_run_end_to_end(tiny_checkpoint, tmp_p
 def test_prefetch_experiment_needs_a_checkpoint(tmp_path):
     path = tmp_path / "t.parquet"
     write_trace(synth_trace(num_prompts=2, L=26, E=64, K=6, model="deepseek-v2-lite"), path)
-    cmd = [sys.executable, "-m", "sim.cli", "experiment", "prefetch", f"trace.path={path}",
+    cmd = [sys.executable, "-m", "sim", "experiment", "prefetch", f"trace.path={path}",
            f"hydra.run.dir={tmp_path / 'o'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0

@@ -1,6 +1,7 @@
 """The simulator's fast paths against the general one (the reference): LRU as recency stamps
-served an iteration at once (sim/policies/cache/_stamped.py, ``policy.cache_arrays``) and the
-tokens per key from the pool's prefix counts (sim/token_counts.py) give byte-identical ``metrics.json``.
+served an iteration at once (sim/serving/lru_arrays.py, ``policy.cache_arrays``) and the
+tokens per key from the pool's prefix counts (sim/serving/token_counts.py) give byte-identical
+``metrics.json``.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sim.layers
-import sim.token_counts
-from sim.binding import bind
-from sim.config import FaultConfig
-from sim.engine import Simulation
-from sim.metrics import compute_metrics, metrics_json
+import sim.serving.token_counts
+import sim.serving.walk
+from sim.engine.metrics import compute_metrics, metrics_json
+from sim.engine.simulation import Simulation
 from sim.policies.base import CACHE, PREFETCH
-from sim.policies.cache._stamped import StampedLRU, StampStore, serve_lru_iteration
 from sim.policies.cache.lru import LRUCache
-from sim.testing import StubCost, random_pool, tiny_config, workload
+from sim.serving.binding import bind
+from sim.serving.lru_arrays import StampedLRU, StampStore, serve_lru_iteration
+from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.world.config import FaultConfig
 
 #: online cache policies (the simulator rejects oracles: belady needs the replay)
 ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]
@@ -78,14 +79,14 @@ def test_every_policy_same_metrics(cache, prefetch, shape):
 def test_fast_path_is_taken(monkeypatch):
     """The bench's shape (EP, one key per GPU and layer, LRU) goes through the arrays."""
     calls = {"arrays": 0, "general": 0}
-    real = sim.layers.serve_lru_iteration
+    real = sim.serving.walk.serve_lru_iteration
 
     def spy(*a, **k):
         out = real(*a, **k)
         calls["arrays" if out is not None else "general"] += 1
         return out
 
-    monkeypatch.setattr(sim.layers, "serve_lru_iteration", spy)
+    monkeypatch.setattr(sim.serving.walk, "serve_lru_iteration", spy)
     cfg = tiny_config(layers=3, experts=4, top_k=2, gpus_per_node=4, ep=4, budget_fraction=0.5,
                       token_budget=24)
     sim_, _ = _sim(cfg)
@@ -143,7 +144,7 @@ def test_stamps_serve_like_lru(seed, pairwise, monkeypatch):
     inserts in between (the cache turns to objects and back): the same misses per step, the same
     counts, the same resident keys in the same recency order as LRUCache.access_steps (the
     double-counted keys found pairwise, and by counts per layer as for big iterations)."""
-    import sim.policies.cache._stamped as stamped
+    import sim.serving.lru_arrays as stamped
 
     monkeypatch.setattr(stamped, "PAIRWISE_MAX", 10**9 if pairwise else -1)
     rng = np.random.default_rng(seed)
@@ -199,7 +200,7 @@ def test_stamps_serve_like_lru(seed, pairwise, monkeypatch):
 def test_prefix_counts_match_direct():
     rng = np.random.default_rng(0)
     keys = rng.integers(0, 12, size=(50, 4)).astype(np.int16)
-    C = sim.token_counts.pool_prefix_counts(keys, 12)
+    C = sim.serving.token_counts.pool_prefix_counts(keys, 12)
     for a, b in [(0, 50), (3, 17), (10, 11), (49, 50)]:
         assert (C[b] - C[a]).tolist() == np.bincount(keys[a:b].ravel(), minlength=12).tolist()
 
@@ -211,7 +212,7 @@ def test_prefix_counts_across_row_blocks(rows):
     rng = np.random.default_rng(rows)
     keys = rng.integers(0, 9, size=(rows, 5)).astype(np.int16)
     keys[::7, 1] = keys[::7, 0]
-    C = sim.token_counts.pool_prefix_counts(keys, 9)
+    C = sim.serving.token_counts.pool_prefix_counts(keys, 9)
     direct = np.zeros((rows + 1, 9), dtype=np.int64)
     for i in range(rows):
         direct[i + 1] = direct[i] + np.bincount(keys[i], minlength=9)
@@ -232,7 +233,7 @@ def test_earlier_newer_dominance_count_equals_pairwise(monkeypatch, seed):
     """The large-iteration count of keys used twice (ranks, layer blocks, binary searches) equals
     the pairwise count on random iterations: accesses in serving order by GPU then layer,
     distinct stamps, queries a subset of the residents."""
-    import sim.policies.cache._stamped as stamped
+    import sim.serving.lru_arrays as stamped
 
     rng = np.random.default_rng(seed)
     G, L = 5, 13

@@ -1,10 +1,9 @@
-"""Fault recovery (sim/faults.py): a recovered GPU starts with empty caches, KV accounting never
+"""Fault recovery (sim/serving/faults.py): a recovered GPU starts with empty caches, KV accounting never
 goes negative, a re-routed request recomputes its context; and a stuck run fails, never hangs
 (the simulator's livelock check in-process, pytest-timeout around any test)."""
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import sys
 import textwrap
@@ -13,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.binding import bind
-from sim.config import FaultConfig
-from sim.engine import Simulation
-from sim.errors import MoesimError
-from sim.metrics import compute_metrics
-from sim.testing import StubCost, random_pool, tiny_config, workload
+from sim.common.errors import MoesimError
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Simulation
+from sim.serving.binding import bind
+from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.world.config import FaultConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,22 +101,27 @@ def _stuck_sim():
 
 
 def _without_context_reset():
-    """fault_process with the re-routed requests' context reset deleted (the bug that hung)."""
-    import sim.faults as faults
+    """faults.fail with the re-routed requests' context reset undone (the bug that hung)."""
+    from sim.serving import faults
 
-    src = inspect.getsource(faults)
-    assert "            sim.req.ctx[i] = 0\n" in src
-    ns: dict = {}
-    exec(compile(src.replace("            sim.req.ctx[i] = 0\n", ""), faults.__file__, "exec"), ns)
-    return ns["fault_process"]
+    real = faults.fail
+
+    def fail(rep, req, tallies, now):
+        ctx = req.ctx.copy()
+        victims = real(rep, req, tallies, now)
+        req.ctx[:] = ctx  # the bug: re-routed requests keep the context their KV no longer holds
+        return victims
+
+    return fail
 
 
 def test_stuck_fault_recovery_is_a_livelock_error(monkeypatch):
     """Re-routed requests that keep their old context never catch up: the run used to spin
     forever; the livelock check makes it an error."""
-    import sim.engine as engine
+    import sim.engine.simulation as engine
+    from sim.serving import faults
 
-    monkeypatch.setattr(engine, "fault_process", _without_context_reset())
+    monkeypatch.setattr(faults, "fail", _without_context_reset())
     monkeypatch.setattr(engine, "LIVELOCK_ITERATIONS", 200)
     with pytest.raises(MoesimError, match="livelock: replica 1 ran 201 iterations"):
         _stuck_sim().run()
@@ -126,12 +130,13 @@ def test_stuck_fault_recovery_is_a_livelock_error(monkeypatch):
 
 
 STUCK = '''
-import sim.engine as engine
+import sim.engine.simulation as engine
+from sim.serving import faults
 from tests.sim.test_faults import _stuck_sim, _without_context_reset
 
 
 def test_stuck(monkeypatch):
-    monkeypatch.setattr(engine, "fault_process", _without_context_reset())
+    monkeypatch.setattr(faults, "fail", _without_context_reset())
     monkeypatch.setattr(engine, "LIVELOCK_ITERATIONS", 10**15)  # as before the livelock check
     _stuck_sim().run()
 '''

@@ -1,4 +1,4 @@
-"""The network as link resources (sim/network.py): traffic matrices worked out by hand, timeline
+"""The network as link resources (sim/world/network.py): traffic matrices worked out by hand, timeline
 cases on the links (shared NICs, an oversubscribed spine), the degenerate checks, config errors."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from sim_test_helpers import assert_log
 
-from sim.binding import bind
-from sim.cluster import Topology
-from sim.config import ClusterConfig, HardwareConfig
-from sim.engine import Recorder, Simulation
-from sim.errors import ConfigError
-from sim.metrics import compute_metrics
-from sim.network import Network, SharedLink, count_tokens, gpu_traffic, source_counts, token_sources
-from sim.testing import StubCost, random_pool, tiny_config, workload
+from sim.common.errors import ConfigError
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Recorder, Simulation
+from sim.serving.binding import bind
+from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.world.config import ClusterConfig, HardwareConfig
+from sim.world.network import Network, SharedLink, count_tokens, gpu_traffic, source_counts, token_sources
+from sim.world.topology import Topology
 
 INF = float("inf")
 
@@ -245,7 +245,7 @@ def test_network_config_errors(kw, words):
 
 
 def test_network_config_error_on_the_command_line(capsys, monkeypatch, tmp_path):
-    from sim.cli import main as moesim
+    from sim.app.cli import main as moesim
 
     monkeypatch.chdir(tmp_path)
     try:
@@ -288,7 +288,7 @@ def test_timeline_of_two_replicas_sharing_node_nics():
     (2 B/s, no latency), NVLink unused. Each replica serves one request of one token that lives
     on its first GPU and routes to expert 2, held by its second GPU (the other node): 2 bytes
     cross node 0's NIC out and node 1's NIC in (1 s), and back for the combine."""
-    from sim.testing import pool_from_rows
+    from sim.serving.testing import pool_from_rows
 
     def run(n_requests):
         cfg = _net_cfg(2, 2, 2, replicas=[(0, 2), (1, 3)], nic="node", bw=2.0)

@@ -27,7 +27,7 @@ def test_eplb_never_exceeds_slot_count(G, per, R_mult, nodes, seed):
     if (E + R) // nodes > (E // nodes) * (G // nodes):  # more replicas than distinct GPUs allow
         import pytest
 
-        from sim.errors import ConfigError
+        from sim.common.errors import ConfigError
 
         with pytest.raises(ConfigError, match="replicas"):
             PLACEMENT.make("eplb", num_gpus=G, num_redundant=R, num_nodes=nodes).place(load)
@@ -81,7 +81,7 @@ def test_rebalance_counts_moves():
 
 
 def test_placement_cli_on_synthetic_trace(tmp_path):
-    from sim.cli import main
+    from sim.app.cli import main
     from traces.format import RoutingTrace, TraceMeta, make_tokens, write_trace
 
     rng = np.random.default_rng(0)

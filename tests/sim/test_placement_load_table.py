@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from sim.cli import main as moesim
+from sim.app.cli import main as moesim
 from traces.load_table import LoadMeta, LoadTable, write_load_table
 
 

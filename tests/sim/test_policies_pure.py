@@ -38,7 +38,7 @@ def test_policies_import_without_simpy_or_torch():
 def test_registry_rejects_unknown_name():
     import pytest
 
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
     from sim.policies import CACHE
 
     with pytest.raises(ConfigError, match="unknown cache policy 'nope'.*lru"):

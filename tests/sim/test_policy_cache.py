@@ -217,7 +217,7 @@ def test_keep_predicted_protects_predicted_set():
 
 
 def test_belady_requires_future_and_matching_replay():
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
 
     c = CACHE.make("belady", capacity=1, num_keys=4)
     with pytest.raises(ConfigError, match="set_future"):

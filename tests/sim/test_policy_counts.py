@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.policies import CACHE
-from sim.world import CacheCounts
+from sim.world.facts import CacheCounts
 
 ops_st = st.lists(st.one_of(
     st.tuples(st.just("access"), st.sets(st.integers(0, 9), max_size=4), st.sets(st.integers(0, 9))),

@@ -79,7 +79,7 @@ def test_perfect_oracles_read_the_future():
 
 
 def test_perfect_prefetch_replay_hits_everything_after_first_layer():
-    from sim.replay import replay_plain
+    from sim.replay.cache import replay_plain
 
     tr = _trace()
     r = replay_plain(tr, "lru", 0.5, prefetch="perfect")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER
 from sim.policies.base import CachePolicy, PrefetchPolicy
 

@@ -114,7 +114,7 @@ def test_emoe_token_budget_is_inclusive_and_counts_done_tokens():
 def test_emoe_config_is_checked():
     import pytest
 
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
 
     for bad in (dict(load_latency_s=-1.0), dict(per_token_s=-0.1), dict(reset_frac=1.5),
                 dict(reset_frac=-0.1)):
@@ -172,7 +172,7 @@ def test_emoe_remaining_output_default_reset_fraction_and_message():
     assert remaining_output(rv(0, 0.0, 1, 40, 1.0, done=30)) == 10
     import pytest
 
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^emoe scheduler: load_latency_s, per_token_s >= 0 and "
                                           r"reset_frac in \[0, 1\] expected$"):

@@ -109,7 +109,7 @@ def test_train_and_eval_cli_on_a_small_slice(tmp_path):
     assert pol.cost_s() == 0.0  # the standing prediction is reused between reruns
 
     # hooked into the cache replay and the simulator by name, like any prefetch policy
-    from sim.replay import replay_plain
+    from sim.replay.cache import replay_plain
     from traces.format import read_trace
 
     tr = read_trace(path)
@@ -117,10 +117,10 @@ def test_train_and_eval_cli_on_a_small_slice(tmp_path):
                      prefetch_kwargs={"checkpoint": str(ck), "period": 2})
     assert r.prefetched > 0 and r.hits + r.misses == r.accesses
 
-    from sim.binding import RoutingPool, bind
-    from sim.engine import Simulation
-    from sim.metrics import compute_metrics
-    from sim.testing import StubCost, tiny_config, workload
+    from sim.engine.metrics import compute_metrics
+    from sim.engine.simulation import Simulation
+    from sim.serving.binding import RoutingPool, bind
+    from sim.serving.testing import StubCost, tiny_config, workload
 
     def simulate(call_s: float) -> dict:
         cfg = tiny_config(layers=tr.num_layers, experts=tr.num_experts, top_k=tr.top_k,

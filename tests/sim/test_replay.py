@@ -1,4 +1,4 @@
-"""The fast cache replay (sim/replay.py) and ``moesim cache``: exact plain/batch semantics."""
+"""The fast cache replay (sim/replay/cache.py) and ``moesim cache``: exact plain/batch semantics."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sim.replay import layer_capacity, replay_batch, replay_plain, run_replay
-from sim.testing import routing_trace
+from sim.replay.cache import layer_capacity, replay_batch, replay_plain, run_replay
+from sim.serving.testing import routing_trace
 from traces.format import RoutingTrace, write_trace
 
 
@@ -21,7 +21,7 @@ def test_layer_capacity_is_the_shared_slot_rule():
     assert layer_capacity(0.5, 5) == 2  # rounds down: a budget never buys more than it says
     assert layer_capacity(0.29, 100) == 29  # not 28: binary 0.29 * 100 is 28.999...
     assert layer_capacity(0.0, 8) == 0
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
 
     with pytest.raises(ConfigError):
         layer_capacity(1.5, 8)
@@ -94,7 +94,7 @@ def test_run_replay_reports_gap_and_bytes():
 
 
 def test_unknown_policy_and_model_are_config_errors():
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
 
     tr = _trace([[[0, 1]]], model="mystery-moe")
     with pytest.raises(ConfigError, match="unknown cache policy 'nope'"):
@@ -105,7 +105,7 @@ def test_unknown_policy_and_model_are_config_errors():
 
 
 def test_cli_writes_identical_metrics(tmp_path):
-    from sim.cli import main
+    from sim.app.cli import main
 
     rng = np.random.default_rng(0)
     ex = np.stack([np.stack([rng.choice(16, 4, replace=False) for _ in range(2)])
@@ -133,7 +133,7 @@ def test_reroute_serves_full_caches_without_loads():
     requests load nothing; each absent choice is rerouted and counted against fidelity."""
     import numpy as np
 
-    from sim.replay import replay_plain
+    from sim.replay.cache import replay_plain
     from traces.format import RoutingTrace, TraceMeta, make_tokens
 
     ex = np.array([[[0]], [[1]],            # request a: fills the cache with {0, 1}

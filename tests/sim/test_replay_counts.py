@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from sim.policies import CACHE
-from sim.replay import replay_batch, replay_plain, run_replay
-from sim.testing import routing_trace as _trace
-from sim.world import batch_executions
+from sim.replay.cache import replay_batch, replay_plain, run_replay
+from sim.serving.testing import routing_trace as _trace
+from sim.world.facts import batch_executions
 
 POLICIES = ["lru", "lfu", "fifo", "lifo", "priority", "keep_predicted", "belady"]
 
@@ -164,7 +164,7 @@ def test_per_request_prefetch_loads_the_plan_before_the_first_token():
 
 
 def test_replay_option_errors():
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
 
     tr = _random(1, T=8)
     with pytest.raises(ConfigError, match="^mode must be 'plain' or 'batch', got 'fast'$"):
@@ -174,8 +174,8 @@ def test_replay_option_errors():
 
 
 def test_replay_log_serves_each_event_kind():
-    from sim.errors import ConfigError
-    from sim.replay import replay_log
+    from sim.common.errors import ConfigError
+    from sim.replay.cache import replay_log
 
     events = [("warm", 0, (0, 1), ()),          # loaded before serving: not counted
               ("access", 1, (0,), ()),          # hit
@@ -197,7 +197,7 @@ def test_replay_log_serves_each_event_kind():
 # ------------------------------------------------------------------------------------------------
 def test_contexts_describe_each_request():
     from sim.policies.base import PrefetchContext
-    from sim.replay import _contexts
+    from sim.replay.cache import _contexts
 
     tr = _trace([[[0]], [[1]], [[2]], [[3]], [[0]]], 4, ["a", "a", "b", "b", "b"])
     tr.tokens["task"] = ["t1", "t1", "t2", "t2", "t2"]
@@ -209,7 +209,7 @@ def test_contexts_describe_each_request():
 
 
 def test_make_prefetch_names_none_and_passes_arguments():
-    from sim.replay import _make_prefetch
+    from sim.replay.cache import _make_prefetch
 
     tr = _random(2, T=12)
     assert _make_prefetch(None, tr) is None and _make_prefetch("", tr) is None
@@ -222,7 +222,7 @@ def test_make_prefetch_names_none_and_passes_arguments():
 def _naive_token_major(trace, policy, fraction, prefetch):
     """Plain mode with a next-layer prefetch policy, written plainly from the docstring."""
     from sim.policies import PREFETCH
-    from sim.replay import _contexts
+    from sim.replay.cache import _contexts
 
     T, L, K = trace.experts.shape
     E = trace.num_experts
@@ -260,7 +260,7 @@ def _naive_token_major(trace, policy, fraction, prefetch):
 
 
 def _total_counts(caches):
-    from sim.world import CacheCounts
+    from sim.world.facts import CacheCounts
 
     return CacheCounts.total(c.counts for c in caches)
 
@@ -304,7 +304,7 @@ def test_result_fields_on_tiny_cases():
     assert r.per_layer_hit_rate == [0.0] and (r.capacity, r.mode) == (2, "plain")
     b = replay_batch(one, "lru", 0.5, 4)
     assert b.per_layer_hit_rate == [0.0] and (b.capacity, b.mode, b.prefetch) == (2, "batch", "none")
-    from sim.errors import ConfigError
+    from sim.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^capacity_fracs=1.5; expected a fraction"):
         replay_plain(one, "lru", 1.5)

@@ -20,7 +20,7 @@ def ds_trace():
 
 
 def test_real_trace_belady_bounds_every_policy(ds_trace):
-    from sim.replay import run_replay
+    from sim.replay.cache import run_replay
 
     recs = run_replay(ds_trace, ["lru", "lfu", "fifo", "lifo", "priority", "keep_predicted"],
                       [0.25, 0.5, 0.75])
@@ -40,7 +40,7 @@ def test_real_trace_batch_mode_lifo_beats_lru_and_fifo(ds_trace):
     """The README's batch-mode claim (Huang et al.'s setting, batches of 16): LIFO beats LRU and
     FIFO at 25 / 50 / 75 % of experts, Belady bounds all three; on the first 12 prompts the
     misses are pinned (an off-by-one in a batch's active set moves LIFO's)."""
-    from sim.replay import replay_batch
+    from sim.replay.cache import replay_batch
 
     misses = {(p, f): replay_batch(ds_trace, p, f, batch_size=16).misses
               for p in ("lifo", "lru", "fifo", "belady") for f in (0.25, 0.5, 0.75)}

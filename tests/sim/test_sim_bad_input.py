@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.cli import main as moesim
+from sim.app.cli import main as moesim
 
 BAD = [
     (["hardware.hbm_bytes_per_s=0"], ["hardware.hbm_bytes_per_s"]),
@@ -52,7 +52,7 @@ def test_bad_sim_input_is_one_line(args, words, capsys, monkeypatch, tmp_path):
 
 
 def test_out_of_order_workload_is_an_error(tmp_path):
-    from sim.errors import TraceFormatError
+    from sim.common.errors import TraceFormatError
     from traces.request_import import import_workload
 
     f = tmp_path / "az.csv"
@@ -67,10 +67,10 @@ def test_a_stuck_simulation_is_a_livelock_error_not_a_hang(monkeypatch):
     stops with a clear error instead (tests/sim/test_sim_degenerate.py has the normal cases)."""
     import numpy as np
 
-    import sim.engine as engine
-    from sim.binding import bind
-    from sim.errors import MoesimError
-    from sim.testing import StubCost, random_pool, tiny_config, workload
+    import sim.engine.simulation as engine
+    from sim.common.errors import MoesimError
+    from sim.serving.binding import bind
+    from sim.serving.testing import StubCost, random_pool, tiny_config, workload
 
     monkeypatch.setattr(engine, "LIVELOCK_ITERATIONS", 50)
     cfg = tiny_config(layers=1, experts=2, top_k=1, token_budget=1)
@@ -84,7 +84,7 @@ def test_a_stuck_simulation_is_a_livelock_error_not_a_hang(monkeypatch):
 
 
 def test_progress_is_not_silent_off_a_terminal(capsys):
-    from sim.run import _Progress
+    from sim.engine.run import _Progress
 
     p = _Progress(10, enabled=True, tty=False, every_s=0.0)
     p.update(4)

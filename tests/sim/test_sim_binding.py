@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.binding import RoutingPool, bind, build_pool
-from sim.config import TraceConfig
-from sim.errors import ConfigError
-from sim.testing import tiny_model, workload
+from sim.common.errors import ConfigError
+from sim.serving.binding import RoutingPool, bind, build_pool
+from sim.serving.testing import tiny_model, workload
+from sim.world.config import TraceConfig
 from traces.format import RoutingTrace, TraceMeta, make_tokens, write_trace
 
 
@@ -54,7 +54,7 @@ def test_generated_pool_is_deterministic_under_the_seed():
     from traces.synth_params import fitted_params
 
     fitted_params("deepseek-v2-lite")  # shipped in the wheel: failing to load them is a failure
-    from sim.config import ModelConfig
+    from sim.world.config import ModelConfig
 
     m = ModelConfig(name="deepseek-v2-lite", num_layers=26, num_experts=64, top_k=6)
     tc = TraceConfig(pool_size=2, pool_tokens=32)

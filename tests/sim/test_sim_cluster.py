@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sim.cluster import Link, Topology
-from sim.config import ClusterConfig
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
+from sim.serving.link import Link
+from sim.world.config import ClusterConfig
+from sim.world.topology import Topology
 
 
 def test_concurrent_copies_share_a_link():

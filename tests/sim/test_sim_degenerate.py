@@ -8,11 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sim.binding import bind
 from sim.cost import AnalyticCost
-from sim.engine import Recorder, Simulation
-from sim.metrics import compute_metrics
-from sim.testing import random_pool, tiny_config, workload
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Recorder, Simulation
+from sim.serving.binding import bind
+from sim.serving.testing import random_pool, tiny_config, workload
 
 
 def _wl(n=12, seed=1):

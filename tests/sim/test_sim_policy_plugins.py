@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.binding import bind
-from sim.engine import Simulation
-from sim.errors import ConfigError
-from sim.metrics import compute_metrics
+from sim.common.errors import ConfigError
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Simulation
 from sim.policies import CACHE, PLACEMENT, PREFETCH, SCHEDULER
-from sim.testing import StubCost, random_pool, tiny_config, workload
+from sim.serving.binding import bind
+from sim.serving.testing import StubCost, random_pool, tiny_config, workload
 
 
 def _run(kind: str, name: str):

@@ -7,11 +7,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.binding import bind
-from sim.config import FaultConfig
-from sim.engine import Simulation
-from sim.metrics import compute_metrics
-from sim.testing import StubCost, random_pool, tiny_config, workload
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Simulation
+from sim.serving.binding import bind
+from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.world.config import FaultConfig
 
 
 @st.composite
@@ -91,7 +91,7 @@ def test_fault_reroutes_in_flight_requests_and_shows_in_metrics():
 
 
 def test_node_fault_and_no_live_replica_waits_for_recovery():
-    from sim.testing import StubCost as Cost
+    from sim.serving.testing import StubCost as Cost
 
     cfg = tiny_config(layers=2, experts=4, top_k=1, nodes=2, gpus_per_node=1, ep=1, kv_tokens=200,
                       token_budget=8)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sim_test_helpers import assert_log
 
-from sim.binding import bind
-from sim.engine import Policies, Recorder, Simulation
-from sim.metrics import compute_metrics
-from sim.testing import StubCost, pool_from_rows, tiny_config, workload
+from sim.engine.metrics import compute_metrics
+from sim.engine.simulation import Policies, Recorder, Simulation
+from sim.serving.binding import bind
+from sim.serving.testing import StubCost, pool_from_rows, tiny_config, workload
 
 
 def _run(cfg, wl, pool, cost):
@@ -57,7 +57,7 @@ def test_two_gpus_pay_all_to_all_and_overlap_copies():
     # EP=2: GPU 0 holds experts 0,1 of each layer, GPU 1 experts 2,3; budget: 1 slot per layer
     pool = pool_from_rows([[[0], [3]]])
     cfg = tiny_config(layers=2, experts=4, gpus_per_node=2, ep=2, budget_fraction=0.5)
-    # the all-to-all is timed on the network (sim/network.py): NVLink of infinite bandwidth and
+    # the all-to-all is timed on the network (sim/world/network.py): NVLink of infinite bandwidth and
     # 0.5 ms latency makes every all-to-all 0.5 ms
     cfg.hardware.nvlink_bytes_per_s, cfg.hardware.nvlink_latency_s = float("inf"), 0.0005
     cost = StubCost(attn_s=0.001, expert_s_each=0.002, host_link_bytes_per_s=2000.0)

@@ -1,4 +1,4 @@
-"""The per-batch split of a replicated expert's tokens across its replicas (sim/token_split.py),
+"""The per-batch split of a replicated expert's tokens across its replicas (sim/world/token_split.py),
 the split-aware placement ``split``, and the simulator's multi-owner layer costs through it."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim_test_helpers import slot_counts
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies import PLACEMENT
-from sim.token_split import split_tokens, water_fill
+from sim.world.token_split import split_tokens, water_fill
 
 
 def _random_hold(rng, L, E, G, p=0.3):
@@ -177,7 +177,7 @@ def test_split_placement_balances_per_batch_better_than_eplb_on_anticorrelated_l
     base = rng.poisson(10, size=(60, L, E))
     base[::2, :, :4] += 30
     base[1::2, :, 4:] += 30
-    from sim.placement_cli import imbalance, split_imbalance
+    from sim.replay.placement import imbalance, split_imbalance
 
     train, test = base[:30], base[30:]
     res = {}
@@ -195,11 +195,11 @@ def test_split_placement_balances_per_batch_better_than_eplb_on_anticorrelated_l
 
 # -- the simulator ---------------------------------------------------------------------------------
 def _sim(cfg, pool, n=10, seed=1):
-    from sim.binding import bind
     from sim.cost import AnalyticCost
-    from sim.engine import Simulation
-    from sim.metrics import compute_metrics
-    from sim.testing import workload
+    from sim.engine.metrics import compute_metrics
+    from sim.engine.simulation import Simulation
+    from sim.serving.binding import bind
+    from sim.serving.testing import workload
 
     rng = np.random.default_rng(seed)
     wl = workload(np.cumsum(rng.exponential(0.01, n)).tolist(), rng.integers(5, 30, n).tolist(),
@@ -211,7 +211,7 @@ def _sim(cfg, pool, n=10, seed=1):
 
 
 def _cfg(placement, **args):
-    from sim.testing import tiny_config
+    from sim.serving.testing import tiny_config
 
     cfg = tiny_config(layers=3, experts=8, top_k=2, gpus_per_node=4, ep=4)
     cfg.policy.placement = placement
@@ -222,8 +222,8 @@ def _cfg(placement, **args):
 def test_multi_owner_branch_equals_single_owner_branch_without_replicas():
     """The multi-owner layer costs (through the split) give the single-owner branch's numbers
     when every expert has one GPU: only replicated experts change anything."""
-    from sim.layer_costs import batch_shape, layer_costs
-    from sim.testing import random_pool
+    from sim.serving.layer_costs import batch_shape, layer_costs
+    from sim.serving.testing import random_pool
 
     pool = random_pool(3, 8, 2, entries=4, tokens=40, rng=np.random.default_rng(0))
     sim, _ = _sim(_cfg("greedy"), pool, n=2)
@@ -244,8 +244,8 @@ def test_multi_owner_branch_equals_single_owner_branch_without_replicas():
 
 
 def test_sim_with_replicated_experts_follows_the_split():
-    from sim.layer_costs import batch_shape, layer_costs
-    from sim.testing import random_pool
+    from sim.serving.layer_costs import batch_shape, layer_costs
+    from sim.serving.testing import random_pool
 
     pool = random_pool(3, 8, 2, entries=4, tokens=40, rng=np.random.default_rng(0))
     sim, m = _sim(_cfg("eplb", num_redundant=4), pool)
@@ -265,7 +265,7 @@ def test_sim_with_replicated_experts_follows_the_split():
     equal = np.einsum("le,leg->lg", counts.reshape(plan.L, plan.E), plan.share)
     assert (lc.load.max(axis=1) <= equal.max(axis=1) + 1).all()
     # the all-to-all follows the split: each GPU receives the tokens the split gives it
-    from sim.network import gpu_traffic
+    from sim.world.network import gpu_traffic
 
     src, share = lc.a2a
     traffic = gpu_traffic(plan, src, share)  # (L, G, G) source GPU -> expert GPU

@@ -1,4 +1,4 @@
-"""The facts the three drivers share (sim/world.py), each pinned on its edges."""
+"""The facts the three drivers share (sim/world/facts.py), each pinned on its edges."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sim.config import expert_bytes
-from sim.errors import ConfigError
-from sim.world import (
+from sim.common.errors import ConfigError
+from sim.world.config import expert_bytes
+from sim.world.facts import (
     COUNT_FIELDS,
     CacheCounts,
     batch_executions,

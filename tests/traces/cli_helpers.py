@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sim.cli import main as moesim
+from sim.app.cli import main as moesim
 
 
 def run(argv, capsys):

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 import tiny_moe  # noqa: E402  (tests/traces helper)
 
-from sim.cli import main as moesim  # noqa: E402
+from sim.app.cli import main as moesim  # noqa: E402
 from traces.capture import capture, hidden_path  # noqa: E402
 from traces.capture_arch import ARCHS, find_routers, installed_archs, router_params  # noqa: E402
 from traces.format import read_trace  # noqa: E402
@@ -115,7 +115,7 @@ def test_cli_capture_then_stats(tmp_path, capsys):
     assert "Qwen2-MoE" in capsys.readouterr().out
     assert moesim(["trace", "stats", str(out)]) == 0
     assert "tokens" in capsys.readouterr().out
-    from sim.replay import run_replay  # the cache replay takes a captured trace like any other
+    from sim.replay.cache import run_replay  # the cache replay takes a captured trace like any other
 
     tr = read_trace(out)
     assert tr.meta.extra["expert_bytes"] == 3 * 32 * 16 * 4  # gate, up, down of 32x16, float32

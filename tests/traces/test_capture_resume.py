@@ -16,7 +16,7 @@ pytest.importorskip("transformers", reason="capture needs the [capture] extra (t
 
 import tiny_moe  # noqa: E402
 
-from sim.cli import main as moesim  # noqa: E402
+from sim.app.cli import main as moesim  # noqa: E402
 from traces.capture import KILL_ENV, capture  # noqa: E402
 from traces.format import read_trace  # noqa: E402
 
@@ -39,7 +39,7 @@ def test_killed_capture_resumes_without_duplicates(tmp_path, capsys):
 
     out = tmp_path / "t.parquet"
     env = {**os.environ, KILL_ENV: "3"}  # dies after the 3rd prompt: part 0 (2 prompts) complete
-    r = subprocess.run([sys.executable, "-m", "sim.cli", *_argv(mdir, prompts, out)], env=env,
+    r = subprocess.run([sys.executable, "-m", "sim", *_argv(mdir, prompts, out)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr[-2000:]
     parts = tmp_path / "t.parquet.parts"

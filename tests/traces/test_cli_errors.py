@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.cli import main as moesim
+from sim.app.cli import main as moesim
 
 L, K = 26, 6
 
@@ -152,7 +152,7 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     import sys
 
     src = write(tmp_path / "prompt_1_data.csv", ds_rows()[:-2])
-    r = subprocess.run([sys.executable, "-m", "sim.cli", "trace", "import", "--format", DS, str(src), "-o",
+    r = subprocess.run([sys.executable, "-m", "sim", "trace", "import", "--format", DS, str(src), "-o",
                         str(tmp_path / "o.parquet")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

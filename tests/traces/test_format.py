@@ -101,7 +101,7 @@ def test_written_schema_is_the_documented_one(tmp_path):
 def test_write_validates_first_and_names_the_file(tmp_path):
     import pytest
 
-    from sim.errors import TraceFormatError
+    from sim.common.errors import TraceFormatError
 
     tr = _small()
     tr.experts[1, 0, 0] = 9
@@ -118,7 +118,7 @@ def test_read_errors_name_the_file(tmp_path):
     import pyarrow.parquet as pq
     import pytest
 
-    from sim.errors import TraceFormatError
+    from sim.common.errors import TraceFormatError
     from traces.format import read_meta
 
     missing = tmp_path / "none.parquet"
@@ -148,7 +148,7 @@ def test_read_errors_name_the_file(tmp_path):
 def test_select_take_and_request_tables():
     import pytest
 
-    from sim.errors import TraceFormatError
+    from sim.common.errors import TraceFormatError
 
     tr = _small()
     assert tr.request_ids() == ["a", "b"] and tr.request_tasks() == ["t1", "t2"]
@@ -192,7 +192,7 @@ def test_read_trace_errors_and_defaults(tmp_path):
     import pyarrow.parquet as pq
     import pytest
 
-    from sim.errors import TraceFormatError
+    from sim.common.errors import TraceFormatError
 
     good = tmp_path / "good.parquet"
     write_trace(_small(), good)
@@ -245,7 +245,7 @@ def test_read_trace_errors_and_defaults(tmp_path):
 def test_format_edges():
     import pytest
 
-    from sim.errors import TraceFormatError
+    from sim.common.errors import TraceFormatError
     from traces.format import TOKEN_COLUMNS, validate
 
     tr = _small()
@@ -272,7 +272,7 @@ def test_read_trace_validates_and_keeps_dtypes(tmp_path, monkeypatch):
     import pytest
 
     import traces.format as fmt
-    from sim.errors import TraceFormatError
+    from sim.common.errors import TraceFormatError
 
     good = tmp_path / "good.parquet"
     write_trace(_small(text=["x", "y", "z"]), good)

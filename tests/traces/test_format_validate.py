@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sim.errors import TraceFormatError
+from sim.common.errors import TraceFormatError
 from traces.format import RoutingTrace, TraceMeta, make_tokens, validate
 
 

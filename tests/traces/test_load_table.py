@@ -8,8 +8,8 @@ import pytest
 import torch
 from cli_helpers import run
 
-from sim.cli import main as moesim
-from sim.errors import TraceFormatError
+from sim.app.cli import main as moesim
+from sim.common.errors import TraceFormatError
 from traces.format import read_trace
 from traces.load_table import load_table, read_load_table
 

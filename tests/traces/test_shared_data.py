@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from sim.cli import main as moesim
+from sim.app.cli import main as moesim
 from tests.conftest import shared_path
 from traces.format import read_trace
 

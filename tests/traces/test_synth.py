@@ -14,7 +14,7 @@ import traces.synth as synth
 import traces.synth_fit as synth_fit
 import traces.synth_params as synth_params
 import traces.synth_sample as synth_sample
-from sim.errors import MoesimError
+from sim.common.errors import MoesimError
 from traces.stats import cross_layer_stats, popularity_counts
 
 

@@ -10,8 +10,8 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from sim.errors import MoesimError
-from sim.world import model_named
+from sim.common.errors import MoesimError
+from sim.world.facts import model_named
 from traces.format import expert_counts
 from traces.stats import cross_layer_stats, gini
 from traces.synth import sample_trace

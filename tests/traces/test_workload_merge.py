@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from sim.cli import main as cli_main
-from sim.config import workload_paths
-from sim.errors import ConfigError, TraceFormatError
+from sim.app.cli import main as cli_main
+from sim.common.errors import ConfigError, TraceFormatError
+from sim.world.config import workload_paths
 from tests.conftest import shared_path
 from traces.request_import import load_workloads
 from traces.workload import make_workload, write_workload

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import CACHE, CachePolicy
 
 NEVER = 1 << 40  # 'never used again': beyond any step; rank = NEVER * keys + ... fits int64

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import PLACEMENT, Placement, PlacementPolicy
 
 

@@ -1,4 +1,4 @@
-"""Placement for the per-batch token split (:mod:`sim.token_split`): redundant experts chosen and
+"""Placement for the per-batch token split (:mod:`sim.world.token_split`): redundant experts chosen and
 placed so that, batch by batch, splitting a replicated expert's tokens between its replicas can
 even out the GPUs.
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import PLACEMENT, Placement, PlacementPolicy
 
 
@@ -141,7 +141,7 @@ class SplitPlacement(PlacementPolicy):
         return row
 
     def place(self, load: np.ndarray) -> Placement:
-        from sim.token_split import split_tokens
+        from sim.world.token_split import split_tokens
 
         load = np.asarray(load, dtype=np.float64)  # (L, E)
         L, E = load.shape

@@ -2,7 +2,7 @@
 
 In the cache replay the driver names the token (``ctx.extra["token"]``). In the simulator a
 next-layer oracle (``batch_rows``) is given the routing pool once (``set_routing``, by
-:class:`sim.prediction.Prediction`) and, before each iteration, the pool rows of the batch's
+:class:`sim.serving.prediction.Prediction`) and, before each iteration, the pool rows of the batch's
 tokens (``batch``); its truth for layer l+1 is then the union of those rows' experts there.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import PrefetchContext, PrefetchPolicy
 
 

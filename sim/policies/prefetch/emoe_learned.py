@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
 
 

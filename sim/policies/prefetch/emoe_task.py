@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
 from sim.policies.prefetch._ids import top_ids
 

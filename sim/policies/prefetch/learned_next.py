@@ -3,7 +3,7 @@
 At layer l, the experts predicted for layer l+1 of the tokens being served are prefetched: in the
 cache replay the token ``ctx.extra["token"]``, in the simulator the union over the iteration's
 batch (copies start at layer l's gate time and layer l+1 waits for those still in flight: late
-copies are stall; :mod:`sim.prediction`, :mod:`sim.layers`). The predictions are the
+copies are stall; :mod:`sim.serving.prediction`, :mod:`sim.serving.walk`). The predictions are the
 layer-causal per-token model's, computed once over ``trace_path`` by
 :func:`sim.predictor.table.next_layer_table` (inputs known before layer l+1 runs: the token's
 context and its true experts at layers < l+1) and cached beside the checkpoint.
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
 
 _TABLES: dict[tuple[str, str], Any] = {}  # (checkpoint, trace) -> (table, trace experts)
@@ -43,7 +43,7 @@ class LearnedNextConfig:
 def _load(checkpoint: str, trace_path: str) -> tuple[Any, np.ndarray]:
     key = (checkpoint, trace_path)
     if key not in _TABLES:
-        from sim.files import require_file
+        from sim.common.files import require_file
         from sim.predictor.table import next_layer_table
         from traces.format import read_trace
 
@@ -77,7 +77,7 @@ class LearnedNextLayer(PrefetchPolicy):
         self._batch: np.ndarray | None = None
         self.hits = self.predicted = self.true = 0
 
-    # -- simulator hooks (sim.prediction) ------------------------------------------------------
+    # -- simulator hooks (sim.serving.prediction) ------------------------------------------------------
     def set_routing(self, experts: np.ndarray) -> None:
         """The simulator's pool must be the table's trace, or its first prompts (its rows
         index the table)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext
 from sim.policies.prefetch._oracle import TraceOracle
 

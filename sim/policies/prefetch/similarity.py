@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
 from sim.policies.prefetch._ids import top_ids
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sim.errors import ConfigError
+from sim.common.errors import ConfigError
 from sim.policies.base import SCHEDULER, RequestView, SchedulerPolicy
 
 

@@ -1,0 +1,147 @@
+"""``moesim experiment prefetch``: the learned predictor as a next-layer prefetcher with real
+lead time, against demand LRU, the noisy oracle at the learned predictor's accuracy, and perfect
+prefetch, at each memory of ``cluster.expert_budget_fractions``.
+
+    moesim experiment prefetch trace.path=ds.parquet dial.checkpoint=RUN/checkpoint [key=value ...]
+
+The prompts are the checkpoint's held-out test prompts (``dial.split``; then the first
+``replay_requests``). In the simulator (LRU over the GPU's expert memory), a next-layer
+prefetcher starts its copies on the host link when layer l's routing is known (its gate time)
+and layer l+1 waits for those still in flight: copies that arrive late count as stall. The
+learned prefetcher (``learned_next``) pays its own compute on every layer (``dial.call_s_per_token``,
+or the measured scoring time). Runs per memory: ``lru`` (demand loading, no prefetch),
+``learned_next``, ``learned_free`` (the same predictions at zero compute cost: what the cost
+takes away), ``noisy_oracle`` at the recall / precision the learned prefetcher measured in that
+run (per batch union, the sets it prefetched), ``perfect``. The learned prefetcher's share of
+perfect prefetch's stall reduction is (stall_lru - stall_learned) / (stall_lru - stall_perfect).
+
+Writes ``DIR/prefetch.csv``, ``DIR/prefetch.png``, ``DIR/summary.md`` and ``DIR/results.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sim.app.experiments.base import say, write_json
+from sim.common.errors import ConfigError
+
+SERIES = ("lru", "learned_next", "learned_free", "noisy_oracle", "perfect")
+
+
+def task(cfg_node: Any) -> dict[str, Any]:
+    from sim.app.experiments.config import PrefetchExperimentConfig
+    from sim.app.experiments.dial import (
+        SimSetup,
+        check_dial,
+        learned_keys,
+        load_trace,
+        noisy_keys,
+        sim_row,
+        write_csv,
+    )
+    from sim.app.hydra_app import run_dir
+    from sim.app.schemas import app_config
+
+    cfg = app_config(cfg_node, PrefetchExperimentConfig)
+    check_dial(cfg)
+    if not cfg.dial.checkpoint:
+        raise ConfigError("dial.checkpoint is required: a per-token predictor from 'moesim "
+                          "predictor train trace.path=FILE predictor=layers' (its checkpoint/)")
+    out = Path(run_dir())
+    trace, tpath = load_trace(cfg, out)
+    fracs = [float(f) for f in cfg.cluster.expert_budget_fractions]
+    say(f"moesim experiment prefetch: {cfg.trace.path}, {trace.num_tokens} tokens, "
+        f"{len(trace.request_ids())} prompts; memories {fracs}")
+    setup = SimSetup(cfg, trace, tpath)
+    rows: list[dict[str, Any]] = []
+    for f in fracs:
+        mem = {"cluster.expert_budget_fraction": f, "policy.cache": "lru"}
+        say(f"[{f:g}] lru, learned_next, learned_free, noisy_oracle, perfect ...")
+        got: dict[str, dict[str, Any]] = {}
+        m, _ = setup.run(f"lru@{f:g}", {**mem, "policy.prefetch": "none"})
+        got["lru"] = {**sim_row(m), "recall": None, "precision": None}
+        m, pol = setup.run(f"learned_next@{f:g}", {**mem, **learned_keys(cfg, tpath)})
+        acc = pol.accuracy()
+        got["learned_next"] = {**sim_row(m), **acc,
+                               "call_s_per_token_layer": pol.s_per_token_layer,
+                               "measured_s_per_token": pol.measured_s_per_token}
+        m, _ = setup.run(f"learned_free@{f:g}", {**mem, **learned_keys(cfg, tpath, free=True)})
+        got["learned_free"] = {**sim_row(m), **acc}
+        m, _ = setup.run(f"noisy_oracle@{f:g}",
+                         {**mem, **noisy_keys(cfg, acc["recall"], acc["precision"])})
+        got["noisy_oracle"] = {**sim_row(m), **acc}
+        m, _ = setup.run(f"perfect@{f:g}", {**mem, "policy.prefetch": "perfect"})
+        got["perfect"] = {**sim_row(m), "recall": 1.0, "precision": 1.0}
+        base, best = got["lru"]["stall_s"], got["perfect"]["stall_s"]
+        for s in SERIES:
+            r = got[s]
+            share = (base - r["stall_s"]) / (base - best) if base > best else None
+            rows.append({"budget": f, "series": s, **r, "share_of_perfect_stall_reduction": share})
+    write_csv(rows, out / "prefetch.csv")
+    write_json({"kind": "experiment_prefetch", "trace": cfg.trace.path,
+                "prompts": len(trace.request_ids()), "tokens": trace.num_tokens,
+                "checkpoint": cfg.dial.checkpoint, "hardware": cfg.hardware.name, "rows": rows},
+               out / "results.json")
+    _plot(rows, fracs, out / "prefetch.png")
+    _summary(rows, fracs, cfg, trace, out / "summary.md")
+    print(f"prefetch: {out / 'prefetch.csv'}, {out / 'prefetch.png'}, {out / 'summary.md'}")
+    return {"rows": rows}
+
+
+def _plot(rows: list[dict[str, Any]], fracs: list[float], path: Path) -> None:
+    import numpy as np
+
+    from analysis.plots import pyplot, save_figure
+
+    plt = pyplot()
+    keys = (("stall_s", "fetch stall (s)"), ("h2d_gb", "H2D bytes (GB)"), ("hit_rate", "hit rate"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    x = np.arange(len(fracs))
+    w = 0.8 / len(SERIES)
+    for ax, (key, label) in zip(axes, keys):
+        for i, s in enumerate(SERIES):
+            ys = [next((r[key] for r in rows if r["budget"] == f and r["series"] == s), 0.0)
+                  for f in fracs]
+            ax.bar(x + (i - (len(SERIES) - 1) / 2) * w, ys, w, label=s)
+        ax.set_xticks(x, [f"{f:g}" for f in fracs])
+        ax.set_xlabel("share of the experts on the GPU")
+        ax.set_ylabel(label)
+        if key == "hit_rate":
+            ax.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _summary(rows: list[dict[str, Any]], fracs: list[float], cfg: Any, trace: Any, path: Path) -> None:
+    from analysis.plots import command_line
+    from sim.common.files import atomic_write_bytes
+
+    lr = next(r for r in rows if r["series"] == "learned_next")
+    lines = ["# Next-layer prefetch with real lead time", "", f"`{command_line()}`", "",
+             f"Trace {cfg.trace.path}"
+             f"{f' (the checkpoint split {cfg.dial.split!r})' if cfg.dial.checkpoint else ''}"
+             f": {len(trace.request_ids())} prompts, {trace.num_tokens} "
+             f"tokens; model {cfg.model.name}, hardware {cfg.hardware.name} (host link "
+             f"{cfg.hardware.host_link_bytes_per_s / 1e9:g} GB/s); predictor {cfg.dial.checkpoint}, "
+             f"charged {lr['call_s_per_token_layer'] * 1e6:.2f} us per token per layer "
+             f"(measured scoring {lr['measured_s_per_token'] * 1e6:.1f} us per token, all layers).",
+             "", "| memory | series | recall | precision | hit rate | stall (s) | H2D (GB) | "
+             "E2E p50 (s) | share of perfect's stall reduction |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rec = "" if r["recall"] is None else f"{r['recall']:.3f}"
+        pre = "" if r["precision"] is None else f"{r['precision']:.3f}"
+        sh = r["share_of_perfect_stall_reduction"]
+        lines.append(f"| {r['budget']:g} | {r['series']} | {rec} | {pre} | {r['hit_rate']:.3f} | "
+                     f"{r['stall_s']:.3f} | {r['h2d_gb']:.2f} | {r['e2e_p50_s']:.3f} | "
+                     f"{'n/a' if sh is None else f'{sh:.2f}'} |")
+    lines += [""]
+    for f in fracs:
+        r = next(x for x in rows if x["budget"] == f and x["series"] == "learned_next")
+        sh = r["share_of_perfect_stall_reduction"]
+        lines.append(f"- {f:g} of the experts: the learned prefetcher achieves "
+                     f"{'n/a (perfect reduces no stall)' if sh is None else f'{sh * 100:.0f} %'} "
+                     f"of perfect prefetch's stall reduction.")
+    lines += ["", "![prefetch](prefetch.png)", ""]
+    atomic_write_bytes("\n".join(lines).encode(), path)

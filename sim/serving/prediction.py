@@ -1,0 +1,172 @@
+"""Prediction and prefetch in a replica: what the layer walk (:mod:`sim.serving.walk`) does with the
+prefetch policy and the request predictor, and the per-request hooks of the cache policies.
+
+- :meth:`Prediction.request_start`: a request reaches a replica; caches that keep per-request
+  state reset it (``begin_request``), the request predictor (the prefetch policy, or eMoE-A for a
+  cache that keeps a predicted set) names the experts it expects (``set_predicted``), and a
+  per-request prefetch policy loads them.
+- :meth:`Prediction.next_layer` / :meth:`Prediction.observe`: after a layer, the predictors learn
+  what it used and a next-layer prefetch policy loads its guess for the layer after.
+- :meth:`Prediction.prefetch_keys`: prefetch copies start on the GPUs' host links (or, on a
+  device whose copies run in line with compute, are charged as time by :meth:`take_inline`).
+
+Shape legend: L MoE layers, E experts per layer; a cache key is ``layer * E + expert``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.common.errors import MoesimError
+from sim.policies.base import CACHE, PrefetchContext, PrefetchPolicy
+from sim.serving.cache_log import CacheLog
+from sim.serving.plan import ClusterPlan
+from sim.serving.state import GpuState, Recorder, ReplicaState, Requests
+
+
+class Prediction:
+    def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, prefetch: PrefetchPolicy,
+                 predictor: PrefetchPolicy | None, cache_name: str,
+                 recorder: Recorder | None = None, log: CacheLog | None = None) -> None:
+        self.cost, self.req = cost, req
+        self.prefetch, self.predictor = prefetch, predictor
+        self.cache_name = cache_name
+        self.recorder, self.log = recorder, log
+        self.L, self.E = plan.L, plan.E
+        self.eb = plan.expert_bytes
+        pf = type(prefetch)
+        self.pf_next = pf.predicts_next_layer
+        self.pf_req = pf.plans_requests
+        #: a next-layer policy that reads the batch's routing rows (the oracles, ``learned_next``):
+        #: given the pool once here, and each iteration's pool rows by :meth:`begin`
+        self.pf_rows = pf.batch_rows
+        if self.pf_rows:
+            N = len(plan.pool_keys)
+            base = (np.arange(plan.L, dtype=np.int64) * plan.E)[None, :, None]  # (1, L, 1)
+            prefetch.set_routing(plan.pool_keys.reshape(N, plan.L, plan.K).astype(np.int64) - base)
+        self.observers = [p for p in dict.fromkeys([prefetch, predictor])
+                          if p is not None and type(p).observes]
+        #: a device whose copies run in line with compute (``copies_in_line``: the CPU profile of
+        #: realrun calibrate): a prefetch costs its copy time where it is issued (the next layer,
+        #: or the next iteration for a request's prefetch) instead of overlapping on the link
+        self.inline = bool(getattr(cost, "copies_in_line", False))
+        self._inline_s: dict[int, float] = {}  # replica -> in-line copy seconds not yet charged
+        cache_cls = CACHE.get(cache_name)
+        self.cache_uses_requests = cache_cls.uses_requests
+        self.cache_uses_prediction = cache_cls.uses_prediction
+
+    def cost_s(self) -> float:
+        """Seconds one prediction call costs per layer (charged when a prefetch policy predicts)."""
+        return self.prefetch.cost_s() if (self.pf_next or self.pf_req) else 0.0
+
+    def begin(self, rows: np.ndarray) -> float:
+        """An iteration serves the tokens of pool rows ``rows`` (T,): a policy that reads them
+        is told (its cost may depend on the batch); returns :meth:`cost_s`."""
+        if self.pf_rows:
+            self.prefetch.batch(rows)
+        return self.cost_s()
+
+    def take_inline(self, rep: ReplicaState) -> float:
+        """In-line prefetch copy time of replica ``rep`` not yet charged (0 on a device whose
+        copies overlap compute)."""
+        return self._inline_s.pop(rep.index, 0.0) if self.inline else 0.0
+
+    def observe(self, rep: ReplicaState, l: int, used_flat: np.ndarray) -> np.ndarray:
+        E = self.E
+        experts = np.flatnonzero(used_flat[l * E:(l + 1) * E])
+        for p in self.observers:
+            p.observe(rep.ctx, l, experts)
+        return experts
+
+    def next_layer(self, rep: ReplicaState, l: int, used_flat: np.ndarray, step0: int,
+                    t_gate: float, need: list[list[Any]]) -> None:
+        E = self.E
+        experts = self.observe(rep, l, used_flat) if self.observers else \
+            np.flatnonzero(used_flat[l * E:(l + 1) * E])
+        if l + 1 < self.L:
+            pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
+            if len(pred):
+                self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, t_gate, need, l + 1)
+
+    def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, t_issue: float,
+                      need: list[list[Any]], layer: int) -> None:
+        """Load predicted keys into the GPUs that hold them, issuing copies at ``t_issue``."""
+        stall = 0.0  # in-line copies only
+        for g, st in enumerate(rep.states):
+            cache = st.cache
+            if cache is None:
+                continue
+            mine = keys[st.home_mask[keys]]
+            if not len(mine):
+                continue
+            protect = need[g][layer] if layer < len(need[g]) else ()
+            if self.log is not None:
+                self.log.add(st.gpu, "insert", step, mine.tolist(), protect)
+            loaded, _ = cache.insert(step, mine.tolist(), protect=protect)
+            if len(cache.resident) > st.capacity:
+                raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
+                                  f"{st.gpu} during prefetch")
+            st.peak_resident = max(st.peak_resident, len(cache.resident))
+            if self.inline:
+                if loaded:  # the replica's GPUs copy side by side: the longest stalls it
+                    stall = max(stall, self.cost.copy_s(len(loaded) * self.eb))
+                continue
+            rec = self.recorder
+            for k in loaded:
+                tid = st.inflight[k] = st.link.add(t_issue, self.eb)
+                if rec is not None and rec.want(t_issue):
+                    # finish as known now (later copies on the link may stretch it)
+                    rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
+                            t_issue + st.link.latency_s, st.link.finish_peek(tid))
+        if stall:
+            self._inline_s[rep.index] = self._inline_s.get(rep.index, 0.0) + stall
+
+    def request_start(self, rep: ReplicaState, i: int, now: float) -> None:
+        """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,
+        the request predictor (the prefetch policy, or eMoE-A for a cache that keeps a predicted
+        set) names the experts it expects, and the prefetch policy loads them."""
+        r = self.req
+        pred_plan: dict[int, Any] = {}
+        if self.predictor is not None:
+            ctx = PrefetchContext(request_id=r.request_id[i], task=r.task[i],
+                                  prompt_tokens=int(r.prompt[i]), request_index=i)
+            pred_plan = self.predictor.on_request(ctx)
+        for st in rep.states:
+            cache = st.cache
+            if cache is None:
+                continue
+            if self.cache_uses_requests:
+                if self.log is not None:
+                    self.log.add(st.gpu, "begin", i)
+                cache.begin_request(i)
+            if self.cache_uses_prediction and self.predictor is not None:
+                keys = self._predicted_keys(st, pred_plan)
+                if self.log is not None:
+                    self.log.add(st.gpu, "predict", 0, keys)
+                cache.set_predicted(keys)
+        if self.pf_req and pred_plan:
+            need: list[list[Any]] = [[] for _ in rep.states]
+            for layer, experts in sorted(pred_plan.items()):
+                keys = int(layer) * self.E + np.asarray(experts, dtype=np.int64)
+                self.prefetch_keys(rep, keys, rep.step, now, need, int(layer))
+
+    def _predicted_keys(self, st: GpuState, plan: dict[int, Any]) -> list[int]:
+        """The predicted set that fits a GPU's cache: the predicted experts the GPU holds, taken
+        rank by rank across layers (every layer's first, then every layer's second, ...) up to
+        its slots; with one cache per layer this is the replay's rule (each layer's first C)."""
+        E = self.E
+        per_layer = []
+        for layer, experts in sorted(plan.items()):
+            keys = int(layer) * E + np.asarray(experts, dtype=np.int64)
+            per_layer.append(keys[st.home_mask[keys]].tolist())
+        out: list[int] = []
+        depth = max((len(k) for k in per_layer), default=0)
+        for rank in range(depth):
+            for keys in per_layer:
+                if rank < len(keys):
+                    if len(out) >= st.capacity:
+                        return out
+                    out.append(keys[rank])
+        return out

@@ -1,0 +1,147 @@
+"""Tokens per cache key of an iteration's batch, counted from the pool's prefix counts: pure
+numpy over the plan (``pool_keys``), the requests (``req``) and the prefix counts, no state.
+
+:class:`sim.serving.walk.LayerWalk` builds the prefix counts once (:func:`pool_prefix_counts`) and
+calls :func:`batch_counts` every iteration; the counts are the same integers
+:func:`sim.world.network.count_tokens` counts from the tokens' rows (tests/sim/test_fast_path.py).
+
+A request's tokens this iteration are a range of its pool entry's rows, wrapping around the
+entry (:func:`entry_range`): their tokens per key are a difference of two prefix-count rows,
+plus whole laps of the entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.serving.plan import ClusterPlan
+from sim.serving.state import Requests
+from sim.world.network import count_tokens
+
+#: the largest pool (rows x keys) whose prefix counts :class:`sim.serving.walk.LayerWalk` keeps
+#: (int32: 128 MiB)
+PREFIX_MAX_ENTRIES = 1 << 25
+
+
+def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | None:
+    """(N+1, num_keys) int32: row ``i`` counts each key over pool rows ``0..i-1``; None when it
+    would exceed :data:`PREFIX_MAX_ENTRIES` entries."""
+    N = len(pool_keys)
+    if (N + 1) * num_keys > PREFIX_MAX_ENTRIES:
+        return None
+    out = np.zeros((N + 1, num_keys), dtype=np.int32)
+    flat_out = out.reshape(-1)
+    width = pool_keys.shape[1] if pool_keys.ndim == 2 else 1
+    step = max(1, (1 << 20) // max(width, 1))
+    # the increments as an int32 array, the dtype of the counts: np.add.at then takes its fast
+    # path (a Python 1 goes through a cast per element: about 20x slower on the bench's pool)
+    ones = np.ones(min(N, step) * width, dtype=np.int32)
+    for a in range(0, N, step):  # row i + 1 counts row i's keys (a row may hold a key twice)
+        b = min(N, a + step)
+        flat = pool_keys[a:b].astype(np.intp)
+        flat += (np.arange(a + 1, b + 1, dtype=np.intp) * num_keys)[:, None]
+        np.add.at(flat_out, flat.ravel(), ones[:flat.size])
+    # the running sum down the rows, in blocks of rows that stay in cache (one cumsum over the
+    # whole array walks it column by column: about twice as slow); integers, exact in any order
+    for a in range(0, N + 1, 256):
+        blk = out[a:a + 256]
+        np.cumsum(blk, axis=0, dtype=np.int32, out=blk)
+        if a:
+            blk += out[a - 1]
+    return out
+
+
+def entry_range(n: int, lo: int, hi: int) -> tuple[int, int, int]:
+    """Rows ``lo .. hi - 1`` of a pool entry of ``n`` rows, counted around the entry (wrapping):
+    ``(r0, r1, laps)`` such that their tokens per key are, with ``C`` the prefix counts and ``o``
+    the entry's first pool row, ``C[o + r1] - C[o + r0] + laps * (C[o + n] - C[o])``."""
+    lap0, r0 = divmod(lo, n)
+    lap1, r1 = divmod(hi, n)
+    return r0, r1, lap1 - lap0
+
+
+def batch_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray | None, batch: np.ndarray,
+                 alloc: np.ndarray, shape: Any, G: int) -> tuple[np.ndarray, Any]:
+    """(L*E,) tokens per key of the batch, and what the all-to-all needs of them: as
+    :func:`sim.world.network.count_tokens` counts them from the tokens' rows (``prefix`` None), or from
+    the prefix counts (the same integers: tests/sim/test_fast_path.py)."""
+    if prefix is None:
+        return count_tokens(plan, plan.pool_keys[shape.rows], G)
+    if G // plan.tensor_parallel <= 1 or plan.moe_tp or shape.tokens == 0:
+        return key_counts(plan, req, prefix, batch, alloc), None
+    sc = source_counts(plan, req, prefix, batch, alloc, G)
+    return sc.sum(axis=0), sc
+
+
+def key_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.ndarray,
+               alloc: np.ndarray) -> np.ndarray:
+    """(L*E,) int64: tokens of the batch per key. Every request's first token this iteration
+    is counted from its pool row; the rest of a chunk is a range of its pool entry's rows
+    (wrapping around the entry): a difference of two prefix-count rows, plus whole laps."""
+    LE, C = plan.L * plan.E, prefix
+    off, ln = req.offset[batch], req.length[batch]
+    s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry
+    counts = np.bincount(plan.pool_keys[off + s0].ravel(), minlength=LE)
+    big = np.flatnonzero(alloc > 1)
+    if len(big):
+        for o, n, x, a in zip(off[big].tolist(), ln[big].tolist(), s0[big].tolist(),
+                              alloc[big].tolist()):
+            r0, r1, laps = entry_range(n, x + 1, x + a)  # rows x + 1 .. x + a - 1
+            counts += C[o + r1]
+            counts -= C[o + r0]
+            if laps:
+                counts += laps * (C[o + n].astype(np.int64) - C[o])
+    return counts
+
+
+def source_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.ndarray,
+                  alloc: np.ndarray, G: int) -> np.ndarray:
+    """(G, L*E) int64 tokens per source GPU and key (:func:`sim.world.network.source_counts`: the
+    batch's T tokens in contiguous even blocks over the G GPUs), from the prefix counts: a
+    one-token request's keys from its pool row, a chunk cut at the blocks' bounds into ranges
+    of its pool entry's rows (wrapping around the entry)."""
+    LE, C = plan.L * plan.E, prefix
+    T = int(alloc.sum())
+    off, ln = req.offset[batch], req.length[batch]
+    s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry
+    first = np.cumsum(alloc) - alloc  # (B,) each request's first token in the batch
+    one = alloc == 1
+    src1 = (first[one] * G) // T  # network.token_sources of the one-token requests
+    idx = np.take(plan.pool_keys, off[one] + s0[one], axis=0).astype(np.intp)  # (B1, L*K)
+    idx += (src1 * LE)[:, None]
+    per = np.zeros(G * LE, dtype=np.int64)
+    np.add.at(per, idx.ravel(), 1)  # (a bincount: with intp indices the faster of the two)
+    per = per.reshape(G, LE)
+    big = np.flatnonzero(~one)
+    if len(big):
+        # each chunk cut at the blocks' bounds: per piece, its GPU and the prefix-count rows
+        # it adds (+1), subtracts (-1) and, for whole laps of its entry, (end - start) * laps;
+        # summed at once (integers: exact in any order)
+        bounds = ((np.arange(G + 1) * T + G - 1) // G).tolist()  # GPU g: tokens [b_g, b_g+1)
+        gs: list[int] = []
+        rows: list[int] = []
+        coef: list[int] = []
+        for f, o, n, x, a in zip(first[big].tolist(), off[big].tolist(), ln[big].tolist(),
+                                 s0[big].tolist(), alloc[big].tolist()):
+            lo = f
+            g = (f * G) // T
+            while lo < f + a:
+                hi = min(f + a, bounds[g + 1])
+                if hi > lo:  # rows x + (lo - f) .. x + (hi - f) - 1 of the entry
+                    r0, r1, laps = entry_range(n, x + lo - f, x + hi - f)
+                    gs += (g, g)
+                    rows += (o + r1, o + r0)
+                    coef += (1, -1)
+                    if laps:
+                        gs += (g, g)
+                        rows += (o + n, o)
+                        coef += (laps, -laps)
+                    lo = hi
+                g += 1
+        # as float64 (BLAS): integers below 2**53 (counts of the pool's rows), summed exactly
+        M = np.zeros((G, len(rows)))
+        M[gs, np.arange(len(rows))] = coef
+        per += (M @ C[rows]).astype(np.int64)
+    return per

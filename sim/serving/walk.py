@@ -1,0 +1,221 @@
+"""One layer walk: an iteration of a replica, layer by layer, with the cache decisions of the
+policies, the copies they cause, and the time it all takes. :class:`sim.engine.simulation.Simulation`
+calls :meth:`LayerWalk.iteration` for every iteration; realrun (realrun/serve.py) calls the
+walk's own decisions (:meth:`LayerWalk.needs`, :meth:`LayerWalk.serve_layer`).
+
+Shape legend: T tokens in the iteration's batch, L MoE layers, K top-k, E experts per layer,
+G GPUs of the replica. A cache key is ``layer * E + expert``.
+
+Per iteration, with numpy over all tokens and layers at once, the walk counts tokens per
+(layer, expert) (:mod:`sim.serving.token_counts`), the GPU each expert computes on (the plan's
+placement) and each GPU's expert-compute time per layer (cost model). Then, per layer:
+attention, gating, all-to-all dispatch; each GPU's cache policy serves the keys the GPU needs at
+that layer (cache step ``rep.step + layer``; the iteration's keys of the GPU are the ``active``
+set); misses are copied over the GPU's host link and the layer waits for them (and for
+prefetched keys still in flight); experts compute; all-to-all combine. The next-layer prefetch
+policy may then start copies for layer + 1 at this layer's gate time (:mod:`sim.serving.prediction`).
+
+Decisions and timing are two steps of the same walk. This module holds the decisions: the
+decisions of a layer never depend on time, so when no next-layer prefetch interleaves with them,
+each GPU's cache serves all layers of the iteration in one ``access_steps`` call (the policies'
+batched entry to the same rule); with next-layer prefetch, layer by layer. Timing is then one
+loop (:meth:`sim.serving.layer_timing.LayerTiming.time_layers`) whatever the decisions came from;
+recording a Chrome trace only makes it visit every GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.common.errors import MoesimError
+from sim.policies.base import CachePolicy, PrefetchPolicy
+from sim.serving.cache_log import CacheLog
+from sim.serving.layer_costs import batch_shape, layer_costs
+from sim.serving.layer_timing import LayerTiming
+from sim.serving.lru_arrays import serve_lru_iteration
+from sim.serving.plan import ClusterPlan
+from sim.serving.prediction import Prediction
+from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
+from sim.serving.token_counts import batch_counts, pool_prefix_counts
+
+
+class LayerWalk:
+    def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, tallies: Tallies,
+                 prefetch: PrefetchPolicy, predictor: PrefetchPolicy | None, cache_name: str,
+                 recorder: Recorder | None = None, log: CacheLog | None = None,
+                 arrays: bool = True) -> None:
+        self.plan, self.cost, self.req, self.t = plan, cost, req, tallies
+        self.cache_name = cache_name
+        self.recorder, self.log = recorder, log
+        self.L, self.E = plan.L, plan.E
+        #: prefetch and the per-request hooks of the caches (sim/serving/prediction.py)
+        self.pred = Prediction(plan, cost, req, prefetch, predictor, cache_name, recorder, log)
+        #: the layers' time: copies, waits, experts, the all-to-all (sim/serving/layer_timing.py)
+        self.timing = LayerTiming(plan, cost)
+        #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
+        #: (``arrays``: policy.cache_arrays; off, every token's keys are counted)
+        self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E) if arrays else None
+
+    # ------------------------------------------------------------------------------------------
+    def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
+        """Walk the layers of one iteration; return its duration (s). Mutates caches and links."""
+        L, E, plan, cost, tl, timing = self.L, self.E, self.plan, self.cost, self.t, self.timing
+        if not (len(alloc) and alloc.min() > 0):
+            keep = alloc > 0
+            batch, alloc = batch[keep], alloc[keep]
+        # the tokens' pool rows: counted from when there are no prefix counts, or read by a
+        # prefetch policy (the next-layer oracles, learned_next)
+        shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None or self.pred.pf_rows)
+        G = len(rep.gpus)
+        # (L*E,) tokens per key, and what the all-to-all needs of them (sim.serving.token_counts)
+        counts_flat, a2a_tokens = batch_counts(plan, self.req, self.prefix, batch, alloc, shape, G)
+        tl.recorded_le += counts_flat.reshape(L, E)
+        lc = layer_costs(plan, cost, counts_flat, shape, G, a2a_tokens)
+        comp_arr, load_g = lc.comp, lc.load
+        tl.computed_le += lc.computed
+        sum_load = load_g.sum(axis=1)  # (L,)
+        if sum_load.min() > 0:  # every layer has tokens (the usual case): no selection
+            tl.iter_imbalance_sum += float((load_g.max(axis=1) * G / sum_load).sum())
+            tl.iter_layers += L
+        else:
+            nz = sum_load > 0
+            tl.iter_imbalance_sum += float((load_g.max(axis=1)[nz] * G / sum_load[nz]).sum())
+            tl.iter_layers += int(nz.sum())
+        tl.gpu_tokens[rep.index] += load_g.sum(axis=0)
+        attn, gate, a2a = lc.attn, lc.gate, lc.a2a
+        pred = self.pred
+        pf_cost = pred.begin(shape.rows)
+        used_flat = counts_flat > 0  # (L*E,)
+        states = rep.states
+        step0 = rep.step
+        rep.step += L
+        stall = [st.stall_s for st in states]
+        rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
+        t = t0 + lc.pre + pred.take_inline(rep)
+        gaps = (attn, gate, pf_cost, a2a)
+        miss_lg = None
+        if rep.stamps is not None and not pred.pf_next and not any(st.inflight for st in states):
+            miss_lg = self._serve_arrays(rep, used_flat)
+        if miss_lg is not None:  # every GPU's misses per layer, served with numpy
+            t_fast = None if rec is not None or timing.pad_bytes else \
+                timing.time_counts(miss_lg, t, gaps, comp_arr, states, stall)
+            t = t_fast if t_fast is not None else \
+                timing.time_layers(enumerate(miss_lg.tolist()), t, gaps, comp_arr.tolist(), states,
+                                  None, stall, rec)
+        else:
+            comp = comp_arr.tolist()  # [L][G] seconds
+            need, active = self.needs(states, used_flat)
+            if pred.pf_next:  # layer by layer: the prefetch for layer + 1 follows each layer
+                for l in range(L):
+                    miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
+                            for g, st in enumerate(states)]
+                    t_gate = t + attn + gate + pf_cost
+                    t = timing.time_layers(((l, miss),), t, gaps, comp, states, need, stall, rec)
+                    pred.next_layer(rep, l, used_flat, step0, t_gate, need)
+                    t += pred.take_inline(rep)
+            else:
+                nones = [None] * L
+                miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
+                          for g, st in enumerate(states)]
+                # zip: per layer l, miss[g] = GPU g's misses at layer l
+                t = timing.time_layers(enumerate(zip(*miss_g)), t, gaps, comp, states, need,
+                                       stall, rec)
+        if pred.observers and not pred.pf_next:  # (next_layer observed them layer by layer)
+            for l in range(L):
+                pred.observe(rep, l, used_flat)
+        # busy += c layer by layer, per GPU (np.add.accumulate is sequential: the same floats)
+        busy = timing.sum_down([st.busy_s for st in states], comp_arr)
+        for g, st in enumerate(states):
+            st.busy_s = float(busy[g])
+            st.stall_s = stall[g]
+        return t - t0
+
+    # -- decisions ------------------------------------------------------------------------------
+    def _check(self, st: GpuState, cache: CachePolicy) -> None:
+        nres = len(cache.resident)
+        if nres > st.peak_resident:
+            st.peak_resident = nres
+            if nres > st.capacity:
+                raise MoesimError(f"cache policy {self.cache_name!r} holds {nres} experts on GPU "
+                                  f"{st.gpu}, over its budget {st.capacity}")
+
+    def _serve_arrays(self, rep: ReplicaState, used_flat: np.ndarray) -> np.ndarray | None:
+        """Every GPU's steps of the iteration through the replica's array caches (LRU as stamps,
+        :func:`sim.serving.lru_arrays.serve_lru_iteration`): the misses per layer and GPU, or
+        None when a step is not in array form (the general path serves it)."""
+        states = rep.states
+        miss = serve_lru_iteration(rep.stamps, used_flat)
+        if miss is None:
+            return None
+        for st, nres in zip(states, rep.stamps.nres.tolist()):
+            if nres > st.peak_resident:  # (at most the slots: the arrays never exceed them)
+                st.peak_resident = nres
+        return miss
+
+    def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
+        """One layer's keys through a GPU's cache: the misses (a list), or None when no access."""
+        cache = st.cache
+        if cache is None or not keyset:
+            return None
+        if self.log is not None:
+            self.log.add(st.gpu, "access", step, keyset, active)
+        misses, _ = cache.access(step, keyset, active)
+        self._check(st, cache)
+        return misses
+
+    def _serve_all(self, st: GpuState, step0: int, need: list[Any], active: Any) -> Any:
+        """All layers' keys through a GPU's cache at once: per layer the misses (a list where
+        prefetched keys are in flight and must be told apart, else a count), or None."""
+        cache = st.cache
+        if cache is None or not active:
+            return None
+        if st.inflight:
+            return [self.serve_layer(st, step0 + l, keys, active) for l, keys in enumerate(need)]
+        if self.log is not None:
+            for l, keys in enumerate(need):
+                if keys:
+                    self.log.add(st.gpu, "access", step0 + l, keys, active)
+        nm, _ = cache.access_steps(step0, need, active)
+        self._check(st, cache)
+        return nm
+
+    def needs(self, states: list[GpuState], used_flat: np.ndarray) -> tuple[list[list[Any]], list[Any]]:
+        """Per GPU: the set of keys it needs at each layer, and their union over the iteration.
+
+        A (GPU, layer) whose every expert is used reuses one prebuilt frozenset; only partly used
+        ones are built key by key."""
+        L, E, plan = self.L, self.E, self.plan
+        G = len(states)
+        if not plan.single_owner:
+            need: list[list[Any]] = [[set() for _ in range(L)] if st.cache is not None else []
+                                     for st in states]
+            active: list[Any] = [set() for _ in states]
+            sel = used_flat[plan.pair_key]
+            for k, g in zip(plan.pair_key[sel].tolist(), plan.pair_gpu[sel].tolist()):
+                ng = need[g]
+                if ng:
+                    ng[k // E].add(k)
+                    active[g].add(k)
+            return need, active
+        used_n = np.bincount(plan.lg_index, weights=used_flat, minlength=L * G).reshape(L, G)  # (L, G)
+        state = np.where(used_n == plan.home_n, 2, np.where(used_n > 0, 1, 0)).T.tolist()  # [G][L]
+        need, active = [], []
+        empty: frozenset[int] = frozenset()
+        for g, st in enumerate(states):
+            if st.cache is None:
+                need.append([])
+                active.append(empty)
+                continue
+            full = st.layer_sets
+            row = state[g]
+            if 1 not in row:
+                ng = [full[l] if row[l] else empty for l in range(L)]
+            else:
+                ng = [full[l] if row[l] == 2 else
+                      (frozenset(k for k in full[l] if used_flat[k]) if row[l] else empty)
+                      for l in range(L)]
+            need.append(ng)
+            active.append(st.all_keys if 0 not in row and 1 not in row else frozenset().union(*ng))
+        return need, active

@@ -1,0 +1,223 @@
+"""Per-batch split of a replicated expert's tokens across its replicas: the one function the
+simulator (:mod:`sim.serving.layer_costs`, multi-owner placements), ``moesim placement`` and the network
+model call to know how many tokens of each (layer, expert) each GPU computes in a batch.
+
+Serving engines with redundant experts (DeepSeek's EPLB in SGLang / vLLM) send each token of a
+replicated expert to the replica on the least-loaded GPU of that batch, instead of sharing the
+expert's tokens equally. :func:`split_tokens` does this exactly, in integers, for all batches and
+layers at once:
+
+1. an expert held by one GPU gives it all its tokens (the equal share, unchanged);
+2. the replicated experts of a layer, in descending order of their tokens in the batch (ties:
+   smaller expert id), each hand their tokens one at a time to the least-loaded GPU among their
+   replicas (computed in closed form as an integer water-fill: the holders below the level
+   ``h`` are raised to ``h``, the ``r`` tokens left over go one each to the holders at ``h``
+   first in the tie order);
+3. refinement (``passes > 1``), only for the (batch, layer)s whose busiest GPU after step 2 is
+   above the bound no split can beat (the mean rounded up, and the busiest GPU's tokens of
+   experts it alone holds): from the greedy, up to ``passes - 1`` passes of continuous block
+   coordinate descent (each replicated expert, in the same order, takes its tokens back and
+   water-fills them, as real numbers, against the loads the others leave; stop once nothing
+   moves by 1e-9). Each step lowers the sum of squared GPU loads, a convex objective whose
+   constraints are per expert, so the loads converge to the balanced flow that chains of
+   replicas allow (GPU a to b through one shared expert, b to c through another). Then
+   integers: each expert's floors, its leftover tokens one each to its holders of largest
+   fractional part (fractions compared at 1e-6, ties smaller GPU id), and up to ``passes - 1``
+   integer passes of step 2's rule (stopping once nothing moves), which can only lower the sum
+   of squares further. Continuous first, because integer steps alone stall one token away
+   along a chain (tests/sim/test_token_split.py).
+
+Tie order: with ``u = sum_e (e + 1) * tokens[e]`` of the (batch, layer), the GPUs in cyclic
+order from GPU ``u mod G``, upward when ``(u // G)`` is even, downward when odd; so the order
+turns with the routing and either GPU of a pair comes first about half the time (with a fixed
+order, the lower GPU of each replica pair takes every tied decode token over a run).
+
+``passes=1`` is the serving engine's greedy; the default refines.
+
+Shape legend: N batches (any leading shape), L layers, E experts, G GPUs, J replicated experts of
+a layer (padded to the largest layer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.common.errors import ConfigError
+
+DEFAULT_PASSES = 8
+_TOL = 1e-9  # continuous refinement stops once no allocation moves more than this
+_BIG = np.int64(1) << 40  # a non-holder's load in the water-fill (never below the level)
+_K = np.arange(1, 1025, dtype=np.int64)  # 1..G (G <= 1024)
+
+
+def _tie_rank(G: int, u: np.ndarray) -> np.ndarray:
+    """(M, G) position of each GPU in the tie order of each row: cyclic from GPU ``u mod G``,
+    upward when ``u // G`` is even, else downward (``u`` (M,) from the routing)."""
+    step = 1 - 2 * ((u // G) % 2)  # +1 or -1
+    return ((np.arange(G)[None, :] - (u % G)[:, None]) * step[:, None]) % G
+
+
+def water_fill(x: np.ndarray, hold: np.ndarray, n: np.ndarray,
+               start: np.ndarray | None = None) -> np.ndarray:
+    """Integer water-fill: ``n`` (M,) tokens over the GPUs ``hold`` (M, G) with loads ``x``
+    (M, G), each token to the least-loaded holder (ties: the tie order of ``start`` (M,), see
+    the module doc; default smaller GPU id first); returns (M, G) int64 tokens per GPU (0 off the
+    holders). Rows with no holder must have ``n == 0``."""
+    order = None if start is None else np.argsort(_tie_rank(x.shape[-1], start), axis=-1)
+    return _water_fill(x.astype(np.int64, copy=False), hold, n.astype(np.int64, copy=False), order)
+
+
+def _water_fill(x: np.ndarray, hold: np.ndarray, n: np.ndarray, order: np.ndarray | None
+                ) -> np.ndarray:
+    """:func:`water_fill` with the tie order given as ``order`` (M, G), the GPUs first to last
+    (None: by id)."""
+    M, G = x.shape
+    rows = np.arange(M)
+    srt = np.sort(np.where(hold, x, _BIG), axis=-1)  # (M, G) holders' loads ascending
+    S = np.cumsum(srt, axis=-1)
+    # filling the k lowest up to the k-th costs k * x_(k) - S_k tokens (nondecreasing in k)
+    kstar = ((_K[:G] * srt - S <= n[:, None]) & (srt < _BIG)).sum(axis=-1)  # (M,) GPUs that gain
+    kk = np.maximum(kstar, 1)
+    Sk = S[rows, kk - 1]
+    h = (n + Sk) // kk  # (M,) the level; the holders at or below it are exactly those that gain
+    rem = n + Sk - h * kk
+    inc = hold & (x <= h[:, None]) & (kstar > 0)[:, None]
+    if order is None:
+        rank = np.cumsum(inc, axis=-1)  # 1-based rank in GPU order among the gaining holders
+    else:
+        rank = np.empty((M, G), dtype=np.int64)
+        rank[rows[:, None], order] = np.cumsum(inc[rows[:, None], order], axis=-1)
+    return np.where(inc, h[:, None] - x, 0) + (inc & (rank <= rem[:, None]))
+
+
+def _water_fill_float(x: np.ndarray, hold: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Continuous water-fill: ``n`` (M,) over the holders ``hold`` (M, G) of loads ``x`` (M, G),
+    raising the lowest to a common level; returns (M, G) float allocations."""
+    M, G = x.shape
+    srt = np.sort(np.where(hold, x, np.inf), axis=-1)
+    fin = np.isfinite(srt)
+    S = np.cumsum(np.where(fin, srt, 0.0), axis=-1)
+    kstar = ((_K[:G] * srt - S <= n[:, None]) & fin).sum(axis=-1)
+    kk = np.maximum(kstar, 1)
+    h = (n + S[np.arange(M), kk - 1]) / kk
+    return np.where(hold & (kstar > 0)[:, None], np.maximum(h[:, None] - x, 0.0), 0.0)
+
+
+def _integer_passes(count: int, alloc: np.ndarray, load: np.ndarray, hj: np.ndarray,
+                    nn: np.ndarray, order: np.ndarray, skip_unmoved: bool) -> np.ndarray:
+    """Step 2's rule, ``count`` passes over the J replicated experts of each row, in place on
+    ``alloc`` (M, J, G) with GPU loads ``load`` (M, G) (which include ``alloc``)."""
+    for _ in range(count):
+        moved = False
+        for j in range(hj.shape[1]):
+            x = load - alloc[:, j]
+            a = _water_fill(x, hj[:, j], nn[:, j], order)
+            if skip_unmoved and np.array_equal(a, alloc[:, j]):
+                continue
+            moved = True
+            alloc[:, j] = a
+            load = x + a
+        if not moved:
+            break
+    return alloc
+
+
+def _refine(alloc: np.ndarray, load: np.ndarray, hj: np.ndarray, nn: np.ndarray,
+            passes: int) -> np.ndarray:
+    """Continuous block coordinate descent from ``alloc`` (M, J, G) with GPU loads ``load``
+    (M, G): each replicated expert in turn water-fills its tokens against the others', for
+    ``passes`` passes or until no allocation moves by more than 1e-9."""
+    for _ in range(passes):
+        delta = 0.0
+        for j in range(hj.shape[1]):
+            x = load - alloc[:, j]
+            a = _water_fill_float(x, hj[:, j], nn[:, j].astype(np.float64))
+            delta = max(delta, float(np.abs(a - alloc[:, j]).max(initial=0.0)))
+            alloc[:, j] = a
+            load = x + a
+        if delta <= _TOL:
+            break
+    return alloc
+
+
+def _round(fa: np.ndarray, hj: np.ndarray, nn: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Integer allocations from continuous ones (M, J, G): each expert's floors, and its
+    leftover tokens one each to its holders of largest fractional part (fractions compared at
+    1e-6, ties in the tie order)."""
+    G = fa.shape[-1]
+    fl = np.floor(fa + 1e-9)
+    q = np.where(hj, np.rint((fa - fl) * 1e6).astype(np.int64), -1)  # (M, J, G)
+    key = -q * G + _tie_rank(G, start)[:, None, :]
+    order = np.argsort(key, axis=-1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(G), order.shape), axis=-1)
+    rem = nn - fl.sum(axis=-1).astype(np.int64)  # (M, J)
+    return fl.astype(np.int64) + (hj & (rank < rem[..., None]))
+
+
+def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PASSES) -> np.ndarray:
+    """Tokens each GPU computes of each (layer, expert) per batch: ``counts`` (..., L, E)
+    integer tokens per batch, ``hold`` (L, E, G) bool (every expert held by at least one GPU);
+    returns (..., L, E, G) int64 summing to ``counts`` over G, nonzero only on holders. Without
+    replicated experts it is ``counts`` on the one holder (the equal share); deterministic, and
+    each (batch, layer) independent of the others (see the module doc for the order and the
+    tie rule)."""
+    counts = np.asarray(counts)
+    hold = np.asarray(hold, dtype=bool)
+    if hold.ndim != 3 or counts.shape[-2:] != hold.shape[:2]:
+        raise ConfigError(f"split_tokens: counts {counts.shape} do not match holders {hold.shape} "
+                          f"(L, E, G)")
+    if passes < 1:
+        raise ConfigError(f"split_tokens: passes must be >= 1, got {passes}")
+    if hold.shape[2] > len(_K):
+        raise ConfigError(f"split_tokens: at most {len(_K)} GPUs, got {hold.shape[2]}")
+    nrep = hold.sum(axis=-1)  # (L, E)
+    if (nrep < 1).any():
+        l, e = np.argwhere(nrep < 1)[0]
+        raise ConfigError(f"split_tokens: layer {l} expert {e} has no GPU")
+    c = counts.astype(np.int64, copy=False)
+    if c.size and (not np.array_equal(c, counts) or c.min() < 0):
+        raise ConfigError("split_tokens: counts must be nonnegative integers")
+    L, E, G = hold.shape
+    lead = counts.shape[:-2]
+    c = c.reshape(-1, L, E)  # (N, L, E)
+    N = c.shape[0]
+    out = c[..., None] * (hold & (nrep == 1)[..., None])  # (N, L, E, G) single holders
+    rep = nrep > 1
+    if not rep.any():
+        return out.reshape(*lead, L, E, G)
+    J = int(rep.sum(axis=1).max())
+    rep_e = np.argsort(~rep, axis=1, kind="stable")[:, :J]  # (L, J) replicated ids ascending
+    rep_ok = np.take_along_axis(rep, rep_e, axis=1)  # then padding
+    # rows: one per (batch, layer), M = N * L
+    M = N * L
+    cr = c.reshape(M, E)
+    layer = np.tile(np.arange(L), N)  # (M,)
+    start = cr @ np.arange(1, E + 1, dtype=np.int64)  # (M,) u: the tie order (module doc)
+    re, rok = rep_e[layer], rep_ok[layer]  # (M, J)
+    rc = np.take_along_axis(cr, re, axis=1) * rok
+    order = np.argsort(-rc, axis=1, kind="stable")  # most tokens first, ties smaller expert id
+    ee = np.take_along_axis(re, order, axis=1)  # (M, J)
+    ok = np.take_along_axis(rok, order, axis=1)
+    nn = np.take_along_axis(rc, order, axis=1)
+    Jn = int((nn > 0).sum(axis=1).max(initial=0))  # experts with tokens come first; the rest get 0
+    ee, ok, nn = ee[:, :Jn], ok[:, :Jn], nn[:, :Jn]
+    J = Jn
+    hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
+    base = out.reshape(M, E, G).sum(axis=1)  # (M, G)
+    tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
+    alloc = _integer_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), hj, nn, tie,
+                            skip_unmoved=False)  # the greedy
+    if passes > 1:
+        load = base + alloc.sum(axis=1)
+        bound = np.maximum(-(-cr.sum(axis=1) // G), base.max(axis=1))  # no split does better
+        r = np.flatnonzero(load.max(axis=1) > bound)
+        if len(r):
+            fa = _refine(alloc[r].astype(np.float64), load[r].astype(np.float64), hj[r], nn[r],
+                         passes - 1)
+            ar = _round(fa, hj[r], nn[r], start[r])
+            alloc[r] = _integer_passes(passes - 1, ar, base[r] + ar.sum(axis=1), hj[r], nn[r],
+                                       tie[r], skip_unmoved=True)
+    m_i, j_i = np.nonzero(ok)
+    out.reshape(M, E, G)[m_i, ee[m_i, j_i]] = alloc[m_i, j_i]
+    return out.reshape(*lead, L, E, G)
