@@ -72,7 +72,7 @@ def simulate_row(row: dict[str, str]) -> float:
                       "cluster.warm_start=true"]
     cfg = to_sim_config(compose("sim", overrides=overrides))
     if offloaded:
-        from sim.world.config import dense_weight_bytes
+        from sim.world.model import dense_weight_bytes
 
         c = cfg.cluster
         c.expert_budget_bytes = int(cfg.hardware.memory_bytes - c.reserved_bytes -

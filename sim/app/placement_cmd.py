@@ -27,7 +27,8 @@ def _task(cfg: Any) -> None:
     from sim.app.hydra_app import run_dir
     from sim.app.schemas import PlacementAppConfig, app_config, limit_requests
     from sim.common.files import require_file
-    from sim.world.facts import expert_bytes, model_for_trace
+    from sim.world.facts import model_for_trace
+    from sim.world.model import expert_bytes
     from traces.format import read_trace
 
     c: PlacementAppConfig = app_config(cfg, PlacementAppConfig)

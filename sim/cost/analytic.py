@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.world.config import HardwareConfig, ModelConfig, attention_params, dtype_bytes
+from sim.world.config import HardwareConfig, ModelConfig
+from sim.world.model import attention_params, dtype_bytes
 
 #: FlashAttention query tile: FA2's forward uses 128-row query blocks for head_dim <= 128 on
 #: SM80/SM90 (flash-attention csrc/flash_attn/src/flash_fwd_launch_template.h), FA3 128 too

@@ -18,8 +18,9 @@ import numpy as np
 
 from sim.common.errors import ConfigError
 from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Placement, PlacementPolicy
-from sim.world.config import SimConfig, dense_weight_bytes, expert_bytes, kv_bytes_per_token
+from sim.world.config import SimConfig
 from sim.world.facts import cache_slots
+from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
 from sim.world.topology import Topology
 from traces.format import expert_counts
 

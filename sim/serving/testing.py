@@ -10,15 +10,8 @@ import numpy as np
 import pandas as pd
 
 from sim.serving.binding import RoutingPool
-from sim.world.config import (
-    ClusterConfig,
-    HardwareConfig,
-    ModelConfig,
-    SimConfig,
-    dense_weight_bytes,
-    expert_bytes,
-    kv_bytes_per_token,
-)
+from sim.world.config import ClusterConfig, HardwareConfig, ModelConfig, SimConfig
+from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
 
 if TYPE_CHECKING:
     from traces.format import RoutingTrace

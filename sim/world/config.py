@@ -13,8 +13,6 @@ from typing import Any
 
 from sim.common.errors import ConfigError
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4, "int8": 1, "int4": 0.5}
-
 
 @dataclass
 class ModelConfig:
@@ -279,50 +277,3 @@ def to_sim_config(cfg: Any) -> SimConfig:
     if not isinstance(obj, SimConfig):
         raise ConfigError(f"expected a sim config, got {type(obj).__name__}")
     return obj
-
-
-def dtype_bytes(dtype: str) -> float:
-    try:
-        return DTYPE_BYTES[dtype]
-    except KeyError:
-        raise ConfigError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
-
-
-def expert_bytes(m: ModelConfig) -> int:
-    """Bytes of one routed expert's weights (gate, up and down projections)."""
-    return int(3 * m.hidden_size * m.expert_intermediate_size * dtype_bytes(m.dtype))
-
-
-def attention_params(m: ModelConfig) -> int:
-    """Parameters of one layer's attention block."""
-    h = m.hidden_size
-    if m.attention == "mla":
-        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
-        q = (h * m.q_lora_rank + m.q_lora_rank * m.num_heads * qk) if m.q_lora_rank else \
-            h * m.num_heads * qk
-        kv = h * (m.kv_lora_rank + m.qk_rope_head_dim) + \
-            m.kv_lora_rank * m.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
-        return int(q + kv + m.num_heads * m.v_head_dim * h)
-    return int(h * (m.num_heads + 2 * m.num_kv_heads) * m.head_dim + m.num_heads * m.head_dim * h)
-
-
-def kv_bytes_per_token(m: ModelConfig) -> float:
-    """KV-cache bytes one token takes over all layers (MLA caches the compressed latent)."""
-    layers = m.num_layers + m.dense_layers
-    if m.attention == "mla":
-        per_layer = (m.kv_lora_rank + m.qk_rope_head_dim) * dtype_bytes(m.dtype)
-    else:
-        per_layer = 2 * m.num_kv_heads * m.head_dim * dtype_bytes(m.dtype)
-    return float(per_layer * layers)
-
-
-def dense_weight_bytes(m: ModelConfig) -> int:
-    """Weights that every replica holds besides routed experts: attention, shared experts,
-    dense layers, embeddings and the LM head."""
-    b = dtype_bytes(m.dtype)
-    layers = m.num_layers + m.dense_layers
-    att = attention_params(m) * layers
-    shared = m.shared_experts * 3 * m.hidden_size * m.expert_intermediate_size * m.num_layers
-    dense = 3 * m.hidden_size * m.dense_intermediate_size * m.dense_layers
-    emb = 2 * m.vocab_size * m.hidden_size
-    return int((att + shared + dense + emb) * b)

@@ -2,9 +2,9 @@
 replay (``moesim cache``) and realrun import them from here and never re-derive them.
 
 - :func:`cache_slots`: how many experts a cache holds for a fraction of a set of experts.
-- :func:`expert_bytes` / :func:`model_for_trace` / :func:`expert_bytes_of_trace`: an expert's
-  bytes for a model config, the model config a routing trace's model name stands for
-  (``conf/model/*.yaml``), and the bytes a trace's experts weigh.
+- :func:`model_for_trace` / :func:`expert_bytes_of_trace`: the model config a routing trace's
+  model name stands for (``conf/model/*.yaml``) and the bytes a trace's experts weigh (an
+  expert's bytes for a model config: :func:`sim.world.model.expert_bytes`).
 - :func:`batch_executions`: how a batch runs its experts through a cache (Huang et al.'s batch
   setting), the one semantics of ``moesim cache mode=batch`` and realrun.
 - :class:`CacheCounts`: the one cache-counts record; every driver's ``metrics.json`` carries
@@ -18,9 +18,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sim.common.errors import ConfigError
-from sim.world.config import ModelConfig, expert_bytes
+from sim.world.config import ModelConfig
+from sim.world.model import expert_bytes
 
-__all__ = ["CacheCounts", "batch_executions", "cache_slots", "expert_bytes", "expert_bytes_of_trace",
+__all__ = ["CacheCounts", "batch_executions", "cache_slots", "expert_bytes_of_trace",
            "known_models", "model_for_trace", "model_named", "stable_float"]
 
 

@@ -13,7 +13,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from sim.app.cli import main as cli_main
-from sim.world.config import SimConfig, expert_bytes, kv_bytes_per_token, register_configs, to_sim_config
+from sim.world.config import SimConfig, register_configs, to_sim_config
+from sim.world.model import expert_bytes, kv_bytes_per_token
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

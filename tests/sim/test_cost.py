@@ -9,7 +9,8 @@ import pytest
 from sim.common.errors import ConfigError
 from sim.cost import AnalyticCost, CostModel, make_cost_model
 from sim.cost.table import TableCost, read_profile
-from sim.world.config import HardwareConfig, ModelConfig, expert_bytes
+from sim.world.config import HardwareConfig, ModelConfig
+from sim.world.model import expert_bytes
 
 MIX = ModelConfig()  # Mixtral-8x7B defaults
 H100 = HardwareConfig()

@@ -22,8 +22,9 @@ from sim.replay.cache import replay_log
 from sim.serving.binding import bind
 from sim.serving.cache_log import CacheLog
 from sim.serving.testing import StubCost, random_pool, tiny_config, workload
-from sim.world.config import FaultConfig, ModelConfig, expert_bytes
+from sim.world.config import FaultConfig, ModelConfig
 from sim.world.facts import CacheCounts, expert_bytes_of_trace, model_for_trace
+from sim.world.model import expert_bytes
 from traces.format import TraceMeta
 
 ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]

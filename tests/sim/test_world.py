@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from sim.common.errors import ConfigError
-from sim.world.config import expert_bytes
 from sim.world.facts import (
     COUNT_FIELDS,
     CacheCounts,
@@ -20,6 +19,7 @@ from sim.world.facts import (
     model_named,
     stable_float,
 )
+from sim.world.model import expert_bytes
 from traces.format import TraceMeta
 
 

@@ -48,7 +48,7 @@ def part_cache(cfg: Any, out: Path, trace: Any) -> dict[str, Any]:
 
 def part_placement(cfg: Any, out: Path, trace: Any) -> dict[str, Any]:
     from sim.replay.placement import evaluate
-    from sim.world.facts import expert_bytes
+    from sim.world.model import expert_bytes
 
     D = cfg.cluster.expert_parallel
     say(f"[placement] {list(cfg.policy.placements)} on {D} GPUs ...")
