@@ -14,8 +14,8 @@ import torch
 
 from kernels.reference import moe_layer_ref
 from realrun import serve as serve_mod
-from realrun import validate as V
 from realrun.model import TinyMoE
+from sim.app import realrun_validate as V
 from sim.cost.analytic import AnalyticCost
 from sim.cost.table import TableCost
 from sim.serving.testing import random_pool
