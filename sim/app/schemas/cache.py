@@ -1,4 +1,4 @@
-"""The schema of ``moesim cache`` (:mod:`sim.app.cache_cmd`; values: ``conf/cache.yaml``, which
+"""The schema of the ``cache`` command (:mod:`sim.app.cache_cmd`; values: ``conf/cache.yaml``, which
 starts its ``defaults`` with ``cache_schema``): the cache replay of a routing trace.
 """
 

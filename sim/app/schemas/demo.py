@@ -1,4 +1,4 @@
-"""The schema of ``moesim demo`` (:mod:`sim.app.demo`; values: ``conf/demo.yaml``, which starts its
+"""The schema of the ``demo`` command (:mod:`sim.app.demo`; values: ``conf/demo.yaml``, which starts its
 ``defaults`` with ``demo_schema``).
 """
 

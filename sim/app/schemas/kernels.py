@@ -1,4 +1,4 @@
-"""The schema of ``moesim kernels bench`` (:mod:`sim.app.kernels_cmd`; values:
+"""The schema of the ``kernels bench`` command (:mod:`sim.app.kernels_cmd`; values:
 ``conf/kernels_bench.yaml``, which starts its ``defaults`` with ``kernels_bench_schema``).
 """
 

@@ -1,4 +1,4 @@
-"""The schema of ``moesim placement`` (:mod:`sim.app.placement_cmd`; values:
+"""The schema of the ``placement`` command (:mod:`sim.app.placement_cmd`; values:
 ``conf/placement.yaml``, which starts its ``defaults`` with ``placement_schema``): expert placements
 compared on one routing trace.
 """

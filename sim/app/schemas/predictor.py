@@ -1,6 +1,6 @@
-"""The schemas of ``moesim predictor train | eval`` (:mod:`sim.app.predictor_cmd`; values:
-``conf/predictor_train.yaml`` with ``conf/predictor/``, ``conf/predictor_eval.yaml``, starting
-their ``defaults`` with ``predictor_train_schema``, ``predictor_eval_schema``).
+"""The schemas of the ``predictor`` commands, train and eval (:mod:`sim.app.predictor_cmd`); values:
+``conf/predictor_train.yaml`` with ``conf/predictor/``, and ``conf/predictor_eval.yaml``, starting
+their ``defaults`` with ``predictor_train_schema`` and ``predictor_eval_schema``.
 """
 
 from __future__ import annotations

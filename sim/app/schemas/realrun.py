@@ -1,6 +1,6 @@
-"""The schemas of ``moesim realrun replay | calibrate | validate`` (:mod:`sim.app.realrun_cmd`,
-:mod:`sim.app.realrun_validate`; values: ``conf/realrun_{replay,calibrate,validate}.yaml``, each
-starting its ``defaults`` with ``realrun_<command>_schema``).
+"""The schemas of the ``realrun`` commands, replay, calibrate (:mod:`sim.app.realrun_cmd`) and
+validate (:mod:`sim.app.realrun_validate`); values: ``conf/realrun_{replay,calibrate,validate}.yaml``,
+each starting its ``defaults`` with ``realrun_<command>_schema``.
 """
 
 from __future__ import annotations
