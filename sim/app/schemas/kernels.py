@@ -13,6 +13,8 @@ from typing import Optional
 
 @dataclass
 class TuneSpace:
+    """The grouped FFN launch configurations tried by ``tune=true``."""
+
     block_m: list[int] = field(default_factory=lambda: [16, 32, 64])
     block_n: list[int] = field(default_factory=lambda: [32, 64, 128])
     block_k: list[int] = field(default_factory=lambda: [64, 128])
@@ -22,6 +24,8 @@ class TuneSpace:
 
 @dataclass
 class KernelsBenchConfig:
+    """``kernels bench``: the Triton kernels timed against their torch reference per model shape."""
+
     shapes: list[str] = field(default_factory=lambda: ["mixtral-8x7b", "deepseek-v2-lite"])
     sizes: list[int] = field(default_factory=lambda: [2**i for i in range(13)])
     #: one spelling everywhere (model.dtype): bf16 | fp16 | fp32

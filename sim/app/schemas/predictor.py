@@ -64,6 +64,8 @@ class PromptPredictorConfig:
 
 @dataclass
 class PredictorConfig:
+    """``predictor.*``: the per-token and per-prompt predictors and how they read the trace."""
+
     absent_phase: str = "other"  # mode phased, a phase absent from training: other | refuse
     window: int = 128
     batch_tokens: int = 4096
@@ -73,6 +75,8 @@ class PredictorConfig:
 
 @dataclass
 class PredictorTrainConfig:
+    """``predictor train``: train the predictors on a trace's split."""
+
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     trace: TraceFileConfig = field(default_factory=TraceFileConfig)
     workload: RequestLimitConfig = field(default_factory=RequestLimitConfig)
@@ -83,6 +87,8 @@ class PredictorTrainConfig:
 
 @dataclass
 class MoeModelSize:
+    """The MoE model the predictor's own memory is reported as a share of (name, parameters, bytes)."""
+
     name: str = "DeepSeek-V2-Lite"
     params: float = 15.7e9
     bytes_per_param: float = 2.0
@@ -90,6 +96,8 @@ class MoeModelSize:
 
 @dataclass
 class PredictorEvalConfig:
+    """``predictor eval``: a checkpoint scored on a trace's split (accuracy, staleness, sensitivity)."""
+
     checkpoint: str = MISSING
     trace: TraceFileConfig = field(default_factory=TraceFileConfig)
     workload: RequestLimitConfig = field(default_factory=RequestLimitConfig)

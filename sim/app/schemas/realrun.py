@@ -26,6 +26,8 @@ class RealrunTraceConfig:
 
 @dataclass
 class RealrunWorkloadConfig:
+    """``workload.*`` of the realrun commands: how many requests, from the generator or the trace."""
+
     #: requests sampled from the generator when trace.path is empty
     num_requests: int = 4
     #: the first N requests of the trace only (0: all)
@@ -34,17 +36,23 @@ class RealrunWorkloadConfig:
 
 @dataclass
 class OneCachePolicyConfig:
+    """``policy.cache``: the one cache policy realrun replay serves with."""
+
     cache: str = "lru"
 
 
 @dataclass
 class OneBudgetConfig:
+    """``cluster.expert_budget_fraction``: the one expert memory realrun replay uses."""
+
     #: experts resident per layer, as a share of the layer's experts
     expert_budget_fraction: float = 0.5
 
 
 @dataclass
 class RealrunReplayConfig:
+    """``realrun replay``: a routing trace served on a device through real copies and kernels."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     trace: RealrunTraceConfig = field(default_factory=RealrunTraceConfig)
     workload: RealrunWorkloadConfig = field(default_factory=RealrunWorkloadConfig)
@@ -60,6 +68,8 @@ class RealrunReplayConfig:
 
 @dataclass
 class RealrunCalibrateConfig:
+    """``realrun calibrate``: the ops timed on a device for the table cost model's profile."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     device: str = "cuda"
     shrink: int = 1
