@@ -1,14 +1,42 @@
-"""PNG plots of a routing trace: popularity heatmap, reuse-distance CDF, cross-layer transitions."""
+"""PNG plots of a routing trace: popularity heatmap, reuse-distance CDF, cross-layer transitions.
+
+The plots take the numbers (:class:`TracePlotData`), not the trace: analysis reads no trace format
+and imports nothing of ``traces`` (the layering, tests/test_import_graph.py). ``moesim trace stats
+FILE --plots DIR`` (:mod:`sim.app.trace_cmd`) computes them with :mod:`traces.stats`.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from traces.format import RoutingTrace
+
+@dataclass
+class TracePlotData:
+    """What :func:`write_plots` draws of one routing trace."""
+
+    model: str
+    layer_ids: list[int]  # (L,) the model's layer number of each MoE layer of the trace
+    num_experts: int
+    top_k: int
+    num_requests: int
+    num_tokens: int
+    popularity_share: np.ndarray  # (L, E) share of the layer's tokens routed to each expert
+    #: reuse-distance summary (traces.stats.reuse_stats): histogram (E,), median, cold, num_accesses
+    reuse: dict[str, Any]
+    #: layer l -> (E, E) P(expert at l+1 | expert at l), for the pairs :func:`transition_layers` picks
+    transitions: dict[int, np.ndarray]
+
+
+def transition_layers(num_layers: int) -> list[int]:
+    """The layers ``l`` whose transition ``l -> l+1`` is drawn: up to four, evenly spaced."""
+    if num_layers < 2:
+        return []
+    return sorted({int(round(x)) for x in np.linspace(0, num_layers - 2, min(4, num_layers - 1))})
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -17,24 +45,21 @@ def _save(fig: Any, path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_plots(trace: RoutingTrace, out_dir: str | os.PathLike,
-                stats: dict[str, Any] | None = None) -> list[Path]:
+def write_plots(data: TracePlotData, out_dir: str | os.PathLike) -> list[Path]:
     """Write popularity.png, reuse_distance_cdf.png and transitions.png into ``out_dir``."""
     from analysis.plots import pyplot
 
     plt = pyplot()
 
-    from traces.stats import popularity_counts, reuse_stats, transition_counts
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    m = trace.meta
-    L, E, K = m.num_layers, m.num_experts, m.top_k
-    title = f"{m.model}: {len(trace.request_ids())} requests, {trace.num_tokens} tokens"
+    m = data
+    L, E, K = len(m.layer_ids), m.num_experts, m.top_k
+    title = f"{m.model}: {m.num_requests} requests, {m.num_tokens} tokens"
     written = []
 
     # popularity heatmap (layer x expert), share of the layer's tokens
-    share = popularity_counts(trace) / float(trace.num_tokens)  # (L, E)
+    share = m.popularity_share  # (L, E)
     fig, ax = plt.subplots(figsize=(max(6, E * 0.12 + 2), max(4, L * 0.18 + 1.5)))
     im = ax.imshow(share, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xlabel("expert id")
@@ -49,7 +74,7 @@ def write_plots(trace: RoutingTrace, out_dir: str | os.PathLike,
     written.append(p)
 
     # reuse-distance CDF
-    rd = (stats or {}).get("reuse_distance") or reuse_stats(trace)
+    rd = m.reuse
     hist = np.asarray(rd["histogram"], dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 4))
     if hist.sum() > 0:
@@ -70,13 +95,10 @@ def write_plots(trace: RoutingTrace, out_dir: str | os.PathLike,
 
     # transition heatmaps P(e' at l+1 | e at l) for up to four layer pairs
     if L >= 2:
-        pairs = sorted({int(round(x)) for x in np.linspace(0, L - 2, min(4, L - 1))})
+        pairs = sorted(m.transitions)
         fig, axes = plt.subplots(1, len(pairs), figsize=(4.8 * len(pairs), 4.4), squeeze=False,
                                  layout="constrained")
-        Ps = []
-        for l in pairs:
-            C = transition_counts(trace.experts, E, l).astype(np.float64)
-            Ps.append(C / np.maximum(C.sum(axis=1, keepdims=True), 1))
+        Ps = [m.transitions[l] for l in pairs]
         vmax = max(float(P.max()) for P in Ps) or 1.0  # one colour scale for every panel
         for ax, l, P in zip(axes[0], pairs, Ps):
             im = ax.imshow(P, cmap="magma", interpolation="nearest", vmin=0, vmax=vmax)

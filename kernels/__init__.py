@@ -1,4 +1,5 @@
-"""Triton MoE kernels and their torch reference. Independent of the simulator; realrun uses them.
+"""Triton MoE kernels and their torch reference. Independent of the simulator (imports only
+``sim.common``); realrun runs them, ``sim.app`` benchmarks them.
 
 Public API (all tensors on one device; shapes: T tokens, E experts, K top-k, H hidden, N ffn,
 S cache slots, B block size, P padded slots)::

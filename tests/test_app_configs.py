@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from sim.app.schemas import APPS, app_config, register_app_schemas
+from sim.app.schemas.common import app_config
+from sim.app.schemas.registry import APPS, register_app_schemas
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 #: values for the keys an app's YAML leaves ??? (the command line must give them)

@@ -31,8 +31,8 @@ statistics the transformation must keep are kept:
 The file holds the recipe, not the (Lt-1) x Et x Et transition counts (DeepSeek-V3: 3.8 M
 numbers): ``derivation`` (source name, eps, seed, layer maps, ``parent`` and ``channel`` per
 layer and expert) and per task ``beta``, ``sigma``, ``rho``, ``pop_correction``,
-``calibration``. :func:`expand` rebuilds the counts from the shipped source file when the file
-is loaded. Its ``source`` says ``"derived": true`` and from what.
+``calibration``. :func:`traces.synth_expand.expand` rebuilds the counts from the shipped source file when
+the file is loaded. Its ``source`` says ``"derived": true`` and from what.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import numpy as np
 
 from sim.common.errors import MoesimError
 from sim.world.facts import model_named
+from traces.synth_expand import derived_counts
 
 #: the nearest model with a real trace, for each shipped model without one
 NEAREST = {"deepseek-v3": "deepseek-v2-lite", "qwen3-30b-a3b": "deepseek-v2-lite",
@@ -77,66 +78,6 @@ def expert_maps(Es: int, Et: int, Lt: int, rng: np.random.Generator) -> tuple[np
         parent[l, perm] = base % Es
         channel[l, perm] = base // Es
     return parent, channel
-
-
-def derived_counts(pc_s: np.ndarray, tc_s: np.ndarray, der: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Source counts (Ls, Es), (Ls-1, Es, Es) -> target counts (Lt, Et), (Lt-1, Et, Et) float64."""
-    parent = np.asarray(der["parent"], dtype=np.int64)  # (Lt, Et)
-    channel = np.asarray(der["channel"], dtype=np.int64)  # (Lt, Et)
-    pop_src, trans_src = der["layer_pop_src"], der["layer_trans_src"]
-    eps = float(der["coherence_eps"])
-    Lt, Et = parent.shape
-    m = Et // pc_s.shape[1]
-    pc = np.stack([pc_s[pop_src[l]][parent[l]] / m for l in range(Lt)])  # (Lt, Et)
-    tc = np.empty((max(Lt - 1, 0), Et, Et))
-    for l in range(Lt - 1):
-        same = channel[l][:, None] == channel[l + 1][None, :]  # (Et, Et)
-        q = np.where(same, 1.0 - eps + eps / m, eps / m)
-        tc[l] = tc_s[trans_src[l]][np.ix_(parent[l], parent[l + 1])] * q / m
-    return pc, tc
-
-
-def _check_derivation(der: Any, L: int, E: int, where: str) -> None:
-    keys = ("from", "coherence_eps", "layer_pop_src", "layer_trans_src", "parent", "channel")
-    if not isinstance(der, dict) or any(k not in der for k in keys):
-        raise MoesimError(f"{where}: derivation must be an object with keys {list(keys)}")
-    if np.asarray(der["parent"]).shape != (L, E) or np.asarray(der["channel"]).shape != (L, E) or \
-            len(der["layer_pop_src"]) != L or len(der["layer_trans_src"]) != max(L - 1, 0):
-        raise MoesimError(f"{where}: derivation maps do not fit {L} layers x {E} experts")
-    if not 0.0 <= float(der["coherence_eps"]) <= 1.0:
-        raise MoesimError(f"{where}: derivation coherence_eps {der['coherence_eps']}, expected 0..1")
-
-
-def expand(d: dict[str, Any], where: str = "<params>") -> dict[str, Any]:
-    """A derived parameter dict with its counts rebuilt from the source (a dict for
-    :func:`traces.synth_params.params_from_dict`)."""
-    from traces.synth_params import SHIPPED
-
-    der = d.get("derivation")
-    L, E = int(d["num_layers"]), int(d["num_experts"])
-    _check_derivation(der, L, E, where)
-    src_name = str(der["from"])
-    src = _raw_shipped(src_name) if src_name in SHIPPED else {"derivation": None}
-    if "derivation" in src:
-        raise MoesimError(f"{where}: derived from {src_name!r}, expected a fitted shipped parameter set")
-    tasks = {}
-    for name, t in d["tasks"].items():
-        if name not in src["tasks"]:
-            raise MoesimError(f"{where}: task {name!r} is not in the source {src_name!r}")
-        st = src["tasks"][name]
-        pc, tc = derived_counts(np.asarray(st["popularity_counts"], dtype=np.float64),
-                                np.asarray(st["transition_counts"], dtype=np.float64), der)
-        tasks[name] = {**t, "popularity_counts": pc, "transition_counts": tc}
-    return {**d, "tasks": tasks}
-
-
-def _raw_shipped(name: str) -> dict[str, Any]:
-    import json
-    from importlib import resources
-
-    from traces.synth_params import SHIPPED
-
-    return json.loads(resources.files("traces.params").joinpath(SHIPPED[name]).read_text())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,14 +195,14 @@ def derive_params(model: Any, source: str | None = None, eps: float = 0.0, seed:
     """JSON-ready derived parameters for ``model`` (a :class:`sim.world.config.ModelConfig` or a
     ``conf/model`` name) from ``source`` (default :data:`NEAREST`)."""
     from sim.world.config import ModelConfig
-    from traces.synth_params import SCHEMA, VERSION
+    from traces.synth_params import SCHEMA, VERSION, raw_shipped
 
     if not isinstance(model, ModelConfig):
         model = model_named(str(model))
     source = source or NEAREST.get(model.name)
     if source is None:
         raise MoesimError(f"no nearest traced model known for {model.name!r}; give --source NAME")
-    src = _raw_shipped(source) if source in NEAREST.values() else None
+    src = raw_shipped(source) if source in NEAREST.values() else None
     if src is None or "derivation" in src:
         raise MoesimError(f"source {source!r}: expected a fitted shipped parameter set")
     if not 0.0 <= eps <= 1.0:

@@ -6,7 +6,8 @@ A parameter file is JSON: ``schema`` = "moesim-synth-params", ``version`` 2, mod
 ``popularity_counts`` (L x E), ``transition_counts`` ((L-1) x E x E), ``beta``, ``sigma``,
 ``rho``, ``pop_correction`` (L x E, rounded to 1e-4), ``calibration`` (targets, achieved,
 ``pop_power``), ``tokens_per_request`` summary}. Written by :func:`traces.synth_fit.fit_params`
-(``moesim trace fit``) or derived from a fitted file (:mod:`traces.synth_derive`).
+(``moesim trace fit``) or derived from a fitted file (:mod:`traces.synth_derive`; such a file holds
+the recipe, and :mod:`traces.synth_expand` rebuilds its counts when it is loaded here).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sim.common.errors import MoesimError
+from traces.synth_expand import expand
 
 SCHEMA = "moesim-synth-params"
 VERSION = 2
@@ -107,10 +109,8 @@ def params_from_dict(d: dict[str, Any], where: str = "<params>", smoothing: floa
     if d.get("version") != VERSION:
         raise _err(where, f"version {d.get('version')!r}, this moesim reads version {VERSION} "
                           f"(refit with 'moesim trace fit')")
-    if "derivation" in d:  # derived parameters: counts rebuilt from the source's (synth_derive.py)
-        from traces.synth_derive import expand
-
-        d = expand(d, where)
+    if "derivation" in d:  # derived parameters: counts rebuilt from the source's (synth_expand.py)
+        d = expand(d, lambda name: raw_shipped(name) if name in SHIPPED else None, where)
     try:
         L, E, K = int(d["num_layers"]), int(d["num_experts"]), int(d["top_k"])
         tasks_raw = d["tasks"]
@@ -126,6 +126,11 @@ def params_from_dict(d: dict[str, Any], where: str = "<params>", smoothing: floa
     return SynthParams(model=str(d.get("model", "unknown")), num_layers=L, num_experts=E, top_k=K,
                        layer_ids=list(d.get("layer_ids") or range(L)), phase=str(d.get("phase", "decode")),
                        tasks=tasks, source=dict(d.get("source", {})), raw=d)
+
+
+def raw_shipped(name: str) -> dict[str, Any]:
+    """The JSON dict of the shipped parameter set ``name`` (a key of :data:`SHIPPED`), unchecked."""
+    return json.loads(resources.files("traces.params").joinpath(SHIPPED[name]).read_text())
 
 
 def fitted_params(name: str) -> SynthParams:

@@ -30,7 +30,8 @@ from sim.common.errors import ConfigError
 
 def _task(cfg: Any) -> None:
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import CacheAppConfig, app_config, limit_requests
+    from sim.app.schemas.cache import CacheAppConfig
+    from sim.app.schemas.common import app_config, limit_requests
     from sim.common.files import atomic_write_bytes, require_file
     from sim.replay.cache import run_replay
     from traces.format import read_trace

@@ -105,7 +105,8 @@ def _replay(cfg: Any, out: Path) -> None:
 def task(cfg_node: Any) -> dict[str, Any]:
     from analysis.report import write_report
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import DemoAppConfig, app_config
+    from sim.app.schemas.common import app_config
+    from sim.app.schemas.demo import DemoAppConfig
     from sim.common.files import atomic_write_bytes
     from sim.engine.run import load_workload_table, simulate, write_outputs
     from sim.serving.binding import build_pool

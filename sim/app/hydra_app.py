@@ -38,7 +38,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     """Run ``task`` as the Hydra app ``conf/<config_name>.yaml``; 0, or ``SystemExit(2)``."""
     import hydra
 
-    from sim.app.schemas import register_app_schemas
+    from sim.app.schemas.registry import register_app_schemas
 
     register_app_schemas(config_name)  # its own schema (and sim_schema): no others
     if "-h" in argv or "--help" in argv:

@@ -13,7 +13,7 @@ def app_help(config_name: str, prog: str, doc: str) -> str:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from sim.app.schemas import APPS
+    from sim.app.schemas.registry import APPS
 
     with initialize_config_module("conf", version_base="1.3"):
         hcfg = compose(config_name, return_hydra_config=True)

@@ -32,7 +32,8 @@ def _bench_task(cfg) -> None:
     import dataclasses
 
     from kernels.bench import run_bench
-    from sim.app.schemas import KernelsBenchConfig, app_config
+    from sim.app.schemas.common import app_config
+    from sim.app.schemas.kernels import KernelsBenchConfig
     from sim.common.errors import ConfigError
 
     c = app_config(cfg, KernelsBenchConfig)

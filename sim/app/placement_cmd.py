@@ -25,7 +25,8 @@ def _write_metrics(m: dict[str, Any], out: Path) -> None:
 
 def _task(cfg: Any) -> None:
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import PlacementAppConfig, app_config, limit_requests
+    from sim.app.schemas.common import app_config, limit_requests
+    from sim.app.schemas.placement import PlacementAppConfig
     from sim.common.files import require_file
     from sim.world.facts import model_for_trace
     from sim.world.model import expert_bytes

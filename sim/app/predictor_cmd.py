@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.app.schemas import PredictorEvalConfig, PredictorTrainConfig
+from sim.app.schemas.predictor import PredictorEvalConfig, PredictorTrainConfig
 from sim.common.errors import ConfigError, TraceFormatError
 
 USAGE = ("usage: moesim predictor {train,eval} [key=value ...]\n"
@@ -42,13 +42,13 @@ def _plain(cfg: Any, schema: type) -> dict[str, Any]:
     """The config checked against its schema (sim/app/schemas.py), as plain dicts and lists."""
     import dataclasses
 
-    from sim.app.schemas import app_config
+    from sim.app.schemas.common import app_config
 
     return dataclasses.asdict(app_config(cfg, schema))
 
 
 def _load_trace(path: Any, max_requests: int = 0):
-    from sim.app.schemas import limit_requests
+    from sim.app.schemas.common import limit_requests
     from sim.common.files import require_file
     from traces.format import read_trace
 

@@ -47,7 +47,7 @@ def _write_json(obj: dict[str, Any], path: Path) -> None:
 def _trace(cfg: Any):
     import numpy as np
 
-    from sim.app.schemas import limit_requests
+    from sim.app.schemas.common import limit_requests
     from sim.common.files import require_file
     from traces.format import read_trace
 
@@ -69,7 +69,8 @@ def _trace(cfg: Any):
 
 def replay_task(cfg: Any) -> None:
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import RealrunReplayConfig, app_config
+    from sim.app.schemas.common import app_config
+    from sim.app.schemas.realrun import RealrunReplayConfig
 
     cfg = app_config(cfg, RealrunReplayConfig)
     _interpret_if_cpu(cfg.device)
@@ -109,7 +110,8 @@ def validate_task(cfg: Any) -> None:
 
 def calibrate_task(cfg: Any) -> None:
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import RealrunCalibrateConfig, app_config
+    from sim.app.schemas.common import app_config
+    from sim.app.schemas.realrun import RealrunCalibrateConfig
 
     cfg = app_config(cfg, RealrunCalibrateConfig)
     import torch

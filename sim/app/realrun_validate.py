@@ -209,7 +209,8 @@ def validate_task(cfg_node: Any) -> dict:
     import time
 
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import RealrunValidateConfig, app_config
+    from sim.app.schemas.common import app_config
+    from sim.app.schemas.realrun import RealrunValidateConfig
     from sim.common.files import atomic_write_bytes
 
     cfg = app_config(cfg_node, RealrunValidateConfig)

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from sim.common.errors import MoesimError, TraceFormatError
 
@@ -199,7 +200,7 @@ def _cmd_stats(a: argparse.Namespace) -> int:
         if a.plots:
             from analysis.trace_plots import write_plots
 
-            written = write_plots(tr, a.plots, stats=s)
+            written = write_plots(_plot_data(tr, s), a.plots)
             print(f"wrote {len(written)} plots to {a.plots}", file=sys.stderr)
     if a.json:
         print(json.dumps(s))
@@ -208,6 +209,25 @@ def _cmd_stats(a: argparse.Namespace) -> int:
 
         print(format_stats(s))
     return 0
+
+
+def _plot_data(tr: Any, stats: dict[str, Any]) -> Any:
+    """The numbers ``trace stats --plots`` draws (:class:`analysis.trace_plots.TracePlotData`) of
+    the routing trace ``tr``, whose :func:`traces.stats.trace_stats` are ``stats``."""
+    import numpy as np
+
+    from analysis.trace_plots import TracePlotData, transition_layers
+    from traces.stats import popularity_counts, reuse_stats, transition_counts
+
+    m = tr.meta
+    transitions = {}
+    for l in transition_layers(m.num_layers):
+        C = transition_counts(tr.experts, m.num_experts, l).astype(np.float64)  # (E, E)
+        transitions[l] = C / np.maximum(C.sum(axis=1, keepdims=True), 1)
+    return TracePlotData(model=m.model, layer_ids=list(m.layer_ids), num_experts=m.num_experts,
+                         top_k=m.top_k, num_requests=len(tr.request_ids()), num_tokens=tr.num_tokens,
+                         popularity_share=popularity_counts(tr) / float(tr.num_tokens),
+                         reuse=stats.get("reuse_distance") or reuse_stats(tr), transitions=transitions)
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:

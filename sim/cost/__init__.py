@@ -1,4 +1,6 @@
-"""Cost models: the protocol (:mod:`sim.cost.base`), the analytic roofline and the table model."""
+"""Cost models: the protocol (:mod:`sim.cost.base`), the analytic roofline and the table model;
+:func:`make_cost_model` picks one by name. The seam to realrun's calibration: the table model
+reads the profiles realrun writes. Imports ``traces``, ``sim.world`` and ``sim.common`` only."""
 
 from __future__ import annotations
 

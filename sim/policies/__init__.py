@@ -3,6 +3,8 @@ realrun, one folder per kind (``cache/``, ``prefetch/``, ``placement/``, ``sched
 ``router/``), one module per registered name.
 
 Never import simpy or torch here or in any policy module (tests/sim/test_policies_pure.py checks).
+Imports ``sim.predictor``, ``sim.cost``, ``traces``, ``sim.world`` and ``sim.common`` only: never
+``sim.serving`` or a driver.
 """
 
 from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER

@@ -2,8 +2,8 @@
 
 The dataclasses fix the *types and keys* (Hydra rejects an unknown key or a wrong type); the YAML
 files under ``conf/`` hold the *values* (``conf/model/*.yaml``, ``conf/hardware/*.yaml``, ...).
-``register_configs()`` stores ``sim_schema`` (the root node that ``conf/sim.yaml`` and
-``conf/demo.yaml`` start from); call it before composing.
+``register_configs()`` stores ``sim_schema`` (the root node that ``conf/sim.yaml`` starts from; the
+other apps' schemas, in :mod:`sim.app.schemas`, reuse or extend these nodes); call it before composing.
 """
 
 from __future__ import annotations

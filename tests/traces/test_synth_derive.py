@@ -19,10 +19,10 @@ from traces.synth_derive import (
     NEAREST,
     calibration_lengths,
     derive_params,
-    derived_counts,
     expert_maps,
     layer_maps,
 )
+from traces.synth_expand import derived_counts
 from traces.synth_params import fitted_params, load_params
 
 #: fresh samples' statistics (mean of two) against the source's real ones (the derivation

@@ -30,7 +30,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
     from sim.app.experiments.config import AccuracyExperimentConfig
     from sim.app.experiments.dial import SimSetup, check_dial, learned_keys, load_trace, noisy_keys, write_csv
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import app_config
+    from sim.app.schemas.common import app_config
     from sim.replay.cache import replay_plain
     from sim.world.facts import expert_bytes_of_trace
 

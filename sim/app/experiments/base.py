@@ -58,7 +58,7 @@ def write_json(obj: Any, path: Path) -> None:
 def routing_trace(cfg: Any) -> tuple[Any, str, bool]:
     """(trace, source label, real?): ``trace.path`` (first ``replay_requests`` requests), or the
     generator fitted to the model's real trace (``synth_requests`` x ``synth_tokens``)."""
-    from sim.app.schemas import limit_requests
+    from sim.app.schemas.common import limit_requests
     from sim.common.files import require_file
     from traces.format import read_trace
 
@@ -111,7 +111,7 @@ def run_experiment(cfg_node: Any, config_cls: type, name: str,
     chosen part as ``fn(cfg, out, trace)`` on the routing trace, then write
     ``paper_vs_ours.json`` and the report."""
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import app_config
+    from sim.app.schemas.common import app_config
 
     cfg = app_config(cfg_node, config_cls)
     known = list(parts_fns)

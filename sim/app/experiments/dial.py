@@ -29,7 +29,7 @@ def load_trace(cfg: Any, out: Path) -> tuple[Any, str]:
     prompts, in trace order; ``all``: every prompt); then the first ``replay_requests``. A
     selection is written to ``out/trace.parquet`` (the simulator and the learned prefetcher's
     table read that file: its rows are the driver's rows)."""
-    from sim.app.schemas import limit_requests
+    from sim.app.schemas.common import limit_requests
     from sim.common.files import require_file
     from traces.format import read_trace, write_trace
 

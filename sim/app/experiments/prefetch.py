@@ -41,7 +41,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
         write_csv,
     )
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas import app_config
+    from sim.app.schemas.common import app_config
 
     cfg = app_config(cfg_node, PrefetchExperimentConfig)
     check_dial(cfg)
