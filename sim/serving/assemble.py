@@ -184,12 +184,12 @@ class World:
         return cache
 
     # -- requests to replicas -------------------------------------------------------------------
-    def route(self, i: int) -> tuple[ReplicaState | None, list[tuple[int, list[int]]]]:
+    def route(self, i: int) -> tuple[ReplicaState | None, list[tuple[int, list[int], list[int]]]]:
         """Request ``i`` goes to a live replica the router picks (none alive: it waits in
         ``pending``): it joins the replica's waiting list and the caches' per-request hooks and
         request prefetch run (:meth:`sim.serving.prediction.Prediction.request_start`). Returns
         the replica (None: pending) and the prefetch copies decided, ``(GPU index, keys
-        loaded)``, for the driver to carry out (the simulator issues them on the host links)."""
+        loaded, keys evicted)``, for the driver to carry out (the simulator issues them on the host links)."""
         alive = [r.index for r in self.replicas if r.alive]
         if not alive:
             self.pending.append(i)

@@ -8,7 +8,7 @@ prefetch policy and the request predictor, and the per-request hooks of the cach
 - :meth:`Prediction.next_layer` / :meth:`Prediction.observe`: after a layer, the predictors learn
   what it used and a next-layer prefetch policy loads its guess for the layer after.
 - :meth:`Prediction.prefetch_keys`: the prefetch decisions (the caches' ``insert``), returned as
-  copies (GPU, keys loaded); the simulator starts them on the GPUs' host links with
+  copies (GPU, keys loaded, keys evicted); the simulator starts them on the GPUs' host links with
   :meth:`Prediction.issue` (or, on a device whose copies run in line with compute, charges them
   as time by :meth:`take_inline`); realrun copies them for real.
 
@@ -83,7 +83,7 @@ class Prediction:
         return experts
 
     def next_layer(self, rep: ReplicaState, l: int, used_flat: np.ndarray, step0: int,
-                   need: list[list[Any]]) -> list[tuple[int, list[int]]]:
+                   need: list[list[Any]]) -> list[tuple[int, list[int], list[int]]]:
         """After layer ``l``: the observers learn what it used and a next-layer prefetch policy
         loads its guess for layer ``l + 1``; returns the copies decided (see :meth:`prefetch_keys`)."""
         E = self.E
@@ -96,11 +96,12 @@ class Prediction:
         return []
 
     def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, need: list[list[Any]],
-                      layer: int) -> list[tuple[int, list[int]]]:
+                      layer: int) -> list[tuple[int, list[int], list[int]]]:
         """Load predicted keys into the GPUs that hold them (the decision: the caches' ``insert``);
-        returns the copies that makes, ``(GPU index in the replica, keys loaded)`` per GPU that
-        loaded any, for the driver to carry out (the simulator: :meth:`issue`)."""
-        copies: list[tuple[int, list[int]]] = []
+        returns the copies that makes, ``(GPU index in the replica, keys loaded, keys evicted)``
+        per GPU that loaded any, in the order decided, for the driver to carry out (the
+        simulator: :meth:`issue`; realrun copies the loaded keys into the evicted ones' slots)."""
+        copies: list[tuple[int, list[int], list[int]]] = []
         for g, st in enumerate(rep.states):
             cache = st.cache
             if cache is None:
@@ -111,29 +112,30 @@ class Prediction:
             protect = need[g][layer] if layer < len(need[g]) else ()
             if self.log is not None:
                 self.log.add(st.gpu, "insert", step, mine.tolist(), protect)
-            loaded, _ = cache.insert(step, mine.tolist(), protect=protect)
+            loaded, evicted = cache.insert(step, mine.tolist(), protect=protect)
             if len(cache.resident) > st.capacity:
                 raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
                                   f"{st.gpu} during prefetch")
             st.peak_resident = max(st.peak_resident, len(cache.resident))
             if loaded:
-                copies.append((g, loaded))
+                copies.append((g, loaded, evicted))
         return copies
 
-    def issue(self, rep: ReplicaState, copies: list[tuple[int, list[int]]], t_issue: float) -> None:
+    def issue(self, rep: ReplicaState, copies: list[tuple[int, list[int], list[int]]],
+              t_issue: float) -> None:
         """The simulator's side of prefetch ``copies`` (:meth:`prefetch_keys`): each starts on its
         GPU's host link at ``t_issue`` (the key is then in flight until the layer needing it
         waits for it), or, on a device whose copies run in line, costs its copy time where it
         is issued (:meth:`take_inline`)."""
         if self.inline:
             stall = 0.0  # the replica's GPUs copy side by side: the longest stalls it
-            for _, loaded in copies:
+            for _, loaded, _ in copies:
                 stall = max(stall, self.cost.copy_s(len(loaded) * self.eb))
             if stall:
                 self._inline_s[rep.index] = self._inline_s.get(rep.index, 0.0) + stall
             return
         rec = self.recorder
-        for g, loaded in copies:
+        for g, loaded, _ in copies:
             st = rep.states[g]
             for k in loaded:
                 tid = st.inflight[k] = st.link.add(t_issue, self.eb)
@@ -142,7 +144,7 @@ class Prediction:
                     rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
                             t_issue + st.link.latency_s, st.link.finish_peek(tid))
 
-    def request_start(self, rep: ReplicaState, i: int) -> list[tuple[int, list[int]]]:
+    def request_start(self, rep: ReplicaState, i: int) -> list[tuple[int, list[int], list[int]]]:
         """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,
         the request predictor (the prefetch policy, or eMoE-A for a cache that keeps a predicted
         set) names the experts it expects, and the prefetch policy loads them. Returns the
@@ -166,7 +168,7 @@ class Prediction:
                 if self.log is not None:
                     self.log.add(st.gpu, "predict", 0, keys)
                 cache.set_predicted(keys)
-        copies: list[tuple[int, list[int]]] = []
+        copies: list[tuple[int, list[int], list[int]]] = []
         if self.pf_req and pred_plan:
             need: list[list[Any]] = [[] for _ in rep.states]
             for layer, experts in sorted(pred_plan.items()):

@@ -1,7 +1,7 @@
 """One layer walk: an iteration of a replica, layer by layer, with the cache decisions of the
 policies, the copies they cause, and the time it all takes. :class:`sim.engine.simulation.Simulation`
-calls :meth:`LayerWalk.iteration` for every iteration; realrun (realrun/serve.py) calls the
-walk's own decisions (:meth:`LayerWalk.needs`, :meth:`LayerWalk.serve_layer`).
+calls :meth:`LayerWalk.iteration` for every iteration; realrun (realrun/serve.py) executes the
+walk's own decision stream (:meth:`LayerWalk.needs`, then :meth:`LayerWalk.decide`).
 
 Shape legend: T tokens in the iteration's batch, L MoE layers, K top-k, E experts per layer,
 G GPUs of the replica. A cache key is ``layer * E + expert``.
@@ -15,10 +15,14 @@ set); misses are copied over the GPU's host link and the layer waits for them (a
 prefetched keys still in flight); experts compute; all-to-all combine. The next-layer prefetch
 policy may then start copies for layer + 1 at this layer's gate time (:mod:`sim.serving.prediction`).
 
-Decisions and timing are two steps of the same walk. This module holds the decisions: the
-decisions of a layer never depend on time, so when no next-layer prefetch interleaves with them,
-each GPU's cache serves all layers of the iteration in one ``access_steps`` call (the policies'
-batched entry to the same rule); with next-layer prefetch, layer by layer. Timing is then one
+Decisions and timing are two steps of the same walk. This module holds the decisions
+(:meth:`LayerWalk.decide` yields them layer by layer: :class:`Serve`, each GPU's misses;
+:class:`Prefetch`, the copies a next-layer prefetch decided), which the timing prices and realrun
+carries out. The decisions of a layer never depend on time, so when no next-layer prefetch
+interleaves with them, each GPU's cache serves all layers of the iteration in one
+``access_steps`` call (the policies' batched entry to the same rule); with next-layer prefetch,
+layer by layer. The LRU stamp arrays (:mod:`sim.serving.lru_arrays`) are the decisions' fast
+form for the simulator: every GPU's misses of every layer at once, with numpy. Timing is then one
 loop (:meth:`sim.serving.layer_timing.LayerTiming.time_layers`) whatever the decisions came from;
 recording a Chrome trace only makes it visit every GPU.
 """
@@ -59,7 +63,7 @@ class Prefetch:
 
     __slots__ = ("layer", "copies")
 
-    def __init__(self, layer: int, copies: list[tuple[int, list[int]]]) -> None:
+    def __init__(self, layer: int, copies: list[tuple[int, list[int], list[int]]]) -> None:
         self.layer, self.copies = layer, copies
 
 
@@ -197,16 +201,16 @@ class LayerWalk:
         call before the first :class:`Serve` (the misses are counts then); the policies hold the
         two equal. The observers learn every layer's experts after the last layer."""
         L, states, pred = self.L, rep.states, self.pred
-        if pred.pf_next:
+        if pred.pf_next or stepwise:
+            # (a GPU without a cache needs no list: needs() gives it none)
+            gpus = list(zip(states, need, active))
             for l in range(L):
-                yield Serve(l, [self.serve_layer(st, step0 + l, need[g][l], active[g])
-                                for g, st in enumerate(states)])
-                yield Prefetch(l, pred.next_layer(rep, l, used_flat, step0, need))
-            return
-        if stepwise:
-            for l in range(L):
-                yield Serve(l, [self.serve_layer(st, step0 + l, need[g][l], active[g])
-                                for g, st in enumerate(states)])
+                yield Serve(l, [self.serve_layer(st, step0 + l, ng[l], a) if ng else None
+                                for st, ng, a in gpus])
+                if pred.pf_next:
+                    yield Prefetch(l, pred.next_layer(rep, l, used_flat, step0, need))
+            if pred.pf_next:  # (next_layer observed them layer by layer)
+                return
         else:
             nones = [None] * L
             miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
