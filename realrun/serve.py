@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 
 from realrun.model import DTYPES, Shapes, TinyMoE, expert_ffn
+from realrun.slot_table import SlotTable
 from sim.common.errors import ConfigError, MoesimError
 from sim.serving.layer_costs import batch_shape
 from sim.world.facts import CacheCounts
@@ -99,8 +100,9 @@ class Slots:
         self.w2 = torch.empty((n, sh.H, sh.I), dtype=DTYPES[sh.dtype], device=dev)
         self.w13.zero_()  # touch every page before serving: no first-touch faults in the timing
         self.w2.zero_()
-        self.slot: dict[int, int] = {}
-        self.free = list(range(capacity - 1, -1, -1))
+        #: the cache slots (realrun/slot_table.py, shared with realrun/expert_cache.py)
+        self.table = SlotTable(capacity, self._copy, self._freed)
+        self.slot = self.table.slot  # key -> slot
         self.copied = 0  # expert copies made (cache and staging)
         cuda = dev.type == "cuda"
         self.miss_stream = torch.cuda.Stream(dev) if cuda else None
@@ -131,16 +133,16 @@ class Slots:
         for k in sorted(set(resident).difference(self.slot)):
             self.load(k, self.miss_stream)
 
+    def _freed(self, key: int) -> None:
+        self.ready.pop(key, None)  # (a copy it waited for is moot: the slot is given back)
+
     def release(self, resident: Any) -> None:
         """Free the slots of keys no longer in ``resident`` (the cache evicted them)."""
-        for k in [k for k in self.slot if k not in resident]:
-            self.free.append(self.slot.pop(k))
-            self.ready.pop(k, None)
+        self.table.release_absent(resident)
 
     def load(self, key: int, stream: Any) -> None:
         """Copy ``key`` into a free cache slot."""
-        s = self.slot[key] = self.free.pop()
-        self._copy(key, s, stream)
+        self.table.load(key, stream)
 
     def serve(self, resident: Any, misses: list[int]) -> None:
         """A layer's :class:`~sim.serving.walk.Serve` decision made real: ``resident`` is the
@@ -157,11 +159,7 @@ class Slots:
         slots, each ``loaded`` key is copied into one; a key the same insert loaded and evicted
         again is still copied (it was a load), into its staging slot."""
         gone = set(evicted)
-        for k in evicted:
-            s = self.slot.pop(k, None)
-            if s is not None:
-                self.free.append(s)
-                self.ready.pop(k, None)
+        self.table.release(evicted)
         for k in loaded:
             if k in gone:
                 self.stage(k, k // E)
