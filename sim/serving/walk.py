@@ -59,7 +59,8 @@ class Serve:
 
 
 class Prefetch:
-    """The copies a next-layer prefetch decided after ``layer``: ``(GPU index, keys loaded)``."""
+    """The copies a next-layer prefetch decided after ``layer``: ``(GPU index, keys loaded, keys
+    evicted)`` per GPU, in the order decided (:meth:`sim.serving.prediction.Prediction.prefetch_keys`)."""
 
     __slots__ = ("layer", "copies")
 
