@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from realrun.slot_table import SlotTable
 from sim.common.errors import ConfigError
 from sim.policies.base import CachePolicy
 
@@ -56,7 +57,8 @@ class ExpertCache:
         self.slots = {n: torch.empty((self.capacity, *w.shape[1:]), dtype=w.dtype, device=self.device)
                       for n, w in self.host.items()}
         self.slot_of = torch.full((self.num_experts,), -1, dtype=torch.int32)
-        self._free = list(range(self.capacity - 1, -1, -1))
+        #: the slots (realrun/slot_table.py, shared with realrun/serve.py); ``slot_of`` mirrors it
+        self.table = SlotTable(self.capacity, self._copy_in, self._freed)
         self.expert_bytes = sum(w[0].numel() * w.element_size() for w in self.host.values())
         self.stats = CopyStats()
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -84,14 +86,12 @@ class ExpertCache:
     def apply(self, evicted: list[int], loaded: list[int]) -> None:
         """Carry out a policy decision: free the evicted experts' slots, then copy the loaded
         ones in."""
-        for e in evicted:
-            self._free.append(int(self.slot_of[e]))
-            self.slot_of[e] = -1
-        for e in loaded:
-            self._copy_in(e)
+        self.table.apply(evicted, loaded)
 
-    def _copy_in(self, e: int) -> None:
-        slot = self._free.pop()
+    def _freed(self, e: int) -> None:
+        self.slot_of[e] = -1
+
+    def _copy_in(self, e: int, slot: int) -> None:
         if self._stream is not None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             with torch.cuda.stream(self._stream):

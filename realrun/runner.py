@@ -37,7 +37,7 @@ from realrun.expert_cache import ExpertCache
 from realrun.model import DTYPES
 from sim.common.errors import ConfigError, MoesimError
 from sim.policies import CACHE
-from sim.world.facts import CacheCounts, cache_slots
+from sim.world.facts import CacheCounts, batch_executions, cache_slots
 from traces.format import RoutingTrace
 
 
@@ -106,8 +106,9 @@ class RealMoE:
         self.host_weights = weights
         self.steps = [0] * num_layers  # each layer's cache counts its own steps
 
-    def layer(self, l: int, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """One MoE layer: x (T, H), logits (T, E) -> (T, H)."""
+    def layer(self, l: int, x: torch.Tensor, logits: torch.Tensor, runs: Any = None) -> torch.Tensor:
+        """One MoE layer: x (T, H), logits (T, E) -> (T, H). ``runs``: the batch's expert runs in
+        order (:func:`sim.world.facts.batch_executions`); None: the gated tokens are one batch."""
         from kernels.align import dynamic_gating
         from kernels.combine_op import combine
         from kernels.gating import topk_gating
@@ -115,7 +116,9 @@ class RealMoE:
         policy = cache.policy
         ids, w = topk_gating(logits, self.K, renormalize=True)  # (T, K)
         align = dynamic_gating(ids, self.cfg.block_size, self.E)
-        needed = sorted(set(ids.reshape(-1).tolist()))
+        if runs is None:
+            _, runs = batch_executions(ids.cpu().numpy(), max(1, len(ids)), self.E)
+        needed = [int(e) for e in runs]
         union = frozenset(needed)
         y = None
         pending: list[int] = []  # decided and resident, not launched yet
@@ -152,6 +155,8 @@ class RealMoE:
         layer_s = np.zeros(self.L)
         t_start = time.perf_counter()
         batches = range(0, T, cfg.batch_tokens)
+        # each layer's expert runs, batch by batch (the replay's batch semantics)
+        execs = [batch_executions(trace.experts[:T, l], cfg.batch_tokens, self.E) for l in range(self.L)]
         if progress:
             from tqdm import tqdm
 
@@ -160,10 +165,12 @@ class RealMoE:
         for b0 in batches:
             b1 = min(T, b0 + cfg.batch_tokens)
             x = torch.randn((b1 - b0, cfg.hidden), generator=g).to(self.dtype).to(self.device)
+            b = b0 // cfg.batch_tokens
             for l in range(self.L):
                 logits = routing_logits(trace.experts[b0:b1, l], self.E).to(self.device)
+                starts, ids = execs[l]
                 t0 = time.perf_counter()
-                x = self.layer(l, x, logits)
+                x = self.layer(l, x, logits, ids[starts[b]:starts[b + 1]])
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 layer_s[l] += time.perf_counter() - t0

@@ -1,37 +1,40 @@
 """Realrun serves the simulator's scenario for real: one replica on one device (EP 1).
 
-The world is the simulator's own: :class:`sim.engine.simulation.Simulation` is built from the same config,
-workload, routing pool and binding (and never run), which gives the requests, the cluster plan
-(cache slots from :func:`sim.world.facts.cache_slots`), the warm-started cache policy, the prefetch
-policy and predictor, the scheduler and the continuous :class:`sim.serving.batching.Batcher`. Realrun
-drives that batcher in real time and, per iteration, makes the policy calls of
-:class:`sim.serving.walk.LayerWalk` through the walk's own methods in the simulator's order:
+The world is the simulator's own: a :class:`sim.serving.assemble.World` built from the same
+config, workload, routing pool and binding (no Simulation, no simpy), which gives the requests,
+the cluster plan (cache slots from :func:`sim.world.facts.cache_slots`), the warm-started cache
+policy, the prefetch policy and predictor, the scheduler and the continuous
+:class:`sim.serving.batching.Batcher`. Realrun drives that batcher in real time and executes the
+walk's own decision stream (:meth:`sim.serving.walk.LayerWalk.decide`), in the simulator's order:
 
-- every request arrives at time 0: ``request_start`` (per-request reset, predicted set, request
-  prefetch) for each, in arrival order, before the first iteration;
+- every request arrives at time 0: :meth:`sim.serving.assemble.World.route` (per-request reset,
+  predicted set, request prefetch) for each, in arrival order, before the first iteration; the
+  prefetch copies it decided are made;
 - per iteration: the batch's pool rows and attention shape (:func:`sim.serving.layer_costs.batch_shape`),
-  the keys each layer needs (``LayerWalk.needs``), then per layer ``serve_layer`` (cache step
-  ``rep.step + layer``, the iteration's keys ``active``) and, for a next-layer prefetch policy,
-  ``next_layer``; the observers after the last layer.
+  the keys each layer needs (``LayerWalk.needs``), then per layer the walk's :class:`~sim.serving.walk.Serve`
+  decision (one ``access`` at cache step ``rep.step + layer``, the iteration's keys ``active``)
+  and, for a next-layer prefetch policy, its :class:`~sim.serving.walk.Prefetch` decision; the
+  observers after the last layer.
 
 The simulator serves a layer's keys with the batched ``access_steps`` when nothing is in flight;
 the policies test that equal to one ``access`` per layer. So hits, misses, streamed, prefetched
 and bytes equal the simulator's by construction.
 
 What the policies decide becomes real work. The device holds ``capacity`` expert slots plus a
-staging buffer of ``E`` slots: after every decision the slot table follows the cache's resident
-set (evicted keys free their slot, new keys are copied in from host memory); a needed key that is
-not resident (the layer needed more experts than the cache holds) is copied into the staging
-buffer and dropped after the layer. On a GPU misses go on a copy stream the layer waits for and
-prefetches on a side stream that overlaps compute; on the CPU copies are memory copies, in line.
-Each layer runs attention, gating and the routed experts of :mod:`realrun.model`.
+staging buffer of ``E`` slots. Each decision is carried out as it is made: the slots of keys the
+cache evicted are freed and the decision's keys (a layer's misses, each prefetch insert's loads)
+that the cache now holds are copied in from host memory; a needed key that is not resident (the
+layer needed more experts than the cache holds: it streams) is copied into the staging buffer
+and dropped after the layer, and so is a key a prefetch insert loaded and evicted again (it was
+a load). So every load the policy counts is one real copy (checked at the end). On a GPU misses
+go on a copy stream the layer waits for and prefetches on a side stream that overlaps compute;
+on the CPU copies are memory copies, in line. Each layer runs attention, gating and the routed
+experts of :mod:`realrun.model`.
 
 Every iteration is timed (CUDA events on a GPU; on the CPU both ``perf_counter`` and this
 thread's CPU time, ``clock`` choosing which one is the measurement): from the batch formed to
 the last layer's output. The request-start work (request prefetch copies) is timed into the
-first iteration. Decisions reach the slots through :class:`FollowedCache`, which carries out each
-``access`` and ``insert`` as it returns, so a key loaded and evicted again before the layer that
-needed it is still copied: every load the policy counts is one real copy (checked at the end).
+first iteration.
 """
 
 from __future__ import annotations
@@ -47,25 +50,13 @@ import pandas as pd
 import torch
 
 from realrun.model import DTYPES, Shapes, TinyMoE, expert_ffn
+from realrun.slot_table import SlotTable
 from sim.common.errors import ConfigError, MoesimError
 from sim.serving.layer_costs import batch_shape
 from sim.world.facts import CacheCounts
 
 #: what a CPU iteration is timed by: wall clock, or this thread's CPU time
 CLOCKS = ("wall", "cpu")
-
-
-class _NoLink:
-    """The walk's prefetch issues link transfers; realrun's copies are real, so they go nowhere."""
-
-    latency_s = 0.0
-    infinite = True
-
-    def add(self, t: float, nbytes: float) -> int:
-        return 0
-
-    def finish_peek(self, tid: int) -> float:
-        return 0.0
 
 
 @dataclass
@@ -109,8 +100,9 @@ class Slots:
         self.w2 = torch.empty((n, sh.H, sh.I), dtype=DTYPES[sh.dtype], device=dev)
         self.w13.zero_()  # touch every page before serving: no first-touch faults in the timing
         self.w2.zero_()
-        self.slot: dict[int, int] = {}
-        self.free = list(range(capacity - 1, -1, -1))
+        #: the cache slots (realrun/slot_table.py, shared with realrun/expert_cache.py)
+        self.table = SlotTable(capacity, self._copy, self._freed)
+        self.slot = self.table.slot  # key -> slot
         self.copied = 0  # expert copies made (cache and staging)
         cuda = dev.type == "cuda"
         self.miss_stream = torch.cuda.Stream(dev) if cuda else None
@@ -134,17 +126,45 @@ class Slots:
             self.ready[key] = ev
         self.copied += 1
 
-    def follow(self, resident: Any, side: bool = False) -> None:
-        """Free the slots of keys no longer resident, copy newly resident keys in (a prefetch:
-        ``side`` stream)."""
-        res = set(resident)
-        for k in [k for k in self.slot if k not in res]:
-            self.free.append(self.slot.pop(k))
-            self.ready.pop(k, None)
-        stream = self.side_stream if side else self.miss_stream
-        for k in sorted(res.difference(self.slot)):
-            s = self.slot[k] = self.free.pop()
-            self._copy(k, s, stream)
+    def follow(self, resident: Any) -> None:
+        """Free the slots of keys no longer ``resident``; copy the resident keys without a slot in
+        (the warm start: the weights loaded before serving)."""
+        self.release(resident)
+        for k in sorted(set(resident).difference(self.slot)):
+            self.load(k, self.miss_stream)
+
+    def _freed(self, key: int) -> None:
+        self.ready.pop(key, None)  # (a copy it waited for is moot: the slot is given back)
+
+    def release(self, resident: Any) -> None:
+        """Free the slots of keys no longer in ``resident`` (the cache evicted them)."""
+        self.table.release_absent(resident)
+
+    def load(self, key: int, stream: Any) -> None:
+        """Copy ``key`` into a free cache slot."""
+        self.table.load(key, stream)
+
+    def serve(self, resident: Any, misses: list[int]) -> None:
+        """A layer's :class:`~sim.serving.walk.Serve` decision made real: ``resident`` is the
+        cache's resident set right after it. Evicted keys free their slots; each miss now
+        resident is copied into a slot (the copy stream); a miss not resident streams (staged by
+        :meth:`layer_table`)."""
+        self.release(resident)
+        for k in misses:
+            if k in resident and k not in self.slot:
+                self.load(k, self.miss_stream)
+
+    def prefetch(self, loaded: list[int], evicted: list[int], E: int) -> None:
+        """One prefetch ``insert`` made real (the side stream): the ``evicted`` keys free their
+        slots, each ``loaded`` key is copied into one; a key the same insert loaded and evicted
+        again is still copied (it was a load), into its staging slot."""
+        gone = set(evicted)
+        self.table.release(evicted)
+        for k in loaded:
+            if k in gone:
+                self.stage(k, k // E)
+            else:
+                self.load(k, self.side_stream)
 
     def stage(self, key: int, layer: int) -> int:
         """Copy ``key`` into its layer's staging slot."""
@@ -168,33 +188,8 @@ class Slots:
         return table
 
 
-class FollowedCache:
-    """A cache policy whose every decision the device slots carry out as it is made: an
-    ``access`` (misses: the copy stream) or an ``insert`` (prefetch: the side stream). A key an
-    insert loaded and evicted again in the same call is still copied (staging): it was a load."""
-
-    def __init__(self, cache: Any, slots: Slots, layer_of: Any) -> None:
-        self._cache, self._slots, self._layer_of = cache, slots, layer_of
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cache, name)
-
-    def access(self, step: int, keys: Any, active: Any = None) -> Any:
-        out = self._cache.access(step, keys, active)
-        self._slots.follow(self._cache.resident)
-        return out
-
-    def insert(self, step: int, keys: Any, protect: Any = ()) -> Any:
-        loaded, evicted = out = self._cache.insert(step, keys, protect=protect)
-        self._slots.follow(self._cache.resident, side=True)
-        for k in loaded:
-            if k not in self._slots.slot:
-                self._slots.stage(k, self._layer_of(k))
-        return out
-
-
 class RealServer:
-    """Serve ``world`` (a :class:`sim.engine.simulation.Simulation`, built, not run) for real."""
+    """Serve ``world`` (a :class:`sim.serving.assemble.World`) for real."""
 
     def __init__(self, world: Any, device: str = "cpu", seed: int = 0, block_size: int = 16,
                  clock: str = "wall") -> None:
@@ -212,14 +207,10 @@ class RealServer:
         self.world = w = world
         self.rep = w.replicas[0]
         self.st = self.rep.states[0]
-        self.st.link = _NoLink()
         self.sh = Shapes.of(w.model, block_size)  # the world's model: shrunk already
         self.moe = TinyMoE(self.sh, device, seed)
         self.device = self.moe.device
         self.slots = Slots(self.moe, self.st.capacity)
-        if self.st.cache is not None:
-            E = self.sh.E
-            self.st.cache = FollowedCache(self.st.cache, self.slots, lambda k: k // E)
         g = torch.Generator().manual_seed(seed + 1)
         self.emb = torch.randn((1024, self.sh.H), generator=g).to(DTYPES[self.sh.dtype]).to(self.device)
         self.kv: dict[int, torch.Tensor] = {}
@@ -263,10 +254,10 @@ class RealServer:
         before = st.counts()
         t0, c0 = time.perf_counter(), time.thread_time()
         for i in range(w.R):  # every request arrives at time 0, in order
-            w.req.replica[i] = rep.index
-            rep.waiting.append(i)
-            w.walk.pred.request_start(rep, i, 0.0)
-        st.inflight.clear()
+            to, copies = w.route(i)
+            if to is not rep:
+                raise MoesimError(f"internal: request {i} routed to {to} instead of the one replica")
+            self._prefetch(copies)
         self._sync()
         setup = (time.perf_counter() - t0, time.thread_time() - c0)
         while w.tallies.completed < w.R:
@@ -299,8 +290,8 @@ class RealServer:
         return out
 
     def iteration(self, batch: np.ndarray, alloc: np.ndarray) -> IterationRecord:
-        """One iteration: the simulator's decisions (:class:`sim.serving.walk.LayerWalk`'s own
-        methods, in its order) carried out with real weights, copies and compute."""
+        """One iteration: the walk's decisions (:meth:`sim.serving.walk.LayerWalk.decide`, in its
+        order) carried out with real weights, copies and compute."""
         w, rep, st, sh = self.world, self.rep, self.st, self.sh
         walk, plan, req = w.walk, w.plan, w.req
         L, E, K = sh.L, sh.E, sh.K
@@ -314,6 +305,7 @@ class RealServer:
         step0 = rep.step
         rep.step += L
         need, active = walk.needs(rep.states, used_flat)
+        decisions = walk.decide(rep, used_flat, step0, need, active, stepwise=True)
         experts = torch.as_tensor((keys_tok % E).reshape(-1, L, K)).to(self.device)  # (T, L, K)
         seqs = []
         for i, n in zip(batch.tolist(), alloc.tolist()):
@@ -323,24 +315,30 @@ class RealServer:
             seqs.append((kv, int(req.ctx[i]), n))
         x = self.emb[torch.as_tensor(shape.rows % len(self.emb)).to(self.device)]  # (T, H)
         cache = st.cache
+        pf_next = walk.pred.pf_next
         for l in range(L):
             x = self.moe.attention(l, x, seqs)
             routed = self.moe.gate(l, x, experts[:, l])
             keys = sorted(need[0][l]) if cache is not None else \
                 (l * E + np.flatnonzero(counts_flat[l * E:(l + 1) * E])).tolist()
-            if cache is not None:
-                walk.serve_layer(st, step0 + l, need[0][l], active[0])
+            d = next(decisions)  # the layer's Serve
+            miss = d.miss[0]
+            if miss:
+                self.slots.serve(cache.resident, miss)
             table = self.slots.layer_table(l, keys)
             x = x + expert_ffn(x, routed, table, self.slots.w13, self.slots.w2, K, sh.block_size)
-            if walk.pred.pf_next and cache is not None:
-                walk.pred.next_layer(rep, l, used_flat, step0, 0.0, need)
-                st.inflight.clear()
-        if not walk.pred.pf_next and walk.pred.observers:
-            for l in range(L):
-                walk.pred.observe(rep, l, used_flat)
+            if pf_next:
+                self._prefetch(next(decisions).copies)  # the layer's Prefetch
+        for _ in decisions:  # (the observers learn the iteration's experts)
+            raise MoesimError("internal: the walk decided more layers than the model has")
         return IterationRecord(tokens=len(shape.rows), decode=shape.decode, requests=len(batch),
                                pairs=shape.pairs, counts=CacheCounts(), measured_s=0.0,
                                **timer.stop())
+
+    def _prefetch(self, copies: list[tuple[int, list[int]]]) -> None:
+        """Carry out the prefetch copies the walk decided (one GPU: index 0)."""
+        for _, loaded, evicted in copies:
+            self.slots.prefetch(loaded, evicted, self.sh.E)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from realrun.serve import counts_minus
 from sim.common.errors import MoesimError
 from sim.world.config import SimConfig
 from sim.world.facts import CacheCounts, stable_float
@@ -44,6 +43,7 @@ class Scenario:
     workload: pd.DataFrame  # every arrival at 0
     pool: Any
     binding: Any
+    topo: Any  # the checked config's topology (sim.serving.plan.check_config, run once)
 
 
 def scenario(cfg: SimConfig, shrink: int, dtype: str, pool: Any = None, layers: int = 0
@@ -59,7 +59,7 @@ def scenario(cfg: SimConfig, shrink: int, dtype: str, pool: Any = None, layers: 
 
     trace = cfg.trace if cfg.trace.generator else replace(cfg.trace, generator=cfg.model.name)
     cfg = replace(cfg, model=shrunk_model(cfg.model, shrink, dtype), trace=trace)
-    check_config(cfg)
+    topo = check_config(cfg)
     if cfg.cluster.nodes * cfg.cluster.gpus_per_node != 1:
         raise MoesimError("realrun validate runs one device: cluster=1x1 (nodes=1, gpus_per_node=1, "
                           "expert_parallel=1)")
@@ -74,35 +74,28 @@ def scenario(cfg: SimConfig, shrink: int, dtype: str, pool: Any = None, layers: 
         cfg = replace(cfg, model=replace(cfg.model, num_layers=layers))
     elif layers < 0 or layers > cfg.model.num_layers:
         raise MoesimError(f"layers={layers}; expected 0 (all) or 1..{cfg.model.num_layers}")
-    return Scenario(cfg, wl, pool, bind(pool, wl, cfg.trace.overflow, rng_bind))
+    return Scenario(cfg, wl, pool, bind(pool, wl, cfg.trace.overflow, rng_bind), topo)
 
 
 def world(sc: Scenario, cost: Any) -> Any:
-    """A fresh :class:`sim.engine.simulation.Simulation` of the scenario (fresh policy objects)."""
-    from sim.engine.simulation import Simulation
+    """A fresh :class:`sim.serving.assemble.World` of the scenario (fresh policy objects)."""
+    from sim.serving.assemble import World
 
-    return Simulation(sc.cfg, sc.workload, sc.pool, sc.binding, cost, np.random.default_rng(0))
+    return World(sc.cfg, sc.workload, sc.pool, sc.binding, cost, topo=sc.topo)
 
 
 def simulate(sc: Scenario, cost: Any) -> tuple[pd.DataFrame, CacheCounts, dict]:
-    """Run the simulator on ``cost``; per iteration: tokens, counts and simulated seconds."""
-    sim = world(sc, cost)
-    walk, st = sim.walk, sim.replicas[0].states[0]
+    """Run the simulator on ``cost``; per iteration (its ``on_iteration`` hook): tokens, counts
+    and simulated seconds."""
+    from sim.engine.simulation import Simulation
+
+    sim = Simulation(None, rng=np.random.default_rng(0), world=world(sc, cost))
+    eb = sim.plan.expert_bytes
     rows: list[dict] = []
-    inner = walk.iteration
-    before = [st.counts()]
-
-    def recorded(rep: Any, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
-        dur = inner(rep, batch, alloc, t0)
-        now = st.counts()
-        rows.append({"tokens": int(alloc.sum()), "sim_s": dur,
-                     **_record(counts_minus(now, before[0]), sim.plan.expert_bytes)})
-        before[0] = now
-        return dur
-
-    walk.iteration = recorded  # the serving loop calls the walk through this attribute
+    sim.world.on_iteration.append(lambda it: rows.append(
+        {"tokens": it.tokens, "sim_s": it.duration_s, **_record(it.counts, eb)}))
     sim.run()
-    return pd.DataFrame(rows), st.counts(), cost.report()
+    return pd.DataFrame(rows), sim.replicas[0].states[0].counts(), cost.report()
 
 
 def serve(sc: Scenario, device: str, seed: int, progress: bool = False, clock: str = "wall"

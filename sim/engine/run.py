@@ -93,7 +93,7 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
     from sim.serving.cache_log import CacheLog
     from sim.serving.plan import check_config
 
-    check_config(cfg)  # fail before any work
+    topo = check_config(cfg)  # fail before any work (the world takes the topology: once per run)
     # independent streams so a change in one part does not shift the others
     rng_work, rng_pool, rng_bind, rng_sim = (np.random.default_rng(s) for s in
                                             np.random.SeedSequence(cfg.seed).spawn(4))
@@ -111,7 +111,7 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
     try:
         log = CacheLog() if cfg.output.cache_log else None
         sim = Simulation(cfg, workload, pool, binding, cost, rng_sim, recorder=recorder, progress=bar,
-                         cache_log=log)
+                         cache_log=log, topo=topo)
         sim.run()
     finally:
         bar.close()

@@ -7,8 +7,10 @@ prefetch policy and the request predictor, and the per-request hooks of the cach
   per-request prefetch policy loads them.
 - :meth:`Prediction.next_layer` / :meth:`Prediction.observe`: after a layer, the predictors learn
   what it used and a next-layer prefetch policy loads its guess for the layer after.
-- :meth:`Prediction.prefetch_keys`: prefetch copies start on the GPUs' host links (or, on a
-  device whose copies run in line with compute, are charged as time by :meth:`take_inline`).
+- :meth:`Prediction.prefetch_keys`: the prefetch decisions (the caches' ``insert``), returned as
+  copies (GPU, keys loaded, keys evicted); the simulator starts them on the GPUs' host links with
+  :meth:`Prediction.issue` (or, on a device whose copies run in line with compute, charges them
+  as time by :meth:`take_inline`); realrun copies them for real.
 
 Shape legend: L MoE layers, E experts per layer; a cache key is ``layer * E + expert``.
 """
@@ -81,19 +83,25 @@ class Prediction:
         return experts
 
     def next_layer(self, rep: ReplicaState, l: int, used_flat: np.ndarray, step0: int,
-                    t_gate: float, need: list[list[Any]]) -> None:
+                   need: list[list[Any]]) -> list[tuple[int, list[int], list[int]]]:
+        """After layer ``l``: the observers learn what it used and a next-layer prefetch policy
+        loads its guess for layer ``l + 1``; returns the copies decided (see :meth:`prefetch_keys`)."""
         E = self.E
         experts = self.observe(rep, l, used_flat) if self.observers else \
             np.flatnonzero(used_flat[l * E:(l + 1) * E])
         if l + 1 < self.L:
             pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
             if len(pred):
-                self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, t_gate, need, l + 1)
+                return self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, need, l + 1)
+        return []
 
-    def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, t_issue: float,
-                      need: list[list[Any]], layer: int) -> None:
-        """Load predicted keys into the GPUs that hold them, issuing copies at ``t_issue``."""
-        stall = 0.0  # in-line copies only
+    def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, need: list[list[Any]],
+                      layer: int) -> list[tuple[int, list[int], list[int]]]:
+        """Load predicted keys into the GPUs that hold them (the decision: the caches' ``insert``);
+        returns the copies that makes, ``(GPU index in the replica, keys loaded, keys evicted)``
+        per GPU that loaded any, in the order decided, for the driver to carry out (the
+        simulator: :meth:`issue`; realrun copies the loaded keys into the evicted ones' slots)."""
+        copies: list[tuple[int, list[int], list[int]]] = []
         for g, st in enumerate(rep.states):
             cache = st.cache
             if cache is None:
@@ -104,29 +112,43 @@ class Prediction:
             protect = need[g][layer] if layer < len(need[g]) else ()
             if self.log is not None:
                 self.log.add(st.gpu, "insert", step, mine.tolist(), protect)
-            loaded, _ = cache.insert(step, mine.tolist(), protect=protect)
+            loaded, evicted = cache.insert(step, mine.tolist(), protect=protect)
             if len(cache.resident) > st.capacity:
                 raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
                                   f"{st.gpu} during prefetch")
             st.peak_resident = max(st.peak_resident, len(cache.resident))
-            if self.inline:
-                if loaded:  # the replica's GPUs copy side by side: the longest stalls it
-                    stall = max(stall, self.cost.copy_s(len(loaded) * self.eb))
-                continue
-            rec = self.recorder
+            if loaded:
+                copies.append((g, loaded, evicted))
+        return copies
+
+    def issue(self, rep: ReplicaState, copies: list[tuple[int, list[int], list[int]]],
+              t_issue: float) -> None:
+        """The simulator's side of prefetch ``copies`` (:meth:`prefetch_keys`): each starts on its
+        GPU's host link at ``t_issue`` (the key is then in flight until the layer needing it
+        waits for it), or, on a device whose copies run in line, costs its copy time where it
+        is issued (:meth:`take_inline`)."""
+        if self.inline:
+            stall = 0.0  # the replica's GPUs copy side by side: the longest stalls it
+            for _, loaded, _ in copies:
+                stall = max(stall, self.cost.copy_s(len(loaded) * self.eb))
+            if stall:
+                self._inline_s[rep.index] = self._inline_s.get(rep.index, 0.0) + stall
+            return
+        rec = self.recorder
+        for g, loaded, _ in copies:
+            st = rep.states[g]
             for k in loaded:
                 tid = st.inflight[k] = st.link.add(t_issue, self.eb)
                 if rec is not None and rec.want(t_issue):
                     # finish as known now (later copies on the link may stretch it)
                     rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
                             t_issue + st.link.latency_s, st.link.finish_peek(tid))
-        if stall:
-            self._inline_s[rep.index] = self._inline_s.get(rep.index, 0.0) + stall
 
-    def request_start(self, rep: ReplicaState, i: int, now: float) -> None:
+    def request_start(self, rep: ReplicaState, i: int) -> list[tuple[int, list[int], list[int]]]:
         """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,
         the request predictor (the prefetch policy, or eMoE-A for a cache that keeps a predicted
-        set) names the experts it expects, and the prefetch policy loads them."""
+        set) names the experts it expects, and the prefetch policy loads them. Returns the
+        prefetch copies decided (:meth:`prefetch_keys`), all its layers' in order."""
         r = self.req
         pred_plan: dict[int, Any] = {}
         if self.predictor is not None:
@@ -146,11 +168,13 @@ class Prediction:
                 if self.log is not None:
                     self.log.add(st.gpu, "predict", 0, keys)
                 cache.set_predicted(keys)
+        copies: list[tuple[int, list[int], list[int]]] = []
         if self.pf_req and pred_plan:
             need: list[list[Any]] = [[] for _ in rep.states]
             for layer, experts in sorted(pred_plan.items()):
                 keys = int(layer) * self.E + np.asarray(experts, dtype=np.int64)
-                self.prefetch_keys(rep, keys, rep.step, now, need, int(layer))
+                copies += self.prefetch_keys(rep, keys, rep.step, need, int(layer))
+        return copies
 
     def _predicted_keys(self, st: GpuState, plan: dict[int, Any]) -> list[int]:
         """The predicted set that fits a GPU's cache: the predicted experts the GPU holds, taken

@@ -1,7 +1,7 @@
 """One layer walk: an iteration of a replica, layer by layer, with the cache decisions of the
 policies, the copies they cause, and the time it all takes. :class:`sim.engine.simulation.Simulation`
-calls :meth:`LayerWalk.iteration` for every iteration; realrun (realrun/serve.py) calls the
-walk's own decisions (:meth:`LayerWalk.needs`, :meth:`LayerWalk.serve_layer`).
+calls :meth:`LayerWalk.iteration` for every iteration; realrun (realrun/serve.py) executes the
+walk's own decision stream (:meth:`LayerWalk.needs`, then :meth:`LayerWalk.decide`).
 
 Shape legend: T tokens in the iteration's batch, L MoE layers, K top-k, E experts per layer,
 G GPUs of the replica. A cache key is ``layer * E + expert``.
@@ -15,16 +15,22 @@ set); misses are copied over the GPU's host link and the layer waits for them (a
 prefetched keys still in flight); experts compute; all-to-all combine. The next-layer prefetch
 policy may then start copies for layer + 1 at this layer's gate time (:mod:`sim.serving.prediction`).
 
-Decisions and timing are two steps of the same walk. This module holds the decisions: the
-decisions of a layer never depend on time, so when no next-layer prefetch interleaves with them,
-each GPU's cache serves all layers of the iteration in one ``access_steps`` call (the policies'
-batched entry to the same rule); with next-layer prefetch, layer by layer. Timing is then one
+Decisions and timing are two steps of the same walk. This module holds the decisions
+(:meth:`LayerWalk.decide` yields them layer by layer: :class:`Serve`, each GPU's misses;
+:class:`Prefetch`, the copies a next-layer prefetch decided), which the timing prices and realrun
+carries out. The decisions of a layer never depend on time, so when no next-layer prefetch
+interleaves with them, each GPU's cache serves all layers of the iteration in one
+``access_steps`` call (the policies' batched entry to the same rule); with next-layer prefetch,
+layer by layer. The LRU stamp arrays (:mod:`sim.serving.lru_arrays`) are the decisions' fast
+form for the simulator: every GPU's misses of every layer at once, with numpy. Timing is then one
 loop (:meth:`sim.serving.layer_timing.LayerTiming.time_layers`) whatever the decisions came from;
 recording a Chrome trace only makes it visit every GPU.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,39 @@ from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.serving.token_counts import batch_counts, pool_prefix_counts
+from sim.world.facts import CacheCounts
+
+
+class Serve:
+    """A layer's cache decisions: ``miss[g]``, GPU g's misses there (a list of keys, a count
+    where the cache served all layers at once, or None: it accessed nothing)."""
+
+    __slots__ = ("layer", "miss")
+
+    def __init__(self, layer: int, miss: Any) -> None:
+        self.layer, self.miss = layer, miss
+
+
+class Prefetch:
+    """The copies a next-layer prefetch decided after ``layer``: ``(GPU index, keys loaded, keys
+    evicted)`` per GPU, in the order decided (:meth:`sim.serving.prediction.Prediction.prefetch_keys`)."""
+
+    __slots__ = ("layer", "copies")
+
+    def __init__(self, layer: int, copies: list[tuple[int, list[int], list[int]]]) -> None:
+        self.layer, self.copies = layer, copies
+
+
+@dataclass
+class IterationDone:
+    """What the ``on_iteration`` hooks get after an iteration: the replica, its tokens, when it
+    started, how long it took (s), and what the replica's caches did in it."""
+
+    replica: int
+    tokens: int
+    t0: float
+    duration_s: float
+    counts: CacheCounts
 
 
 class LayerWalk:
@@ -57,6 +96,9 @@ class LayerWalk:
         #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
         #: (``arrays``: policy.cache_arrays; off, every token's keys are counted)
         self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E) if arrays else None
+        #: called after each iteration :meth:`iteration` walks, with its :class:`IterationDone`
+        self.on_iteration: list[Callable[[IterationDone], None]] = []
+        self._seen: dict[int, CacheCounts] = {}  # replica -> its caches' counts at the last hook
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
@@ -107,22 +149,21 @@ class LayerWalk:
         else:
             comp = comp_arr.tolist()  # [L][G] seconds
             need, active = self.needs(states, used_flat)
+            decisions = self.decide(rep, used_flat, step0, need, active)
             if pred.pf_next:  # layer by layer: the prefetch for layer + 1 follows each layer
-                for l in range(L):
-                    miss = [self.serve_layer(st, step0 + l, need[g][l], active[g])
-                            for g, st in enumerate(states)]
-                    t_gate = t + attn + gate + pf_cost
-                    t = timing.time_layers(((l, miss),), t, gaps, comp, states, need, stall, rec)
-                    pred.next_layer(rep, l, used_flat, step0, t_gate, need)
-                    t += pred.take_inline(rep)
+                t_gate = t
+                for d in decisions:
+                    if d.__class__ is Serve:
+                        t_gate = t + attn + gate + pf_cost
+                        t = timing.time_layers(((d.layer, d.miss),), t, gaps, comp, states, need,
+                                               stall, rec)
+                    else:  # its copies start at the gate of the layer it followed
+                        pred.issue(rep, d.copies, t_gate)
+                        t += pred.take_inline(rep)
             else:
-                nones = [None] * L
-                miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
-                          for g, st in enumerate(states)]
-                # zip: per layer l, miss[g] = GPU g's misses at layer l
-                t = timing.time_layers(enumerate(zip(*miss_g)), t, gaps, comp, states, need,
-                                       stall, rec)
-        if pred.observers and not pred.pf_next:  # (next_layer observed them layer by layer)
+                t = timing.time_layers(((d.layer, d.miss) for d in decisions), t, gaps, comp,
+                                       states, need, stall, rec)
+        if miss_lg is not None and pred.observers:  # (decide observed them)
             for l in range(L):
                 pred.observe(rep, l, used_flat)
         # busy += c layer by layer, per GPU (np.add.accumulate is sequential: the same floats)
@@ -130,9 +171,57 @@ class LayerWalk:
         for g, st in enumerate(states):
             st.busy_s = float(busy[g])
             st.stall_s = stall[g]
+        if self.on_iteration:
+            self._done(rep, int(alloc.sum()), t0, t - t0)
         return t - t0
 
+    def _done(self, rep: ReplicaState, tokens: int, t0: float, dur: float) -> None:
+        """Call the ``on_iteration`` hooks with the iteration's record: its counts are what the
+        replica's caches did since its previous iteration (a fault's fresh caches included)."""
+        now = CacheCounts()
+        for st in rep.states:
+            now.add(st.counts())
+        before = self._seen.get(rep.index) or CacheCounts()
+        self._seen[rep.index] = now
+        done = IterationDone(rep.index, tokens, t0, dur, CacheCounts(**{
+            f: getattr(now, f) - getattr(before, f) for f in CacheCounts.__dataclass_fields__}))
+        for hook in self.on_iteration:
+            hook(done)
+
     # -- decisions ------------------------------------------------------------------------------
+    def decide(self, rep: ReplicaState, used_flat: np.ndarray, step0: int, need: list[list[Any]],
+               active: list[Any], stepwise: bool = False) -> Iterator[Serve | Prefetch]:
+        """The iteration's decisions, in order: per layer a :class:`Serve` (each GPU's cache served
+        the keys it needs at that layer, cache step ``step0 + layer``), followed, with a
+        next-layer prefetch policy, by a :class:`Prefetch` (the copies it decided for the next
+        layer). ``need``, ``active``: :meth:`needs`. Lazy: a decision is made when the consumer
+        asks for the next one, so the caches' resident sets are those right after it.
+
+        Without next-layer prefetch and unless ``stepwise`` (realrun: one ``access`` per layer,
+        the misses as lists of keys), each GPU's cache serves all layers in one ``access_steps``
+        call before the first :class:`Serve` (the misses are counts then); the policies hold the
+        two equal. The observers learn every layer's experts after the last layer."""
+        L, states, pred = self.L, rep.states, self.pred
+        if pred.pf_next or stepwise:
+            # (a GPU without a cache needs no list: needs() gives it none)
+            gpus = list(zip(states, need, active))
+            for l in range(L):
+                yield Serve(l, [self.serve_layer(st, step0 + l, ng[l], a) if ng else None
+                                for st, ng, a in gpus])
+                if pred.pf_next:
+                    yield Prefetch(l, pred.next_layer(rep, l, used_flat, step0, need))
+            if pred.pf_next:  # (next_layer observed them layer by layer)
+                return
+        else:
+            nones = [None] * L
+            miss_g = [self._serve_all(st, step0, need[g], active[g]) or nones
+                      for g, st in enumerate(states)]
+            for l, miss in enumerate(zip(*miss_g)):  # miss[g]: GPU g's misses at layer l
+                yield Serve(l, miss)
+        if pred.observers:
+            for l in range(L):
+                pred.observe(rep, l, used_flat)
+
     def _check(self, st: GpuState, cache: CachePolicy) -> None:
         nres = len(cache.resident)
         if nres > st.peak_resident:

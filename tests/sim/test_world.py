@@ -1,111 +1,107 @@
-"""The facts the three drivers share (sim/world/facts.py), each pinned on its edges."""
+"""The World (sim/serving/assemble.py) the simulator and realrun both drive: built without simpy,
+the config checked once per run, and the walk's ``on_iteration`` hooks seeing every iteration."""
 
 from __future__ import annotations
 
-import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sim.common.errors import ConfigError
-from sim.world.facts import (
-    COUNT_FIELDS,
-    CacheCounts,
-    batch_executions,
-    cache_slots,
-    expert_bytes_of_trace,
-    known_models,
-    model_for_trace,
-    model_named,
-    stable_float,
-)
-from sim.world.model import expert_bytes
-from traces.format import TraceMeta
+import sim.serving.assemble as assemble
+import sim.serving.plan as plan_mod
+from sim.engine.run import simulate
+from sim.engine.simulation import Simulation
+from sim.serving.assemble import World
+from sim.serving.binding import bind
+from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.world.config import FaultConfig
+from sim.world.facts import CacheCounts
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_cache_slots_rounds_down_within_bounds():
-    assert cache_slots(0.0, 8) == 0 and cache_slots(1.0, 8) == 8
-    assert cache_slots(0.5, 7) == 3 and cache_slots(0.999, 1000) == 999
-    assert cache_slots(0.29, 100) == 29 and cache_slots(0.57, 100) == 57  # binary 0.57*100 < 57
-    assert cache_slots(1.0, 0) == 0
-    assert cache_slots("0.25", 64) == 16  # a string from a config is a number
-    for bad in (-0.01, 1.01, float("nan")):
-        with pytest.raises(ConfigError, match=r"^budget=.*expected a fraction in \[0, 1\] of the experts$"):
-            cache_slots(bad, 8, "budget")
-    with pytest.raises(ConfigError, match="^capacity fraction: a negative number of experts"):
-        cache_slots(0.5, -1)
+def test_realrun_and_the_world_import_no_simpy():
+    code = ("import pkgutil, importlib, sys, realrun; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(realrun.__path__, 'realrun.')]; "
+            "import sim.serving.assemble; assert 'simpy' not in sys.modules, 'simpy imported'")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
 
 
-def test_stable_float_keeps_twelve_significant_digits():
-    assert stable_float(0.1 + 0.2) == 0.3
-    assert stable_float(1 / 3) == 0.333333333333
-    assert stable_float(np.float32(0.5)) == 0.5 and isinstance(stable_float(np.int64(2)), float)
-    assert stable_float(123456789012345) == 123456789012000.0
+def _parts(cache="lru", prefetch="none", ep=2, faults=(), arrays=True, n=12):
+    cfg = tiny_config(layers=2, experts=10, top_k=2, gpus_per_node=2, ep=ep, budget_fraction=0.5,
+                      token_budget=16, max_batch=4)
+    cfg.policy.cache, cfg.policy.prefetch, cfg.policy.cache_arrays = cache, prefetch, arrays
+    cfg.cluster.faults = list(faults)
+    rng = np.random.default_rng(0)
+    pool = random_pool(2, 10, 2, entries=6, tokens=24, rng=rng)
+    arr = np.sort(rng.uniform(0, 0.05, n)).tolist()
+    wl = workload(arr, rng.integers(1, 12, n).tolist(), rng.integers(1, 6, n).tolist())
+    return cfg, wl, pool, bind(pool, wl, "wrap", rng)
 
 
-def test_cache_counts_add_up_and_record_in_order():
-    a = CacheCounts(hits=3, misses=2, streamed=1, evictions=1, prefetched=4, rerouted=5)
-    assert (a.accesses, a.loads) == (10, 6)
-    assert a.hit_rate == 0.3
-    assert CacheCounts().hit_rate == 1.0  # nothing accessed: nothing missed
-    b = CacheCounts(hits=1, misses=1, streamed=0, evictions=2, prefetched=0, rerouted=0)
-    t = CacheCounts.total([a, b])
-    assert dataclasses.astuple(t) == (4, 3, 1, 3, 4, 5) and dataclasses.astuple(a) == (3, 2, 1, 1, 4, 5)
-    assert a.add(b) is a and a == t
-    rec = t.record(7)
-    assert tuple(rec) == COUNT_FIELDS
-    assert rec == {"accesses": 12, "hits": 4, "misses": 3, "hit_rate": 0.333333333333, "rerouted": 5,
-                   "streamed": 1, "evictions": 3, "prefetched": 4, "loads": 7, "h2d_bytes": 49}
-    assert all(type(v) is int for k, v in rec.items() if k != "hit_rate")
+@pytest.mark.parametrize("cache,prefetch,ep,faults,arrays", [
+    ("lru", "none", 2, (), True),  # the stamp arrays
+    ("lru", "none", 2, (), False),  # access_steps
+    ("lfu", "emoe_l", 2, (), True),  # layer by layer, next-layer prefetch
+    ("keep_predicted", "emoe_a", 2, (), True),  # request prefetch, keys in flight
+    ("lru", "none", 1, (FaultConfig(time_s=0.01, gpu=0, recovery_s=0.01),), True),  # 2 replicas
+])
+def test_on_iteration_sees_every_iteration_and_sums_to_the_totals(cache, prefetch, ep, faults,
+                                                                  arrays):
+    cfg, wl, pool, b = _parts(cache, prefetch, ep, faults, arrays)
+    sim = Simulation(cfg, wl, pool, b, StubCost(), np.random.default_rng(0))
+    seen = []
+    sim.world.on_iteration.append(seen.append)
+    sim.run()
+    assert len(seen) == sum(rep.iterations for rep in sim.replicas) > 0
+    for r, rep in enumerate(sim.replicas):
+        mine = [it for it in seen if it.replica == r]
+        assert len(mine) == rep.iterations
+        total = CacheCounts()
+        for it in mine:
+            total.add(it.counts)
+        want = CacheCounts()
+        for st in rep.states:
+            want.add(st.counts())
+        assert total == want
+        assert all(a.t0 <= b.t0 for a, b in zip(mine, mine[1:]))
+        if not faults:  # (a fault cuts an iteration short: the next may start before its end)
+            assert all(a.t0 + a.duration_s <= b.t0 for a, b in zip(mine, mine[1:]))
+    if not faults:  # (an iteration a fault interrupted processed no tokens)
+        assert sum(it.tokens for it in seen) == sim.tallies.tokens_processed
+    assert sum(it.counts.accesses for it in seen) > 0
 
 
-def test_batch_executions_edges():
-    with pytest.raises(ConfigError, match="batch_size=0; expected a positive number of tokens"):
-        batch_executions(np.zeros((2, 1), dtype=np.int64), 0, 4)
-    starts, ids = batch_executions(np.zeros((0, 2), dtype=np.int64), 4, 4)
-    assert starts.tolist() == [0] and ids.tolist() == []
-    starts, ids = batch_executions(np.array([[3], [3], [3]]), 2, 4)  # 2 batches, one run each
-    assert starts.tolist() == [0, 1, 2] and ids.tolist() == [3, 3]
-    assert starts.dtype == np.int64 and ids.dtype == np.int64
+def test_the_hook_changes_nothing():
+    """A run with a hook and one without give the same counts and the same end time."""
+    def run(hook):
+        sim = Simulation(*_parts("lfu", "emoe_l"), StubCost(), np.random.default_rng(0))
+        if hook:
+            sim.world.on_iteration.append(lambda it: None)
+        sim.run()
+        return sim.env.now, [st.counts() for rep in sim.replicas for st in rep.states]
+
+    assert run(True) == run(False)
 
 
-def test_models_by_name_and_by_trace():
-    assert {"deepseek-v2-lite", "mixtral-8x7b", "mixtral-8x22b"} <= set(known_models())
-    assert known_models() == sorted(known_models())
-    with pytest.raises(ConfigError, match="model='nope': no such model config; known: deepseek"):
-        model_named("nope")
-    # the longest matching prefix: mixtral-8x22b, not mixtral-8x7b... nor a shorter one
-    assert model_for_trace("mistralai/Mixtral-8x22B-Instruct-v0.1").name == "mixtral-8x22b"
-    assert model_for_trace("MIXTRAL-8x7B").name == "mixtral-8x7b"
-    with pytest.raises(ConfigError, match="no model config matches the trace's model 'org/x'"):
-        model_for_trace("org/x")
-    meta = TraceMeta("mixtral-8x7b", 32, 8, 2)
-    with pytest.raises(ConfigError, match="expert_bytes=0; expected a positive number of bytes"):
-        expert_bytes_of_trace(meta, override=0)
-    assert expert_bytes_of_trace(meta, model=model_named("deepseek-v2-lite")) == expert_bytes(
-        model_named("deepseek-v2-lite"))
-    # a model named explicitly wins over what a capture recorded
-    rec = dataclasses.replace(meta, extra={"expert_bytes": 5})
-    assert expert_bytes_of_trace(rec) == 5
-    assert expert_bytes_of_trace(rec, model="mixtral-8x7b") == 3 * 4096 * 14336 * 2
-    assert expert_bytes_of_trace(rec, model="mixtral-8x7b", override=9) == 9
+def test_check_config_runs_once_per_run(monkeypatch):
+    calls = []
+    real = plan_mod.check_config
 
+    def counted(cfg):
+        calls.append(cfg)
+        return real(cfg)
 
-def test_model_lookup_messages_and_paths():
-    from types import SimpleNamespace
-
-    known = ", ".join(known_models())
-    with pytest.raises(ConfigError) as e:
-        model_named("nope")
-    assert str(e.value) == f"model='nope': no such model config; known: {known}"
-    with pytest.raises(ConfigError) as e:
-        model_for_trace("x")
-    assert str(e.value) == (f"no model config matches the trace's model 'x' (known: {known}); give "
-                            f"model=NAME or expert_bytes=N")
-    # only the last path part names the model
-    assert model_for_trace("hub/org/DeepSeek-V2-Lite-Chat").name == "deepseek-v2-lite"
-    with pytest.raises(ConfigError):
-        model_for_trace("deepseek-v2-lite/other")
-    # a meta without an `extra` field (any object with a model name) works
-    assert expert_bytes_of_trace(SimpleNamespace(model="mixtral-8x7b")) == 3 * 4096 * 14336 * 2
-    assert expert_bytes_of_trace(SimpleNamespace(model="mixtral-8x7b"), override=1) == 1
+    monkeypatch.setattr(plan_mod, "check_config", counted)
+    monkeypatch.setattr(assemble, "check_config", counted)
+    cfg, wl, pool, _ = _parts()
+    simulate(cfg, wl, pool)
+    assert len(calls) == 1
+    calls.clear()
+    World(*_parts(), StubCost())  # built alone, the world checks its config itself
+    assert len(calls) == 1
