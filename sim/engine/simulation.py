@@ -25,6 +25,7 @@ import pandas as pd
 import simpy
 
 from sim.common.errors import MoesimError
+from sim.policies._predictor import request_predictor
 from sim.policies.base import (
     CACHE,
     PLACEMENT,
@@ -38,13 +39,12 @@ from sim.policies.base import (
     RouterPolicy,
     SchedulerPolicy,
 )
-from sim.policies.cache.lru import LRUCache
 from sim.serving import faults
 from sim.serving.batching import Batcher
 from sim.serving.binding import Binding, RoutingPool
 from sim.serving.cache_log import CacheLog
 from sim.serving.link import Link
-from sim.serving.lru_arrays import StampedLRU, StampStore
+from sim.serving.lru_arrays import StampedLRU, StampStore, array_form
 from sim.serving.plan import ClusterPlan, check_config
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.serving.walk import LayerWalk
@@ -95,12 +95,7 @@ class Simulation:
         self.topo = topo
         dims = dict(num_layers=m.num_layers, num_experts=m.num_experts, top_k=m.top_k)
         self.prefetch = inject.prefetch or PREFETCH.make(p.prefetch, **dims, **p.prefetch_args)
-        if type(self.prefetch).plans_requests:
-            predictor: PrefetchPolicy | None = self.prefetch
-        elif CACHE.get(p.cache).uses_prediction:  # eMoE's cache keeps what eMoE-A predicts
-            predictor = PREFETCH.make("emoe_a", **dims)
-        else:
-            predictor = None
+        predictor = request_predictor(p.cache, self.prefetch, dims)  # sim/policies/_predictor.py
         self.scheduler = inject.scheduler or SCHEDULER.make(p.scheduler, **p.scheduler_args)
         self.router = inject.router or ROUTER.make(cfg.serving.router)
         self.tallies = Tallies(plan.L, plan.E, topo.num_replicas, topo.expert_parallel)
@@ -112,7 +107,7 @@ class Simulation:
                               recorder, None if plan.layer_slots else cache_log,
                               arrays=p.cache_arrays)
         # LRU as recency stamps, a replica's GPUs at once (sim/serving/lru_arrays.py)
-        self.arrays = (p.cache_arrays and CACHE.get(p.cache) is LRUCache and not plan.layer_slots
+        self.arrays = (p.cache_arrays and array_form(CACHE.get(p.cache)) is not None and not plan.layer_slots
                        and cache_log is None)
         self._stores: dict[int, StampStore] = {}  # GPU -> its replica's store
         self.replicas = [self._replica(r) for r in range(topo.num_replicas)]

@@ -64,6 +64,18 @@ class CachePolicy(ABC):
     uses_prediction: ClassVar[bool] = False
     #: has a meaningful ``begin_request`` (MoE-Infinity's per-request priority)
     uses_requests: ClassVar[bool] = False
+    #: the name of an array form a driver may serve this policy's steps with instead of its
+    #: objects, byte-identical to them (``"stamps"``: LRU as recency stamps, a replica's GPUs
+    #: at once; the drivers map a name to its store in :data:`sim.serving.lru_arrays.ARRAY_FORMS`);
+    #: None: the objects only. Never inherited: a subclass (which may change the rule, as
+    #: ``keep_predicted`` changes LRU's victims) declares it again or has none
+    array_form: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """An array form is the declaring class's: a subclass without its own declaration has none
+        (it may have changed the rule the arrays implement)."""
+        super().__init_subclass__(**kwargs)
+        cls.array_form = cls.__dict__.get("array_form")
 
     def __init__(self, capacity: int, num_keys: int, cfg: Any = None) -> None:
         if capacity < 0:
