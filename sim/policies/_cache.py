@@ -9,7 +9,7 @@ protocol once; ``access``, ``access_steps``, ``replay`` and ``insert`` are all b
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +20,8 @@ from sim.world.facts import CacheCounts
 
 #: the active set of a step with none (or of a policy that ignores it)
 NO_KEYS: frozenset[int] = frozenset()
+#: what a fast one-key step (:meth:`CachePolicy._fast_one`) did, besides evicting a key (>= 0)
+HIT, LOADED, STREAMED = -1, -2, -3
 
 
 class CachePolicy(ABC):
@@ -105,6 +107,16 @@ class CachePolicy(ABC):
         """Touch hook of a prefetch: ``loaded`` keys now resident, ``evicted`` the victims.
         ``row`` also holds the protected resident keys (they are not touched)."""
 
+    def _fast_one(self, active: Collection[int]) -> Callable[[Any], int] | None:
+        """The policy's fast form of a one-key step that is not a prefetch, for steps served
+        under ``active``, or None (the default: :meth:`_serve` runs its own one-key plan). A fast
+        form ``one(row)`` (``row``: a collection of one key) serves the step exactly as
+        :meth:`_serve`'s plan with ``_victims`` and ``_on_step`` would, and returns :data:`HIT`,
+        :data:`LOADED` (into a free slot), :data:`STREAMED` (no slot at all) or the key the load
+        evicted (>= 0). The simulator's expert-parallel hot path (``OrderedCache``); held equal
+        to the plan by tests/sim/test_policy_access_steps.py."""
+        return None
+
     # -- the one routine ------------------------------------------------------------------------
     def _serve(self, first_step: int, rows: Iterable[list[int]], active: Collection[int],
                missed: list[list[int]] | None = None, evicted: list[list[int]] | None = None,
@@ -122,9 +134,30 @@ class CachePolicy(ABC):
         cap = self.capacity
         victims = self._victims
         touch = self._on_insert if prefetch else self._on_step
+        one = None if prefetch else self._fast_one(active)
         n_keys = misses = streamed = evictions = 0
         for step, row in enumerate(rows, first_step):
             n = len(row)
+            if n == 1 and one is not None:
+                # the policy's fast form of the one-key step below (touch hook included)
+                e = one(row)
+                n_keys += 1
+                if e == HIT:
+                    if missed is not None:
+                        missed.append([])
+                    if evicted is not None:
+                        evicted.append([])
+                    continue
+                misses += 1
+                if e >= 0:
+                    evictions += 1
+                elif e == STREAMED:
+                    streamed += 1
+                if missed is not None:
+                    missed.append(row)
+                if evicted is not None:
+                    evicted.append([e] if e >= 0 else [])
+                continue
             ev: Sequence[int] = ()
             if n == 1:
                 # a one-key step (an expert-parallel GPU's layer, a batch's execution): the plan
