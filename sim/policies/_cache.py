@@ -20,8 +20,6 @@ from sim.world.facts import CacheCounts
 
 #: the active set of a step with none (or of a policy that ignores it)
 NO_KEYS: frozenset[int] = frozenset()
-#: what a fast one-key step (:meth:`CachePolicy._fast_one`) did, besides evicting a key (>= 0)
-HIT, LOADED, STREAMED = -1, -2, -3
 
 
 class CachePolicy(ABC):
@@ -107,22 +105,27 @@ class CachePolicy(ABC):
         """Touch hook of a prefetch: ``loaded`` keys now resident, ``evicted`` the victims.
         ``row`` also holds the protected resident keys (they are not touched)."""
 
-    def _fast_one(self, active: Collection[int]) -> Callable[[Any], int] | None:
-        """The policy's fast form of a one-key step that is not a prefetch, for steps served
-        under ``active``, or None (the default: :meth:`_serve` runs its own one-key plan). A fast
-        form ``one(row)`` (``row``: a collection of one key) serves the step exactly as
-        :meth:`_serve`'s plan with ``_victims`` and ``_on_step`` would, and returns :data:`HIT`,
-        :data:`LOADED` (into a free slot), :data:`STREAMED` (no slot at all) or the key the load
-        evicted (>= 0). The simulator's expert-parallel hot path (``OrderedCache``); held equal
-        to the plan by tests/sim/test_policy_access_steps.py."""
+    def _fast_steps(self, active: Collection[int]
+                    ) -> Callable[..., tuple[int, int, int, int, int]] | None:
+        """The policy's fast form of one-key steps that are not prefetches, for steps served
+        under ``active``, or None (the default: :meth:`_serve` runs its own plan).
+
+        A fast form ``run(rows, i, step, missed, evicted)`` serves ``rows[i]``, ``rows[i + 1]``,
+        ... (steps ``step``, ``step + 1``, ...) while each has at most one key, exactly as
+        :meth:`_serve`'s plan with ``_victims`` and ``_on_step`` would (appending each row's
+        misses and victims to ``missed`` / ``evicted`` where given), and returns (the index of
+        the first row it did not serve, keys served, misses, streamed, evictions). The simulator's
+        expert-parallel hot path (``OrderedCache``); held equal to the plan by
+        tests/sim/test_policy_access_steps.py."""
         return None
 
     # -- the one routine ------------------------------------------------------------------------
     def _serve(self, first_step: int, rows: Iterable[list[int]], active: Collection[int],
                missed: list[list[int]] | None = None, evicted: list[list[int]] | None = None,
-               prefetch: bool = False) -> int:
+               prefetch: bool = False, sort: bool = False) -> int:
         """Serve steps ``first_step + i`` needing ``rows[i]`` (distinct keys: a list in increasing
-        order, or any collection of one key; an empty row takes no step). Returns the misses.
+        order, or any collection of one key; an empty row takes no step; with ``sort`` any
+        collection of distinct keys, sorted here). Returns the misses.
         ``missed`` / ``evicted`` (if given) receive each row's misses / victims. With
         ``prefetch`` a row is an ``insert``: its resident keys are the protected ones, its
         missing keys those to load; ``missed`` receives the loaded ones.
@@ -134,30 +137,25 @@ class CachePolicy(ABC):
         cap = self.capacity
         victims = self._victims
         touch = self._on_insert if prefetch else self._on_step
-        one = None if prefetch else self._fast_one(active)
+        run = None if prefetch else self._fast_steps(active)
+        rows = rows if isinstance(rows, list | tuple) else list(rows)
         n_keys = misses = streamed = evictions = 0
-        for step, row in enumerate(rows, first_step):
+        i, n_rows = 0, len(rows)
+        while i < n_rows:
+            if run is not None:
+                # the policy's fast form serves the rows from here up to one of 2+ keys
+                i, nk, m, st, ev_n = run(rows, i, first_step + i, missed, evicted)
+                n_keys += nk
+                misses += m
+                streamed += st
+                evictions += ev_n
+                if i == n_rows:
+                    break
+            step, row = first_step + i, rows[i]
+            i += 1
             n = len(row)
-            if n == 1 and one is not None:
-                # the policy's fast form of the one-key step below (touch hook included)
-                e = one(row)
-                n_keys += 1
-                if e == HIT:
-                    if missed is not None:
-                        missed.append([])
-                    if evicted is not None:
-                        evicted.append([])
-                    continue
-                misses += 1
-                if e >= 0:
-                    evictions += 1
-                elif e == STREAMED:
-                    streamed += 1
-                if missed is not None:
-                    missed.append(row)
-                if evicted is not None:
-                    evicted.append([e] if e >= 0 else [])
-                continue
+            if sort and n > 1:
+                row = sorted(row)
             ev: Sequence[int] = ()
             if n == 1:
                 # a one-key step (an expert-parallel GPU's layer, a batch's execution): the plan
@@ -258,8 +256,7 @@ class CachePolicy(ABC):
         """
         missed: list[list[int]] = []
         before = self.counts.streamed
-        rows = [sorted(r) if len(r) > 1 else r for r in rows]
-        self._serve(first_step, rows, self._active(active), missed)
+        self._serve(first_step, rows, self._active(active), missed, sort=True)
         return [len(m) for m in missed], self.counts.streamed - before
 
     def replay(self, keys: np.ndarray, first_step: int = 0) -> int:

@@ -10,7 +10,7 @@ end victims are taken (``_from_back``: LIFO). With an ``active`` set, victims ou
 
 The base class serves every step (``access``, ``access_steps``, ``replay``, ``insert``) through
 ``_victims`` and the touch hooks below, so all paths share one state and one rule; a one-key step
-with no active set (the simulator's expert-parallel hot path) goes through ``_fast_one``, the
+with no active set (the simulator's expert-parallel hot path) goes through ``_fast_steps``, the
 same rule as one OrderedDict operation, held equal to the base plan by a test.
 """
 
@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 
-from sim.policies._cache import HIT, LOADED, STREAMED, CachePolicy
+from sim.policies._cache import CachePolicy
 
 
 class OrderedCache(CachePolicy):
@@ -80,8 +80,9 @@ class OrderedCache(CachePolicy):
 
     _own_rule: ClassVar[bool] = True
 
-    def _fast_one(self, active: Collection[int]) -> Callable[[Any], int] | None:
-        """With no active set in play (an expert-parallel GPU holds one expert of a layer), a
+    def _fast_steps(self, active: Collection[int]
+                    ) -> Callable[..., tuple[int, int, int, int, int]] | None:
+        """With no active set in play (an expert-parallel GPU holds one expert of a layer), each
         one-key step as one OrderedDict operation: what ``_victims`` picks for one key (the key
         at the end the flags name: a missing key is never resident, so never excluded) and what
         ``_on_step`` does (a hit moves to the recent end where hits touch, a load is appended).
@@ -91,22 +92,50 @@ class OrderedCache(CachePolicy):
         res, od, cap = self.resident, self._order, self.capacity
         back, touch = self._from_back, self._touch_hits
 
-        def one(row: Any) -> int:
-            (k,) = row
-            if k in res:
-                if touch:
-                    od.move_to_end(k)
-                return HIT
-            if len(res) < cap:
-                res.add(k)
-                od[k] = None
-                return LOADED
-            if not res:  # no slot at all: streams through
-                return STREAMED
-            v = od.popitem(last=back)[0]
-            res.discard(v)
-            res.add(k)
-            od[k] = None
-            return v
+        def run(rows: Sequence[Any], i: int, step: int, missed: list | None, evicted: list | None
+                ) -> tuple[int, int, int, int, int]:
+            keys = misses = streamed = evictions = 0
+            n = len(rows)
+            while i < n:
+                row = rows[i]
+                if len(row) != 1:
+                    if row:  # two keys or more: the base plan
+                        break
+                    i += 1  # an empty row takes no step
+                    if missed is not None:
+                        missed.append([])
+                    if evicted is not None:
+                        evicted.append([])
+                    continue
+                i += 1
+                keys += 1
+                (k,) = row
+                if k in res:
+                    if touch:
+                        od.move_to_end(k)
+                    if missed is not None:
+                        missed.append([])
+                    if evicted is not None:
+                        evicted.append([])
+                    continue
+                misses += 1
+                ev = []
+                if len(res) < cap:
+                    res.add(k)
+                    od[k] = None
+                elif res:
+                    v = od.popitem(last=back)[0]
+                    res.discard(v)
+                    res.add(k)
+                    od[k] = None
+                    evictions += 1
+                    ev = [v]
+                else:  # no slot at all: streams through
+                    streamed += 1
+                if missed is not None:
+                    missed.append(row)
+                if evicted is not None:
+                    evicted.append(ev)
+            return i, keys, misses, streamed, evictions
 
-        return one
+        return run
