@@ -110,10 +110,11 @@ class CachePolicy(ABC):
         """The policy's fast form of one-key steps that are not prefetches, for steps served
         under ``active``, or None (the default: :meth:`_serve` runs its own plan).
 
-        A fast form ``run(rows, i, step, missed, evicted)`` serves ``rows[i]``, ``rows[i + 1]``,
+        A fast form ``run(rows, i, step, missed, evicted, counts)`` serves ``rows[i]``, ``rows[i + 1]``,
         ... (steps ``step``, ``step + 1``, ...) while each has at most one key, exactly as
         :meth:`_serve`'s plan with ``_victims`` and ``_on_step`` would (appending each row's
-        misses and victims to ``missed`` / ``evicted`` where given), and returns (the index of
+        misses (their number, with ``counts``) and victims to ``missed`` / ``evicted`` where
+        given), and returns (the index of
         the first row it did not serve, keys served, misses, streamed, evictions). The simulator's
         expert-parallel hot path (``OrderedCache``); held equal to the plan by
         tests/sim/test_policy_access_steps.py."""
@@ -122,10 +123,11 @@ class CachePolicy(ABC):
     # -- the one routine ------------------------------------------------------------------------
     def _serve(self, first_step: int, rows: Iterable[list[int]], active: Collection[int],
                missed: list[list[int]] | None = None, evicted: list[list[int]] | None = None,
-               prefetch: bool = False, sort: bool = False) -> int:
+               prefetch: bool = False, steps: bool = False) -> int:
         """Serve steps ``first_step + i`` needing ``rows[i]`` (distinct keys: a list in increasing
-        order, or any collection of one key; an empty row takes no step; with ``sort`` any
-        collection of distinct keys, sorted here). Returns the misses.
+        order, or any collection of one key; an empty row takes no step). Returns the misses.
+        With ``steps`` (``access_steps``) a row is any collection of distinct keys (sorted here)
+        and ``missed`` receives each row's number of misses.
         ``missed`` / ``evicted`` (if given) receive each row's misses / victims. With
         ``prefetch`` a row is an ``insert``: its resident keys are the protected ones, its
         missing keys those to load; ``missed`` receives the loaded ones.
@@ -144,7 +146,7 @@ class CachePolicy(ABC):
         while i < n_rows:
             if run is not None:
                 # the policy's fast form serves the rows from here up to one of 2+ keys
-                i, nk, m, st, ev_n = run(rows, i, first_step + i, missed, evicted)
+                i, nk, m, st, ev_n = run(rows, i, first_step + i, missed, evicted, steps)
                 n_keys += nk
                 misses += m
                 streamed += st
@@ -154,7 +156,7 @@ class CachePolicy(ABC):
             step, row = first_step + i, rows[i]
             i += 1
             n = len(row)
-            if sort and n > 1:
+            if steps and n > 1:
                 row = sorted(row)
             ev: Sequence[int] = ()
             if n == 1:
@@ -200,14 +202,14 @@ class CachePolicy(ABC):
             else:  # an empty row takes no step
                 miss = kept = []
                 if missed is not None:
-                    missed.append(miss)
+                    missed.append(0 if steps else miss)
                 if evicted is not None:
                     evicted.append([])
                 continue
             n_keys += n
             touch(step, row, kept, ev)
             if missed is not None:
-                missed.append(kept if prefetch else miss)
+                missed.append(kept if prefetch else len(miss) if steps else miss)
             if evicted is not None:
                 evicted.append(list(ev))
         c = self.counts
@@ -254,10 +256,10 @@ class CachePolicy(ABC):
         :meth:`access` once per non-empty row (the simulator calls this once per GPU and
         iteration, for all layers).
         """
-        missed: list[list[int]] = []
+        missed: list[int] = []
         before = self.counts.streamed
-        self._serve(first_step, rows, self._active(active), missed, sort=True)
-        return [len(m) for m in missed], self.counts.streamed - before
+        self._serve(first_step, rows, self._active(active), missed, steps=True)  # type: ignore[arg-type]
+        return missed, self.counts.streamed - before
 
     def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
         """Serve steps ``first_step + i`` needing ``keys[i]`` (S, K) distinct ints; return misses.

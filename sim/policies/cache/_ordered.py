@@ -92,34 +92,36 @@ class OrderedCache(CachePolicy):
         res, od, cap = self.resident, self._order, self.capacity
         back, touch = self._from_back, self._touch_hits
 
-        def run(rows: Sequence[Any], i: int, step: int, missed: list | None, evicted: list | None
-                ) -> tuple[int, int, int, int, int]:
+        def run(rows: Sequence[Any], i: int, step: int, missed: list | None, evicted: list | None,
+                counts: bool) -> tuple[int, int, int, int, int]:
+            j = i  # the next row
             keys = misses = streamed = evictions = 0
-            n = len(rows)
-            while i < n:
-                row = rows[i]
+            put = None if missed is None else missed.append
+            put_ev = None if evicted is None else evicted.append
+            hit_out = 0 if counts else None  # a hit's misses (a new empty list unless counts)
+            for row in (rows[i:] if i else rows):
                 if len(row) != 1:
                     if row:  # two keys or more: the base plan
                         break
-                    i += 1  # an empty row takes no step
-                    if missed is not None:
-                        missed.append([])
-                    if evicted is not None:
-                        evicted.append([])
+                    j += 1  # an empty row takes no step
+                    if put is not None:
+                        put([] if hit_out is None else 0)
+                    if put_ev is not None:
+                        put_ev([])
                     continue
-                i += 1
+                j += 1
                 keys += 1
                 (k,) = row
                 if k in res:
                     if touch:
                         od.move_to_end(k)
-                    if missed is not None:
-                        missed.append([])
-                    if evicted is not None:
-                        evicted.append([])
+                    if put is not None:
+                        put([] if hit_out is None else 0)
+                    if put_ev is not None:
+                        put_ev([])
                     continue
                 misses += 1
-                ev = []
+                v = -1
                 if len(res) < cap:
                     res.add(k)
                     od[k] = None
@@ -129,13 +131,12 @@ class OrderedCache(CachePolicy):
                     res.add(k)
                     od[k] = None
                     evictions += 1
-                    ev = [v]
                 else:  # no slot at all: streams through
                     streamed += 1
-                if missed is not None:
-                    missed.append(row)
-                if evicted is not None:
-                    evicted.append(ev)
-            return i, keys, misses, streamed, evictions
+                if put is not None:
+                    put(1 if counts else row)
+                if put_ev is not None:
+                    put_ev([v] if v >= 0 else [])
+            return j, keys, misses, streamed, evictions
 
         return run
