@@ -9,7 +9,7 @@ protocol once; ``access``, ``access_steps``, ``replay`` and ``insert`` are all b
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -64,6 +64,18 @@ class CachePolicy(ABC):
     uses_prediction: ClassVar[bool] = False
     #: has a meaningful ``begin_request`` (MoE-Infinity's per-request priority)
     uses_requests: ClassVar[bool] = False
+    #: the name of an array form a driver may serve this policy's steps with instead of its
+    #: objects, byte-identical to them (``"stamps"``: LRU as recency stamps, a replica's GPUs
+    #: at once; the drivers map a name to its store in :data:`sim.serving.lru_arrays.ARRAY_FORMS`);
+    #: None: the objects only. Never inherited: a subclass (which may change the rule, as
+    #: ``keep_predicted`` changes LRU's victims) declares it again or has none
+    array_form: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """An array form is the declaring class's: a subclass without its own declaration has none
+        (it may have changed the rule the arrays implement)."""
+        super().__init_subclass__(**kwargs)
+        cls.array_form = cls.__dict__.get("array_form")
 
     def __init__(self, capacity: int, num_keys: int, cfg: Any = None) -> None:
         if capacity < 0:
@@ -93,12 +105,29 @@ class CachePolicy(ABC):
         """Touch hook of a prefetch: ``loaded`` keys now resident, ``evicted`` the victims.
         ``row`` also holds the protected resident keys (they are not touched)."""
 
+    def _fast_steps(self, active: Collection[int]
+                    ) -> Callable[..., tuple[int, int, int, int, int]] | None:
+        """The policy's fast form of one-key steps that are not prefetches, for steps served
+        under ``active``, or None (the default: :meth:`_serve` runs its own plan).
+
+        A fast form ``run(rows, i, step, missed, evicted, counts)`` serves ``rows[i]``, ``rows[i + 1]``,
+        ... (steps ``step``, ``step + 1``, ...) while each has at most one key, exactly as
+        :meth:`_serve`'s plan with ``_victims`` and ``_on_step`` would (appending each row's
+        misses (their number, with ``counts``) and victims to ``missed`` / ``evicted`` where
+        given), and returns (the index of
+        the first row it did not serve, keys served, misses, streamed, evictions). The simulator's
+        expert-parallel hot path (``OrderedCache``); held equal to the plan by
+        tests/sim/test_policy_access_steps.py."""
+        return None
+
     # -- the one routine ------------------------------------------------------------------------
     def _serve(self, first_step: int, rows: Iterable[list[int]], active: Collection[int],
                missed: list[list[int]] | None = None, evicted: list[list[int]] | None = None,
-               prefetch: bool = False) -> int:
+               prefetch: bool = False, steps: bool = False) -> int:
         """Serve steps ``first_step + i`` needing ``rows[i]`` (distinct keys: a list in increasing
         order, or any collection of one key; an empty row takes no step). Returns the misses.
+        With ``steps`` (``access_steps``) a row is any collection of distinct keys (sorted here)
+        and ``missed`` receives each row's number of misses.
         ``missed`` / ``evicted`` (if given) receive each row's misses / victims. With
         ``prefetch`` a row is an ``insert``: its resident keys are the protected ones, its
         missing keys those to load; ``missed`` receives the loaded ones.
@@ -110,9 +139,25 @@ class CachePolicy(ABC):
         cap = self.capacity
         victims = self._victims
         touch = self._on_insert if prefetch else self._on_step
+        run = None if prefetch else self._fast_steps(active)
+        rows = rows if isinstance(rows, list | tuple) else list(rows)
         n_keys = misses = streamed = evictions = 0
-        for step, row in enumerate(rows, first_step):
+        i, n_rows = 0, len(rows)
+        while i < n_rows:
+            if run is not None:
+                # the policy's fast form serves the rows from here up to one of 2+ keys
+                i, nk, m, st, ev_n = run(rows, i, first_step + i, missed, evicted, steps)
+                n_keys += nk
+                misses += m
+                streamed += st
+                evictions += ev_n
+                if i == n_rows:
+                    break
+            step, row = first_step + i, rows[i]
+            i += 1
             n = len(row)
+            if steps and n > 1:
+                row = sorted(row)
             ev: Sequence[int] = ()
             if n == 1:
                 # a one-key step (an expert-parallel GPU's layer, a batch's execution): the plan
@@ -157,14 +202,14 @@ class CachePolicy(ABC):
             else:  # an empty row takes no step
                 miss = kept = []
                 if missed is not None:
-                    missed.append(miss)
+                    missed.append(0 if steps else miss)
                 if evicted is not None:
                     evicted.append([])
                 continue
             n_keys += n
             touch(step, row, kept, ev)
             if missed is not None:
-                missed.append(kept if prefetch else miss)
+                missed.append(kept if prefetch else len(miss) if steps else miss)
             if evicted is not None:
                 evicted.append(list(ev))
         c = self.counts
@@ -211,11 +256,10 @@ class CachePolicy(ABC):
         :meth:`access` once per non-empty row (the simulator calls this once per GPU and
         iteration, for all layers).
         """
-        missed: list[list[int]] = []
+        missed: list[int] = []
         before = self.counts.streamed
-        rows = [sorted(r) if len(r) > 1 else r for r in rows]
-        self._serve(first_step, rows, self._active(active), missed)
-        return [len(m) for m in missed], self.counts.streamed - before
+        self._serve(first_step, rows, self._active(active), missed, steps=True)  # type: ignore[arg-type]
+        return missed, self.counts.streamed - before
 
     def replay(self, keys: np.ndarray, first_step: int = 0) -> int:
         """Serve steps ``first_step + i`` needing ``keys[i]`` (S, K) distinct ints; return misses.

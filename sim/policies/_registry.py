@@ -17,6 +17,7 @@ import pkgutil
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sim.common.errors import ConfigError
@@ -143,9 +144,9 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
 def _load_all() -> None:
     """Import every policy module (in the kind folders too) so that its @register runs; modules
     whose name starts with ``_`` are helpers and ``base`` is the interfaces (idempotent)."""
-    import sim.policies as pkg
-
-    for info in pkgutil.walk_packages(pkg.__path__, "sim.policies."):
+    # the folder this module lies in is the sim.policies package (its own path, not an import of
+    # the package: that would be an import loop, package -> base -> _registry -> package)
+    for info in pkgutil.walk_packages([str(Path(__file__).resolve().parent)], "sim.policies."):
         leaf = info.name.rsplit(".", 1)[-1]
         if not info.ispkg and leaf != "base" and not leaf.startswith("_"):
             importlib.import_module(info.name)

@@ -19,7 +19,10 @@ Each kind has a registry (``CACHE``, ``PREFETCH``, ``PLACEMENT``, ``SCHEDULER``,
 ``register`` decorates a class under a name; ``make(name, **kwargs)`` builds one, rejecting an
 unknown name, or an unknown or mistyped argument (each class declares its arguments in a
 ``Config`` dataclass; see :mod:`sim.policies._registry`). What a policy needs from its driver is
-declared in class attributes (``requires_future``, ``uses_active``, ...), never guessed.
+declared in class attributes (``requires_future``, ``uses_active``, ...), never guessed. So is a
+policy's fast form: ``CachePolicy.array_form`` names the array form a driver may serve it with
+(``LRUCache``: ``"stamps"``); it is not inherited, so a subclass that changes the rule never runs
+as its parent's arrays (the forms themselves live in serving, :mod:`sim.serving.lru_arrays`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from sim.policies._registry import NoArgs, Registry
 
 __all__ = ["CACHE", "PLACEMENT", "PREFETCH", "ROUTER", "SCHEDULER", "CachePolicy", "NoArgs",
            "Placement", "PlacementPolicy", "PrefetchContext", "PrefetchPolicy", "Registry",
-           "RequestView", "RouterPolicy", "SchedulerPolicy"]
+           "RequestView", "RouterPolicy", "SchedulerPolicy", "max_over_mean"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,9 +157,24 @@ class Placement:
                     share[l, e, g] += 1.0 / len(gpus)
         return share
 
-    def gpu_load(self, load: np.ndarray) -> np.ndarray:
-        """(L, G) token load per GPU given (L, E) expert loads, replicas sharing equally."""
-        return np.einsum("le,leg->lg", load, self.share(*load.shape))
+    def gpu_load(self, load: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:
+        """(..., L, G) token load per GPU given (..., L, E) expert loads, replicas sharing
+        equally: the one definition (the placement evaluation, :meth:`imbalance`). ``share``:
+        this placement's :meth:`share` where the caller already holds it (one share matrix for
+        the loads of many batches)."""
+        A = self.share(*load.shape[-2:]) if share is None else share
+        return np.einsum("...le,leg->...lg", load, A)
+
+    def imbalance(self, load: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:
+        """(..., L) max / mean GPU load per layer (:func:`max_over_mean` of :meth:`gpu_load`)."""
+        return max_over_mean(self.gpu_load(load, share))
+
+
+def max_over_mean(gpu_load: np.ndarray) -> np.ndarray:
+    """(...,) max / mean over the last axis of per-GPU loads (..., G): a load balance figure; a
+    layer with no load counts as 1 (perfectly balanced)."""
+    mean = gpu_load.mean(axis=-1)
+    return np.divide(gpu_load.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
 
 
 class PlacementPolicy(ABC):

@@ -62,6 +62,7 @@ import numpy as np
 from sim.common.errors import ConfigError, MoesimError
 from sim.common.files import gc_paused
 from sim.policies import CACHE, PREFETCH
+from sim.policies._predictor import fit_predicted, request_predictor
 from sim.policies.base import CachePolicy, PrefetchContext, PrefetchPolicy
 from sim.world.facts import CacheCounts, batch_executions, cache_slots, expert_bytes_of_trace, stable_float
 from traces.format import RoutingTrace
@@ -116,11 +117,14 @@ def _make_cache(name: str, capacity: int, num_keys: int, future: Any) -> CachePo
     return pol
 
 
+def _dims(trace: RoutingTrace) -> dict[str, int]:
+    return dict(num_layers=trace.num_layers, num_experts=trace.num_experts, top_k=trace.top_k)
+
+
 def _make_prefetch(name: str | None, trace: RoutingTrace, **kw: Any) -> PrefetchPolicy | None:
     if name in (None, "", "none"):
         return None
-    pf = PREFETCH.make(name, num_layers=trace.num_layers, num_experts=trace.num_experts,
-                       top_k=trace.top_k, **kw)
+    pf = PREFETCH.make(name, **_dims(trace), **kw)
     if pf.requires_future:
         pf.set_trace(trace)
     return pf
@@ -177,9 +181,9 @@ def _replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch
             continue
         # one predictor per layer pass: it observes (and is asked about) this layer only
         pf = _make_prefetch(prefetch, trace, **pf_kw)
-        predictor = pf
-        if predictor is None and cls.uses_prediction:
-            predictor = _make_prefetch("emoe_a", trace, **pf_kw)
+        # the prefetch policy, or eMoE-A for a cache that keeps a predicted set (with the prefetch
+        # arguments, as given): the simulator's rule
+        predictor = request_predictor(policy, pf, _dims(trace), **({} if pf is not None else pf_kw))
         m = 0
         for r, ctx in enumerate(ctxs):
             a, b = int(bounds[r]), int(bounds[r + 1])
@@ -188,8 +192,8 @@ def _replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch
                 pred = predictor.on_request(ctx).get(l)
                 pred = np.zeros(0, dtype=np.int64) if pred is None else np.asarray(pred)
                 if cls.uses_prediction:
-                    # the predicted set is what fits: its first C (most expected) experts
-                    pol.set_predicted(pred[:C].tolist())  # type: ignore[attr-defined]
+                    # the predicted set is what fits (one layer: its first C, most expected)
+                    pol.set_predicted(fit_predicted([pred.tolist()], C))
                 if pf is not None and len(pred):
                     pol.insert(a, pred[: max(C, 0)].tolist())
             if reroute and len(pol.resident) >= C > 0:

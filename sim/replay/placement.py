@@ -34,18 +34,7 @@ from typing import Any
 import numpy as np
 
 from sim.common.errors import ConfigError, MoesimError
-
-
-def share_matrix(placement: Any, L: int, E: int) -> np.ndarray:
-    """(L, E, G): fraction of expert e's load that GPU g serves (:meth:`Placement.share`)."""
-    return placement.share(L, E, "placement")
-
-
-def imbalance(load: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """max/mean GPU load for loads (..., L, E) -> (..., L); layers with no load count as 1."""
-    gl = np.einsum("...le,leg->...lg", load, A)  # (..., L, G)
-    mean = gl.mean(axis=-1)
-    return np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
+from sim.policies.base import max_over_mean
 
 
 def split_imbalance(load: np.ndarray, hold: np.ndarray) -> np.ndarray:
@@ -54,9 +43,7 @@ def split_imbalance(load: np.ndarray, hold: np.ndarray) -> np.ndarray:
     layers with no load count as 1."""
     from sim.world.token_split import split_tokens
 
-    gl = split_tokens(np.rint(load).astype(np.int64), hold).sum(axis=-2)  # (B, L, G)
-    mean = gl.mean(axis=-1)
-    return np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
+    return max_over_mean(split_tokens(np.rint(load).astype(np.int64), hold).sum(axis=-2))  # (B, L)
 
 
 def _per_batch(prefix: str, im: np.ndarray) -> dict[str, float]:
@@ -133,11 +120,11 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
             results.append(rec)
             continue
         pol, plan = made
-        A = share_matrix(plan, L, E)
+        A = plan.share(L, E, "placement")  # (L, E, G), once for every load below
         hold = A > 0
-        tr_l, te_l = imbalance(train_load, A), imbalance(test_load, A)
+        tr_l, te_l = plan.imbalance(train_load, A), plan.imbalance(test_load, A)
         rec.update(train_max_over_mean=float(tr_l.mean()), train_worst_layer=float(tr_l.max()),
-                   **_per_batch("train_batch", imbalance(train, A)),
+                   **_per_batch("train_batch", plan.imbalance(train, A)),
                    **_per_batch("train_batch_split", split_imbalance(train, hold)))
         moved = 0
         if name == "rebalance":
@@ -146,23 +133,23 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
             per_batch, per_split = [], []
             cur = plan
             for t in range(len(test)):
-                gl += np.einsum("le,leg->lg", test[t], A)
-                per_batch.append(imbalance(test[t], A))
+                gl_t = cur.gpu_load(test[t], A)  # (L, G)
+                gl += gl_t
+                per_batch.append(max_over_mean(gl_t))
                 per_split.append(split_imbalance(test[t][None], A > 0)[0])
                 new = pol.observe(test[t])
                 if new is not None:
                     moved += moves(cur, new)
                     cur = new
-                    A = share_matrix(cur, L, E)
-            mean = gl.mean(axis=-1)
-            agg = np.divide(gl.max(axis=-1), mean, out=np.ones_like(mean), where=mean > 0)
+                    A = cur.share(L, E, "placement")
+            agg = max_over_mean(gl)
             rec.update(test_max_over_mean=float(agg.mean()), test_worst_layer=float(agg.max()),
                        **_per_batch("test_batch", np.array(per_batch).reshape(-1, L)),
                        **_per_batch("test_batch_split", np.array(per_split).reshape(-1, L)),
                        replans=int(len(test) // pol.period))
         else:
             rec.update(test_max_over_mean=float(te_l.mean()), test_worst_layer=float(te_l.max()),
-                       **_per_batch("test_batch", imbalance(test, A)),  # (batches, L)
+                       **_per_batch("test_batch", plan.imbalance(test, A)),  # (batches, L)
                        **_per_batch("test_batch_split", split_imbalance(test, hold)))
         slots = np.zeros((L, num_gpus), dtype=np.int64)
         for l in range(L):
@@ -202,7 +189,7 @@ def evaluate_load(counts: np.ndarray, policies: list[str], num_gpus: int,
             results.append(rec)
             continue
         plan = made[1]
-        im = imbalance(load, share_matrix(plan, L, E))  # (L,)
+        im = plan.imbalance(load, plan.share(L, E, "placement"))  # (L,)
         rec.update(train_max_over_mean=float(im.mean()), train_worst_layer=float(im.max()),
                    replicas=int(plan.slots_used().sum()))
         results.append(rec)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sim.policies._predictor import request_predictor
 from sim.policies.base import (
     CACHE,
     PLACEMENT,
@@ -35,12 +36,11 @@ from sim.policies.base import (
     RouterPolicy,
     SchedulerPolicy,
 )
-from sim.policies.cache.lru import LRUCache
 from sim.serving.batching import Batcher
 from sim.serving.binding import Binding, RoutingPool
 from sim.serving.cache_log import CacheLog
 from sim.serving.link import Link
-from sim.serving.lru_arrays import StampedLRU, StampStore
+from sim.serving.lru_arrays import StampStore, array_form
 from sim.serving.plan import ClusterPlan, check_config
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.serving.walk import IterationDone, LayerWalk
@@ -92,13 +92,9 @@ class World:
         self.topo = topo
         dims = dict(num_layers=m.num_layers, num_experts=m.num_experts, top_k=m.top_k)
         self.prefetch = inject.prefetch or PREFETCH.make(p.prefetch, **dims, **p.prefetch_args)
-        if type(self.prefetch).plans_requests:
-            predictor: PrefetchPolicy | None = self.prefetch
-        elif CACHE.get(p.cache).uses_prediction:  # eMoE's cache keeps what eMoE-A predicts
-            predictor = PREFETCH.make("emoe_a", **dims)
-        else:
-            predictor = None
-        self.predictor = predictor
+        # the request predictor: the prefetch policy, or eMoE-A for a cache that keeps a predicted
+        # set (sim/policies/_predictor.py: the rule the cache replay uses too)
+        self.predictor = predictor = request_predictor(p.cache, self.prefetch, dims)
         self.scheduler = inject.scheduler or SCHEDULER.make(p.scheduler, **p.scheduler_args)
         self.router = inject.router or ROUTER.make(cfg.serving.router)
         self.tallies = Tallies(plan.L, plan.E, topo.num_replicas, topo.expert_parallel)
@@ -109,9 +105,11 @@ class World:
         self.walk = LayerWalk(plan, cost, self.req, self.tallies, self.prefetch, predictor, p.cache,
                               recorder, None if plan.layer_slots else cache_log,
                               arrays=p.cache_arrays)
-        # LRU as recency stamps, a replica's GPUs at once (sim/serving/lru_arrays.py)
-        self.arrays = (p.cache_arrays and CACHE.get(p.cache) is LRUCache and not plan.layer_slots
-                       and cache_log is None)
+        # the cache policy's array form (LRU as recency stamps, a replica's GPUs at once:
+        # sim/serving/lru_arrays.py), where it declares one and nothing needs the objects' calls
+        form = array_form(CACHE.get(p.cache)) if p.cache_arrays else None
+        self.arrays = form is not None and not plan.layer_slots and cache_log is None
+        self._store_cls, self._array_cache_cls = form if self.arrays else (None, None)
         self._stores: dict[int, StampStore] = {}  # GPU -> its replica's store
         self.replicas = [self._replica(r) for r in range(topo.num_replicas)]
         self.pending: list[int] = []  # requests with no live replica to go to
@@ -129,7 +127,7 @@ class World:
                            ctx=PrefetchContext(request_id=f"replica{index}"))
         E = plan.E
         if self.arrays:
-            rep.stamps = StampStore(plan.home_masks, plan.L)
+            rep.stamps = self._store_cls(plan.home_masks, plan.L)
             self._stores.update((gpu, rep.stamps) for gpu in rep.gpus)
         for local, gpu in enumerate(rep.gpus):
             mask = plan.home_masks[local]
@@ -155,8 +153,8 @@ class World:
         if plan.layer_slots:
             return self._new_layered(st, reset)
         if self.arrays:
-            cache: CachePolicy = StampedLRU(st.capacity, plan.L * plan.E, self._stores[st.gpu],
-                                            st.local)
+            cache: CachePolicy = self._array_cache_cls(st.capacity, plan.L * plan.E,
+                                                       self._stores[st.gpu], st.local)
         else:
             cache = CACHE.make(p.cache, capacity=st.capacity, num_keys=plan.L * plan.E,
                                **p.cache_args)

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.policies.base import CachePolicy
 from sim.policies.cache.lru import LRUCache
 from sim.world.facts import CacheCounts
 
@@ -176,6 +177,17 @@ class StampedLRU(LRUCache):
         self._arrays = True
         st.objects.discard(row)
         return True
+
+
+#: the array forms a cache policy may declare (``CachePolicy.array_form``) -> (the store of a
+#: replica's GPUs, the cache class whose state lives in it)
+ARRAY_FORMS: dict[str, tuple[type[StampStore], type[StampedLRU]]] = {"stamps": (StampStore, StampedLRU)}
+
+
+def array_form(policy: type[CachePolicy]) -> tuple[type[StampStore], type[StampedLRU]] | None:
+    """The (store, cache) classes that serve ``policy`` as arrays, or None: the policy declares no
+    array form (a subclass of LRU that changes its rule inherits none)."""
+    return ARRAY_FORMS.get(policy.array_form) if policy.array_form is not None else None
 
 
 #: resident accesses of an iteration up to which the double-counted keys are found pairwise

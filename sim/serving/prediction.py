@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sim.common.errors import MoesimError
+from sim.policies._predictor import fit_predicted
 from sim.policies.base import CACHE, PrefetchContext, PrefetchPolicy
 from sim.serving.cache_log import CacheLog
 from sim.serving.plan import ClusterPlan
@@ -185,12 +186,4 @@ class Prediction:
         for layer, experts in sorted(plan.items()):
             keys = int(layer) * E + np.asarray(experts, dtype=np.int64)
             per_layer.append(keys[st.home_mask[keys]].tolist())
-        out: list[int] = []
-        depth = max((len(k) for k in per_layer), default=0)
-        for rank in range(depth):
-            for keys in per_layer:
-                if rank < len(keys):
-                    if len(out) >= st.capacity:
-                        return out
-                    out.append(keys[rank])
-        return out
+        return fit_predicted(per_layer, st.capacity)

@@ -9,16 +9,18 @@ end victims are taken (``_from_back``: LIFO). With an ``active`` set, victims ou
 (Huang et al.'s buffering), then the active ones, each pass in list order.
 
 The base class serves every step (``access``, ``access_steps``, ``replay``, ``insert``) through
-``_victims`` and the touch hooks below, so all paths share one state and one rule.
+``_victims`` and the touch hooks below, so all paths share one state and one rule; a one-key step
+with no active set (the simulator's expert-parallel hot path) goes through ``_fast_steps``, the
+same rule as one OrderedDict operation, held equal to the base plan by a test.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 
-from sim.policies.base import CachePolicy
+from sim.policies._cache import CachePolicy
 
 
 class OrderedCache(CachePolicy):
@@ -70,51 +72,71 @@ class OrderedCache(CachePolicy):
                    ) -> None:
         self._on_step(step, [], loaded, evicted)  # a prefetch touches no key of its own
 
-    def access_steps(self, first_step: int, rows: Sequence[Any], active: Any = None
-                     ) -> tuple[list[int], int]:
-        """The base ``access_steps`` with the simulator's usual step taken without a call: one key,
-        no active set in play (an expert-parallel GPU holds one expert of a layer). Its rule is
-        read from the same two flags as :meth:`_victims` and :meth:`_on_step` (which end victims
-        leave from, whether a hit moves to the recent end): a missing key is never resident, so
-        the victim is the end key. Other steps go through the base routine. The bench that
-        needs it: ``moesim sim experiment=bench_azure_mixtral`` (tests/sim/
-        test_policy_access_steps.py holds it equal to ``access``)."""
-        if type(self)._victims is not OrderedCache._victims or self._active(active):
-            return super().access_steps(first_step, rows, active)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        #: the rule is this file's (a subclass that picks victims or touches keys its own way,
+        #: as keep_predicted does, has no fast one-key form)
+        cls._own_rule = cls._victims is OrderedCache._victims and cls._on_step is OrderedCache._on_step
+
+    _own_rule: ClassVar[bool] = True
+
+    def _fast_steps(self, active: Collection[int]
+                    ) -> Callable[..., tuple[int, int, int, int, int]] | None:
+        """With no active set in play (an expert-parallel GPU holds one expert of a layer), each
+        one-key step as one OrderedDict operation: what ``_victims`` picks for one key (the key
+        at the end the flags name: a missing key is never resident, so never excluded) and what
+        ``_on_step`` does (a hit moves to the recent end where hits touch, a load is appended).
+        Held equal to the base plan by tests/sim/test_policy_access_steps.py."""
+        if active or not self._own_rule:
+            return None
         res, od, cap = self.resident, self._order, self.capacity
         back, touch = self._from_back, self._touch_hits
-        out: list[int] = []
-        hits = misses = streamed = evictions = 0
-        streamed_base = 0  # streamed in steps the base routine served (it counted them)
-        for i, row in enumerate(rows):
-            if len(row) != 1:
-                if row:
-                    nm, st = super().access_steps(first_step + i, [row])
-                    out.append(nm[0])
-                    streamed_base += st
-                else:
-                    out.append(0)
-                continue
-            (k,) = row
-            if k in res:
-                hits += 1
-                if touch:
-                    od.move_to_end(k)
-                out.append(0)
-                continue
-            misses += 1
-            out.append(1)
-            if len(res) >= cap:
-                if not res:  # no slot at all: streams through
-                    streamed += 1
+
+        def run(rows: Sequence[Any], i: int, step: int, missed: list | None, evicted: list | None,
+                counts: bool) -> tuple[int, int, int, int, int]:
+            j = i  # the next row
+            keys = misses = streamed = evictions = 0
+            put = None if missed is None else missed.append
+            put_ev = None if evicted is None else evicted.append
+            hit_out = 0 if counts else None  # a hit's misses (a new empty list unless counts)
+            for row in (rows[i:] if i else rows):
+                if len(row) != 1:
+                    if row:  # two keys or more: the base plan
+                        break
+                    j += 1  # an empty row takes no step
+                    if put is not None:
+                        put([] if hit_out is None else 0)
+                    if put_ev is not None:
+                        put_ev([])
                     continue
-                res.discard(od.popitem(last=back)[0])
-                evictions += 1
-            res.add(k)
-            od[k] = None
-        c = self.counts
-        c.hits += hits
-        c.misses += misses
-        c.streamed += streamed
-        c.evictions += evictions
-        return out, streamed + streamed_base
+                j += 1
+                keys += 1
+                (k,) = row
+                if k in res:
+                    if touch:
+                        od.move_to_end(k)
+                    if put is not None:
+                        put([] if hit_out is None else 0)
+                    if put_ev is not None:
+                        put_ev([])
+                    continue
+                misses += 1
+                v = -1
+                if len(res) < cap:
+                    res.add(k)
+                    od[k] = None
+                elif res:
+                    v = od.popitem(last=back)[0]
+                    res.discard(v)
+                    res.add(k)
+                    od[k] = None
+                    evictions += 1
+                else:  # no slot at all: streams through
+                    streamed += 1
+                if put is not None:
+                    put(1 if counts else row)
+                if put_ev is not None:
+                    put_ev([v] if v >= 0 else [])
+            return j, keys, misses, streamed, evictions
+
+        return run

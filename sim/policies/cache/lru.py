@@ -15,3 +15,5 @@ from sim.policies.cache._ordered import OrderedCache
 @CACHE.register("lru")
 class LRUCache(OrderedCache):
     _touch_hits = True
+    #: served as recency stamps by the simulator (sim/serving/lru_arrays.py)
+    array_form = "stamps"
