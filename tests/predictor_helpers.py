@@ -1,4 +1,4 @@
-"""Helpers shared by the predictor tests (tests/sim/test_predictor.py, tests/sim/test_dial.py,
+"""Helpers shared by the predictor tests (tests/sim/predictor/test_predictor.py, tests/sim/app/test_dial.py,
 tests/traces/test_capture_predictor.py): a learnable synthetic trace and ``moesim predictor``
 run in a subprocess."""
 

@@ -117,7 +117,7 @@ class CachePolicy(ABC):
         given), and returns (the index of
         the first row it did not serve, keys served, misses, streamed, evictions). The simulator's
         expert-parallel hot path (``OrderedCache``); held equal to the plan by
-        tests/sim/test_policy_access_steps.py."""
+        tests/sim/policies/test_policy_access_steps.py."""
         return None
 
     # -- the one routine ------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The same registered policy classes as the simulator (``sim.policies.CACHE`` / ``PREFETCH``), driven
 through their ``access`` / ``insert`` / ``replay`` methods; nothing here re-implements a policy.
 
-Plain mode (exact semantics, tested in tests/sim/test_replay.py):
+Plain mode (exact semantics, tested in tests/sim/replay/test_replay.py):
 
 - Requests one after another in trace order, tokens in order.
 - One cache per MoE layer holding ``C = floor(fraction x experts)`` experts (the one slot rule,

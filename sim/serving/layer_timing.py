@@ -110,7 +110,7 @@ class LayerTiming:
         distinct count, one end time and the slowest of those GPUs' experts (float addition is
         monotonic: ``max(fin + c_g) == fin + max(c_g)``); the stalls are added per GPU afterwards
         (``np.add.accumulate``, sequential: the same floats), the links' clocks set as their last
-        fetch left them. tests/sim/test_fast_path.py holds both to the same metrics.json."""
+        fetch left them. tests/sim/serving/test_fast_path.py holds both to the same metrics.json."""
         links = [st.link for st in states]
         lk = links[0]
         bw, lat, eb = lk.bytes_per_s, lk.latency_s, self.eb

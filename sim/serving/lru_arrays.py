@@ -22,7 +22,7 @@ general path.
 Each cache object is in one of two modes: arrays (the store's row is the state) or objects (the
 ``resident`` set and the ``_order`` OrderedDict of :class:`OrderedCache` are). Touching either
 attribute turns the cache to objects; :func:`serve_lru_iteration` turns it back. ``counts`` is
-kept in both. tests/sim/test_fast_path.py holds both paths to byte-identical ``metrics.json``.
+kept in both. tests/sim/serving/test_fast_path.py holds both paths to byte-identical ``metrics.json``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ numpy over the plan (``pool_keys``), the requests (``req``) and the prefix count
 
 :class:`sim.serving.walk.LayerWalk` builds the prefix counts once (:func:`pool_prefix_counts`) and
 calls :func:`batch_counts` every iteration; the counts are the same integers
-:func:`sim.world.network.count_tokens` counts from the tokens' rows (tests/sim/test_fast_path.py).
+:func:`sim.world.network.count_tokens` counts from the tokens' rows (tests/sim/serving/test_fast_path.py).
 
 A request's tokens this iteration are a range of its pool entry's rows, wrapping around the
 entry (:func:`entry_range`): their tokens per key are a difference of two prefix-count rows,
@@ -66,7 +66,7 @@ def batch_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray | None, ba
                  alloc: np.ndarray, shape: Any, G: int) -> tuple[np.ndarray, Any]:
     """(L*E,) tokens per key of the batch, and what the all-to-all needs of them: as
     :func:`sim.world.network.count_tokens` counts them from the tokens' rows (``prefix`` None), or from
-    the prefix counts (the same integers: tests/sim/test_fast_path.py)."""
+    the prefix counts (the same integers: tests/sim/serving/test_fast_path.py)."""
     if prefix is None:
         return count_tokens(plan, plan.pool_keys[shape.rows], G)
     if G // plan.tensor_parallel <= 1 or plan.moe_tp or shape.tokens == 0:

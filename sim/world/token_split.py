@@ -25,7 +25,7 @@ layers at once:
    fractional part (fractions compared at 1e-6, ties smaller GPU id), and up to ``passes - 1``
    integer passes of step 2's rule (stopping once nothing moves), which can only lower the sum
    of squares further. Continuous first, because integer steps alone stall one token away
-   along a chain (tests/sim/test_token_split.py).
+   along a chain (tests/sim/world/test_token_split.py).
 
 Tie order: with ``u = sum_e (e + 1) * tokens[e]`` of the (batch, layer), the GPUs in cyclic
 order from GPU ``u mod G``, upward when ``(u // G)`` is even, downward when odd; so the order

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests/sim tests (imported as ``from sim_test_helpers import ...``, like
+"""Helpers shared by the tests/sim tests (imported as ``from tests.sim.sim_test_helpers import ...``, like
 tests/traces/cli_helpers.py)."""
 
 from __future__ import annotations

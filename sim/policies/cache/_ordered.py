@@ -86,7 +86,7 @@ class OrderedCache(CachePolicy):
         one-key step as one OrderedDict operation: what ``_victims`` picks for one key (the key
         at the end the flags name: a missing key is never resident, so never excluded) and what
         ``_on_step`` does (a hit moves to the recent end where hits touch, a load is appended).
-        Held equal to the base plan by tests/sim/test_policy_access_steps.py."""
+        Held equal to the base plan by tests/sim/policies/test_policy_access_steps.py."""
         if active or not self._own_rule:
             return None
         res, od, cap = self.resident, self._order, self.capacity

@@ -11,7 +11,7 @@ so the largest ranks are never theirs unless a caller strays from the future (th
 are searched among the other keys, as the protocol wants).
 
 With demand loading (every miss is loaded), farthest-next-use is optimal for requests of key sets
-too: tests/sim/test_policy_cache.py checks it never misses more than any other registered policy
+too: tests/sim/policies/test_policy_cache.py checks it never misses more than any other registered policy
 on random traces (hypothesis) and against an exhaustive search on tiny ones.
 """
 

@@ -9,7 +9,7 @@ replica (ties smaller id); (2) balanced packing: replicas heaviest first (load /
 smaller expert id) to the least-loaded GPU with a free slot that does not hold that expert yet
 (ties smaller GPU id). Hierarchical: experts are first packed to nodes with ``E / num_nodes``
 each by the same balanced packing, then each node replicates within its share ``R / num_nodes``
-and packs to its GPUs. A GPU never holds more than S replicas (tests/sim/test_placement.py).
+and packs to its GPUs. A GPU never holds more than S replicas (tests/sim/replay/test_placement.py).
 Load prediction is left to the caller, as in EPLB (the planning window's loads).
 """
 

@@ -23,7 +23,7 @@ replicas (R a multiple of the GPUs G, so every GPU gets ``(E + R) / G`` slots):
    ``candidates`` (the identity ring and seeded random cycles, ``seed``) by the mean over the
    planning batches of max/mean GPU load with the split; without history the ring ``g -> g+1``.
 
-The search is deterministic for a given seed (tests/sim/test_token_split.py; measured in
+The search is deterministic for a given seed (tests/sim/world/test_token_split.py; measured in
 README.md). Tried and not kept, on ``ds.parquet`` (8 GPUs, 256-token batches, test half): choosing
 the replicated experts by per-batch standard deviation, mean + standard deviation or 90th
 percentile instead of mean load (1.166, 1.154, 1.156 max/mean against 1.154), swaps scored on

@@ -2,7 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-POLICIES = Path(__file__).resolve().parents[2] / "sim" / "policies"
+POLICIES = Path(__file__).resolve().parents[3] / "sim" / "policies"
 
 
 def test_policies_import_without_simpy_or_torch():

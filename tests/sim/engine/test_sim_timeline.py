@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_test_helpers import assert_log
 
 from sim.engine.metrics import compute_metrics
 from sim.engine.simulation import Policies, Recorder, Simulation
 from sim.serving.binding import bind
 from sim.serving.testing import StubCost, pool_from_rows, tiny_config, workload
+from tests.sim.sim_test_helpers import assert_log
 
 
 def _run(cfg, wl, pool, cost):

@@ -7,11 +7,11 @@ import json
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sim_test_helpers import slot_counts
 
 from sim.policies import PLACEMENT
 from sim.policies.placement.exhaustive import best_layer
 from sim.policies.placement.rebalance import moves
+from tests.sim.sim_test_helpers import slot_counts
 
 
 @settings(max_examples=60, deadline=None)

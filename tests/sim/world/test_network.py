@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from sim_test_helpers import assert_log
 
 from sim.common.errors import ConfigError
 from sim.engine.metrics import compute_metrics
@@ -18,6 +17,7 @@ from sim.serving.testing import StubCost, random_pool, tiny_config, workload
 from sim.world.config import ClusterConfig, HardwareConfig
 from sim.world.network import Network, SharedLink, count_tokens, gpu_traffic, source_counts, token_sources
 from sim.world.topology import Topology
+from tests.sim.sim_test_helpers import assert_log
 
 INF = float("inf")
 

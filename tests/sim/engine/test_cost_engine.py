@@ -15,7 +15,7 @@ from sim.world.config import ClusterConfig, EngineConfig, HardwareConfig, ModelC
 
 MIX = ModelConfig()
 H100 = HardwareConfig()
-ENGINES = sorted((Path(__file__).resolve().parents[2] / "conf" / "engine").glob("*.yaml"))
+ENGINES = sorted((Path(__file__).resolve().parents[3] / "conf" / "engine").glob("*.yaml"))
 
 
 def test_engine_overhead_is_paid_once_per_iteration():

@@ -16,7 +16,7 @@ from sim.app.cli import main as cli_main
 from sim.world.config import SimConfig, register_configs, to_sim_config
 from sim.world.model import expert_bytes, kv_bytes_per_token
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 HARDWARE = sorted(p.stem for p in (CONF / "hardware").glob("*.yaml"))
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sim_test_helpers import slot_counts
 
 from sim.common.errors import ConfigError
 from sim.policies import PLACEMENT
 from sim.world.token_split import split_tokens, water_fill
+from tests.sim.sim_test_helpers import slot_counts
 
 
 def _random_hold(rng, L, E, G, p=0.3):

@@ -222,7 +222,7 @@ def test_prefix_counts_across_row_blocks(rows):
 def test_registries_cover_the_test():
     """A new cache or prefetch policy joins the comparison above (or is named here)."""
     assert set(ONLINE) == {n for n in CACHE.names() if not CACHE.get(n).requires_future}
-    # emoe_learned and learned_next need a trained checkpoint (tests/sim/test_dial.py runs them);
+    # emoe_learned and learned_next need a trained checkpoint (tests/sim/app/test_dial.py runs them);
     # next-layer prefetch walks layer by layer, off the array path
     assert set(PREFETCHES) | {"emoe_learned", "learned_next"} == {n for n in PREFETCH.names()
                                                   if not PREFETCH.get(n).requires_future}

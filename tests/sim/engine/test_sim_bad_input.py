@@ -64,7 +64,7 @@ def test_out_of_order_workload_is_an_error(tmp_path):
 
 def test_a_stuck_simulation_is_a_livelock_error_not_a_hang(monkeypatch):
     """A cost model that returns zero time forever would spin the event loop; the simulator
-    stops with a clear error instead (tests/sim/test_sim_degenerate.py has the normal cases)."""
+    stops with a clear error instead (tests/sim/engine/test_sim_degenerate.py has the normal cases)."""
     import numpy as np
 
     import sim.engine.simulation as engine

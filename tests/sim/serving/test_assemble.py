@@ -20,7 +20,7 @@ from sim.serving.testing import StubCost, random_pool, tiny_config, workload
 from sim.world.config import FaultConfig
 from sim.world.facts import CacheCounts
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_realrun_and_the_world_import_no_simpy():

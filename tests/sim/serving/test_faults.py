@@ -19,7 +19,7 @@ from sim.serving.binding import bind
 from sim.serving.testing import StubCost, random_pool, tiny_config, workload
 from sim.world.config import FaultConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _sim(faults, warm_start=False, n=6, output=40):
@@ -132,7 +132,7 @@ def test_stuck_fault_recovery_is_a_livelock_error(monkeypatch):
 STUCK = '''
 import sim.engine.simulation as engine
 from sim.serving import faults
-from tests.sim.test_faults import _stuck_sim, _without_context_reset
+from tests.sim.serving.test_faults import _stuck_sim, _without_context_reset
 
 
 def test_stuck(monkeypatch):
