@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import sim.engine.simulation
 import sim.policies._predictor as predictor_mod
 import sim.replay.cache
+import sim.serving.assemble
 import sim.serving.prediction
 from sim.engine.simulation import Simulation
 from sim.policies.base import CACHE, PLACEMENT, Placement, max_over_mean
@@ -88,7 +88,7 @@ def _spy(monkeypatch, module, name):
 
 @pytest.mark.parametrize("prefetch", ["none", "emoe_task", "emoe_l"])
 def test_the_simulator_asks_request_predictor(monkeypatch, prefetch):
-    calls = _spy(monkeypatch, sim.engine.simulation, "request_predictor")
+    calls = _spy(monkeypatch, sim.serving.assemble, "request_predictor")
     s = _simulation("keep_predicted", prefetch)
     assert len(calls) == 1 and calls[0][0][:2] == ("keep_predicted", s.prefetch)
     assert s.walk.pred.predictor is calls[0][2]
