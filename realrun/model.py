@@ -191,34 +191,44 @@ class TinyMoE:
 
     def gate(self, l: int, x: torch.Tensor, experts: torch.Tensor) -> Routed:
         """Router of layer ``l`` over x (T, H), forced to the recorded ``experts`` (T, K)."""
-        sh = self.sh
-        logits = self.logits(l, x, experts)  # (T, E)
-        if self.device.type == "cuda":
-            from kernels.align import dynamic_gating
-            from kernels.gating import topk_gating
+        return route(self.logits(l, x, experts), self.sh.K, self.sh.block_size)
 
-            ids, w = topk_gating(logits, sh.K, renormalize=True)
-            align = dynamic_gating(ids, sh.block_size, sh.E)
-            counts = align.expert_counts.tolist()
-        else:
-            top = torch.topk(logits, sh.K, dim=1)  # ties: never (forced logits are distinct)
-            ids = top.indices.to(torch.int32)  # (T, K)
-            w = torch.softmax(logits, dim=1).gather(1, top.indices)
-            w = w / w.sum(dim=1, keepdim=True)
-            flat = ids.reshape(-1).long()
-            order = torch.sort(flat, stable=True).indices  # (T*K,) flat slots by expert
-            counts = torch.bincount(flat, minlength=sh.E).tolist()
-            align = None
-        starts = [0, *itertools.accumulate(counts)]
-        return Routed(ids=ids, w=w, order=None if align is not None else order, counts=counts,
-                      starts=starts, align=align)
+
+def route(logits: torch.Tensor, K: int, block_size: int = 16) -> Routed:
+    """Top-``K`` gating of router ``logits`` (T, E), renormalised, and the tokens grouped by
+    expert: on a GPU the Triton top-k gating and dynamic-gating alignment kernels, on the CPU
+    torch (the same ids and weights: the forced logits have no ties). The one router of both
+    realrun executors (``realrun validate``'s :class:`TinyMoE` and ``realrun replay``)."""
+    E = logits.shape[1]
+    if logits.device.type == "cuda":
+        from kernels.align import dynamic_gating
+        from kernels.gating import topk_gating
+
+        ids, w = topk_gating(logits, K, renormalize=True)
+        align = dynamic_gating(ids, block_size, E)
+        counts = align.expert_counts.tolist()
+        order = None
+    else:
+        top = torch.topk(logits, K, dim=1)  # ties: never (forced logits are distinct)
+        ids = top.indices.to(torch.int32)  # (T, K)
+        w = torch.softmax(logits.float(), dim=1).gather(1, top.indices)
+        w = w / w.sum(dim=1, keepdim=True)
+        flat = ids.reshape(-1).long()
+        order = torch.sort(flat, stable=True).indices  # (T*K,) flat slots by expert
+        counts = torch.bincount(flat, minlength=E).tolist()
+        align = None
+    starts = [0, *itertools.accumulate(counts)]
+    return Routed(ids=ids, w=w, order=order, counts=counts, starts=starts, align=align)
 
 
 def expert_ffn(x: torch.Tensor, r: Routed, slot_of: list[int] | torch.Tensor, w13: torch.Tensor,
                w2: torch.Tensor, K: int, block_size: int = 16) -> torch.Tensor:
     """The routed experts of a layer through the slot table: out[t] = sum over its top-k experts
     e of w[t, e] * SwiGLU_e(x[t]), expert e's weights in ``w13[slot_of[e]]``, ``w2[...]``.
-    On the CPU one expert at a time (torch); on a GPU the Triton grouped kernel and combine."""
+    An expert whose slot is -1 is not read and adds nothing (a launch over part of the layer's
+    experts: the layer's output is the sum of its parts). On the CPU one expert at a time
+    (torch); on a GPU the Triton grouped kernel and combine. The one expert executor of both
+    realrun paths (``realrun validate`` and ``realrun replay``)."""
     if x.device.type == "cuda":
         from kernels.combine_op import combine
         from kernels.grouped_ffn import grouped_swiglu
@@ -235,6 +245,8 @@ def expert_ffn(x: torch.Tensor, r: Routed, slot_of: list[int] | torch.Tensor, w1
         flat = order[starts[e]:starts[e] + c]  # flat slots t*K + k of expert e
         tok = flat // K
         s = int(slot_of[e])
+        if s < 0:
+            continue
         y = swiglu(x.index_select(0, tok), w13[s], w2[s])  # (c, H)
         out.index_add_(0, tok, y * w.index_select(0, flat)[:, None].to(y.dtype))
     return out

@@ -1,18 +1,22 @@
-"""Replay a routing trace on a real device: real expert weights, real copies, real Triton kernels.
+"""Replay a routing trace on a real device: real expert weights, real copies, real kernels.
 
 For every batch of ``batch_tokens`` consecutive trace tokens and every MoE layer:
 
-1. router logits that reproduce the trace's recorded top-k (``routing_logits``) go through the
-   Triton top-k gating and dynamic-gating alignment kernels;
+1. router logits that reproduce the trace's recorded top-k (``routing_logits``) go through
+   realrun's one router (:func:`realrun.model.route`: on a GPU the Triton top-k gating and
+   dynamic-gating alignment kernels, on the CPU torch);
 2. the experts the batch needs at that layer are made resident through an
    :class:`~realrun.expert_cache.ExpertCache` driven by the *same* CachePolicy class the
    simulator and the replay use, in the one batch semantics of ``moesim cache mode=batch``
    (:func:`sim.world.facts.batch_executions`: the batch's experts run one at a time in increasing id
    order, each one cache step with the batch's union as ``active``). The experts are launched
-   together in one grouped-FFN call until a decision would evict an expert that has not run
-   yet; that chunk is launched first. So the counts equal the replay's, by construction;
-3. the grouped SwiGLU kernel reads each expert through the expert-to-slot table (a non-resident
-   expert is never read), and the combine kernel scatters the results back.
+   together in one call of realrun's one expert executor (:func:`realrun.model.expert_ffn`, the
+   executor ``realrun validate`` uses too) until a decision would evict an expert that has not
+   run yet; that chunk is launched first. So the counts equal the replay's, by construction;
+3. the executor reads each expert through the expert-to-slot table (a non-resident expert is
+   never read): on a GPU the grouped SwiGLU and combine kernels, on the CPU torch one expert at a
+   time. The Triton kernels are tested on the CPU under the interpreter in tests/kernels; realrun
+   does not run them there (the interpreter is minutes where torch is seconds).
 
 The layer's output does not depend on the cache policy: the cache changes time and bytes, never
 results (tested against :func:`kernels.reference.moe_layer_ref`). The metrics use the simulator's
@@ -108,42 +112,39 @@ class RealMoE:
 
     def layer(self, l: int, x: torch.Tensor, logits: torch.Tensor, runs: Any = None) -> torch.Tensor:
         """One MoE layer: x (T, H), logits (T, E) -> (T, H). ``runs``: the batch's expert runs in
-        order (:func:`sim.world.facts.batch_executions`); None: the gated tokens are one batch."""
-        from kernels.align import dynamic_gating
-        from kernels.combine_op import combine
-        from kernels.gating import topk_gating
+        order (:func:`sim.world.facts.batch_executions`); None: the gated tokens are one batch.
+        Routing and the experts go through realrun's one router and executor
+        (:func:`realrun.model.route`, :func:`realrun.model.expert_ffn`: torch on the CPU, the
+        Triton kernels on a GPU)."""
         cache = self.caches[l]
         policy = cache.policy
-        ids, w = topk_gating(logits, self.K, renormalize=True)  # (T, K)
-        align = dynamic_gating(ids, self.cfg.block_size, self.E)
+        r = model.route(logits, self.K, self.cfg.block_size)
         if runs is None:
-            _, runs = batch_executions(ids.cpu().numpy(), max(1, len(ids)), self.E)
+            _, runs = batch_executions(r.ids.cpu().numpy(), max(1, len(r.ids)), self.E)
         needed = [int(e) for e in runs]
         union = frozenset(needed)
-        y = None
+        y = torch.zeros_like(x)
         pending: list[int] = []  # decided and resident, not launched yet
         for e in needed:
             misses, evicted = policy.access(self.steps[l], (e,), union)
             self.steps[l] += 1
             if pending and not pending_safe(pending, evicted):
-                y = self._launch(x, cache, pending, align, y)
+                y += self._launch(x, cache, pending, r)
                 pending = []
             cache.apply(evicted, [k for k in misses if k in policy.resident])
             pending.append(e)
         if pending:
-            y = self._launch(x, cache, pending, align, y)
-        return combine(y, align.inv, w)
+            y += self._launch(x, cache, pending, r)
+        return y
 
-    def _launch(self, x: torch.Tensor, cache: ExpertCache, experts: list[int], align: Any,
-                y: torch.Tensor | None) -> torch.Tensor:
-        """One grouped-FFN launch over ``experts`` (resident) through the slot table."""
-        from kernels.grouped_ffn import grouped_swiglu
-
+    def _launch(self, x: torch.Tensor, cache: ExpertCache, experts: list[int], r: model.Routed
+                ) -> torch.Tensor:
+        """The part of the layer's output from ``experts`` (resident), through the slot table:
+        the other experts' slots are -1 (not read)."""
         slot = torch.full((self.E,), -1, dtype=torch.int32)
         slot[experts] = cache.slot_of[experts]
-        part = grouped_swiglu(x, cache.slots["w13"], cache.slots["w2"], slot.to(self.device),
-                              align, self.K, self.cfg.block_size)  # (P, H)
-        return part if y is None else y + part
+        return model.expert_ffn(x, r, slot, cache.slots["w13"], cache.slots["w2"], self.K,
+                                self.cfg.block_size)
 
     def run_trace(self, trace: RoutingTrace, progress: bool = False
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
