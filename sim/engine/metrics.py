@@ -18,6 +18,20 @@
 - ``load_imbalance`` (max / mean expert tokens per GPU over the run), ``load_imbalance_iter``
   (mean over iterations and layers of max / mean), ``gpu_expert_tokens``
 - ``routing_fidelity`` (expert-token computes / assignments the traces recorded)
+- why (read by ``analysis/explain.py``): ``iteration_time_s`` (per replica, simulated time in
+  its iterations), ``busy_share`` (that over ``sim_time_s``, mean over replicas: the rest the
+  replica waited for requests), ``host_link_busy_s`` (per GPU: the link's bytes, per-copy overhead
+  included, over its bandwidth: exact for a work-conserving link, whose transfers together always
+  move at full bandwidth), ``host_link_utilisation`` (``{mean, max}`` over GPUs of busy / sim_time;
+  above 1: copies were still queued when the last request finished), ``fetch_stall_share`` (the
+  GPUs' stalls over their replicas' iteration time), ``expert_compute_share`` (``gpu_busy_s``
+  over the same), ``cache_scope``, ``cache_slots`` (mean over GPUs with a cache),
+  ``distinct_experts_per_iteration`` (``{mean, max}`` over (GPU with a cache, iteration) of the
+  distinct keys the cache was asked for: the iteration's working set), ``iterations_over_slots``
+  (share of those iterations, per layer with ``per_layer`` scope, whose working set exceeded the
+  slots), ``evictions_reused`` (misses on keys resident at the iteration's start or prefetched
+  during it: each an eviction of an expert the same iteration used later) and
+  ``evictions_reused_share`` (of ``evictions``)
 - ``prefetch``: issued, used; ``preemptions``, ``tokens_recomputed``, ``requests_rerouted``,
   ``faults``, ``binding`` (overflow report), ``cost_model`` (out-of-range/fallback counts)
 """
@@ -113,6 +127,7 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
         "prefetch": {"issued": record["prefetched"],
                      "used": int(sum(st.prefetch_used for st in states))},
         "iterations": int(sum(rep.iterations for rep in sim.replicas)),
+        **why_metrics(sim, states, sim_time, record["evictions"]),
         "preemptions": int(tl.preemptions),
         "tokens_recomputed": int(tl.tokens_recomputed),
         "requests_rerouted": int(tl.requests_rerouted),
@@ -125,6 +140,39 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
                    "policy": {"cache": p.cache, "prefetch": p.prefetch, "placement": p.placement,
                               "scheduler": p.scheduler},
                    "seed": int(sim.cfg.seed)},
+    }
+
+
+def why_metrics(sim: Simulation, states: list, sim_time: float, evictions: int) -> dict[str, Any]:
+    """The figures that say why (read by analysis/explain.py; see the module docstring)."""
+    plan = sim.plan
+    iter_s = {rep.index: rep.iteration_time_s for rep in sim.replicas}
+    gpu_iter_s = [iter_s[rep.index] for rep in sim.replicas for _ in rep.states]
+    link_busy = [0.0 if st.link.infinite else (st.link.bytes_total + st.pad_bytes) / st.link.bytes_per_s
+                 for st in states]
+    util = [b / sim_time if sim_time > 0 else 0.0 for b in link_busy]
+    cached = [st for st in states if st.cache is not None]
+    its = sum(st.iterations for st in cached)
+    per_layer = bool(plan.layer_slots)
+    reused = int(sum(st.evicted_reused for st in cached))
+    total_iter = float(sum(gpu_iter_s))
+    return {
+        "iteration_time_s": [_f(iter_s[rep.index]) for rep in sim.replicas],
+        "busy_share": _f(sum(iter_s.values()) / (len(iter_s) * sim_time)) if sim_time > 0 else 0.0,
+        "host_link_busy_s": [_f(b) for b in link_busy],
+        "host_link_utilisation": {"mean": _f(float(np.mean(util))) if util else 0.0,
+                                  "max": _f(max(util)) if util else 0.0},
+        "fetch_stall_share": _f(sum(st.stall_s for st in states) / total_iter) if total_iter > 0 else 0.0,
+        "expert_compute_share": _f(sum(st.busy_s for st in states) / total_iter) if total_iter > 0 else 0.0,
+        "cache_scope": "per_layer" if per_layer else "global",
+        "cache_slots": _f(float(np.mean([st.capacity for st in cached]))) if cached else 0.0,
+        "distinct_experts_per_iteration": {
+            "mean": _f(sum(st.keys_touched for st in cached) / its) if its else 0.0,
+            "max": int(max((st.keys_touched_max for st in cached), default=0))},
+        "iterations_over_slots": _f(sum(st.over_slots for st in cached)
+                                    / (its * (plan.L if per_layer else 1))) if its else 0.0,
+        "evictions_reused": reused,
+        "evictions_reused_share": _f(reused / evictions) if evictions else 0.0,
     }
 
 

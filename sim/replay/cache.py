@@ -64,6 +64,7 @@ from sim.common.files import gc_paused
 from sim.policies import CACHE, PREFETCH
 from sim.policies._predictor import fit_predicted, request_predictor
 from sim.policies.base import CachePolicy, PrefetchContext, PrefetchPolicy
+from sim.replay.why import batch_reused, plain_why, why_record
 from sim.world.facts import CacheCounts, batch_executions, cache_slots, expert_bytes_of_trace, stable_float
 from traces.format import RoutingTrace
 
@@ -85,6 +86,8 @@ class ReplayResult:
     prefetch: str
     counts: CacheCounts
     per_layer_hit_rate: list[float] = field(default_factory=list)
+    #: the figures that say why, under the simulator's names (sim/replay/why.py)
+    why: dict[str, Any] = field(default_factory=dict)
 
     # the counts, read through (same names as the record)
     accesses = property(lambda self: self.counts.accesses)
@@ -105,7 +108,7 @@ class ReplayResult:
         return {"policy": self.policy, "capacity_frac": self.capacity_frac,
                 "capacity": self.capacity, "mode": self.mode, "prefetch": self.prefetch, **rec,
                 "routing_fidelity": stable_float(self.routing_fidelity),
-                "per_layer_hit_rate": self.per_layer_hit_rate,
+                "per_layer_hit_rate": self.per_layer_hit_rate, **self.why,
                 # the names before the shared record (kept for one release; see the README)
                 "bytes_moved": rec["h2d_bytes"], "prefetch_loads": rec["prefetched"]}
 
@@ -211,7 +214,7 @@ def _replay_plain(trace: RoutingTrace, policy: str, fraction: float, *, prefetch
     counts.rerouted = int(rerouted_l.sum())
     counts.hits += served_hits
     return _result(policy, fraction, C, "plain", prefetch, T * L * K, counts, misses_l, T * K,
-                   rerouted_l)
+                   rerouted_l, why=plain_why(T, L, K, C, 0, counts.evictions))
 
 
 def _has_next_layer(prefetch: str, trace: RoutingTrace, kw: dict[str, Any]) -> bool:
@@ -232,6 +235,7 @@ def _replay_token_major(trace: RoutingTrace, policy: str, fraction: float, prefe
     bounds = trace.request_bounds()
     misses_l = np.zeros(L, dtype=np.int64)
     rows = ex.tolist()
+    reused = 0  # victims of a next-layer insert that the token then needs there
     for r, ctx in enumerate(_contexts(trace)):
         a, b = int(bounds[r]), int(bounds[r + 1])
         for c in caches:
@@ -249,10 +253,13 @@ def _replay_token_major(trace: RoutingTrace, policy: str, fraction: float, prefe
                 if l + 1 < L:
                     nxt = pf.next_layer(ctx, l, arr)
                     if len(nxt):
-                        caches[l + 1].insert(t, np.asarray(nxt)[:C].tolist())
+                        ev = caches[l + 1].insert(t, np.asarray(nxt)[:C].tolist())[1]
+                        if ev:
+                            reused += len(set(ev).intersection(row_t[l + 1]))
                 pf.observe(ctx, l, arr[None, :])
     counts = CacheCounts.total(c.counts for c in caches)
-    return _result(policy, fraction, C, "plain", prefetch, T * L * K, counts, misses_l, T * K)
+    return _result(policy, fraction, C, "plain", prefetch, T * L * K, counts, misses_l, T * K,
+                   why=plain_why(T, L, K, C, reused, counts.evictions))
 
 
 def replay_batch(trace: RoutingTrace, policy: str, fraction: float, batch_size: int) -> ReplayResult:
@@ -270,28 +277,40 @@ def _replay_batch(trace: RoutingTrace, policy: str, fraction: float, batch_size:
     misses_l = np.zeros(L, dtype=np.int64)
     acc_l = np.zeros(L, dtype=np.int64)
     counts = CacheCounts()
+    distinct = over = reused = 0  # (why: per batch, experts over all layers; see sim/replay/why.py)
     for l in range(L):
         starts, ids = batch_executions(trace.experts[:, l, :], batch_size, E)  # runs, in order
         steps = ids[:, None]  # (S, 1)
         acc_l[l] = len(ids)
         pol = _make_cache(policy, C, E, steps)
+        evicted: list[list[int]] = []
         if not cls.uses_active:
-            misses_l[l] = pol.replay(steps, 0)  # the active set changes nothing: one call
+            # the active set changes nothing: one call (``replay``'s, with the victims kept)
+            misses_l[l] = pol._serve(0, steps.tolist(), frozenset(), evicted=evicted)
         else:
             el = ids.tolist()
             m = 0
             for b in range(len(starts) - 1):
                 union = frozenset(el[starts[b]:starts[b + 1]])
                 for s in range(starts[b], starts[b + 1]):
-                    m += len(pol.access(s, (el[s],), union)[0])
+                    miss, ev = pol.access(s, (el[s],), union)
+                    m += len(miss)
+                    evicted.append(ev)
             misses_l[l] = m
         counts.add(pol.counts)
-    return _result(policy, fraction, C, "batch", None, int(acc_l.sum()), counts, misses_l, acc_l)
+        size = np.diff(starts)  # (batches,)
+        distinct = distinct + size
+        over += int((size > C).sum())
+        reused += batch_reused(starts, ids, evicted)
+    nb = len(distinct) if L else 0
+    why = why_record(np.asarray(distinct), L * C, over, nb * L, reused, counts.evictions, "batch")
+    return _result(policy, fraction, C, "batch", None, int(acc_l.sum()), counts, misses_l, acc_l,
+                   why=why)
 
 
 def _result(policy: str, fraction: float, C: int, mode: str, prefetch: str | None, accesses: int,
-            counts: CacheCounts, misses_l: np.ndarray, acc_l: Any, rerouted_l: Any = 0
-            ) -> ReplayResult:
+            counts: CacheCounts, misses_l: np.ndarray, acc_l: Any, rerouted_l: Any = 0,
+            why: dict[str, Any] | None = None) -> ReplayResult:
     if counts.accesses != accesses:
         raise MoesimError(f"internal: {policy} served {counts.accesses} accesses, the trace has "
                           f"{accesses}")
@@ -299,7 +318,8 @@ def _result(policy: str, fraction: float, C: int, mode: str, prefetch: str | Non
     acc_l = np.broadcast_to(np.asarray(acc_l, dtype=np.float64), misses_l.shape)
     per_layer = [round(float(x), 6) for x in 1.0 - (misses_l + rerouted_l) / np.maximum(acc_l, 1)]
     return ReplayResult(policy=policy, capacity_frac=float(fraction), capacity=C, mode=mode,
-                        prefetch=prefetch or "none", counts=counts, per_layer_hit_rate=per_layer)
+                        prefetch=prefetch or "none", counts=counts, per_layer_hit_rate=per_layer,
+                        why=why or {})
 
 
 def run_replay(trace: RoutingTrace, policies: list[str], fractions: list[float], *,

@@ -74,6 +74,7 @@ class LayerTiming:
                         link = states[g].link
                         fin = link.fetch(t_gate, nm * eb + (nm - 1) * pad)
                         link.bytes_total -= (nm - 1) * pad
+                        states[g].pad_bytes += (nm - 1) * pad
                     else:
                         fin = fetch[g](t_gate, nm * eb)
                     if fin > start:

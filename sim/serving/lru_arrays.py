@@ -62,6 +62,9 @@ class StampStore:
         self.nres = np.zeros(G, dtype=np.int64)
         self.cap = np.zeros(G, dtype=np.int64)
         self.tally = np.zeros((3, G), dtype=np.int64)  # accesses, misses, evictions not yet counted
+        #: the last iteration's distinct keys per GPU, and its misses on keys resident at its
+        #: start (each an eviction of a key the iteration used later): the walk's why-tallies
+        self.why = np.zeros((2, G), dtype=np.int64)
         self.caches: list[StampedLRU | None] = [None] * G
         self.objects: set[int] = set()  # rows whose cache is in objects mode
         # (key, GPU) holdings ordered by GPU then key: the order a GPU's steps use its keys
@@ -210,6 +213,7 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
         n_g, gstart, start_g, before, over = _positions(g, gl, G, L, store.cap_step)
     n = len(g)
     if n == 0:
+        store.why[:] = 0
         return np.zeros((L, G), dtype=np.int64)
     if store.check_steps and over:
         return None
@@ -256,6 +260,8 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
         if len(few):
             thr[few] = np.sort(S[few], axis=1)[np.arange(len(few)), H - nres[few]]
         S[S < thr[:, None]] = -1
+    store.why[0] = n_g
+    store.why[1] = np.bincount(g[resident & miss], minlength=G)
     t = store.tally
     t[0] += n_g
     t[1] += m_g

@@ -76,6 +76,17 @@ class GpuState:
     prefetch_used: int = 0
     stall_s: float = 0.0
     busy_s: float = 0.0
+    #: why (read by sim/engine/metrics.py): iterations of its replica walked while this GPU
+    #: had its cache; distinct keys its cache was asked for, summed over them and the most in
+    #: one; iterations (per-layer scope: iteration-layer pairs) that asked a cache for more keys
+    #: than its slots; misses on keys the same iteration had resident before (each one an
+    #: eviction of a key that iteration used later); link time of per-copy overhead (bytes)
+    iterations: int = 0
+    keys_touched: int = 0
+    keys_touched_max: int = 0
+    over_slots: int = 0
+    evicted_reused: int = 0
+    pad_bytes: float = 0.0
 
     def counts(self) -> CacheCounts:
         """What this GPU's caches did over the run (the policies count; see CachePolicy)."""
@@ -94,6 +105,8 @@ class ReplicaState:
     kv_used: int = 0
     kv_peak: int = 0
     iterations: int = 0
+    #: simulated time spent in its iterations (the walk's durations, summed)
+    iteration_time_s: float = 0.0
     #: cache step counter (one step per layer of an iteration)
     step: int = 0
     #: the GPUs' LRU caches as arrays (:class:`sim.serving.lru_arrays.StampStore`; None: the
@@ -146,3 +159,4 @@ class Recorder:
 
     def add(self, name: str, cat: str, gpu: int, start: float, end: float) -> None:
         self.events.append((name, cat, gpu, start, end))
+

@@ -45,6 +45,7 @@ from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.serving.token_counts import batch_counts, pool_prefix_counts
+from sim.serving.why import why_begin, why_end, why_loaded, why_reused
 from sim.world.facts import CacheCounts
 
 
@@ -149,20 +150,24 @@ class LayerWalk:
         else:
             comp = comp_arr.tolist()  # [L][G] seconds
             need, active = self.needs(states, used_flat)
+            why = why_begin(states, need, active, plan.layer_slots)
             decisions = self.decide(rep, used_flat, step0, need, active)
             if pred.pf_next:  # layer by layer: the prefetch for layer + 1 follows each layer
                 t_gate = t
                 for d in decisions:
                     if d.__class__ is Serve:
+                        why_reused(why, d.miss)
                         t_gate = t + attn + gate + pf_cost
                         t = timing.time_layers(((d.layer, d.miss),), t, gaps, comp, states, need,
                                                stall, rec)
                     else:  # its copies start at the gate of the layer it followed
+                        why_loaded(why, d.copies)
                         pred.issue(rep, d.copies, t_gate)
                         t += pred.take_inline(rep)
             else:
                 t = timing.time_layers(((d.layer, d.miss) for d in decisions), t, gaps, comp,
                                        states, need, stall, rec)
+            why_end(states, why, pred.pf_next)
         if miss_lg is not None and pred.observers:  # (decide observed them)
             for l in range(L):
                 pred.observe(rep, l, used_flat)
@@ -171,6 +176,7 @@ class LayerWalk:
         for g, st in enumerate(states):
             st.busy_s = float(busy[g])
             st.stall_s = stall[g]
+        rep.iteration_time_s += t - t0
         if self.on_iteration:
             self._done(rep, int(alloc.sum()), t0, t - t0)
         return t - t0
@@ -238,9 +244,17 @@ class LayerWalk:
         miss = serve_lru_iteration(rep.stamps, used_flat)
         if miss is None:
             return None
-        for st, nres in zip(states, rep.stamps.nres.tolist()):
+        why = rep.stamps.why
+        for st, nres, n, reused in zip(states, rep.stamps.nres.tolist(), *why.tolist()):
             if nres > st.peak_resident:  # (at most the slots: the arrays never exceed them)
                 st.peak_resident = nres
+            if st.cache is not None:  # the why-tallies (see GpuState)
+                st.iterations += 1
+                st.keys_touched += n
+                if n > st.keys_touched_max:
+                    st.keys_touched_max = n
+                st.over_slots += n > st.capacity
+                st.evicted_reused += reused
         return miss
 
     def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
