@@ -40,9 +40,10 @@ class CachePolicy(ABC):
 
     ``insert(step, keys, protect=(), active=None)`` loads keys ahead of need (prefetch) with the
     same eviction rule, never evicting a key in ``protect`` (the driver protects the experts of
-    the layer being computed and of the prefetch's own target layer) and, as a step does,
-    evicting keys outside ``active`` first; a key with no victim it may evict is not loaded
-    (``prefetch_skipped``). It returns ``(loaded, evicted)``.
+    the layer being computed and of the prefetch's own target layer) nor, for a policy that uses
+    ``active``, an active key (Huang et al.'s buffering: a guess never evicts what the batch
+    still needs); a key with no victim it may evict is not loaded (``prefetch_skipped``). It
+    returns ``(loaded, evicted)``.
 
     ``pinned`` (a policy's own set; empty here) are resident keys no step or prefetch may evict
     (eMoE's kept predicted set): a miss that finds only pinned or needed keys to evict streams
@@ -286,18 +287,24 @@ class CachePolicy(ABC):
     def insert(self, step: int, keys: Iterable[int], protect: Iterable[int] = (),
                active: Iterable[int] | None = None) -> tuple[list[int], list[int]]:
         """Load ``keys`` ahead of need (those not resident, in increasing order) with the step
-        rule under ``active`` (Huang et al.'s: keys outside it go first, for a policy that uses
-        it); a key in ``protect`` or ``pinned`` is never evicted; the keys left when no other
-        victim is left are skipped (``prefetch_skipped``)."""
+        rule; a key in ``protect`` or ``pinned`` is never evicted, and for a policy that uses the
+        ``active`` set (Huang et al.'s buffering) neither is an active key: a prefetch is a
+        guess, and evicting an expert the running batch still needs trades a certain miss for
+        it (with a perfect next-layer prefetch at half of DeepSeek-V2-Lite's experts, LIFO then
+        moved 3.1 % more bytes than without prefetch on the same decisions; 0.2 % with the rule).
+        The keys left when no victim is left are skipped (``prefetch_skipped``)."""
         res = self.resident
         todo = set(int(k) for k in keys) - res
         if not todo:
             return [], []
         held = {int(k) for k in protect}.intersection(res)
+        act = self._active(active)
+        if act:
+            held.update(act.intersection(res) if isinstance(act, set | frozenset)
+                        else (k for k in act if k in res))
         loaded: list[list[int]] = []
         evicted: list[list[int]] = []
-        self._serve(step, (sorted(todo | held),), self._active(active), loaded, evicted,
-                    prefetch=True)
+        self._serve(step, (sorted(todo | held),), act, loaded, evicted, prefetch=True)
         return loaded[0], evicted[0]
 
 

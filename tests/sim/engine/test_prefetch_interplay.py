@@ -108,12 +108,15 @@ def test_a_prefetch_with_no_victim_it_may_evict_is_skipped_and_counted():
                                                         round(e[4], 9)) for e in log}
 
 
-def test_prefetch_insert_under_an_active_set_evicts_inactive_keys_first():
+def test_prefetch_insert_under_an_active_set_evicts_inactive_keys_only():
     # Huang et al.'s rule on the prefetch path: LIFO holding 1, 2, 3 (3 the latest in); a
     # prefetch of 5 under active {2, 3, 5} evicts 1 (inactive), not 3 (the latest in)
     c = CACHE.make("lifo", capacity=3, num_keys=8)
     c.access(0, [1, 2, 3])
     assert c.insert(1, [5], active={2, 3, 5}) == ([5], [1])
+    # every resident key active: the prefetch of 6 is skipped (a demand step would evict 5)
+    assert c.insert(2, [6], active={2, 3, 5, 6}) == ([], []) and c.counts.prefetch_skipped == 1
+    assert c.access(3, [6], active={2, 3, 5, 6}) == ([6], [5])
     c = CACHE.make("lifo", capacity=3, num_keys=8)
     c.access(0, [1, 2, 3])
     assert c.insert(1, [5]) == ([5], [3])  # no active set: plain LIFO
