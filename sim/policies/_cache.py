@@ -101,8 +101,9 @@ class CachePolicy(ABC):
     def _victims(self, step: int, n: int, exclude: Collection[int], active: Collection[int]
                  ) -> list[int]:
         """``n`` (>= 1) distinct resident keys not in ``exclude`` nor in ``pinned``, in eviction
-        order; there are at least ``n`` such keys. ``active``: the batch's active set (empty unless ``uses_active``).
-        The victims are evicted right after; the policy learns of it in the touch hook."""
+        order; there are at least ``n`` such keys. ``active``: the batch's active set (empty
+        unless ``uses_active``). The victims are evicted right after; the policy learns of it in
+        the touch hook."""
 
     def _on_step(self, step: int, row: list[int], loaded: list[int],  # noqa: B027 - optional
                  evicted: Sequence[int]) -> None:
