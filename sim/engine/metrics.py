@@ -7,7 +7,10 @@
 - ``ttft_s``, ``tpot_s``, ``e2e_s``: ``{p50, p90, p99, mean}``; ``slo``: the TTFT/TPOT targets and
   ``slo_attainment`` (share of requests meeting both)
 - the shared cache-counts record (:class:`sim.world.facts.CacheCounts`, summed over the GPUs with a
-  cache policy, counted by the policies themselves): ``accesses``, ``hits``, ``misses``,
+  cache policy, counted by the policies themselves, the timing telling late prefetch hits
+  apart): ``accesses`` (= hits + late_prefetch_hits + misses + rerouted), ``hits`` (resident and
+  landed when needed), ``late_prefetch_hits`` (a prefetched expert still in flight when needed:
+  its wait is in ``fetch_stall_s``), ``misses``, ``prefetch_skipped``,
   ``hit_rate``, ``rerouted``, ``streamed`` (misses not kept because the step needed more keys than
   the budget holds: they pass through a one-layer staging buffer), ``evictions``, ``prefetched``,
   ``loads``, ``h2d_bytes`` (checked equal to what the host links carried); ``expert_accesses``,
@@ -32,7 +35,8 @@
   slots), ``evictions_reused`` (misses on keys resident at the iteration's start or prefetched
   during it: each an eviction of an expert the same iteration used later) and
   ``evictions_reused_share`` (of ``evictions``)
-- ``prefetch``: issued, used; ``preemptions``, ``tokens_recomputed``, ``requests_rerouted``,
+- ``prefetch``: issued, used (late: still in flight when used), evicted_unused, pending, skipped,
+  bytes_wasted (:func:`prefetch_report`); ``preemptions``, ``tokens_recomputed``, ``requests_rerouted``,
   ``faults``, ``binding`` (overflow report), ``cost_model`` (out-of-range/fallback counts)
 """
 
@@ -75,6 +79,28 @@ def request_table(sim: Simulation) -> pd.DataFrame:
         "completions": r.completions, "processed_tokens": r.processed,
         "bound_trace_tokens": r.length,
     })
+
+
+def prefetch_report(states: list[Any], counts: CacheCounts, eb: int) -> dict[str, int]:
+    """What the prefetches came to: ``issued`` (experts a prefetch loaded: ``prefetched``) =
+    ``used`` (a layer needed it while resident: ``late`` of them still in flight then) +
+    ``evicted_unused`` (evicted before any layer used it; its copy is ``bytes_wasted``) +
+    ``pending`` (resident, not used by the end; a prefetch's keys skipped for want of a victim are
+    ``skipped``, not issued). Counted on GPUs whose caches were never replaced by a fault."""
+    used = evicted = pending = 0
+    for st in states:
+        used += st.prefetch_used
+        evicted += st.prefetch_evicted_unused
+        res = st.cache.resident if st.cache is not None else ()
+        for k in st.inflight:  # never used: still resident, or evicted and never needed again
+            if k in res:
+                pending += 1
+            else:
+                evicted += 1
+    return {"issued": int(counts.prefetched), "used": int(used),
+            "late": int(counts.late_prefetch_hits), "evicted_unused": int(evicted),
+            "pending": int(pending), "skipped": int(counts.prefetch_skipped),
+            "bytes_wasted": int(evicted * eb)}
 
 
 def compute_metrics(sim: Simulation) -> dict[str, Any]:
@@ -124,8 +150,7 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
         "load_imbalance": _f(gpu_tokens.max() / gpu_tokens.mean()) if gpu_tokens.sum() else 1.0,
         "load_imbalance_iter": _f(tl.iter_imbalance_sum / tl.iter_layers) if tl.iter_layers else 1.0,
         "routing_fidelity": _f(tl.computed_le.sum() / recorded) if recorded else 1.0,
-        "prefetch": {"issued": record["prefetched"],
-                     "used": int(sum(st.prefetch_used for st in states))},
+        "prefetch": prefetch_report(states, counts, eb),
         "iterations": int(sum(rep.iterations for rep in sim.replicas)),
         **why_metrics(sim, states, sim_time, record["evictions"]),
         "preemptions": int(tl.preemptions),

@@ -365,11 +365,15 @@ def replay_log(events: list[tuple[str, int, tuple, tuple]], policy: str, capacit
 
     pol = make()
     retired = CacheCounts()
+    active: tuple | None = None  # the active set of the next insert ("active" event)
     for kind, step, keys, other in events:
         if kind == "access":
             pol.access(step, keys, other)
+        elif kind == "active":
+            active = keys
         elif kind == "insert":
-            pol.insert(step, keys, protect=other)
+            pol.insert(step, keys, protect=other, active=active)
+            active = None
         elif kind == "warm":
             pol.insert(step, keys)
             pol.counts = CacheCounts()  # weights loaded before serving are not loads

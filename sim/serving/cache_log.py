@@ -14,7 +14,8 @@ class CacheLog:
     replay driver can serve the same sequence and must count the same (:func:`sim.replay.cache.replay_log`).
 
     Events per GPU, in order: ``("warm", step, keys, ())`` (weights loaded before serving, not a
-    load), ``("access", step, keys, active)``, ``("insert", step, keys, protect)`` (prefetch),
+    load), ``("access", step, keys, active)``, ``("insert", step, keys, protect)`` (prefetch; the
+    ``("active", step, keys, ())`` before it, if any, is its active set),
     ``("begin", request, (), ())``, ``("predict", 0, keys, ())`` and ``("reset", 0, (), ())`` (the
     GPU failed: a fresh cache follows)."""
 

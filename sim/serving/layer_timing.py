@@ -210,19 +210,32 @@ class LayerTiming:
 
     @staticmethod
     def wait_prefetched(st: GpuState, keyset: Any, misses: Any, start: float) -> float:
-        """A layer needs ``keyset``; the ones prefetched and still in flight are waited for,
-        unless they were evicted before use (a miss: fetched again, the prefetch forgotten)."""
+        """A layer needs ``keyset`` once its experts could start (``start``); the prefetched ones
+        are used: one whose copy has landed by ``start`` stays a hit, one still in flight is
+        waited for and its hit becomes a late prefetch hit (``CacheCounts.late_prefetch_hits``,
+        the wait in the stall); one evicted before use is a miss (fetched again, the prefetch
+        forgotten and counted unused, ``prefetch_evicted_unused``)."""
         inflight = st.inflight
+        ready = start
+        late = 0
         for k in keyset:
             tid = inflight.pop(k, None)
             if tid is not None:
                 if k in misses:
-                    st.link.forget(tid)
+                    if tid >= 0:
+                        st.link.forget(tid)
+                    st.prefetch_evicted_unused += 1
                     continue
                 st.prefetch_used += 1
+                if tid < 0:  # copied in line (landed where issued)
+                    continue
                 fin = st.link.finish(tid)
-                if fin > start:
-                    start = fin
+                if fin > ready:
+                    late += 1
+                    if fin > start:
+                        start = fin
+        if late:
+            st.cache.counts.hit_was_late(late)
         return start
 
     def sum_down(self, start: list[float], rows: np.ndarray) -> np.ndarray:

@@ -4,10 +4,14 @@ prefetch policy and the request predictor, and the per-request hooks of the cach
 - :meth:`Prediction.request_start`: a request reaches a replica; caches that keep per-request
   state reset it (``begin_request``), the request predictor (the prefetch policy, or eMoE-A for a
   cache that keeps a predicted set) names the experts it expects (``set_predicted``), and a
-  per-request prefetch policy loads them.
+  per-request prefetch policy loads them: on each GPU the predicted set that fits its slots
+  (:func:`sim.policies._predictor.fit_predicted`, ranked across layers), in one ``insert``, once
+  per prediction (a request whose prediction is the one already loaded on the GPU loads nothing).
 - :meth:`Prediction.next_layer` / :meth:`Prediction.observe`: after a layer, the predictors learn
   what it used and a next-layer prefetch policy loads its guess for the layer after.
-- :meth:`Prediction.prefetch_keys`: the prefetch decisions (the caches' ``insert``), returned as
+- :meth:`Prediction.prefetch_keys`: the prefetch decisions (the caches' ``insert``: the experts of
+  the layer being computed and of the target layer are protected, the iteration's active set is
+  passed as Huang et al.'s rule asks; a key with no victim it may evict is skipped), returned as
   copies (GPU, keys loaded, keys evicted); the simulator starts them on the GPUs' host links with
   :meth:`Prediction.issue` (or, on a device whose copies run in line with compute, charges them
   as time by :meth:`take_inline`); realrun copies them for real.
@@ -59,6 +63,8 @@ class Prediction:
         cache_cls = CACHE.get(cache_name)
         self.cache_uses_requests = cache_cls.uses_requests
         self.cache_uses_prediction = cache_cls.uses_prediction
+        #: GPU id -> the predicted set last loaded there by a request prefetch (once per prediction)
+        self._loaded: dict[int, tuple[Any, list[int]]] = {}  # (the cache, its keys)
 
     def cost_s(self) -> float:
         """Seconds one prediction call costs per layer (charged when a prefetch policy predicts)."""
@@ -84,21 +90,28 @@ class Prediction:
         return experts
 
     def next_layer(self, rep: ReplicaState, l: int, used_flat: np.ndarray, step0: int,
-                   need: list[list[Any]]) -> list[tuple[int, list[int], list[int]]]:
+                   need: list[list[Any]], active: list[Any] | None = None
+                   ) -> list[tuple[int, list[int], list[int]]]:
         """After layer ``l``: the observers learn what it used and a next-layer prefetch policy
-        loads its guess for layer ``l + 1``; returns the copies decided (see :meth:`prefetch_keys`)."""
+        loads its guess for layer ``l + 1``, never evicting an expert of layer ``l`` (computing
+        while the copies start) or one layer ``l + 1`` needs, and evicting keys outside the
+        iteration's ``active`` set first; returns the copies decided (see :meth:`prefetch_keys`)."""
         E = self.E
         experts = self.observe(rep, l, used_flat) if self.observers else \
             np.flatnonzero(used_flat[l * E:(l + 1) * E])
         if l + 1 < self.L:
             pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
             if len(pred):
-                return self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, need, l + 1)
+                return self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, need, l + 1, active,
+                                          in_use=l)
         return []
 
     def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, need: list[list[Any]],
-                      layer: int) -> list[tuple[int, list[int], list[int]]]:
-        """Load predicted keys into the GPUs that hold them (the decision: the caches' ``insert``);
+                      layer: int, active: list[Any] | None = None, in_use: int | None = None
+                      ) -> list[tuple[int, list[int], list[int]]]:
+        """Load predicted keys of ``layer`` into the GPUs that hold them (the decision: the
+        caches' ``insert``), protecting what GPU g's ``need[g]`` says ``layer`` and ``in_use``
+        (the layer computing while the copies start) need, under GPU g's ``active[g]`` set;
         returns the copies that makes, ``(GPU index in the replica, keys loaded, keys evicted)``
         per GPU that loaded any, in the order decided, for the driver to carry out (the
         simulator: :meth:`issue`; realrun copies the loaded keys into the evicted ones' slots)."""
@@ -110,10 +123,16 @@ class Prediction:
             mine = keys[st.home_mask[keys]]
             if not len(mine):
                 continue
-            protect = need[g][layer] if layer < len(need[g]) else ()
+            ng = need[g]
+            protect = ng[layer] if layer < len(ng) else ()
+            if in_use is not None and in_use < len(ng) and ng[in_use]:
+                protect = set(protect).union(ng[in_use])
+            act = active[g] if active is not None else None
             if self.log is not None:
+                if act is not None:
+                    self.log.add(st.gpu, "active", step, act)
                 self.log.add(st.gpu, "insert", step, mine.tolist(), protect)
-            loaded, evicted = cache.insert(step, mine.tolist(), protect=protect)
+            loaded, evicted = cache.insert(step, mine.tolist(), protect=protect, active=act)
             if len(cache.resident) > st.capacity:
                 raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
                                   f"{st.gpu} during prefetch")
@@ -127,11 +146,21 @@ class Prediction:
         """The simulator's side of prefetch ``copies`` (:meth:`prefetch_keys`): each starts on its
         GPU's host link at ``t_issue`` (the key is then in flight until the layer needing it
         waits for it), or, on a device whose copies run in line, costs its copy time where it
-        is issued (:meth:`take_inline`)."""
+        is issued (:meth:`take_inline`; the key is then landed when needed). A key loaded again
+        while an earlier prefetch of it is on record was evicted before use: counted unused."""
+        for g, loaded, _ in copies:
+            st = rep.states[g]
+            for k in loaded:
+                old = st.inflight.pop(k, None)
+                if old is not None:  # (loaded again: the earlier copy was evicted unused)
+                    st.prefetch_evicted_unused += 1
+                    if old >= 0:
+                        st.link.forget(old)
         if self.inline:
             stall = 0.0  # the replica's GPUs copy side by side: the longest stalls it
-            for _, loaded, _ in copies:
+            for g, loaded, _ in copies:
                 stall = max(stall, self.cost.copy_s(len(loaded) * self.eb))
+                rep.states[g].inflight.update(dict.fromkeys(loaded, -1))  # landed when needed
             if stall:
                 self._inline_s[rep.index] = self._inline_s.get(rep.index, 0.0) + stall
             return
@@ -171,10 +200,25 @@ class Prediction:
                 cache.set_predicted(keys)
         copies: list[tuple[int, list[int], list[int]]] = []
         if self.pf_req and pred_plan:
-            need: list[list[Any]] = [[] for _ in rep.states]
-            for layer, experts in sorted(pred_plan.items()):
-                keys = int(layer) * self.E + np.asarray(experts, dtype=np.int64)
-                copies += self.prefetch_keys(rep, keys, rep.step, need, int(layer))
+            for g, st in enumerate(rep.states):
+                cache = st.cache
+                if cache is None:
+                    continue
+                keys = self._predicted_keys(st, pred_plan)
+                if not keys or self._loaded.get(st.gpu) == (cache, keys):
+                    continue  # nothing predicted, or this prediction is loaded already
+                self._loaded[st.gpu] = (cache, keys)
+                # one insert for the whole set: its resident keys are protected, so no layer's
+                # load evicts what another layer's load brought
+                if self.log is not None:
+                    self.log.add(st.gpu, "insert", rep.step, keys, keys)
+                loaded, evicted = cache.insert(rep.step, keys, protect=keys)
+                if len(cache.resident) > st.capacity:
+                    raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
+                                      f"{st.gpu} during prefetch")
+                st.peak_resident = max(st.peak_resident, len(cache.resident))
+                if loaded:
+                    copies.append((g, loaded, evicted))
         return copies
 
     def _predicted_keys(self, st: GpuState, plan: dict[int, Any]) -> list[int]:

@@ -73,7 +73,8 @@ class GpuState:
     #: what the caches this GPU had before its current one did (a fault replaces the cache)
     retired: CacheCounts = field(default_factory=CacheCounts)
     peak_resident: int = 0
-    prefetch_used: int = 0
+    prefetch_used: int = 0  # prefetched keys a layer used (landed or late)
+    prefetch_evicted_unused: int = 0  # prefetched keys evicted before any layer used them
     stall_s: float = 0.0
     busy_s: float = 0.0
     #: why (read by sim/engine/metrics.py): iterations of its replica walked while this GPU

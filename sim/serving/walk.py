@@ -215,7 +215,7 @@ class LayerWalk:
                 yield Serve(l, [self.serve_layer(st, step0 + l, ng[l], a) if ng else None
                                 for st, ng, a in gpus])
                 if pred.pf_next:
-                    yield Prefetch(l, pred.next_layer(rep, l, used_flat, step0, need))
+                    yield Prefetch(l, pred.next_layer(rep, l, used_flat, step0, need, active))
             if pred.pf_next:  # (next_layer observed them layer by layer)
                 return
         else:

@@ -136,10 +136,17 @@ def batch_executions(experts: Any, batch_size: int, num_experts: int) -> tuple[A
 class CacheCounts:
     """What a cache did, counted the same way by every driver.
 
-    ``hits + misses + rerouted = accesses``: an access is one expert a step needed. A miss loads
-    the expert; ``streamed`` of the misses were not kept (the step needed more experts than the
-    cache has slots, so they passed through a staging buffer). ``prefetched`` experts were loaded
-    ahead of need. ``rerouted`` choices (eMoE's rerouting) were served by another resident expert
+    ``hits + late_prefetch_hits + misses + rerouted = accesses``: an access is one expert a step
+    needed. A hit was resident and complete when needed; ``late_prefetch_hits`` were resident
+    because a prefetch had started their copy, which had not landed when the layer needed them
+    (the layer waited: the wait is in the simulator's ``fetch_stall_s``). Only a driver with a
+    clock (the simulator) tells the two apart; the cache replay and realrun have none and count
+    every resident expert a hit (``late_prefetch_hits`` 0), so their ``hits`` equal the
+    simulator's ``hits + late_prefetch_hits`` on the same calls. A miss loads the expert;
+    ``streamed`` of the misses were not kept (the step needed more experts than the cache could
+    give slots, so they passed through a staging buffer). ``prefetched`` experts were loaded
+    ahead of need; ``prefetch_skipped`` were asked for but not loaded (no victim the prefetch
+    may evict). ``rerouted`` choices (eMoE's rerouting) were served by another resident expert
     with no load. Loads = misses + prefetched; ``h2d_bytes`` = loads x expert bytes.
     """
 
@@ -149,20 +156,35 @@ class CacheCounts:
     evictions: int = 0
     prefetched: int = 0
     rerouted: int = 0
+    late_prefetch_hits: int = 0
+    prefetch_skipped: int = 0
 
     @property
     def accesses(self) -> int:
-        return self.hits + self.misses + self.rerouted
+        return self.hits + self.late_prefetch_hits + self.misses + self.rerouted
 
     @property
     def loads(self) -> int:
         return self.misses + self.prefetched
 
     @property
+    def resident_hits(self) -> int:
+        """Accesses served by a resident expert, landed or not: the clock-free hits (the
+        replay's and realrun's ``hits``)."""
+        return self.hits + self.late_prefetch_hits
+
+    @property
     def hit_rate(self) -> float:
-        """hits / accesses (1.0 when nothing was accessed: nothing missed)."""
+        """hits / accesses (1.0 when nothing was accessed: nothing missed); a late prefetch is
+        not a hit."""
         n = self.accesses
         return self.hits / n if n else 1.0
+
+    def hit_was_late(self, n: int = 1) -> None:
+        """``n`` of the hits counted were prefetched experts still in flight when needed (the
+        simulator's timing says so after the cache counted them)."""
+        self.hits -= n
+        self.late_prefetch_hits += n
 
     def add(self, other: CacheCounts) -> CacheCounts:
         for f in fields(self):
@@ -179,14 +201,15 @@ class CacheCounts:
     def record(self, expert_bytes: int) -> dict[str, Any]:
         """The record every driver writes (same names, same order)."""
         return {
-            "accesses": int(self.accesses), "hits": int(self.hits), "misses": int(self.misses),
+            "accesses": int(self.accesses), "hits": int(self.hits),
+            "late_prefetch_hits": int(self.late_prefetch_hits), "misses": int(self.misses),
             "hit_rate": stable_float(self.hit_rate), "rerouted": int(self.rerouted),
             "streamed": int(self.streamed), "evictions": int(self.evictions),
-            "prefetched": int(self.prefetched), "loads": int(self.loads),
-            "h2d_bytes": int(self.loads * int(expert_bytes)),
+            "prefetched": int(self.prefetched), "prefetch_skipped": int(self.prefetch_skipped),
+            "loads": int(self.loads), "h2d_bytes": int(self.loads * int(expert_bytes)),
         }
 
 
 #: the field names of :meth:`CacheCounts.record`, in order
-COUNT_FIELDS = ("accesses", "hits", "misses", "hit_rate", "rerouted", "streamed", "evictions",
-                "prefetched", "loads", "h2d_bytes")
+COUNT_FIELDS = ("accesses", "hits", "late_prefetch_hits", "misses", "hit_rate", "rerouted",
+                "streamed", "evictions", "prefetched", "prefetch_skipped", "loads", "h2d_bytes")

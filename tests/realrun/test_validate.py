@@ -45,7 +45,9 @@ def _scenario(**kw):
 
 @pytest.mark.parametrize("cache,prefetch,frac", [
     ("lru", "none", 0.5), ("lifo", "none", 0.5), ("lru", "emoe_l", 0.5),
-    ("keep_predicted", "emoe_a", 0.5), ("lru", "none", 0.1)])
+    # (every request reaches realrun at time 0, before any is observed: eMoE-A makes no
+    # prediction there, so the predict-and-load path runs with the task-aware predictor)
+    ("keep_predicted", "emoe_task", 0.5), ("lru", "none", 0.1)])
 def test_realrun_counts_what_the_simulator_counts(cache, prefetch, frac):
     sc = _scenario(cache=cache, prefetch=prefetch, frac=frac)
     sim_it, sim_total, _ = V.simulate(sc, AnalyticCost(sc.cfg.model, sc.cfg.hardware))
@@ -162,7 +164,7 @@ def test_copies_in_line_are_charged_where_prefetches_are_issued(tmp_path):
     line.mkdir()
     (line / "profile.csv").write_text(PROFILE)
     (line / "meta.json").write_text(json.dumps({"copies_in_line": True}))
-    for prefetch in ("none", "emoe_l", "emoe_a"):
+    for prefetch in ("none", "emoe_l", "emoe_task"):  # (eMoE-A predicts nothing here)
         sc = _scenario(prefetch=prefetch)
         fb = AnalyticCost(sc.cfg.model, sc.cfg.hardware)
         over, inline = (TableCost.from_csv(d / "profile.csv", fb, "cpu") for d in (tmp_path, line))

@@ -5,8 +5,15 @@ only every ``period`` prompts (p = 40 in the paper), its last prediction standin
 This is the statistical stand-in for their XLNet predictor (the learned one is ``emoe_learned``,
 same interface): the prediction for layer l ranks experts by how many tokens of the last
 ``window`` observed prompts used them (ties: smaller id) and returns the first ``set_size``
-(default: all with a positive count). With nothing observed yet it returns every expert, as eMoE
-loads all experts for the first prompt; a caller with a smaller budget keeps the first ones.
+(default: all with a positive count).
+
+Cold start: a prediction needs observed prompts, so a rerun with none observed (the first
+request) names no experts and the plan stays empty until the next rerun (request ``period``):
+the first prompts are served on demand, which is what eMoE's "the first prompt loads all experts"
+comes to under a budget smaller than the model (an earlier version named every expert here,
+and the drivers then loaded 1,664 experts into 832 slots for each of the first 40 requests).
+``reruns`` counts the predictions made (an empty one not included); the plan returned between
+two reruns is the same prediction, which a driver loads once (:mod:`sim.serving.prediction`).
 """
 
 from __future__ import annotations
@@ -62,11 +69,10 @@ class EMoEAPrefetch(PrefetchPolicy):
         if self._cur_id != ctx.request_id:
             self._close_current()
         if self._plan is None or ctx.request_index % self.period == 0:
-            self.reruns += 1
             if not self._done:
-                every = np.arange(self.num_experts, dtype=np.int64)
-                self._plan = {l: every for l in range(self.num_layers)}
+                self._plan = {}  # nothing observed: no prediction until the next rerun
             else:
+                self.reruns += 1
                 counts = np.sum(self._done, axis=0)  # (L, E)
                 n = self.set_size or self.num_experts
                 self._plan = {l: top_ids(counts[l].astype(np.float64), n)

@@ -111,5 +111,8 @@ def test_next_layer_prefetch_runs_ahead_of_the_layer():
     ]
     assert_log(rec.events, want)
     m = compute_metrics(sim)
-    assert m["prefetch"] == {"issued": 1, "used": 1} and m["expert_misses"] == 0
+    # landed at 0.004, when layer 1 is ready: a hit, not a late one
+    assert m["prefetch"] == {"issued": 1, "used": 1, "late": 0, "evicted_unused": 0, "pending": 0,
+                             "skipped": 0, "bytes_wasted": 0} and m["expert_misses"] == 0
+    assert (m["hits"], m["late_prefetch_hits"]) == (2, 0)
     assert m["e2e_s"]["p50"] == pytest.approx(0.006)

@@ -31,9 +31,11 @@ def test_counts_tally_what_access_and_insert_returned(name, ops, cap):
             want.misses += len(misses)
             want.streamed += sum(1 for k in misses if k not in c.resident)
         else:
+            todo = set(keys) - c.resident
             loaded, evicted = c.insert(step, keys, protect=other)
             assert not set(evicted) & other
             want.prefetched += len(loaded)
+            want.prefetch_skipped += len(todo) - len(loaded)  # no victim it may evict
         want.evictions += len(evicted)
         assert c.counts == want, (step, op)
         assert len(c.resident) <= cap

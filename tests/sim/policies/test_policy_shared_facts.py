@@ -24,13 +24,16 @@ from sim.serving.lru_arrays import StampedLRU, StampStore, array_form
 from sim.serving.testing import StubCost, random_pool, routing_trace, tiny_config, workload
 
 
-def _simulation(cache: str, prefetch: str = "none", arrays: bool = True, ep: int = 4) -> Simulation:
+def _simulation(cache: str, prefetch: str = "none", arrays: bool = True, ep: int = 4,
+                arrivals=(0.0, 0.001, 0.002, 0.003), prefetch_args=None) -> Simulation:
     cfg = tiny_config(layers=3, experts=4, top_k=2, gpus_per_node=ep, ep=ep, budget_fraction=0.5,
                       token_budget=24)
     cfg.policy.cache, cfg.policy.prefetch, cfg.policy.cache_arrays = cache, prefetch, arrays
+    if prefetch_args is not None:
+        cfg.policy.prefetch_args = dict(prefetch_args)
     rng = np.random.default_rng(0)
     pool = random_pool(3, 4, 2, entries=3, tokens=9, rng=rng)
-    wl = workload([0.0, 0.001, 0.002, 0.003], [5, 7, 3, 6], [2, 3, 1, 2])
+    wl = workload(list(arrivals), [5, 7, 3, 6], [2, 3, 1, 2])
     return Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
 
 
@@ -127,7 +130,9 @@ def test_fit_predicted_takes_rank_by_rank_up_to_the_slots():
 
 def test_the_simulator_fits_the_predicted_set(monkeypatch):
     calls = _spy(monkeypatch, sim.serving.prediction, "fit_predicted")
-    s = _simulation("keep_predicted", arrays=False)
+    # eMoE-A predicts at request 2 (period 2), once requests 0 and 1 are served (arrivals 1 s apart)
+    s = _simulation("keep_predicted", "emoe_a", arrays=False, arrivals=(0.0, 1.0, 2.0, 3.0),
+                    prefetch_args={"period": 2})
     s.run()
     assert calls
     for (per_layer, slots), _, out in calls:

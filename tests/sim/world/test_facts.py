@@ -50,12 +50,18 @@ def test_cache_counts_add_up_and_record_in_order():
     assert CacheCounts().hit_rate == 1.0  # nothing accessed: nothing missed
     b = CacheCounts(hits=1, misses=1, streamed=0, evictions=2, prefetched=0, rerouted=0)
     t = CacheCounts.total([a, b])
-    assert dataclasses.astuple(t) == (4, 3, 1, 3, 4, 5) and dataclasses.astuple(a) == (3, 2, 1, 1, 4, 5)
+    assert dataclasses.astuple(t) == (4, 3, 1, 3, 4, 5, 0, 0)
+    assert dataclasses.astuple(a) == (3, 2, 1, 1, 4, 5, 0, 0)
     assert a.add(b) is a and a == t
     rec = t.record(7)
     assert tuple(rec) == COUNT_FIELDS
-    assert rec == {"accesses": 12, "hits": 4, "misses": 3, "hit_rate": 0.333333333333, "rerouted": 5,
-                   "streamed": 1, "evictions": 3, "prefetched": 4, "loads": 7, "h2d_bytes": 49}
+    assert rec == {"accesses": 12, "hits": 4, "late_prefetch_hits": 0, "misses": 3,
+                   "hit_rate": 0.333333333333, "rerouted": 5, "streamed": 1, "evictions": 3,
+                   "prefetched": 4, "prefetch_skipped": 0, "loads": 7, "h2d_bytes": 49}
+    # a hit the timing finds still in flight is a late prefetch hit: an access still, not a hit
+    t.hit_was_late(2)
+    assert (t.hits, t.late_prefetch_hits, t.accesses, t.resident_hits) == (2, 2, 12, 4)
+    assert t.hit_rate == 2 / 12
     assert all(type(v) is int for k, v in rec.items() if k != "hit_rate")
 
 
