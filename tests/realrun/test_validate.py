@@ -88,6 +88,24 @@ def test_a_count_difference_is_an_error():
         V.compare(sim_it, real_it, sim_total, res.counts, res.expert_bytes)
 
 
+def test_a_late_prefetch_hit_in_the_simulator_is_a_hit_in_realrun():
+    """On a device whose copies overlap compute the simulator tells a prefetched expert still in
+    flight when needed apart (``late_prefetch_hits``); realrun's counts are the policy's, with no
+    clock: the same access is a hit there. The two sides agree on hits + late_prefetch_hits."""
+    from dataclasses import replace
+
+    sc = _scenario()
+    sim_it, sim_total, _ = V.simulate(sc, AnalyticCost(sc.cfg.model, sc.cfg.hardware))
+    real_it, res = V.serve(sc, "cpu", 0)
+    assert sim_total.hits > 2
+    late = replace(sim_total, hits=sim_total.hits - 2, late_prefetch_hits=sim_total.late_prefetch_hits + 2)
+    m, _ = V.compare(sim_it, real_it, late, res.counts, res.expert_bytes)
+    assert m["counts_identical"] and m["resident_hits_sim"] == m["resident_hits_real"] == res.counts.hits
+    worse = replace(sim_total, hits=sim_total.hits - 2)  # two hits gone, not late: a difference
+    with pytest.raises(Exception, match="counts differ.*hits"):
+        V.compare(sim_it, real_it, worse, res.counts, res.expert_bytes)
+
+
 def test_moe_output_is_the_reference_layer_whatever_the_cache_does(monkeypatch):
     """Every routed-expert computation of a served scenario (tiny cache: hits, loads, evictions,
     streaming) equals kernels.reference's MoE layer on the host weights of that layer."""
