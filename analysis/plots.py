@@ -96,7 +96,7 @@ def compare_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | 
     :func:`analysis.style.color`), so series of one policy share a colour and differ in marker
     and dashes; series that coincide stay visible (markers shrink and dashes change from one
     series to the next); no silent averaging (:func:`resolve_repeats`); the y axis starts at
-    zero for shares and for bars."""
+    zero for shares, bars and any quantity that cannot be negative."""
     import numpy as np
 
     from analysis.style import MARKERS, line_style
@@ -125,6 +125,8 @@ def compare_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | 
                         **st)
         if is_share(y):  # room above 1.0, where a reference line may run
             ax.set_ylim(0, max(1.0, float(d["_y"].max())) * 1.05)
+        elif float(d["_y"].min()) >= 0:  # a latency of 20.4 s against 21.2 s: not a cliff
+            ax.set_ylim(bottom=0)
     else:
         width = 0.8 / max(1, len(groups))
         pos = np.arange(len(xs_all))
