@@ -4,16 +4,20 @@ that regenerates it.
 
 What is drawn depends on what the runs hold (each plot only where its data is present):
 
-- simulator runs (``moesim sim``, ``moesim demo``): per run, bars of hit rate, bytes moved,
-  TTFT and TPOT; latency CDFs from ``requests.parquet``; latency against expert memory (eMoE's
-  Fig. 2 view) with routing fidelity when ``cluster.expert_budget_fraction`` varies; SLO
-  attainment against request rate per scheduler when ``workload.rate_rps`` varies;
+- simulator runs (``moesim sim``, ``moesim demo``; :mod:`analysis.report_sim`): what differs
+  between the runs, their metrics in human units with the SLO stated, bars per run (named by the
+  keys that vary), latency CDFs; hit rate and latency against expert memory (eMoE's Fig. 2 view,
+  fidelity too where a run reroutes) when ``cluster.expert_budget_fraction`` varies; SLO
+  attainment against request rate when ``workload.rate_rps`` varies;
 - cache replays (``moesim cache``, the demo's ``replay/``): hit rate against expert memory per
-  policy, Belady dashed black (bars when one memory is compared), routing fidelity where a
-  policy reroutes;
+  demand-loading policy, Belady dashed black; a rerouting policy's routing fidelity in its own
+  table and plot (it has no hit rate);
 - placements (``moesim placement``): max/mean GPU load per placement, aggregate and per batch.
 
-Every policy keeps its colour (:mod:`analysis.style`). Rows that share an x value are never
+Every policy keeps its colour in every plot (:func:`analysis.style.color`, through
+:func:`analysis.style.policy_of` for a run named by its overrides). Tables
+(:mod:`analysis.report_doc`) are in human units, fold constant columns into a caption and are
+split to fit a 1,400 px window. Rows that share an x value are never
 averaged silently (:func:`analysis.plots.resolve_repeats`).
 """
 
