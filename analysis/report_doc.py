@@ -94,7 +94,8 @@ class Report:
                  "margin-bottom:.6em}table.t td,table.t th{border-bottom:1px solid #ddd;"
                  "padding:2px 6px;text-align:right;overflow-wrap:break-word}"
                  "table.t th{vertical-align:bottom}table.t td:first-child,table.t th:first-child"
-                 "{text-align:left}code{overflow-wrap:anywhere}figure{margin:1em 0}"
+                 "{text-align:left}table.t td.long{overflow-wrap:anywhere;text-align:left}"
+                 "code{overflow-wrap:anywhere}figure{margin:1em 0}"
                  "figcaption{font-size:12px;color:#555}")
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
                 f"</title><style>{style}</style></head><body>\n" + "\n".join(body)
@@ -111,9 +112,18 @@ def _header_html(name: str) -> str:
     return html.escape(name).replace(".", ".<wbr>").replace("_", "_<wbr>")
 
 
+#: a word longer than this (a path, an override string) may break anywhere in a table cell
+LONG_WORD = 40
+
+
+def _cell(text: str) -> str:
+    long = any(len(w) > LONG_WORD for w in text.split(" "))
+    return f"<td class='long'>{html.escape(text)}</td>" if long else f"<td>{html.escape(text)}</td>"
+
+
 def _html_table(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{_header_html(str(c))}</th>" for c in df.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in rec) + "</tr>"
+    rows = "".join("<tr>" + "".join(_cell(str(v)) for v in rec) + "</tr>"
                    for rec in df.itertuples(index=False))
     return f"<table class='t'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
@@ -123,7 +133,7 @@ def column_width_px(name: str, cells: list[str]) -> int:
     padding): its longest cell or the longest piece of its name (names wrap at '.' and '_',
     cells at spaces)."""
     pieces = [p for p in name.replace(".", "._").split("_") if p] or [name]
-    words = [w for c in cells for w in str(c).split(" ")] if cells else [""]
+    words = [w[:LONG_WORD] for c in cells for w in str(c).split(" ")] if cells else [""]
     cell = max((len(str(c)) for c in cells), default=0)
     widest = max(max(len(p) + 1 for p in pieces), min(cell, max(len(w) for w in words) + 12))
     return 7 * widest + 12

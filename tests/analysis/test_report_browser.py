@@ -108,7 +108,8 @@ def test_demo_report_renders_in_chromium(tmp_path):
 @pytest.mark.slow
 def test_sweep_report_renders_in_chromium(tmp_path):
     """Four tiny ``moesim sim`` runs laid out as a sweep (LRU and LIFO at two memories): the
-    overview, the CDFs and hit rate against memory drawn; tables inside the page."""
+    overview, the CDFs and hit rate against memory drawn; tables inside the page, the failed
+    runs' table with its long path too."""
     chromium()
     sweep = tmp_path / "sweep"
     for i, (cache, frac) in enumerate([("lru", 0.25), ("lru", 0.5), ("lifo", 0.25),
@@ -116,6 +117,9 @@ def test_sweep_report_renders_in_chromium(tmp_path):
         assert cli_main(["sim", f"hydra.run.dir={sweep / str(i)}", f"policy.cache={cache}",
                          f"cluster.expert_budget_fraction={frac}", "workload.num_requests=6",
                          "trace.pool_size=4", "trace.pool_tokens=256"]) == 0
+    (sweep / "4" / ".hydra").mkdir(parents=True)  # a run that failed: its path in a table
+    (sweep / "4" / "failed.json").write_text(json.dumps({"error": "killed (SIGKILL) after "
+                                                                   "3,600 s of simulated time"}))
     assert cli_main(["report", str(sweep)]) == 0
     seen = render(sweep / "report", tmp_path / "sweep_report.png")
     assert_readable(seen, tmp_path / "sweep_report.png",
