@@ -121,7 +121,8 @@ def sim_section(rep: Report, df: pd.DataFrame) -> None:
         compare_plot(df, RATE, "slo_attainment", hue, rep.out / "slo_vs_rate.png",
                      title="SLO attainment against request rate", caption=rep.command,
                      xlabel="request rate (requests/s)", policy=dict(zip(df[hue], df["_policy"])),
-                     ylabel="SLO attainment" + (f" ({slo})" if slo else ""), legend="run")
+                     ylabel="SLO attainment" + (f" ({slo})" if slo else ""),
+                     legend="policy" if hue == "_policy" else "run")
         rep.figure("slo_vs_rate.png", "SLO attainment against request rate, one line per "
                    "policy" + (f"; SLO: {slo}." if slo else "."))
 
@@ -133,7 +134,7 @@ def _against_memory(rep: Report, df: pd.DataFrame) -> None:
     if not df.duplicated(subset=["_policy", BUDGET]).any():
         df = df.assign(_series=df["_policy"])
     else:
-        df = df.assign(_series=[short_label({"policy": p, **{k: r[k] for k in others}})
+        df = df.assign(_series=[short_label({"policy.name": p, **{k: r[k] for k in others}})
                                 for p, (_, r) in zip(df["_policy"], df.iterrows())])
         if df.duplicated(subset=["_series", BUDGET]).any():
             return  # no one line per series; the runs table holds the numbers

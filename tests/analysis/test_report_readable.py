@@ -245,3 +245,25 @@ def test_report_with_records_prints_human_units(tmp_path, capsys):
     md = (tmp_path / "o" / "report.md").read_text()
     assert "| r | 0.25 | 23.3 TB |" in md
     assert pd.read_csv(tmp_path / "o" / "table.csv")["h2d_bytes"].item() == 23297132593152
+
+
+def test_memory_plots_keep_policy_colours_when_more_varies(tmp_path, monkeypatch):
+    """LRU at two rates and two memories: one line per (policy, rate), both LRU blue."""
+    runs = [(["policy.cache=lru", f"cluster.expert_budget_fraction={f}", f"workload.rate_rps={r}"],
+             _sim_metrics(f / r, 1e12, r * f)) for r in (2, 4) for f in (0.25, 0.5)]
+    root = _sweep(tmp_path / "s", runs)
+    calls = []
+    real = plots.compare_plot
+
+    def spy(df, x, y, hue, path, **kw):
+        calls.append((y, {h: color(kw["policy"].get(h, h)) for h in df[hue]}))
+        return real(df, x, y, hue, path, **kw)
+
+    import analysis.report_sim as report_sim
+
+    monkeypatch.setattr(report_sim, "compare_plot", spy)
+    write_report(root, root / "report", "moesim report X")
+    got = dict(calls)
+    assert got["hit_rate"] == {"lru, rate 2": COLORS["lru"], "lru, rate 4": COLORS["lru"]}
+    assert got["slo_attainment"] == {f"memory {f}, rate {r}": COLORS["lru"]  # what varies
+                                     for f in (0.25, 0.5) for r in (2, 4)}
