@@ -110,17 +110,15 @@ def _shown_columns(df, args):
 
 
 def _markdown(df) -> str:
+    """The table in human units (GB, ms, %: :func:`analysis.units.format_cell`); table.csv keeps
+    the raw numbers."""
+    from analysis.units import format_cell
+
     cols = [str(c) for c in df.columns]
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for rec in df.itertuples(index=False):
-        rows.append("| " + " | ".join(_fmt(v) for v in rec) + " |")
+        rows.append("| " + " | ".join(format_cell(c, v) for c, v in zip(cols, rec)) + " |")
     return "\n".join(rows)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,13 +11,17 @@ import pandas as pd
 
 from analysis.plots import command_line, pyplot, save_figure
 from analysis.report import Report
-from analysis.style import color, label, line_style
+from analysis.style import MARKERS, color, label, line_style
 
 
 def _lines(ax: Any, df: pd.DataFrame, x: str, y: str, hue: str, logx: bool = False) -> None:
-    for name, g in df.groupby(hue, sort=False):
+    """One line per ``hue`` value in its policy's colour; each its own marker, smaller and on top
+    of the one before, so lines that coincide (every demand-loading policy at fidelity 1) all
+    stay visible."""
+    for j, (name, g) in enumerate(df.groupby(hue, sort=False)):
         g = g.sort_values(x)
-        ax.plot(g[x], g[y], marker="o", label=label(name), **line_style(name))
+        ax.plot(g[x], g[y], marker=MARKERS[j % len(MARKERS)], markersize=max(3.0, 8.0 - 1.2 * j),
+                zorder=2 + j, label=label(name), **line_style(name))
     if logx:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
@@ -68,6 +72,25 @@ def _start(res: dict[str, Any], out: Path, title: str) -> Report:
     return rep
 
 
+def _slo_note(sims: Path) -> str:
+    """The SLO the scheduler runs were held to, from their metrics.json (``slo``), as a
+    sentence; empty when no run recorded one."""
+    import json
+
+    from analysis.units import human_seconds
+
+    slos = set()
+    for path in sorted(sims.glob("*/metrics.json")):
+        slo = json.loads(path.read_text()).get("slo") or {}
+        if "ttft_s" in slo and "tpot_s" in slo:
+            slos.add((float(slo["ttft_s"]), float(slo["tpot_s"])))
+    if len(slos) != 1:
+        return ""
+    ttft, tpot = slos.pop()
+    return (f" SLO attainment: the share of requests with TTFT <= {human_seconds(ttft, True)} "
+            f"and TPOT <= {human_seconds(tpot, True)} (serving.ttft_slo_s, serving.tpot_slo_s).")
+
+
 # ------------------------------------------------------------------------------------------------
 def write_emoe_report(res: dict[str, Any], out: Path) -> Path:
     rep = _start(res, out, "eMoE (Tairin et al.) reproduced")
@@ -116,32 +139,32 @@ def write_emoe_report(res: dict[str, Any], out: Path) -> Path:
     if per:
         rows = _section(rep, "Prediction period p", per["rows"])
 
-        def draw_p(ax: Any, ax2: Any) -> None:
-            ax.plot(rows["period"], rows["routing_fidelity"], marker="o",
-                    color=color("emoe-reroute"), label="routing fidelity (reroute)")
-            ax.plot(rows["period"], rows["sim_hit_rate"], marker="s", color=color("emoe"),
-                    label="hit rate (predict-and-load)")
-            ax.axvline(40, color="0.5", linestyle=":", label="eMoE's p = 40")
-            ax.set_xscale("log")
-            ax.set_xticks(rows["period"].tolist())
-            ax.set_xticklabels([str(p) for p in rows["period"]])
-            ax.set_ylim(0, 1.02)
-            ax.set_xlabel("prediction period p (prompts between predictions)")
-            ax.set_ylabel("share")
-            ax.legend(fontsize=8, loc="lower left")
-            ax.grid(alpha=0.3)
-            ax2.plot(rows["period"], rows["e2e_p50_s"], marker="o", color=color("emoe"))
-            ax2.axvline(40, color="0.5", linestyle=":")
-            ax2.set_xscale("log")
-            ax2.set_xticks(rows["period"].tolist())
-            ax2.set_xticklabels([str(p) for p in rows["period"]])
+        def draw_p(ax: Any, ax1: Any, ax2: Any) -> None:
+            from matplotlib.ticker import NullFormatter
+
+            # fidelity (rerouting) and hit rate (loading) are different quantities: own panels
+            for a, col, what, c in ((ax, "routing_fidelity", "routing fidelity (reroute)",
+                                     color("emoe-reroute")),
+                                    (ax1, "sim_hit_rate", "hit rate (predict-and-load)",
+                                     color("emoe")),
+                                    (ax2, "e2e_p50_s", "end-to-end latency p50 (s)",
+                                     color("emoe"))):
+                a.plot(rows["period"], rows[col], marker="o", color=c)
+                a.axvline(40, color="0.5", linestyle=":", label="eMoE's p = 40")
+                a.set_xscale("log")
+                a.set_xticks(rows["period"].tolist())
+                a.set_xticklabels([str(p) for p in rows["period"]])
+                a.xaxis.set_minor_formatter(NullFormatter())
+                a.set_xlabel("prediction period p (prompts between predictions)")
+                a.set_ylabel(what)
+                a.set_ylim(0, 1.02 if a is not ax2 else None)
+                a.grid(alpha=0.3)
             ax2.set_ylim(bottom=0)
-            ax2.set_xlabel("prediction period p")
-            ax2.set_ylabel("end-to-end latency p50 (s)")
-            ax2.grid(alpha=0.3)
-        _fig(rep, "period.png", "Prediction period: fidelity and hit rate (left), simulated "
-             "latency (right). The simulator does not charge the predictor's own run time, "
-             "which is what makes small p costly in the paper.", draw_p, 2, (11, 4.0))
+            ax.legend(fontsize=8, loc="lower left")
+        _fig(rep, "period.png", "Prediction period: routing fidelity when rerouting (left), hit "
+             "rate when loading (middle), simulated latency (right). The simulator does not "
+             "charge the predictor's own run time, which is what makes small p costly in the "
+             "paper.", draw_p, 3, (13, 3.8))
     sch = res.get("scheduler")
     if sch:
         c = sch["constants"] or {}
@@ -149,7 +172,8 @@ def write_emoe_report(res: dict[str, Any], out: Path) -> Path:
                 f"c = {c.get('per_token_s', 0) * 1e3:.3f} ms per processed token (GPU busy time / "
                 f"tokens), dE = {c.get('load_latency_s', 0) * 1e3:.3f} ms expert-fetch stall per "
                 f"iteration. `emoe-literal`: the algorithm read literally (a request already past "
-                f"its SLO stops all admission) with the old 1 ms default.")
+                f"its SLO stops all admission) with the old 1 ms default."
+                + _slo_note(out.parent / "scheduler" / "sim"))
         rows = _section(rep, "SLO-aware scheduling under rising load", sch["rows"], note)
 
         def draw_s(ax: Any, ax2: Any) -> None:

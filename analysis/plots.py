@@ -89,14 +89,20 @@ def resolve_repeats(df: pd.DataFrame, x: str, y: str, hue: str | None
 
 def compare_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | Path,
                  title: str = "", caption: str | None = None, xlabel: str | None = None,
-                 ylabel: str | None = None) -> None:
+                 ylabel: str | None = None, policy: dict | None = None,
+                 legend: str | None = None, draw=None) -> None:
     """``y`` against ``x``: bars when ``x`` is categorical (or has one value), lines when it is
-    numeric; one colour per ``hue`` value (:mod:`analysis.style`); no silent averaging
-    (:func:`resolve_repeats`); the y axis starts at zero for shares and for bars."""
+    numeric; each ``hue`` value coloured by its policy (``policy[value]``, else the value itself,
+    :func:`analysis.style.color`), so series of one policy share a colour and differ in marker
+    and dashes; series that coincide stay visible (markers shrink and dashes change from one
+    series to the next); no silent averaging (:func:`resolve_repeats`); the y axis starts at
+    zero for shares, bars and any quantity that cannot be negative."""
     import numpy as np
 
+    from analysis.style import MARKERS, line_style
     from analysis.style import label as style_label
-    from analysis.style import line_style
+
+    policy = policy or {}
 
     d, hue, ylab = resolve_repeats(df, x, y, hue)
     plt = pyplot()
@@ -105,13 +111,22 @@ def compare_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | 
     xs_all = list(dict.fromkeys(d[x].tolist()))
     numeric = pd.api.types.is_numeric_dtype(d[x]) and len(xs_all) > 1
     if numeric:
-        for name, g in groups:
+        seen: dict[str, int] = {}
+        for j, (name, g) in enumerate(groups):
             g = g.sort_values(x)
-            st = line_style(name if name is not None else y)
-            ax.errorbar(g[x], g["_y"], yerr=g["_err"] if g["_err"].any() else None, marker="o",
-                        capsize=3, label=None if name is None else style_label(name), **st)
-        if is_share(y):
-            ax.set_ylim(0, max(1.0, float(d["_y"].max()) * 1.05))
+            pol = policy.get(name, name if name is not None else y)
+            st = line_style(pol)
+            k = seen[st["color"]] = seen.get(st["color"], -1) + 1
+            if k and "linestyle" not in st:
+                st["linestyle"] = ("-", "--", ":", "-.")[k % 4]
+            ax.errorbar(g[x], g["_y"], yerr=g["_err"] if g["_err"].any() else None,
+                        marker=MARKERS[j % len(MARKERS)], markersize=max(3.0, 8.0 - 1.2 * j),
+                        capsize=3, zorder=2 + j, label=None if name is None else style_label(name),
+                        **st)
+        if is_share(y):  # room above 1.0, where a reference line may run
+            ax.set_ylim(0, max(1.0, float(d["_y"].max())) * 1.05)
+        elif float(d["_y"].min()) >= 0:  # a latency of 20.4 s against 21.2 s: not a cliff
+            ax.set_ylim(bottom=0)
     else:
         width = 0.8 / max(1, len(groups))
         pos = np.arange(len(xs_all))
@@ -120,7 +135,7 @@ def compare_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | 
             errs = [g.loc[g[x] == v, "_err"] for v in xs_all]
             h = [float(v.iloc[0]) if len(v) else np.nan for v in vals]
             e = [float(v.iloc[0]) if len(v) else 0.0 for v in errs]
-            st = line_style(name if name is not None else "")
+            st = line_style(policy.get(name, name if name is not None else ""))
             ax.bar(pos + (j - (len(groups) - 1) / 2) * width, h, width=width * 0.95,
                    yerr=e if any(e) else None, capsize=3, color=st["color"],
                    hatch="//" if st.get("linestyle") == "--" else None, edgecolor="white",
@@ -131,12 +146,14 @@ def compare_plot(df: pd.DataFrame, x: str, y: str, hue: str | None, path: str | 
         ax.set_ylim(bottom=0)
         if is_share(y):
             ax.set_ylim(0, max(1.0, float(np.nanmax(d["_y"])) * 1.05))
+    if draw is not None:  # a reference the caller adds (a line every other policy sits on)
+        draw(ax)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or ylab)
     ax.set_title(title or f"{y} vs {x}", fontsize=10)
     ax.grid(alpha=0.3, axis="y" if not numeric else "both")
     if hue is not None:
-        ax.legend(title=hue, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.legend(title=legend or hue, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     save_figure(fig, path, caption)
 
 

@@ -51,7 +51,8 @@ def plot_hit_rate(results: list[dict[str, Any]], path: Path, title: str = "") ->
 
 def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Max/mean GPU load (planning half, test half, test per batch with replicas sharing equally
-    and with each batch's tokens split across the replicas), bars per placement policy."""
+    and with each batch's tokens split across the replicas), bars per placement policy in its
+    colour (:func:`analysis.style.color`), one shade per measure."""
     import numpy as np
 
     from analysis.plots import pyplot
@@ -68,10 +69,16 @@ def plot_placement(results: list[dict[str, Any]], path: Path, title: str = "") -
     bars = [b for b in bars if all(b[0] in r for r in results)]
     w = 0.8 / len(bars)
     top = 1.0
+    from analysis.style import color
+
+    shades = (1.0, 0.7, 0.45, 0.25)  # one colour per placement policy; the measure is its shade
     for j, (key, label) in enumerate(bars):
         vals = [r[key] for r in results]
         top = max(top, *vals)
-        ax.bar(x + (j - (len(bars) - 1) / 2) * w, vals, width=w, label=label)
+        ax.bar(x + (j - (len(bars) - 1) / 2) * w, vals, width=w, color=[color(n) for n in names],
+               alpha=shades[j], edgecolor="black", linewidth=0.4)
+        ax.bar([np.nan], [np.nan], color="0.3", alpha=shades[j], edgecolor="black",
+               linewidth=0.4, label=label)  # the legend's swatch of this measure
     ax.set_ylim(0.9, top * 1.05)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(x)

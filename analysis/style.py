@@ -29,23 +29,65 @@ COLORS: dict[str, str] = {
 }
 
 
-def color(name: Any) -> str:
-    """The colour of a policy / run name (a stable one for names not listed)."""
+#: the policy keys of a run, most telling first: a run's policy is the first of these it sets
+POLICY_KEYS = ("policy.cache", "policy.prefetch", "policy.scheduler", "policy.placement")
+
+#: markers given in turn to the series of one plot, so lines that coincide stay visible
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def policy_of(name: Any) -> str:
+    """The policy a series name stands for: the name itself when it is a known policy (or a run
+    a driver named after one), else the value of the first ``policy.*`` key in a ``k=v k=v``
+    label (``policy.cache=lru cluster.expert_budget_fraction=0.25`` -> ``lru``), else the name;
+    ``a+b`` (a cache policy with a prefetcher) counts as its first known part."""
     key = str(name)
     if key in COLORS:
+        return key
+    if "=" in key:
+        pairs = dict(t.partition("=")[::2] for t in key.split() if "=" in t)
+        for k in POLICY_KEYS:
+            if k in pairs:
+                return policy_of(pairs[k])
+    for part in key.split("+"):
+        if part in COLORS:
+            return part
+    return key
+
+
+def color(name: Any) -> str:
+    """The colour of a policy (or of a run, through :func:`policy_of`): the one palette of every
+    plot; a stable colour from the name alone for names not listed."""
+    key = policy_of(name)
+    if key in COLORS:
         return COLORS[key]
-    base = key.split("=")[-1].split(" ")[0]
-    if base in COLORS:
-        return COLORS[base]
     return _TAB[zlib.crc32(key.encode()) % len(_TAB)]
 
 
 def line_style(name: Any) -> dict[str, Any]:
     """matplotlib keyword arguments for a line of ``name`` (Belady: dashed black, thicker)."""
-    if str(name).split("=")[-1] in ("belady", "exhaustive"):
+    if policy_of(name) in ("belady", "exhaustive"):
         return {"color": "#000000", "linestyle": "--", "linewidth": 2.0}
     return {"color": color(name)}
 
 
 def label(name: Any) -> str:
     return f"{name} (oracle)" if str(name) in ("belady", "exhaustive") else str(name)
+
+
+#: short names for the keys that label runs (anything else: its last dotted part)
+SHORT_KEYS = {"cluster.expert_budget_fraction": "memory", "workload.rate_rps": "rate",
+              "workload.num_requests": "requests", "cluster.expert_budget_bytes": "memory bytes"}
+
+
+def short_label(values: dict[str, Any]) -> str:
+    """A run's short name from the keys that vary between the runs of a report: a policy key
+    gives its value alone (``lru``), any other key ``name value`` (``memory 0.25``)."""
+    parts = []
+    for k, v in values.items():
+        v = f"{v:g}" if isinstance(v, float) else str(v)
+        if k.startswith("policy.") and k.count(".") == 1:
+            parts.append(v)
+        else:
+            parts.append(f"{SHORT_KEYS.get(k, k.rsplit('.', 1)[-1])} {v}")
+    return ", ".join(parts)

@@ -142,6 +142,9 @@ def task(cfg_node: Any) -> dict[str, Any]:
             f"on one {cfg.hardware.name}, {len(workload)} requests at {cfg.workload.rate_rps:g}/s, routing "
             f"from {pool.source}")
     table = format_table(COLUMNS, rows)
+    slo = cfg.serving
+    table += (f"\nSLO %: share of requests with TTFT <= {slo.ttft_slo_s:g} s and TPOT <= "
+              f"{slo.tpot_slo_s * 1e3:g} ms (serving.ttft_slo_s, serving.tpot_slo_s)")
     text = f"{head}\n\n{table}\n\n(wall {time.perf_counter() - t_all:.1f} s; outputs in {out})"
     print(text)
     atomic_write_bytes((text + "\n").encode(), out / "summary.md")
