@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.explain import bottleneck_sentence
 from analysis.plots import compare_plot, is_share, pyplot, save_figure
 from analysis.report_doc import Report
 from analysis.style import COLORS, POLICY_KEYS, color, label, short_label
@@ -109,7 +110,7 @@ def sim_section(rep: Report, df: pd.DataFrame) -> None:
             f"TTFT <= {human_seconds(a, True)}, TPOT <= {human_seconds(b, True)}"
             for a, b in zip(df["slo.ttft_s"], df["slo.tpot_s"])])
     rep.table(shown)
-    rep.why(why_sentences(df))  # analysis.explain: why_sentences(df, bottleneck_sentence)
+    rep.why(why_sentences(df, bottleneck_sentence))  # the bottleneck, from analysis.explain
     atomic_write_bytes(df.drop(columns=["_name", "_policy"]).to_csv(index=False).encode(),
                        rep.out / "table.csv")
     overview(rep, df, slo)

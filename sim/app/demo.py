@@ -77,8 +77,9 @@ def run_configs(cfg: Any) -> list[tuple[str, Any, dict[str, Any]]]:
     return out
 
 
-def _replay(cfg: Any, out: Path) -> None:
-    """The same generator's routing through ``moesim cache``'s replay (hit rate vs memory)."""
+def _replay(cfg: Any, out: Path) -> list[dict[str, Any]]:
+    """The same generator's routing through ``moesim cache``'s replay (hit rate vs memory); its
+    result records."""
     from sim.common.files import atomic_write_bytes
     from sim.replay.cache import run_replay
     from traces.synth import sample_trace
@@ -100,6 +101,25 @@ def _replay(cfg: Any, out: Path) -> None:
                        out / "replay" / "metrics.json")
     atomic_write_bytes((json.dumps({"label": "replay"}) + "\n").encode(),
                        out / "replay" / "config.json")
+    return results
+
+
+def _why_lines(cfg: Any, results: dict[str, dict[str, Any]], replay: list[dict[str, Any]]) -> list[str]:
+    """The cache scope stated, each run's bottleneck, and the simulator's LRU against the replay's
+    LRU at the same memory with the reason they differ (:mod:`analysis.explain`)."""
+    from analysis.explain import bottleneck_sentence, compare_sentence
+
+    scope = cfg.cluster.cache_scope
+    lines = [f"Cache scope: {scope} (cluster.cache_scope: "
+             + ("one cache per GPU over every layer's experts, swept in layer order each iteration"
+                if scope == "global" else "one cache per MoE layer") + ")."]
+    lines += [f"- {name}: {bottleneck_sentence(m)}" for name, m in results.items()]
+    frac = cfg.cluster.expert_budget_fraction
+    same = [r for r in replay if r["policy"] == "lru" and abs(r["capacity_frac"] - frac) < 1e-9]
+    if "lru" in results and same:
+        lines.append(f"Simulator vs replay, LRU at {frac:.0%} of the experts: "
+                     f"{compare_sentence(results['lru'], same[0])}")
+    return lines
 
 
 def task(cfg_node: Any) -> dict[str, Any]:
@@ -136,7 +156,9 @@ def task(cfg_node: Any) -> dict[str, Any]:
     if cfg.replay:
         print("[replay] the same generator's routing through the cache policies ...",
               file=sys.stderr, flush=True)
-        _replay(cfg, out)
+        replay = _replay(cfg, out)
+    else:
+        replay = []
     m = cfg.model
     head = (f"moesim demo: {m.name} ({m.num_layers} MoE layers x {m.num_experts} experts, top-{m.top_k}) "
             f"on one {cfg.hardware.name}, {len(workload)} requests at {cfg.workload.rate_rps:g}/s, routing "
@@ -145,7 +167,8 @@ def task(cfg_node: Any) -> dict[str, Any]:
     slo = cfg.serving
     table += (f"\nSLO %: share of requests with TTFT <= {slo.ttft_slo_s:g} s and TPOT <= "
               f"{slo.tpot_slo_s * 1e3:g} ms (serving.ttft_slo_s, serving.tpot_slo_s)")
-    text = f"{head}\n\n{table}\n\n(wall {time.perf_counter() - t_all:.1f} s; outputs in {out})"
+    why = "\n".join(_why_lines(cfg, results, replay))
+    text = f"{head}\n\n{table}\n\n{why}\n\n(wall {time.perf_counter() - t_all:.1f} s; outputs in {out})"
     print(text)
     atomic_write_bytes((text + "\n").encode(), out / "summary.md")
     print("[report] plots and tables ...", file=sys.stderr, flush=True)
