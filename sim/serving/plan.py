@@ -4,7 +4,8 @@ the simulator is raised here (:func:`check_config` for what the config alone dec
 
 The plan fixes: the topology (replicas of ``expert_parallel`` GPUs), where each expert lives
 (placement policy, planned on the routing pool's load), each GPU's cache slots
-(:func:`sim.world.facts.cache_slots`), the expert and KV bytes, and the KV capacity of a replica.
+(:func:`sim.world.facts.cache_slots`; with one cache per layer, shared out by :func:`layer_shares`),
+the expert and KV bytes, and the KV capacity of a replica.
 
 Shape legend: L MoE layers, E experts per layer, K top-k, G GPUs of a replica, N pool tokens.
 """
@@ -111,6 +112,27 @@ def check_config(cfg: SimConfig) -> Topology:
     return topo
 
 
+def layer_shares(slots: int, experts: list[int]) -> list[int]:
+    """A GPU's ``slots`` (the same budget as one cache over all its layers) shared out over its
+    layers, ``experts[l]`` the experts it holds at layer l (``cluster.cache_scope=per_layer``).
+
+    The rule (largest remainder, Hamilton's): layer l's quota is ``slots x experts[l] / total``;
+    each layer gets the quota's floor, and the slots left over go one each to the layers with
+    the largest remainders, the lower layer first on a tie. The shares add up to ``slots``
+    exactly (a budget is never moved to the KV cache) and none exceeds its layer's experts.
+    Mixtral on 8 GPUs (one expert per layer per GPU, 32 layers) at half the experts: 16 slots,
+    every quota 0.5: layers 0-15 get one slot each, layers 16-31 none."""
+    total = sum(experts)
+    if not total:
+        return [0] * len(experts)
+    floors = [slots * n // total for n in experts]
+    rest = slots - sum(floors)
+    order = sorted(range(len(experts)), key=lambda l: (-(slots * experts[l] % total), l))
+    for l in order[:rest]:
+        floors[l] += 1
+    return floors
+
+
 @dataclass
 class ClusterPlan:
     """What the config and the routing pool fix before the first event (see the module doc)."""
@@ -131,7 +153,7 @@ class ClusterPlan:
     home_n: np.ndarray  # (L, G) experts each GPU holds per layer
     home_masks: list[np.ndarray]  # per local GPU: (L*E,) bool
     capacity_slots: list[int]  # per local GPU
-    layer_slots: list[list[int]]  # per local GPU, per layer (cache_scope=per_layer; else [])
+    layer_slots: list[list[int]]  # per local GPU, per layer (cache_scope=per_layer: layer_shares; else [])
     kv_capacity_tokens: int
     pool_keys: np.ndarray  # (N, L*K) the pool's routing as cache keys layer * E + expert
     tensor_parallel: int = 1
@@ -178,14 +200,8 @@ class ClusterPlan:
                 cap = min(home, int(c.expert_budget_bytes // eb))
             else:
                 cap = cache_slots(c.expert_budget_fraction, home, "cluster.expert_budget_fraction")
-            if c.cache_scope == "per_layer":
-                # each layer's cache: the same rule on the layer's experts (the budget in bytes
-                # is split evenly over the layers)
-                per = mask.reshape(L, E).sum(axis=1)
-                ls = [min(int(n), cap // L) if c.expert_budget_bytes > 0 else
-                      cache_slots(c.expert_budget_fraction, int(n), "cluster.expert_budget_fraction")
-                      for n in per]
-                cap = sum(ls)
+            if c.cache_scope == "per_layer":  # the GPU's slots shared out over its layers
+                ls = layer_shares(cap, mask.reshape(L, E).sum(axis=1).tolist())
                 layer_slots.append(ls)
             free = hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb
             if free <= 0:
