@@ -22,6 +22,7 @@ from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Pla
 from sim.world.config import SimConfig
 from sim.world.facts import cache_slots
 from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
+from sim.world.network import duplicate_destinations
 from sim.world.topology import Topology
 from traces.format import expert_counts
 
@@ -158,6 +159,13 @@ class ClusterPlan:
     pool_keys: np.ndarray  # (N, L*K) the pool's routing as cache keys layer * E + expert
     tensor_parallel: int = 1
     moe_tp: bool = False  # every expert sharded over the replica (expert_bytes is one shard)
+    #: (N, L*K) per pool token and (layer, k): ``layer * G + GPU`` where the k-th expert's GPU
+    #: already receives the token from an earlier expert of the same layer (the all-to-all sends
+    #: a token once per destination GPU: sim/world/network.py), else ``L * G``; None where no
+    #: token of the pool has two experts of a layer on one GPU (or there is no all-to-all)
+    pool_dups: np.ndarray | None = None
+    #: their prefix counts (sim/serving/token_counts.py builds them when first needed)
+    dup_prefix: np.ndarray | None = None
 
     @classmethod
     def build(cls, cfg: SimConfig, topo: Topology, pool_experts: np.ndarray, prompt: np.ndarray,
@@ -223,10 +231,13 @@ class ClusterPlan:
                 f"request {request_ids[i]!r} needs {int(need_kv[i])} KV tokens (prompt + output), "
                 f"a replica holds {kv_cap} ({hw.name}, {ep} GPU(s), expert budget); lower "
                 f"cluster.expert_budget_fraction, add GPUs, or cap workload.max_requests")
+        pool_dups = None
+        if len(pairs) == L * E and not moe_tp and ep // c.tensor_parallel > 1 and K > 1:
+            pool_dups = duplicate_destinations(pool_keys, lg_index, L, K, ep)
         return cls(topo=topo, L=L, E=E, K=K, hidden_size=m.hidden_size, expert_bytes=eb, kv_token_bytes=kv_tb,
                    placement=placement, share=share, single_owner=len(pairs) == L * E,
                    pair_key=pairs[:, 0].astype(np.int64), pair_gpu=pairs[:, 1].astype(np.int64),
                    lg_index=lg_index, home_n=home_n, home_masks=masks, capacity_slots=slots,
                    layer_slots=layer_slots, kv_capacity_tokens=kv_cap, pool_keys=pool_keys,
-                   tensor_parallel=c.tensor_parallel, moe_tp=moe_tp)
+                   tensor_parallel=c.tensor_parallel, moe_tp=moe_tp, pool_dups=pool_dups)
 
