@@ -22,8 +22,8 @@ from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Pla
 from sim.world.config import SimConfig
 from sim.world.facts import cache_slots
 from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
-from sim.world.network import duplicate_destinations
 from sim.world.topology import Topology
+from sim.world.traffic import duplicate_destinations
 from traces.format import expert_counts
 
 
