@@ -122,11 +122,13 @@ class Link:
         while pq:
             head = pq[0]
             if head[2] > t:
+                if head[2] >= horizon:
+                    break
                 t = head[2]
-            while gi < ng and gaps[gi][1] <= t:
-                gi += 1
             if t >= horizon:
                 break
+            while gi < ng and gaps[gi][1] <= t:
+                gi += 1
             if gi < ng and gaps[gi][0] <= t:  # a demand copy runs: wait for its end
                 t = gaps[gi][1]
                 gi += 1
