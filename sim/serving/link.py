@@ -47,7 +47,7 @@ class Link:
     """
 
     __slots__ = ("bytes_per_s", "latency_s", "t", "done", "next_id", "bytes_total", "infinite",
-                 "_solo", "pq", "pt", "gaps", "_lazy")
+                 "_solo", "pq", "queued", "pt", "gaps", "_lazy")
 
     def __init__(self, bytes_per_s: float, latency_s: float = 0.0) -> None:
         if not bytes_per_s > 0:
@@ -62,6 +62,7 @@ class Link:
         self.bytes_total = 0.0
         #: prefetch copies not yet served, in order: [tid (-1: forgotten), bytes left, start]
         self.pq: deque[list] = deque()
+        self.queued: dict[int, list] = {}  # tid -> its entry in ``pq``
         self.pt = 0.0  # prefetch clock: the queue is served up to here
         #: demand copies' (start, end), in time order, that prefetches must pause for
         self.gaps: list[tuple[float, float]] = []
@@ -111,7 +112,9 @@ class Link:
             return tid
         if self._lazy is not None:
             self._unlazy()
-        self.pq.append([tid, float(nbytes), start])
+        item = [tid, float(nbytes), start]
+        self.pq.append(item)
+        self.queued[tid] = item
         return tid
 
     def _serve(self, until: int | None, horizon: float) -> float:
@@ -142,6 +145,7 @@ class Link:
                 pq.popleft()
                 if head[0] >= 0:
                     done[head[0]] = t
+                    del self.queued[head[0]]
                 if head[0] == until:
                     break
             else:
@@ -158,7 +162,7 @@ class Link:
         asks it (a layer books its own copy, then waits for its prefetched keys)."""
         if tid in self.done:
             return self.done.pop(tid)
-        if not any(item[0] == tid for item in self.pq):
+        if tid not in self.queued:
             raise KeyError(f"unknown transfer {tid}")
         self._serve(tid, _INF)
         return self.done.pop(tid)
@@ -167,22 +171,22 @@ class Link:
         """:meth:`finish` as known now, changing nothing (later demand copies may delay it)."""
         if tid in self.done:
             return self.done[tid]
-        saved = (self.pq, self.pt, self.gaps, self.done)
+        saved = (self.pq, self.queued, self.pt, self.gaps, self.done)
         self.pq = deque([list(x) for x in saved[0]])
-        self.gaps, self.done = list(saved[2]), {}
+        self.queued = {x[0]: x for x in self.pq if x[0] >= 0}
+        self.gaps, self.done = list(saved[3]), {}
         try:
             return self.finish(tid)
         finally:
-            self.pq, self.pt, self.gaps, self.done = saved
+            self.pq, self.queued, self.pt, self.gaps, self.done = saved
 
     def forget(self, tid: int) -> None:
         """No one waits for prefetch copy ``tid`` (its expert was evicted before it landed): it
         is not cancelled, it keeps its place and bytes on the link and completes unrecorded."""
         if self.done.pop(tid, None) is None:
-            for item in self.pq:
-                if item[0] == tid:
-                    item[0] = -1
-                    break
+            item = self.queued.pop(tid, None)
+            if item is not None:
+                item[0] = -1
 
 
     def floor(self, t: float) -> None:
@@ -200,6 +204,7 @@ class Link:
         self._solo = 0.0
         self._lazy = None
         self.pq.clear()
+        self.queued.clear()
         self.gaps.clear()
         self.done.clear()
         self.t = max(self.t, t)
