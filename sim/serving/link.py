@@ -15,6 +15,11 @@ moves bytes from 0.5 s, pauses while a demand copy booked for 1.0 s runs, and re
 whenever a copy arrives during it.) In hardware terms: demand copies on a high-priority stream,
 prefetches on one stream of their own, in chunks that yield to the demand stream.
 
+The order issued is time order for a policy that prefetches per request (issued when a request
+is routed) or per next layer (issued by the walk at a layer's gate); for one that does both
+(``similarity``), a request's copy issued during an iteration queues behind the next-layer copies
+the walk has already issued for later moments of that iteration.
+
 A prefetch copy whose expert is evicted before it lands is not cancelled: it keeps its place and
 its bytes on the link and completes (no one waits for it; :meth:`Link.forget`).
 """
