@@ -66,8 +66,6 @@ class LayerTiming:
                 if m is None:
                     continue
                 start = ready
-                if waits and inflights[g]:
-                    start = self.wait_prefetched(states[g], need[g][l], m, start)
                 nm = m if m.__class__ is int else len(m)
                 if nm:
                     if pad and nm > 1:  # the overhead occupies the link but moves no bytes
@@ -81,6 +79,8 @@ class LayerTiming:
                         start = fin
                     if copies is not None:
                         copies[g] = (nm, fin)
+                if waits and inflights[g]:  # (after its own copy: a demand copy goes first)
+                    start = self.wait_prefetched(states[g], need[g][l], m, start)
                 if start > ready:
                     stall[g] += start - ready
                     e_end = start + comp_l[g]
@@ -111,13 +111,15 @@ class LayerTiming:
         distinct count, one end time and the slowest of those GPUs' experts (float addition is
         monotonic: ``max(fin + c_g) == fin + max(c_g)``); the stalls are added per GPU afterwards
         (``np.add.accumulate``, sequential: the same floats), the links' clocks set as their last
-        fetch left them. tests/sim/serving/test_fast_path.py holds both to the same metrics.json."""
+        fetch left them, and their copies' intervals kept (``Link._lazy``) for a prefetch issued
+        during the iteration to pause for. tests/sim/serving/test_fast_path.py holds both to the
+        same metrics.json."""
         links = [st.link for st in states]
         lk = links[0]
         bw, lat, eb = lk.bytes_per_s, lk.latency_s, self.eb
         attn, gate, pf_cost, traffic = gaps  # added one by one, in this order (same floats)
         if eb <= 0 or lat < 0 or min(attn, gate, pf_cost) < 0 or any(
-                x.active or x.infinite or x.bytes_per_s != bw or x.latency_s != lat for x in links):
+                x.pq or x.infinite or x.bytes_per_s != bw or x.latency_s != lat for x in links):
             return None
         if traffic is None:
             a2a_l = [0.0] * len(miss)
@@ -182,6 +184,8 @@ class LayerTiming:
                     x.bytes_total += nb
                     x.t = starts[last[g]]
                     x._solo = float(int(miss[last[g], g]) * eb)
+                    x.gaps.clear()  # (they ended before this iteration's first copy)
+                    x._lazy = (g, starts, fin_lg, fetches)  # listed if a prefetch comes
         return t
 
     @staticmethod
@@ -214,7 +218,9 @@ class LayerTiming:
         are used: one whose copy has landed by ``start`` stays a hit, one still in flight is
         waited for and its hit becomes a late prefetch hit (``CacheCounts.late_prefetch_hits``,
         the wait in the stall); one evicted before use is a miss (fetched again, the prefetch
-        forgotten and counted unused, ``prefetch_evicted_unused``)."""
+        forgotten and counted unused, ``prefetch_evicted_unused``; its copy is not cancelled, it
+        completes on the link unwaited: :meth:`sim.serving.link.Link.forget`). Called after the
+        layer's own demand copy is booked, which the prefetches yield to."""
         inflight = st.inflight
         ready = start
         late = 0

@@ -4,7 +4,8 @@ the simulator is raised here (:func:`check_config` for what the config alone dec
 
 The plan fixes: the topology (replicas of ``expert_parallel`` GPUs), where each expert lives
 (placement policy, planned on the routing pool's load), each GPU's cache slots
-(:func:`sim.world.facts.cache_slots`), the expert and KV bytes, and the KV capacity of a replica.
+(:func:`sim.world.facts.cache_slots`; with one cache per layer, shared out by :func:`layer_shares`),
+the expert and KV bytes, and the KV capacity of a replica.
 
 Shape legend: L MoE layers, E experts per layer, K top-k, G GPUs of a replica, N pool tokens.
 """
@@ -22,6 +23,7 @@ from sim.world.config import SimConfig
 from sim.world.facts import cache_slots
 from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
 from sim.world.topology import Topology
+from sim.world.traffic import duplicate_destinations
 from traces.format import expert_counts
 
 
@@ -111,6 +113,27 @@ def check_config(cfg: SimConfig) -> Topology:
     return topo
 
 
+def layer_shares(slots: int, experts: list[int]) -> list[int]:
+    """A GPU's ``slots`` (the same budget as one cache over all its layers) shared out over its
+    layers, ``experts[l]`` the experts it holds at layer l (``cluster.cache_scope=per_layer``).
+
+    The rule (largest remainder, Hamilton's): layer l's quota is ``slots x experts[l] / total``;
+    each layer gets the quota's floor, and the slots left over go one each to the layers with
+    the largest remainders, the lower layer first on a tie. The shares add up to ``slots``
+    exactly (a budget is never moved to the KV cache) and none exceeds its layer's experts.
+    Mixtral on 8 GPUs (one expert per layer per GPU, 32 layers) at half the experts: 16 slots,
+    every quota 0.5: layers 0-15 get one slot each, layers 16-31 none."""
+    total = sum(experts)
+    if not total:
+        return [0] * len(experts)
+    floors = [slots * n // total for n in experts]
+    rest = slots - sum(floors)
+    order = sorted(range(len(experts)), key=lambda l: (-(slots * experts[l] % total), l))
+    for l in order[:rest]:
+        floors[l] += 1
+    return floors
+
+
 @dataclass
 class ClusterPlan:
     """What the config and the routing pool fix before the first event (see the module doc)."""
@@ -131,11 +154,18 @@ class ClusterPlan:
     home_n: np.ndarray  # (L, G) experts each GPU holds per layer
     home_masks: list[np.ndarray]  # per local GPU: (L*E,) bool
     capacity_slots: list[int]  # per local GPU
-    layer_slots: list[list[int]]  # per local GPU, per layer (cache_scope=per_layer; else [])
+    layer_slots: list[list[int]]  # per local GPU, per layer (cache_scope=per_layer: layer_shares; else [])
     kv_capacity_tokens: int
     pool_keys: np.ndarray  # (N, L*K) the pool's routing as cache keys layer * E + expert
     tensor_parallel: int = 1
     moe_tp: bool = False  # every expert sharded over the replica (expert_bytes is one shard)
+    #: (N, L*K) per pool token and (layer, k): ``layer * G + GPU`` where the k-th expert's GPU
+    #: already receives the token from an earlier expert of the same layer (the all-to-all sends
+    #: a token once per destination GPU: sim/world/network.py), else ``L * G``; None where no
+    #: token of the pool has two experts of a layer on one GPU (or there is no all-to-all)
+    pool_dups: np.ndarray | None = None
+    #: their prefix counts (sim/serving/token_counts.py builds them when first needed)
+    dup_prefix: np.ndarray | None = None
 
     @classmethod
     def build(cls, cfg: SimConfig, topo: Topology, pool_experts: np.ndarray, prompt: np.ndarray,
@@ -178,14 +208,8 @@ class ClusterPlan:
                 cap = min(home, int(c.expert_budget_bytes // eb))
             else:
                 cap = cache_slots(c.expert_budget_fraction, home, "cluster.expert_budget_fraction")
-            if c.cache_scope == "per_layer":
-                # each layer's cache: the same rule on the layer's experts (the budget in bytes
-                # is split evenly over the layers)
-                per = mask.reshape(L, E).sum(axis=1)
-                ls = [min(int(n), cap // L) if c.expert_budget_bytes > 0 else
-                      cache_slots(c.expert_budget_fraction, int(n), "cluster.expert_budget_fraction")
-                      for n in per]
-                cap = sum(ls)
+            if c.cache_scope == "per_layer":  # the GPU's slots shared out over its layers
+                ls = layer_shares(cap, mask.reshape(L, E).sum(axis=1).tolist())
                 layer_slots.append(ls)
             free = hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb
             if free <= 0:
@@ -207,10 +231,13 @@ class ClusterPlan:
                 f"request {request_ids[i]!r} needs {int(need_kv[i])} KV tokens (prompt + output), "
                 f"a replica holds {kv_cap} ({hw.name}, {ep} GPU(s), expert budget); lower "
                 f"cluster.expert_budget_fraction, add GPUs, or cap workload.max_requests")
+        pool_dups = None
+        if len(pairs) == L * E and not moe_tp and ep // c.tensor_parallel > 1 and K > 1:
+            pool_dups = duplicate_destinations(pool_keys, lg_index, L, K, ep)
         return cls(topo=topo, L=L, E=E, K=K, hidden_size=m.hidden_size, expert_bytes=eb, kv_token_bytes=kv_tb,
                    placement=placement, share=share, single_owner=len(pairs) == L * E,
                    pair_key=pairs[:, 0].astype(np.int64), pair_gpu=pairs[:, 1].astype(np.int64),
                    lg_index=lg_index, home_n=home_n, home_masks=masks, capacity_slots=slots,
                    layer_slots=layer_slots, kv_capacity_tokens=kv_cap, pool_keys=pool_keys,
-                   tensor_parallel=c.tensor_parallel, moe_tp=moe_tp)
+                   tensor_parallel=c.tensor_parallel, moe_tp=moe_tp, pool_dups=pool_dups)
 

@@ -18,18 +18,19 @@ import numpy as np
 
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import Requests
-from sim.world.network import count_tokens
+from sim.world.network import count_tokens, gpu_traffic
 
 #: the largest pool (rows x keys) whose prefix counts :class:`sim.serving.walk.LayerWalk` keeps
 #: (int32: 128 MiB)
 PREFIX_MAX_ENTRIES = 1 << 25
 
 
-def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int) -> np.ndarray | None:
+def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int, max_entries: int = PREFIX_MAX_ENTRIES
+                       ) -> np.ndarray | None:
     """(N+1, num_keys) int32: row ``i`` counts each key over pool rows ``0..i-1``; None when it
-    would exceed :data:`PREFIX_MAX_ENTRIES` entries."""
+    would exceed ``max_entries`` entries."""
     N = len(pool_keys)
-    if (N + 1) * num_keys > PREFIX_MAX_ENTRIES:
+    if (N + 1) * num_keys > max_entries:
         return None
     out = np.zeros((N + 1, num_keys), dtype=np.int32)
     flat_out = out.reshape(-1)
@@ -72,6 +73,13 @@ def batch_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray | None, ba
     if G // plan.tensor_parallel <= 1 or plan.moe_tp or shape.tokens == 0:
         return key_counts(plan, req, prefix, batch, alloc), None
     sc = source_counts(plan, req, prefix, batch, alloc, G)
+    if plan.pool_dups is not None and plan.single_owner:  # once to each GPU (sim/world/network.py)
+        width = plan.L * G + 1
+        if plan.dup_prefix is None:
+            plan.dup_prefix = pool_prefix_counts(plan.pool_dups, width, max(
+                PREFIX_MAX_ENTRIES, len(prefix) * width))
+        dups = source_counts(plan, req, plan.dup_prefix, batch, alloc, G, plan.pool_dups)
+        return sc.sum(axis=0), gpu_traffic(plan, sc, dups=dups)
     return sc.sum(axis=0), sc
 
 
@@ -97,19 +105,23 @@ def key_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.n
 
 
 def source_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.ndarray,
-                  alloc: np.ndarray, G: int) -> np.ndarray:
+                  alloc: np.ndarray, G: int, pool_keys: np.ndarray | None = None) -> np.ndarray:
     """(G, L*E) int64 tokens per source GPU and key (:func:`sim.world.network.source_counts`: the
     batch's T tokens in contiguous even blocks over the G GPUs), from the prefix counts: a
     one-token request's keys from its pool row, a chunk cut at the blocks' bounds into ranges
-    of its pool entry's rows (wrapping around the entry)."""
-    LE, C = plan.L * plan.E, prefix
+    of its pool entry's rows (wrapping around the entry). ``pool_keys``: other keys per pool
+    row than the plan's (``prefix`` their prefix counts; the keys' range its width)."""
+    C = prefix
+    LE = C.shape[1]
+    if pool_keys is None:
+        pool_keys = plan.pool_keys
     T = int(alloc.sum())
     off, ln = req.offset[batch], req.length[batch]
     s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry
     first = np.cumsum(alloc) - alloc  # (B,) each request's first token in the batch
     one = alloc == 1
     src1 = (first[one] * G) // T  # network.token_sources of the one-token requests
-    idx = np.take(plan.pool_keys, off[one] + s0[one], axis=0).astype(np.intp)  # (B1, L*K)
+    idx = np.take(pool_keys, off[one] + s0[one], axis=0).astype(np.intp)  # (B1, L*K)
     idx += (src1 * LE)[:, None]
     per = np.zeros(G * LE, dtype=np.int64)
     np.add.at(per, idx.ravel(), 1)  # (a bincount: with intp indices the faster of the two)

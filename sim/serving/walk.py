@@ -135,6 +135,8 @@ class LayerWalk:
         step0 = rep.step
         rep.step += L
         stall = [st.stall_s for st in states]
+        for st in states:  # no copy is issued before t0 any more (sim/serving/link.py)
+            st.link.floor(t0)
         rec = self.recorder if self.recorder is not None and self.recorder.want(t0) else None
         t = t0 + lc.pre + pred.take_inline(rep)
         gaps = (attn, gate, pf_cost, a2a)

@@ -3,8 +3,9 @@
 A cluster is ``nodes x gpus_per_node`` GPUs, cut into replicas of ``expert_parallel`` GPUs: by
 default consecutive GPUs, or any disjoint lists (``cluster.replicas``); a replica may span nodes,
 its all-to-all then uses the network (:mod:`sim.world.network`). Each GPU has its own
-host-to-device link with a copy engine separate from compute, so copies overlap compute; the
-transfers that are on one link at the same time share its bandwidth equally (processor sharing).
+host-to-device link with a copy engine separate from compute, so copies overlap compute; on it
+the copies a computing layer waits on go first, prefetch copies one at a time in the order issued
+in the time left (:mod:`sim.serving.link`).
 """
 
 from __future__ import annotations

@@ -116,3 +116,54 @@ def test_next_layer_prefetch_runs_ahead_of_the_layer():
                              "skipped": 0, "bytes_wasted": 0} and m["expert_misses"] == 0
     assert (m["hits"], m["late_prefetch_hits"]) == (2, 0)
     assert m["e2e_s"]["p50"] == pytest.approx(0.006)
+
+
+def test_prefetch_of_a_request_routed_mid_iteration_yields_to_its_demand_copy():
+    """Issue 21, defect 5, through the simulator: a request routed while the replica's iteration
+    (walked at its start) runs issues its prefetch at its arrival; the iteration's demand copy
+    keeps the link while it runs, the prefetch uses the time around it (sim/serving/link.py).
+
+    2 layers x 4 experts, one GPU with 3 slots (warm keys 0, 1, 2), copies 6 B at 2000 B/s (3 ms).
+    Pool rows: pos0 -> (L0 e0, L1 e3), pos1 -> (L0 e0, L1 e2); keys = layer * 4 + e.
+    Request A (t = 0, one token): key 0 hits, key 7 misses (LRU evicts key 1): its copy runs
+    0.004-0.007 s, booked when the iteration is walked at t = 0.
+    Request B arrives at 0.002 s; the prefetch policy loads key 6 for it (evicting key 2): the
+    copy starts at 0.002 s, moves 4 B by 0.004 s, waits for A's copy, moves its last 2 B in
+    0.007-0.008 s. (Before the fix it was put at the link's clock, 0.004 s, sharing the rate
+    with A's copy while that copy was still said to end at 0.007 s: it ended at 0.010 s.)
+    B's iteration (0.009 s, two tokens): key 0 and key 7 hit, key 6 landed at 0.008 s, before
+    L1's experts at 0.013 s: no stall."""
+    from sim.policies.base import PrefetchPolicy
+
+    class SecondRequestNeedsSix(PrefetchPolicy):
+        plans_requests = True
+
+        def on_request(self, ctx):
+            return {1: np.array([2])} if ctx.request_index == 1 else {}
+
+    pool = pool_from_rows([[[0], [3]], [[0], [2]]])
+    cfg = tiny_config(layers=2, experts=4, budget_fraction=0.375)
+    wl = workload([0.0, 0.002], [1, 2], [1, 1])
+    rec = Recorder(0.0, float("inf"))
+    sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", np.random.default_rng(0)), StubCost(),
+                     np.random.default_rng(0), recorder=rec,
+                     policies=Policies(prefetch=SecondRequestNeedsSix(num_layers=2, num_experts=4,
+                                                                      top_k=1)))
+    sim.run()
+    want = [
+        ("attention L0", "compute", 0, 0.000, 0.001),
+        ("experts L0", "compute", 0, 0.001, 0.003),
+        ("attention L1", "compute", 0, 0.003, 0.004),
+        ("copy L1 x1", "copy", 0, 0.004, 0.007),
+        ("experts L1", "compute", 0, 0.007, 0.009),
+        ("prefetch L1 e2", "copy", 0, 0.002, 0.008),  # recorded when B is routed
+        ("attention L0", "compute", 0, 0.009, 0.010),
+        ("experts L0", "compute", 0, 0.010, 0.012),
+        ("attention L1", "compute", 0, 0.012, 0.013),
+        ("experts L1", "compute", 0, 0.013, 0.017),
+    ]
+    assert_log(rec.events, want)
+    m = compute_metrics(sim)
+    assert m["prefetch"] == {"issued": 1, "used": 1}
+    assert m["requests_completed"] == 2 and m["sim_time_s"] == pytest.approx(0.017)
+    assert m["fetch_stall_s"] == pytest.approx(0.003)

@@ -1,4 +1,4 @@
-"""Cluster resources: links share bandwidth among concurrent copies; topology checks."""
+"""Cluster resources: host links (demand copies first, prefetches in issue order); topology checks."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ from sim.world.config import ClusterConfig
 from sim.world.topology import Topology
 
 
-def test_concurrent_copies_share_a_link():
+def test_prefetch_copies_one_at_a_time_in_issue_order():
+    """Two 100 B prefetches issued at 0 on 100 B/s: served in order, 0-1 s and 1-2 s (the link's
+    rule, sim/serving/link.py; it was processor sharing, both ending at 2.0 s)."""
     link = Link(100.0)
     a = link.add(0.0, 100.0)
     b = link.add(0.0, 100.0)
-    assert link.finish(a) == pytest.approx(2.0) and link.finish(b) == pytest.approx(2.0)
+    assert link.finish(a) == 1.0 and link.finish(b) == 2.0
 
 
-def test_staggered_copies_processor_sharing():
+def test_staggered_prefetches_queue():
     link = Link(100.0)
     a = link.add(0.0, 100.0)
-    b = link.add(0.5, 100.0)  # a has 50 B left; both at 50 B/s until a ends at 1.5
-    assert link.finish(a) == pytest.approx(1.5)
-    assert link.finish(b) == pytest.approx(2.0)
+    b = link.add(0.5, 100.0)  # a runs alone 0-1 s; b waits for it, then 1-2 s
+    assert link.finish(a) == 1.0
+    assert link.finish(b) == 2.0
     assert link.bytes_total == 200.0
 
 
@@ -31,9 +33,10 @@ def test_fetch_on_idle_link_and_latency():
     assert link.fetch(1.0, 500.0) == pytest.approx(1.51)
     # a later copy after the first finished: alone again
     assert link.fetch(2.0, 1000.0) == pytest.approx(3.01)
-    # a copy issued while another is in flight shares the bandwidth
+    # a prefetch issued with a demand copy: the demand copy runs 10.01-11.01 s at the full rate,
+    # the prefetch (start 10.01 s) waits for it and runs 11.01-12.01 s
     first = link.add(10.0, 1000.0)
-    assert link.fetch(10.0, 1000.0) == pytest.approx(12.01)
+    assert link.fetch(10.0, 1000.0) == pytest.approx(11.01)
     assert link.finish(first) == pytest.approx(12.01)
 
 

@@ -1,0 +1,134 @@
+"""The all-to-all's traffic: which tokens go from which GPU to which, per layer, for the links
+of :mod:`sim.world.network` to time.
+
+The traffic (:func:`gpu_traffic`): a token lives on the GPU that holds it for attention. The
+iteration's T tokens (in batch order) are spread evenly over the replica's G GPUs in contiguous
+blocks, token i on local GPU ``i * G // T``: the batch is spread evenly over the data-parallel
+ranks and, inside a tensor-parallel rank (whose GPUs all hold the rank's tokens after the
+all-reduce), each GPU sends an equal share. At layer l the token goes to the GPU of each of its K
+experts (the plan's placement: the single owner, or a replicated expert's ``share`` of its tokens
+per GPU) and comes back (combine: the same flows reversed), once per destination GPU: a token
+whose K experts sit on 2 GPUs crosses to those 2, not K times (with single owners; a replicated
+expert's tokens, split by share, are still counted once per expert). A token to an expert on its
+own GPU crosses no link. Bytes = tokens x hidden x 2 (bf16).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BF16_BYTES", "count_tokens", "duplicate_destinations", "gpu_traffic", "source_counts",
+           "token_sources"]
+
+#: bytes per hidden-state element moved by the all-to-all (bf16 activations)
+BF16_BYTES = 2.0
+
+
+def token_sources(T: int, G: int) -> np.ndarray:
+    """(T,) the local GPU each of the batch's T tokens lives on: contiguous even blocks."""
+    return (np.arange(T, dtype=np.int64) * G) // max(T, 1)
+
+
+@lru_cache(maxsize=4096)
+def _source_offsets(T: int, G: int, LE: int) -> np.ndarray:
+    """(T, 1) int32: each token's source GPU x ``LE`` (read-only, shared between calls)."""
+    out = (token_sources(T, G) * LE).astype(np.int32)[:, None]
+    out.flags.writeable = False
+    return out
+
+
+def source_counts(keys_tok: np.ndarray, G: int, LE: int) -> np.ndarray:
+    """(G, L*E) tokens per source GPU (:func:`token_sources`) and key, from ``keys_tok`` (T, L*K)
+    the batch's keys ``layer * E + expert``; summed over GPUs it is the tokens per key."""
+    T = len(keys_tok)
+    if G == 1:
+        return np.bincount(keys_tok.ravel(), minlength=LE)[None, :]
+    if T < 512:  # one bincount over (source, key) pairs: fewer calls
+        return np.bincount((_source_offsets(T, G, LE) + keys_tok).ravel(),
+                           minlength=G * LE).reshape(G, LE)
+    bounds = (np.arange(G + 1) * T + G - 1) // G  # token_sources' blocks: GPU g has [b_g, b_g+1)
+    per = np.zeros((G, LE), dtype=np.int64)
+    for g in range(G):
+        lo, hi = bounds[g], bounds[g + 1]
+        if hi > lo:
+            per[g] = np.bincount(keys_tok[lo:hi].ravel(), minlength=LE)
+    return per
+
+
+def duplicate_destinations(keys: np.ndarray, lg_index: np.ndarray, L: int, K: int, G: int
+                           ) -> np.ndarray | None:
+    """(T, L*K) for tokens' keys ``keys`` (T, L*K) (``layer * E + expert``, a layer's K side by
+    side) and each key's ``layer * G + GPU`` (``lg_index``, single owners): that index where
+    an earlier of the token's experts at the layer sits on the same GPU (the token already goes
+    there), else ``L * G``; None when no token has such a pair."""
+    dst = lg_index.take(keys).reshape(len(keys), L, K)  # (T, L, K)
+    dup = np.zeros(dst.shape, dtype=bool)
+    for k in range(1, K):
+        for j in range(k):
+            dup[:, :, k] |= dst[:, :, k] == dst[:, :, j]
+    if not dup.any():
+        return None
+    dtype = np.int16 if L * G < 2**15 else np.int32
+    return np.where(dup, dst, L * G).reshape(len(keys), L * K).astype(dtype)
+
+
+def count_tokens(plan: Any, keys_tok: np.ndarray, G: int) -> tuple[np.ndarray, Any]:
+    """An iteration's tokens per key (L*E,), and what its all-to-all needs to know of them
+    (None: no all-to-all, on one GPU or with every expert sharded over the replica).
+
+    ``keys_tok`` (T, L*K): the batch's keys ``layer * E + expert``. With few tokens and a single
+    owner per expert, the traffic itself (L, G, G), counted token by token (cost ~ T*L*K); else
+    the :func:`source_counts` (G, L*E) (cost ~ G*L*E on top of the count per key), which
+    :func:`gpu_traffic` turns into traffic with the placement's share."""
+    L, E = plan.L, plan.E
+    LE = L * E
+    T = len(keys_tok)
+    if G // plan.tensor_parallel <= 1 or plan.moe_tp or T == 0:
+        return np.bincount(keys_tok.ravel(), minlength=LE), None
+    # a token may have 2 experts on one GPU (single owners; a replicated expert's share: per expert)
+    dedup = plan.single_owner and getattr(plan, "pool_dups", None) is not None
+    if plan.single_owner and T * plan.K < G * E:
+        counts = np.bincount(keys_tok.ravel(), minlength=LE)
+        dst = plan.lg_index.take(keys_tok)  # (T, L*K) layer * G + GPU
+        idx = _source_offsets(T, G, L * G) + dst  # (T, L*K) src, layer, dst
+        if dedup:  # a token's second expert on a GPU sends nothing more: to an extra bin
+            dups = duplicate_destinations(keys_tok, plan.lg_index, L, plan.K, G)
+            if dups is not None:
+                idx[dups.astype(np.int64) < L * G] = G * L * G
+        m = np.bincount(idx.ravel(), minlength=G * L * G + 1)[:G * L * G].reshape(G, L, G)
+        return counts, m.transpose(1, 0, 2)
+    sc = source_counts(keys_tok, G, LE)
+    if dedup:
+        dups = duplicate_destinations(keys_tok, plan.lg_index, L, plan.K, G)
+        if dups is not None:
+            return sc.sum(axis=0), gpu_traffic(plan, sc, dups=source_counts(dups, G, L * G + 1))
+    return sc.sum(axis=0), sc
+
+
+def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = None,
+                dups: np.ndarray | None = None) -> np.ndarray:
+    """The dispatch of each layer: (L, G, G) tokens from source GPU (axis 1) to expert GPU (axis 2).
+
+    ``src_counts`` (G, L*E): :func:`source_counts` of the iteration's tokens; destinations by the
+    plan's placement: ``share`` (L, E, G), the share of an expert's tokens each GPU computes (1 on
+    its one owner; default ``plan.share``; a per-batch split of replicated experts passes its
+    own). ``dups`` (G, L*G + 1), single owners: per source GPU the tokens whose (layer, GPU)
+    an earlier expert of theirs already sends them to (:func:`duplicate_destinations` counted
+    by source; the last column: none), taken off: a token goes once to each GPU that holds any
+    of its experts, not once per expert. The diagonal is traffic that stays on its GPU. This is
+    the one place the token-to-GPU assignment enters the network model."""
+    L, E, G = plan.L, plan.E, plan.topo.expert_parallel
+    if share is None and plan.single_owner:  # a scatter by owner (no BLAS, see _ReplicaNet)
+        idx = (np.arange(G) * (L * G))[:, None] + plan.lg_index[None, :]  # (G, L*E) src, layer, dst
+        m = np.bincount(idx.ravel(), weights=src_counts.ravel(), minlength=G * L * G)
+        if dups is not None:
+            m -= dups[:, :L * G].ravel()
+        return m.reshape(G, L, G).transpose(1, 0, 2)
+    if dups is not None:
+        raise ValueError("gpu_traffic: dups are for single owners with the plan's placement")
+    sh = plan.share if share is None else share  # (L, E, G)
+    per = src_counts.reshape(G, L, E).transpose(1, 0, 2).astype(np.float64)  # (L, G, E)
+    return np.matmul(per, sh)  # (L, G, G)
