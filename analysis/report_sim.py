@@ -72,15 +72,30 @@ def slo_text(df: pd.DataFrame) -> str | None:
 
 
 def why_sentences(df: pd.DataFrame, explain: Any = None) -> list[tuple[str, str]]:
-    """(run, sentence) per run: ``explain(metrics)`` when given (``analysis.explain``'s
-    ``bottleneck_sentence``), else the run's optional ``why`` field of metrics.json."""
+    """(run, sentence) per run that has one: ``explain(metrics)`` when given (``analysis.explain``'s
+    ``bottleneck_sentence`` through :func:`run_why`), else the run's optional ``why`` field of
+    metrics.json. An empty sentence (nothing to say) is left out."""
     if explain is not None:
         from analysis.results import read_metrics
 
-        return [(n, explain(read_metrics(Path(d)))) for n, d in zip(df["_name"], df["run_dir"])]
+        out = [(n, explain(read_metrics(Path(d)))) for n, d in zip(df["_name"], df["run_dir"])]
+        return [(n, w) for n, w in out if w]
     if "why" not in df.columns:
         return []
     return [(n, str(w)) for n, w in zip(df["_name"], df["why"]) if isinstance(w, str) and w]
+
+
+def run_why(metrics: dict[str, Any]) -> str:
+    """A run's sentence: its own ``why`` field where it has one, else the bottleneck named from
+    its figures (:func:`analysis.explain.bottleneck_sentence`); "" for a run whose metrics lack
+    those figures (written before them, or not a simulator run)."""
+    why = metrics.get("why")
+    if isinstance(why, str) and why:
+        return why
+    try:
+        return bottleneck_sentence(metrics)
+    except ValueError:
+        return ""
 
 
 def sim_section(rep: Report, df: pd.DataFrame) -> None:
@@ -110,7 +125,7 @@ def sim_section(rep: Report, df: pd.DataFrame) -> None:
             f"TTFT <= {human_seconds(a, True)}, TPOT <= {human_seconds(b, True)}"
             for a, b in zip(df["slo.ttft_s"], df["slo.tpot_s"])])
     rep.table(shown)
-    rep.why(why_sentences(df, bottleneck_sentence))  # the bottleneck, from analysis.explain
+    rep.why(why_sentences(df, run_why))  # the bottleneck, from analysis.explain
     atomic_write_bytes(df.drop(columns=["_name", "_policy"]).to_csv(index=False).encode(),
                        rep.out / "table.csv")
     overview(rep, df, slo)

@@ -113,3 +113,14 @@ def test_real_lru_small_budget_names_the_link_or_the_working_set():
     s = bottleneck_sentence(m)
     assert m["distinct_experts_per_iteration"]["mean"] > m["cache_slots"]
     assert "each iteration touches" in s and "with 8 slots" in s, s
+
+
+def test_the_report_sentence_prefers_a_runs_own_why_and_skips_old_runs():
+    """The report's sentence per run (analysis.report_sim.run_why): the run's own ``why`` field,
+    else the bottleneck from its figures, else nothing (metrics written before the figures)."""
+    from analysis.report_sim import run_why
+
+    m = _m()
+    assert run_why(m) == bottleneck_sentence(m) != ""
+    assert run_why({**m, "why": "measured on a GPU"}) == "measured on a GPU"
+    assert run_why({"hit_rate": 0.5}) == ""

@@ -164,6 +164,8 @@ def test_prefetch_of_a_request_routed_mid_iteration_yields_to_its_demand_copy():
     ]
     assert_log(rec.events, want)
     m = compute_metrics(sim)
-    assert m["prefetch"] == {"issued": 1, "used": 1}
+    # key 6 landed at 0.008 s, before L1's experts could start at 0.013 s: used, not late
+    assert m["prefetch"] == {"issued": 1, "used": 1, "late": 0, "evicted_unused": 0, "pending": 0,
+                             "skipped": 0, "bytes_wasted": 0}
     assert m["requests_completed"] == 2 and m["sim_time_s"] == pytest.approx(0.017)
     assert m["fetch_stall_s"] == pytest.approx(0.003)
