@@ -26,10 +26,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sim.app.hydra_errors import AppFailed, check_keys, check_missing, check_override_syntax, hydra_error_line
+from sim.app.hydra_errors import (
+    AppFailed,
+    check_keys,
+    check_missing,
+    check_override_syntax,
+    hydra_error_line,
+    normalise_overrides,
+)
 from sim.app.hydra_help import app_help
 from sim.app.hydra_runs import RunDirs, no_mode, single_run
 from sim.common.errors import MoesimError, short_error
+from sim.world.ranges import check_ranges
 
 CONFIG_PATH = "pkg://conf"
 
@@ -44,6 +52,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     if "-h" in argv or "--help" in argv:
         print(app_help(config_name, prog, sys.modules[task.__module__].__doc__ or ""))
         return 0
+    argv = normalise_overrides(argv)
     check_override_syntax(argv, prog)
     runs = RunDirs(argv)
 
@@ -55,6 +64,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         try:
             check_keys(cfg, config_name)
             check_missing(cfg, prog)
+            check_ranges(cfg)
             result = task(cfg)
         except MoesimError as exc:
             if job is None:
@@ -92,7 +102,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         if isinstance(exc, MoesimError):
             _fail(prog, str(exc), runs)
         if isinstance(exc, HydraException | OmegaConfBaseException):
-            _fail(prog, hydra_error_line(exc), runs)
+            _fail(prog, hydra_error_line(exc, config_name), runs)
         if isinstance(exc, ValueError) and not runs.any_started:  # Hydra's flag checks
             _fail(prog, short_error(exc), runs)
         if isinstance(exc, AssertionError) and not runs.any_started and "NoneType" in str(exc):

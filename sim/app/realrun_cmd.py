@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from sim.common.errors import ConfigError
+from sim.common.jsonout import strict_json
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
@@ -41,7 +41,7 @@ def _interpret_if_cpu(device: str) -> None:
 def _write_json(obj: dict[str, Any], path: Path) -> None:
     from sim.common.files import atomic_write_bytes
 
-    atomic_write_bytes((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), path)
+    atomic_write_bytes((strict_json(obj, indent=2, sort_keys=True) + "\n").encode(), path)
 
 
 def _trace(cfg: Any):

@@ -21,6 +21,7 @@ from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Pla
 from sim.world.config import SimConfig
 from sim.world.facts import cache_slots
 from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
+from sim.world.ranges import check_ranges
 from sim.world.topology import Topology
 from traces.format import expert_counts
 
@@ -94,6 +95,8 @@ def check_config(cfg: SimConfig) -> Topology:
             raise ConfigError(f"{where}.time_s={f.time_s}; expected a finite time >= 0")
         if not (f.recovery_s >= 0):
             raise ConfigError(f"{where}.recovery_s={f.recovery_s}; expected >= 0 (inf: never)")
+    check_ranges(cfg)
+    _check_expert_memory(cfg, topo)
     pol = cfg.policy
     # every policy's arguments, checked now: a cache is only built where a GPU caches
     CACHE.config(pol.cache, **pol.cache_args)
@@ -109,6 +112,43 @@ def check_config(cfg: SimConfig) -> Topology:
         raise ConfigError(f"policy.prefetch={pol.prefetch!r} is an oracle (needs the future); "
                           f"the simulator runs online policies and the next-layer oracles only")
     return topo
+
+
+def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
+    """Before the routing pool is built: the budget gives every GPU's cache at least one slot,
+    and the fewest experts a GPU holds (``L * (E // ep)`` under any placement without
+    redundancy; ``L * E`` shards when experts are sharded) fit its memory. The exact check per
+    GPU is :meth:`ClusterPlan.build`'s, on the placement the policy makes."""
+    m, c, hw = cfg.model, cfg.cluster, cfg.hardware
+    ep = topo.expert_parallel
+    moe_tp = c.moe_parallel == "tp"
+    L, E = m.num_layers, m.num_experts
+    per_layer = E if moe_tp else E // ep
+    home = L * per_layer
+    if home == 0:
+        return  # a GPU without experts: nothing to cache
+    eb = expert_bytes(m) // (ep if moe_tp else 1)
+    if c.expert_budget_bytes > 0:
+        cap = min(home, int(c.expert_budget_bytes // eb))
+        if cap == 0:
+            raise ConfigError(f"cluster.expert_budget_bytes={c.expert_budget_bytes} holds no expert "
+                              f"of {eb} bytes ({m.name}); expected >= {eb} (one slot), or 0 to "
+                              f"use cluster.expert_budget_fraction")
+    else:
+        n = per_layer if c.cache_scope == "per_layer" else home
+        key = "cluster.expert_budget_fraction"
+        if cache_slots(c.expert_budget_fraction, n, key) == 0:
+            scope = "each layer's cache" if c.cache_scope == "per_layer" else "each GPU's cache"
+            raise ConfigError(f"{key}={c.expert_budget_fraction} gives {scope} 0 of its {n} experts; "
+                              f"expected a fraction in [1/{n} = {1 / n:.6g}, 1] (at least one slot)")
+        cap = cache_slots(c.expert_budget_fraction, n, key) * (L if c.cache_scope == "per_layer" else 1)
+    dense_share = dense_weight_bytes(m) / ep
+    if hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb <= 0:
+        raise ConfigError(
+            f"cluster: a GPU of {hw.name} ({hw.memory_bytes / 1e9:.0f} GB) cannot hold {cap} experts "
+            f"({cap * eb / 1e9:.1f} GB) + dense weights ({dense_share / 1e9:.1f} GB) + "
+            f"cluster.reserved_bytes ({c.reserved_bytes / 1e9:.1f} GB); lower "
+            f"cluster.expert_budget_fraction or add GPUs")
 
 
 @dataclass
