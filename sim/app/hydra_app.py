@@ -29,6 +29,7 @@ from typing import Any
 from sim.app.hydra_errors import (
     AppFailed,
     check_keys,
+    check_launcher,
     check_missing,
     check_override_syntax,
     hydra_error_line,
@@ -54,6 +55,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         return 0
     argv = normalise_overrides(argv)
     check_override_syntax(argv, prog)
+    check_launcher(argv, prog)
     runs = RunDirs(argv)
 
     def _task(cfg: Any) -> Any:
@@ -81,6 +83,8 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     _task.__module__ = f"moesim.{config_name}"  # Hydra's job name (log file, help): the app's
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(_task)
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    if _logs_to_file(config_name):  # the job's log file is made at its first record, not empty
+        argv = [*argv, "++hydra.job_logging.handlers.file.delay=true"]
     if "-m" in argv or "--multirun" in argv:  # the summary of the sweep, failed jobs included
         argv = [*argv, "+hydra.callbacks.moesim_sweep._target_=sim.app.hydra_app.SweepSummary"]
     sys.argv = [prog, *argv]
@@ -123,6 +127,17 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
     return 0
+
+
+def _logs_to_file(config_name: str) -> bool:
+    """Whether the app keeps Hydra's job logging (a file handler); kernels bench turns it off."""
+    from importlib.resources import files
+
+    try:
+        text = (files("conf") / f"{config_name}.yaml").read_text()
+    except OSError:
+        return False
+    return "hydra/job_logging: none" not in text and "hydra/job_logging: disabled" not in text
 
 
 def _fail(prog: str, message: str, runs: RunDirs) -> None:

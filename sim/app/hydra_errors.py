@@ -56,8 +56,10 @@ def normalise_overrides(argv: list[str]) -> list[str]:
     becomes ``1000000000000`` (so integer keys take it; a float key takes an int too); a key
     inside a policy's argument dict (``policy.prefetch_args.period=0``) is set whether or not the
     dict already has it (``++``), so no ``+`` is needed."""
-    out = []
+    out = [a for a in argv if a in ("-m", "--multirun")]  # Hydra reads flags before overrides
     for arg in argv:
+        if arg in ("-m", "--multirun"):
+            continue
         key, sep, value = arg.partition("=")
         if not sep or arg.startswith("-"):
             out.append(arg)
@@ -165,6 +167,21 @@ def check_override_syntax(argv: list[str], prog: str) -> None:
             print(f"{prog}: error: bad override {arg!r}: {short_error(exc)} (quote lists and "
                   f"values with spaces, e.g. 'key=[a,b]')", file=sys.stderr)
             raise SystemExit(2) from None
+
+
+def check_launcher(argv: list[str], prog: str) -> None:
+    """The launcher's numbers that would fail only after the sweep folder is made."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if sep and key == "hydra.launcher.n_jobs":
+            try:
+                n = int(value)
+            except ValueError:
+                n = None
+            if n is None or n == 0:
+                print(f"{prog}: error: hydra.launcher.n_jobs={value}; expected N >= 1 jobs at once "
+                      f"(or -N: all CPUs but N-1, joblib's rule)", file=sys.stderr)
+                raise SystemExit(2)
 
 
 def check_keys(cfg: Any, config_name: str, prefix: str = "") -> None:

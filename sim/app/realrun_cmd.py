@@ -75,7 +75,10 @@ def replay_task(cfg: Any) -> None:
     cfg = app_config(cfg, RealrunReplayConfig)
     _interpret_if_cpu(cfg.device)
     from realrun.runner import RealMoE, RealrunConfig
+    from sim.app.schemas.common import check_budget_slots
 
+    check_budget_slots([cfg.cluster.expert_budget_fraction], cfg.model.num_experts,
+                       "cluster.expert_budget_fraction")
     trace = _trace(cfg)
     if cfg.shrink < 1:
         raise ConfigError(f"shrink must be >= 1, got {cfg.shrink}")

@@ -154,7 +154,27 @@ def _kind(path: Path) -> str:
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:
-    path = Path(a.file)
+    """Every format some command reads: a moesim Parquet (routing trace, workload, load table),
+    or a raw request trace (Azure CSV, Mooncake JSONL) as ``moesim sim workload.path=`` reads it;
+    the line says which it found."""
+    from sim.common.files import require_file
+
+    path = require_file(a.file, "FILE", what="a routing trace, request trace or load table")
+    with open(path, "rb") as f:
+        parquet = f.read(4) == b"PAR1"
+    if not parquet:
+        from traces.request_import import load_workload, sniff_workload_format
+
+        try:
+            fmt = sniff_workload_format(path)
+        except TraceFormatError as exc:
+            raise TraceFormatError(f"{exc} (trace validate reads moesim Parquet files (routing "
+                                   f"traces, workloads, load tables), Azure CSV and Mooncake "
+                                   f"JSONL request traces)") from None
+        wl = load_workload(path)
+        print(f"{path}: valid request trace ({fmt}, as 'moesim sim workload.path=' reads it), "
+              f"{len(wl)} requests over {float(wl['arrival_s'].iloc[-1]):.1f} s")
+        return 0
     kind = _kind(path)
     if kind == "load":
         from traces.load_table import read_load_table
@@ -192,11 +212,15 @@ def _cmd_stats(a: argparse.Namespace) -> int:
 
         s = workload_stats(read_workload(path))
     else:
+        from sim.app.progress import StepProgress
         from traces.format import read_trace
-        from traces.stats import trace_stats
+        from traces.stats import CORE_PARTS, trace_stats
 
         tr = read_trace(path)
-        s = trace_stats(tr)
+        tasks = len(set(tr.request_tasks()))
+        bar = StepProgress("moesim trace stats", len(CORE_PARTS) + (tasks if tasks > 1 else 0),
+                           f"parts of {tr.num_tokens} tokens")
+        s = trace_stats(tr, on_step=bar.step)
         if a.plots:
             from analysis.trace_plots import write_plots
 

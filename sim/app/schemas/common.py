@@ -65,7 +65,8 @@ def check_budget_slots(fractions: list[float], experts: int, key: str) -> None:
         if cache_slots(f, experts, key) == 0:
             where = f"{key}[{i}]" if len(fractions) > 1 or key.endswith("s") else key
             raise ConfigError(f"{where}={f} gives a layer's cache 0 of its {experts} experts; "
-                              f"expected a fraction in [1/{experts} = {1 / experts:.6g}, 1] (at least one slot)")
+                              f"expected a fraction in [1/{experts} = {1 / experts:.6g}, 1] "
+                              f"(at least one slot)")
 
 
 def check_model_matches(model: Any, layers: int, experts: int, top_k: int, path: Any) -> None:
