@@ -205,7 +205,7 @@ def _in_list(key: str, text: str) -> str:
     """``tme_s`` inside ``cluster.faults=[{tme_s: 1}]`` -> ``cluster.faults[0].tme_s`` (Hydra
     names only the element's key)."""
     found = re.search(r"Could not override '([^']+)'", text)
-    if "." in key or not found:
+    if "." in key or not found or found[1] == key or found[1].endswith("." + key):
         return key
     listed = re.search(r"\+?([\w.]+)=(\[.*\])", text)
     if listed:

@@ -172,11 +172,12 @@ def numeric_fields(cls: type, prefix: str = "") -> list[tuple[str, type, str]]:
         args = typing.get_args(t)
         origin = typing.get_origin(t)
         inner = [a for a in args if a is not type(None)]
-        base = inner[0] if origin is not None and len(inner) == 1 else t
-        if typing.get_origin(base) is list:
+        base = inner[0] if origin is typing.Union and len(inner) == 1 else t
+        listed = typing.get_origin(base) is list
+        if listed:
             base = typing.get_args(base)[0]
         if base in (int, float):
             out.append((prefix + f.name, cls, f.name))
         elif isinstance(base, type) and dataclasses.is_dataclass(base):
-            out.extend(numeric_fields(base, f"{prefix}{f.name}."))
+            out.extend(numeric_fields(base, f"{prefix}{f.name}{'[0]' if listed else ''}."))
     return out
