@@ -83,10 +83,14 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     _task.__module__ = f"moesim.{config_name}"  # Hydra's job name (log file, help): the app's
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(_task)
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    extra = []
     if _logs_to_file(config_name):  # the job's log file is made at its first record, not empty
-        argv = [*argv, "++hydra.job_logging.handlers.file.delay=true"]
+        extra.append("++hydra.job_logging.handlers.file.delay=true")
     if "-m" in argv or "--multirun" in argv:  # the summary of the sweep, failed jobs included
-        argv = [*argv, "+hydra.callbacks.moesim_sweep._target_=sim.app.hydra_app.SweepSummary"]
+        extra.append("+hydra.callbacks.moesim_sweep._target_=sim.app.hydra_app.SweepSummary")
+    # beside the user's overrides (Hydra's parser takes one run of them, flags before or after)
+    at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+    argv = [*argv[:at], *extra, *argv[at:]]
     sys.argv = [prog, *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # raise errors to us instead of printing a report
     skip_mode = single_run(argv)
