@@ -287,3 +287,20 @@ def test_report_on_a_file_instead_of_a_dir_makes_nothing(tmp_path):
     p = _moesim(["report", "f.txt"], tmp_path)
     assert p.returncode == 2 and "not a directory" in p.stderr
     assert [q.name for q in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_a_wrapped_workload_is_a_line_of_the_summary(tmp_path):
+    """Requests longer than their routing trace replay it from its start (trace.overflow=wrap):
+    the summary says so in a line, not only binding.tokens_past_trace in metrics.json."""
+    import json
+
+    p = _moesim(["trace", "synth", "--params", "mixtral-8x7b", "--requests", "2",
+                 "--tokens-per-request", "8", "-o", "t.parquet"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    p = _moesim(["sim", "trace=file", "trace.path=t.parquet", "workload.num_requests=2",
+                 "workload.prompt_tokens_mean=40", "workload.output_tokens_mean=4",
+                 "output.progress=off", "hydra.run.dir=run"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    wrapped = json.loads((tmp_path / "run" / "metrics.json").read_text())["binding"]["tokens_past_trace"]
+    assert wrapped > 0
+    assert f"note: {wrapped} tokens ran past their routing trace" in p.stdout
