@@ -48,6 +48,14 @@ def _task(cfg: Any) -> None:
         raise ConfigError("policy.caches and cluster.expert_budget_fractions must be non-empty "
                           "lists, e.g. 'policy.caches=[lru,lifo]' "
                           "'cluster.expert_budget_fractions=[0.5]'")
+    if c.mode not in ("plain", "batch"):
+        raise ConfigError(f"mode={c.mode!r}; expected plain or batch")
+    from sim.policies import CACHE, PREFETCH
+
+    for name in c.policy.caches:
+        CACHE.get(name)  # an unknown name fails before any work
+    if c.policy.prefetch and c.policy.prefetch != "none":
+        PREFETCH.get(c.policy.prefetch)
     trace_path = require_file(c.trace.path, "trace.path")
     shape = trace_shape(trace_path)
     fracs = list(c.cluster.expert_budget_fractions)

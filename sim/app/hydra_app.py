@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.app.hydra_errors import (
+    AppCrashed,
     AppFailed,
     check_keys,
     check_launcher,
@@ -74,7 +75,10 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
             return job.failed(str(exc))
         except Exception as exc:
             if job is None:
-                raise
+                if os.environ.get("MOESIM_TRACEBACK"):
+                    raise
+                raise AppCrashed(f"{type(exc).__name__}: {short_error(exc)} (an input this command "
+                                 f"did not check; MOESIM_TRACEBACK=1 shows where)") from exc
             return job.failed(f"{type(exc).__name__}: {short_error(exc)}")
         if job is not None:
             job.done()
@@ -101,6 +105,8 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         Hydra.get_mode = no_mode  # type: ignore[method-assign]
     try:
         app()
+    except AppCrashed as exc:
+        _fail(prog, str(exc), runs, status=1)
     except AppFailed as exc:
         _fail(prog, str(exc), runs)
     except Exception as exc:
@@ -144,11 +150,11 @@ def _logs_to_file(config_name: str) -> bool:
     return "hydra/job_logging: none" not in text and "hydra/job_logging: disabled" not in text
 
 
-def _fail(prog: str, message: str, runs: RunDirs) -> None:
+def _fail(prog: str, message: str, runs: RunDirs, status: int = 2) -> None:
     runs.remove_failed()
     line = " ".join(message.split()) if "\n" in message else message
     print(f"{prog}: error: {line}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(status)
 
 
 class _SweepJob:

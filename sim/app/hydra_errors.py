@@ -35,6 +35,10 @@ class AppFailed(BaseException):
     """Carries a task's one-line error past Hydra's job runner (which catches ``Exception``)."""
 
 
+class AppCrashed(AppFailed):
+    """An error no check foresaw (a library's ``ValueError``...), carried as one line: exit 1."""
+
+
 #: top-level keys of the cache and placement apps before one vocabulary across commands (issue 14),
 #: and what they are now (an unknown-key error names the new one)
 RENAMED_KEYS = {
@@ -54,8 +58,8 @@ _SCI_INT = re.compile(r"^[+-]?\d+(\.\d*)?[eE]\+?\d+$")
 def normalise_overrides(argv: list[str]) -> list[str]:
     """The command line as Hydra should read it: a number written ``1e12`` that is a whole number
     becomes ``1000000000000`` (so integer keys take it; a float key takes an int too); a key
-    inside a policy's argument dict (``policy.prefetch_args.period=0``) is set whether or not the
-    dict already has it (``++``), so no ``+`` is needed."""
+    inside a policy's argument dict (``policy.prefetch_args.period=0``) or the demo's ``runs``
+    is set whether or not the dict already has it (``++``), so no ``+`` is needed."""
     out = [a for a in argv if a in ("-m", "--multirun")]  # Hydra reads flags before overrides
     for arg in argv:
         if arg in ("-m", "--multirun"):
@@ -73,7 +77,7 @@ def normalise_overrides(argv: list[str]) -> list[str]:
                 pass
         parts = key.lstrip("+~").split(".")
         if (not key.startswith(("+", "~")) and len(parts) > 1
-                and any(p.endswith("_args") for p in parts[:-1])):
+                and (any(p.endswith("_args") for p in parts[:-1]) or parts[0] == "runs")):
             key = "++" + key
         out.append(f"{key}={value}")
     return out

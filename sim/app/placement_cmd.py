@@ -39,9 +39,12 @@ def _task(cfg: Any) -> None:
                           "'policy.placements=[greedy,eplb]'")
     if c.cluster.expert_parallel < 1:
         raise ConfigError(f"cluster.expert_parallel must be >= 1, got {c.cluster.expert_parallel}")
+    from sim.policies import PLACEMENT
     from traces.format import read_meta
     from traces.load_table import LOAD_KIND, read_load_table
 
+    for name in c.policy.placements:
+        PLACEMENT.get(name)  # an unknown name fails before any work
     path = require_file(c.trace.path, "trace.path")
     shape = trace_shape(path)
     if shape is not None:

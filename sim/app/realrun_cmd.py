@@ -34,6 +34,10 @@ def main(argv: list[str]) -> int:
 def _interpret_if_cpu(device: str) -> None:
     import os
 
+    from traces.capture_cli import check_device
+
+    check_device(str(device), flag="device", sep="=")
+
     if not str(device).startswith("cuda"):
         os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton runs on the CPU only interpreted
 

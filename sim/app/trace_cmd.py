@@ -33,6 +33,19 @@ class _Parser(argparse.ArgumentParser):
         raise MoesimError(f"{self.prog}: {message}")
 
 
+def _seed(text: str) -> int:
+    """A seed numpy takes: an integer in [0, 2**32 - 1] (sim.world.ranges.SEED, as seed= everywhere)."""
+    from sim.world.ranges import SEED
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not SEED.ok(v):
+        raise argparse.ArgumentTypeError(f"{v}; expected {SEED.describe()}")
+    return v
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from traces.engine_import import ENGINE_FORMATS
     from traces.importers import ROUTING_FORMATS
@@ -81,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit synthetic-generator parameters to a routing trace")
     fit.add_argument("trace")
     fit.add_argument("-o", "--output", required=True, help="parameters JSON")
-    fit.add_argument("--seed", type=int, default=0, help="seed for the calibration runs")
+    fit.add_argument("--seed", type=_seed, default=0, help="seed for the calibration runs")
 
     der = sub.add_parser("derive", help="derive generator parameters for a model with no real trace "
                                         "from the nearest fitted one (traces/synth_derive.py)")
@@ -89,7 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
     der.add_argument("-o", "--output", required=True, help="parameters JSON")
     der.add_argument("--source", default=None, help="fitted shipped parameters to derive from "
                                                     "(default: the nearest, traces.synth_derive.NEAREST)")
-    der.add_argument("--seed", type=int, default=0, help="seed for the label shuffle and calibration runs")
+    der.add_argument("--seed", type=_seed, default=0, help="seed for the label shuffle and calibration runs")
     der.add_argument("--eps", type=float, default=0.0,
                      help="coherence of the expert split, 0 (children keep their channel) .. 1 (none)")
 
@@ -102,7 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--tokens-per-request", type=int, default=128)
     syn.add_argument("--task", default=None, help="task to sample (default: tasks in fitted proportion)")
     syn.add_argument("--phase", choices=["prefill", "decode"], default=None)
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--seed", type=_seed, default=0)
     syn.add_argument("-o", "--output", required=True)
     return p
 

@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.common.errors import ConfigError
-from sim.world.ranges import AT_LEAST_1, COUNT_OR_ALL, NONNEG, OPEN_FRACTION, POSITIVE, SEED, Range, ranges
+from sim.world.ranges import (
+    AT_LEAST_1,
+    COUNT_OR_ALL,
+    NONNEG,
+    OPEN_FRACTION,
+    POSITIVE,
+    RATE,
+    SEED,
+    Range,
+    ranges,
+)
 
 
 @ranges(
@@ -67,16 +77,16 @@ class ModelConfig:
 
 @ranges(
         memory_bytes=POSITIVE,
-        hbm_bytes_per_s=POSITIVE, bf16_flops=POSITIVE,
+        hbm_bytes_per_s=RATE, bf16_flops=RATE,
         flops_efficiency=OPEN_FRACTION,
         hbm_efficiency=OPEN_FRACTION,
         kernel_latency_s=NONNEG,
         pcie_gen=AT_LEAST_1,
-        host_link_bytes_per_s=POSITIVE,
+        host_link_bytes_per_s=RATE,
         host_link_latency_s=NONNEG,
-        nvlink_bytes_per_s=POSITIVE,
+        nvlink_bytes_per_s=RATE,
         nvlink_latency_s=NONNEG,
-        network_bytes_per_s=POSITIVE,
+        network_bytes_per_s=RATE,
         network_latency_s=NONNEG,
         host_copy_overhead_s=NONNEG,
         iteration_overhead_s=NONNEG)

@@ -53,7 +53,8 @@ class Range:
             parts.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
         elif self.hi < math.inf:
             parts.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
-        text = ("a number in " if parts and parts[0][0] in "([" else "a number ") + parts[0] \
+        kind = "a fraction" if (self.lo, self.hi) == (0, 1) else "a number"
+        text = (f"{kind} in " if parts and parts[0][0] in "([" else f"{kind} ") + parts[0] \
             if parts else "a finite number"
         if self.also:
             text += " or " + " or ".join(_num(a) for a in self.also)
@@ -70,6 +71,8 @@ def _num(v: float) -> str:
 ANY_FINITE = Range()
 NONNEG = Range(lo=0)
 POSITIVE = Range(lo=0, lo_open=True)
+#: a rate whose infinite limit is a meaningful ideal (a free link, an instant kernel)
+RATE = Range(lo=0, lo_open=True, inf_ok=True, note="inf: no cost")
 AT_LEAST_1 = Range(lo=1)
 FRACTION = Range(lo=0, hi=1)  # [0, 1]
 OPEN_UNIT = Range(lo=0, hi=1, lo_open=True, hi_open=True)  # (0, 1)
