@@ -212,6 +212,13 @@ SUBPROCESS_CASES = [
     (["experiment", "emoe", "workload.rates_rps=[-1]"], ["workload.rates_rps[0]=-1"]),
     (["kernels", "bench", "rep_ms=0"], ["rep_ms=0"]),
     (["demo", "workload.rate_rps=-1"], ["workload.rate_rps=-1"]),
+    (["demo", "runs.a.seed=-1"], ["runs.a: seed=-1"]),  # checked before the first run
+    (["cache", "trace.path={many}", "policy.caches=[nope]"], ["'nope'"]),  # before the progress
+    (["cache", "trace.path={many}", "mode=weird"], ["mode='weird'"]),
+    (["placement", "trace.path={many}", "policy.placements=[nope]"], ["'nope'"]),
+    (["trace", "synth", "--seed", "-1", "-o", "o.parquet"], ["--seed", "-1"]),
+    (["realrun", "replay", "device=gpu"], ["device=gpu", "cpu"]),
+    (["sim", "hydra.launcher.n_jobs=0", "-m", "seed=1,2"], ["n_jobs"]),
 ]
 
 

@@ -73,6 +73,12 @@ def run_configs(cfg: Any) -> list[tuple[str, Any, dict[str, Any]]]:
         if keys.get("cluster.expert_budget_fraction") is not None:
             run = dataclasses.replace(run, cluster=dataclasses.replace(run.cluster,
                                                                        expert_budget_bytes=0))
+        try:  # every run's config checked before the first runs (nothing half-written)
+            from sim.serving.plan import check_config
+
+            check_config(run)
+        except ConfigError as exc:
+            raise ConfigError(f"runs.{name}: {exc}") from None
         out.append((str(name), run, keys))
     return out
 
