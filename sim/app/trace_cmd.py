@@ -42,7 +42,7 @@ def _seed(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if not SEED.ok(v):
-        raise argparse.ArgumentTypeError(f"{v}; expected {SEED.describe()}")
+        raise argparse.ArgumentTypeError(f"{v}; expected {SEED.describe(integer=True)}")
     return v
 
 
@@ -175,7 +175,7 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     path = require_file(a.file, "FILE", what="a routing trace, request trace or load table")
     with open(path, "rb") as f:
         parquet = f.read(4) == b"PAR1"
-    if not parquet:
+    if not parquet and path.suffix.lower() != ".parquet":
         from traces.request_import import load_workload, sniff_workload_format
 
         try:

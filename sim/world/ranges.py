@@ -44,7 +44,7 @@ class Range:
         below = v < self.hi if self.hi_open else v <= self.hi
         return above and (below or (self.inf_ok and math.isinf(v)))
 
-    def describe(self) -> str:
+    def describe(self, integer: bool = False) -> str:
         parts = []
         if self.lo > -math.inf and self.hi < math.inf:
             parts.append(f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}"
@@ -53,7 +53,7 @@ class Range:
             parts.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
         elif self.hi < math.inf:
             parts.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
-        kind = "a fraction" if (self.lo, self.hi) == (0, 1) else "a number"
+        kind = "a fraction" if (self.lo, self.hi) == (0, 1) else "an integer" if integer else "a number"
         text = (f"{kind} in " if parts and parts[0][0] in "([" else f"{kind} ") + parts[0] \
             if parts else "a finite number"
         if self.also:
@@ -122,7 +122,7 @@ def check_value(key: str, v: Any, rng: Range) -> None:
         return
     if not rng.ok(float(v)):
         what = " (not a number)" if math.isnan(v) else " (infinite)" if math.isinf(v) else ""
-        raise ConfigError(f"{key}={v}{what}; expected {rng.describe()}")
+        raise ConfigError(f"{key}={v}{what}; expected {rng.describe(isinstance(v, int))}")
 
 
 def check_ranges(cfg: Any, prefix: str = "") -> None:
