@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,12 +43,35 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    src = Path(args.dir)
+    if not src.exists():
+        raise MoesimError(f"{args.dir}: no such directory (a run or sweep directory: hydra.run.dir "
+                          f"or hydra.sweep.dir of a moesim command)")
+    if not src.is_dir():
+        raise MoesimError(f"{args.dir}: not a directory (a run or sweep directory)")
+    out = Path(args.out) if args.out else src / "report"
+    made = [p for p in (out, *out.parents) if not p.exists()]  # removed again if the report fails
+    try:
+        return _report(args, argv, out)
+    except BaseException:
+        for p in made:  # deepest first; a folder that holds anything else stays
+            shutil.rmtree(p, ignore_errors=True) if p == out else _rmdir(p)
+        raise
+
+
+def _rmdir(p: Path) -> None:
+    try:
+        p.rmdir()
+    except OSError:
+        pass
+
+
+def _report(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     from analysis.plots import compare_plot
     from analysis.report import write_report
     from analysis.results import load_records, load_runs
     from sim.common.files import atomic_write_bytes
 
-    out = Path(args.out) if args.out else Path(args.dir) / "report"
     command = "moesim report " + " ".join(shlex.quote(a) for a in argv)
     if args.y is None and args.x is None and args.hue is None and args.records is None:
         _check_out_dir(out)

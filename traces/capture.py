@@ -171,6 +171,11 @@ def _load(model_dir: Path, dtype: str, device: str) -> _Loaded:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers.utils.logging.disable_progress_bar()
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    tok_files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
+                 "spiece.model")
+    if not any((model_dir / f).is_file() for f in tok_files):
+        raise MoesimError(f"{model_dir}: the checkpoint has no tokenizer (none of "
+                          f"{', '.join(tok_files)}); copy the model's tokenizer files into it")
     try:
         tok = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True,

@@ -27,8 +27,36 @@ def add_capture_parser(sub) -> None:
     cap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
+def check_device(device: str, flag: str = "--device", sep: str = " ") -> None:
+    """A torch device this machine has, else a one-line error saying what to install or give
+    (before the model is loaded)."""
+    from sim.common.errors import MoesimError
+
+    kind = device.split(":", 1)[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise MoesimError(f"{flag}{sep}{device}: not a torch device; expected cpu, cuda, cuda:N or mps")
+    if kind == "cpu":
+        return
+    import torch
+
+    if kind == "cuda" and not torch.cuda.is_available():
+        build = "the CPU-only torch build" if torch.version.cuda is None else "no visible GPU"
+        raise MoesimError(f"{flag}{sep}{device}: CUDA is not available here ({build}); use {flag}{sep}cpu, "
+                          f"or install the CUDA torch build (pip install torch --index-url "
+                          f"https://download.pytorch.org/whl/cu124) on a machine with a GPU")
+    if kind == "cuda" and ":" in device:
+        idx = device.split(":", 1)[1]
+        if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+            raise MoesimError(f"{flag}{sep}{device}: this machine has {torch.cuda.device_count()} GPU(s) "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise MoesimError(f"{flag}{sep}{device}: MPS is not available here; use {flag}{sep}cpu")
+
+
 def cmd_capture(a: argparse.Namespace) -> int:
     from traces.capture import capture
+
+    check_device(a.device)
 
     r = capture(a.model_dir, a.prompts, a.output, max_new_tokens=a.max_new_tokens,
                 hidden_states=a.hidden_states, chunk_prompts=a.chunk_prompts, dtype=a.dtype,

@@ -80,7 +80,11 @@ def _read_moe_beyond_file(path: Path, layer_ids: np.ndarray, num_experts: int, t
     try:
         table = pcsv.read_csv(
             pa.py_buffer(data),
-            read_options=pcsv.ReadOptions(column_names=list(MOE_BEYOND_COLUMNS), skip_rows=1),
+            # one thread: a parse error must not leave pyarrow's pool parsing later blocks of
+            # the file while the error unwinds and the interpreter exits (an abort at exit,
+            # "terminate called without an active exception", exit status 134)
+            read_options=pcsv.ReadOptions(column_names=list(MOE_BEYOND_COLUMNS), skip_rows=1,
+                                          use_threads=False),
             parse_options=pcsv.ParseOptions(newlines_in_values=False),
             convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=False,
                                                 quoted_strings_can_be_null=False),

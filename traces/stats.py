@@ -259,22 +259,30 @@ def _js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
         return 0.5 * kl(p) + 0.5 * kl(q)
 
 
-def _core(trace: RoutingTrace) -> dict[str, Any]:
+#: the parts of the statistics of one trace, in order (``on_step`` is called after each)
+CORE_PARTS = ("popularity", "reuse_distance", "cross_layer", "temporal")
+
+
+def _core(trace: RoutingTrace, on_step: Any = None) -> dict[str, Any]:
     b = trace.request_bounds()
     lens = np.diff(b)
-    return {
+    out: dict[str, Any] = {
         "num_requests": int(len(lens)), "num_tokens": trace.num_tokens,
         "tokens_per_request": {"min": int(lens.min()), "median": float(np.median(lens)),
                                "mean": float(lens.mean()), "max": int(lens.max())},
-        "popularity": popularity_stats(trace),
-        "reuse_distance": reuse_stats(trace),
-        "cross_layer": cross_layer_stats(trace),
-        "temporal": temporal_stats(trace),
     }
+    for name, part in zip(CORE_PARTS, (popularity_stats, reuse_stats, cross_layer_stats,
+                                       temporal_stats)):
+        out[name] = part(trace)
+        if on_step is not None:
+            on_step(name)
+    return out
 
 
-def trace_stats(trace: RoutingTrace, per_task: bool = True) -> dict[str, Any]:
-    """All statistics of ``trace`` as one JSON-ready dict (see the module docstring)."""
+def trace_stats(trace: RoutingTrace, per_task: bool = True, on_step: Any = None) -> dict[str, Any]:
+    """All statistics of ``trace`` as one JSON-ready dict (see the module docstring);
+    ``on_step(label)`` after each of the whole trace's :data:`CORE_PARTS` and after each task's
+    statistics when there are several tasks (progress)."""
     m = trace.meta
     out: dict[str, Any] = {
         "model": m.model, "num_layers": m.num_layers, "num_experts": m.num_experts, "top_k": m.top_k,
@@ -282,7 +290,7 @@ def trace_stats(trace: RoutingTrace, per_task: bool = True) -> dict[str, Any]:
         "phases": {str(k): int(v) for k, v in trace.tokens["phase"].value_counts().items()},
         "has_weights": trace.weights is not None,
     }
-    out.update(_core(trace))
+    out.update(_core(trace, on_step))
     tasks = pd.Series(trace.request_tasks())
     out["tasks"] = {str(k): int(v) for k, v in tasks.value_counts().sort_index().items()}
     if per_task:
@@ -302,6 +310,8 @@ def trace_stats(trace: RoutingTrace, per_task: bool = True) -> dict[str, Any]:
                 "overlap_mean": c["temporal"]["overlap_mean"],
                 "popularity_js_vs_all_mean": float(_js_divergence(popularity_counts(sub), overall).mean()),
             }
+            if on_step is not None and not one:
+                on_step(f"task {t}")
         out["per_task"] = per
     return out
 

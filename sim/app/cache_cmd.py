@@ -19,19 +19,26 @@ Same inputs -> byte-identical ``metrics.json`` (no timings or absolute run paths
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from sim.common.errors import ConfigError
+from sim.common.jsonout import strict_json
 
 
 def _task(cfg: Any) -> None:
     from sim.app.hydra_app import run_dir
+    from sim.app.progress import StepProgress
     from sim.app.schemas.cache import CacheAppConfig
-    from sim.app.schemas.common import app_config, limit_requests
+    from sim.app.schemas.common import (
+        app_config,
+        check_budget_slots,
+        check_model_matches,
+        limit_requests,
+        trace_shape,
+    )
     from sim.common.files import atomic_write_bytes, require_file
     from sim.replay.cache import run_replay
     from traces.format import read_trace
@@ -41,14 +48,31 @@ def _task(cfg: Any) -> None:
         raise ConfigError("policy.caches and cluster.expert_budget_fractions must be non-empty "
                           "lists, e.g. 'policy.caches=[lru,lifo]' "
                           "'cluster.expert_budget_fractions=[0.5]'")
+    if c.mode not in ("plain", "batch"):
+        raise ConfigError(f"mode={c.mode!r}; expected plain or batch")
+    from sim.policies import CACHE, PREFETCH
+
+    for name in c.policy.caches:
+        CACHE.get(name)  # an unknown name fails before any work
+    if c.policy.prefetch and c.policy.prefetch != "none":
+        PREFETCH.get(c.policy.prefetch)
     trace_path = require_file(c.trace.path, "trace.path")
+    shape = trace_shape(trace_path)
+    fracs = list(c.cluster.expert_budget_fractions)
+    if shape is not None:
+        check_model_matches(c.model, *shape, trace_path)
+        check_budget_slots(fracs, shape[1], "cluster.expert_budget_fractions")
     trace = limit_requests(read_trace(trace_path), c.workload.max_requests)
+    caches = list(c.policy.caches)
+    steps = len(fracs) * len(dict.fromkeys([*caches, "belady"]))
+    bar = StepProgress("moesim cache", steps, f"replays of {trace.num_tokens} tokens")
     t0 = time.perf_counter()
-    results = run_replay(trace, list(c.policy.caches), list(c.cluster.expert_budget_fractions),
+    results = run_replay(trace, caches, fracs,
                          mode=c.mode, batch_size=c.batch_size, prefetch=c.policy.prefetch,
                          prefetch_kwargs=dict(c.policy.prefetch_args), expert_bytes=c.expert_bytes,
                          reroute=c.policy.reroute,
-                         model=c.model.name if c.model is not None else None)
+                         model=c.model.name if c.model is not None else None,
+                         on_step=lambda name, f: bar.step(f"{name} at {f:g}"))
     wall_s = time.perf_counter() - t0
     out = Path(run_dir())
     metrics = {
@@ -60,7 +84,7 @@ def _task(cfg: Any) -> None:
         "prefetch": c.policy.prefetch or "none", "reroute": c.policy.reroute,
         "results": results,
     }
-    atomic_write_bytes((json.dumps(metrics, indent=1, sort_keys=True) + "\n").encode(),
+    atomic_write_bytes((strict_json(metrics, indent=1, sort_keys=True) + "\n").encode(),
                        out / "metrics.json")
     if c.plot:
         from analysis.plots_cache import plot_hit_rate

@@ -12,7 +12,9 @@ so ``moesim trace stats`` never pays for importing torch.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import warnings
 
 from sim.common.errors import MoesimError
 
@@ -41,8 +43,22 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _quiet_libraries() -> None:
+    """Library warnings that are noise to a user of the command line (a deprecation inside a
+    dependency, numpy's empty-slice means whose result is reported as null) are not printed;
+    ``PYTHONWARNINGS`` still turns them on."""
+    if sys.warnoptions:
+        return
+    for cat in (DeprecationWarning, FutureWarning, PendingDeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=cat)
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -63,11 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(rest) or 0)
     except MoesimError as exc:
-        print(f"moesim: error: {exc}", file=sys.stderr)
+        print(f"moesim: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("moesim: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, TypeError, OverflowError, OSError, RuntimeError, MemoryError) as exc:
+        # an input no check foresaw reached a library (numpy, pandas, pyarrow, torch): one line
+        # naming it, never a traceback (MOESIM_TRACEBACK=1 shows it, for a bug report)
+        if os.environ.get("MOESIM_TRACEBACK"):
+            raise
+        print(f"moesim {name}: error: {type(exc).__name__}: {one_line(str(exc))} (an input this "
+              f"command did not check; MOESIM_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
+
+
+def one_line(text: str) -> str:
+    """A message on one line (at most 400 characters)."""
+    line = " ".join(text.split())
+    return line if len(line) <= 400 else line[:397] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover

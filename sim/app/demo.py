@@ -20,7 +20,6 @@ Writes ``DIR/<run>/metrics.json`` (+ ``requests.parquet``, ``config.json``), ``D
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from sim.common.errors import ConfigError
+from sim.common.jsonout import strict_json
 from sim.engine.metrics import format_table
 
 COLUMNS = ["run", "budget", "hit rate", "H2D GB", "stall s", "TTFT p50 s", "TPOT p50 ms",
@@ -73,6 +73,12 @@ def run_configs(cfg: Any) -> list[tuple[str, Any, dict[str, Any]]]:
         if keys.get("cluster.expert_budget_fraction") is not None:
             run = dataclasses.replace(run, cluster=dataclasses.replace(run.cluster,
                                                                        expert_budget_bytes=0))
+        try:  # every run's config checked before the first runs (nothing half-written)
+            from sim.serving.plan import check_config
+
+            check_config(run)
+        except ConfigError as exc:
+            raise ConfigError(f"runs.{name}: {exc}") from None
         out.append((str(name), run, keys))
     return out
 
@@ -97,9 +103,9 @@ def _replay(cfg: Any, out: Path) -> list[dict[str, Any]]:
                "trace": {"source": f"synth:{cfg.trace.generator or cfg.model.name}",
                          "tokens": trace.num_tokens, "requests": len(trace.request_ids())},
                "results": results}
-    atomic_write_bytes((json.dumps(metrics, indent=1, sort_keys=True) + "\n").encode(),
+    atomic_write_bytes((strict_json(metrics, indent=1, sort_keys=True) + "\n").encode(),
                        out / "replay" / "metrics.json")
-    atomic_write_bytes((json.dumps({"label": "replay"}) + "\n").encode(),
+    atomic_write_bytes((strict_json({"label": "replay"}) + "\n").encode(),
                        out / "replay" / "config.json")
     return results
 
@@ -147,7 +153,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
         sim, metrics = simulate(run_cfg, workload=workload, pool=pool)
         write_outputs(out / name, sim, metrics, time.perf_counter() - t0, run_cfg)
         config = {"label": name, "overrides": keys, "config": dataclasses.asdict(run_cfg)}
-        atomic_write_bytes((json.dumps(config, indent=1, default=str) + "\n").encode(),
+        atomic_write_bytes((strict_json(config, indent=1, default=str) + "\n").encode(),
                            out / name / "config.json")
         print(f"      {time.perf_counter() - t0:.1f} s, hit rate {metrics['hit_rate']:.3f}, "
               f"TTFT p50 {metrics['ttft_s']['p50']:.3f} s", file=sys.stderr, flush=True)

@@ -26,10 +26,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sim.app.hydra_errors import AppFailed, check_keys, check_missing, check_override_syntax, hydra_error_line
+from sim.app.hydra_errors import (
+    AppCrashed,
+    AppFailed,
+    check_keys,
+    check_launcher,
+    check_missing,
+    check_override_syntax,
+    hydra_error_line,
+    normalise_overrides,
+)
 from sim.app.hydra_help import app_help
 from sim.app.hydra_runs import RunDirs, no_mode, single_run
 from sim.common.errors import MoesimError, short_error
+from sim.world.ranges import check_ranges
 
 CONFIG_PATH = "pkg://conf"
 
@@ -44,7 +54,9 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     if "-h" in argv or "--help" in argv:
         print(app_help(config_name, prog, sys.modules[task.__module__].__doc__ or ""))
         return 0
+    argv = normalise_overrides(argv)
     check_override_syntax(argv, prog)
+    check_launcher(argv, prog)
     runs = RunDirs(argv)
 
     def _task(cfg: Any) -> Any:
@@ -55,6 +67,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         try:
             check_keys(cfg, config_name)
             check_missing(cfg, prog)
+            check_ranges(cfg)
             result = task(cfg)
         except MoesimError as exc:
             if job is None:
@@ -62,7 +75,10 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
             return job.failed(str(exc))
         except Exception as exc:
             if job is None:
-                raise
+                if os.environ.get("MOESIM_TRACEBACK"):
+                    raise
+                raise AppCrashed(f"{type(exc).__name__}: {short_error(exc)} (an input this command "
+                                 f"did not check; MOESIM_TRACEBACK=1 shows where)") from exc
             return job.failed(f"{type(exc).__name__}: {short_error(exc)}")
         if job is not None:
             job.done()
@@ -71,8 +87,14 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     _task.__module__ = f"moesim.{config_name}"  # Hydra's job name (log file, help): the app's
     app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(_task)
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    extra = []
+    if _logs_to_file(config_name):  # the job's log file is made at its first record, not empty
+        extra.append("++hydra.job_logging.handlers.file.delay=true")
     if "-m" in argv or "--multirun" in argv:  # the summary of the sweep, failed jobs included
-        argv = [*argv, "+hydra.callbacks.moesim_sweep._target_=sim.app.hydra_app.SweepSummary"]
+        extra.append("+hydra.callbacks.moesim_sweep._target_=sim.app.hydra_app.SweepSummary")
+    # beside the user's overrides (Hydra's parser takes one run of them, flags before or after)
+    at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+    argv = [*argv[:at], *extra, *argv[at:]]
     sys.argv = [prog, *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # raise errors to us instead of printing a report
     skip_mode = single_run(argv)
@@ -83,6 +105,8 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         Hydra.get_mode = no_mode  # type: ignore[method-assign]
     try:
         app()
+    except AppCrashed as exc:
+        _fail(prog, str(exc), runs, status=1)
     except AppFailed as exc:
         _fail(prog, str(exc), runs)
     except Exception as exc:
@@ -92,7 +116,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         if isinstance(exc, MoesimError):
             _fail(prog, str(exc), runs)
         if isinstance(exc, HydraException | OmegaConfBaseException):
-            _fail(prog, hydra_error_line(exc), runs)
+            _fail(prog, hydra_error_line(exc, config_name), runs)
         if isinstance(exc, ValueError) and not runs.any_started:  # Hydra's flag checks
             _fail(prog, short_error(exc), runs)
         if isinstance(exc, AssertionError) and not runs.any_started and "NoneType" in str(exc):
@@ -115,11 +139,22 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     return 0
 
 
-def _fail(prog: str, message: str, runs: RunDirs) -> None:
+def _logs_to_file(config_name: str) -> bool:
+    """Whether the app keeps Hydra's job logging (a file handler); kernels bench turns it off."""
+    from importlib.resources import files
+
+    try:
+        text = (files("conf") / f"{config_name}.yaml").read_text()
+    except OSError:
+        return False
+    return "hydra/job_logging: none" not in text and "hydra/job_logging: disabled" not in text
+
+
+def _fail(prog: str, message: str, runs: RunDirs, status: int = 2) -> None:
     runs.remove_failed()
     line = " ".join(message.split()) if "\n" in message else message
     print(f"{prog}: error: {line}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(status)
 
 
 class _SweepJob:

@@ -35,6 +35,10 @@ class AppFailed(BaseException):
     """Carries a task's one-line error past Hydra's job runner (which catches ``Exception``)."""
 
 
+class AppCrashed(AppFailed):
+    """An error no check foresaw (a library's ``ValueError``...), carried as one line: exit 1."""
+
+
 #: top-level keys of the cache and placement apps before one vocabulary across commands (issue 14),
 #: and what they are now (an unknown-key error names the new one)
 RENAMED_KEYS = {
@@ -45,6 +49,106 @@ RENAMED_KEYS = {
     "prefetch_kwargs": "policy.prefetch_args",
     "reroute": "policy.reroute",
     "policy_kwargs": "policy.placement_args",
+}
+
+
+_SCI_INT = re.compile(r"^[+-]?\d+(\.\d*)?[eE]\+?\d+$")
+
+
+def normalise_overrides(argv: list[str]) -> list[str]:
+    """The command line as Hydra should read it: a number written ``1e12`` that is a whole number
+    becomes ``1000000000000`` (so integer keys take it; a float key takes an int too); a key
+    inside a policy's argument dict (``policy.prefetch_args.period=0``) or the demo's ``runs``
+    is set whether or not the dict already has it (``++``), so no ``+`` is needed."""
+    out = [a for a in argv if a in ("-m", "--multirun")]  # Hydra reads flags before overrides
+    for arg in argv:
+        if arg in ("-m", "--multirun"):
+            continue
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith("-"):
+            out.append(arg)
+            continue
+        if _SCI_INT.match(value.strip()):
+            try:
+                f = float(value)
+                if f.is_integer() and abs(f) < 2**63:
+                    value = str(int(f))
+            except ValueError:
+                pass
+        parts = key.lstrip("+~").split(".")
+        if (not key.startswith(("+", "~")) and len(parts) > 1
+                and (any(p.endswith("_args") for p in parts[:-1]) or parts[0] == "runs")):
+            key = "++" + key
+        out.append(f"{key}={value}")
+    return out
+
+
+def known_keys(config_name: str) -> set[str]:
+    """The dotted keys of one app's schema (every field, nested nodes walked)."""
+    from sim.app.schemas.registry import APPS
+
+    return set(_schema_keys(APPS[config_name])) if config_name in APPS else set()
+
+
+def _schema_keys(cls: type, prefix: str = "") -> list[str]:
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        inner = [a for a in typing.get_args(t) if a is not type(None)]
+        base = inner[0] if typing.get_origin(t) is typing.Union and len(inner) == 1 else t
+        out.append(prefix + f.name)
+        if isinstance(base, type) and dataclasses.is_dataclass(base):
+            out.extend(_schema_keys(base, f"{prefix}{f.name}."))
+    return out
+
+
+def _number_variants(key: str) -> list[str]:
+    """The singular and plural spellings of a key's last part (``policy.cache`` <->
+    ``policy.caches``, ``workload.rate_rps`` <-> ``workload.rates_rps``)."""
+    head, _, last = key.rpartition(".")
+    first, us, rest = last.partition("_")
+    cands = {last + "s", last[:-1] if last.endswith("s") else last,
+             first + "s" + us + rest, (first[:-1] if first.endswith("s") else first) + us + rest}
+    cands.discard(last)
+    return [f"{head}.{c}" if head else c for c in sorted(cands)]
+
+
+def unknown_key_line(key: str, config_name: str) -> str:
+    """One line for a key ``config_name``'s schema lacks, naming the key the user meant where
+    there is one: a renamed key, the singular/plural of one of this app's keys, or a key of
+    another command."""
+    from sim.app.schemas.registry import APPS
+
+    app = _APP_PROGS.get(config_name, config_name)
+    moved = RENAMED_KEYS.get(key)
+    if moved:
+        return f"unknown key {key!r}: it is {moved!r} since the keys were renamed"
+    mine = known_keys(config_name)
+    for cand in _number_variants(key):
+        if cand in mine:
+            return (f"unknown key {key!r}: {app} takes {cand!r} "
+                    + ("(a list: '" + cand + "=[...]')" if cand.endswith("s") and not key.endswith("s")
+                       else "(one value)"))
+    elsewhere = sorted(_APP_PROGS.get(n, n) for n in APPS if n != config_name and key in known_keys(n))
+    if elsewhere:
+        return (f"unknown key {key!r}: {app} has no such key; it is a key of "
+                f"{', '.join(elsewhere[:3])} (--help lists {app}'s keys)")
+    return f"unknown key {key!r}: the {app} config has no such key (--help lists the keys)"
+
+
+#: config name -> the command that runs it
+_APP_PROGS = {
+    "sim": "moesim sim", "demo": "moesim demo", "cache": "moesim cache",
+    "placement": "moesim placement", "realrun_replay": "moesim realrun replay",
+    "realrun_calibrate": "moesim realrun calibrate", "realrun_validate": "moesim realrun validate",
+    "predictor_train": "moesim predictor train", "predictor_eval": "moesim predictor eval",
+    "kernels_bench": "moesim kernels bench", "experiment_emoe": "moesim experiment emoe",
+    "experiment_huang": "moesim experiment huang", "experiment_accuracy": "moesim experiment accuracy",
+    "experiment_prefetch": "moesim experiment prefetch",
 }
 
 
@@ -69,6 +173,21 @@ def check_override_syntax(argv: list[str], prog: str) -> None:
             raise SystemExit(2) from None
 
 
+def check_launcher(argv: list[str], prog: str) -> None:
+    """The launcher's numbers that would fail only after the sweep folder is made."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if sep and key == "hydra.launcher.n_jobs":
+            try:
+                n = int(value)
+            except ValueError:
+                n = None
+            if n is None or n == 0:
+                print(f"{prog}: error: hydra.launcher.n_jobs={value}; expected N >= 1 jobs at once "
+                      f"(or -N: all CPUs but N-1, joblib's rule)", file=sys.stderr)
+                raise SystemExit(2)
+
+
 def check_keys(cfg: Any, config_name: str, prefix: str = "") -> None:
     """Keys a schema does not have (Hydra lets '+key=...' add them) are an error."""
     import dataclasses
@@ -79,12 +198,32 @@ def check_keys(cfg: Any, config_name: str, prefix: str = "") -> None:
     if dataclasses.is_dataclass(kind):
         extra = sorted(set(cfg.keys()) - {f.name for f in dataclasses.fields(kind)})
         if extra:
-            raise ConfigError(f"unknown key {prefix + str(extra[0])!r}: the {config_name} config has "
-                              f"no such key (--help lists the keys)")
+            raise ConfigError(unknown_key_line(prefix + str(extra[0]), config_name))
     for key in cfg.keys():
         child = cfg._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             check_keys(child, config_name, f"{prefix}{key}.")
+
+
+def _in_list(key: str, text: str) -> str:
+    """``tme_s`` inside ``cluster.faults=[{tme_s: 1}]`` -> ``cluster.faults[0].tme_s`` (Hydra
+    names only the element's key)."""
+    found = re.search(r"Could not override '([^']+)'", text)
+    if "." in key or not found or found[1] == key or found[1].endswith("." + key):
+        return key
+    listed = re.search(r"\+?([\w.]+)=(\[.*\])", text)
+    if listed:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            value = OverridesParser.create().parse_override(f"{listed[1]}={listed[2]}").value()
+        except Exception:  # noqa: BLE001 - only for the message
+            value = None
+        if isinstance(value, list):
+            for i, e in enumerate(value):
+                if isinstance(e, dict) and key in e:
+                    return f"{found[1]}[{i}].{key}"
+    return f"{found[1]}.{key}"
 
 
 def check_missing(cfg: Any, prog: str) -> None:
@@ -97,7 +236,7 @@ def check_missing(cfg: Any, prog: str) -> None:
                           + (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""))
 
 
-def hydra_error_line(exc: BaseException) -> str:
+def hydra_error_line(exc: BaseException, config_name: str = "") -> str:
     """One line for a Hydra / OmegaConf error, naming the key or override it is about."""
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
@@ -115,11 +254,7 @@ def hydra_error_line(exc: BaseException) -> str:
     full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
     if isinstance(cause, ConfigAttributeError | ConfigKeyError) or (
             cause is None and isinstance(exc, ConfigAttributeError | ConfigKeyError)):
-        moved = RENAMED_KEYS.get(str(full_key))
-        if moved:
-            return f"unknown key {full_key!r}: it is {moved!r} since the keys were renamed"
-        return (f"unknown key {full_key!r} (--help lists the keys; '+{full_key}=...' adds one "
-                f"only where a config allows it)")
+        return unknown_key_line(_in_list(str(full_key), text), config_name)
     override = text.split("override ", 1)[1].splitlines()[0] if "override " in text else None
     if isinstance(cause, ValidationError) or isinstance(exc, ValidationError):
         detail = short_error(cause or exc)

@@ -43,6 +43,9 @@ class RunDirs:
                 self.root[p] = p if p.exists() else next(a for a in p.parents if a.exists())
         self.created: list[tuple[Path, str, Path | None]] = []
         self.any_started = False
+        #: Hydra's default sweep root, if this invocation would be the one to make it
+        self.multirun = self.cwd / "multirun"
+        self.multirun_existed = self.multirun.exists()
 
     def started(self) -> None:
         """Called as a job's task starts (Hydra has made its directory and written .hydra/)."""
@@ -59,6 +62,14 @@ class RunDirs:
         self.created.append((d, job, sweep))
 
     @staticmethod
+    def _only_sweep_files(d: Path) -> bool:
+        """Nothing but folders and ``multirun.yaml`` files under ``d`` (no job wrote there)."""
+        try:
+            return d.is_dir() and all(p.is_dir() or p.name == "multirun.yaml" for p in d.rglob("*"))
+        except OSError:
+            return False
+
+    @staticmethod
     def _only_hydra_files(d: Path, job: str) -> bool:
         try:
             return all(p.name in (".hydra", f"{job}.log", "multirun.yaml") for p in d.iterdir())
@@ -66,6 +77,19 @@ class RunDirs:
             return False
 
     def remove_failed(self) -> None:
+        if not self.any_started:  # a sweep that failed before its first job: its folder goes
+            for d, existed in self.explicit.items():
+                if not existed and self._only_sweep_files(d):
+                    shutil.rmtree(d, ignore_errors=True)
+                    for parent in d.parents:
+                        if parent == self.root[d]:
+                            break
+                        try:
+                            parent.rmdir()
+                        except OSError:
+                            break
+            if not self.multirun_existed and self._only_sweep_files(self.multirun):
+                shutil.rmtree(self.multirun, ignore_errors=True)
         for d, job, sweep in reversed(self.created):
             if d == self.cwd or d in self.cwd.parents or not self._only_hydra_files(d, job):
                 continue

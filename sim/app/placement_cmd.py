@@ -7,25 +7,26 @@ conf/placement.yaml); the evaluation is :mod:`sim.replay.placement`.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from sim.common.errors import ConfigError
+from sim.common.jsonout import strict_json
 from sim.replay.placement import evaluate, evaluate_load
 
 
 def _write_metrics(m: dict[str, Any], out: Path) -> None:
     from sim.common.files import atomic_write_bytes
 
-    atomic_write_bytes((json.dumps(m, indent=1, sort_keys=True) + "\n").encode(), out / "metrics.json")
+    atomic_write_bytes((strict_json(m, indent=1, sort_keys=True) + "\n").encode(), out / "metrics.json")
 
 
 
 def _task(cfg: Any) -> None:
     from sim.app.hydra_app import run_dir
-    from sim.app.schemas.common import app_config, limit_requests
+    from sim.app.progress import StepProgress
+    from sim.app.schemas.common import app_config, check_model_matches, limit_requests, trace_shape
     from sim.app.schemas.placement import PlacementAppConfig
     from sim.common.files import require_file
     from sim.world.facts import model_for_trace
@@ -38,10 +39,22 @@ def _task(cfg: Any) -> None:
                           "'policy.placements=[greedy,eplb]'")
     if c.cluster.expert_parallel < 1:
         raise ConfigError(f"cluster.expert_parallel must be >= 1, got {c.cluster.expert_parallel}")
+    from sim.policies import PLACEMENT
     from traces.format import read_meta
     from traces.load_table import LOAD_KIND, read_load_table
 
+    for name in c.policy.placements:
+        PLACEMENT.get(name)  # an unknown name fails before any work
     path = require_file(c.trace.path, "trace.path")
+    shape = trace_shape(path)
+    if shape is not None:
+        if shape[2]:
+            check_model_matches(c.model, *shape, path)
+        if c.cluster.expert_parallel > shape[1]:
+            raise ConfigError(f"cluster.expert_parallel={c.cluster.expert_parallel} exceeds the "
+                              f"{shape[1]} experts of a layer: a GPU would hold none; expected "
+                              f"1..{shape[1]}")
+    steps = StepProgress("moesim placement", len(c.policy.placements), "placements scored")
     if read_meta(path).get("kind") == LOAD_KIND:  # counts only: plan and score in sample
         table = read_load_table(path)
         m = evaluate_load(table.counts, list(c.policy.placements), c.cluster.expert_parallel,
@@ -63,7 +76,7 @@ def _task(cfg: Any) -> None:
     else:
         eb = expert_bytes(c.model if c.model is not None else model_for_trace(trace.meta.model))
     m = evaluate(trace, list(c.policy.placements), c.cluster.expert_parallel, c.train_frac,
-                 c.batch_tokens, dict(c.policy.placement_args), eb)
+                 c.batch_tokens, dict(c.policy.placement_args), eb, on_step=steps.step)
     m = {"kind": "placement", "trace": {"path": str(c.trace.path), "model": trace.meta.model,
                                         "layers": trace.num_layers, "experts": trace.num_experts,
                                         "top_k": trace.top_k},

@@ -24,6 +24,7 @@ import numpy as np
 
 from sim.app.schemas.predictor import PredictorEvalConfig, PredictorTrainConfig
 from sim.common.errors import ConfigError, TraceFormatError
+from sim.common.jsonout import strict_json
 
 USAGE = ("usage: moesim predictor {train,eval} [key=value ...]\n"
          "  train trace.path=FILE                      train; checkpoint into the run directory\n"
@@ -96,7 +97,7 @@ def _setup_torch(threads: int, seed: int) -> None:
 def _write_json(obj: Any, path: Path) -> None:
     from sim.common.files import atomic_write_bytes
 
-    atomic_write_bytes(json.dumps(obj, indent=1).encode(), path)
+    atomic_write_bytes(strict_json(obj, indent=1).encode(), path)
 
 
 # ------------------------------------------------------------------------------------------------

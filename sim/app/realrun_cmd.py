@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from sim.common.errors import ConfigError
+from sim.common.jsonout import strict_json
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
@@ -34,6 +34,10 @@ def main(argv: list[str]) -> int:
 def _interpret_if_cpu(device: str) -> None:
     import os
 
+    from traces.capture_cli import check_device
+
+    check_device(str(device), flag="device", sep="=")
+
     if not str(device).startswith("cuda"):
         os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton runs on the CPU only interpreted
 
@@ -41,7 +45,7 @@ def _interpret_if_cpu(device: str) -> None:
 def _write_json(obj: dict[str, Any], path: Path) -> None:
     from sim.common.files import atomic_write_bytes
 
-    atomic_write_bytes((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), path)
+    atomic_write_bytes((strict_json(obj, indent=2, sort_keys=True) + "\n").encode(), path)
 
 
 def _trace(cfg: Any):
@@ -75,7 +79,10 @@ def replay_task(cfg: Any) -> None:
     cfg = app_config(cfg, RealrunReplayConfig)
     _interpret_if_cpu(cfg.device)
     from realrun.runner import RealMoE, RealrunConfig
+    from sim.app.schemas.common import check_budget_slots
 
+    check_budget_slots([cfg.cluster.expert_budget_fraction], cfg.model.num_experts,
+                       "cluster.expert_budget_fraction")
     trace = _trace(cfg)
     if cfg.shrink < 1:
         raise ConfigError(f"shrink must be >= 1, got {cfg.shrink}")

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from sim.common.errors import MoesimError
+from sim.common.jsonout import strict_json
 from sim.world.config import SimConfig
 from sim.world.facts import CacheCounts, stable_float
 
@@ -204,7 +205,6 @@ def _record(c: CacheCounts, expert_bytes: int) -> dict[str, int]:
 
 def validate_task(cfg_node: Any) -> dict:
     """The Hydra task: calibrate if no profile is given, serve, simulate, compare, write."""
-    import json
     import sys
     import time
 
@@ -255,11 +255,11 @@ def validate_task(cfg_node: Any) -> dict:
                "requests": int(len(sc.workload)), "profile": str(profile),
                "clock": "cuda events" if str(cfg.device).startswith("cuda") else cfg.clock,
                "cost_model_report": report, **metrics}
-    atomic_write_bytes((json.dumps(metrics, indent=2) + "\n").encode(), out / "metrics.json")
+    atomic_write_bytes((strict_json(metrics, indent=2) + "\n").encode(), out / "metrics.json")
     atomic_write_bytes(it.to_csv(index=False).encode(), out / "iterations.csv")
     timings = {"calibration_s": calib_s, "realrun_wall_s": res.wall_s, "argv": sys.argv,
                "load_average": list(load_average())}
-    atomic_write_bytes((json.dumps(timings, indent=2) + "\n").encode(), out / "timings.json")
+    atomic_write_bytes((strict_json(timings, indent=2) + "\n").encode(), out / "timings.json")
     if cfg.plots:
         plot(it, out, "moesim realrun validate " + " ".join(sys.argv[1:]), metrics["clock"])
     ok = "identical" if metrics["counts_identical"] else "DIFFERENT"

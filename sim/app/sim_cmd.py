@@ -35,6 +35,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
     from sim.engine.simulation import Recorder
 
     cfg = to_sim_config(cfg_node)
+    _check_files(cfg)
     out_dir = Path(run_dir())
     o = cfg.output
     rec = Recorder(o.chrome_trace_start_s, o.chrome_trace_end_s) if o.chrome_trace else None
@@ -47,9 +48,28 @@ def task(cfg_node: Any) -> dict[str, Any]:
         write_chrome_trace(rec.events, path if path.is_absolute() else out_dir / path)
     if o.print_summary:
         print(format_summary(metrics))
+        wrapped = int((metrics.get("binding") or {}).get("tokens_past_trace", 0) or 0)
+        if wrapped:
+            print(f"note: {wrapped} tokens ran past their routing trace and replayed it from its "
+                  f"start (trace.overflow=wrap; trace.overflow=error refuses such a workload)")
         print(f"wall {wall:.2f} s, simulated {metrics['sim_time_s']:.1f} s, "
               f"{metrics['sim_time_s'] / wall:.0f} simulated s per wall s; outputs in {out_dir}")
     return metrics
+
+
+def _check_files(cfg: Any) -> None:
+    """The input files the config names exist, each error saying what the file should be
+    (before the workload and the routing pool are built)."""
+    from sim.common.files import require_file
+    from sim.world.config import workload_paths
+
+    paths = workload_paths(cfg.workload.path)
+    for i, p in enumerate(paths):
+        require_file(p, "workload.path" if len(paths) == 1 and isinstance(cfg.workload.path, str)
+                     else f"workload.path[{i}]",
+                     what="a request trace: workload Parquet, Azure CSV or Mooncake JSONL")
+    if cfg.trace.path:
+        require_file(cfg.trace.path, "trace.path")
 
 
 def main(argv: list[str]) -> int:

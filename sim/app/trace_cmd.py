@@ -33,6 +33,19 @@ class _Parser(argparse.ArgumentParser):
         raise MoesimError(f"{self.prog}: {message}")
 
 
+def _seed(text: str) -> int:
+    """A seed numpy takes: an integer in [0, 2**32 - 1] (sim.world.ranges.SEED, as seed= everywhere)."""
+    from sim.world.ranges import SEED
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not SEED.ok(v):
+        raise argparse.ArgumentTypeError(f"{v}; expected {SEED.describe(integer=True)}")
+    return v
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from traces.engine_import import ENGINE_FORMATS
     from traces.importers import ROUTING_FORMATS
@@ -81,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit synthetic-generator parameters to a routing trace")
     fit.add_argument("trace")
     fit.add_argument("-o", "--output", required=True, help="parameters JSON")
-    fit.add_argument("--seed", type=int, default=0, help="seed for the calibration runs")
+    fit.add_argument("--seed", type=_seed, default=0, help="seed for the calibration runs")
 
     der = sub.add_parser("derive", help="derive generator parameters for a model with no real trace "
                                         "from the nearest fitted one (traces/synth_derive.py)")
@@ -89,7 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
     der.add_argument("-o", "--output", required=True, help="parameters JSON")
     der.add_argument("--source", default=None, help="fitted shipped parameters to derive from "
                                                     "(default: the nearest, traces.synth_derive.NEAREST)")
-    der.add_argument("--seed", type=int, default=0, help="seed for the label shuffle and calibration runs")
+    der.add_argument("--seed", type=_seed, default=0, help="seed for the label shuffle and calibration runs")
     der.add_argument("--eps", type=float, default=0.0,
                      help="coherence of the expert split, 0 (children keep their channel) .. 1 (none)")
 
@@ -102,7 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--tokens-per-request", type=int, default=128)
     syn.add_argument("--task", default=None, help="task to sample (default: tasks in fitted proportion)")
     syn.add_argument("--phase", choices=["prefill", "decode"], default=None)
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--seed", type=_seed, default=0)
     syn.add_argument("-o", "--output", required=True)
     return p
 
@@ -154,7 +167,27 @@ def _kind(path: Path) -> str:
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:
-    path = Path(a.file)
+    """Every format some command reads: a moesim Parquet (routing trace, workload, load table),
+    or a raw request trace (Azure CSV, Mooncake JSONL) as ``moesim sim workload.path=`` reads it;
+    the line says which it found."""
+    from sim.common.files import require_file
+
+    path = require_file(a.file, "FILE", what="a routing trace, request trace or load table")
+    with open(path, "rb") as f:
+        parquet = f.read(4) == b"PAR1"
+    if not parquet and path.suffix.lower() != ".parquet":
+        from traces.request_import import load_workload, sniff_workload_format
+
+        try:
+            fmt = sniff_workload_format(path)
+        except TraceFormatError as exc:
+            raise TraceFormatError(f"{exc} (trace validate reads moesim Parquet files (routing "
+                                   f"traces, workloads, load tables), Azure CSV and Mooncake "
+                                   f"JSONL request traces)") from None
+        wl = load_workload(path)
+        print(f"{path}: valid request trace ({fmt}, as 'moesim sim workload.path=' reads it), "
+              f"{len(wl)} requests over {float(wl['arrival_s'].iloc[-1]):.1f} s")
+        return 0
     kind = _kind(path)
     if kind == "load":
         from traces.load_table import read_load_table
@@ -192,11 +225,15 @@ def _cmd_stats(a: argparse.Namespace) -> int:
 
         s = workload_stats(read_workload(path))
     else:
+        from sim.app.progress import StepProgress
         from traces.format import read_trace
-        from traces.stats import trace_stats
+        from traces.stats import CORE_PARTS, trace_stats
 
         tr = read_trace(path)
-        s = trace_stats(tr)
+        tasks = len(set(tr.request_tasks()))
+        bar = StepProgress("moesim trace stats", len(CORE_PARTS) + (tasks if tasks > 1 else 0),
+                           f"parts of {tr.num_tokens} tokens")
+        s = trace_stats(tr, on_step=bar.step)
         if a.plots:
             from analysis.trace_plots import write_plots
 

@@ -42,13 +42,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sim.common.errors import MoesimError
+from sim.common.jsonout import strict_json
 from sim.engine.simulation import Simulation
 from sim.world.facts import CacheCounts, stable_float
 
@@ -202,7 +202,7 @@ def why_metrics(sim: Simulation, states: list, sim_time: float, evictions: int) 
 
 
 def metrics_json(metrics: dict[str, Any]) -> bytes:
-    return (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode()
+    return (strict_json(metrics, indent=2, sort_keys=True) + "\n").encode()
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:

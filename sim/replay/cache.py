@@ -54,6 +54,7 @@ received (``moesim sim output.cache_log=true``) and must count what the simulato
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,7 @@ from traces.format import RoutingTrace
 
 def layer_capacity(fraction: float, num_experts: int) -> int:
     """A layer cache's slots: the one rule, :func:`sim.world.facts.cache_slots` (rounds down)."""
-    return cache_slots(fraction, num_experts, "capacity_fracs")
+    return cache_slots(fraction, num_experts, "cluster.expert_budget_fractions")
 
 
 @dataclass
@@ -325,8 +326,10 @@ def _result(policy: str, fraction: float, C: int, mode: str, prefetch: str | Non
 def run_replay(trace: RoutingTrace, policies: list[str], fractions: list[float], *,
                mode: str = "plain", batch_size: int = 16, prefetch: str | None = None,
                prefetch_kwargs: dict[str, Any] | None = None, expert_bytes: int | None = None,
-               reroute: bool = False, model: str | None = None) -> list[dict[str, Any]]:
-    """Every (policy, fraction) pair, plus Belady at each fraction for the gap; records in order."""
+               reroute: bool = False, model: str | None = None,
+               on_step: Callable[[str, float], None] | None = None) -> list[dict[str, Any]]:
+    """Every (policy, fraction) pair, plus Belady at each fraction for the gap; records in order.
+    ``on_step(policy, fraction)`` is called after each replay (progress)."""
     if mode not in ("plain", "batch"):
         raise ConfigError(f"mode must be 'plain' or 'batch', got {mode!r}")
     if reroute and mode != "plain":
@@ -346,6 +349,8 @@ def run_replay(trace: RoutingTrace, policies: list[str], fractions: list[float],
             else:
                 res = replay_batch(trace, name, frac, batch_size)
             recs.append(res.record(eb))
+            if on_step is not None:
+                on_step(name, frac)
         bel = next(r for r in recs if r["policy"] == "belady")
         for r in recs:
             r["gap_to_belady_hit_rate"] = round(bel["hit_rate"] - r["hit_rate"], 9)

@@ -82,8 +82,9 @@ def _make_and_place(rec: dict[str, Any], num_gpus: int, load: np.ndarray,
 
 
 def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
-             batch_tokens: int | None, policy_kwargs: dict[str, Any], expert_bytes: int
-             ) -> dict[str, Any]:
+             batch_tokens: int | None, policy_kwargs: dict[str, Any], expert_bytes: int,
+             on_step: Any = None) -> dict[str, Any]:
+    """``on_step(policy)`` is called after each policy is scored (progress)."""
     from sim.policies.placement.rebalance import moves
 
     ex = trace.experts.astype(np.int64)  # (T, L, K)
@@ -159,6 +160,8 @@ def evaluate(trace: Any, policies: list[str], num_gpus: int, train_frac: float,
         rec.update(max_slots_per_gpu_layer=int(slots.max()),
                    replicas=int(slots.sum()), moved_experts=moved, bytes_moved=moved * expert_bytes)
         results.append(rec)
+        if on_step is not None:
+            on_step(name)
     # no single-copy placement beats this on the test half: a GPU holds at least the mean load
     # and at least the heaviest expert (per layer, averaged over layers)
     tot = test_load.sum(axis=1)  # (L,)

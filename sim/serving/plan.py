@@ -22,6 +22,7 @@ from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Pla
 from sim.world.config import SimConfig
 from sim.world.facts import cache_slots
 from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
+from sim.world.ranges import check_ranges
 from sim.world.topology import Topology
 from sim.world.traffic import duplicate_destinations
 from traces.format import expert_counts
@@ -96,6 +97,8 @@ def check_config(cfg: SimConfig) -> Topology:
             raise ConfigError(f"{where}.time_s={f.time_s}; expected a finite time >= 0")
         if not (f.recovery_s >= 0):
             raise ConfigError(f"{where}.recovery_s={f.recovery_s}; expected >= 0 (inf: never)")
+    check_ranges(cfg)
+    _check_expert_memory(cfg, topo)
     pol = cfg.policy
     # every policy's arguments, checked now: a cache is only built where a GPU caches
     CACHE.config(pol.cache, **pol.cache_args)
@@ -132,6 +135,44 @@ def layer_shares(slots: int, experts: list[int]) -> list[int]:
     for l in order[:rest]:
         floors[l] += 1
     return floors
+
+
+def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
+    """Before the routing pool is built: the budget gives every GPU's cache at least one slot,
+    and the fewest experts a GPU holds (``L * (E // ep)`` under any placement without
+    redundancy; ``L * E`` shards when experts are sharded) fit its memory. The exact check per
+    GPU is :meth:`ClusterPlan.build`'s, on the placement the policy makes."""
+    m, c, hw = cfg.model, cfg.cluster, cfg.hardware
+    ep = topo.expert_parallel
+    moe_tp = c.moe_parallel == "tp"
+    L, E = m.num_layers, m.num_experts
+    per_layer = E if moe_tp else E // ep
+    home = L * per_layer
+    if home == 0:
+        return  # a GPU without experts: nothing to cache
+    eb = expert_bytes(m) // (ep if moe_tp else 1)
+    if c.expert_budget_bytes > 0:
+        cap = min(home, int(c.expert_budget_bytes // eb))
+        if cap == 0:
+            raise ConfigError(f"cluster.expert_budget_bytes={c.expert_budget_bytes} holds no expert "
+                              f"of {eb} bytes ({m.name}); expected >= {eb} (one slot), or 0 to "
+                              f"use cluster.expert_budget_fraction")
+    else:
+        # (with cluster.cache_scope=per_layer the GPU's slots are shared out over its layers by
+        # layer_shares: the same total, so the same check)
+        key = "cluster.expert_budget_fraction"
+        cap = cache_slots(c.expert_budget_fraction, home, key)
+        if cap == 0:
+            raise ConfigError(f"{key}={c.expert_budget_fraction} gives each GPU's cache 0 of its {home} "
+                              f"experts; expected a fraction in [1/{home} = {1 / home:.6g}, 1] (at "
+                              f"least one slot)")
+    dense_share = dense_weight_bytes(m) / ep
+    if hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb <= 0:
+        raise ConfigError(
+            f"cluster: a GPU of {hw.name} ({hw.memory_bytes / 1e9:.0f} GB) cannot hold {cap} experts "
+            f"({cap * eb / 1e9:.1f} GB) + dense weights ({dense_share / 1e9:.1f} GB) + "
+            f"cluster.reserved_bytes ({c.reserved_bytes / 1e9:.1f} GB); lower "
+            f"cluster.expert_budget_fraction or add GPUs")
 
 
 @dataclass

@@ -12,8 +12,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.common.errors import ConfigError
+from sim.world.ranges import (
+    AT_LEAST_1,
+    COUNT_OR_ALL,
+    NONNEG,
+    OPEN_FRACTION,
+    POSITIVE,
+    RATE,
+    SEED,
+    Range,
+    ranges,
+)
 
 
+@ranges(
+        num_layers=AT_LEAST_1,
+        dense_layers=NONNEG,
+        num_experts=AT_LEAST_1,
+        top_k=AT_LEAST_1,
+        shared_experts=NONNEG,
+        hidden_size=AT_LEAST_1,
+        expert_intermediate_size=AT_LEAST_1,
+        dense_intermediate_size=NONNEG,
+        vocab_size=AT_LEAST_1,
+        num_heads=AT_LEAST_1,
+        num_kv_heads=AT_LEAST_1,
+        head_dim=AT_LEAST_1,
+        kv_lora_rank=NONNEG,
+        qk_rope_head_dim=NONNEG,
+        qk_nope_head_dim=NONNEG,
+        q_lora_rank=NONNEG,
+        v_head_dim=NONNEG)
 @dataclass
 class ModelConfig:
     """A MoE model's shape, from its published ``config.json`` (``source`` names it)."""
@@ -46,6 +75,21 @@ class ModelConfig:
     source: str = ""
 
 
+@ranges(
+        memory_bytes=POSITIVE,
+        hbm_bytes_per_s=RATE, bf16_flops=RATE,
+        flops_efficiency=OPEN_FRACTION,
+        hbm_efficiency=OPEN_FRACTION,
+        kernel_latency_s=NONNEG,
+        pcie_gen=AT_LEAST_1,
+        host_link_bytes_per_s=RATE,
+        host_link_latency_s=NONNEG,
+        nvlink_bytes_per_s=RATE,
+        nvlink_latency_s=NONNEG,
+        network_bytes_per_s=RATE,
+        network_latency_s=NONNEG,
+        host_copy_overhead_s=NONNEG,
+        iteration_overhead_s=NONNEG)
 @dataclass
 class HardwareConfig:
     """One GPU kind and its links; every constant's source is in the YAML beside it."""
@@ -79,6 +123,8 @@ class HardwareConfig:
     source: str = ""
 
 
+@ranges(
+        iteration_overhead_s=NONNEG)
 @dataclass
 class EngineConfig:
     """The serving engine's software: what one iteration costs outside the GPU kernels
@@ -92,6 +138,14 @@ class EngineConfig:
     source: str = ""
 
 
+@ranges(
+        time_s=NONNEG,
+        gpu=Range(lo=-1,
+        note='-1: a node fault'),
+        node=Range(lo=-1,
+        note='-1: a GPU fault'),
+        recovery_s=Range(lo=0,
+        inf_ok=True))
 @dataclass
 class FaultConfig:
     """A GPU (``gpu`` >= 0, global id) or node (``node`` >= 0) fails at ``time_s``."""
@@ -103,6 +157,18 @@ class FaultConfig:
     recovery_s: float = 60.0
 
 
+@ranges(
+        nodes=AT_LEAST_1,
+        gpus_per_node=AT_LEAST_1,
+        expert_parallel=AT_LEAST_1,
+        tensor_parallel=AT_LEAST_1,
+        expert_budget_fraction=OPEN_FRACTION,
+        expert_budget_bytes=Range(lo=0,
+        note='0: use expert_budget_fraction'),
+        reserved_bytes=NONNEG,
+        replicas=NONNEG,
+        spine_oversubscription=Range(lo=1,
+        note='1: full bisection'))
 @dataclass
 class ClusterConfig:
     name: str = "1x8"
@@ -142,6 +208,13 @@ class ClusterConfig:
     spine_oversubscription: float = 1.0
 
 
+@ranges(
+        max_requests=COUNT_OR_ALL,
+        num_requests=AT_LEAST_1,
+        rate_rps=POSITIVE,
+        prompt_tokens_mean=AT_LEAST_1,
+        output_tokens_mean=AT_LEAST_1,
+        time_scale=POSITIVE)
 @dataclass
 class WorkloadConfig:
     """Requests: from ``path`` (workload Parquet, Azure CSV, Mooncake JSONL) or synthetic Poisson."""
@@ -176,6 +249,9 @@ def workload_paths(path: Any) -> list[str]:
                       f"('workload.path=[a.csv,b.csv]')")
 
 
+@ranges(
+        pool_size=AT_LEAST_1,
+        pool_tokens=AT_LEAST_1)
 @dataclass
 class TraceConfig:
     """The routing a request replays: a real trace (``path``) or the fitted generator."""
@@ -209,6 +285,13 @@ class PolicyConfig:
     cache_arrays: bool = True
 
 
+@ranges(
+        token_budget=AT_LEAST_1,
+        max_batch_requests=AT_LEAST_1,
+        scheduler_window=AT_LEAST_1,
+        predicted_output_tokens=POSITIVE,
+        ttft_slo_s=POSITIVE,
+        tpot_slo_s=POSITIVE)
 @dataclass
 class ServingConfig:
     #: "round_robin" or "least_loaded"
@@ -230,6 +313,9 @@ class ServingConfig:
     cost_table: str = ""
 
 
+@ranges(
+        chrome_trace_start_s=NONNEG,
+        chrome_trace_end_s=NONNEG)
 @dataclass
 class OutputConfig:
     #: write a Chrome/Perfetto trace of simulated [start, end) seconds to this file ("" = none)
@@ -245,6 +331,8 @@ class OutputConfig:
     cache_log: bool = False
 
 
+@ranges(
+        seed=SEED)
 @dataclass
 class SimConfig:
     seed: int = 0

@@ -19,7 +19,6 @@ table and figure says so. Writes ``DIR/<part>/...`` (each run's ``metrics.json``
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from sim.common.errors import ConfigError
+from sim.common.jsonout import strict_json
 
 #: experiment name -> (module with task(cfg), one line)
 EXPERIMENTS: dict[str, tuple[str, str]] = {
@@ -51,7 +51,7 @@ def say(msg: str) -> None:
 def write_json(obj: Any, path: Path) -> None:
     from sim.common.files import atomic_write_bytes
 
-    atomic_write_bytes((json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode(),
+    atomic_write_bytes((strict_json(obj, indent=1, sort_keys=True, default=str) + "\n").encode(),
                        path)
 
 

@@ -16,11 +16,25 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from sim.world.config import ClusterConfig, PolicyConfig, SimConfig, WorkloadConfig
+from sim.world.ranges import (
+    AT_LEAST_1,
+    COUNT_OR_ALL,
+    FRACTION,
+    NONNEG,
+    OPEN_FRACTION,
+    OPEN_UNIT,
+    POSITIVE,
+    SEED,
+    ranges,
+)
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
 
 
+@ranges(
+        prefetch_period=AT_LEAST_1,
+        prefetch_periods=AT_LEAST_1)
 @dataclass
 class StudyPolicyConfig(PolicyConfig):
     """The simulator's ``policy.*`` plus the lists a study compares."""
@@ -34,18 +48,25 @@ class StudyPolicyConfig(PolicyConfig):
     prefetch_periods: list[int] = field(default_factory=list)
 
 
+@ranges(
+        expert_budget_fractions=OPEN_FRACTION)
 @dataclass
 class StudyClusterConfig(ClusterConfig):
     #: the expert memories compared (share of the experts on the GPU)
     expert_budget_fractions: list[float] = field(default_factory=list)
 
 
+@ranges(
+        rates_rps=POSITIVE)
 @dataclass
 class StudyWorkloadConfig(WorkloadConfig):
     #: the request rates compared (a request file is time-scaled to each rate)
     rates_rps: list[float] = field(default_factory=list)
 
 
+@ranges(
+        capacity_factor=POSITIVE,
+        batch_tokens=AT_LEAST_1)
 @dataclass
 class GatingStudyConfig:
     """Dynamic against static-capacity gating, priced by the cost model (no GPU needed)."""
@@ -54,6 +75,14 @@ class GatingStudyConfig:
     batch_tokens: list[int] = field(default_factory=lambda: [16, 64, 256, 1024, 4096])
 
 
+@ranges(
+        replay_requests=COUNT_OR_ALL,
+        scheduler_requests=AT_LEAST_1,
+        batch_size=AT_LEAST_1,
+        train_frac=OPEN_UNIT,
+        batch_tokens=AT_LEAST_1,
+        synth_requests=AT_LEAST_1,
+        synth_tokens=AT_LEAST_1)
 @dataclass
 class StudyConfig(SimConfig):
     policy: StudyPolicyConfig = field(default_factory=StudyPolicyConfig)
@@ -99,6 +128,11 @@ def sim_base(cfg: StudyConfig) -> SimConfig:
                                workload=_plain(cfg.workload, WorkloadConfig))
 
 
+@ranges(
+        recalls=FRACTION,
+        precisions=OPEN_FRACTION,
+        seed=SEED,
+        call_s_per_token=NONNEG)
 @dataclass
 class DialConfig:
     """The accuracy dial (``noisy_oracle``) and the learned next-layer prefetcher."""
@@ -120,6 +154,8 @@ class DialConfig:
     sim: bool = True
 
 
+@ranges(
+        replay_requests=COUNT_OR_ALL)
 @dataclass
 class DialExperimentConfig(SimConfig):
     """``moesim experiment accuracy`` / ``moesim experiment prefetch``: the simulator's keys plus

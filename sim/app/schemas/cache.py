@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from sim.app.schemas.common import RequestLimitConfig, TraceFileConfig
 from sim.world.config import ModelConfig
+from sim.world.ranges import AT_LEAST_1, OPEN_FRACTION, POSITIVE, ranges
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
@@ -26,6 +27,8 @@ class CachePolicyConfig:
     reroute: bool = False
 
 
+@ranges(
+        expert_budget_fractions=OPEN_FRACTION)
 @dataclass
 class BudgetSweepConfig:
     """``cluster.expert_budget_fractions``: the expert memories compared (share of a layer's)."""
@@ -33,6 +36,9 @@ class BudgetSweepConfig:
     expert_budget_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
 
 
+@ranges(
+        batch_size=AT_LEAST_1,
+        expert_bytes=POSITIVE)
 @dataclass
 class CacheAppConfig:
     """``moesim cache``: the policies x memories compared on one trace's routing."""

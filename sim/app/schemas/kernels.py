@@ -7,10 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sim.world.ranges import AT_LEAST_1, NONNEG, POSITIVE, SEED, ranges
+
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
 
 
+@ranges(
+        block_m=AT_LEAST_1,
+        block_n=AT_LEAST_1,
+        block_k=AT_LEAST_1,
+        num_warps=AT_LEAST_1,
+        num_stages=AT_LEAST_1)
 @dataclass
 class TuneSpace:
     """The grouped FFN launch configurations tried by ``tune=true``."""
@@ -22,6 +30,12 @@ class TuneSpace:
     num_stages: list[int] = field(default_factory=lambda: [3, 4])
 
 
+@ranges(
+        sizes=AT_LEAST_1,
+        capacity_factor=POSITIVE,
+        warmup_ms=NONNEG,
+        rep_ms=POSITIVE,
+        seed=SEED)
 @dataclass
 class KernelsBenchConfig:
     """``kernels bench``: the Triton kernels timed against their torch reference per model shape."""

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from sim.app.schemas.common import RequestLimitConfig, TraceFileConfig
 from sim.world.config import ModelConfig
+from sim.world.ranges import AT_LEAST_1, OPEN_UNIT, POSITIVE, ranges
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
@@ -25,6 +26,8 @@ class PlacementPolicyConfig:
     placement_args: dict[str, Any] = field(default_factory=dict)
 
 
+@ranges(
+        expert_parallel=AT_LEAST_1)
 @dataclass
 class PlacementClusterConfig:
     """``cluster.expert_parallel``: the GPUs one layer's experts are spread over."""
@@ -32,6 +35,10 @@ class PlacementClusterConfig:
     expert_parallel: int = 8
 
 
+@ranges(
+        train_frac=OPEN_UNIT,
+        batch_tokens=AT_LEAST_1,
+        expert_bytes=POSITIVE)
 @dataclass
 class PlacementAppConfig:
     """``moesim placement``: placements fitted on the trace's first part, scored on the rest."""

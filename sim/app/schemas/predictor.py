@@ -11,11 +11,32 @@ from typing import Optional
 from omegaconf import MISSING
 
 from sim.app.schemas.common import RequestLimitConfig, TraceFileConfig
+from sim.world.ranges import AT_LEAST_1, FRACTION, NONNEG, POSITIVE, SEED, Range, ranges
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
 
 
+@ranges(
+        d_model=AT_LEAST_1,
+        layers=AT_LEAST_1,
+        heads=AT_LEAST_1,
+        d_ff=AT_LEAST_1,
+        dropout=Range(lo=0,
+        hi=1,
+        hi_open=True),
+        min_count=NONNEG,
+        num_hash=AT_LEAST_1,
+        num_pos_buckets=AT_LEAST_1,
+        prior_alpha=NONNEG,
+        layer_d_model=AT_LEAST_1,
+        layer_layers=AT_LEAST_1,
+        layer_heads=AT_LEAST_1,
+        layer_d_ff=AT_LEAST_1,
+        prev_rank=NONNEG,
+        epochs=AT_LEAST_1,
+        lr=POSITIVE,
+        weight_decay=NONNEG)
 @dataclass
 class TokenPredictorConfig:
     """The per-token predictor (sim/predictor/model.py); values: conf/predictor/default.yaml."""
@@ -45,6 +66,20 @@ class TokenPredictorConfig:
     weight_decay: float = 0.01
 
 
+@ranges(
+        set_size=AT_LEAST_1,
+        history=AT_LEAST_1,
+        d_model=AT_LEAST_1,
+        layers=AT_LEAST_1,
+        heads=AT_LEAST_1,
+        d_ff=AT_LEAST_1,
+        dropout=Range(lo=0,
+        hi=1,
+        hi_open=True),
+        epochs=AT_LEAST_1,
+        batch=AT_LEAST_1,
+        lr=POSITIVE,
+        weight_decay=NONNEG)
 @dataclass
 class PromptPredictorConfig:
     """eMoE-A's per-prompt predictor (sim/predictor/prompt.py)."""
@@ -62,6 +97,9 @@ class PromptPredictorConfig:
     weight_decay: float = 0.01
 
 
+@ranges(
+        window=AT_LEAST_1,
+        batch_tokens=AT_LEAST_1)
 @dataclass
 class PredictorConfig:
     """``predictor.*``: the per-token and per-prompt predictors and how they read the trace."""
@@ -73,6 +111,10 @@ class PredictorConfig:
     prompt: PromptPredictorConfig = field(default_factory=PromptPredictorConfig)
 
 
+@ranges(
+        seed=SEED,
+        threads=AT_LEAST_1,
+        split=FRACTION)
 @dataclass
 class PredictorTrainConfig:
     """``predictor train``: train the predictors on a trace's split."""
@@ -85,6 +127,9 @@ class PredictorTrainConfig:
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
 
 
+@ranges(
+        params=POSITIVE,
+        bytes_per_param=POSITIVE)
 @dataclass
 class MoeModelSize:
     """The MoE model the predictor's own memory is reported as a share of (name, parameters, bytes)."""
@@ -94,6 +139,11 @@ class MoeModelSize:
     bytes_per_param: float = 2.0
 
 
+@ranges(
+        threads=AT_LEAST_1,
+        prompt_set_size=AT_LEAST_1,
+        staleness_periods=AT_LEAST_1,
+        sensitivity_threshold=NONNEG)
 @dataclass
 class PredictorEvalConfig:
     """``predictor eval``: a checkpoint scored on a trace's split (accuracy, staleness, sensitivity)."""

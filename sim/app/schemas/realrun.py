@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sim.world.config import ModelConfig, SimConfig
+from sim.world.ranges import AT_LEAST_1, COUNT_OR_ALL, NONNEG, OPEN_FRACTION, SEED, ranges
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
 
 
+@ranges(
+        tokens_per_request=AT_LEAST_1)
 @dataclass
 class RealrunTraceConfig:
     """``path`` (a routing trace), or empty: ``workload.num_requests`` x ``tokens_per_request``
@@ -24,6 +27,9 @@ class RealrunTraceConfig:
     tokens_per_request: int = 16
 
 
+@ranges(
+        num_requests=AT_LEAST_1,
+        max_requests=COUNT_OR_ALL)
 @dataclass
 class RealrunWorkloadConfig:
     """``workload.*`` of the realrun commands: how many requests, from the generator or the trace."""
@@ -41,6 +47,8 @@ class OneCachePolicyConfig:
     cache: str = "lru"
 
 
+@ranges(
+        expert_budget_fraction=OPEN_FRACTION)
 @dataclass
 class OneBudgetConfig:
     """``cluster.expert_budget_fraction``: the one expert memory realrun replay uses."""
@@ -49,6 +57,12 @@ class OneBudgetConfig:
     expert_budget_fraction: float = 0.5
 
 
+@ranges(
+        batch_tokens=AT_LEAST_1,
+        block_size=AT_LEAST_1,
+        shrink=AT_LEAST_1,
+        max_tokens=AT_LEAST_1,
+        seed=SEED)
 @dataclass
 class RealrunReplayConfig:
     """``realrun replay``: a routing trace served on a device through real copies and kernels."""
@@ -66,6 +80,14 @@ class RealrunReplayConfig:
     seed: int = 0
 
 
+@ranges(
+        shrink=AT_LEAST_1,
+        tokens=AT_LEAST_1,
+        copy_experts=AT_LEAST_1,
+        contexts=AT_LEAST_1,
+        warmup=NONNEG,
+        reps=AT_LEAST_1,
+        block_size=AT_LEAST_1)
 @dataclass
 class RealrunCalibrateConfig:
     """``realrun calibrate``: the ops timed on a device for the table cost model's profile."""
@@ -86,6 +108,12 @@ class RealrunCalibrateConfig:
     clock: str = "cpu"
 
 
+@ranges(
+        tokens=AT_LEAST_1,
+        copy_experts=AT_LEAST_1,
+        contexts=AT_LEAST_1,
+        warmup=NONNEG,
+        reps=AT_LEAST_1)
 @dataclass
 class ValidateCalibrationConfig:
     """What ``moesim realrun validate`` measures when it calibrates first (no ``profile``)."""
@@ -97,6 +125,10 @@ class ValidateCalibrationConfig:
     reps: int = 9
 
 
+@ranges(
+        shrink=AT_LEAST_1,
+        layers=COUNT_OR_ALL,
+        block_size=AT_LEAST_1)
 @dataclass
 class RealrunValidateConfig(SimConfig):
     """The simulator's keys (one device: cluster=1x1; every arrival at 0), plus the device."""

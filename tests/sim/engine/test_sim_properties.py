@@ -36,8 +36,12 @@ def scenarios(draw):
 
 
 def _run(s):
+    # a budget leaves every cache at least one slot (a zero-slot budget is refused, issue 22):
+    # the fewest experts a GPU holds is layers x (experts // ep)
+    home = s["layers"] * (s["experts"] // s["ep"])
+    budget = max(s["budget"], 1.0 / home) if home else s["budget"]
     cfg = tiny_config(layers=s["layers"], experts=s["experts"], top_k=s["top_k"],
-                      gpus_per_node=s["gpus"], ep=s["ep"], budget_fraction=s["budget"],
+                      gpus_per_node=s["gpus"], ep=s["ep"], budget_fraction=budget,
                       kv_tokens=s["kv"], token_budget=s["token_budget"])
     if s["fault"]:
         cfg.cluster.faults = [FaultConfig(time_s=s["fault_t"], gpu=s["fault_gpu"], recovery_s=0.03)]

@@ -306,7 +306,7 @@ def test_result_fields_on_tiny_cases():
     assert b.per_layer_hit_rate == [0.0] and (b.capacity, b.mode, b.prefetch) == (2, "batch", "none")
     from sim.common.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^capacity_fracs=1.5; expected a fraction"):
+    with pytest.raises(ConfigError, match=r"^cluster\.expert_budget_fractions=1.5; expected a fraction"):
         replay_plain(one, "lru", 1.5)
 
 
