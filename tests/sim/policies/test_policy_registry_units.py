@@ -127,3 +127,23 @@ def test_load_all_imports_the_registered_modules_but_not_the_helpers():
 
     assert {"lru", "fifo", "lifo", "lfu", "belady"} <= set(CACHE.names())
     assert "split" in PLACEMENT.names()
+
+
+def test_load_all_imports_exactly_the_policy_files(monkeypatch):
+    """_load_all imports every policy module on disk under its dotted name, and nothing else: no
+    helper (``_*``), not ``base``, no package (the registries fill from these imports; the modules
+    are usually imported already, so the calls themselves are what is checked)."""
+    from pathlib import Path
+
+    import sim.policies._registry as registry
+
+    seen: list[str] = []
+    monkeypatch.setattr(registry.importlib, "import_module", seen.append)
+    _load_all()
+    root = Path(registry.__file__).resolve().parent
+    want = {"sim.policies." + ".".join(p.relative_to(root).with_suffix("").parts)
+            for p in root.rglob("*.py")
+            if not p.name.startswith("_") and p.name != "base.py" and "__pycache__" not in p.parts}
+    assert {"sim.policies.cache.lru", "sim.policies.placement.split",
+            "sim.policies.prefetch.emoe_a", "sim.policies.scheduler.fcfs"} <= want
+    assert sorted(seen) == sorted(want) and len(seen) == len(set(seen))
