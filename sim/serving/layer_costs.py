@@ -16,8 +16,8 @@ import numpy as np
 from sim.cost.analytic import kv_read_tokens
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import Requests
-from sim.world.network import count_tokens
 from sim.world.token_split import split_tokens
+from sim.world.traffic import count_tokens
 
 
 @dataclass
@@ -68,7 +68,7 @@ class LayerCosts:
 def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: BatchShape,
                 G: int, a2a_tokens: Any = "count") -> LayerCosts:
     """``counts_flat`` (L*E,) tokens per key of the iteration; ``a2a_tokens`` what the all-to-all
-    needs of the batch (:func:`sim.world.network.count_tokens`; counted from the batch when not given)."""
+    needs of the batch (:func:`sim.world.traffic.count_tokens`; counted from the batch when not given)."""
     L, E = plan.L, plan.E
     counts = counts_flat.reshape(L, E)  # (L, E)
     computed = counts  # every layout below computes each routed token once

@@ -3,7 +3,7 @@ numpy over the plan (``pool_keys``), the requests (``req``) and the prefix count
 
 :class:`sim.serving.walk.LayerWalk` builds the prefix counts once (:func:`pool_prefix_counts`) and
 calls :func:`batch_counts` every iteration; the counts are the same integers
-:func:`sim.world.network.count_tokens` counts from the tokens' rows (tests/sim/serving/test_fast_path.py).
+:func:`sim.world.traffic.count_tokens` counts from the tokens' rows (tests/sim/serving/test_fast_path.py).
 
 A request's tokens this iteration are a range of its pool entry's rows, wrapping around the
 entry (:func:`entry_range`): their tokens per key are a difference of two prefix-count rows,
@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import Requests
-from sim.world.network import count_tokens, gpu_traffic
+from sim.world.traffic import count_tokens, gpu_traffic
 
 #: the largest pool (rows x keys) whose prefix counts :class:`sim.serving.walk.LayerWalk` keeps
 #: (int32: 128 MiB)
@@ -66,7 +66,7 @@ def entry_range(n: int, lo: int, hi: int) -> tuple[int, int, int]:
 def batch_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray | None, batch: np.ndarray,
                  alloc: np.ndarray, shape: Any, G: int) -> tuple[np.ndarray, Any]:
     """(L*E,) tokens per key of the batch, and what the all-to-all needs of them: as
-    :func:`sim.world.network.count_tokens` counts them from the tokens' rows (``prefix`` None), or from
+    :func:`sim.world.traffic.count_tokens` counts them from the tokens' rows (``prefix`` None), or from
     the prefix counts (the same integers: tests/sim/serving/test_fast_path.py)."""
     if prefix is None:
         return count_tokens(plan, plan.pool_keys[shape.rows], G)
@@ -106,7 +106,7 @@ def key_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.n
 
 def source_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.ndarray,
                   alloc: np.ndarray, G: int, pool_keys: np.ndarray | None = None) -> np.ndarray:
-    """(G, L*E) int64 tokens per source GPU and key (:func:`sim.world.network.source_counts`: the
+    """(G, L*E) int64 tokens per source GPU and key (:func:`sim.world.traffic.source_counts`: the
     batch's T tokens in contiguous even blocks over the G GPUs), from the prefix counts: a
     one-token request's keys from its pool row, a chunk cut at the blocks' bounds into ranges
     of its pool entry's rows (wrapping around the entry). ``pool_keys``: other keys per pool
@@ -120,7 +120,7 @@ def source_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: n
     s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry
     first = np.cumsum(alloc) - alloc  # (B,) each request's first token in the batch
     one = alloc == 1
-    src1 = (first[one] * G) // T  # network.token_sources of the one-token requests
+    src1 = (first[one] * G) // T  # traffic.token_sources of the one-token requests
     idx = np.take(pool_keys, off[one] + s0[one], axis=0).astype(np.intp)  # (B1, L*K)
     idx += (src1 * LE)[:, None]
     per = np.zeros(G * LE, dtype=np.int64)

@@ -26,23 +26,23 @@ from sim.world.ranges import (
 
 
 @ranges(
-        num_layers=AT_LEAST_1,
-        dense_layers=NONNEG,
-        num_experts=AT_LEAST_1,
-        top_k=AT_LEAST_1,
-        shared_experts=NONNEG,
-        hidden_size=AT_LEAST_1,
-        expert_intermediate_size=AT_LEAST_1,
-        dense_intermediate_size=NONNEG,
-        vocab_size=AT_LEAST_1,
-        num_heads=AT_LEAST_1,
-        num_kv_heads=AT_LEAST_1,
-        head_dim=AT_LEAST_1,
-        kv_lora_rank=NONNEG,
-        qk_rope_head_dim=NONNEG,
-        qk_nope_head_dim=NONNEG,
-        q_lora_rank=NONNEG,
-        v_head_dim=NONNEG)
+    num_layers=AT_LEAST_1,
+    dense_layers=NONNEG,
+    num_experts=AT_LEAST_1,
+    top_k=AT_LEAST_1,
+    shared_experts=NONNEG,
+    hidden_size=AT_LEAST_1,
+    expert_intermediate_size=AT_LEAST_1,
+    dense_intermediate_size=NONNEG,
+    vocab_size=AT_LEAST_1,
+    num_heads=AT_LEAST_1,
+    num_kv_heads=AT_LEAST_1,
+    head_dim=AT_LEAST_1,
+    kv_lora_rank=NONNEG,
+    qk_rope_head_dim=NONNEG,
+    qk_nope_head_dim=NONNEG,
+    q_lora_rank=NONNEG,
+    v_head_dim=NONNEG)
 @dataclass
 class ModelConfig:
     """A MoE model's shape, from its published ``config.json`` (``source`` names it)."""
@@ -76,20 +76,21 @@ class ModelConfig:
 
 
 @ranges(
-        memory_bytes=POSITIVE,
-        hbm_bytes_per_s=RATE, bf16_flops=RATE,
-        flops_efficiency=OPEN_FRACTION,
-        hbm_efficiency=OPEN_FRACTION,
-        kernel_latency_s=NONNEG,
-        pcie_gen=AT_LEAST_1,
-        host_link_bytes_per_s=RATE,
-        host_link_latency_s=NONNEG,
-        nvlink_bytes_per_s=RATE,
-        nvlink_latency_s=NONNEG,
-        network_bytes_per_s=RATE,
-        network_latency_s=NONNEG,
-        host_copy_overhead_s=NONNEG,
-        iteration_overhead_s=NONNEG)
+    memory_bytes=POSITIVE,
+    hbm_bytes_per_s=RATE,
+    bf16_flops=RATE,
+    flops_efficiency=OPEN_FRACTION,
+    hbm_efficiency=OPEN_FRACTION,
+    kernel_latency_s=NONNEG,
+    pcie_gen=AT_LEAST_1,
+    host_link_bytes_per_s=RATE,
+    host_link_latency_s=NONNEG,
+    nvlink_bytes_per_s=RATE,
+    nvlink_latency_s=NONNEG,
+    network_bytes_per_s=RATE,
+    network_latency_s=NONNEG,
+    host_copy_overhead_s=NONNEG,
+    iteration_overhead_s=NONNEG)
 @dataclass
 class HardwareConfig:
     """One GPU kind and its links; every constant's source is in the YAML beside it."""
@@ -124,7 +125,7 @@ class HardwareConfig:
 
 
 @ranges(
-        iteration_overhead_s=NONNEG)
+    iteration_overhead_s=NONNEG)
 @dataclass
 class EngineConfig:
     """The serving engine's software: what one iteration costs outside the GPU kernels
@@ -139,13 +140,10 @@ class EngineConfig:
 
 
 @ranges(
-        time_s=NONNEG,
-        gpu=Range(lo=-1,
-        note='-1: a node fault'),
-        node=Range(lo=-1,
-        note='-1: a GPU fault'),
-        recovery_s=Range(lo=0,
-        inf_ok=True))
+    time_s=NONNEG,
+    gpu=Range(lo=-1, note='-1: a node fault'),
+    node=Range(lo=-1, note='-1: a GPU fault'),
+    recovery_s=Range(lo=0, inf_ok=True))
 @dataclass
 class FaultConfig:
     """A GPU (``gpu`` >= 0, global id) or node (``node`` >= 0) fails at ``time_s``."""
@@ -158,17 +156,15 @@ class FaultConfig:
 
 
 @ranges(
-        nodes=AT_LEAST_1,
-        gpus_per_node=AT_LEAST_1,
-        expert_parallel=AT_LEAST_1,
-        tensor_parallel=AT_LEAST_1,
-        expert_budget_fraction=OPEN_FRACTION,
-        expert_budget_bytes=Range(lo=0,
-        note='0: use expert_budget_fraction'),
-        reserved_bytes=NONNEG,
-        replicas=NONNEG,
-        spine_oversubscription=Range(lo=1,
-        note='1: full bisection'))
+    nodes=AT_LEAST_1,
+    gpus_per_node=AT_LEAST_1,
+    expert_parallel=AT_LEAST_1,
+    tensor_parallel=AT_LEAST_1,
+    expert_budget_fraction=OPEN_FRACTION,
+    expert_budget_bytes=Range(lo=0, note='0: use expert_budget_fraction'),
+    reserved_bytes=NONNEG,
+    replicas=NONNEG,
+    spine_oversubscription=Range(lo=1, note='1: full bisection'))
 @dataclass
 class ClusterConfig:
     name: str = "1x8"
@@ -209,12 +205,12 @@ class ClusterConfig:
 
 
 @ranges(
-        max_requests=COUNT_OR_ALL,
-        num_requests=AT_LEAST_1,
-        rate_rps=POSITIVE,
-        prompt_tokens_mean=AT_LEAST_1,
-        output_tokens_mean=AT_LEAST_1,
-        time_scale=POSITIVE)
+    max_requests=COUNT_OR_ALL,
+    num_requests=AT_LEAST_1,
+    rate_rps=POSITIVE,
+    prompt_tokens_mean=AT_LEAST_1,
+    output_tokens_mean=AT_LEAST_1,
+    time_scale=POSITIVE)
 @dataclass
 class WorkloadConfig:
     """Requests: from ``path`` (workload Parquet, Azure CSV, Mooncake JSONL) or synthetic Poisson."""
@@ -250,8 +246,8 @@ def workload_paths(path: Any) -> list[str]:
 
 
 @ranges(
-        pool_size=AT_LEAST_1,
-        pool_tokens=AT_LEAST_1)
+    pool_size=AT_LEAST_1,
+    pool_tokens=AT_LEAST_1)
 @dataclass
 class TraceConfig:
     """The routing a request replays: a real trace (``path``) or the fitted generator."""
@@ -286,12 +282,12 @@ class PolicyConfig:
 
 
 @ranges(
-        token_budget=AT_LEAST_1,
-        max_batch_requests=AT_LEAST_1,
-        scheduler_window=AT_LEAST_1,
-        predicted_output_tokens=POSITIVE,
-        ttft_slo_s=POSITIVE,
-        tpot_slo_s=POSITIVE)
+    token_budget=AT_LEAST_1,
+    max_batch_requests=AT_LEAST_1,
+    scheduler_window=AT_LEAST_1,
+    predicted_output_tokens=POSITIVE,
+    ttft_slo_s=POSITIVE,
+    tpot_slo_s=POSITIVE)
 @dataclass
 class ServingConfig:
     #: "round_robin" or "least_loaded"
@@ -314,8 +310,8 @@ class ServingConfig:
 
 
 @ranges(
-        chrome_trace_start_s=NONNEG,
-        chrome_trace_end_s=NONNEG)
+    chrome_trace_start_s=NONNEG,
+    chrome_trace_end_s=NONNEG)
 @dataclass
 class OutputConfig:
     #: write a Chrome/Perfetto trace of simulated [start, end) seconds to this file ("" = none)
@@ -332,7 +328,7 @@ class OutputConfig:
 
 
 @ranges(
-        seed=SEED)
+    seed=SEED)
 @dataclass
 class SimConfig:
     seed: int = 0

@@ -12,7 +12,7 @@ Links (one per direction, so each GPU, NIC and node has an egress and an ingress
   leaf switch's uplinks) of ``NICs of the node x NIC bandwidth / s``: a node's cross-node traffic
   shares it (2: half the NIC bandwidth in aggregate).
 
-The traffic (:func:`sim.world.traffic.gpu_traffic`, re-exported here): tokens from the GPU that
+The traffic (:func:`sim.world.traffic.gpu_traffic`): tokens from the GPU that
 holds them to the GPUs of their experts, once per destination GPU (:mod:`sim.world.traffic`).
 
 Time: on each link, the replica's flows of one all-to-all are one transfer of their summed bytes
@@ -36,17 +36,9 @@ from typing import Any
 import numpy as np
 
 from sim.world.topology import Topology
-from sim.world.traffic import (
-    BF16_BYTES,
-    count_tokens,
-    duplicate_destinations,
-    gpu_traffic,
-    source_counts,
-    token_sources,
-)
+from sim.world.traffic import BF16_BYTES, gpu_traffic
 
-__all__ = ["BF16_BYTES", "Network", "SharedLink", "count_tokens", "duplicate_destinations",
-           "gpu_traffic", "source_counts", "token_sources"]
+__all__ = ["Network", "SharedLink"]
 
 class SharedLink:
     """One direction of a link several replicas use: the link time they have booked.

@@ -77,6 +77,7 @@ AT_LEAST_1 = Range(lo=1)
 FRACTION = Range(lo=0, hi=1)  # [0, 1]
 OPEN_UNIT = Range(lo=0, hi=1, lo_open=True, hi_open=True)  # (0, 1)
 OPEN_FRACTION = Range(lo=0, hi=1, lo_open=True)  # (0, 1]
+UNIT_HALF_OPEN = Range(lo=0, hi=1, hi_open=True)  # [0, 1): a dropout, a share that may not be all
 #: a seed numpy accepts (numpy.random.default_rng takes non-negative integers)
 SEED = Range(lo=0, hi=2**32 - 1)
 #: 0 means "all" / "none" / "default"

@@ -33,8 +33,8 @@ from sim.world.ranges import (
 
 
 @ranges(
-        prefetch_period=AT_LEAST_1,
-        prefetch_periods=AT_LEAST_1)
+    prefetch_period=AT_LEAST_1,
+    prefetch_periods=AT_LEAST_1)
 @dataclass
 class StudyPolicyConfig(PolicyConfig):
     """The simulator's ``policy.*`` plus the lists a study compares."""
@@ -49,7 +49,7 @@ class StudyPolicyConfig(PolicyConfig):
 
 
 @ranges(
-        expert_budget_fractions=OPEN_FRACTION)
+    expert_budget_fractions=OPEN_FRACTION)
 @dataclass
 class StudyClusterConfig(ClusterConfig):
     #: the expert memories compared (share of the experts on the GPU)
@@ -57,7 +57,7 @@ class StudyClusterConfig(ClusterConfig):
 
 
 @ranges(
-        rates_rps=POSITIVE)
+    rates_rps=POSITIVE)
 @dataclass
 class StudyWorkloadConfig(WorkloadConfig):
     #: the request rates compared (a request file is time-scaled to each rate)
@@ -65,8 +65,8 @@ class StudyWorkloadConfig(WorkloadConfig):
 
 
 @ranges(
-        capacity_factor=POSITIVE,
-        batch_tokens=AT_LEAST_1)
+    capacity_factor=POSITIVE,
+    batch_tokens=AT_LEAST_1)
 @dataclass
 class GatingStudyConfig:
     """Dynamic against static-capacity gating, priced by the cost model (no GPU needed)."""
@@ -76,13 +76,13 @@ class GatingStudyConfig:
 
 
 @ranges(
-        replay_requests=COUNT_OR_ALL,
-        scheduler_requests=AT_LEAST_1,
-        batch_size=AT_LEAST_1,
-        train_frac=OPEN_UNIT,
-        batch_tokens=AT_LEAST_1,
-        synth_requests=AT_LEAST_1,
-        synth_tokens=AT_LEAST_1)
+    replay_requests=COUNT_OR_ALL,
+    scheduler_requests=AT_LEAST_1,
+    batch_size=AT_LEAST_1,
+    train_frac=OPEN_UNIT,
+    batch_tokens=AT_LEAST_1,
+    synth_requests=AT_LEAST_1,
+    synth_tokens=AT_LEAST_1)
 @dataclass
 class StudyConfig(SimConfig):
     policy: StudyPolicyConfig = field(default_factory=StudyPolicyConfig)
@@ -129,10 +129,10 @@ def sim_base(cfg: StudyConfig) -> SimConfig:
 
 
 @ranges(
-        recalls=FRACTION,
-        precisions=OPEN_FRACTION,
-        seed=SEED,
-        call_s_per_token=NONNEG)
+    recalls=FRACTION,
+    precisions=OPEN_FRACTION,
+    seed=SEED,
+    call_s_per_token=NONNEG)
 @dataclass
 class DialConfig:
     """The accuracy dial (``noisy_oracle``) and the learned next-layer prefetcher."""
@@ -155,7 +155,7 @@ class DialConfig:
 
 
 @ranges(
-        replay_requests=COUNT_OR_ALL)
+    replay_requests=COUNT_OR_ALL)
 @dataclass
 class DialExperimentConfig(SimConfig):
     """``moesim experiment accuracy`` / ``moesim experiment prefetch``: the simulator's keys plus

@@ -28,7 +28,7 @@ class CachePolicyConfig:
 
 
 @ranges(
-        expert_budget_fractions=OPEN_FRACTION)
+    expert_budget_fractions=OPEN_FRACTION)
 @dataclass
 class BudgetSweepConfig:
     """``cluster.expert_budget_fractions``: the expert memories compared (share of a layer's)."""
@@ -37,8 +37,8 @@ class BudgetSweepConfig:
 
 
 @ranges(
-        batch_size=AT_LEAST_1,
-        expert_bytes=POSITIVE)
+    batch_size=AT_LEAST_1,
+    expert_bytes=POSITIVE)
 @dataclass
 class CacheAppConfig:
     """``moesim cache``: the policies x memories compared on one trace's routing."""

@@ -28,7 +28,7 @@ class TraceFileConfig:
 
 
 @ranges(
-        max_requests=COUNT_OR_ALL)
+    max_requests=COUNT_OR_ALL)
 @dataclass
 class RequestLimitConfig:
     """``workload.max_requests``: the first N requests (prompts) of the trace only (0: all)."""

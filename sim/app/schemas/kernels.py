@@ -14,11 +14,11 @@ from sim.world.ranges import AT_LEAST_1, NONNEG, POSITIVE, SEED, ranges
 
 
 @ranges(
-        block_m=AT_LEAST_1,
-        block_n=AT_LEAST_1,
-        block_k=AT_LEAST_1,
-        num_warps=AT_LEAST_1,
-        num_stages=AT_LEAST_1)
+    block_m=AT_LEAST_1,
+    block_n=AT_LEAST_1,
+    block_k=AT_LEAST_1,
+    num_warps=AT_LEAST_1,
+    num_stages=AT_LEAST_1)
 @dataclass
 class TuneSpace:
     """The grouped FFN launch configurations tried by ``tune=true``."""
@@ -31,11 +31,11 @@ class TuneSpace:
 
 
 @ranges(
-        sizes=AT_LEAST_1,
-        capacity_factor=POSITIVE,
-        warmup_ms=NONNEG,
-        rep_ms=POSITIVE,
-        seed=SEED)
+    sizes=AT_LEAST_1,
+    capacity_factor=POSITIVE,
+    warmup_ms=NONNEG,
+    rep_ms=POSITIVE,
+    seed=SEED)
 @dataclass
 class KernelsBenchConfig:
     """``kernels bench``: the Triton kernels timed against their torch reference per model shape."""

@@ -27,7 +27,7 @@ class PlacementPolicyConfig:
 
 
 @ranges(
-        expert_parallel=AT_LEAST_1)
+    expert_parallel=AT_LEAST_1)
 @dataclass
 class PlacementClusterConfig:
     """``cluster.expert_parallel``: the GPUs one layer's experts are spread over."""
@@ -36,9 +36,9 @@ class PlacementClusterConfig:
 
 
 @ranges(
-        train_frac=OPEN_UNIT,
-        batch_tokens=AT_LEAST_1,
-        expert_bytes=POSITIVE)
+    train_frac=OPEN_UNIT,
+    batch_tokens=AT_LEAST_1,
+    expert_bytes=POSITIVE)
 @dataclass
 class PlacementAppConfig:
     """``moesim placement``: placements fitted on the trace's first part, scored on the rest."""

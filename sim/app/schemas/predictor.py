@@ -11,32 +11,30 @@ from typing import Optional
 from omegaconf import MISSING
 
 from sim.app.schemas.common import RequestLimitConfig, TraceFileConfig
-from sim.world.ranges import AT_LEAST_1, FRACTION, NONNEG, POSITIVE, SEED, Range, ranges
+from sim.world.ranges import AT_LEAST_1, FRACTION, NONNEG, POSITIVE, SEED, UNIT_HALF_OPEN, ranges
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
 
 
 @ranges(
-        d_model=AT_LEAST_1,
-        layers=AT_LEAST_1,
-        heads=AT_LEAST_1,
-        d_ff=AT_LEAST_1,
-        dropout=Range(lo=0,
-        hi=1,
-        hi_open=True),
-        min_count=NONNEG,
-        num_hash=AT_LEAST_1,
-        num_pos_buckets=AT_LEAST_1,
-        prior_alpha=NONNEG,
-        layer_d_model=AT_LEAST_1,
-        layer_layers=AT_LEAST_1,
-        layer_heads=AT_LEAST_1,
-        layer_d_ff=AT_LEAST_1,
-        prev_rank=NONNEG,
-        epochs=AT_LEAST_1,
-        lr=POSITIVE,
-        weight_decay=NONNEG)
+    d_model=AT_LEAST_1,
+    layers=AT_LEAST_1,
+    heads=AT_LEAST_1,
+    d_ff=AT_LEAST_1,
+    dropout=UNIT_HALF_OPEN,
+    min_count=NONNEG,
+    num_hash=AT_LEAST_1,
+    num_pos_buckets=AT_LEAST_1,
+    prior_alpha=NONNEG,
+    layer_d_model=AT_LEAST_1,
+    layer_layers=AT_LEAST_1,
+    layer_heads=AT_LEAST_1,
+    layer_d_ff=AT_LEAST_1,
+    prev_rank=NONNEG,
+    epochs=AT_LEAST_1,
+    lr=POSITIVE,
+    weight_decay=NONNEG)
 @dataclass
 class TokenPredictorConfig:
     """The per-token predictor (sim/predictor/model.py); values: conf/predictor/default.yaml."""
@@ -67,19 +65,17 @@ class TokenPredictorConfig:
 
 
 @ranges(
-        set_size=AT_LEAST_1,
-        history=AT_LEAST_1,
-        d_model=AT_LEAST_1,
-        layers=AT_LEAST_1,
-        heads=AT_LEAST_1,
-        d_ff=AT_LEAST_1,
-        dropout=Range(lo=0,
-        hi=1,
-        hi_open=True),
-        epochs=AT_LEAST_1,
-        batch=AT_LEAST_1,
-        lr=POSITIVE,
-        weight_decay=NONNEG)
+    set_size=AT_LEAST_1,
+    history=AT_LEAST_1,
+    d_model=AT_LEAST_1,
+    layers=AT_LEAST_1,
+    heads=AT_LEAST_1,
+    d_ff=AT_LEAST_1,
+    dropout=UNIT_HALF_OPEN,
+    epochs=AT_LEAST_1,
+    batch=AT_LEAST_1,
+    lr=POSITIVE,
+    weight_decay=NONNEG)
 @dataclass
 class PromptPredictorConfig:
     """eMoE-A's per-prompt predictor (sim/predictor/prompt.py)."""
@@ -98,8 +94,8 @@ class PromptPredictorConfig:
 
 
 @ranges(
-        window=AT_LEAST_1,
-        batch_tokens=AT_LEAST_1)
+    window=AT_LEAST_1,
+    batch_tokens=AT_LEAST_1)
 @dataclass
 class PredictorConfig:
     """``predictor.*``: the per-token and per-prompt predictors and how they read the trace."""
@@ -112,9 +108,9 @@ class PredictorConfig:
 
 
 @ranges(
-        seed=SEED,
-        threads=AT_LEAST_1,
-        split=FRACTION)
+    seed=SEED,
+    threads=AT_LEAST_1,
+    split=FRACTION)
 @dataclass
 class PredictorTrainConfig:
     """``predictor train``: train the predictors on a trace's split."""
@@ -128,8 +124,8 @@ class PredictorTrainConfig:
 
 
 @ranges(
-        params=POSITIVE,
-        bytes_per_param=POSITIVE)
+    params=POSITIVE,
+    bytes_per_param=POSITIVE)
 @dataclass
 class MoeModelSize:
     """The MoE model the predictor's own memory is reported as a share of (name, parameters, bytes)."""
@@ -140,10 +136,10 @@ class MoeModelSize:
 
 
 @ranges(
-        threads=AT_LEAST_1,
-        prompt_set_size=AT_LEAST_1,
-        staleness_periods=AT_LEAST_1,
-        sensitivity_threshold=NONNEG)
+    threads=AT_LEAST_1,
+    prompt_set_size=AT_LEAST_1,
+    staleness_periods=AT_LEAST_1,
+    sensitivity_threshold=NONNEG)
 @dataclass
 class PredictorEvalConfig:
     """``predictor eval``: a checkpoint scored on a trace's split (accuracy, staleness, sensitivity)."""

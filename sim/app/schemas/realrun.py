@@ -16,7 +16,7 @@ from sim.world.ranges import AT_LEAST_1, COUNT_OR_ALL, NONNEG, OPEN_FRACTION, SE
 
 
 @ranges(
-        tokens_per_request=AT_LEAST_1)
+    tokens_per_request=AT_LEAST_1)
 @dataclass
 class RealrunTraceConfig:
     """``path`` (a routing trace), or empty: ``workload.num_requests`` x ``tokens_per_request``
@@ -28,8 +28,8 @@ class RealrunTraceConfig:
 
 
 @ranges(
-        num_requests=AT_LEAST_1,
-        max_requests=COUNT_OR_ALL)
+    num_requests=AT_LEAST_1,
+    max_requests=COUNT_OR_ALL)
 @dataclass
 class RealrunWorkloadConfig:
     """``workload.*`` of the realrun commands: how many requests, from the generator or the trace."""
@@ -48,7 +48,7 @@ class OneCachePolicyConfig:
 
 
 @ranges(
-        expert_budget_fraction=OPEN_FRACTION)
+    expert_budget_fraction=OPEN_FRACTION)
 @dataclass
 class OneBudgetConfig:
     """``cluster.expert_budget_fraction``: the one expert memory realrun replay uses."""
@@ -58,11 +58,11 @@ class OneBudgetConfig:
 
 
 @ranges(
-        batch_tokens=AT_LEAST_1,
-        block_size=AT_LEAST_1,
-        shrink=AT_LEAST_1,
-        max_tokens=AT_LEAST_1,
-        seed=SEED)
+    batch_tokens=AT_LEAST_1,
+    block_size=AT_LEAST_1,
+    shrink=AT_LEAST_1,
+    max_tokens=AT_LEAST_1,
+    seed=SEED)
 @dataclass
 class RealrunReplayConfig:
     """``realrun replay``: a routing trace served on a device through real copies and kernels."""
@@ -81,13 +81,13 @@ class RealrunReplayConfig:
 
 
 @ranges(
-        shrink=AT_LEAST_1,
-        tokens=AT_LEAST_1,
-        copy_experts=AT_LEAST_1,
-        contexts=AT_LEAST_1,
-        warmup=NONNEG,
-        reps=AT_LEAST_1,
-        block_size=AT_LEAST_1)
+    shrink=AT_LEAST_1,
+    tokens=AT_LEAST_1,
+    copy_experts=AT_LEAST_1,
+    contexts=AT_LEAST_1,
+    warmup=NONNEG,
+    reps=AT_LEAST_1,
+    block_size=AT_LEAST_1)
 @dataclass
 class RealrunCalibrateConfig:
     """``realrun calibrate``: the ops timed on a device for the table cost model's profile."""
@@ -109,11 +109,11 @@ class RealrunCalibrateConfig:
 
 
 @ranges(
-        tokens=AT_LEAST_1,
-        copy_experts=AT_LEAST_1,
-        contexts=AT_LEAST_1,
-        warmup=NONNEG,
-        reps=AT_LEAST_1)
+    tokens=AT_LEAST_1,
+    copy_experts=AT_LEAST_1,
+    contexts=AT_LEAST_1,
+    warmup=NONNEG,
+    reps=AT_LEAST_1)
 @dataclass
 class ValidateCalibrationConfig:
     """What ``moesim realrun validate`` measures when it calibrates first (no ``profile``)."""
@@ -126,9 +126,9 @@ class ValidateCalibrationConfig:
 
 
 @ranges(
-        shrink=AT_LEAST_1,
-        layers=COUNT_OR_ALL,
-        block_size=AT_LEAST_1)
+    shrink=AT_LEAST_1,
+    layers=COUNT_OR_ALL,
+    block_size=AT_LEAST_1)
 @dataclass
 class RealrunValidateConfig(SimConfig):
     """The simulator's keys (one device: cluster=1x1; every arrival at 0), plus the device."""

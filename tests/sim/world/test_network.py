@@ -15,16 +15,15 @@ from sim.engine.simulation import Recorder, Simulation
 from sim.serving.binding import bind
 from sim.serving.testing import StubCost, random_pool, tiny_config, workload
 from sim.world.config import ClusterConfig, HardwareConfig
-from sim.world.network import (
-    Network,
-    SharedLink,
+from sim.world.network import Network, SharedLink
+from sim.world.topology import Topology
+from sim.world.traffic import (
     count_tokens,
     duplicate_destinations,
     gpu_traffic,
     source_counts,
     token_sources,
 )
-from sim.world.topology import Topology
 from tests.sim.sim_test_helpers import assert_log
 
 INF = float("inf")

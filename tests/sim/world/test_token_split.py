@@ -266,7 +266,7 @@ def test_sim_with_replicated_experts_follows_the_split():
     equal = np.einsum("le,leg->lg", counts.reshape(plan.L, plan.E), plan.share)
     assert (lc.load.max(axis=1) <= equal.max(axis=1) + 1).all()
     # the all-to-all follows the split: each GPU receives the tokens the split gives it
-    from sim.world.network import gpu_traffic
+    from sim.world.traffic import gpu_traffic
 
     src, share = lc.a2a
     traffic = gpu_traffic(plan, src, share)  # (L, G, G) source GPU -> expert GPU
