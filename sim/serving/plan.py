@@ -19,7 +19,7 @@ import numpy as np
 
 from sim.common.errors import ConfigError
 from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Placement, PlacementPolicy
-from sim.world.config import SimConfig
+from sim.world.config import ClusterConfig, SimConfig
 from sim.world.facts import cache_slots
 from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
 from sim.world.ranges import check_ranges
@@ -137,6 +137,15 @@ def layer_shares(slots: int, experts: list[int]) -> list[int]:
     return floors
 
 
+def gpu_slots(c: ClusterConfig, home: int, eb: int) -> int:
+    """A GPU's expert cache slots: ``cluster.expert_budget_bytes`` (if > 0) over an expert's bytes
+    ``eb``, else ``cluster.expert_budget_fraction`` of the ``home`` experts it holds
+    (:func:`sim.world.facts.cache_slots`); never more than ``home``."""
+    if c.expert_budget_bytes > 0:
+        return min(home, int(c.expert_budget_bytes // eb))
+    return cache_slots(c.expert_budget_fraction, home, "cluster.expert_budget_fraction")
+
+
 def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
     """Before the routing pool is built: the budget gives every GPU's cache at least one slot,
     and the fewest experts a GPU holds (``L * (E // ep)`` under any placement without
@@ -151,21 +160,17 @@ def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
     if home == 0:
         return  # a GPU without experts: nothing to cache
     eb = expert_bytes(m) // (ep if moe_tp else 1)
-    if c.expert_budget_bytes > 0:
-        cap = min(home, int(c.expert_budget_bytes // eb))
-        if cap == 0:
-            raise ConfigError(f"cluster.expert_budget_bytes={c.expert_budget_bytes} holds no expert "
-                              f"of {eb} bytes ({m.name}); expected >= {eb} (one slot), or 0 to "
-                              f"use cluster.expert_budget_fraction")
-    else:
-        # (with cluster.cache_scope=per_layer the GPU's slots are shared out over its layers by
-        # layer_shares: the same total, so the same check)
-        key = "cluster.expert_budget_fraction"
-        cap = cache_slots(c.expert_budget_fraction, home, key)
-        if cap == 0:
-            raise ConfigError(f"{key}={c.expert_budget_fraction} gives each GPU's cache 0 of its {home} "
-                              f"experts; expected a fraction in [1/{home} = {1 / home:.6g}, 1] (at "
-                              f"least one slot)")
+    cap = gpu_slots(c, home, eb)
+    # (with cluster.cache_scope=per_layer the GPU's slots are shared out over its layers by
+    # layer_shares: the same total, so the same check)
+    if cap == 0 and c.expert_budget_bytes > 0:
+        raise ConfigError(f"cluster.expert_budget_bytes={c.expert_budget_bytes} holds no expert "
+                          f"of {eb} bytes ({m.name}); expected >= {eb} (one slot), or 0 to "
+                          f"use cluster.expert_budget_fraction")
+    if cap == 0:
+        raise ConfigError(f"cluster.expert_budget_fraction={c.expert_budget_fraction} gives each GPU's "
+                          f"cache 0 of its {home} experts; expected a fraction in [1/{home} = "
+                          f"{1 / home:.6g}, 1] (at least one slot)")
     dense_share = dense_weight_bytes(m) / ep
     if hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb <= 0:
         raise ConfigError(
@@ -245,10 +250,7 @@ class ClusterPlan:
         for g in range(ep):
             mask = (share[:, :, g] > 0).ravel()  # (L*E,)
             home = int(mask.sum())
-            if c.expert_budget_bytes > 0:
-                cap = min(home, int(c.expert_budget_bytes // eb))
-            else:
-                cap = cache_slots(c.expert_budget_fraction, home, "cluster.expert_budget_fraction")
+            cap = gpu_slots(c, home, eb)
             if c.cache_scope == "per_layer":  # the GPU's slots shared out over its layers
                 ls = layer_shares(cap, mask.reshape(L, E).sum(axis=1).tolist())
                 layer_slots.append(ls)
