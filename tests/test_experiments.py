@@ -5,6 +5,7 @@ scheduler: a request already past its SLO no longer stops admission (the collaps
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -61,6 +62,14 @@ def test_bad_experiment_input_is_one_line(argv, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]
+    # the removed run folder's log file is detached too: a later record (another library's
+    # warning in the same process) neither reopens it nor fails on the missing folder
+    assert not (tmp_path / "x").exists()
+    handlers = [h for lg in (logging.getLogger(), *logging.root.manager.loggerDict.values())
+                if isinstance(lg, logging.Logger) for h in lg.handlers]
+    assert not [h for h in handlers if str(tmp_path) in getattr(h, "baseFilename", "")]
+    logging.getLogger("moesim.later").warning("a record after the failed run")
+    assert not (tmp_path / "x").exists()
 
 
 def _rv(i, arrival, pred, slo, done=0):

@@ -8,9 +8,25 @@ without ``-m`` skips the composition Hydra makes only to find out the mode.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
+
+
+def drop_log_files(d: Path) -> None:
+    """Close and detach every logging file handler writing under ``d`` (Hydra's job log), so a
+    record logged after ``d`` is removed (a later run in the same process) goes nowhere instead
+    of failing to reopen the file."""
+    d = Path(d).resolve()
+    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            name = getattr(h, "baseFilename", None)
+            if name is not None and (d == Path(name).parent or d in Path(name).parents):
+                lg.removeHandler(h)
+                h.close()
 
 
 def single_run(argv: list[str]) -> bool:
@@ -80,6 +96,7 @@ class RunDirs:
         if not self.any_started:  # a sweep that failed before its first job: its folder goes
             for d, existed in self.explicit.items():
                 if not existed and self._only_sweep_files(d):
+                    drop_log_files(d)
                     shutil.rmtree(d, ignore_errors=True)
                     for parent in d.parents:
                         if parent == self.root[d]:
@@ -93,6 +110,7 @@ class RunDirs:
         for d, job, sweep in reversed(self.created):
             if d == self.cwd or d in self.cwd.parents or not self._only_hydra_files(d, job):
                 continue
+            drop_log_files(d)
             shutil.rmtree(d, ignore_errors=True)
             # parents made for it go too: below the explicit dir's old ancestor, or below cwd
             top = next((r for e, r in self.root.items() if e == d or e in d.parents), self.cwd)
