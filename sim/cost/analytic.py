@@ -98,12 +98,17 @@ class AnalyticCost:
         self.host_copy_overhead_s = hw.host_copy_overhead_s
         h, i = model.hidden_size, model.expert_intermediate_size
         self.expert_shards = par.tp if par.moe_tp else 1
-        #: HBM bytes a kernel reads (and writes) per parameter of a stored weight: the stored
-        #: bytes at the kernel's efficiency, plus the dtype written and read again when unpacked
-        unpack = 2.0 * self.wbytes if model.dequant == "unpack" else 0.0
-        eff = model.dequant_efficiency if model.dequant != "none" else 1.0
-        self._expert_read = expert_weight_bytes(model) / eff + (unpack if model.expert_bits else 0.0)
-        self.dense_read = dense_param_bytes(model) / eff + (unpack if model.dense_bits else 0.0)
+        #: HBM bytes a kernel reads (and writes) per parameter of a stored weight: a quantised one
+        #: at its stored size over the kernel's efficiency, plus the dtype written and read again
+        #: when unpacked first; an unquantised one at the dtype's size
+        def read(stored: float, quantised: bool) -> float:
+            if not quantised or model.dequant == "none":
+                return stored
+            unpack = 2.0 * self.wbytes if model.dequant == "unpack" else 0.0
+            return stored / model.dequant_efficiency + unpack
+
+        self._expert_read = read(expert_weight_bytes(model), model.expert_bits > 0)
+        self.dense_read = read(dense_param_bytes(model), model.dense_bits > 0)
         self._expert_weight_bytes = 3.0 * h * i * self._expert_read / self.expert_shards
         #: bytes of one expert as stored in host memory (what a CPU kernel streams)
         self._host_expert_bytes = 3.0 * h * i * expert_weight_bytes(model)
