@@ -30,7 +30,8 @@ def make_cost_model(kind: str, model: ModelConfig, hw: HardwareConfig, table: st
         raise ConfigError(f"engine.iteration_overhead_s={eng.iteration_overhead_s} (engine "
                           f"{eng.name!r}); expected a number >= 0")
     analytic = AnalyticCost(model, hw, parallel_of(cluster) if cluster is not None else None,
-                            engine_overhead_s=eng.iteration_overhead_s, host=host, offload=offload)
+                            engine_overhead_s=eng.iteration_overhead_s, host=host, offload=offload,
+                            layer_overhead_s=eng.layer_overhead_s)
     if kind == "analytic":
         return analytic
     if kind == "table":

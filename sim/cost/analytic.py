@@ -82,11 +82,13 @@ class Parallel:
 class AnalyticCost:
     def __init__(self, model: ModelConfig, hw: HardwareConfig, parallel: Parallel | None = None,
                  engine_overhead_s: float = 0.0, host: HostConfig | None = None,
-                 offload: OffloadConfig | None = None) -> None:
+                 offload: OffloadConfig | None = None, layer_overhead_s: float = 0.0) -> None:
         self.model, self.hw = model, hw
         #: fixed host time per iteration: the host's (``hardware.iteration_overhead_s``) plus the
         #: serving engine's (``engine.iteration_overhead_s``, conf/engine)
         self.iteration_overhead_s = hw.iteration_overhead_s + engine_overhead_s
+        #: the engine's host time per MoE layer (``engine.layer_overhead_s``: eager dispatch)
+        self.layer_overhead_s = layer_overhead_s
         self.par = par = parallel or Parallel()
         self.wbytes = dtype_bytes(model.dtype)
         self.flops_s = hw.bf16_flops * hw.flops_efficiency * (2.0 if model.dtype == "fp8" else 1.0)
@@ -188,9 +190,10 @@ class AnalyticCost:
             return 0.0
         kv = context_tokens if kv_tokens is None else kv_tokens
         shared = 2 if self.model.shared_experts else 0
-        return self._attention_block(tokens, context_tokens, kv,
-                                     self._attn_params + self._shared_params,
-                                     ATTENTION_LAUNCHES + shared, max(1, shards))
+        block = self._attention_block(tokens, context_tokens, kv,
+                                      self._attn_params + self._shared_params,
+                                      ATTENTION_LAUNCHES + shared, max(1, shards))
+        return block + self.layer_overhead_s if self.layer_overhead_s else block
 
     def all_reduce_s(self, nbytes: float, gpus: int) -> float:
         """One ring all-reduce of ``nbytes`` over ``gpus`` GPUs (0 on one GPU)."""

@@ -22,7 +22,7 @@ from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Pla
 from sim.world.config import ClusterConfig, SimConfig
 from sim.world.facts import cache_slots
 from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token, layer_weight_bytes
-from sim.world.offload_config import check_offload
+from sim.world.offload_config import check_host_memory, check_offload
 from sim.world.ranges import check_ranges
 from sim.world.topology import Topology
 from sim.world.traffic import duplicate_destinations
@@ -185,6 +185,8 @@ def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
                           f"cache 0 of its {home} experts; expected a fraction in [1/{home} = "
                           f"{1 / home:.6g}, 1] (at least one slot)")
     dense_share = dense_weight_bytes(m) / ep
+    check_host_memory(cfg.host, max(0, L * E * expert_bytes(m) - ep * cap * eb),
+                      dense_weight_bytes(m) if cfg.offload.layer_streaming else 0.0)
     if hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb <= 0:
         raise ConfigError(
             f"cluster: a GPU of {hw.name} ({hw.memory_bytes / 1e9:.0f} GB) cannot hold {cap} experts "

@@ -140,7 +140,8 @@ class HardwareConfig:
 
 
 @ranges(
-    iteration_overhead_s=NONNEG)
+    iteration_overhead_s=NONNEG,
+    layer_overhead_s=NONNEG)
 @dataclass
 class EngineConfig:
     """The serving engine's software: what one iteration costs outside the GPU kernels
@@ -151,6 +152,9 @@ class EngineConfig:
     name: str = "none"
     #: host time per iteration that the GPU waits for (added to every iteration)
     iteration_overhead_s: float = 0.0
+    #: host time per layer that the GPU waits for (an eager engine dispatching each op from
+    #: Python, without CUDA graphs; added to every MoE layer's attention block)
+    layer_overhead_s: float = 0.0
     source: str = ""
 
 

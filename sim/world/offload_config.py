@@ -30,6 +30,7 @@ CPU_ISA = ("avx2", "avx512", "amx")
 @ranges(
     cores=NONNEG,
     sockets=AT_LEAST_1,
+    memory_bytes=Range(lo=0, note="0: not checked"),
     memory_bytes_per_s=Range(lo=0, note="0: no host modelled"),
     memory_efficiency=OPEN_FRACTION,
     flops_efficiency=OPEN_FRACTION,
@@ -46,6 +47,9 @@ class HostConfig:
     name: str = "none"
     cores: int = 0
     sockets: int = 1
+    #: host memory that holds the offloaded weights (0: not checked): the experts a replica's
+    #: GPUs do not hold (and, layer streaming, the dense weights) must fit
+    memory_bytes: int = 0
     #: DRAM bandwidth of all channels, all sockets (datasheet: channels x MT/s x 8 bytes)
     memory_bytes_per_s: float = 0.0
     #: share of it a CPU expert GEMV reaches (llama.cpp / kTransformers kernels, an assumption)
@@ -112,6 +116,16 @@ def check_offload(offload: OffloadConfig, host: HostConfig, cache: str) -> None:
                           "offload.expert_exec=copy")
 
 
+def check_host_memory(host: HostConfig, expert_total_bytes: float, dense_bytes: float) -> None:
+    """The experts the GPUs do not hold, ``expert_total_bytes`` (and, layer streaming, the dense
+    weights) in host memory: refused where the host's memory cannot hold them."""
+    need = expert_total_bytes + dense_bytes
+    if host.memory_bytes and need > host.memory_bytes:
+        raise ConfigError(f"host={host.name}: its {host.memory_bytes / 1e9:.0f} GB of memory cannot "
+                          f"hold the offloaded weights ({need / 1e9:.1f} GB); choose a host with "
+                          f"more memory (host.memory_bytes) or a smaller quant=")
+
+
 def host_link_bytes_per_s(gpu_link_bytes_per_s: float, host: HostConfig,
                           offload: OffloadConfig) -> float:
     """The host-to-device copy bandwidth: the GPU's own link, capped by the host's PCIe slot
@@ -131,4 +145,4 @@ def weight_bits(dtype_bits: float, bits: float) -> float:
 
 
 __all__ = ["CPU_ISA", "DEQUANT", "EXPERT_EXEC", "HOST_MEMORY", "PCIE_X16_BYTES_PER_S", "HostConfig",
-           "OffloadConfig", "check_offload", "host_link_bytes_per_s", "weight_bits"]
+           "OffloadConfig", "check_host_memory", "check_offload", "host_link_bytes_per_s", "weight_bits"]

@@ -103,3 +103,27 @@ def test_check_config_refuses_cpu_experts_with_replicated_placement_and_two_cach
         check_config(cfg)
     ok = _cfg("policy.cache=static", "offload.expert_exec=cpu", "host=server-spr")
     assert isinstance(ok, SimConfig) and check_config(ok).expert_parallel == 8
+
+
+def test_host_memory_must_hold_the_experts_the_gpu_does_not():
+    # Mixtral in bf16: 256 experts of 352 MB = 90.2 GB; one A100 holding 10 % (25 experts,
+    # 8.8 GB): 81.4 GB left for a Colab host of 12.7 GB
+    cfg = _cfg("model=mixtral-8x7b", "hardware=a100-80gb", "cluster=1x1", "host=colab-t4",
+               "cluster.expert_budget_fraction=0.1")
+    with pytest.raises(ConfigError, match=r"13 GB of memory cannot hold the offloaded weights \(81\.4 GB\)"):
+        check_config(cfg)
+    # in 2.6 bits the same 231 experts take 13.2 GB: still too much; 4 per layer on the GPU fits
+    cfg = _cfg("model=mixtral-8x7b", "quant=hqq-2bit", "hardware=a100-80gb", "cluster=1x1",
+               "host=colab-t4", "cluster.experts_per_layer=4")
+    assert check_config(cfg).expert_parallel == 1
+
+
+def test_an_eager_engine_pays_its_layer_overhead_once_per_layer():
+    cfg = _cfg("model=mixtral-8x7b", "hardware=a100-80gb", "engine=hf-generate")
+    assert cfg.engine.layer_overhead_s == 1.0e-3
+    from sim.cost import make_cost_model
+
+    eager = make_cost_model("analytic", cfg.model, cfg.hardware, engine=cfg.engine)
+    graphs = make_cost_model("analytic", cfg.model, cfg.hardware)
+    assert eager.attention_s(0, 1, 100, 1) - graphs.attention_s(0, 1, 100, 1) == pytest.approx(1.0e-3)
+    assert eager.attention_s(0, 0, 0, 1) == 0.0  # no token, no layer
