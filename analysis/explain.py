@@ -32,6 +32,12 @@ iteration used later), ``hit_rate`` H, and ``prefetch`` (issued, used).
 4. **Otherwise compute-bound**: copies cost under half the iteration time; the sentence gives S,
    H, U and B.
 
+An offloaded run (``offload`` in its metrics: experts computed on the host CPU, or layer
+streaming) is said first by :func:`offload_sentence`: where the experts ran (the share of missed
+experts computed on the CPU, per layer where not every layer is the same), the bytes streamed, and
+which of the three bounded its steps (``offload.bound``: the GPUs' wait for copies, the host's
+expert time, the GPUs' expert time, the largest of the three sums), with all three figures.
+
 :func:`compare_sentence` explains the gap between a simulator run's hit rate and a replay's on
 the same setting (the simulator's ``hits + late_prefetch_hits`` count where the replay counts a
 hit: a prefetched expert in flight is a hit to the replay, which has no clock). Under 2 points
@@ -92,9 +98,38 @@ def _hits(m: dict[str, Any]) -> str:
     return "every access misses" if h < 0.005 else f"{_pct(h)} of accesses hit"
 
 
+BOUND_WORDS = {"copy": "waiting for copies over the host link", "cpu": "the host CPU's experts",
+               "gpu": "the GPU's own experts"}
+
+
+def offload_sentence(m: dict[str, Any]) -> str | None:
+    """Where an offloaded run's experts ran and what bounded its steps; None for a run that
+    neither computes experts on the host nor streams layers."""
+    off = m.get("offload")
+    if not isinstance(off, dict) or not (off.get("experts_on_cpu") or off.get("stream_bytes")):
+        return None
+    parts = []
+    n_cpu = int(off.get("experts_on_cpu", 0))
+    if n_cpu:
+        misses = int(m.get("misses", 0)) or n_cpu
+        by_layer = [int(x) for x in off.get("experts_on_cpu_by_layer", [])]
+        on = [i for i, x in enumerate(by_layer) if x]
+        where = f" (layers {on[0]}-{on[-1]})" if on and len(on) < len(by_layer) else ""
+        parts.append(f"{_pct(n_cpu / misses)} of the missed experts ran on the host CPU{where}")
+    if off.get("stream_bytes"):
+        parts.append(f"layer streaming copied {int(off['stream_bytes']) / 1e9:,.1f} GB of weights")
+    bound = str(off.get("bound", "gpu"))
+    figs = (f"copy wait {float(off.get('copy_stall_s', 0)):.3g} s, host experts "
+            f"{float(off.get('host_expert_s', 0)):.3g} s, GPU experts {float(off.get('gpu_expert_s', 0)):.3g} s")
+    return f"{_policy(m)}: {'; '.join(parts)}; the steps are bound by {BOUND_WORDS.get(bound, bound)} ({figs})"
+
+
 def bottleneck_sentence(metrics: dict[str, Any]) -> str:
     """The run's bottleneck in one sentence, with its numbers (rules: the module docstring)."""
     m = metrics
+    said = offload_sentence(m)
+    if said is not None:
+        return said
     accesses, misses = int(_get(m, "accesses")), int(_get(m, "misses"))
     prefetched = int(m.get("prefetched", 0))
     B = float(_get(m, "busy_share"))

@@ -252,7 +252,20 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("load imbalance", f"{m['load_imbalance']:.3f}"),
         ("routing fidelity", f"{m['routing_fidelity']:.3f}"),
         ("rerouted / preempted", f"{m['requests_rerouted']} / {m['preemptions']}"),
+        *offload_rows(m),
     ]
+
+
+def offload_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary's offloading lines (an offloaded run only): where experts ran, what bounded."""
+    off = m.get("offload")
+    if not off:
+        return []
+    return [("experts on host CPU", f"{off['experts_on_cpu']}"),
+            ("expert copies / streamed", f"{off['expert_copy_bytes'] / 1e9:.2f} / "
+                                         f"{off['stream_bytes'] / 1e9:.2f} GB"),
+            ("steps bound by", f"{off['bound']} (wait {off['copy_stall_s']:.2f} s, host "
+                               f"{off['host_expert_s']:.2f} s, GPU {off['gpu_expert_s']:.2f} s)")]
 
 
 def format_table(columns: list[str], rows: list[list[str]]) -> str:

@@ -124,3 +124,20 @@ def test_the_report_sentence_prefers_a_runs_own_why_and_skips_old_runs():
     assert run_why(m) == bottleneck_sentence(m) != ""
     assert run_why({**m, "why": "measured on a GPU"}) == "measured on a GPU"
     assert run_why({"hit_rate": 0.5}) == ""
+
+
+def test_offloaded_run_says_where_experts_ran_and_what_bounded_it():
+    from analysis.explain import bottleneck_sentence, offload_sentence
+
+    off = {"experts_on_cpu": 30, "experts_on_cpu_by_layer": [0, 10, 20], "stream_bytes": 0,
+           "copy_stall_s": 0.5, "host_expert_s": 2.0, "gpu_expert_s": 0.25, "bound": "cpu"}
+    m = {"misses": 40, "config": {"policy": {"cache": "static", "prefetch": "none"}}, "offload": off}
+    s = offload_sentence(m)
+    assert s == ("static: 75 % of the missed experts ran on the host CPU (layers 1-2); the steps are "
+                 "bound by the host CPU's experts (copy wait 0.5 s, host experts 2 s, GPU experts 0.25 s)")
+    assert bottleneck_sentence(m) == s  # said first, before the cache rules (which need more figures)
+    streamed = {**m, "offload": {**off, "experts_on_cpu": 0, "stream_bytes": 3.2e9, "bound": "copy"}}
+    assert "layer streaming copied 3.2 GB of weights; the steps are bound by waiting for copies" \
+        in offload_sentence(streamed)
+    assert offload_sentence({"offload": {"experts_on_cpu": 0, "stream_bytes": 0}}) is None
+    assert offload_sentence({"hit_rate": 0.5}) is None
