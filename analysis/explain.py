@@ -119,9 +119,10 @@ def offload_sentence(m: dict[str, Any]) -> str | None:
     if off.get("stream_bytes"):
         parts.append(f"layer streaming copied {int(off['stream_bytes']) / 1e9:,.1f} GB of weights")
     bound = str(off.get("bound", "gpu"))
-    figs = (f"copy wait {float(off.get('copy_stall_s', 0)):.3g} s, host experts "
-            f"{float(off.get('host_expert_s', 0)):.3g} s, GPU experts {float(off.get('gpu_expert_s', 0)):.3g} s")
-    return f"{_policy(m)}: {'; '.join(parts)}; the steps are bound by {BOUND_WORDS.get(bound, bound)} ({figs})"
+    wait, host, gpu = (float(off.get(k, 0)) for k in ("copy_stall_s", "host_expert_s", "gpu_expert_s"))
+    figs = f"copy wait {wait:.3g} s, host experts {host:.3g} s, GPU experts {gpu:.3g} s"
+    said = BOUND_WORDS.get(bound, bound)
+    return f"{_policy(m)}: {'; '.join(parts)}; the steps are bound by {said} ({figs})"
 
 
 def bottleneck_sentence(metrics: dict[str, Any]) -> str:
