@@ -161,12 +161,23 @@ class World:
         if self.log is not None and reset:
             self.log.add(st.gpu, "reset", 0)
         if self.cfg.cluster.warm_start and st.capacity:
-            keys = np.flatnonzero(st.home_mask)[: st.capacity].tolist()
+            keys = self.warm_keys(st)[: st.capacity]
             if self.log is not None:
                 self.log.add(st.gpu, "warm", 0, keys)
             cache.insert(0, keys)
             cache.counts = CacheCounts()  # the weights loaded before serving are not loads
         return cache
+
+    def warm_keys(self, st: GpuState) -> list[int]:
+        """The GPU's keys in the order a warm start places them: by key (the GPU's first experts),
+        or, for a policy asking ``fill=frequency`` (the static cache), most used first in the
+        routing pool's history (ties: smaller key), as the placement policies plan on it."""
+        keys = np.flatnonzero(st.home_mask)
+        if self.cfg.policy.cache_args.get("fill") != "frequency":
+            return keys.tolist()
+        use = np.bincount(self.plan.pool_keys.ravel().astype(np.int64),
+                          minlength=self.plan.L * self.plan.E)[keys]
+        return keys[np.lexsort((keys, -use))].tolist()
 
     def _new_layered(self, st: GpuState, reset: bool) -> Any:
         from sim.serving.layered_cache import LayeredCache
@@ -177,7 +188,8 @@ class World:
         if reset:
             cache.reset_log()
         if self.cfg.cluster.warm_start and st.capacity:
-            keys = [k for l, ks in enumerate(st.layer_sets) for k in sorted(ks)[: slots[l]]]
+            order = self.warm_keys(st)
+            keys = [k for l in range(plan.L) for k in [k for k in order if k // plan.E == l][: slots[l]]]
             cache.warm(keys)
         return cache
 

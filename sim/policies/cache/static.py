@@ -8,20 +8,42 @@ experts on the GPU and computes the rest on the CPU (kvcache-ai/ktransformers,
 doc/en/kt-kernel/experts-sched-Tutorial.md); llama.cpp keeps ``--n-cpu-moe`` layers' experts in
 host memory and, for a batch of at least 32 tokens, copies them to the GPU for that batch only
 (PR #13386); Fiddler places the popular experts on the GPU and computes the others on the CPU
-(arXiv 2402.07033). Which experts stay is the warm start's choice (the GPU's first experts:
-whole front layers under a global cache, each layer's first under ``cluster.cache_scope=per_layer``).
+(arXiv 2402.07033). Which experts stay is the warm start's choice, ``fill`` (kTransformers'
+placement policies): ``first`` (front-loading: the GPU's first experts, whole front layers under a
+global cache, each layer's first under ``cluster.cache_scope=per_layer``) or ``frequency`` (the
+experts the routing history uses most, as the placement policies plan on it; Fiddler's popular
+experts). kTransformers' ``dynamic`` policy (re-chosen while serving) is not modelled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sim.policies.base import CACHE, CachePolicy
 
 
+FILLS = ("first", "frequency")
+
+
+@dataclass
+class StaticConfig:
+    #: which experts the warm start places: "first" (front-loading) or "frequency" (most used)
+    fill: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.fill not in FILLS:
+            from sim.common.errors import ConfigError
+
+            raise ConfigError(f"cache policy 'static' argument fill={self.fill!r}: expected one of "
+                              f"{', '.join(FILLS)}")
+
+
 @CACHE.register("static")
 class StaticCache(CachePolicy):
+    Config = StaticConfig
+
     def __init__(self, capacity: int, num_keys: int, cfg: Any = None) -> None:
         super().__init__(capacity, num_keys, cfg)
         #: every resident key (one set, grown in place: the step routine reads it once per call

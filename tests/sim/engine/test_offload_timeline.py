@@ -145,3 +145,20 @@ def test_per_layer_cache_of_k_experts_and_no_cache():
     log, m = _run(cfg)
     assert (m["hits"], m["misses"], m["streamed"]) == (0, 5, 5)
     assert m["h2d_bytes"] == 5 * 6
+
+
+def test_static_fill_frequency_places_the_most_used_experts():
+    # L0 always picks expert 3: with one slot, front-loading keeps key 0 (never used), the
+    # frequency fill keeps key 3 (every L0 access hits); L1's experts 1, 2 always miss
+    rows = [[[3], [1]], [[3], [2]], [[3], [1]]]
+    for fill, hits in (("first", 0), ("frequency", 2)):
+        cfg = tiny_config(layers=2, experts=4, budget_fraction=0.125)
+        cfg.policy.cache = "static"
+        cfg.policy.cache_args = {"fill": fill}
+        pool = pool_from_rows(rows)
+        wl = workload([0.0], [2], [2])
+        sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", np.random.default_rng(0)),
+                         StubCost(), np.random.default_rng(0))
+        sim.run()
+        m = compute_metrics(sim)
+        assert (m["hits"], m["misses"]) == (hits, 5 - hits), fill  # 5 accesses: {3}, {5, 6}, {3}, {5}
