@@ -23,7 +23,6 @@ from typing import Any
 
 from sim.policies.base import CACHE, CachePolicy
 
-
 FILLS = ("first", "frequency")
 
 
