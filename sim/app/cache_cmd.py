@@ -71,7 +71,7 @@ def _task(cfg: Any) -> None:
                          mode=c.mode, batch_size=c.batch_size, prefetch=c.policy.prefetch,
                          prefetch_kwargs=dict(c.policy.prefetch_args), expert_bytes=c.expert_bytes,
                          reroute=c.policy.reroute,
-                         model=c.model.name if c.model is not None else None,
+                         model=c.model,
                          on_step=lambda name, f: bar.step(f"{name} at {f:g}"))
     wall_s = time.perf_counter() - t0
     out = Path(run_dir())

@@ -326,7 +326,7 @@ def _result(policy: str, fraction: float, C: int, mode: str, prefetch: str | Non
 def run_replay(trace: RoutingTrace, policies: list[str], fractions: list[float], *,
                mode: str = "plain", batch_size: int = 16, prefetch: str | None = None,
                prefetch_kwargs: dict[str, Any] | None = None, expert_bytes: int | None = None,
-               reroute: bool = False, model: str | None = None,
+               reroute: bool = False, model: Any = None,
                on_step: Callable[[str, float], None] | None = None) -> list[dict[str, Any]]:
     """Every (policy, fraction) pair, plus Belady at each fraction for the gap; records in order.
     ``on_step(policy, fraction)`` is called after each replay (progress)."""

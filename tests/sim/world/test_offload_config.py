@@ -127,3 +127,16 @@ def test_an_eager_engine_pays_its_layer_overhead_once_per_layer():
     graphs = make_cost_model("analytic", cfg.model, cfg.hardware)
     assert eager.attention_s(0, 1, 100, 1) - graphs.attention_s(0, 1, 100, 1) == pytest.approx(1.0e-3)
     assert eager.attention_s(0, 0, 0, 1) == 0.0  # no token, no layer
+
+
+def test_the_replay_and_the_simulator_price_a_quantised_expert_the_same(tmp_path):
+    """One fact, two drivers: ``moesim cache model=... quant=...`` moves the bytes the simulator's
+    plan copies (57,252,249 per 2.6-bit Mixtral expert)."""
+    from types import SimpleNamespace
+
+    from sim.world.facts import expert_bytes_of_trace
+
+    m = _cfg("model=mixtral-8x7b", "quant=hqq-2bit").model
+    meta = SimpleNamespace(model="mixtral-8x7b", extra={})
+    assert expert_bytes_of_trace(meta, m) == expert_bytes(m) == 57252249
+    assert expert_bytes_of_trace(meta, None) == 3 * 4096 * 14336 * 2  # the trace's model: bf16
