@@ -74,6 +74,7 @@ def test_mixtral_offloading_table2_is_whole():
     (dict(overrides="cluster.expert_budget_fraction=0.99"), True),
     (dict(overrides="cluster.expert_budget_fraction=1.0"), False),
     (dict(overrides="cluster.expert_budget_bytes=1000"), True),
+    (dict(overrides="cluster.expert_budget_bytes=0"), False),
     (dict(overrides="quant=hqq-2bit host=desktop-pcie3"), False),
     (dict(), False),
 ])
