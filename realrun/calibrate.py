@@ -191,8 +191,25 @@ def _calibrate(model: Any, dev: torch.device, tokens: list[int], copy_experts: l
     return rows, {"copy_compute_overlap": _overlap(copy, lambda: expert_ffn(
         x, r, table(), slots.w13, slots.w2, 1, block_size), dev),
         "copies_in_line": dev.type != "cuda", "expert_bytes": sh.expert_bytes,
+        "pageable_fraction": pageable_fraction(dev, sh.expert_bytes, timeit, warmup, reps),
         "clock": "cuda events" if dev.type == "cuda" else clock,
         "load_average": [round(v, 2) for v in load_average()], "cpu_count": os.cpu_count()}
+
+
+def pageable_fraction(dev: torch.device, nbytes: int, timeit: Callable[..., float], warmup: int,
+                      reps: int) -> float:
+    """Pinned over pageable host-to-device copy time of ``nbytes`` (at least 64 MB): the share of
+    the pinned bandwidth a copy from pageable memory reaches, ``host.pageable_fraction``
+    (conf/host). 1.0 where the device is the host (no copy crosses a link)."""
+    if dev.type != "cuda":
+        return 1.0
+    n = max(int(nbytes), 64 << 20)
+    dst = torch.empty(n, dtype=torch.uint8, device=dev)
+    pinned = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    pageable = torch.empty(n, dtype=torch.uint8)
+    t_pinned = timeit(lambda: dst.copy_(pinned, non_blocking=True), warmup, reps)
+    t_pageable = timeit(lambda: dst.copy_(pageable), warmup, reps)
+    return float(t_pinned / t_pageable) if t_pageable > 0 else 1.0
 
 
 def load_average() -> tuple[float, ...]:

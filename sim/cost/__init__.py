@@ -8,6 +8,7 @@ from sim.common.errors import ConfigError
 from sim.cost.analytic import AnalyticCost, Parallel
 from sim.cost.base import CostModel
 from sim.world.config import ClusterConfig, EngineConfig, HardwareConfig, ModelConfig
+from sim.world.offload_config import HostConfig, OffloadConfig
 
 
 def parallel_of(cluster: ClusterConfig) -> Parallel:
@@ -19,15 +20,18 @@ def parallel_of(cluster: ClusterConfig) -> Parallel:
 
 def make_cost_model(kind: str, model: ModelConfig, hw: HardwareConfig, table: str = "",
                     cluster: ClusterConfig | None = None,
-                    engine: EngineConfig | None = None) -> CostModel:
+                    engine: EngineConfig | None = None, host: HostConfig | None = None,
+                    offload: OffloadConfig | None = None) -> CostModel:
     """The cost model ``kind`` for ``model`` on ``hw``, priced for one replica of ``cluster``
-    (default: one GPU) served by ``engine`` (default: no engine overhead)."""
+    (default: one GPU) served by ``engine`` (default: no engine overhead), on ``host`` with
+    ``offload``'s host memory (default: no host: the GPU's own link)."""
     eng = engine or EngineConfig()
     if not eng.iteration_overhead_s >= 0:
         raise ConfigError(f"engine.iteration_overhead_s={eng.iteration_overhead_s} (engine "
                           f"{eng.name!r}); expected a number >= 0")
     analytic = AnalyticCost(model, hw, parallel_of(cluster) if cluster is not None else None,
-                            engine_overhead_s=eng.iteration_overhead_s)
+                            engine_overhead_s=eng.iteration_overhead_s, host=host, offload=offload,
+                            layer_overhead_s=eng.layer_overhead_s)
     if kind == "analytic":
         return analytic
     if kind == "table":

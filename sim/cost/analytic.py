@@ -23,6 +23,17 @@ A layer is priced as the kernels a serving engine runs for it (vLLM / SGLang, CU
   gather, the dense (non-MoE) layers and the LM head over the sequences that sample a token.
 
 Copies are ``latency + bytes / bandwidth``; per-expert copy setup is ``host_copy_overhead_s``.
+The bandwidth is the GPU's link capped by the host's PCIe slot and scaled for pageable memory
+(:func:`sim.world.offload_config.host_link_bytes_per_s`).
+
+Quantised weights (``model.expert_bits`` / ``model.dense_bits``, the ``quant=`` group) are read at
+their stored size; a kernel that unpacks them to the dtype first (``model.dequant=unpack``) also
+writes and reads the dtype's bytes per parameter; a fused one (``fused``) reaches
+``model.dequant_efficiency`` of the memory-bound rate.
+
+An expert computed on the host CPU (``offload.expert_exec``, :meth:`AnalyticCost.cpu_expert_s`):
+``max(flops / (host FLOP/s x efficiency), stored bytes / (host memory bandwidth x efficiency))``,
+its tokens' hidden states crossing the host link both ways (:meth:`AnalyticCost.cpu_transfer_s`).
 """
 
 from __future__ import annotations
@@ -32,7 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.world.config import HardwareConfig, ModelConfig
-from sim.world.model import attention_params, dtype_bytes
+from sim.world.model import attention_params, dense_param_bytes, dtype_bytes, expert_weight_bytes
+from sim.world.offload_config import HostConfig, OffloadConfig, host_link_bytes_per_s
 
 #: FlashAttention query tile: FA2's forward uses 128-row query blocks for head_dim <= 128 on
 #: SM80/SM90 (flash-attention csrc/flash_attn/src/flash_fwd_launch_template.h), FA3 128 too
@@ -69,21 +81,39 @@ class Parallel:
 
 class AnalyticCost:
     def __init__(self, model: ModelConfig, hw: HardwareConfig, parallel: Parallel | None = None,
-                 engine_overhead_s: float = 0.0) -> None:
+                 engine_overhead_s: float = 0.0, host: HostConfig | None = None,
+                 offload: OffloadConfig | None = None, layer_overhead_s: float = 0.0) -> None:
         self.model, self.hw = model, hw
         #: fixed host time per iteration: the host's (``hardware.iteration_overhead_s``) plus the
         #: serving engine's (``engine.iteration_overhead_s``, conf/engine)
         self.iteration_overhead_s = hw.iteration_overhead_s + engine_overhead_s
+        #: the engine's host time per MoE layer (``engine.layer_overhead_s``: eager dispatch)
+        self.layer_overhead_s = layer_overhead_s
         self.par = par = parallel or Parallel()
         self.wbytes = dtype_bytes(model.dtype)
         self.flops_s = hw.bf16_flops * hw.flops_efficiency * (2.0 if model.dtype == "fp8" else 1.0)
         self.hbm_s = hw.hbm_bytes_per_s * hw.hbm_efficiency
-        self.host_link_bytes_per_s = hw.host_link_bytes_per_s
+        self.host = host or HostConfig()
+        self.host_link_bytes_per_s = host_link_bytes_per_s(hw.host_link_bytes_per_s, self.host,
+                                                           offload or OffloadConfig())
         self.host_link_latency_s = hw.host_link_latency_s
         self.host_copy_overhead_s = hw.host_copy_overhead_s
         h, i = model.hidden_size, model.expert_intermediate_size
         self.expert_shards = par.tp if par.moe_tp else 1
-        self._expert_weight_bytes = 3.0 * h * i * self.wbytes / self.expert_shards
+        #: HBM bytes a kernel reads (and writes) per parameter of a stored weight: a quantised one
+        #: at its stored size over the kernel's efficiency, plus the dtype written and read again
+        #: when unpacked first; an unquantised one at the dtype's size
+        def read(stored: float, quantised: bool) -> float:
+            if not quantised or model.dequant == "none":
+                return stored
+            unpack = 2.0 * self.wbytes if model.dequant == "unpack" else 0.0
+            return stored / model.dequant_efficiency + unpack
+
+        self._expert_read = read(expert_weight_bytes(model), model.expert_bits > 0)
+        self.dense_read = read(dense_param_bytes(model), model.dense_bits > 0)
+        self._expert_weight_bytes = 3.0 * h * i * self._expert_read / self.expert_shards
+        #: bytes of one expert as stored in host memory (what a CPU kernel streams)
+        self._host_expert_bytes = 3.0 * h * i * expert_weight_bytes(model)
         self._expert_flops_per_token = 2.0 * 3 * h * i / self.expert_shards
         #: bf16 activations in and out of each expert, plus the intermediate written and read
         self._act_bytes_per_token = 2.0 * h * 2 + 2.0 * 2 * i * 2 / self.expert_shards
@@ -146,7 +176,7 @@ class AnalyticCost:
         dp = max(1, gpus // tp)
         t_gpu = tokens / dp  # the tokens of this GPU's data-parallel group
         gemm = self._roof(2.0 * params * tokens / gpus,
-                          params * self.wbytes / tp + t_gpu * self.model.hidden_size * 2 * 2,
+                          params * self.dense_read / tp + t_gpu * self.model.hidden_size * 2 * 2,
                           launches - 1)
         attn = self._roof(self._attn_flops_per_pair * pairs / gpus,
                           kv_tokens / dp * self._kv_bytes_per_ctx)
@@ -160,9 +190,10 @@ class AnalyticCost:
             return 0.0
         kv = context_tokens if kv_tokens is None else kv_tokens
         shared = 2 if self.model.shared_experts else 0
-        return self._attention_block(tokens, context_tokens, kv,
-                                     self._attn_params + self._shared_params,
-                                     ATTENTION_LAUNCHES + shared, max(1, shards))
+        block = self._attention_block(tokens, context_tokens, kv,
+                                      self._attn_params + self._shared_params,
+                                      ATTENTION_LAUNCHES + shared, max(1, shards))
+        return block + self.layer_overhead_s if self.layer_overhead_s else block
 
     def all_reduce_s(self, nbytes: float, gpus: int) -> float:
         """One ring all-reduce of ``nbytes`` over ``gpus`` GPUs (0 on one GPU)."""
@@ -196,7 +227,7 @@ class AnalyticCost:
             mlp = 3.0 * h * m.dense_intermediate_size
             per = self._attention_block(tokens, context_tokens, kv_tokens, self._attn_params,
                                         ATTENTION_LAUNCHES, par.gpus) + \
-                self._roof(2.0 * mlp * tokens / par.gpus, mlp * self.wbytes / par.tp, 2) + \
+                self._roof(2.0 * mlp * tokens / par.gpus, mlp * self.dense_read / par.tp, 2) + \
                 self.layer_collectives_s(tokens)
             out += m.dense_layers * per
         lm = float(m.vocab_size) * h
@@ -206,6 +237,24 @@ class AnalyticCost:
 
     def copy_s(self, nbytes: float) -> float:
         return self.host_link_latency_s + nbytes / self.host_link_bytes_per_s
+
+    def cpu_expert_s(self, tokens: np.ndarray) -> np.ndarray:
+        """Each expert of ``tokens`` (N,) computed on the host CPU, one after another with every
+        core on it (llama.cpp, kTransformers): the larger of its GEMMs' FLOPs at the host's rate
+        for its ISA and its stored weights streamed from host memory; 0 for no tokens."""
+        host = self.host
+        flops_s = host.flops_per_s[host.isa] * host.flops_efficiency
+        mem_s = host.memory_bytes_per_s * host.memory_efficiency
+        t = np.asarray(tokens, dtype=np.float64)
+        compute = t * (2.0 * 3 * self.model.hidden_size * self.model.expert_intermediate_size / flops_s)
+        return np.where(t > 0, np.maximum(compute, self._host_expert_bytes / mem_s), 0.0)
+
+    def cpu_transfer_s(self, tokens: float) -> float:
+        """The hidden states of ``tokens`` tokens sent to the host and their expert outputs sent
+        back (bf16, one copy each way on the host link); 0 for none."""
+        if tokens <= 0:
+            return 0.0
+        return 2.0 * self.copy_s(tokens * self.model.hidden_size * 2.0)
 
     def all_to_all_s(self, bytes_per_gpu: float, gpus: int, inter_node: bool) -> float:
         """One all-to-all of ``bytes_per_gpu`` spread evenly over ``gpus`` (the table model's

@@ -116,9 +116,12 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
     eb = plan.expert_bytes
     h2d = int(sum(st.link.bytes_total for st in states))
     record = counts.record(eb)
-    if record["h2d_bytes"] != h2d:
-        raise MoesimError(f"internal: the links moved {h2d} bytes, the caches loaded {counts.loads} "
-                          f"experts of {eb} bytes")
+    on_cpu = int(sum(st.cpu_experts for st in states))  # misses computed on the host: no copy
+    streamed = int(sum(st.stream_bytes for st in states))  # layer streaming's weights
+    if (counts.loads - on_cpu) * int(eb) != h2d - streamed:
+        raise MoesimError(f"internal: the links moved {h2d - streamed} bytes of experts, the caches "
+                          f"loaded {counts.loads} experts of {eb} bytes, {on_cpu} of them ran on "
+                          f"the host")
     p = sim.cfg.policy
     return {
         "requests_total": int(sim.R),
@@ -153,6 +156,7 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
         "prefetch": prefetch_report(states, counts, eb),
         "iterations": int(sum(rep.iterations for rep in sim.replicas)),
         **why_metrics(sim, states, sim_time, record["evictions"]),
+        **offload_metrics(sim, states, h2d, streamed, on_cpu),
         "preemptions": int(tl.preemptions),
         "tokens_recomputed": int(tl.tokens_recomputed),
         "requests_rerouted": int(tl.requests_rerouted),
@@ -166,6 +170,31 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
                               "scheduler": p.scheduler},
                    "seed": int(sim.cfg.seed)},
     }
+
+
+def offload_metrics(sim: Simulation, states: list, h2d: int, streamed: int, on_cpu: int
+                    ) -> dict[str, Any]:
+    """Where the experts ran and what bounded the steps, for a run that offloads (experts
+    computed on the host, layer streaming, or a host that caps the link); nothing otherwise (the
+    metrics of other runs are unchanged). ``bound``: the largest of the time GPUs waited for
+    copies (``copy``), the host's expert time (``cpu``) and the GPUs' expert time (``gpu``)."""
+    o = sim.cfg.offload
+    if o.expert_exec == "copy" and not o.layer_streaming and sim.cfg.host.name == "none":
+        return {}
+    stall = sum(st.stall_s for st in states)
+    cpu_s = sum(st.cpu_s for st in states)
+    gpu_s = sum(st.busy_s for st in states) - cpu_s  # (busy holds max(gpu, host) where both ran)
+    times = {"copy": stall, "cpu": cpu_s, "gpu": max(gpu_s, 0.0)}
+    host = sim.walk.host
+    return {"offload": {
+        "expert_exec": o.expert_exec, "host_memory": o.host_memory,
+        "layer_streaming": bool(o.layer_streaming), "host": sim.cfg.host.name,
+        "host_link_bytes_per_s": _f(sim.cost.host_link_bytes_per_s),
+        "experts_on_cpu": on_cpu,
+        "experts_on_cpu_by_layer": [int(x) for x in host.by_layer] if host is not None else [],
+        "host_expert_s": _f(cpu_s), "copy_stall_s": _f(stall), "gpu_expert_s": _f(max(gpu_s, 0.0)),
+        "expert_copy_bytes": int(h2d - streamed), "stream_bytes": streamed,
+        "bound": max(times, key=lambda k: times[k])}}
 
 
 def why_metrics(sim: Simulation, states: list, sim_time: float, evictions: int) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
         pool = build_pool(cfg.model, cfg.trace, tasks, rng_pool)
     binding = bind(pool, workload, cfg.trace.overflow, rng_bind)
     cost = make_cost_model(cfg.serving.cost_model, cfg.model, cfg.hardware, cfg.serving.cost_table,
-                           cfg.cluster, cfg.engine)
+                           cfg.cluster, cfg.engine, cfg.host, cfg.offload)
     bar = _Progress(len(workload), progress)
     try:
         log = CacheLog() if cfg.output.cache_log else None

@@ -104,7 +104,7 @@ class World:
         # a per-layer cache scope logs its calls itself, per layer (sim.serving.layered_cache)
         self.walk = LayerWalk(plan, cost, self.req, self.tallies, self.prefetch, predictor, p.cache,
                               recorder, None if plan.layer_slots else cache_log,
-                              arrays=p.cache_arrays)
+                              arrays=p.cache_arrays, offload=cfg.offload)
         # the cache policy's array form (LRU as recency stamps, a replica's GPUs at once:
         # sim/serving/lru_arrays.py), where it declares one and nothing needs the objects' calls
         form = array_form(CACHE.get(p.cache)) if p.cache_arrays else None

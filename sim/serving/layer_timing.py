@@ -30,6 +30,8 @@ class LayerTiming:
         #: the network links the all-to-all crosses (sim/world/network.py)
         self.net = Network(plan.topo, plan.hidden_size, plan)
         self._stacks: dict[tuple[int, ...], np.ndarray] = {}  # (see sum_down)
+        #: offload.layer_streaming: bytes each GPU copies before each layer (None: no streaming)
+        self.stream = plan.stream_bytes
 
     def time_layers(self, layers: Any, t: float, gaps: tuple[float, float, float, Any],
                      comp: list[list[float]], states: list[GpuState], need: list[list[Any]],
@@ -53,7 +55,10 @@ class LayerTiming:
         fetch = [st.link.fetch for st in states]
         inflights = [st.inflight for st in states]
         waits = any(inflights)  # prefetched copies in flight on some GPU (none are added here)
+        stream = self.stream
         for l, miss in layers:
+            if stream is not None and stream[l]:  # the layer's weights arrive before it runs
+                t = self.stream_layer(states, stream[l], t, stall, rec, l)
             t_gate = t + attn + gate + pf_cost
             ready = t_gate + a2a_l[l] if book is None else book(l, False, t_gate)
             comp_l = comp[l]
@@ -118,7 +123,7 @@ class LayerTiming:
         lk = links[0]
         bw, lat, eb = lk.bytes_per_s, lk.latency_s, self.eb
         attn, gate, pf_cost, traffic = gaps  # added one by one, in this order (same floats)
-        if eb <= 0 or lat < 0 or min(attn, gate, pf_cost) < 0 or any(
+        if eb <= 0 or lat < 0 or min(attn, gate, pf_cost) < 0 or self.stream is not None or any(
                 x.pq or x.infinite or x.bytes_per_s != bw or x.latency_s != lat for x in links):
             return None
         if traffic is None:
@@ -186,6 +191,24 @@ class LayerTiming:
                     x._solo = float(int(miss[last[g], g]) * eb)
                     x.gaps.clear()  # (they ended before this iteration's first copy)
                     x._lazy = (g, starts, fin_lg, fetches)  # listed if a prefetch comes
+        return t
+
+    @staticmethod
+    def stream_layer(states: list[GpuState], nbytes: float, t: float, stall: list[float],
+                     rec: Recorder | None, l: int) -> float:
+        """Layer streaming (HF accelerate's offload hooks, ZeRO-3): each GPU copies its share of
+        layer ``l``'s weights, ``nbytes``, when the layer is reached (the hooks copy on the
+        layer's call, not ahead of it); the layer starts when every copy is in. The wait is stall."""
+        start = t
+        for st in states:
+            fin = st.link.fetch(start, nbytes)
+            st.stream_bytes += nbytes
+            if rec is not None:
+                rec.add(f"stream L{l}", "copy", st.gpu, start, fin)
+            if fin > t:
+                t = fin
+        for g in range(len(states)):
+            stall[g] += t - start
         return t
 
     @staticmethod

@@ -104,14 +104,15 @@ class LayeredCache:
             streamed += c.counts.streamed - before
         return nm, streamed
 
-    def insert(self, step: int, keys: Any, protect: Any = ()) -> tuple[list[int], list[int]]:
+    def insert(self, step: int, keys: Any, protect: Any = (), active: Any = None
+               ) -> tuple[list[int], list[int]]:
         loaded: list[int] = []
         evicted: list[int] = []
         prot = self._split(protect)
         for layer, ks in sorted(self._split(keys).items()):
             p = prot.get(layer, ())
             self._log(layer, "insert", step, ks, p)
-            lo, ev = self.caches[layer].insert(step, ks, protect=p)
+            lo, ev = self.caches[layer].insert(step, ks, protect=p, active=active)
             loaded += lo
             evicted += ev
         return loaded, evicted

@@ -21,7 +21,8 @@ from sim.common.errors import ConfigError
 from sim.policies.base import CACHE, PLACEMENT, PREFETCH, ROUTER, SCHEDULER, Placement, PlacementPolicy
 from sim.world.config import ClusterConfig, SimConfig
 from sim.world.facts import cache_slots
-from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
+from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token, layer_weight_bytes
+from sim.world.offload_config import check_host_memory, check_offload
 from sim.world.ranges import check_ranges
 from sim.world.topology import Topology
 from sim.world.traffic import duplicate_destinations
@@ -98,6 +99,15 @@ def check_config(cfg: SimConfig) -> Topology:
         if not (f.recovery_s >= 0):
             raise ConfigError(f"{where}.recovery_s={f.recovery_s}; expected >= 0 (inf: never)")
     check_ranges(cfg)
+    check_offload(cfg.offload, cfg.host, cfg.policy.cache)
+    if cfg.offload.expert_exec != "copy" and (c.moe_parallel == "tp" or
+                                               cfg.policy.placement in ("split", "eplb", "rebalance")):
+        raise ConfigError(f"offload.expert_exec={cfg.offload.expert_exec} runs each missed expert "
+                          f"on one host: it needs every expert on one GPU (cluster.moe_parallel=ep "
+                          f"and a placement without replicas, not {cfg.policy.placement!r})")
+    if c.experts_per_layer and c.expert_budget_bytes:
+        raise ConfigError(f"cluster.experts_per_layer={c.experts_per_layer} sets the cache; "
+                          f"cluster.expert_budget_bytes={c.expert_budget_bytes} would too: give one")
     _check_expert_memory(cfg, topo)
     pol = cfg.policy
     # every policy's arguments, checked now: a cache is only built where a GPU caches
@@ -137,10 +147,13 @@ def layer_shares(slots: int, experts: list[int]) -> list[int]:
     return floors
 
 
-def gpu_slots(c: ClusterConfig, home: int, eb: int) -> int:
-    """A GPU's expert cache slots: ``cluster.expert_budget_bytes`` (if > 0) over an expert's bytes
-    ``eb``, else ``cluster.expert_budget_fraction`` of the ``home`` experts it holds
-    (:func:`sim.world.facts.cache_slots`); never more than ``home``."""
+def gpu_slots(c: ClusterConfig, home: int, eb: int, per_layer: list[int] | None = None) -> int:
+    """A GPU's expert cache slots: ``cluster.experts_per_layer`` (if > 0) experts of each layer
+    (at most the ``per_layer[l]`` it holds there), else ``cluster.expert_budget_bytes`` (if > 0)
+    over an expert's bytes ``eb``, else ``cluster.expert_budget_fraction`` of the ``home``
+    experts it holds (:func:`sim.world.facts.cache_slots`); never more than ``home``."""
+    if c.experts_per_layer > 0 and per_layer is not None:
+        return sum(min(c.experts_per_layer, n) for n in per_layer)
     if c.expert_budget_bytes > 0:
         return min(home, int(c.expert_budget_bytes // eb))
     return cache_slots(c.expert_budget_fraction, home, "cluster.expert_budget_fraction")
@@ -160,7 +173,7 @@ def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
     if home == 0:
         return  # a GPU without experts: nothing to cache
     eb = expert_bytes(m) // (ep if moe_tp else 1)
-    cap = gpu_slots(c, home, eb)
+    cap = gpu_slots(c, home, eb, [per_layer] * L)
     # (with cluster.cache_scope=per_layer the GPU's slots are shared out over its layers by
     # layer_shares: the same total, so the same check)
     if cap == 0 and c.expert_budget_bytes > 0:
@@ -172,6 +185,8 @@ def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
                           f"cache 0 of its {home} experts; expected a fraction in [1/{home} = "
                           f"{1 / home:.6g}, 1] (at least one slot)")
     dense_share = dense_weight_bytes(m) / ep
+    check_host_memory(cfg.host, max(0, L * E * expert_bytes(m) - ep * cap * eb),
+                      dense_weight_bytes(m) if cfg.offload.layer_streaming else 0.0)
     if hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb <= 0:
         raise ConfigError(
             f"cluster: a GPU of {hw.name} ({hw.memory_bytes / 1e9:.0f} GB) cannot hold {cap} experts "
@@ -212,6 +227,9 @@ class ClusterPlan:
     pool_dups: np.ndarray | None = None
     #: their prefix counts (sim/serving/token_counts.py builds them when first needed)
     dup_prefix: np.ndarray | None = None
+    #: offload.layer_streaming: (L,) bytes each GPU copies before each layer at every iteration
+    #: (0.0 for the first layers, resident in the budget); empty otherwise
+    stream_bytes: list[float] | None = None
 
     @classmethod
     def build(cls, cfg: SimConfig, topo: Topology, pool_experts: np.ndarray, prompt: np.ndarray,
@@ -250,10 +268,12 @@ class ClusterPlan:
         for g in range(ep):
             mask = (share[:, :, g] > 0).ravel()  # (L*E,)
             home = int(mask.sum())
-            cap = gpu_slots(c, home, eb)
-            if c.cache_scope == "per_layer":  # the GPU's slots shared out over its layers
-                ls = layer_shares(cap, mask.reshape(L, E).sum(axis=1).tolist())
-                layer_slots.append(ls)
+            per_layer = mask.reshape(L, E).sum(axis=1).tolist()
+            cap = gpu_slots(c, home, eb, per_layer)
+            if c.experts_per_layer > 0:  # k of each layer's experts (mixtral-offloading)
+                layer_slots.append([min(c.experts_per_layer, n) for n in per_layer])
+            elif c.cache_scope == "per_layer":  # the GPU's slots shared out over its layers
+                layer_slots.append(layer_shares(cap, per_layer))
             free = hw.memory_bytes - c.reserved_bytes - dense_share - cap * eb
             if free <= 0:
                 raise ConfigError(
@@ -263,7 +283,7 @@ class ClusterPlan:
                     f"or add GPUs")
             kv_bytes_total += free
             masks.append(mask)
-            slots.append(cap)
+            slots.append(home if cfg.offload.layer_streaming else cap)
         kv_cap = int(kv_bytes_total // kv_tb)
         if kv_cap < 1:
             raise ConfigError("cluster: no memory left for the KV cache")
@@ -274,6 +294,11 @@ class ClusterPlan:
                 f"request {request_ids[i]!r} needs {int(need_kv[i])} KV tokens (prompt + output), "
                 f"a replica holds {kv_cap} ({hw.name}, {ep} GPU(s), expert budget); lower "
                 f"cluster.expert_budget_fraction, add GPUs, or cap workload.max_requests")
+        stream = None
+        if cfg.offload.layer_streaming:  # whole layers: the first that fit stay, the rest stream
+            resident = min(slots_budget // max(1, int(home_n.max())) for slots_budget in
+                           [gpu_slots(c, int(mk.sum()), eb) for mk in masks])
+            stream = [0.0] * resident + [layer_weight_bytes(m) / ep] * (L - resident)
         pool_dups = None
         if len(pairs) == L * E and not moe_tp and ep // c.tensor_parallel > 1 and K > 1:
             pool_dups = duplicate_destinations(pool_keys, lg_index, L, K, ep)
@@ -282,5 +307,6 @@ class ClusterPlan:
                    pair_key=pairs[:, 0].astype(np.int64), pair_gpu=pairs[:, 1].astype(np.int64),
                    lg_index=lg_index, home_n=home_n, home_masks=masks, capacity_slots=slots,
                    layer_slots=layer_slots, kv_capacity_tokens=kv_cap, pool_keys=pool_keys,
-                   tensor_parallel=c.tensor_parallel, moe_tp=moe_tp, pool_dups=pool_dups)
+                   tensor_parallel=c.tensor_parallel, moe_tp=moe_tp, pool_dups=pool_dups,
+                   stream_bytes=stream)
 

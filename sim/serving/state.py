@@ -88,6 +88,11 @@ class GpuState:
     over_slots: int = 0
     evicted_reused: int = 0
     pad_bytes: float = 0.0
+    #: offloading (sim/serving/offload.py): experts computed on the host CPU and the time of the
+    #: host's part of those layers (transfers + CPU compute); layer-streaming bytes copied
+    cpu_experts: int = 0
+    cpu_s: float = 0.0
+    stream_bytes: float = 0.0
 
     def counts(self) -> CacheCounts:
         """What this GPU's caches did over the run (the policies count; see CachePolicy)."""

@@ -52,7 +52,8 @@ class StubCost:
     ``a2a_s`` (0 on one GPU; the simulator times its all-to-all on the network's links instead,
     from ``hardware``: sim/world/network.py), ``collectives_s`` of tensor-parallel all-reduces per
     layer, ``iteration_s_each`` per iteration, copies at ``host_link_bytes_per_s`` with no
-    latency."""
+    latency; on the host CPU ``cpu_expert_s_each`` per expert with tokens and
+    ``cpu_transfer_s_each`` for a layer's hidden states there and back."""
 
     attn_s: float = 0.001
     expert_s_each: float = 0.002
@@ -62,9 +63,18 @@ class StubCost:
     collectives_s: float = 0.0
     iteration_s_each: float = 0.0
     host_copy_overhead_s: float = 0.0
+    #: an expert with tokens computed on the host CPU; the hidden states there and back
+    cpu_expert_s_each: float = 0.004
+    cpu_transfer_s_each: float = 0.0005
 
     def gate_s(self, tokens: int) -> float:
         return 0.0
+
+    def cpu_expert_s(self, tokens: np.ndarray) -> np.ndarray:
+        return np.where(np.asarray(tokens) > 0, self.cpu_expert_s_each, 0.0)
+
+    def cpu_transfer_s(self, tokens: float) -> float:
+        return self.cpu_transfer_s_each if tokens > 0 else 0.0
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
         return np.where(np.asarray(tokens) > 0, self.expert_s_each, 0.0)

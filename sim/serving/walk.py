@@ -41,12 +41,14 @@ from sim.serving.cache_log import CacheLog
 from sim.serving.layer_costs import batch_shape, layer_costs
 from sim.serving.layer_timing import LayerTiming
 from sim.serving.lru_arrays import serve_lru_iteration
+from sim.serving.offload import HostExperts
 from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.serving.token_counts import batch_counts, pool_prefix_counts
 from sim.serving.why import why_begin, why_end, why_loaded, why_reused
 from sim.world.facts import CacheCounts
+from sim.world.offload_config import OffloadConfig
 
 
 class Serve:
@@ -85,7 +87,7 @@ class LayerWalk:
     def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, tallies: Tallies,
                  prefetch: PrefetchPolicy, predictor: PrefetchPolicy | None, cache_name: str,
                  recorder: Recorder | None = None, log: CacheLog | None = None,
-                 arrays: bool = True) -> None:
+                 arrays: bool = True, offload: OffloadConfig | None = None) -> None:
         self.plan, self.cost, self.req, self.t = plan, cost, req, tallies
         self.cache_name = cache_name
         self.recorder, self.log = recorder, log
@@ -94,6 +96,9 @@ class LayerWalk:
         self.pred = Prediction(plan, cost, req, prefetch, predictor, cache_name, recorder, log)
         #: the layers' time: copies, waits, experts, the all-to-all (sim/serving/layer_timing.py)
         self.timing = LayerTiming(plan, cost)
+        #: where missed experts run when not copied (offload.expert_exec: sim/serving/offload.py)
+        self.host = HostExperts(cost, offload, plan.expert_bytes, plan.L) \
+            if offload is not None and offload.expert_exec != "copy" else None
         #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
         #: (``arrays``: policy.cache_arrays; off, every token's keys are counted)
         self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E) if arrays else None
@@ -141,7 +146,8 @@ class LayerWalk:
         t = t0 + lc.pre + pred.take_inline(rep)
         gaps = (attn, gate, pf_cost, a2a)
         miss_lg = None
-        if rep.stamps is not None and not pred.pf_next and not any(st.inflight for st in states):
+        if rep.stamps is not None and not pred.pf_next and self.host is None and \
+                not any(st.inflight for st in states):
             miss_lg = self._serve_arrays(rep, used_flat)
         if miss_lg is not None:  # every GPU's misses per layer, served with numpy
             t_fast = None if rec is not None or timing.pad_bytes else \
@@ -153,7 +159,10 @@ class LayerWalk:
             comp = comp_arr.tolist()  # [L][G] seconds
             need, active = self.needs(states, used_flat)
             why = why_begin(states, need, active, plan.layer_slots)
-            decisions = self.decide(rep, used_flat, step0, need, active)
+            host = self.host
+            decisions = self.decide(rep, used_flat, step0, need, active, stepwise=host is not None)
+            if host is not None:  # misses split between the link and the host CPU
+                decisions = host.run(decisions, Serve, counts_flat, comp, states, need, shape.tokens)
             if pred.pf_next:  # layer by layer: the prefetch for layer + 1 follows each layer
                 t_gate = t
                 for d in decisions:
@@ -174,6 +183,8 @@ class LayerWalk:
             for l in range(L):
                 pred.observe(rep, l, used_flat)
         # busy += c layer by layer, per GPU (np.add.accumulate is sequential: the same floats)
+        if self.host is not None:  # (the GPU's expert time with the host's part)
+            comp_arr = np.asarray(comp, dtype=np.float64)
         busy = timing.sum_down([st.busy_s for st in states], comp_arr)
         for g, st in enumerate(states):
             st.busy_s = float(busy[g])

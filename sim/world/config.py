@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.common.errors import ConfigError
+from sim.world.offload_config import HostConfig, OffloadConfig
 from sim.world.ranges import (
     AT_LEAST_1,
     COUNT_OR_ALL,
@@ -42,7 +43,10 @@ from sim.world.ranges import (
     qk_rope_head_dim=NONNEG,
     qk_nope_head_dim=NONNEG,
     q_lora_rank=NONNEG,
-    v_head_dim=NONNEG)
+    v_head_dim=NONNEG,
+    expert_bits=Range(lo=0, hi=32, note="0: the dtype's"),
+    dense_bits=Range(lo=0, hi=32, note="0: the dtype's"),
+    dequant_efficiency=OPEN_FRACTION)
 @dataclass
 class ModelConfig:
     """A MoE model's shape, from its published ``config.json`` (``source`` names it)."""
@@ -72,6 +76,17 @@ class ModelConfig:
     qk_nope_head_dim: int = 0
     q_lora_rank: int = 0
     v_head_dim: int = 0
+    #: storage of the weights as served (the ``quant=`` group, conf/quant): bits per parameter of
+    #: routed experts and of the dense weights (attention, shared experts, embeddings), group
+    #: scales included (0: the dtype's); how the kernels use them: "none" (plain GEMM), "unpack"
+    #: (dequantised to ``dtype`` in GPU memory, then a plain GEMM: HQQ's PyTorch path), "fused"
+    #: (dequantised in the GEMM's registers, Marlin / GGUF kernels) at ``dequant_efficiency`` of
+    #: the memory-bound rate
+    quant: str = "none"
+    expert_bits: float = 0.0
+    dense_bits: float = 0.0
+    dequant: str = "none"
+    dequant_efficiency: float = 1.0
     source: str = ""
 
 
@@ -125,7 +140,8 @@ class HardwareConfig:
 
 
 @ranges(
-    iteration_overhead_s=NONNEG)
+    iteration_overhead_s=NONNEG,
+    layer_overhead_s=NONNEG)
 @dataclass
 class EngineConfig:
     """The serving engine's software: what one iteration costs outside the GPU kernels
@@ -136,6 +152,9 @@ class EngineConfig:
     name: str = "none"
     #: host time per iteration that the GPU waits for (added to every iteration)
     iteration_overhead_s: float = 0.0
+    #: host time per layer that the GPU waits for (an eager engine dispatching each op from
+    #: Python, without CUDA graphs; added to every MoE layer's attention block)
+    layer_overhead_s: float = 0.0
     source: str = ""
 
 
@@ -164,7 +183,8 @@ class FaultConfig:
     expert_budget_bytes=Range(lo=0, note='0: use expert_budget_fraction'),
     reserved_bytes=NONNEG,
     replicas=NONNEG,
-    spine_oversubscription=Range(lo=1, note='1: full bisection'))
+    spine_oversubscription=Range(lo=1, note='1: full bisection'),
+    experts_per_layer=Range(lo=0, note='0: off (use the budget)'))
 @dataclass
 class ClusterConfig:
     name: str = "1x8"
@@ -182,6 +202,9 @@ class ClusterConfig:
     #: "global": one expert cache per GPU over all layers; "per_layer": one cache per MoE layer
     #: per GPU (mixtral-offloading's LRU per layer), each with its share of the slots
     cache_scope: str = "global"
+    #: > 0: a per-layer cache of this many experts per layer per GPU (mixtral-offloading's k: 2 on
+    #: an RTX 3060, 4 elsewhere); implies cache_scope=per_layer and replaces the budget keys
+    experts_per_layer: int = 0
     #: expert cache slots per GPU: ``expert_budget_bytes`` if > 0, else this fraction of the
     #: experts the placement puts on the GPU, i.e. of the model's experts / expert_parallel under
     #: contiguous placement (1.0: all of them, the full-memory baseline; 0.5 on Mixtral EP 8:
@@ -340,6 +363,8 @@ class SimConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -16,9 +16,22 @@ def dtype_bytes(dtype: str) -> float:
         raise ConfigError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
 
 
+def expert_weight_bytes(m: ModelConfig) -> float:
+    """Bytes per parameter of a routed expert as stored (``model.expert_bits``, scales included;
+    0: the dtype's)."""
+    return m.expert_bits / 8 if m.expert_bits > 0 else dtype_bytes(m.dtype)
+
+
+def dense_param_bytes(m: ModelConfig) -> float:
+    """Bytes per parameter of the quantisable dense weights (attention, shared experts, dense MLPs)
+    as stored (``model.dense_bits``; 0: the dtype's). Embeddings and the LM head stay at the dtype."""
+    return m.dense_bits / 8 if m.dense_bits > 0 else dtype_bytes(m.dtype)
+
+
 def expert_bytes(m: ModelConfig) -> int:
-    """Bytes of one routed expert's weights (gate, up and down projections)."""
-    return int(3 * m.hidden_size * m.expert_intermediate_size * dtype_bytes(m.dtype))
+    """Bytes of one routed expert's weights (gate, up and down projections) as stored: what a
+    copy moves and what a slot holds."""
+    return int(3 * m.hidden_size * m.expert_intermediate_size * expert_weight_bytes(m))
 
 
 def attention_params(m: ModelConfig) -> int:
@@ -47,10 +60,18 @@ def kv_bytes_per_token(m: ModelConfig) -> float:
 def dense_weight_bytes(m: ModelConfig) -> int:
     """Weights that every replica holds besides routed experts: attention, shared experts,
     dense layers, embeddings and the LM head."""
-    b = dtype_bytes(m.dtype)
     layers = m.num_layers + m.dense_layers
     att = attention_params(m) * layers
     shared = m.shared_experts * 3 * m.hidden_size * m.expert_intermediate_size * m.num_layers
     dense = 3 * m.hidden_size * m.dense_intermediate_size * m.dense_layers
     emb = 2 * m.vocab_size * m.hidden_size
-    return int((att + shared + dense + emb) * b)
+    return int((att + shared + dense) * dense_param_bytes(m) + emb * dtype_bytes(m.dtype))
+
+
+def layer_weight_bytes(m: ModelConfig) -> int:
+    """One MoE layer's weights as stored: its attention, shared experts and every routed expert
+    (what layer streaming copies per layer per iteration)."""
+    h = m.hidden_size
+    dense = (attention_params(m) + m.shared_experts * 3 * h * m.expert_intermediate_size) * \
+        dense_param_bytes(m)
+    return int(dense) + m.num_experts * expert_bytes(m)
