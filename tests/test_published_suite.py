@@ -66,6 +66,7 @@ def test_mixtral_offloading_table2_is_whole():
     (dict(expert_budget="0.5"), True),
     (dict(expert_budget="1.0"), False),
     (dict(overrides="cluster.experts_per_layer=2"), True),
+    (dict(overrides="cluster.experts_per_layer=0"), False),
     (dict(overrides="offload.layer_streaming=true"), True),
     (dict(overrides="offload.layer_streaming=false"), False),
     (dict(overrides="offload.expert_exec=cpu"), True),

@@ -93,7 +93,7 @@ def setting_offloaded(row: dict[str, str]) -> bool:
     if budget == "fill" or (budget and float(budget) < 1.0):
         return True
     o = parse_overrides(row)
-    return ("cluster.experts_per_layer" in o
+    return (int(o.get("cluster.experts_per_layer", "0")) > 0
             or float(o.get("cluster.expert_budget_fraction", "1")) < 1.0
             or int(o.get("cluster.expert_budget_bytes", "0")) > 0
             or o.get("offload.layer_streaming", "false").lower() == "true"
