@@ -29,7 +29,7 @@ experts, layer streaming, CPU experts; checked against the setting), ``suite`` (
 50 rows of the first suite; ``offload``: rows added by the policy comparison), ``group`` (rows of
 one group share model, hardware, host and workload and differ in policy; the group's first row is
 its baseline), ``excluded`` (empty, or why the row cannot be modelled honestly; at most 10 % of
-the offloaded rows), ``overrides`` (``moesim sim`` keys, ``key=value`` separated by spaces,
+the offloaded rows; an excluded baseline excludes its group), ``overrides`` (``moesim sim`` keys, ``key=value`` separated by spaces,
 applied last). Offloaded rows with ``expert_budget`` = ``fill`` give the GPU the experts that fit
 beside the dense weights and ``cluster.reserved_bytes`` (less 1 GB of KV cache).
 
@@ -152,8 +152,9 @@ def _check_row(row: dict[str, str], seen: set[str], baselines: dict[str, dict[st
         if group_key(row) != group_key(base):
             raise SuiteError(f"row {rid}: group {g} shares model, hardware, host and workload "
                              f"with its baseline {base['id']}; this row differs")
-        if bool(row["excluded"]) != bool(base["excluded"]):
-            raise SuiteError(f"row {rid}: group {g} is excluded as a whole or not at all")
+        if base["excluded"] and not row["excluded"]:
+            raise SuiteError(f"row {rid}: group {g}'s baseline {base['id']} is excluded, so is "
+                             f"the group")
 
 
 def published_s(row: dict[str, str]) -> float:
@@ -248,6 +249,7 @@ def compose_row(row: dict[str, str]):
 
 
 def simulate_row(row: dict[str, str]) -> float:
+    from sim.common.errors import ConfigError
     from sim.engine.run import simulate
     from sim.serving.binding import build_pool
     from sim.serving.testing import random_pool
@@ -273,7 +275,10 @@ def simulate_row(row: dict[str, str]) -> float:
     arrival = np.zeros(n)
     for _ in range(4 if n > batch else 1):
         wl = make_workload(arrival.tolist(), [inp] * n, [out] * n)
-        sim, metrics = simulate(cfg, workload=wl, pool=pool)
+        try:
+            sim, metrics = simulate(cfg, workload=wl, pool=pool)
+        except ConfigError as e:  # a setting the simulator refuses: one line naming the row
+            raise SuiteError(f"row {row['id']}: {e}") from None
         done = np.sort(sim.req.finish_s)
         nxt = np.concatenate([np.zeros(batch), done[: n - batch]])
         if np.allclose(nxt, arrival):
