@@ -30,8 +30,9 @@ experts, layer streaming, CPU experts; checked against the setting), ``suite`` (
 one group share model, hardware, host and workload and differ in policy; the group's first row is
 its baseline), ``excluded`` (empty, or why the row cannot be modelled honestly; at most 10 % of
 the offloaded rows; an excluded baseline excludes its group), ``overrides`` (``moesim sim``
-keys, ``key=value`` separated by spaces, applied last). Offloaded rows with ``expert_budget`` = ``fill`` give the GPU the experts that fit
-beside the dense weights and ``cluster.reserved_bytes`` (less 1 GB of KV cache).
+keys, ``key=value`` separated by spaces, applied last). Offloaded rows with ``expert_budget`` =
+``fill`` give the GPU the experts that fit beside the dense weights and
+``cluster.reserved_bytes`` (less 1 GB of KV cache).
 
 Routing: the fitted generator of the model where one ships (``traces/params``), else uniformly
 random top-k. Nothing here is fitted to the rows: every constant comes from ``conf/``.
