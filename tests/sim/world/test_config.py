@@ -57,8 +57,9 @@ def test_hardware_constants_are_cited(name):
     hw = _compose([f"hardware={name}"]).hardware
     text = (CONF / "hardware" / f"{name}.yaml").read_text()
     assert hw.source and text.lstrip().startswith("#")
-    assert hw.memory_bytes > 10**10 and hw.bf16_flops > 1e14 and hw.host_link_bytes_per_s > 1e10
-    assert hw.pcie_gen in (4, 5)
+    # consumer cards included (T4: 65 TFLOP/s, 8 GB on an RTX 2080, PCIe 3)
+    assert hw.memory_bytes >= 8 * 10**9 and hw.bf16_flops > 1e13 and hw.host_link_bytes_per_s > 1e10
+    assert hw.pcie_gen in (3, 4, 5)
 
 
 def test_unknown_key_and_wrong_type_are_rejected():
