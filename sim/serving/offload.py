@@ -34,7 +34,7 @@ class HostExperts:
     def __init__(self, cost: Any, offload: OffloadConfig, expert_bytes: int, layers: int) -> None:
         self.cost = cost
         #: (L,) experts computed on the host per layer, over the run (metrics: where each layer's ran)
-        self.by_layer = np.zeros(layers, dtype=np.int64)
+        self.by_layer = [0] * layers
         self.mode = offload.expert_exec
         self.max_tokens = offload.cpu_max_tokens
         self.copy_s = cost.copy_s(expert_bytes) - cost.host_link_latency_s  # bytes / bandwidth
