@@ -159,6 +159,12 @@ def gpu_slots(c: ClusterConfig, home: int, eb: int, per_layer: list[int] | None 
     return cache_slots(c.expert_budget_fraction, home, "cluster.expert_budget_fraction")
 
 
+def _budget_key(c: ClusterConfig) -> str:
+    """The key that sets the cache's size in ``c`` (for a message)."""
+    return "cluster.experts_per_layer" if c.experts_per_layer else \
+        "cluster.expert_budget_bytes" if c.expert_budget_bytes else "cluster.expert_budget_fraction"
+
+
 def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
     """Before the routing pool is built: the budget gives every GPU's cache at least one slot,
     and the fewest experts a GPU holds (``L * (E // ep)`` under any placement without
@@ -192,7 +198,7 @@ def _check_expert_memory(cfg: SimConfig, topo: Topology) -> None:
             f"cluster: a GPU of {hw.name} ({hw.memory_bytes / 1e9:.0f} GB) cannot hold {cap} experts "
             f"({cap * eb / 1e9:.1f} GB) + dense weights ({dense_share / 1e9:.1f} GB) + "
             f"cluster.reserved_bytes ({c.reserved_bytes / 1e9:.1f} GB); lower "
-            f"cluster.expert_budget_fraction or add GPUs")
+            f"{_budget_key(c)} or add GPUs")
 
 
 @dataclass
@@ -279,8 +285,7 @@ class ClusterPlan:
                 raise ConfigError(
                     f"cluster: GPU {g} of {hw.name} ({hw.memory_bytes / 1e9:.0f} GB) cannot hold "
                     f"{cap} experts ({cap * eb / 1e9:.1f} GB) + dense weights "
-                    f"({dense_share / 1e9:.1f} GB) + reserve; lower cluster.expert_budget_fraction "
-                    f"or add GPUs")
+                    f"({dense_share / 1e9:.1f} GB) + reserve; lower {_budget_key(c)} or add GPUs")
             kv_bytes_total += free
             masks.append(mask)
             slots.append(home if cfg.offload.layer_streaming else cap)
