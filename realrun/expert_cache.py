@@ -48,14 +48,14 @@ class ExpertCache:
         if policy.num_keys != self.num_experts:
             raise ConfigError(
                 f"cache policy has {policy.num_keys} keys, layer has {self.num_experts} experts")
-        if policy.capacity < 1:
-            raise ConfigError("an expert cache needs at least one slot")
         self.policy = policy
         self.capacity = min(policy.capacity, self.num_experts)
         pin = self.device.type == "cuda"
         self.host = {n: (host_weights[n].pin_memory() if pin else host_weights[n]) for n in names}
-        self.slots = {n: torch.empty((self.capacity, *w.shape[1:]), dtype=w.dtype, device=self.device)
-                      for n, w in self.host.items()}
+        # the cache's slots and one staging slot (index ``capacity``) for an expert that streams
+        # through (a miss the policy does not keep: a static set, no cache, a pinned one)
+        self.slots = {n: torch.empty((self.capacity + 1, *w.shape[1:]), dtype=w.dtype,
+                                     device=self.device) for n, w in self.host.items()}
         self.slot_of = torch.full((self.num_experts,), -1, dtype=torch.int32)
         #: the slots (realrun/slot_table.py, shared with realrun/serve.py); ``slot_of`` mirrors it
         self.table = SlotTable(self.capacity, self._copy_in, self._freed)
@@ -87,6 +87,13 @@ class ExpertCache:
         """Carry out a policy decision: free the evicted experts' slots, then copy the loaded
         ones in."""
         self.table.apply(evicted, loaded)
+
+    def stage(self, e: int) -> int:
+        """Copy ``e`` into the staging slot for one launch (it streams through: not resident);
+        returns the slot. Counted as a copy, as the policy counts the miss a load."""
+        self._copy_in(e, self.capacity)
+        self.slot_of[e] = -1  # not resident: only this launch reads it
+        return self.capacity
 
     def _freed(self, e: int) -> None:
         self.slot_of[e] = -1

@@ -132,17 +132,23 @@ class RealMoE:
                 y += self._launch(x, cache, pending, r)
                 pending = []
             cache.apply(evicted, [k for k in misses if k in policy.resident])
-            pending.append(e)
+            if e in policy.resident:
+                pending.append(e)
+            else:  # it streams through the staging slot: launched now, alone
+                if pending:
+                    y += self._launch(x, cache, pending, r)
+                    pending = []
+                y += self._launch(x, cache, [e], r, staged=cache.stage(e))
         if pending:
             y += self._launch(x, cache, pending, r)
         return y
 
-    def _launch(self, x: torch.Tensor, cache: ExpertCache, experts: list[int], r: model.Routed
-                ) -> torch.Tensor:
-        """The part of the layer's output from ``experts`` (resident), through the slot table:
-        the other experts' slots are -1 (not read)."""
+    def _launch(self, x: torch.Tensor, cache: ExpertCache, experts: list[int], r: model.Routed,
+                staged: int | None = None) -> torch.Tensor:
+        """The part of the layer's output from ``experts`` (resident, or the one expert in the
+        staging slot ``staged``), through the slot table: the other experts' slots are -1."""
         slot = torch.full((self.E,), -1, dtype=torch.int32)
-        slot[experts] = cache.slot_of[experts]
+        slot[experts] = cache.slot_of[experts] if staged is None else staged
         return model.expert_ffn(x, r, slot, cache.slots["w13"], cache.slots["w2"], self.K,
                                 self.cfg.block_size)
 
