@@ -18,7 +18,8 @@ LFU the fewest uses, then the oldest last step, then the smallest id. Per step t
 priority per resident key and the ``e`` smallest per GPU (``e`` its evictions): a few argmins
 over the (GPUs, home keys) matrix. A step needing more keys than its GPU's slots (keys stream
 through) is not in this form, nor LFU's figures past 62 bits: the iteration then goes through the
-general path.
+general path, and so does a replica of fewer than :data:`MIN_GPUS` GPUs, where the objects
+are faster.
 
 The two modes (:class:`ArrayMode`, also :class:`sim.serving.lru_arrays.StampedLRU`'s): each
 cache object is in arrays mode (its store's row is the state) or objects mode (the policy's own
@@ -46,6 +47,10 @@ _NONE = np.iinfo(np.int64).max  # the priority of a key that is no victim
 _ACTIVE = 1 << 42  # LIFO: an active key's priority offset (stamps stay below 1 << 41)
 #: evictions per GPU and step up to which victims are found by repeated argmin (else a sort)
 ARGMIN_MAX = 4
+#: the fewest GPUs a replica needs for these arrays to serve it: they cost numpy calls per step,
+#: the objects Python work per GPU and key (measured, benchmarks in the module doc: at 8 GPUs of
+#: one expert a layer the objects are 4-7x faster; at 64 GPUs of 5 the arrays 1.1-7x)
+MIN_GPUS = 32
 
 
 class ArrayMode:
@@ -245,8 +250,11 @@ class StepStore:
         holds and the batch uses, ``used_flat`` (L*E,) bool) on every GPU with a cache.
 
         Returns the misses per (layer, GPU) (L, G) int64, or None (the general path serves the
-        iteration) when a step needs more keys than its GPU's slots."""
+        iteration) when a step needs more keys than its GPU's slots or the replica has fewer
+        than :data:`MIN_GPUS` GPUs."""
         G, L, H = self.G, self.L, self.H
+        if G < MIN_GPUS:  # a narrow replica: the objects are the faster form
+            return None
         sel = used_flat[self.hk]
         g, i, lay = self.hg[sel], self.hi[sel], self.hl[sel]
         n = len(g)

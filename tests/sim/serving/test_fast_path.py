@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sim.serving.step_arrays as step_arrays
 import sim.serving.token_counts
 import sim.serving.walk
 from sim.engine.metrics import compute_metrics, metrics_json
@@ -31,6 +32,15 @@ ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]
 ARRAYS = ("lru", "fifo", "lifo", "lfu")
 #: prefetch policies that run without a trained checkpoint or the future
 PREFETCHES = ["none", "emoe_a", "emoe_l", "emoe_task", "similarity"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _every_replica_wide_enough():
+    """The tiny replicas here are served by the step arrays too (their ``MIN_GPUS`` is a speed
+    rule: narrower replicas go to the objects, equal by these same tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(step_arrays, "MIN_GPUS", 1)
+        yield
 
 
 def _sim(cfg, seed: int = 0, n: int = 12, prompt: int = 14, output: int = 5, entries: int = 4,

@@ -14,9 +14,30 @@ import pytest
 import sim.serving.step_arrays as step_arrays
 from sim.policies.base import CACHE
 from sim.serving.lru_arrays import ARRAY_FORMS, array_form
-from sim.serving.step_arrays import CountedLFU, LfuStore, StampedFIFO, StampedLIFO
+from sim.serving.step_arrays import CountedLFU, FifoStore, LfuStore, StampedFIFO, StampedLIFO
 
 FORMS = ["fifo", "lifo", "lfu"]
+
+
+@pytest.fixture(autouse=True)
+def _every_replica_wide_enough(monkeypatch):
+    monkeypatch.setattr(step_arrays, "MIN_GPUS", 1)
+
+
+def test_narrow_replica_goes_to_the_objects(monkeypatch):
+    """Fewer GPUs than MIN_GPUS: the arrays decline (None) before touching anything, so the
+    caches stay objects; at MIN_GPUS they serve."""
+    monkeypatch.setattr(step_arrays, "MIN_GPUS", 3)
+    for G, serves in ((2, False), (3, True)):
+        s = FifoStore([np.ones(4, dtype=bool)] * G, 1)
+        caches = [StampedFIFO(2, 4, s, g) for g in range(G)]
+        for c in caches:
+            c.insert(0, [0, 1])
+        got = s.serve(np.array([0, 0, 1, 1], dtype=bool), 0)
+        assert (got is not None) == serves
+        assert all(c._arrays == serves for c in caches)
+        if serves:
+            assert got.tolist() == [[2] * G]
 
 
 def _rows(used, mask, L, E):
