@@ -46,7 +46,7 @@ from sim.world.facts import CacheCounts
 _NONE = np.iinfo(np.int64).max  # the priority of a key that is no victim
 _ACTIVE = 1 << 42  # LIFO: an active key's priority offset (stamps stay below 1 << 41)
 #: evictions per GPU and step up to which victims are found by repeated argmin (else a sort)
-ARGMIN_MAX = 4
+ARGMIN_MAX = 16
 #: the fewest GPUs a replica needs for these arrays to serve it: they cost numpy calls per step,
 #: the objects Python work per GPU and key (measured, benchmarks in the module doc: at 8 GPUs of
 #: one expert a layer the objects are 4-7x faster; at 64 GPUs of 5 the arrays 1.1-7x)
@@ -274,10 +274,15 @@ class StepStore:
             tb = (step0 + L + 1).bit_length()
             if int(C.max(initial=0) + 1).bit_length() + tb + hb > 62:
                 return None
-            ti = np.arange(H, dtype=np.int64)
+            P = (C << (tb + hb)) | ((T + 1) << hb) | np.arange(H, dtype=np.int64)
         elif rule == "lifo":
             act = np.zeros((G, H), dtype=np.int64)
             act[g, i] = _ACTIVE
+            P = act + ((1 << 41) - S)
+        else:
+            P = S.copy()
+        # P (G, H): each resident key's victim priority (smallest first), kept through the steps
+        P[S < 0] = _NONE
         held0 = S[g, i] >= 0  # (n,) resident at the start
         missed = np.zeros(n, dtype=bool)
         miss_lg = np.zeros((L, G), dtype=np.int64)
@@ -291,38 +296,37 @@ class StepStore:
                 continue
             gl, il = g[a:b], i[a:b]
             hit = S[gl, il] >= 0
-            if rule == "lfu":  # the step's keys: one use more, last used now (never victims here)
+            if not hit.all():
+                miss = ~hit
+                missed[a:b] = miss
+                gm, im = gl[miss], il[miss]
+                m_g = np.bincount(gm, minlength=G)
+                miss_lg[l] = m_g
+                ev = np.maximum(nres + m_g - cap, 0)
+                if ev.any():
+                    rows = np.flatnonzero(ev)
+                    pr = P[rows]
+                    pos[rows] = np.arange(len(rows))
+                    hp = pos[gl[hit]]  # the step's hits are no victims
+                    pr[hp[hp >= 0], il[hit][hp >= 0]] = _NONE
+                    pos[rows] = -1
+                    vr, vc = _smallest(pr, ev[rows])
+                    S[rows[vr], vc] = -1
+                    P[rows[vr], vc] = _NONE
+                    ev_g += ev
+                c0 = self.clock
+                new = np.arange(c0, c0 + len(gm))
+                S[gm, im] = new
+                self.clock = c0 + len(gm)
+                if rule == "fifo":
+                    P[gm, im] = new
+                elif rule == "lifo":
+                    P[gm, im] = act[gm, im] + ((1 << 41) - new)
+                nres += m_g - ev
+            if rule == "lfu":  # the step's keys (all resident now): one use more, used now
                 C[gl, il] += 1
                 T[gl, il] = step0 + l
-            if hit.all():
-                continue
-            miss = ~hit
-            missed[a:b] = miss
-            gm, im = gl[miss], il[miss]
-            m_g = np.bincount(gm, minlength=G)
-            miss_lg[l] = m_g
-            ev = np.maximum(nres + m_g - cap, 0)
-            if ev.any():
-                rows = np.flatnonzero(ev)
-                s = S[rows]
-                if rule == "fifo":
-                    pr = s
-                elif rule == "lifo":
-                    pr = act[rows] + ((1 << 41) - s)
-                else:
-                    pr = (C[rows] << (tb + hb)) | ((T[rows] + 1) << hb) | ti
-                pr = np.where(s >= 0, pr, _NONE)
-                pos[rows] = np.arange(len(rows))
-                hp = pos[gl[hit]]  # the step's hits are no victims
-                pr[hp[hp >= 0], il[hit][hp >= 0]] = _NONE
-                pos[rows] = -1
-                vr, vc = _smallest(pr, ev[rows])
-                S[rows[vr], vc] = -1
-                ev_g += ev
-            c0 = self.clock
-            S[gm, im] = np.arange(c0, c0 + len(gm))
-            self.clock = c0 + len(gm)
-            nres += m_g - ev
+                P[gl, il] = (C[gl, il] << (tb + hb)) | ((step0 + l + 1) << hb) | il
         n_g = np.bincount(g, minlength=G)
         m_all = miss_lg.sum(axis=0)
         self.why[0] = n_g
