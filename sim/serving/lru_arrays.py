@@ -19,7 +19,8 @@ capacity)`` evictions, and the evicted keys are the least recent ones. A step ne
 than the slots (keys stream through) is not in this form: the iteration then goes through the
 general path.
 
-Each cache object is in one of two modes: arrays (the store's row is the state) or objects (the
+Each cache object is in one of two modes (:class:`sim.serving.step_arrays.ArrayMode`, shared
+with the FIFO, LIFO and LFU arrays): arrays (the store's row is the state) or objects (the
 ``resident`` set and the ``_order`` OrderedDict of :class:`OrderedCache` are). Touching either
 attribute turns the cache to objects; :func:`serve_lru_iteration` turns it back. ``counts`` is
 kept in both. tests/sim/serving/test_fast_path.py holds both paths to byte-identical ``metrics.json``.
