@@ -3,6 +3,9 @@
     python benchmarks/sim_scaling.py OUT_DIR                      # default grid (about 5 min, 2 cores)
     python benchmarks/sim_scaling.py OUT_DIR --full               # 8-128 GPUs x 1, 2, 4, 8x the rate
     python benchmarks/sim_scaling.py OUT_DIR --model deepseek-v3 --ep 16 --gpus 16,32,64,128
+    python benchmarks/sim_scaling.py OUT_DIR --model deepseek-v3 --ep 64 --gpus 64,256,1024 \
+        --rates 16 policy.placement=split policy.placement_args.num_redundant=64
+                                                                  # up to bench_cluster_1024's shape
 
 Each point is ``moesim sim`` in its own process: ``--gpus`` GPUs as replicas of ``--ep`` GPUs
 (nodes of 8 GPUs; ``cluster.nodes = GPUs / 8``, EP 16 replicas span two nodes), the Azure 2023
@@ -14,9 +17,10 @@ rate, and GPUs add replicas that share the same traffic (round-robin).
 
 Per point it prints GPUs, rate, requests, simulated seconds, wall seconds (the simulation's own,
 ``run_info.json``: routing pool + simulation, no interpreter start-up), simulated s per wall s,
-user CPU seconds of the process (start-up included), simulated s per CPU s (user + system: the
-figure to quote on a shared machine, where wall time measures the other jobs) and its peak RSS
-(``os.wait4`` of that child, so each point's own peak), and writes ``OUT_DIR/scaling.csv`` and
+user and system CPU seconds of the process (start-up included), simulated s per CPU s (user +
+system: the figure to quote on a shared machine, where wall time measures the other jobs), its
+peak RSS (``os.wait4`` of that child, so each point's own peak) and whether every request asked
+completed, and writes ``OUT_DIR/scaling.csv`` and
 ``OUT_DIR/scaling.png`` (wall time against GPUs, one line per rate, and against requests, one line
 per GPU count; log-log with a slope-1 guide),
 captioned with the command that regenerates it. Needs ../shared/data (the Azure traces).
@@ -41,7 +45,7 @@ AZURE = ROOT.parent / "shared/data/requests/azure-llm-2023"
 DEFAULT_TRACES = [str(AZURE / "AzureLLMInferenceTrace_conv.csv"),
                   str(AZURE / "AzureLLMInferenceTrace_code.csv")]
 FIELDS = ("gpus", "replicas", "rate", "requests", "sim_s", "wall_s", "sim_s_per_wall_s", "user_cpu_s",
-          "sim_s_per_cpu_s", "peak_rss_mib", "iterations")
+          "sim_s_per_cpu_s", "peak_rss_mib", "iterations", "sys_cpu_s", "requests_asked")
 
 
 def _ints(s: str) -> list[int]:
@@ -88,6 +92,7 @@ def run_point(gpus: int, ep: int, rate: float, n_req: int, a: argparse.Namespace
             "sim_s_per_wall_s": round(m["sim_time_s"] / wall, 1), "user_cpu_s": round(ru.ru_utime, 2),
             "sim_s_per_cpu_s": round(m["sim_time_s"] / max(ru.ru_utime + ru.ru_stime, 1e-9), 1),
             "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "iterations": m["iterations"],
+            "sys_cpu_s": round(ru.ru_stime, 2), "requests_asked": n_req,
             "command_wall_s": round(total, 2)}
 
 
@@ -135,12 +140,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", help="output folder (scaling.csv, scaling.png)")
     ap.add_argument("--full", action="store_true", help="the whole grid: 8,16,32,64,128 GPUs x 1,2,4,8x")
-    ap.add_argument("--gpus", type=_ints, default=None, help="GPU counts (default 8,32,128)")
+    ap.add_argument("--gpus", type=_ints, default=None,
+                    help="GPU counts, up to 1024 (128 nodes; default 8,32,128)")
     ap.add_argument("--rates", type=_floats, default=None, help="rate multipliers (default 1,4)")
     ap.add_argument("--window", type=float, default=60.0,
                     help="simulated seconds of arrivals per point (bounds the work; default 60)")
     ap.add_argument("--model", default="mixtral-8x7b")
-    ap.add_argument("--ep", type=int, default=8, help="GPUs per replica (8 or 16)")
+    ap.add_argument("--ep", type=int, default=8, help="GPUs per replica (8, 16, 64: whole nodes)")
     ap.add_argument("--budget", type=float, default=0.5, help="cluster.expert_budget_fraction")
     ap.add_argument("--traces", type=lambda s: s.split(","), default=DEFAULT_TRACES,
                     help="request traces, comma-separated (default: Azure conv,code)")
@@ -174,7 +180,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     counts = requests_in_window(a.traces, rates, a.window)
     head = f"{'GPUs':>5} {'rate':>5} {'requests':>8} {'sim s':>8} {'wall s':>8} {'sim s/wall s':>12} " \
-           f"{'user s':>7} {'sim s/CPU s':>11} {'peak RSS MiB':>12}"
+           f"{'user s':>7} {'sys s':>6} {'sim s/CPU s':>11} {'peak RSS MiB':>12} {'all done':>8}"
     print(head, flush=True)
     rows = []
     for g in gpus:
@@ -182,8 +188,9 @@ def main() -> int:
             r = run_point(g, a.ep, rate, counts[rate], a)
             rows.append(r)
             print(f"{g:>5} {rate:>5g} {r['requests']:>8} {r['sim_s']:>8.1f} {r['wall_s']:>8.2f} "
-                  f"{r['sim_s_per_wall_s']:>12.1f} {r['user_cpu_s']:>7.1f} {r['sim_s_per_cpu_s']:>11.1f} "
-                  f"{r['peak_rss_mib']:>12.0f}",
+                  f"{r['sim_s_per_wall_s']:>12.1f} {r['user_cpu_s']:>7.1f} {r['sys_cpu_s']:>6.1f} "
+                  f"{r['sim_s_per_cpu_s']:>11.1f} {r['peak_rss_mib']:>12.0f} "
+                  f"{'yes' if r['requests'] == r['requests_asked'] else 'NO':>8}",
                   flush=True)
     from sim.common.files import atomic_write_bytes
 

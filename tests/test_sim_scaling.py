@@ -30,6 +30,8 @@ def test_one_point_grid_writes_csv_and_plot(tmp_path):
     assert (row["gpus"], row["replicas"], row["rate"], row["requests"]) == ("16", "2", "2.0", "31")
     assert float(row["sim_s"]) >= 10 and float(row["peak_rss_mib"]) > 50
     assert float(row["sim_s_per_cpu_s"]) > 0
+    assert row["requests_asked"] == "31" and float(row["sys_cpu_s"]) >= 0  # every one completed
+    assert "all done" in r.stdout and r.stdout.splitlines()[1].split()[-1] == "yes"
     png = (out / "scaling.png").read_bytes()
     assert png[:4] == b"\x89PNG"
     assert (out / "command.txt").read_text().startswith("python benchmarks/sim_scaling.py")

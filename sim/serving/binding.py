@@ -14,7 +14,8 @@ Either way ``metrics.json`` reports how many requests and tokens ran past their 
 
 Without ``trace.path`` the pool is generated: ``traces.synth.sample_trace`` with the parameters
 fitted to the model's real trace (``traces/params/<model>.json``), ``pool_size`` entries of
-``pool_tokens`` tokens per task, from a generator seeded by ``seed`` (same seed, same pool).
+``pool_tokens`` tokens per task, from a generator seeded by ``seed`` (same seed, same pool),
+cached on disk by its content address (:mod:`sim.serving.pool_cache`).
 """
 
 from __future__ import annotations
@@ -111,18 +112,27 @@ def build_pool(model: ModelConfig, trace: TraceConfig, tasks: list[str],
     except ImportError as exc:
         raise ConfigError(f"the routing generator (traces.synth) is not available ({exc}); "
                           f"give a real routing trace with trace.path=FILE") from None
+    from sim.serving.pool_cache import cached_pool, pool_key
+
     name = trace.generator or model.name
     params = load_params(name)
-    traces, labels = [], []
-    for t in tasks:
-        # a workload task the generator was fitted on samples that task; any other task draws
-        # each entry's task by the fitted shares (the binding still files it under ``t``)
-        fitted = t if t in params.tasks else None
-        traces.append(sample_trace(params, trace.pool_size, trace.pool_tokens, rng, task=fitted))
-        labels += [t] * trace.pool_size
-    pool = RoutingPool.concat(traces, source=f"synth:{name}")
-    pool.tasks = labels
-    pool.__post_init__()
+
+    def sample() -> RoutingPool:
+        traces, labels = [], []
+        for t in tasks:
+            # a workload task the generator was fitted on samples that task; any other task draws
+            # each entry's task by the fitted shares (the binding still files it under ``t``)
+            fitted = t if t in params.tasks else None
+            traces.append(sample_trace(params, trace.pool_size, trace.pool_tokens, rng, task=fitted))
+            labels += [t] * trace.pool_size
+        pool = RoutingPool.concat(traces, source=f"synth:{name}")
+        pool.tasks = labels
+        pool.__post_init__()
+        return pool
+
+    # sampled once per (parameters, tasks, sizes, seed) and read back after (sim/serving/pool_cache.py)
+    key = pool_key(name, params.raw, tasks, trace.pool_size, trace.pool_tokens, rng)
+    pool = cached_pool(key, rng, sample, RoutingPool)
     check_pool(pool, model, f"generator {name}")
     return pool
 

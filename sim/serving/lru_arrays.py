@@ -19,7 +19,8 @@ capacity)`` evictions, and the evicted keys are the least recent ones. A step ne
 than the slots (keys stream through) is not in this form: the iteration then goes through the
 general path.
 
-Each cache object is in one of two modes: arrays (the store's row is the state) or objects (the
+Each cache object is in one of two modes (:class:`sim.serving.step_arrays.ArrayMode`, shared
+with the FIFO, LIFO and LFU arrays): arrays (the store's row is the state) or objects (the
 ``resident`` set and the ``_order`` OrderedDict of :class:`OrderedCache` are). Touching either
 attribute turns the cache to objects; :func:`serve_lru_iteration` turns it back. ``counts`` is
 kept in both. tests/sim/serving/test_fast_path.py holds both paths to byte-identical ``metrics.json``.
@@ -27,14 +28,22 @@ kept in both. tests/sim/serving/test_fast_path.py holds both paths to byte-ident
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from sim.policies.base import CachePolicy
 from sim.policies.cache.lru import LRUCache
-from sim.world.facts import CacheCounts
+from sim.serving.step_arrays import (
+    ArrayMode,
+    CountedLFU,
+    FifoStore,
+    LfuStore,
+    LifoStore,
+    OrderedArrayMode,
+    StampedFIFO,
+    StampedLIFO,
+)
 
 _BIG = 1 << 40  # row offset when a replica's rows of stamps are searched as one sorted array
 
@@ -65,7 +74,7 @@ class StampStore:
         #: the last iteration's distinct keys per GPU, and its misses on keys resident at its
         #: start (each an eviction of a key the iteration used later): the walk's why-tallies
         self.why = np.zeros((2, G), dtype=np.int64)
-        self.caches: list[StampedLRU | None] = [None] * G
+        self.caches: list[Any] = [None] * G
         self.objects: set[int] = set()  # rows whose cache is in objects mode
         # (key, GPU) holdings ordered by GPU then key: the order a GPU's steps use its keys
         gk = np.argwhere(self.loc >= 0)  # (P, 2) (GPU, key), GPU-major
@@ -94,100 +103,38 @@ class StampStore:
         #: iteration of a big batch): they depend only on the holdings
         self.full = _positions(pg, step, self.G, self.L, self.cap_step)
 
+    def attach(self, cache: StampedLRU) -> None:
+        """``cache`` (new: in objects mode) is the one of its row now."""
+        row = cache.row
+        self.S[row] = -1
+        self.nres[row] = 0
+        self.cap[row] = cache.capacity
+        self.caches[row] = cache
+        self.objects.add(row)
+        self._bind()
 
-class StampedLRU(LRUCache):
-    """An :class:`LRUCache` whose state may live in a :class:`StampStore` row (see module doc)."""
+    def serve(self, used_flat: np.ndarray, step0: int) -> np.ndarray | None:
+        """:func:`serve_lru_iteration` (LRU needs no step numbers)."""
+        return serve_lru_iteration(self, used_flat)
 
-    def __init__(self, capacity: int, num_keys: int, store: StampStore, row: int, cfg: Any = None
-                 ) -> None:
-        self._arrays = False
-        self.store, self.row = store, row
-        super().__init__(capacity, num_keys, cfg)
-        store.S[row] = -1
-        store.nres[row] = 0
-        store.cap[row] = self.capacity
-        store.caches[row] = self
-        store.objects.add(row)
-        store._bind()
 
-    # -- the two modes --------------------------------------------------------------------------
-    @property
-    def resident(self) -> set[int]:  # type: ignore[override]
-        if self._arrays:
-            self._to_objects()
-        return self._res
-
-    @resident.setter
-    def resident(self, value: set[int]) -> None:
-        self._res = value
-
-    @property
-    def _order(self) -> OrderedDict[int, None]:  # type: ignore[override]
-        if self._arrays:
-            self._to_objects()
-        return self._od
-
-    @_order.setter
-    def _order(self, value: OrderedDict[int, None]) -> None:
-        self._od = value
-
-    @property
-    def counts(self) -> CacheCounts:  # type: ignore[override]
-        t = self.store.tally[:, self.row]
-        if t.any():
-            c = self._counts
-            c.hits += int(t[0] - t[1])
-            c.misses += int(t[1])
-            c.evictions += int(t[2])
-            t[:] = 0
-        return self._counts
-
-    @counts.setter
-    def counts(self, value: CacheCounts) -> None:
-        self.store.tally[:, self.row] = 0
-        self._counts = value
-
-    @property
-    def nres(self) -> int:
-        return int(self.store.nres[self.row]) if self._arrays else len(self._res)
-
-    def _to_objects(self) -> None:
-        st = self.store
-        srow = st.S[self.row]
-        idx = np.flatnonzero(srow >= 0)
-        keys = st.homes[self.row][idx[np.argsort(srow[idx])]].tolist()  # oldest first
-        self._arrays = False
-        st.objects.add(self.row)
-        self._res = set(keys)
-        self._od = OrderedDict.fromkeys(keys)
-
-    def to_arrays(self) -> bool:
-        """Make the store's row the state; False (staying in objects mode) if a resident key is
-        not one of the GPU's home keys (the arrays have no slot for it)."""
-        if self._arrays:
-            return True
-        st, row = self.store, self.row
-        loc = st.loc[row]
-        keys = list(self._od)
-        if keys and int(loc[keys].min()) < 0:
-            return False
-        srow = st.S[row]
-        srow[:] = -1
-        c = st.clock
-        srow[loc[keys]] = np.arange(c, c + len(keys))
-        st.clock = c + len(keys)
-        st.nres[row] = len(keys)
-        self._arrays = True
-        st.objects.discard(row)
-        return True
+class StampedLRU(OrderedArrayMode, LRUCache):
+    """An :class:`LRUCache` whose state may live in a :class:`StampStore` row (see module doc;
+    the two modes are :class:`sim.serving.step_arrays.ArrayMode`'s)."""
 
 
 #: the array forms a cache policy may declare (``CachePolicy.array_form``) -> (the store of a
-#: replica's GPUs, the cache class whose state lives in it)
-ARRAY_FORMS: dict[str, tuple[type[StampStore], type[StampedLRU]]] = {"stamps": (StampStore, StampedLRU)}
+#: replica's GPUs, the cache class whose state lives in it): LRU's recency stamps, FIFO's and
+#: LIFO's load stamps, LFU's counts (sim/serving/step_arrays.py)
+ARRAY_FORMS: dict[str, tuple[type, type[ArrayMode]]] = {
+    "stamps": (StampStore, StampedLRU),
+    "fifo_stamps": (FifoStore, StampedFIFO),
+    "lifo_stamps": (LifoStore, StampedLIFO),
+    "lfu_counts": (LfuStore, CountedLFU),
+}
 
 
-def array_form(policy: type[CachePolicy]) -> tuple[type[StampStore], type[StampedLRU]] | None:
+def array_form(policy: type[CachePolicy]) -> tuple[type, type[ArrayMode]] | None:
     """The (store, cache) classes that serve ``policy`` as arrays, or None: the policy declares no
     array form (a subclass of LRU that changes its rule inherits none)."""
     return ARRAY_FORMS.get(policy.array_form) if policy.array_form is not None else None

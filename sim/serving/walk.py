@@ -40,7 +40,6 @@ from sim.policies.base import CachePolicy, PrefetchPolicy
 from sim.serving.cache_log import CacheLog
 from sim.serving.layer_costs import batch_shape, layer_costs
 from sim.serving.layer_timing import LayerTiming
-from sim.serving.lru_arrays import serve_lru_iteration
 from sim.serving.offload import HostExperts
 from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
@@ -250,11 +249,12 @@ class LayerWalk:
                                   f"{st.gpu}, over its budget {st.capacity}")
 
     def _serve_arrays(self, rep: ReplicaState, used_flat: np.ndarray) -> np.ndarray | None:
-        """Every GPU's steps of the iteration through the replica's array caches (LRU as stamps,
-        :func:`sim.serving.lru_arrays.serve_lru_iteration`): the misses per layer and GPU, or
-        None when a step is not in array form (the general path serves it)."""
+        """Every GPU's steps of the iteration (cache steps from ``rep.step - L``) through the
+        replica's array caches (:data:`sim.serving.lru_arrays.ARRAY_FORMS`: LRU as stamps, FIFO,
+        LIFO, LFU): the misses per layer and GPU, or None when a step is not in array form (the
+        general path serves it)."""
         states = rep.states
-        miss = serve_lru_iteration(rep.stamps, used_flat)
+        miss = rep.stamps.serve(used_flat, rep.step - self.L)
         if miss is None:
             return None
         why = rep.stamps.why

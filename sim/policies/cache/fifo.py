@@ -15,3 +15,5 @@ from sim.policies.cache._ordered import OrderedCache
 class FIFOCache(OrderedCache):
     _touch_hits = False
     _from_back = False
+    #: served as arrays by the simulator (sim/serving/step_arrays.py)
+    array_form = "fifo_stamps"

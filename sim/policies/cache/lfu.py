@@ -15,3 +15,5 @@ from sim.policies.cache._counted import CountedCache
 @CACHE.register("lfu")
 class LFUCache(CountedCache):
     _per_request = False
+    #: served as arrays by the simulator (sim/serving/step_arrays.py)
+    array_form = "lfu_counts"

@@ -23,3 +23,5 @@ class LIFOBufferingCache(OrderedCache):
     _from_back = True
     #: a driver serving batches passes the batch's experts as ``active`` (replay batch mode, sim)
     uses_active = True
+    #: served as arrays by the simulator (sim/serving/step_arrays.py)
+    array_form = "lifo_stamps"

@@ -21,6 +21,15 @@ from sim.replay.cache import replay_plain
 from sim.replay.placement import evaluate_load
 from sim.serving.binding import bind
 from sim.serving.lru_arrays import StampedLRU, StampStore, array_form
+from sim.serving.step_arrays import (
+    ArrayMode,
+    CountedLFU,
+    FifoStore,
+    LfuStore,
+    LifoStore,
+    StampedFIFO,
+    StampedLIFO,
+)
 from sim.serving.testing import StubCost, random_pool, routing_trace, tiny_config, workload
 
 
@@ -50,14 +59,21 @@ def test_array_form_is_declared_and_never_inherited():
     for cls in (KeepPredictedCache, _SecondChanceLRU, StampedLRU):
         assert issubclass(cls, LRUCache)
         assert cls.array_form is None and array_form(cls) is None, cls
-    assert [n for n in CACHE.names() if CACHE.get(n).array_form is not None] == ["lru"]
+    for cls in (StampedFIFO, StampedLIFO, CountedLFU):  # the array caches declare none either
+        assert cls.array_form is None and array_form(cls) is None, cls
+    assert {n: CACHE.get(n).array_form for n in CACHE.names() if CACHE.get(n).array_form} == {
+        "lru": "stamps", "fifo": "fifo_stamps", "lifo": "lifo_stamps", "lfu": "lfu_counts"}
+    assert array_form(CACHE.get("fifo")) == (FifoStore, StampedFIFO)
+    assert array_form(CACHE.get("lifo")) == (LifoStore, StampedLIFO)
+    assert array_form(CACHE.get("lfu")) == (LfuStore, CountedLFU)
 
 
-@pytest.mark.parametrize("cache", ["lru", "keep_predicted", "fifo"])
+@pytest.mark.parametrize("cache", ["lru", "keep_predicted", "fifo", "priority"])
 def test_the_simulator_takes_the_arrays_from_the_flag(cache):
     on = _simulation(cache)
-    assert on.arrays == (cache == "lru")
-    assert all(isinstance(st.cache, StampedLRU) == (cache == "lru")
+    form = array_form(CACHE.get(cache))
+    assert on.arrays == (form is not None) == (cache in ("lru", "fifo"))
+    assert all(isinstance(st.cache, form[1] if form else ArrayMode) == (form is not None)
                for st in on.replicas[0].states if st.cache is not None)
     assert not _simulation(cache, arrays=False).arrays
 

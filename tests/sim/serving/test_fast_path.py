@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sim.serving.step_arrays as step_arrays
 import sim.serving.token_counts
 import sim.serving.walk
 from sim.engine.metrics import compute_metrics, metrics_json
@@ -20,14 +21,26 @@ from sim.engine.simulation import Simulation
 from sim.policies.base import CACHE, PREFETCH
 from sim.policies.cache.lru import LRUCache
 from sim.serving.binding import bind
-from sim.serving.lru_arrays import StampedLRU, StampStore, serve_lru_iteration
+from sim.serving.lru_arrays import StampedLRU, StampStore, array_form, serve_lru_iteration
+from sim.serving.step_arrays import ArrayMode
 from sim.serving.testing import StubCost, random_pool, tiny_config, workload
 from sim.world.config import FaultConfig
 
 #: online cache policies (the simulator rejects oracles: belady needs the replay)
 ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]
+#: the policies with an array form (sim/serving/lru_arrays.py ARRAY_FORMS)
+ARRAYS = ("lru", "fifo", "lifo", "lfu")
 #: prefetch policies that run without a trained checkpoint or the future
 PREFETCHES = ["none", "emoe_a", "emoe_l", "emoe_task", "similarity"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _every_replica_wide_enough():
+    """The tiny replicas here are served by the step arrays too (their ``MIN_GPUS`` is a speed
+    rule: narrower replicas go to the objects, equal by these same tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(step_arrays, "MIN_GPUS", 1)
+        yield
 
 
 def _sim(cfg, seed: int = 0, n: int = 12, prompt: int = 14, output: int = 5, entries: int = 4,
@@ -70,25 +83,33 @@ def test_every_policy_same_metrics(cache, prefetch, shape):
 
     s_fast, j_fast, _, j_slow = _both(make, seed=3)
     assert j_fast == j_slow
-    arrays = cache == "lru"
+    form = array_form(CACHE.get(cache))
+    arrays = form is not None
+    assert arrays == (cache in ARRAYS)
     assert (s_fast.replicas[0].stamps is not None) == arrays
-    assert all(isinstance(st.cache, StampedLRU) == arrays for r in s_fast.replicas
+    assert all(isinstance(st.cache, ArrayMode) == arrays for r in s_fast.replicas
                for st in r.states if st.cache is not None)
+    if arrays:
+        assert all(type(st.cache) is form[1] for r in s_fast.replicas for st in r.states
+                   if st.cache is not None)
 
 
-def test_fast_path_is_taken(monkeypatch):
-    """The bench's shape (EP, one key per GPU and layer, LRU) goes through the arrays."""
+@pytest.mark.parametrize("cache", ARRAYS)
+def test_fast_path_is_taken(monkeypatch, cache):
+    """The bench's shape (EP, one key per GPU and layer) goes through the arrays."""
     calls = {"arrays": 0, "general": 0}
-    real = sim.serving.walk.serve_lru_iteration
+    store_cls = array_form(CACHE.get(cache))[0]
+    real = store_cls.serve
 
     def spy(*a, **k):
         out = real(*a, **k)
         calls["arrays" if out is not None else "general"] += 1
         return out
 
-    monkeypatch.setattr(sim.serving.walk, "serve_lru_iteration", spy)
+    monkeypatch.setattr(store_cls, "serve", spy)
     cfg = tiny_config(layers=3, experts=4, top_k=2, gpus_per_node=4, ep=4, budget_fraction=0.5,
                       token_budget=24)
+    cfg.policy.cache = cache
     sim_, _ = _sim(cfg)
     assert calls["arrays"] == sum(r.iterations for r in sim_.replicas) > 0
     assert calls["general"] == 0
@@ -105,18 +126,21 @@ def scenarios(draw):
                 token_budget=draw(st.integers(1, 16)), seed=draw(st.integers(0, 50)),
                 fault=draw(st.booleans()), fault_gpu=draw(st.integers(0, gpus - 1)),
                 placement=draw(st.sampled_from(["contiguous", "replicated"])),
-                tokens=draw(st.integers(2, 9)))
+                tokens=draw(st.integers(2, 9)), cache=draw(st.sampled_from(ARRAYS)),
+                prefetch=draw(st.sampled_from(["none", "emoe_a", "similarity"])))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_random_scenarios_same_metrics(s):
     """Random tiny clusters (replicated experts, faults, prompts longer than their pool entry so
-    chunks wrap around it): both paths write the same metrics.json."""
+    chunks wrap around it, request prefetch turning caches to objects and back), every policy
+    with an array form: both paths write the same metrics.json."""
     def make():
         cfg = tiny_config(layers=s["layers"], experts=s["experts"], top_k=s["top_k"],
                           gpus_per_node=s["gpus"], ep=s["ep"], budget_fraction=s["budget"],
                           token_budget=s["token_budget"])
+        cfg.policy.cache, cfg.policy.prefetch = s["cache"], s["prefetch"]
         if s["placement"] == "replicated" and s["ep"] > 1 and s["experts"] >= 2:
             cfg.policy.placement = "eplb"
             cfg.policy.placement_args = {}
