@@ -96,6 +96,9 @@ def check_offload(offload: OffloadConfig, host: HostConfig, cache: str) -> None:
     if offload.expert_exec not in EXPERT_EXEC:
         raise ConfigError(f"offload.expert_exec={offload.expert_exec!r}; expected one of "
                           f"{', '.join(EXPERT_EXEC)}")
+    for isa, v in host.flops_per_s.items():
+        if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+            raise ConfigError(f"host.flops_per_s.{isa}={v}; expected a positive finite FLOP/s")
     if offload.host_memory not in HOST_MEMORY:
         raise ConfigError(f"offload.host_memory={offload.host_memory!r}; expected one of "
                           f"{', '.join(HOST_MEMORY)}")

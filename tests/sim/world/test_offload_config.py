@@ -85,6 +85,8 @@ def test_dequantisation_reads():
     (OffloadConfig(expert_exec="cpu"), HostConfig(), "static", "choose a host"),
     (OffloadConfig(expert_exec="auto"), HostConfig(name="h", memory_bytes_per_s=1, flops_per_s={"avx2": 1},
                                                    isa="amx"), "static", "host.isa='amx'"),
+    (OffloadConfig(), HostConfig(flops_per_s={"avx2": float("nan")}), "lru", "host.flops_per_s.avx2=nan"),
+    (OffloadConfig(), HostConfig(flops_per_s={"amx": -5.0}), "lru", "host.flops_per_s.amx=-5.0"),
     (OffloadConfig(layer_streaming=True, expert_exec="cpu"),
      HostConfig(name="h", memory_bytes_per_s=1, flops_per_s={"avx2": 1}), "static", "layer_streaming"),
 ])
