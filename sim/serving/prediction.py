@@ -21,6 +21,7 @@ Shape legend: L MoE layers, E experts per layer; a cache key is ``layer * E + ex
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from sim.common.errors import MoesimError
 from sim.policies._predictor import fit_predicted
 from sim.policies.base import CACHE, PrefetchContext, PrefetchPolicy
 from sim.serving.cache_log import CacheLog
+from sim.serving.link import Link
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests
 
@@ -49,6 +51,12 @@ class Prediction:
         #: a next-layer policy that reads the batch's routing rows (the oracles, ``learned_next``):
         #: given the pool once here, and each iteration's pool rows by :meth:`begin`
         self.pf_rows = pf.batch_rows
+        #: a next-layer policy that weighs each candidate against the link's state
+        #: (``learned_next``): :meth:`_weighed` asks it, with the window measured by :meth:`issue`
+        self.pf_weighs = bool(getattr(pf, "weighs", False))
+        self._gate: dict[int, tuple[int, float, float]] = {}  # replica -> (layer, gate, demand end)
+        self._pending: dict[int, int] = {}  # replica -> the layer whose prefetch issue() starts
+        self.window_sum, self.window_n = 0.0, 0  # idle link seconds per layer, measured
         if self.pf_rows:
             N = len(plan.pool_keys)
             base = (np.arange(plan.L, dtype=np.int64) * plan.E)[None, :, None]  # (1, L, 1)
@@ -99,6 +107,8 @@ class Prediction:
         E = self.E
         experts = self.observe(rep, l, used_flat) if self.observers else \
             np.flatnonzero(used_flat[l * E:(l + 1) * E])
+        if l + 1 < self.L and self.pf_weighs:
+            return self._weighed(rep, l, step0, need, active)
         if l + 1 < self.L:
             pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
             if len(pred):
@@ -106,9 +116,50 @@ class Prediction:
                                           in_use=l)
         return []
 
+    def window_s(self) -> float:
+        """Mean idle host-link seconds per layer measured so far (0: none yet): from a layer's
+        gate, or its demand copies' end if later, to the next layer's gate."""
+        return self.window_sum / self.window_n if self.window_n else 0.0
+
+    def _weighed(self, rep: ReplicaState, l: int, step0: int, need: list[list[Any]],
+                 active: list[Any] | None) -> list[tuple[int, list[int], list[int]]]:
+        """A weighing policy's prefetch for layer ``l + 1``: per GPU, the candidates (its
+        experts of that layer not resident) with their probabilities, the copy time on its link,
+        the window and the link's prefetch backlog now (:func:`link_backlog_s`) go to the
+        policy's ``weigh``; the experts it picks are loaded, the layer's experts of probability
+        >= ``protect_p`` protected."""
+        E, pf = self.E, self.prefetch
+        self._pending[rep.index] = l
+        prob = pf.next_probs(rep.ctx, l)  # (E,)
+        home = (l + 1) * E + np.arange(E, dtype=np.int64)
+        w = self.window_s()
+        last = self._gate.get(rep.index)
+        keys: list[int] = []
+        for st in rep.states:
+            cache = st.cache
+            if cache is None:
+                continue
+            res = cache.resident
+            cand = np.array([e for e in range(E) if st.home_mask[home[e]] and home[e] not in res],
+                            dtype=np.int64)
+            if not len(cand):
+                continue
+            lk = st.link
+            copy_s = lk.latency_s + (0.0 if lk.infinite else self.eb / lk.bytes_per_s)
+            now = _now(lk, last)
+            pick = pf.weigh(rep.ctx, l, cand, copy_s, w, link_backlog_s(lk, now))
+            keys.extend(home[pick].tolist())
+        chosen = np.array(sorted(set(keys)), dtype=np.int64)
+        pf.count(rep.ctx, l, chosen - (l + 1) * E)
+        if not len(chosen):
+            return []
+        extra = home[prob >= pf.cfg.protect_p].tolist()
+        return self.prefetch_keys(rep, chosen, step0 + l, need, l + 1, active, in_use=l,
+                                  extra=extra)
+
     def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, need: list[list[Any]],
-                      layer: int, active: list[Any] | None = None, in_use: int | None = None
-                      ) -> list[tuple[int, list[int], list[int]]]:
+                      layer: int, active: list[Any] | None = None, in_use: int | None = None,
+                      extra: list[int] | None = None) -> list[tuple[int, list[int], list[int]]]:
         """Load predicted keys of ``layer`` into the GPUs that hold them (the decision: the
         caches' ``insert``), protecting what GPU g's ``need[g]`` says ``layer`` and ``in_use``
         (the layer computing while the copies start) need, under GPU g's ``active[g]`` set;
@@ -127,6 +178,8 @@ class Prediction:
             protect = ng[layer] if layer < len(ng) else ()
             if in_use is not None and in_use < len(ng) and ng[in_use]:
                 protect = set(protect).union(ng[in_use])
+            if extra:
+                protect = set(protect).union(extra)
             act = active[g] if active is not None else None
             if self.log is not None:
                 if act is not None:
@@ -147,7 +200,10 @@ class Prediction:
         GPU's host link at ``t_issue`` (the key is then in flight until the layer needing it
         waits for it), or, on a device whose copies run in line, costs its copy time where it
         is issued (:meth:`take_inline`; the key is then landed when needed). A key loaded again
-        while an earlier prefetch of it is on record was evicted before use: counted unused."""
+        while an earlier prefetch of it is on record was evicted before use: counted unused.
+        For a weighing policy it measures the idle link window (:meth:`window_s`)."""
+        if self.pf_weighs:
+            self._measure(rep, t_issue)
         for g, loaded, _ in copies:
             st = rep.states[g]
             for k in loaded:
@@ -173,6 +229,23 @@ class Prediction:
                     # finish as known now (later copies on the link may stretch it)
                     rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
                             t_issue + st.link.latency_s, st.link.finish_peek(tid))
+
+    def _measure(self, rep: ReplicaState, t_gate: float) -> None:
+        """Layer ``l``'s gate is ``t_gate`` (its prefetch starts now): the link was free for
+        prefetches from layer l-1's gate, or its demand copies' end if later, until now."""
+        l = self._pending.pop(rep.index, -1)
+        prev = self._gate.get(rep.index)
+        if prev is not None and prev[0] == l - 1 >= 0:
+            w = t_gate - max(prev[1], prev[2])
+            if w >= 0:
+                self.window_sum += w
+                self.window_n += 1
+        dem = t_gate
+        for st in rep.states:
+            lk = st.link
+            if lk._solo and not lk.infinite and lk.t >= t_gate:
+                dem = max(dem, lk.t + lk._solo / lk.bytes_per_s)
+        self._gate[rep.index] = (l, t_gate, dem)
 
     def request_start(self, rep: ReplicaState, i: int) -> list[tuple[int, list[int], list[int]]]:
         """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,
@@ -231,3 +304,33 @@ class Prediction:
             keys = int(layer) * E + np.asarray(experts, dtype=np.int64)
             per_layer.append(keys[st.home_mask[keys]].tolist())
         return fit_predicted(per_layer, st.capacity)
+
+
+def _now(link: Link, last: tuple[int, float, float] | None) -> float:
+    """When a next-layer prefetch decided now will start, as far as the link knows: the start of
+    the demand copies just booked (the current layer's, at its gate), else the last gate seen,
+    and not before those demand copies end (they go first)."""
+    t = last[1] if last is not None else 0.0
+    if link._solo and not link.infinite:
+        g = link.t - link.latency_s
+        if g > t:
+            t = g
+        end = link.t + link._solo / link.bytes_per_s
+        if end > t and g >= (last[1] if last is not None else 0.0):
+            t = end
+    return t
+
+
+def link_backlog_s(link: Link, t: float) -> float:
+    """Seconds of prefetch copies queued on ``link`` still to run at ``t`` (their bytes at the
+    full rate, plus any wait before the queue is served from ``t``), read from a scratch copy of
+    its queue served up to ``t``; the link itself is unchanged."""
+    if link.infinite or not link.pq:
+        return 0.0
+    s = Link(link.bytes_per_s, link.latency_s)
+    s.pq = deque([list(x) for x in link.pq])
+    s.queued = {x[0]: x for x in s.pq if x[0] >= 0}
+    s.pt, s.gaps = link.pt, list(link.gaps)
+    s._serve(None, t)
+    left = sum(x[1] for x in s.pq)
+    return max(0.0, s.pt - t) + left / link.bytes_per_s

@@ -26,7 +26,9 @@ from typing import Any
 from sim.app.experiments.base import say, write_json
 from sim.common.errors import ConfigError
 
-SERIES = ("lru", "learned_next", "learned_free", "noisy_oracle", "perfect")
+SERIES = ("lru", "learned_next", "learned_gated", "learned_topk", "learned_free", "noisy_oracle",
+          "perfect")
+GATE = 0.8  # learned_gated's least probability prefetched
 
 
 def task(cfg_node: Any) -> dict[str, Any]:
@@ -42,34 +44,45 @@ def task(cfg_node: Any) -> dict[str, Any]:
     )
     from sim.app.hydra_app import run_dir
     from sim.app.schemas.common import app_config
+    from sim.policies.prefetch.learned_next import break_even
 
     cfg = app_config(cfg_node, PrefetchExperimentConfig)
     check_dial(cfg)
     if not cfg.dial.checkpoint:
         raise ConfigError("dial.checkpoint is required: a per-token predictor from 'moesim "
-                          "predictor train trace.path=FILE predictor=layers' (its checkpoint/)")
+                          "predictor train trace.path=FILE' (its checkpoint/)")
     out = Path(run_dir())
     trace, tpath = load_trace(cfg, out)
     fracs = [float(f) for f in cfg.cluster.expert_budget_fractions]
     say(f"moesim experiment prefetch: {cfg.trace.path}, {trace.num_tokens} tokens, "
         f"{len(trace.request_ids())} prompts; memories {fracs}")
     setup = SimSetup(cfg, trace, tpath)
+    calib = _calibration(cfg, trace, tpath)
     rows: list[dict[str, Any]] = []
     for f in fracs:
         mem = {"cluster.expert_budget_fraction": f, "policy.cache": "lru"}
-        say(f"[{f:g}] lru, learned_next, learned_free, noisy_oracle, perfect ...")
+        say(f"[{f:g}] {', '.join(SERIES)} ...")
         got: dict[str, dict[str, Any]] = {}
         m, _ = setup.run(f"lru@{f:g}", {**mem, "policy.prefetch": "none"})
         got["lru"] = {**sim_row(m), "recall": None, "precision": None}
         m, pol = setup.run(f"learned_next@{f:g}", {**mem, **learned_keys(cfg, tpath)})
         acc = pol.accuracy()
+        be = break_even(pol.copy_s, pol.window_s, pol.cfg.victim_value)
         got["learned_next"] = {**sim_row(m), **acc,
                                "call_s_per_token_layer": pol.s_per_token_layer,
-                               "measured_s_per_token": pol.measured_s_per_token}
+                               "measured_s_per_token": pol.measured_s_per_token,
+                               "copy_s": pol.copy_s, "window_s": pol.window_s,
+                               "break_even_precision": be}
+        m, p2 = setup.run(f"learned_gated@{f:g}",
+                          {**mem, **learned_keys(cfg, tpath, rule="gate", gate=GATE)})
+        got["learned_gated"] = {**sim_row(m), **p2.accuracy()}
+        m, p3 = setup.run(f"learned_topk@{f:g}",
+                          {**mem, **learned_keys(cfg, tpath, name="learned_topk")})
+        got["learned_topk"] = {**sim_row(m), **p3.accuracy()}
         m, _ = setup.run(f"learned_free@{f:g}", {**mem, **learned_keys(cfg, tpath, free=True)})
         got["learned_free"] = {**sim_row(m), **acc}
         m, _ = setup.run(f"noisy_oracle@{f:g}",
-                         {**mem, **noisy_keys(cfg, acc["recall"], acc["precision"])})
+                         {**mem, **noisy_keys(cfg, acc["recall"], max(acc["precision"], 1e-3))})
         got["noisy_oracle"] = {**sim_row(m), **acc}
         m, _ = setup.run(f"perfect@{f:g}", {**mem, "policy.prefetch": "perfect"})
         got["perfect"] = {**sim_row(m), "recall": 1.0, "precision": 1.0}
@@ -81,12 +94,22 @@ def task(cfg_node: Any) -> dict[str, Any]:
     write_csv(rows, out / "prefetch.csv")
     write_json({"kind": "experiment_prefetch", "trace": cfg.trace.path,
                 "prompts": len(trace.request_ids()), "tokens": trace.num_tokens,
-                "checkpoint": cfg.dial.checkpoint, "hardware": cfg.hardware.name, "rows": rows},
+                "checkpoint": cfg.dial.checkpoint, "hardware": cfg.hardware.name, "rows": rows,
+                "calibration": calib},
                out / "results.json")
     _plot(rows, fracs, out / "prefetch.png")
-    _summary(rows, fracs, cfg, trace, out / "summary.md")
+    _summary(rows, fracs, cfg, trace, calib, out / "summary.md")
     print(f"prefetch: {out / 'prefetch.csv'}, {out / 'prefetch.png'}, {out / 'summary.md'}")
     return {"rows": rows}
+
+
+def _calibration(cfg: Any, trace: Any, tpath: str) -> list[dict[str, float]]:
+    """Reliability of the predictor's next-layer probabilities on the replayed prompts."""
+    from sim.predictor.table import calibration, next_layer_probs
+    from traces.format import read_trace
+
+    probs = next_layer_probs(cfg.dial.checkpoint, read_trace(tpath))
+    return calibration(probs.prob, trace.experts)
 
 
 def _plot(rows: list[dict[str, Any]], fracs: list[float], path: Path) -> None:
@@ -114,7 +137,8 @@ def _plot(rows: list[dict[str, Any]], fracs: list[float], path: Path) -> None:
     save_figure(fig, path)
 
 
-def _summary(rows: list[dict[str, Any]], fracs: list[float], cfg: Any, trace: Any, path: Path) -> None:
+def _summary(rows: list[dict[str, Any]], fracs: list[float], cfg: Any, trace: Any,
+             calib: list[dict[str, float]], path: Path) -> None:
     from analysis.plots import command_line
     from sim.common.files import atomic_write_bytes
 
@@ -142,6 +166,13 @@ def _summary(rows: list[dict[str, Any]], fracs: list[float], cfg: Any, trace: An
         sh = r["share_of_perfect_stall_reduction"]
         lines.append(f"- {f:g} of the experts: the learned prefetcher achieves "
                      f"{'n/a (perfect reduces no stall)' if sh is None else f'{sh * 100:.0f} %'} "
-                     f"of perfect prefetch's stall reduction.")
+                     f"of perfect prefetch's stall reduction; a copy takes "
+                     f"{r['copy_s'] * 1e3:.3f} ms, the link is free for prefetches "
+                     f"{r['window_s'] * 1e3:.3f} ms per layer: prefetch pays above precision "
+                     f"{r['break_even_precision']:.3f} (break-even).")
+    lines += ["", "Calibration of the predictor's next-layer probabilities on these prompts "
+              "(layers 2..L):", "", "| p in | mean p | share true | n |", "|---|---|---|---|"]
+    lines += [f"| [{c['lo']:.1f}, {c['lo'] + 0.1:.1f}) | {c['mean_p']:.3f} | {c['true']:.3f} | "
+              f"{c['n']} |" for c in calib]
     lines += ["", "![prefetch](prefetch.png)", ""]
     atomic_write_bytes("\n".join(lines).encode(), path)

@@ -1,0 +1,131 @@
+"""The weighing next-layer prefetcher (sim/policies/prefetch/learned_next.py) and the link state it
+reads (sim/serving/prediction.py): figures worked out by hand."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sim.common.errors import ConfigError
+from sim.policies import PREFETCH
+from sim.policies.base import PrefetchContext
+from sim.policies.prefetch import learned_next as ln
+from sim.serving.link import Link
+from sim.serving.prediction import _now, link_backlog_s
+
+
+def test_expected_gain_and_break_even_by_hand():
+    # 0.8 x 0.3 - 0.2 x 0.5 x 0.7 = 0.24 - 0.07
+    assert ln.expected_gain(0.8, 0.3, 0.7, 0.5) == pytest.approx(0.17)
+    assert ln.expected_gain(1.0, 0.3, 0.7, 0.5) == pytest.approx(0.3)
+    assert ln.expected_gain(0.0, 0.3, 0.7, 0.5) == pytest.approx(-0.35)
+    # cost 0.5 x 1.0 against saved min(1.0, 0.5): 0.5 / (0.5 + 0.5)
+    assert ln.break_even(1.0, 0.5, 0.5) == 0.5
+    assert ln.break_even(1.0, 3.0, 0.5) == pytest.approx(1 / 3)  # saved capped at the copy
+    assert ln.break_even(1.0, 0.0, 0.5) == 1.0  # no idle link: nothing pays
+    assert ln.break_even(1.0, -0.1, 0.5) == 1.0
+    assert ln.break_even(1.0, 0.5, 0.0) == 0.0  # evicting costs nothing: anything pays
+
+
+def test_choose_fills_the_window_in_order_of_probability():
+    # c = 1, W = 1.5: 0.95 first (saved 1.0), then 0.9 (saved 0.5: 0.45 - 0.05 > 0), then the
+    # backlog (2.0) is past the window: 0.3 is refused
+    got = ln.choose(np.array([0.9, 0.3, 0.95]), 1.0, 1.5, 0.0, 0.5)
+    assert got.tolist() == [2, 0] and got.dtype == np.int64
+    assert ln.choose(np.array([0.9, 0.3, 0.95]), 1.0, 1.5, 1.5, 0.5).tolist() == []
+    assert ln.choose(np.array([0.9, 0.3, 0.95]), 1.0, 1.5, 0.5, 0.5).tolist() == [2]
+    # ties: the smaller index first
+    assert ln.choose(np.array([0.9, 0.9]), 1.0, 3.0, 0.0, 0.5).tolist() == [0, 1]
+    # a gain of exactly 0 is refused: 0.5 x 0.5 - 0.5 x 0.5 x 1.0
+    assert ln.choose(np.array([0.5]), 1.0, 0.5, 0.0, 0.5).tolist() == []
+    assert ln.choose(np.array([0.5 + 1e-9]), 1.0, 0.5, 0.0, 0.5).tolist() == [0]
+    # the first refused ends the list (a lower probability behind it is not tried)
+    assert ln.choose(np.array([0.2, 0.99]), 1.0, 0.1, 0.0, 0.0).tolist() == [1]
+    assert ln.choose(np.zeros(0), 1.0, 1.0, 0.0, 0.5).tolist() == []
+
+
+def _policy(monkeypatch, **kw):
+    # 3 tokens, 3 layers, 4 experts, top-1; probabilities for layer 1 of each token
+    prob = np.zeros((3, 3, 4), dtype=np.float16)
+    prob[:, 1] = [[0.875, 0.625, 0.125, 0.0], [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    experts = np.array([[[0], [0], [0]], [[1], [1], [1]], [[2], [3], [2]]])
+    monkeypatch.setitem(ln._PROBS, ("ck", "tr"), (SimpleNamespace(prob=prob, s_per_token=3e-4),
+                                                  experts))
+    return PREFETCH.make("learned_next", num_layers=3, num_experts=4, top_k=1, checkpoint="ck",
+                         trace_path="tr", **kw), experts
+
+
+def test_policy_probabilities_cost_and_accuracy(monkeypatch):
+    pol, experts = _policy(monkeypatch)
+    assert pol.s_per_token_layer == pytest.approx(1e-4)  # measured 3e-4 per token over 3 layers
+    pol.batch(np.array([0, 1]))
+    assert pol.cost_s() == pytest.approx(2e-4)
+    ctx = PrefetchContext(request_id="r")
+    # a batch: 1 - 0.125 x 0.5, 1 - 0.375 x 0.5
+    assert pol.next_probs(ctx, 0)[:2].tolist() == [0.9375, 0.8125]
+    tok = PrefetchContext(request_id="r", extra={"token": 0})
+    assert pol.next_layer(tok, 0, np.array([0])).tolist() == [0]  # gate 0.8: 0.875 only
+    assert pol.next_layer(tok, 2, np.array([0])).tolist() == []  # no layer after the last
+    assert pol.accuracy() == {"recall": 1.0, "precision": 1.0}
+    pol.count(tok, 0, np.array([0, 1]))  # one true of two
+    assert pol.accuracy() == {"recall": 1.0, "precision": pytest.approx(2 / 3)}
+    pol.set_routing(experts[:2])
+    with pytest.raises(ConfigError, match="not tr"):
+        pol.set_routing(experts[:, :, ::-1] + 1)
+    with pytest.raises(ConfigError, match="past the 3 tokens"):
+        pol.next_probs(PrefetchContext(request_id="r", extra={"token": 3}), 0)
+    pol2, _ = _policy(monkeypatch, call_s_per_token=0.0)
+    assert pol2.cost_s() == 0.0
+    with pytest.raises(ConfigError, match="no token or batch"):
+        pol2.next_probs(ctx, 0)
+
+
+def test_weigh_calibrates_online(monkeypatch):
+    pol, _ = _policy(monkeypatch)
+    tok = PrefetchContext(request_id="r", extra={"token": 0})
+    assert pol.calibrated(np.array([0.9, 0.3])) == pytest.approx([0.9, 0.3])  # nothing seen yet
+    # candidates 0 (p 0.875, needed) and 1 (p 0.625, not): W = 1.5, c = 1: 0, then 1 (0.625 x
+    # 0.5 - 0.375 x 0.5 > 0)
+    got = pol.weigh(tok, 0, np.array([1, 0]), 1.0, 1.5, 0.0)
+    assert got.tolist() == [0, 1] and (pol.copy_s, pol.window_s) == (1.0, 1.5)
+    # the bin of 0.875 saw one needed, that of 0.625 one not: (1 + 20 x 0.875) / 21, 12.5 / 21
+    assert pol.calibrated(np.array([0.875, 0.625])) == pytest.approx([18.5 / 21, 12.5 / 21])
+    assert pol.calibrated(np.array([0.95])) == pytest.approx([0.95])  # its bin saw none
+    assert pol.weigh(tok, 0, np.array([2, 3]), 1.0, 1.5, 0.0).tolist() == []
+    gate, _ = _policy(monkeypatch, rule="gate", gate=0.55)
+    assert gate.weigh(tok, 0, np.array([0, 1, 2]), 1.0, 0.0, 9.0).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("kw,msg", [({"rule": "best"}, "rule='best'"),
+                                    ({"gate": 1.5}, "gate=1.5"),
+                                    ({"victim_value": -1.0}, "victim_value=-1.0"),
+                                    ({"protect_p": -0.1}, "protect_p=-0.1"),
+                                    ({"call_s_per_token": -1.0}, "call_s_per_token=-1.0")])
+def test_bad_arguments_are_one_clear_line(monkeypatch, kw, msg):
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(")):
+        _policy(monkeypatch, **kw)
+    with pytest.raises(ConfigError, match="needs checkpoint"):
+        PREFETCH.make("learned_next", num_layers=3, num_experts=4, top_k=1)
+
+
+def test_link_backlog_reads_a_scratch_copy():
+    lk = Link(1e9)
+    assert link_backlog_s(lk, 0.0) == 0.0
+    lk.add(0.0, 1e9)  # one second of prefetch from 0
+    assert link_backlog_s(lk, 0.25) == pytest.approx(0.75)
+    lk.fetch(0.5, 0.5e9)  # a demand copy 0.5..1.0 pauses it
+    # served 0..0.5, paused to 1.0 (0.25 s past t = 0.75), 0.5 s left
+    assert link_backlog_s(lk, 0.75) == pytest.approx(0.75)
+    assert len(lk.pq) == 1 and lk.pt == 0.0  # the link itself unchanged
+    assert link_backlog_s(Link(float("inf")), 0.0) == 0.0
+
+
+def test_now_is_the_gate_or_the_demand_end():
+    lk = Link(1e9)
+    assert _now(lk, None) == 0.0
+    assert _now(lk, (3, 2.0, 2.5)) == 2.0  # no demand copy: the last gate
+    lk.fetch(3.0, 1e9)  # this layer's demand copy at its gate 3.0, 1 s
+    assert _now(lk, (3, 2.0, 2.5)) == 4.0
+    assert _now(lk, (3, 3.5, 3.6)) == 3.5  # an older demand copy: the last gate
