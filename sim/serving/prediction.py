@@ -34,6 +34,8 @@ from sim.serving.link import Link
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests
 
+_INF = float("inf")
+
 
 class Prediction:
     def __init__(self, plan: ClusterPlan, cost: Any, req: Requests, prefetch: PrefetchPolicy,
@@ -54,7 +56,8 @@ class Prediction:
         #: a next-layer policy that weighs each candidate against the link's state
         #: (``learned_next``): :meth:`_weighed` asks it, with the window measured by :meth:`issue`
         self.pf_weighs = bool(getattr(pf, "weighs", False))
-        self._gate: dict[int, tuple[int, float, float]] = {}  # replica -> (layer, gate, demand end)
+        #: replica -> (layer, when its experts could start: :func:`compute_start`)
+        self._gate: dict[int, tuple[int, float]] = {}
         self._pending: dict[int, int] = {}  # replica -> the layer whose prefetch issue() starts
         self.window_sum, self.window_n = 0.0, 0  # idle link seconds per layer, measured
         if self.pf_rows:
@@ -133,7 +136,9 @@ class Prediction:
         prob = pf.next_probs(rep.ctx, l)  # (E,)
         home = (l + 1) * E + np.arange(E, dtype=np.int64)
         w = self.window_s()
-        last = self._gate.get(rep.index)
+        prev = self._gate.get(rep.index)
+        after = prev[1] if prev is not None else -_INF
+        gate = prev[1] + w if prev is not None else 0.0  # this layer's gate, as estimated
         keys: list[int] = []
         for st in rep.states:
             cache = st.cache
@@ -146,7 +151,7 @@ class Prediction:
                 continue
             lk = st.link
             copy_s = lk.latency_s + (0.0 if lk.infinite else self.eb / lk.bytes_per_s)
-            now = _now(lk, last)
+            now = compute_start(lk, after, gate)
             pick = pf.weigh(rep.ctx, l, cand, copy_s, w, link_backlog_s(lk, now))
             keys.extend(home[pick].tolist())
         chosen = np.array(sorted(set(keys)), dtype=np.int64)
@@ -232,20 +237,17 @@ class Prediction:
 
     def _measure(self, rep: ReplicaState, t_gate: float) -> None:
         """Layer ``l``'s gate is ``t_gate`` (its prefetch starts now): the link was free for
-        prefetches from layer l-1's gate, or its demand copies' end if later, until now."""
+        prefetches from layer l-1's compute start (:func:`compute_start`) until now."""
         l = self._pending.pop(rep.index, -1)
         prev = self._gate.get(rep.index)
-        if prev is not None and prev[0] == l - 1 >= 0:
-            w = t_gate - max(prev[1], prev[2])
-            if w >= 0:
-                self.window_sum += w
+        after = -_INF
+        if prev is not None:
+            after = prev[1]
+            if l >= 1 and prev[0] == l - 1 and t_gate >= prev[1]:
+                self.window_sum += t_gate - prev[1]
                 self.window_n += 1
-        dem = t_gate
-        for st in rep.states:
-            lk = st.link
-            if lk._solo and not lk.infinite and lk.t >= t_gate:
-                dem = max(dem, lk.t + lk._solo / lk.bytes_per_s)
-        self._gate[rep.index] = (l, t_gate, dem)
+        cs = max(compute_start(st.link, after, t_gate) for st in rep.states)
+        self._gate[rep.index] = (l, cs)
 
     def request_start(self, rep: ReplicaState, i: int) -> list[tuple[int, list[int], list[int]]]:
         """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,
@@ -306,19 +308,18 @@ class Prediction:
         return fit_predicted(per_layer, st.capacity)
 
 
-def _now(link: Link, last: tuple[int, float, float] | None) -> float:
-    """When a next-layer prefetch decided now will start, as far as the link knows: the start of
-    the demand copies just booked (the current layer's, at its gate), else the last gate seen,
-    and not before those demand copies end (they go first)."""
-    t = last[1] if last is not None else 0.0
+def compute_start(link: Link, after: float, gate: float) -> float:
+    """When a layer whose gate is ``gate`` (or estimated so) can start its experts, as far as
+    ``link`` knows, hence when the link is next free for prefetches: after the layer's demand
+    copies (booked at its gate; a demand copy starting after ``after``, the previous layer's
+    compute start, is this layer's: its start is then the exact gate) and after the prefetched
+    copies it waited for (the link has served its prefetch queue up to ``pt``)."""
+    t = gate
     if link._solo and not link.infinite:
         g = link.t - link.latency_s
-        if g > t:
-            t = g
-        end = link.t + link._solo / link.bytes_per_s
-        if end > t and g >= (last[1] if last is not None else 0.0):
-            t = end
-    return t
+        if g > after:
+            t = max(g, link.t + link._solo / link.bytes_per_s)
+    return max(t, link.pt)
 
 
 def link_backlog_s(link: Link, t: float) -> float:

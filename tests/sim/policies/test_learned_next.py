@@ -13,7 +13,7 @@ from sim.policies import PREFETCH
 from sim.policies.base import PrefetchContext
 from sim.policies.prefetch import learned_next as ln
 from sim.serving.link import Link
-from sim.serving.prediction import _now, link_backlog_s
+from sim.serving.prediction import compute_start, link_backlog_s
 
 
 def test_expected_gain_and_break_even_by_hand():
@@ -122,10 +122,15 @@ def test_link_backlog_reads_a_scratch_copy():
     assert link_backlog_s(Link(float("inf")), 0.0) == 0.0
 
 
-def test_now_is_the_gate_or_the_demand_end():
-    lk = Link(1e9)
-    assert _now(lk, None) == 0.0
-    assert _now(lk, (3, 2.0, 2.5)) == 2.0  # no demand copy: the last gate
-    lk.fetch(3.0, 1e9)  # this layer's demand copy at its gate 3.0, 1 s
-    assert _now(lk, (3, 2.0, 2.5)) == 4.0
-    assert _now(lk, (3, 3.5, 3.6)) == 3.5  # an older demand copy: the last gate
+def test_compute_start_after_demand_copies_and_waited_prefetches():
+    lk = Link(1e9, latency_s=0.5)
+    assert compute_start(lk, -1.0, 2.0) == 2.0  # no copy at all: the gate
+    lk.fetch(3.0, 1e9)  # a demand copy booked at gate 3.0: starts 3.5, ends 4.5
+    assert compute_start(lk, 2.0, 9.0) == 4.5  # this layer's: its end (the estimate is not used)
+    assert compute_start(lk, 3.5, 9.0) == 9.0  # the previous layer's (started by 3.5): the gate
+    assert compute_start(lk, 2.99, 2.0) == 4.5
+    lk2 = Link(1e9)
+    lk2.add(0.0, 2e9)
+    lk2.finish(0)  # the layer waited for a prefetch that ended at 2.0
+    assert compute_start(lk2, -1.0, 1.0) == 2.0
+    assert compute_start(Link(float("inf")), -1.0, 1.5) == 1.5
