@@ -133,15 +133,18 @@ class NextLayerProbs:
 
 
 def next_layer_probs(checkpoint_dir: str | Path, trace: RoutingTrace, cache: bool = True,
-                     threads: int = 2) -> NextLayerProbs:
+                     threads: int = 2, lead: int = 1) -> NextLayerProbs:
     """P(expert e is in token t's top-k at layer l) for every token of ``trace``, from what is
-    known when the tokens are served one after another (the simulator's one token per iteration):
-    the token's context, its true experts at layers < l and its predecessor's (all layers). A
-    ``phased`` checkpoint answers with its decode head (``token_layers``, the predecessor has
-    finished); its prefill head reads the next token's and the whole prompt's routing, not known
-    then, so a ``prefill_layers`` checkpoint is refused. The model is trained against the uniform
-    distribution on the true top-k set (:func:`sim.predictor.token.set_loss`), so K x softmax
-    estimates the probability (clipped at 1). Cached beside the checkpoint like the table."""
+    known ``lead`` layers before, when the tokens are served one after another (the simulator's
+    one token per iteration): the token's context, its true experts at layers <= l - lead and
+    its predecessor's (all layers). A ``phased`` checkpoint answers with its decode head
+    (``token_layers``: the predecessor has finished); its prefill head reads the next token's and
+    the whole prompt's routing, not known then, so a ``prefill_layers`` checkpoint is refused.
+    The model is trained against the uniform distribution on the true top-k set
+    (:func:`sim.predictor.token.set_loss`), so K x softmax estimates the probability (clipped at
+    1). For ``lead`` d > 1 the layers l-d+1 .. l-1 the model reads are its own top-k predictions
+    at their leads (one forward per layer l; every token's layers are replaced, its
+    predecessor's included, which only hides information). Cached beside the checkpoint."""
     from sim.predictor import checkpoint
 
     d = Path(checkpoint_dir)
@@ -153,12 +156,14 @@ def next_layer_probs(checkpoint_dir: str | Path, trace: RoutingTrace, cache: boo
         raise ConfigError(f"{d}: a prefill_layers predictor reads later tokens' routing; one "
                           f"token per iteration needs a layer-causal one (the default, or "
                           f"predictor=layers)")
+    if mode not in ("phased", "token_layers") and lead > 1:
+        raise ConfigError(f"{d}: lead {lead} needs a layer-causal predictor (mode {mode})")
     L, E = trace.num_layers, trace.num_experts
     tm = ck.get("trace", {})
     if (tm.get("num_layers"), tm.get("num_experts")) != (L, E):
         raise ConfigError(f"{d}: predictor trained for {tm.get('num_layers')} layers x "
                           f"{tm.get('num_experts')} experts; the trace has {L} x {E}")
-    key = "p" + _digest(d, trace)
+    key = "p" + _digest(d, trace) + ("" if lead == 1 else f"_d{lead}")
     path = d / TABLE_DIR / f"{key}.npz"
     if cache and path.exists():
         try:
@@ -168,7 +173,8 @@ def next_layer_probs(checkpoint_dir: str | Path, trace: RoutingTrace, cache: boo
                 return NextLayerProbs(prob, s_tok, key, path)
         except (OSError, ValueError, KeyError):
             pass
-    prob, s_tok = _score_probs(d, trace, threads)
+    lower = [next_layer_probs(d, trace, cache, threads, k).prob for k in range(1, lead)]
+    prob, s_tok = _score_probs(d, trace, threads, lower)
     if cache:
         from sim.common.files import atomic_write_bytes
 
@@ -179,7 +185,11 @@ def next_layer_probs(checkpoint_dir: str | Path, trace: RoutingTrace, cache: boo
     return NextLayerProbs(prob, s_tok, key, path)
 
 
-def _score_probs(d: Path, trace: RoutingTrace, threads: int) -> tuple[np.ndarray, float]:
+def _score_probs(d: Path, trace: RoutingTrace, threads: int,
+                 lower: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Probabilities at lead ``len(lower) + 1``; ``lower[k-1]`` (T, L, E) those at lead k."""
+    import dataclasses
+
     import torch
 
     from sim.predictor import checkpoint
@@ -195,8 +205,21 @@ def _score_probs(d: Path, trace: RoutingTrace, threads: int) -> tuple[np.ndarray
     enc = encode(trace, vocab, int(ck["token_model"]["num_pos_buckets"]))
     req = np.arange(len(trace.request_bounds()) - 1, dtype=np.int64)
     run_cfg = {"window": ck["window"], "batch_tokens": ck["batch_tokens"]}
+    K = trace.top_k
     t0 = time.perf_counter()
-    _, sm = _predict_one(tok_model, enc, req, trace.top_k, run_cfg, prob_sums=True, per_token=True)
+    if not lower:
+        _, sm = _predict_one(tok_model, enc, req, K, run_cfg, prob_sums=True, per_token=True)
+    else:
+        lead = len(lower) + 1
+        tops = [np.argsort(-p.astype(np.float32), axis=-1, kind="stable")[..., :K] for p in lower]
+        sm = np.zeros((trace.num_tokens, trace.num_layers, trace.num_experts), dtype=np.float32)
+        for m in range(lead - 1, trace.num_layers):  # layers < lead - 1: nothing known before
+            ex = enc.experts.copy()
+            for j in range(m - lead + 1, m):  # predicted at lead j - (m - lead)
+                ex[:, j] = tops[j - (m - lead) - 1][:, j]
+            _, sub = _predict_one(tok_model, dataclasses.replace(enc, experts=ex), req, K,
+                                  run_cfg, prob_sums=True, per_token=True)
+            sm[:, m] = sub[:, m]
     s_tok = (time.perf_counter() - t0) / max(trace.num_tokens, 1)
     prob = np.minimum(trace.top_k * np.asarray(sm, dtype=np.float32), 1.0)
     return prob.astype(np.float16), s_tok

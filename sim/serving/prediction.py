@@ -56,6 +56,7 @@ class Prediction:
         #: a next-layer policy that weighs each candidate against the link's state
         #: (``learned_next``): :meth:`_weighed` asks it, with the window measured by :meth:`issue`
         self.pf_weighs = bool(getattr(pf, "weighs", False))
+        #: a next-layer policy's layers ahead: at layer l it loads for layer l + lead (1: next)
         #: replica -> (layer, when its experts could start: :func:`compute_start`)
         self._gate: dict[int, tuple[int, float]] = {}
         self._pending: dict[int, int] = {}  # replica -> the layer whose prefetch issue() starts
@@ -112,10 +113,11 @@ class Prediction:
             np.flatnonzero(used_flat[l * E:(l + 1) * E])
         if l + 1 < self.L and self.pf_weighs:
             return self._weighed(rep, l, step0, need, active)
-        if l + 1 < self.L:
+        d = int(getattr(self.prefetch, "lead", 1))
+        if l + d < self.L:
             pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
             if len(pred):
-                return self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, need, l + 1, active,
+                return self.prefetch_keys(rep, (l + d) * E + pred, step0 + l, need, l + d, active,
                                           in_use=l)
         return []
 
@@ -126,48 +128,54 @@ class Prediction:
 
     def _weighed(self, rep: ReplicaState, l: int, step0: int, need: list[list[Any]],
                  active: list[Any] | None) -> list[tuple[int, list[int], list[int]]]:
-        """A weighing policy's prefetch for layer ``l + 1``: per GPU, the candidates (its
-        experts of that layer not resident) with their probabilities, the copy time on its link,
-        the window and the link's prefetch backlog now (:func:`link_backlog_s`) go to the
-        policy's ``weigh``; the experts it picks are loaded, the layer's experts of probability
-        >= ``protect_p`` protected."""
-        E, pf = self.E, self.prefetch
+        """A weighing policy's prefetch after layer ``l``, for layers l+1 .. l+lead: per GPU, the
+        candidates (its experts of those layers not resident), the copy time on its link, the
+        window and the link's prefetch backlog now (:func:`link_backlog_s`) go to the policy's
+        ``weigh``; the experts it picks are loaded, those of probability >= ``protect_p`` and
+        what the batch needs at layers l .. l+lead protected."""
+        E, L, pf = self.E, self.L, self.prefetch
         self._pending[rep.index] = l
-        prob = pf.next_probs(rep.ctx, l)  # (E,)
-        home = (l + 1) * E + np.arange(E, dtype=np.int64)
+        ks = [k for k in range(1, int(pf.lead) + 1) if l + k < L]
+        homes = [(l + k) * E + np.arange(E, dtype=np.int64) for k in ks]
         w = self.window_s()
         prev = self._gate.get(rep.index)
         after = prev[1] if prev is not None else -_INF
         gate = prev[1] + w if prev is not None else 0.0  # this layer's gate, as estimated
-        keys: list[int] = []
+        chosen: list[list[int]] = [[] for _ in ks]
         for st in rep.states:
             cache = st.cache
             if cache is None:
                 continue
             res = cache.resident
-            cand = np.array([e for e in range(E) if st.home_mask[home[e]] and home[e] not in res],
-                            dtype=np.int64)
-            if not len(cand):
+            cands = [np.array([e for e in range(E) if st.home_mask[h[e]] and h[e] not in res],
+                              dtype=np.int64) for h in homes]
+            if not any(len(c) for c in cands):
                 continue
             lk = st.link
             copy_s = lk.latency_s + (0.0 if lk.infinite else self.eb / lk.bytes_per_s)
             now = compute_start(lk, after, gate)
-            pick = pf.weigh(rep.ctx, l, cand, copy_s, w, link_backlog_s(lk, now))
-            keys.extend(home[pick].tolist())
-        chosen = np.array(sorted(set(keys)), dtype=np.int64)
-        pf.count(rep.ctx, l, chosen - (l + 1) * E)
-        if not len(chosen):
+            picks = pf.weigh(rep.ctx, l, cands, copy_s, w, link_backlog_s(lk, now))
+            for i, pick in enumerate(picks):
+                chosen[i].extend(pick.tolist())
+        keys: list[int] = []
+        extra: list[int] = []
+        for i, k in enumerate(ks):
+            got = np.array(sorted(set(chosen[i])), dtype=np.int64)
+            pf.count(rep.ctx, l, got, k)
+            keys.extend((homes[i][got]).tolist())
+            extra.extend(homes[i][pf.next_probs(rep.ctx, l, k) >= pf.cfg.protect_p].tolist())
+        if not keys:
             return []
-        extra = home[prob >= pf.cfg.protect_p].tolist()
-        return self.prefetch_keys(rep, chosen, step0 + l, need, l + 1, active, in_use=l,
-                                  extra=extra)
+        return self.prefetch_keys(rep, np.array(keys, dtype=np.int64), step0 + l, need, l + ks[-1],
+                                  active, in_use=l, extra=extra)
 
     def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, need: list[list[Any]],
                       layer: int, active: list[Any] | None = None, in_use: int | None = None,
                       extra: list[int] | None = None) -> list[tuple[int, list[int], list[int]]]:
-        """Load predicted keys of ``layer`` into the GPUs that hold them (the decision: the
-        caches' ``insert``), protecting what GPU g's ``need[g]`` says ``layer`` and ``in_use``
-        (the layer computing while the copies start) need, under GPU g's ``active[g]`` set;
+        """Load predicted keys of layers up to ``layer`` into the GPUs that hold them (the
+        decision: the caches' ``insert``), protecting what GPU g's ``need[g]`` says the layers
+        from ``in_use`` (the layer computing while the copies start) to ``layer`` need, and the
+        keys ``extra``, under GPU g's ``active[g]`` set;
         returns the copies that makes, ``(GPU index in the replica, keys loaded, keys evicted)``
         per GPU that loaded any, in the order decided, for the driver to carry out (the
         simulator: :meth:`issue`; realrun copies the loaded keys into the evicted ones' slots)."""
@@ -181,8 +189,10 @@ class Prediction:
                 continue
             ng = need[g]
             protect = ng[layer] if layer < len(ng) else ()
-            if in_use is not None and in_use < len(ng) and ng[in_use]:
-                protect = set(protect).union(ng[in_use])
+            if in_use is not None and in_use < len(ng):  # (and the layers between, loading ahead)
+                for j in range(in_use, min(layer, len(ng))):
+                    if ng[j]:
+                        protect = set(protect).union(ng[j])
             if extra:
                 protect = set(protect).union(extra)
             act = active[g] if active is not None else None

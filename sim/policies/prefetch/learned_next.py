@@ -40,7 +40,8 @@ from sim.common.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
 
 BINS, PRIOR = 10, 20.0  # online calibration: probability bins, pseudo-counts
-_PROBS: dict[tuple[str, str], Any] = {}  # (checkpoint, trace) -> (probs, trace experts)
+_PROBS: dict[tuple[str, str, int], Any] = {}  # (checkpoint, trace, lead) -> (probs, experts)
+MAX_LEAD = 4
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class LearnedNextConfig:
     #: expected share of a copy lost per expert a wrong prefetch evicts: the marginal value of
     #: an LRU slot, (misses at C-1 slots - misses at C) per insertion, ~0.5 on DeepSeek-V2-Lite
     victim_value: float = 0.5
-    protect_p: float = 0.5  # a layer-(l+1) expert with p >= this is never evicted by a prefetch
+    protect_p: float = 0.5  # an expert of layers l+1..l+lead with p >= this is never evicted
+    lead: int = 1  # layers ahead weighed at layer l: l+1 .. l+lead (1..4)
 
 
 def expected_gain(p: float, saved_s: float, copy_s: float, victim_value: float) -> float:
@@ -72,7 +74,8 @@ def break_even(copy_s: float, window_s: float, victim_value: float) -> float:
 
 def choose(prob: np.ndarray, copy_s: float, window_s: float, backlog_s: float,
            victim_value: float) -> np.ndarray:
-    """Indices into ``prob`` (n,) of the candidates to prefetch, in the order chosen."""
+    """Indices into ``prob`` (n,) of the candidates to prefetch, in the order chosen; a copy
+    chosen for a layer d ahead has ``window_s`` = d windows."""
     p = np.asarray(prob, dtype=np.float64)
     order = np.lexsort((np.arange(len(p)), -p))
     out: list[int] = []
@@ -86,15 +89,16 @@ def choose(prob: np.ndarray, copy_s: float, window_s: float, backlog_s: float,
     return np.asarray(out, dtype=np.int64)
 
 
-def _load(checkpoint: str, trace_path: str) -> tuple[Any, np.ndarray]:
-    key = (checkpoint, trace_path)
+def _load(checkpoint: str, trace_path: str, lead: int) -> tuple[Any, np.ndarray]:
+    """(probabilities at lead ``lead``, the trace's experts), loaded once per process."""
+    key = (checkpoint, trace_path, lead)
     if key not in _PROBS:
         from sim.common.files import require_file
         from sim.predictor.table import next_layer_probs
         from traces.format import read_trace
 
         trace = read_trace(require_file(trace_path, "policy.prefetch_args.trace_path"))
-        _PROBS[key] = (next_layer_probs(checkpoint, trace), np.asarray(trace.experts))
+        _PROBS[key] = (next_layer_probs(checkpoint, trace, lead=lead), np.asarray(trace.experts))
     return _PROBS[key]
 
 
@@ -118,22 +122,28 @@ class LearnedNext(PrefetchPolicy):
             if not 0.0 <= v <= (1.0 if key != "victim_value" else float("inf")):
                 raise ConfigError(f"learned_next: {key}={v}; expected "
                                   f"{'>= 0' if key == 'victim_value' else 'in [0, 1]'}")
+        if not 1 <= c.lead <= MAX_LEAD:
+            raise ConfigError(f"learned_next: lead={c.lead}; expected 1 <= lead <= {MAX_LEAD}")
         cs = c.call_s_per_token
         if cs is not None and not cs >= 0:
             raise ConfigError(f"learned_next: call_s_per_token={cs}; expected >= 0")
-        probs, ex = _load(str(c.checkpoint), str(c.trace_path))
+        self.lead = int(c.lead)
+        loaded = [_load(str(c.checkpoint), str(c.trace_path), k) for k in range(1, self.lead + 1)]
+        probs, ex = loaded[0]
         if ex.shape[1:] != (self.num_layers, self.top_k) or probs.prob.shape[2] != self.num_experts:
             raise ConfigError(f"{c.trace_path}: routing has {ex.shape[1]} layers, top-"
                               f"{ex.shape[2]}; the model has {self.num_layers}, top-{self.top_k}")
-        self._prob = probs.prob  # (T, L, E) float16
+        self._probs = [p.prob for p, _ in loaded]  # per lead k: (T, L, E) float16
+        self._prob = self._probs[0]
         self._truth = ex  # (T, L, K)
         self.measured_s_per_token = float(probs.s_per_token)
         self.s_per_token_layer = float(cs) if cs is not None else probs.s_per_token / self.num_layers
         self._batch: np.ndarray | None = None
-        self.hits = self.predicted = self.true = 0
+        #: per lead k - 1: experts chosen that the layer needed, chosen, needed
+        self.hits_d, self.predicted_d, self.true_d = ([0] * self.lead for _ in range(3))
         self.copy_s = self.window_s = 0.0
-        self._cal_n = np.zeros(BINS)  # candidates seen per probability bin
-        self._cal_true = np.zeros(BINS)  # of them, needed
+        self._cal_n = np.zeros((self.lead, BINS))  # candidates seen per lead and probability bin
+        self._cal_true = np.zeros((self.lead, BINS))  # of them, needed
 
     # -- simulator hooks (sim.serving.prediction) ------------------------------------------------
     def set_routing(self, experts: np.ndarray) -> None:
@@ -165,56 +175,71 @@ class LearnedNext(PrefetchPolicy):
                               f"{len(self._prob)} tokens of {self.cfg.trace_path}")
         return rows
 
-    def next_probs(self, ctx: PrefetchContext, layer: int) -> np.ndarray:
-        """(E,) P(some token served needs expert e at layer ``layer + 1``)."""
-        p = self._prob[self._rows(ctx), layer + 1].astype(np.float64)  # (T, E)
+    def next_probs(self, ctx: PrefetchContext, layer: int, k: int = 1) -> np.ndarray:
+        """(E,) P(some token served needs expert e at layer ``layer + k``), known at ``layer``."""
+        p = self._probs[k - 1][self._rows(ctx), layer + k].astype(np.float64)  # (T, E)
         return 1.0 - np.prod(1.0 - p, axis=0)
 
-    def calibrated(self, prob: np.ndarray) -> np.ndarray:
-        """``prob`` mapped to the share of earlier candidates of its bin that were needed
-        (:data:`BINS` bins of width 1/BINS; ``PRIOR`` pseudo-counts at the probability itself)."""
+    def calibrated(self, prob: np.ndarray, k: int = 1) -> np.ndarray:
+        """``prob`` at lead ``k`` mapped to the share of earlier candidates of its bin that were
+        needed (:data:`BINS` bins of width 1/BINS; ``PRIOR`` pseudo-counts at the probability)."""
         p = np.asarray(prob, dtype=np.float64)
         b = np.minimum((p * BINS).astype(np.int64), BINS - 1)
-        return (self._cal_true[b] + PRIOR * p) / (self._cal_n[b] + PRIOR)
+        return (self._cal_true[k - 1, b] + PRIOR * p) / (self._cal_n[k - 1, b] + PRIOR)
 
-    def weigh(self, ctx: PrefetchContext, layer: int, cand: np.ndarray, copy_s: float,
-              window_s: float, backlog_s: float) -> np.ndarray:
-        """The experts among the candidates ``cand`` (not resident) of layer ``layer + 1`` to
-        prefetch (the configured rule), weighed at their calibrated probabilities; then the
-        calibration learns which candidates that layer needed (it is read only by later
-        decisions). The copy time and window are kept (``copy_s``, ``window_s``)."""
+    def weigh(self, ctx: PrefetchContext, layer: int, cands: list[np.ndarray], copy_s: float,
+              window_s: float, backlog_s: float) -> list[np.ndarray]:
+        """Per lead k = 1, 2, ..: the experts among the candidates ``cands[k - 1]`` (not
+        resident) of layer ``layer + k`` to prefetch (the configured rule), weighed at their
+        calibrated probabilities, nearer layers first (their copies queue first), a layer k
+        ahead with k windows; then the calibration learns which candidates those layers needed
+        (read only by later decisions). The copy time and window are kept (``copy_s``,
+        ``window_s``)."""
         self.copy_s, self.window_s = copy_s, window_s
-        cand = np.asarray(cand, dtype=np.int64)
-        raw = self.next_probs(ctx, layer)[cand]
-        if self.cfg.rule == "gate":
-            pick = np.flatnonzero(raw >= self.cfg.gate)
-        else:
-            pick = choose(self.calibrated(raw), copy_s, window_s, backlog_s, self.cfg.victim_value)
-        hot = np.zeros(self.num_experts, dtype=bool)
-        hot[self._truth[self._rows(ctx), layer + 1].ravel()] = True
-        b = np.minimum((raw * BINS).astype(np.int64), BINS - 1)
-        self._cal_n += np.bincount(b, minlength=BINS)
-        self._cal_true += np.bincount(b, weights=hot[cand], minlength=BINS)
-        return cand[pick]
+        out: list[np.ndarray] = []
+        b = float(backlog_s)
+        for k, cand in enumerate(cands, start=1):
+            cand = np.asarray(cand, dtype=np.int64)
+            raw = self.next_probs(ctx, layer, k)[cand]
+            if self.cfg.rule == "gate":
+                pick = np.flatnonzero(raw >= self.cfg.gate)
+            else:
+                pick = choose(self.calibrated(raw, k), copy_s, k * window_s, b,
+                              self.cfg.victim_value)
+            b += len(pick) * copy_s
+            hot = np.zeros(self.num_experts, dtype=bool)
+            hot[self._truth[self._rows(ctx), layer + k].ravel()] = True
+            bins = np.minimum((raw * BINS).astype(np.int64), BINS - 1)
+            self._cal_n[k - 1] += np.bincount(bins, minlength=BINS)
+            self._cal_true[k - 1] += np.bincount(bins, weights=hot[cand], minlength=BINS)
+            out.append(cand[pick])
+        return out
 
-    def count(self, ctx: PrefetchContext, layer: int, chosen: np.ndarray) -> None:
-        """Count the experts chosen for layer ``layer + 1`` against what it used."""
+    def count(self, ctx: PrefetchContext, layer: int, chosen: np.ndarray, k: int = 1) -> None:
+        """Count the experts chosen for layer ``layer + k`` against what it used."""
         pred = np.unique(np.asarray(chosen, dtype=np.int64))
-        true = np.unique(self._truth[self._rows(ctx), layer + 1])
-        self.hits += len(np.intersect1d(pred, true, assume_unique=True))
-        self.predicted += len(pred)
-        self.true += len(true)
+        true = np.unique(self._truth[self._rows(ctx), layer + k])
+        self.hits_d[k - 1] += len(np.intersect1d(pred, true, assume_unique=True))
+        self.predicted_d[k - 1] += len(pred)
+        self.true_d[k - 1] += len(true)
 
     def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:
-        """Without the link's state (the cache replay): the experts with p >= ``gate``."""
+        """Without the link's state (the cache replay): the experts of layer ``layer + 1`` with
+        p >= ``gate``."""
         if layer + 1 >= self.num_layers:
             return np.zeros(0, dtype=np.int64)
         pred = np.flatnonzero(self.next_probs(ctx, layer) >= self.cfg.gate).astype(np.int64)
         self.count(ctx, layer, pred)
         return pred
 
+    def accuracy_by_lead(self) -> list[dict[str, float]]:
+        """Per lead k: micro recall and precision of the sets chosen for layers k ahead."""
+        return [{"lead": k + 1, "recall": self.hits_d[k] / max(self.true_d[k], 1),
+                 "precision": self.hits_d[k] / max(self.predicted_d[k], 1),
+                 "chosen": self.predicted_d[k]} for k in range(self.lead)]
+
     def accuracy(self) -> dict[str, float]:
-        """Micro recall and precision of the sets chosen so far (against all the experts the
-        next layer used, resident or not)."""
-        return {"recall": self.hits / max(self.true, 1),
-                "precision": self.hits / max(self.predicted, 1)}
+        """Micro recall and precision of the sets chosen so far, all leads (against all the
+        experts the layers used, resident or not)."""
+        h, p, t = sum(self.hits_d), sum(self.predicted_d), sum(self.true_d)
+        return {"recall": h / max(t, 1), "precision": h / max(p, 1)}

@@ -51,8 +51,13 @@ def _policy(monkeypatch, **kw):
     prob = np.zeros((3, 3, 4), dtype=np.float16)
     prob[:, 1] = [[0.875, 0.625, 0.125, 0.0], [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
     experts = np.array([[[0], [0], [0]], [[1], [1], [1]], [[2], [3], [2]]])
-    monkeypatch.setitem(ln._PROBS, ("ck", "tr"), (SimpleNamespace(prob=prob, s_per_token=3e-4),
-                                                  experts))
+    # lead 2: layer 2 of each token, from layer 0
+    prob2 = np.zeros((3, 3, 4), dtype=np.float16)
+    prob2[:, 2] = [[0.25, 0.0, 0.0, 0.75], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0]]
+    monkeypatch.setitem(ln._PROBS, ("ck", "tr", 1), (SimpleNamespace(prob=prob, s_per_token=3e-4),
+                                                     experts))
+    monkeypatch.setitem(ln._PROBS, ("ck", "tr", 2), (SimpleNamespace(prob=prob2, s_per_token=0.0),
+                                                     experts))
     return PREFETCH.make("learned_next", num_layers=3, num_experts=4, top_k=1, checkpoint="ck",
                          trace_path="tr", **kw), experts
 
@@ -71,6 +76,8 @@ def test_policy_probabilities_cost_and_accuracy(monkeypatch):
     assert pol.accuracy() == {"recall": 1.0, "precision": 1.0}
     pol.count(tok, 0, np.array([0, 1]))  # one true of two
     assert pol.accuracy() == {"recall": 1.0, "precision": pytest.approx(2 / 3)}
+    assert pol.accuracy_by_lead() == [{"lead": 1, "recall": 1.0, "precision": pytest.approx(2 / 3),
+                                       "chosen": 3}]
     pol.set_routing(experts[:2])
     with pytest.raises(ConfigError, match="not tr"):
         pol.set_routing(experts[:, :, ::-1] + 1)
@@ -88,20 +95,41 @@ def test_weigh_calibrates_online(monkeypatch):
     assert pol.calibrated(np.array([0.9, 0.3])) == pytest.approx([0.9, 0.3])  # nothing seen yet
     # candidates 0 (p 0.875, needed) and 1 (p 0.625, not): W = 1.5, c = 1: 0, then 1 (0.625 x
     # 0.5 - 0.375 x 0.5 > 0)
-    got = pol.weigh(tok, 0, np.array([1, 0]), 1.0, 1.5, 0.0)
-    assert got.tolist() == [0, 1] and (pol.copy_s, pol.window_s) == (1.0, 1.5)
+    got = pol.weigh(tok, 0, [np.array([1, 0])], 1.0, 1.5, 0.0)
+    assert [g.tolist() for g in got] == [[0, 1]] and (pol.copy_s, pol.window_s) == (1.0, 1.5)
     # the bin of 0.875 saw one needed, that of 0.625 one not: (1 + 20 x 0.875) / 21, 12.5 / 21
     assert pol.calibrated(np.array([0.875, 0.625])) == pytest.approx([18.5 / 21, 12.5 / 21])
     assert pol.calibrated(np.array([0.95])) == pytest.approx([0.95])  # its bin saw none
-    assert pol.weigh(tok, 0, np.array([2, 3]), 1.0, 1.5, 0.0).tolist() == []
+    assert pol.weigh(tok, 0, [np.array([2, 3])], 1.0, 1.5, 0.0)[0].tolist() == []
     gate, _ = _policy(monkeypatch, rule="gate", gate=0.55)
-    assert gate.weigh(tok, 0, np.array([0, 1, 2]), 1.0, 0.0, 9.0).tolist() == [0, 1]
+    assert gate.weigh(tok, 0, [np.array([0, 1, 2])], 1.0, 0.0, 9.0)[0].tolist() == [0, 1]
+
+
+def test_weigh_two_layers_ahead(monkeypatch):
+    pol, _ = _policy(monkeypatch, lead=2)
+    tok = PrefetchContext(request_id="r", extra={"token": 0})
+    assert pol.next_probs(tok, 0, 2).tolist() == [0.25, 0.0, 0.0, 0.75]
+    # c = 1, W = 0.75. Layer 1: 0.875 x 0.75 - 0.125 x 0.5 > 0: expert 0; backlog 1. Layer 2
+    # (two windows, 1.5): 0.75 x min(1, 0.5) - 0.25 x 0.5 = 0.25 > 0: expert 3; then 0.25 with
+    # backlog 2 is refused
+    got = pol.weigh(tok, 0, [np.array([0, 2]), np.array([0, 3])], 1.0, 0.75, 0.0)
+    assert [g.tolist() for g in got] == [[0], [3]]
+    # without the nearer layer's copy ahead of it: 0.75 x 1 - 0.125 > 0, then 0.25 x 0.5 - 0.375
+    got = pol.weigh(tok, 0, [np.array([], dtype=np.int64), np.array([0, 3])], 1.0, 0.75, 0.0)
+    assert [g.tolist() for g in got] == [[], [3]]
+    # the lead-2 calibration learned apart: expert 3 of layer 2 was not needed (token 0 uses 0)
+    assert pol.calibrated(np.array([0.75]), 2)[0] == pytest.approx(15 / 22)
+    assert pol.calibrated(np.array([0.75]), 1)[0] == pytest.approx(0.75)
+    pol.count(tok, 0, np.array([3]), 2)
+    assert pol.accuracy_by_lead()[1] == {"lead": 2, "recall": 0.0, "precision": 0.0, "chosen": 1}
+    assert pol.accuracy() == {"recall": 0.0, "precision": 0.0}
 
 
 @pytest.mark.parametrize("kw,msg", [({"rule": "best"}, "rule='best'"),
                                     ({"gate": 1.5}, "gate=1.5"),
                                     ({"victim_value": -1.0}, "victim_value=-1.0"),
                                     ({"protect_p": -0.1}, "protect_p=-0.1"),
+                                    ({"lead": 0}, "lead=0"), ({"lead": 5}, "lead=5"),
                                     ({"call_s_per_token": -1.0}, "call_s_per_token=-1.0")])
 def test_bad_arguments_are_one_clear_line(monkeypatch, kw, msg):
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(")):
@@ -134,3 +162,21 @@ def test_compute_start_after_demand_copies_and_waited_prefetches():
     lk2.finish(0)  # the layer waited for a prefetch that ended at 2.0
     assert compute_start(lk2, -1.0, 1.0) == 2.0
     assert compute_start(Link(float("inf")), -1.0, 1.5) == 1.5
+
+
+def test_perfect_looks_lead_layers_ahead():
+    ex = np.array([[[0], [1], [2], [3]], [[3], [2], [1], [0]]])  # 2 tokens, 4 layers, top-1
+    pol = PREFETCH.make("perfect", num_layers=4, num_experts=4, top_k=1, lead=2)
+    pol.set_routing(ex)
+    pol.batch(np.array([0, 1]))
+    ctx = PrefetchContext(request_id="r")
+    assert pol.next_layer(ctx, 0, np.array([0])).tolist() == [1, 2]  # layer 2's
+    assert pol.next_layer(ctx, 1, np.array([0])).tolist() == [0, 3]  # layer 3's
+    assert pol.next_layer(ctx, 2, np.array([0])).tolist() == []
+    one = PREFETCH.make("perfect", num_layers=4, num_experts=4, top_k=1)
+    one.set_routing(ex)
+    one.batch(np.array([0]))
+    assert one.next_layer(ctx, 0, np.array([0])).tolist() == [1] and one.lead == 1
+    for bad in (0, 4):
+        with pytest.raises(ConfigError, match=f"lead={bad}"):
+            PREFETCH.make("perfect", num_layers=4, num_experts=4, top_k=1, lead=bad)
