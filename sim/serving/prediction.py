@@ -135,6 +135,8 @@ class Prediction:
         what the batch needs at layers l .. l+lead protected."""
         E, L, pf = self.E, self.L, self.prefetch
         self._pending[rep.index] = l
+        if not pf.running:  # (the predictor does not run on this iteration)
+            return []
         ks = [k for k in range(1, int(pf.lead) + 1) if l + k < L]
         homes = [(l + k) * E + np.arange(E, dtype=np.int64) for k in ks]
         w = self.window_s()
@@ -154,7 +156,10 @@ class Prediction:
             lk = st.link
             copy_s = lk.latency_s + (0.0 if lk.infinite else self.eb / lk.bytes_per_s)
             now = compute_start(lk, after, gate)
-            picks = pf.weigh(rep.ctx, l, cands, copy_s, w, link_backlog_s(lk, now))
+            n = cache.counts
+            hits = n.hits + n.late_prefetch_hits
+            picks = pf.weigh(rep.ctx, l, cands, copy_s, w, link_backlog_s(lk, now), hits,
+                             hits + n.misses)
             for i, pick in enumerate(picks):
                 chosen[i].extend(pick.tolist())
         keys: list[int] = []

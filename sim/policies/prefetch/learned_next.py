@@ -51,16 +51,31 @@ class LearnedNextConfig:
     call_s_per_token: float | None = None  # seconds per token per layer (None: measured)
     rule: str = "ev"  # ev (expected value, above) | gate (every expert with p >= gate)
     gate: float = 0.8  # rule gate (and the replay): the least probability prefetched
-    #: expected share of a copy lost per expert a wrong prefetch evicts: the marginal value of
-    #: an LRU slot, (misses at C-1 slots - misses at C) per insertion, ~0.5 on DeepSeek-V2-Lite
-    victim_value: float = 0.5
+    #: expected copies lost per expert a wrong prefetch evicts (null: from the cache's hit rate h,
+    #: ``victim_scale`` x h / (1 - h), see :func:`victim_value`)
+    victim_value: float | None = None
+    victim_scale: float = 0.5
     protect_p: float = 0.5  # an expert of layers l+1..l+lead with p >= this is never evicted
     lead: int = 1  # layers ahead weighed at layer l: l+1 .. l+lead (1..4)
+    #: while the expected gain per token has not paid the predictor's compute, it runs on one
+    #: iteration in ``probe`` only (0: on every iteration)
+    probe: int = 8
 
 
 def expected_gain(p: float, saved_s: float, copy_s: float, victim_value: float) -> float:
     """Seconds a prefetch is expected to take off the stall (see the module doc)."""
     return p * saved_s - (1.0 - p) * victim_value * copy_s
+
+
+def victim_value(hits: int, accesses: int, scale: float) -> float:
+    """Copies a wrong prefetch is expected to cost by what it evicts. It holds a slot for a whole
+    LRU cycle (C slots / m misses per access), as if the cache had one slot less: slope x C / m =
+    -d ln m / d ln C, the elasticity of the miss rate m to the slots C. On DeepSeek-V2-Lite's
+    trace (LRU, 25 / 50 / 75 % of the experts: hit rate 0.439 / 0.690 / 0.886) it is ~0.45 at
+    25 % and ~4 at 75 %, which ``scale`` x h / (1 - h) with scale 0.5 follows (0.39, 3.9); h is
+    the cache's hit rate so far, (hits + 1) / (accesses + 2), capped at 0.99."""
+    h = min((hits + 1.0) / (accesses + 2.0), 0.99)
+    return scale * h / (1.0 - h)
 
 
 def break_even(copy_s: float, window_s: float, victim_value: float) -> float:
@@ -117,11 +132,14 @@ class LearnedNext(PrefetchPolicy):
                               "predictor train') and trace_path=FILE (the routing trace replayed)")
         if c.rule not in ("ev", "gate"):
             raise ConfigError(f"learned_next: rule={c.rule!r}; expected ev or gate")
-        for key in ("gate", "victim_value", "protect_p"):
+        for key in ("gate", "victim_value", "victim_scale", "protect_p"):
             v = getattr(c, key)
-            if not 0.0 <= v <= (1.0 if key != "victim_value" else float("inf")):
+            unit = key in ("gate", "protect_p")
+            if v is not None and not 0.0 <= v <= (1.0 if unit else float("inf")):
                 raise ConfigError(f"learned_next: {key}={v}; expected "
-                                  f"{'>= 0' if key == 'victim_value' else 'in [0, 1]'}")
+                                  f"{'in [0, 1]' if unit else '>= 0'}")
+        if not c.probe >= 0:
+            raise ConfigError(f"learned_next: probe={c.probe}; expected >= 0 (0: always runs)")
         if not 1 <= c.lead <= MAX_LEAD:
             raise ConfigError(f"learned_next: lead={c.lead}; expected 1 <= lead <= {MAX_LEAD}")
         cs = c.call_s_per_token
@@ -142,6 +160,11 @@ class LearnedNext(PrefetchPolicy):
         #: per lead k - 1: experts chosen that the layer needed, chosen, needed
         self.hits_d, self.predicted_d, self.true_d = ([0] * self.lead for _ in range(3))
         self.copy_s = self.window_s = 0.0
+        self.victim = c.victim_value if c.victim_value is not None else 0.0
+        #: the predictor runs on this iteration; expected seconds saved per token it ran on
+        #: (starting at the break-even: it runs until it has measured otherwise)
+        self.running, self.gain_per_token = True, self.s_per_token_layer * self.num_layers
+        self._gain, self._tokens, self._off = 0.0, 0, 0
         self._cal_n = np.zeros((self.lead, BINS))  # candidates seen per lead and probability bin
         self._cal_true = np.zeros((self.lead, BINS))  # of them, needed
 
@@ -156,9 +179,26 @@ class LearnedNext(PrefetchPolicy):
                               f"{self.cfg.trace_path}, the trace its predictions were computed on")
 
     def batch(self, rows: np.ndarray) -> None:
+        """The next iteration serves pool rows ``rows``: the predictor runs on it (``running``)
+        if its expected gain per token (a moving mean, weight 1/16, over the iterations it ran)
+        covers its compute per token (L layers), or on a probe (one iteration in ``probe``;
+        ``rule: gate`` weighs nothing and always runs)."""
+        self._settle()
         self._batch = np.asarray(rows, dtype=np.int64)
+        pays = self.cfg.rule == "gate" or self.gain_per_token >= self.s_per_token_layer * self.num_layers
+        self._off = 0 if pays else self._off + 1
+        self.running = pays or self.cfg.probe == 0 or self._off % self.cfg.probe == 0
+        self._tokens = len(rows) if self.running else 0
+
+    def _settle(self) -> None:
+        """Fold the iteration just run into the gain per token."""
+        if self._tokens:
+            self.gain_per_token += (self._gain / self._tokens - self.gain_per_token) / 16.0
+        self._gain, self._tokens = 0.0, 0
 
     def cost_s(self) -> float:
+        if not self.running:
+            return 0.0
         n = len(self._batch) if self._batch is not None else 1
         return self.s_per_token_layer * n
 
@@ -188,14 +228,19 @@ class LearnedNext(PrefetchPolicy):
         return (self._cal_true[k - 1, b] + PRIOR * p) / (self._cal_n[k - 1, b] + PRIOR)
 
     def weigh(self, ctx: PrefetchContext, layer: int, cands: list[np.ndarray], copy_s: float,
-              window_s: float, backlog_s: float) -> list[np.ndarray]:
+              window_s: float, backlog_s: float, hits: int = 0, accesses: int = 0
+              ) -> list[np.ndarray]:
         """Per lead k = 1, 2, ..: the experts among the candidates ``cands[k - 1]`` (not
         resident) of layer ``layer + k`` to prefetch (the configured rule), weighed at their
         calibrated probabilities, nearer layers first (their copies queue first), a layer k
         ahead with k windows; then the calibration learns which candidates those layers needed
-        (read only by later decisions). The copy time and window are kept (``copy_s``,
-        ``window_s``)."""
-        self.copy_s, self.window_s = copy_s, window_s
+        (read only by later decisions). ``hits`` / ``accesses``: the GPU cache's so far (the
+        victim value, unless configured). The copy time, window and victim value are kept
+        (``copy_s``, ``window_s``, ``victim``)."""
+        v = self.cfg.victim_value
+        if v is None:
+            v = victim_value(hits, accesses, self.cfg.victim_scale)
+        self.copy_s, self.window_s, self.victim = copy_s, window_s, v
         out: list[np.ndarray] = []
         b = float(backlog_s)
         for k, cand in enumerate(cands, start=1):
@@ -204,8 +249,11 @@ class LearnedNext(PrefetchPolicy):
             if self.cfg.rule == "gate":
                 pick = np.flatnonzero(raw >= self.cfg.gate)
             else:
-                pick = choose(self.calibrated(raw, k), copy_s, k * window_s, b,
-                              self.cfg.victim_value)
+                pc = self.calibrated(raw, k)
+                pick = choose(pc, copy_s, k * window_s, b, v)
+                for j, i in enumerate(pick.tolist()):
+                    self._gain += expected_gain(float(pc[i]), min(copy_s, k * window_s - b - j * copy_s),
+                                                copy_s, v)
             b += len(pick) * copy_s
             hot = np.zeros(self.num_experts, dtype=bool)
             hot[self._truth[self._rows(ctx), layer + k].ravel()] = True

@@ -228,7 +228,7 @@ def test_accuracy_and_prefetch_experiments_run_end_to_end(tiny_checkpoint, tmp_p
     assert replayed and set(replayed) <= set(test_ids)
 
     d = tmp_path / "pf"
-    assert main(["experiment", "prefetch", f"hydra.run.dir={d}", *common]) == 0
+    assert main(["experiment", "prefetch", f"hydra.run.dir={d}", *common, "dial.leads=[1,2]"]) == 0
     rows = list(csv.DictReader((d / "prefetch.csv").open()))
     assert [r["series"] for r in rows] == ["lru", "learned_next", "learned_gated", "learned_topk",
                                            "learned_free", "noisy_oracle", "perfect"] * 2
@@ -238,7 +238,14 @@ def test_accuracy_and_prefetch_experiments_run_end_to_end(tiny_checkpoint, tmp_p
         assert float(share) == pytest.approx(1.0)
     text = (d / "summary.md").read_text()
     assert "of perfect prefetch's stall reduction" in text and (d / "prefetch.png").exists()
-    assert "(break-even)" in text and "Calibration" in text
+    assert "(break-even)" in text and "Calibration" in text and "Lead time" in text
+    leads = list(csv.DictReader((d / "lead.csv").open()))
+    assert [(r["budget"], r["lead"]) for r in leads] == [("0.25", "1"), ("0.25", "2"),
+                                                        ("0.75", "1"), ("0.75", "2")]
+    for r in leads:  # stall hidden = LRU's stall - the series'
+        assert float(r["hidden_perfect_s"]) == pytest.approx(
+            float(r["stall_lru_s"]) - float(r["stall_perfect_s"]), rel=1e-4, abs=1e-5)  # (6 digits)
+        assert "precision_d2" in r
 
 
 def test_prefetch_experiment_needs_a_checkpoint(tmp_path):

@@ -130,6 +130,7 @@ def test_weigh_two_layers_ahead(monkeypatch):
                                     ({"victim_value": -1.0}, "victim_value=-1.0"),
                                     ({"protect_p": -0.1}, "protect_p=-0.1"),
                                     ({"lead": 0}, "lead=0"), ({"lead": 5}, "lead=5"),
+                                    ({"probe": -1}, "probe=-1"),
                                     ({"call_s_per_token": -1.0}, "call_s_per_token=-1.0")])
 def test_bad_arguments_are_one_clear_line(monkeypatch, kw, msg):
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(")):
@@ -180,3 +181,52 @@ def test_perfect_looks_lead_layers_ahead():
     for bad in (0, 4):
         with pytest.raises(ConfigError, match=f"lead={bad}"):
             PREFETCH.make("perfect", num_layers=4, num_experts=4, top_k=1, lead=bad)
+
+
+def test_victim_value_follows_the_hit_rate():
+    assert ln.victim_value(0, 0, 0.5) == 0.5  # nothing seen: h = 1/2
+    # h = 440 / 1002: 0.5 x 440 / 562
+    assert ln.victim_value(439, 1000, 0.5) == pytest.approx(0.5 * 440 / 562)
+    assert ln.victim_value(10**6, 10**6, 0.5) == pytest.approx(49.5)  # h capped at 0.99
+    assert ln.victim_value(439, 1000, 1.0) == pytest.approx(440 / 562)
+
+
+def test_weigh_uses_the_caches_hit_rate_unless_configured(monkeypatch):
+    tok = PrefetchContext(request_id="r", extra={"token": 0})
+    pol, _ = _policy(monkeypatch)
+    # h = 0.9 (v = 4.5): 0.875 x 1 - 0.125 x 4.5 x 1 = 0.3125 > 0; 0.625 x 0.5 - 0.375 x 4.5 < 0
+    got = pol.weigh(tok, 0, [np.array([0, 1])], 1.0, 1.5, 0.0, hits=8999, accesses=9998)
+    assert got[0].tolist() == [0] and pol.victim == pytest.approx(4.5)
+    fixed, _ = _policy(monkeypatch, victim_value=0.0)
+    got = fixed.weigh(tok, 0, [np.array([0, 1])], 1.0, 1.5, 0.0, hits=8999, accesses=9998)
+    assert got[0].tolist() == [0, 1] and fixed.victim == 0.0
+
+
+def test_the_predictor_runs_while_it_pays_for_itself(monkeypatch):
+    pol, _ = _policy(monkeypatch)  # 1e-4 s per token per layer, 3 layers: 3e-4 per token
+    assert pol.running and pol.gain_per_token == pytest.approx(3e-4)  # starts at break-even
+    pol.batch(np.array([0]))
+    assert pol.running and pol.cost_s() == pytest.approx(1e-4)
+    pol.batch(np.array([0]))  # the last iteration gained nothing: 3e-4 - 3e-4 / 16
+    assert pol.gain_per_token == pytest.approx(3e-4 * 15 / 16)
+    assert not pol.running and pol.cost_s() == 0.0
+    ran = []
+    for _ in range(16):
+        pol.batch(np.array([0, 1]))
+        ran.append(pol.running)
+    assert ran == [False] * 6 + [True] + [False] * 7 + [True] + [False]  # one in 8 (probe)
+    # an iteration that expects 1e-3 s on its 2 tokens: the mean moves 1/16 of the way to 5e-4
+    pol.batch(np.array([0, 1]))
+    g0 = pol.gain_per_token
+    pol._gain = 1e-3
+    pol._tokens = 2
+    pol.batch(np.array([0]))
+    assert pol.gain_per_token == pytest.approx(g0 + (5e-4 - g0) / 16)
+    always, _ = _policy(monkeypatch, probe=0)
+    always.batch(np.array([0]))
+    always.batch(np.array([0]))
+    assert always.running and always.cost_s() > 0
+    gate, _ = _policy(monkeypatch, rule="gate")
+    for _ in range(3):
+        gate.batch(np.array([0]))
+    assert gate.running
