@@ -164,7 +164,7 @@ class LearnedNext(PrefetchPolicy):
         #: the predictor runs on this iteration; expected seconds saved per token it ran on
         #: (starting at the break-even: it runs until it has measured otherwise)
         self.running, self.gain_per_token = True, self.s_per_token_layer * self.num_layers
-        self._gain, self._tokens, self._off = 0.0, 0, 0
+        self._gain, self._tokens, self._off, self._every = 0.0, 0, 0, c.probe
         self._cal_n = np.zeros((self.lead, BINS))  # candidates seen per lead and probability bin
         self._cal_true = np.zeros((self.lead, BINS))  # of them, needed
 
@@ -181,13 +181,19 @@ class LearnedNext(PrefetchPolicy):
     def batch(self, rows: np.ndarray) -> None:
         """The next iteration serves pool rows ``rows``: the predictor runs on it (``running``)
         if its expected gain per token (a moving mean, weight 1/16, over the iterations it ran)
-        covers its compute per token (L layers), or on a probe (one iteration in ``probe``;
-        ``rule: gate`` weighs nothing and always runs)."""
+        covers its compute per token (L layers), or on a probe: ``probe`` iterations after it
+        stopped paying, then twice as long after each probe that did not pay (up to 1024 x
+        ``probe``; ``rule: gate`` weighs nothing and always runs)."""
         self._settle()
         self._batch = np.asarray(rows, dtype=np.int64)
         pays = self.cfg.rule == "gate" or self.gain_per_token >= self.s_per_token_layer * self.num_layers
-        self._off = 0 if pays else self._off + 1
-        self.running = pays or self.cfg.probe == 0 or self._off % self.cfg.probe == 0
+        if pays:
+            self._off, self._every = 0, self.cfg.probe
+        else:
+            self._off += 1
+        self.running = pays or self.cfg.probe == 0 or self._off >= self._every
+        if self.running and not pays and self.cfg.probe:  # a probe: the next one twice as late
+            self._off, self._every = 0, min(2 * self._every, 1024 * self.cfg.probe)
         self._tokens = len(rows) if self.running else 0
 
     def _settle(self) -> None:

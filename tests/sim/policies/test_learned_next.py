@@ -214,7 +214,14 @@ def test_the_predictor_runs_while_it_pays_for_itself(monkeypatch):
     for _ in range(16):
         pol.batch(np.array([0, 1]))
         ran.append(pol.running)
-    assert ran == [False] * 6 + [True] + [False] * 7 + [True] + [False]  # one in 8 (probe)
+    # probes 8 iterations after it stopped paying, then 16 after that probe
+    assert ran == [False] * 6 + [True] + [False] * 9
+    for _ in range(6):
+        pol.batch(np.array([0]))
+        ran.append(pol.running)
+    assert ran[16:] == [False] * 6 and pol._every == 16
+    pol.batch(np.array([0]))
+    assert pol.running and pol._every == 32
     # an iteration that expects 1e-3 s on its 2 tokens: the mean moves 1/16 of the way to 5e-4
     pol.batch(np.array([0, 1]))
     g0 = pol.gain_per_token
