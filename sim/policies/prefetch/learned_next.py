@@ -40,6 +40,7 @@ from sim.common.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext, PrefetchPolicy
 
 BINS, PRIOR = 10, 20.0  # online calibration: probability bins, pseudo-counts
+WARM, BURST = 32, 16  # iterations the predictor runs before it is judged; a probe's iterations
 _PROBS: dict[tuple[str, str, int], Any] = {}  # (checkpoint, trace, lead) -> (probs, experts)
 MAX_LEAD = 4
 
@@ -162,9 +163,9 @@ class LearnedNext(PrefetchPolicy):
         self.copy_s = self.window_s = 0.0
         self.victim = c.victim_value if c.victim_value is not None else 0.0
         #: the predictor runs on this iteration; expected seconds saved per token it ran on
-        #: (starting at the break-even: it runs until it has measured otherwise)
-        self.running, self.gain_per_token = True, self.s_per_token_layer * self.num_layers
+        self.running, self.gain_per_token = True, 0.0
         self._gain, self._tokens, self._off, self._every = 0.0, 0, 0, c.probe
+        self._left = WARM  # iterations it runs before judging (warming up, or a probe)
         self._cal_n = np.zeros((self.lead, BINS))  # candidates seen per lead and probability bin
         self._cal_true = np.zeros((self.lead, BINS))  # of them, needed
 
@@ -180,20 +181,26 @@ class LearnedNext(PrefetchPolicy):
 
     def batch(self, rows: np.ndarray) -> None:
         """The next iteration serves pool rows ``rows``: the predictor runs on it (``running``)
-        if its expected gain per token (a moving mean, weight 1/16, over the iterations it ran)
-        covers its compute per token (L layers), or on a probe: ``probe`` iterations after it
-        stopped paying, then twice as long after each probe that did not pay (up to 1024 x
-        ``probe``; ``rule: gate`` weighs nothing and always runs)."""
+        during its first :data:`WARM` iterations, while its expected gain per token (a moving
+        mean, weight 1/16, over the iterations it ran) covers its compute per token (L layers),
+        and in probes of :data:`BURST` iterations: ``probe`` iterations after it stopped paying,
+        then twice as long after each probe (up to 1024 x ``probe``; ``probe`` 0: always runs;
+        ``rule: gate`` weighs nothing and always runs)."""
         self._settle()
         self._batch = np.asarray(rows, dtype=np.int64)
-        pays = self.cfg.rule == "gate" or self.gain_per_token >= self.s_per_token_layer * self.num_layers
-        if pays:
+        if self._left > 0:  # warming up, or a probe
+            self._left -= 1
+            self.running = True
+        elif self.cfg.rule == "gate" or self.cfg.probe == 0 or \
+                self.gain_per_token >= self.s_per_token_layer * self.num_layers:
             self._off, self._every = 0, self.cfg.probe
+            self.running = True
         else:
             self._off += 1
-        self.running = pays or self.cfg.probe == 0 or self._off >= self._every
-        if self.running and not pays and self.cfg.probe:  # a probe: the next one twice as late
-            self._off, self._every = 0, min(2 * self._every, 1024 * self.cfg.probe)
+            self.running = self._off >= self._every
+            if self.running:  # a probe; the next one twice as late
+                self._off, self._left = 0, BURST - 1
+                self._every = min(2 * self._every, 1024 * self.cfg.probe)
         self._tokens = len(rows) if self.running else 0
 
     def _settle(self) -> None:

@@ -204,24 +204,20 @@ def test_weigh_uses_the_caches_hit_rate_unless_configured(monkeypatch):
 
 def test_the_predictor_runs_while_it_pays_for_itself(monkeypatch):
     pol, _ = _policy(monkeypatch)  # 1e-4 s per token per layer, 3 layers: 3e-4 per token
-    assert pol.running and pol.gain_per_token == pytest.approx(3e-4)  # starts at break-even
-    pol.batch(np.array([0]))
-    assert pol.running and pol.cost_s() == pytest.approx(1e-4)
-    pol.batch(np.array([0]))  # the last iteration gained nothing: 3e-4 - 3e-4 / 16
-    assert pol.gain_per_token == pytest.approx(3e-4 * 15 / 16)
-    assert not pol.running and pol.cost_s() == 0.0
     ran = []
-    for _ in range(16):
-        pol.batch(np.array([0, 1]))
-        ran.append(pol.running)
-    # probes 8 iterations after it stopped paying, then 16 after that probe
-    assert ran == [False] * 6 + [True] + [False] * 9
-    for _ in range(6):
+    for _ in range(ln.WARM + 1):
         pol.batch(np.array([0]))
         ran.append(pol.running)
-    assert ran[16:] == [False] * 6 and pol._every == 16
+    assert ran == [True] * ln.WARM + [False]  # warmed up, gained nothing: stops
+    assert pol.cost_s() == 0.0 and pol.gain_per_token == 0.0
+    for _ in range(7 + ln.BURST + 1):
+        pol.batch(np.array([0]))
+        ran.append(pol.running)
+    # a probe of BURST iterations on the 8th after it stopped, the next 16 after that
+    assert ran[ln.WARM + 1:] == [False] * 6 + [True] * ln.BURST + [False] * 2
+    assert pol._every == 16 and pol.cost_s() == 0.0
     pol.batch(np.array([0]))
-    assert pol.running and pol._every == 32
+    assert not pol.running
     # an iteration that expects 1e-3 s on its 2 tokens: the mean moves 1/16 of the way to 5e-4
     pol.batch(np.array([0, 1]))
     g0 = pol.gain_per_token
@@ -229,11 +225,14 @@ def test_the_predictor_runs_while_it_pays_for_itself(monkeypatch):
     pol._tokens = 2
     pol.batch(np.array([0]))
     assert pol.gain_per_token == pytest.approx(g0 + (5e-4 - g0) / 16)
+    pol.gain_per_token = 3e-4  # pays again: runs, probes back to every 8
+    pol.batch(np.array([0]))
+    assert pol.running and pol._every == 8 and pol.cost_s() == pytest.approx(1e-4)
     always, _ = _policy(monkeypatch, probe=0)
-    always.batch(np.array([0]))
-    always.batch(np.array([0]))
+    for _ in range(ln.WARM + 2):
+        always.batch(np.array([0]))
     assert always.running and always.cost_s() > 0
     gate, _ = _policy(monkeypatch, rule="gate")
-    for _ in range(3):
+    for _ in range(ln.WARM + 2):
         gate.batch(np.array([0]))
     assert gate.running
