@@ -168,6 +168,11 @@ def _plot(rows: list[dict[str, Any]], lead_rows: list[dict[str, Any]], fracs: li
         if key == "hit_rate":
             ax.set_ylim(0, 1.02)
     axes[0].legend(fontsize=7)
+    for i, f in enumerate(fracs):  # the precision at which prefetch starts to pay
+        r = next((r for r in rows if r["budget"] == f and r["series"] == "learned_next"), None)
+        if r is not None:
+            axes[0].annotate(f"break-even\np={r['break_even_precision']:.2f}", (x[i], 0),
+                             xytext=(0, 2), textcoords="offset points", ha="center", fontsize=6)
     ax = axes[-1]  # stall hidden per lead time, learned (solid) and perfect (dashed)
     for i, f in enumerate(fracs):
         mine = [r for r in lead_rows if r["budget"] == f]
