@@ -27,6 +27,8 @@ def test_expected_gain_and_break_even_by_hand():
     assert ln.break_even(1.0, 0.0, 0.5) == 1.0  # no idle link: nothing pays
     assert ln.break_even(1.0, -0.1, 0.5) == 1.0
     assert ln.break_even(1.0, 0.5, 0.0) == 0.0  # evicting costs nothing: anything pays
+    assert ln.break_even(2.0, 1.0, 0.5) == 0.5  # cost 0.5 x 2 against saved 1
+    assert ln.break_even(1.0, 0.0, 0.0) == 1.0  # no window: nothing pays, even at no cost
 
 
 def test_choose_fills_the_window_in_order_of_probability():
@@ -50,6 +52,7 @@ def _policy(monkeypatch, **kw):
     # 3 tokens, 3 layers, 4 experts, top-1; probabilities for layer 1 of each token
     prob = np.zeros((3, 3, 4), dtype=np.float16)
     prob[:, 1] = [[0.875, 0.625, 0.125, 0.0], [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    prob[0, 2] = [0.9375, 0.0, 0.0, 0.0]
     experts = np.array([[[0], [0], [0]], [[1], [1], [1]], [[2], [3], [2]]])
     # lead 2: layer 2 of each token, from layer 0
     prob2 = np.zeros((3, 3, 4), dtype=np.float16)
@@ -65,6 +68,7 @@ def _policy(monkeypatch, **kw):
 def test_policy_probabilities_cost_and_accuracy(monkeypatch):
     pol, experts = _policy(monkeypatch)
     assert pol.s_per_token_layer == pytest.approx(1e-4)  # measured 3e-4 per token over 3 layers
+    assert pol.cost_s() == pytest.approx(1e-4)  # no batch named yet: one token
     pol.batch(np.array([0, 1]))
     assert pol.cost_s() == pytest.approx(2e-4)
     ctx = PrefetchContext(request_id="r")
@@ -72,12 +76,14 @@ def test_policy_probabilities_cost_and_accuracy(monkeypatch):
     assert pol.next_probs(ctx, 0)[:2].tolist() == [0.9375, 0.8125]
     tok = PrefetchContext(request_id="r", extra={"token": 0})
     assert pol.next_layer(tok, 0, np.array([0])).tolist() == [0]  # gate 0.8: 0.875 only
+    assert pol.next_layer(tok, 1, np.array([0])).tolist() == [0]  # the last layer's
+    assert pol.next_layer(tok, 1, np.array([0])).dtype == np.int64
     assert pol.next_layer(tok, 2, np.array([0])).tolist() == []  # no layer after the last
     assert pol.accuracy() == {"recall": 1.0, "precision": 1.0}
     pol.count(tok, 0, np.array([0, 1]))  # one true of two
-    assert pol.accuracy() == {"recall": 1.0, "precision": pytest.approx(2 / 3)}
-    assert pol.accuracy_by_lead() == [{"lead": 1, "recall": 1.0, "precision": pytest.approx(2 / 3),
-                                       "chosen": 3}]
+    assert pol.accuracy() == {"recall": 1.0, "precision": pytest.approx(4 / 5)}
+    assert pol.accuracy_by_lead() == [{"lead": 1, "recall": 1.0, "precision": pytest.approx(4 / 5),
+                                       "chosen": 5}]
     pol.set_routing(experts[:2])
     with pytest.raises(ConfigError, match="not tr"):
         pol.set_routing(experts[:, :, ::-1] + 1)
@@ -93,6 +99,7 @@ def test_weigh_calibrates_online(monkeypatch):
     pol, _ = _policy(monkeypatch)
     tok = PrefetchContext(request_id="r", extra={"token": 0})
     assert pol.calibrated(np.array([0.9, 0.3])) == pytest.approx([0.9, 0.3])  # nothing seen yet
+    assert pol.calibrated(np.array([0.9], dtype=np.float16)).dtype == np.float64
     # candidates 0 (p 0.875, needed) and 1 (p 0.625, not): W = 1.5, c = 1: 0, then 1 (0.625 x
     # 0.5 - 0.375 x 0.5 > 0)
     got = pol.weigh(tok, 0, [np.array([1, 0])], 1.0, 1.5, 0.0)
@@ -220,7 +227,7 @@ def test_the_predictor_runs_while_it_pays_for_itself(monkeypatch):
     assert not pol.running
     # an iteration that expects 1e-3 s on its 2 tokens: the mean moves 1/16 of the way to 5e-4
     pol.batch(np.array([0, 1]))
-    g0 = pol.gain_per_token
+    pol.gain_per_token = g0 = 2e-4
     pol._gain = 1e-3
     pol._tokens = 2
     pol.batch(np.array([0]))
@@ -236,3 +243,16 @@ def test_the_predictor_runs_while_it_pays_for_itself(monkeypatch):
     for _ in range(ln.WARM + 2):
         gate.batch(np.array([0]))
     assert gate.running
+
+
+def test_probes_back_off_to_1024_times_probe(monkeypatch):
+    for probe in (1, 2):
+        pol, _ = _policy(monkeypatch, probe=probe)
+        ran = []
+        for _ in range(6000):
+            pol.batch(np.array([0]))
+            ran.append(pol.running)
+        assert pol._every == 1024 * probe
+        if probe == 1:  # a probe on the first iteration off, the next 2 after its burst
+            w = ln.WARM
+            assert ran[w:w + ln.BURST + 3] == [True] * ln.BURST + [False, True, True]
