@@ -104,12 +104,19 @@ def test_weigh_calibrates_online(monkeypatch):
     # 0.5 - 0.375 x 0.5 > 0)
     got = pol.weigh(tok, 0, [np.array([1, 0])], 1.0, 1.5, 0.0)
     assert [g.tolist() for g in got] == [[0, 1]] and (pol.copy_s, pol.window_s) == (1.0, 1.5)
+    assert pol.victim == 0.5  # no hits counted: h = 1/2
+    # expected: 0.875 x 1 - 0.125 x 0.5, then 0.625 x 0.5 - 0.375 x 0.5
+    assert pol._gain == pytest.approx(0.8125 + 0.125)
     # the bin of 0.875 saw one needed, that of 0.625 one not: (1 + 20 x 0.875) / 21, 12.5 / 21
     assert pol.calibrated(np.array([0.875, 0.625])) == pytest.approx([18.5 / 21, 12.5 / 21])
     assert pol.calibrated(np.array([0.95])) == pytest.approx([0.95])  # its bin saw none
     assert pol.weigh(tok, 0, [np.array([2, 3])], 1.0, 1.5, 0.0)[0].tolist() == []
-    gate, _ = _policy(monkeypatch, rule="gate", gate=0.55)
+    gate, _ = _policy(monkeypatch, rule="gate", gate=0.625)  # p >= gate, not >
     assert gate.weigh(tok, 0, [np.array([0, 1, 2])], 1.0, 0.0, 9.0)[0].tolist() == [0, 1]
+    assert gate._gain == 0.0
+    # a probability of 1 falls in the last bin
+    pol.weigh(PrefetchContext(request_id="r", extra={"token": 2}), 0, [np.array([3])], 1.0, 1.5, 0.0)
+    assert pol._cal_n[0, ln.BINS - 1] == 1 and pol._cal_true[0, ln.BINS - 1] == 1
 
 
 def test_weigh_two_layers_ahead(monkeypatch):
@@ -121,9 +128,18 @@ def test_weigh_two_layers_ahead(monkeypatch):
     # backlog 2 is refused
     got = pol.weigh(tok, 0, [np.array([0, 2]), np.array([0, 3])], 1.0, 0.75, 0.0)
     assert [g.tolist() for g in got] == [[0], [3]]
+    assert pol._gain == pytest.approx(0.875 * 0.75 - 0.0625 + 0.75 * 0.5 - 0.125)
     # without the nearer layer's copy ahead of it: 0.75 x 1 - 0.125 > 0, then 0.25 x 0.5 - 0.375
     got = pol.weigh(tok, 0, [np.array([], dtype=np.int64), np.array([0, 3])], 1.0, 0.75, 0.0)
     assert [g.tolist() for g in got] == [[], [3]]
+    # expert 3 two layers ahead now calibrated at (0 + 15) / 21 (one candidate, not needed):
+    # 15/21 x 1 - 6/21 x 0.5
+    assert pol._gain == pytest.approx(0.84375 + 15 / 21 - 3 / 21)
+    # copies of 2 s, window 1.5: layer 1 saves 1.5 (backlog 2 after it), layer 2 saves 3 - 2
+    two, _ = _policy(monkeypatch, lead=2)
+    got = two.weigh(tok, 0, [np.array([0]), np.array([3])], 2.0, 1.5, 0.0)
+    assert [g.tolist() for g in got] == [[0], [3]]
+    assert two._gain == pytest.approx(0.875 * 1.5 - 0.125 + 0.75 * 1.0 - 0.25)
     # the lead-2 calibration learned apart: expert 3 of layer 2 was not needed (token 0 uses 0)
     assert pol.calibrated(np.array([0.75]), 2)[0] == pytest.approx(15 / 22)
     assert pol.calibrated(np.array([0.75]), 1)[0] == pytest.approx(0.75)
