@@ -156,6 +156,7 @@ def test_weigh_two_layers_ahead(monkeypatch):
                                     ({"probe": -1}, "probe=-1"),
                                     ({"call_s_per_token": -1.0}, "call_s_per_token=-1.0")])
 def test_bad_arguments_are_one_clear_line(monkeypatch, kw, msg):
+    """Each bad argument is refused with its own message (the full lines below)."""
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(")):
         _policy(monkeypatch, **kw)
     with pytest.raises(ConfigError, match="needs checkpoint"):
@@ -243,11 +244,16 @@ def test_the_predictor_runs_while_it_pays_for_itself(monkeypatch):
     assert not pol.running
     # an iteration that expects 1e-3 s on its 2 tokens: the mean moves 1/16 of the way to 5e-4
     pol.batch(np.array([0, 1]))
-    pol.gain_per_token = g0 = 2e-4
+    pol.gain_per_token = g0 = 4e-4  # pays: the next iteration runs on its 2 tokens
+    pol.batch(np.array([0, 1]))
+    assert pol.running and pol._tokens == 2
     pol._gain = 1e-3
-    pol._tokens = 2
     pol.batch(np.array([0]))
     assert pol.gain_per_token == pytest.approx(g0 + (5e-4 - g0) / 16)
+    # between the cost per token (3e-4) and the cost per token per layer: does not pay
+    pol.gain_per_token = 1e-4
+    pol.batch(np.array([0]))
+    assert not pol.running and pol._tokens == 0
     pol.gain_per_token = 3e-4  # pays again: runs, probes back to every 8
     pol.batch(np.array([0]))
     assert pol.running and pol._every == 8 and pol.cost_s() == pytest.approx(1e-4)
@@ -272,3 +278,38 @@ def test_probes_back_off_to_1024_times_probe(monkeypatch):
         if probe == 1:  # a probe on the first iteration off, the next 2 after its burst
             w = ln.WARM
             assert ran[w:w + ln.BURST + 3] == [True] * ln.BURST + [False, True, True]
+
+
+def test_messages_bounds_and_initial_state(monkeypatch):
+    for kw, line in (({"gate": 1.5}, "learned_next: gate=1.5; expected in [0, 1]"),
+                     ({"protect_p": 2.0}, "learned_next: protect_p=2.0; expected in [0, 1]"),
+                     ({"victim_scale": -1.0}, "learned_next: victim_scale=-1.0; expected >= 0"),
+                     ({"victim_value": -2.0}, "learned_next: victim_value=-2.0; expected >= 0"),
+                     ({"lead": 5}, "learned_next: lead=5; expected 1 <= lead <= 4")):
+        with pytest.raises(ConfigError) as err:
+            _policy(monkeypatch, **kw)
+        assert str(err.value) == line
+    _policy(monkeypatch)
+    for k in (3, 4):
+        monkeypatch.setitem(ln._PROBS, ("ck", "tr", k), ln._PROBS[("ck", "tr", 2)])
+    for kw in ({"gate": 1.0}, {"protect_p": 1.0}, {"victim_value": 1e9}, {"lead": 4}, {"gate": 0.0}):
+        PREFETCH.make("learned_next", num_layers=3, num_experts=4, top_k=1, checkpoint="ck",
+                      trace_path="tr", **kw)  # bounds are allowed
+    need = ("prefetch policy learned_next needs checkpoint=DIR (from 'moesim predictor train') "
+            "and trace_path=FILE (the routing trace replayed)")
+    for kw in ({}, {"trace_path": "tr"}, {"checkpoint": "ck"}):
+        with pytest.raises(ConfigError) as err:
+            PREFETCH.make("learned_next", num_layers=3, num_experts=4, top_k=1, **kw)
+        assert str(err.value) == need
+    pol, _ = _policy(monkeypatch, victim_value=0.25)
+    assert pol.victim == 0.25 and pol.measured_s_per_token == pytest.approx(3e-4)
+    assert (pol.copy_s, pol.window_s, pol._tokens, pol._off, pol._every) == (0.0, 0.0, 0, 0, 8)
+    fresh, _ = _policy(monkeypatch)
+    assert fresh.victim == 0.0 and fresh.running and fresh.gain_per_token == 0.0
+    with pytest.raises(ConfigError) as err:
+        PREFETCH.make("learned_next", num_layers=4, num_experts=4, top_k=1, checkpoint="ck",
+                      trace_path="tr")
+    assert str(err.value) == "tr: routing has 3 layers, top-1; the model has 4, top-1"
+    with pytest.raises(ConfigError, match="the model has 3, top-1"):
+        PREFETCH.make("learned_next", num_layers=3, num_experts=5, top_k=1, checkpoint="ck",
+                      trace_path="tr")
