@@ -122,3 +122,121 @@ def measured_accuracy(top: np.ndarray, experts: np.ndarray, num_experts: int,
     np.put_along_axis(hot, t, True, axis=-1)
     hits = int(np.take_along_axis(hot, p, axis=-1).sum())
     return {"recall": hits / max(t.size, 1), "precision": hits / max(p.size, 1)}
+
+
+@dataclass
+class NextLayerProbs:
+    prob: np.ndarray  # (T, L, E) float16 P(expert e serves token t at layer l), layer-causal
+    s_per_token: float  # wall seconds of batched scoring per token (all L layers)
+    key: str
+    path: Path
+
+
+def next_layer_probs(checkpoint_dir: str | Path, trace: RoutingTrace, cache: bool = True,
+                     threads: int = 2, lead: int = 1) -> NextLayerProbs:
+    """P(expert e is in token t's top-k at layer l) for every token of ``trace``, from what is
+    known ``lead`` layers before, when the tokens are served one after another (the simulator's
+    one token per iteration): the token's context, its true experts at layers <= l - lead and
+    its predecessor's (all layers). A ``phased`` checkpoint answers with its decode head
+    (``token_layers``: the predecessor has finished); its prefill head reads the next token's and
+    the whole prompt's routing, not known then, so a ``prefill_layers`` checkpoint is refused.
+    The model is trained against the uniform distribution on the true top-k set
+    (:func:`sim.predictor.token.set_loss`), so K x softmax estimates the probability (clipped at
+    1). For ``lead`` d > 1 the layers l-d+1 .. l-1 the model reads are its own top-k predictions
+    at their leads (one forward per layer l; every token's layers are replaced, its
+    predecessor's included, which only hides information). Cached beside the checkpoint."""
+    from sim.predictor import checkpoint
+
+    d = Path(checkpoint_dir)
+    ck = checkpoint.load_config(d)
+    if not (d / "token.safetensors").exists():
+        raise ConfigError(f"{d}: checkpoint lacks token.safetensors")
+    mode = str(ck["token_model"].get("mode", "token"))
+    if mode == "prefill_layers":
+        raise ConfigError(f"{d}: a prefill_layers predictor reads later tokens' routing; one "
+                          f"token per iteration needs a layer-causal one (the default, or "
+                          f"predictor=layers)")
+    if mode not in ("phased", "token_layers") and lead > 1:
+        raise ConfigError(f"{d}: lead {lead} needs a layer-causal predictor (mode {mode})")
+    L, E = trace.num_layers, trace.num_experts
+    tm = ck.get("trace", {})
+    if (tm.get("num_layers"), tm.get("num_experts")) != (L, E):
+        raise ConfigError(f"{d}: predictor trained for {tm.get('num_layers')} layers x "
+                          f"{tm.get('num_experts')} experts; the trace has {L} x {E}")
+    key = "p" + _digest(d, trace) + ("" if lead == 1 else f"_d{lead}")
+    path = d / TABLE_DIR / f"{key}.npz"
+    if cache and path.exists():
+        try:
+            with np.load(path) as z:
+                prob, s_tok = z["prob"], float(z["s_per_token"])
+            if prob.shape == (trace.num_tokens, L, E):
+                return NextLayerProbs(prob, s_tok, key, path)
+        except (OSError, ValueError, KeyError):
+            pass
+    lower = [next_layer_probs(d, trace, cache, threads, k).prob for k in range(1, lead)]
+    prob, s_tok = _score_probs(d, trace, threads, lower)
+    if cache:
+        from sim.common.files import atomic_write_bytes
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, prob=prob, s_per_token=np.float64(s_tok))
+        atomic_write_bytes(buf.getvalue(), path)
+    return NextLayerProbs(prob, s_tok, key, path)
+
+
+def _score_probs(d: Path, trace: RoutingTrace, threads: int,
+                 lower: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Probabilities at lead ``len(lower) + 1``; ``lower[k-1]`` (T, L, E) those at lead k."""
+    import dataclasses
+
+    import torch
+
+    from sim.predictor import checkpoint
+    from sim.predictor.data import Vocab
+    from sim.predictor.model import PhasedPredictor
+    from sim.predictor.token import _predict_one, encode
+
+    torch.set_num_threads(max(1, int(threads)))
+    tok_model, _, _, ck = checkpoint.load(d)
+    if isinstance(tok_model, PhasedPredictor):
+        tok_model = tok_model.head("decode")
+    vocab = Vocab.from_json_obj(ck["vocab"])
+    enc = encode(trace, vocab, int(ck["token_model"]["num_pos_buckets"]))
+    req = np.arange(len(trace.request_bounds()) - 1, dtype=np.int64)
+    run_cfg = {"window": ck["window"], "batch_tokens": ck["batch_tokens"]}
+    K = trace.top_k
+    t0 = time.perf_counter()
+    if not lower:
+        _, sm = _predict_one(tok_model, enc, req, K, run_cfg, prob_sums=True, per_token=True)
+    else:
+        lead = len(lower) + 1
+        tops = [np.argsort(-p.astype(np.float32), axis=-1, kind="stable")[..., :K] for p in lower]
+        sm = np.zeros((trace.num_tokens, trace.num_layers, trace.num_experts), dtype=np.float32)
+        for m in range(lead - 1, trace.num_layers):  # layers < lead - 1: nothing known before
+            ex = enc.experts.copy()
+            for j in range(m - lead + 1, m):  # predicted at lead j - (m - lead)
+                ex[:, j] = tops[j - (m - lead) - 1][:, j]
+            _, sub = _predict_one(tok_model, dataclasses.replace(enc, experts=ex), req, K,
+                                  run_cfg, prob_sums=True, per_token=True)
+            sm[:, m] = sub[:, m]
+    s_tok = (time.perf_counter() - t0) / max(trace.num_tokens, 1)
+    prob = np.minimum(trace.top_k * np.asarray(sm, dtype=np.float32), 1.0)
+    return prob.astype(np.float16), s_tok
+
+
+def calibration(prob: np.ndarray, experts: np.ndarray, bins: int = 10,
+                layers: slice = slice(1, None)) -> list[dict[str, float]]:
+    """Reliability of probabilities ``prob`` (T, L, E) against the true experts (T, L, K): per
+    bin of predicted probability [i/bins, (i+1)/bins), the mean prediction, the share that were
+    true and the count (bins with none are left out)."""
+    p = np.asarray(prob, dtype=np.float32)[:, layers]
+    t = np.asarray(experts)[:, layers].astype(np.int64)
+    hot = np.zeros(p.shape, dtype=bool)
+    np.put_along_axis(hot, t, True, axis=-1)
+    b = np.minimum((p * bins).astype(np.int64), bins - 1).ravel()
+    n = np.bincount(b, minlength=bins)
+    sp = np.bincount(b, weights=p.ravel(), minlength=bins)
+    st = np.bincount(b, weights=hot.ravel(), minlength=bins)
+    return [{"lo": i / bins, "mean_p": float(sp[i] / n[i]), "true": float(st[i] / n[i]),
+             "n": int(n[i])} for i in range(bins) if n[i]]

@@ -21,6 +21,7 @@ Shape legend: L MoE layers, E experts per layer; a cache key is ``layer * E + ex
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,11 @@ from sim.common.errors import MoesimError
 from sim.policies._predictor import fit_predicted
 from sim.policies.base import CACHE, PrefetchContext, PrefetchPolicy
 from sim.serving.cache_log import CacheLog
+from sim.serving.link import Link
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests
+
+_INF = float("inf")
 
 
 class Prediction:
@@ -49,6 +53,14 @@ class Prediction:
         #: a next-layer policy that reads the batch's routing rows (the oracles, ``learned_next``):
         #: given the pool once here, and each iteration's pool rows by :meth:`begin`
         self.pf_rows = pf.batch_rows
+        #: a next-layer policy that weighs each candidate against the link's state
+        #: (``learned_next``): :meth:`_weighed` asks it, with the window measured by :meth:`issue`
+        self.pf_weighs = bool(getattr(pf, "weighs", False))
+        #: a next-layer policy's layers ahead: at layer l it loads for layer l + lead (1: next)
+        #: replica -> (layer, when its experts could start: :func:`compute_start`)
+        self._gate: dict[int, tuple[int, float]] = {}
+        self._pending: dict[int, int] = {}  # replica -> the layer whose prefetch issue() starts
+        self.window_sum, self.window_n = 0.0, 0  # idle link seconds per layer, measured
         if self.pf_rows:
             N = len(plan.pool_keys)
             base = (np.arange(plan.L, dtype=np.int64) * plan.E)[None, :, None]  # (1, L, 1)
@@ -99,19 +111,76 @@ class Prediction:
         E = self.E
         experts = self.observe(rep, l, used_flat) if self.observers else \
             np.flatnonzero(used_flat[l * E:(l + 1) * E])
-        if l + 1 < self.L:
+        if l + 1 < self.L and self.pf_weighs:
+            return self._weighed(rep, l, step0, need, active)
+        d = int(getattr(self.prefetch, "lead", 1))
+        if l + d < self.L:
             pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
             if len(pred):
-                return self.prefetch_keys(rep, (l + 1) * E + pred, step0 + l, need, l + 1, active,
+                return self.prefetch_keys(rep, (l + d) * E + pred, step0 + l, need, l + d, active,
                                           in_use=l)
         return []
 
+    def window_s(self) -> float:
+        """Mean idle host-link seconds per layer measured so far (0: none yet): from a layer's
+        gate, or its demand copies' end if later, to the next layer's gate."""
+        return self.window_sum / self.window_n if self.window_n else 0.0
+
+    def _weighed(self, rep: ReplicaState, l: int, step0: int, need: list[list[Any]],
+                 active: list[Any] | None) -> list[tuple[int, list[int], list[int]]]:
+        """A weighing policy's prefetch after layer ``l``, for layers l+1 .. l+lead: per GPU, the
+        candidates (its experts of those layers not resident), the copy time on its link, the
+        window and the link's prefetch backlog now (:func:`link_backlog_s`) go to the policy's
+        ``weigh``; the experts it picks are loaded, those of probability >= ``protect_p`` and
+        what the batch needs at layers l .. l+lead protected."""
+        E, L, pf = self.E, self.L, self.prefetch
+        self._pending[rep.index] = l
+        if not pf.running:  # (the predictor does not run on this iteration)
+            return []
+        ks = [k for k in range(1, int(pf.lead) + 1) if l + k < L]
+        homes = [(l + k) * E + np.arange(E, dtype=np.int64) for k in ks]
+        w = self.window_s()
+        prev = self._gate.get(rep.index)
+        after = prev[1] if prev is not None else -_INF
+        gate = prev[1] + w if prev is not None else 0.0  # this layer's gate, as estimated
+        chosen: list[list[int]] = [[] for _ in ks]
+        for st in rep.states:
+            cache = st.cache
+            if cache is None:
+                continue
+            res = cache.resident
+            cands = [np.array([e for e in range(E) if st.home_mask[h[e]] and h[e] not in res],
+                              dtype=np.int64) for h in homes]
+            if not any(len(c) for c in cands):
+                continue
+            lk = st.link
+            copy_s = lk.latency_s + (0.0 if lk.infinite else self.eb / lk.bytes_per_s)
+            now = compute_start(lk, after, gate)
+            n = cache.counts
+            hits = n.hits + n.late_prefetch_hits
+            picks = pf.weigh(rep.ctx, l, cands, copy_s, w, link_backlog_s(lk, now), hits,
+                             hits + n.misses)
+            for i, pick in enumerate(picks):
+                chosen[i].extend(pick.tolist())
+        keys: list[int] = []
+        extra: list[int] = []
+        for i, k in enumerate(ks):
+            got = np.array(sorted(set(chosen[i])), dtype=np.int64)
+            pf.count(rep.ctx, l, got, k)
+            keys.extend((homes[i][got]).tolist())
+            extra.extend(homes[i][pf.next_probs(rep.ctx, l, k) >= pf.cfg.protect_p].tolist())
+        if not keys:
+            return []
+        return self.prefetch_keys(rep, np.array(keys, dtype=np.int64), step0 + l, need, l + ks[-1],
+                                  active, in_use=l, extra=extra)
+
     def prefetch_keys(self, rep: ReplicaState, keys: np.ndarray, step: int, need: list[list[Any]],
-                      layer: int, active: list[Any] | None = None, in_use: int | None = None
-                      ) -> list[tuple[int, list[int], list[int]]]:
-        """Load predicted keys of ``layer`` into the GPUs that hold them (the decision: the
-        caches' ``insert``), protecting what GPU g's ``need[g]`` says ``layer`` and ``in_use``
-        (the layer computing while the copies start) need, under GPU g's ``active[g]`` set;
+                      layer: int, active: list[Any] | None = None, in_use: int | None = None,
+                      extra: list[int] | None = None) -> list[tuple[int, list[int], list[int]]]:
+        """Load predicted keys of layers up to ``layer`` into the GPUs that hold them (the
+        decision: the caches' ``insert``), protecting what GPU g's ``need[g]`` says the layers
+        from ``in_use`` (the layer computing while the copies start) to ``layer`` need, and the
+        keys ``extra``, under GPU g's ``active[g]`` set;
         returns the copies that makes, ``(GPU index in the replica, keys loaded, keys evicted)``
         per GPU that loaded any, in the order decided, for the driver to carry out (the
         simulator: :meth:`issue`; realrun copies the loaded keys into the evicted ones' slots)."""
@@ -125,8 +194,12 @@ class Prediction:
                 continue
             ng = need[g]
             protect = ng[layer] if layer < len(ng) else ()
-            if in_use is not None and in_use < len(ng) and ng[in_use]:
-                protect = set(protect).union(ng[in_use])
+            if in_use is not None and in_use < len(ng):  # (and the layers between, loading ahead)
+                for j in range(in_use, min(layer, len(ng))):
+                    if ng[j]:
+                        protect = set(protect).union(ng[j])
+            if extra:
+                protect = set(protect).union(extra)
             act = active[g] if active is not None else None
             if self.log is not None:
                 if act is not None:
@@ -147,7 +220,10 @@ class Prediction:
         GPU's host link at ``t_issue`` (the key is then in flight until the layer needing it
         waits for it), or, on a device whose copies run in line, costs its copy time where it
         is issued (:meth:`take_inline`; the key is then landed when needed). A key loaded again
-        while an earlier prefetch of it is on record was evicted before use: counted unused."""
+        while an earlier prefetch of it is on record was evicted before use: counted unused.
+        For a weighing policy it measures the idle link window (:meth:`window_s`)."""
+        if self.pf_weighs:
+            self._measure(rep, t_issue)
         for g, loaded, _ in copies:
             st = rep.states[g]
             for k in loaded:
@@ -173,6 +249,20 @@ class Prediction:
                     # finish as known now (later copies on the link may stretch it)
                     rec.add(f"prefetch L{k // self.E} e{k % self.E}", "copy", st.gpu,
                             t_issue + st.link.latency_s, st.link.finish_peek(tid))
+
+    def _measure(self, rep: ReplicaState, t_gate: float) -> None:
+        """Layer ``l``'s gate is ``t_gate`` (its prefetch starts now): the link was free for
+        prefetches from layer l-1's compute start (:func:`compute_start`) until now."""
+        l = self._pending.pop(rep.index, -1)
+        prev = self._gate.get(rep.index)
+        after = -_INF
+        if prev is not None:
+            after = prev[1]
+            if l >= 1 and prev[0] == l - 1 and t_gate >= prev[1]:
+                self.window_sum += t_gate - prev[1]
+                self.window_n += 1
+        cs = max(compute_start(st.link, after, t_gate) for st in rep.states)
+        self._gate[rep.index] = (l, cs)
 
     def request_start(self, rep: ReplicaState, i: int) -> list[tuple[int, list[int], list[int]]]:
         """Request ``i`` reaches replica ``rep``: the caches that keep per-request state reset it,
@@ -231,3 +321,32 @@ class Prediction:
             keys = int(layer) * E + np.asarray(experts, dtype=np.int64)
             per_layer.append(keys[st.home_mask[keys]].tolist())
         return fit_predicted(per_layer, st.capacity)
+
+
+def compute_start(link: Link, after: float, gate: float) -> float:
+    """When a layer whose gate is ``gate`` (or estimated so) can start its experts, as far as
+    ``link`` knows, hence when the link is next free for prefetches: after the layer's demand
+    copies (booked at its gate; a demand copy starting after ``after``, the previous layer's
+    compute start, is this layer's: its start is then the exact gate) and after the prefetched
+    copies it waited for (the link has served its prefetch queue up to ``pt``)."""
+    t = gate
+    if link._solo and not link.infinite:
+        g = link.t - link.latency_s
+        if g > after:
+            t = max(g, link.t + link._solo / link.bytes_per_s)
+    return max(t, link.pt)
+
+
+def link_backlog_s(link: Link, t: float) -> float:
+    """Seconds of prefetch copies queued on ``link`` still to run at ``t`` (their bytes at the
+    full rate, plus any wait before the queue is served from ``t``), read from a scratch copy of
+    its queue served up to ``t``; the link itself is unchanged."""
+    if link.infinite or not link.pq:
+        return 0.0
+    s = Link(link.bytes_per_s, link.latency_s)
+    s.pq = deque([list(x) for x in link.pq])
+    s.queued = {x[0]: x for x in s.pq if x[0] >= 0}
+    s.pt, s.gaps = link.pt, list(link.gaps)
+    s._serve(None, t)
+    left = sum(x[1] for x in s.pq)
+    return max(0.0, s.pt - t) + left / link.bytes_per_s

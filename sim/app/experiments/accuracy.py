@@ -9,7 +9,8 @@ what hit rate, stall time and bytes moved at a memory budget, before anyone buil
 layer: hit rate, bytes) and in the simulator (the trace's own prompts, LRU over the GPU's expert
 memory, copies over the host link started at the previous layer's gate: hit rate, stall, bytes),
 against demand LRU without prefetch. With ``dial.checkpoint`` the learned next-layer prefetcher
-(``learned_next``) runs too and is marked on the curves at its measured recall and precision
+(``learned_topk``, labelled learned_next) runs too and is marked on the curves at its measured
+recall and precision
 (per token in the replay, per batch union in the simulator), on the checkpoint's held-out test
 prompts (``dial.split``). In the simulator a prefetched
 expert counts as a hit even when its copy is still in flight; the stall is what a late copy costs.
@@ -49,8 +50,8 @@ def task(cfg_node: Any) -> dict[str, Any]:
         if cfg.dial.checkpoint:  # the per-token accuracy: the same at every memory
             from sim.policies import PREFETCH
 
-            learned_kw = learned_keys(cfg, tpath)["policy.prefetch_args"]
-            pol = PREFETCH.make("learned_next", num_layers=trace.num_layers,
+            learned_kw = learned_keys(cfg, tpath, name="learned_topk")["policy.prefetch_args"]
+            pol = PREFETCH.make("learned_topk", num_layers=trace.num_layers,
                                 num_experts=trace.num_experts, top_k=trace.top_k, **learned_kw)
             acc = _token_accuracy(pol, trace)
         for f in fracs:
@@ -62,7 +63,7 @@ def task(cfg_node: Any) -> dict[str, Any]:
                 rec = replay_plain(trace, "lru", f, prefetch="noisy_oracle", prefetch_kwargs=kw).record(eb)
                 rows.append(_replay_row("noisy_oracle", f, r, p, rec))
             if cfg.dial.checkpoint:
-                res = replay_plain(trace, "lru", f, prefetch="learned_next", prefetch_kwargs=learned_kw)
+                res = replay_plain(trace, "lru", f, prefetch="learned_topk", prefetch_kwargs=learned_kw)
                 rows.append(_replay_row("learned_next", f, acc["recall"], acc["precision"],
                                         res.record(eb)))
                 learned["replay"] = acc
@@ -77,7 +78,8 @@ def task(cfg_node: Any) -> dict[str, Any]:
                 m, _ = setup.run(f"noisy r={r:g} p={p:g} @{f:g}", {**mem, **noisy_keys(cfg, r, p)})
                 rows.append(_sim_row("noisy_oracle", f, r, p, m))
             if cfg.dial.checkpoint:
-                m, pol = setup.run(f"learned_next@{f:g}", {**mem, **learned_keys(cfg, tpath)})
+                m, pol = setup.run(f"learned_next@{f:g}",
+                                   {**mem, **learned_keys(cfg, tpath, name="learned_topk")})
                 acc = pol.accuracy()
                 rows.append(_sim_row("learned_next", f, acc["recall"], acc["precision"], m))
                 learned.setdefault("sim", {})[f"{f:g}"] = acc

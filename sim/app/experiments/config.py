@@ -25,6 +25,7 @@ from sim.world.ranges import (
     OPEN_UNIT,
     POSITIVE,
     SEED,
+    Range,
     ranges,
 )
 
@@ -128,11 +129,16 @@ def sim_base(cfg: StudyConfig) -> SimConfig:
                                workload=_plain(cfg.workload, WorkloadConfig))
 
 
+LEAD = Range(lo=1, hi=4)  # layers ahead (learned_next's MAX_LEAD)
+
+
 @ranges(
     recalls=FRACTION,
     precisions=OPEN_FRACTION,
     seed=SEED,
-    call_s_per_token=NONNEG)
+    call_s_per_token=NONNEG,
+    lead=LEAD,
+    leads=LEAD)
 @dataclass
 class DialConfig:
     """The accuracy dial (``noisy_oracle``) and the learned next-layer prefetcher."""
@@ -149,6 +155,11 @@ class DialConfig:
     split: str = "test"
     #: seconds per token per layer charged for the learned prefetcher (null: measured)
     call_s_per_token: Optional[float] = None
+    #: experiment prefetch: layers ahead the learned prefetcher weighs (l+1 .. l+lead) and
+    #: perfect prefetch loads (l+lead), in the main comparison
+    lead: int = 2
+    #: experiment prefetch: the lead times swept (learned_next and perfect at each)
+    leads: list[int] = field(default_factory=lambda: [1, 2, 3])
     #: drivers of the accuracy sweep
     replay: bool = True
     sim: bool = True

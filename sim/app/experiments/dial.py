@@ -116,14 +116,16 @@ def sim_row(m: dict[str, Any]) -> dict[str, Any]:
             "prefetch_used": m["prefetch"]["used"]}
 
 
-def learned_keys(cfg: Any, path: str, free: bool = False) -> dict[str, Any]:
-    """``learned_next`` on the replayed trace ``path`` (from :func:`load_trace`)."""
-    args: dict[str, Any] = {"checkpoint": cfg.dial.checkpoint, "trace_path": path}
+def learned_keys(cfg: Any, path: str, free: bool = False, name: str = "learned_next",
+                 **extra: Any) -> dict[str, Any]:
+    """A learned prefetcher (``learned_next``, or ``name``) on the replayed trace ``path`` (from
+    :func:`load_trace`), its arguments ``extra`` added."""
+    args: dict[str, Any] = {"checkpoint": cfg.dial.checkpoint, "trace_path": path, **extra}
     if free:
         args["call_s_per_token"] = 0.0
     elif cfg.dial.call_s_per_token is not None:
         args["call_s_per_token"] = float(cfg.dial.call_s_per_token)
-    return {"policy.prefetch": "learned_next", "policy.prefetch_args": args}
+    return {"policy.prefetch": name, "policy.prefetch_args": args}
 
 
 def noisy_keys(cfg: Any, recall: float, precision: float) -> dict[str, Any]:

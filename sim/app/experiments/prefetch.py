@@ -26,7 +26,9 @@ from typing import Any
 from sim.app.experiments.base import say, write_json
 from sim.common.errors import ConfigError
 
-SERIES = ("lru", "learned_next", "learned_free", "noisy_oracle", "perfect")
+SERIES = ("lru", "learned_next", "learned_gated", "learned_topk", "learned_free", "noisy_oracle",
+          "perfect")
+GATE = 0.8  # learned_gated's least probability prefetched
 
 
 def task(cfg_node: Any) -> dict[str, Any]:
@@ -42,61 +44,117 @@ def task(cfg_node: Any) -> dict[str, Any]:
     )
     from sim.app.hydra_app import run_dir
     from sim.app.schemas.common import app_config
+    from sim.policies.prefetch.learned_next import break_even
 
     cfg = app_config(cfg_node, PrefetchExperimentConfig)
     check_dial(cfg)
     if not cfg.dial.checkpoint:
         raise ConfigError("dial.checkpoint is required: a per-token predictor from 'moesim "
-                          "predictor train trace.path=FILE predictor=layers' (its checkpoint/)")
+                          "predictor train trace.path=FILE' (its checkpoint/)")
     out = Path(run_dir())
     trace, tpath = load_trace(cfg, out)
     fracs = [float(f) for f in cfg.cluster.expert_budget_fractions]
     say(f"moesim experiment prefetch: {cfg.trace.path}, {trace.num_tokens} tokens, "
         f"{len(trace.request_ids())} prompts; memories {fracs}")
     setup = SimSetup(cfg, trace, tpath)
+    calib = _calibration(cfg, trace, tpath)
+    D = int(cfg.dial.lead)
+    leads = sorted(set(int(d) for d in cfg.dial.leads))
     rows: list[dict[str, Any]] = []
+    lead_rows: list[dict[str, Any]] = []
     for f in fracs:
         mem = {"cluster.expert_budget_fraction": f, "policy.cache": "lru"}
-        say(f"[{f:g}] lru, learned_next, learned_free, noisy_oracle, perfect ...")
+        say(f"[{f:g}] {', '.join(SERIES)} (lead {D}); leads {leads} ...")
         got: dict[str, dict[str, Any]] = {}
         m, _ = setup.run(f"lru@{f:g}", {**mem, "policy.prefetch": "none"})
         got["lru"] = {**sim_row(m), "recall": None, "precision": None}
-        m, pol = setup.run(f"learned_next@{f:g}", {**mem, **learned_keys(cfg, tpath)})
+        by_lead: dict[int, tuple[dict[str, Any], Any, dict[str, Any]]] = {}
+        for d in sorted(set(leads) | {D}):
+            m, pol = setup.run(f"learned_next lead {d}@{f:g}",
+                               {**mem, **learned_keys(cfg, tpath, lead=d)})
+            mp, _ = setup.run(f"perfect lead {d}@{f:g}", {**mem, **_perfect(d)})
+            by_lead[d] = (sim_row(m), pol, sim_row(mp))
+        row, pol, prow = by_lead[D]
         acc = pol.accuracy()
-        got["learned_next"] = {**sim_row(m), **acc,
-                               "call_s_per_token_layer": pol.s_per_token_layer,
-                               "measured_s_per_token": pol.measured_s_per_token}
-        m, _ = setup.run(f"learned_free@{f:g}", {**mem, **learned_keys(cfg, tpath, free=True)})
+        be = break_even(pol.copy_s, pol.window_s, pol.victim)
+        got["learned_next"] = {**row, **acc, "call_s_per_token_layer": pol.s_per_token_layer,
+                               "measured_s_per_token": pol.measured_s_per_token,
+                               "copy_s": pol.copy_s, "window_s": pol.window_s,
+                               "victim_value": pol.victim,
+                               "break_even_precision": be}
+        m, p2 = setup.run(f"learned_gated@{f:g}",
+                          {**mem, **learned_keys(cfg, tpath, rule="gate", gate=GATE)})
+        got["learned_gated"] = {**sim_row(m), **p2.accuracy()}
+        m, p3 = setup.run(f"learned_topk@{f:g}",
+                          {**mem, **learned_keys(cfg, tpath, name="learned_topk")})
+        got["learned_topk"] = {**sim_row(m), **p3.accuracy()}
+        m, _ = setup.run(f"learned_free@{f:g}",
+                         {**mem, **learned_keys(cfg, tpath, free=True, lead=D, probe=0)})
         got["learned_free"] = {**sim_row(m), **acc}
         m, _ = setup.run(f"noisy_oracle@{f:g}",
-                         {**mem, **noisy_keys(cfg, acc["recall"], acc["precision"])})
+                         {**mem, **noisy_keys(cfg, acc["recall"], max(acc["precision"], 1e-3))})
         got["noisy_oracle"] = {**sim_row(m), **acc}
-        m, _ = setup.run(f"perfect@{f:g}", {**mem, "policy.prefetch": "perfect"})
-        got["perfect"] = {**sim_row(m), "recall": 1.0, "precision": 1.0}
-        base, best = got["lru"]["stall_s"], got["perfect"]["stall_s"]
+        got["perfect"] = {**prow, "recall": 1.0, "precision": 1.0}
+        base = got["lru"]["stall_s"]
         for s in SERIES:
-            r = got[s]
-            share = (base - r["stall_s"]) / (base - best) if base > best else None
-            rows.append({"budget": f, "series": s, **r, "share_of_perfect_stall_reduction": share})
+            rows.append({"budget": f, "series": s, "lead": D if s in ("learned_next", "learned_free",
+                                                                      "perfect") else 1,
+                         **got[s], "share_of_perfect_stall_reduction":
+                         _share(base, got[s]["stall_s"], prow["stall_s"])})
+        for d in leads:
+            row, pol, prow = by_lead[d]
+            per_k = {f"{x}_d{a['lead']}": a[x] for a in pol.accuracy_by_lead()
+                     for x in ("recall", "precision")}
+            lead_rows.append({"budget": f, "lead": d, "stall_lru_s": base,
+                              "stall_learned_s": row["stall_s"], "stall_perfect_s": prow["stall_s"],
+                              "hidden_learned_s": base - row["stall_s"],
+                              "hidden_perfect_s": base - prow["stall_s"],
+                              "share_of_perfect_stall_reduction":
+                              _share(base, row["stall_s"], prow["stall_s"]),
+                              "e2e_p50_learned_s": row["e2e_p50_s"],
+                              "e2e_p50_lru_s": got["lru"]["e2e_p50_s"],
+                              "h2d_learned_gb": row["h2d_gb"], **per_k})
+    write_csv(lead_rows, out / "lead.csv")
     write_csv(rows, out / "prefetch.csv")
     write_json({"kind": "experiment_prefetch", "trace": cfg.trace.path,
                 "prompts": len(trace.request_ids()), "tokens": trace.num_tokens,
-                "checkpoint": cfg.dial.checkpoint, "hardware": cfg.hardware.name, "rows": rows},
+                "checkpoint": cfg.dial.checkpoint, "hardware": cfg.hardware.name, "rows": rows,
+                "calibration": calib, "lead": D, "leads": lead_rows},
                out / "results.json")
-    _plot(rows, fracs, out / "prefetch.png")
-    _summary(rows, fracs, cfg, trace, out / "summary.md")
+    _plot(rows, lead_rows, fracs, out / "prefetch.png")
+    _summary(rows, lead_rows, fracs, cfg, trace, calib, out / "summary.md")
     print(f"prefetch: {out / 'prefetch.csv'}, {out / 'prefetch.png'}, {out / 'summary.md'}")
     return {"rows": rows}
 
 
-def _plot(rows: list[dict[str, Any]], fracs: list[float], path: Path) -> None:
+def _perfect(lead: int) -> dict[str, Any]:
+    return {"policy.prefetch": "perfect", "policy.prefetch_args": {"lead": int(lead)}}
+
+
+def _share(base: float, stall: float, best: float) -> float | None:
+    """(base - stall) / (base - best): the share of perfect's stall reduction (None: perfect
+    reduces none)."""
+    return (base - stall) / (base - best) if base > best else None
+
+
+def _calibration(cfg: Any, trace: Any, tpath: str) -> list[dict[str, float]]:
+    """Reliability of the predictor's next-layer probabilities on the replayed prompts."""
+    from sim.predictor.table import calibration, next_layer_probs
+    from traces.format import read_trace
+
+    probs = next_layer_probs(cfg.dial.checkpoint, read_trace(tpath))
+    return calibration(probs.prob, trace.experts)
+
+
+def _plot(rows: list[dict[str, Any]], lead_rows: list[dict[str, Any]], fracs: list[float],
+          path: Path) -> None:
     import numpy as np
 
     from analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     keys = (("stall_s", "fetch stall (s)"), ("h2d_gb", "H2D bytes (GB)"), ("hit_rate", "hit rate"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.2 * (len(keys) + 1), 3.2))
     x = np.arange(len(fracs))
     w = 0.8 / len(SERIES)
     for ax, (key, label) in zip(axes, keys):
@@ -110,11 +168,26 @@ def _plot(rows: list[dict[str, Any]], fracs: list[float], path: Path) -> None:
         if key == "hit_rate":
             ax.set_ylim(0, 1.02)
     axes[0].legend(fontsize=7)
+    for i, f in enumerate(fracs):  # the precision at which prefetch starts to pay
+        r = next((r for r in rows if r["budget"] == f and r["series"] == "learned_next"), None)
+        if r is not None:
+            axes[0].annotate(f"break-even\np={r['break_even_precision']:.2f}", (x[i], 0),
+                             xytext=(0, 2), textcoords="offset points", ha="center", fontsize=6)
+    ax = axes[-1]  # stall hidden per lead time, learned (solid) and perfect (dashed)
+    for i, f in enumerate(fracs):
+        mine = [r for r in lead_rows if r["budget"] == f]
+        ds = [r["lead"] for r in mine]
+        ax.plot(ds, [r["hidden_learned_s"] for r in mine], "o-", color=f"C{i}", label=f"learned {f:g}")
+        ax.plot(ds, [r["hidden_perfect_s"] for r in mine], "s--", color=f"C{i}", label=f"perfect {f:g}")
+    ax.set_xlabel("lead d (layers ahead)")
+    ax.set_ylabel("stall hidden vs LRU (s)")
+    ax.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def _summary(rows: list[dict[str, Any]], fracs: list[float], cfg: Any, trace: Any, path: Path) -> None:
+def _summary(rows: list[dict[str, Any]], lead_rows: list[dict[str, Any]], fracs: list[float],
+             cfg: Any, trace: Any, calib: list[dict[str, float]], path: Path) -> None:
     from analysis.plots import command_line
     from sim.common.files import atomic_write_bytes
 
@@ -140,8 +213,28 @@ def _summary(rows: list[dict[str, Any]], fracs: list[float], cfg: Any, trace: An
     for f in fracs:
         r = next(x for x in rows if x["budget"] == f and x["series"] == "learned_next")
         sh = r["share_of_perfect_stall_reduction"]
-        lines.append(f"- {f:g} of the experts: the learned prefetcher achieves "
+        lines.append(f"- {f:g} of the experts: the learned prefetcher (lead {r['lead']}) achieves "
                      f"{'n/a (perfect reduces no stall)' if sh is None else f'{sh * 100:.0f} %'} "
-                     f"of perfect prefetch's stall reduction.")
+                     f"of perfect prefetch's stall reduction at the same lead; a copy takes "
+                     f"{r['copy_s'] * 1e3:.3f} ms, the link is free for prefetches "
+                     f"{r['window_s'] * 1e3:.3f} ms per layer, a wrong copy's victim costs "
+                     f"{r['victim_value']:.2f} copies: prefetch pays above precision "
+                     f"{r['break_even_precision']:.3f} (break-even).")
+    lines += ["", "Lead time: `learned_next` weighing layers l+1 .. l+d, `perfect` loading layer l+d "
+              "(stall hidden = LRU's stall - the series'; recall / precision of the sets chosen "
+              "per distance k):", "", "| memory | d | hidden learned (s) | hidden perfect (s) | "
+              "share | E2E p50 learned / LRU (s) | recall / precision per k |",
+              "|---|---|---|---|---|---|---|"]
+    for r in lead_rows:
+        sh = r["share_of_perfect_stall_reduction"]
+        per = ", ".join(f"k={k}: {r[f'recall_d{k}']:.3f} / {r[f'precision_d{k}']:.3f}"
+                        for k in range(1, r["lead"] + 1))
+        lines.append(f"| {r['budget']:g} | {r['lead']} | {r['hidden_learned_s']:.3f} | "
+                     f"{r['hidden_perfect_s']:.3f} | {'n/a' if sh is None else f'{sh:.2f}'} | "
+                     f"{r['e2e_p50_learned_s']:.3f} / {r['e2e_p50_lru_s']:.3f} | {per} |")
+    lines += ["", "Calibration of the predictor's next-layer probabilities on these prompts "
+              "(layers 2..L):", "", "| p in | mean p | share true | n |", "|---|---|---|---|"]
+    lines += [f"| [{c['lo']:.1f}, {c['lo'] + 0.1:.1f}) | {c['mean_p']:.3f} | {c['true']:.3f} | "
+              f"{c['n']} |" for c in calib]
     lines += ["", "![prefetch](prefetch.png)", ""]
     atomic_write_bytes("\n".join(lines).encode(), path)

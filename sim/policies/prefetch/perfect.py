@@ -5,22 +5,42 @@ sibling). It reads the trace's future (``set_trace``; in the simulator ``set_rou
 ``next_layer(ctx, l, experts)`` returns exactly the experts token ``ctx.extra["token"]`` uses at
 layer l+1 (the replay sets it); in the simulator, those of the iteration's batch; otherwise the
 request's experts at layer l+1 over all its tokens.
+
+``lead`` d (default 1): at layer l it names those of layer l+d instead, so its copies start d
+layers ahead (the simulator then loads them for layer l+d, :mod:`sim.serving.prediction`): the
+comparison for a predictor that looks d layers ahead.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from sim.common.errors import ConfigError
 from sim.policies.base import PREFETCH, PrefetchContext
 from sim.policies.prefetch._oracle import TraceOracle
 
 
+@dataclass(frozen=True)
+class PerfectConfig:
+    lead: int = 1  # layers ahead: at layer l, the experts of layer l + lead
+
+
 @PREFETCH.register("perfect")
 class PerfectNextLayer(TraceOracle):
+    Config = PerfectConfig
     predicts_next_layer = True
     batch_rows = True
 
+    def setup(self) -> None:
+        super().setup()
+        if not 1 <= self.cfg.lead < self.num_layers:
+            raise ConfigError(f"perfect: lead={self.cfg.lead}; expected 1 <= lead < "
+                              f"{self.num_layers} (the layers)")
+        self.lead = int(self.cfg.lead)
+
     def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:
-        if layer + 1 >= self.num_layers:
+        if layer + self.lead >= self.num_layers:
             return np.zeros(0, dtype=np.int64)
-        return self._truth_next(ctx, layer)[0]
+        return self._truth_next(ctx, layer + self.lead - 1)[0]

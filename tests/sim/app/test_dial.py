@@ -158,8 +158,8 @@ def tiny_checkpoint(tmp_path_factory):
                             "predictor.token.epochs=2", timeout=300)
 
 
-def test_table_is_cached_and_learned_next_charges_its_time(tiny_checkpoint):
-    from sim.predictor.table import next_layer_table
+def test_table_is_cached_and_learned_topk_charges_its_time(tiny_checkpoint):
+    from sim.predictor.table import calibration, next_layer_probs, next_layer_table
     from traces.format import read_trace
 
     path, ck = tiny_checkpoint
@@ -170,7 +170,17 @@ def test_table_is_cached_and_learned_next_charges_its_time(tiny_checkpoint):
     t2 = next_layer_table(ck, tr)  # from the cache: same predictions, same measured time
     assert np.array_equal(t1.top, t2.top) and t2.s_per_token == t1.s_per_token
 
+    p1 = next_layer_probs(ck, tr)
+    assert p1.prob.shape == (tr.num_tokens, 26, 64) and p1.path.exists()
+    assert 0.0 <= float(p1.prob.min()) and float(p1.prob.max()) <= 1.0
+    assert np.array_equal(next_layer_probs(ck, tr).prob, p1.prob)  # from the cache
+    cal = calibration(p1.prob, tr.experts)
+    assert sum(c["n"] for c in cal) == tr.num_tokens * 25 * 64
+    assert all(c["lo"] <= c["mean_p"] < c["lo"] + 0.1 + 1e-6 for c in cal)
+
     args = {"checkpoint": str(ck), "trace_path": str(path)}
+    weighed, sw = _sim_ds(tr, {**args, "call_s_per_token": 0.0}, "learned_next")
+    assert sw.prefetch.window_s >= 0 and sw.prefetch.copy_s >= 0
     charged, s1 = _sim_ds(tr, {**args, "call_s_per_token": 1e-3})
     free, s0 = _sim_ds(tr, {**args, "call_s_per_token": 0.0})
     assert charged["prefetch"]["issued"] == free["prefetch"]["issued"] > 0
@@ -182,9 +192,9 @@ def test_table_is_cached_and_learned_next_charges_its_time(tiny_checkpoint):
         PREFETCH.make("learned_next", num_layers=26, num_experts=64, top_k=6)
 
 
-def _sim_ds(tr, args):
+def _sim_ds(tr, args, name="learned_topk"):
     cfg = tiny_config(layers=26, experts=64, top_k=6, budget_fraction=0.5, token_budget=1)
-    cfg.policy.prefetch = "learned_next"
+    cfg.policy.prefetch = name
     cfg.policy.prefetch_args = args
     pool = RoutingPool.from_trace(tr)
     wl = workload([0.0, 0.01, 0.02], pool.lengths[:3].tolist(), [1, 1, 1])
@@ -218,16 +228,24 @@ def test_accuracy_and_prefetch_experiments_run_end_to_end(tiny_checkpoint, tmp_p
     assert replayed and set(replayed) <= set(test_ids)
 
     d = tmp_path / "pf"
-    assert main(["experiment", "prefetch", f"hydra.run.dir={d}", *common]) == 0
+    assert main(["experiment", "prefetch", f"hydra.run.dir={d}", *common, "dial.leads=[1,2]"]) == 0
     rows = list(csv.DictReader((d / "prefetch.csv").open()))
-    assert [r["series"] for r in rows] == ["lru", "learned_next", "learned_free", "noisy_oracle",
-                                           "perfect"] * 2
+    assert [r["series"] for r in rows] == ["lru", "learned_next", "learned_gated", "learned_topk",
+                                           "learned_free", "noisy_oracle", "perfect"] * 2
     perfect = [r["share_of_perfect_stall_reduction"] for r in rows if r["series"] == "perfect"]
     assert any(perfect), perfect  # blank where perfect prefetch stalled no less than LRU
     for share in filter(None, perfect):
         assert float(share) == pytest.approx(1.0)
     text = (d / "summary.md").read_text()
     assert "of perfect prefetch's stall reduction" in text and (d / "prefetch.png").exists()
+    assert "(break-even)" in text and "Calibration" in text and "Lead time" in text
+    leads = list(csv.DictReader((d / "lead.csv").open()))
+    assert [(r["budget"], r["lead"]) for r in leads] == [("0.25", "1"), ("0.25", "2"),
+                                                        ("0.75", "1"), ("0.75", "2")]
+    for r in leads:  # stall hidden = LRU's stall - the series'
+        assert float(r["hidden_perfect_s"]) == pytest.approx(
+            float(r["stall_lru_s"]) - float(r["stall_perfect_s"]), rel=1e-4, abs=1e-5)  # (6 digits)
+        assert "precision_d2" in r
 
 
 def test_prefetch_experiment_needs_a_checkpoint(tmp_path):

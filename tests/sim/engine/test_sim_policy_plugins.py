@@ -27,7 +27,8 @@ def _run(kind: str, name: str):
 
 #: policies that cannot run without arguments, and what their error asks for
 NEEDS_ARGUMENTS = {("prefetch", "emoe_learned"): "needs checkpoint=DIR",
-                   ("prefetch", "learned_next"): "needs checkpoint=DIR"}
+                   ("prefetch", "learned_next"): "needs checkpoint=DIR",
+                   ("prefetch", "learned_topk"): "needs checkpoint=DIR"}
 
 
 @pytest.mark.parametrize("kind,name", [("cache", n) for n in CACHE.names()]

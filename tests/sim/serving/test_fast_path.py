@@ -248,7 +248,7 @@ def test_registries_cover_the_test():
     assert set(ONLINE) == {n for n in CACHE.names() if not CACHE.get(n).requires_future}
     # emoe_learned and learned_next need a trained checkpoint (tests/sim/app/test_dial.py runs them);
     # next-layer prefetch walks layer by layer, off the array path
-    assert set(PREFETCHES) | {"emoe_learned", "learned_next"} == {n for n in PREFETCH.names()
+    assert set(PREFETCHES) | {"emoe_learned", "learned_next", "learned_topk"} == {n for n in PREFETCH.names()
                                                   if not PREFETCH.get(n).requires_future}
 
 
