@@ -41,6 +41,7 @@ from sim.serving.step_arrays import (
     LfuStore,
     LifoStore,
     OrderedArrayMode,
+    RowStore,
     StampedFIFO,
     StampedLIFO,
 )
@@ -48,7 +49,7 @@ from sim.serving.step_arrays import (
 _BIG = 1 << 40  # row offset when a replica's rows of stamps are searched as one sorted array
 
 
-class StampStore:
+class StampStore(RowStore):
     """Recency stamps of a replica's G GPU caches over their home keys.
 
     ``homes[g]``: the keys GPU ``g`` holds (increasing); ``loc`` (G, num_keys): the local index of
@@ -102,16 +103,6 @@ class StampStore:
         #: serve_lru_iteration's per-access positions when every holding is used (the usual
         #: iteration of a big batch): they depend only on the holdings
         self.full = _positions(pg, step, self.G, self.L, self.cap_step)
-
-    def attach(self, cache: StampedLRU) -> None:
-        """``cache`` (new: in objects mode) is the one of its row now."""
-        row = cache.row
-        self.S[row] = -1
-        self.nres[row] = 0
-        self.cap[row] = cache.capacity
-        self.caches[row] = cache
-        self.objects.add(row)
-        self._bind()
 
     def serve(self, used_flat: np.ndarray, step0: int) -> np.ndarray | None:
         """:func:`serve_lru_iteration` (LRU needs no step numbers)."""
@@ -207,12 +198,7 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
         if len(few):
             thr[few] = np.sort(S[few], axis=1)[np.arange(len(few)), H - nres[few]]
         S[S < thr[:, None]] = -1
-    store.why[0] = n_g
-    store.why[1] = np.bincount(g[resident & miss], minlength=G)
-    t = store.tally
-    t[0] += n_g
-    t[1] += m_g
-    t[2] += ev
+    store.note(n_g, np.bincount(g[resident & miss], minlength=G), m_g, ev)
     return np.bincount(layer[miss] * G + gm, minlength=L * G).reshape(L, G)
 
 

@@ -191,7 +191,37 @@ class CountedLFU(ArrayMode, LFUCache):
         st.T[row, :len(home)] = np.asarray(self._m_last, dtype=np.int64)[home]
 
 
-class StepStore:
+class RowStore:
+    """What the array stores share (this module's and the LRU stamps'): a row per GPU cache, its
+    cache object (``caches``), the rows in objects mode (``objects``), and the iteration's why
+    and tally."""
+
+    def attach(self, cache: ArrayMode) -> None:
+        """``cache`` (new: in objects mode) is the one of its row now."""
+        row = cache.row
+        self.S[row] = -1
+        self.nres[row] = 0
+        self.cap[row] = cache.capacity
+        self.caches[row] = cache
+        self.objects.add(row)
+        self._bind()
+
+    def note(self, keys: np.ndarray, reused: np.ndarray, misses: np.ndarray,
+             evictions: np.ndarray) -> None:
+        """The iteration's per-GPU figures: distinct keys and misses on keys it had resident
+        (``why``), and the accesses, misses and evictions its caches' counts still owe (``tally``)."""
+        self.why[0] = keys
+        self.why[1] = reused
+        t = self.tally
+        t[0] += keys
+        t[1] += misses
+        t[2] += evictions
+
+    def _bind(self) -> None:
+        raise NotImplementedError
+
+
+class StepStore(RowStore):
     """A replica's G GPU caches over their home keys, served step by step (see the module doc).
 
     ``homes[g]``: the keys GPU ``g`` holds (increasing); ``loc`` (G, num_keys) a key's local index
@@ -225,16 +255,6 @@ class StepStore:
         layer = k // (N // L) if L else k
         order = np.lexsort((k, g, layer))  # the serving order: by layer, then GPU, then key
         self._all = (g[order], k[order], layer[order])
-        self._bind()
-
-    def attach(self, cache: ArrayMode) -> None:
-        """``cache`` (new: in objects mode) is the one of its row now."""
-        row = cache.row
-        self.S[row] = -1
-        self.nres[row] = 0
-        self.cap[row] = cache.capacity
-        self.caches[row] = cache
-        self.objects.add(row)
         self._bind()
 
     def _bind(self) -> None:
@@ -327,14 +347,8 @@ class StepStore:
                 C[gl, il] += 1
                 T[gl, il] = step0 + l
                 P[gl, il] = (C[gl, il] << (tb + hb)) | ((step0 + l + 1) << hb) | il
-        n_g = np.bincount(g, minlength=G)
-        m_all = miss_lg.sum(axis=0)
-        self.why[0] = n_g
-        self.why[1] = np.bincount(g[held0 & missed], minlength=G)
-        t = self.tally
-        t[0] += n_g
-        t[1] += m_all
-        t[2] += ev_g
+        self.note(np.bincount(g, minlength=G), np.bincount(g[held0 & missed], minlength=G),
+                  miss_lg.sum(axis=0), ev_g)
         return miss_lg
 
 

@@ -25,3 +25,16 @@ def assert_log(got, want):
     assert [e[:3] for e in got] == [w[:3] for w in want]
     for g, w in zip(got, want):
         assert g[3:] == pytest.approx(w[3:], abs=1e-12), (g, w)
+
+
+def run_recorded(cfg, wl, pool, cost):
+    """Simulate ``wl`` on ``pool`` with ``cost``, recording every event: (sim, events, metrics)."""
+    from sim.engine.metrics import compute_metrics
+    from sim.engine.simulation import Recorder, Simulation
+    from sim.serving.binding import bind
+
+    rec = Recorder(0.0, float("inf"))
+    b = bind(pool, wl, "wrap", np.random.default_rng(0))
+    sim = Simulation(cfg, wl, pool, b, cost, np.random.default_rng(0), recorder=rec)
+    sim.run()
+    return sim, rec.events, compute_metrics(sim)

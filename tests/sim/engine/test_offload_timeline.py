@@ -6,30 +6,22 @@ CPU, the hidden states to the host and back 0.5 ms (StubCost)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from sim.engine.metrics import compute_metrics
-from sim.engine.simulation import Recorder, Simulation
-from sim.serving.binding import bind
 from sim.serving.testing import StubCost, pool_from_rows, tiny_config, workload
 from sim.world.model import layer_weight_bytes
 from sim.world.offload_config import HostConfig
-from tests.sim.sim_test_helpers import assert_log
+from tests.sim.sim_test_helpers import assert_log, run_recorded
 
 # tokens: pos0 -> (L0 e0, L1 e1), pos1 -> (e0, e2), pos2 -> (e3, e1); keys = layer * 4 + expert
 ROWS = [[[0], [1]], [[0], [2]], [[3], [1]]]
 HOST = HostConfig(name="stub", memory_bytes_per_s=1.0, flops_per_s={"avx2": 1.0})
 
 
-def _run(cfg, prompt=2, output=2):
-    rec = Recorder(0.0, float("inf"))
-    pool = pool_from_rows(ROWS)
-    wl = workload([0.0], [prompt], [output])
-    sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", np.random.default_rng(0)), StubCost(),
-                     np.random.default_rng(0), recorder=rec)
-    sim.run()
-    return rec.events, compute_metrics(sim)
+def _run(cfg, prompt=2, output=2, rows=ROWS):
+    _, events, metrics = run_recorded(cfg, workload([0.0], [prompt], [output]),
+                                      pool_from_rows(rows), StubCost())
+    return events, metrics
 
 
 def _cpu_config(mode="cpu", **kw):
@@ -155,10 +147,5 @@ def test_static_fill_frequency_places_the_most_used_experts():
         cfg = tiny_config(layers=2, experts=4, budget_fraction=0.125)
         cfg.policy.cache = "static"
         cfg.policy.cache_args = {"fill": fill}
-        pool = pool_from_rows(rows)
-        wl = workload([0.0], [2], [2])
-        sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", np.random.default_rng(0)),
-                         StubCost(), np.random.default_rng(0))
-        sim.run()
-        m = compute_metrics(sim)
+        _, m = _run(cfg, rows=rows)
         assert (m["hits"], m["misses"]) == (hits, 5 - hits), fill  # 5 accesses: {3}, {5, 6}, {3}, {5}

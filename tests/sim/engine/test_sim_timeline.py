@@ -9,15 +9,9 @@ from sim.engine.metrics import compute_metrics
 from sim.engine.simulation import Policies, Recorder, Simulation
 from sim.serving.binding import bind
 from sim.serving.testing import StubCost, pool_from_rows, tiny_config, workload
-from tests.sim.sim_test_helpers import assert_log
+from tests.sim.sim_test_helpers import assert_log, run_recorded
 
-
-def _run(cfg, wl, pool, cost):
-    rec = Recorder(0.0, float("inf"))
-    b = bind(pool, wl, "wrap", np.random.default_rng(0))
-    sim = Simulation(cfg, wl, pool, b, cost, np.random.default_rng(0), recorder=rec)
-    sim.run()
-    return sim, rec.events, compute_metrics(sim)
+_run = run_recorded
 
 
 def test_one_gpu_lru_misses_wait_for_copies():
