@@ -1,7 +1,8 @@
 """Compiled (numba) forms of the per-iteration loops of large replicas: the per-batch token
 split's passes (:mod:`sim.world.token_split`) and the all-to-all's traffic with a per-batch
 share (:func:`sim.world.traffic.gpu_traffic`). Each gives the same bytes as its numpy reference
-(tests/sim/world/test_compiled.py), and only replicas of :data:`MIN_GPUS` or more use them, so
+(tests/sim/world/test_compiled.py), and only replicas of
+:data:`sim.world.token_split.COMPILED_MIN_GPUS` or more use them (the callers decide), so
 that numba is imported (lazily, by the callers) only where it pays: small runs and start-up pay
 nothing. Without numba installed, :func:`available` is False and the references run.
 
@@ -9,6 +10,9 @@ nothing. Without numba installed, :func:`available` is False and the references 
   ``_refine`` row by row, the same integer and float operations in the same order (no
   fast-math: ``k * srt - S`` must not become a fused multiply-add). The stop rules are the
   references': over all rows at once (a pass stops once no row moved / moved by 1e-9).
+- :func:`count_sources` and :func:`count_dups`: the integer counts of
+  :func:`sim.world.traffic.count_tokens` (tokens per source GPU and key; a token's repeated
+  (layer, GPU)s), one pass over the tokens instead of per-GPU bincounts and (T, L, K, K) masks.
 - :func:`traffic_share`: ``per @ share`` per layer as OpenBLAS's double-precision kernel forms
   it (a K dimension of at most :data:`MAX_CHAIN`): each output a chain of fused multiply-adds
   over the experts in ascending order from 0. A zero term leaves a nonnegative chain as it is,
@@ -21,8 +25,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-#: replicas of this many GPUs or more use the compiled kernels (as sim.serving.step_arrays)
-MIN_GPUS = 32
 #: the longest experts axis whose BLAS product is one fused chain (OpenBLAS's dgemm K block)
 MAX_CHAIN = 256
 _BIG = np.int64(1) << 40
@@ -172,3 +174,42 @@ def traffic_share(src_counts: np.ndarray, share: np.ndarray) -> np.ndarray:
     _chain(np.ascontiguousarray(src_counts), np.ascontiguousarray(share, dtype=np.float64),
            L, E, G, out)
     return out
+
+
+@njit(cache=True)
+def count_sources(keys_tok, G, LE):  # pragma: no cover - compiled
+    """traffic.source_counts: (G, L*E) int64 tokens per source GPU (token t on ``t * G // T``)
+    and key, from ``keys_tok`` (T, L*K)."""
+    T, C = keys_tok.shape
+    out = np.zeros((G, LE), dtype=np.int64)
+    for t in range(T):
+        g = (t * G) // T
+        for c in range(C):
+            out[g, keys_tok[t, c]] += 1
+    return out
+
+
+@njit(cache=True)
+def count_dups(keys_tok, lg_index, L, K, G):  # pragma: no cover - compiled
+    """traffic.source_counts of traffic.duplicate_destinations: (G, L*G + 1) int64 per source
+    GPU the tokens whose (layer, GPU) an earlier expert of theirs at the layer already goes to
+    (the last column: the others), and whether there is any."""
+    T = keys_tok.shape[0]
+    out = np.zeros((G, L * G + 1), dtype=np.int64)
+    any_dup = False
+    for t in range(T):
+        g = (t * G) // T
+        for l in range(L):
+            for k in range(K):
+                d = lg_index[keys_tok[t, l * K + k]]
+                dup = False
+                for j in range(k):
+                    if lg_index[keys_tok[t, l * K + j]] == d:
+                        dup = True
+                        break
+                if dup:
+                    out[g, d] += 1
+                    any_dup = True
+                else:
+                    out[g, L * G] += 1
+    return any_dup, out

@@ -46,7 +46,7 @@ from sim.common.errors import ConfigError
 
 DEFAULT_PASSES = 8
 #: replicas of this many GPUs or more run the passes compiled (sim/world/compiled.py)
-COMPILED_MIN_GPUS = 32
+COMPILED_MIN_GPUS = 16
 _TOL = 1e-9  # continuous refinement stops once no allocation moves more than this
 _BIG = np.int64(1) << 40  # a non-holder's load in the water-fill (never below the level)
 _K = np.arange(1, 1025, dtype=np.int64)  # 1..G (G <= 1024)

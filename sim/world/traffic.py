@@ -102,6 +102,14 @@ def count_tokens(plan: Any, keys_tok: np.ndarray, G: int) -> tuple[np.ndarray, A
                 idx[dups.astype(np.int64) < L * G] = G * L * G
         m = np.bincount(idx.ravel(), minlength=G * L * G + 1)[:G * L * G].reshape(G, L, G)
         return counts, m.transpose(1, 0, 2)
+    kern = compiled_kernels(G)
+    if kern is not None:  # the same integers, counted in one compiled pass each
+        sc = kern.count_sources(keys_tok, G, LE)
+        if dedup:
+            any_dup, dc = kern.count_dups(keys_tok, plan.lg_index, L, plan.K, G)
+            if any_dup:
+                return sc.sum(axis=0), gpu_traffic(plan, sc, dups=dc)
+        return sc.sum(axis=0), sc
     sc = source_counts(keys_tok, G, LE)
     if dedup:
         dups = duplicate_destinations(keys_tok, plan.lg_index, L, plan.K, G)

@@ -11,7 +11,7 @@ import pytest
 
 from sim.world import token_split
 from sim.world.token_split import COMPILED_MIN_GPUS, compiled_kernels, split_tokens
-from sim.world.traffic import gpu_traffic
+from sim.world.traffic import duplicate_destinations, gpu_traffic, source_counts
 
 pytest.importorskip("numba", reason="numba is not installed: the numpy references run")
 
@@ -100,6 +100,40 @@ def test_gpu_traffic_odd_gpus_stay_on_blas(monkeypatch):
         m = gpu_traffic(_plan(L, E, G, share), np.ones((G, L * E), dtype=np.int64), share,
                         compiled=True)
         assert np.allclose(m, E / G)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_counts_compiled_equal_reference(seed):
+    """Tokens per source GPU and key, and the repeated (layer, GPU)s counted by source, for
+    batches on both sides of the bincount switch (512 tokens)."""
+    from sim.world import compiled
+
+    rng = np.random.default_rng(300 + seed)
+    L, E, K, G = int(rng.integers(1, 4)), int(rng.integers(4, 20)), int(rng.integers(1, 5)), \
+        int(rng.choice([2, 4, 16, 32]))
+    T = int(rng.choice([1, 7, 100, 600]))
+    K = min(K, E)
+    keys = np.stack([rng.permutation(E)[:K] for _ in range(T * L)]).reshape(T, L, K)
+    keys = (keys + (np.arange(L) * E)[None, :, None]).reshape(T, L * K).astype(np.int32)
+    owner = rng.integers(0, G, size=L * E)
+    lg_index = (np.arange(L * E) // E) * G + owner
+    assert np.array_equal(compiled.count_sources(keys, G, L * E), source_counts(keys, G, L * E))
+    dups = duplicate_destinations(keys, lg_index, L, K, G)
+    any_dup, dc = compiled.count_dups(keys, lg_index, L, K, G)
+    assert any_dup == (dups is not None)
+    if dups is not None:
+        assert np.array_equal(dc, source_counts(dups, G, L * G + 1))
+
+
+def test_count_dups_hand_figure():
+    """2 GPUs, 1 layer, top-3: token 0 (GPU 0) goes to experts on GPUs 1, 1, 0 (one repeat
+    of (layer 0, GPU 1)); token 1 (GPU 1) to GPUs 0, 1, 0 (a repeat of GPU 0)."""
+    from sim.world import compiled
+
+    lg_index = np.array([1, 1, 0, 0])  # experts 0, 1 on GPU 1; 2, 3 on GPU 0
+    keys = np.array([[0, 1, 2], [2, 0, 3]])
+    any_dup, dc = compiled.count_dups(keys, lg_index, 1, 3, 2)
+    assert any_dup and dc.tolist() == [[0, 1, 2], [1, 0, 2]]
 
 
 def test_gpu_traffic_hand_figure():
