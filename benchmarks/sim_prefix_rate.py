@@ -64,6 +64,10 @@ def main() -> int:
         simulate(cfg)
     except _Stop:
         finished = False
+    except SystemError as e:  # the alarm inside a compiled (numba) call surfaces wrapped
+        if not isinstance(e.__cause__ or e.__context__, _Stop):
+            raise
+        finished = False
     signal.setitimer(signal.ITIMER_REAL, 0)
     t1 = time.perf_counter()
     s = seen.get("sim")

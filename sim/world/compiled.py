@@ -196,20 +196,24 @@ def count_dups(keys_tok, lg_index, L, K, G):  # pragma: no cover - compiled
     (the last column: the others), and whether there is any."""
     T = keys_tok.shape[0]
     out = np.zeros((G, L * G + 1), dtype=np.int64)
+    dst = np.empty(K, dtype=np.int64)
+    none = L * G
     any_dup = False
     for t in range(T):
         g = (t * G) // T
+        row = out[g]
         for l in range(L):
             for k in range(K):
-                d = lg_index[keys_tok[t, l * K + k]]
+                d = np.int64(lg_index[keys_tok[t, l * K + k]])
+                dst[k] = d
                 dup = False
                 for j in range(k):
-                    if lg_index[keys_tok[t, l * K + j]] == d:
+                    if dst[j] == d:
                         dup = True
                         break
                 if dup:
-                    out[g, d] += 1
+                    row[d] += 1
                     any_dup = True
                 else:
-                    out[g, L * G] += 1
+                    row[none] += 1
     return any_dup, out
