@@ -53,7 +53,10 @@ def main() -> int:
 
     simulation.Simulation.run = run
 
+    fired = []
+
     def stop(*_):
+        fired.append(True)
         raise _Stop
 
     signal.signal(signal.SIGALRM, stop)
@@ -64,8 +67,8 @@ def main() -> int:
         simulate(cfg)
     except _Stop:
         finished = False
-    except SystemError as e:  # the alarm inside a compiled (numba) call surfaces wrapped
-        if not isinstance(e.__cause__ or e.__context__, _Stop):
+    except SystemError:  # the alarm inside a compiled (numba) call surfaces as a SystemError
+        if not fired:
             raise
         finished = False
     signal.setitimer(signal.ITIMER_REAL, 0)
