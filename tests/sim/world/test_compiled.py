@@ -158,3 +158,25 @@ def test_reference_when_numba_missing(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_compiled)
     assert token_split.compiled_kernels(64) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_moe_s_sparse_equals_dense(seed, monkeypatch):
+    """moe_s over a large replica's (L, E, G) split, mostly idle, with its group as a broadcast
+    view: summing only the active instances gives the floats of summing all of them."""
+    from sim.cost import AnalyticCost, analytic
+    from sim.world.config import HardwareConfig, ModelConfig
+
+    rng = np.random.default_rng(500 + seed)
+    L, E, G = 3, 64, 32
+    tok = rng.integers(1, 300, size=(L, E, G)) * (rng.random((L, E, G)) < 0.05)
+    group = np.broadcast_to(np.arange(L)[:, None, None] * G + np.arange(G)[None, None, :],
+                            tok.shape)
+    cost = AnalyticCost(ModelConfig(name="mixtral-8x7b"), HardwareConfig(name="h100-sxm"))
+    assert tok.size >= analytic._SPARSE_MOE
+    sparse = cost.moe_s(tok.ravel(), group.ravel(), L * G)
+    flat = cost.moe_s(tok.ravel(), np.ascontiguousarray(group).ravel(), L * G)
+    monkeypatch.setattr(analytic, "_SPARSE_MOE", 10**9)
+    dense = cost.moe_s(tok.ravel(), group.ravel(), L * G)
+    assert sparse.tobytes() == dense.tobytes() == flat.tobytes()
+    assert (dense > 0).sum() == (np.bincount(group.ravel(), weights=tok.ravel()) > 0).sum()
