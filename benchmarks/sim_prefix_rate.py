@@ -53,7 +53,10 @@ def main() -> int:
 
     simulation.Simulation.run = run
 
+    fired = []
+
     def stop(*_):
+        fired.append(True)
         raise _Stop
 
     signal.signal(signal.SIGALRM, stop)
@@ -63,6 +66,10 @@ def main() -> int:
     try:
         simulate(cfg)
     except _Stop:
+        finished = False
+    except SystemError:  # the alarm inside a compiled (numba) call surfaces as a SystemError
+        if not fired:
+            raise
         finished = False
     signal.setitimer(signal.ITIMER_REAL, 0)
     t1 = time.perf_counter()

@@ -55,6 +55,8 @@ MOE_BLOCK_TOKENS = 16
 #: kernel launches per fused-MoE layer: align/sort, the w13 grouped GEMM, SiLU-and-mul, the w2
 #: grouped GEMM, the top-k weighted sum (vLLM fused_experts)
 MOE_LAUNCHES = 5
+#: moe_s sums only the active expert instances from this many (a large replica's split)
+_SPARSE_MOE = 4096
 #: kernel launches per attention block: norm, QKV GEMM, rotary + cache write, attention, output GEMM
 #: (+ residual add / norm fused); shared experts add two GEMMs
 ATTENTION_LAUNCHES = 5
@@ -155,11 +157,19 @@ class AnalyticCost:
     def moe_s(self, tokens: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
         """Fused MoE: per group (a layer on a GPU) one launch sequence over its active experts.
 
-        ``tokens`` (N,) tokens of each expert instance, ``group`` (N,) its group; returns (groups,)."""
+        ``tokens`` (N,) tokens of each expert instance, ``group`` (N,) its group (any shape of N
+        elements, a broadcast view included); returns (groups,). Many instances (a large
+        replica's (L, E, G) split, mostly idle): only the active ones are summed, the same
+        floats (bincount adds in index order, and an idle instance adds exact zeros)."""
         t = np.asarray(tokens, dtype=np.float64).ravel()
+        g = np.asarray(group)
+        if t.size >= _SPARSE_MOE:
+            nz = np.flatnonzero(t)
+            t = t[nz]
+            g = g[np.unravel_index(nz, g.shape)] if g.ndim > 1 else g[nz]
         padded = np.ceil(t / MOE_BLOCK_TOKENS) * MOE_BLOCK_TOKENS
         active = (t > 0).astype(np.float64)
-        g = np.asarray(group).ravel()
+        g = g.ravel()
         flops = np.bincount(g, weights=padded, minlength=groups) * self._expert_flops_per_token
         tok = np.bincount(g, weights=t, minlength=groups)
         nbytes = np.bincount(g, weights=active, minlength=groups) * self._expert_weight_bytes + \

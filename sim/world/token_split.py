@@ -45,6 +45,8 @@ import numpy as np
 from sim.common.errors import ConfigError
 
 DEFAULT_PASSES = 8
+#: replicas of this many GPUs or more run the passes compiled (sim/world/compiled.py)
+COMPILED_MIN_GPUS = 16
 _TOL = 1e-9  # continuous refinement stops once no allocation moves more than this
 _BIG = np.int64(1) << 40  # a non-holder's load in the water-fill (never below the level)
 _K = np.arange(1, 1025, dtype=np.int64)  # 1..G (G <= 1024)
@@ -65,6 +67,19 @@ def water_fill(x: np.ndarray, hold: np.ndarray, n: np.ndarray,
     holders). Rows with no holder must have ``n == 0``."""
     order = None if start is None else np.argsort(_tie_rank(x.shape[-1], start), axis=-1)
     return _water_fill(x.astype(np.int64, copy=False), hold, n.astype(np.int64, copy=False), order)
+
+
+def compiled_kernels(G: int, compiled: bool | None = None):
+    """:mod:`sim.world.compiled` (imported here, lazily: numba) where a replica of ``G`` GPUs
+    uses it (``compiled`` None: from :data:`COMPILED_MIN_GPUS` GPUs; True / False: forced),
+    else None (also without numba: the numpy references run)."""
+    if not (G >= COMPILED_MIN_GPUS if compiled is None else compiled):
+        return None
+    try:
+        from sim.world import compiled as kernels
+    except ImportError:
+        return None
+    return kernels
 
 
 def _water_fill(x: np.ndarray, hold: np.ndarray, n: np.ndarray, order: np.ndarray | None
@@ -155,13 +170,14 @@ def _round(fa: np.ndarray, hj: np.ndarray, nn: np.ndarray, start: np.ndarray) ->
     return fl.astype(np.int64) + (hj & (rank < rem[..., None]))
 
 
-def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PASSES) -> np.ndarray:
+def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PASSES,
+                 compiled: bool | None = None) -> np.ndarray:
     """Tokens each GPU computes of each (layer, expert) per batch: ``counts`` (..., L, E)
     integer tokens per batch, ``hold`` (L, E, G) bool (every expert held by at least one GPU);
     returns (..., L, E, G) int64 summing to ``counts`` over G, nonzero only on holders. Without
     replicated experts it is ``counts`` on the one holder (the equal share); deterministic, and
     each (batch, layer) independent of the others (see the module doc for the order and the
-    tie rule)."""
+    tie rule). ``compiled``: run the passes compiled (:func:`compiled_kernels`; the same bytes)."""
     counts = np.asarray(counts)
     hold = np.asarray(hold, dtype=bool)
     if hold.ndim != 3 or counts.shape[-2:] != hold.shape[:2]:
@@ -206,17 +222,20 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
     hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
     base = out.reshape(M, E, G).sum(axis=1)  # (M, G)
     tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
-    alloc = _integer_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), hj, nn, tie,
+    kern = compiled_kernels(G, compiled)
+    int_passes = _integer_passes if kern is None else kern.integer_passes
+    refine = _refine if kern is None else kern.refine
+    alloc = int_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), hj, nn, tie,
                             skip_unmoved=False)  # the greedy
     if passes > 1:
         load = base + alloc.sum(axis=1)
         bound = np.maximum(-(-cr.sum(axis=1) // G), base.max(axis=1))  # no split does better
         r = np.flatnonzero(load.max(axis=1) > bound)
         if len(r):
-            fa = _refine(alloc[r].astype(np.float64), load[r].astype(np.float64), hj[r], nn[r],
+            fa = refine(alloc[r].astype(np.float64), load[r].astype(np.float64), hj[r], nn[r],
                          passes - 1)
             ar = _round(fa, hj[r], nn[r], start[r])
-            alloc[r] = _integer_passes(passes - 1, ar, base[r] + ar.sum(axis=1), hj[r], nn[r],
+            alloc[r] = int_passes(passes - 1, ar, base[r] + ar.sum(axis=1), hj[r], nn[r],
                                        tie[r], skip_unmoved=True)
     m_i, j_i = np.nonzero(ok)
     out.reshape(M, E, G)[m_i, ee[m_i, j_i]] = alloc[m_i, j_i]

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from sim.world.token_split import compiled_kernels
+
 __all__ = ["BF16_BYTES", "count_tokens", "duplicate_destinations", "gpu_traffic", "source_counts",
            "token_sources"]
 
@@ -100,6 +102,14 @@ def count_tokens(plan: Any, keys_tok: np.ndarray, G: int) -> tuple[np.ndarray, A
                 idx[dups.astype(np.int64) < L * G] = G * L * G
         m = np.bincount(idx.ravel(), minlength=G * L * G + 1)[:G * L * G].reshape(G, L, G)
         return counts, m.transpose(1, 0, 2)
+    kern = compiled_kernels(G)
+    if kern is not None:  # the same integers, counted in one compiled pass each
+        sc = kern.count_sources(keys_tok, G, LE)
+        if dedup:
+            any_dup, dc = kern.count_dups(keys_tok, plan.lg_index, L, plan.K, G)
+            if any_dup:
+                return sc.sum(axis=0), gpu_traffic(plan, sc, dups=dc)
+        return sc.sum(axis=0), sc
     sc = source_counts(keys_tok, G, LE)
     if dedup:
         dups = duplicate_destinations(keys_tok, plan.lg_index, L, plan.K, G)
@@ -109,7 +119,7 @@ def count_tokens(plan: Any, keys_tok: np.ndarray, G: int) -> tuple[np.ndarray, A
 
 
 def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = None,
-                dups: np.ndarray | None = None) -> np.ndarray:
+                dups: np.ndarray | None = None, compiled: bool | None = None) -> np.ndarray:
     """The dispatch of each layer: (L, G, G) tokens from source GPU (axis 1) to expert GPU (axis 2).
 
     ``src_counts`` (G, L*E): :func:`source_counts` of the iteration's tokens; destinations by the
@@ -119,7 +129,9 @@ def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = No
     an earlier expert of theirs already sends them to (:func:`duplicate_destinations` counted
     by source; the last column: none), taken off: a token goes once to each GPU that holds any
     of its experts, not once per expert. The diagonal is traffic that stays on its GPU. This is
-    the one place the token-to-GPU assignment enters the network model."""
+    the one place the token-to-GPU assignment enters the network model. ``compiled``: the
+    product as :func:`sim.world.compiled.traffic_share` forms it, the same bytes (None: from
+    :data:`~sim.world.token_split.COMPILED_MIN_GPUS` GPUs)."""
     L, E, G = plan.L, plan.E, plan.topo.expert_parallel
     if share is None and plan.single_owner:  # a scatter by owner (no BLAS, see _ReplicaNet)
         idx = (np.arange(G) * (L * G))[:, None] + plan.lg_index[None, :]  # (G, L*E) src, layer, dst
@@ -130,5 +142,10 @@ def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = No
     if dups is not None:
         raise ValueError("gpu_traffic: dups are for single owners with the plan's placement")
     sh = plan.share if share is None else share  # (L, E, G)
+    # BLAS forms the product as one chain per output for an even G and E <= 256 (measured:
+    # an odd G's edge tiles sum otherwise): only there the compiled chain is the same bytes
+    kern = compiled_kernels(G, compiled) if E <= 256 and G % 2 == 0 else None
+    if kern is not None:
+        return kern.traffic_share(src_counts, sh)
     per = src_counts.reshape(G, L, E).transpose(1, 0, 2).astype(np.float64)  # (L, G, E)
     return np.matmul(per, sh)  # (L, G, G)

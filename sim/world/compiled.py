@@ -1,0 +1,219 @@
+"""Compiled (numba) forms of the per-iteration loops of large replicas: the per-batch token
+split's passes (:mod:`sim.world.token_split`) and the all-to-all's traffic with a per-batch
+share (:func:`sim.world.traffic.gpu_traffic`). Each gives the same bytes as its numpy reference
+(tests/sim/world/test_compiled.py), and only replicas of
+:data:`sim.world.token_split.COMPILED_MIN_GPUS` or more use them (the callers decide), so
+that numba is imported (lazily, by the callers) only where it pays: small runs and start-up pay
+nothing. Without numba installed, :func:`available` is False and the references run.
+
+- :func:`integer_passes` and :func:`refine`: :func:`sim.world.token_split._integer_passes` and
+  ``_refine`` row by row, the same integer and float operations in the same order (no
+  fast-math: ``k * srt - S`` must not become a fused multiply-add). The stop rules are the
+  references': over all rows at once (a pass stops once no row moved / moved by 1e-9).
+- :func:`count_sources` and :func:`count_dups`: the integer counts of
+  :func:`sim.world.traffic.count_tokens` (tokens per source GPU and key; a token's repeated
+  (layer, GPU)s), one pass over the tokens instead of per-GPU bincounts and (T, L, K, K) masks.
+- :func:`traffic_share`: ``per @ share`` per layer as OpenBLAS's double-precision kernel forms
+  it (a K dimension of at most :data:`MAX_CHAIN`): each output a chain of fused multiply-adds
+  over the experts in ascending order from 0. A zero term leaves a nonnegative chain as it is,
+  so the chain skips them: the cost is the share's nonzeros x G, not E x G x G, and no BLAS
+  threads are started (on a loaded machine those cost more than the product).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+#: the longest experts axis whose BLAS product is one fused chain (OpenBLAS's dgemm K block)
+MAX_CHAIN = 256
+_BIG = np.int64(1) << 40
+_TOL = 1e-9
+
+
+@njit(cache=True)
+def _fill_int(x, hold, n, order, out):  # pragma: no cover - compiled
+    """token_split._water_fill for one row: ``n`` tokens over holders ``hold`` of loads ``x``,
+    ties in ``order``; writes ``out``."""
+    G = x.shape[0]
+    srt = np.empty(G, dtype=np.int64)
+    nh = 0
+    for g in range(G):
+        if hold[g]:
+            srt[nh] = x[g]
+            nh += 1
+    srt[:nh] = np.sort(srt[:nh])
+    S = np.empty(max(nh, 1), dtype=np.int64)
+    acc = np.int64(0)
+    kstar = 0
+    for k in range(nh):
+        acc += srt[k]
+        S[k] = acc
+        if (k + 1) * srt[k] - acc <= n:
+            kstar += 1
+    for g in range(G):
+        out[g] = 0
+    if kstar == 0:
+        return
+    Sk = S[kstar - 1]
+    h = (n + Sk) // kstar
+    rem = n + Sk - h * kstar
+    rank = 0
+    for i in range(G):
+        g = order[i]
+        if hold[g] and x[g] <= h:
+            rank += 1
+            out[g] = h - x[g] + (1 if rank <= rem else 0)
+
+
+@njit(cache=True)
+def integer_passes(count, alloc, load, hj, nn, order, skip_unmoved):  # pragma: no cover
+    """token_split._integer_passes, in place on ``alloc`` (M, J, G) int64."""
+    M, J, G = alloc.shape
+    load = load.copy()
+    a = np.empty(G, dtype=np.int64)
+    x = np.empty(G, dtype=np.int64)
+    for _ in range(count):
+        moved = False
+        for j in range(J):
+            for m in range(M):
+                for g in range(G):
+                    x[g] = load[m, g] - alloc[m, j, g]
+                _fill_int(x, hj[m, j], nn[m, j], order[m], a)
+                for g in range(G):
+                    if a[g] != alloc[m, j, g]:
+                        moved = True
+                    alloc[m, j, g] = a[g]
+                    load[m, g] = x[g] + a[g]
+            if not skip_unmoved:
+                moved = True
+        if not moved:
+            break
+    return alloc
+
+
+@njit(cache=True)
+def refine(alloc, load, hj, nn, passes):  # pragma: no cover - compiled
+    """token_split._refine, in place on ``alloc`` (M, J, G) float64."""
+    M, J, G = alloc.shape
+    load = load.copy()
+    srt = np.empty(G)
+    S = np.empty(G)
+    x = np.empty(G)
+    for _ in range(passes):
+        delta = 0.0
+        for j in range(J):
+            for m in range(M):
+                nh = 0
+                for g in range(G):
+                    x[g] = load[m, g] - alloc[m, j, g]
+                    if hj[m, j, g]:
+                        srt[nh] = x[g]
+                        nh += 1
+                srt[:nh] = np.sort(srt[:nh])
+                n = np.float64(nn[m, j])
+                acc = 0.0
+                kstar = 0
+                for k in range(nh):
+                    acc += srt[k]
+                    S[k] = acc
+                    if np.float64(k + 1) * srt[k] - acc <= n:
+                        kstar += 1
+                h = (n + S[kstar - 1]) / np.float64(kstar) if kstar > 0 else 0.0
+                for g in range(G):
+                    v = 0.0
+                    if hj[m, j, g] and kstar > 0:
+                        v = h - x[g]
+                        if not v >= 0.0:
+                            v = 0.0
+                    d = abs(v - alloc[m, j, g])
+                    if d > delta:
+                        delta = d
+                    alloc[m, j, g] = v
+                    load[m, g] = x[g] + v
+        if delta <= _TOL:
+            break
+    return alloc
+
+
+@njit(cache=True, fastmath={"contract"})
+def _chain(sc, share, L, E, G, out):  # pragma: no cover - compiled
+    """out[l, g, h]: the chain over e ascending of sc[g, l*E + e] * share[l, e, h], zero
+    terms skipped (they add an exact 0)."""
+    ptr = np.zeros(L * E + 1, dtype=np.int64)  # the share's nonzeros per (l, e), as CSR
+    hs = np.empty(L * E * G, dtype=np.int64)
+    ws = np.empty(L * E * G)
+    n = 0
+    for l in range(L):
+        for e in range(E):
+            for h in range(G):
+                w = share[l, e, h]
+                if w != 0.0:
+                    hs[n] = h
+                    ws[n] = w
+                    n += 1
+            ptr[l * E + e + 1] = n
+    for g in range(G):
+        for l in range(L):
+            for e in range(E):
+                col = l * E + e
+                v = sc[g, col]
+                if v == 0:
+                    continue
+                fv = np.float64(v)
+                for i in range(ptr[col], ptr[col + 1]):
+                    h = hs[i]
+                    out[l, g, h] = fv * ws[i] + out[l, g, h]
+
+
+def traffic_share(src_counts: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """(L, G, G) ``per @ share`` of :func:`sim.world.traffic.gpu_traffic` (``src_counts``
+    (G, L*E) nonnegative integers, ``share`` (L, E, G) nonnegative, E <= :data:`MAX_CHAIN`)."""
+    L, E, G = share.shape
+    out = np.zeros((L, G, G))
+    _chain(np.ascontiguousarray(src_counts), np.ascontiguousarray(share, dtype=np.float64),
+           L, E, G, out)
+    return out
+
+
+@njit(cache=True)
+def count_sources(keys_tok, G, LE):  # pragma: no cover - compiled
+    """traffic.source_counts: (G, L*E) int64 tokens per source GPU (token t on ``t * G // T``)
+    and key, from ``keys_tok`` (T, L*K)."""
+    T, C = keys_tok.shape
+    out = np.zeros((G, LE), dtype=np.int64)
+    for t in range(T):
+        g = (t * G) // T
+        for c in range(C):
+            out[g, keys_tok[t, c]] += 1
+    return out
+
+
+@njit(cache=True)
+def count_dups(keys_tok, lg_index, L, K, G):  # pragma: no cover - compiled
+    """traffic.source_counts of traffic.duplicate_destinations: (G, L*G + 1) int64 per source
+    GPU the tokens whose (layer, GPU) an earlier expert of theirs at the layer already goes to
+    (the last column: the others), and whether there is any."""
+    T = keys_tok.shape[0]
+    out = np.zeros((G, L * G + 1), dtype=np.int64)
+    dst = np.empty(K, dtype=np.int64)
+    none = L * G
+    any_dup = False
+    for t in range(T):
+        g = (t * G) // T
+        row = out[g]
+        for l in range(L):
+            for k in range(K):
+                d = np.int64(lg_index[keys_tok[t, l * K + k]])
+                dst[k] = d
+                dup = False
+                for j in range(k):
+                    if dst[j] == d:
+                        dup = True
+                        break
+                if dup:
+                    row[d] += 1
+                    any_dup = True
+                else:
+                    row[none] += 1
+    return any_dup, out
