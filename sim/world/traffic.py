@@ -143,9 +143,38 @@ def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = No
         raise ValueError("gpu_traffic: dups are for single owners with the plan's placement")
     sh = plan.share if share is None else share  # (L, E, G)
     # BLAS forms the product as one chain per output for an even G and E <= 256 (measured:
-    # an odd G's edge tiles sum otherwise): only there the compiled chain is the same bytes
+    # an odd G's edge tiles sum otherwise): only there the compiled chain is the same bytes,
+    # and only where this machine's BLAS is seen to form it so (chain_matches_blas)
     kern = compiled_kernels(G, compiled) if E <= 256 and G % 2 == 0 else None
-    if kern is not None:
+    if kern is not None and (compiled or chain_matches_blas(kern, L, E, G)):
         return kern.traffic_share(src_counts, sh)
+    return _blas_traffic(src_counts, sh, L, E, G)
+
+
+def _blas_traffic(src_counts: np.ndarray, sh: np.ndarray, L: int, E: int, G: int) -> np.ndarray:
     per = src_counts.reshape(G, L, E).transpose(1, 0, 2).astype(np.float64)  # (L, G, E)
     return np.matmul(per, sh)  # (L, G, G)
+
+
+#: (L, E, G) -> whether the compiled chain gave BLAS's bytes on this machine's probe
+_CHAIN_OK: dict[tuple[int, int, int], bool] = {}
+
+
+def chain_matches_blas(kern: Any, L: int, E: int, G: int) -> bool:
+    """Whether :func:`sim.world.compiled.traffic_share` gives this machine's BLAS bytes for
+    products of this shape: checked once per shape and process on a probe of random counts and
+    shares (zeros included). A GEMM kernel's summation order depends on the shape and the CPU's
+    kernel, not on the values; where it differs (another BLAS kernel, another CPU), the BLAS
+    product stays, so the outputs never depend on whether numba is installed."""
+    key = (L, E, G)
+    ok = _CHAIN_OK.get(key)
+    if ok is None:
+        rng = np.random.default_rng(20261207)
+        src = rng.integers(0, 64, size=(G, L * E))
+        src[rng.random(src.shape) < 0.3] = 0
+        sh = rng.random((L, E, G))
+        sh[rng.random(sh.shape) < 0.5] = 0.0
+        sh /= np.maximum(sh.sum(axis=2, keepdims=True), 1e-300)
+        ok = _CHAIN_OK[key] = bool(np.array_equal(kern.traffic_share(src, sh),
+                                                  _blas_traffic(src, sh, L, E, G)))
+    return ok

@@ -84,10 +84,17 @@ def test_gpu_traffic_compiled_equals_matmul(seed):
     src[rng.random(src.shape) < 0.4] = 0
     plan = _plan(L, E, G, share)
     ref = gpu_traffic(plan, src, share, compiled=False)
-    fast = gpu_traffic(plan, src, share, compiled=True)
-    assert fast.shape == ref.shape == (L, G, G)
-    assert np.array_equal(fast, ref)
-    assert np.array_equal(gpu_traffic(plan, src, compiled=True), ref)  # the plan's share
+    # what runs: the chain where this machine's BLAS forms the product the same way, else BLAS;
+    # either way BLAS's bytes
+    assert np.array_equal(gpu_traffic(plan, src, share), ref)
+    from sim.world import compiled
+    from sim.world.traffic import chain_matches_blas
+
+    if chain_matches_blas(compiled, L, E, G):  # then on other values too (the order is the shape's)
+        fast = gpu_traffic(plan, src, share, compiled=True)
+        assert fast.shape == ref.shape == (L, G, G)
+        assert np.array_equal(fast, ref)
+        assert np.array_equal(gpu_traffic(plan, src, compiled=True), ref)  # the plan's share
 
 
 def test_gpu_traffic_odd_gpus_stay_on_blas(monkeypatch):
@@ -180,3 +187,19 @@ def test_moe_s_sparse_equals_dense(seed, monkeypatch):
     dense = cost.moe_s(tok.ravel(), group.ravel(), L * G)
     assert sparse.tobytes() == dense.tobytes() == flat.tobytes()
     assert (dense > 0).sum() == (np.bincount(group.ravel(), weights=tok.ravel()) > 0).sum()
+
+
+def test_a_chain_that_differs_from_blas_is_not_used(monkeypatch):
+    """Where the probe finds the chain's bytes differ from this machine's BLAS, the BLAS product
+    runs (a compiled chain that sums in another order)."""
+    from sim.world import compiled, traffic
+
+    L, E, G = 1, 8, COMPILED_MIN_GPUS  # a replica that takes the compiled kernels
+    monkeypatch.setattr(traffic, "_CHAIN_OK", {})
+    monkeypatch.setattr(compiled, "traffic_share", lambda src, sh: np.zeros((L, G, G)) + 1e-9)
+    assert not traffic.chain_matches_blas(compiled, L, E, G)
+    assert traffic._CHAIN_OK == {(L, E, G): False}  # decided once per shape
+    share = np.full((L, E, G), 1.0 / G)
+    src = np.ones((G, L * E), dtype=np.int64)
+    got = gpu_traffic(_plan(L, E, G, share), src, share, compiled=None)
+    assert np.array_equal(got, traffic._blas_traffic(src, share, L, E, G))
