@@ -15,8 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "published" / "run.py"
 _spec = importlib.util.spec_from_file_location("published_run", RUN)
 pr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pr)
-ROWS = pr.read_rows(RUN.parent / "rows.csv")
+_spec.loader.exec_module(pr)  # (puts the suite's folder on sys.path: its rooms below)
+import suite_figures as sf  # noqa: E402
+import suite_rows as sr  # noqa: E402
+
+ROWS = sr.read_rows(RUN.parent / "rows.csv")
 
 
 def _row(**kw) -> dict[str, str]:
@@ -35,10 +38,10 @@ def _off(**kw) -> dict[str, str]:
 def test_rows_csv_keeps_the_contract():
     with open(RUN.parent / "rows.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert tuple(header) == pr.COLUMNS
-    pr.check_rows(ROWS)
-    assert all(all(r[c] is not None for c in pr.COLUMNS) for r in ROWS)
-    assert {r["metric"] for r in ROWS} <= set(pr.METRICS)
+    assert tuple(header) == sr.COLUMNS
+    sr.check_rows(ROWS)
+    assert all(all(r[c] is not None for c in sr.COLUMNS) for r in ROWS)
+    assert {r["metric"] for r in ROWS} <= set(sr.METRICS)
     off = [r for r in ROWS if r["offloaded"] == "yes"]
     assert sum(1 for r in off if r["excluded"]) <= 0.10 * len(off)
 
@@ -80,15 +83,15 @@ def test_mixtral_offloading_table2_is_whole():
     (dict(), False),
 ])
 def test_setting_offloaded(kw, offloaded):
-    assert pr.setting_offloaded(_row(**kw)) is offloaded
+    assert sr.setting_offloaded(_row(**kw)) is offloaded
 
 
 def test_a_flag_that_disagrees_with_the_setting_is_refused_naming_the_row():
-    with pytest.raises(pr.SuiteError, match=r"row bad: offloaded=no disagrees"):
-        pr.check_rows([_row(id="bad", overrides="offload.layer_streaming=true")])
-    with pytest.raises(pr.SuiteError, match=r"row bad: offloaded=yes disagrees"):
-        pr.check_rows([_row(id="bad", offloaded="yes")])
-    pr.check_rows([_off(id="good")])
+    with pytest.raises(sr.SuiteError, match=r"row bad: offloaded=no disagrees"):
+        sr.check_rows([_row(id="bad", overrides="offload.layer_streaming=true")])
+    with pytest.raises(sr.SuiteError, match=r"row bad: offloaded=yes disagrees"):
+        sr.check_rows([_row(id="bad", offloaded="yes")])
+    sr.check_rows([_off(id="good")])
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -102,25 +105,25 @@ def test_a_flag_that_disagrees_with_the_setting_is_refused_naming_the_row():
     (dict(excluded="host not stated"), "only offloaded rows may be excluded"),
 ])
 def test_bad_fields_are_one_error_naming_the_row(kw, message):
-    with pytest.raises(pr.SuiteError, match=rf"^row x: .*{message}"):
-        pr.check_rows([_row(id="x", **kw)])
+    with pytest.raises(sr.SuiteError, match=rf"^row x: .*{message}"):
+        sr.check_rows([_row(id="x", **kw)])
 
 
 def test_missing_column_and_duplicate_id():
     r = _row(id="x")
     del r["group"]
-    with pytest.raises(pr.SuiteError, match=r"row x: missing columns \['group'\]"):
-        pr.check_rows([r])
-    with pytest.raises(pr.SuiteError, match="row y: id given twice"):
-        pr.check_rows([_row(id="y"), _row(id="y")])
+    with pytest.raises(sr.SuiteError, match=r"row x: missing columns \['group'\]"):
+        sr.check_rows([r])
+    with pytest.raises(sr.SuiteError, match="row y: id given twice"):
+        sr.check_rows([_row(id="y"), _row(id="y")])
 
 
 def test_excluded_share_is_at_most_ten_percent():
     ok = [_off(id=f"r{i}", excluded="host not stated" if i == 0 else "") for i in range(10)]
-    pr.check_rows(ok)  # 1 of 10
+    sr.check_rows(ok)  # 1 of 10
     bad = [_off(id=f"r{i}", excluded="host not stated" if i < 2 else "") for i in range(10)]
-    with pytest.raises(pr.SuiteError, match="2 of 10 offloaded rows excluded"):
-        pr.check_rows(bad)
+    with pytest.raises(sr.SuiteError, match="2 of 10 offloaded rows excluded"):
+        sr.check_rows(bad)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -131,29 +134,29 @@ def test_excluded_share_is_at_most_ten_percent():
 def test_a_group_shares_model_hardware_host_and_workload(field, value):
     b = _off(id="b", group="g", overrides="cluster.experts_per_layer=4 host=desktop-pcie3")
     same = _off(id="s", group="g", overrides="cluster.experts_per_layer=2 host=desktop-pcie3")
-    pr.check_rows([b, same])  # the policy (k) may differ
+    sr.check_rows([b, same])  # the policy (k) may differ
     other = dict(same, id="o", **{field: value})
-    with pytest.raises(pr.SuiteError, match="row o: group g shares .* baseline b"):
-        pr.check_rows([b, same, other])
+    with pytest.raises(sr.SuiteError, match="row o: group g shares .* baseline b"):
+        sr.check_rows([b, same, other])
 
 
 def test_an_excluded_baseline_excludes_its_group():
     b = _off(id="b", group="g", excluded="host not stated")
     m = _off(id="m", group="g")
     rows = [b, m] + [_off(id=f"r{i}") for i in range(20)]
-    with pytest.raises(pr.SuiteError, match="row m: group g's baseline b is excluded"):
-        pr.check_rows(rows)
+    with pytest.raises(sr.SuiteError, match="row m: group g's baseline b is excluded"):
+        sr.check_rows(rows)
     # a member may be excluded alone (its ratio of ratios is then not computed)
-    pr.check_rows([m, dict(b, group="g")] + [_off(id=f"r{i}") for i in range(20)])
+    sr.check_rows([m, dict(b, group="g")] + [_off(id=f"r{i}") for i in range(20)])
 
 
 def test_published_figures_as_times():
     # decode_tok_s: 2.5 tokens/s is 0.4 s per token
-    assert pr.published_s(_row(metric="decode_tok_s", measured="2.5")) == pytest.approx(0.4)
+    assert sr.published_s(_row(metric="decode_tok_s", measured="2.5")) == pytest.approx(0.4)
     # out_tok_s_per_gpu: 64 sequences x 128 tokens at 1024 tok/s/GPU on 2 GPUs = 4 s
-    assert pr.published_s(_row(metric="out_tok_s_per_gpu", measured="1024", batch="64",
+    assert sr.published_s(_row(metric="out_tok_s_per_gpu", measured="1024", batch="64",
                                output_len="128", gpus="2")) == pytest.approx(4.0)
-    assert pr.published_s(_row(metric="tpot_s", measured="0.02")) == pytest.approx(0.02)
+    assert sr.published_s(_row(metric="tpot_s", measured="0.02")) == pytest.approx(0.02)
 
 
 def test_ratio_of_ratios_by_hand():
@@ -164,7 +167,7 @@ def test_ratio_of_ratios_by_hand():
            dict(id="r", group="g", measured=1.0, moesim=1.2),
            dict(id="s", group="g", measured=0.25, moesim=0.2),
            dict(id="h1", group="h", measured=3.0, moesim=2.0)]
-    rr = pr.ratio_of_ratios(res)
+    rr = sf.ratio_of_ratios(res)
     assert rr == pytest.approx({"b": 1.0, "r": 1.5, "s": 1.0, "h1": 1.0})
 
 
@@ -179,7 +182,7 @@ def test_summaries_count_bands_sources_and_groups():
                 moesim=2.2, source="https://github.com/o/r/blob/def/g.csv"),
            dict(id="e", suite="offload", offloaded="yes", ratio=3.0, group="g", measured=1.0,
                 moesim=3.0, source="https://arxiv.org/abs/1")]
-    lines = pr.summaries(res, pr.ratio_of_ratios(res))
+    lines = sf.summaries(res, sf.ratio_of_ratios(res))
     assert lines[0] == ("serving suite (the first 50 rows): 2 rows, median |ratio - 1| = 0.300, "
                         "1 outside [0.67, 1.5]")
     assert lines[1] == ("offloaded (not excluded): 3 rows from 2 sources, median |ratio - 1| = "
@@ -190,10 +193,10 @@ def test_summaries_count_bands_sources_and_groups():
 
 
 def test_band_edges_and_source_key():
-    assert pr.band_stats([0.67, 1.5, 0.669, 1.51]) == (pytest.approx(0.4155), 2)  # |r-1| 0.33 0.331 0.5 0.51
-    assert pr.source_key("https://github.com/efeslab/fiddler/blob/1bf8/x.csv") == \
+    assert sf.band_stats([0.67, 1.5, 0.669, 1.51]) == (pytest.approx(0.4155), 2)  # |r-1| 0.33 0.331 0.5 0.51
+    assert sf.source_key("https://github.com/efeslab/fiddler/blob/1bf8/x.csv") == \
         "github.com/efeslab/fiddler"
-    assert pr.source_key("https://arxiv.org/abs/2312.17238/") == "arxiv.org/abs/2312.17238"
+    assert sf.source_key("https://arxiv.org/abs/2312.17238/") == "arxiv.org/abs/2312.17238"
 
 
 def test_row_overrides_come_last():
@@ -204,7 +207,7 @@ def test_row_overrides_come_last():
 
 def test_an_unknown_override_key_is_an_error_naming_the_row():
     r = _row(id="typo", overrides="cluster.no_such_key=1")
-    with pytest.raises(pr.SuiteError, match=r"^row typo: .*no_such_key"):
+    with pytest.raises(sr.SuiteError, match=r"^row typo: .*no_such_key"):
         from hydra import initialize_config_module
 
         from sim.world.config import register_configs
@@ -217,7 +220,7 @@ def test_an_unknown_override_key_is_an_error_naming_the_row():
 def test_check_mode_exits_2_with_one_line_on_a_bad_csv(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "rows.csv"
     with open(bad, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=pr.COLUMNS)
+        w = csv.DictWriter(f, fieldnames=sr.COLUMNS)
         w.writeheader()
         w.writerow(_row(id="flag", offloaded="yes"))
     monkeypatch.setattr("sys.argv", ["run.py", "--check", "--rows", str(bad)])

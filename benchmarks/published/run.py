@@ -45,179 +45,23 @@ import csv
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+if str(HERE) not in sys.path:  # the suite's rooms beside this file (also when loaded by path)
+    sys.path.insert(0, str(HERE))
 
-COLUMNS = ("id", "source", "engine", "engine_conf", "model", "dtype", "hardware", "gpus", "tp",
-           "moe_parallel", "batch", "input_len", "output_len", "num_prompts", "token_budget",
-           "metric", "measured", "expert_budget", "cache_policy", "cache_scope", "offloaded",
-           "suite", "group", "excluded", "overrides", "note")
-METRICS = ("batch_latency_s", "tpot_s", "ttft_s", "e2e_s", "out_tok_s_per_gpu", "decode_tok_s")
-#: what rows of one group share (besides the ``host=`` override): all but the policy
-GROUP_SHARED = ("model", "hardware", "gpus", "tp", "batch", "input_len", "output_len",
-                "num_prompts", "metric")
-MAX_EXCLUDED_SHARE = 0.10
-BAND, RR_BAND = (0.67, 1.5), (0.85, 1.18)
-
-
-class SuiteError(ValueError):
-    """A row breaks the CSV contract (the message names the row)."""
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def parse_overrides(row: dict[str, str]) -> dict[str, str]:
-    """The row's ``key=value`` overrides, in order; a token without ``=`` is an error."""
-    out: dict[str, str] = {}
-    for tok in row.get("overrides", "").split():
-        key, eq, value = tok.partition("=")
-        if not eq or not key or not value:
-            raise SuiteError(f"row {row['id']}: override {tok!r} is not key=value")
-        if key in out:
-            raise SuiteError(f"row {row['id']}: override {key!r} given twice")
-        out[key] = value
-    return out
-
-
-def setting_offloaded(row: dict[str, str]) -> bool:
-    """Whether the row's setting keeps any expert off the GPU or computes it elsewhere: an
-    ``expert_budget`` of ``fill`` or a fraction < 1, a budget in bytes or a fraction < 1 among
-    the overrides, a per-layer cache of k experts, layer streaming, or CPU experts."""
-    budget = row.get("expert_budget", "").strip()
-    if budget == "fill" or (budget and float(budget) < 1.0):
-        return True
-    o = parse_overrides(row)
-    return (int(o.get("cluster.experts_per_layer", "0")) > 0
-            or float(o.get("cluster.expert_budget_fraction", "1")) < 1.0
-            or int(o.get("cluster.expert_budget_bytes", "0")) > 0
-            or o.get("offload.layer_streaming", "false").lower() == "true"
-            or o.get("offload.expert_exec", "copy") in ("cpu", "auto"))
-
-
-def group_key(row: dict[str, str]) -> tuple[str, ...]:
-    """What every row of a group shares with its baseline."""
-    return tuple(row[c] for c in GROUP_SHARED) + (parse_overrides(row).get("host", ""),)
-
-
-def check_rows(rows: list[dict[str, str]]) -> None:
-    """The CSV contract; raises SuiteError naming the first row that breaks it."""
-    seen: set[str] = set()
-    baselines: dict[str, dict[str, str]] = {}
-    for row in rows:
-        try:
-            _check_row(row, seen, baselines)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, SuiteError):
-                raise
-            raise SuiteError(f"row {row.get('id') or '?'}: {e}") from None
-    off = [r for r in rows if r["offloaded"] == "yes"]
-    n_ex = sum(1 for r in off if r["excluded"])
-    if n_ex > MAX_EXCLUDED_SHARE * len(off):
-        raise SuiteError(f"{n_ex} of {len(off)} offloaded rows excluded: more than "
-                         f"{MAX_EXCLUDED_SHARE:.0%}")
-
-
-def _check_row(row: dict[str, str], seen: set[str], baselines: dict[str, dict[str, str]]) -> None:
-    """One row's part of the contract (ids seen and group baselines carried between rows)."""
-    rid = row.get("id") or "?"
-    missing = [c for c in COLUMNS if row.get(c) is None]
-    if missing:
-        raise SuiteError(f"row {rid}: missing columns {missing}")
-    if rid in seen:
-        raise SuiteError(f"row {rid}: id given twice")
-    seen.add(rid)
-    if row["metric"] not in METRICS:
-        raise SuiteError(f"row {rid}: unknown metric {row['metric']!r} (known: {METRICS})")
-    if not float(row["measured"]) > 0:
-        raise SuiteError(f"row {rid}: measured must be > 0")
-    if row["offloaded"] not in ("yes", "no"):
-        raise SuiteError(f"row {rid}: offloaded must be yes or no, not {row['offloaded']!r}")
-    if row["suite"] not in ("serving", "offload"):
-        raise SuiteError(f"row {rid}: suite must be serving or offload")
-    if (row["offloaded"] == "yes") != setting_offloaded(row):
-        raise SuiteError(f"row {rid}: offloaded={row['offloaded']} disagrees with its setting "
-                         f"(expert_budget={row['expert_budget']!r}, "
-                         f"overrides={row['overrides']!r})")
-    if row["excluded"] and row["offloaded"] != "yes":
-        raise SuiteError(f"row {rid}: only offloaded rows may be excluded")
-    g = row["group"]
-    if g:
-        base = baselines.setdefault(g, row)
-        if group_key(row) != group_key(base):
-            raise SuiteError(f"row {rid}: group {g} shares model, hardware, host and workload "
-                             f"with its baseline {base['id']}; this row differs")
-        if base["excluded"] and not row["excluded"]:
-            raise SuiteError(f"row {rid}: group {g}'s baseline {base['id']} is excluded, so is "
-                             f"the group")
-
-
-def published_s(row: dict[str, str]) -> float:
-    """The published figure as a time (seconds), comparable with moesim's."""
-    meas = float(row["measured"])
-    if row["metric"] == "out_tok_s_per_gpu":
-        return int(row["batch"]) * int(row["output_len"]) / (meas * int(row["gpus"]))
-    if row["metric"] == "decode_tok_s":
-        return 1.0 / meas
-    return meas
-
-
-def ratio_of_ratios(results: list[dict]) -> dict[str, float]:
-    """Per row id in a group: (moesim_r / moesim_b) / (published_r / published_b), b the group's
-    first row (both as times): 1 where moesim moves by as much as the source when the policy
-    changes. Rows without a group are absent."""
-    base: dict[str, dict] = {}
-    out: dict[str, float] = {}
-    for r in results:
-        if not r["group"]:
-            continue
-        b = base.setdefault(r["group"], r)
-        out[r["id"]] = (r["moesim"] / b["moesim"]) / (r["measured"] / b["measured"])
-    return out
-
-
-def source_key(url: str) -> str:
-    """One source per paper or repository: github.com/OWNER/REPO, else host + path."""
-    u = urlparse(url)
-    parts = [p for p in u.path.split("/") if p]
-    if u.netloc.endswith("github.com") and len(parts) >= 2:
-        return f"{u.netloc}/{parts[0]}/{parts[1]}"
-    return u.netloc + u.path.rstrip("/")
-
-
-def band_stats(ratios: list[float], lo: float = BAND[0], hi: float = BAND[1]) -> tuple[float, int]:
-    """(median |ratio - 1|, count outside [lo, hi])."""
-    a = np.asarray(ratios, dtype=float)
-    return float(np.median(np.abs(a - 1.0))), int(((a < lo) | (a > hi)).sum())
-
-
-def summaries(results: list[dict], rr: dict[str, float]) -> list[str]:
-    """The suite's three summary lines (sections with no rows are left out)."""
-    lines = []
-    serving = [r["ratio"] for r in results if r["suite"] == "serving"]
-    if serving:
-        med, out = band_stats(serving)
-        lines.append(f"serving suite (the first 50 rows): {len(serving)} rows, median |ratio - 1| "
-                     f"= {med:.3f}, {out} outside {list(BAND)}")
-    off = [r for r in results if r["offloaded"] == "yes"]
-    if off:
-        med, out = band_stats([r["ratio"] for r in off])
-        n_src = len({source_key(r["source"]) for r in off})
-        lines.append(f"offloaded (not excluded): {len(off)} rows from {n_src} sources, median "
-                     f"|ratio - 1| = {med:.3f}, {out} outside {list(BAND)}")
-    firsts = {r["group"]: r["id"] for r in reversed(results) if r["group"]}
-    members = [v for k, v in rr.items() if k not in firsts.values()]
-    if members:
-        inside = sum(1 for v in members if RR_BAND[0] <= v <= RR_BAND[1])
-        lines.append(f"groups: {len(firsts)}, {inside} of {len(members)} non-baseline rows "
-                     f"({inside / len(members):.0%}) with ratio of ratios in {list(RR_BAND)}")
-    return lines
+from suite_figures import plot, plot_groups, ratio_of_ratios, summaries  # noqa: E402
+from suite_rows import (  # noqa: E402
+    BAND,
+    SuiteError,
+    check_rows,
+    parse_overrides,
+    published_s,
+    read_rows,
+)
 
 
 def base_overrides(row: dict[str, str]) -> list[str]:
@@ -291,60 +135,6 @@ def simulate_row(row: dict[str, str]) -> float:
     if metric == "decode_tok_s":
         return float(metrics["tpot_s"]["mean"])
     return float(metrics[metric]["mean"])
-
-
-def plot(results: list[dict], path: Path) -> None:
-    from analysis.plots import pyplot
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    markers = {"batch_latency_s": "o", "tpot_s": "s", "ttft_s": "^", "e2e_s": "D",
-               "out_tok_s_per_gpu": "v", "decode_tok_s": "P"}
-    for metric, mk in markers.items():
-        sel = [r for r in results if r["metric"] == metric]
-        if sel:
-            ax.scatter([r["measured"] for r in sel], [r["moesim"] for r in sel], marker=mk,
-                       label=metric)
-    lo = min(min(r["measured"], r["moesim"]) for r in results) / 1.5
-    hi = max(max(r["measured"], r["moesim"]) for r in results) * 1.5
-    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="y = x")
-    ax.plot([lo, hi], [lo * 1.5, hi * 1.5], "k:", lw=0.6, label="x 1.5 / 0.67")
-    ax.plot([lo, hi], [lo / 1.5, hi / 1.5], "k:", lw=0.6)
-    ax.set(xscale="log", yscale="log", xlabel="published (s)", ylabel="moesim (s)",
-           title="moesim (analytic) vs published measurements")
-    ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, "python benchmarks/published/run.py OUT", fontsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_groups(results: list[dict], path: Path) -> None:
-    """Each grouped row's published time ratio to its baseline against moesim's (y = x: moesim
-    moves as the source does when the policy changes)."""
-    from analysis.plots import pyplot
-
-    base: dict[str, dict] = {}
-    pts: dict[str, list[tuple[float, float]]] = {}
-    for r in results:
-        if r["group"]:
-            b = base.setdefault(r["group"], r)
-            pts.setdefault(r["group"], []).append((r["measured"] / b["measured"],
-                                                   r["moesim"] / b["moesim"]))
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    for g, p in pts.items():
-        ax.scatter([x for x, _ in p], [y for _, y in p], label=g, s=18)
-    vals = [v for p in pts.values() for xy in p for v in xy]
-    lo, hi = min(vals) / 1.3, max(vals) * 1.3
-    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="y = x")
-    ax.plot([lo, hi], [lo * RR_BAND[1], hi * RR_BAND[1]], "k:", lw=0.6, label="x 1.18 / 0.85")
-    ax.plot([lo, hi], [lo * RR_BAND[0], hi * RR_BAND[0]], "k:", lw=0.6)
-    ax.set(xscale="log", yscale="log", xlabel="published: row time / baseline time",
-           ylabel="moesim: row time / baseline time", title="policy groups: ratio of ratios")
-    ax.legend(fontsize=6, ncol=2)
-    fig.text(0.01, 0.01, "python benchmarks/published/run.py OUT", fontsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> int:
