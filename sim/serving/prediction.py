@@ -201,18 +201,25 @@ class Prediction:
             if extra:
                 protect = set(protect).union(extra)
             act = active[g] if active is not None else None
-            if self.log is not None:
-                if act is not None:
-                    self.log.add(st.gpu, "active", step, act)
-                self.log.add(st.gpu, "insert", step, mine.tolist(), protect)
-            loaded, evicted = cache.insert(step, mine.tolist(), protect=protect, active=act)
-            if len(cache.resident) > st.capacity:
-                raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
-                                  f"{st.gpu} during prefetch")
-            st.peak_resident = max(st.peak_resident, len(cache.resident))
-            if loaded:
-                copies.append((g, loaded, evicted))
+            if self.log is not None and act is not None:
+                self.log.add(st.gpu, "active", step, act)
+            self._insert(g, st, step, mine.tolist(), protect, act, copies)
         return copies
+
+    def _insert(self, g: int, st: GpuState, step: int, keys: list[int], protect: Any, active: Any,
+                copies: list[tuple[int, list[int], list[int]]]) -> None:
+        """One prefetch ``insert`` into GPU ``g``'s cache (logged), held to its budget; what it
+        loaded, with its victims, appended to ``copies``."""
+        cache = st.cache
+        if self.log is not None:
+            self.log.add(st.gpu, "insert", step, keys, protect)
+        loaded, evicted = cache.insert(step, keys, protect=protect, active=active)
+        if len(cache.resident) > st.capacity:
+            raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
+                              f"{st.gpu} during prefetch")
+        st.peak_resident = max(st.peak_resident, len(cache.resident))
+        if loaded:
+            copies.append((g, loaded, evicted))
 
     def issue(self, rep: ReplicaState, copies: list[tuple[int, list[int], list[int]]],
               t_issue: float) -> None:
@@ -300,15 +307,7 @@ class Prediction:
                 self._loaded[st.gpu] = (cache, keys)
                 # one insert for the whole set: its resident keys are protected, so no layer's
                 # load evicts what another layer's load brought
-                if self.log is not None:
-                    self.log.add(st.gpu, "insert", rep.step, keys, keys)
-                loaded, evicted = cache.insert(rep.step, keys, protect=keys)
-                if len(cache.resident) > st.capacity:
-                    raise MoesimError(f"cache policy {self.cache_name!r} went over budget on GPU "
-                                      f"{st.gpu} during prefetch")
-                st.peak_resident = max(st.peak_resident, len(cache.resident))
-                if loaded:
-                    copies.append((g, loaded, evicted))
+                self._insert(g, st, rep.step, keys, keys, None, copies)
         return copies
 
     def _predicted_keys(self, st: GpuState, plan: dict[int, Any]) -> list[int]:

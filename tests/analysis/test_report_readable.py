@@ -131,9 +131,10 @@ def test_one_palette_maps_policies_to_colours():
     assert color("somebody-new") == color("somebody-new")
 
 
-def test_sweep_varying_memory_gets_hit_rate_against_memory(memory_sweep, monkeypatch):
-    """Before: latency and fidelity against memory only (the fidelity a flat 1.0), no hit
-    rate; series coloured by the hash of a label."""
+def _spy_colours(monkeypatch) -> list:
+    """The simulator report's plots, each as (y, {series: its colour}), as they are drawn."""
+    import analysis.report_sim as report_sim
+
     calls = []
     real = plots.compare_plot
 
@@ -141,9 +142,14 @@ def test_sweep_varying_memory_gets_hit_rate_against_memory(memory_sweep, monkeyp
         calls.append((y, {h: color(kw["policy"].get(h, h)) for h in df[hue]}))
         return real(df, x, y, hue, path, **kw)
 
-    import analysis.report_sim as report_sim
-
     monkeypatch.setattr(report_sim, "compare_plot", spy)
+    return calls
+
+
+def test_sweep_varying_memory_gets_hit_rate_against_memory(memory_sweep, monkeypatch):
+    """Before: latency and fidelity against memory only (the fidelity a flat 1.0), no hit
+    rate; series coloured by the hash of a label."""
+    calls = _spy_colours(monkeypatch)
     md = write_report(memory_sweep, memory_sweep / "report", "moesim report X").read_text()
     assert "hit_rate_vs_memory.png" in md and "routing_fidelity_vs_memory" not in md
     assert (memory_sweep / "report" / "hit_rate_vs_memory.png").stat().st_size > 5000
@@ -252,16 +258,7 @@ def test_memory_plots_keep_policy_colours_when_more_varies(tmp_path, monkeypatch
     runs = [(["policy.cache=lru", f"cluster.expert_budget_fraction={f}", f"workload.rate_rps={r}"],
              _sim_metrics(f / r, 1e12, r * f)) for r in (2, 4) for f in (0.25, 0.5)]
     root = _sweep(tmp_path / "s", runs)
-    calls = []
-    real = plots.compare_plot
-
-    def spy(df, x, y, hue, path, **kw):
-        calls.append((y, {h: color(kw["policy"].get(h, h)) for h in df[hue]}))
-        return real(df, x, y, hue, path, **kw)
-
-    import analysis.report_sim as report_sim
-
-    monkeypatch.setattr(report_sim, "compare_plot", spy)
+    calls = _spy_colours(monkeypatch)
     write_report(root, root / "report", "moesim report X")
     got = dict(calls)
     assert got["hit_rate"] == {"lru, rate 2": COLORS["lru"], "lru, rate 4": COLORS["lru"]}
