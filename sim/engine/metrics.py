@@ -183,7 +183,8 @@ def offload_metrics(sim: Simulation, states: list, h2d: int, streamed: int, on_c
         return {}
     stall = sum(st.stall_s for st in states)
     cpu_s = sum(st.cpu_s for st in states)
-    gpu_s = sum(st.busy_s for st in states) - cpu_s  # (busy holds max(gpu, host) where both ran)
+    # busy holds max(gpu, host) where a layer ran experts on the host: less the host's excess
+    gpu_s = sum(st.busy_s for st in states) - sum(st.host_excess_s for st in states)
     times = {"copy": stall, "cpu": cpu_s, "gpu": max(gpu_s, 0.0)}
     host = sim.walk.host
     return {"offload": {

@@ -96,5 +96,6 @@ class HostExperts:
                     st = states[g]
                     st.cpu_experts += len(cpu)
                     st.cpu_s += host
+                    st.host_excess_s += comp[l][g] - gpu_s
                     self.by_layer[l] += len(cpu)
             yield serve_cls(l, out)

@@ -92,6 +92,8 @@ class GpuState:
     #: host's part of those layers (transfers + CPU compute); layer-streaming bytes copied
     cpu_experts: int = 0
     cpu_s: float = 0.0
+    #: how much longer those layers took than the GPU's own experts there (max(gpu, host) - gpu)
+    host_excess_s: float = 0.0
     stream_bytes: float = 0.0
 
     def counts(self) -> CacheCounts:

@@ -55,6 +55,7 @@ def test_missed_experts_run_on_the_host_cpu_and_nothing_is_copied():
     assert off["experts_on_cpu_by_layer"] == [1, 3]
     assert off["expert_copy_bytes"] == 0 and off["stream_bytes"] == 0
     assert off["host_expert_s"] == pytest.approx(0.0085 + 0.0045 + 0.0045)
+    assert off["gpu_expert_s"] == pytest.approx(0.002)  # key 0 at layer 0 of the prefill, only
     assert off["bound"] == "cpu"
     # the cache saw 4 misses and kept none of them (static: they stream through)
     assert m["misses"] == 4 and m["streamed"] == 4 and m["fetch_stall_s"] == 0.0
@@ -97,6 +98,8 @@ def test_cost_rule_sends_each_miss_where_it_finishes_sooner():
     assert_log(log[:5], want)
     # the decode's single misses (keys 3, then 5) are copied: 3 ms on the link beats 4 on the host
     assert m["offload"]["experts_on_cpu"] == 1
+    # GPU experts: key 0 (2 ms), key 5 at L1 (2 ms, under the host's 4.5), keys 3 and 5 (2 + 2 ms)
+    assert m["offload"]["gpu_expert_s"] == pytest.approx(0.008)
     assert m["offload"]["expert_copy_bytes"] == 3 * 6
 
 

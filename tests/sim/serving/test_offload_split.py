@@ -76,6 +76,7 @@ def test_host_time_and_the_rewritten_gpu_time():
     class St:
         cpu_experts = 0
         cpu_s = 0.0
+        host_excess_s = 0.0
 
     comp = [[9.0, 9.0], [9.0, 9.0]]
     states = [St(), St()]
@@ -93,6 +94,8 @@ def test_host_time_and_the_rewritten_gpu_time():
     # layer 1: key 3 (30 tokens) on the host: 0.5 + 31 ms; the GPU computes nothing there
     assert comp[1] == [pytest.approx(0.0315), 9.0]
     assert states[0].cpu_experts == 2 and states[0].cpu_s == pytest.approx(0.0035 + 0.0315)
+    # the layers took this much longer than the GPU's own experts (0.4 ms at layer 0, 0 at 1)
+    assert states[0].host_excess_s == pytest.approx((0.0035 - 0.0004) + 0.0315)
     assert states[1].cpu_experts == 0 and h.by_layer == [1, 1, 0]
     # the GPU's part is the larger: its own experts' time stands
     comp = [[0.0, 0.0]]
