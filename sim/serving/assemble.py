@@ -101,6 +101,7 @@ class World:
         self.batcher = Batcher(self.req, cfg.serving, self.scheduler, plan.kv_capacity_tokens,
                                self.tallies, p.scheduler)
         self.log = cache_log
+        self._key_use: np.ndarray | None = None  # (L*E,) uses per key in the pool (warm_keys)
         # a per-layer cache scope logs its calls itself, per layer (sim.serving.layered_cache)
         self.walk = LayerWalk(plan, cost, self.req, self.tallies, self.prefetch, predictor, p.cache,
                               recorder, None if plan.layer_slots else cache_log,
@@ -175,8 +176,10 @@ class World:
         keys = np.flatnonzero(st.home_mask)
         if self.cfg.policy.cache_args.get("fill") != "frequency":
             return keys.tolist()
-        use = np.bincount(self.plan.pool_keys.ravel().astype(np.int64),
-                          minlength=self.plan.L * self.plan.E)[keys]
+        if self._key_use is None:  # the pool's uses per key, counted once for every GPU
+            self._key_use = np.bincount(self.plan.pool_keys.ravel().astype(np.int64),
+                                        minlength=self.plan.L * self.plan.E)
+        use = self._key_use[keys]
         return keys[np.lexsort((keys, -use))].tolist()
 
     def _new_layered(self, st: GpuState, reset: bool) -> Any:

@@ -270,7 +270,7 @@ class ClusterPlan:
         eb = expert_bytes(m) // (ep if moe_tp else 1)
         kv_tb = kv_bytes_per_token(m)
         dense_share = dense_weight_bytes(m) / ep
-        masks, slots, layer_slots, kv_bytes_total = [], [], [], 0.0
+        masks, slots, budgets, layer_slots, kv_bytes_total = [], [], [], [], 0.0
         for g in range(ep):
             mask = (share[:, :, g] > 0).ravel()  # (L*E,)
             home = int(mask.sum())
@@ -289,6 +289,7 @@ class ClusterPlan:
             kv_bytes_total += free
             masks.append(mask)
             slots.append(home if cfg.offload.layer_streaming else cap)
+            budgets.append(cap)
         kv_cap = int(kv_bytes_total // kv_tb)
         if kv_cap < 1:
             raise ConfigError("cluster: no memory left for the KV cache")
@@ -301,8 +302,7 @@ class ClusterPlan:
                 f"cluster.expert_budget_fraction, add GPUs, or cap workload.max_requests")
         stream = None
         if cfg.offload.layer_streaming:  # whole layers: the first that fit stay, the rest stream
-            resident = min(slots_budget // max(1, int(home_n.max())) for slots_budget in
-                           [gpu_slots(c, int(mk.sum()), eb) for mk in masks])
+            resident = min(budgets) // max(1, int(home_n.max()))
             stream = [0.0] * resident + [layer_weight_bytes(m) / ep] * (L - resident)
         pool_dups = None
         if len(pairs) == L * E and not moe_tp and ep // c.tensor_parallel > 1 and K > 1:
