@@ -5,7 +5,11 @@ byte for byte (``diff -r BEFORE AFTER``). Every cache policy the simulator runs,
 policies, expert parallelism with replicated experts, a fault, schedulers and a recorded Chrome
 trace are covered; each scenario is a few seconds.
 
-    python benchmarks/sim_matrix.py OUT_DIR [--only SUBSTRING]
+    python benchmarks/sim_matrix.py OUT_DIR [--only SUBSTRING] [--compile-after N]
+
+``--compile-after 1`` walks every iteration with the compiled kernels (sim/serving/compiled_walk.py;
+by default a run imports them after sim.serving.walk.COMPILE_AFTER iterations, which these small
+scenarios rarely reach): the directory must be byte-identical to a run without the option.
 """
 
 from __future__ import annotations
@@ -46,7 +50,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--only", default="")
+    ap.add_argument("--compile-after", type=int, default=0,
+                    help="iterations before the walk's compiled kernels (0: the default)")
     args = ap.parse_args()
+    if args.compile_after > 0:
+        import sim.serving.walk
+
+        sim.serving.walk.COMPILE_AFTER = args.compile_after
     from hydra import compose, initialize_config_module
 
     from sim.engine.metrics import metrics_json

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.cost.analytic import kv_read_tokens
+from sim.cost.analytic import ATTENTION_TILE_TOKENS, kv_read_tokens
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import Requests
 from sim.world.token_split import split_tokens
@@ -30,12 +30,17 @@ class BatchShape:
     sequences: int  # requests in the batch (each samples a token from the LM head)
 
 
-def batch_shape(req: Requests, batch: np.ndarray, alloc: np.ndarray, rows: bool = True
-                ) -> BatchShape:
+def batch_shape(req: Requests, batch: np.ndarray, alloc: np.ndarray, rows: bool = True,
+                kern: Any = None) -> BatchShape:
     """The batch's tokens: ``alloc`` (B,) tokens of each request ``batch`` (B,) this iteration.
     Without ``rows`` nothing is computed per token (the simulator counts tokens per key from the
-    pool's prefix counts, :mod:`sim.serving.token_counts`)."""
+    pool's prefix counts, :mod:`sim.serving.token_counts`). ``kern``: the sums compiled
+    (:func:`sim.serving.compiled_walk.batch_sums`, the same integers)."""
     start = req.ctx[batch]  # (B,) first position processed
+    if kern is not None and not rows:
+        total, pairs, kv, decode = kern.batch_sums(start, alloc, ATTENTION_TILE_TOKENS)
+        return BatchShape(rows=None, tokens=total, pairs=pairs, kv_tokens=kv, decode=decode,
+                          sequences=len(batch))
     total = int(alloc.sum())
     pool_rows = None
     if rows:

@@ -101,8 +101,8 @@ class LayerTiming:
         return t
 
     def time_counts(self, miss: np.ndarray, t: float, gaps: tuple[float, float, float, Any],
-                     comp_arr: np.ndarray, states: list[GpuState], stall: list[float]
-                     ) -> float | None:
+                     comp_arr: np.ndarray, states: list[GpuState], stall: list[float],
+                     kern: Any = None) -> float | None:
         """:meth:`time_layers` for misses given as counts ``miss`` (L, G), no prefetched copy in
         flight, nothing recorded, no per-copy overhead: the same float operations, each on the
         same operands, in the same order per GPU; None (nothing changed) where that does not
@@ -118,7 +118,8 @@ class LayerTiming:
         (``np.add.accumulate``, sequential: the same floats), the links' clocks set as their last
         fetch left them, and their copies' intervals kept (``Link._lazy``) for a prefetch issued
         during the iteration to pause for. tests/sim/serving/test_fast_path.py holds both to the
-        same metrics.json."""
+        same metrics.json. ``kern``: the recurrence compiled
+        (:func:`sim.serving.compiled_walk.time_layers`, the same floats)."""
         links = [st.link for st in states]
         lk = links[0]
         bw, lat, eb = lk.bytes_per_s, lk.latency_s, self.eb
@@ -137,6 +138,8 @@ class LayerTiming:
         for x in links:
             if x.t > first or (x._solo and x.t + x._solo / bw > first):
                 return None
+        if kern is not None:
+            return self._time_compiled(kern, miss, t, gaps, comp_arr, stall, links, a2a_l)
         L = len(miss)
         fetches = miss > 0  # (L, G)
         nbytes = miss.sum(axis=0) * eb  # (G,) int
@@ -191,6 +194,40 @@ class LayerTiming:
                     x._solo = float(int(miss[last[g], g]) * eb)
                     x.gaps.clear()  # (they ended before this iteration's first copy)
                     x._lazy = (g, starts, fin_lg, fetches)  # listed if a prefetch comes
+        return t
+
+    def _time_compiled(self, kern: Any, miss: np.ndarray, t: float, gaps: tuple,
+                       comp_arr: np.ndarray, stall: list[float], links: list, a2a_l: Any
+                       ) -> float | None:
+        """:meth:`time_counts` by :func:`sim.serving.compiled_walk.time_layers`: the kernel writes
+        only its own arrays, so where a link's byte total would leave the exact integers nothing
+        has changed yet (None)."""
+        attn, gate, pf_cost, _ = gaps
+        eb = self.eb
+        lk = links[0]
+        L, G = miss.shape
+        st = np.array(stall)
+        fin_lg = np.zeros((L, G))
+        starts = np.empty(L)
+        last = np.empty(G, dtype=np.int64)
+        t = kern.time_layers(miss, comp_arr, np.array(a2a_l), t, attn, gate, pf_cost, lk.latency_s,
+                             eb, lk.bytes_per_s, st, fin_lg, starts, last)
+        copied = [(g, lg) for g, lg in enumerate(last.tolist()) if lg >= 0]
+        if not copied:
+            return t
+        per = miss.sum(axis=0).tolist()
+        if any(x.bytes_total + n * eb >= 2.0 ** 53 for x, n in zip(links, per)):
+            return None  # (the byte totals stay exact integers: their order does not matter)
+        stall[:] = st.tolist()
+        fetches = miss > 0
+        starts_l = starts.tolist()
+        for g, lg in copied:
+            x = links[g]
+            x.bytes_total += per[g] * eb
+            x.t = starts_l[lg]
+            x._solo = float(int(miss[lg, g]) * eb)
+            x.gaps.clear()  # (they ended before this iteration's first copy)
+            x._lazy = (g, starts_l, fin_lg, fetches)  # listed if a prefetch comes
         return t
 
     @staticmethod

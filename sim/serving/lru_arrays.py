@@ -135,12 +135,17 @@ def array_form(policy: type[CachePolicy]) -> tuple[type, type[ArrayMode]] | None
 PAIRWISE_MAX = 384
 
 
-def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray | None:
+def serve_lru_iteration(store: StampStore, used_flat: np.ndarray, kern: Any = None
+                        ) -> np.ndarray | None:
     """Serve one iteration's steps (step ``l``: the keys of layer ``l`` a GPU holds and the batch
     uses, ``used_flat`` (L*E,) bool) on every GPU of the store with a cache, all at once.
 
     Returns the misses per (layer, GPU) (L, G) int64, or None (nothing changed) when some step
-    needs more keys than its GPU's slots: the caller then takes the general path."""
+    needs more keys than its GPU's slots: the caller then takes the general path. ``kern``:
+    :mod:`sim.serving.compiled_walk`, whose :func:`~sim.serving.compiled_walk.lru_serve` serves
+    the steps one by one (the same decisions and stamps)."""
+    if kern is not None:
+        return _serve_compiled(store, used_flat, kern)
     G, L, H = store.G, store.L, store.H
     sel = used_flat[store.pair_key]
     if sel.all():  # every holding used: the positions are the store's
@@ -200,6 +205,30 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray) -> np.ndarray 
         S[S < thr[:, None]] = -1
     store.note(n_g, np.bincount(g[resident & miss], minlength=G), m_g, ev)
     return np.bincount(layer[miss] * G + gm, minlength=L * G).reshape(L, G)
+
+
+def _serve_compiled(store: StampStore, used_flat: np.ndarray, kern: Any) -> np.ndarray | None:
+    """:func:`serve_lru_iteration` by :func:`sim.serving.compiled_walk.lru_serve`."""
+    sel = used_flat[store.pair_key]
+    if not sel.any():  # (as the reference: no cache is touched)
+        store.why[:] = 0
+        return np.zeros((store.L, store.G), dtype=np.int64)
+    if store.check_steps:  # a step over its GPU's slots goes to the general path
+        if _positions(store.pairs[0][sel], store.pairs[1][sel], store.G, store.L,
+                      store.cap_step)[4]:
+            return None
+    if store.objects:
+        for row in sorted(store.objects):
+            c = store.caches[row]
+            if c is not None and not c.to_arrays():
+                return None
+    p = store.pairs
+    used = used_flat if used_flat.dtype == np.bool_ else used_flat.astype(bool)
+    miss, figs = kern.lru_serve(store.S, store.nres, store.cap, p[0], p[2], p[3], store.pair_key,
+                                used, store.clock, store.G, store.L)
+    store.clock += int(figs[0].sum())
+    store.note(figs[0], figs[1], figs[2], figs[3])
+    return miss
 
 
 def _positions(g: np.ndarray, gl: np.ndarray, G: int, L: int, cap_step: np.ndarray) -> tuple:

@@ -64,21 +64,22 @@ def entry_range(n: int, lo: int, hi: int) -> tuple[int, int, int]:
 
 
 def batch_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray | None, batch: np.ndarray,
-                 alloc: np.ndarray, shape: Any, G: int) -> tuple[np.ndarray, Any]:
+                 alloc: np.ndarray, shape: Any, G: int, kern: Any = None) -> tuple[np.ndarray, Any]:
     """(L*E,) tokens per key of the batch, and what the all-to-all needs of them: as
     :func:`sim.world.traffic.count_tokens` counts them from the tokens' rows (``prefix`` None), or from
-    the prefix counts (the same integers: tests/sim/serving/test_fast_path.py)."""
+    the prefix counts (the same integers: tests/sim/serving/test_fast_path.py). ``kern``:
+    :func:`source_counts` compiled (:func:`sim.serving.compiled_walk.prefix_sources`)."""
     if prefix is None:
         return count_tokens(plan, plan.pool_keys[shape.rows], G)
     if G // plan.tensor_parallel <= 1 or plan.moe_tp or shape.tokens == 0:
         return key_counts(plan, req, prefix, batch, alloc), None
-    sc = source_counts(plan, req, prefix, batch, alloc, G)
+    sc = source_counts(plan, req, prefix, batch, alloc, G, kern=kern)
     if plan.pool_dups is not None and plan.single_owner:  # once to each GPU (sim/world/network.py)
         width = plan.L * G + 1
         if plan.dup_prefix is None:
             plan.dup_prefix = pool_prefix_counts(plan.pool_dups, width, max(
                 PREFIX_MAX_ENTRIES, len(prefix) * width))
-        dups = source_counts(plan, req, plan.dup_prefix, batch, alloc, G, plan.pool_dups)
+        dups = source_counts(plan, req, plan.dup_prefix, batch, alloc, G, plan.pool_dups, kern)
         return sc.sum(axis=0), gpu_traffic(plan, sc, dups=dups)
     return sc.sum(axis=0), sc
 
@@ -105,16 +106,22 @@ def key_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.n
 
 
 def source_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray, batch: np.ndarray,
-                  alloc: np.ndarray, G: int, pool_keys: np.ndarray | None = None) -> np.ndarray:
+                  alloc: np.ndarray, G: int, pool_keys: np.ndarray | None = None, kern: Any = None
+                  ) -> np.ndarray:
     """(G, L*E) int64 tokens per source GPU and key (:func:`sim.world.traffic.source_counts`: the
     batch's T tokens in contiguous even blocks over the G GPUs), from the prefix counts: a
     one-token request's keys from its pool row, a chunk cut at the blocks' bounds into ranges
     of its pool entry's rows (wrapping around the entry). ``pool_keys``: other keys per pool
-    row than the plan's (``prefix`` their prefix counts; the keys' range its width)."""
+    row than the plan's (``prefix`` their prefix counts; the keys' range its width). ``kern``:
+    the same integers, counted by :func:`sim.serving.compiled_walk.prefix_sources`."""
     C = prefix
     LE = C.shape[1]
     if pool_keys is None:
         pool_keys = plan.pool_keys
+    if kern is not None:
+        ln = req.length[batch]
+        return kern.prefix_sources(pool_keys, C, req.offset[batch], ln, req.ctx[batch] % ln,
+                                   alloc, G)
     T = int(alloc.sum())
     off, ln = req.offset[batch], req.length[batch]
     s0 = req.ctx[batch] % ln  # (B,) each request's first row inside its entry

@@ -40,6 +40,7 @@ from sim.policies.base import CachePolicy, PrefetchPolicy
 from sim.serving.cache_log import CacheLog
 from sim.serving.layer_costs import batch_shape, layer_costs
 from sim.serving.layer_timing import LayerTiming
+from sim.serving.lru_arrays import StampStore, serve_lru_iteration
 from sim.serving.offload import HostExperts
 from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
@@ -48,6 +49,20 @@ from sim.serving.token_counts import batch_counts, pool_prefix_counts
 from sim.serving.why import why_begin, why_end, why_loaded, why_reused
 from sim.world.facts import CacheCounts
 from sim.world.offload_config import OffloadConfig
+from sim.world.token_split import COMPILED_MIN_GPUS
+
+#: iterations walked with the numpy references before the compiled kernels
+#: (:mod:`sim.serving.compiled_walk`, numba) are imported: start-up and short runs pay nothing
+COMPILE_AFTER = 512
+
+
+def walk_kernels() -> Any:
+    """:mod:`sim.serving.compiled_walk` (imported here, lazily: numba), or None without numba."""
+    try:
+        from sim.serving import compiled_walk
+    except ImportError:
+        return None
+    return compiled_walk
 
 
 class Serve:
@@ -104,20 +119,31 @@ class LayerWalk:
         #: called after each iteration :meth:`iteration` walks, with its :class:`IterationDone`
         self.on_iteration: list[Callable[[IterationDone], None]] = []
         self._seen: dict[int, CacheCounts] = {}  # replica -> its caches' counts at the last hook
+        #: the compiled kernels (:func:`walk_kernels`) once ``compile_after`` iterations were
+        #: walked (from the first where a replica's GPUs use sim.world.compiled anyway); the same
+        #: bytes as the numpy references (tests/sim/serving/test_compiled_walk.py)
+        self.kern: Any = None
+        self.compile_after = 1 if plan.topo.expert_parallel >= COMPILED_MIN_GPUS else COMPILE_AFTER
+        self.walked = 0
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
         """Walk the layers of one iteration; return its duration (s). Mutates caches and links."""
         L, E, plan, cost, tl, timing = self.L, self.E, self.plan, self.cost, self.t, self.timing
+        self.walked += 1
+        if self.walked == self.compile_after:
+            self.kern = walk_kernels()
+        kern = self.kern
         if not (len(alloc) and alloc.min() > 0):
             keep = alloc > 0
             batch, alloc = batch[keep], alloc[keep]
         # the tokens' pool rows: counted from when there are no prefix counts, or read by a
         # prefetch policy (the next-layer oracles, learned_next)
-        shape = batch_shape(self.req, batch, alloc, rows=self.prefix is None or self.pred.pf_rows)
+        shape = batch_shape(self.req, batch, alloc, self.prefix is None or self.pred.pf_rows, kern)
         G = len(rep.gpus)
         # (L*E,) tokens per key, and what the all-to-all needs of them (sim.serving.token_counts)
-        counts_flat, a2a_tokens = batch_counts(plan, self.req, self.prefix, batch, alloc, shape, G)
+        counts_flat, a2a_tokens = batch_counts(plan, self.req, self.prefix, batch, alloc, shape, G,
+                                               kern)
         tl.recorded_le += counts_flat.reshape(L, E)
         lc = layer_costs(plan, cost, counts_flat, shape, G, a2a_tokens)
         comp_arr, load_g = lc.comp, lc.load
@@ -147,10 +173,10 @@ class LayerWalk:
         miss_lg = None
         if rep.stamps is not None and not pred.pf_next and self.host is None and \
                 not any(st.inflight for st in states):
-            miss_lg = self._serve_arrays(rep, used_flat)
+            miss_lg = self._serve_arrays(rep, used_flat, kern)
         if miss_lg is not None:  # every GPU's misses per layer, served with numpy
             t_fast = None if rec is not None or timing.pad_bytes else \
-                timing.time_counts(miss_lg, t, gaps, comp_arr, states, stall)
+                timing.time_counts(miss_lg, t, gaps, comp_arr, states, stall, kern)
             t = t_fast if t_fast is not None else \
                 timing.time_layers(enumerate(miss_lg.tolist()), t, gaps, comp_arr.tolist(), states,
                                   None, stall, rec)
@@ -248,13 +274,18 @@ class LayerWalk:
                 raise MoesimError(f"cache policy {self.cache_name!r} holds {nres} experts on GPU "
                                   f"{st.gpu}, over its budget {st.capacity}")
 
-    def _serve_arrays(self, rep: ReplicaState, used_flat: np.ndarray) -> np.ndarray | None:
+    def _serve_arrays(self, rep: ReplicaState, used_flat: np.ndarray, kern: Any = None
+                      ) -> np.ndarray | None:
         """Every GPU's steps of the iteration (cache steps from ``rep.step - L``) through the
         replica's array caches (:data:`sim.serving.lru_arrays.ARRAY_FORMS`: LRU as stamps, FIFO,
         LIFO, LFU): the misses per layer and GPU, or None when a step is not in array form (the
-        general path serves it)."""
+        general path serves it). ``kern``: LRU's stamps served compiled (the same decisions)."""
         states = rep.states
-        miss = rep.stamps.serve(used_flat, rep.step - self.L)
+        stamps = rep.stamps
+        if kern is not None and stamps.__class__ is StampStore:
+            miss = serve_lru_iteration(stamps, used_flat, kern)
+        else:
+            miss = stamps.serve(used_flat, rep.step - self.L)
         if miss is None:
             return None
         why = rep.stamps.why
