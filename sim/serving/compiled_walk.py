@@ -1,14 +1,15 @@
-"""Compiled (numba) forms of an iteration's per-layer work on the simulator's fast path: the LRU
-stamps served an iteration at once (:func:`sim.serving.lru_arrays.serve_lru_iteration`), the
-layers' timing from counted misses (:meth:`sim.serving.layer_timing.LayerTiming.time_counts`)
-and the tokens per source GPU and key from the pool's prefix counts
-(:func:`sim.serving.token_counts.source_counts`). Each gives its reference's bytes
-(tests/sim/serving/test_compiled_walk.py: kernel against reference on random inputs, and whole
-runs' metrics.json with and without them).
+"""Compiled (numba) forms of an iteration's work on the simulator's fast path: the LRU stamps
+served an iteration at once (:func:`sim.serving.lru_arrays.serve_lru_iteration`), the layers'
+timing from counted misses (:meth:`sim.serving.layer_timing.LayerTiming.time_counts`), the tokens
+per source GPU and key from the pool's prefix counts (:func:`sim.serving.token_counts.source_counts`)
+and the batch's sums (:func:`sim.serving.layer_costs.batch_shape`). Each gives its reference's
+bytes (tests/sim/serving/test_compiled_walk.py: kernel against reference on random inputs, by
+hand, and whole runs' metrics.json with and without them; ``benchmarks/sim_matrix.py
+--compile-after 1``).
 
-Imported lazily, by :func:`kernels`: a run imports numba (about half a second of start-up) only
-once it has walked :data:`AFTER_ITERATIONS` iterations of a replica, or from the first iteration
-where a replica has :data:`sim.world.token_split.COMPILED_MIN_GPUS` GPUs (numba is imported there
+Imported lazily (:func:`sim.serving.walk.walk_kernels`): a run imports numba only once it has
+walked :data:`sim.serving.walk.COMPILE_AFTER` iterations, or from the first iteration where a
+replica has :data:`sim.world.token_split.COMPILED_MIN_GPUS` GPUs (numba is imported there
 anyway). Short runs and start-up pay nothing; without numba the numpy references run.
 
 - :func:`lru_serve`: LRU step by step (no stack-distance counting): per GPU the keys resident at
@@ -20,20 +21,17 @@ anyway). Short runs and start-up pay nothing; without numba the numpy references
   checks), so the resident sets and misses are LRU's, the reference's.
 - :func:`time_layers`: the per-layer recurrence with the same float operations on the same
   operands in the same order (no fast-math): ``((t + attn) + gate) + pf_cost``, a GPU's copy
-  ending at ``start + dur[misses]``, its experts ending at ``fin + comp``; the stalls added per
+  ending at ``start + m * eb / bw``, its experts ending at ``fin + comp``; the stalls added per
   GPU layer by layer (the reference adds ``0.0`` where a GPU did not wait: the same floats).
   Per GPU instead of per distinct copy size: ``max(fin + c_g) == fin + max(c_g)`` (float
   addition is monotonic), so the layer's end is the same float.
-- :func:`prefix_sources`: integer sums, exact in any order.
+- :func:`prefix_sources`, :func:`batch_sums`: integer sums, exact in any order.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
-
-#: iterations of a replica walked with the numpy references before the kernels are imported
-AFTER_ITERATIONS = 512
 
 
 @njit(cache=True)

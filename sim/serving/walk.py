@@ -52,8 +52,10 @@ from sim.world.offload_config import OffloadConfig
 from sim.world.token_split import COMPILED_MIN_GPUS
 
 #: iterations walked with the numpy references before the compiled kernels
-#: (:mod:`sim.serving.compiled_walk`, numba) are imported: start-up and short runs pay nothing
-COMPILE_AFTER = 512
+#: (:mod:`sim.serving.compiled_walk`, numba) are imported: start-up and short runs pay nothing.
+#: Importing numba and loading the kernels costs about 1 s on a 2-core machine (0.6 s the import,
+#: 0.3 s the first kernel), which the kernels win back in a few thousand iterations
+COMPILE_AFTER = 2048
 
 
 def walk_kernels() -> Any:
