@@ -107,9 +107,12 @@ class World:
                               recorder, None if plan.layer_slots else cache_log,
                               arrays=p.cache_arrays, offload=cfg.offload)
         # the cache policy's array form (LRU as recency stamps, a replica's GPUs at once:
-        # sim/serving/lru_arrays.py), where it declares one and nothing needs the objects' calls
+        # sim/serving/lru_arrays.py), where it declares one and nothing needs the objects' calls:
+        # a next-layer prefetch and misses run on the host walk layer by layer through the
+        # objects (an array cache there only pays its modes' switching)
         form = array_form(CACHE.get(p.cache)) if p.cache_arrays else None
-        self.arrays = form is not None and not plan.layer_slots and cache_log is None
+        self.arrays = form is not None and not plan.layer_slots and cache_log is None and \
+            not self.walk.pred.pf_next and self.walk.host is None
         self._store_cls, self._array_cache_cls = form if self.arrays else (None, None)
         self._stores: dict[int, StampStore] = {}  # GPU -> its replica's store
         self.replicas = [self._replica(r) for r in range(topo.num_replicas)]

@@ -74,13 +74,9 @@ class ArrayMode:
 
     @property
     def counts(self) -> CacheCounts:
-        t = self.store.tally[:, self.row]
-        if t.any():
-            c = self._counts
-            c.hits += int(t[0] - t[1])
-            c.misses += int(t[1])
-            c.evictions += int(t[2])
-            t[:] = 0
+        st = self.store
+        if st.owed:  # (read per cache operation in objects mode: one flag, no numpy)
+            st.settle()
         return self._counts
 
     @counts.setter
@@ -206,6 +202,9 @@ class RowStore:
         self.objects.add(row)
         self._bind()
 
+    #: whether some row's ``tally`` is owed to its cache's counts (:meth:`settle`)
+    owed: bool = False
+
     def note(self, keys: np.ndarray, reused: np.ndarray, misses: np.ndarray,
              evictions: np.ndarray) -> None:
         """The iteration's per-GPU figures: distinct keys and misses on keys it had resident
@@ -216,6 +215,19 @@ class RowStore:
         t[0] += keys
         t[1] += misses
         t[2] += evictions
+        self.owed = True
+
+    def settle(self) -> None:
+        """Add every row's owed accesses, misses and evictions to its cache's counts (hits:
+        accesses less misses); the tally is then zero."""
+        t = self.tally
+        for row in np.flatnonzero(t.any(axis=0)).tolist():
+            c = self.caches[row]._counts
+            c.hits += int(t[0, row] - t[1, row])
+            c.misses += int(t[1, row])
+            c.evictions += int(t[2, row])
+        t[:] = 0
+        self.owed = False
 
     def _bind(self) -> None:
         raise NotImplementedError
