@@ -282,6 +282,7 @@ class Prediction:
             ctx = PrefetchContext(request_id=r.request_id[i], task=r.task[i],
                                   prompt_tokens=int(r.prompt[i]), request_index=i)
             pred_plan = self.predictor.on_request(ctx)
+        plan_keys = self._plan_keys(pred_plan)
         for st in rep.states:
             cache = st.cache
             if cache is None:
@@ -291,7 +292,7 @@ class Prediction:
                     self.log.add(st.gpu, "begin", i)
                 cache.begin_request(i)
             if self.cache_uses_prediction and self.predictor is not None:
-                keys = self._predicted_keys(st, pred_plan)
+                keys = self._predicted_keys(st, plan_keys)
                 if self.log is not None:
                     self.log.add(st.gpu, "predict", 0, keys)
                 cache.set_predicted(keys)
@@ -301,7 +302,7 @@ class Prediction:
                 cache = st.cache
                 if cache is None:
                     continue
-                keys = self._predicted_keys(st, pred_plan)
+                keys = self._predicted_keys(st, plan_keys)
                 if not keys or self._loaded.get(st.gpu) == (cache, keys):
                     continue  # nothing predicted, or this prediction is loaded already
                 self._loaded[st.gpu] = (cache, keys)
@@ -310,15 +311,30 @@ class Prediction:
                 self._insert(g, st, rep.step, keys, keys, None, copies)
         return copies
 
-    def _predicted_keys(self, st: GpuState, plan: dict[int, Any]) -> list[int]:
+    def _plan_keys(self, plan: dict[int, Any]) -> tuple[list[int], list[int]]:
+        """A request predictor's plan (layer -> its predicted experts, most expected first) as
+        cache keys, layer after layer in increasing order, and each layer's end in that list:
+        built once per request for all the replica's GPUs."""
+        E = self.E
+        keys: list[int] = []
+        ends: list[int] = []
+        for layer, experts in sorted(plan.items()):
+            keys.extend((int(layer) * E + np.asarray(experts, dtype=np.int64)).tolist())
+            ends.append(len(keys))
+        return keys, ends
+
+    def _predicted_keys(self, st: GpuState, plan_keys: tuple[list[int], list[int]]) -> list[int]:
         """The predicted set that fits a GPU's cache: the predicted experts the GPU holds, taken
         rank by rank across layers (every layer's first, then every layer's second, ...) up to
-        its slots; with one cache per layer this is the replay's rule (each layer's first C)."""
-        E = self.E
+        its slots; with one cache per layer this is the replay's rule (each layer's first C).
+        ``plan_keys``: :meth:`_plan_keys`."""
+        keys, ends = plan_keys
+        held = st.home_mask[keys].tolist() if keys else []
         per_layer = []
-        for layer, experts in sorted(plan.items()):
-            keys = int(layer) * E + np.asarray(experts, dtype=np.int64)
-            per_layer.append(keys[st.home_mask[keys]].tolist())
+        a = 0
+        for b in ends:
+            per_layer.append([keys[j] for j in range(a, b) if held[j]])
+            a = b
         return fit_predicted(per_layer, st.capacity)
 
 
