@@ -289,3 +289,33 @@ def test_batch_sums_by_hand():
     328 KV tokens read."""
     total, pairs, kv, decode = kern.batch_sums(np.array([9, 0]), np.array([1, 200]), 128)
     assert (total, pairs, kv, decode) == (201, 20110, 338, 1)
+
+
+@pytest.mark.parametrize("name", ["ds_lru", "ds_lru_frac0.3", "mix_ep8_lru", "mix_ep8_eplb",
+                                  "mix_least_loaded", "mix_ep8_emoe_l"])
+def test_sim_matrix_scenarios_same_metrics(name, monkeypatch):
+    """Scenarios of benchmarks/sim_matrix.py (fewer requests: CI time) walked with the kernels
+    from the first iteration write the metrics.json of the numpy references."""
+    import importlib.util
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_module
+
+    from sim.engine.run import simulate
+    from sim.world.config import register_configs, to_sim_config
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "sim_matrix.py"
+    spec = importlib.util.spec_from_file_location("sim_matrix", path)
+    matrix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(matrix)
+    overrides = [*matrix.SCENARIOS[name], "workload.num_requests=24", "output.progress=off"]
+    register_configs()
+    out = []
+    for after in (10**9, 1):
+        monkeypatch.setattr(walk_mod, "COMPILE_AFTER", after)
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            cfg = to_sim_config(compose("sim", overrides=overrides))
+        sim_, metrics = simulate(cfg)
+        assert (sim_.walk.kern is not None) == (after == 1)
+        out.append(metrics_json(metrics))
+    assert out[0] == out[1]
