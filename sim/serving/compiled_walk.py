@@ -213,3 +213,27 @@ def batch_sums(start, alloc, tile):  # pragma: no cover - compiled
         if a == 1:
             decode += 1
     return total, pairs, kv, decode
+
+
+@njit(cache=True)
+def moe_owned(tokens, group, groups, block, flops_tok, w_bytes, act_bytes, flops_s, hbm_s,
+              launch_s):  # pragma: no cover - compiled
+    """AnalyticCost.moe_s of single-owner experts (``tokens`` (N,) of each expert, ``group`` (N,)
+    its (layer, GPU) index): per group the fused MoE's time, and its tokens (the layer walk's
+    load). bincount's sums in index order, then the same element-wise operations."""
+    flops = np.zeros(groups)
+    tok = np.zeros(groups)
+    act = np.zeros(groups)
+    for i in range(tokens.shape[0]):
+        t = np.float64(tokens[i])
+        g = group[i]
+        flops[g] += np.ceil(t / block) * block
+        tok[g] += t
+        act[g] += 1.0 if t > 0 else 0.0
+    out = np.zeros(groups)
+    for g in range(groups):
+        if tok[g] > 0:
+            f = flops[g] * flops_tok
+            nb = act[g] * w_bytes + tok[g] * act_bytes
+            out[g] = launch_s + max(f / flops_s, nb / hbm_s)
+    return out, tok

@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from sim.cost.analytic import ATTENTION_TILE_TOKENS, kv_read_tokens
+from sim.cost.analytic import (
+    ATTENTION_TILE_TOKENS,
+    MOE_BLOCK_TOKENS,
+    MOE_LAUNCHES,
+    AnalyticCost,
+    kv_read_tokens,
+)
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import Requests
 from sim.world.token_split import split_tokens
@@ -71,9 +77,11 @@ class LayerCosts:
 
 
 def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: BatchShape,
-                G: int, a2a_tokens: Any = "count") -> LayerCosts:
+                G: int, a2a_tokens: Any = "count", kern: Any = None) -> LayerCosts:
     """``counts_flat`` (L*E,) tokens per key of the iteration; ``a2a_tokens`` what the all-to-all
-    needs of the batch (:func:`sim.world.traffic.count_tokens`; counted from the batch when not given)."""
+    needs of the batch (:func:`sim.world.traffic.count_tokens`; counted from the batch when not given).
+    ``kern``: single owners' fused MoE time under the analytic model compiled
+    (:func:`sim.serving.compiled_walk.moe_owned`, the same floats)."""
     L, E = plan.L, plan.E
     counts = counts_flat.reshape(L, E)  # (L, E)
     computed = counts  # every layout below computes each routed token once
@@ -86,8 +94,15 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     elif plan.single_owner:
         # each expert on one GPU: per-GPU sums by scatter (no (L, E, G) product)
         lg = plan.lg_index
-        comp = cost.moe_s(counts_flat, lg, L * G).reshape(L, G)
-        load = np.bincount(lg, weights=counts_flat, minlength=L * G).reshape(L, G)
+        if kern is not None and cost.__class__ is AnalyticCost:
+            comp, load = kern.moe_owned(counts_flat, lg, L * G, MOE_BLOCK_TOKENS,
+                                        cost._expert_flops_per_token, cost._expert_weight_bytes,
+                                        cost._act_bytes_per_token, cost.flops_s, cost.hbm_s,
+                                        MOE_LAUNCHES * cost.hw.kernel_latency_s)
+            comp, load = comp.reshape(L, G), load.reshape(L, G)
+        else:
+            comp = cost.moe_s(counts_flat, lg, L * G).reshape(L, G)
+            load = np.bincount(lg, weights=counts_flat, minlength=L * G).reshape(L, G)
     else:
         # replicated experts: this batch's tokens split across the replicas, each token to the
         # least-loaded replica GPU (sim/world/token_split.py), integers summing to counts

@@ -147,7 +147,7 @@ class LayerWalk:
         counts_flat, a2a_tokens = batch_counts(plan, self.req, self.prefix, batch, alloc, shape, G,
                                                kern)
         tl.recorded_le += counts_flat.reshape(L, E)
-        lc = layer_costs(plan, cost, counts_flat, shape, G, a2a_tokens)
+        lc = layer_costs(plan, cost, counts_flat, shape, G, a2a_tokens, kern)
         comp_arr, load_g = lc.comp, lc.load
         tl.computed_le += lc.computed
         sum_load = load_g.sum(axis=1)  # (L,)

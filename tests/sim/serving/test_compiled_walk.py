@@ -319,3 +319,25 @@ def test_sim_matrix_scenarios_same_metrics(name, monkeypatch):
         assert (sim_.walk.kern is not None) == (after == 1)
         out.append(metrics_json(metrics))
     assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_moe_owned_equals_the_analytic_moe(seed):
+    """Random tokens per expert (idle ones, counts across a block boundary) and owners: the
+    compiled fused-MoE time and load are the analytic model's floats (moe_s, the bincount)."""
+    from sim.cost.analytic import MOE_BLOCK_TOKENS, MOE_LAUNCHES, AnalyticCost
+
+    rng = np.random.default_rng(seed)
+    cfg = tiny_config(layers=3, experts=6, top_k=2)
+    cost = AnalyticCost(cfg.model, cfg.hardware)
+    groups = int(rng.integers(1, 12))
+    n = int(rng.integers(1, 200))
+    tokens = rng.integers(0, 300, size=n) * (rng.random(n) < 0.7)
+    group = rng.integers(0, groups, size=n)
+    comp, load = kern.moe_owned(tokens, group, groups, MOE_BLOCK_TOKENS,
+                                cost._expert_flops_per_token, cost._expert_weight_bytes,
+                                cost._act_bytes_per_token, cost.flops_s, cost.hbm_s,
+                                MOE_LAUNCHES * cost.hw.kernel_latency_s)
+    assert comp.tolist() == cost.moe_s(tokens, group, groups).tolist()
+    assert load.tolist() == np.bincount(group, weights=tokens, minlength=groups).tolist()
+    assert (comp > 0).tolist() == (load > 0).tolist()
