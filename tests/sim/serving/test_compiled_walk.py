@@ -25,6 +25,17 @@ from sim.serving.token_counts import pool_prefix_counts, source_counts
 kern = pytest.importorskip("sim.serving.compiled_walk", reason="numba is not installed")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _every_replica_wide_enough():
+    """The tiny replicas here are served by the step arrays too (FIFO, LIFO, LFU: their
+    ``MIN_GPUS`` is a speed rule), so the kernels time their misses as well."""
+    import sim.serving.step_arrays as step_arrays
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(step_arrays, "MIN_GPUS", 1)
+        yield
+
+
 # -- LRU stamps -------------------------------------------------------------------------------
 def _stores(rng, L, E, G):
     N = L * E
@@ -174,20 +185,24 @@ def scenarios(draw):
                 ep=draw(st.sampled_from([e for e in (1, 2, 4) if gpus % e == 0])),
                 budget=draw(st.sampled_from([0.1, 0.3, 0.5, 0.8, 1.0])),
                 token_budget=draw(st.integers(1, 16)), seed=draw(st.integers(0, 50)),
-                tokens=draw(st.integers(2, 9)), link=draw(st.sampled_from([1e9, 3e10])))
+                tokens=draw(st.integers(2, 9)), link=draw(st.sampled_from([1e9, 3e10])),
+                cache=draw(st.sampled_from(["lru", "lru", "fifo", "lfu", "lifo"])),
+                prefetch=draw(st.sampled_from(["none", "none", "emoe_a", "similarity"])))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_random_runs_same_metrics(s):
-    """Random tiny clusters with LRU (one expert of a layer per GPU, several, every expert on one
-    GPU; slow and fast host links): metrics.json with the kernels from the first iteration equals
-    the numpy references'."""
+    """Random tiny clusters (one expert of a layer per GPU, several, every expert on one GPU;
+    slow and fast host links; the caches with an array form; request prefetch turning caches to
+    objects and back, its copies in flight): metrics.json with the kernels from the first
+    iteration equals the numpy references'."""
     def make():
         cfg = tiny_config(layers=s["layers"], experts=s["experts"], top_k=s["top_k"],
                           gpus_per_node=s["gpus"], ep=s["ep"], budget_fraction=s["budget"],
                           token_budget=s["token_budget"])
         cfg.hardware.host_link_bytes_per_s = s["link"]
+        cfg.policy.cache, cfg.policy.prefetch = s["cache"], s["prefetch"]
         return cfg
 
     try:
