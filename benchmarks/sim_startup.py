@@ -1,0 +1,96 @@
+"""Benchmark: a warm ``moesim sim``'s start-up, from the interpreter to the first iteration.
+
+    python benchmarks/sim_startup.py [--repeat 5] [key=value ...]
+
+Runs ``moesim sim`` with the given overrides (default: the Azure-conversation / Mixtral preset
+on ../shared's trace) in fresh processes, each stopped at its first iteration, and prints per
+run and as medians the wall time at: the command's modules imported, the config composed (the
+simulation called), the world built (workload, routing pool, plan: the Simulation made) and
+the first iteration. Run it twice: the first run may sample the routing pool and write
+Python's byte code (cold); the figures that count are warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT.parent / "shared/data/requests/azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
+PHASES = ("imported", "composed", "world", "first_iteration")
+
+# the child: marks each phase's wall time since the parent started it, prints the marks as one
+# JSON line at the first iteration (before it runs) and exits there
+_CHILD = r"""
+import json, os, sys, time
+t0 = time.perf_counter() - (time.time() - float(os.environ["MOESIM_T0"]))
+marks = {}
+def mark(name):
+    marks.setdefault(name, time.perf_counter() - t0)
+from sim.app.cli import main
+import sim.engine.run as run
+import sim.engine.simulation as simulation
+import sim.serving.walk as walk
+mark("imported")
+real_simulate, real_init, real_iter = run.simulate, simulation.Simulation.__init__, walk.LayerWalk.iteration
+def simulate(*a, **k):
+    mark("composed")
+    return real_simulate(*a, **k)
+def init(self, *a, **k):
+    real_init(self, *a, **k)
+    mark("world")
+def iteration(self, *a, **k):
+    mark("first_iteration")
+    print("MARKS " + json.dumps(marks), flush=True)
+    os._exit(0)
+run.simulate = simulate
+import sim.app.sim_cmd as sim_cmd
+sim_cmd.simulate = simulate
+simulation.Simulation.__init__ = init
+walk.LayerWalk.iteration = iteration
+sys.argv = ["moesim", "sim", *sys.argv[1:]]
+main()
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("overrides", nargs="*", help="moesim sim key=value overrides")
+    a = ap.parse_args()
+    overrides = a.overrides
+    if not overrides:
+        if not DEFAULT.exists():
+            print(f"needs {DEFAULT} (../shared/data absent) or overrides", file=sys.stderr)
+            return 2
+        overrides = ["experiment=bench_azure_mixtral", f"workload.path={DEFAULT}"]
+    runs = []
+    for i in range(a.repeat):
+        with tempfile.TemporaryDirectory() as d:
+            import time
+
+            env = {**os.environ, "PYTHONHASHSEED": "0", "MOESIM_T0": repr(time.time())}
+            out = subprocess.run([sys.executable, "-c", _CHILD, *overrides, f"hydra.run.dir={d}",
+                                  "output.progress=off", "output.print_summary=false"],
+                                 cwd=ROOT, env=env, capture_output=True, text=True)
+        line = [x for x in out.stdout.splitlines() if x.startswith("MARKS ")]
+        if out.returncode or not line:
+            print(out.stdout + out.stderr, file=sys.stderr)
+            return 1
+        marks = json.loads(line[0][6:])
+        runs.append(marks)
+        print(f"run {i + 1}: " + ", ".join(f"{p} {marks.get(p, float('nan')):.3f} s" for p in PHASES),
+              flush=True)
+    med = {p: statistics.median(r[p] for r in runs if p in r) for p in PHASES}
+    print("median: " + ", ".join(f"{p} {med[p]:.3f} s" for p in PHASES))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
