@@ -237,3 +237,31 @@ def moe_owned(tokens, group, groups, block, flops_tok, w_bytes, act_bytes, flops
             nb = act[g] * w_bytes + tok[g] * act_bytes
             out[g] = launch_s + max(f / flops_s, nb / hbm_s)
     return out, tok
+
+
+@njit(cache=True)
+def a2a_owned(src_counts, moves, idx, L, G, scale, lat):  # pragma: no cover - compiled
+    """network._ReplicaNet.fast_times: per layer ``lat + max(tokens a GPU sends, tokens a GPU
+    receives) * scale`` (one node, single owners; ``moves`` (G, L*E) 1 where a source GPU's
+    tokens of a key leave it, ``idx`` (L*E,) each key's (layer, owner) index). Token counts are
+    integers: the sums are exact; then the same two float operations."""
+    LE = src_counts.shape[1]
+    E = LE // L
+    sent = np.zeros((G, L), dtype=np.int64)
+    recv = np.zeros(L * G, dtype=np.int64)
+    for g in range(G):
+        for c in range(LE):
+            m = src_counts[g, c] * moves[g, c]
+            if m:
+                sent[g, c // E] += m
+                recv[idx[c]] += m
+    out = np.empty(L)
+    for l in range(L):
+        top = 0
+        for g in range(G):
+            if sent[g, l] > top:
+                top = sent[g, l]
+            if recv[l * G + g] > top:
+                top = recv[l * G + g]
+        out[l] = np.float64(top) * scale + lat
+    return out

@@ -129,6 +129,9 @@ class LayerTiming:
             return None
         if traffic is None:
             a2a_l = [0.0] * len(miss)
+        elif kern is not None and (fast := self._owned_net(states, traffic)) is not None:
+            a2a_l = kern.a2a_owned(traffic[0], fast.fast_moves, fast.fast_idx, *fast.fast_shape,
+                                   fast.fast_scale, fast.nv_lat)
         else:  # the all-to-all per layer, as time_layers has it (links shared with other
             # replicas are booked layer by layer there: that walk is the general one)
             a2a_l, book = self.net.layer_times([st.gpu for st in states], traffic, t)
@@ -196,6 +199,14 @@ class LayerTiming:
                     x._lazy = (g, starts, fin_lg, fetches)  # listed if a prefetch comes
         return t
 
+    def _owned_net(self, states: list[GpuState], traffic: Any) -> Any:
+        """The replica's network where its all-to-all takes the one-node, single-owner form
+        (:meth:`sim.world.network._ReplicaNet.fast_times`, which the kernel computes), else None."""
+        if not (isinstance(traffic, tuple) and traffic[1] is None):
+            return None
+        rn = self.net._replica([st.gpu for st in states])
+        return rn if rn.fast_idx is not None else None
+
     def _time_compiled(self, kern: Any, miss: np.ndarray, t: float, gaps: tuple,
                        comp_arr: np.ndarray, stall: list[float], links: list, a2a_l: Any
                        ) -> float | None:
@@ -210,8 +221,8 @@ class LayerTiming:
         fin_lg = np.zeros((L, G))
         starts = np.empty(L)
         last = np.empty(G, dtype=np.int64)
-        t = kern.time_layers(miss, comp_arr, np.array(a2a_l), t, attn, gate, pf_cost, lk.latency_s,
-                             eb, lk.bytes_per_s, st, fin_lg, starts, last)
+        t = kern.time_layers(miss, comp_arr, np.asarray(a2a_l, dtype=np.float64), t, attn, gate,
+                             pf_cost, lk.latency_s, eb, lk.bytes_per_s, st, fin_lg, starts, last)
         copied = [(g, lg) for g, lg in enumerate(last.tolist()) if lg >= 0]
         if not copied:
             return t

@@ -264,7 +264,8 @@ def test_link_state_after_compiled_timing():
 def test_every_kernel_runs(monkeypatch):
     """On the bench's shape (EP, one expert of a layer per GPU, LRU in arrays, prefix counts)
     every kernel serves the run once the walk has imported them."""
-    calls = {name: 0 for name in ("lru_serve", "time_layers", "prefix_sources")}
+    calls = {name: 0 for name in ("lru_serve", "time_layers", "prefix_sources", "batch_sums",
+                                  "a2a_owned")}
     for name in calls:
         real = getattr(kern, name)
 
@@ -356,3 +357,20 @@ def test_moe_owned_equals_the_analytic_moe(seed):
     assert comp.tolist() == cost.moe_s(tokens, group, groups).tolist()
     assert load.tolist() == np.bincount(group, weights=tokens, minlength=groups).tolist()
     assert (comp > 0).tolist() == (load > 0).tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a2a_owned_equals_fast_times(seed):
+    """Random source counts over a one-node replica of single owners: the compiled per-layer
+    all-to-all times are the network's floats."""
+    rng = np.random.default_rng(seed)
+    cfg = tiny_config(layers=3, experts=8, top_k=2, gpus_per_node=4, ep=4, budget_fraction=0.5)
+    pool = random_pool(3, 8, 2, entries=2, tokens=5, rng=rng)
+    wl = workload([0.0], [3], [2])
+    s = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
+    rn = s.walk.timing.net._replica(s.replicas[0].gpus)
+    assert rn.fast_idx is not None
+    src = rng.integers(0, 50, size=(4, 3 * 8)) * (rng.random((4, 24)) < 0.6)
+    got = kern.a2a_owned(src, rn.fast_moves, rn.fast_idx, *rn.fast_shape, rn.fast_scale, rn.nv_lat)
+    assert got.tolist() == rn.fast_times(src)
+    assert len(got) == 3 and min(got) >= rn.nv_lat
