@@ -93,8 +93,10 @@ class SplitPlacement(PlacementPolicy):
             C = Xm.T @ base  # (E, G)
             c_own = C[np.arange(E), own]  # (E,)
             c_cross = C[:, own]  # (E, E): C[e1, own[e2]]
-            # swap e1 <-> e2: sum_b 2 d (base_o2 - base_o1) + 2 d^2 with d = x1 - x2
-            delta = 2 * (c_cross - c_own[:, None] - c_cross.T + c_own[None, :]) + \
+            # swap e1 <-> e2 (d = x1 - x2 leaves o1 for o2): base_o1 - d, base_o2 + d, so the
+            # squares change by sum_b 2 d (base_o2 - base_o1) + 2 d^2, whose linear term is
+            # C[e1, o2] - C[e1, o1] - C[e2, o2] + C[e2, o1] (C[e2, o1] = c_cross.T[e1, e2])
+            delta = 2 * (c_cross - c_own[:, None] - c_own[None, :] + c_cross.T) + \
                 2 * (dq[:, None] + dq[None, :] - 2 * Q)
             delta = np.where(ok & (own[:, None] != own[None, :]), delta, 0)
             i = int(np.argmin(delta))
