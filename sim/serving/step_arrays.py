@@ -56,10 +56,11 @@ MIN_GPUS = 32
 class ArrayMode:
     """The two modes of a cache whose state may live in a store's row (see the module doc).
 
-    A subclass names its object-mode attributes (``_modal``) and says how the resident keys and
-    its own state go into the row (:meth:`_objects_from`, :meth:`_row_from_objects`)."""
-
-    _modal: ClassVar[tuple[str, ...]] = ("resident",)
+    Each object-mode attribute is a property whose getter turns the cache to objects first
+    (``resident`` here; a subclass adds its own the same way, plain methods so that the choice is
+    made per call) and whose setter writes the ``_m``-prefixed slot. A subclass says how the
+    resident keys and its own state go into the row (:meth:`_objects_from`,
+    :meth:`_row_from_objects`)."""
 
     def __init__(self, capacity: int, num_keys: int, store: Any, row: int, cfg: Any = None) -> None:
         self._arrays = False
@@ -67,10 +68,15 @@ class ArrayMode:
         super().__init__(capacity, num_keys, cfg)  # type: ignore[call-arg]
         store.attach(self)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in cls.__dict__.get("_modal", ()):
-            setattr(cls, name, _modal_attr("_m" + name))
+    def _get_resident(self) -> set[int]:
+        if self._arrays:
+            self._to_objects()
+        return self._mresident
+
+    def _set_resident(self, value: set[int]) -> None:
+        self._mresident = value
+
+    resident = property(_get_resident, _set_resident)
 
     @property
     def counts(self) -> CacheCounts:
@@ -130,24 +136,18 @@ class ArrayMode:
         """Copy the policy's own per-key state into the store's row."""
 
 
-def _modal_attr(slot: str) -> property:
-    """An attribute of the objects mode: reading it turns the cache to objects."""
-
-    def get(self: Any) -> Any:
-        if self._arrays:
-            self._to_objects()
-        return getattr(self, slot)
-
-    def put(self: Any, value: Any) -> None:
-        setattr(self, slot, value)
-
-    return property(get, put)
-
-
 class OrderedArrayMode(ArrayMode):
     """The list-ordered caches (LRU, FIFO, LIFO): the ``_order`` OrderedDict is the stamps' order."""
 
-    _modal = ("resident", "_order")
+    def _get_order(self) -> OrderedDict[int, None]:
+        if self._arrays:
+            self._to_objects()
+        return self._m_order
+
+    def _set_order(self, value: OrderedDict[int, None]) -> None:
+        self._m_order = value
+
+    _order = property(_get_order, _set_order)
 
     def _objects_from(self, keys: list[int]) -> None:
         self._m_order = OrderedDict.fromkeys(keys)
@@ -167,7 +167,33 @@ class StampedLIFO(OrderedArrayMode, LIFOBufferingCache):
 class CountedLFU(ArrayMode, LFUCache):
     """:class:`LFUCache` in a :class:`StepStore` row: uses and last step per home key there."""
 
-    _modal = ("resident", "_count", "_last", "_heap")
+    def _get_count(self) -> list[int]:
+        if self._arrays:
+            self._to_objects()
+        return self._m_count
+
+    def _set_count(self, value: list[int]) -> None:
+        self._m_count = value
+
+    def _get_last(self) -> list[int]:
+        if self._arrays:
+            self._to_objects()
+        return self._m_last
+
+    def _set_last(self, value: list[int]) -> None:
+        self._m_last = value
+
+    def _get_heap(self) -> list[Any]:
+        if self._arrays:
+            self._to_objects()
+        return self._m_heap
+
+    def _set_heap(self, value: list[Any]) -> None:
+        self._m_heap = value
+
+    _count = property(_get_count, _set_count)
+    _last = property(_get_last, _set_last)
+    _heap = property(_get_heap, _set_heap)
 
     def _objects_from(self, keys: list[int]) -> None:
         st, row = self.store, self.row

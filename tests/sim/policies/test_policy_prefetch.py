@@ -115,3 +115,382 @@ def test_reroute_to_best_resident_expert():
     scores = np.array([0.1, 0.9, 0.5, 0.3])
     ex, moved = reroute(np.array([[1, 2], [0, 3]]), resident, scores)
     assert ex.tolist() == [[3, 2], [0, 3]] and moved == 1  # 1 absent -> best resident not chosen: 3
+
+
+# ---- hand-worked figures per prefetch policy (the mutation tests' reach: benchmarks/mutation_score.py)
+
+def test_emoe_l_fit_counts_every_pair_of_a_tokens_consecutive_layers():
+    """fit on one token of top-2 over 3 layers: experts (0, 1), then (2, 3), then (1, 2). Layer 0
+    -> 1 pairs 0-2, 0-3, 1-2, 1-3; layer 1 -> 2 pairs 2-1, 2-2, 3-1, 3-2 (once each)."""
+    p = PREFETCH.make("emoe_l", num_layers=3, num_experts=4, top_k=2)
+    assert p.M.shape == (2, 4, 4) and not p.M.any()
+    p.fit(np.array([[[0, 1], [2, 3], [1, 2]]]))
+    assert np.argwhere(p.M[0]).tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
+    assert np.argwhere(p.M[1]).tolist() == [[2, 1], [2, 2], [3, 1], [3, 2]]
+    assert p.M.sum() == 8
+    # from layer 0's (0, 1): 2 and 3 score 2 each; n = top_k x 2 experts given = 4, but only
+    # two have a positive score
+    assert p.next_layer(ctx(), 0, np.array([0, 1])).tolist() == [2, 3]
+    assert p.next_layer(ctx(), 1, np.array([3])).tolist() == [1, 2]
+    assert p.next_layer(ctx(), 2, np.array([1])).tolist() == []  # the last layer
+
+
+def test_emoe_l_pairs_only_consecutive_layers_of_one_request_and_token_count():
+    """observe pairs the experts of layer l - 1 and l of the same request, token by token (the
+    same number of tokens); anything else starts afresh. With ``learn_online`` off nothing is
+    learned."""
+    p = PREFETCH.make("emoe_l", num_layers=3, num_experts=4, top_k=1)
+    p.observe(ctx("a"), 0, np.array([[0], [1]]))
+    p.observe(ctx("a"), 1, np.array([[2], [3]]))  # pairs 0-2, 1-3
+    p.observe(ctx("b"), 2, np.array([[0], [0]]))  # another request: no pair
+    p.observe(ctx("b"), 0, np.array([[1], [1]]))
+    p.observe(ctx("b"), 2, np.array([[3], [3]]))  # layer 2 after 0: no pair
+    p.observe(ctx("c"), 0, np.array([[1], [1]]))
+    p.observe(ctx("c"), 1, np.array([[0]]))  # 1 token after 2: no pair
+    p.observe(ctx("c"), 2, np.array([2]))  # one token, 1-d: pair 0-2 at layer 1
+    assert np.argwhere(p.M[0]).tolist() == [[0, 2], [1, 3]] and p.M[0].sum() == 2
+    assert np.argwhere(p.M[1]).tolist() == [[0, 2]] and p.M[1].sum() == 1
+    q = PREFETCH.make("emoe_l", num_layers=3, num_experts=4, top_k=1, learn_online=False)
+    q.observe(ctx("a"), 0, np.array([[0]]))
+    q.observe(ctx("a"), 1, np.array([[2]]))
+    assert not q.M.any() and q._prev is None
+
+
+def test_emoe_l_predicts_num_predict_capped_by_max_predict():
+    """Layer 0 -> 1 counts from 0: 3 x expert 1, 2 x expert 3, 1 x expert 2 (fit). By default
+    n = top_k x experts given (2 x 1); ``num_predict`` sets it, ``max_predict`` caps it, at most
+    the experts of a layer; ties go to the smaller id."""
+    ex = np.array([[[0], [1]]] * 3 + [[[0], [3]]] * 2 + [[[0], [2]]])
+    def make(**kw):
+        return PREFETCH.make("emoe_l", num_layers=2, num_experts=4, top_k=2, **kw).fit(ex)
+    assert make().next_layer(ctx(), 0, np.array([0])).tolist() == [1, 3]
+    assert make().next_layer(ctx(), 0, np.array([0, 0, 2])).tolist() == [1, 3, 2]
+    assert make(num_predict=1).next_layer(ctx(), 0, np.array([0])).tolist() == [1]
+    assert make(num_predict=0).next_layer(ctx(), 0, np.array([0])).tolist() == []
+    assert make(num_predict=9).next_layer(ctx(), 0, np.array([0])).tolist() == [1, 3, 2]
+    assert make(max_predict=1).next_layer(ctx(), 0, np.array([0, 2])).tolist() == [1]
+    assert make(num_predict=3, max_predict=2).next_layer(ctx(), 0, np.array([0])).tolist() == [1, 3]
+    with pytest.raises(Exception, match="emoe_l: num_predict must be >= 0, got -1"):
+        make(num_predict=-1)
+    assert PREFETCH.make("emoe_l", num_layers=1, num_experts=4, top_k=1).M.shape == (0, 4, 4)
+
+
+def test_similarity_refresh_library_and_default_width():
+    """Two past requests: x used (0 at layer 0, 1 at layer 1, 2 tokens each), y (2, then 3 and
+    0). Default num_predict = 2 x top_k = 2: matched to y, layer 1's experts are 3, 0 (y's
+    counts 1 each: smaller id first -> 0, 3). With refresh 2 the match made at the first call
+    stands until two more layer steps are observed; the library keeps max_history requests."""
+    p = PREFETCH.make("similarity", num_layers=2, num_experts=4, top_k=1, refresh=2, max_history=2)
+    assert p.num_predict == 2 and p.next_layer(ctx("x"), 0, np.array([0])).tolist() == []
+    for rid, l0, l1 in (("x", [[0], [0]], [[1], [1]]), ("y", [[2]], [[3], [0]])):
+        p.on_request(ctx(rid))
+        p.observe(ctx(rid), 0, np.array(l0))
+        p.observe(ctx(rid), 1, np.array(l1))
+    p.on_request(ctx("z"))
+    assert len(p._lib) == 2 and p._lib_raw[1].tolist() == [[0, 0, 1, 0], [1, 0, 0, 1]]
+    r = 2 ** -0.5  # x's counts (2 at expert 0, 2 at 4 + 1) over their norm
+    assert np.allclose(p._lib[0], [r, 0, 0, 0, 0, r, 0, 0])
+    p.observe(ctx("z"), 0, np.array([[2]]))
+    assert p.next_layer(ctx("z"), 0, np.array([2])).tolist() == [0, 3]  # matched y
+    p.observe(ctx("z"), 0, np.array([[0], [0], [0]]))  # now closer to x, one step since
+    assert p.next_layer(ctx("z"), 0, np.array([0])).tolist() == [0, 3]  # the match stands
+    p.observe(ctx("z"), 0, np.array([[0]]))  # two steps since the match: re-matched to x
+    assert p.next_layer(ctx("z"), 0, np.array([0])).tolist() == [1]
+    assert p.next_layer(ctx("z"), 1, np.array([1])).tolist() == []  # the last layer
+    p.on_request(ctx("w"))  # z joins the library; x, the oldest, leaves (max_history 2)
+    assert len(p._lib) == 2 and p._lib_raw[0].tolist() == [[0, 0, 1, 0], [1, 0, 0, 1]]
+    p.on_request(ctx("v"))  # w observed nothing: not added
+    assert len(p._lib) == 2 and p._lib_raw[0].tolist() == [[0, 0, 1, 0], [1, 0, 0, 1]]
+    for bad in ({"max_history": 0}, {"refresh": 0}):
+        with pytest.raises(Exception, match="similarity: max_history and refresh must be >= 1"):
+            PREFETCH.make("similarity", num_layers=2, num_experts=4, top_k=1, **bad)
+
+
+def _splitmix_ref(seed, layer, key, slot):
+    """splitmix64 of (seed, layer, key, slot) on Python ints (the module doc's formula)."""
+    m, g = (1 << 64) - 1, 0x9E3779B97F4A7C15
+
+    def mix(x):
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & m
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & m
+        return x ^ (x >> 31)
+
+    h = seed & m
+    for part in (layer, key[0] & m, key[1] & m):
+        h = mix(h ^ ((part + g) & m))
+    return mix(h ^ ((slot * g) & m))
+
+
+def test_noisy_oracle_hash_is_splitmix64():
+    """The finaliser gives splitmix64's published first output for seed 0 (0xE220A8397B1DCDAF,
+    the mix of 0 + the golden gamma); step_hash equals the formula on Python ints, negative keys
+    taken mod 2**64."""
+    from sim.policies.prefetch.noisy_oracle import _G, _mix, step_hash
+
+    assert int(_mix(np.array([_G]))[0]) == 0xE220A8397B1DCDAF
+    for seed, layer, key in ((0, 0, (0, 0)), (7, 3, (11, 1)), (2**40 + 5, 1, (3, -1))):
+        got = step_hash(seed, layer, key, np.arange(5)).tolist()
+        assert got == [_splitmix_ref(seed, layer, key, s) for s in range(5)]
+
+
+def test_noisy_oracle_keeps_and_adds_by_stochastic_rounding():
+    """True set S = {1, 4, 6, 9} of E = 16, recall 0.3, precision 0.4 over 2000 steps: kept =
+    floor(1.2 + u) is 1 or 2 (mean 1.2), all from S; false = floor(kept x 1.5 + u) outside S:
+    1 or 2 (mean 1.5) after one kept, exactly 3 after two. The kept of a step are the first of
+    one order of S: recall 0.6's contain recall 0.3's."""
+    from sim.policies.prefetch.noisy_oracle import corrupt
+
+    S = np.array([1, 4, 6, 9])
+    n_kept, false_after_one = [], []
+    for t in range(2000):
+        out = corrupt(S, 16, 0.3, 0.4, 7, 2, (t, 1))
+        assert out.dtype == np.int64 and out.tolist() == sorted(set(out.tolist()))
+        k, f = np.intersect1d(out, S), np.setdiff1d(out, S)
+        n_kept.append(len(k))
+        if len(k) == 1:
+            assert len(f) in (1, 2)
+            false_after_one.append(len(f))
+        else:
+            assert len(k) == 2 and len(f) == 3
+        assert set(k.tolist()) <= set(corrupt(S, 16, 0.6, 1.0, 7, 2, (t, 1)).tolist())
+    assert abs(np.mean(n_kept) - 1.2) < 0.05
+    assert abs(np.mean(false_after_one) - 1.5) < 0.06
+    # recall 1, precision 1: S itself; recall 0: nothing; a precision past reach: every expert
+    assert corrupt(S, 16, 1.0, 1.0, 0, 1, (5, 1)).tolist() == [1, 4, 6, 9]
+    assert corrupt(S, 16, 0.0, 0.5, 0, 1, (5, 1)).tolist() == []
+    assert corrupt(np.array([1, 4]), 6, 1.0, 0.01, 0, 1, (5, 1)).tolist() == [0, 1, 2, 3, 4, 5]
+    assert corrupt(np.zeros(0, dtype=np.int64), 6, 1.0, 0.5, 0, 1, (5, 1)).tolist() == []
+
+
+def test_noisy_oracle_setup_and_perfect_at_full_accuracy():
+    """At recall = precision = 1 it is the perfect oracle; bad rates are errors naming the bound;
+    its outputs depend on the seed, the layer and the step only."""
+    tr = _trace()
+    p = PREFETCH.make("noisy_oracle", num_layers=2, num_experts=4, top_k=2)
+    p.set_trace(tr)
+    assert p.next_layer(ctx("a", token=1), 0, np.array([1, 2])).tolist() == [0, 3]
+    assert p.next_layer(ctx("a", token=1), 1, np.array([0, 3])).tolist() == []
+    for kw, msg in (({"recall": -0.1}, "expected 0 <= recall <= 1"),
+                    ({"recall": 1.1}, "expected 0 <= recall <= 1"),
+                    ({"precision": 0.0}, "expected 0 < precision <= 1"),
+                    ({"precision": 1.5}, "expected 0 < precision <= 1")):
+        with pytest.raises(Exception, match=msg):
+            PREFETCH.make("noisy_oracle", num_layers=2, num_experts=4, top_k=2, **kw)
+    q = PREFETCH.make("noisy_oracle", num_layers=2, num_experts=4, top_k=2, recall=0.0,
+                      precision=1.0)
+    q.set_trace(tr)
+    assert q.recall == 0.0 and q.next_layer(ctx("a", token=1), 0, np.array([1])).tolist() == []
+    r = PREFETCH.make("noisy_oracle", num_layers=2, num_experts=4, top_k=2, recall=1.0,
+                      precision=0.5, seed=3)
+    r.set_trace(tr)
+    # token 1's layer 1: S = {0, 3}, kept both, false = floor(2 + u) = 2: every expert
+    assert r.next_layer(ctx("a", token=1), 0, np.array([1])).tolist() == [0, 1, 2, 3]
+
+
+def test_perfect_lead_and_the_simulators_batch():
+    """``lead`` d names layer l + d's experts at layer l (none past the last layer); the batch
+    form returns the union of the batch rows' experts; a request without a batch or token, its
+    rows' union; an unknown request or no trace is an error."""
+    tr = _trace()  # tokens (a: 0, 1; b: 2); layer 1: (2, 3), (3, 0), (1, 2)
+    p = PREFETCH.make("perfect", num_layers=3, num_experts=4, top_k=2, lead=2)
+    ex3 = np.concatenate([tr.experts, tr.experts[:, :1]], axis=1)  # (3, 3, 2): layer 2 = layer 0
+    p.set_routing(ex3)
+    p.batch(np.array([0, 2]))
+    assert p.next_layer(ctx("a"), 0, np.array([0])).tolist() == [0, 1, 3]  # layer 2 of rows 0, 2
+    assert p.next_layer(ctx("a"), 1, np.array([0])).tolist() == []
+    q = PREFETCH.make("perfect", num_layers=2, num_experts=4, top_k=2)
+    q.set_trace(tr)
+    assert q.next_layer(ctx("a"), 0, np.array([0])).tolist() == [0, 2, 3]  # request a's layer 1
+    assert q.next_layer(ctx("b"), 0, np.array([0])).tolist() == [1, 2]
+    with pytest.raises(Exception, match="request 'zz' is not in the trace"):
+        q._rows(ctx("zz"))
+    for lead in (0, 3):
+        with pytest.raises(Exception, match=f"perfect: lead={lead}; expected 1 <= lead < 3"):
+            PREFETCH.make("perfect", num_layers=3, num_experts=4, top_k=2, lead=lead)
+    r = PREFETCH.make("perfect_request", num_layers=2, num_experts=4, top_k=2)
+    with pytest.raises(Exception, match="perfect_request.*reads the future"):
+        r.on_request(ctx("a"))
+    r.set_trace(tr)
+    plan = r.on_request(ctx("b"))
+    assert plan[0].tolist() == [0, 3] and plan[1].tolist() == [1, 2]
+
+
+def test_emoe_a_window_set_size_and_bad_arguments():
+    """window 2 keeps the last two finished prompts; set_size cuts the ranking; each observe
+    adds its tokens to the prompt's layer; period and window below 1 are errors."""
+    p = PREFETCH.make("emoe_a", num_layers=2, num_experts=4, top_k=1, period=1, window=2,
+                      set_size=2)
+    for rid, l0, l1 in (("a", [[0], [0]], [[3]]), ("b", [[1]], [[2]]), ("c", [[1]], [[2], [1]])):
+        p.on_request(ctx(rid))
+        p.observe(ctx(rid), 0, np.array(l0))
+        p.observe(ctx(rid), 1, np.array(l1))
+        p.observe(ctx(rid), 1, np.array(l1[:1]))
+    plan = p.on_request(ctx("d", 3))  # a left the window: b and c
+    assert plan[0].tolist() == [1] and plan[1].tolist() == [2, 1]
+    assert p.reruns == 3  # period 1: every request with a finished prompt before it (b, c, d)
+    assert p.on_request(ctx("e", 4))[1].tolist() == [2, 1] and p.reruns == 4
+    for kw in ({"period": 0}, {"window": 0}):
+        with pytest.raises(Exception, match="emoe_a: period and window must be >= 1"):
+            PREFETCH.make("emoe_a", num_layers=1, num_experts=4, top_k=1, **kw)
+
+
+def test_emoe_task_defaults_and_checks():
+    """Without ``running`` the new request alone: (prompt + 1 x the default W_o 128) x f; a
+    layer never observed stays uniform; ``top`` None keeps every expert with positive N; a
+    sensitivity not 0/1 is an error naming the task."""
+    p = PREFETCH.make("emoe_task", num_layers=2, num_experts=4, top_k=1)
+    p.observe(ctx(task="t"), 0, np.array([[1], [1], [3]]))
+    f = p.frequency("t")
+    assert np.allclose(f[0], [0, 2 / 3, 0, 1 / 3]) and np.allclose(f[1], 0.25)
+    assert np.allclose(p.frequency("new"), 0.25)
+    c = PrefetchContext(request_id="r", task="t", prompt_tokens=22)
+    N = p.expected_tokens([("t", 22)])
+    assert np.allclose(N[0], [0, 100, 0, 50]) and np.allclose(N[1], 37.5)
+    plan = p.on_request(c)
+    assert plan[0].tolist() == [1, 3] and plan[1].tolist() == [0, 1, 2, 3]
+    q = PREFETCH.make("emoe_task", num_layers=2, num_experts=4, top_k=1, top=1,
+                      default_output_tokens=2.0, sensitivity={"t": [0, 1]})
+    assert np.allclose(q.expected_tokens([("t", 2), ("t", 4)]), [[0] * 4, [2.5] * 4])
+    assert q.sensitivity("other").tolist() == [1.0, 1.0]
+    assert list(q.on_request(c)) == [1] and q.on_request(c)[1].tolist() == [0]
+    with pytest.raises(Exception, match="emoe_task: sensitivity of task 'x' must be 0/1 per layer"):
+        PREFETCH.make("emoe_task", num_layers=2, num_experts=4, top_k=1, sensitivity={"x": 0.5})
+
+
+class _Table:
+    """A prediction table as sim.predictor.table builds it: top (T, L, K), mode, s_per_token."""
+
+    def __init__(self, top):
+        self.top, self.mode, self.s_per_token = np.asarray(top), "causal", 0.8
+
+
+def _learned_topk(monkeypatch, **kw):
+    """learned_topk over a table of 3 tokens, 2 layers, top-2 (no checkpoint read: the loaded
+    table is in the module's cache). Layer 1: predicted (0, 1), (1, 2), (3, 3); true (0, 2),
+    (1, 2), (3, 0)."""
+    import sim.policies.prefetch.learned_topk as lt
+
+    top = np.array([[[0, 1], [0, 1]], [[1, 2], [1, 2]], [[0, 3], [3, 3]]])
+    truth = np.array([[[0, 1], [0, 2]], [[1, 2], [1, 2]], [[0, 3], [3, 0]]])
+    monkeypatch.setitem(lt._TABLES, ("ck", "tr"), (_Table(top), truth))
+    args = {"checkpoint": "ck", "trace_path": "tr", **kw}
+    return PREFETCH.make("learned_topk", num_layers=2, num_experts=4, top_k=2, **args), truth
+
+
+def test_learned_topk_predicts_the_tables_next_layer_and_counts_its_accuracy(monkeypatch):
+    """Token 0 at layer 0: predicted {0, 1}, true {0, 2}: 1 hit. The batch of rows 1, 2:
+    predicted {1, 2, 3}, true {0, 1, 2, 3}: 3 hits. Recall 4 / 6, precision 4 / 5. The cost is
+    the table's 0.8 s per token over 2 layers, times the batch's tokens (1 without a batch)."""
+    p, truth = _learned_topk(monkeypatch)
+    assert p.mode == "causal" and p.measured_s_per_token == 0.8 and p.s_per_token_layer == 0.4
+    assert p.cost_s() == 0.4
+    with pytest.raises(Exception, match="learned_topk: the driver named no token or batch"):
+        p.next_layer(ctx(), 0, np.array([0]))
+    assert p.next_layer(ctx(token=0), 0, np.array([0])).tolist() == [0, 1]
+    p.set_routing(truth[:2])  # the table's trace, or its first prompts
+    p.batch(np.array([1, 2]))
+    assert p.cost_s() == pytest.approx(0.8)
+    assert p.next_layer(ctx(), 0, np.array([0])).tolist() == [1, 2, 3]
+    assert p.next_layer(ctx(), 1, np.array([0])).tolist() == []  # the last layer
+    assert (p.hits, p.predicted, p.true) == (4, 5, 6)
+    assert p.accuracy() == {"recall": 4 / 6, "precision": 4 / 5}
+    p.batch(np.array([3]))
+    with pytest.raises(Exception, match="learned_topk: token row 3 is past the 3 tokens of tr"):
+        p.next_layer(ctx(), 0, np.array([0]))
+    for bad in (truth[1:], truth[:, :1], np.concatenate([truth, truth])):
+        with pytest.raises(Exception, match="is not tr, the trace its predictions were computed on"):
+            p.set_routing(bad)
+
+
+def test_learned_topk_arguments(monkeypatch):
+    q, _ = _learned_topk(monkeypatch, call_s_per_token=0.0)
+    assert q.s_per_token_layer == 0.0 and q.accuracy() == {"recall": 0.0, "precision": 0.0}
+    with pytest.raises(Exception, match="learned_topk: call_s_per_token=-1.0; expected >= 0"):
+        _learned_topk(monkeypatch, call_s_per_token=-1.0)
+    with pytest.raises(Exception, match="learned_topk needs checkpoint=DIR"):
+        _learned_topk(monkeypatch, checkpoint="")
+    with pytest.raises(Exception, match="learned_topk needs checkpoint=DIR"):
+        _learned_topk(monkeypatch, trace_path="")
+    with pytest.raises(Exception, match="tr: routing has 2 layers, top-2; the model has 3, top-2"):
+        PREFETCH.make("learned_topk", num_layers=3, num_experts=4, top_k=2, checkpoint="ck",
+                      trace_path="tr")
+
+
+class _Runtime:
+    """The per-prompt predictor's runtime (sim.predictor.runtime.PromptRuntime) in small: 2
+    layers x 4 experts, history 2, set size 2; a prediction scores each expert by its summed
+    share over the history it is given."""
+
+    num_layers, num_experts, history, set_size = 2, 4, 2, 2
+    calls: list = []
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def predict(self, history):
+        _Runtime.calls.append(np.asarray(history).copy())
+        return np.asarray(history).sum(axis=0)
+
+    def measure_call_s(self):
+        return 0.5
+
+
+def _emoe_learned(monkeypatch, **kw):
+    import sys
+    import types
+
+    mod = types.ModuleType("sim.predictor.runtime")
+    mod.PromptRuntime = _Runtime
+    monkeypatch.setitem(sys.modules, "sim.predictor.runtime", mod)
+    _Runtime.calls = []
+    return PREFETCH.make("emoe_learned", num_layers=2, num_experts=4, top_k=1,
+                         **{"checkpoint": "ck", **kw})
+
+
+def test_emoe_learned_loads_all_first_then_reruns_every_period(monkeypatch, tmp_path):
+    """Request a (no history): every expert. a used 1, 1, 2 at layer 0 and 3 at layer 1, so its
+    shares are (0, 2/3, 1/3, 0) and (0, 0, 0, 1): request b (index 1, no standing prediction)
+    predicts 1, 2 and 3, 0 (ties: smaller id), at the measured 0.5 s. c (index 3: no rerun)
+    reuses it for free; b observed nothing, so the history is a alone until c finishes. d
+    (index 4) reruns on a and c; e on c and d (history 2)."""
+    p = _emoe_learned(monkeypatch, period=2)
+    plan = p.on_request(ctx("a", 0))
+    assert [plan[l].tolist() for l in (0, 1)] == [[0, 1, 2, 3]] * 2 and p.cost_s() == 0.0
+    p.observe(ctx("a", 0), 0, np.array([[1], [1], [2]]))
+    p.observe(ctx("a", 0), 1, np.array([[3]]))
+    plan = p.on_request(ctx("b", 1))
+    assert plan[0].tolist() == [1, 2] and plan[1].tolist() == [3, 0] and p.cost_s() == 0.5
+    assert np.allclose(_Runtime.calls[0], [[[0, 2 / 3, 1 / 3, 0], [0, 0, 0, 1]]])
+    assert p.on_request(ctx("c", 3))[0].tolist() == [1, 2] and p.cost_s() == 0.0
+    p.observe(ctx("c", 3), 0, np.array([[0], [0]]))
+    p.observe(ctx("c", 3), 1, np.array([[2]]))
+    plan = p.on_request(ctx("d", 4))
+    assert len(_Runtime.calls) == 2 and _Runtime.calls[1].shape == (2, 2, 4)
+    assert plan[0].tolist() == [0, 1] and plan[1].tolist() == [2, 3]
+    p.observe(ctx("d", 4), 0, np.array([[3]]))
+    p.observe(ctx("d", 4), 1, np.array([[3]]))
+    p.on_request(ctx("e", 6))
+    assert np.allclose(_Runtime.calls[2][:, 0], [[1, 0, 0, 0], [0, 0, 0, 1]])  # c, d
+    sens = tmp_path / "sensitivity.json"
+    sens.write_text('{"tasks": {"chat": {"sensitive": [true, false]}}}')
+    q = _emoe_learned(monkeypatch, sensitivity=str(sens), call_s=0.25, set_size=3)
+    assert list(q.on_request(ctx("a", 0, task="chat"))) == [0]  # layer 1 insensitive
+    assert list(q.on_request(ctx("b", 1, task="code"))) == [0, 1]
+    assert q.set_size == 3 and q._call_s == 0.25 and q.period == 40
+
+
+def test_emoe_learned_bad_arguments(monkeypatch, tmp_path):
+    with pytest.raises(Exception, match="emoe_learned needs checkpoint=DIR"):
+        _emoe_learned(monkeypatch, checkpoint="")
+    with pytest.raises(Exception, match="emoe_learned period must be >= 1, got 0"):
+        _emoe_learned(monkeypatch, period=0)
+    bad = tmp_path / "s.json"
+    bad.write_text('{"tasks": {"chat": {}}}')
+    with pytest.raises(Exception, match="s.json: not a sensitivity.json"):
+        _emoe_learned(monkeypatch, sensitivity=str(bad))
+    monkeypatch.setattr(_Runtime, "num_layers", 3)
+    with pytest.raises(Exception, match="ck: predictor trained for 3 layers x 4 experts, the model "
+                                        "has 2 x 4"):
+        _emoe_learned(monkeypatch)
