@@ -58,10 +58,6 @@ def test_split_rejects_each_bad_argument():
         [[(0,), (0,), (0,)]]
 
 
-
-@pytest.mark.xfail(strict=True, reason="split._swap's delta takes 2 (x1 + x2).(b_o2 - b_o1) for "
-                   "the swap's linear term; the change of the squared loads is 2 (x1 - x2).(b_o2 "
-                   "- b_o1) (signs of c_cross.T and c_own[None, :]), so it misses this swap")
 def test_split_swap_search_by_hand():
     """Two batches over 4 experts, 2 GPUs: experts 0, 1 peak together (4, 4, 0, 0), then 2, 3 (0,
     0, 4, 4). Owners 0, 0, 1, 1 put each peak on one GPU (squared loads 64 + 64 per batch); any
