@@ -233,6 +233,9 @@ class ClusterPlan:
     pool_dups: np.ndarray | None = None
     #: their prefix counts (sim/serving/token_counts.py builds them when first needed)
     dup_prefix: np.ndarray | None = None
+    #: replicas of COMPILED_MIN_GPUS GPUs and more: what the compiled count of a batch's rows
+    #: reads of the pool (sim/world/traffic.py pool_tables builds it when first needed)
+    pool_blocks: tuple | None = None
     #: offload.layer_streaming: (L,) bytes each GPU copies before each layer at every iteration
     #: (0.0 for the first layers, resident in the budget); empty otherwise
     stream_bytes: list[float] | None = None

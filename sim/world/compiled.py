@@ -217,3 +217,81 @@ def count_dups(keys_tok, lg_index, L, K, G):  # pragma: no cover - compiled
                 else:
                     row[none] += 1
     return any_dup, out
+
+
+
+@njit(cache=True)
+def block_prefix(idx, B, width):  # pragma: no cover - compiled
+    """(N // B + 1, width) int32: row ``i`` counts each value of ``idx`` (N, C) over its rows
+    ``0 .. i * B - 1`` (the prefix counts at every B-th row)."""
+    N, C = idx.shape
+    nb = N // B
+    out = np.zeros((nb + 1, width), dtype=np.int32)
+    for b in range(nb):
+        out[b + 1] = out[b]
+        for r in range(b * B, (b + 1) * B):
+            for c in range(C):
+                out[b + 1, idx[r, c]] += 1
+    return out
+
+
+@njit(cache=True)
+def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cover - compiled
+    """Adds, for each token t of the batch (its pool row ``rows[t]``, its GPU ``t * G // T``),
+    one to ``out[GPU, v]`` (``per_gpu``; else ``out[0, v]``) and to ``total[v]`` (if it has
+    any element) for each value v of ``idx[rows[t]]``. A run of consecutive rows on one GPU
+    takes its whole blocks of B rows from ``prefix`` (:func:`block_prefix` of ``idx``: the
+    counts of rows ``lo * B .. hi * B - 1`` are ``prefix[hi] - prefix[lo]``) and counts the rest
+    row by row: the same integers (counts are exact in any order)."""
+    T = rows.shape[0]
+    C = idx.shape[1]
+    W = prefix.shape[1]
+    tot = total.shape[0] > 0
+    t = 0
+    while t < T:
+        g = (t * G) // T
+        end = ((g + 1) * T + G - 1) // G  # GPU g's tokens: [ceil(g T / G), ceil((g+1) T / G))
+        a = rows[t]
+        u = t + 1
+        while u < end and rows[u] == a + (u - t):
+            u += 1
+        b = a + (u - t)  # rows a .. b - 1 of the pool
+        o = g if per_gpu else 0
+        lo = (a + B - 1) // B
+        hi = b // B
+        if hi > lo:  # whole blocks lo .. hi - 1, then the rows around them one by one
+            for v in range(W):
+                d = np.int64(prefix[hi, v]) - np.int64(prefix[lo, v])
+                out[o, v] += d
+                if tot:
+                    total[v] += d
+            r0, r1, r2, r3 = a, lo * B, hi * B, b
+        else:
+            r0, r1, r2, r3 = a, b, b, b
+        for r in range(r0, r1):
+            for c in range(C):
+                v = idx[r, c]
+                out[o, v] += 1
+                if tot:
+                    total[v] += 1
+        for r in range(r2, r3):
+            for c in range(C):
+                v = idx[r, c]
+                out[o, v] += 1
+                if tot:
+                    total[v] += 1
+        t = u
+
+
+@njit(cache=True)
+def send_index(pool_keys, pool_dups, lg_index, LG, dedup, out):  # pragma: no cover - compiled
+    """Writes ``out`` (N, L*K): per pool token and (layer, k) the (layer, GPU) ``lg_index[key]``
+    its k-th expert sends it to, or ``LG`` where an earlier expert of the layer already does
+    (``pool_dups`` below ``LG``, with ``dedup``)."""
+    N, C = pool_keys.shape
+    for r in range(N):
+        for c in range(C):
+            v = lg_index[pool_keys[r, c]]
+            if dedup and pool_dups[r, c] < LG:
+                v = LG
+            out[r, c] = v
