@@ -25,7 +25,7 @@ from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
 from sim.world.offload_config import check_host_memory, check_offload
 from sim.world.ranges import check_ranges
 from sim.world.topology import Topology
-from sim.world.traffic import duplicate_destinations
+from sim.world.traffic import pool_duplicates
 from traces.format import expert_counts
 
 
@@ -309,7 +309,7 @@ class ClusterPlan:
             stream = [0.0] * resident + [layer_weight_bytes(m) / ep] * (L - resident)
         pool_dups = None
         if len(pairs) == L * E and not moe_tp and ep // c.tensor_parallel > 1 and K > 1:
-            pool_dups = duplicate_destinations(pool_keys, lg_index, L, K, ep)
+            pool_dups = pool_duplicates(pool_keys, lg_index, L, K, ep)
         return cls(topo=topo, L=L, E=E, K=K, hidden_size=m.hidden_size, expert_bytes=eb, kv_token_bytes=kv_tb,
                    placement=placement, share=share, single_owner=len(pairs) == L * E,
                    pair_key=pairs[:, 0].astype(np.int64), pair_gpu=pairs[:, 1].astype(np.int64),

@@ -7,9 +7,10 @@ that numba is imported (lazily, by the callers) only where it pays: small runs a
 nothing. Without numba installed, :func:`available` is False and the references run.
 
 - :func:`integer_passes` and :func:`refine`: :func:`sim.world.token_split._integer_passes` and
-  ``_refine`` row by row, the same integer and float operations in the same order (no
-  fast-math: ``k * srt - S`` must not become a fused multiply-add). The stop rules are the
-  references': over all rows at once (a pass stops once no row moved / moved by 1e-9).
+  ``_refine`` row by row over each expert's holders (:func:`holders`), the same integer and
+  float operations in the same order (no fast-math: ``k * srt - S`` must not become a fused
+  multiply-add). The stop rules are the references': over all rows at once (a pass stops once
+  no row moved / moved by 1e-9).
 - :func:`count_sources` and :func:`count_dups`: the integer counts of
   :func:`sim.world.traffic.count_tokens` (tokens per source GPU and key; a token's repeated
   (layer, GPU)s), one pass over the tokens instead of per-GPU bincounts and (T, L, K, K) masks.
@@ -27,64 +28,95 @@ from numba import njit
 
 #: the longest experts axis whose BLAS product is one fused chain (OpenBLAS's dgemm K block)
 MAX_CHAIN = 256
-_BIG = np.int64(1) << 40
 _TOL = 1e-9
 
 
 @njit(cache=True)
-def _fill_int(x, hold, n, order, out):  # pragma: no cover - compiled
-    """token_split._water_fill for one row: ``n`` tokens over holders ``hold`` of loads ``x``,
-    ties in ``order``; writes ``out``."""
-    G = x.shape[0]
-    srt = np.empty(G, dtype=np.int64)
-    nh = 0
-    for g in range(G):
-        if hold[g]:
-            srt[nh] = x[g]
-            nh += 1
-    srt[:nh] = np.sort(srt[:nh])
-    S = np.empty(max(nh, 1), dtype=np.int64)
-    acc = np.int64(0)
-    kstar = 0
-    for k in range(nh):
-        acc += srt[k]
-        S[k] = acc
-        if (k + 1) * srt[k] - acc <= n:
-            kstar += 1
-    for g in range(G):
-        out[g] = 0
-    if kstar == 0:
-        return
-    Sk = S[kstar - 1]
-    h = (n + Sk) // kstar
-    rem = n + Sk - h * kstar
-    rank = 0
-    for i in range(G):
-        g = order[i]
-        if hold[g] and x[g] <= h:
-            rank += 1
-            out[g] = h - x[g] + (1 if rank <= rem else 0)
+def holders(hj):  # pragma: no cover - compiled
+    """(M, J, H) the GPUs of each row's replicated experts ``hj`` (M, J, G) in ascending order
+    (padded with -1, H the most any has) and (M, J) how many."""
+    M, J, G = hj.shape
+    nh = np.zeros((M, J), dtype=np.int64)
+    H = 1
+    for m in range(M):
+        for j in range(J):
+            c = 0
+            for g in range(G):
+                if hj[m, j, g]:
+                    c += 1
+            nh[m, j] = c
+            if c > H:
+                H = c
+    hl = np.full((M, J, H), -1, dtype=np.int64)
+    for m in range(M):
+        for j in range(J):
+            c = 0
+            for g in range(G):
+                if hj[m, j, g]:
+                    hl[m, j, c] = g
+                    c += 1
+    return hl, nh
 
 
 @njit(cache=True)
-def integer_passes(count, alloc, load, hj, nn, order, skip_unmoved):  # pragma: no cover
-    """token_split._integer_passes, in place on ``alloc`` (M, J, G) int64."""
+def integer_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
+    """token_split._integer_passes, in place on ``alloc`` (M, J, G) int64, over each expert's
+    holders only (``hl``, ``nh`` of :func:`holders`; ``tiepos`` (M, G) each GPU's place in the
+    tie order; the water-fill of token_split._water_fill per row): a GPU that does not hold the
+    expert gets 0 tokens of it and keeps its load in the reference, so skipping it changes
+    nothing (integers)."""
     M, J, G = alloc.shape
     load = load.copy()
-    a = np.empty(G, dtype=np.int64)
-    x = np.empty(G, dtype=np.int64)
+    H = hl.shape[2]
+    xs = np.empty(H, dtype=np.int64)
+    srt = np.empty(H, dtype=np.int64)
+    S = np.empty(H, dtype=np.int64)
+    a = np.empty(H, dtype=np.int64)
+    gain = np.empty(H, dtype=np.int64)
     for _ in range(count):
         moved = False
         for j in range(J):
             for m in range(M):
-                for g in range(G):
-                    x[g] = load[m, g] - alloc[m, j, g]
-                _fill_int(x, hj[m, j], nn[m, j], order[m], a)
-                for g in range(G):
-                    if a[g] != alloc[m, j, g]:
+                k_n = nh[m, j]
+                n = nn[m, j]
+                for i in range(k_n):
+                    g = hl[m, j, i]
+                    xs[i] = load[m, g] - alloc[m, j, g]
+                    srt[i] = xs[i]
+                srt[:k_n] = np.sort(srt[:k_n])
+                acc = np.int64(0)
+                kstar = 0
+                for k in range(k_n):
+                    acc += srt[k]
+                    S[k] = acc
+                    if (k + 1) * srt[k] - acc <= n:
+                        kstar += 1
+                ng = 0
+                if kstar > 0:
+                    Sk = S[kstar - 1]
+                    h = (n + Sk) // kstar
+                    rem = n + Sk - h * kstar
+                    for i in range(k_n):  # the gaining holders, in the tie order
+                        a[i] = 0
+                        if xs[i] <= h:
+                            p = ng
+                            while p > 0 and tiepos[m, hl[m, j, gain[p - 1]]] > tiepos[m, hl[m, j, i]]:
+                                gain[p] = gain[p - 1]
+                                p -= 1
+                            gain[p] = i
+                            ng += 1
+                    for r in range(ng):
+                        i = gain[r]
+                        a[i] = h - xs[i] + (1 if r + 1 <= rem else 0)
+                else:
+                    for i in range(k_n):
+                        a[i] = 0
+                for i in range(k_n):
+                    g = hl[m, j, i]
+                    if a[i] != alloc[m, j, g]:
                         moved = True
-                    alloc[m, j, g] = a[g]
-                    load[m, g] = x[g] + a[g]
+                    alloc[m, j, g] = a[i]
+                    load[m, g] = xs[i] + a[i]
             if not skip_unmoved:
                 moved = True
         if not moved:
@@ -93,44 +125,48 @@ def integer_passes(count, alloc, load, hj, nn, order, skip_unmoved):  # pragma: 
 
 
 @njit(cache=True)
-def refine(alloc, load, hj, nn, passes):  # pragma: no cover - compiled
-    """token_split._refine, in place on ``alloc`` (M, J, G) float64."""
+def refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
+    """token_split._refine, in place on ``alloc`` (M, J, G) float64, over each expert's holders
+    only (``hl``, ``nh`` of :func:`holders`): a GPU that does not hold the expert keeps 0.0 of
+    it and its load (``load - 0.0 + 0.0``, loads nonnegative) in the reference, and adds 0 to
+    the largest move; the holders' floats are the same operations in the same order."""
     M, J, G = alloc.shape
     load = load.copy()
-    srt = np.empty(G)
-    S = np.empty(G)
-    x = np.empty(G)
+    H = hl.shape[2]
+    srt = np.empty(H)
+    S = np.empty(H)
+    xs = np.empty(H)
     for _ in range(passes):
         delta = 0.0
         for j in range(J):
             for m in range(M):
-                nh = 0
-                for g in range(G):
-                    x[g] = load[m, g] - alloc[m, j, g]
-                    if hj[m, j, g]:
-                        srt[nh] = x[g]
-                        nh += 1
-                srt[:nh] = np.sort(srt[:nh])
+                k_n = nh[m, j]
+                for i in range(k_n):
+                    g = hl[m, j, i]
+                    xs[i] = load[m, g] - alloc[m, j, g]
+                    srt[i] = xs[i]
+                srt[:k_n] = np.sort(srt[:k_n])
                 n = np.float64(nn[m, j])
                 acc = 0.0
                 kstar = 0
-                for k in range(nh):
+                for k in range(k_n):
                     acc += srt[k]
                     S[k] = acc
                     if np.float64(k + 1) * srt[k] - acc <= n:
                         kstar += 1
                 h = (n + S[kstar - 1]) / np.float64(kstar) if kstar > 0 else 0.0
-                for g in range(G):
+                for i in range(k_n):
+                    g = hl[m, j, i]
                     v = 0.0
-                    if hj[m, j, g] and kstar > 0:
-                        v = h - x[g]
+                    if kstar > 0:
+                        v = h - xs[i]
                         if not v >= 0.0:
                             v = 0.0
                     d = abs(v - alloc[m, j, g])
                     if d > delta:
                         delta = d
                     alloc[m, j, g] = v
-                    load[m, g] = x[g] + v
+                    load[m, g] = xs[i] + v
         if delta <= _TOL:
             break
     return alloc
@@ -239,8 +275,8 @@ def block_prefix(idx, B, width):  # pragma: no cover - compiled
 def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cover - compiled
     """Adds, for each token t of the batch (its pool row ``rows[t]``, its GPU ``t * G // T``),
     one to ``out[GPU, v]`` (``per_gpu``; else ``out[0, v]``) and to ``total[v]`` (if it has
-    any element) for each value v of ``idx[rows[t]]``. A run of consecutive rows on one GPU
-    takes its whole blocks of B rows from ``prefix`` (:func:`block_prefix` of ``idx``: the
+    any element) for each value v of ``idx[rows[t]]``. A run of consecutive rows (on one GPU,
+    where ``per_gpu``) takes its whole blocks of B rows from ``prefix`` (:func:`block_prefix` of ``idx``: the
     counts of rows ``lo * B .. hi * B - 1`` are ``prefix[hi] - prefix[lo]``) and counts the rest
     row by row: the same integers (counts are exact in any order)."""
     T = rows.shape[0]
@@ -250,7 +286,8 @@ def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cove
     t = 0
     while t < T:
         g = (t * G) // T
-        end = ((g + 1) * T + G - 1) // G  # GPU g's tokens: [ceil(g T / G), ceil((g+1) T / G))
+        # GPU g's tokens: [ceil(g T / G), ceil((g+1) T / G)); one run across GPUs when not per GPU
+        end = ((g + 1) * T + G - 1) // G if per_gpu else T
         a = rows[t]
         u = t + 1
         while u < end and rows[u] == a + (u - t):
@@ -295,3 +332,26 @@ def send_index(pool_keys, pool_dups, lg_index, LG, dedup, out):  # pragma: no co
             if dedup and pool_dups[r, c] < LG:
                 v = LG
             out[r, c] = v
+
+
+
+@njit(cache=True)
+def dup_index(keys, lg_index, L, K, G, out):  # pragma: no cover - compiled
+    """traffic.duplicate_destinations into ``out`` (T, L*K): a token's k-th expert's
+    ``lg_index`` where an earlier expert of the layer has the same, else ``L * G``; returns
+    whether there is any."""
+    T = keys.shape[0]
+    LG = L * G
+    any_dup = False
+    for t in range(T):
+        for l in range(L):
+            for k in range(K):
+                d = lg_index[keys[t, l * K + k]]
+                v = LG
+                for j in range(k):
+                    if lg_index[keys[t, l * K + j]] == d:
+                        v = d
+                        any_dup = True
+                        break
+                out[t, l * K + k] = v
+    return any_dup

@@ -221,22 +221,38 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
     J = Jn
     hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
     base = out.reshape(M, E, G).sum(axis=1)  # (M, G)
-    tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
     kern = compiled_kernels(G, compiled)
-    int_passes = _integer_passes if kern is None else kern.integer_passes
-    refine = _refine if kern is None else kern.refine
-    alloc = int_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), hj, nn, tie,
-                            skip_unmoved=False)  # the greedy
+    if kern is None:
+        tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
+        hl = nh = None
+
+        def int_passes(count, alloc, load, r, skip_unmoved):
+            rr = slice(None) if r is None else r
+            return _integer_passes(count, alloc, load, hj[rr], nn[rr], tie[rr], skip_unmoved)
+
+        def refine(alloc, load, r):
+            return _refine(alloc, load, hj[r], nn[r], passes - 1)
+    else:  # compiled, over each expert's holders only (the same integers and floats)
+        tie = _tie_rank(G, start)  # (M, G) each GPU's place in the tie order
+        hl, nh = kern.holders(hj)
+
+        def int_passes(count, alloc, load, r, skip_unmoved):
+            rr = slice(None) if r is None else r
+            return kern.integer_passes(count, alloc, load, hl[rr], nh[rr], nn[rr],
+                                              tie[rr], skip_unmoved)
+
+        def refine(alloc, load, r):
+            return kern.refine(alloc, load, hl[r], nh[r], nn[r], passes - 1)
+    alloc = int_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), None,
+                       skip_unmoved=False)  # the greedy
     if passes > 1:
         load = base + alloc.sum(axis=1)
         bound = np.maximum(-(-cr.sum(axis=1) // G), base.max(axis=1))  # no split does better
         r = np.flatnonzero(load.max(axis=1) > bound)
         if len(r):
-            fa = refine(alloc[r].astype(np.float64), load[r].astype(np.float64), hj[r], nn[r],
-                         passes - 1)
+            fa = refine(alloc[r].astype(np.float64), load[r].astype(np.float64), r)
             ar = _round(fa, hj[r], nn[r], start[r])
-            alloc[r] = int_passes(passes - 1, ar, base[r] + ar.sum(axis=1), hj[r], nn[r],
-                                       tie[r], skip_unmoved=True)
+            alloc[r] = int_passes(passes - 1, ar, base[r] + ar.sum(axis=1), r, skip_unmoved=True)
     m_i, j_i = np.nonzero(ok)
     out.reshape(M, E, G)[m_i, ee[m_i, j_i]] = alloc[m_i, j_i]
     return out.reshape(*lead, L, E, G)

@@ -22,8 +22,8 @@ import numpy as np
 
 from sim.world.token_split import compiled_kernels
 
-__all__ = ["BF16_BYTES", "count_tokens", "duplicate_destinations", "gpu_traffic", "source_counts",
-           "token_sources"]
+__all__ = ["BF16_BYTES", "count_tokens", "duplicate_destinations", "gpu_traffic", "pool_duplicates",
+           "source_counts", "token_sources"]
 
 #: bytes per hidden-state element moved by the all-to-all (bf16 activations)
 BF16_BYTES = 2.0
@@ -75,6 +75,18 @@ def duplicate_destinations(keys: np.ndarray, lg_index: np.ndarray, L: int, K: in
         return None
     dtype = np.int16 if L * G < 2**15 else np.int32
     return np.where(dup, dst, L * G).reshape(len(keys), L * K).astype(dtype)
+
+
+def pool_duplicates(keys: np.ndarray, lg_index: np.ndarray, L: int, K: int, G: int
+                    ) -> np.ndarray | None:
+    """:func:`duplicate_destinations` of the routing pool's keys, compiled from
+    :data:`~sim.world.token_split.COMPILED_MIN_GPUS` GPUs (:func:`sim.world.compiled.dup_index`:
+    the same array, or None)."""
+    kern = compiled_kernels(G)
+    if kern is None:
+        return duplicate_destinations(keys, lg_index, L, K, G)
+    out = np.empty(keys.shape, dtype=np.int16 if L * G < 2**15 else np.int32)
+    return out if kern.dup_index(keys, lg_index, L, K, G, out) else None
 
 
 def count_tokens(plan: Any, keys_tok: np.ndarray | None, G: int, rows: np.ndarray | None = None
@@ -140,16 +152,19 @@ def count_tokens(plan: Any, keys_tok: np.ndarray | None, G: int, rows: np.ndarra
 
 #: a stand-in for ``pool_dups`` where a kernel does not read it (no repeats to take off)
 _NO_DUPS = np.zeros((1, 1), dtype=np.int16)
-#: rows per block of the pool's block prefix counts (:func:`sim.world.compiled.count_runs`)
-POOL_BLOCK = 64
+#: rows per block of the pool's block prefix counts (:func:`sim.world.compiled.count_runs`): of
+#: the keys (L*E wide: int32 4 bytes x L*E per block) and of the sends (L*G + 1 wide, runs cut
+#: at the GPUs' bounds: shorter blocks)
+KEY_BLOCK = 64
+SEND_BLOCK = 8
 
 
 def pool_tables(kern: Any, plan: Any, G: int) -> tuple:
     """What :func:`_count_compiled` reads of the pool, built once per plan (kept on it as
-    ``plan.pool_blocks``): the block prefix counts of the keys (N // :data:`POOL_BLOCK` + 1,
+    ``plan.pool_blocks``): the block prefix counts of the keys (N // :data:`KEY_BLOCK` + 1,
     L*E) int32 and, with single owners, each pool token's (layer, GPU) sends
     (:func:`sim.world.compiled.send_index`: ``L * G`` where a repeat) and their block prefix
-    counts (N // POOL_BLOCK + 1, L*G + 1); else None for both."""
+    counts (N // :data:`SEND_BLOCK` + 1, L*G + 1); else None for both."""
     dups = getattr(plan, "pool_dups", None)
     tab = getattr(plan, "pool_blocks", None)
     if tab is not None and tab[0] is plan.pool_keys and tab[1] is dups and \
@@ -157,14 +172,14 @@ def pool_tables(kern: Any, plan: Any, G: int) -> tuple:
         return tab[4:]
     L, E = plan.L, plan.E
     LG = L * G
-    key_prefix = kern.block_prefix(plan.pool_keys, POOL_BLOCK, L * E)
+    key_prefix = kern.block_prefix(plan.pool_keys, KEY_BLOCK, L * E)
     sends = send_prefix = None
     if plan.single_owner:
         dedup = dups is not None
         sends = np.empty(plan.pool_keys.shape, dtype=np.int16 if LG < 2**15 else np.int32)
         kern.send_index(plan.pool_keys, dups if dedup else _NO_DUPS, plan.lg_index, LG, dedup,
                         sends)
-        send_prefix = kern.block_prefix(sends, POOL_BLOCK, LG + 1)
+        send_prefix = kern.block_prefix(sends, SEND_BLOCK, LG + 1)
     plan.pool_blocks = (plan.pool_keys, dups, plan.lg_index, G, key_prefix, sends, send_prefix)
     return plan.pool_blocks[4:]
 
@@ -184,17 +199,17 @@ def _count_compiled(kern: Any, plan: Any, rows: np.ndarray, G: int) -> tuple[np.
     no_total = np.zeros(0, dtype=np.int64)
     if plan.single_owner:
         sends = np.zeros((G, LG + 1), dtype=np.int64)  # the last column: the repeats
-        kern.count_runs(sends_idx, send_prefix, POOL_BLOCK, rows, G, True, no_total, sends)
+        kern.count_runs(sends_idx, send_prefix, SEND_BLOCK, rows, G, True, no_total, sends)
         small = T * K < G * E
         if small or sends[:, LG].any():
             total = np.zeros((1, LE), dtype=np.int64)
-            kern.count_runs(plan.pool_keys, key_prefix, POOL_BLOCK, rows, G, False, no_total,
+            kern.count_runs(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, False, no_total,
                             total)
             m = np.ascontiguousarray(sends[:, :LG]) if small else sends[:, :LG].astype(np.float64)
             return total[0], m.reshape(G, L, G).transpose(1, 0, 2)
     sc = np.zeros((G, LE), dtype=np.int64)
     total = np.zeros(LE, dtype=np.int64)
-    kern.count_runs(plan.pool_keys, key_prefix, POOL_BLOCK, rows, G, True, total, sc)
+    kern.count_runs(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, True, total, sc)
     return total, sc
 
 

@@ -126,6 +126,10 @@ def test_counts_compiled_equal_reference(seed):
     lg_index = (np.arange(L * E) // E) * G + owner
     assert np.array_equal(compiled.count_sources(keys, G, L * E), source_counts(keys, G, L * E))
     dups = duplicate_destinations(keys, lg_index, L, K, G)
+    out = np.empty(keys.shape, dtype=np.int16)
+    assert compiled.dup_index(keys, lg_index, L, K, G, out) == (dups is not None)
+    if dups is not None:  # the pool's repeats (ClusterPlan.build), compiled: the same array
+        assert out.dtype == dups.dtype and np.array_equal(out, dups)
     any_dup, dc = compiled.count_dups(keys, lg_index, L, K, G)
     assert any_dup == (dups is not None)
     if dups is not None:
@@ -309,3 +313,35 @@ def test_count_runs_blocks_equal_rows():
         one = np.zeros((1, W), dtype=np.int64)
         compiled.count_runs(idx, prefix, B, rows, G, False, np.zeros(0, dtype=np.int64), one)
         assert np.array_equal(one[0], want.sum(axis=0))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_passes_over_holders_equal_reference(seed):
+    """The compiled passes read each expert's holders only: from the same greedy start, the
+    continuous passes give the reference's floats and the integer passes its integers, byte
+    for byte (up to 64 GPUs, experts held by 1 to many GPUs)."""
+    from sim.world import compiled
+
+    rng = np.random.default_rng(1100 + seed)
+    M, J, G = int(rng.integers(1, 30)), int(rng.integers(1, 8)), int(rng.choice([3, 16, 64]))
+    hj = rng.random((M, J, G)) < float(rng.choice([0.03, 0.2, 0.5]))
+    hj[np.arange(M)[:, None], np.arange(J)[None, :], rng.integers(0, G, size=(M, J))] = True
+    nn = rng.integers(0, 300, size=(M, J))
+    base = rng.integers(0, 500, size=(M, G))
+    start = rng.integers(0, 10**6, size=M)
+    tiepos = token_split._tie_rank(G, start)
+    tie = np.argsort(tiepos, axis=-1)
+    hl, nh = compiled.holders(hj)
+    assert nh.tolist() == hj.sum(axis=2).tolist()
+    zero = np.zeros((M, J, G), dtype=np.int64)
+    ref = token_split._integer_passes(1, zero.copy(), base.copy(), hj, nn, tie, False)
+    got = compiled.integer_passes(1, zero.copy(), base.copy(), hl, nh, nn, tiepos, False)
+    assert np.array_equal(got, ref)
+    load = (base + ref.sum(axis=1)).astype(np.float64)
+    fr = token_split._refine(ref.astype(np.float64), load, hj, nn, 7)
+    fc = compiled.refine(ref.astype(np.float64), load, hl, nh, nn, 7)
+    assert fc.tobytes() == fr.tobytes()
+    ar = token_split._round(fr, hj, nn, start)
+    ref2 = token_split._integer_passes(7, ar.copy(), base + ar.sum(axis=1), hj, nn, tie, True)
+    got2 = compiled.integer_passes(7, ar.copy(), base + ar.sum(axis=1), hl, nh, nn, tiepos, True)
+    assert np.array_equal(got2, ref2)
