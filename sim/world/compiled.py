@@ -59,6 +59,119 @@ def holders(hj):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def single_holders(c, hold):  # pragma: no cover - compiled
+    """token_split.split_tokens' first step in one pass over ``hold`` (L, E, G) bool (``c``
+    (N, L, E) int64): (L, E) each expert's holders, their GPUs (L, E, H) ascending (padded
+    with -1, H the most any has), (N, L, E, G) int64 the tokens of the experts one GPU holds
+    on that GPU (0 elsewhere), and (N * L, G) their sum per GPU; integers."""
+    N, L, E = c.shape
+    G = hold.shape[2]
+    nrep = np.zeros((L, E), dtype=np.int64)
+    H = 1
+    for l in range(L):
+        for e in range(E):
+            k = 0
+            for g in range(G):
+                if hold[l, e, g]:
+                    k += 1
+            nrep[l, e] = k
+            if k > H:
+                H = k
+    gpus = np.full((L, E, H), -1, dtype=np.int64)
+    for l in range(L):
+        for e in range(E):
+            k = 0
+            for g in range(G):
+                if hold[l, e, g]:
+                    gpus[l, e, k] = g
+                    k += 1
+    out = np.zeros((N, L, E, G), dtype=np.int64)
+    base = np.zeros((N * L, G), dtype=np.int64)
+    for n in range(N):
+        for l in range(L):
+            for e in range(E):
+                if nrep[l, e] == 1:
+                    g = gpus[l, e, 0]
+                    v = c[n, l, e]
+                    out[n, l, e, g] = v
+                    base[n * L + l, g] += v
+    return nrep, gpus, out, base
+
+
+@njit(cache=True)
+def holders_of(gpus, nrep, layer, ee, ok, J):  # pragma: no cover - compiled
+    """:func:`holders` of ``hold[layer[:, None], ee] & ok[..., None]`` (M, J, G) without forming
+    it, from each expert's GPUs ``gpus`` and their number ``nrep`` (:func:`single_holders`):
+    per row m and replicated expert j, the GPUs holding expert ``ee[m, j]`` of layer
+    ``layer[m]`` (none where ``ok`` is False)."""
+    M = layer.shape[0]
+    nh = np.zeros((M, J), dtype=np.int64)
+    H = 1
+    for m in range(M):
+        for j in range(J):
+            if ok[m, j]:
+                k = nrep[layer[m], ee[m, j]]
+                nh[m, j] = k
+                if k > H:
+                    H = k
+    hl = np.full((M, J, H), -1, dtype=np.int64)
+    for m in range(M):
+        for j in range(J):
+            if ok[m, j]:
+                for i in range(nh[m, j]):
+                    hl[m, j, i] = gpus[layer[m], ee[m, j], i]
+    return hl, nh
+
+
+@njit(cache=True)
+def round_alloc(fa, hl, nh, nn, tiepos):  # pragma: no cover - compiled
+    """token_split._round over each expert's holders: floors ``floor(fa + 1e-9)``, and the
+    leftover tokens one each to the holders of largest ``rint((fa - floor) * 1e6)``, ties in
+    the tie order (``tiepos`` (M, G)). The reference's key ``-q * G + tie place`` is distinct
+    per GPU and puts every holder (q >= 0) before every other GPU (q = -1): a holder's rank is
+    the number of holders of smaller key; a GPU that does not hold the expert has 0.0, so 0."""
+    M, J, G = fa.shape
+    out = np.zeros((M, J, G), dtype=np.int64)
+    H = hl.shape[2]
+    key = np.empty(H, dtype=np.int64)
+    fl = np.empty(H)
+    for m in range(M):
+        for j in range(J):
+            k_n = nh[m, j]
+            tot = 0.0
+            for g in range(G):  # the floors' sum over all GPUs, as the reference (exact)
+                tot += np.floor(fa[m, j, g] + 1e-9)
+            rem = nn[m, j] - np.int64(tot)
+            for i in range(k_n):
+                g = hl[m, j, i]
+                f = np.floor(fa[m, j, g] + 1e-9)
+                fl[i] = f
+                q = np.int64(np.rint((fa[m, j, g] - f) * 1e6))
+                key[i] = -q * G + tiepos[m, g]
+            for i in range(k_n):
+                g = hl[m, j, i]
+                rank = 0
+                for i2 in range(k_n):
+                    if key[i2] < key[i]:
+                        rank += 1
+                out[m, j, g] = np.int64(fl[i]) + (1 if rank < rem else 0)
+    return out
+
+
+
+@njit(cache=True)
+def _sort_small(a, n):  # pragma: no cover - compiled
+    """Sorts ``a[:n]`` ascending in place (insertion: a few holders; the same array as np.sort
+    for numbers without NaN, equal values being equal)."""
+    for i in range(1, n):
+        v = a[i]
+        p = i
+        while p > 0 and a[p - 1] > v:
+            a[p] = a[p - 1]
+            p -= 1
+        a[p] = v
+
+@njit(cache=True)
 def integer_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
     """token_split._integer_passes, in place on ``alloc`` (M, J, G) int64, over each expert's
     holders only (``hl``, ``nh`` of :func:`holders`; ``tiepos`` (M, G) each GPU's place in the
@@ -83,7 +196,7 @@ def integer_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pra
                     g = hl[m, j, i]
                     xs[i] = load[m, g] - alloc[m, j, g]
                     srt[i] = xs[i]
-                srt[:k_n] = np.sort(srt[:k_n])
+                _sort_small(srt, k_n)
                 acc = np.int64(0)
                 kstar = 0
                 for k in range(k_n):
@@ -145,7 +258,7 @@ def refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
                     g = hl[m, j, i]
                     xs[i] = load[m, g] - alloc[m, j, g]
                     srt[i] = xs[i]
-                srt[:k_n] = np.sort(srt[:k_n])
+                _sort_small(srt, k_n)
                 n = np.float64(nn[m, j])
                 acc = 0.0
                 kstar = 0
@@ -172,11 +285,10 @@ def refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
     return alloc
 
 
-@njit(cache=True, fastmath={"contract"})
-def _chain(sc, share, L, E, G, out):  # pragma: no cover - compiled
-    """out[l, g, h]: the chain over e ascending of sc[g, l*E + e] * share[l, e, h], zero
-    terms skipped (they add an exact 0)."""
-    ptr = np.zeros(L * E + 1, dtype=np.int64)  # the share's nonzeros per (l, e), as CSR
+@njit(cache=True)
+def _csr_dense(share, L, E, G):  # pragma: no cover - compiled
+    """The share's nonzeros per (l, e) as CSR (ptr, GPUs ascending, weights), from all of it."""
+    ptr = np.zeros(L * E + 1, dtype=np.int64)
     hs = np.empty(L * E * G, dtype=np.int64)
     ws = np.empty(L * E * G)
     n = 0
@@ -189,6 +301,36 @@ def _chain(sc, share, L, E, G, out):  # pragma: no cover - compiled
                     ws[n] = w
                     n += 1
             ptr[l * E + e + 1] = n
+    return ptr, hs, ws
+
+
+@njit(cache=True)
+def _csr_pairs(share, pair_key, pair_gpu, L, E):  # pragma: no cover - compiled
+    """:func:`_csr_dense` reading only the (key, GPU) pairs that may be nonzero (key-sorted,
+    GPUs ascending within a key: the plan's holders), the same CSR."""
+    P = pair_key.shape[0]
+    ptr = np.zeros(L * E + 1, dtype=np.int64)
+    hs = np.empty(P, dtype=np.int64)
+    ws = np.empty(P)
+    n = 0
+    p = 0
+    for col in range(L * E):
+        while p < P and pair_key[p] == col:
+            h = pair_gpu[p]
+            w = share[col // E, col % E, h]
+            if w != 0.0:
+                hs[n] = h
+                ws[n] = w
+                n += 1
+            p += 1
+        ptr[col + 1] = n
+    return ptr, hs, ws
+
+
+@njit(cache=True, fastmath={"contract"})
+def _chain(sc, ptr, hs, ws, L, E, G, out):  # pragma: no cover - compiled
+    """out[l, g, h]: the chain over e ascending of sc[g, l*E + e] * share[l, e, h] (the share
+    as CSR), zero terms skipped (they add an exact 0)."""
     for g in range(G):
         for l in range(L):
             for e in range(E):
@@ -202,13 +344,20 @@ def _chain(sc, share, L, E, G, out):  # pragma: no cover - compiled
                     out[l, g, h] = fv * ws[i] + out[l, g, h]
 
 
-def traffic_share(src_counts: np.ndarray, share: np.ndarray) -> np.ndarray:
+def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarray | None = None,
+                  pair_gpu: np.ndarray | None = None) -> np.ndarray:
     """(L, G, G) ``per @ share`` of :func:`sim.world.traffic.gpu_traffic` (``src_counts``
-    (G, L*E) nonnegative integers, ``share`` (L, E, G) nonnegative, E <= :data:`MAX_CHAIN`)."""
+    (G, L*E) nonnegative integers, ``share`` (L, E, G) nonnegative, E <= :data:`MAX_CHAIN`).
+    ``pair_key``, ``pair_gpu``: the only (key, GPU)s where the share may be nonzero (the plan's
+    holders, key-sorted): read instead of all of it, the same floats."""
     L, E, G = share.shape
     out = np.zeros((L, G, G))
-    _chain(np.ascontiguousarray(src_counts), np.ascontiguousarray(share, dtype=np.float64),
-           L, E, G, out)
+    sh = np.ascontiguousarray(share, dtype=np.float64)
+    if pair_key is None:
+        ptr, hs, ws = _csr_dense(sh, L, E, G)
+    else:
+        ptr, hs, ws = _csr_pairs(sh, pair_key, pair_gpu, L, E)
+    _chain(np.ascontiguousarray(src_counts), ptr, hs, ws, L, E, G, out)
     return out
 
 

@@ -220,12 +220,14 @@ def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = No
     ``src_counts`` (G, L*E): :func:`source_counts` of the iteration's tokens; destinations by the
     plan's placement: ``share`` (L, E, G), the share of an expert's tokens each GPU computes (1 on
     its one owner; default ``plan.share``; a per-batch split of replicated experts passes its
-    own). ``dups`` (G, L*G + 1), single owners: per source GPU the tokens whose (layer, GPU)
-    an earlier expert of theirs already sends them to (:func:`duplicate_destinations` counted
-    by source; the last column: none), taken off: a token goes once to each GPU that holds any
-    of its experts, not once per expert. The diagonal is traffic that stays on its GPU. This is
-    the one place the token-to-GPU assignment enters the network model. ``compiled``: the
-    product as :func:`sim.world.compiled.traffic_share` forms it, the same bytes (None: from
+    own, nonzero only where ``plan.share`` is: the compiled product reads the plan's holders
+    ``pair_key``, ``pair_gpu`` only). ``dups`` (G, L*G + 1), single owners: per source GPU
+    the tokens whose (layer, GPU) an earlier expert of theirs already sends them to
+    (:func:`duplicate_destinations` counted by source; the last column: none), taken off: a
+    token goes once to each GPU that holds any of its experts, not once per expert. The
+    diagonal is traffic that stays on its GPU. This is the one place the token-to-GPU
+    assignment enters the network model. ``compiled``: the product as
+    :func:`sim.world.compiled.traffic_share` forms it, the same bytes (None: from
     :data:`~sim.world.token_split.COMPILED_MIN_GPUS` GPUs)."""
     L, E, G = plan.L, plan.E, plan.topo.expert_parallel
     if share is None and plan.single_owner:  # a scatter by owner (no BLAS, see _ReplicaNet)
@@ -242,7 +244,8 @@ def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = No
     # and only where this machine's BLAS is seen to form it so (chain_matches_blas)
     kern = compiled_kernels(G, compiled) if E <= 256 and G % 2 == 0 else None
     if kern is not None and (compiled or chain_matches_blas(kern, L, E, G)):
-        return kern.traffic_share(src_counts, sh)
+        return kern.traffic_share(src_counts, sh, getattr(plan, "pair_key", None),
+                                  getattr(plan, "pair_gpu", None))
     return _blas_traffic(src_counts, sh, L, E, G)
 
 

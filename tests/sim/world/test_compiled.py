@@ -95,6 +95,9 @@ def test_gpu_traffic_compiled_equals_matmul(seed):
         assert fast.shape == ref.shape == (L, G, G)
         assert np.array_equal(fast, ref)
         assert np.array_equal(gpu_traffic(plan, src, compiled=True), ref)  # the plan's share
+        # the CSR read from the holders' pairs (a superset of the share's nonzeros): the same
+        pairs = np.argwhere(hold.reshape(L * E, G))
+        assert np.array_equal(compiled.traffic_share(src, share, pairs[:, 0], pairs[:, 1]), ref)
 
 
 def test_gpu_traffic_odd_gpus_stay_on_blas(monkeypatch):
@@ -342,6 +345,34 @@ def test_passes_over_holders_equal_reference(seed):
     fc = compiled.refine(ref.astype(np.float64), load, hl, nh, nn, 7)
     assert fc.tobytes() == fr.tobytes()
     ar = token_split._round(fr, hj, nn, start)
+    assert np.array_equal(compiled.round_alloc(fr, hl, nh, nn, tiepos), ar)
     ref2 = token_split._integer_passes(7, ar.copy(), base + ar.sum(axis=1), hj, nn, tie, True)
     got2 = compiled.integer_passes(7, ar.copy(), base + ar.sum(axis=1), hl, nh, nn, tiepos, True)
     assert np.array_equal(got2, ref2)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_split_first_step_compiled_equals_reference(seed):
+    """The single holders' tokens and their per-GPU sums (one pass), and the holders of each
+    row's replicated experts read from the (L, E, G) holders without the (M, J, G) mask."""
+    from sim.world import compiled
+
+    rng = np.random.default_rng(1300 + seed)
+    N, L, E, G = int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.integers(2, 30)), \
+        int(rng.choice([3, 16, 64]))
+    hold = _hold(rng, L, E, G, float(rng.choice([0.02, 0.1, 0.4])))
+    c = _counts(rng, N, L, E).astype(np.int64)
+    nrep = hold.sum(axis=-1)
+    got_n, gpus, out, base = compiled.single_holders(c, hold)
+    for l, e in np.ndindex(L, E):
+        assert gpus[l, e, :nrep[l, e]].tolist() == np.flatnonzero(hold[l, e]).tolist()
+    want = c[..., None] * (hold & (nrep == 1)[..., None])
+    assert np.array_equal(got_n, nrep) and out.dtype == want.dtype and np.array_equal(out, want)
+    assert np.array_equal(base, want.reshape(N * L, E, G).sum(axis=1))
+    M, J = N * L, int(rng.integers(1, E + 1))
+    layer = np.tile(np.arange(L), N)
+    ee = np.stack([rng.permutation(E)[:J] for _ in range(M)])
+    ok = rng.random((M, J)) < 0.8
+    hl, nh = compiled.holders_of(gpus, got_n, layer, ee, ok, J)
+    hl_ref, nh_ref = compiled.holders(hold[layer[:, None], ee] & ok[..., None])
+    assert np.array_equal(nh, nh_ref) and np.array_equal(hl, hl_ref)
