@@ -161,12 +161,15 @@ class AnalyticCost:
         elements, a broadcast view included); returns (groups,). Many instances (a large
         replica's (L, E, G) split, mostly idle): only the active ones are summed, the same
         floats (bincount adds in index order, and an idle instance adds exact zeros)."""
-        t = np.asarray(tokens, dtype=np.float64).ravel()
+        t = np.asarray(tokens)
         g = np.asarray(group)
-        if t.size >= _SPARSE_MOE:
+        if t.size >= _SPARSE_MOE:  # the active ones found before the cast (the same nonzeros)
+            t = t.ravel()
             nz = np.flatnonzero(t)
-            t = t[nz]
+            t = t[nz].astype(np.float64, copy=False)
             g = g[np.unravel_index(nz, g.shape)] if g.ndim > 1 else g[nz]
+        else:
+            t = t.astype(np.float64, copy=False).ravel()
         padded = np.ceil(t / MOE_BLOCK_TOKENS) * MOE_BLOCK_TOKENS
         active = (t > 0).astype(np.float64)
         g = g.ravel()

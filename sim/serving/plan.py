@@ -25,7 +25,7 @@ from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
 from sim.world.offload_config import check_host_memory, check_offload
 from sim.world.ranges import check_ranges
 from sim.world.topology import Topology
-from sim.world.traffic import duplicate_destinations
+from sim.world.traffic import pool_duplicates
 from traces.format import expert_counts
 
 
@@ -233,6 +233,9 @@ class ClusterPlan:
     pool_dups: np.ndarray | None = None
     #: their prefix counts (sim/serving/token_counts.py builds them when first needed)
     dup_prefix: np.ndarray | None = None
+    #: replicas of COMPILED_MIN_GPUS GPUs and more: what the compiled count of a batch's rows
+    #: reads of the pool (sim/world/traffic.py pool_tables builds it when first needed)
+    pool_blocks: tuple | None = None
     #: offload.layer_streaming: (L,) bytes each GPU copies before each layer at every iteration
     #: (0.0 for the first layers, resident in the budget); empty otherwise
     stream_bytes: list[float] | None = None
@@ -306,7 +309,7 @@ class ClusterPlan:
             stream = [0.0] * resident + [layer_weight_bytes(m) / ep] * (L - resident)
         pool_dups = None
         if len(pairs) == L * E and not moe_tp and ep // c.tensor_parallel > 1 and K > 1:
-            pool_dups = duplicate_destinations(pool_keys, lg_index, L, K, ep)
+            pool_dups = pool_duplicates(pool_keys, lg_index, L, K, ep)
         return cls(topo=topo, L=L, E=E, K=K, hidden_size=m.hidden_size, expert_bytes=eb, kv_token_bytes=kv_tb,
                    placement=placement, share=share, single_owner=len(pairs) == L * E,
                    pair_key=pairs[:, 0].astype(np.int64), pair_gpu=pairs[:, 1].astype(np.int64),

@@ -7,9 +7,10 @@ that numba is imported (lazily, by the callers) only where it pays: small runs a
 nothing. Without numba installed, :func:`available` is False and the references run.
 
 - :func:`integer_passes` and :func:`refine`: :func:`sim.world.token_split._integer_passes` and
-  ``_refine`` row by row, the same integer and float operations in the same order (no
-  fast-math: ``k * srt - S`` must not become a fused multiply-add). The stop rules are the
-  references': over all rows at once (a pass stops once no row moved / moved by 1e-9).
+  ``_refine`` row by row over each expert's holders (:func:`holders`), the same integer and
+  float operations in the same order (no fast-math: ``k * srt - S`` must not become a fused
+  multiply-add). The stop rules are the references': over all rows at once (a pass stops once
+  no row moved / moved by 1e-9).
 - :func:`count_sources` and :func:`count_dups`: the integer counts of
   :func:`sim.world.traffic.count_tokens` (tokens per source GPU and key; a token's repeated
   (layer, GPU)s), one pass over the tokens instead of per-GPU bincounts and (T, L, K, K) masks.
@@ -27,64 +28,208 @@ from numba import njit
 
 #: the longest experts axis whose BLAS product is one fused chain (OpenBLAS's dgemm K block)
 MAX_CHAIN = 256
-_BIG = np.int64(1) << 40
 _TOL = 1e-9
 
 
 @njit(cache=True)
-def _fill_int(x, hold, n, order, out):  # pragma: no cover - compiled
-    """token_split._water_fill for one row: ``n`` tokens over holders ``hold`` of loads ``x``,
-    ties in ``order``; writes ``out``."""
-    G = x.shape[0]
-    srt = np.empty(G, dtype=np.int64)
-    nh = 0
-    for g in range(G):
-        if hold[g]:
-            srt[nh] = x[g]
-            nh += 1
-    srt[:nh] = np.sort(srt[:nh])
-    S = np.empty(max(nh, 1), dtype=np.int64)
-    acc = np.int64(0)
-    kstar = 0
-    for k in range(nh):
-        acc += srt[k]
-        S[k] = acc
-        if (k + 1) * srt[k] - acc <= n:
-            kstar += 1
-    for g in range(G):
-        out[g] = 0
-    if kstar == 0:
-        return
-    Sk = S[kstar - 1]
-    h = (n + Sk) // kstar
-    rem = n + Sk - h * kstar
-    rank = 0
-    for i in range(G):
-        g = order[i]
-        if hold[g] and x[g] <= h:
-            rank += 1
-            out[g] = h - x[g] + (1 if rank <= rem else 0)
+def holders(hj):  # pragma: no cover - compiled
+    """(M, J, H) the GPUs of each row's replicated experts ``hj`` (M, J, G) in ascending order
+    (padded with -1, H the most any has) and (M, J) how many."""
+    M, J, G = hj.shape
+    nh = np.zeros((M, J), dtype=np.int64)
+    H = 1
+    for m in range(M):
+        for j in range(J):
+            c = 0
+            for g in range(G):
+                if hj[m, j, g]:
+                    c += 1
+            nh[m, j] = c
+            if c > H:
+                H = c
+    hl = np.full((M, J, H), -1, dtype=np.int64)
+    for m in range(M):
+        for j in range(J):
+            c = 0
+            for g in range(G):
+                if hj[m, j, g]:
+                    hl[m, j, c] = g
+                    c += 1
+    return hl, nh
 
 
 @njit(cache=True)
-def integer_passes(count, alloc, load, hj, nn, order, skip_unmoved):  # pragma: no cover
-    """token_split._integer_passes, in place on ``alloc`` (M, J, G) int64."""
+def single_holders(c, hold):  # pragma: no cover - compiled
+    """token_split.split_tokens' first step in one pass over ``hold`` (L, E, G) bool (``c``
+    (N, L, E) int64): (L, E) each expert's holders, their GPUs (L, E, H) ascending (padded
+    with -1, H the most any has), (N, L, E, G) int64 the tokens of the experts one GPU holds
+    on that GPU (0 elsewhere), and (N * L, G) their sum per GPU; integers."""
+    N, L, E = c.shape
+    G = hold.shape[2]
+    nrep = np.zeros((L, E), dtype=np.int64)
+    H = 1
+    for l in range(L):
+        for e in range(E):
+            k = 0
+            for g in range(G):
+                if hold[l, e, g]:
+                    k += 1
+            nrep[l, e] = k
+            if k > H:
+                H = k
+    gpus = np.full((L, E, H), -1, dtype=np.int64)
+    for l in range(L):
+        for e in range(E):
+            k = 0
+            for g in range(G):
+                if hold[l, e, g]:
+                    gpus[l, e, k] = g
+                    k += 1
+    out = np.zeros((N, L, E, G), dtype=np.int64)
+    base = np.zeros((N * L, G), dtype=np.int64)
+    for n in range(N):
+        for l in range(L):
+            for e in range(E):
+                if nrep[l, e] == 1:
+                    g = gpus[l, e, 0]
+                    v = c[n, l, e]
+                    out[n, l, e, g] = v
+                    base[n * L + l, g] += v
+    return nrep, gpus, out, base
+
+
+@njit(cache=True)
+def holders_of(gpus, nrep, layer, ee, ok, J):  # pragma: no cover - compiled
+    """:func:`holders` of ``hold[layer[:, None], ee] & ok[..., None]`` (M, J, G) without forming
+    it, from each expert's GPUs ``gpus`` and their number ``nrep`` (:func:`single_holders`):
+    per row m and replicated expert j, the GPUs holding expert ``ee[m, j]`` of layer
+    ``layer[m]`` (none where ``ok`` is False)."""
+    M = layer.shape[0]
+    nh = np.zeros((M, J), dtype=np.int64)
+    H = 1
+    for m in range(M):
+        for j in range(J):
+            if ok[m, j]:
+                k = nrep[layer[m], ee[m, j]]
+                nh[m, j] = k
+                if k > H:
+                    H = k
+    hl = np.full((M, J, H), -1, dtype=np.int64)
+    for m in range(M):
+        for j in range(J):
+            if ok[m, j]:
+                for i in range(nh[m, j]):
+                    hl[m, j, i] = gpus[layer[m], ee[m, j], i]
+    return hl, nh
+
+
+@njit(cache=True)
+def round_alloc(fa, hl, nh, nn, tiepos):  # pragma: no cover - compiled
+    """token_split._round over each expert's holders: floors ``floor(fa + 1e-9)``, and the
+    leftover tokens one each to the holders of largest ``rint((fa - floor) * 1e6)``, ties in
+    the tie order (``tiepos`` (M, G)). The reference's key ``-q * G + tie place`` is distinct
+    per GPU and puts every holder (q >= 0) before every other GPU (q = -1): a holder's rank is
+    the number of holders of smaller key; a GPU that does not hold the expert has 0.0, so 0."""
+    M, J, G = fa.shape
+    out = np.zeros((M, J, G), dtype=np.int64)
+    H = hl.shape[2]
+    key = np.empty(H, dtype=np.int64)
+    fl = np.empty(H)
+    for m in range(M):
+        for j in range(J):
+            k_n = nh[m, j]
+            tot = 0.0
+            for g in range(G):  # the floors' sum over all GPUs, as the reference (exact)
+                tot += np.floor(fa[m, j, g] + 1e-9)
+            rem = nn[m, j] - np.int64(tot)
+            for i in range(k_n):
+                g = hl[m, j, i]
+                f = np.floor(fa[m, j, g] + 1e-9)
+                fl[i] = f
+                q = np.int64(np.rint((fa[m, j, g] - f) * 1e6))
+                key[i] = -q * G + tiepos[m, g]
+            for i in range(k_n):
+                g = hl[m, j, i]
+                rank = 0
+                for i2 in range(k_n):
+                    if key[i2] < key[i]:
+                        rank += 1
+                out[m, j, g] = np.int64(fl[i]) + (1 if rank < rem else 0)
+    return out
+
+
+
+@njit(cache=True)
+def _sort_small(a, n):  # pragma: no cover - compiled
+    """Sorts ``a[:n]`` ascending in place (insertion: a few holders; the same array as np.sort
+    for numbers without NaN, equal values being equal)."""
+    for i in range(1, n):
+        v = a[i]
+        p = i
+        while p > 0 and a[p - 1] > v:
+            a[p] = a[p - 1]
+            p -= 1
+        a[p] = v
+
+@njit(cache=True)
+def integer_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
+    """token_split._integer_passes, in place on ``alloc`` (M, J, G) int64, over each expert's
+    holders only (``hl``, ``nh`` of :func:`holders`; ``tiepos`` (M, G) each GPU's place in the
+    tie order; the water-fill of token_split._water_fill per row): a GPU that does not hold the
+    expert gets 0 tokens of it and keeps its load in the reference, so skipping it changes
+    nothing (integers)."""
     M, J, G = alloc.shape
     load = load.copy()
-    a = np.empty(G, dtype=np.int64)
-    x = np.empty(G, dtype=np.int64)
+    H = hl.shape[2]
+    xs = np.empty(H, dtype=np.int64)
+    srt = np.empty(H, dtype=np.int64)
+    S = np.empty(H, dtype=np.int64)
+    a = np.empty(H, dtype=np.int64)
+    gain = np.empty(H, dtype=np.int64)
     for _ in range(count):
         moved = False
         for j in range(J):
             for m in range(M):
-                for g in range(G):
-                    x[g] = load[m, g] - alloc[m, j, g]
-                _fill_int(x, hj[m, j], nn[m, j], order[m], a)
-                for g in range(G):
-                    if a[g] != alloc[m, j, g]:
+                k_n = nh[m, j]
+                n = nn[m, j]
+                for i in range(k_n):
+                    g = hl[m, j, i]
+                    xs[i] = load[m, g] - alloc[m, j, g]
+                    srt[i] = xs[i]
+                _sort_small(srt, k_n)
+                acc = np.int64(0)
+                kstar = 0
+                for k in range(k_n):
+                    acc += srt[k]
+                    S[k] = acc
+                    if (k + 1) * srt[k] - acc <= n:
+                        kstar += 1
+                ng = 0
+                if kstar > 0:
+                    Sk = S[kstar - 1]
+                    h = (n + Sk) // kstar
+                    rem = n + Sk - h * kstar
+                    for i in range(k_n):  # the gaining holders, in the tie order
+                        a[i] = 0
+                        if xs[i] <= h:
+                            p = ng
+                            while p > 0 and tiepos[m, hl[m, j, gain[p - 1]]] > tiepos[m, hl[m, j, i]]:
+                                gain[p] = gain[p - 1]
+                                p -= 1
+                            gain[p] = i
+                            ng += 1
+                    for r in range(ng):
+                        i = gain[r]
+                        a[i] = h - xs[i] + (1 if r + 1 <= rem else 0)
+                else:
+                    for i in range(k_n):
+                        a[i] = 0
+                for i in range(k_n):
+                    g = hl[m, j, i]
+                    if a[i] != alloc[m, j, g]:
                         moved = True
-                    alloc[m, j, g] = a[g]
-                    load[m, g] = x[g] + a[g]
+                    alloc[m, j, g] = a[i]
+                    load[m, g] = xs[i] + a[i]
             if not skip_unmoved:
                 moved = True
         if not moved:
@@ -93,54 +238,57 @@ def integer_passes(count, alloc, load, hj, nn, order, skip_unmoved):  # pragma: 
 
 
 @njit(cache=True)
-def refine(alloc, load, hj, nn, passes):  # pragma: no cover - compiled
-    """token_split._refine, in place on ``alloc`` (M, J, G) float64."""
+def refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
+    """token_split._refine, in place on ``alloc`` (M, J, G) float64, over each expert's holders
+    only (``hl``, ``nh`` of :func:`holders`): a GPU that does not hold the expert keeps 0.0 of
+    it and its load (``load - 0.0 + 0.0``, loads nonnegative) in the reference, and adds 0 to
+    the largest move; the holders' floats are the same operations in the same order."""
     M, J, G = alloc.shape
     load = load.copy()
-    srt = np.empty(G)
-    S = np.empty(G)
-    x = np.empty(G)
+    H = hl.shape[2]
+    srt = np.empty(H)
+    S = np.empty(H)
+    xs = np.empty(H)
     for _ in range(passes):
         delta = 0.0
         for j in range(J):
             for m in range(M):
-                nh = 0
-                for g in range(G):
-                    x[g] = load[m, g] - alloc[m, j, g]
-                    if hj[m, j, g]:
-                        srt[nh] = x[g]
-                        nh += 1
-                srt[:nh] = np.sort(srt[:nh])
+                k_n = nh[m, j]
+                for i in range(k_n):
+                    g = hl[m, j, i]
+                    xs[i] = load[m, g] - alloc[m, j, g]
+                    srt[i] = xs[i]
+                _sort_small(srt, k_n)
                 n = np.float64(nn[m, j])
                 acc = 0.0
                 kstar = 0
-                for k in range(nh):
+                for k in range(k_n):
                     acc += srt[k]
                     S[k] = acc
                     if np.float64(k + 1) * srt[k] - acc <= n:
                         kstar += 1
                 h = (n + S[kstar - 1]) / np.float64(kstar) if kstar > 0 else 0.0
-                for g in range(G):
+                for i in range(k_n):
+                    g = hl[m, j, i]
                     v = 0.0
-                    if hj[m, j, g] and kstar > 0:
-                        v = h - x[g]
+                    if kstar > 0:
+                        v = h - xs[i]
                         if not v >= 0.0:
                             v = 0.0
                     d = abs(v - alloc[m, j, g])
                     if d > delta:
                         delta = d
                     alloc[m, j, g] = v
-                    load[m, g] = x[g] + v
+                    load[m, g] = xs[i] + v
         if delta <= _TOL:
             break
     return alloc
 
 
-@njit(cache=True, fastmath={"contract"})
-def _chain(sc, share, L, E, G, out):  # pragma: no cover - compiled
-    """out[l, g, h]: the chain over e ascending of sc[g, l*E + e] * share[l, e, h], zero
-    terms skipped (they add an exact 0)."""
-    ptr = np.zeros(L * E + 1, dtype=np.int64)  # the share's nonzeros per (l, e), as CSR
+@njit(cache=True)
+def _csr_dense(share, L, E, G):  # pragma: no cover - compiled
+    """The share's nonzeros per (l, e) as CSR (ptr, GPUs ascending, weights), from all of it."""
+    ptr = np.zeros(L * E + 1, dtype=np.int64)
     hs = np.empty(L * E * G, dtype=np.int64)
     ws = np.empty(L * E * G)
     n = 0
@@ -153,6 +301,36 @@ def _chain(sc, share, L, E, G, out):  # pragma: no cover - compiled
                     ws[n] = w
                     n += 1
             ptr[l * E + e + 1] = n
+    return ptr, hs, ws
+
+
+@njit(cache=True)
+def _csr_pairs(share, pair_key, pair_gpu, L, E):  # pragma: no cover - compiled
+    """:func:`_csr_dense` reading only the (key, GPU) pairs that may be nonzero (key-sorted,
+    GPUs ascending within a key: the plan's holders), the same CSR."""
+    P = pair_key.shape[0]
+    ptr = np.zeros(L * E + 1, dtype=np.int64)
+    hs = np.empty(P, dtype=np.int64)
+    ws = np.empty(P)
+    n = 0
+    p = 0
+    for col in range(L * E):
+        while p < P and pair_key[p] == col:
+            h = pair_gpu[p]
+            w = share[col // E, col % E, h]
+            if w != 0.0:
+                hs[n] = h
+                ws[n] = w
+                n += 1
+            p += 1
+        ptr[col + 1] = n
+    return ptr, hs, ws
+
+
+@njit(cache=True, fastmath={"contract"})
+def _chain(sc, ptr, hs, ws, L, E, G, out):  # pragma: no cover - compiled
+    """out[l, g, h]: the chain over e ascending of sc[g, l*E + e] * share[l, e, h] (the share
+    as CSR), zero terms skipped (they add an exact 0)."""
     for g in range(G):
         for l in range(L):
             for e in range(E):
@@ -166,13 +344,20 @@ def _chain(sc, share, L, E, G, out):  # pragma: no cover - compiled
                     out[l, g, h] = fv * ws[i] + out[l, g, h]
 
 
-def traffic_share(src_counts: np.ndarray, share: np.ndarray) -> np.ndarray:
+def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarray | None = None,
+                  pair_gpu: np.ndarray | None = None) -> np.ndarray:
     """(L, G, G) ``per @ share`` of :func:`sim.world.traffic.gpu_traffic` (``src_counts``
-    (G, L*E) nonnegative integers, ``share`` (L, E, G) nonnegative, E <= :data:`MAX_CHAIN`)."""
+    (G, L*E) nonnegative integers, ``share`` (L, E, G) nonnegative, E <= :data:`MAX_CHAIN`).
+    ``pair_key``, ``pair_gpu``: the only (key, GPU)s where the share may be nonzero (the plan's
+    holders, key-sorted): read instead of all of it, the same floats."""
     L, E, G = share.shape
     out = np.zeros((L, G, G))
-    _chain(np.ascontiguousarray(src_counts), np.ascontiguousarray(share, dtype=np.float64),
-           L, E, G, out)
+    sh = np.ascontiguousarray(share, dtype=np.float64)
+    if pair_key is None:
+        ptr, hs, ws = _csr_dense(sh, L, E, G)
+    else:
+        ptr, hs, ws = _csr_pairs(sh, pair_key, pair_gpu, L, E)
+    _chain(np.ascontiguousarray(src_counts), ptr, hs, ws, L, E, G, out)
     return out
 
 
@@ -217,3 +402,105 @@ def count_dups(keys_tok, lg_index, L, K, G):  # pragma: no cover - compiled
                 else:
                     row[none] += 1
     return any_dup, out
+
+
+
+@njit(cache=True)
+def block_prefix(idx, B, width):  # pragma: no cover - compiled
+    """(N // B + 1, width) int32: row ``i`` counts each value of ``idx`` (N, C) over its rows
+    ``0 .. i * B - 1`` (the prefix counts at every B-th row)."""
+    N, C = idx.shape
+    nb = N // B
+    out = np.zeros((nb + 1, width), dtype=np.int32)
+    for b in range(nb):
+        out[b + 1] = out[b]
+        for r in range(b * B, (b + 1) * B):
+            for c in range(C):
+                out[b + 1, idx[r, c]] += 1
+    return out
+
+
+@njit(cache=True)
+def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cover - compiled
+    """Adds, for each token t of the batch (its pool row ``rows[t]``, its GPU ``t * G // T``),
+    one to ``out[GPU, v]`` (``per_gpu``; else ``out[0, v]``) and to ``total[v]`` (if it has
+    any element) for each value v of ``idx[rows[t]]``. A run of consecutive rows (on one GPU,
+    where ``per_gpu``) takes its whole blocks of B rows from ``prefix`` (:func:`block_prefix` of ``idx``: the
+    counts of rows ``lo * B .. hi * B - 1`` are ``prefix[hi] - prefix[lo]``) and counts the rest
+    row by row: the same integers (counts are exact in any order)."""
+    T = rows.shape[0]
+    C = idx.shape[1]
+    W = prefix.shape[1]
+    tot = total.shape[0] > 0
+    t = 0
+    while t < T:
+        g = (t * G) // T
+        # GPU g's tokens: [ceil(g T / G), ceil((g+1) T / G)); one run across GPUs when not per GPU
+        end = ((g + 1) * T + G - 1) // G if per_gpu else T
+        a = rows[t]
+        u = t + 1
+        while u < end and rows[u] == a + (u - t):
+            u += 1
+        b = a + (u - t)  # rows a .. b - 1 of the pool
+        o = g if per_gpu else 0
+        lo = (a + B - 1) // B
+        hi = b // B
+        if hi > lo:  # whole blocks lo .. hi - 1, then the rows around them one by one
+            for v in range(W):
+                d = np.int64(prefix[hi, v]) - np.int64(prefix[lo, v])
+                out[o, v] += d
+                if tot:
+                    total[v] += d
+            r0, r1, r2, r3 = a, lo * B, hi * B, b
+        else:
+            r0, r1, r2, r3 = a, b, b, b
+        for r in range(r0, r1):
+            for c in range(C):
+                v = idx[r, c]
+                out[o, v] += 1
+                if tot:
+                    total[v] += 1
+        for r in range(r2, r3):
+            for c in range(C):
+                v = idx[r, c]
+                out[o, v] += 1
+                if tot:
+                    total[v] += 1
+        t = u
+
+
+@njit(cache=True)
+def send_index(pool_keys, pool_dups, lg_index, LG, dedup, out):  # pragma: no cover - compiled
+    """Writes ``out`` (N, L*K): per pool token and (layer, k) the (layer, GPU) ``lg_index[key]``
+    its k-th expert sends it to, or ``LG`` where an earlier expert of the layer already does
+    (``pool_dups`` below ``LG``, with ``dedup``)."""
+    N, C = pool_keys.shape
+    for r in range(N):
+        for c in range(C):
+            v = lg_index[pool_keys[r, c]]
+            if dedup and pool_dups[r, c] < LG:
+                v = LG
+            out[r, c] = v
+
+
+
+@njit(cache=True)
+def dup_index(keys, lg_index, L, K, G, out):  # pragma: no cover - compiled
+    """traffic.duplicate_destinations into ``out`` (T, L*K): a token's k-th expert's
+    ``lg_index`` where an earlier expert of the layer has the same, else ``L * G``; returns
+    whether there is any."""
+    T = keys.shape[0]
+    LG = L * G
+    any_dup = False
+    for t in range(T):
+        for l in range(L):
+            for k in range(K):
+                d = lg_index[keys[t, l * K + k]]
+                v = LG
+                for j in range(k):
+                    if lg_index[keys[t, l * K + j]] == d:
+                        v = d
+                        any_dup = True
+                        break
+                out[t, l * K + k] = v
+    return any_dup

@@ -187,18 +187,23 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
         raise ConfigError(f"split_tokens: passes must be >= 1, got {passes}")
     if hold.shape[2] > len(_K):
         raise ConfigError(f"split_tokens: at most {len(_K)} GPUs, got {hold.shape[2]}")
-    nrep = hold.sum(axis=-1)  # (L, E)
+    L, E, G = hold.shape
+    c = counts.astype(np.int64, copy=False)
+    kern = compiled_kernels(G, compiled)
+    if kern is None:
+        nrep = hold.sum(axis=-1)  # (L, E)
+    else:  # with the single holders' tokens and their per-GPU sums, in one pass
+        nrep, gpus, out, base_k = kern.single_holders(np.ascontiguousarray(c.reshape(-1, L, E)), hold)
     if (nrep < 1).any():
         l, e = np.argwhere(nrep < 1)[0]
         raise ConfigError(f"split_tokens: layer {l} expert {e} has no GPU")
-    c = counts.astype(np.int64, copy=False)
     if c.size and (not np.array_equal(c, counts) or c.min() < 0):
         raise ConfigError("split_tokens: counts must be nonnegative integers")
-    L, E, G = hold.shape
     lead = counts.shape[:-2]
     c = c.reshape(-1, L, E)  # (N, L, E)
     N = c.shape[0]
-    out = c[..., None] * (hold & (nrep == 1)[..., None])  # (N, L, E, G) single holders
+    if kern is None:
+        out = c[..., None] * (hold & (nrep == 1)[..., None])  # (N, L, E, G) single holders
     rep = nrep > 1
     if not rep.any():
         return out.reshape(*lead, L, E, G)
@@ -219,24 +224,46 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
     Jn = int((nn > 0).sum(axis=1).max(initial=0))  # experts with tokens come first; the rest get 0
     ee, ok, nn = ee[:, :Jn], ok[:, :Jn], nn[:, :Jn]
     J = Jn
-    hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
-    base = out.reshape(M, E, G).sum(axis=1)  # (M, G)
-    tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
-    kern = compiled_kernels(G, compiled)
-    int_passes = _integer_passes if kern is None else kern.integer_passes
-    refine = _refine if kern is None else kern.refine
-    alloc = int_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), hj, nn, tie,
-                            skip_unmoved=False)  # the greedy
+    if kern is None:
+        hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
+        base = out.reshape(M, E, G).sum(axis=1)  # (M, G)
+        tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
+
+        def int_passes(count, alloc, load, r, skip_unmoved):
+            rr = slice(None) if r is None else r
+            return _integer_passes(count, alloc, load, hj[rr], nn[rr], tie[rr], skip_unmoved)
+
+        def refine(alloc, load, r):
+            return _refine(alloc, load, hj[r], nn[r], passes - 1)
+
+        def round_(fa, r):
+            return _round(fa, hj[r], nn[r], start[r])
+    else:  # compiled, over each expert's holders only (the same integers and floats)
+        base = base_k
+        tie = _tie_rank(G, start)  # (M, G) each GPU's place in the tie order
+        hl, nh = kern.holders_of(gpus, nrep, layer, np.ascontiguousarray(ee),
+                                  np.ascontiguousarray(ok), J)
+
+        def int_passes(count, alloc, load, r, skip_unmoved):
+            rr = slice(None) if r is None else r
+            return kern.integer_passes(count, alloc, load, hl[rr], nh[rr], nn[rr],
+                                              tie[rr], skip_unmoved)
+
+        def refine(alloc, load, r):
+            return kern.refine(alloc, load, hl[r], nh[r], nn[r], passes - 1)
+
+        def round_(fa, r):
+            return kern.round_alloc(fa, hl[r], nh[r], nn[r], tie[r])
+    alloc = int_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), None,
+                       skip_unmoved=False)  # the greedy
     if passes > 1:
         load = base + alloc.sum(axis=1)
         bound = np.maximum(-(-cr.sum(axis=1) // G), base.max(axis=1))  # no split does better
         r = np.flatnonzero(load.max(axis=1) > bound)
         if len(r):
-            fa = refine(alloc[r].astype(np.float64), load[r].astype(np.float64), hj[r], nn[r],
-                         passes - 1)
-            ar = _round(fa, hj[r], nn[r], start[r])
-            alloc[r] = int_passes(passes - 1, ar, base[r] + ar.sum(axis=1), hj[r], nn[r],
-                                       tie[r], skip_unmoved=True)
+            fa = refine(alloc[r].astype(np.float64), load[r].astype(np.float64), r)
+            ar = round_(fa, r)
+            alloc[r] = int_passes(passes - 1, ar, base[r] + ar.sum(axis=1), r, skip_unmoved=True)
     m_i, j_i = np.nonzero(ok)
     out.reshape(M, E, G)[m_i, ee[m_i, j_i]] = alloc[m_i, j_i]
     return out.reshape(*lead, L, E, G)
