@@ -70,7 +70,7 @@ def batch_counts(plan: ClusterPlan, req: Requests, prefix: np.ndarray | None, ba
     the prefix counts (the same integers: tests/sim/serving/test_fast_path.py). ``kern``:
     :func:`source_counts` compiled (:func:`sim.serving.compiled_walk.prefix_sources`)."""
     if prefix is None:
-        return count_tokens(plan, plan.pool_keys[shape.rows], G)
+        return count_tokens(plan, None, G, rows=shape.rows)
     if G // plan.tensor_parallel <= 1 or plan.moe_tp or shape.tokens == 0:
         return key_counts(plan, req, prefix, batch, alloc), None
     sc = source_counts(plan, req, prefix, batch, alloc, G, kern=kern)
