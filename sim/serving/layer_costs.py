@@ -121,7 +121,7 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     # the all-to-all: each layer's traffic between the replica's GPUs (sim/world/network.py times it
     # on the links); none on one GPU, nor when every expert is sharded over the replica
     if isinstance(a2a_tokens, str):
-        a2a_tokens = count_tokens(plan, plan.pool_keys[shape.rows], G)[1]
+        a2a_tokens = count_tokens(plan, None, G, rows=shape.rows)[1]
     a2a = a2a_tokens
     if a2a is not None and a2a.ndim == 2:
         # source counts (G, L*E) to the token-to-GPU assignment: the plan's placement (None), or
