@@ -35,11 +35,16 @@ from numba import njit
 
 
 @njit(cache=True)
-def lru_serve(S, nres, cap, pair_g, pair_layer, pair_fi, pair_key, used, c0, G,
-              L):  # pragma: no cover - compiled
+def lru_serve(S, nres, cap, pair_g, pair_layer, pair_fi, pair_key, used, c0, G, L, Q,
+              Qn):  # pragma: no cover - compiled
     """serve_lru_iteration's decisions and state change: ``S`` (G, H) stamps and ``nres`` (G,)
     updated in place; returns the misses (L, G), and per GPU the accesses, the misses on keys
-    resident at the iteration's start, the misses and the evictions (4, G)."""
+    resident at the iteration's start, the misses and the evictions (4, G).
+
+    ``Q`` (G, H), ``Qn`` (G,): each GPU's resident keys (flat stamp indices) in stamp order as
+    this kernel left them, reused when they still are the row's residents in increasing stamp
+    order (checked in one pass; a mode switch or the numpy path may have changed the row), else
+    the residents are sorted by stamp."""
     H = S.shape[1]
     Sf = S.reshape(-1)
     miss = np.zeros((L, G), dtype=np.int64)
@@ -61,14 +66,30 @@ def lru_serve(S, nres, cap, pair_g, pair_layer, pair_fi, pair_key, used, c0, G,
         for h in range(H):
             held[h] = S[g, h] >= 0
             if held[h]:
-                qkey[nq] = base + h
-                qst[nq] = S[g, h]
                 nq += 1
-        order = np.argsort(qst[:nq])
-        tk = qkey[:nq][order]
-        ts = qst[:nq][order]
-        qkey[:nq] = tk
-        qst[:nq] = ts
+        kept = Qn[g] == nq
+        prev = -1
+        for q in range(Qn[g] if kept else 0):
+            fi = Q[g, q]
+            st = Sf[fi] if base <= fi < base + H else -1
+            if st <= prev:  # not resident (-1), or out of stamp order
+                kept = False
+                break
+            prev = st
+            qkey[q] = fi
+            qst[q] = st
+        if not kept:
+            nq = 0
+            for h in range(H):
+                if held[h]:
+                    qkey[nq] = base + h
+                    qst[nq] = S[g, h]
+                    nq += 1
+            order = np.argsort(qst[:nq])
+            tk = qkey[:nq][order]
+            ts = qst[:nq][order]
+            qkey[:nq] = tk
+            qst[:nq] = ts
         head = 0
         res = nres[g]
         k = i
@@ -107,6 +128,12 @@ def lru_serve(S, nres, cap, pair_g, pair_layer, pair_fi, pair_key, used, c0, G,
                     figs[3, g] += 1
             k = e
         nres[g] = res
+        n = 0
+        for q in range(head, nq):  # the residents now, in stamp order, for the next iteration
+            if Sf[qkey[q]] == qst[q]:
+                Q[g, n] = qkey[q]
+                n += 1
+        Qn[g] = n
         i = j
     return miss, figs
 

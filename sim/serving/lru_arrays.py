@@ -77,6 +77,9 @@ class StampStore(RowStore):
         self.why = np.zeros((2, G), dtype=np.int64)
         self.caches: list[Any] = [None] * G
         self.objects: set[int] = set()  # rows whose cache is in objects mode
+        #: the compiled path's per-GPU residents in stamp order (compiled_walk.lru_serve)
+        self.order: np.ndarray | None = None
+        self.order_n: np.ndarray | None = None
         # (key, GPU) holdings ordered by GPU then key: the order a GPU's steps use its keys
         gk = np.argwhere(self.loc >= 0)  # (P, 2) (GPU, key), GPU-major
         self._all = (gk[:, 0], gk[:, 1])
@@ -224,8 +227,11 @@ def _serve_compiled(store: StampStore, used_flat: np.ndarray, kern: Any) -> np.n
                 return None
     p = store.pairs
     used = used_flat if used_flat.dtype == np.bool_ else used_flat.astype(bool)
+    if store.order is None:  # (the kernel's record of each GPU's residents in stamp order)
+        store.order = np.zeros((store.G, store.H), dtype=np.int64)
+        store.order_n = np.full(store.G, -1, dtype=np.int64)
     miss, figs = kern.lru_serve(store.S, store.nres, store.cap, p[0], p[2], p[3], store.pair_key,
-                                used, store.clock, store.G, store.L)
+                                used, store.clock, store.G, store.L, store.order, store.order_n)
     store.clock += int(figs[0].sum())
     store.note(figs[0], figs[1], figs[2], figs[3])
     return miss
