@@ -81,8 +81,11 @@ def expert_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
     """(L, E) int64: how many tokens chose expert e at layer l, from experts (T, L, K). The one
     place expert popularity is counted (stats, the generator's fit, placement planning)."""
     T, L, K = experts.shape
-    flat = np.arange(L, dtype=np.int64)[None, :, None] * num_experts + experts.astype(np.int64)
-    return np.bincount(flat.reshape(-1), minlength=L * num_experts).reshape(L, num_experts)
+    out = np.zeros((L, num_experts), dtype=np.int64)
+    for layer in range(L):  # a layer at a time: no (T, L, K) int64 temporary (500 MB for a
+        # DeepSeek-V3 routing pool), the same integers
+        out[layer] = np.bincount(experts[:, layer, :].reshape(-1), minlength=num_experts)
+    return out
 
 
 @dataclass
