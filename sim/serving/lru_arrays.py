@@ -163,11 +163,8 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray, kern: Any = No
         return np.zeros((L, G), dtype=np.int64)
     if store.check_steps and over:
         return None
-    if store.objects:
-        for row in sorted(store.objects):
-            c = store.caches[row]
-            if c is not None and not c.to_arrays():
-                return None
+    if store.objects and not _rows_to_arrays(store):
+        return None
     S = store.S
     Sf = S.reshape(-1)
     s = Sf[fi]  # (n,) stamps at the start (-1: not resident)
@@ -210,6 +207,16 @@ def serve_lru_iteration(store: StampStore, used_flat: np.ndarray, kern: Any = No
     return np.bincount(layer[miss] * G + gm, minlength=L * G).reshape(L, G)
 
 
+def _rows_to_arrays(store: StampStore) -> bool:
+    """Every cache in objects mode turned back to the store's rows, in row order; False (the
+    iteration then takes the general path) where one cannot be (a resident key off its homes)."""
+    for row in sorted(store.objects):
+        c = store.caches[row]
+        if c is not None and not c.to_arrays():
+            return False
+    return True
+
+
 def _serve_compiled(store: StampStore, used_flat: np.ndarray, kern: Any) -> np.ndarray | None:
     """:func:`serve_lru_iteration` by :func:`sim.serving.compiled_walk.lru_serve`."""
     sel = used_flat[store.pair_key]
@@ -220,11 +227,8 @@ def _serve_compiled(store: StampStore, used_flat: np.ndarray, kern: Any) -> np.n
         if _positions(store.pairs[0][sel], store.pairs[1][sel], store.G, store.L,
                       store.cap_step)[4]:
             return None
-    if store.objects:
-        for row in sorted(store.objects):
-            c = store.caches[row]
-            if c is not None and not c.to_arrays():
-                return None
+    if store.objects and not _rows_to_arrays(store):
+        return None
     p = store.pairs
     used = used_flat if used_flat.dtype == np.bool_ else used_flat.astype(bool)
     if store.order is None:  # (the kernel's record of each GPU's residents in stamp order)
