@@ -34,6 +34,7 @@ import numpy as np
 
 from sim.policies.base import CachePolicy
 from sim.policies.cache.lru import LRUCache
+from sim.serving.row_store import RowStore
 from sim.serving.step_arrays import (
     ArrayMode,
     CountedLFU,
@@ -41,7 +42,6 @@ from sim.serving.step_arrays import (
     LfuStore,
     LifoStore,
     OrderedArrayMode,
-    RowStore,
     StampedFIFO,
     StampedLIFO,
 )

@@ -41,6 +41,7 @@ import numpy as np
 from sim.policies.cache.fifo import FIFOCache
 from sim.policies.cache.lfu import LFUCache
 from sim.policies.cache.lifo import LIFOBufferingCache
+from sim.serving.row_store import RowStore
 from sim.world.facts import CacheCounts
 
 _NONE = np.iinfo(np.int64).max  # the priority of a key that is no victim
@@ -211,52 +212,6 @@ class CountedLFU(ArrayMode, LFUCache):
         home = st.homes[row]
         st.C[row, :len(home)] = np.asarray(self._m_count, dtype=np.int64)[home]
         st.T[row, :len(home)] = np.asarray(self._m_last, dtype=np.int64)[home]
-
-
-class RowStore:
-    """What the array stores share (this module's and the LRU stamps'): a row per GPU cache, its
-    cache object (``caches``), the rows in objects mode (``objects``), and the iteration's why
-    and tally."""
-
-    def attach(self, cache: ArrayMode) -> None:
-        """``cache`` (new: in objects mode) is the one of its row now."""
-        row = cache.row
-        self.S[row] = -1
-        self.nres[row] = 0
-        self.cap[row] = cache.capacity
-        self.caches[row] = cache
-        self.objects.add(row)
-        self._bind()
-
-    #: whether some row's ``tally`` is owed to its cache's counts (:meth:`settle`)
-    owed: bool = False
-
-    def note(self, keys: np.ndarray, reused: np.ndarray, misses: np.ndarray,
-             evictions: np.ndarray) -> None:
-        """The iteration's per-GPU figures: distinct keys and misses on keys it had resident
-        (``why``), and the accesses, misses and evictions its caches' counts still owe (``tally``)."""
-        self.why[0] = keys
-        self.why[1] = reused
-        t = self.tally
-        t[0] += keys
-        t[1] += misses
-        t[2] += evictions
-        self.owed = True
-
-    def settle(self) -> None:
-        """Add every row's owed accesses, misses and evictions to its cache's counts (hits:
-        accesses less misses); the tally is then zero."""
-        t = self.tally
-        for row in np.flatnonzero(t.any(axis=0)).tolist():
-            c = self.caches[row]._counts
-            c.hits += int(t[0, row] - t[1, row])
-            c.misses += int(t[1, row])
-            c.evictions += int(t[2, row])
-        t[:] = 0
-        self.owed = False
-
-    def _bind(self) -> None:
-        raise NotImplementedError
 
 
 class StepStore(RowStore):

@@ -1,0 +1,156 @@
+"""Compiled (numba) counting kernels of :func:`sim.world.traffic.count_tokens`: tokens per source
+GPU and key, a token's repeated (layer, GPU)s, and the pool rows' counts by runs of consecutive
+rows with block prefix counts. Integer counts: the same integers as the numpy references in any
+order (tests/sim/world/test_compiled.py). Imported through :mod:`sim.world.compiled` (which
+re-exports them), lazily, only from :data:`sim.world.token_split.COMPILED_MIN_GPUS` GPUs a replica.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def count_sources(keys_tok, G, LE):  # pragma: no cover - compiled
+    """traffic.source_counts: (G, L*E) int64 tokens per source GPU (token t on ``t * G // T``)
+    and key, from ``keys_tok`` (T, L*K)."""
+    T, C = keys_tok.shape
+    out = np.zeros((G, LE), dtype=np.int64)
+    for t in range(T):
+        g = (t * G) // T
+        for c in range(C):
+            out[g, keys_tok[t, c]] += 1
+    return out
+
+
+@njit(cache=True)
+def count_dups(keys_tok, lg_index, L, K, G):  # pragma: no cover - compiled
+    """traffic.source_counts of traffic.duplicate_destinations: (G, L*G + 1) int64 per source
+    GPU the tokens whose (layer, GPU) an earlier expert of theirs at the layer already goes to
+    (the last column: the others), and whether there is any."""
+    T = keys_tok.shape[0]
+    out = np.zeros((G, L * G + 1), dtype=np.int64)
+    dst = np.empty(K, dtype=np.int64)
+    none = L * G
+    any_dup = False
+    for t in range(T):
+        g = (t * G) // T
+        row = out[g]
+        for l in range(L):
+            for k in range(K):
+                d = np.int64(lg_index[keys_tok[t, l * K + k]])
+                dst[k] = d
+                dup = False
+                for j in range(k):
+                    if dst[j] == d:
+                        dup = True
+                        break
+                if dup:
+                    row[d] += 1
+                    any_dup = True
+                else:
+                    row[none] += 1
+    return any_dup, out
+
+
+
+@njit(cache=True)
+def block_prefix(idx, B, width):  # pragma: no cover - compiled
+    """(N // B + 1, width) int32: row ``i`` counts each value of ``idx`` (N, C) over its rows
+    ``0 .. i * B - 1`` (the prefix counts at every B-th row)."""
+    N, C = idx.shape
+    nb = N // B
+    out = np.zeros((nb + 1, width), dtype=np.int32)
+    for b in range(nb):
+        out[b + 1] = out[b]
+        for r in range(b * B, (b + 1) * B):
+            for c in range(C):
+                out[b + 1, idx[r, c]] += 1
+    return out
+
+
+@njit(cache=True)
+def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cover - compiled
+    """Adds, for each token t of the batch (its pool row ``rows[t]``, its GPU ``t * G // T``),
+    one to ``out[GPU, v]`` (``per_gpu``; else ``out[0, v]``) and to ``total[v]`` (if it has
+    any element) for each value v of ``idx[rows[t]]``. A run of consecutive rows (on one GPU,
+    where ``per_gpu``) takes its whole blocks of B rows from ``prefix`` (:func:`block_prefix` of ``idx``: the
+    counts of rows ``lo * B .. hi * B - 1`` are ``prefix[hi] - prefix[lo]``) and counts the rest
+    row by row: the same integers (counts are exact in any order)."""
+    T = rows.shape[0]
+    C = idx.shape[1]
+    W = prefix.shape[1]
+    tot = total.shape[0] > 0
+    t = 0
+    while t < T:
+        g = (t * G) // T
+        # GPU g's tokens: [ceil(g T / G), ceil((g+1) T / G)); one run across GPUs when not per GPU
+        end = ((g + 1) * T + G - 1) // G if per_gpu else T
+        a = rows[t]
+        u = t + 1
+        while u < end and rows[u] == a + (u - t):
+            u += 1
+        b = a + (u - t)  # rows a .. b - 1 of the pool
+        o = g if per_gpu else 0
+        lo = (a + B - 1) // B
+        hi = b // B
+        if hi > lo:  # whole blocks lo .. hi - 1, then the rows around them one by one
+            for v in range(W):
+                d = np.int64(prefix[hi, v]) - np.int64(prefix[lo, v])
+                out[o, v] += d
+                if tot:
+                    total[v] += d
+            r0, r1, r2, r3 = a, lo * B, hi * B, b
+        else:
+            r0, r1, r2, r3 = a, b, b, b
+        for r in range(r0, r1):
+            for c in range(C):
+                v = idx[r, c]
+                out[o, v] += 1
+                if tot:
+                    total[v] += 1
+        for r in range(r2, r3):
+            for c in range(C):
+                v = idx[r, c]
+                out[o, v] += 1
+                if tot:
+                    total[v] += 1
+        t = u
+
+
+@njit(cache=True)
+def send_index(pool_keys, pool_dups, lg_index, LG, dedup, out):  # pragma: no cover - compiled
+    """Writes ``out`` (N, L*K): per pool token and (layer, k) the (layer, GPU) ``lg_index[key]``
+    its k-th expert sends it to, or ``LG`` where an earlier expert of the layer already does
+    (``pool_dups`` below ``LG``, with ``dedup``)."""
+    N, C = pool_keys.shape
+    for r in range(N):
+        for c in range(C):
+            v = lg_index[pool_keys[r, c]]
+            if dedup and pool_dups[r, c] < LG:
+                v = LG
+            out[r, c] = v
+
+
+
+@njit(cache=True)
+def dup_index(keys, lg_index, L, K, G, out):  # pragma: no cover - compiled
+    """traffic.duplicate_destinations into ``out`` (T, L*K): a token's k-th expert's
+    ``lg_index`` where an earlier expert of the layer has the same, else ``L * G``; returns
+    whether there is any."""
+    T = keys.shape[0]
+    LG = L * G
+    any_dup = False
+    for t in range(T):
+        for l in range(L):
+            for k in range(K):
+                d = lg_index[keys[t, l * K + k]]
+                v = LG
+                for j in range(k):
+                    if lg_index[keys[t, l * K + j]] == d:
+                        v = d
+                        any_dup = True
+                        break
+                out[t, l * K + k] = v
+    return any_dup
