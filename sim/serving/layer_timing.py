@@ -129,12 +129,9 @@ class LayerTiming:
             return None
         if traffic is None:
             a2a_l = [0.0] * len(miss)
-        elif kern is not None and (fast := self._owned_net(states, traffic)) is not None:
-            a2a_l = kern.a2a_owned(traffic[0], fast.fast_moves, fast.fast_idx, *fast.fast_shape,
-                                   fast.fast_scale, fast.nv_lat)
         else:  # the all-to-all per layer, as time_layers has it (links shared with other
             # replicas are booked layer by layer there: that walk is the general one)
-            a2a_l, book = self.net.layer_times([st.gpu for st in states], traffic, t)
+            a2a_l, book = self.net.layer_times([st.gpu for st in states], traffic, t, kern)
             if book is not None:
                 return None
         first = t + attn + gate + pf_cost + lat  # the earliest copy start of the iteration
@@ -198,14 +195,6 @@ class LayerTiming:
                     x.gaps.clear()  # (they ended before this iteration's first copy)
                     x._lazy = (g, starts, fin_lg, fetches)  # listed if a prefetch comes
         return t
-
-    def _owned_net(self, states: list[GpuState], traffic: Any) -> Any:
-        """The replica's network where its all-to-all takes the one-node, single-owner form
-        (:meth:`sim.world.network._ReplicaNet.fast_times`, which the kernel computes), else None."""
-        if not (isinstance(traffic, tuple) and traffic[1] is None):
-            return None
-        rn = self.net._replica([st.gpu for st in states])
-        return rn if rn.fast_idx is not None else None
 
     def _time_compiled(self, kern: Any, miss: np.ndarray, t: float, gaps: tuple,
                        comp_arr: np.ndarray, stall: list[float], links: list, a2a_l: Any

@@ -76,25 +76,7 @@ def single_holders(c, hold):  # pragma: no cover - compiled
     on that GPU (0 elsewhere), and (N * L, G) their sum per GPU; integers."""
     N, L, E = c.shape
     G = hold.shape[2]
-    nrep = np.zeros((L, E), dtype=np.int64)
-    H = 1
-    for l in range(L):
-        for e in range(E):
-            k = 0
-            for g in range(G):
-                if hold[l, e, g]:
-                    k += 1
-            nrep[l, e] = k
-            if k > H:
-                H = k
-    gpus = np.full((L, E, H), -1, dtype=np.int64)
-    for l in range(L):
-        for e in range(E):
-            k = 0
-            for g in range(G):
-                if hold[l, e, g]:
-                    gpus[l, e, k] = g
-                    k += 1
+    gpus, nrep = holders(hold)  # (the rows of holders() are the layers, its columns the experts)
     out = np.zeros((N, L, E, G), dtype=np.int64)
     base = np.zeros((N * L, G), dtype=np.int64)
     for n in range(N):

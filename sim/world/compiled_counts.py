@@ -79,7 +79,6 @@ def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cove
     counts of rows ``lo * B .. hi * B - 1`` are ``prefix[hi] - prefix[lo]``) and counts the rest
     row by row: the same integers (counts are exact in any order)."""
     T = rows.shape[0]
-    C = idx.shape[1]
     W = prefix.shape[1]
     tot = total.shape[0] > 0
     t = 0
@@ -104,19 +103,21 @@ def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cove
             r0, r1, r2, r3 = a, lo * B, hi * B, b
         else:
             r0, r1, r2, r3 = a, b, b, b
-        for r in range(r0, r1):
-            for c in range(C):
-                v = idx[r, c]
-                out[o, v] += 1
-                if tot:
-                    total[v] += 1
-        for r in range(r2, r3):
-            for c in range(C):
-                v = idx[r, c]
-                out[o, v] += 1
-                if tot:
-                    total[v] += 1
+        _count_rows(idx, r0, r1, o, tot, total, out)
+        _count_rows(idx, r2, r3, o, tot, total, out)
         t = u
+
+
+@njit(cache=True)
+def _count_rows(idx, r0, r1, o, tot, total, out):  # pragma: no cover - compiled
+    """count_runs' rows ``r0 .. r1 - 1`` one by one: one to ``out[o, v]`` (and ``total[v]``
+    with ``tot``) for each value v of ``idx[r]``."""
+    for r in range(r0, r1):
+        for c in range(idx.shape[1]):
+            v = idx[r, c]
+            out[o, v] += 1
+            if tot:
+                total[v] += 1
 
 
 @njit(cache=True)

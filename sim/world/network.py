@@ -247,7 +247,8 @@ class Network:
                                                   self.plan)
         return rn
 
-    def layer_times(self, gpus: list[int], a2a: Any, t: float) -> tuple[list[float], Any]:
+    def layer_times(self, gpus: list[int], a2a: Any, t: float, kern: Any = None
+                    ) -> tuple[list[float], Any]:
         """For a replica (its global GPU ids) and an iteration's all-to-all, walked from time
         ``t``: per layer the all-to-all time, and ``None`` or, when the replica uses shared
         links, ``book(l, combine, t) -> end`` that times layer l's dispatch (``combine`` False)
@@ -255,7 +256,9 @@ class Network:
         links).
 
         ``a2a``: the traffic (L, G, G) of :func:`gpu_traffic`, or ``(src_counts, share)`` as
-        :func:`sim.serving.layer_costs.layer_costs` gives it (``share`` None: the plan's placement)."""
+        :func:`sim.serving.layer_costs.layer_costs` gives it (``share`` None: the plan's placement).
+        ``kern``: the one-node, single-owner times compiled
+        (:func:`sim.serving.compiled_walk.a2a_owned`, :meth:`_ReplicaNet.fast_times`' floats)."""
         last = self._cache
         if last[0] is a2a:
             return last[1], last[2]
@@ -263,7 +266,9 @@ class Network:
         if isinstance(a2a, tuple):
             src_counts, share = a2a
             if share is None and rn.fast_idx is not None:
-                times = rn.fast_times(src_counts)
+                times = rn.fast_times(src_counts) if kern is None else kern.a2a_owned(
+                    src_counts, rn.fast_moves, rn.fast_idx, *rn.fast_shape, rn.fast_scale,
+                    rn.nv_lat).tolist()
                 self._cache = (a2a, times, None)
                 return times, None
             traffic = gpu_traffic(self.plan, src_counts, share)

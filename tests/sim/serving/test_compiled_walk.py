@@ -374,3 +374,25 @@ def test_a2a_owned_equals_fast_times(seed):
     got = kern.a2a_owned(src, rn.fast_moves, rn.fast_idx, *rn.fast_shape, rn.fast_scale, rn.nv_lat)
     assert got.tolist() == rn.fast_times(src)
     assert len(got) == 3 and min(got) >= rn.nv_lat
+
+
+def test_a2a_owned_by_hand():
+    """One layer, 2 experts on 2 GPUs (expert e on GPU e). GPU 0's tokens: 3 to expert 0 (stay),
+    1 to expert 1 (leaves); GPU 1's: 0 to expert 0, 2 to expert 1 (stay). The busiest link
+    carries 1 token (GPU 0 out, GPU 1 in): the layer's all-to-all is latency + 1 token's bytes
+    over NVLink, by the kernel and by the network's own path alike."""
+    rng = np.random.default_rng(0)
+    cfg = tiny_config(layers=1, experts=2, top_k=1, gpus_per_node=2, ep=2, budget_fraction=1.0)
+    pool = random_pool(1, 2, 1, entries=2, tokens=5, rng=rng)
+    wl = workload([0.0], [3], [2])
+    s = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
+    net, gpus = s.walk.timing.net, s.replicas[0].gpus
+    rn = net._replica(gpus)
+    assert rn.fast_idx.tolist() == [0, 1] and rn.fast_moves.tolist() == [[0, 1], [1, 0]]
+    src = np.array([[3, 1], [0, 2]])
+    want = 1 * rn.fast_scale + rn.nv_lat
+    assert kern.a2a_owned(src, rn.fast_moves, rn.fast_idx, 1, 2, rn.fast_scale,
+                          rn.nv_lat).tolist() == [want]
+    assert net.layer_times(gpus, (src, None), 0.0, kern) == ([want], None)
+    net._cache = (None, None, None)
+    assert net.layer_times(gpus, (src, None), 0.0) == ([want], None)
