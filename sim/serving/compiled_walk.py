@@ -1,37 +1,37 @@
-"""Compiled (numba) forms of an iteration's work on the simulator's fast path: the LRU stamps
-served an iteration at once (:func:`sim.serving.lru_arrays.serve_lru_iteration`), the layers'
-timing from counted misses (:meth:`sim.serving.layer_timing.LayerTiming.time_counts`), the tokens
-per source GPU and key from the pool's prefix counts (:func:`sim.serving.token_counts.source_counts`)
-and the batch's sums (:func:`sim.serving.layer_costs.batch_shape`). Each gives its reference's
-bytes (tests/sim/serving/test_compiled_walk.py: kernel against reference on random inputs, by
-hand, and whole runs' metrics.json with and without them; ``benchmarks/sim_matrix.py
---compile-after 1``).
+"""Compiled (numba) forms of an iteration's work on the simulator's fast path, each giving its
+reference's bytes (tests/sim/serving/test_compiled_walk.py and test_fused_walk.py: kernel against
+reference on random inputs, by hand, and whole runs' metrics.json with and without them;
+``benchmarks/sim_matrix.py --compile-after 1``):
 
-Imported lazily (:func:`sim.serving.walk.walk_kernels`): a run imports numba only once it has
-walked :data:`sim.serving.walk.COMPILE_AFTER` iterations, or from the first iteration where a
-replica has :data:`sim.world.token_split.COMPILED_MIN_GPUS` GPUs (numba is imported there
-anyway). Short runs and start-up pay nothing; without numba the numpy references run.
+- :func:`lru_serve` (:func:`sim.serving.lru_arrays.serve_lru_iteration`): LRU step by step. Per
+  GPU the keys resident at the iteration's start in stamp order, then the iteration's keys as
+  they are stamped, form a queue whose front is the least recent key; a step's misses evict
+  from the front (an entry re-stamped since it was queued is skipped). The keys get the stamps
+  ``clock, clock + 1, ...`` in serving order (GPU, step, key), as the reference gives them, and
+  a step never evicts its own keys (it needs at most its GPU's slots: the caller checks).
+- :func:`time_layers` (:meth:`sim.serving.layer_timing.LayerTiming.time_counts`): the per-layer
+  recurrence with the same float operations in the same order (no fast-math), per GPU instead
+  of per distinct copy size: ``max(fin + c_g) == fin + max(c_g)`` (float addition is monotonic).
+- :func:`prefix_sources` (:func:`sim.serving.token_counts.source_counts`), :func:`moe_owned`,
+  :func:`a2a_owned`: integer sums (exact in any order), then the reference's float operations.
+- :func:`owned_lru_iteration`: the above chained for a whole iteration
+  (:mod:`sim.serving.fused_walk`), with numpy's pairwise sum (:func:`pairwise_sum`) where the
+  walk sums floats with numpy.
 
-- :func:`lru_serve`: LRU step by step (no stack-distance counting): per GPU the keys resident at
-  the iteration's start in stamp order, then the iteration's keys as they are stamped, form a
-  queue whose front is the least recent key; a step's misses evict from the front (an entry
-  re-stamped since it was queued is skipped). The iteration's keys get the stamps
-  ``clock, clock + 1, ...`` in serving order (GPU, then step, then key), as the reference gives
-  them, and a step never evicts its own keys (it needs at most its GPU's slots: the caller
-  checks), so the resident sets and misses are LRU's, the reference's.
-- :func:`time_layers`: the per-layer recurrence with the same float operations on the same
-  operands in the same order (no fast-math): ``((t + attn) + gate) + pf_cost``, a GPU's copy
-  ending at ``start + m * eb / bw``, its experts ending at ``fin + comp``; the stalls added per
-  GPU layer by layer (the reference adds ``0.0`` where a GPU did not wait: the same floats).
-  Per GPU instead of per distinct copy size: ``max(fin + c_g) == fin + max(c_g)`` (float
-  addition is monotonic), so the layer's end is the same float.
-- :func:`prefix_sources`, :func:`batch_sums`: integer sums, exact in any order.
+Every kernel a kernel calls lives in this file: numba's on-disk cache is invalidated by an edit
+of the function's own file only. :func:`batch_sums` (no kernel calls it) is re-exported from
+:mod:`sim.serving.compiled_batch`. Imported lazily (:func:`sim.serving.walk.walk_kernels`) once
+a run has walked :data:`sim.serving.walk.COMPILE_AFTER` iterations, or from the first where a
+replica has :data:`sim.world.token_split.COMPILED_MIN_GPUS` GPUs; without numba the numpy
+references run.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from sim.serving.compiled_batch import batch_sums  # noqa: F401 (kern.batch_sums)
 
 
 @njit(cache=True)
@@ -221,28 +221,6 @@ def prefix_sources(pool_keys, C, off, ln, s0, alloc, G):  # pragma: no cover - c
 
 
 @njit(cache=True)
-def batch_sums(start, alloc, tile):  # pragma: no cover - compiled
-    """layer_costs.batch_shape's sums of a batch (requests from positions ``start``, ``alloc``
-    tokens each): tokens, causal (query, key) pairs, KV tokens read with query tiles of ``tile``
-    (analytic.kv_read_tokens) and decode tokens. Integers: exact in any order."""
-    total = 0
-    pairs = 0
-    kv = 0
-    decode = 0
-    for b in range(alloc.shape[0]):
-        a = np.int64(alloc[b])
-        s = np.int64(start[b])
-        total += a
-        pairs += a * s + a * (a + 1) // 2
-        tiles = -(-a // tile)
-        full = max(tiles - 1, 0)
-        kv += tiles * s + tile * full * (full + 1) // 2 + (a if tiles > 0 else 0)
-        if a == 1:
-            decode += 1
-    return total, pairs, kv, decode
-
-
-@njit(cache=True)
 def moe_owned(tokens, group, groups, block, flops_tok, w_bytes, act_bytes, flops_s, hbm_s,
               launch_s):  # pragma: no cover - compiled
     """AnalyticCost.moe_s of single-owner experts (``tokens`` (N,) of each expert, ``group`` (N,)
@@ -292,3 +270,130 @@ def a2a_owned(src_counts, moves, idx, L, G, scale, lat):  # pragma: no cover - c
                 top = recv[l * G + g]
         out[l] = np.float64(top) * scale + lat
     return out
+
+
+#: ``fpar``'s entries (float64): the fused MoE model, the all-to-all's, the layer gaps, the link
+F_BLOCK, F_FLOPS_TOK, F_W_BYTES, F_ACT_BYTES, F_FLOPS_S, F_HBM_S, F_LAUNCH_S, F_A2A_SCALE, \
+    F_A2A_LAT, F_ATTN, F_GATE, F_PF, F_LAT, F_BW, F_T = range(15)
+#: ``ipar``'s entries (int64): GPUs, layers, expert bytes, the stamp clock
+I_G, I_L, I_EB, I_CLOCK = range(4)
+
+
+@njit(cache=True)
+def pairwise_sum(a, n):  # pragma: no cover - compiled
+    """``a[:n].sum()`` for ``n <= 128`` as numpy sums a contiguous float64 array (its
+    pairwise_sum's block): under 8 elements one by one from 0.0, else 8 running sums combined as
+    ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))``, then the rest one by one."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[i]
+        return res
+    r = a[:8].copy()
+    i = 8
+    while i < n - (n % 8):
+        for j in range(8):
+            r[j] += a[i + j]
+        i += 8
+    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    while i < n:
+        res += a[i]
+        i += 1
+    return res
+
+
+@njit(cache=True)
+def imbalance(load):  # pragma: no cover - compiled
+    """LayerWalk.iteration's balance tally of loads (L, G): the sum over the layers with tokens of
+    ``max_g load * G / sum_g load`` (numpy's operations; L <= 128: one block of its pairwise sum),
+    and how many layers had tokens. Loads are token counts: their sums are exact in any order."""
+    L, G = load.shape
+    v = np.empty(L)
+    n = 0
+    for layer in range(L):
+        s = 0.0
+        mx = load[layer, 0]
+        for g in range(G):
+            s += load[layer, g]
+            if load[layer, g] > mx:
+                mx = load[layer, g]
+        if s > 0:
+            v[n] = mx * G / s
+            n += 1
+    return pairwise_sum(v, n), n
+
+
+@njit(cache=True)
+def owned_lru_iteration(pool_keys, C, req_off, req_len, req_ctx, batch, alloc, lg, moves, idx,
+                        fpar, ipar, recorded, computed, gpu_tok, S, nres, cap, pairs, pair_key, Q,
+                        Qn, why, tally, busy, stall):  # pragma: no cover - compiled
+    """An iteration from its batch (requests ``batch``, ``alloc`` tokens each) to its end. In
+    place: ``recorded``, ``computed`` (L*E,) += tokens per key; ``gpu_tok`` (G,) += expert tokens;
+    the stamps (:func:`lru_serve`) and the store's ``why`` (set) and ``tally`` (added:
+    RowStore.note); ``busy``, ``stall`` (G,) seconds. Returns the next layer's start, the
+    balance tally (:func:`imbalance`), the accesses, per GPU (3, G) its last layer with a copy
+    (-1: none), its misses and that copy's, each copy's end (L, G), the layers' copy starts
+    (L,) and where GPUs copied (L, G)."""
+    G = ipar[I_G]
+    L = ipar[I_L]
+    B = batch.shape[0]
+    off = np.empty(B, dtype=np.int64)
+    ln = np.empty(B, dtype=np.int64)
+    s0 = np.empty(B, dtype=np.int64)
+    for b in range(B):
+        r = batch[b]
+        off[b] = req_off[r]
+        ln[b] = req_len[r]
+        s0[b] = req_ctx[r] % req_len[r]
+    sc = prefix_sources(pool_keys, C, off, ln, s0, alloc, G)  # (G, L*E)
+    LE = sc.shape[1]
+    counts = np.zeros(LE, dtype=np.int64)
+    for g in range(G):
+        for c in range(LE):
+            counts[c] += sc[g, c]
+    for c in range(LE):
+        recorded[c] += counts[c]
+        computed[c] += counts[c]
+    comp, load = moe_owned(counts, lg, L * G, fpar[F_BLOCK], fpar[F_FLOPS_TOK], fpar[F_W_BYTES],
+                           fpar[F_ACT_BYTES], fpar[F_FLOPS_S], fpar[F_HBM_S], fpar[F_LAUNCH_S])
+    comp = comp.reshape(L, G)
+    load = load.reshape(L, G)
+    imb, imb_layers = imbalance(load)
+    for g in range(G):
+        s = 0.0
+        for layer in range(L):
+            s += load[layer, g]
+        gpu_tok[g] += s
+    a2a = a2a_owned(sc, moves, idx, L, G, fpar[F_A2A_SCALE], fpar[F_A2A_LAT])
+    used = np.zeros(LE, dtype=np.bool_)
+    for c in range(LE):
+        used[c] = counts[c] > 0
+    miss, figs = lru_serve(S, nres, cap, pairs[0], pairs[2], pairs[3], pair_key, used,
+                           ipar[I_CLOCK], G, L, Q, Qn)
+    accesses = 0
+    for g in range(G):
+        why[0, g] = figs[0, g]
+        why[1, g] = figs[1, g]
+        tally[0, g] += figs[0, g]
+        tally[1, g] += figs[2, g]
+        tally[2, g] += figs[3, g]
+        accesses += figs[0, g]
+    fin_lg = np.zeros((L, G))
+    starts = np.empty(L)
+    last = np.empty(G, dtype=np.int64)
+    t = time_layers(miss, comp, a2a, fpar[F_T], fpar[F_ATTN], fpar[F_GATE], fpar[F_PF],
+                    fpar[F_LAT], ipar[I_EB], fpar[F_BW], stall, fin_lg, starts, last)
+    per = np.zeros((3, G), dtype=np.int64)
+    fetches = np.zeros((L, G), dtype=np.bool_)
+    for g in range(G):
+        b = busy[g]
+        m = 0
+        for layer in range(L):
+            b += comp[layer, g]
+            m += miss[layer, g]
+            fetches[layer, g] = miss[layer, g] > 0
+        busy[g] = b
+        per[0, g] = last[g]
+        per[1, g] = m
+        per[2, g] = miss[last[g], g] if last[g] >= 0 else 0
+    return t, imb, imb_layers, accesses, per, fin_lg, starts, fetches

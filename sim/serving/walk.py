@@ -38,6 +38,7 @@ import numpy as np
 from sim.common.errors import MoesimError
 from sim.policies.base import CachePolicy, PrefetchPolicy
 from sim.serving.cache_log import CacheLog
+from sim.serving.fused_walk import FusedWalk, fused_applies
 from sim.serving.layer_costs import batch_shape, layer_costs
 from sim.serving.layer_timing import LayerTiming
 from sim.serving.lru_arrays import StampStore, serve_lru_iteration
@@ -127,6 +128,8 @@ class LayerWalk:
         self.kern: Any = None
         self.compile_after = 1 if plan.topo.expert_parallel >= COMPILED_MIN_GPUS else COMPILE_AFTER
         self.walked = 0
+        #: the whole iteration compiled where its case holds (sim/serving/fused_walk.py)
+        self.fused: FusedWalk | None = None
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
@@ -135,10 +138,16 @@ class LayerWalk:
         self.walked += 1
         if self.walked == self.compile_after:
             self.kern = walk_kernels()
+            if self.kern is not None and fused_applies(self):
+                self.fused = FusedWalk(self, self.kern)
         kern = self.kern
         if not (len(alloc) and alloc.min() > 0):
             keep = alloc > 0
             batch, alloc = batch[keep], alloc[keep]
+        if self.fused is not None:
+            dur = self.fused.run(rep, batch, alloc, t0)
+            if dur is not None:
+                return dur
         # the tokens' pool rows: counted from when there are no prefix counts, or read by a
         # prefetch policy (the next-layer oracles, learned_next)
         shape = batch_shape(self.req, batch, alloc, self.prefix is None or self.pred.pf_rows, kern)
@@ -282,7 +291,6 @@ class LayerWalk:
         replica's array caches (:data:`sim.serving.lru_arrays.ARRAY_FORMS`: LRU as stamps, FIFO,
         LIFO, LFU): the misses per layer and GPU, or None when a step is not in array form (the
         general path serves it). ``kern``: LRU's stamps served compiled (the same decisions)."""
-        states = rep.states
         stamps = rep.stamps
         if kern is not None and stamps.__class__ is StampStore:
             miss = serve_lru_iteration(stamps, used_flat, kern)
@@ -290,18 +298,24 @@ class LayerWalk:
             miss = stamps.serve(used_flat, rep.step - self.L)
         if miss is None:
             return None
+        self.why_tallies(rep)
+        return miss
+
+    @staticmethod
+    def why_tallies(rep: ReplicaState) -> None:
+        """After the array store served an iteration: each GPU's peak residents and why-tallies
+        (see GpuState) from the store's per-GPU figures."""
         why = rep.stamps.why
-        for st, nres, n, reused in zip(states, rep.stamps.nres.tolist(), *why.tolist()):
+        for st, nres, n, reused in zip(rep.states, rep.stamps.nres.tolist(), *why.tolist()):
             if nres > st.peak_resident:  # (at most the slots: the arrays never exceed them)
                 st.peak_resident = nres
-            if st.cache is not None:  # the why-tallies (see GpuState)
+            if st.cache is not None:
                 st.iterations += 1
                 st.keys_touched += n
                 if n > st.keys_touched_max:
                     st.keys_touched_max = n
                 st.over_slots += n > st.capacity
                 st.evicted_reused += reused
-        return miss
 
     def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
         """One layer's keys through a GPU's cache: the misses (a list), or None when no access."""
