@@ -186,12 +186,8 @@ class Batcher:
             # (only finish() changes a request's generated tokens, and only of running requests)
             wviews = list(cached[1])
         else:  # every view as self.view(i) leaves it
-            views = self._views
-            try:
-                wviews = [views[i] for i in window]
-            except KeyError:  # a request seen for the first time: its view made
-                view = self.view
-                wviews = [views[i] if i in views else view(i) for i in window]
+            views, get, view = self._views, self._views.get, self.view
+            wviews = [get(i) or view(i) for i in window]  # (a view is never false)
             stale = self._ran.intersection(window)  # the others' done_tokens are their generated
             if stale:
                 gen = r.generated
@@ -256,15 +252,16 @@ class Batcher:
                 self._views.pop(i, None)
                 n, total = self._task_outputs.get(r.task[i], (0, 0))
                 self._task_outputs[r.task[i]] = (n + 1, total + int(r.output[i]))
-            if len(fs) <= 4:  # a few completions: removed in place (every occurrence)
+            if keep:  # the list of the kernel's array (every occurrence removed)
+                rep.running[:] = rest.tolist()
+                self._run_cache[rep.index] = (list(rep.running), rest)
+            elif len(fs) <= 4:  # a few completions: removed in place (every occurrence)
                 running = rep.running
                 for i in fs:
                     while i in running:
                         running.remove(i)
             else:
                 rep.running = [i for i in rep.running if i not in fs]
-            if keep:
-                self._run_cache[rep.index] = (list(rep.running), rest)
             self.tallies.completed += len(fin)
             self.tallies.last_finish_s = now
         rep.kv_peak = max(rep.kv_peak, rep.kv_used)
