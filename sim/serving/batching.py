@@ -15,6 +15,13 @@ the token it generates.
 
 The simulator drives it from SimPy processes (:mod:`sim.engine.simulation`); realrun can drive the very same
 object in real time: it needs only the request arrays, a replica state and the clock.
+
+Per iteration the array work (pending tokens and their allocation, the processed tokens, an
+iteration's end) runs with numpy here, the reference, or, once :data:`sim.serving.walk.COMPILE_AFTER`
+iterations were formed, in one compiled call each (:mod:`sim.serving.compiled_batching`: the same
+bytes). The running requests' array is kept with their list (admitted requests appended, finished
+ones removed by the kernel) instead of being built from it, and a view is refreshed only for a
+request that ran since its view was last set (:attr:`Batcher._ran`).
 """
 
 from __future__ import annotations
@@ -183,7 +190,9 @@ class Batcher:
         cached = self._window_cache.get(rep.index)
         if cached is not None and cached[0] == window:
             # the same waiting requests as last time: their views are as self.view leaves them
-            # (only finish() changes a request's generated tokens, and only of running requests)
+            # (only finish() changes a request's generated tokens, and only of running requests;
+            # one admitted, run and preempted back into this very window keeps the done_tokens
+            # of its view before it ran: tests/sim/serving/test_compiled_batching.py)
             wviews = list(cached[1])
         else:  # every view as self.view(i) leaves it
             views, get, view = self._views, self._views.get, self.view

@@ -305,6 +305,31 @@ def test_a_run_with_preemptions_same_metrics():
     assert _run(make(), True, 1, 20, 5) == want
 
 
+@pytest.mark.parametrize("recovery", [0.01, 0.2])
+def test_a_run_with_faults_same_metrics(recovery):
+    """GPU 0 (replica 0 of two) fails at 0.05 s: its running requests lose their KV and move to
+    replica 1's queue (the batcher's running array is rebuilt from the emptied list), and come
+    back: the same metrics.json with and without the kernels."""
+    from sim.world.config import FaultConfig
+
+    out = []
+    for compiled in (False, True):
+        cfg = tiny_config(layers=2, experts=4, top_k=1, gpus_per_node=2, ep=1, budget_fraction=0.5,
+                          kv_tokens=60, token_budget=8, max_batch=4)
+        cfg.cluster.faults = [FaultConfig(time_s=0.05, gpu=0, recovery_s=recovery)]
+        rng = np.random.default_rng(0)
+        pool = random_pool(2, 4, 1, entries=3, tokens=9, rng=rng)
+        wl = workload([0.0, 0.0, 0.01, 0.02, 0.03, 0.06, 0.07, 0.3], [10, 4, 12, 7, 3, 9, 5, 6],
+                      [20, 9, 14, 3, 25, 8, 11, 4])
+        s = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(), rng)
+        s.batcher.compile_after = 1 if compiled else 10**9
+        s.run()
+        m = compute_metrics(s)
+        assert m["requests_rerouted"] > 0 and m["requests_completed"] == 8
+        out.append(metrics_json(m))
+    assert out[0] == out[1]
+
+
 def test_kernels_imported_at_the_walks_threshold(monkeypatch):
     """The batcher takes the walk's threshold (:data:`sim.serving.walk.COMPILE_AFTER`, read when
     it is built) and imports its kernels on that iteration, not before."""
