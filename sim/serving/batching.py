@@ -208,9 +208,8 @@ class Batcher:
                                       _LazyViews(rep.running, self.view), budget)
         admitted: list[int] = []
         extra: list[int] = []
-        in_window = set(window)
-        for i in picked:
-            if i not in in_window or i in admitted:
+        for i in picked:  # (a pick is near the window's head: the list is searched from there)
+            if i not in window or i in admitted:
                 raise MoesimError(f"scheduler {self.scheduler_name!r} admitted request {i}, which is "
                                   f"not waiting (or twice)")
             if budget <= 0 or len(rep.running) + len(admitted) >= s.max_batch_requests:
