@@ -15,6 +15,13 @@ the token it generates.
 
 The simulator drives it from SimPy processes (:mod:`sim.engine.simulation`); realrun can drive the very same
 object in real time: it needs only the request arrays, a replica state and the clock.
+
+Per iteration the array work (pending tokens and their allocation, the processed tokens, an
+iteration's end) runs with numpy here, the reference, or, once :data:`sim.serving.walk.COMPILE_AFTER`
+iterations were formed, in one compiled call each (:mod:`sim.serving.compiled_batching`: the same
+bytes). The running requests' array is kept with their list (admitted requests appended, finished
+ones removed by the kernel) instead of being built from it, and a view is refreshed only for a
+request that ran since its view was last set (:attr:`Batcher._ran`).
 """
 
 from __future__ import annotations
@@ -26,8 +33,18 @@ import numpy as np
 
 from sim.common.errors import ConfigError, MoesimError
 from sim.policies.base import RequestView, SchedulerPolicy
+from sim.serving import walk
 from sim.serving.state import ReplicaState, Requests, Tallies
 from sim.world.config import ServingConfig
+
+
+def batch_kernels() -> Any:
+    """:mod:`sim.serving.compiled_batching` (imported here, lazily: numba), or None without numba."""
+    try:
+        from sim.serving import compiled_batching
+    except ImportError:
+        return None
+    return compiled_batching
 
 
 class _LazyViews(Sequence):
@@ -62,6 +79,15 @@ class Batcher:
         self._task_outputs: dict[str, tuple[int, int]] = {}  # task -> (completed, output tokens)
         self._window_cache: dict[int, tuple[list[int], tuple[RequestView, ...]]] = {}
         self._run_cache: dict[int, tuple[list[int], np.ndarray]] = {}  # replica -> running, array
+        #: the requests admitted since their view's done_tokens was last set: every other view's
+        #: is its request's generated tokens (only running requests generate)
+        self._ran: set[int] = set()
+        #: the compiled kernels (:func:`batch_kernels`) once ``compile_after`` iterations were
+        #: formed (the walk's threshold, :data:`sim.serving.walk.COMPILE_AFTER`); the same bytes
+        #: as the numpy here (tests/sim/serving/test_compiled_batching.py)
+        self.kern: Any = None
+        self.compile_after = walk.COMPILE_AFTER
+        self.formed = 0
 
     # -- what a scheduler sees ------------------------------------------------------------------
     def view(self, i: int) -> RequestView:
@@ -87,14 +113,21 @@ class Batcher:
     def form(self, rep: ReplicaState, now: float) -> tuple[np.ndarray, np.ndarray]:
         """The iteration's batch (request indices) and tokens per request; preempts and admits."""
         r, s, cap = self.req, self.s, self.kv_capacity_tokens
+        self.formed += 1
+        if self.formed == self.compile_after:
+            self.kern = batch_kernels()
+        kern = self.kern
         alloc = np.zeros(0, dtype=np.int64)
         run = None
         used = 0  # alloc.sum()
         while rep.running:
             run = self._running_array(rep)
-            pend = r.prompt[run] + r.generated[run] - r.ctx[run]  # (B,) pending tokens
-            alloc = allocate(pend, s.token_budget)
-            used = int(alloc.sum())
+            if kern is not None:
+                alloc, used = kern.pending_alloc(run, r.prompt, r.generated, r.ctx, s.token_budget)
+            else:
+                pend = r.prompt[run] + r.generated[run] - r.ctx[run]  # (B,) pending tokens
+                alloc = allocate(pend, s.token_budget)
+                used = int(alloc.sum())
             if rep.kv_used + used <= cap or len(run) == 1:
                 break
             self.preempt(rep, rep.running.pop())
@@ -106,13 +139,21 @@ class Batcher:
         if budget > 0 and rep.waiting and len(rep.running) < s.max_batch_requests:
             admitted, extra = self._admit(rep, now, budget, kv_free)
             if admitted:
+                self._ran.update(admitted)
+                waiting, k = rep.waiting, len(admitted)
+                w = min(len(waiting), self.s.scheduler_window)
                 adm = set(admitted)  # all from the scheduler's window: the head of the queue
-                w = min(len(rep.waiting), self.s.scheduler_window)
-                rep.waiting[:w] = [i for i in rep.waiting[:w] if i not in adm]
+                if waiting[:k] == admitted and adm.isdisjoint(waiting[k:w]):
+                    del waiting[:k]  # (the usual case: what the filter below leaves)
+                else:
+                    waiting[:w] = [i for i in waiting[:w] if i not in adm]
                 rep.running.extend(admitted)
+                new = np.asarray(admitted, dtype=np.int64)
                 alloc = np.concatenate([alloc, np.asarray(extra, dtype=np.int64)])
                 used += sum(extra)
-                run = None
+                # the running requests' array: the one before admission, then the admitted
+                run = new if run is None else np.concatenate([run, new])
+                self._run_cache[rep.index] = (list(rep.running), run)
         if not rep.running or used == 0:
             if not rep.waiting:  # running requests with no pending token: an inconsistent state
                 ids = [r.request_id[j] for j in rep.running]
@@ -149,26 +190,26 @@ class Batcher:
         cached = self._window_cache.get(rep.index)
         if cached is not None and cached[0] == window:
             # the same waiting requests as last time: their views are as self.view leaves them
-            # (only finish() changes a request's generated tokens, and only of running requests)
+            # (only finish() changes a request's generated tokens, and only of running requests;
+            # one admitted, run and preempted back into this very window keeps the done_tokens
+            # of its view before it ran: tests/sim/serving/test_compiled_batching.py)
             wviews = list(cached[1])
-        else:
-            views, gen, view = self._views, r.generated, self.view
-            wviews = []
-            for i in window:  # self.view(i), inlined where the view exists
-                v = views.get(i)
-                if v is None:
-                    v = view(i)
-                else:
-                    v.done_tokens = int(gen[i])
-                wviews.append(v)
+        else:  # every view as self.view(i) leaves it
+            views, get, view = self._views, self._views.get, self.view
+            wviews = [get(i) or view(i) for i in window]  # (a view is never false)
+            stale = self._ran.intersection(window)  # the others' done_tokens are their generated
+            if stale:
+                gen = r.generated
+                for i in stale:
+                    views[i].done_tokens = int(gen[i])
+                self._ran -= stale
             self._window_cache[rep.index] = (window, tuple(wviews))
         picked = self.scheduler.admit(now, wviews,
                                       _LazyViews(rep.running, self.view), budget)
         admitted: list[int] = []
         extra: list[int] = []
-        in_window = set(window)
-        for i in picked:
-            if i not in in_window or i in admitted:
+        for i in picked:  # (a pick is near the window's head: the list is searched from there)
+            if i not in window or i in admitted:
                 raise MoesimError(f"scheduler {self.scheduler_name!r} admitted request {i}, which is "
                                   f"not waiting (or twice)")
             if budget <= 0 or len(rep.running) + len(admitted) >= s.max_batch_requests:
@@ -189,14 +230,59 @@ class Batcher:
 
     def begin(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray) -> None:
         """Book the work an iteration starts (counted even if a fault interrupts it)."""
-        self.req.processed[batch] += alloc
-        self.tallies.tokens_processed += int(alloc.sum())
+        if self.kern is not None:
+            self.tallies.tokens_processed += self.kern.begin_arrays(self.req.processed, batch, alloc)
+        else:
+            self.req.processed[batch] += alloc
+            self.tallies.tokens_processed += int(alloc.sum())
         rep.iterations += 1
 
     # -- after an iteration ---------------------------------------------------------------------
     def finish(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, now: float
                ) -> np.ndarray:
         """Book an iteration that ended at ``now``; returns the requests that completed."""
+        r, kern = self.req, self.kern
+        if kern is not None:
+            fin, added, freed, rest = kern.finish_arrays(
+                batch, alloc, r.ctx, r.generated, r.prompt, r.output, r.first_token_s, r.finish_s,
+                r.completions, now)
+            rep.kv_used += added - freed
+        else:
+            fin = self._finish_arrays(rep, batch, alloc, now)
+        if len(fin):
+            # the running requests' array after the removal below: the kernel's ``rest`` where
+            # the batch is the cached array of the running requests (their list's very values)
+            cached = self._run_cache.get(rep.index) if kern is not None else None
+            keep = cached is not None and cached[1] is batch and cached[0] == rep.running
+            fs = set(fin.tolist())
+            self._ran -= fs
+            for i in fs:
+                self._views.pop(i, None)
+                n, total = self._task_outputs.get(r.task[i], (0, 0))
+                self._task_outputs[r.task[i]] = (n + 1, total + int(r.output[i]))
+            if keep:  # the list of the kernel's array (every occurrence removed)
+                rep.running[:] = rest.tolist()
+                self._run_cache[rep.index] = (list(rep.running), rest)
+            elif len(fs) <= 4:  # a few completions: removed in place (every occurrence)
+                running = rep.running
+                for i in fs:
+                    while i in running:
+                        running.remove(i)
+            else:
+                rep.running = [i for i in rep.running if i not in fs]
+            self.tallies.completed += len(fin)
+            self.tallies.last_finish_s = now
+        rep.kv_peak = max(rep.kv_peak, rep.kv_used)
+        if rep.kv_used > self.kv_capacity_tokens or rep.kv_used < 0:
+            raise MoesimError(f"replica {rep.index}: KV use {rep.kv_used} tokens outside [0, "
+                              f"{self.kv_capacity_tokens}]")
+        return fin
+
+    def _finish_arrays(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, now: float
+                       ) -> np.ndarray:
+        """:meth:`finish`'s array work with numpy (the reference of
+        :func:`sim.serving.compiled_batching.finish_arrays`): context, generated tokens, first-token
+        and finish times, completions and the KV they hold; returns the finished requests."""
         r = self.req
         if len(alloc) and alloc.min() > 0:  # (a negative count is dropped as a zero)
             b, a = batch, alloc
@@ -218,22 +304,4 @@ class Batcher:
             r.finish_s[fin] = now
             r.completions[fin] += 1
             rep.kv_used -= int(r.ctx[fin].sum())
-            fs = set(fin.tolist())
-            for i in fs:
-                self._views.pop(i, None)
-                n, total = self._task_outputs.get(r.task[i], (0, 0))
-                self._task_outputs[r.task[i]] = (n + 1, total + int(r.output[i]))
-            if len(fs) <= 4:  # a few completions: removed in place (every occurrence)
-                running = rep.running
-                for i in fs:
-                    while i in running:
-                        running.remove(i)
-            else:
-                rep.running = [i for i in rep.running if i not in fs]
-            self.tallies.completed += len(fin)
-            self.tallies.last_finish_s = now
-        rep.kv_peak = max(rep.kv_peak, rep.kv_used)
-        if rep.kv_used > self.kv_capacity_tokens or rep.kv_used < 0:
-            raise MoesimError(f"replica {rep.index}: KV use {rep.kv_used} tokens outside [0, "
-                              f"{self.kv_capacity_tokens}]")
         return fin
