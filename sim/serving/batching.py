@@ -190,20 +190,19 @@ class Batcher:
         cached = self._window_cache.get(rep.index)
         if cached is not None and cached[0] == window:
             # the same waiting requests as last time: their views are as self.view leaves them
-            # (only finish() changes a request's generated tokens, and only of running requests;
-            # one admitted, run and preempted back into this very window keeps the done_tokens
-            # of its view before it ran: tests/sim/serving/test_compiled_batching.py)
+            # but where one ran since (only finish() changes a request's generated tokens, and
+            # only of running requests: one admitted, run and preempted back into this window)
             wviews = list(cached[1])
         else:  # every view as self.view(i) leaves it
-            views, get, view = self._views, self._views.get, self.view
+            get, view = self._views.get, self.view
             wviews = [get(i) or view(i) for i in window]  # (a view is never false)
-            stale = self._ran.intersection(window)  # the others' done_tokens are their generated
-            if stale:
-                gen = r.generated
-                for i in stale:
-                    views[i].done_tokens = int(gen[i])
-                self._ran -= stale
             self._window_cache[rep.index] = (window, tuple(wviews))
+        stale = self._ran.intersection(window)  # the others' done_tokens are their generated
+        if stale:
+            views, gen = self._views, r.generated
+            for i in stale:
+                views[i].done_tokens = int(gen[i])
+            self._ran -= stale
         picked = self.scheduler.admit(now, wviews,
                                       _LazyViews(rep.running, self.view), budget)
         admitted: list[int] = []
