@@ -100,6 +100,29 @@ class LayerTiming:
             t = t_next
         return t
 
+    def time_decided(self, decisions: Any, t: float, gaps: tuple[float, float, float, Any],
+                     comp_arr: np.ndarray, comp: list[list[float]], states: list[GpuState],
+                     need: list[list[Any]], stall: list[float], rec: Recorder | None,
+                     kern: Any = None) -> float:
+        """:meth:`time_layers` of the walk's :class:`~sim.serving.walk.Serve` decisions; where
+        every miss is a count (no prefetched copy in flight), nothing is recorded and a copy has
+        no per-copy overhead, by :meth:`time_counts` (a GPU that accessed nothing copies 0: the
+        same floats), the caches' decisions all taken first (they were: the walk serves every
+        layer of a GPU at once without a next-layer prefetch)."""
+        if rec is None and not self.pad_bytes and not any(st.inflight for st in states):
+            decisions = list(decisions)
+            rows = [d.miss for d in decisions]
+            try:  # (a miss is a list only with prefetched keys in flight: none here)
+                miss = np.array([[m or 0 for m in row] for row in rows], dtype=np.int64)
+            except (TypeError, ValueError):
+                miss = None
+            if miss is not None and miss.shape == (len(rows), len(states)):
+                done = self.time_counts(miss, t, gaps, comp_arr, states, stall, kern)
+                if done is not None:
+                    return done
+        return self.time_layers(((d.layer, d.miss) for d in decisions), t, gaps, comp, states,
+                                need, stall, rec)
+
     def time_counts(self, miss: np.ndarray, t: float, gaps: tuple[float, float, float, Any],
                      comp_arr: np.ndarray, states: list[GpuState], stall: list[float],
                      kern: Any = None) -> float | None:

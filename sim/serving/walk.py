@@ -119,6 +119,7 @@ class LayerWalk:
         #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
         #: (``arrays``: policy.cache_arrays; off, every token's keys are counted)
         self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E) if arrays else None
+        self.arrays = arrays  # (off: the general path, the fast paths' reference, throughout)
         #: called after each iteration :meth:`iteration` walks, with its :class:`IterationDone`
         self.on_iteration: list[Callable[[IterationDone], None]] = []
         self._seen: dict[int, CacheCounts] = {}  # replica -> its caches' counts at the last hook
@@ -211,6 +212,9 @@ class LayerWalk:
                         why_loaded(why, d.copies)
                         pred.issue(rep, d.copies, t_gate)
                         t += pred.take_inline(rep)
+            elif host is None and self.arrays:  # (counted misses timed as counts: time_counts)
+                t = timing.time_decided(decisions, t, gaps, comp_arr, comp, states, need, stall,
+                                        rec, kern)
             else:
                 t = timing.time_layers(((d.layer, d.miss) for d in decisions), t, gaps, comp,
                                        states, need, stall, rec)

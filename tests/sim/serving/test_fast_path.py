@@ -276,3 +276,36 @@ def test_earlier_newer_dominance_count_equals_pairwise(monkeypatch, seed):
     monkeypatch.setattr(stamped, "PAIRWISE_MAX", 1)
     got = stamped._earlier_newer(*args)
     assert want.sum() > 0 and np.array_equal(np.asarray(got, dtype=np.int64), want)
+
+
+@pytest.mark.parametrize("cache", ["fifo", "lifo", "lfu", "priority", "keep_predicted"])
+def test_object_caches_timed_as_counts(monkeypatch, cache):
+    """A replica narrower than the step arrays' MIN_GPUS serves FIFO/LIFO/LFU (and the caches
+    without an array form) through the objects; their misses are counts, and the layers are then
+    timed by ``time_counts`` (``LayerTiming.time_decided``), not copy by copy: the same
+    metrics.json as the general path, which times every copy (``time_layers``)."""
+    from sim.serving.layer_timing import LayerTiming
+
+    monkeypatch.setattr(step_arrays, "MIN_GPUS", 32)
+    counted = {"counts": 0, "declined": 0}
+    real = LayerTiming.time_counts
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        counted["counts" if out is not None else "declined"] += 1
+        return out
+
+    monkeypatch.setattr(LayerTiming, "time_counts", spy)
+
+    def make():
+        cfg = tiny_config(layers=3, experts=4, top_k=2, gpus_per_node=4, ep=4,
+                          budget_fraction=0.5, token_budget=24)
+        cfg.policy.cache = cache
+        return cfg
+
+    s_fast, j_fast, s_slow, j_slow = _both(make, seed=5, n=20)
+    assert j_fast == j_slow
+    assert counted["counts"] > 0
+    fast_links = [(st.link.t, st.link.bytes_total) for r in s_fast.replicas for st in r.states]
+    slow_links = [(st.link.t, st.link.bytes_total) for r in s_slow.replicas for st in r.states]
+    assert fast_links == slow_links
