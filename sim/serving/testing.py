@@ -4,12 +4,12 @@ a random routing pool (a stand-in where the fitted generator is not needed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from sim.serving.binding import RoutingPool
+from sim.serving.binding import RoutingPool, bind
 from sim.world.config import ClusterConfig, HardwareConfig, ModelConfig, SimConfig
 from sim.world.model import dense_weight_bytes, expert_bytes, kv_bytes_per_token
 
@@ -113,6 +113,20 @@ def random_pool(layers: int, experts: int, top_k: int, entries: int, tokens: int
     return RoutingPool(experts=ex, offsets=np.arange(entries, dtype=np.int64) * tokens,
                        lengths=np.full(entries, tokens, dtype=np.int64), tasks=[task] * entries,
                        source="random")
+
+
+def random_run(cfg: SimConfig, seed: int, n: int = 14, tokens: int = 9, entries: int = 4
+               ) -> tuple[pd.DataFrame, RoutingPool, Any, np.random.Generator]:
+    """A Simulation's inputs after ``cfg``: ``n`` requests arriving up to 10 ms apart with 1-14
+    prompt and 1-5 output tokens, bound (``wrap``) to a random pool of ``entries`` entries of
+    ``tokens`` tokens: ``(workload, pool, binding, rng)``, the rng as pool and binding left it."""
+    rng = np.random.default_rng(seed)
+    m = cfg.model
+    pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=entries, tokens=tokens, rng=rng)
+    r = np.random.default_rng(seed + 1)
+    wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(), r.integers(1, 15, n).tolist(),
+                  r.integers(1, 6, n).tolist())
+    return wl, pool, bind(pool, wl, "wrap", rng), rng
 
 
 def pool_from_rows(rows: list[list[list[int]]], task: str = "unknown") -> RoutingPool:

@@ -19,7 +19,7 @@ from sim.policies import SCHEDULER
 from sim.serving.batching import Batcher, allocate
 from sim.serving.binding import bind
 from sim.serving.state import ReplicaState, Requests, Tallies
-from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.serving.testing import StubCost, random_pool, random_run, tiny_config, workload
 from sim.world.config import ServingConfig
 
 kern = pytest.importorskip("sim.serving.compiled_batching", reason="numba is not installed")
@@ -245,13 +245,8 @@ def test_the_scheduler_sees_fresh_views():
 
 # -- whole runs -------------------------------------------------------------------------------
 def _run(cfg, compiled: bool, seed: int, n: int, tokens: int):
-    rng = np.random.default_rng(seed)
-    m = cfg.model
-    pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=4, tokens=tokens, rng=rng)
-    r = np.random.default_rng(seed + 1)
-    wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(), r.integers(1, 15, n).tolist(),
-                  r.integers(1, 6, n).tolist())
-    s = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
+    wl, pool, binding, rng = random_run(cfg, seed, n, tokens)
+    s = Simulation(cfg, wl, pool, binding, StubCost(a2a_s=0.0003), rng)
     s.batcher.compile_after = 1 if compiled else 10**9
     s.run()
     assert (s.batcher.kern is not None) == compiled

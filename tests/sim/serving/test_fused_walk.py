@@ -19,8 +19,7 @@ from sim.cost import make_cost_model
 from sim.engine.metrics import compute_metrics, metrics_json
 from sim.engine.simulation import Simulation
 from sim.serving import fused_walk
-from sim.serving.binding import bind
-from sim.serving.testing import random_pool, tiny_config, workload
+from sim.serving.testing import random_run, tiny_config
 
 kern = pytest.importorskip("sim.serving.compiled_walk", reason="numba is not installed")
 
@@ -78,15 +77,10 @@ def test_imbalance_by_hand():
 
 # -- whole runs -----------------------------------------------------------------------------------
 def _sim(cfg, seed: int, n: int, tokens: int) -> Simulation:
-    rng = np.random.default_rng(seed)
-    m = cfg.model
-    pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=4, tokens=tokens, rng=rng)
-    r = np.random.default_rng(seed + 1)
-    wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(), r.integers(1, 15, n).tolist(),
-                  r.integers(1, 6, n).tolist())
-    cost = make_cost_model("analytic", m, cfg.hardware, None, cfg.cluster, cfg.engine, cfg.host,
-                           cfg.offload)
-    return Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), cost, rng)
+    wl, pool, binding, rng = random_run(cfg, seed, n, tokens)
+    cost = make_cost_model("analytic", cfg.model, cfg.hardware, None, cfg.cluster, cfg.engine,
+                           cfg.host, cfg.offload)
+    return Simulation(cfg, wl, pool, binding, cost, rng)
 
 
 def _run(cfg, mode: str, seed: int, monkeypatch, n: int = 16, tokens: int = 9) -> tuple:
