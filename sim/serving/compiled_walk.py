@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit
 
 from sim.serving.compiled_batch import batch_sums  # noqa: F401 (kern.batch_sums)
+from sim.serving.compiled_steps import step_serve  # noqa: F401 (kern.step_serve)
 
 
 @njit(cache=True)

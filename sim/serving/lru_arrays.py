@@ -107,9 +107,9 @@ class StampStore(RowStore):
         #: iteration of a big batch): they depend only on the holdings
         self.full = _positions(pg, step, self.G, self.L, self.cap_step)
 
-    def serve(self, used_flat: np.ndarray, step0: int) -> np.ndarray | None:
-        """:func:`serve_lru_iteration` (LRU needs no step numbers)."""
-        return serve_lru_iteration(self, used_flat)
+    def serve(self, used_flat: np.ndarray, step0: int, kern: Any = None) -> np.ndarray | None:
+        """:func:`serve_lru_iteration` (LRU needs no step numbers), compiled with ``kern``."""
+        return serve_lru_iteration(self, used_flat, kern)
 
 
 class StampedLRU(OrderedArrayMode, LRUCache):

@@ -52,6 +52,8 @@ ARGMIN_MAX = 16
 #: the objects Python work per GPU and key (measured, benchmarks in the module doc: at 8 GPUs of
 #: one expert a layer the objects are 4-7x faster; at 64 GPUs of 5 the arrays 1.1-7x)
 MIN_GPUS = 32
+#: the rules' codes in the compiled serve (sim/serving/compiled_steps.py RULES)
+RULE_CODES = {"fifo": 0, "lifo": 1, "lfu": 2}
 
 
 class ArrayMode:
@@ -258,15 +260,16 @@ class StepStore(RowStore):
         self.hg, self.hk, self.hl = g[keep], k[keep], layer[keep]
         self.hi = self.loc[self.hg, self.hk]
 
-    def serve(self, used_flat: np.ndarray, step0: int) -> np.ndarray | None:
+    def serve(self, used_flat: np.ndarray, step0: int, kern: Any = None) -> np.ndarray | None:
         """Serve one iteration's steps ``step0 + l`` (layer ``l``: the keys of layer ``l`` a GPU
         holds and the batch uses, ``used_flat`` (L*E,) bool) on every GPU with a cache.
 
         Returns the misses per (layer, GPU) (L, G) int64, or None (the general path serves the
-        iteration) when a step needs more keys than its GPU's slots or the replica has fewer
-        than :data:`MIN_GPUS` GPUs."""
+        iteration) when a step needs more keys than its GPU's slots or, served with numpy, the
+        replica has fewer than :data:`MIN_GPUS` GPUs. ``kern``: the steps served compiled
+        (:func:`sim.serving.compiled_steps.step_serve`, the same decisions) at any width."""
         G, L, H = self.G, self.L, self.H
-        if G < MIN_GPUS:  # a narrow replica: the objects are the faster form
+        if G < MIN_GPUS and kern is None:  # a narrow replica: the objects are the faster form
             return None
         sel = used_flat[self.hk]
         g, i, lay = self.hg[sel], self.hi[sel], self.hl[sel]
@@ -287,6 +290,15 @@ class StepStore(RowStore):
             tb = (step0 + L + 1).bit_length()
             if int(C.max(initial=0) + 1).bit_length() + tb + hb > 62:
                 return None
+        else:
+            tb = hb = 0
+        if kern is not None:
+            miss_lg, figs, self.clock = kern.step_serve(RULE_CODES[rule], S, C, T, self.nres,
+                                                        self.cap, g, i, lay, L, step0,
+                                                        self.clock, tb, hb)
+            self.note(figs[0], figs[1], figs[2], figs[3])
+            return miss_lg
+        if rule == "lfu":
             P = (C << (tb + hb)) | ((T + 1) << hb) | np.arange(H, dtype=np.int64)
         elif rule == "lifo":
             act = np.zeros((G, H), dtype=np.int64)

@@ -41,7 +41,6 @@ from sim.serving.cache_log import CacheLog
 from sim.serving.fused_walk import FusedWalk, fused_applies
 from sim.serving.layer_costs import batch_shape, layer_costs
 from sim.serving.layer_timing import LayerTiming
-from sim.serving.lru_arrays import StampStore, serve_lru_iteration
 from sim.serving.offload import HostExperts
 from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
@@ -294,12 +293,9 @@ class LayerWalk:
         """Every GPU's steps of the iteration (cache steps from ``rep.step - L``) through the
         replica's array caches (:data:`sim.serving.lru_arrays.ARRAY_FORMS`: LRU as stamps, FIFO,
         LIFO, LFU): the misses per layer and GPU, or None when a step is not in array form (the
-        general path serves it). ``kern``: LRU's stamps served compiled (the same decisions)."""
+        general path serves it). ``kern``: the store served compiled (the same decisions)."""
         stamps = rep.stamps
-        if kern is not None and stamps.__class__ is StampStore:
-            miss = serve_lru_iteration(stamps, used_flat, kern)
-        else:
-            miss = stamps.serve(used_flat, rep.step - self.L)
+        miss = stamps.serve(used_flat, rep.step - self.L, kern)
         if miss is None:
             return None
         self.why_tallies(rep)

@@ -111,8 +111,8 @@ def _run(cfg, mode: str, seed: int, monkeypatch, n: int = 16, tokens: int = 9) -
                 x._unlazy()
             state.append((x.t, x._solo, x.bytes_total, list(x.gaps), g.busy_s, g.stall_s,
                           g.peak_resident, g.keys_touched, g.evicted_reused))
-        if rep.stamps is not None:
-            state.append((rep.stamps.S.tolist(), rep.stamps.clock, rep.stamps.nres.tolist()))
+            if g.cache is not None:  # (its state, however it is held: arrays or objects)
+                state.append((sorted(g.cache.resident), g.cache.counts))
     t = s.tallies
     state.append((t.iter_imbalance_sum, t.iter_layers, t.gpu_tokens.tolist(),
                   t.recorded_le.tolist(), t.computed_le.tolist()))

@@ -50,10 +50,16 @@ def _state(c):
     return list(c._order), sorted(c.resident)
 
 
-@pytest.mark.parametrize("argmin", [True, False])
+@pytest.mark.parametrize("argmin", [True, False, "compiled"])
 @pytest.mark.parametrize("seed", range(25))
 @pytest.mark.parametrize("name", FORMS)
 def test_arrays_serve_like_policy(name, seed, argmin, monkeypatch):
+    """Random stores served with numpy (victims by repeated argmin, or by a sort) or compiled
+    (sim/serving/compiled_steps.py), among prefetches and faults: the policy objects' misses,
+    counts and state."""
+    kern = None
+    if argmin == "compiled":
+        kern = pytest.importorskip("sim.serving.compiled_walk", reason="numba is not installed")
     monkeypatch.setattr(step_arrays, "ARGMIN_MAX", 10**6 if argmin else 0)
     store_cls, cache_cls = array_form(CACHE.get(name))
     rng = np.random.default_rng(seed)
@@ -82,7 +88,7 @@ def test_arrays_serve_like_policy(name, seed, argmin, monkeypatch):
     step, served = 0, 0
     for _ in range(30):
         used = rng.random(N) < rng.uniform(0.1, 0.9)
-        got = store.serve(used, step)
+        got = store.serve(used, step, kern)
         rows = [_rows(used, masks[g], L, E) for g in range(G)]
         act = [{k for r in rows[g] for k in r} for g in range(G)]
         if got is None:  # a step needs more keys than a GPU's slots: the general path
@@ -182,6 +188,17 @@ def _serve_by_hand(form, cap, E, L, warm, used, step0=0):
     one iteration using ``used``: (misses per layer, the store, the cache)."""
     s, c = _one(form, cap, E, L, warm)
     got = s.serve(_used(used, L * E), step0)
+    try:  # the compiled serve (sim/serving/compiled_steps.py) to the same figures and state
+        from sim.serving import compiled_walk
+    except ImportError:
+        compiled_walk = None
+    if compiled_walk is not None:
+        s2, _ = _one(form, cap, E, L, warm)
+        got2 = s2.serve(_used(used, L * E), step0, compiled_walk)
+        assert got2.tolist() == got.tolist()
+        for a in ("S", "C", "T", "nres", "why", "tally"):
+            assert getattr(s2, a).tolist() == getattr(s, a).tolist(), a
+        assert s2.clock == s.clock
     return [m for (m,) in got.tolist()], s, c
 
 
