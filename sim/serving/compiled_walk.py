@@ -1,28 +1,15 @@
 """Compiled (numba) forms of an iteration's work on the simulator's fast path, each giving its
-reference's bytes (tests/sim/serving/test_compiled_walk.py and test_fused_walk.py: kernel against
-reference on random inputs, by hand, and whole runs' metrics.json with and without them;
-``benchmarks/sim_matrix.py --compile-after 1``):
+reference's bytes (tests/sim/serving/test_compiled_walk.py, test_fused_walk.py; ``python
+benchmarks/sim_matrix.py OUT --compile-after 1``): :func:`lru_serve` (serve_lru_iteration),
+:func:`time_layers` (LayerTiming.time_counts: the same float operations in the same order, per
+GPU: ``max(fin + c_g) == fin + max(c_g)``, float addition being monotonic), :func:`prefix_sources`,
+:func:`moe_owned`, :func:`a2a_owned` (integer sums, then the reference's float operations), and
+:func:`owned_costs`, :func:`owned_time`, :func:`owned_lru_iteration` chaining them for a whole
+iteration (:mod:`sim.serving.fused_walk`; numpy's pairwise sum where the walk sums floats).
 
-- :func:`lru_serve` (:func:`sim.serving.lru_arrays.serve_lru_iteration`): LRU step by step. Per
-  GPU the keys resident at the iteration's start in stamp order, then the iteration's keys as
-  they are stamped, form a queue whose front is the least recent key; a step's misses evict
-  from the front (an entry re-stamped since it was queued is skipped). The keys get the stamps
-  ``clock, clock + 1, ...`` in serving order (GPU, step, key), as the reference gives them, and
-  a step never evicts its own keys (it needs at most its GPU's slots: the caller checks).
-- :func:`time_layers` (:meth:`sim.serving.layer_timing.LayerTiming.time_counts`): the per-layer
-  recurrence with the same float operations in the same order (no fast-math), per GPU instead
-  of per distinct copy size: ``max(fin + c_g) == fin + max(c_g)`` (float addition is monotonic).
-- :func:`prefix_sources` (:func:`sim.serving.token_counts.source_counts`), :func:`moe_owned`,
-  :func:`a2a_owned`: integer sums (exact in any order), then the reference's float operations.
-- :func:`owned_lru_iteration`: the above chained for a whole iteration
-  (:mod:`sim.serving.fused_walk`), with numpy's pairwise sum (:func:`pairwise_sum`) where the
-  walk sums floats with numpy.
-
-Every kernel a kernel calls lives in this file: numba's on-disk cache is invalidated by an edit
-of the function's own file only. :func:`batch_sums` (no kernel calls it) is re-exported from
-:mod:`sim.serving.compiled_batch`. Imported lazily (:func:`sim.serving.walk.walk_kernels`) once
-a run has walked :data:`sim.serving.walk.COMPILE_AFTER` iterations, or from the first where a
-replica has :data:`sim.world.token_split.COMPILED_MIN_GPUS` GPUs; without numba the numpy
+Every kernel a kernel calls lives in this file: numba's disk cache is invalidated by an edit of
+the function's own file only; :func:`batch_sums` and ``step_serve`` (no kernel calls them) are
+re-exported. Imported lazily (:func:`sim.serving.walk.walk_kernels`); without numba the numpy
 references run.
 """
 
@@ -38,14 +25,15 @@ from sim.serving.compiled_steps import step_serve  # noqa: F401 (kern.step_serve
 @njit(cache=True)
 def lru_serve(S, nres, cap, pair_g, pair_layer, pair_fi, pair_key, used, c0, G, L, Q,
               Qn):  # pragma: no cover - compiled
-    """serve_lru_iteration's decisions and state change: ``S`` (G, H) stamps and ``nres`` (G,)
-    updated in place; returns the misses (L, G), and per GPU the accesses, the misses on keys
-    resident at the iteration's start, the misses and the evictions (4, G).
-
-    ``Q`` (G, H), ``Qn`` (G,): each GPU's resident keys (flat stamp indices) in stamp order as
-    this kernel left them, reused when they still are the row's residents in increasing stamp
-    order (checked in one pass; a mode switch or the numpy path may have changed the row), else
-    the residents are sorted by stamp."""
+    """serve_lru_iteration's decisions: ``S`` (G, H) stamps, ``nres`` (G,) updated in place
+    (``used`` (L*E,) nonzero where the batch uses a key); returns the misses (L, G) and per GPU
+    the accesses, misses on keys resident at the start, misses and evictions (4, G). Per GPU its
+    residents in stamp order, then the iteration's keys as stamped (``clock, clock + 1, ...`` in
+    serving order, as the reference), form a queue whose front is the least recent key; a step's
+    misses evict from the front (skipping an entry re-stamped since queued), never the step's
+    own keys (a step needs at most its GPU's slots: the caller checks). ``Q`` (G, H), ``Qn``
+    (G,): each GPU's residents (flat indices) in stamp order as left, reused where still so
+    (checked in one pass: a mode switch or numpy may have changed the row), else sorted again."""
     H = S.shape[1]
     Sf = S.reshape(-1)
     miss = np.zeros((L, G), dtype=np.int64)
@@ -87,10 +75,7 @@ def lru_serve(S, nres, cap, pair_g, pair_layer, pair_fi, pair_key, used, c0, G, 
                     qst[nq] = S[g, h]
                     nq += 1
             order = np.argsort(qst[:nq])
-            tk = qkey[:nq][order]
-            ts = qst[:nq][order]
-            qkey[:nq] = tk
-            qst[:nq] = ts
+            qkey[:nq], qst[:nq] = qkey[:nq][order], qst[:nq][order]  # (copies: then written)
         head = 0
         res = nres[g]
         k = i
@@ -183,9 +168,7 @@ def prefix_sources(pool_keys, C, off, ln, s0, alloc, G):  # pragma: no cover - c
     LE = C.shape[1]
     W = pool_keys.shape[1]
     B = off.shape[0]
-    T = 0
-    for b in range(B):
-        T += alloc[b]
+    T = np.int64(alloc.sum())
     per = np.zeros((G, LE), dtype=np.int64)
     first = 0
     for b in range(B):
@@ -220,7 +203,6 @@ def prefix_sources(pool_keys, C, off, ln, s0, alloc, G):  # pragma: no cover - c
     return per
 
 
-
 @njit(cache=True)
 def moe_owned(tokens, group, groups, block, flops_tok, w_bytes, act_bytes, flops_s, hbm_s,
               launch_s):  # pragma: no cover - compiled
@@ -248,9 +230,8 @@ def moe_owned(tokens, group, groups, block, flops_tok, w_bytes, act_bytes, flops
 @njit(cache=True)
 def a2a_owned(src_counts, moves, idx, L, G, scale, lat):  # pragma: no cover - compiled
     """network._ReplicaNet.fast_times: per layer ``lat + max(tokens a GPU sends, tokens a GPU
-    receives) * scale`` (one node, single owners; ``moves`` (G, L*E) 1 where a source GPU's
-    tokens of a key leave it, ``idx`` (L*E,) each key's (layer, owner) index). Token counts are
-    integers: the sums are exact; then the same two float operations."""
+    receives) * scale`` (``moves`` (G, L*E) 1 where a source GPU's tokens of a key leave it,
+    ``idx`` (L*E,) each key's (layer, owner) index): exact integer sums, then two float ops."""
     LE = src_counts.shape[1]
     E = LE // L
     sent = np.zeros((G, L), dtype=np.int64)
@@ -273,10 +254,9 @@ def a2a_owned(src_counts, moves, idx, L, G, scale, lat):  # pragma: no cover - c
     return out
 
 
-#: ``fpar``'s entries (float64): the fused MoE model, the all-to-all's, the layer gaps, the link
+#: fpar (float64): MoE model, all-to-all, layer gaps, link; ipar (int64): G, L, expert bytes, clock
 F_BLOCK, F_FLOPS_TOK, F_W_BYTES, F_ACT_BYTES, F_FLOPS_S, F_HBM_S, F_LAUNCH_S, F_A2A_SCALE, \
     F_A2A_LAT, F_ATTN, F_GATE, F_PF, F_LAT, F_BW, F_T = range(15)
-#: ``ipar``'s entries (int64): GPUs, layers, expert bytes, the stamp clock
 I_G, I_L, I_EB, I_CLOCK = range(4)
 
 
@@ -325,16 +305,11 @@ def imbalance(load):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def owned_lru_iteration(pool_keys, C, req_off, req_len, req_ctx, batch, alloc, lg, moves, idx,
-                        fpar, ipar, recorded, computed, gpu_tok, S, nres, cap, pairs, pair_key, Q,
-                        Qn, why, tally, busy, stall):  # pragma: no cover - compiled
-    """An iteration from its batch (requests ``batch``, ``alloc`` tokens each) to its end. In
-    place: ``recorded``, ``computed`` (L*E,) += tokens per key; ``gpu_tok`` (G,) += expert tokens;
-    the stamps (:func:`lru_serve`) and the store's ``why`` (set) and ``tally`` (added:
-    RowStore.note); ``busy``, ``stall`` (G,) seconds. Returns the next layer's start, the
-    balance tally (:func:`imbalance`), the accesses, per GPU (3, G) its last layer with a copy
-    (-1: none), its misses and that copy's, each copy's end (L, G), the layers' copy starts
-    (L,) and where GPUs copied (L, G)."""
+def owned_costs(pool_keys, C, req_off, req_len, req_ctx, batch, alloc, lg, moves, idx, fpar,
+                ipar):  # pragma: no cover - compiled
+    """A batch's (requests ``batch``, ``alloc`` tokens each) tokens per key (L*E,), experts' time
+    and load (L, G), all-to-all times (L,) and balance tally: :func:`prefix_sources`,
+    :func:`moe_owned`, :func:`a2a_owned`, :func:`imbalance`. Changes nothing."""
     G = ipar[I_G]
     L = ipar[I_L]
     B = batch.shape[0]
@@ -347,38 +322,38 @@ def owned_lru_iteration(pool_keys, C, req_off, req_len, req_ctx, batch, alloc, l
         ln[b] = req_len[r]
         s0[b] = req_ctx[r] % req_len[r]
     sc = prefix_sources(pool_keys, C, off, ln, s0, alloc, G)  # (G, L*E)
-    LE = sc.shape[1]
-    counts = np.zeros(LE, dtype=np.int64)
+    counts = np.zeros(sc.shape[1], dtype=np.int64)
     for g in range(G):
-        for c in range(LE):
+        for c in range(sc.shape[1]):
             counts[c] += sc[g, c]
-    for c in range(LE):
-        recorded[c] += counts[c]
-        computed[c] += counts[c]
     comp, load = moe_owned(counts, lg, L * G, fpar[F_BLOCK], fpar[F_FLOPS_TOK], fpar[F_W_BYTES],
                            fpar[F_ACT_BYTES], fpar[F_FLOPS_S], fpar[F_HBM_S], fpar[F_LAUNCH_S])
-    comp = comp.reshape(L, G)
     load = load.reshape(L, G)
     imb, imb_layers = imbalance(load)
-    for g in range(G):
+    a2a = a2a_owned(sc, moves, idx, L, G, fpar[F_A2A_SCALE], fpar[F_A2A_LAT])
+    return counts, comp.reshape(L, G), load, a2a, imb, imb_layers
+
+
+@njit(cache=True)
+def owned_book(counts, load, recorded, computed, gpu_tok):  # pragma: no cover - compiled
+    """The walk's tallies of a batch: ``recorded``, ``computed`` (L*E,) += tokens per key,
+    ``gpu_tok`` (G,) += each GPU's expert tokens (integers: exact in any order)."""
+    for c in range(counts.shape[0]):
+        recorded[c] += counts[c]
+        computed[c] += counts[c]
+    for g in range(load.shape[1]):
         s = 0.0
-        for layer in range(L):
+        for layer in range(load.shape[0]):
             s += load[layer, g]
         gpu_tok[g] += s
-    a2a = a2a_owned(sc, moves, idx, L, G, fpar[F_A2A_SCALE], fpar[F_A2A_LAT])
-    used = np.zeros(LE, dtype=np.bool_)
-    for c in range(LE):
-        used[c] = counts[c] > 0
-    miss, figs = lru_serve(S, nres, cap, pairs[0], pairs[2], pairs[3], pair_key, used,
-                           ipar[I_CLOCK], G, L, Q, Qn)
-    accesses = 0
-    for g in range(G):
-        why[0, g] = figs[0, g]
-        why[1, g] = figs[1, g]
-        tally[0, g] += figs[0, g]
-        tally[1, g] += figs[2, g]
-        tally[2, g] += figs[3, g]
-        accesses += figs[0, g]
+
+
+@njit(cache=True)
+def owned_time(miss, comp, a2a, fpar, ipar, busy, stall):  # pragma: no cover - compiled
+    """:func:`time_layers` of the misses (L, G), ``busy`` (G,) += each layer's expert time in order
+    (``stall`` too, in place). Returns the next layer's start, per GPU (3, G) its last layer with
+    a copy (-1: none), its misses and that copy's, the copies' ends (L, G), starts (L,), where."""
+    L, G = miss.shape
     fin_lg = np.zeros((L, G))
     starts = np.empty(L)
     last = np.empty(G, dtype=np.int64)
@@ -397,4 +372,29 @@ def owned_lru_iteration(pool_keys, C, req_off, req_len, req_ctx, batch, alloc, l
         per[0, g] = last[g]
         per[1, g] = m
         per[2, g] = miss[last[g], g] if last[g] >= 0 else 0
+    return t, per, fin_lg, starts, fetches
+
+
+@njit(cache=True)
+def owned_lru_iteration(pool_keys, C, req_off, req_len, req_ctx, batch, alloc, lg, moves, idx,
+                        fpar, ipar, recorded, computed, gpu_tok, S, nres, cap, pairs, pair_key, Q,
+                        Qn, why, tally, busy, stall):  # pragma: no cover - compiled
+    """An iteration under LRU stamps: :func:`owned_costs`, :func:`owned_book`, :func:`lru_serve`
+    (the store's ``why`` set, ``tally`` added: RowStore.note), :func:`owned_time`. Returns the
+    next layer's start, the balance tally, the accesses and owned_time's figures."""
+    counts, comp, load, a2a, imb, imb_layers = owned_costs(
+        pool_keys, C, req_off, req_len, req_ctx, batch, alloc, lg, moves, idx, fpar, ipar)
+    owned_book(counts, load, recorded, computed, gpu_tok)
+    G = ipar[I_G]
+    miss, figs = lru_serve(S, nres, cap, pairs[0], pairs[2], pairs[3], pair_key, counts,
+                           ipar[I_CLOCK], G, ipar[I_L], Q, Qn)
+    accesses = 0
+    for g in range(G):
+        why[0, g] = figs[0, g]
+        why[1, g] = figs[1, g]
+        tally[0, g] += figs[0, g]
+        tally[1, g] += figs[2, g]
+        tally[2, g] += figs[3, g]
+        accesses += figs[0, g]
+    t, per, fin_lg, starts, fetches = owned_time(miss, comp, a2a, fpar, ipar, busy, stall)
     return t, imb, imb_layers, accesses, per, fin_lg, starts, fetches

@@ -1,9 +1,11 @@
 """The layer walk of an iteration in one compiled call, where the walk's general steps reduce to
 its commonest case: every expert on one GPU of a one-node replica (tensor parallelism 1, no
-duplicate-token traffic), LRU caches as stamp arrays (:class:`~sim.serving.lru_arrays.StampStore`,
-no step over its GPU's slots), the analytic cost model, no prefetch policy or predictor, no host
-experts, no recording, no per-copy overhead, no layer streaming, and host links that are equal,
-idle before the iteration's first copy and far from the byte totals' 2**53.
+duplicate-token traffic), array caches (LRU's stamps, :class:`~sim.serving.lru_arrays.StampStore`,
+in one call; FIFO, LIFO, LFU's :class:`~sim.serving.step_arrays.StepStore` in three: the costs,
+the store's compiled serve, the timing; no step over its GPU's slots), the analytic cost model,
+no prefetch policy or predictor, no host experts, no recording, no per-copy overhead, no layer
+streaming, and host links that are equal, idle before the iteration's first copy and far from
+the byte totals' 2**53.
 
 :meth:`FusedWalk.run` checks what varies per iteration (the links, prefetched copies in flight,
 the store's mode) before it changes anything, and returns None where the general walk must run
@@ -23,6 +25,7 @@ import numpy as np
 from sim.cost.analytic import ATTENTION_TILE_TOKENS, MOE_BLOCK_TOKENS, MOE_LAUNCHES, AnalyticCost
 from sim.serving.lru_arrays import StampStore
 from sim.serving.state import ReplicaState
+from sim.serving.step_arrays import StepStore
 
 
 def fused_applies(walk: Any) -> bool:
@@ -73,7 +76,9 @@ class FusedWalk:
         store = rep.stamps
         states = rep.states
         G = len(states)
-        if G < 2 or store.__class__ is not StampStore or store.check_steps or store.objects:
+        lru = store.__class__ is StampStore
+        if G < 2 or not (lru or isinstance(store, StepStore)) or (
+                lru and (store.check_steps or store.objects)):
             return None
         rn = self._replica_net(rep)
         if rn is None:
@@ -105,28 +110,41 @@ class FusedWalk:
         for x in links:
             if x.t > first or (x._solo and x.t + x._solo / bw > first):
                 return None
+        fpar, ipar = self.fpar, self.ipar
+        fpar[7:] = (rn.fast_scale, rn.nv_lat, attn, gate, 0.0, lat, bw, t)
+        ipar[0], ipar[1], ipar[3] = G, self.L, store.clock
+        plan, tl, kk = walk.plan, walk.t, self.kern
+        if not lru:  # FIFO, LIFO, LFU: the costs, the store's serve, the timing (3 calls)
+            counts, comp, load, a2a, imb, imb_layers = kk.owned_costs(
+                plan.pool_keys, walk.prefix, req.offset, req.length, req.ctx, batch, alloc,
+                plan.lg_index, rn.fast_moves, rn.fast_idx, fpar, ipar)
+            miss = store.serve(counts > 0, rep.step, kk)
+            if miss is None:  # (a step over its GPU's slots: nothing changed yet)
+                return None
         # -- from here on the iteration happens ----------------------------------------------
         for x in links:  # (x.floor(t0), whose prefetch queue is empty)
             x._lazy = None
             gaps = x.gaps
             if gaps and gaps[-1][1] <= t0:
                 gaps.clear()
-        L, tl = self.L, walk.t
-        rep.step += L
-        fpar, ipar = self.fpar, self.ipar
-        fpar[7:] = (rn.fast_scale, rn.nv_lat, attn, gate, 0.0, lat, bw, t)
-        ipar[0], ipar[1], ipar[3] = G, L, store.clock
-        if store.order is None:  # (lru_serve's record of each GPU's residents in stamp order)
-            store.order = np.zeros((store.G, store.H), dtype=np.int64)
-            store.order_n = np.full(store.G, -1, dtype=np.int64)
+        rep.step += self.L
         busy = np.array([st.busy_s for st in states])
         stall = np.array([st.stall_s for st in states])
-        t, imb, imb_layers, accesses, per, fin_lg, starts, fetches = self.kern.owned_lru_iteration(
-            walk.plan.pool_keys, walk.prefix, req.offset, req.length, req.ctx, batch, alloc,
-            walk.plan.lg_index, rn.fast_moves, rn.fast_idx, fpar, ipar, self._recorded,
-            self._computed, tl.gpu_tokens[rep.index], store.S, store.nres, store.cap,
-            store.pairs, store.pair_key, store.order, store.order_n, store.why, store.tally,
-            busy, stall)
+        if not lru:
+            kk.owned_book(counts, load, self._recorded, self._computed, tl.gpu_tokens[rep.index])
+            t, per, fin_lg, starts, fetches = kk.owned_time(miss, comp, a2a, fpar, ipar, busy,
+                                                            stall)
+            accesses = 0  # (the store's serve noted its figures)
+        else:
+            if store.order is None:  # (lru_serve's record of each GPU's residents in stamp order)
+                store.order = np.zeros((store.G, store.H), dtype=np.int64)
+                store.order_n = np.full(store.G, -1, dtype=np.int64)
+            t, imb, imb_layers, accesses, per, fin_lg, starts, fetches = kk.owned_lru_iteration(
+                plan.pool_keys, walk.prefix, req.offset, req.length, req.ctx, batch, alloc,
+                plan.lg_index, rn.fast_moves, rn.fast_idx, fpar, ipar, self._recorded,
+                self._computed, tl.gpu_tokens[rep.index], store.S, store.nres, store.cap,
+                store.pairs, store.pair_key, store.order, store.order_n, store.why, store.tally,
+                busy, stall)
         tl.iter_imbalance_sum += imb
         tl.iter_layers += imb_layers
         if accesses:  # (RowStore.note: else no cache held a key the batch used, none touched)

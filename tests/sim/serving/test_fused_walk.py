@@ -167,8 +167,8 @@ def test_random_runs_same_as_the_general_walk(s, monkeypatch):
 def test_taken_where_it_holds_and_declined_where_not(monkeypatch):
     """EP 4 with LRU: the fused path serves most iterations; with a slow host link some
     iterations find a link still copying past the first copy's start and run the general walk
-    (declined, nothing changed: the same metrics as numpy, checked above); a prefetch policy,
-    another cache or one GPU never build it."""
+    (declined, nothing changed: the same metrics as numpy, checked above); FIFO, LIFO and LFU
+    take it too; a prefetch policy, a cache without arrays or one GPU never do."""
     base = dict(layers=3, experts=4, top_k=2, gpus=4, ep=4, budget=0.5, token_budget=16,
                 seed=3, tokens=9, cache="lru", prefetch="none")
     fast = _run(_config({**base, "link": 1e12}), "fused", 3, monkeypatch, n=30)
@@ -177,10 +177,16 @@ def test_taken_where_it_holds_and_declined_where_not(monkeypatch):
     slow = _run(_config({**base, "link": 2e8}), "fused", 3, monkeypatch, n=30)
     assert slow[2]["fused"] > 0 and slow[2]["declined"] > 0
     assert slow[:2] == _run(_config({**base, "link": 2e8}), "numpy", 3, monkeypatch, n=30)[:2]
-    for change in ({"prefetch": "emoe_a"}, {"cache": "fifo"}, {"gpus": 1, "ep": 1},
+    for change in ({"prefetch": "emoe_a"}, {"cache": "priority"}, {"gpus": 1, "ep": 1},
                    {"experts": 8}):
         got = _run(_config({**base, "link": 1e12, **change}), "fused", 3, monkeypatch, n=12)
-        assert got[2] == {"fused": 0, "declined": 0} or got[2]["fused"] == 0, change
+        assert got[2]["fused"] == 0, change
+    for cache in ("fifo", "lifo", "lfu"):  # the step arrays: costs, their serve, the timing
+        cfg = _config({**base, "link": 2e9, "cache": cache})
+        got = _run(cfg, "fused", 3, monkeypatch, n=30)
+        assert got[2]["fused"] > 10 * max(1, got[2]["declined"]), cache
+        assert got[:2] == _run(_config({**base, "link": 2e9, "cache": cache}), "numpy", 3,
+                               monkeypatch, n=30)[:2], cache
 
 
 def test_kernels_load_from_the_disk_cache(tmp_path):
