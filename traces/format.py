@@ -27,13 +27,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim.common.errors import TraceFormatError, short_error
 from sim.common.files import atomic_write_table
+
+if TYPE_CHECKING:  # pandas is imported where a token table is made or read: not by a cache hit
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 META_KEY = b"moesim"
@@ -115,6 +117,8 @@ class RoutingTrace:
     # ---- requests -----------------------------------------------------------------------------
     def request_ids(self) -> list[str]:
         """Request ids in trace order."""
+        import pandas as pd
+
         return list(pd.unique(self.tokens["request_id"]))
 
     def request_bounds(self) -> np.ndarray:
@@ -160,6 +164,8 @@ def make_tokens(
     request_id: Any, position: Any, phase: Any, task: Any, text: Any = None
 ) -> pd.DataFrame:
     """Build a token table with the canonical dtypes (scalars broadcast)."""
+    import pandas as pd
+
     n = len(position) if hasattr(position, "__len__") else None
     df = pd.DataFrame({"position": np.asarray(position, dtype=np.int32)})
     n = len(df)
@@ -180,6 +186,8 @@ def make_tokens(
 # ------------------------------------------------------------------------------------------------
 def validate(trace: RoutingTrace, where: str = "<memory>") -> None:
     """Raise TraceFormatError naming ``where``, the token row and layer for the first violation."""
+    import pandas as pd
+
     m = trace.meta
     for name in ("num_layers", "num_experts", "top_k"):
         v = getattr(m, name)

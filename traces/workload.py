@@ -17,14 +17,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim.common.errors import TraceFormatError, short_error
 from sim.common.files import atomic_write_table
 from traces.format import META_KEY, SCHEMA_VERSION, read_meta
+
+if TYPE_CHECKING:  # imported where a table is made: a cached workload needs no pandas
+    import pandas as pd
 
 WORKLOAD_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "task")
 
@@ -33,6 +35,8 @@ def make_workload(
     arrival_s: Any, prompt_tokens: Any, output_tokens: Any, task: Any = "unknown",
     request_id: Any = None,
 ) -> pd.DataFrame:
+    import pandas as pd
+
     arrival = np.asarray(arrival_s, dtype=np.float64)
     n = len(arrival)
     df = pd.DataFrame({
