@@ -244,6 +244,24 @@ def test_prefix_counts_across_row_blocks(rows):
     assert C.dtype == np.int32 and C.tolist() == direct.tolist()
 
 
+@pytest.mark.parametrize("rows,width", [(0, 3), (1, 1), (511, 2), (512, 0), (513, 7), (1000, 0)])
+def test_prefix_counts_random_pools(rows, width):
+    """Random pools (a 1-D pool for width 0, keys repeated within rows) across the blocks' bounds:
+    every row equals numpy's cumsum of the rows' own counts; a pool with no rows is one row of
+    zeros."""
+    rng = np.random.default_rng(1000 + rows)
+    K = 33
+    keys = rng.integers(0, K, size=(rows, width) if width else rows).astype(np.int16)
+    C = sim.serving.token_counts.pool_prefix_counts(keys, K)
+    own = np.zeros((rows + 1, K), dtype=np.int64)
+    for i in range(rows):
+        own[i + 1] = np.bincount(np.atleast_1d(keys[i]), minlength=K)
+    assert C.shape == (rows + 1, K) and C.dtype == np.int32
+    assert C.tolist() == np.cumsum(own, axis=0).tolist()
+    if rows:
+        assert int(C[-1].sum()) == keys.size  # every key of every row counted once
+
+
 def test_registries_cover_the_test():
     """A new cache or prefetch policy joins the comparison above (or is named here)."""
     assert set(ONLINE) == {n for n in CACHE.names() if not CACHE.get(n).requires_future}
