@@ -1,6 +1,6 @@
-"""A run's workload as five columns (:class:`WorkloadColumns`, no pandas), and the request traces
-it is read from cached on disk: parsed once (pandas, :mod:`traces.request_import`) and read back
-by every later run with numpy alone.
+"""The request traces a run reads, cached on disk as the workload's columns
+(:class:`traces.workload.WorkloadColumns`): parsed once (pandas, :mod:`traces.request_import`) and
+read back by every later run with numpy alone.
 
 Content-addressed: the file's name is a SHA-256 over everything that determines the table (each
 file's name, which gives its task, and a SHA-256 of its bytes; whether ``workload.path`` was a
@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -31,44 +30,13 @@ from typing import Any
 import numpy as np
 
 from sim.common.files import atomic_write, cache_dir
+from traces.workload import WorkloadColumns
 
 #: bump when the file layout or what the key covers changes
 FORMAT = 1
 #: the modules whose code decides the table's contents (their source is part of the key)
 SOURCES = ("traces.request_import", "traces.workload", "traces.format", "traces.workload_cache")
 _NUMERIC = ("arrival_s", "prompt_tokens", "output_tokens")
-
-
-@dataclass
-class WorkloadColumns:
-    """A workload table's columns (:mod:`traces.workload`), ``len()`` its requests: the values
-    the simulator reads from a DataFrame's columns (:meth:`of`: the same conversions), so
-    either gives the same run."""
-
-    request_id: list[str]
-    arrival_s: np.ndarray  # (R,) float64
-    prompt_tokens: np.ndarray  # (R,) int64
-    output_tokens: np.ndarray  # (R,) int64
-    task: list[str]
-
-    def __len__(self) -> int:
-        return len(self.request_id)
-
-    def head(self, n: int) -> WorkloadColumns:
-        """The first ``n`` requests (``df.iloc[:n]``)."""
-        return WorkloadColumns(self.request_id[:n], self.arrival_s[:n], self.prompt_tokens[:n],
-                               self.output_tokens[:n], self.task[:n])
-
-    @classmethod
-    def of(cls, table: Any) -> WorkloadColumns:
-        """``table``'s columns: itself, or a workload DataFrame's (ids and tasks as ``str``)."""
-        if isinstance(table, cls):
-            return table
-        return cls(request_id=table["request_id"].astype(str).tolist(),
-                   arrival_s=table["arrival_s"].to_numpy(np.float64),
-                   prompt_tokens=table["prompt_tokens"].to_numpy(np.int64),
-                   output_tokens=table["output_tokens"].to_numpy(np.int64),
-                   task=table["task"].astype(str).tolist())
 
 
 def _version(dist: str) -> str:

@@ -16,7 +16,8 @@ import numpy as np
 
 from sim.common.errors import ConfigError
 from sim.world.config import SimConfig, WorkloadConfig, workload_paths
-from traces.workload_cache import WorkloadColumns, cached_workload
+from traces.workload import WorkloadColumns, make_columns
+from traces.workload_cache import cached_workload
 
 if TYPE_CHECKING:  # a run whose request trace is cached imports no pandas before its outputs
     import pandas as pd
@@ -38,18 +39,24 @@ def load_workload_table(w: WorkloadConfig, rng: np.random.Generator) -> pd.DataF
         require_file(w.path, "workload.path")
         df = load_workload(w.path)
     else:
-        n = w.num_requests
-        if n < 1 or w.rate_rps <= 0:
-            raise ConfigError("workload.num_requests must be >= 1 and workload.rate_rps > 0")
-        gaps = rng.exponential(1.0 / w.rate_rps, size=n)  # (R,)
-        arrival = np.cumsum(gaps) - gaps[0]
-        prompt = np.maximum(1, rng.geometric(1.0 / max(w.prompt_tokens_mean, 1.0), size=n))
-        output = np.maximum(1, rng.geometric(1.0 / max(w.output_tokens_mean, 1.0), size=n))
-        df = make_workload(arrival, prompt, output, task=w.task)
+        df = make_workload(*_poisson(w, rng), task=w.task)
     _check_max_requests(w)
     if w.max_requests > 0:
         df = df.iloc[: w.max_requests].reset_index(drop=True)
     return df
+
+
+def _poisson(w: WorkloadConfig, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The synthetic requests' (arrival, prompt, output): Poisson arrivals, geometric lengths."""
+    n = w.num_requests
+    if n < 1 or w.rate_rps <= 0:
+        raise ConfigError("workload.num_requests must be >= 1 and workload.rate_rps > 0")
+    gaps = rng.exponential(1.0 / w.rate_rps, size=n)  # (R,)
+    arrival = np.cumsum(gaps) - gaps[0]
+    prompt = np.maximum(1, rng.geometric(1.0 / max(w.prompt_tokens_mean, 1.0), size=n))
+    output = np.maximum(1, rng.geometric(1.0 / max(w.output_tokens_mean, 1.0), size=n))
+    return arrival, prompt, output
 
 
 def _check_max_requests(w: WorkloadConfig) -> None:
@@ -58,13 +65,15 @@ def _check_max_requests(w: WorkloadConfig) -> None:
 
 
 def load_workload_columns(w: WorkloadConfig, rng: np.random.Generator) -> WorkloadColumns:
-    """:func:`load_workload_table`'s requests as columns: a request trace (``workload.path``)
-    read through the on-disk cache (:mod:`traces.workload_cache`: the same table, parsed once),
-    the synthetic workload as there."""
-    if not workload_paths(w.path):
-        return WorkloadColumns.of(load_workload_table(w, rng))
-    cols = cached_workload(workload_paths(w.path), isinstance(w.path, (list, tuple)),
-                           lambda: load_workload_table(replace(w, max_requests=0), rng))
+    """:func:`load_workload_table`'s requests as columns, without pandas where it can: a request
+    trace (``workload.path``) read through the on-disk cache (:mod:`traces.workload_cache`: the
+    same table, parsed once), the synthetic workload by :func:`traces.workload.make_columns`
+    (the same values as ``make_workload``; its arrivals have no NaN)."""
+    if workload_paths(w.path):
+        cols = cached_workload(workload_paths(w.path), isinstance(w.path, (list, tuple)),
+                               lambda: load_workload_table(replace(w, max_requests=0), rng))
+    else:
+        cols = make_columns(*_poisson(w, rng), task=w.task)
     _check_max_requests(w)
     return cols.head(w.max_requests) if w.max_requests > 0 else cols
 

@@ -35,7 +35,7 @@ from sim.world.topology import Topology
 if TYPE_CHECKING:
     import pandas as pd
 
-    from traces.workload_cache import WorkloadColumns
+    from traces.workload import WorkloadColumns
 
 __all__ = ["Policies", "Recorder", "Simulation"]
 

@@ -46,7 +46,7 @@ from sim.serving.walk import IterationDone, LayerWalk
 from sim.world.config import SimConfig
 from sim.world.facts import CacheCounts
 from sim.world.topology import Topology
-from traces.workload_cache import WorkloadColumns
+from traces.workload import WorkloadColumns
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -27,7 +27,7 @@ import numpy as np
 
 from sim.common.errors import ConfigError
 from sim.world.config import ModelConfig, TraceConfig
-from traces.workload_cache import WorkloadColumns
+from traces.workload import WorkloadColumns
 
 if TYPE_CHECKING:  # a cached pool and workload need neither pandas nor the trace format
     import pandas as pd

@@ -1,7 +1,8 @@
 """The request traces' disk cache (traces/workload_cache.py): a hit gives the columns the importer's
 table gives, without reading the trace again; the key covers the files' bytes and names, the list
 form and the parsing code; a corrupt, truncated, tampered or misnamed file is ignored and
-rewritten; a missing trace is the importer's error; the folder follows the environment."""
+rewritten; a missing trace is the importer's error; the folder follows the environment. The
+synthetic workload's columns (make_columns, no pandas) equal make_workload's table's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import traces.workload_cache as wc
 from sim.common.errors import ConfigError, TraceFormatError
 from sim.engine.run import load_workload_columns, load_workload_table
 from sim.world.config import WorkloadConfig
-from traces.workload_cache import WorkloadColumns
+from traces.workload import WorkloadColumns, make_columns, make_workload
 
 
 def _azure(path, rows):
@@ -164,3 +165,37 @@ def test_folder_from_the_environment_and_unwritable(monkeypatch, tmp_path):
     monkeypatch.setenv("MOESIM_CACHE_DIR", str(blocker))  # workloads/ cannot be made under a file
     trace = _azure(tmp_path / "svc_conv.csv", ROWS)
     assert _load(str(trace)).request_id == ["0", "1", "3"]
+
+
+def test_make_columns_by_hand():
+    """Arrivals [3, 1, 1] s: less their minimum [2, 0, 0], in stable order of arrival rows 1, 2, 0."""
+    c = make_columns([3.0, 1.0, 1.0], [10, 11, 12], [1, 2, 3], task="chat")
+    assert c.request_id == ["1", "2", "0"] and c.arrival_s.tolist() == [0.0, 0.0, 2.0]
+    assert c.prompt_tokens.tolist() == [11, 12, 10] and c.output_tokens.tolist() == [2, 3, 1]
+    assert c.task == ["chat"] * 3 and len(c) == 3 and c.head(1).request_id == ["1"]
+    with pytest.raises(ValueError, match="NaN"):
+        make_columns([0.0, float("nan")], [1, 1], [1, 1])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_make_columns_equals_make_workload(seed):
+    """Random tables (ties, unsorted arrivals, an offset, given ids and tasks, none at all): the
+    columns equal those of make_workload's DataFrame, bit for bit."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 40)) if seed else 0
+    arrival = rng.choice([0.0, 0.5, 1.0, 2.25, 7.0, 1e-3], size=n) + (rng.random() * 100 if seed % 2 else 0)
+    prompt, output = rng.integers(1, 100, n), rng.integers(1, 50, n)
+    kw = ({"task": [f"t{i % 3}" for i in range(n)]} if seed % 3 == 1 else
+          {"request_id": [f"r{i}" for i in range(n)], "task": "chat"} if seed % 3 == 2 else {})
+    _same(make_columns(arrival, prompt, output, **kw),
+          WorkloadColumns.of(make_workload(arrival, prompt, output, **kw)))
+
+
+def test_synthetic_columns_equal_the_table():
+    """moesim sim's synthetic workload as columns (no pandas) equals its table's columns."""
+    for kw in ({}, {"max_requests": 7, "task": "code"}, {"num_requests": 1}):
+        w = WorkloadConfig(num_requests=kw.pop("num_requests", 50), rate_rps=3.0, **kw)
+        _same(load_workload_columns(w, np.random.default_rng(5)),
+              WorkloadColumns.of(load_workload_table(w, np.random.default_rng(5))))
+    with pytest.raises(ConfigError, match="num_requests must be >= 1"):
+        load_workload_columns(WorkloadConfig(num_requests=0), np.random.default_rng(0))
