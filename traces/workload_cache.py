@@ -4,13 +4,14 @@ read back by every later run with numpy alone.
 
 Content-addressed: the file's name is a SHA-256 over everything that determines the table (each
 file's name, which gives its task, and a SHA-256 of its bytes; whether ``workload.path`` was a
-list, which merges the files and renames the ids; the source of the modules that parse them;
-the versions of numpy, pandas and pyarrow) and :data:`FORMAT`. The file (``.npz``, no pickles)
-holds the columns and a SHA-256 of its contents: a file that fails to read, names another key,
-does not match its digest or holds columns that do not fit together is ignored and rewritten,
-never trusted. A table whose strings would not come back equal from the file (a trailing NUL)
-is not stored. Written atomically (:func:`sim.common.files.atomic_write`). A trace file that is
-missing or not a regular file is not looked up: the importer reports it.
+list, which merges the files and renames the ids; the source of the modules that parse them,
+the caller's loader included; the versions of numpy, pandas and pyarrow) and :data:`FORMAT`.
+The file (``.npz``, no pickles) holds the columns and a SHA-256 of its contents: a file that
+fails to read, names another key, does not match its digest or holds columns that do not fit
+together is ignored and rewritten, never trusted. A table whose strings would not come back
+equal from the file (a trailing NUL) is not stored. Written atomically
+(:func:`sim.common.files.atomic_write`). A trace file that is missing or not a regular file is
+not looked up: the importer reports it.
 
 Where: ``$MOESIM_CACHE_DIR/workloads``, else ``$XDG_CACHE_HOME/moesim/workloads``, else
 ``~/.cache/moesim/workloads`` (:func:`sim.common.files.cache_dir`); ``MOESIM_WORKLOAD_CACHE=off``
@@ -48,11 +49,13 @@ def _version(dist: str) -> str:
         return ""
 
 
-def workload_key(files: Sequence[tuple[str, bytes]], listed: bool) -> str:
+def workload_key(files: Sequence[tuple[str, bytes]], listed: bool, sources: Sequence[str] = ()
+                 ) -> str:
     """The content address of the table read from ``files`` ((name, bytes) each, in order);
-    ``listed``: ``workload.path`` was a list (see the module doc)."""
+    ``listed``: ``workload.path`` was a list; ``sources``: the modules of the caller's loader,
+    whose code decides the table too (see the module doc)."""
     code = hashlib.sha256()
-    for name in SOURCES:
+    for name in (*SOURCES, *sources):
         spec = find_spec(name)
         code.update(name.encode() + b"\0" + Path(spec.origin if spec else "").read_bytes() + b"\0")
     what = {"format": FORMAT, "listed": bool(listed), "code": code.hexdigest(),
@@ -116,16 +119,17 @@ def write_columns(path: Path, key: str, cols: WorkloadColumns) -> bool:
     return True
 
 
-def cached_workload(paths: Sequence[str | os.PathLike], listed: bool,
-                    load: Callable[[], Any]) -> WorkloadColumns:
+def cached_workload(paths: Sequence[str | os.PathLike], listed: bool, load: Callable[[], Any],
+                    sources: Sequence[str] = ()) -> WorkloadColumns:
     """The columns of the table ``load()`` reads from ``paths`` (a workload DataFrame): from the
-    cache, or loaded and stored for the next run."""
+    cache, or loaded and stored for the next run. ``sources``: the modules ``load`` is written
+    in (part of the key)."""
     folder = cache_dir("workloads", "MOESIM_WORKLOAD_CACHE")
     files = [Path(p) for p in paths]
     if folder is None or not files or not all(f.is_file() for f in files):
         return WorkloadColumns.of(load())
     try:
-        key = workload_key([(f.name, f.read_bytes()) for f in files], listed)
+        key = workload_key([(f.name, f.read_bytes()) for f in files], listed, sources)
     except OSError:  # unreadable: the importer says why
         return WorkloadColumns.of(load())
     path = folder / f"{key}.npz"

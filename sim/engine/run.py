@@ -71,7 +71,8 @@ def load_workload_columns(w: WorkloadConfig, rng: np.random.Generator) -> Worklo
     (the same values as ``make_workload``; its arrivals have no NaN)."""
     if workload_paths(w.path):
         cols = cached_workload(workload_paths(w.path), isinstance(w.path, (list, tuple)),
-                               lambda: load_workload_table(replace(w, max_requests=0), rng))
+                               lambda: load_workload_table(replace(w, max_requests=0), rng),
+                               sources=(__name__,))
     else:
         cols = make_columns(*_poisson(w, rng), task=w.task)
     _check_max_requests(w)

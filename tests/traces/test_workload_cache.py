@@ -199,3 +199,11 @@ def test_synthetic_columns_equal_the_table():
               WorkloadColumns.of(load_workload_table(w, np.random.default_rng(5))))
     with pytest.raises(ConfigError, match="num_requests must be >= 1"):
         load_workload_columns(WorkloadConfig(num_requests=0), np.random.default_rng(0))
+
+
+def test_key_covers_the_loaders_code():
+    """A loader's own module is part of the key (sim.engine.run's, where moesim sim reads)."""
+    files = [("x.csv", b"1")]
+    assert wc.workload_key(files, False, ("sim.engine.run",)) != wc.workload_key(files, False)
+    assert wc.workload_key(files, False, ("sim.engine.run",)) == wc.workload_key(
+        files, False, ("sim.engine.run",))
