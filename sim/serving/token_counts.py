@@ -23,8 +23,8 @@ from sim.world.traffic import count_tokens, gpu_traffic
 #: the largest pool (rows x keys) whose prefix counts :class:`sim.serving.walk.LayerWalk` keeps
 #: (int32: 128 MiB)
 PREFIX_MAX_ENTRIES = 1 << 25
-#: pool rows per block of :func:`pool_prefix_counts` (256 rows of the bench's 256 keys: 256 KiB)
-_PREFIX_BLOCK = 256
+#: pool rows per block of :func:`pool_prefix_counts` (512 rows of the bench's 256 keys: 512 KiB)
+_PREFIX_BLOCK = 512
 
 
 def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int, max_entries: int = PREFIX_MAX_ENTRIES
@@ -34,9 +34,9 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int, max_entries: int = 
 
     Built in blocks of :data:`_PREFIX_BLOCK` rows that stay in cache, written once: a block's
     rows' own counts (a bincount; a row may hold a key twice), the row before the block added
-    to its first, then the running sum down the block as log2(block) shifted adds (each row
-    adds the row ``s`` above it, s = 1, 2, 4, ...: Hillis-Steele). numpy's cumsum down the rows
-    walks the array column by column, about three times slower. Integers: exact in any order."""
+    to its first, then the running sum down the block (:func:`_running_sum`). numpy's cumsum
+    down the rows walks the array column by column, about three times slower. Integers: exact
+    in any order."""
     N = len(pool_keys)
     if (N + 1) * num_keys > max_entries:
         return None
@@ -53,11 +53,34 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int, max_entries: int = 
         blk = out[a + 1:b + 1]
         blk.reshape(-1)[:] = np.bincount(idx.ravel(), minlength=n * num_keys)
         blk[0] += out[a]
-        s = 1
-        while s < n:  # (the overlapping in-place add reads the old rows: numpy buffers it)
-            blk[s:] += blk[:-s]
-            s *= 2
+        _running_sum(blk)
     return out
+
+
+def _running_sum(x: np.ndarray, group: int = 16) -> None:
+    """In place: each row of ``x`` (n, C) becomes the sum of the rows up to it, by whole rows
+    (vector adds): rows in groups of ``group``, a running sum inside every group at once
+    (``group - 1`` adds of one row of each group); the groups' last rows (their totals) then
+    summed down as log2(groups) shifted adds (each adds the one ``s`` groups before it,
+    s = 1, 2, 4, ...; the overlapping in-place add reads the old rows: numpy buffers it), each
+    group's other rows given the total of the groups before it; the rows after the last whole
+    group one at a time. Integers: exact in any order."""
+    if not x.flags.c_contiguous:  # (the groups are a reshape of it: a view only then)
+        raise ValueError("_running_sum needs a C-contiguous array")
+    n = len(x)
+    m = n // group
+    if m:
+        y = x[:m * group].reshape(m, group, -1)
+        for j in range(1, group):
+            y[:, j] += y[:, j - 1]
+        totals = y[:, group - 1]
+        s = 1
+        while s < m:
+            totals[s:] += totals[:-s]
+            s *= 2
+        y[1:, :group - 1] += totals[:-1, None, :]
+    for i in range(max(m * group, 1), n):
+        x[i] += x[i - 1]
 
 
 def entry_range(n: int, lo: int, hi: int) -> tuple[int, int, int]:
