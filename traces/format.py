@@ -27,13 +27,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim.common.errors import TraceFormatError, short_error
 from sim.common.files import atomic_write_table
+
+if TYPE_CHECKING:  # pandas is imported where a token table is made or read: not by a cache hit
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 META_KEY = b"moesim"
@@ -81,11 +83,19 @@ def expert_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
     """(L, E) int64: how many tokens chose expert e at layer l, from experts (T, L, K). The one
     place expert popularity is counted (stats, the generator's fit, placement planning)."""
     T, L, K = experts.shape
-    out = np.zeros((L, num_experts), dtype=np.int64)
-    for layer in range(L):  # a layer at a time: no (T, L, K) int64 temporary (500 MB for a
-        # DeepSeek-V3 routing pool), the same integers
-        out[layer] = np.bincount(experts[:, layer, :].reshape(-1), minlength=num_experts)
-    return out
+    if experts.size and (int(experts.min()) < 0 or int(experts.max()) >= num_experts):
+        raise ValueError(f"expert ids {int(experts.min())}..{int(experts.max())} outside "
+                         f"0..{num_experts - 1}")
+    out = np.zeros(L * num_experts, dtype=np.int64)
+    base = (np.arange(L, dtype=np.intp) * num_experts)[None, :, None]  # each layer's first key
+    step = max(1, (1 << 16) // max(L * K, 1))
+    for a in range(0, T, step):  # rows at a time as keys ``layer * E + expert`` (one bincount
+        # each, a 512 KiB temporary: no (T, L, K) int64 one, 500 MB for a DeepSeek-V3 pool);
+        # integers, the same in any order
+        idx = experts[a:a + step].astype(np.intp)
+        idx += base
+        out += np.bincount(idx.reshape(-1), minlength=L * num_experts)
+    return out.reshape(L, num_experts)
 
 
 @dataclass
@@ -115,6 +125,8 @@ class RoutingTrace:
     # ---- requests -----------------------------------------------------------------------------
     def request_ids(self) -> list[str]:
         """Request ids in trace order."""
+        import pandas as pd
+
         return list(pd.unique(self.tokens["request_id"]))
 
     def request_bounds(self) -> np.ndarray:
@@ -160,6 +172,8 @@ def make_tokens(
     request_id: Any, position: Any, phase: Any, task: Any, text: Any = None
 ) -> pd.DataFrame:
     """Build a token table with the canonical dtypes (scalars broadcast)."""
+    import pandas as pd
+
     n = len(position) if hasattr(position, "__len__") else None
     df = pd.DataFrame({"position": np.asarray(position, dtype=np.int32)})
     n = len(df)
@@ -180,6 +194,8 @@ def make_tokens(
 # ------------------------------------------------------------------------------------------------
 def validate(trace: RoutingTrace, where: str = "<memory>") -> None:
     """Raise TraceFormatError naming ``where``, the token row and layer for the first violation."""
+    import pandas as pd
+
     m = trace.meta
     for name in ("num_layers", "num_experts", "top_k"):
         v = getattr(m, name)

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim.common.errors import TraceFormatError, short_error
 from sim.common.files import atomic_write_table
 from traces.format import META_KEY, SCHEMA_VERSION, read_meta
+
+if TYPE_CHECKING:  # imported where a table is made: a cached workload needs no pandas
+    import pandas as pd
 
 WORKLOAD_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "task")
 
@@ -33,6 +36,8 @@ def make_workload(
     arrival_s: Any, prompt_tokens: Any, output_tokens: Any, task: Any = "unknown",
     request_id: Any = None,
 ) -> pd.DataFrame:
+    import pandas as pd
+
     arrival = np.asarray(arrival_s, dtype=np.float64)
     n = len(arrival)
     df = pd.DataFrame({
@@ -46,6 +51,61 @@ def make_workload(
     if n:
         df["arrival_s"] = df["arrival_s"] - df["arrival_s"].min()
     return df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class WorkloadColumns:
+    """A workload table's columns, ``len()`` its requests, without pandas: the values the
+    simulator reads from a DataFrame's columns (:meth:`of`: the same conversions), so either
+    gives the same run."""
+
+    request_id: list[str]
+    arrival_s: np.ndarray  # (R,) float64
+    prompt_tokens: np.ndarray  # (R,) int64
+    output_tokens: np.ndarray  # (R,) int64
+    task: list[str]
+
+    def __len__(self) -> int:
+        return len(self.request_id)
+
+    def head(self, n: int) -> WorkloadColumns:
+        """The first ``n`` requests (``df.iloc[:n]``)."""
+        return WorkloadColumns(self.request_id[:n], self.arrival_s[:n], self.prompt_tokens[:n],
+                               self.output_tokens[:n], self.task[:n])
+
+    @classmethod
+    def of(cls, table: Any) -> WorkloadColumns:
+        """``table``'s columns: itself, or a workload DataFrame's (ids and tasks as ``str``)."""
+        if isinstance(table, cls):
+            return table
+        return cls(request_id=table["request_id"].astype(str).tolist(),
+                   arrival_s=table["arrival_s"].to_numpy(np.float64),
+                   prompt_tokens=table["prompt_tokens"].to_numpy(np.int64),
+                   output_tokens=table["output_tokens"].to_numpy(np.int64),
+                   task=table["task"].astype(str).tolist())
+
+
+def make_columns(
+    arrival_s: Any, prompt_tokens: Any, output_tokens: Any, task: Any = "unknown",
+    request_id: Any = None,
+) -> WorkloadColumns:
+    """:func:`make_workload`'s table as columns, without pandas, for arrivals with no NaN: the
+    same values (arrivals less their minimum, then the rows in stable order of arrival: numpy's
+    stable argsort orders a float column without NaN as pandas' stable ``sort_values`` does)."""
+    arrival = np.asarray(arrival_s, dtype=np.float64)
+    n = len(arrival)
+    if np.isnan(arrival).any():
+        raise ValueError("make_columns: arrival_s holds NaN (make_workload sorts those last)")
+    ids = [str(i) for i in range(n)] if request_id is None else [str(r) for r in request_id]
+    tasks = [task] * n if isinstance(task, str) else [str(t) for t in task]
+    if n:
+        arrival = arrival - arrival.min()
+    order = np.argsort(arrival, kind="stable")
+    rows = order.tolist()
+    return WorkloadColumns(request_id=[ids[i] for i in rows], arrival_s=arrival[order],
+                           prompt_tokens=np.asarray(prompt_tokens, dtype=np.int64)[order],
+                           output_tokens=np.asarray(output_tokens, dtype=np.int64)[order],
+                           task=[tasks[i] for i in rows])
 
 
 def validate_workload(df: pd.DataFrame, where: str = "<memory>") -> None:

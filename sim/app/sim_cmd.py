@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.engine.run import _progress_enabled, simulate, write_outputs
-from sim.world.config import register_configs, to_sim_config
+from sim.world.config import to_sim_config
 
 
 def task(cfg_node: Any) -> dict[str, Any]:
@@ -75,5 +75,4 @@ def _check_files(cfg: Any) -> None:
 def main(argv: list[str]) -> int:
     from sim.app.hydra_app import run_hydra
 
-    register_configs()
-    return run_hydra("sim", task, argv, prog="moesim sim")
+    return run_hydra("sim", task, argv, prog="moesim sim")  # (it registers sim_schema)

@@ -47,6 +47,18 @@ def atomic_write_table(table: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
+def cache_dir(name: str, switch: str) -> Path | None:
+    """The folder of the on-disk cache ``name``: ``$MOESIM_CACHE_DIR/<name>``, else
+    ``$XDG_CACHE_HOME/moesim/<name>``, else ``~/.cache/moesim/<name>``; None when the environment
+    variable ``switch`` is ``off``, ``0``, ``false`` or ``no``."""
+    if os.environ.get(switch, "").strip().lower() in ("off", "0", "false", "no"):
+        return None
+    if os.environ.get("MOESIM_CACHE_DIR"):
+        return Path(os.environ["MOESIM_CACHE_DIR"]) / name
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "moesim" / name
+
+
 def read_nonempty(path: str | os.PathLike) -> bytes:
     """The bytes of an input file; a clear error when it is missing, a directory or empty."""
     path = Path(path)

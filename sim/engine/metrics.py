@@ -42,15 +42,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim.common.errors import MoesimError
 from sim.common.jsonout import strict_json
 from sim.engine.simulation import Simulation
 from sim.world.facts import CacheCounts, stable_float
+
+if TYPE_CHECKING:  # imported when the metrics are computed, after the run: not at its start
+    import pandas as pd
 
 
 def _pct(x: np.ndarray) -> dict[str, float]:
@@ -64,6 +66,8 @@ _f = stable_float
 
 
 def request_table(sim: Simulation) -> pd.DataFrame:
+    import pandas as pd
+
     r = sim.req
     ttft = r.first_token_s - r.arrival_s
     denom = np.maximum(r.output - 1, 1)

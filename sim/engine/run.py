@@ -8,14 +8,19 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim.common.errors import ConfigError
 from sim.world.config import SimConfig, WorkloadConfig, workload_paths
+from traces.workload import WorkloadColumns, make_columns
+from traces.workload_cache import cached_workload
+
+if TYPE_CHECKING:  # a run whose request trace is cached imports no pandas before its outputs
+    import pandas as pd
 
 
 def load_workload_table(w: WorkloadConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -34,19 +39,44 @@ def load_workload_table(w: WorkloadConfig, rng: np.random.Generator) -> pd.DataF
         require_file(w.path, "workload.path")
         df = load_workload(w.path)
     else:
-        n = w.num_requests
-        if n < 1 or w.rate_rps <= 0:
-            raise ConfigError("workload.num_requests must be >= 1 and workload.rate_rps > 0")
-        gaps = rng.exponential(1.0 / w.rate_rps, size=n)  # (R,)
-        arrival = np.cumsum(gaps) - gaps[0]
-        prompt = np.maximum(1, rng.geometric(1.0 / max(w.prompt_tokens_mean, 1.0), size=n))
-        output = np.maximum(1, rng.geometric(1.0 / max(w.output_tokens_mean, 1.0), size=n))
-        df = make_workload(arrival, prompt, output, task=w.task)
-    if w.max_requests < 0:
-        raise ConfigError(f"workload.max_requests={w.max_requests}; expected N >= 1, or 0 for all")
+        df = make_workload(*_poisson(w, rng), task=w.task)
+    _check_max_requests(w)
     if w.max_requests > 0:
         df = df.iloc[: w.max_requests].reset_index(drop=True)
     return df
+
+
+def _poisson(w: WorkloadConfig, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The synthetic requests' (arrival, prompt, output): Poisson arrivals, geometric lengths."""
+    n = w.num_requests
+    if n < 1 or w.rate_rps <= 0:
+        raise ConfigError("workload.num_requests must be >= 1 and workload.rate_rps > 0")
+    gaps = rng.exponential(1.0 / w.rate_rps, size=n)  # (R,)
+    arrival = np.cumsum(gaps) - gaps[0]
+    prompt = np.maximum(1, rng.geometric(1.0 / max(w.prompt_tokens_mean, 1.0), size=n))
+    output = np.maximum(1, rng.geometric(1.0 / max(w.output_tokens_mean, 1.0), size=n))
+    return arrival, prompt, output
+
+
+def _check_max_requests(w: WorkloadConfig) -> None:
+    if w.max_requests < 0:
+        raise ConfigError(f"workload.max_requests={w.max_requests}; expected N >= 1, or 0 for all")
+
+
+def load_workload_columns(w: WorkloadConfig, rng: np.random.Generator) -> WorkloadColumns:
+    """:func:`load_workload_table`'s requests as columns, without pandas where it can: a request
+    trace (``workload.path``) read through the on-disk cache (:mod:`traces.workload_cache`: the
+    same table, parsed once), the synthetic workload by :func:`traces.workload.make_columns`
+    (the same values as ``make_workload``; its arrivals have no NaN)."""
+    if workload_paths(w.path):
+        cols = cached_workload(workload_paths(w.path), isinstance(w.path, (list, tuple)),
+                               lambda: load_workload_table(replace(w, max_requests=0), rng),
+                               sources=(__name__,))
+    else:
+        cols = make_columns(*_poisson(w, rng), task=w.task)
+    _check_max_requests(w)
+    return cols.head(w.max_requests) if w.max_requests > 0 else cols
 
 
 class _Progress:
@@ -83,9 +113,11 @@ class _Progress:
             self._line()
 
 
-def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = None,
-             recorder: Any = None, progress: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Build and run one simulation; returns (Simulation, metrics dict)."""
+def simulate(cfg: SimConfig, workload: pd.DataFrame | WorkloadColumns | None = None,
+             pool: Any = None, recorder: Any = None, progress: bool = False
+             ) -> tuple[Any, dict[str, Any]]:
+    """Build and run one simulation; returns (Simulation, metrics dict). ``workload``: a
+    workload table, or None for ``cfg.workload``'s."""
     from sim.cost import make_cost_model
     from sim.engine.metrics import compute_metrics
     from sim.engine.simulation import Simulation
@@ -98,11 +130,13 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
     rng_work, rng_pool, rng_bind, rng_sim = (np.random.default_rng(s) for s in
                                             np.random.SeedSequence(cfg.seed).spawn(4))
     if workload is None:
-        workload = load_workload_table(cfg.workload, rng_work)
-    elif cfg.workload.max_requests > 0:
-        workload = workload.iloc[: cfg.workload.max_requests].reset_index(drop=True)
+        workload = load_workload_columns(cfg.workload, rng_work)
+    else:
+        workload = WorkloadColumns.of(workload)
+        if cfg.workload.max_requests > 0:
+            workload = workload.head(cfg.workload.max_requests)
     if pool is None:
-        tasks = sorted(set(workload["task"].astype(str).tolist()))
+        tasks = sorted(set(workload.task))
         pool = build_pool(cfg.model, cfg.trace, tasks, rng_pool)
     binding = bind(pool, workload, cfg.trace.overflow, rng_bind)
     cost = make_cost_model(cfg.serving.cost_model, cfg.model, cfg.hardware, cfg.serving.cost_table,
@@ -120,6 +154,7 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | None = None, pool: Any = N
 
 def _versions() -> dict[str, str]:
     import hydra
+    import pandas as pd
     import simpy
 
     return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,

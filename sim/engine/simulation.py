@@ -18,10 +18,9 @@ Policies come from the registries by the names in ``cfg.policy``, or injected (:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import simpy
 
 from sim.common.errors import MoesimError
@@ -32,6 +31,11 @@ from sim.serving.cache_log import CacheLog
 from sim.serving.state import Recorder, ReplicaState
 from sim.world.config import SimConfig
 from sim.world.topology import Topology
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from traces.workload import WorkloadColumns
 
 __all__ = ["Policies", "Recorder", "Simulation"]
 
@@ -47,7 +51,7 @@ class Simulation:
     ``progress`` are then the world's); its attributes read through (``sim.plan``,
     ``sim.walk``, ...). ``topo``: the checked config's topology, where the caller checked it."""
 
-    def __init__(self, cfg: SimConfig | None, workload: pd.DataFrame | None = None,
+    def __init__(self, cfg: SimConfig | None, workload: pd.DataFrame | WorkloadColumns | None = None,
                  pool: RoutingPool | None = None, binding: Binding | None = None, cost: Any = None,
                  rng: np.random.Generator | None = None, recorder: Recorder | None = None,
                  progress: Any = None, policies: Policies | None = None,

@@ -141,12 +141,20 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return isinstance(value, tp), value
 
 
+_loaded = False  # every policy module imported (the folders walked once a process)
+
+
 def _load_all() -> None:
     """Import every policy module (in the kind folders too) so that its @register runs; modules
-    whose name starts with ``_`` are helpers and ``base`` is the interfaces (idempotent)."""
+    whose name starts with ``_`` are helpers and ``base`` is the interfaces (idempotent: the
+    folders are walked once, not at every look-up)."""
+    global _loaded
+    if _loaded:
+        return
     # the folder this module lies in is the sim.policies package (its own path, not an import of
     # the package: that would be an import loop, package -> base -> _registry -> package)
     for info in pkgutil.walk_packages([str(Path(__file__).resolve().parent)], "sim.policies."):
         leaf = info.name.rsplit(".", 1)[-1]
         if not info.ispkg and leaf != "base" and not leaf.startswith("_"):
             importlib.import_module(info.name)
+    _loaded = True

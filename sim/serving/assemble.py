@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim.policies._predictor import request_predictor
 from sim.policies.base import (
@@ -47,6 +46,10 @@ from sim.serving.walk import COMPILE_AFTER, IterationDone, LayerWalk
 from sim.world.config import SimConfig
 from sim.world.facts import CacheCounts
 from sim.world.topology import Topology
+from traces.workload import WorkloadColumns
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Policies", "World"]
 
@@ -67,22 +70,21 @@ class World:
     ``topo``: the topology :func:`sim.serving.plan.check_config` returned, where the caller has
     checked the config already (the checks run once per run); None: checked here."""
 
-    def __init__(self, cfg: SimConfig, workload: pd.DataFrame, pool: RoutingPool, binding: Binding,
-                 cost: Any, recorder: Recorder | None = None, policies: Policies | None = None,
-                 cache_log: CacheLog | None = None, topo: Topology | None = None) -> None:
+    def __init__(self, cfg: SimConfig, workload: pd.DataFrame | WorkloadColumns, pool: RoutingPool,
+                 binding: Binding, cost: Any, recorder: Recorder | None = None,
+                 policies: Policies | None = None, cache_log: CacheLog | None = None,
+                 topo: Topology | None = None) -> None:
         self.cfg, self.cost = cfg, cost
         self.model = m = cfg.model
         p = cfg.policy
         inject = policies or Policies()
         if topo is None:
             topo = check_config(cfg)
-        self.req = Requests(
-            request_id=workload["request_id"].astype(str).tolist(),
-            task=workload["task"].astype(str).tolist(),
-            arrival_s=workload["arrival_s"].to_numpy(np.float64) * cfg.workload.time_scale,
-            prompt=workload["prompt_tokens"].to_numpy(np.int64),
-            output=workload["output_tokens"].to_numpy(np.int64),
-            offset=binding.offset, length=binding.length)
+        w = WorkloadColumns.of(workload)  # a table or its columns: the same values
+        self.req = Requests(request_id=w.request_id, task=w.task,
+                            arrival_s=w.arrival_s * cfg.workload.time_scale,
+                            prompt=w.prompt_tokens, output=w.output_tokens,
+                            offset=binding.offset, length=binding.length)
         self.R = len(self.req)
         self.binding_report = binding.report
         placement = inject.placement or PLACEMENT.make(p.placement, num_gpus=topo.expert_parallel,

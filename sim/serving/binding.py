@@ -21,13 +21,18 @@ cached on disk by its content address (:mod:`sim.serving.pool_cache`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from sim.common.errors import ConfigError
 from sim.world.config import ModelConfig, TraceConfig
-from traces.format import RoutingTrace
+from traces.workload import WorkloadColumns
+
+if TYPE_CHECKING:  # a cached pool and workload need neither pandas nor the trace format
+    import pandas as pd
+
+    from traces.format import RoutingTrace
 
 OVERFLOW = ("wrap", "error")
 
@@ -137,13 +142,15 @@ def build_pool(model: ModelConfig, trace: TraceConfig, tasks: list[str],
     return pool
 
 
-def bind(pool: RoutingPool, workload: pd.DataFrame, overflow: str,
+def bind(pool: RoutingPool, workload: pd.DataFrame | WorkloadColumns, overflow: str,
          rng: np.random.Generator) -> Binding:
-    """Bind every request of ``workload`` to an entry of ``pool`` (vectorized per task)."""
+    """Bind every request of ``workload`` (a table or its columns) to an entry of ``pool``
+    (vectorized per task)."""
     if overflow not in OVERFLOW:
         raise ConfigError(f"trace.overflow={overflow!r}; expected one of {list(OVERFLOW)}")
-    R = len(workload)
-    tasks = workload["task"].astype(str).to_numpy()
+    w = WorkloadColumns.of(workload)
+    R = len(w)
+    tasks = np.array(w.task, dtype=object)
     entry = np.empty(R, dtype=np.int64)
     all_entries = np.arange(len(pool.offsets))
     fallback = 0
@@ -155,11 +162,11 @@ def bind(pool: RoutingPool, workload: pd.DataFrame, overflow: str,
             fallback += len(idx)
         entry[idx] = cand[rng.integers(0, len(cand), size=len(idx))]
     offset, length = pool.offsets[entry], pool.lengths[entry]
-    need = workload["prompt_tokens"].to_numpy(np.int64) + workload["output_tokens"].to_numpy(np.int64) - 1
+    need = w.prompt_tokens + w.output_tokens - 1
     longer = need > length
     if overflow == "error" and longer.any():
         i = int(np.flatnonzero(longer)[0])
-        raise ConfigError(f"request {workload['request_id'].iloc[i]!r} (row {i}) needs {need[i]} tokens "
+        raise ConfigError(f"request {w.request_id[i]!r} (row {i}) needs {need[i]} tokens "
                           f"of routing, its bound trace has {length[i]} (trace.overflow=error)")
     report = {"overflow": overflow, "requests_longer_than_trace": int(longer.sum()),
               "tokens_past_trace": int(np.maximum(need - length, 0).sum()),

@@ -19,39 +19,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sim.common.files import atomic_write
+from sim.common.files import cache_dir as shared_cache_dir
 
 #: bump when the file layout or what the key covers changes
 FORMAT = 1
 #: the modules whose code decides the pool's contents (their source is part of the key)
 SOURCES = ("traces.synth", "traces.synth_sample", "traces.synth_params", "traces.format",
            "sim.serving.binding")
-_OFF = ("off", "0", "false", "no")
 
 
 def cache_dir() -> Path | None:
     """The pool cache's folder, or None when ``MOESIM_POOL_CACHE`` turns it off."""
-    if os.environ.get("MOESIM_POOL_CACHE", "").strip().lower() in _OFF:
-        return None
-    if os.environ.get("MOESIM_CACHE_DIR"):
-        return Path(os.environ["MOESIM_CACHE_DIR"]) / "pools"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "moesim" / "pools"
+    return shared_cache_dir("pools", "MOESIM_POOL_CACHE")
 
 
 def _code_digest() -> str:
     h = hashlib.sha256()
-    for name in SOURCES:
-        mod = sys.modules.get(name) or __import__(name, fromlist=["_"])
-        h.update(name.encode() + b"\0" + Path(mod.__file__ or "").read_bytes() + b"\0")
+    for name in SOURCES:  # found, not imported: a hit needs none of them loaded
+        spec = find_spec(name)
+        h.update(name.encode() + b"\0" + Path(spec.origin if spec else "").read_bytes() + b"\0")
     return h.hexdigest()
 
 

@@ -369,11 +369,13 @@ class SimConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    """Store the schemas in Hydra's ConfigStore (idempotent: once a process, the node it builds
+    from the dataclasses being the cost)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(name="sim_schema", node=SimConfig)
+    if "sim_schema.yaml" not in cs.repo:
+        cs.store(name="sim_schema", node=SimConfig)
 
 
 def to_sim_config(cfg: Any) -> SimConfig:

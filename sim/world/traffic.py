@@ -66,15 +66,15 @@ def duplicate_destinations(keys: np.ndarray, lg_index: np.ndarray, L: int, K: in
     side) and each key's ``layer * G + GPU`` (``lg_index``, single owners): that index where
     an earlier of the token's experts at the layer sits on the same GPU (the token already goes
     there), else ``L * G``; None when no token has such a pair."""
-    dst = lg_index.take(keys).reshape(len(keys), L, K)  # (T, L, K)
+    dtype = np.int16 if L * G < 2**15 else np.int32  # every index and L * G fit: taken in it
+    dst = lg_index.astype(dtype).take(keys).reshape(len(keys), L, K)  # (T, L, K)
     dup = np.zeros(dst.shape, dtype=bool)
     for k in range(1, K):
         for j in range(k):
             dup[:, :, k] |= dst[:, :, k] == dst[:, :, j]
     if not dup.any():
         return None
-    dtype = np.int16 if L * G < 2**15 else np.int32
-    return np.where(dup, dst, L * G).reshape(len(keys), L * K).astype(dtype)
+    return np.where(dup, dst, dtype(L * G)).reshape(len(keys), L * K)
 
 
 def pool_duplicates(keys: np.ndarray, lg_index: np.ndarray, L: int, K: int, G: int

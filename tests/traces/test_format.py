@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -296,3 +297,24 @@ def test_read_trace_validates_and_keeps_dtypes(tmp_path, monkeypatch):
     with pytest.raises(TraceFormatError) as e:
         fmt.read_meta(junk)
     assert "(None)" not in str(e.value) and "arquet" in str(e.value).split("(", 1)[1]
+
+
+def test_expert_counts_by_hand_and_random():
+    """expert_counts: by hand (2 tokens, 2 layers, top-2 of 3), then random pools across its row
+    chunks equal to a bincount per layer; an id outside the experts is refused."""
+    from traces.format import expert_counts
+
+    ex = np.array([[[0, 2], [1, 2]], [[2, 1], [1, 0]]], dtype=np.int16)  # (T=2, L=2, K=2)
+    # layer 0: expert 0 once, 1 once, 2 twice; layer 1: 0 once, 1 twice, 2 once
+    assert expert_counts(ex, 3).tolist() == [[1, 1, 2], [1, 2, 1]]
+    rng = np.random.default_rng(7)
+    for T, L, K, E in [(0, 3, 2, 4), (1, 1, 1, 1), (2500, 5, 3, 9), (70000, 2, 1, 6)]:
+        ex = rng.integers(0, E, size=(T, L, K)).astype(np.int16)
+        want = [np.bincount(ex[:, layer, :].ravel(), minlength=E).tolist() for layer in range(L)]
+        got = expert_counts(ex, E)
+        assert got.dtype == np.int64 and got.tolist() == want
+    for bad in (-1, 3):
+        ex = np.zeros((4, 2, 1), dtype=np.int16)
+        ex[2, 1, 0] = bad
+        with pytest.raises(ValueError, match="outside 0..2"):
+            expert_counts(ex, 3)

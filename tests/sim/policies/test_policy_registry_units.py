@@ -139,6 +139,7 @@ def test_load_all_imports_exactly_the_policy_files(monkeypatch):
 
     seen: list[str] = []
     monkeypatch.setattr(registry.importlib, "import_module", seen.append)
+    monkeypatch.setattr(registry, "_loaded", False)  # (walked once a process: walk again)
     _load_all()
     root = Path(registry.__file__).resolve().parent
     want = {"sim.policies." + ".".join(p.relative_to(root).with_suffix("").parts)
@@ -147,3 +148,5 @@ def test_load_all_imports_exactly_the_policy_files(monkeypatch):
     assert {"sim.policies.cache.lru", "sim.policies.placement.split",
             "sim.policies.prefetch.emoe_a", "sim.policies.scheduler.fcfs"} <= want
     assert sorted(seen) == sorted(want) and len(seen) == len(set(seen))
+    _load_all()  # walked once: a second call imports nothing
+    assert len(seen) == len(want)

@@ -244,6 +244,44 @@ def test_prefix_counts_across_row_blocks(rows):
     assert C.dtype == np.int32 and C.tolist() == direct.tolist()
 
 
+@pytest.mark.parametrize("rows,width", [(0, 3), (1, 1), (511, 2), (512, 0), (513, 7), (1000, 0)])
+def test_prefix_counts_random_pools(rows, width):
+    """Random pools (a 1-D pool for width 0, keys repeated within rows) across the blocks' bounds:
+    every row equals numpy's cumsum of the rows' own counts; a pool with no rows is one row of
+    zeros."""
+    rng = np.random.default_rng(1000 + rows)
+    K = 33
+    keys = rng.integers(0, K, size=(rows, width) if width else rows).astype(np.int16)
+    C = sim.serving.token_counts.pool_prefix_counts(keys, K)
+    own = np.zeros((rows + 1, K), dtype=np.int64)
+    for i in range(rows):
+        own[i + 1] = np.bincount(np.atleast_1d(keys[i]), minlength=K)
+    assert C.shape == (rows + 1, K) and C.dtype == np.int32
+    assert C.tolist() == np.cumsum(own, axis=0).tolist()
+    if rows:
+        assert int(C[-1].sum()) == keys.size  # every key of every row counted once
+
+
+def test_running_sum_equals_cumsum():
+    """The in-place running sum down the rows (groups of rows, their totals, the rows after the
+    last whole group) equals numpy's cumsum for every row count around the group sizes; by hand:
+    rows [1, 2], [3, 4], [5, 6] become [1, 2], [4, 6], [9, 12]."""
+    from sim.serving.token_counts import _running_sum
+
+    x = np.array([[1, 2], [3, 4], [5, 6]], dtype=np.int32)
+    _running_sum(x, group=2)
+    assert x.tolist() == [[1, 2], [4, 6], [9, 12]]
+    rng = np.random.default_rng(3)
+    for group in (2, 3, 16):
+        for n in [*range(1, 40), 255, 256, 257, 511, 512, 513]:
+            x = rng.integers(0, 5, size=(n, 7)).astype(np.int32)
+            want = np.cumsum(x, axis=0).tolist()
+            _running_sum(x, group)
+            assert x.tolist() == want, (group, n)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _running_sum(np.zeros((4, 6), dtype=np.int32)[:, ::2])
+
+
 def test_registries_cover_the_test():
     """A new cache or prefetch policy joins the comparison above (or is named here)."""
     assert set(ONLINE) == {n for n in CACHE.names() if not CACHE.get(n).requires_future}
