@@ -130,10 +130,8 @@ class Batcher:
                 used = int(alloc.sum())
             if rep.kv_used + used <= cap or len(run) == 1:
                 break
+            # (two or more ran: one is left and the loop goes round again, all three renewed)
             self.preempt(rep, rep.running.pop())
-            alloc = np.zeros(0, dtype=np.int64)
-            run = None
-            used = 0
         budget = s.token_budget - used
         kv_free = cap - rep.kv_used - used
         if budget > 0 and rep.waiting and len(rep.running) < s.max_batch_requests:
@@ -143,7 +141,7 @@ class Batcher:
                 waiting, k = rep.waiting, len(admitted)
                 w = min(len(waiting), self.s.scheduler_window)
                 adm = set(admitted)  # all from the scheduler's window: the head of the queue
-                if waiting[:k] == admitted and adm.isdisjoint(waiting[k:w]):
+                if adm.isdisjoint(waiting[k:w]):  # (then they are its first k, in some order)
                     del waiting[:k]  # (the usual case: what the filter below leaves)
                 else:
                     waiting[:w] = [i for i in waiting[:w] if i not in adm]
@@ -162,7 +160,7 @@ class Batcher:
             i = rep.waiting[0]
             raise MoesimError(f"replica {rep.index}: cannot admit request {r.request_id[i]!r} "
                               f"({int(r.prompt[i])} prompt tokens) into {cap} KV tokens")
-        return (run if run is not None else np.asarray(rep.running, dtype=np.int64)), alloc
+        return run, alloc  # (something runs: the loop or the admission set ``run``)
 
     def _running_array(self, rep: ReplicaState) -> np.ndarray:
         """``rep.running`` as an int64 array, reused while the list is unchanged (comparing two
@@ -215,7 +213,7 @@ class Batcher:
                 break
             need = int(r.prompt[i] + r.generated[i])  # whole context + the token it generates
             if need + 1 > kv_free:
-                if not rep.running and not admitted and need + 1 > self.kv_capacity_tokens:
+                if not rep.running and not admitted:  # (nothing holds KV: kv_free is all of it)
                     raise ConfigError(
                         f"request {r.request_id[i]!r} needs {need + 1} KV tokens, the replica holds "
                         f"{self.kv_capacity_tokens}; give the replica more memory")

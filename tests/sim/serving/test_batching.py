@@ -288,3 +288,29 @@ def test_the_scheduler_is_not_asked_while_the_batch_or_the_budget_is_full(full):
         b.begin(rep, batch, alloc)
         b.finish(rep, batch, alloc, now + 1.0)
     assert b.view(1).predicted_output_tokens == 2.0
+
+
+def test_many_completions_in_one_iteration_leave_the_others_running_in_order():
+    """Seven one-token prompts admitted at once; five of them want one output token, so after the
+    first iteration five complete together (more than the few removed one by one): requests 1
+    and 5 (three output tokens) are left running, in admission order, holding 1 KV token each."""
+    req, b, rep, t = _setup([1] * 7, [1, 3, 1, 1, 1, 3, 1], kv=64)
+    batch, alloc = b.form(rep, 0.0)
+    assert batch.tolist() == list(range(7)) and alloc.tolist() == [1] * 7
+    b.begin(rep, batch, alloc)
+    fin = b.finish(rep, batch, alloc, 1.0)
+    assert sorted(fin.tolist()) == [0, 2, 3, 4, 6]
+    assert rep.running == [1, 5] and rep.kv_used == 2 and t.completed == 5
+    batch, alloc = b.form(rep, 1.0)
+    assert batch.tolist() == [1, 5] and alloc.tolist() == [1, 1]
+
+
+def test_requests_that_ran_stay_marked_until_seen_again():
+    """A request admitted is marked as run (its view's done_tokens are refreshed when a window
+    next shows it); another's completion does not unmark it."""
+    req, b, rep, t = _setup([1, 1, 1], [1, 4, 4], kv=64)
+    batch, alloc = b.form(rep, 0.0)
+    b.begin(rep, batch, alloc)
+    assert b._ran == {0, 1, 2}
+    fin = b.finish(rep, batch, alloc, 1.0)
+    assert fin.tolist() == [0] and b._ran == {1, 2}
