@@ -35,6 +35,7 @@ from sim.world.compiled_counts import (
     dup_index,
     send_index,
 )
+from sim.world.compiled_pairs import csr_vec, link_loads, scatter_pairs, single_pairs
 
 #: the longest experts axis whose BLAS product is one fused chain (OpenBLAS's dgemm K block)
 MAX_CHAIN = 256
@@ -337,22 +338,33 @@ def _chain(sc, ptr, hs, ws, L, E, G, out):  # pragma: no cover - compiled
 
 
 def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarray | None = None,
-                  pair_gpu: np.ndarray | None = None) -> np.ndarray:
+                  pair_gpu: np.ndarray | None = None, L: int | None = None) -> np.ndarray:
     """(L, G, G) ``per @ share`` of :func:`sim.world.traffic.gpu_traffic` (``src_counts``
     (G, L*E) nonnegative integers, ``share`` (L, E, G) nonnegative, E <= :data:`MAX_CHAIN`).
     ``pair_key``, ``pair_gpu``: the only (key, GPU)s where the share may be nonzero (the plan's
-    holders, key-sorted): read instead of all of it, the same floats."""
-    L, E, G = share.shape
-    out = np.zeros((L, G, G))
-    sh = np.ascontiguousarray(share, dtype=np.float64)
-    if pair_key is None:
-        ptr, hs, ws = _csr_dense(sh, L, E, G)
+    holders, key-sorted): read instead of all of it, the same floats. ``share`` may also be
+    given at those pairs only, (P,) (then ``L`` is needed): the same CSR, so the same floats."""
+    src = np.ascontiguousarray(src_counts)
+    if share.ndim == 1:
+        if pair_key is None or L is None:
+            raise ValueError("traffic_share: a share per pair needs pair_key, pair_gpu and L")
+        G = src.shape[0]
+        E = src.shape[1] // L
+        ptr, hs, ws = csr_vec(np.ascontiguousarray(share, dtype=np.float64), pair_key, pair_gpu,
+                              L * E)
     else:
-        ptr, hs, ws = _csr_pairs(sh, pair_key, pair_gpu, L, E)
-    _chain(np.ascontiguousarray(src_counts), ptr, hs, ws, L, E, G, out)
+        L, E, G = share.shape
+        sh = np.ascontiguousarray(share, dtype=np.float64)
+        if pair_key is None:
+            ptr, hs, ws = _csr_dense(sh, L, E, G)
+        else:
+            ptr, hs, ws = _csr_pairs(sh, pair_key, pair_gpu, L, E)
+    out = np.zeros((L, G, G))
+    _chain(src, ptr, hs, ws, L, E, G, out)
     return out
 
 
-__all__ = ["MAX_CHAIN", "block_prefix", "count_dups", "count_runs", "count_sources", "dup_index",
-           "holders", "holders_of", "integer_passes", "refine", "round_alloc", "send_index",
-           "single_holders", "traffic_share"]
+__all__ = ["MAX_CHAIN", "block_prefix", "count_dups", "count_runs", "count_sources", "csr_vec",
+           "dup_index", "holders", "holders_of", "integer_passes", "link_loads", "refine",
+           "round_alloc", "scatter_pairs", "send_index", "single_holders", "single_pairs",
+           "traffic_share"]
