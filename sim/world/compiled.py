@@ -17,8 +17,10 @@ nothing. Without numba installed, :func:`available` is False and the references 
 - :func:`traffic_share`: ``per @ share`` per layer as OpenBLAS's double-precision kernel forms
   it (a K dimension of at most :data:`MAX_CHAIN`): each output a chain of fused multiply-adds
   over the experts in ascending order from 0. A zero term leaves a nonnegative chain as it is,
-  so the chain skips them: the cost is the share's nonzeros x G, not E x G x G, and no BLAS
-  threads are started (on a loaded machine those cost more than the product).
+  so the chain skips the share's zeros and adds the counts' without a test, each share
+  nonzero as one vector of fused multiply-adds over the source GPUs: the cost is the share's
+  nonzeros x G, and no BLAS threads are started (on a loaded machine those cost more than
+  the product).
 """
 
 from __future__ import annotations
@@ -323,18 +325,45 @@ def _csr_pairs(share, pair_key, pair_gpu, L, E):  # pragma: no cover - compiled
 @njit(cache=True, fastmath={"contract"})
 def _chain(sc, ptr, hs, ws, L, E, G, out):  # pragma: no cover - compiled
     """out[l, g, h]: the chain over e ascending of sc[g, l*E + e] * share[l, e, h] (the share
-    as CSR), zero terms skipped (they add an exact 0)."""
-    for g in range(G):
-        for l in range(L):
-            for e in range(E):
-                col = l * E + e
-                v = sc[g, col]
-                if v == 0:
-                    continue
-                fv = np.float64(v)
-                for i in range(ptr[col], ptr[col + 1]):
-                    h = hs[i]
-                    out[l, g, h] = fv * ws[i] + out[l, g, h]
+    as CSR), every entry written. Per layer, the experts with a nonzero share (the others add
+    an exact 0 to every chain: skipped) have their source counts copied to (e, g) floats
+    (rows of ``sc`` read in order), then each share entry (e, h, w) adds ``count * w`` to
+    every chain (·, h) at once, over the source GPUs (one vector of fused multiply-adds):
+    each chain still takes its terms in ascending e. A zero count adds ``0 * w + x == x``
+    (x >= 0), so the counts need no test."""
+    tmp = np.empty((E, G))
+    acc = np.empty((G, G))  # [h, g]
+    act = np.empty(E, dtype=np.int64)
+    for l in range(L):
+        base = l * E
+        o_l = out[l]
+        if ptr[base + E] == ptr[base]:  # no share at this layer: no traffic
+            o_l[:, :] = 0.0
+            continue
+        na = 0
+        for e in range(E):
+            if ptr[base + e + 1] > ptr[base + e]:
+                act[na] = e
+                na += 1
+        for g in range(G):
+            row = sc[g]
+            for k in range(na):
+                e = act[k]
+                tmp[e, g] = np.float64(row[base + e])
+        acc[:, :] = 0.0
+        for k in range(na):
+            e = act[k]
+            col = base + e
+            t = tmp[e]
+            for i in range(ptr[col], ptr[col + 1]):
+                w = ws[i]
+                a = acc[hs[i]]
+                for g in range(G):
+                    a[g] = t[g] * w + a[g]
+        for g in range(G):
+            o = o_l[g]
+            for h in range(G):
+                o[h] = acc[h, g]
 
 
 def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarray | None = None,
@@ -359,7 +388,7 @@ def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarra
             ptr, hs, ws = _csr_dense(sh, L, E, G)
         else:
             ptr, hs, ws = _csr_pairs(sh, pair_key, pair_gpu, L, E)
-    out = np.zeros((L, G, G))
+    out = np.empty((L, G, G))
     _chain(src, ptr, hs, ws, L, E, G, out)
     return out
 

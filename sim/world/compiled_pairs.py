@@ -72,56 +72,60 @@ def csr_vec(share_p, pair_key, pair_gpu, LE):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _pairwise(a, lo, n):  # pragma: no cover - compiled
+def _block(a, s0, m):  # pragma: no cover - compiled
+    """numpy's pairwise sum of ``a[s0:s0 + m]`` for m <= 128 (one block)."""
+    if m < 8:
+        res = 0.0
+        for i in range(m):
+            res += a[s0 + i]
+        return res
+    r0, r1, r2, r3 = a[s0], a[s0 + 1], a[s0 + 2], a[s0 + 3]
+    r4, r5, r6, r7 = a[s0 + 4], a[s0 + 5], a[s0 + 6], a[s0 + 7]
+    i = 8
+    while i < m - (m % 8):
+        r0 += a[s0 + i]
+        r1 += a[s0 + i + 1]
+        r2 += a[s0 + i + 2]
+        r3 += a[s0 + i + 3]
+        r4 += a[s0 + i + 4]
+        r5 += a[s0 + i + 5]
+        r6 += a[s0 + i + 6]
+        r7 += a[s0 + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < m:
+        res += a[s0 + i]
+        i += 1
+    return res
+
+
+@njit(cache=True)
+def _pairwise(a, lo, n, stk, vals):  # pragma: no cover - compiled
     """numpy's pairwise sum of ``a[lo:lo + n]`` (float64; numpy/_core/src/umath/loops_utils.h:
     below 8 terms one by one from 0.0, up to 128 eight running sums combined as
     ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)) then the rest one by one, above 128 the
-    two halves, cut at a multiple of 8). An explicit stack, not recursion."""
-    stk_lo = np.empty(64, dtype=np.int64)
-    stk_n = np.empty(64, dtype=np.int64)
-    stk_op = np.empty(64, dtype=np.int64)  # 0: sum a block, 1: add the two results on top
-    vals = np.empty(64)
-    nv = 0
-    top = 0
-    stk_lo[0], stk_n[0], stk_op[0] = lo, n, 0
+    two halves, cut at a multiple of 8, added). An explicit stack (``stk`` (64, 3) int64,
+    ``vals`` (64,) scratch: depth log2(n / 128) + 1 each), not recursion."""
+    if n <= 128:
+        return _block(a, lo, n)
     top = 1
-    r = np.empty(8)
+    stk[0, 0], stk[0, 1], stk[0, 2] = lo, n, 0
+    nv = 0
     while top > 0:
         top -= 1
-        s0, m, op = stk_lo[top], stk_n[top], stk_op[top]
-        if op == 1:
-            b = vals[nv - 1]
-            a_ = vals[nv - 2]
-            nv -= 2
-            vals[nv] = a_ + b
-            nv += 1
-        elif m < 8:
-            res = 0.0
-            for i in range(m):
-                res += a[s0 + i]
-            vals[nv] = res
-            nv += 1
+        s0, m, op = stk[top, 0], stk[top, 1], stk[top, 2]
+        if op == 1:  # both halves done: their sum
+            nv -= 1
+            vals[nv - 1] = vals[nv - 1] + vals[nv]
         elif m <= 128:
-            for j in range(8):
-                r[j] = a[s0 + j]
-            i = 8
-            while i < m - (m % 8):
-                for j in range(8):
-                    r[j] += a[s0 + i + j]
-                i += 8
-            res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-            while i < m:
-                res += a[s0 + i]
-                i += 1
-            vals[nv] = res
+            vals[nv] = _block(a, s0, m)
             nv += 1
-        else:
+        else:  # the first half first, then the second, then their sum
             n2 = m // 2
             n2 -= n2 % 8
-            # the combine runs after both halves: pushed first; the first half is summed first
-            stk_lo[top], stk_n[top], stk_op[top] = 0, 0, 1
-            stk_lo[top + 1], stk_n[top + 1], stk_op[top + 1] = s0 + n2, m - n2, 0
-            stk_lo[top + 2], stk_n[top + 2], stk_op[top + 2] = s0, n2, 0
+            stk[top, 0], stk[top, 1], stk[top, 2] = 0, 0, 1
+            stk[top + 1, 0], stk[top + 1, 1], stk[top + 1, 2] = s0 + n2, m - n2, 0
+            stk[top + 2, 0], stk[top + 2, 1], stk[top + 2, 2] = s0, n2, 0
             top += 3
     return vals[0]
 
@@ -139,6 +143,8 @@ def link_loads(traffic, rows, starts, out):  # pragma: no cover - compiled
     C = starts.shape[0]
     R = rows.shape[0]
     buf = np.empty(R)
+    stk = np.empty((192, 3), dtype=np.int64)
+    vals = np.empty(64)
     for l in range(L):
         fl = flat[l]
         for i in range(R):
@@ -148,6 +154,6 @@ def link_loads(traffic, rows, starts, out):  # pragma: no cover - compiled
             e = starts[c + 1] if c + 1 < C else R
             v = buf[s]
             if e - s > 1:
-                v = v + _pairwise(buf, s + 1, e - s - 1)
+                v = v + _pairwise(buf, s + 1, e - s - 1, stk, vals)
             out[l, c] = v
     return out

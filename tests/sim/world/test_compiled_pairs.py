@@ -1,0 +1,117 @@
+"""The token split over the plan's holder pairs (sim/world/pair_split.py) and the kernels of
+sim/world/compiled_pairs.py: the dense references' integers and floats."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sim.common.errors import ConfigError
+from sim.world.token_split import split_tokens
+from sim.world.traffic import gpu_traffic
+
+pytest.importorskip("numba", reason="numba is not installed: the numpy references run")
+
+from sim.world import compiled  # noqa: E402
+from sim.world.pair_split import pair_table, split_pairs  # noqa: E402
+
+
+def _placement(rng, L, E, G, p):
+    hold = rng.random((L, E, G)) < p
+    hold[np.arange(L)[:, None], np.arange(E)[None, :], rng.integers(0, G, size=(L, E))] = True
+    share = hold / hold.sum(axis=2, keepdims=True)
+    pairs = np.argwhere(hold.reshape(L * E, G))
+    return hold, SimpleNamespace(L=L, E=E, share=share, pair_key=pairs[:, 0],
+                                 pair_gpu=pairs[:, 1], single_owner=False,
+                                 topo=SimpleNamespace(expert_parallel=G))
+
+
+def test_split_pairs_hand_figure():
+    """Expert 0 on GPUs 0 and 1, expert 1 on GPU 0 alone, 4 and 2 tokens: GPU 0 starts at 2
+    (expert 1), expert 0's tokens raise GPU 1 to 2, then one each: GPU 0 computes 1 of expert 0,
+    GPU 1 3. Pairs (key 0, GPU 0), (key 0, GPU 1), (key 1, GPU 0): 1, 3, 2."""
+    hold = np.array([[[True, True], [True, False]]])
+    _, plan = _placement(np.random.default_rng(0), 1, 2, 2, 0.0)
+    plan.share = hold / hold.sum(axis=2, keepdims=True)
+    plan.pair_key, plan.pair_gpu = np.array([0, 0, 1]), np.array([0, 1, 0])
+    tab = pair_table(plan, compiled)
+    assert tab.ptr.tolist() == [0, 2, 3] and tab.group.tolist() == [0, 1, 0]
+    assert split_pairs(np.array([[4, 2]]), tab, compiled).tolist() == [1, 3, 2]
+    assert pair_table(plan, compiled) is tab  # kept on the plan
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_split_pairs_equal_dense_split(seed):
+    rng = np.random.default_rng(700 + seed)
+    L, E, G = int(rng.integers(1, 4)), int(rng.integers(2, 40)), int(rng.choice([2, 5, 16, 32]))
+    hold, plan = _placement(rng, L, E, G, float(rng.choice([0.0, 0.03, 0.2, 0.5])))
+    tab = pair_table(plan, compiled)
+    for _ in range(4):
+        c = rng.integers(0, int(rng.choice([3, 40, 800])), size=(L, E))
+        c[rng.random(c.shape) < 0.4] = 0
+        for passes in (1, 8):
+            ref = split_tokens(c, hold, passes)
+            got = split_pairs(c, tab, compiled, passes)
+            assert got.dtype == np.int64
+            assert np.array_equal(ref.reshape(L * E, G)[plan.pair_key, plan.pair_gpu], got)
+            assert got.sum() == c.sum()
+        # the share per pair through the chain, and through BLAS: the dense share's floats
+        share = ref / np.maximum(c, 1)[:, :, None]
+        share_p = got / np.maximum(c.ravel(), 1)[tab.pair_key]
+        src = rng.integers(0, 30, size=(G, L * E))
+        src[rng.random(src.shape) < 0.5] = 0
+        dense = compiled.traffic_share(src, share, plan.pair_key, plan.pair_gpu)
+        assert np.array_equal(compiled.traffic_share(src, share_p, tab.pair_key, tab.pair_gpu, L),
+                              dense)
+        assert np.array_equal(gpu_traffic(plan, src, share_p, compiled=False),
+                              gpu_traffic(plan, src, share, compiled=False))
+
+
+def test_split_pairs_bad_input():
+    _, plan = _placement(np.random.default_rng(1), 2, 3, 4, 0.3)
+    tab = pair_table(plan, compiled)
+    with pytest.raises(ConfigError, match="2 layers x 3 experts"):
+        split_pairs(np.zeros((2, 4), dtype=np.int64), tab, compiled)
+    with pytest.raises(ConfigError, match="nonnegative"):
+        split_pairs(-np.ones((2, 3), dtype=np.int64), tab, compiled)
+    plan.pair_gpu = plan.pair_gpu[::-1].copy()
+    plan.share = plan.share.copy()  # a new placement: rebuilt, and its pairs checked
+    with pytest.raises(ConfigError, match="not the nonzeros"):
+        pair_table(plan, compiled)
+
+
+def _reduceat(traffic, rows, starts):
+    L, G = traffic.shape[:2]
+    return np.add.reduceat(traffic.reshape(L, G * G)[:, rows], starts, axis=1)
+
+
+def test_link_loads_hand_figure():
+    """Flows 1, 2 then 3, 0 of [[1, 2], [3, 4]]: 2 + 3 and 4 + 1."""
+    tr = np.array([[[1.0, 2.0], [3.0, 4.0]]])
+    got = compiled.link_loads(tr, np.array([1, 2, 3, 0]), np.array([0, 2]), np.empty((1, 2)))
+    assert got.tolist() == [[5.0, 5.0]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_link_loads_equal_reduceat(seed):
+    """numpy's reduceat adds a segment's first term to the pairwise sum of the others (8 running
+    sums from 8 terms, halves above 128): segments of every size, values whose sum depends on
+    the order."""
+    rng = np.random.default_rng(900 + seed)
+    L, G = int(rng.integers(1, 4)), int(rng.choice([2, 4, 16, 64]))
+    tr = rng.random((L, G, G)) * 10.0 ** rng.integers(-3, 6, size=(L, G, G))
+    tr[rng.random(tr.shape) < 0.3] = 0.0
+    R = int(rng.integers(1, 4000))
+    rows = rng.integers(0, G * G, size=R)
+    cuts = rng.choice(np.arange(1, R), size=min(int(rng.integers(0, 30)), R - 1), replace=False) \
+        if R > 1 else np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[0], np.sort(cuts)]).astype(np.int64)
+    ref = _reduceat(tr, rows, starts)
+    got = compiled.link_loads(tr, rows, starts, np.empty((L, len(starts))))
+    assert ref.tobytes() == got.tobytes()
+    for n in (1, 7, 8, 9, 127, 128, 129, 200, 257, 1000):  # the block edges, one segment
+        r = rng.integers(0, G * G, size=n)
+        assert _reduceat(tr, r, np.zeros(1, dtype=np.int64)).tobytes() == compiled.link_loads(
+            tr, r, np.zeros(1, dtype=np.int64), np.empty((L, 1))).tobytes()
