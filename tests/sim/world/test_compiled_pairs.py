@@ -115,3 +115,56 @@ def test_link_loads_equal_reduceat(seed):
         r = rng.integers(0, G * G, size=n)
         assert _reduceat(tr, r, np.zeros(1, dtype=np.int64)).tobytes() == compiled.link_loads(
             tr, r, np.zeros(1, dtype=np.int64), np.empty((L, 1))).tobytes()
+
+
+def _eplb_run(nodes, gpus_per_node, ep, seed):
+    from sim.cost import AnalyticCost
+    from sim.engine.metrics import compute_metrics
+    from sim.engine.simulation import Simulation
+    from sim.serving.binding import bind
+    from sim.serving.testing import random_pool, tiny_config, workload
+
+    cfg = tiny_config(layers=3, experts=16, top_k=2, nodes=nodes, gpus_per_node=gpus_per_node,
+                      ep=ep)
+    cfg.policy.placement = "eplb"
+    cfg.policy.placement_args = {"num_redundant": 8}
+    pool = random_pool(3, 16, 2, entries=6, tokens=60, rng=np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    n = 12
+    wl = workload(np.cumsum(rng.exponential(0.01, n)).tolist(), rng.integers(5, 40, n).tolist(),
+                  rng.integers(1, 8, n).tolist())
+    sim = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", np.random.default_rng(0)),
+                     AnalyticCost(cfg.model, cfg.hardware), np.random.default_rng(0))
+    sim.run()
+    return sim, compute_metrics(sim)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_layer_costs_over_pairs_equal_dense(seed, monkeypatch):
+    """A replica with replicated experts (eplb, 8 redundant) across 2 nodes: its layer costs
+    and all-to-all times over the holder pairs with the links' loads compiled (the wide path,
+    forced from 2 GPUs) are the dense path's floats, for one batch and for whole runs."""
+    import json
+
+    from sim.serving.layer_costs import batch_shape, layer_costs
+    from sim.world import token_split
+
+    sim, m_dense = _eplb_run(2, 4, 8, seed)
+    plan = sim.plan
+    assert not plan.single_owner and (plan.share > 0).sum(axis=2).max() > 1
+    shape = batch_shape(sim.req, np.arange(4), np.array([9, 1, 30, 6]))
+    counts = np.bincount(plan.pool_keys[shape.rows].ravel(), minlength=plan.L * plan.E)
+    dense = layer_costs(plan, sim.walk.cost, counts, shape, 8)
+    net = sim.walk.timing.net
+    gpus = list(range(8))
+    t_dense = net.layer_times(gpus, dense.a2a, 0.0)[0]
+    monkeypatch.setattr(token_split, "COMPILED_MIN_GPUS", 2)
+    wide = layer_costs(plan, sim.walk.cost, counts, shape, 8)
+    assert wide.a2a[1].shape == plan.pair_key.shape  # the share per pair
+    assert wide.comp.tobytes() == dense.comp.tobytes()
+    assert wide.load.tobytes() == dense.load.tobytes()
+    assert np.array_equal(wide.a2a[0], dense.a2a[0])
+    net._cache = (None, None, None)
+    assert net.layer_times(gpus, wide.a2a, 0.0)[0] == t_dense
+    _, m_wide = _eplb_run(2, 4, 8, seed)
+    assert json.dumps(m_wide, sort_keys=True) == json.dumps(m_dense, sort_keys=True)
