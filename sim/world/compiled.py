@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from sim.world import compiled_pairs as pairs  # kern.pairs: the kernels over holder pairs
+
 # the counting kernels live in their own module; callers reach them here (compiled_kernels())
 from sim.world.compiled_counts import (
     block_prefix,
@@ -37,7 +39,6 @@ from sim.world.compiled_counts import (
     dup_index,
     send_index,
 )
-from sim.world.compiled_pairs import csr_vec, link_loads, scatter_pairs, single_pairs
 
 #: the longest experts axis whose BLAS product is one fused chain (OpenBLAS's dgemm K block)
 MAX_CHAIN = 256
@@ -379,7 +380,7 @@ def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarra
             raise ValueError("traffic_share: a share per pair needs pair_key, pair_gpu and L")
         G = src.shape[0]
         E = src.shape[1] // L
-        ptr, hs, ws = csr_vec(np.ascontiguousarray(share, dtype=np.float64), pair_key, pair_gpu,
+        ptr, hs, ws = pairs.csr_vec(np.ascontiguousarray(share, dtype=np.float64), pair_key, pair_gpu,
                               L * E)
     else:
         L, E, G = share.shape
@@ -393,7 +394,6 @@ def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarra
     return out
 
 
-__all__ = ["MAX_CHAIN", "block_prefix", "count_dups", "count_runs", "count_sources", "csr_vec",
-           "dup_index", "holders", "holders_of", "integer_passes", "link_loads", "refine",
-           "round_alloc", "scatter_pairs", "send_index", "single_holders", "single_pairs",
-           "traffic_share"]
+__all__ = ["MAX_CHAIN", "block_prefix", "count_dups", "count_runs", "count_sources", "dup_index",
+           "holders", "holders_of", "integer_passes", "pairs", "refine", "round_alloc",
+           "send_index", "single_holders", "traffic_share"]

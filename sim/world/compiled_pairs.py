@@ -35,21 +35,6 @@ def single_pairs(c, nrep, ptr, pair_gpu, E, G):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def scatter_pairs(tok, alloc, ee, ok, ptr, gpus, nrep, E):  # pragma: no cover - compiled
-    """Writes the replicated experts' split into ``tok`` (P,): row m (layer m) and column j
-    (where ``ok``) hold expert ``ee[m, j]``'s tokens per GPU ``alloc[m, j]`` (G,); its i-th pair
-    is its i-th holder ``gpus[m, e, i]`` (both ascending by GPU). split_tokens' last scatter."""
-    M, J = ee.shape
-    for m in range(M):
-        for j in range(J):
-            if ok[m, j]:
-                e = ee[m, j]
-                p = ptr[m * E + e]
-                for i in range(nrep[m, e]):
-                    tok[p + i] = alloc[m, j, gpus[m, e, i]]
-
-
-@njit(cache=True)
 def csr_vec(share_p, pair_key, pair_gpu, LE):  # pragma: no cover - compiled
     """compiled._csr_pairs of a share given per pair ``share_p`` (P,): per key its nonzero
     pairs as CSR (``ptr`` (LE + 1,), their GPUs ``hs``, weights ``ws``), the same arrays."""
@@ -157,3 +142,180 @@ def link_loads(traffic, rows, starts, out):  # pragma: no cover - compiled
                 v = v + _pairwise(buf, s + 1, e - s - 1, stk, vals)
             out[l, c] = v
     return out
+
+
+# The split's passes over holder slots: compiled.integer_passes, refine and round_alloc with the
+# allocation (M, J, H) per holder slot i (the GPU ``hl[m, j, i]``) instead of (M, J, G) per GPU:
+# those touch only the holders' entries, in slot order, so each operation is the same on the
+# same values; the (M, J, G) arrays were zero off the holders (32 times the size at EP 64).
+
+
+@njit(cache=True)
+def _sort_small(a, n):  # pragma: no cover - compiled
+    """compiled._sort_small (here: a kernel's callees live in its file)."""
+    for i in range(1, n):
+        v = a[i]
+        p = i
+        while p > 0 and a[p - 1] > v:
+            a[p] = a[p - 1]
+            p -= 1
+        a[p] = v
+
+
+@njit(cache=True)
+def slot_loads(base, alloc, hl, nh):  # pragma: no cover - compiled
+    """(M, G) int64 ``base`` plus each row's allocations summed per GPU (``alloc`` (M, J, H)
+    per holder slot): ``base + alloc.sum(axis=1)`` of the per-GPU form (integers)."""
+    M, J, _ = alloc.shape
+    load = base.copy()
+    for m in range(M):
+        for j in range(J):
+            for i in range(nh[m, j]):
+                load[m, hl[m, j, i]] += alloc[m, j, i]
+    return load
+
+
+@njit(cache=True)
+def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
+    """compiled.integer_passes over holder slots, in place on ``alloc`` (M, J, H) int64."""
+    M, J, H = alloc.shape
+    load = load.copy()
+    xs = np.empty(H, dtype=np.int64)
+    srt = np.empty(H, dtype=np.int64)
+    S = np.empty(H, dtype=np.int64)
+    a = np.empty(H, dtype=np.int64)
+    gain = np.empty(H, dtype=np.int64)
+    for _ in range(count):
+        moved = False
+        for j in range(J):
+            for m in range(M):
+                k_n = nh[m, j]
+                n = nn[m, j]
+                for i in range(k_n):
+                    xs[i] = load[m, hl[m, j, i]] - alloc[m, j, i]
+                    srt[i] = xs[i]
+                _sort_small(srt, k_n)
+                acc = np.int64(0)
+                kstar = 0
+                for k in range(k_n):
+                    acc += srt[k]
+                    S[k] = acc
+                    if (k + 1) * srt[k] - acc <= n:
+                        kstar += 1
+                ng = 0
+                if kstar > 0:
+                    Sk = S[kstar - 1]
+                    h = (n + Sk) // kstar
+                    rem = n + Sk - h * kstar
+                    for i in range(k_n):  # the gaining holders, in the tie order
+                        a[i] = 0
+                        if xs[i] <= h:
+                            p = ng
+                            while p > 0 and tiepos[m, hl[m, j, gain[p - 1]]] > tiepos[m, hl[m, j, i]]:
+                                gain[p] = gain[p - 1]
+                                p -= 1
+                            gain[p] = i
+                            ng += 1
+                    for r in range(ng):
+                        i = gain[r]
+                        a[i] = h - xs[i] + (1 if r + 1 <= rem else 0)
+                else:
+                    for i in range(k_n):
+                        a[i] = 0
+                for i in range(k_n):
+                    if a[i] != alloc[m, j, i]:
+                        moved = True
+                    alloc[m, j, i] = a[i]
+                    load[m, hl[m, j, i]] = xs[i] + a[i]
+            if not skip_unmoved:
+                moved = True
+        if not moved:
+            break
+    return alloc
+
+
+@njit(cache=True)
+def slot_refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
+    """compiled.refine over holder slots, in place on ``alloc`` (M, J, H) float64."""
+    M, J, H = alloc.shape
+    load = load.copy()
+    srt = np.empty(H)
+    S = np.empty(H)
+    xs = np.empty(H)
+    for _ in range(passes):
+        delta = 0.0
+        for j in range(J):
+            for m in range(M):
+                k_n = nh[m, j]
+                for i in range(k_n):
+                    xs[i] = load[m, hl[m, j, i]] - alloc[m, j, i]
+                    srt[i] = xs[i]
+                _sort_small(srt, k_n)
+                n = np.float64(nn[m, j])
+                acc = 0.0
+                kstar = 0
+                for k in range(k_n):
+                    acc += srt[k]
+                    S[k] = acc
+                    if np.float64(k + 1) * srt[k] - acc <= n:
+                        kstar += 1
+                h = (n + S[kstar - 1]) / np.float64(kstar) if kstar > 0 else 0.0
+                for i in range(k_n):
+                    v = 0.0
+                    if kstar > 0:
+                        v = h - xs[i]
+                        if not v >= 0.0:
+                            v = 0.0
+                    d = abs(v - alloc[m, j, i])
+                    if d > delta:
+                        delta = d
+                    alloc[m, j, i] = v
+                    load[m, hl[m, j, i]] = xs[i] + v
+        if delta <= 1e-9:
+            break
+    return alloc
+
+
+@njit(cache=True)
+def slot_round(fa, hl, nh, nn, tiepos):  # pragma: no cover - compiled
+    """compiled.round_alloc over holder slots (``fa`` (M, J, H) float64): the floors' sum over
+    the holders (the other GPUs' 0.0 floor to 0: the same exact sum)."""
+    M, J, H = fa.shape
+    G = tiepos.shape[1]
+    out = np.zeros((M, J, H), dtype=np.int64)
+    key = np.empty(H, dtype=np.int64)
+    fl = np.empty(H)
+    for m in range(M):
+        for j in range(J):
+            k_n = nh[m, j]
+            tot = 0.0
+            for i in range(k_n):
+                f = np.floor(fa[m, j, i] + 1e-9)
+                fl[i] = f
+                tot += f
+                q = np.int64(np.rint((fa[m, j, i] - f) * 1e6))
+                key[i] = -q * G + tiepos[m, hl[m, j, i]]
+            rem = nn[m, j] - np.int64(tot)
+            for i in range(k_n):
+                rank = 0
+                for i2 in range(k_n):
+                    if key[i2] < key[i]:
+                        rank += 1
+                out[m, j, i] = np.int64(fl[i]) + (1 if rank < rem else 0)
+    return out
+
+
+@njit(cache=True)
+def scatter_slots(tok, alloc, ee, ok, ptr, nrep, E):  # pragma: no cover - compiled
+    """Writes the replicated experts' split into ``tok`` (P,): row m (layer m) and column j
+    (where ``ok``) hold expert ``ee[m, j]``'s tokens per holder slot ``alloc[m, j]`` (H,);
+    its i-th slot is its i-th holder, its i-th pair (both ascending by GPU). split_tokens'
+    last scatter."""
+    M, J = ee.shape
+    for m in range(M):
+        for j in range(J):
+            if ok[m, j]:
+                e = ee[m, j]
+                p = ptr[m * E + e]
+                for i in range(nrep[m, e]):
+                    tok[p + i] = alloc[m, j, i]

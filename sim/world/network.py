@@ -207,7 +207,7 @@ class _ReplicaNet:
             return np.full(L, self.base), []
         kern = compiled_kernels(G) if traffic.dtype == np.float64 else None
         if kern is not None:  # the same sums without gathering the flows (link_loads' doc)
-            load = kern.link_loads(np.ascontiguousarray(traffic), self.rows, self.starts,
+            load = kern.pairs.link_loads(np.ascontiguousarray(traffic), self.rows, self.starts,
                                    np.empty((L, len(self.starts))))
         else:
             flows = traffic.reshape(L, G * G)[:, self.rows]  # (L, P) each flow once per link

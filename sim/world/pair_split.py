@@ -78,8 +78,8 @@ def split_pairs(counts: np.ndarray, tab: PairTable, kern: Any, passes: int = DEF
                 ) -> np.ndarray:
     """(P,) int64 tokens of each holder pair in a batch of ``counts`` (L, E) (or (L*E,))
     tokens per (layer, expert): ``split_tokens(counts, share > 0, passes)`` at the table's pairs
-    (the compiled split's steps, the same integers). ``kern``: :mod:`sim.world.compiled` (with
-    the kernels of :mod:`sim.world.compiled_pairs`)."""
+    (the compiled split's steps over holder slots, the same integers). ``kern``:
+    :mod:`sim.world.compiled` (its ``pairs``: :mod:`sim.world.compiled_pairs`)."""
     L, E = tab.L, tab.E
     c = np.ascontiguousarray(counts, dtype=np.int64).reshape(-1)
     if c.size != L * E:
@@ -89,11 +89,12 @@ def split_pairs(counts: np.ndarray, tab: PairTable, kern: Any, passes: int = DEF
         raise ConfigError(f"split_pairs: passes must be >= 1, got {passes}")
     if c.size and c.min() < 0:
         raise ConfigError("split_pairs: counts must be nonnegative integers")
-    tok, base = kern.single_pairs(c, tab.nrep.reshape(-1), tab.ptr, tab.pair_gpu, E, tab.G)
+    kp = kern.pairs
+    tok, base = kp.single_pairs(c, tab.nrep.reshape(-1), tab.ptr, tab.pair_gpu, E, tab.G)
     if tab.rep_e is None:
         return tok
     ee, ok, alloc = split_replicated(c.reshape(1, L, E), tab.rep_e, tab.rep_ok, base, passes,
-                                     kern, None, (tab.gpus, tab.nrep))
-    kern.scatter_pairs(tok, alloc, np.ascontiguousarray(ee), np.ascontiguousarray(ok),
-                             tab.ptr, tab.gpus, tab.nrep, E)
+                                     kern, None, (tab.gpus, tab.nrep), slots=True)
+    kp.scatter_slots(tok, alloc, np.ascontiguousarray(ee), np.ascontiguousarray(ok), tab.ptr,
+                     tab.nrep, E)
     return tok

@@ -42,6 +42,26 @@ def test_split_pairs_hand_figure():
     assert pair_table(plan, compiled) is tab  # kept on the plan
 
 
+def test_split_pairs_refines():
+    """A chain of replicas (GPU 0-1 through expert 0, 1-2 through expert 1, expert 2 on GPU 0)
+    (tests/sim/world/test_compiled.py): over the holder slots too the split reaches 4, 4, 3
+    tokens per GPU (11 on 3 GPUs, the bound 4), the dense split's, with and without passes."""
+    hold = np.zeros((1, 3, 3), dtype=bool)
+    hold[0, 0, [0, 1]] = True
+    hold[0, 1, [1, 2]] = True
+    hold[0, 2, 0] = True
+    pairs = np.argwhere(hold.reshape(3, 3))
+    plan = SimpleNamespace(share=hold / hold.sum(axis=2, keepdims=True), pair_key=pairs[:, 0],
+                           pair_gpu=pairs[:, 1])
+    tab = pair_table(plan, compiled)
+    counts = np.array([[4, 4, 3]])
+    tok = split_pairs(counts, tab, compiled)
+    assert tok.tolist() == split_tokens(counts, hold)[0][hold[0]].tolist()
+    assert sorted(np.bincount(tab.group, weights=tok, minlength=3).tolist()) == [3.0, 4.0, 4.0]
+    greedy = split_pairs(counts, tab, compiled, passes=1)
+    assert greedy.tolist() == split_tokens(counts, hold, passes=1)[0][hold[0]].tolist()
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_split_pairs_equal_dense_split(seed):
     rng = np.random.default_rng(700 + seed)
@@ -90,7 +110,7 @@ def _reduceat(traffic, rows, starts):
 def test_link_loads_hand_figure():
     """Flows 1, 2 then 3, 0 of [[1, 2], [3, 4]]: 2 + 3 and 4 + 1."""
     tr = np.array([[[1.0, 2.0], [3.0, 4.0]]])
-    got = compiled.link_loads(tr, np.array([1, 2, 3, 0]), np.array([0, 2]), np.empty((1, 2)))
+    got = compiled.pairs.link_loads(tr, np.array([1, 2, 3, 0]), np.array([0, 2]), np.empty((1, 2)))
     assert got.tolist() == [[5.0, 5.0]]
 
 
@@ -109,11 +129,11 @@ def test_link_loads_equal_reduceat(seed):
         if R > 1 else np.zeros(0, dtype=np.int64)
     starts = np.concatenate([[0], np.sort(cuts)]).astype(np.int64)
     ref = _reduceat(tr, rows, starts)
-    got = compiled.link_loads(tr, rows, starts, np.empty((L, len(starts))))
+    got = compiled.pairs.link_loads(tr, rows, starts, np.empty((L, len(starts))))
     assert ref.tobytes() == got.tobytes()
     for n in (1, 7, 8, 9, 127, 128, 129, 200, 257, 1000):  # the block edges, one segment
         r = rng.integers(0, G * G, size=n)
-        assert _reduceat(tr, r, np.zeros(1, dtype=np.int64)).tobytes() == compiled.link_loads(
+        assert _reduceat(tr, r, np.zeros(1, dtype=np.int64)).tobytes() == compiled.pairs.link_loads(
             tr, r, np.zeros(1, dtype=np.int64), np.empty((L, 1))).tobytes()
 
 
