@@ -328,7 +328,7 @@ def _chain(sc, ptr, hs, ws, L, E, G, out):  # pragma: no cover - compiled
     """out[l, g, h]: the chain over e ascending of sc[g, l*E + e] * share[l, e, h] (the share
     as CSR), every entry written. Per layer, the experts with a nonzero share (the others add
     an exact 0 to every chain: skipped) have their source counts copied to (e, g) floats
-    (rows of ``sc`` read in order), then each share entry (e, h, w) adds ``count * w`` to
+    (8 GPUs at a time), then each share entry (e, h, w) adds ``count * w`` to
     every chain (·, h) at once, over the source GPUs (one vector of fused multiply-adds):
     each chain still takes its terms in ascending e. A zero count adds ``0 * w + x == x``
     (x >= 0), so the counts need no test."""
@@ -346,11 +346,12 @@ def _chain(sc, ptr, hs, ws, L, E, G, out):  # pragma: no cover - compiled
             if ptr[base + e + 1] > ptr[base + e]:
                 act[na] = e
                 na += 1
-        for g in range(G):
-            row = sc[g]
+        for g0 in range(0, G, 8):  # 8 source GPUs at a time: one cache line of tmp per expert
+            g1 = min(g0 + 8, G)
             for k in range(na):
-                e = act[k]
-                tmp[e, g] = np.float64(row[base + e])
+                t = tmp[act[k]]
+                for g in range(g0, g1):
+                    t[g] = np.float64(sc[g, base + act[k]])
         acc[:, :] = 0.0
         for k in range(na):
             e = act[k]
