@@ -57,42 +57,43 @@ def csr_vec(share_p, pair_key, pair_gpu, LE):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _block(a, s0, m):  # pragma: no cover - compiled
-    """numpy's pairwise sum of ``a[s0:s0 + m]`` for m <= 128 (one block)."""
+def _block(a, idx, s0, m):  # pragma: no cover - compiled
+    """numpy's pairwise sum of ``a[idx[s0:s0 + m]]`` for m <= 128 (one block)."""
     if m < 8:
         res = 0.0
         for i in range(m):
-            res += a[s0 + i]
+            res += a[idx[s0 + i]]
         return res
-    r0, r1, r2, r3 = a[s0], a[s0 + 1], a[s0 + 2], a[s0 + 3]
-    r4, r5, r6, r7 = a[s0 + 4], a[s0 + 5], a[s0 + 6], a[s0 + 7]
-    i = 8
-    while i < m - (m % 8):
-        r0 += a[s0 + i]
-        r1 += a[s0 + i + 1]
-        r2 += a[s0 + i + 2]
-        r3 += a[s0 + i + 3]
-        r4 += a[s0 + i + 4]
-        r5 += a[s0 + i + 5]
-        r6 += a[s0 + i + 6]
-        r7 += a[s0 + i + 7]
+    r0, r1, r2, r3 = a[idx[s0]], a[idx[s0 + 1]], a[idx[s0 + 2]], a[idx[s0 + 3]]
+    r4, r5, r6, r7 = a[idx[s0 + 4]], a[idx[s0 + 5]], a[idx[s0 + 6]], a[idx[s0 + 7]]
+    i = s0 + 8
+    end = s0 + m - (m % 8)
+    while i < end:
+        r0 += a[idx[i]]
+        r1 += a[idx[i + 1]]
+        r2 += a[idx[i + 2]]
+        r3 += a[idx[i + 3]]
+        r4 += a[idx[i + 4]]
+        r5 += a[idx[i + 5]]
+        r6 += a[idx[i + 6]]
+        r7 += a[idx[i + 7]]
         i += 8
     res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < m:
-        res += a[s0 + i]
+    while i < s0 + m:
+        res += a[idx[i]]
         i += 1
     return res
 
 
 @njit(cache=True)
-def _pairwise(a, lo, n, stk, vals):  # pragma: no cover - compiled
-    """numpy's pairwise sum of ``a[lo:lo + n]`` (float64; numpy/_core/src/umath/loops_utils.h:
-    below 8 terms one by one from 0.0, up to 128 eight running sums combined as
+def _pairwise(a, idx, lo, n, stk, vals):  # pragma: no cover - compiled
+    """numpy's pairwise sum of ``a[idx[lo:lo + n]]`` (float64; numpy/_core/src/umath/
+    loops_utils.h: below 8 terms one by one from 0.0, up to 128 eight running sums combined as
     ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)) then the rest one by one, above 128 the
-    two halves, cut at a multiple of 8, added). An explicit stack (``stk`` (64, 3) int64,
-    ``vals`` (64,) scratch: depth log2(n / 128) + 1 each), not recursion."""
+    two halves, cut at a multiple of 8, added). An explicit stack (``stk`` (192, 3) int64,
+    ``vals`` (64,) scratch: 2 rows and 1 value per halving), not recursion."""
     if n <= 128:
-        return _block(a, lo, n)
+        return _block(a, idx, lo, n)
     top = 1
     stk[0, 0], stk[0, 1], stk[0, 2] = lo, n, 0
     nv = 0
@@ -103,7 +104,7 @@ def _pairwise(a, lo, n, stk, vals):  # pragma: no cover - compiled
             nv -= 1
             vals[nv - 1] = vals[nv - 1] + vals[nv]
         elif m <= 128:
-            vals[nv] = _block(a, s0, m)
+            vals[nv] = _block(a, idx, s0, m)
             nv += 1
         else:  # the first half first, then the second, then their sum
             n2 = m // 2
@@ -123,23 +124,21 @@ def link_loads(traffic, rows, starts, out):  # pragma: no cover - compiled
     numpy's pairwise sum of the others added to it (a reduceat's segment as its inner loop
     forms it; a segment of one: that term)."""
     L = traffic.shape[0]
-    GG = traffic.shape[1] * traffic.shape[2]
-    flat = traffic.reshape(L, GG)
+    flat = traffic.reshape(L, traffic.shape[1] * traffic.shape[2])
     C = starts.shape[0]
     R = rows.shape[0]
-    buf = np.empty(R)
     stk = np.empty((192, 3), dtype=np.int64)
     vals = np.empty(64)
     for l in range(L):
         fl = flat[l]
-        for i in range(R):
-            buf[i] = fl[rows[i]]
         for c in range(C):
             s = starts[c]
             e = starts[c + 1] if c + 1 < C else R
-            v = buf[s]
-            if e - s > 1:
-                v = v + _pairwise(buf, s + 1, e - s - 1, stk, vals)
+            v = np.float64(fl[rows[s]])
+            if e - s > 129:
+                v = v + _pairwise(fl, rows, s + 1, e - s - 1, stk, vals)
+            elif e - s > 1:  # (one block: _pairwise's first case, called directly)
+                v = v + _block(fl, rows, s + 1, e - s - 1)
             out[l, c] = v
     return out
 
