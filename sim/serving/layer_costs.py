@@ -22,7 +22,8 @@ from sim.cost.analytic import (
 )
 from sim.serving.plan import ClusterPlan
 from sim.serving.state import Requests
-from sim.world.token_split import split_tokens
+from sim.world.pair_split import pair_table, split_pairs
+from sim.world.token_split import compiled_kernels, split_tokens
 from sim.world.traffic import count_tokens
 
 
@@ -70,8 +71,9 @@ class LayerCosts:
     attn: float  # attention block + tensor-parallel collectives, per layer
     gate: float
     #: the all-to-all (sim.world.network times it): its traffic (L, G, G), or (G, L*E) tokens per source
-    #: GPU and key with the share of each expert's tokens per GPU (None: the plan's); None when
-    #: there is no all-to-all
+    #: GPU and key with the share of each expert's tokens per GPU (None: the plan's; (L, E, G),
+    #: or (P,) at the plan's holder pairs from COMPILED_MIN_GPUS GPUs); None when there is no
+    #: all-to-all
     a2a: Any
     pre: float  # per iteration, before the first layer: overhead, embeddings, dense layers, LM head
 
@@ -106,13 +108,22 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
     else:
         # replicated experts: this batch's tokens split across the replicas, each token to the
         # least-loaded replica GPU (sim/world/token_split.py), integers summing to counts
-        tok_g = split_tokens(counts, plan.share > 0)  # (L, E, G) tokens per expert per GPU
-        group = np.broadcast_to(np.arange(L)[:, None, None] * G + np.arange(G)[None, None, :],
-                                tok_g.shape)
-        comp = cost.moe_s(tok_g.ravel(), group.ravel(), L * G).reshape(L, G)
-        load = tok_g.sum(axis=1).astype(np.float64)  # (L, G)
-        # the all-to-all follows the split: each GPU's share of an expert's tokens in this batch
-        batch_share = tok_g / np.maximum(counts, 1)[:, :, None]
+        wide = compiled_kernels(G) if plan.share.shape[2] == G else None
+        if wide is not None:  # a large replica: over the plan's holder pairs only (P,), the
+            # dense arrays' nonzeros in their order: the same integers and floats
+            tab = pair_table(plan, wide)
+            tok_p = split_pairs(counts, tab, wide)  # (P,) tokens per (expert, GPU) holding
+            comp = cost.moe_s(tok_p, tab.group, L * G).reshape(L, G)
+            load = np.bincount(tab.group, weights=tok_p, minlength=L * G).reshape(L, G)
+            batch_share = tok_p / np.maximum(counts_flat, 1)[tab.pair_key]  # (P,)
+        else:
+            tok_g = split_tokens(counts, plan.share > 0)  # (L, E, G) tokens per expert per GPU
+            group = np.broadcast_to(np.arange(L)[:, None, None] * G + np.arange(G)[None, None, :],
+                                    tok_g.shape)
+            comp = cost.moe_s(tok_g.ravel(), group.ravel(), L * G).reshape(L, G)
+            load = tok_g.sum(axis=1).astype(np.float64)  # (L, G)
+            # the all-to-all follows the split: each GPU's share of an expert's tokens this batch
+            batch_share = tok_g / np.maximum(counts, 1)[:, :, None]
     T = shape.tokens
     prefill = T - shape.decode
     attn = cost.attention_s(prefill, shape.decode, shape.pairs, G, kv_tokens=shape.kv_tokens) + \

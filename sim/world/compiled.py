@@ -17,14 +17,18 @@ nothing. Without numba installed, :func:`available` is False and the references 
 - :func:`traffic_share`: ``per @ share`` per layer as OpenBLAS's double-precision kernel forms
   it (a K dimension of at most :data:`MAX_CHAIN`): each output a chain of fused multiply-adds
   over the experts in ascending order from 0. A zero term leaves a nonnegative chain as it is,
-  so the chain skips them: the cost is the share's nonzeros x G, not E x G x G, and no BLAS
-  threads are started (on a loaded machine those cost more than the product).
+  so the chain skips the share's zeros and adds the counts' without a test, each share
+  nonzero as one vector of fused multiply-adds over the source GPUs: the cost is the share's
+  nonzeros x G, and no BLAS threads are started (on a loaded machine those cost more than
+  the product).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from sim.world import compiled_pairs as pairs  # kern.pairs: the kernels over holder pairs
 
 # the counting kernels live in their own module; callers reach them here (compiled_kernels())
 from sim.world.compiled_counts import (
@@ -322,37 +326,75 @@ def _csr_pairs(share, pair_key, pair_gpu, L, E):  # pragma: no cover - compiled
 @njit(cache=True, fastmath={"contract"})
 def _chain(sc, ptr, hs, ws, L, E, G, out):  # pragma: no cover - compiled
     """out[l, g, h]: the chain over e ascending of sc[g, l*E + e] * share[l, e, h] (the share
-    as CSR), zero terms skipped (they add an exact 0)."""
-    for g in range(G):
-        for l in range(L):
-            for e in range(E):
-                col = l * E + e
-                v = sc[g, col]
-                if v == 0:
-                    continue
-                fv = np.float64(v)
-                for i in range(ptr[col], ptr[col + 1]):
-                    h = hs[i]
-                    out[l, g, h] = fv * ws[i] + out[l, g, h]
+    as CSR), every entry written. Per layer, the experts with a nonzero share (the others add
+    an exact 0 to every chain: skipped) have their source counts copied to (e, g) floats
+    (8 GPUs at a time), then each share entry (e, h, w) adds ``count * w`` to
+    every chain (·, h) at once, over the source GPUs (one vector of fused multiply-adds):
+    each chain still takes its terms in ascending e. A zero count adds ``0 * w + x == x``
+    (x >= 0), so the counts need no test."""
+    tmp = np.empty((E, G))
+    acc = np.empty((G, G))  # [h, g]
+    act = np.empty(E, dtype=np.int64)
+    for l in range(L):
+        base = l * E
+        o_l = out[l]
+        if ptr[base + E] == ptr[base]:  # no share at this layer: no traffic
+            o_l[:, :] = 0.0
+            continue
+        na = 0
+        for e in range(E):
+            if ptr[base + e + 1] > ptr[base + e]:
+                act[na] = e
+                na += 1
+        for g0 in range(0, G, 8):  # 8 source GPUs at a time: one cache line of tmp per expert
+            g1 = min(g0 + 8, G)
+            for k in range(na):
+                t = tmp[act[k]]
+                for g in range(g0, g1):
+                    t[g] = np.float64(sc[g, base + act[k]])
+        acc[:, :] = 0.0
+        for k in range(na):
+            e = act[k]
+            col = base + e
+            t = tmp[e]
+            for i in range(ptr[col], ptr[col + 1]):
+                w = ws[i]
+                a = acc[hs[i]]
+                for g in range(G):
+                    a[g] = t[g] * w + a[g]
+        for g in range(G):
+            o = o_l[g]
+            for h in range(G):
+                o[h] = acc[h, g]
 
 
 def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarray | None = None,
-                  pair_gpu: np.ndarray | None = None) -> np.ndarray:
+                  pair_gpu: np.ndarray | None = None, L: int | None = None) -> np.ndarray:
     """(L, G, G) ``per @ share`` of :func:`sim.world.traffic.gpu_traffic` (``src_counts``
     (G, L*E) nonnegative integers, ``share`` (L, E, G) nonnegative, E <= :data:`MAX_CHAIN`).
     ``pair_key``, ``pair_gpu``: the only (key, GPU)s where the share may be nonzero (the plan's
-    holders, key-sorted): read instead of all of it, the same floats."""
-    L, E, G = share.shape
-    out = np.zeros((L, G, G))
-    sh = np.ascontiguousarray(share, dtype=np.float64)
-    if pair_key is None:
-        ptr, hs, ws = _csr_dense(sh, L, E, G)
+    holders, key-sorted): read instead of all of it, the same floats. ``share`` may also be
+    given at those pairs only, (P,) (then ``L`` is needed): the same CSR, so the same floats."""
+    src = np.ascontiguousarray(src_counts)
+    if share.ndim == 1:
+        if pair_key is None or L is None:
+            raise ValueError("traffic_share: a share per pair needs pair_key, pair_gpu and L")
+        G = src.shape[0]
+        E = src.shape[1] // L
+        ptr, hs, ws = pairs.csr_vec(np.ascontiguousarray(share, dtype=np.float64), pair_key, pair_gpu,
+                              L * E)
     else:
-        ptr, hs, ws = _csr_pairs(sh, pair_key, pair_gpu, L, E)
-    _chain(np.ascontiguousarray(src_counts), ptr, hs, ws, L, E, G, out)
+        L, E, G = share.shape
+        sh = np.ascontiguousarray(share, dtype=np.float64)
+        if pair_key is None:
+            ptr, hs, ws = _csr_dense(sh, L, E, G)
+        else:
+            ptr, hs, ws = _csr_pairs(sh, pair_key, pair_gpu, L, E)
+    out = np.empty((L, G, G))
+    _chain(src, ptr, hs, ws, L, E, G, out)
     return out
 
 
 __all__ = ["MAX_CHAIN", "block_prefix", "count_dups", "count_runs", "count_sources", "dup_index",
-           "holders", "holders_of", "integer_passes", "refine", "round_alloc", "send_index",
-           "single_holders", "traffic_share"]
+           "holders", "holders_of", "integer_passes", "pairs", "refine", "round_alloc",
+           "send_index", "single_holders", "traffic_share"]

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.world.token_split import compiled_kernels
 from sim.world.topology import Topology
 from sim.world.traffic import BF16_BYTES, gpu_traffic
 
@@ -198,12 +199,19 @@ class _ReplicaNet:
 
     def times(self, traffic: np.ndarray) -> tuple[np.ndarray, list]:
         """Per layer the all-to-all time over the unshared links (L,), and per shared link its
-        (L,) egress and ingress bytes of the dispatch: ``(link id, out, in, bandwidth, latency)``."""
+        (L,) egress and ingress bytes of the dispatch: ``(link id, out, in, bandwidth, latency)``.
+        Float traffic from :data:`~sim.world.token_split.COMPILED_MIN_GPUS` GPUs: the links'
+        loads compiled (:func:`sim.world.compiled_pairs.link_loads`, numpy's reduceat sums)."""
         L, G = traffic.shape[0], traffic.shape[1]
         if not len(self.rows):  # no link between the GPUs (cannot happen with G > 1)
             return np.full(L, self.base), []
-        flows = traffic.reshape(L, G * G)[:, self.rows]  # (L, P) each flow once per link it loads
-        load = np.add.reduceat(flows, self.starts, axis=1).astype(np.float64)  # (L, C) tokens
+        kern = compiled_kernels(G) if traffic.dtype == np.float64 else None
+        if kern is not None:  # the same sums without gathering the flows (link_loads' doc)
+            load = kern.pairs.link_loads(np.ascontiguousarray(traffic), self.rows, self.starts,
+                                   np.empty((L, len(self.starts))))
+        else:
+            flows = traffic.reshape(L, G * G)[:, self.rows]  # (L, P) each flow once per link
+            load = np.add.reduceat(flows, self.starts, axis=1).astype(np.float64)  # (L, C) tokens
         t = np.where(load > 0, self.lat + load * self.scale, 0.0)  # (L, C)
         shared_bytes = []
         if self.shared:

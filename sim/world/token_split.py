@@ -170,6 +170,107 @@ def _round(fa: np.ndarray, hj: np.ndarray, nn: np.ndarray, start: np.ndarray) ->
     return fl.astype(np.int64) + (hj & (rank < rem[..., None]))
 
 
+def replicated_ids(rep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L, J) each layer's replicated experts ``rep`` (L, E) bool ascending, padded, and (L, J)
+    which are real (not padding); J the most any layer has."""
+    J = int(rep.sum(axis=1).max())
+    rep_e = np.argsort(~rep, axis=1, kind="stable")[:, :J]  # (L, J) replicated ids ascending
+    return rep_e, np.take_along_axis(rep, rep_e, axis=1)  # then padding
+
+
+def split_replicated(c: np.ndarray, rep_e: np.ndarray, rep_ok: np.ndarray, base: np.ndarray,
+                     passes: int, kern, hold: np.ndarray | None, holders: tuple | None,
+                     slots: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 2 and 3 of :func:`split_tokens` for ``c`` (N, L, E) int64 tokens per batch, the
+    replicated experts of :func:`replicated_ids`, ``base`` (N * L, G) int64 the single holders'
+    tokens per GPU: per row (batch, layer) its replicated experts with tokens, most first,
+    (M, J) ids ``ee`` and whether real ``ok``, and (M, J, G) int64 their tokens per GPU.
+    Without ``kern`` (numpy) the holders come from ``hold`` (L, E, G); with it from
+    ``holders`` = (gpus (L, E, H), nrep (L, E)) of :func:`sim.world.compiled.single_holders`,
+    and with ``slots`` the tokens are (M, J, H) per holder slot (the i-th slot: the expert's
+    i-th holder; the slot kernels of :mod:`sim.world.compiled_pairs`, the same integers)."""
+    N, L, E = c.shape
+    G = base.shape[1]
+    # rows: one per (batch, layer), M = N * L
+    M = N * L
+    cr = c.reshape(M, E)
+    layer = np.tile(np.arange(L), N)  # (M,)
+    start = cr @ np.arange(1, E + 1, dtype=np.int64)  # (M,) u: the tie order (module doc)
+    re, rok = rep_e[layer], rep_ok[layer]  # (M, J)
+    rc = np.take_along_axis(cr, re, axis=1) * rok
+    order = np.argsort(-rc, axis=1, kind="stable")  # most tokens first, ties smaller expert id
+    ee = np.take_along_axis(re, order, axis=1)  # (M, J)
+    ok = np.take_along_axis(rok, order, axis=1)
+    nn = np.take_along_axis(rc, order, axis=1)
+    Jn = int((nn > 0).sum(axis=1).max(initial=0))  # experts with tokens come first; the rest get 0
+    ee, ok, nn = ee[:, :Jn], ok[:, :Jn], nn[:, :Jn]
+    J = Jn
+    if kern is None:
+        hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
+        tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
+
+        def int_passes(count, alloc, load, r, skip_unmoved):
+            rr = slice(None) if r is None else r
+            return _integer_passes(count, alloc, load, hj[rr], nn[rr], tie[rr], skip_unmoved)
+
+        def loads(b, alloc, r):
+            return b + alloc.sum(axis=1)
+
+        def refine(alloc, load, r):
+            return _refine(alloc, load, hj[r], nn[r], passes - 1)
+
+        def round_(fa, r):
+            return _round(fa, hj[r], nn[r], start[r])
+    else:  # compiled, over each expert's holders only (the same integers and floats)
+        gpus, nrep = holders
+        tie = _tie_rank(G, start)  # (M, G) each GPU's place in the tie order
+        hl, nh = kern.holders_of(gpus, nrep, layer, np.ascontiguousarray(ee),
+                                  np.ascontiguousarray(ok), J)
+
+        def int_passes(count, alloc, load, r, skip_unmoved):
+            rr = slice(None) if r is None else r
+            return kern.integer_passes(count, alloc, load, hl[rr], nh[rr], nn[rr],
+                                              tie[rr], skip_unmoved)
+
+        def refine(alloc, load, r):
+            return kern.refine(alloc, load, hl[r], nh[r], nn[r], passes - 1)
+
+        def round_(fa, r):
+            return kern.round_alloc(fa, hl[r], nh[r], nn[r], tie[r])
+
+        def loads(b, alloc, r):
+            return b + alloc.sum(axis=1)
+        if slots:  # the same passes over the holder slots
+            ks = kern.pairs
+
+            def int_passes(count, alloc, load, r, skip_unmoved):
+                rr = slice(None) if r is None else r
+                return ks.slot_passes(count, alloc, load, hl[rr], nh[rr], nn[rr], tie[rr],
+                                      skip_unmoved)
+
+            def refine(alloc, load, r):
+                return ks.slot_refine(alloc, load, hl[r], nh[r], nn[r], passes - 1)
+
+            def round_(fa, r):
+                return ks.slot_round(fa, hl[r], nh[r], nn[r], tie[r])
+
+            def loads(b, alloc, r):
+                rr = slice(None) if r is None else r
+                return ks.slot_loads(b, alloc, hl[rr], nh[rr])
+            G = hl.shape[2]  # the allocations' last axis: the slots
+    alloc = int_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), None,
+                       skip_unmoved=False)  # the greedy
+    if passes > 1:
+        load = loads(base, alloc, None)
+        bound = np.maximum(-(-cr.sum(axis=1) // base.shape[1]), base.max(axis=1))  # none better
+        r = np.flatnonzero(load.max(axis=1) > bound)
+        if len(r):
+            fa = refine(alloc[r].astype(np.float64), load[r].astype(np.float64), r)
+            ar = round_(fa, r)
+            alloc[r] = int_passes(passes - 1, ar, loads(base[r], ar, r), r, skip_unmoved=True)
+    return ee, ok, alloc
+
+
 def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PASSES,
                  compiled: bool | None = None) -> np.ndarray:
     """Tokens each GPU computes of each (layer, expert) per batch: ``counts`` (..., L, E)
@@ -207,63 +308,11 @@ def split_tokens(counts: np.ndarray, hold: np.ndarray, passes: int = DEFAULT_PAS
     rep = nrep > 1
     if not rep.any():
         return out.reshape(*lead, L, E, G)
-    J = int(rep.sum(axis=1).max())
-    rep_e = np.argsort(~rep, axis=1, kind="stable")[:, :J]  # (L, J) replicated ids ascending
-    rep_ok = np.take_along_axis(rep, rep_e, axis=1)  # then padding
-    # rows: one per (batch, layer), M = N * L
+    rep_e, rep_ok = replicated_ids(rep)
     M = N * L
-    cr = c.reshape(M, E)
-    layer = np.tile(np.arange(L), N)  # (M,)
-    start = cr @ np.arange(1, E + 1, dtype=np.int64)  # (M,) u: the tie order (module doc)
-    re, rok = rep_e[layer], rep_ok[layer]  # (M, J)
-    rc = np.take_along_axis(cr, re, axis=1) * rok
-    order = np.argsort(-rc, axis=1, kind="stable")  # most tokens first, ties smaller expert id
-    ee = np.take_along_axis(re, order, axis=1)  # (M, J)
-    ok = np.take_along_axis(rok, order, axis=1)
-    nn = np.take_along_axis(rc, order, axis=1)
-    Jn = int((nn > 0).sum(axis=1).max(initial=0))  # experts with tokens come first; the rest get 0
-    ee, ok, nn = ee[:, :Jn], ok[:, :Jn], nn[:, :Jn]
-    J = Jn
-    if kern is None:
-        hj = hold[layer[:, None], ee] & ok[..., None]  # (M, J, G)
-        base = out.reshape(M, E, G).sum(axis=1)  # (M, G)
-        tie = np.argsort(_tie_rank(G, start), axis=-1)  # (M, G) GPUs in tie order
-
-        def int_passes(count, alloc, load, r, skip_unmoved):
-            rr = slice(None) if r is None else r
-            return _integer_passes(count, alloc, load, hj[rr], nn[rr], tie[rr], skip_unmoved)
-
-        def refine(alloc, load, r):
-            return _refine(alloc, load, hj[r], nn[r], passes - 1)
-
-        def round_(fa, r):
-            return _round(fa, hj[r], nn[r], start[r])
-    else:  # compiled, over each expert's holders only (the same integers and floats)
-        base = base_k
-        tie = _tie_rank(G, start)  # (M, G) each GPU's place in the tie order
-        hl, nh = kern.holders_of(gpus, nrep, layer, np.ascontiguousarray(ee),
-                                  np.ascontiguousarray(ok), J)
-
-        def int_passes(count, alloc, load, r, skip_unmoved):
-            rr = slice(None) if r is None else r
-            return kern.integer_passes(count, alloc, load, hl[rr], nh[rr], nn[rr],
-                                              tie[rr], skip_unmoved)
-
-        def refine(alloc, load, r):
-            return kern.refine(alloc, load, hl[r], nh[r], nn[r], passes - 1)
-
-        def round_(fa, r):
-            return kern.round_alloc(fa, hl[r], nh[r], nn[r], tie[r])
-    alloc = int_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), None,
-                       skip_unmoved=False)  # the greedy
-    if passes > 1:
-        load = base + alloc.sum(axis=1)
-        bound = np.maximum(-(-cr.sum(axis=1) // G), base.max(axis=1))  # no split does better
-        r = np.flatnonzero(load.max(axis=1) > bound)
-        if len(r):
-            fa = refine(alloc[r].astype(np.float64), load[r].astype(np.float64), r)
-            ar = round_(fa, r)
-            alloc[r] = int_passes(passes - 1, ar, base[r] + ar.sum(axis=1), r, skip_unmoved=True)
+    base = base_k if kern is not None else out.reshape(M, E, G).sum(axis=1)  # (M, G)
+    ee, ok, alloc = split_replicated(c, rep_e, rep_ok, base, passes, kern, hold,
+                                     None if kern is None else (gpus, nrep))
     m_i, j_i = np.nonzero(ok)
     out.reshape(M, E, G)[m_i, ee[m_i, j_i]] = alloc[m_i, j_i]
     return out.reshape(*lead, L, E, G)

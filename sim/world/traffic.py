@@ -208,9 +208,8 @@ def _count_compiled(kern: Any, plan: Any, rows: np.ndarray, G: int) -> tuple[np.
             m = np.ascontiguousarray(sends[:, :LG]) if small else sends[:, :LG].astype(np.float64)
             return total[0], m.reshape(G, L, G).transpose(1, 0, 2)
     sc = np.zeros((G, LE), dtype=np.int64)
-    total = np.zeros(LE, dtype=np.int64)
-    kern.count_runs(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, True, total, sc)
-    return total, sc
+    kern.count_runs(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, True, no_total, sc)
+    return sc.sum(axis=0), sc  # (integers: the same totals as counted alongside, and cheaper)
 
 
 def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = None,
@@ -221,7 +220,8 @@ def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = No
     plan's placement: ``share`` (L, E, G), the share of an expert's tokens each GPU computes (1 on
     its one owner; default ``plan.share``; a per-batch split of replicated experts passes its
     own, nonzero only where ``plan.share`` is: the compiled product reads the plan's holders
-    ``pair_key``, ``pair_gpu`` only). ``dups`` (G, L*G + 1), single owners: per source GPU
+    ``pair_key``, ``pair_gpu`` only; or that share at those pairs only, (P,):
+    :mod:`sim.world.pair_split`). ``dups`` (G, L*G + 1), single owners: per source GPU
     the tokens whose (layer, GPU) an earlier expert of theirs already sends them to
     (:func:`duplicate_destinations` counted by source; the last column: none), taken off: a
     token goes once to each GPU that holds any of its experts, not once per expert. The
@@ -245,7 +245,11 @@ def gpu_traffic(plan: Any, src_counts: np.ndarray, share: np.ndarray | None = No
     kern = compiled_kernels(G, compiled) if E <= 256 and G % 2 == 0 else None
     if kern is not None and (compiled or chain_matches_blas(kern, L, E, G)):
         return kern.traffic_share(src_counts, sh, getattr(plan, "pair_key", None),
-                                  getattr(plan, "pair_gpu", None))
+                                  getattr(plan, "pair_gpu", None), L)
+    if sh.ndim == 1:  # a share per holder pair: the dense (L, E, G) it stands for
+        dense = np.zeros((L * E, G))
+        dense[plan.pair_key, plan.pair_gpu] = sh
+        sh = dense.reshape(L, E, G)
     return _blas_traffic(src_counts, sh, L, E, G)
 
 

@@ -1,0 +1,320 @@
+"""Compiled (numba) kernels of the per-batch token split kept over the plan's holder pairs
+(:mod:`sim.world.pair_split`) instead of a dense (L, E, G) array, and of the network's per-link
+loads (:meth:`sim.world.network._ReplicaNet.times`). A large replica's split is nonzero on its
+P holder pairs only (DeepSeek-V3 at EP 64 with 64 redundant experts: 18,560 of 950,272 entries),
+so these read and write P entries where the dense forms swept all of them. Each gives the same
+integers and floats as its reference (tests/sim/world/test_compiled_pairs.py). Imported lazily,
+from :data:`sim.world.token_split.COMPILED_MIN_GPUS` GPUs a replica, like :mod:`sim.world.compiled`.
+
+Pair order: the plan's pairs are ``np.argwhere(share > 0)`` over (key, GPU), key-sorted and GPUs
+ascending within a key, that is the dense (L, E, G) array's flat order: a sum over pairs in pair
+order adds the dense array's nonzeros in its index order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def single_pairs(c, nrep, ptr, pair_gpu, E, G):  # pragma: no cover - compiled
+    """The tokens of the experts one GPU holds, per pair (P,) int64 (``c`` (L*E,) tokens per key,
+    ``nrep`` (L*E,) each key's holders, ``ptr`` (L*E + 1,) each key's first pair), and their sum
+    per (layer, GPU) (L, G) int64: token_split.split_tokens' step 1 (integers)."""
+    LE = c.shape[0]
+    tok = np.zeros(pair_gpu.shape[0], dtype=np.int64)
+    base = np.zeros((LE // E, G), dtype=np.int64)
+    for k in range(LE):
+        if nrep[k] == 1:
+            p = ptr[k]
+            v = c[k]
+            tok[p] = v
+            base[k // E, pair_gpu[p]] += v
+    return tok, base
+
+
+@njit(cache=True)
+def csr_vec(share_p, pair_key, pair_gpu, LE):  # pragma: no cover - compiled
+    """compiled._csr_pairs of a share given per pair ``share_p`` (P,): per key its nonzero
+    pairs as CSR (``ptr`` (LE + 1,), their GPUs ``hs``, weights ``ws``), the same arrays."""
+    P = pair_key.shape[0]
+    ptr = np.zeros(LE + 1, dtype=np.int64)
+    hs = np.empty(P, dtype=np.int64)
+    ws = np.empty(P)
+    n = 0
+    p = 0
+    for col in range(LE):
+        while p < P and pair_key[p] == col:
+            w = share_p[p]
+            if w != 0.0:
+                hs[n] = pair_gpu[p]
+                ws[n] = w
+                n += 1
+            p += 1
+        ptr[col + 1] = n
+    return ptr, hs, ws
+
+
+@njit(cache=True)
+def _block(a, idx, s0, m):  # pragma: no cover - compiled
+    """numpy's pairwise sum of ``a[idx[s0:s0 + m]]`` for m <= 128 (one block)."""
+    if m < 8:
+        res = 0.0
+        for i in range(m):
+            res += a[idx[s0 + i]]
+        return res
+    r0, r1, r2, r3 = a[idx[s0]], a[idx[s0 + 1]], a[idx[s0 + 2]], a[idx[s0 + 3]]
+    r4, r5, r6, r7 = a[idx[s0 + 4]], a[idx[s0 + 5]], a[idx[s0 + 6]], a[idx[s0 + 7]]
+    i = s0 + 8
+    end = s0 + m - (m % 8)
+    while i < end:
+        r0 += a[idx[i]]
+        r1 += a[idx[i + 1]]
+        r2 += a[idx[i + 2]]
+        r3 += a[idx[i + 3]]
+        r4 += a[idx[i + 4]]
+        r5 += a[idx[i + 5]]
+        r6 += a[idx[i + 6]]
+        r7 += a[idx[i + 7]]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < s0 + m:
+        res += a[idx[i]]
+        i += 1
+    return res
+
+
+@njit(cache=True)
+def _pairwise(a, idx, lo, n, stk, vals):  # pragma: no cover - compiled
+    """numpy's pairwise sum of ``a[idx[lo:lo + n]]`` (float64; numpy/_core/src/umath/
+    loops_utils.h: below 8 terms one by one from 0.0, up to 128 eight running sums combined as
+    ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)) then the rest one by one, above 128 the
+    two halves, cut at a multiple of 8, added). An explicit stack (``stk`` (192, 3) int64,
+    ``vals`` (64,) scratch: 2 rows and 1 value per halving), not recursion."""
+    if n <= 128:
+        return _block(a, idx, lo, n)
+    top = 1
+    stk[0, 0], stk[0, 1], stk[0, 2] = lo, n, 0
+    nv = 0
+    while top > 0:
+        top -= 1
+        s0, m, op = stk[top, 0], stk[top, 1], stk[top, 2]
+        if op == 1:  # both halves done: their sum
+            nv -= 1
+            vals[nv - 1] = vals[nv - 1] + vals[nv]
+        elif m <= 128:
+            vals[nv] = _block(a, idx, s0, m)
+            nv += 1
+        else:  # the first half first, then the second, then their sum
+            n2 = m // 2
+            n2 -= n2 % 8
+            stk[top, 0], stk[top, 1], stk[top, 2] = 0, 0, 1
+            stk[top + 1, 0], stk[top + 1, 1], stk[top + 1, 2] = s0 + n2, m - n2, 0
+            stk[top + 2, 0], stk[top + 2, 1], stk[top + 2, 2] = s0, n2, 0
+            top += 3
+    return vals[0]
+
+
+@njit(cache=True)
+def link_loads(traffic, rows, starts, out):  # pragma: no cover - compiled
+    """``np.add.reduceat(traffic.reshape(L, G*G)[:, rows], starts, axis=1)`` into ``out``
+    (L, C) float64, without the gather: per layer and link the flows ``rows[starts[c]:
+    starts[c+1]]`` (``starts`` ascending, the last link's to the end): the first term, then
+    numpy's pairwise sum of the others added to it (a reduceat's segment as its inner loop
+    forms it; a segment of one: that term)."""
+    L = traffic.shape[0]
+    flat = traffic.reshape(L, traffic.shape[1] * traffic.shape[2])
+    C = starts.shape[0]
+    R = rows.shape[0]
+    stk = np.empty((192, 3), dtype=np.int64)
+    vals = np.empty(64)
+    for l in range(L):
+        fl = flat[l]
+        for c in range(C):
+            s = starts[c]
+            e = starts[c + 1] if c + 1 < C else R
+            v = np.float64(fl[rows[s]])
+            if e - s > 129:
+                v = v + _pairwise(fl, rows, s + 1, e - s - 1, stk, vals)
+            elif e - s > 1:  # (one block: _pairwise's first case, called directly)
+                v = v + _block(fl, rows, s + 1, e - s - 1)
+            out[l, c] = v
+    return out
+
+
+# The split's passes over holder slots: compiled.integer_passes, refine and round_alloc with the
+# allocation (M, J, H) per holder slot i (the GPU ``hl[m, j, i]``) instead of (M, J, G) per GPU:
+# those touch only the holders' entries, in slot order, so each operation is the same on the
+# same values; the (M, J, G) arrays were zero off the holders (32 times the size at EP 64).
+
+
+@njit(cache=True)
+def _sort_small(a, n):  # pragma: no cover - compiled
+    """compiled._sort_small (here: a kernel's callees live in its file)."""
+    for i in range(1, n):
+        v = a[i]
+        p = i
+        while p > 0 and a[p - 1] > v:
+            a[p] = a[p - 1]
+            p -= 1
+        a[p] = v
+
+
+@njit(cache=True)
+def slot_loads(base, alloc, hl, nh):  # pragma: no cover - compiled
+    """(M, G) int64 ``base`` plus each row's allocations summed per GPU (``alloc`` (M, J, H)
+    per holder slot): ``base + alloc.sum(axis=1)`` of the per-GPU form (integers)."""
+    M, J, _ = alloc.shape
+    load = base.copy()
+    for m in range(M):
+        for j in range(J):
+            for i in range(nh[m, j]):
+                load[m, hl[m, j, i]] += alloc[m, j, i]
+    return load
+
+
+@njit(cache=True)
+def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
+    """compiled.integer_passes over holder slots, in place on ``alloc`` (M, J, H) int64."""
+    M, J, H = alloc.shape
+    load = load.copy()
+    xs = np.empty(H, dtype=np.int64)
+    srt = np.empty(H, dtype=np.int64)
+    S = np.empty(H, dtype=np.int64)
+    a = np.empty(H, dtype=np.int64)
+    gain = np.empty(H, dtype=np.int64)
+    for _ in range(count):
+        moved = False
+        for j in range(J):
+            for m in range(M):
+                k_n = nh[m, j]
+                n = nn[m, j]
+                for i in range(k_n):
+                    xs[i] = load[m, hl[m, j, i]] - alloc[m, j, i]
+                    srt[i] = xs[i]
+                _sort_small(srt, k_n)
+                acc = np.int64(0)
+                kstar = 0
+                for k in range(k_n):
+                    acc += srt[k]
+                    S[k] = acc
+                    if (k + 1) * srt[k] - acc <= n:
+                        kstar += 1
+                ng = 0
+                if kstar > 0:
+                    Sk = S[kstar - 1]
+                    h = (n + Sk) // kstar
+                    rem = n + Sk - h * kstar
+                    for i in range(k_n):  # the gaining holders, in the tie order
+                        a[i] = 0
+                        if xs[i] <= h:
+                            p = ng
+                            while p > 0 and tiepos[m, hl[m, j, gain[p - 1]]] > tiepos[m, hl[m, j, i]]:
+                                gain[p] = gain[p - 1]
+                                p -= 1
+                            gain[p] = i
+                            ng += 1
+                    for r in range(ng):
+                        i = gain[r]
+                        a[i] = h - xs[i] + (1 if r + 1 <= rem else 0)
+                else:
+                    for i in range(k_n):
+                        a[i] = 0
+                for i in range(k_n):
+                    if a[i] != alloc[m, j, i]:
+                        moved = True
+                    alloc[m, j, i] = a[i]
+                    load[m, hl[m, j, i]] = xs[i] + a[i]
+            if not skip_unmoved:
+                moved = True
+        if not moved:
+            break
+    return alloc
+
+
+@njit(cache=True)
+def slot_refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
+    """compiled.refine over holder slots, in place on ``alloc`` (M, J, H) float64."""
+    M, J, H = alloc.shape
+    load = load.copy()
+    srt = np.empty(H)
+    S = np.empty(H)
+    xs = np.empty(H)
+    for _ in range(passes):
+        delta = 0.0
+        for j in range(J):
+            for m in range(M):
+                k_n = nh[m, j]
+                for i in range(k_n):
+                    xs[i] = load[m, hl[m, j, i]] - alloc[m, j, i]
+                    srt[i] = xs[i]
+                _sort_small(srt, k_n)
+                n = np.float64(nn[m, j])
+                acc = 0.0
+                kstar = 0
+                for k in range(k_n):
+                    acc += srt[k]
+                    S[k] = acc
+                    if np.float64(k + 1) * srt[k] - acc <= n:
+                        kstar += 1
+                h = (n + S[kstar - 1]) / np.float64(kstar) if kstar > 0 else 0.0
+                for i in range(k_n):
+                    v = 0.0
+                    if kstar > 0:
+                        v = h - xs[i]
+                        if not v >= 0.0:
+                            v = 0.0
+                    d = abs(v - alloc[m, j, i])
+                    if d > delta:
+                        delta = d
+                    alloc[m, j, i] = v
+                    load[m, hl[m, j, i]] = xs[i] + v
+        if delta <= 1e-9:
+            break
+    return alloc
+
+
+@njit(cache=True)
+def slot_round(fa, hl, nh, nn, tiepos):  # pragma: no cover - compiled
+    """compiled.round_alloc over holder slots (``fa`` (M, J, H) float64): the floors' sum over
+    the holders (the other GPUs' 0.0 floor to 0: the same exact sum)."""
+    M, J, H = fa.shape
+    G = tiepos.shape[1]
+    out = np.zeros((M, J, H), dtype=np.int64)
+    key = np.empty(H, dtype=np.int64)
+    fl = np.empty(H)
+    for m in range(M):
+        for j in range(J):
+            k_n = nh[m, j]
+            tot = 0.0
+            for i in range(k_n):
+                f = np.floor(fa[m, j, i] + 1e-9)
+                fl[i] = f
+                tot += f
+                q = np.int64(np.rint((fa[m, j, i] - f) * 1e6))
+                key[i] = -q * G + tiepos[m, hl[m, j, i]]
+            rem = nn[m, j] - np.int64(tot)
+            for i in range(k_n):
+                rank = 0
+                for i2 in range(k_n):
+                    if key[i2] < key[i]:
+                        rank += 1
+                out[m, j, i] = np.int64(fl[i]) + (1 if rank < rem else 0)
+    return out
+
+
+@njit(cache=True)
+def scatter_slots(tok, alloc, ee, ok, ptr, nrep, E):  # pragma: no cover - compiled
+    """Writes the replicated experts' split into ``tok`` (P,): row m (layer m) and column j
+    (where ``ok``) hold expert ``ee[m, j]``'s tokens per holder slot ``alloc[m, j]`` (H,);
+    its i-th slot is its i-th holder, its i-th pair (both ascending by GPU). split_tokens'
+    last scatter."""
+    M, J = ee.shape
+    for m in range(M):
+        for j in range(J):
+            if ok[m, j]:
+                e = ee[m, j]
+                p = ptr[m * E + e]
+                for i in range(nrep[m, e]):
+                    tok[p + i] = alloc[m, j, i]
