@@ -24,13 +24,13 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sim.common.files import atomic_write, cache_dir
+from sim.common.files import cache_dir
+from sim.common.npz_cache import read_npz, source_digest, write_npz
 from traces.workload import WorkloadColumns
 
 #: bump when the file layout or what the key covers changes
@@ -54,11 +54,7 @@ def workload_key(files: Sequence[tuple[str, bytes]], listed: bool, sources: Sequ
     """The content address of the table read from ``files`` ((name, bytes) each, in order);
     ``listed``: ``workload.path`` was a list; ``sources``: the modules of the caller's loader,
     whose code decides the table too (see the module doc)."""
-    code = hashlib.sha256()
-    for name in (*SOURCES, *sources):
-        spec = find_spec(name)
-        code.update(name.encode() + b"\0" + Path(spec.origin if spec else "").read_bytes() + b"\0")
-    what = {"format": FORMAT, "listed": bool(listed), "code": code.hexdigest(),
+    what = {"format": FORMAT, "listed": bool(listed), "code": source_digest((*SOURCES, *sources)),
             "files": [[name, hashlib.sha256(data).hexdigest()] for name, data in files],
             "numpy": np.__version__, "pandas": _version("pandas"), "pyarrow": _version("pyarrow")}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
@@ -70,24 +66,13 @@ def _arrays(cols: WorkloadColumns, key: str) -> dict[str, np.ndarray]:
             **{c: np.ascontiguousarray(getattr(cols, c)) for c in _NUMERIC}}
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}\0".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def read_columns(path: Path, key: str) -> WorkloadColumns | None:
     """The table stored at ``path`` under ``key``, or None when the file is missing or not to
     be trusted (unreadable, another key, a wrong digest, columns that do not fit together)."""
+    arr = read_npz(path, key)
+    if arr is None:
+        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arr = {k: z[k] for k in z.files}
-        digest = str(arr.pop("digest"))
-        if str(arr["key"]) != key or _digest(arr) != digest:
-            return None
         n = len(arr["request_id"])
         kinds = {"request_id": "U", "task": "U", "arrival_s": "f", "prompt_tokens": "i",
                  "output_tokens": "i"}
@@ -109,13 +94,7 @@ def write_columns(path: Path, key: str, cols: WorkloadColumns) -> bool:
     arr = _arrays(cols, key)
     if arr["request_id"].tolist() != cols.request_id or arr["task"].tolist() != cols.task:
         return False
-    arr["digest"] = np.array(_digest(arr))
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arr)
-
-    atomic_write(path, write)
+    write_npz(path, arr)
     return True
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sim.common.files import atomic_write
 from sim.common.files import cache_dir as shared_cache_dir
+from sim.common.npz_cache import read_npz, source_digest, write_npz
 
 #: bump when the file layout or what the key covers changes
 FORMAT = 1
@@ -41,30 +40,13 @@ def cache_dir() -> Path | None:
     return shared_cache_dir("pools", "MOESIM_POOL_CACHE")
 
 
-def _code_digest() -> str:
-    h = hashlib.sha256()
-    for name in SOURCES:  # found, not imported: a hit needs none of them loaded
-        spec = find_spec(name)
-        h.update(name.encode() + b"\0" + Path(spec.origin if spec else "").read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def pool_key(generator: str, params_raw: dict[str, Any], tasks: list[str], pool_size: int,
              pool_tokens: int, rng: np.random.Generator) -> str:
     """The content address of a generated pool (see the module doc)."""
     what = {"format": FORMAT, "generator": generator, "params": params_raw, "tasks": list(tasks),
             "pool_size": int(pool_size), "pool_tokens": int(pool_tokens),
-            "rng": rng.bit_generator.state, "numpy": np.__version__, "code": _code_digest()}
+            "rng": rng.bit_generator.state, "numpy": np.__version__, "code": source_digest(SOURCES)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}\0".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _arrays(pool: Any, key: str, rng_after: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -80,12 +62,10 @@ def read_pool(path: Path, key: str, pool_cls: Any) -> tuple[Any, dict[str, Any]]
     """The pool (a ``pool_cls``: :class:`sim.serving.binding.RoutingPool`) stored at ``path``
     under ``key`` and the generator state after it, or None when the file is missing or not to
     be trusted (unreadable, another key, a wrong digest, arrays that do not fit together)."""
+    arr = read_npz(path, key)
+    if arr is None:
+        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arr = {k: z[k] for k in z.files}
-        digest = str(arr.pop("digest"))
-        if str(arr["key"]) != key or _digest(arr) != digest:
-            return None
         ex, off, ln = arr["experts"], arr["offsets"], arr["lengths"]
         if ex.ndim != 3 or off.shape != ln.shape or len(arr["tasks"]) != len(off) or (
                 len(off) and (off.min() < 0 or int((off + ln).max()) > len(ex))):
@@ -99,14 +79,7 @@ def read_pool(path: Path, key: str, pool_cls: Any) -> tuple[Any, dict[str, Any]]
 
 def write_pool(path: Path, key: str, pool: Any, rng_after: dict[str, Any]) -> None:
     """Store ``pool`` at ``path`` atomically, with its key, the generator state and a digest."""
-    arr = _arrays(pool, key, rng_after)
-    arr["digest"] = np.array(_digest(arr))
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arr)
-
-    atomic_write(path, write)
+    write_npz(path, _arrays(pool, key, rng_after))
 
 
 def cached_pool(key: str, rng: np.random.Generator, make: Callable[[], Any], pool_cls: Any) -> Any:

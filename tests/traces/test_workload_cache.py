@@ -11,6 +11,7 @@ import pytest
 
 import traces.workload_cache as wc
 from sim.common.errors import ConfigError, TraceFormatError
+from sim.common.npz_cache import arrays_digest
 from sim.engine.run import load_workload_columns, load_workload_table
 from sim.world.config import WorkloadConfig
 from traces.workload import WorkloadColumns, make_columns, make_workload
@@ -111,13 +112,13 @@ def test_a_damaged_file_is_ignored_and_rewritten(folder, tmp_path, monkeypatch, 
     elif damage == "flipped":  # a valid file whose table was changed: the digest no longer fits
         arr = wc._arrays(fresh, f.stem)
         arr["prompt_tokens"] = arr["prompt_tokens"] + 1
-        arr["digest"] = np.array(wc._digest(wc._arrays(fresh, f.stem)))
+        arr["digest"] = np.array(arrays_digest(wc._arrays(fresh, f.stem)))
         with open(f, "wb") as fh:
             np.savez(fh, **arr)
     elif damage == "ragged":  # digest fits, columns do not fit together
         arr = wc._arrays(fresh, f.stem)
         arr["task"] = arr["task"][:2]
-        arr["digest"] = np.array(wc._digest(arr))
+        arr["digest"] = np.array(arrays_digest(arr))
         with open(f, "wb") as fh:
             np.savez(fh, **arr)
     else:  # a sound file of another key under this name
