@@ -78,7 +78,9 @@ def run_point(gpus: int, ep: int, rate: float, n_req: int, a: argparse.Namespace
                f"hydra.run.dir={d}", "output.progress=off", "output.print_summary=false",
                "output.requests_parquet=false", *a.overrides]
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"})
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # (warm: Python's byte code cached on disk)
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env)
         _, status, ru = os.wait4(p.pid, 0)
         total = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)

@@ -8,9 +8,9 @@ GPU: ``max(fin + c_g) == fin + max(c_g)``, float addition being monotonic), :fun
 iteration (:mod:`sim.serving.fused_walk`; numpy's pairwise sum where the walk sums floats).
 
 Every kernel a kernel calls lives in this file: numba's disk cache is invalidated by an edit of
-the function's own file only; :func:`batch_sums` and ``step_serve`` (no kernel calls them) are
-re-exported. Imported lazily (:func:`sim.serving.walk.walk_kernels`); without numba the numpy
-references run.
+the function's own file only; ``batch_sums``, ``batch_costs`` (:mod:`sim.cost.compiled_analytic`)
+and ``step_serve`` (no kernel here calls them) are re-exported. Imported lazily
+(:func:`sim.serving.walk.walk_kernels`); without numba the numpy references run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from sim.serving.compiled_batch import batch_sums  # noqa: F401 (kern.batch_sums)
+from sim.cost.compiled_analytic import batch_costs, batch_sums, cost_params  # noqa: F401 (kern.)
 from sim.serving.compiled_steps import step_serve  # noqa: F401 (kern.step_serve)
 
 

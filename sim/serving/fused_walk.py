@@ -26,6 +26,7 @@ from sim.cost.analytic import ATTENTION_TILE_TOKENS, MOE_BLOCK_TOKENS, MOE_LAUNC
 from sim.serving.lru_arrays import StampStore
 from sim.serving.state import ReplicaState
 from sim.serving.step_arrays import StepStore
+from sim.serving.why import book_why
 
 
 def fused_applies(walk: Any) -> bool:
@@ -58,6 +59,8 @@ class FusedWalk:
         self.byte_room = 2.0 ** 53 - plan.L * plan.E * plan.expert_bytes
         self._net: dict[int, Any] = {}  # replica -> its network (None: not one node)
         self.eb = plan.expert_bytes
+        #: the cost model's figures for its per-iteration scalars (kern.batch_costs)
+        self.cpar = kern.cost_params(cost)
         self._recorded = walk.t.recorded_le.reshape(-1)  # (views: the tallies' arrays)
         self._computed = walk.t.computed_le.reshape(-1)
 
@@ -93,17 +96,11 @@ class FusedWalk:
                 return None
         if lat < 0:
             return None
-        req, cost, kern = walk.req, walk.cost, walk.kern
-        start = req.ctx[batch]
-        T, pairs, kv, decode = kern.batch_sums(start, alloc, ATTENTION_TILE_TOKENS)
-        if T == 0:
-            return None
-        prefill = T - decode
-        attn = cost.attention_s(prefill, decode, pairs, G, kv_tokens=kv) + \
-            cost.layer_collectives_s(T)
-        gate = cost.gate_s(T)
-        pre = cost.iteration_s(prefill, decode, pairs, kv, len(batch))
-        if attn < 0 or gate < 0:
+        req = walk.req
+        # (the cost model's attention_s + layer_collectives_s, gate_s, iteration_s, compiled)
+        T, _, _, _, attn, gate, pre = self.kern.batch_costs(req.ctx[batch], alloc,
+                                                            ATTENTION_TILE_TOKENS, self.cpar, G)
+        if T == 0 or attn < 0 or gate < 0:
             return None
         t = t0 + pre
         first = t + attn + gate + 0.0 + lat  # (the prefetch's cost per layer: none)
@@ -150,12 +147,16 @@ class FusedWalk:
         if accesses:  # (RowStore.note: else no cache held a key the batch used, none touched)
             store.clock += accesses
             store.owed = True
-        walk.why_tallies(rep)
+        # per GPU, in one pass: the walk's why-tallies (from the store's figures), the copies
+        # booked on the links as LayerTiming._time_compiled books them, the busy and stall seconds
         eb = self.eb
-        starts_l = starts.tolist() if per[0].max() >= 0 else None
-        for g, (st, lg, nm, solo, b, s) in enumerate(zip(states, *per.tolist(), busy.tolist(),
-                                                         stall.tolist())):
-            if lg >= 0:  # LayerTiming._time_compiled's booking of the copies on the links
+        last, nmiss, solo_n = per.tolist()
+        starts_l = starts.tolist() if max(last) >= 0 else None
+        for g, (st, lg, nm, solo, b, s, nres, n, reused) in enumerate(zip(
+                states, last, nmiss, solo_n, busy.tolist(), stall.tolist(), store.nres.tolist(),
+                *store.why.tolist())):
+            book_why(st, nres, n, reused)
+            if lg >= 0:
                 x = st.link
                 x.bytes_total += nm * eb
                 x.t = starts_l[lg]

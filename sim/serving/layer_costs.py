@@ -42,7 +42,7 @@ def batch_shape(req: Requests, batch: np.ndarray, alloc: np.ndarray, rows: bool 
     """The batch's tokens: ``alloc`` (B,) tokens of each request ``batch`` (B,) this iteration.
     Without ``rows`` nothing is computed per token (the simulator counts tokens per key from the
     pool's prefix counts, :mod:`sim.serving.token_counts`). ``kern``: the sums compiled
-    (:func:`sim.serving.compiled_walk.batch_sums`, the same integers)."""
+    (:func:`sim.cost.compiled_analytic.batch_sums`, the same integers)."""
     start = req.ctx[batch]  # (B,) first position processed
     if kern is not None and not rows:
         total, pairs, kv, decode = kern.batch_sums(start, alloc, ATTENTION_TILE_TOKENS)

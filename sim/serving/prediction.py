@@ -276,6 +276,8 @@ class Prediction:
         the request predictor (the prefetch policy, or eMoE-A for a cache that keeps a predicted
         set) names the experts it expects, and the prefetch policy loads them. Returns the
         prefetch copies decided (:meth:`prefetch_keys`), all its layers' in order."""
+        if self.predictor is None and not self.cache_uses_requests:
+            return []  # (no prediction, so no predicted set nor request prefetch: nothing to do)
         r = self.req
         pred_plan: dict[int, Any] = {}
         if self.predictor is not None:

@@ -46,7 +46,7 @@ from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.serving.token_counts import batch_counts, pool_prefix_counts
-from sim.serving.why import why_begin, why_end, why_loaded, why_reused
+from sim.serving.why import book_why, why_begin, why_end, why_loaded, why_reused
 from sim.world.facts import CacheCounts
 from sim.world.offload_config import OffloadConfig
 from sim.world.token_split import COMPILED_MIN_GPUS
@@ -307,15 +307,7 @@ class LayerWalk:
         (see GpuState) from the store's per-GPU figures."""
         why = rep.stamps.why
         for st, nres, n, reused in zip(rep.states, rep.stamps.nres.tolist(), *why.tolist()):
-            if nres > st.peak_resident:  # (at most the slots: the arrays never exceed them)
-                st.peak_resident = nres
-            if st.cache is not None:
-                st.iterations += 1
-                st.keys_touched += n
-                if n > st.keys_touched_max:
-                    st.keys_touched_max = n
-                st.over_slots += n > st.capacity
-                st.evicted_reused += reused
+            book_why(st, nres, n, reused)
 
     def serve_layer(self, st: GpuState, step: int, keyset: Any, active: Any) -> Any:
         """One layer's keys through a GPU's cache: the misses (a list), or None when no access."""

@@ -74,3 +74,18 @@ def why_end(states: list[GpuState], why: list[Any], listed: bool) -> None:
             st.evicted_reused += sum(w[3:])
         else:
             st.evicted_reused += st.cache.counts.misses - w[0] - (w[2] - len(w[1]))
+
+
+def book_why(st: GpuState, nres: int, n: int, reused: int) -> None:
+    """A GPU's peak residents and why-tallies (see GpuState) after an array store served an
+    iteration: ``nres`` keys resident now, ``n`` distinct keys asked of its cache, ``reused``
+    misses on keys resident at the iteration's start."""
+    if nres > st.peak_resident:  # (at most the slots: the arrays never exceed them)
+        st.peak_resident = nres
+    if st.cache is not None:
+        st.iterations += 1
+        st.keys_touched += n
+        if n > st.keys_touched_max:
+            st.keys_touched_max = n
+        st.over_slots += n > st.capacity
+        st.evicted_reused += reused
