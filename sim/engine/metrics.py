@@ -65,15 +65,15 @@ def _pct(x: np.ndarray) -> dict[str, float]:
 _f = stable_float
 
 
-def request_table(sim: Simulation) -> pd.DataFrame:
-    import pandas as pd
-
+def request_columns(sim: Simulation) -> dict[str, np.ndarray]:
+    """Per request, the columns of ``requests.parquet`` (:func:`request_table`) as numpy arrays:
+    what :func:`compute_metrics` reads, without pandas."""
     r = sim.req
     ttft = r.first_token_s - r.arrival_s
     denom = np.maximum(r.output - 1, 1)
     tpot = np.where(r.output > 1, (r.finish_s - r.first_token_s) / denom, 0.0)
     s = sim.cfg.serving
-    return pd.DataFrame({
+    return {
         "request_id": r.request_id, "task": r.task, "arrival_s": r.arrival_s,
         "prompt_tokens": r.prompt, "output_tokens": r.output,
         "first_token_s": r.first_token_s, "finish_s": r.finish_s,
@@ -82,7 +82,13 @@ def request_table(sim: Simulation) -> pd.DataFrame:
         "replica": r.replica, "reroutes": r.reroutes, "preemptions": r.preemptions,
         "completions": r.completions, "processed_tokens": r.processed,
         "bound_trace_tokens": r.length,
-    })
+    }
+
+
+def request_table(sim: Simulation) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(request_columns(sim))
 
 
 def prefetch_report(states: list[Any], counts: CacheCounts, eb: int) -> dict[str, int]:
@@ -108,13 +114,13 @@ def prefetch_report(states: list[Any], counts: CacheCounts, eb: int) -> dict[str
 
 
 def compute_metrics(sim: Simulation) -> dict[str, Any]:
-    df = request_table(sim)
-    done = df[df["completions"] > 0]
+    cols = request_columns(sim)  # (numpy: a simulation's metrics import no pandas)
+    done = cols["completions"] > 0  # the requests completed
     tl, plan = sim.tallies, sim.plan
     states = [st for rep in sim.replicas for st in rep.states]
     counts = CacheCounts.total(st.counts() for st in states)
     sim_time = float(tl.last_finish_s - (sim.req.arrival_s.min() if sim.R else 0.0))
-    out_tokens = int(done["output_tokens"].sum())
+    out_tokens = int(cols["output_tokens"][done].sum())
     gpu_tokens = np.rint(tl.gpu_tokens.ravel())  # (GPUs,) expert-token assignments
     recorded = int(tl.recorded_le.sum())
     eb = plan.expert_bytes
@@ -129,18 +135,18 @@ def compute_metrics(sim: Simulation) -> dict[str, Any]:
     p = sim.cfg.policy
     return {
         "requests_total": int(sim.R),
-        "requests_completed": int(len(done)),
-        "requests_completed_more_than_once": int((df["completions"] > 1).sum()),
+        "requests_completed": int(done.sum()),
+        "requests_completed_more_than_once": int((cols["completions"] > 1).sum()),
         "output_tokens": out_tokens,
         "processed_tokens": int(tl.tokens_processed),
         "sim_time_s": _f(sim_time),
         "tokens_per_s": _f(out_tokens / sim_time) if sim_time > 0 else 0.0,
         "processed_tokens_per_s": _f(tl.tokens_processed / sim_time) if sim_time > 0 else 0.0,
-        "ttft_s": _pct(done["ttft_s"].to_numpy()),
-        "tpot_s": _pct(done["tpot_s"].to_numpy()),
-        "e2e_s": _pct(done["e2e_s"].to_numpy()),
+        "ttft_s": _pct(cols["ttft_s"][done]),
+        "tpot_s": _pct(cols["tpot_s"][done]),
+        "e2e_s": _pct(cols["e2e_s"][done]),
         "slo": {"ttft_s": _f(sim.cfg.serving.ttft_slo_s), "tpot_s": _f(sim.cfg.serving.tpot_slo_s)},
-        "slo_attainment": _f(done["slo_met"].mean()) if len(done) else 0.0,
+        "slo_attainment": _f(cols["slo_met"][done].mean()) if done.any() else 0.0,
         **record,
         # the names before the shared record (kept for one release; see the README)
         "expert_accesses": record["accesses"],
