@@ -48,10 +48,11 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     """Run ``task`` as the Hydra app ``conf/<config_name>.yaml``; 0, or ``SystemExit(2)``."""
     import hydra
 
-    from sim.app.schemas.registry import register_app_schemas
+    from sim.app.config_cache import composition_cache
+    from sim.app.schemas.registry import load_app_schemas, register_app_schemas
 
-    register_app_schemas(config_name)  # its own schema (and sim_schema): no others
     if "-h" in argv or "--help" in argv:
+        register_app_schemas(config_name)  # its own schema (and sim_schema): no others
         print(app_help(config_name, prog, sys.modules[task.__module__].__doc__ or ""))
         return 0
     argv = normalise_overrides(argv)
@@ -103,8 +104,16 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
 
         saved_get_mode = Hydra.get_mode
         Hydra.get_mode = no_mode  # type: ignore[method-assign]
+    # a plain single run composes once, in run mode: from the config cache when it can, the
+    # schema registered only if it composes; anything else (a sweep, --cfg, --info) registers it
+    plain = skip_mode and not any(a.startswith("-") for a in argv)
+    if plain:
+        load_app_schemas(config_name)  # loaded, not registered: their source is in the key
+    else:
+        register_app_schemas(config_name)
     try:
-        app()
+        with composition_cache(lambda: register_app_schemas(config_name), enabled=plain):
+            app()
     except AppCrashed as exc:
         _fail(prog, str(exc), runs, status=1)
     except AppFailed as exc:
