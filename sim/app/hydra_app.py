@@ -56,7 +56,16 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         print(app_help(config_name, prog, sys.modules[task.__module__].__doc__ or ""))
         return 0
     argv = normalise_overrides(argv)
-    check_override_syntax(argv, prog)
+    # a plain single run (no -m, no flags) composes once, in run mode: from the config cache
+    # when it can; the overrides' syntax is checked and the schema registered only when it
+    # composes (a cached config's overrides parsed before; a plain run dir always parses)
+    plain = single_run(argv) and not any(a.startswith("-") for a in argv)
+    if plain:
+        load_app_schemas(config_name)  # loaded, not registered: their source is in the key
+    else:
+        check_override_syntax(argv, prog)
+        register_app_schemas(config_name)
+    checked = argv
     check_launcher(argv, prog)
     runs = RunDirs(argv)
 
@@ -104,15 +113,12 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
 
         saved_get_mode = Hydra.get_mode
         Hydra.get_mode = no_mode  # type: ignore[method-assign]
-    # a plain single run composes once, in run mode: from the config cache when it can, the
-    # schema registered only if it composes; anything else (a sweep, --cfg, --info) registers it
-    plain = skip_mode and not any(a.startswith("-") for a in argv)
-    if plain:
-        load_app_schemas(config_name)  # loaded, not registered: their source is in the key
-    else:
+    def compose_first() -> None:  # what a composition needs before it (a cache miss)
+        check_override_syntax(checked, prog)
         register_app_schemas(config_name)
+
     try:
-        with composition_cache(lambda: register_app_schemas(config_name), enabled=plain):
+        with composition_cache(compose_first, enabled=plain):
             app()
     except AppCrashed as exc:
         _fail(prog, str(exc), runs, status=1)
