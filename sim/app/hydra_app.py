@@ -20,6 +20,7 @@ group's subcommands to their apps, :func:`run_dir` is the directory a task write
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from sim.app.hydra_errors import (
 from sim.app.hydra_help import app_help
 from sim.app.hydra_runs import RunDirs, no_mode, single_run
 from sim.common.errors import MoesimError, short_error
+from sim.common.files import gc_paused
 from sim.world.ranges import check_ranges
 
 CONFIG_PATH = "pkg://conf"
@@ -70,6 +72,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     runs = RunDirs(argv)
 
     def _task(cfg: Any) -> Any:
+        paused.close()  # the collector back on for the task (a sweep's jobs: already)
         runs.started()
         job = _SweepJob.current(prog)
         if job is not None and job.finished_before():
@@ -117,8 +120,13 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
         check_override_syntax(checked, prog)
         register_app_schemas(config_name)
 
+    # a plain run's Hydra machinery (the composition or the cached config, its copies, the
+    # .hydra files) with the cyclic collector paused: it makes long-lived objects, little garbage
+    paused = contextlib.ExitStack()
+    if plain:
+        paused.enter_context(gc_paused())
     try:
-        with composition_cache(compose_first, enabled=plain):
+        with paused, composition_cache(compose_first, enabled=plain):
             app()
     except AppCrashed as exc:
         _fail(prog, str(exc), runs, status=1)
