@@ -11,7 +11,8 @@ the schema's dataclasses and whatever they read) and of Hydra's plugins, and the
 entries not Hydra's or ours; and :data:`FORMAT`. A search path with another kind of source, or
 one that ``hydra.searchpath`` extends (an override, or a config: the composition reads those
 folders itself), is not cached. A changed file, override or schema is a new key: never a stale
-config.
+config. (The modules loaded when the key is made are the same for every process that runs the
+same command; a second run in one process may have loaded more: a miss, then a hit.)
 
 ``hydra.run.dir=DIR`` with a plain path value (:data:`PLAIN_DIR`: Hydra's parser gives back the
 text itself) enters the key as a placeholder, so a run into a new folder reuses the config:
@@ -282,7 +283,7 @@ def composition_cache(prepare: Callable[[], None], enabled: bool = True) -> Iter
             run_dir = str(cfg.hydra.run.dir) if found[1] is not None else None
             try:
                 write_config(folder, found[0], {"cfg": cfg, "run_dir": run_dir})
-            except (OSError, pickle.PicklingError):  # the run goes on without the cache
+            except Exception:  # noqa: BLE001 - a cache that cannot be written: the run goes on
                 pass
         return cfg
 
