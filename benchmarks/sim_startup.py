@@ -35,7 +35,7 @@ PHASES = ("imported", "composed", "world", "first_iteration")
 # is first imported (a finder in front of the import system's), so the modules load when, and
 # under what, the command loads them
 _CHILD = r"""
-import importlib.abc, importlib.machinery, json, os, sys, time
+import importlib.machinery, json, os, sys, time
 t0 = time.perf_counter() - (time.time() - float(os.environ["MOESIM_T0"]))
 marks, cpu = {}, {}
 def mark(name):
@@ -65,7 +65,7 @@ def patch_walk(m):
     m.LayerWalk.iteration = iteration
 PATCH = {"sim.app.sim_cmd": patch_sim_cmd, "sim.engine.run": patch_run,
          "sim.engine.simulation": patch_simulation, "sim.serving.walk": patch_walk}
-class Patcher(importlib.abc.MetaPathFinder):
+class Patcher:  # a meta path finder (importlib.abc would import importlib.resources)
     def find_spec(self, name, path, target=None):
         if name not in PATCH:
             return None
