@@ -22,12 +22,12 @@ compares them with a composition). A hit whose ``hydra.job.env_copy`` variables 
 the environment's is a miss.
 
 The file holds the key, a SHA-256 of the payload and the payload: the config pickled, read
-back by an unpickler that loads only OmegaConf's and Hydra's classes, builtin containers and the
-project's (:class:`_Unpickler`); a file that fails to read, names another key or does not
-match its digest is ignored and rewritten, never trusted. A composition that warns is not
-stored (a hit would not warn). Written atomically (:func:`sim.common.files.atomic_write`); at
-most :data:`MAX_FILES` files are kept (the oldest go). Only plain single runs use it
-(:func:`sim.app.hydra_app.run_hydra`: no ``-m``, no flags).
+back by an unpickler that loads only classes of OmegaConf, Hydra and the project, typing's
+generic names and builtin containers (:class:`_Unpickler`); a file that fails to read, names
+another key or does not match its digest is ignored and rewritten, never trusted. A
+composition that warns is not stored (a hit would not warn). Written atomically
+(:func:`sim.common.files.atomic_write`); at most :data:`MAX_FILES` files are kept (the oldest
+go). Only plain single runs use it (:func:`sim.app.hydra_app.run_hydra`: no ``-m``, no flags).
 
 Where: ``$MOESIM_CACHE_DIR/configs``, else ``$XDG_CACHE_HOME/moesim/configs``, else
 ``~/.cache/moesim/configs``; ``MOESIM_CONFIG_CACHE=off`` (or ``0``, ``false``, ``no``) turns it
@@ -186,19 +186,25 @@ def config_key(loader: Any, config_name: str | None, overrides: list[str], run_m
 
 
 class _Unpickler(pickle.Unpickler):
-    """Loads OmegaConf's and Hydra's classes, typing's and the project's, and builtin
-    containers and scalars: nothing that runs other code."""
+    """Loads classes of OmegaConf, Hydra and the project (no function of theirs), typing's
+    generic names, builtin containers and scalars: nothing a stored config needs runs code."""
 
     _BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "str", "int", "float",
                            "bool", "bytes", "complex", "object", "type"})
+    _TYPING = frozenset({"Any", "Dict", "List", "Tuple", "Optional", "Union", "Set", "FrozenSet",
+                         "Mapping", "Sequence", "MutableMapping", "MutableSequence"})
 
     def find_class(self, module: str, name: str) -> Any:
         top = module.partition(".")[0]
-        if (top in ("omegaconf", "hydra", "typing", "hydra_plugins", *PROJECT_PACKAGES)
-                or (module == "builtins" and name in self._BUILTINS)
+        if ((module == "builtins" and name in self._BUILTINS)
+                or (module == "typing" and name in self._TYPING)
                 or (module == "collections" and name in ("defaultdict", "OrderedDict"))
                 or (module in ("_operator", "operator") and name == "getitem")):
             return super().find_class(module, name)
+        if top in ("omegaconf", "hydra", "hydra_plugins", *PROJECT_PACKAGES):
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
         raise pickle.UnpicklingError(f"{module}.{name} is not loaded from the config cache")
 
 

@@ -207,10 +207,13 @@ def test_a_file_not_to_be_trusted_is_a_miss(tmp_path):
     # a pickle naming a function (code it would run), with a right digest: refused
     import hashlib
 
-    body = pickle.dumps({"cfg": print})
-    path.write_bytes(cc._MAGIC + key.encode() + b"\n" + hashlib.sha256(body).hexdigest().encode()
-                     + b"\n" + body)
-    assert cc.read_config(path, key) is None
+    from hydra.utils import instantiate
+
+    for code in (print, instantiate, cc.write_config):  # a builtin, Hydra's, the project's
+        body = pickle.dumps({"cfg": code})
+        path.write_bytes(cc._MAGIC + key.encode() + b"\n"
+                         + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+        assert cc.read_config(path, key) is None
     assert cc.read_config(tmp_path / "missing.pkl", key) is None
 
 
