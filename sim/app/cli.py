@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from sim.common.errors import MoesimError
+from sim.common.files import gc_paused
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name = SUBCOMMANDS[name][0]
     try:
-        module = importlib.import_module(module_name)
+        with gc_paused():  # its modules (Hydra's for an app): long-lived objects, no garbage
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             print(f"moesim: error: command {name!r} is not available in this build ({exc})",

@@ -20,6 +20,7 @@ group's subcommands to their apps, :func:`run_dir` is the directory a task write
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from sim.app.hydra_errors import (
 from sim.app.hydra_help import app_help
 from sim.app.hydra_runs import RunDirs, no_mode, single_run
 from sim.common.errors import MoesimError, short_error
+from sim.common.files import gc_paused
 from sim.world.ranges import check_ranges
 
 CONFIG_PATH = "pkg://conf"
@@ -48,18 +50,29 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
     """Run ``task`` as the Hydra app ``conf/<config_name>.yaml``; 0, or ``SystemExit(2)``."""
     import hydra
 
-    from sim.app.schemas.registry import register_app_schemas
+    from sim.app.config_cache import composition_cache
+    from sim.app.schemas.registry import load_app_schemas, register_app_schemas
 
-    register_app_schemas(config_name)  # its own schema (and sim_schema): no others
     if "-h" in argv or "--help" in argv:
+        register_app_schemas(config_name)  # its own schema (and sim_schema): no others
         print(app_help(config_name, prog, sys.modules[task.__module__].__doc__ or ""))
         return 0
     argv = normalise_overrides(argv)
-    check_override_syntax(argv, prog)
+    # a plain single run (no -m, no flags) composes once, in run mode: from the config cache
+    # when it can; the overrides' syntax is checked and the schema registered only when it
+    # composes (a cached config's overrides parsed before; a plain run dir always parses)
+    plain = single_run(argv) and not any(a.startswith("-") for a in argv)
+    if plain:
+        load_app_schemas(config_name)  # loaded, not registered: their source is in the key
+    else:
+        check_override_syntax(argv, prog)
+        register_app_schemas(config_name)
+    checked = argv
     check_launcher(argv, prog)
     runs = RunDirs(argv)
 
     def _task(cfg: Any) -> Any:
+        paused.close()  # the collector back on for the task (a sweep's jobs: already)
         runs.started()
         job = _SweepJob.current(prog)
         if job is not None and job.finished_before():
@@ -103,8 +116,18 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], argv: list[str], pro
 
         saved_get_mode = Hydra.get_mode
         Hydra.get_mode = no_mode  # type: ignore[method-assign]
+    def compose_first() -> None:  # what a composition needs before it (a cache miss)
+        check_override_syntax(checked, prog)
+        register_app_schemas(config_name)
+
+    # a plain run's Hydra machinery (the composition or the cached config, its copies, the
+    # .hydra files) with the cyclic collector paused: it makes long-lived objects, little garbage
+    paused = contextlib.ExitStack()
+    if plain:
+        paused.enter_context(gc_paused())
     try:
-        app()
+        with paused, composition_cache(compose_first, enabled=plain):
+            app()
     except AppCrashed as exc:
         _fail(prog, str(exc), runs, status=1)
     except AppFailed as exc:

@@ -24,18 +24,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sim.common.files import gc_paused
 from sim.engine.run import _progress_enabled, simulate, write_outputs
 from sim.world.config import to_sim_config
 
 
 def task(cfg_node: Any) -> dict[str, Any]:
-    from sim.app.hydra_app import run_dir
-    from sim.engine.chrome_trace import write_chrome_trace
-    from sim.engine.metrics import format_summary
-    from sim.engine.simulation import Recorder
+    with gc_paused():  # modules and the config: long-lived objects, no garbage to collect
+        from sim.app.hydra_app import run_dir
+        from sim.engine.chrome_trace import write_chrome_trace
+        from sim.engine.metrics import format_summary
+        from sim.engine.simulation import Recorder
 
-    cfg = to_sim_config(cfg_node)
-    _check_files(cfg)
+        cfg = to_sim_config(cfg_node)
+        _check_files(cfg)
     out_dir = Path(run_dir())
     o = cfg.output
     rec = Recorder(o.chrome_trace_start_s, o.chrome_trace_end_s) if o.chrome_trace else None
@@ -73,6 +75,7 @@ def _check_files(cfg: Any) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from sim.app.hydra_app import run_hydra
+    with gc_paused():  # Hydra's modules: long-lived objects, no garbage to collect
+        from sim.app.hydra_app import run_hydra
 
     return run_hydra("sim", task, argv, prog="moesim sim")  # (it registers sim_schema)

@@ -26,12 +26,13 @@ def source_digest(modules: Iterable[str]) -> str:
 
 
 def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the arrays by name: each one's name, dtype, shape and bytes."""
+    """SHA-256 over the arrays by name: each one's name, dtype, shape and bytes (the contiguous
+    array's own buffer, the bytes ``tobytes`` would copy)."""
     h = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}:{a.dtype.str}:{a.shape}\0".encode())
-        h.update(a.tobytes())
+        h.update(a)
     return h.hexdigest()
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sim.common.errors import ConfigError
+from sim.common.files import gc_paused
 from sim.world.config import SimConfig, WorkloadConfig, workload_paths
 from traces.workload import WorkloadColumns, make_columns
 from traces.workload_cache import cached_workload
@@ -118,37 +119,42 @@ def simulate(cfg: SimConfig, workload: pd.DataFrame | WorkloadColumns | None = N
              ) -> tuple[Any, dict[str, Any]]:
     """Build and run one simulation; returns (Simulation, metrics dict). ``workload``: a
     workload table, or None for ``cfg.workload``'s."""
-    from sim.cost import make_cost_model
-    from sim.engine.metrics import compute_metrics
-    from sim.engine.simulation import Simulation
-    from sim.serving.binding import bind, build_pool
-    from sim.serving.cache_log import CacheLog
-    from sim.serving.plan import check_config
-
-    topo = check_config(cfg)  # fail before any work (the world takes the topology: once per run)
-    # independent streams so a change in one part does not shift the others
-    rng_work, rng_pool, rng_bind, rng_sim = (np.random.default_rng(s) for s in
-                                            np.random.SeedSequence(cfg.seed).spawn(4))
-    if workload is None:
-        workload = load_workload_columns(cfg.workload, rng_work)
-    else:
-        workload = WorkloadColumns.of(workload)
-        if cfg.workload.max_requests > 0:
-            workload = workload.head(cfg.workload.max_requests)
-    if pool is None:
-        tasks = sorted(set(workload.task))
-        pool = build_pool(cfg.model, cfg.trace, tasks, rng_pool)
-    binding = bind(pool, workload, cfg.trace.overflow, rng_bind)
-    cost = make_cost_model(cfg.serving.cost_model, cfg.model, cfg.hardware, cfg.serving.cost_table,
-                           cfg.cluster, cfg.engine, cfg.host, cfg.offload)
-    bar = _Progress(len(workload), progress)
+    bar = None
     try:
-        log = CacheLog() if cfg.output.cache_log else None
-        sim = Simulation(cfg, workload, pool, binding, cost, rng_sim, recorder=recorder, progress=bar,
-                         cache_log=log, topo=topo)
+        with gc_paused():  # the world: modules, arrays, long-lived objects, next to no garbage
+            from sim.cost import make_cost_model
+            from sim.engine.simulation import Simulation
+            from sim.serving.binding import bind, build_pool
+            from sim.serving.cache_log import CacheLog
+            from sim.serving.plan import check_config
+
+            topo = check_config(cfg)  # fail before any work (the world takes the topology)
+            # independent streams so a change in one part does not shift the others
+            rng_work, rng_pool, rng_bind, rng_sim = (np.random.default_rng(s) for s in
+                                                    np.random.SeedSequence(cfg.seed).spawn(4))
+            if workload is None:
+                workload = load_workload_columns(cfg.workload, rng_work)
+            else:
+                workload = WorkloadColumns.of(workload)
+                if cfg.workload.max_requests > 0:
+                    workload = workload.head(cfg.workload.max_requests)
+            if pool is None:
+                tasks = sorted(set(workload.task))
+                pool = build_pool(cfg.model, cfg.trace, tasks, rng_pool)
+            binding = bind(pool, workload, cfg.trace.overflow, rng_bind)
+            cost = make_cost_model(cfg.serving.cost_model, cfg.model, cfg.hardware,
+                                   cfg.serving.cost_table, cfg.cluster, cfg.engine, cfg.host,
+                                   cfg.offload)
+            bar = _Progress(len(workload), progress)
+            log = CacheLog() if cfg.output.cache_log else None
+            sim = Simulation(cfg, workload, pool, binding, cost, rng_sim, recorder=recorder,
+                             progress=bar, cache_log=log, topo=topo)
         sim.run()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+    from sim.engine.metrics import compute_metrics
+
     return sim, compute_metrics(sim)
 
 

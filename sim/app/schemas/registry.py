@@ -55,6 +55,17 @@ class _Apps(Mapping[str, type]):
 APPS: Mapping[str, type] = _Apps()
 
 
+def load_app_schemas(only: str | None = None) -> None:
+    """Import the modules :func:`register_app_schemas` would register from (``sim_schema``'s and,
+    with ``only``, that app's), registering nothing: the config cache
+    (:mod:`sim.app.config_cache`) hashes their source before it decides whether to compose."""
+    import sim.world.config  # noqa: F401 - sim_schema's module
+
+    for name in APPS:
+        if only is None or name == only:
+            APPS[name]  # noqa: B018 - imports its module
+
+
 def register_app_schemas(only: str | None = None) -> None:
     """Store every app's schema in Hydra's ConfigStore as ``<app>_schema`` (idempotent); with
     ``only``, ``sim_schema`` and that app's (an app's YAML names only its own schema, and Hydra
