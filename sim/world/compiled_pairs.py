@@ -1,6 +1,6 @@
 """Compiled (numba) kernels of the per-batch token split kept over the plan's holder pairs
-(:mod:`sim.world.pair_split`) instead of a dense (L, E, G) array, and of the network's per-link
-loads (:meth:`sim.world.network._ReplicaNet.times`). A large replica's split is nonzero on its
+(:mod:`sim.world.pair_split`) instead of a dense (L, E, G) array (the network's per-link loads:
+:mod:`sim.world.compiled_links`). A large replica's split is nonzero on its
 P holder pairs only (DeepSeek-V3 at EP 64 with 64 redundant experts: 18,560 of 950,272 entries),
 so these read and write P entries where the dense forms swept all of them. Each gives the same
 integers and floats as its reference (tests/sim/world/test_compiled_pairs.py). Imported lazily,
@@ -56,102 +56,18 @@ def csr_vec(share_p, pair_key, pair_gpu, LE):  # pragma: no cover - compiled
     return ptr, hs, ws
 
 
-@njit(cache=True)
-def _block(a, idx, s0, m):  # pragma: no cover - compiled
-    """numpy's pairwise sum of ``a[idx[s0:s0 + m]]`` for m <= 128 (one block)."""
-    if m < 8:
-        res = 0.0
-        for i in range(m):
-            res += a[idx[s0 + i]]
-        return res
-    r0, r1, r2, r3 = a[idx[s0]], a[idx[s0 + 1]], a[idx[s0 + 2]], a[idx[s0 + 3]]
-    r4, r5, r6, r7 = a[idx[s0 + 4]], a[idx[s0 + 5]], a[idx[s0 + 6]], a[idx[s0 + 7]]
-    i = s0 + 8
-    end = s0 + m - (m % 8)
-    while i < end:
-        r0 += a[idx[i]]
-        r1 += a[idx[i + 1]]
-        r2 += a[idx[i + 2]]
-        r3 += a[idx[i + 3]]
-        r4 += a[idx[i + 4]]
-        r5 += a[idx[i + 5]]
-        r6 += a[idx[i + 6]]
-        r7 += a[idx[i + 7]]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < s0 + m:
-        res += a[idx[i]]
-        i += 1
-    return res
-
-
-@njit(cache=True)
-def _pairwise(a, idx, lo, n, stk, vals):  # pragma: no cover - compiled
-    """numpy's pairwise sum of ``a[idx[lo:lo + n]]`` (float64; numpy/_core/src/umath/
-    loops_utils.h: below 8 terms one by one from 0.0, up to 128 eight running sums combined as
-    ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)) then the rest one by one, above 128 the
-    two halves, cut at a multiple of 8, added). An explicit stack (``stk`` (192, 3) int64,
-    ``vals`` (64,) scratch: 2 rows and 1 value per halving), not recursion."""
-    if n <= 128:
-        return _block(a, idx, lo, n)
-    top = 1
-    stk[0, 0], stk[0, 1], stk[0, 2] = lo, n, 0
-    nv = 0
-    while top > 0:
-        top -= 1
-        s0, m, op = stk[top, 0], stk[top, 1], stk[top, 2]
-        if op == 1:  # both halves done: their sum
-            nv -= 1
-            vals[nv - 1] = vals[nv - 1] + vals[nv]
-        elif m <= 128:
-            vals[nv] = _block(a, idx, s0, m)
-            nv += 1
-        else:  # the first half first, then the second, then their sum
-            n2 = m // 2
-            n2 -= n2 % 8
-            stk[top, 0], stk[top, 1], stk[top, 2] = 0, 0, 1
-            stk[top + 1, 0], stk[top + 1, 1], stk[top + 1, 2] = s0 + n2, m - n2, 0
-            stk[top + 2, 0], stk[top + 2, 1], stk[top + 2, 2] = s0, n2, 0
-            top += 3
-    return vals[0]
-
-
-@njit(cache=True)
-def link_loads(traffic, rows, starts, out):  # pragma: no cover - compiled
-    """``np.add.reduceat(traffic.reshape(L, G*G)[:, rows], starts, axis=1)`` into ``out``
-    (L, C) float64, without the gather: per layer and link the flows ``rows[starts[c]:
-    starts[c+1]]`` (``starts`` ascending, the last link's to the end): the first term, then
-    numpy's pairwise sum of the others added to it (a reduceat's segment as its inner loop
-    forms it; a segment of one: that term)."""
-    L = traffic.shape[0]
-    flat = traffic.reshape(L, traffic.shape[1] * traffic.shape[2])
-    C = starts.shape[0]
-    R = rows.shape[0]
-    stk = np.empty((192, 3), dtype=np.int64)
-    vals = np.empty(64)
-    for l in range(L):
-        fl = flat[l]
-        for c in range(C):
-            s = starts[c]
-            e = starts[c + 1] if c + 1 < C else R
-            v = np.float64(fl[rows[s]])
-            if e - s > 129:
-                v = v + _pairwise(fl, rows, s + 1, e - s - 1, stk, vals)
-            elif e - s > 1:  # (one block: _pairwise's first case, called directly)
-                v = v + _block(fl, rows, s + 1, e - s - 1)
-            out[l, c] = v
-    return out
-
-
-# The split's passes over holder slots: compiled.integer_passes, refine and round_alloc with the
-# allocation (M, J, H) per holder slot i (the GPU ``hl[m, j, i]``) instead of (M, J, G) per GPU:
-# those touch only the holders' entries, in slot order, so each operation is the same on the
-# same values; the (M, J, G) arrays were zero off the holders (32 times the size at EP 64).
+# The split's passes over holder slots: token_split's _integer_passes and _refine, and
+# compiled.round_alloc, with the allocation (M, J, H) per holder slot i (the GPU ``hl[m, j, i]``)
+# instead of (M, J, G) per GPU: the references' operations on a GPU that does not hold the
+# expert change nothing, the holders' are the same on the same values in slot order (the
+# (M, J, G) arrays were zero off the holders: 32 times the size at EP 64). compiled.integer_passes
+# and refine, the per-GPU forms, run these on the holders' entries.
 
 
 @njit(cache=True)
 def _sort_small(a, n):  # pragma: no cover - compiled
-    """compiled._sort_small (here: a kernel's callees live in its file)."""
+    """Sorts ``a[:n]`` ascending in place (insertion: a few holders; the same array as np.sort
+    for numbers without NaN, equal values being equal)."""
     for i in range(1, n):
         v = a[i]
         p = i
@@ -176,7 +92,10 @@ def slot_loads(base, alloc, hl, nh):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
-    """compiled.integer_passes over holder slots, in place on ``alloc`` (M, J, H) int64."""
+    """token_split._integer_passes over holder slots, in place on ``alloc`` (M, J, H) int64:
+    per pass, per replicated expert j and row m, the integer water-fill of ``nn[m, j]`` tokens
+    over its holders (loads ``load`` less its own), gains in the tie order ``tiepos`` (M, G);
+    stops after a pass that moved nothing (``skip_unmoved``)."""
     M, J, H = alloc.shape
     load = load.copy()
     xs = np.empty(H, dtype=np.int64)
@@ -235,7 +154,9 @@ def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma
 
 @njit(cache=True)
 def slot_refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
-    """compiled.refine over holder slots, in place on ``alloc`` (M, J, H) float64."""
+    """token_split._refine over holder slots, in place on ``alloc`` (M, J, H) float64: the
+    continuous water-fill per expert in turn, for ``passes`` passes or until no allocation
+    moved by more than 1e-9."""
     M, J, H = alloc.shape
     load = load.copy()
     srt = np.empty(H)

@@ -207,6 +207,11 @@ def _count_compiled(kern: Any, plan: Any, rows: np.ndarray, G: int) -> tuple[np.
                             total)
             m = np.ascontiguousarray(sends[:, :LG]) if small else sends[:, :LG].astype(np.float64)
             return total[0], m.reshape(G, L, G).transpose(1, 0, 2)
+    if not plan.single_owner:  # the split's traffic reads the counts key by key (split_links)
+        km = np.empty((LE, G), dtype=np.int32)  # (counts of at most T tokens)
+        total = np.empty(LE, dtype=np.int64)
+        kern.count_layers(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, E, km, total)
+        return total, km.T
     sc = np.zeros((G, LE), dtype=np.int64)
     kern.count_runs(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, True, no_total, sc)
     return sc.sum(axis=0), sc  # (integers: the same totals as counted alongside, and cheaper)

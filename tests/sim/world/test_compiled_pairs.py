@@ -102,41 +102,6 @@ def test_split_pairs_bad_input():
         pair_table(plan, compiled)
 
 
-def _reduceat(traffic, rows, starts):
-    L, G = traffic.shape[:2]
-    return np.add.reduceat(traffic.reshape(L, G * G)[:, rows], starts, axis=1)
-
-
-def test_link_loads_hand_figure():
-    """Flows 1, 2 then 3, 0 of [[1, 2], [3, 4]]: 2 + 3 and 4 + 1."""
-    tr = np.array([[[1.0, 2.0], [3.0, 4.0]]])
-    got = compiled.pairs.link_loads(tr, np.array([1, 2, 3, 0]), np.array([0, 2]), np.empty((1, 2)))
-    assert got.tolist() == [[5.0, 5.0]]
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_link_loads_equal_reduceat(seed):
-    """numpy's reduceat adds a segment's first term to the pairwise sum of the others (8 running
-    sums from 8 terms, halves above 128): segments of every size, values whose sum depends on
-    the order."""
-    rng = np.random.default_rng(900 + seed)
-    L, G = int(rng.integers(1, 4)), int(rng.choice([2, 4, 16, 64]))
-    tr = rng.random((L, G, G)) * 10.0 ** rng.integers(-3, 6, size=(L, G, G))
-    tr[rng.random(tr.shape) < 0.3] = 0.0
-    R = int(rng.integers(1, 4000))
-    rows = rng.integers(0, G * G, size=R)
-    cuts = rng.choice(np.arange(1, R), size=min(int(rng.integers(0, 30)), R - 1), replace=False) \
-        if R > 1 else np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([[0], np.sort(cuts)]).astype(np.int64)
-    ref = _reduceat(tr, rows, starts)
-    got = compiled.pairs.link_loads(tr, rows, starts, np.empty((L, len(starts))))
-    assert ref.tobytes() == got.tobytes()
-    for n in (1, 7, 8, 9, 127, 128, 129, 200, 257, 1000):  # the block edges, one segment
-        r = rng.integers(0, G * G, size=n)
-        assert _reduceat(tr, r, np.zeros(1, dtype=np.int64)).tobytes() == compiled.pairs.link_loads(
-            tr, r, np.zeros(1, dtype=np.int64), np.empty((L, 1))).tobytes()
-
-
 def _eplb_run(nodes, gpus_per_node, ep, seed):
     from sim.cost import AnalyticCost
     from sim.engine.metrics import compute_metrics
