@@ -91,11 +91,35 @@ def slot_loads(base, alloc, hl, nh):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def _fill2(x0, x1, n, t0, t1):  # pragma: no cover - compiled
+    """slot_passes' water-fill over 2 holders (loads ``x0``, ``x1``, tie places ``t0``, ``t1``):
+    the general loop's operations unrolled, the same integers."""
+    s0, s1 = (x0, x1) if x0 <= x1 else (x1, x0)
+    S0 = s0
+    S1 = s0 + s1
+    kstar = (1 if s0 - S0 <= n else 0) + (1 if 2 * s1 - S1 <= n else 0)
+    if kstar == 0:
+        return np.int64(0), np.int64(0)
+    Sk = S0 if kstar == 1 else S1
+    h = (n + Sk) // kstar
+    rem = n + Sk - h * kstar
+    in0, in1 = x0 <= h, x1 <= h
+    r0 = 0 if (not in1 or t0 <= t1) else 1  # places in the tie order among the gaining holders
+    r1 = 0 if (not in0 or t1 < t0) else 1
+    a0 = h - x0 + (1 if r0 + 1 <= rem else 0) if in0 else np.int64(0)
+    a1 = h - x1 + (1 if r1 + 1 <= rem else 0) if in1 else np.int64(0)
+    return a0, a1
+
+
+@njit(cache=True)
 def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
     """token_split._integer_passes over holder slots, in place on ``alloc`` (M, J, H) int64:
     per pass, per replicated expert j and row m, the integer water-fill of ``nn[m, j]`` tokens
     over its holders (loads ``load`` less its own), gains in the tie order ``tiepos`` (M, G);
-    stops after a pass that moved nothing (``skip_unmoved``)."""
+    stops after a pass that moved nothing (``skip_unmoved``). A row's water-fills read and
+    write that row only, so a pass goes row by row (its experts in order); with
+    ``skip_unmoved`` a row that moved nothing in a pass would do the same again: it is left
+    (the same integers)."""
     M, J, H = alloc.shape
     load = load.copy()
     xs = np.empty(H, dtype=np.int64)
@@ -103,12 +127,25 @@ def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma
     S = np.empty(H, dtype=np.int64)
     a = np.empty(H, dtype=np.int64)
     gain = np.empty(H, dtype=np.int64)
+    done = np.zeros(M, dtype=np.bool_)
     for _ in range(count):
         moved = False
-        for j in range(J):
-            for m in range(M):
+        for m in range(M):
+            if done[m]:
+                continue
+            row_moved = False
+            for j in range(J):
                 k_n = nh[m, j]
                 n = nn[m, j]
+                if k_n == 2:
+                    g0, g1 = hl[m, j, 0], hl[m, j, 1]
+                    x0, x1 = load[m, g0] - alloc[m, j, 0], load[m, g1] - alloc[m, j, 1]
+                    a0, a1 = _fill2(x0, x1, n, tiepos[m, g0], tiepos[m, g1])
+                    if a0 != alloc[m, j, 0] or a1 != alloc[m, j, 1]:
+                        row_moved = True
+                    alloc[m, j, 0], alloc[m, j, 1] = a0, a1
+                    load[m, g0], load[m, g1] = x0 + a0, x1 + a1
+                    continue
                 for i in range(k_n):
                     xs[i] = load[m, hl[m, j, i]] - alloc[m, j, i]
                     srt[i] = xs[i]
@@ -142,11 +179,13 @@ def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma
                         a[i] = 0
                 for i in range(k_n):
                     if a[i] != alloc[m, j, i]:
-                        moved = True
+                        row_moved = True
                     alloc[m, j, i] = a[i]
                     load[m, hl[m, j, i]] = xs[i] + a[i]
-            if not skip_unmoved:
+            if row_moved or not skip_unmoved:
                 moved = True
+            else:
+                done[m] = True
         if not moved:
             break
     return alloc
@@ -156,7 +195,8 @@ def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma
 def slot_refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
     """token_split._refine over holder slots, in place on ``alloc`` (M, J, H) float64: the
     continuous water-fill per expert in turn, for ``passes`` passes or until no allocation
-    moved by more than 1e-9."""
+    moved by more than 1e-9 (the largest move over all rows: a pass goes row by row, each row's
+    experts in order; 2 holders unrolled, the same float operations)."""
     M, J, H = alloc.shape
     load = load.copy()
     srt = np.empty(H)
@@ -164,14 +204,34 @@ def slot_refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
     xs = np.empty(H)
     for _ in range(passes):
         delta = 0.0
-        for j in range(J):
-            for m in range(M):
+        for m in range(M):
+            for j in range(J):
                 k_n = nh[m, j]
+                n = np.float64(nn[m, j])
+                if k_n == 2:
+                    g0, g1 = hl[m, j, 0], hl[m, j, 1]
+                    x0, x1 = load[m, g0] - alloc[m, j, 0], load[m, g1] - alloc[m, j, 1]
+                    s0, s1 = (x0, x1) if x0 <= x1 else (x1, x0)
+                    S0 = 0.0 + s0
+                    S1 = S0 + s1
+                    kstar = (1 if np.float64(1) * s0 - S0 <= n else 0) + \
+                        (1 if np.float64(2) * s1 - S1 <= n else 0)
+                    v0 = v1 = 0.0
+                    if kstar > 0:
+                        h = (n + (S0 if kstar == 1 else S1)) / np.float64(kstar)
+                        v0, v1 = h - x0, h - x1
+                        if not v0 >= 0.0:
+                            v0 = 0.0
+                        if not v1 >= 0.0:
+                            v1 = 0.0
+                    delta = max(delta, abs(v0 - alloc[m, j, 0]), abs(v1 - alloc[m, j, 1]))
+                    alloc[m, j, 0], alloc[m, j, 1] = v0, v1
+                    load[m, g0], load[m, g1] = x0 + v0, x1 + v1
+                    continue
                 for i in range(k_n):
                     xs[i] = load[m, hl[m, j, i]] - alloc[m, j, i]
                     srt[i] = xs[i]
                 _sort_small(srt, k_n)
-                n = np.float64(nn[m, j])
                 acc = 0.0
                 kstar = 0
                 for k in range(k_n):
