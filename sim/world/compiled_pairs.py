@@ -299,3 +299,80 @@ def scatter_slots(tok, alloc, ee, ok, ptr, nrep, E):  # pragma: no cover - compi
                 p = ptr[m * E + e]
                 for i in range(nrep[m, e]):
                     tok[p + i] = alloc[m, j, i]
+
+
+@njit(cache=True)
+def split_slots(c, nrep, ptr, pair_gpu, gpus, rep_e, rep_ok, E, G, passes):  # pragma: no cover
+    """pair_split.split_pairs in one call: (P,) int64 tokens per holder pair of a batch's ``c``
+    (L*E,) tokens per key (``nrep`` (L, E) holders per expert, ``ptr`` (L*E + 1,) each key's
+    first pair, ``gpus`` (L, E, H) their GPUs, ``rep_e``, ``rep_ok`` (L, J) the replicated
+    experts of token_split.replicated_ids). token_split.split_replicated's steps with the slot
+    kernels, its numpy steps as loops on the same integers: per layer u = sum (e + 1) c[e],
+    its replicated experts with tokens most first (a stable sort, ties smaller expert id),
+    the tie order, their holders (compiled.holders_of), the greedy, then the rows above the
+    bound refined, rounded and passed again; the same integers."""
+    L = rep_e.shape[0]
+    J0 = rep_e.shape[1]
+    tok, base = single_pairs(c, nrep.reshape(L * E), ptr, pair_gpu, E, G)
+    start = np.zeros(L, dtype=np.int64)
+    ee0 = np.empty((L, J0), dtype=np.int64)
+    ok0 = np.empty((L, J0), dtype=np.bool_)
+    nn0 = np.empty((L, J0), dtype=np.int64)
+    rc = np.empty(J0, dtype=np.int64)
+    J = 0
+    for m in range(L):
+        for e in range(E):
+            start[m] += (e + 1) * c[m * E + e]
+        for j in range(J0):
+            rc[j] = -(c[m * E + rep_e[m, j]] * rep_ok[m, j])
+        order = np.argsort(rc, kind="mergesort")  # stable: most tokens first, ties by place
+        n_pos = 0
+        for j in range(J0):
+            o = order[j]
+            ee0[m, j], ok0[m, j], nn0[m, j] = rep_e[m, o], rep_ok[m, o], -rc[o]
+            if -rc[o] > 0:
+                n_pos += 1
+        J = max(J, n_pos)
+    ee, ok, nn = ee0[:, :J].copy(), ok0[:, :J].copy(), nn0[:, :J].copy()
+    tie = np.empty((L, G), dtype=np.int64)
+    for m in range(L):
+        u = start[m]
+        step = 1 - 2 * ((u // G) % 2)
+        for g in range(G):
+            tie[m, g] = ((g - u % G) * step) % G
+    nh = np.zeros((L, J), dtype=np.int64)
+    H = 1
+    for m in range(L):
+        for j in range(J):
+            if ok[m, j]:
+                nh[m, j] = nrep[m, ee[m, j]]
+                H = max(H, nh[m, j])
+    hl = np.full((L, J, H), -1, dtype=np.int64)
+    for m in range(L):
+        for j in range(J):
+            for i in range(nh[m, j]):
+                hl[m, j, i] = gpus[m, ee[m, j], i]
+    alloc = slot_passes(1, np.zeros((L, J, H), dtype=np.int64), base, hl, nh, nn, tie, False)
+    if passes > 1:
+        load = slot_loads(base, alloc, hl, nh)
+        rows = np.empty(L, dtype=np.int64)
+        nr = 0
+        for m in range(L):
+            tot = np.int64(0)
+            for e in range(E):
+                tot += c[m * E + e]
+            bound = max(-(-tot // G), base[m].max())  # no split does better
+            if load[m].max() > bound:
+                rows[nr] = m
+                nr += 1
+        if nr:
+            r = rows[:nr]
+            fa = slot_refine(alloc[r].astype(np.float64), load[r].astype(np.float64), hl[r],
+                             nh[r], nn[r], passes - 1)
+            ar = slot_round(fa, hl[r], nh[r], nn[r], tie[r])
+            ar = slot_passes(passes - 1, ar, slot_loads(base[r], ar, hl[r], nh[r]), hl[r],
+                             nh[r], nn[r], tie[r], True)
+            for q in range(nr):
+                alloc[r[q]] = ar[q]
+    scatter_slots(tok, alloc, ee, ok, ptr, nrep, E)
+    return tok
