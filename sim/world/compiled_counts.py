@@ -115,9 +115,9 @@ def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - 
     layer's K keys ``layer * E + expert`` side by side), one at ``out[v, GPU]``, and ``total``
     (L*E,) int64 each key's sum over the GPUs. The same runs (cut at the GPUs' bounds) and
     whole blocks of ``prefix``; the rows counted one by one have their keys copied layer by
-    layer first (each pool row read once, in order), so that a layer's (E, G) rows of ``out``
-    stay in cache while its tokens are counted (integers: the same counts in any order). A key
-    outside its layer's range is refused (ValueError)."""
+    layer first (each pool row read once, in order; a key outside its layer's range is refused
+    there, ValueError), so that a layer's (E, G) rows of ``out`` (C-contiguous) stay in cache
+    while its tokens are counted (integers: the same counts in any order)."""
     T = rows.shape[0]
     L = out.shape[0] // E
     K = idx.shape[1] // L
@@ -146,6 +146,7 @@ def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - 
         ra[nr], rb[nr], rg[nr], rlo[nr], rhi[nr] = a, b, g, lo, hi
         nr += 1
         t = u
+    flat = out.reshape(out.shape[0] * G)
     sk = np.empty((L, S, K), dtype=idx.dtype)  # their keys, layer by layer
     sg = np.empty(S, dtype=np.int64)
     s = 0
@@ -155,9 +156,15 @@ def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - 
             if lo < hi and lo * B <= r < hi * B:
                 continue
             sg[s] = rg[q]
+            bad = False
             for l in range(L):
                 for k in range(K):
-                    sk[l, s, k] = idx[r, l * K + k]
+                    v = idx[r, l * K + k]
+                    sk[l, s, k] = v
+                    d = v - l * E
+                    bad |= (d < 0) | (d >= E)
+            if bad:
+                raise ValueError("count_layers: a key outside its layer")
             s += 1
     for l in range(L):
         base = l * E
@@ -170,13 +177,11 @@ def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - 
                 for e in range(E):
                     slab[e, g] += p1[base + e] - p0[base + e]
         skl = sk[l]
-        for s in range(S):
+        for s in range(S):  # (keys checked when copied: within the layer)
             g = sg[s]
+            row = skl[s]
             for k in range(K):
-                v = skl[s, k] - base
-                if v < 0 or v >= E:
-                    raise ValueError("count_layers: a key outside its layer")
-                slab[v, g] += 1
+                flat[np.int64(row[k]) * G + g] += 1
         for e in range(E):
             n = np.int64(0)
             for g in range(G):

@@ -160,3 +160,25 @@ def split_links(km, share_p, pair_key, pair_gpu, E, rows_t, starts, out):  # pra
                 v = v + _block(fl, rows_t, s + 1, e - s - 1)
             out[l, c] = v
     return out
+
+
+@njit(cache=True)
+def link_times(load, lat, scale, unshared, base):  # pragma: no cover - compiled
+    """(L,) per layer the slowest unshared link's time ``lat + load * scale`` (0 where it
+    carries nothing) and ``base``: ``np.where(load > 0, lat + load * scale, 0.0)[:, unshared]
+    .max(axis=1, initial=base)``, the same products and sums (no fused multiply-add), and
+    their maximum (exact in any order)."""
+    L, C = load.shape
+    best = np.empty(L)
+    for l in range(L):
+        b = base
+        for c in range(C):
+            if unshared[c]:
+                x = load[l, c]
+                t = lat[c] + x * scale[c]
+                if not x > 0:
+                    t = 0.0
+                if t > b:
+                    b = t
+        best[l] = b
+    return best

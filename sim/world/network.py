@@ -235,7 +235,9 @@ class _ReplicaNet:
             self.rows_t = (self.rows % G) * G + self.rows // G
         load = kern.links.split_links(km, share_p, plan.pair_key, plan.pair_gpu, E, self.rows_t,
                                       self.starts, np.empty((L, len(self.starts))))
-        return self.load_times(load)
+        if self.shared:
+            return self.load_times(load)
+        return kern.links.link_times(load, self.lat, self.scale, self.unshared, self.base), []
 
     def load_times(self, load: np.ndarray) -> tuple[np.ndarray, list]:
         """:meth:`times` from the links' loads ``load`` (L, C) tokens."""

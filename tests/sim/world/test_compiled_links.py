@@ -165,3 +165,18 @@ def test_network_split_times_equal_traffic_times(seed):
     assert np.asarray(got).tobytes() == want.tobytes() and rn.rows_t is not None
     assert rn.split_times(plan, km.T, share_p)[1] == shared and (book is None) == (not shared)
     assert rn.split_times(plan, np.ascontiguousarray(km.T), share_p) is None  # not key-major
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_link_times_equal_numpy(seed):
+    """link_times: _ReplicaNet.load_times' numpy expression (the slowest unshared link per
+    layer, ``base`` at least), byte for byte, with idle links and a zero base."""
+    rng = np.random.default_rng(2300 + seed)
+    L, C = int(rng.integers(1, 6)), int(rng.integers(1, 300))
+    load = rng.random((L, C)) * 10.0 ** rng.integers(-2, 6, size=(L, C))
+    load[rng.random(load.shape) < 0.3] = 0.0
+    lat, scale = rng.random(C) * 1e-5, rng.random(C) * 1e-7
+    unshared = rng.random(C) < 0.8
+    base = float(rng.choice([0.0, 8e-6, 1.0]))
+    want = np.where(load > 0, lat + load * scale, 0.0)[:, unshared].max(axis=1, initial=base)
+    assert compiled.links.link_times(load, lat, scale, unshared, base).tobytes() == want.tobytes()
