@@ -9,11 +9,13 @@ nothing. Without numba installed, :func:`available` is False and the references 
 - :func:`integer_passes` and :func:`refine`: :func:`sim.world.token_split._integer_passes` and
   ``_refine`` row by row over each expert's holders (:func:`holders`), the same integer and
   float operations in the same order (no fast-math: ``k * srt - S`` must not become a fused
-  multiply-add). The stop rules are the references': over all rows at once (a pass stops once
-  no row moved / moved by 1e-9).
-- :func:`count_sources` and :func:`count_dups` (in :mod:`sim.world.compiled_counts`): the counts of
-  :func:`sim.world.traffic.count_tokens` (tokens per source GPU and key; a token's repeated
-  (layer, GPU)s), one pass over the tokens instead of per-GPU bincounts and (T, L, K, K) masks.
+  multiply-add), by the kernels over holder slots of :mod:`sim.world.compiled_pairs` (one
+  water-fill, not two). The stop rules are the references': over all rows at once (a pass
+  stops once no row moved / moved by 1e-9).
+- :func:`count_sources`, :func:`count_dups`, :func:`count_runs` and :func:`count_layers` (in
+  :mod:`sim.world.compiled_counts`): the counts of :func:`sim.world.traffic.count_tokens`
+  (tokens per source GPU and key, also key-major; a token's repeated (layer, GPU)s), one pass
+  over the tokens instead of per-GPU bincounts and (T, L, K, K) masks.
 - :func:`traffic_share`: ``per @ share`` per layer as OpenBLAS's double-precision kernel forms
   it (a K dimension of at most :data:`MAX_CHAIN`): each output a chain of fused multiply-adds
   over the experts in ascending order from 0. A zero term leaves a nonnegative chain as it is,
@@ -28,12 +30,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from sim.world import compiled_links as links  # kern.links: the network's link loads
 from sim.world import compiled_pairs as pairs  # kern.pairs: the kernels over holder pairs
 
 # the counting kernels live in their own module; callers reach them here (compiled_kernels())
 from sim.world.compiled_counts import (
     block_prefix,
     count_dups,
+    count_layers,
     count_runs,
     count_sources,
     dup_index,
@@ -42,7 +46,6 @@ from sim.world.compiled_counts import (
 
 #: the longest experts axis whose BLAS product is one fused chain (OpenBLAS's dgemm K block)
 MAX_CHAIN = 256
-_TOL = 1e-9
 
 
 @njit(cache=True)
@@ -154,131 +157,44 @@ def round_alloc(fa, hl, nh, nn, tiepos):  # pragma: no cover - compiled
     return out
 
 
+def _slots(alloc: np.ndarray, hl: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """(M, J, H) ``alloc`` (M, J, G) at each row's holders ``hl`` (0 at the padding), and where
+    they sit in ``alloc`` (the index of :func:`_unslot`)."""
+    m_i, j_i, i_i = np.nonzero(hl >= 0)
+    at = (m_i, j_i, hl[m_i, j_i, i_i])
+    slots = np.zeros(hl.shape, dtype=alloc.dtype)
+    slots[m_i, j_i, i_i] = alloc[at]
+    return slots, (at, (m_i, j_i, i_i))
 
-@njit(cache=True)
-def _sort_small(a, n):  # pragma: no cover - compiled
-    """Sorts ``a[:n]`` ascending in place (insertion: a few holders; the same array as np.sort
-    for numbers without NaN, equal values being equal)."""
-    for i in range(1, n):
-        v = a[i]
-        p = i
-        while p > 0 and a[p - 1] > v:
-            a[p] = a[p - 1]
-            p -= 1
-        a[p] = v
 
-@njit(cache=True)
-def integer_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
+def _unslot(alloc: np.ndarray, slots: np.ndarray, where: tuple) -> np.ndarray:
+    """Writes the holders' ``slots`` back into ``alloc`` (in place) and returns it."""
+    at, sl = where
+    alloc[at] = slots[sl]
+    return alloc
+
+
+def integer_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):
     """token_split._integer_passes, in place on ``alloc`` (M, J, G) int64, over each expert's
     holders only (``hl``, ``nh`` of :func:`holders`; ``tiepos`` (M, G) each GPU's place in the
-    tie order; the water-fill of token_split._water_fill per row): a GPU that does not hold the
-    expert gets 0 tokens of it and keeps its load in the reference, so skipping it changes
-    nothing (integers)."""
-    M, J, G = alloc.shape
-    load = load.copy()
-    H = hl.shape[2]
-    xs = np.empty(H, dtype=np.int64)
-    srt = np.empty(H, dtype=np.int64)
-    S = np.empty(H, dtype=np.int64)
-    a = np.empty(H, dtype=np.int64)
-    gain = np.empty(H, dtype=np.int64)
-    for _ in range(count):
-        moved = False
-        for j in range(J):
-            for m in range(M):
-                k_n = nh[m, j]
-                n = nn[m, j]
-                for i in range(k_n):
-                    g = hl[m, j, i]
-                    xs[i] = load[m, g] - alloc[m, j, g]
-                    srt[i] = xs[i]
-                _sort_small(srt, k_n)
-                acc = np.int64(0)
-                kstar = 0
-                for k in range(k_n):
-                    acc += srt[k]
-                    S[k] = acc
-                    if (k + 1) * srt[k] - acc <= n:
-                        kstar += 1
-                ng = 0
-                if kstar > 0:
-                    Sk = S[kstar - 1]
-                    h = (n + Sk) // kstar
-                    rem = n + Sk - h * kstar
-                    for i in range(k_n):  # the gaining holders, in the tie order
-                        a[i] = 0
-                        if xs[i] <= h:
-                            p = ng
-                            while p > 0 and tiepos[m, hl[m, j, gain[p - 1]]] > tiepos[m, hl[m, j, i]]:
-                                gain[p] = gain[p - 1]
-                                p -= 1
-                            gain[p] = i
-                            ng += 1
-                    for r in range(ng):
-                        i = gain[r]
-                        a[i] = h - xs[i] + (1 if r + 1 <= rem else 0)
-                else:
-                    for i in range(k_n):
-                        a[i] = 0
-                for i in range(k_n):
-                    g = hl[m, j, i]
-                    if a[i] != alloc[m, j, g]:
-                        moved = True
-                    alloc[m, j, g] = a[i]
-                    load[m, g] = xs[i] + a[i]
-            if not skip_unmoved:
-                moved = True
-        if not moved:
-            break
-    return alloc
+    tie order; the water-fill of token_split._water_fill per row), by
+    :func:`sim.world.compiled_pairs.slot_passes` on the holders' entries: a GPU that does not
+    hold the expert gets 0 tokens of it and keeps its load in the reference, so skipping it
+    changes nothing (integers)."""
+    slots, where = _slots(alloc, hl)
+    pairs.slot_passes(count, slots, load, hl, nh, nn, tiepos, skip_unmoved)
+    return _unslot(alloc, slots, where)
 
 
-@njit(cache=True)
-def refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
+def refine(alloc, load, hl, nh, nn, passes):
     """token_split._refine, in place on ``alloc`` (M, J, G) float64, over each expert's holders
-    only (``hl``, ``nh`` of :func:`holders`): a GPU that does not hold the expert keeps 0.0 of
-    it and its load (``load - 0.0 + 0.0``, loads nonnegative) in the reference, and adds 0 to
-    the largest move; the holders' floats are the same operations in the same order."""
-    M, J, G = alloc.shape
-    load = load.copy()
-    H = hl.shape[2]
-    srt = np.empty(H)
-    S = np.empty(H)
-    xs = np.empty(H)
-    for _ in range(passes):
-        delta = 0.0
-        for j in range(J):
-            for m in range(M):
-                k_n = nh[m, j]
-                for i in range(k_n):
-                    g = hl[m, j, i]
-                    xs[i] = load[m, g] - alloc[m, j, g]
-                    srt[i] = xs[i]
-                _sort_small(srt, k_n)
-                n = np.float64(nn[m, j])
-                acc = 0.0
-                kstar = 0
-                for k in range(k_n):
-                    acc += srt[k]
-                    S[k] = acc
-                    if np.float64(k + 1) * srt[k] - acc <= n:
-                        kstar += 1
-                h = (n + S[kstar - 1]) / np.float64(kstar) if kstar > 0 else 0.0
-                for i in range(k_n):
-                    g = hl[m, j, i]
-                    v = 0.0
-                    if kstar > 0:
-                        v = h - xs[i]
-                        if not v >= 0.0:
-                            v = 0.0
-                    d = abs(v - alloc[m, j, g])
-                    if d > delta:
-                        delta = d
-                    alloc[m, j, g] = v
-                    load[m, g] = xs[i] + v
-        if delta <= _TOL:
-            break
-    return alloc
+    only (:func:`sim.world.compiled_pairs.slot_refine` on their entries): a GPU that does not
+    hold the expert keeps 0.0 of it and its load (``load - 0.0 + 0.0``, loads nonnegative) in
+    the reference, and adds 0 to the largest move; the holders' floats are the same operations
+    in the same order."""
+    slots, where = _slots(alloc, hl)
+    pairs.slot_refine(slots, load, hl, nh, nn, passes)
+    return _unslot(alloc, slots, where)
 
 
 @njit(cache=True)
@@ -395,6 +311,6 @@ def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarra
     return out
 
 
-__all__ = ["MAX_CHAIN", "block_prefix", "count_dups", "count_runs", "count_sources", "dup_index",
-           "holders", "holders_of", "integer_passes", "pairs", "refine", "round_alloc",
-           "send_index", "single_holders", "traffic_share"]
+__all__ = ["MAX_CHAIN", "block_prefix", "count_dups", "count_layers", "count_runs", "count_sources",
+           "dup_index", "holders", "holders_of", "integer_passes", "links", "pairs", "refine",
+           "round_alloc", "send_index", "single_holders", "traffic_share"]

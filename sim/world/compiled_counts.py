@@ -109,6 +109,87 @@ def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cove
 
 
 @njit(cache=True)
+def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - compiled
+    """count_runs per GPU, key-major and a layer at a time: ``out`` (L*E, G) int32 gets, for each
+    token t (pool row ``rows[t]``, GPU ``t * G // T``) and each key v of ``idx[rows[t]]`` (a
+    layer's K keys ``layer * E + expert`` side by side), one at ``out[v, GPU]``, and ``total``
+    (L*E,) int64 each key's sum over the GPUs. The same runs (cut at the GPUs' bounds) and
+    whole blocks of ``prefix``; the rows counted one by one have their keys copied layer by
+    layer first (each pool row read once, in order; a key outside its layer's range is refused
+    there, ValueError), so that a layer's (E, G) rows of ``out`` (C-contiguous) stay in cache
+    while its tokens are counted (integers: the same counts in any order)."""
+    T = rows.shape[0]
+    L = out.shape[0] // E
+    K = idx.shape[1] // L
+    ra = np.empty(T, dtype=np.int64)  # the runs: first pool row, end, GPU, first whole block, end
+    rb = np.empty(T, dtype=np.int64)
+    rg = np.empty(T, dtype=np.int64)
+    rlo = np.empty(T, dtype=np.int64)
+    rhi = np.empty(T, dtype=np.int64)
+    nr = 0
+    S = 0  # rows counted one by one
+    t = 0
+    while t < T:
+        g = (t * G) // T
+        end = ((g + 1) * T + G - 1) // G
+        a = rows[t]
+        u = t + 1
+        while u < end and rows[u] == a + (u - t):
+            u += 1
+        b = a + (u - t)
+        lo, hi = (a + B - 1) // B, b // B
+        if hi <= lo:
+            lo = hi = b // B + 1  # (no whole block)
+            S += b - a
+        else:
+            S += (lo * B - a) + (b - hi * B)
+        ra[nr], rb[nr], rg[nr], rlo[nr], rhi[nr] = a, b, g, lo, hi
+        nr += 1
+        t = u
+    flat = out.reshape(out.shape[0] * G)
+    sk = np.empty((L, S, K), dtype=idx.dtype)  # their keys, layer by layer
+    sg = np.empty(S, dtype=np.int64)
+    s = 0
+    for q in range(nr):
+        a, b, lo, hi = ra[q], rb[q], rlo[q], rhi[q]
+        for r in range(a, b):
+            if lo < hi and lo * B <= r < hi * B:
+                continue
+            sg[s] = rg[q]
+            bad = False
+            for l in range(L):
+                for k in range(K):
+                    v = idx[r, l * K + k]
+                    sk[l, s, k] = v
+                    d = v - l * E
+                    bad |= (d < 0) | (d >= E)
+            if bad:
+                raise ValueError("count_layers: a key outside its layer")
+            s += 1
+    for l in range(L):
+        base = l * E
+        slab = out[base:base + E]
+        slab[:, :] = 0
+        for q in range(nr):
+            if rlo[q] < rhi[q]:
+                g = rg[q]
+                p1, p0 = prefix[rhi[q]], prefix[rlo[q]]
+                for e in range(E):
+                    slab[e, g] += p1[base + e] - p0[base + e]
+        skl = sk[l]
+        for s in range(S):  # (keys checked when copied: within the layer)
+            g = sg[s]
+            row = skl[s]
+            for k in range(K):
+                flat[np.int64(row[k]) * G + g] += 1
+        for e in range(E):
+            n = np.int64(0)
+            for g in range(G):
+                n += slab[e, g]
+            total[base + e] = n
+
+
+@njit(cache=True)
 def _count_rows(idx, r0, r1, o, tot, total, out):  # pragma: no cover - compiled
     """count_runs' rows ``r0 .. r1 - 1`` one by one: one to ``out[o, v]`` (and ``total[v]``
     with ``tot``) for each value v of ``idx[r]``."""

@@ -1,6 +1,6 @@
 """Compiled (numba) kernels of the per-batch token split kept over the plan's holder pairs
-(:mod:`sim.world.pair_split`) instead of a dense (L, E, G) array, and of the network's per-link
-loads (:meth:`sim.world.network._ReplicaNet.times`). A large replica's split is nonzero on its
+(:mod:`sim.world.pair_split`) instead of a dense (L, E, G) array (the network's per-link loads:
+:mod:`sim.world.compiled_links`). A large replica's split is nonzero on its
 P holder pairs only (DeepSeek-V3 at EP 64 with 64 redundant experts: 18,560 of 950,272 entries),
 so these read and write P entries where the dense forms swept all of them. Each gives the same
 integers and floats as its reference (tests/sim/world/test_compiled_pairs.py). Imported lazily,
@@ -56,102 +56,18 @@ def csr_vec(share_p, pair_key, pair_gpu, LE):  # pragma: no cover - compiled
     return ptr, hs, ws
 
 
-@njit(cache=True)
-def _block(a, idx, s0, m):  # pragma: no cover - compiled
-    """numpy's pairwise sum of ``a[idx[s0:s0 + m]]`` for m <= 128 (one block)."""
-    if m < 8:
-        res = 0.0
-        for i in range(m):
-            res += a[idx[s0 + i]]
-        return res
-    r0, r1, r2, r3 = a[idx[s0]], a[idx[s0 + 1]], a[idx[s0 + 2]], a[idx[s0 + 3]]
-    r4, r5, r6, r7 = a[idx[s0 + 4]], a[idx[s0 + 5]], a[idx[s0 + 6]], a[idx[s0 + 7]]
-    i = s0 + 8
-    end = s0 + m - (m % 8)
-    while i < end:
-        r0 += a[idx[i]]
-        r1 += a[idx[i + 1]]
-        r2 += a[idx[i + 2]]
-        r3 += a[idx[i + 3]]
-        r4 += a[idx[i + 4]]
-        r5 += a[idx[i + 5]]
-        r6 += a[idx[i + 6]]
-        r7 += a[idx[i + 7]]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < s0 + m:
-        res += a[idx[i]]
-        i += 1
-    return res
-
-
-@njit(cache=True)
-def _pairwise(a, idx, lo, n, stk, vals):  # pragma: no cover - compiled
-    """numpy's pairwise sum of ``a[idx[lo:lo + n]]`` (float64; numpy/_core/src/umath/
-    loops_utils.h: below 8 terms one by one from 0.0, up to 128 eight running sums combined as
-    ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)) then the rest one by one, above 128 the
-    two halves, cut at a multiple of 8, added). An explicit stack (``stk`` (192, 3) int64,
-    ``vals`` (64,) scratch: 2 rows and 1 value per halving), not recursion."""
-    if n <= 128:
-        return _block(a, idx, lo, n)
-    top = 1
-    stk[0, 0], stk[0, 1], stk[0, 2] = lo, n, 0
-    nv = 0
-    while top > 0:
-        top -= 1
-        s0, m, op = stk[top, 0], stk[top, 1], stk[top, 2]
-        if op == 1:  # both halves done: their sum
-            nv -= 1
-            vals[nv - 1] = vals[nv - 1] + vals[nv]
-        elif m <= 128:
-            vals[nv] = _block(a, idx, s0, m)
-            nv += 1
-        else:  # the first half first, then the second, then their sum
-            n2 = m // 2
-            n2 -= n2 % 8
-            stk[top, 0], stk[top, 1], stk[top, 2] = 0, 0, 1
-            stk[top + 1, 0], stk[top + 1, 1], stk[top + 1, 2] = s0 + n2, m - n2, 0
-            stk[top + 2, 0], stk[top + 2, 1], stk[top + 2, 2] = s0, n2, 0
-            top += 3
-    return vals[0]
-
-
-@njit(cache=True)
-def link_loads(traffic, rows, starts, out):  # pragma: no cover - compiled
-    """``np.add.reduceat(traffic.reshape(L, G*G)[:, rows], starts, axis=1)`` into ``out``
-    (L, C) float64, without the gather: per layer and link the flows ``rows[starts[c]:
-    starts[c+1]]`` (``starts`` ascending, the last link's to the end): the first term, then
-    numpy's pairwise sum of the others added to it (a reduceat's segment as its inner loop
-    forms it; a segment of one: that term)."""
-    L = traffic.shape[0]
-    flat = traffic.reshape(L, traffic.shape[1] * traffic.shape[2])
-    C = starts.shape[0]
-    R = rows.shape[0]
-    stk = np.empty((192, 3), dtype=np.int64)
-    vals = np.empty(64)
-    for l in range(L):
-        fl = flat[l]
-        for c in range(C):
-            s = starts[c]
-            e = starts[c + 1] if c + 1 < C else R
-            v = np.float64(fl[rows[s]])
-            if e - s > 129:
-                v = v + _pairwise(fl, rows, s + 1, e - s - 1, stk, vals)
-            elif e - s > 1:  # (one block: _pairwise's first case, called directly)
-                v = v + _block(fl, rows, s + 1, e - s - 1)
-            out[l, c] = v
-    return out
-
-
-# The split's passes over holder slots: compiled.integer_passes, refine and round_alloc with the
-# allocation (M, J, H) per holder slot i (the GPU ``hl[m, j, i]``) instead of (M, J, G) per GPU:
-# those touch only the holders' entries, in slot order, so each operation is the same on the
-# same values; the (M, J, G) arrays were zero off the holders (32 times the size at EP 64).
+# The split's passes over holder slots: token_split's _integer_passes and _refine, and
+# compiled.round_alloc, with the allocation (M, J, H) per holder slot i (the GPU ``hl[m, j, i]``)
+# instead of (M, J, G) per GPU: the references' operations on a GPU that does not hold the
+# expert change nothing, the holders' are the same on the same values in slot order (the
+# (M, J, G) arrays were zero off the holders: 32 times the size at EP 64). compiled.integer_passes
+# and refine, the per-GPU forms, run these on the holders' entries.
 
 
 @njit(cache=True)
 def _sort_small(a, n):  # pragma: no cover - compiled
-    """compiled._sort_small (here: a kernel's callees live in its file)."""
+    """Sorts ``a[:n]`` ascending in place (insertion: a few holders; the same array as np.sort
+    for numbers without NaN, equal values being equal)."""
     for i in range(1, n):
         v = a[i]
         p = i
@@ -175,8 +91,35 @@ def slot_loads(base, alloc, hl, nh):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def _fill2(x0, x1, n, t0, t1):  # pragma: no cover - compiled
+    """slot_passes' water-fill over 2 holders (loads ``x0``, ``x1``, tie places ``t0``, ``t1``):
+    the general loop's operations unrolled, the same integers."""
+    s0, s1 = (x0, x1) if x0 <= x1 else (x1, x0)
+    S0 = s0
+    S1 = s0 + s1
+    kstar = (1 if s0 - S0 <= n else 0) + (1 if 2 * s1 - S1 <= n else 0)
+    if kstar == 0:
+        return np.int64(0), np.int64(0)
+    Sk = S0 if kstar == 1 else S1
+    h = (n + Sk) // kstar
+    rem = n + Sk - h * kstar
+    in0, in1 = x0 <= h, x1 <= h
+    r0 = 0 if (not in1 or t0 <= t1) else 1  # places in the tie order among the gaining holders
+    r1 = 0 if (not in0 or t1 < t0) else 1
+    a0 = h - x0 + (1 if r0 + 1 <= rem else 0) if in0 else np.int64(0)
+    a1 = h - x1 + (1 if r1 + 1 <= rem else 0) if in1 else np.int64(0)
+    return a0, a1
+
+
+@njit(cache=True)
 def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma: no cover
-    """compiled.integer_passes over holder slots, in place on ``alloc`` (M, J, H) int64."""
+    """token_split._integer_passes over holder slots, in place on ``alloc`` (M, J, H) int64:
+    per pass, per replicated expert j and row m, the integer water-fill of ``nn[m, j]`` tokens
+    over its holders (loads ``load`` less its own), gains in the tie order ``tiepos`` (M, G);
+    stops after a pass that moved nothing (``skip_unmoved``). A row's water-fills read and
+    write that row only, so a pass goes row by row (its experts in order); with
+    ``skip_unmoved`` a row that moved nothing in a pass would do the same again: it is left
+    (the same integers)."""
     M, J, H = alloc.shape
     load = load.copy()
     xs = np.empty(H, dtype=np.int64)
@@ -184,12 +127,25 @@ def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma
     S = np.empty(H, dtype=np.int64)
     a = np.empty(H, dtype=np.int64)
     gain = np.empty(H, dtype=np.int64)
+    done = np.zeros(M, dtype=np.bool_)
     for _ in range(count):
         moved = False
-        for j in range(J):
-            for m in range(M):
+        for m in range(M):
+            if done[m]:
+                continue
+            row_moved = False
+            for j in range(J):
                 k_n = nh[m, j]
                 n = nn[m, j]
+                if k_n == 2:
+                    g0, g1 = hl[m, j, 0], hl[m, j, 1]
+                    x0, x1 = load[m, g0] - alloc[m, j, 0], load[m, g1] - alloc[m, j, 1]
+                    a0, a1 = _fill2(x0, x1, n, tiepos[m, g0], tiepos[m, g1])
+                    if a0 != alloc[m, j, 0] or a1 != alloc[m, j, 1]:
+                        row_moved = True
+                    alloc[m, j, 0], alloc[m, j, 1] = a0, a1
+                    load[m, g0], load[m, g1] = x0 + a0, x1 + a1
+                    continue
                 for i in range(k_n):
                     xs[i] = load[m, hl[m, j, i]] - alloc[m, j, i]
                     srt[i] = xs[i]
@@ -223,11 +179,13 @@ def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma
                         a[i] = 0
                 for i in range(k_n):
                     if a[i] != alloc[m, j, i]:
-                        moved = True
+                        row_moved = True
                     alloc[m, j, i] = a[i]
                     load[m, hl[m, j, i]] = xs[i] + a[i]
-            if not skip_unmoved:
+            if row_moved or not skip_unmoved:
                 moved = True
+            else:
+                done[m] = True
         if not moved:
             break
     return alloc
@@ -235,7 +193,10 @@ def slot_passes(count, alloc, load, hl, nh, nn, tiepos, skip_unmoved):  # pragma
 
 @njit(cache=True)
 def slot_refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
-    """compiled.refine over holder slots, in place on ``alloc`` (M, J, H) float64."""
+    """token_split._refine over holder slots, in place on ``alloc`` (M, J, H) float64: the
+    continuous water-fill per expert in turn, for ``passes`` passes or until no allocation
+    moved by more than 1e-9 (the largest move over all rows: a pass goes row by row, each row's
+    experts in order; 2 holders unrolled, the same float operations)."""
     M, J, H = alloc.shape
     load = load.copy()
     srt = np.empty(H)
@@ -243,14 +204,34 @@ def slot_refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
     xs = np.empty(H)
     for _ in range(passes):
         delta = 0.0
-        for j in range(J):
-            for m in range(M):
+        for m in range(M):
+            for j in range(J):
                 k_n = nh[m, j]
+                n = np.float64(nn[m, j])
+                if k_n == 2:
+                    g0, g1 = hl[m, j, 0], hl[m, j, 1]
+                    x0, x1 = load[m, g0] - alloc[m, j, 0], load[m, g1] - alloc[m, j, 1]
+                    s0, s1 = (x0, x1) if x0 <= x1 else (x1, x0)
+                    S0 = 0.0 + s0
+                    S1 = S0 + s1
+                    kstar = (1 if np.float64(1) * s0 - S0 <= n else 0) + \
+                        (1 if np.float64(2) * s1 - S1 <= n else 0)
+                    v0 = v1 = 0.0
+                    if kstar > 0:
+                        h = (n + (S0 if kstar == 1 else S1)) / np.float64(kstar)
+                        v0, v1 = h - x0, h - x1
+                        if not v0 >= 0.0:
+                            v0 = 0.0
+                        if not v1 >= 0.0:
+                            v1 = 0.0
+                    delta = max(delta, abs(v0 - alloc[m, j, 0]), abs(v1 - alloc[m, j, 1]))
+                    alloc[m, j, 0], alloc[m, j, 1] = v0, v1
+                    load[m, g0], load[m, g1] = x0 + v0, x1 + v1
+                    continue
                 for i in range(k_n):
                     xs[i] = load[m, hl[m, j, i]] - alloc[m, j, i]
                     srt[i] = xs[i]
                 _sort_small(srt, k_n)
-                n = np.float64(nn[m, j])
                 acc = 0.0
                 kstar = 0
                 for k in range(k_n):
@@ -318,3 +299,80 @@ def scatter_slots(tok, alloc, ee, ok, ptr, nrep, E):  # pragma: no cover - compi
                 p = ptr[m * E + e]
                 for i in range(nrep[m, e]):
                     tok[p + i] = alloc[m, j, i]
+
+
+@njit(cache=True)
+def split_slots(c, nrep, ptr, pair_gpu, gpus, rep_e, rep_ok, E, G, passes):  # pragma: no cover
+    """pair_split.split_pairs in one call: (P,) int64 tokens per holder pair of a batch's ``c``
+    (L*E,) tokens per key (``nrep`` (L, E) holders per expert, ``ptr`` (L*E + 1,) each key's
+    first pair, ``gpus`` (L, E, H) their GPUs, ``rep_e``, ``rep_ok`` (L, J) the replicated
+    experts of token_split.replicated_ids). token_split.split_replicated's steps with the slot
+    kernels, its numpy steps as loops on the same integers: per layer u = sum (e + 1) c[e],
+    its replicated experts with tokens most first (a stable sort, ties smaller expert id),
+    the tie order, their holders (compiled.holders_of), the greedy, then the rows above the
+    bound refined, rounded and passed again; the same integers."""
+    L = rep_e.shape[0]
+    J0 = rep_e.shape[1]
+    tok, base = single_pairs(c, nrep.reshape(L * E), ptr, pair_gpu, E, G)
+    start = np.zeros(L, dtype=np.int64)
+    ee0 = np.empty((L, J0), dtype=np.int64)
+    ok0 = np.empty((L, J0), dtype=np.bool_)
+    nn0 = np.empty((L, J0), dtype=np.int64)
+    rc = np.empty(J0, dtype=np.int64)
+    J = 0
+    for m in range(L):
+        for e in range(E):
+            start[m] += (e + 1) * c[m * E + e]
+        for j in range(J0):
+            rc[j] = -(c[m * E + rep_e[m, j]] * rep_ok[m, j])
+        order = np.argsort(rc, kind="mergesort")  # stable: most tokens first, ties by place
+        n_pos = 0
+        for j in range(J0):
+            o = order[j]
+            ee0[m, j], ok0[m, j], nn0[m, j] = rep_e[m, o], rep_ok[m, o], -rc[o]
+            if -rc[o] > 0:
+                n_pos += 1
+        J = max(J, n_pos)
+    ee, ok, nn = ee0[:, :J].copy(), ok0[:, :J].copy(), nn0[:, :J].copy()
+    tie = np.empty((L, G), dtype=np.int64)
+    for m in range(L):
+        u = start[m]
+        step = 1 - 2 * ((u // G) % 2)
+        for g in range(G):
+            tie[m, g] = ((g - u % G) * step) % G
+    nh = np.zeros((L, J), dtype=np.int64)
+    H = 1
+    for m in range(L):
+        for j in range(J):
+            if ok[m, j]:
+                nh[m, j] = nrep[m, ee[m, j]]
+                H = max(H, nh[m, j])
+    hl = np.full((L, J, H), -1, dtype=np.int64)
+    for m in range(L):
+        for j in range(J):
+            for i in range(nh[m, j]):
+                hl[m, j, i] = gpus[m, ee[m, j], i]
+    alloc = slot_passes(1, np.zeros((L, J, H), dtype=np.int64), base, hl, nh, nn, tie, False)
+    if passes > 1:
+        load = slot_loads(base, alloc, hl, nh)
+        rows = np.empty(L, dtype=np.int64)
+        nr = 0
+        for m in range(L):
+            tot = np.int64(0)
+            for e in range(E):
+                tot += c[m * E + e]
+            bound = max(-(-tot // G), base[m].max())  # no split does better
+            if load[m].max() > bound:
+                rows[nr] = m
+                nr += 1
+        if nr:
+            r = rows[:nr]
+            fa = slot_refine(alloc[r].astype(np.float64), load[r].astype(np.float64), hl[r],
+                             nh[r], nn[r], passes - 1)
+            ar = slot_round(fa, hl[r], nh[r], nn[r], tie[r])
+            ar = slot_passes(passes - 1, ar, slot_loads(base[r], ar, hl[r], nh[r]), hl[r],
+                             nh[r], nn[r], tie[r], True)
+            for q in range(nr):
+                alloc[r[q]] = ar[q]
+    scatter_slots(tok, alloc, ee, ok, ptr, nrep, E)
+    return tok

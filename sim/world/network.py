@@ -37,7 +37,7 @@ import numpy as np
 
 from sim.world.token_split import compiled_kernels
 from sim.world.topology import Topology
-from sim.world.traffic import BF16_BYTES, gpu_traffic
+from sim.world.traffic import BF16_BYTES, chain_matches_blas, gpu_traffic
 
 __all__ = ["Network", "SharedLink"]
 
@@ -166,6 +166,7 @@ class _ReplicaNet:
         self.shared = [(lid, cols[(lid, "out")], cols[(lid, "in")], spec[cols[(lid, "out")]][0],
                         spec[cols[(lid, "out")]][1])
                        for lid in sorted({k[0] for k in cols if k[0] in shared_ids})]
+        self.rows_t = None  # (the flows in split_links' order, when first needed)
         self.unshared = np.ones(len(spec), dtype=bool)
         for _, co, ci, _, _ in self.shared:
             self.unshared[co] = self.unshared[ci] = False
@@ -201,17 +202,45 @@ class _ReplicaNet:
         """Per layer the all-to-all time over the unshared links (L,), and per shared link its
         (L,) egress and ingress bytes of the dispatch: ``(link id, out, in, bandwidth, latency)``.
         Float traffic from :data:`~sim.world.token_split.COMPILED_MIN_GPUS` GPUs: the links'
-        loads compiled (:func:`sim.world.compiled_pairs.link_loads`, numpy's reduceat sums)."""
+        loads compiled (:func:`sim.world.compiled_links.link_loads`, numpy's reduceat sums)."""
         L, G = traffic.shape[0], traffic.shape[1]
         if not len(self.rows):  # no link between the GPUs (cannot happen with G > 1)
             return np.full(L, self.base), []
         kern = compiled_kernels(G) if traffic.dtype == np.float64 else None
         if kern is not None:  # the same sums without gathering the flows (link_loads' doc)
-            load = kern.pairs.link_loads(np.ascontiguousarray(traffic), self.rows, self.starts,
-                                   np.empty((L, len(self.starts))))
+            load = kern.links.link_loads(np.ascontiguousarray(traffic), self.rows, self.starts,
+                                         np.empty((L, len(self.starts))))
         else:
             flows = traffic.reshape(L, G * G)[:, self.rows]  # (L, P) each flow once per link
             load = np.add.reduceat(flows, self.starts, axis=1).astype(np.float64)  # (L, C) tokens
+        return self.load_times(load)
+
+    def split_times(self, plan: Any, src_counts: np.ndarray, share_p: np.ndarray
+                    ) -> tuple[np.ndarray, list] | None:
+        """:meth:`times` of ``gpu_traffic(plan, src_counts, share_p)`` (a share per holder pair,
+        :mod:`sim.world.pair_split`) where that product is the compiled chain
+        (:func:`sim.world.compiled.traffic_share`) and the counts are key-major
+        (``src_counts.T`` (L*E, G) int32, :func:`sim.world.traffic.count_tokens`): the loads of
+        :func:`sim.world.compiled_links.split_links`, the same floats without the (L, G, G)
+        traffic; else None."""
+        L, E, G = plan.L, plan.E, src_counts.shape[0]
+        km = src_counts.T
+        if km.dtype != np.int32 or not km.flags.c_contiguous or not len(self.rows) or \
+                E > 256 or G % 2:
+            return None
+        kern = compiled_kernels(G)
+        if kern is None or not chain_matches_blas(kern, L, E, G):
+            return None
+        if self.rows_t is None:  # the flows g * G + h as h * G + g (split_links' order)
+            self.rows_t = (self.rows % G) * G + self.rows // G
+        load = kern.links.split_links(km, share_p, plan.pair_key, plan.pair_gpu, E, self.rows_t,
+                                      self.starts, np.empty((L, len(self.starts))))
+        if self.shared:
+            return self.load_times(load)
+        return kern.links.link_times(load, self.lat, self.scale, self.unshared, self.base), []
+
+    def load_times(self, load: np.ndarray) -> tuple[np.ndarray, list]:
+        """:meth:`times` from the links' loads ``load`` (L, C) tokens."""
         t = np.where(load > 0, self.lat + load * self.scale, 0.0)  # (L, C)
         shared_bytes = []
         if self.shared:
@@ -279,10 +308,12 @@ class Network:
                     rn.nv_lat).tolist()
                 self._cache = (a2a, times, None)
                 return times, None
-            traffic = gpu_traffic(self.plan, src_counts, share)
+            split = None if share is None or share.ndim != 1 else \
+                rn.split_times(self.plan, src_counts, share)
+            best, shared_bytes = split if split is not None else \
+                rn.times(gpu_traffic(self.plan, src_counts, share))
         else:
-            traffic = a2a
-        best, shared_bytes = rn.times(traffic)
+            best, shared_bytes = rn.times(a2a)
         times = best.tolist()
         book = None
         if shared_bytes:

@@ -2,12 +2,13 @@
 holder pairs: (P,) tokens per (key, GPU) holding instead of a dense (L, E, G) array that is zero
 off the P pairs (a large replica: 18,560 of 950,272 entries). What depends only on the placement
 (each expert's holders, the replicated experts of each layer, each pair's (layer, GPU) group) is
-built once per placement (:func:`pair_table`); per batch the compiled kernels of
-:mod:`sim.world.compiled_pairs` write the single holders' tokens and scatter the replicated ones,
-and split_tokens' own steps 2 and 3 (:func:`sim.world.token_split.split_replicated`) run in
-between. The pairs are in the dense array's flat order (``np.argwhere(share > 0)``): the split
-per pair is the dense split at the pairs, the same integers, and a sum over pairs in pair order
-adds the dense array's nonzeros in its index order (tests/sim/world/test_compiled_pairs.py).
+built once per placement (:func:`pair_table`); per batch one compiled call
+(:func:`sim.world.compiled_pairs.split_slots`) writes the single holders' tokens, runs
+split_tokens' steps 2 and 3 as :func:`sim.world.token_split.split_replicated` does over holder
+slots, and scatters the replicated experts' tokens. The pairs are in the dense array's flat
+order (``np.argwhere(share > 0)``): the split per pair is the dense split at the pairs, the
+same integers, and a sum over pairs in pair order adds the dense array's nonzeros in its index
+order (tests/sim/world/test_compiled_pairs.py).
 
 Shape legend: L layers, E experts, G GPUs, P holder pairs.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sim.common.errors import ConfigError
-from sim.world.token_split import DEFAULT_PASSES, replicated_ids, split_replicated
+from sim.world.token_split import DEFAULT_PASSES, replicated_ids
 
 __all__ = ["PairTable", "pair_table", "split_pairs"]
 
@@ -78,7 +79,7 @@ def split_pairs(counts: np.ndarray, tab: PairTable, kern: Any, passes: int = DEF
                 ) -> np.ndarray:
     """(P,) int64 tokens of each holder pair in a batch of ``counts`` (L, E) (or (L*E,))
     tokens per (layer, expert): ``split_tokens(counts, share > 0, passes)`` at the table's pairs
-    (the compiled split's steps over holder slots, the same integers). ``kern``:
+    (the compiled split's steps over holder slots in one call, the same integers). ``kern``:
     :mod:`sim.world.compiled` (its ``pairs``: :mod:`sim.world.compiled_pairs`)."""
     L, E = tab.L, tab.E
     c = np.ascontiguousarray(counts, dtype=np.int64).reshape(-1)
@@ -90,11 +91,7 @@ def split_pairs(counts: np.ndarray, tab: PairTable, kern: Any, passes: int = DEF
     if c.size and c.min() < 0:
         raise ConfigError("split_pairs: counts must be nonnegative integers")
     kp = kern.pairs
-    tok, base = kp.single_pairs(c, tab.nrep.reshape(-1), tab.ptr, tab.pair_gpu, E, tab.G)
     if tab.rep_e is None:
-        return tok
-    ee, ok, alloc = split_replicated(c.reshape(1, L, E), tab.rep_e, tab.rep_ok, base, passes,
-                                     kern, None, (tab.gpus, tab.nrep), slots=True)
-    kp.scatter_slots(tok, alloc, np.ascontiguousarray(ee), np.ascontiguousarray(ok), tab.ptr,
-                     tab.nrep, E)
-    return tok
+        return kp.single_pairs(c, tab.nrep.reshape(-1), tab.ptr, tab.pair_gpu, E, tab.G)[0]
+    return kp.split_slots(c, tab.nrep, tab.ptr, tab.pair_gpu, tab.gpus, tab.rep_e, tab.rep_ok,
+                          E, tab.G, passes)

@@ -179,16 +179,16 @@ def replicated_ids(rep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_replicated(c: np.ndarray, rep_e: np.ndarray, rep_ok: np.ndarray, base: np.ndarray,
-                     passes: int, kern, hold: np.ndarray | None, holders: tuple | None,
-                     slots: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     passes: int, kern, hold: np.ndarray | None, holders: tuple | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 2 and 3 of :func:`split_tokens` for ``c`` (N, L, E) int64 tokens per batch, the
     replicated experts of :func:`replicated_ids`, ``base`` (N * L, G) int64 the single holders'
     tokens per GPU: per row (batch, layer) its replicated experts with tokens, most first,
     (M, J) ids ``ee`` and whether real ``ok``, and (M, J, G) int64 their tokens per GPU.
     Without ``kern`` (numpy) the holders come from ``hold`` (L, E, G); with it from
-    ``holders`` = (gpus (L, E, H), nrep (L, E)) of :func:`sim.world.compiled.single_holders`,
-    and with ``slots`` the tokens are (M, J, H) per holder slot (the i-th slot: the expert's
-    i-th holder; the slot kernels of :mod:`sim.world.compiled_pairs`, the same integers)."""
+    ``holders`` = (gpus (L, E, H), nrep (L, E)) of :func:`sim.world.compiled.single_holders`
+    (:func:`sim.world.compiled_pairs.split_slots` runs these steps over holder slots in one
+    compiled call, the same integers)."""
     N, L, E = c.shape
     G = base.shape[1]
     # rows: one per (batch, layer), M = N * L
@@ -240,24 +240,6 @@ def split_replicated(c: np.ndarray, rep_e: np.ndarray, rep_ok: np.ndarray, base:
 
         def loads(b, alloc, r):
             return b + alloc.sum(axis=1)
-        if slots:  # the same passes over the holder slots
-            ks = kern.pairs
-
-            def int_passes(count, alloc, load, r, skip_unmoved):
-                rr = slice(None) if r is None else r
-                return ks.slot_passes(count, alloc, load, hl[rr], nh[rr], nn[rr], tie[rr],
-                                      skip_unmoved)
-
-            def refine(alloc, load, r):
-                return ks.slot_refine(alloc, load, hl[r], nh[r], nn[r], passes - 1)
-
-            def round_(fa, r):
-                return ks.slot_round(fa, hl[r], nh[r], nn[r], tie[r])
-
-            def loads(b, alloc, r):
-                rr = slice(None) if r is None else r
-                return ks.slot_loads(b, alloc, hl[rr], nh[rr])
-            G = hl.shape[2]  # the allocations' last axis: the slots
     alloc = int_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), None,
                        skip_unmoved=False)  # the greedy
     if passes > 1:

@@ -103,7 +103,9 @@ def count_tokens(plan: Any, keys_tok: np.ndarray | None, G: int, rows: np.ndarra
     read from the pool): the repeated destinations are the pool's (``plan.pool_dups[rows]``, the
     same as :func:`duplicate_destinations` of the keys, a function of each token's keys), and
     a replica of :data:`~sim.world.token_split.COMPILED_MIN_GPUS` GPUs counts in one compiled
-    pass over the rows (:func:`_count_compiled`): the same integers."""
+    pass over the rows (:func:`_count_compiled`): the same integers (with replicated experts
+    the source counts as the (G, L*E) view of key-major int32 counts, ``km.T``: what the
+    split's traffic reads, :meth:`sim.world.network._ReplicaNet.split_times`)."""
     L, E = plan.L, plan.E
     LE = L * E
     T = len(keys_tok) if rows is None else len(rows)
@@ -191,7 +193,8 @@ def _count_compiled(kern: Any, plan: Any, rows: np.ndarray, G: int) -> tuple[np.
     single owners the tokens each source GPU sends to each (layer, GPU) are counted directly
     from the pool's sends: the token-by-token path's traffic, and :func:`gpu_traffic`'s scatter
     of the source counts less the repeats (integers below 2**53 in float64: exact in any
-    order); the source counts only where they are the answer."""
+    order); the source counts only where they are the answer, key-major with replicated
+    experts (:func:`sim.world.compiled.count_layers`, with the totals)."""
     L, E, K = plan.L, plan.E, plan.K
     LE, LG, T = L * E, L * G, len(rows)
     rows = np.asarray(rows, dtype=np.int64)
@@ -207,6 +210,11 @@ def _count_compiled(kern: Any, plan: Any, rows: np.ndarray, G: int) -> tuple[np.
                             total)
             m = np.ascontiguousarray(sends[:, :LG]) if small else sends[:, :LG].astype(np.float64)
             return total[0], m.reshape(G, L, G).transpose(1, 0, 2)
+    if not plan.single_owner:  # the split's traffic reads the counts key by key (split_links)
+        km = np.empty((LE, G), dtype=np.int32)  # (counts of at most T tokens)
+        total = np.empty(LE, dtype=np.int64)
+        kern.count_layers(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, E, km, total)
+        return total, km.T
     sc = np.zeros((G, LE), dtype=np.int64)
     kern.count_runs(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, True, no_total, sc)
     return sc.sum(axis=0), sc  # (integers: the same totals as counted alongside, and cheaper)

@@ -268,6 +268,12 @@ def test_count_tokens_rows_equal_reference(seed, monkeypatch):
     ref = traffic.count_tokens(plan, plan.pool_keys[rows], G)
     ref_rows = traffic.count_tokens(plan, None, G, rows=rows)
     for got in (fast, fast_keys, ref_rows):
+        if got is not ref_rows and not single:  # the split's source counts: key-major int32 (the
+            # traffic reads them key by key), the same integers
+            assert _same(got[0], ref[0]) and got[1].dtype == np.int32
+            assert got[1].T.flags.c_contiguous and got[1].shape == ref[1].shape
+            assert np.array_equal(got[1], ref[1])
+            continue
         assert _same(got[0], ref[0]) and _same(got[1], ref[1])
         if got[1] is not None:
             assert np.array_equal(np.ascontiguousarray(got[1]), np.ascontiguousarray(ref[1]))

@@ -89,6 +89,55 @@ def test_split_pairs_equal_dense_split(seed):
                               gpu_traffic(plan, src, share, compiled=False))
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_slot_passes_two_holders_equal_reference(seed):
+    """Experts on 2 GPUs (the split placement's redundant experts; the slot kernels unroll
+    them), mixed with experts on 3 to 5: from the same start, the integer passes (greedy, then
+    up to 7 with ``skip_unmoved``) give token_split's integers and the continuous passes its
+    floats, byte for byte; equal loads and tokens often (the tie order decides)."""
+    from sim.world import token_split
+
+    rng = np.random.default_rng(2100 + seed)
+    M, J, G = int(rng.integers(1, 20)), int(rng.integers(1, 10)), int(rng.choice([4, 16, 64]))
+    hj = np.zeros((M, J, G), dtype=bool)
+    for m, j in np.ndindex(M, J):
+        k = 2 if rng.random() < 0.8 else int(rng.integers(3, min(6, G + 1)))
+        hj[m, j, rng.choice(G, size=k, replace=False)] = True
+    hj[rng.random((M, J)) < 0.1] = False  # padding: no holder, no tokens
+    nn = rng.integers(0, int(rng.choice([3, 40, 400])), size=(M, J)) * hj.any(axis=2)
+    base = rng.integers(0, int(rng.choice([2, 50, 500])), size=(M, G))
+    start = rng.integers(0, 10**6, size=M)
+    tiepos = token_split._tie_rank(G, start)
+    tie = np.argsort(tiepos, axis=-1)
+    hl, nh = compiled.holders(hj)
+    slots = np.zeros((M, J, hl.shape[2]), dtype=np.int64)
+    ref = token_split._integer_passes(1, np.zeros((M, J, G), dtype=np.int64), base.copy(), hj,
+                                      nn, tie, False)
+    got = compiled.pairs.slot_passes(1, slots, base.copy(), hl, nh, nn, tiepos, False)
+    m_i, j_i, i_i = np.nonzero(hl >= 0)
+    assert np.array_equal(got[m_i, j_i, i_i], ref[m_i, j_i, hl[m_i, j_i, i_i]])
+    load = base + ref.sum(axis=1)
+    fr = token_split._refine(ref.astype(np.float64), load.astype(np.float64), hj, nn, 7)
+    fs = compiled.pairs.slot_refine(got.astype(np.float64), load.astype(np.float64), hl, nh,
+                                    nn, 7)
+    assert fs[m_i, j_i, i_i].tobytes() == fr[m_i, j_i, hl[m_i, j_i, i_i]].tobytes()
+    ar = token_split._round(fr, hj, nn, start)
+    ar_s = np.zeros_like(got)
+    ar_s[m_i, j_i, i_i] = ar[m_i, j_i, hl[m_i, j_i, i_i]]
+    ref2 = token_split._integer_passes(7, ar.copy(), base + ar.sum(axis=1), hj, nn, tie, True)
+    got2 = compiled.pairs.slot_passes(7, ar_s, base + ar.sum(axis=1), hl, nh, nn, tiepos, True)
+    assert np.array_equal(got2[m_i, j_i, i_i], ref2[m_i, j_i, hl[m_i, j_i, i_i]])
+
+
+def test_fill2_hand_figure():
+    """2 holders at loads 5 and 2, 4 tokens: the level (4 + 7) // 2 = 5, 1 left over: GPU 1
+    rises to 5 (3 tokens), then the leftover to the first in the tie order: GPU 0 if it comes
+    first (1, 3), else GPU 1 (0, 4). 1 token with loads 0 and 9: all to the lower (1, 0)."""
+    assert compiled.pairs._fill2(5, 2, 4, 0, 1) == (1, 3)
+    assert compiled.pairs._fill2(5, 2, 4, 1, 0) == (0, 4)
+    assert compiled.pairs._fill2(0, 9, 1, 1, 0) == (1, 0)
+
+
 def test_split_pairs_bad_input():
     _, plan = _placement(np.random.default_rng(1), 2, 3, 4, 0.3)
     tab = pair_table(plan, compiled)
@@ -100,41 +149,6 @@ def test_split_pairs_bad_input():
     plan.share = plan.share.copy()  # a new placement: rebuilt, and its pairs checked
     with pytest.raises(ConfigError, match="not the nonzeros"):
         pair_table(plan, compiled)
-
-
-def _reduceat(traffic, rows, starts):
-    L, G = traffic.shape[:2]
-    return np.add.reduceat(traffic.reshape(L, G * G)[:, rows], starts, axis=1)
-
-
-def test_link_loads_hand_figure():
-    """Flows 1, 2 then 3, 0 of [[1, 2], [3, 4]]: 2 + 3 and 4 + 1."""
-    tr = np.array([[[1.0, 2.0], [3.0, 4.0]]])
-    got = compiled.pairs.link_loads(tr, np.array([1, 2, 3, 0]), np.array([0, 2]), np.empty((1, 2)))
-    assert got.tolist() == [[5.0, 5.0]]
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_link_loads_equal_reduceat(seed):
-    """numpy's reduceat adds a segment's first term to the pairwise sum of the others (8 running
-    sums from 8 terms, halves above 128): segments of every size, values whose sum depends on
-    the order."""
-    rng = np.random.default_rng(900 + seed)
-    L, G = int(rng.integers(1, 4)), int(rng.choice([2, 4, 16, 64]))
-    tr = rng.random((L, G, G)) * 10.0 ** rng.integers(-3, 6, size=(L, G, G))
-    tr[rng.random(tr.shape) < 0.3] = 0.0
-    R = int(rng.integers(1, 4000))
-    rows = rng.integers(0, G * G, size=R)
-    cuts = rng.choice(np.arange(1, R), size=min(int(rng.integers(0, 30)), R - 1), replace=False) \
-        if R > 1 else np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([[0], np.sort(cuts)]).astype(np.int64)
-    ref = _reduceat(tr, rows, starts)
-    got = compiled.pairs.link_loads(tr, rows, starts, np.empty((L, len(starts))))
-    assert ref.tobytes() == got.tobytes()
-    for n in (1, 7, 8, 9, 127, 128, 129, 200, 257, 1000):  # the block edges, one segment
-        r = rng.integers(0, G * G, size=n)
-        assert _reduceat(tr, r, np.zeros(1, dtype=np.int64)).tobytes() == compiled.pairs.link_loads(
-            tr, r, np.zeros(1, dtype=np.int64), np.empty((L, 1))).tobytes()
 
 
 def _eplb_run(nodes, gpus_per_node, ep, seed):
