@@ -65,16 +65,26 @@ def duplicate_destinations(keys: np.ndarray, lg_index: np.ndarray, L: int, K: in
     """(T, L*K) for tokens' keys ``keys`` (T, L*K) (``layer * E + expert``, a layer's K side by
     side) and each key's ``layer * G + GPU`` (``lg_index``, single owners): that index where
     an earlier of the token's experts at the layer sits on the same GPU (the token already goes
-    there), else ``L * G``; None when no token has such a pair."""
+    there), else ``L * G``; None when no token has such a pair.
+
+    Where each GPU owns at most one expert of a layer (Mixtral's 8 experts on 8 GPUs), two of a
+    token's experts share a GPU only if they are the same expert: the keys are compared as they
+    are (no gather of the destinations), and None when none repeats."""
+    T = len(keys)
+    by_layer = np.sort(np.asarray(lg_index).reshape(L, -1), axis=1)
+    if not (by_layer[:, 1:] == by_layer[:, :-1]).any():  # (distinct owners in every layer)
+        k3 = keys.reshape(T, L, K)
+        if not any((k3[:, :, k] == k3[:, :, j]).any() for k in range(1, K) for j in range(k)):
+            return None
     dtype = np.int16 if L * G < 2**15 else np.int32  # every index and L * G fit: taken in it
-    dst = lg_index.astype(dtype).take(keys).reshape(len(keys), L, K)  # (T, L, K)
+    dst = lg_index.astype(dtype).take(keys).reshape(T, L, K)  # (T, L, K)
     dup = np.zeros(dst.shape, dtype=bool)
     for k in range(1, K):
         for j in range(k):
             dup[:, :, k] |= dst[:, :, k] == dst[:, :, j]
     if not dup.any():
         return None
-    return np.where(dup, dst, dtype(L * G)).reshape(len(keys), L * K)
+    return np.where(dup, dst, dtype(L * G)).reshape(T, L * K)
 
 
 def pool_duplicates(keys: np.ndarray, lg_index: np.ndarray, L: int, K: int, G: int
