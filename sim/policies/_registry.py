@@ -104,9 +104,12 @@ class Registry(Generic[P]):
 
 
 def _type_name(tp: Any) -> str:
+    """A Config field's type as its error messages name it: a class by its name (a parametrized
+    generic such as ``list[int]`` is no class from Python 3.11 on), anything else as Python
+    prints it, less the ``typing.`` prefix."""
     if tp is type(None):
         return "None"
-    if isinstance(tp, type) and not typing.get_args(tp):
+    if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
 from sim.common.errors import ConfigError
@@ -82,8 +83,25 @@ def test_accepts_lists_each_user_argument_with_its_default():
     assert reg.accepts("plain") == "(none)"
 
 
+def test_accepts_skips_a_derived_field_anywhere_and_marks_a_required_one():
+    """A field the user cannot set (``init=False``) is left out wherever it stands, the fields
+    after it still listed; a field without a default shows ``'?'``."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        size: int
+        derived: int = dataclasses.field(default=0, init=False)
+        rate: float = 0.25
+
+    reg: Registry = Registry("toy")
+    reg.register("req")(type("R", (), {"Config": Cfg}))
+    assert reg.accepts("req") == "size: int = '?', rate: float = 0.25"
+
+
 @pytest.mark.parametrize("value,tp,ok,out", [
-    (3, int, True, 3), (True, int, False, True), (2.0, int, False, 2.0), ("3", int, False, "3"),
+    (3, int, True, 3), (np.int64(3), int, True, 3), (np.float32(0.5), float, True, 0.5),
+    (np.bool_(True), int, False, np.bool_(True)), (True, int, False, True), (2.0, int, False, 2.0),
+    ("3", int, False, "3"),
     (2, float, True, 2.0), (2.5, float, True, 2.5), (False, float, False, False),
     ("1", float, False, "1"),
     (True, bool, True, True), (1, bool, False, 1),
@@ -109,6 +127,9 @@ def test_type_names():
     assert _type_name(int | None) == "int | None"
     assert _type_name(dict[str, Any]) == "dict[str, Any]"
     assert _type_name(list[int]) == "list[int]"
+    assert _type_name(set[str]) == "set[str]"
+    assert _type_name(Any) == "Any"
+    assert _type_name(TypeVar("T")) == "~T"  # no class, no arguments: as Python prints it
 
 
 def test_mistyped_argument_message_names_the_type():
