@@ -137,10 +137,12 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return ok, float(value) if ok else value
     if tp is str:
         return isinstance(value, str), value
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
-        return isinstance(value, Mapping), value
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
-        return isinstance(value, Sequence) and not isinstance(value, str), value
+    if isinstance(origin, type):  # a parametrized generic: its class, the items unchecked
+        if issubclass(origin, Mapping):
+            return isinstance(value, Mapping), value
+        if issubclass(origin, Sequence):
+            return isinstance(value, Sequence) and not isinstance(value, str), value
+        return isinstance(value, origin), value  # (isinstance refuses ``set[int]`` itself)
     return isinstance(value, tp), value
 
 

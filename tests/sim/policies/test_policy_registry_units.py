@@ -113,6 +113,9 @@ def test_accepts_skips_a_derived_field_anywhere_and_marks_a_required_one():
     ([1], list[int], True, [1]), ((1,), Sequence[int], True, (1,)), ("ab", list[str], False, "ab"),
     ({"a": 1}, Mapping[str, int], True, {"a": 1}), (5, list[int], False, 5),
     (object(), Any, True, None), (1.5, complex, False, 1.5), (1j, complex, True, 1j),
+    # another generic: checked against its class, whatever the items
+    ({1, 2}, set[int], True, {1, 2}), (frozenset({1}), set[int], False, frozenset({1})),
+    ([1], set[int], False, [1]), (frozenset({1}), frozenset[str], True, frozenset({1})),
 ])
 def test_coerce_each_kind_of_type(value, tp, ok, out):
     got_ok, got = _coerce(value, tp)
