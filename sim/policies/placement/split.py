@@ -112,6 +112,8 @@ class SplitPlacement(PlacementPolicy):
         E, G, R = len(load), self.num_gpus, self.cfg.num_redundant
         if E % G:
             raise ConfigError(f"split: experts {E} must be a multiple of GPUs {G}")
+        if R > E:  # each replicated expert gets one copy more: at most E of them
+            raise ConfigError(f"split: num_redundant={R} is more than the {E} experts of a layer")
         cap = (E + R) // G
         order = [int(e) for e in np.lexsort((np.arange(E), -load))]  # heaviest first
         owner = [-1] * E

@@ -56,6 +56,12 @@ def test_split_rejects_each_bad_argument():
             PLACEMENT.make("split", **kw)
     assert PLACEMENT.make("split", num_gpus=1, num_redundant=0).place(np.ones((1, 3))).replicas == \
         [[(0,), (0,), (0,)]]
+    # more replicas than experts: refused (the rounds past the experts were left empty, and their
+    # pairs were written over expert -1, the last one, with fewer slots than (E + R) / G used)
+    with pytest.raises(ConfigError, match="split: num_redundant=4 is more than the 2 experts of a layer"):
+        PLACEMENT.make("split", num_gpus=2, num_redundant=4).place(np.ones((1, 2)))
+    assert PLACEMENT.make("split", num_gpus=2, num_redundant=2).place(np.array([[2.0, 1.0]])).replicas \
+        == [[(0, 1), (0, 1)]]  # R = E: every expert on both GPUs
 
 
 def test_split_swap_search_by_hand():
