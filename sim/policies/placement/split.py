@@ -20,8 +20,10 @@ replicas (R a multiple of the GPUs G, so every GPU gets ``(E + R) / G`` slots):
 3. round i's replicated expert owned by GPU g gets its second copy on GPU ``sigma_i(g)``: the
    rounds' permutations are G-cycles (so each round alone connects every GPU in a ring), and
    with ``fit_history`` (per-batch loads of the planning window) the cycle is chosen among
-   ``candidates`` (the identity ring and seeded random cycles, ``seed``) by the mean over the
-   planning batches of max/mean GPU load with the split; without history the ring ``g -> g+1``.
+   ``candidates`` (the identity ring and seeded random cycles, ``seed``; candidate c gives round
+   i the cycle (c + i) mod ``candidates``) by the mean over the planning batches of max/mean GPU
+   load with the split (1 for a batch without tokens; ties: the earlier candidate); without
+   history the ring ``g -> g+1``.
 
 The search is deterministic for a given seed (tests/sim/world/test_token_split.py; measured in
 README.md). Tried and not kept, on ``ds.parquet`` (8 GPUs, 256-token batches, test half): choosing
