@@ -591,3 +591,13 @@ def test_similarity_three_layers_width_and_accumulated_counts():
     with pytest.raises(Exception) as err:
         PREFETCH.make("similarity", num_layers=3, num_experts=4, top_k=2, max_history=0)
     assert str(err.value) == "similarity: max_history and refresh must be >= 1"
+
+
+def test_top_ids_ranks_positive_scores_as_int64():
+    """Scores 0, 2, -1, 2, 1: the positive ones, larger first, ties the smaller id: 1, 3, 4."""
+    from sim.policies.prefetch._ids import top_ids
+
+    got = top_ids(np.array([0.0, 2, -1, 2, 1]), 3)
+    assert got.tolist() == [1, 3, 4] and got.dtype == np.int64
+    assert top_ids(np.array([0.0, 2, -1, 2, 1]), 9).tolist() == [1, 3, 4]
+    assert top_ids(np.array([0.0, 2, -1, 2, 1]), 1).tolist() == [1]
