@@ -551,6 +551,10 @@ def test_emoe_l_three_layers_leading_shapes_and_bad_layers():
     for bad in (-1, 3):
         with pytest.raises(Exception, match=f"emoe_l: observed layer {bad}; the model has 3"):
             p.observe(c, bad, np.array([[0]]))
+    q = PREFETCH.make("emoe_l", num_layers=3, num_experts=4, top_k=1)
+    q.observe(c, 0, np.array(1))  # one token's one expert, as a scalar
+    q.observe(c, 1, np.array([2]))
+    assert np.argwhere(q.M[0]).tolist() == [[1, 2]]
 
 
 def test_emoe_a_first_request_observed_before_planning_and_a_cut_ranking():
