@@ -605,3 +605,26 @@ def test_top_ids_ranks_positive_scores_as_int64():
     assert got.tolist() == [1, 3, 4] and got.dtype == np.int64
     assert top_ids(np.array([0.0, 2, -1, 2, 1]), 9).tolist() == [1, 3, 4]
     assert top_ids(np.array([0.0, 2, -1, 2, 1]), 1).tolist() == [1]
+
+
+def test_noisy_oracle_picks_by_its_keys_and_hashes_layer_l_plus_1():
+    """recall 1, precision 0.5 on S = {0, 1} of 6: kept = both, false = floor(2 x 0.5 / 0.5 + u) =
+    2, the two others with the smallest "add" keys h(E + expert); the ids come back int64
+    whatever S's dtype. next_layer is corrupt() of layer l + 1's truth, keyed by layer l + 1."""
+    from sim.policies.prefetch.noisy_oracle import corrupt, step_hash
+
+    h = step_hash(3, 2, (5, 1), np.arange(2 * 6 + 2))
+    others = np.array([2, 3, 4, 5])
+    want = sorted([0, 1] + others[np.argsort(h[6 + others])[:2]].tolist())
+    got = corrupt(np.array([0, 1], dtype=np.int16), 6, 1.0, 0.5, 3, 2, (5, 1))
+    assert got.tolist() == want and got.dtype == np.int64
+    assert corrupt(np.array([0, 1], dtype=np.int16), 6, 1.0, 1.0, 3, 2, (5, 1)).dtype == np.int64
+    p = PREFETCH.make("noisy_oracle", num_layers=3, num_experts=4, top_k=2, recall=0.5,
+                      precision=0.5, seed=9)
+    p.set_trace(_trace3())
+    for t in range(3):
+        truth, key = p._truth_next(ctx("a", token=t), 0)
+        assert p.next_layer(ctx("a", token=t), 0, np.array([0])).tolist() == \
+            corrupt(truth, 4, 0.5, 0.5, 9, 1, key).tolist()
+    last = p.next_layer(ctx("a", token=0), 2, np.array([0]))
+    assert last.tolist() == [] and last.dtype == np.int64
