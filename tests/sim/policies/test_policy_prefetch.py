@@ -628,3 +628,28 @@ def test_noisy_oracle_picks_by_its_keys_and_hashes_layer_l_plus_1():
             corrupt(truth, 4, 0.5, 0.5, 9, 1, key).tolist()
     last = p.next_layer(ctx("a", token=0), 2, np.array([0]))
     assert last.tolist() == [] and last.dtype == np.int64
+
+
+def test_emoe_task_running_requests_counts_and_rerouting_by_hand():
+    """The running requests decide the plan: a new qa request of 8 tokens (W_o 4; f(qa) is (0,
+    .75, .25, 0) at layer 0, (0, 0, 0, 1) at layer 1) alone plans 1, 2 and 3 (12 x f); beside a
+    running sum request of 100 tokens (W_o 10, uniform f: 27.5 each) layer 0 is 27.5, 36.5, 30.5,
+    27.5 (1, 2 again) and layer 1 27.5, 27.5, 27.5, 39.5 (3, then 0 of the tied). Counts of a
+    layer observed twice add up; a layer with one token has that expert's share 1. Rerouting
+    moves every absent choice of every token."""
+    p = PREFETCH.make("emoe_task", num_layers=2, num_experts=4, top_k=1, top=2,
+                      output_tokens={"sum": 10, "qa": 4})
+    p.observe(ctx(task="qa"), 0, np.array([[1], [1]]))
+    p.observe(ctx(task="qa"), 0, np.array([[1], [2]]))
+    p.observe(ctx(task="qa"), 1, np.array([[3]]))
+    assert np.allclose(p.frequency("qa"), [[0, 0.75, 0.25, 0], [0, 0, 0, 1]])
+    alone = p.on_request(PrefetchContext(request_id="n", task="qa", prompt_tokens=8))
+    assert alone[0].tolist() == [1, 2] and alone[1].tolist() == [3]
+    both = p.on_request(PrefetchContext(request_id="n", task="qa", prompt_tokens=8,
+                                        extra={"running": [("sum", 100), ("qa", 8)]}))
+    assert both[0].tolist() == [1, 2] and both[1].tolist() == [3, 0]
+    # token 0 all resident; token 1 has two absent choices: both move (best resident first)
+    resident = np.array([True, False, True, True, False])
+    ex, moved = reroute(np.array([[0, 2], [1, 4]], dtype=np.int16), resident,
+                        np.array([0.1, 0.9, 0.5, 0.3, 0.8]))
+    assert ex.tolist() == [[0, 2], [2, 3]] and moved == 2 and ex.dtype == np.int64
