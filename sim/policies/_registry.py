@@ -104,9 +104,12 @@ class Registry(Generic[P]):
 
 
 def _type_name(tp: Any) -> str:
+    """A Config field's type as its error messages name it: a class by its name (a parametrized
+    generic such as ``list[int]`` is no class from Python 3.11 on), anything else as Python
+    prints it, less the ``typing.`` prefix."""
     if tp is type(None):
         return "None"
-    if isinstance(tp, type) and not typing.get_args(tp):
+    if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
 
@@ -134,10 +137,12 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return ok, float(value) if ok else value
     if tp is str:
         return isinstance(value, str), value
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
-        return isinstance(value, Mapping), value
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
-        return isinstance(value, Sequence) and not isinstance(value, str), value
+    if isinstance(origin, type):  # a parametrized generic: its class, the items unchecked
+        if issubclass(origin, Mapping):
+            return isinstance(value, Mapping), value
+        if issubclass(origin, Sequence):
+            return isinstance(value, Sequence) and not isinstance(value, str), value
+        return isinstance(value, origin), value  # (isinstance refuses ``set[int]`` itself)
     return isinstance(value, tp), value
 
 

@@ -20,8 +20,10 @@ replicas (R a multiple of the GPUs G, so every GPU gets ``(E + R) / G`` slots):
 3. round i's replicated expert owned by GPU g gets its second copy on GPU ``sigma_i(g)``: the
    rounds' permutations are G-cycles (so each round alone connects every GPU in a ring), and
    with ``fit_history`` (per-batch loads of the planning window) the cycle is chosen among
-   ``candidates`` (the identity ring and seeded random cycles, ``seed``) by the mean over the
-   planning batches of max/mean GPU load with the split; without history the ring ``g -> g+1``.
+   ``candidates`` (the identity ring and seeded random cycles, ``seed``; candidate c gives round
+   i the cycle (c + i) mod ``candidates``) by the mean over the planning batches of max/mean GPU
+   load with the split (1 for a batch without tokens; ties: the earlier candidate); without
+   history the ring ``g -> g+1``.
 
 The search is deterministic for a given seed (tests/sim/world/test_token_split.py; measured in
 README.md). Tried and not kept, on ``ds.parquet`` (8 GPUs, 256-token batches, test half): choosing
@@ -112,6 +114,8 @@ class SplitPlacement(PlacementPolicy):
         E, G, R = len(load), self.num_gpus, self.cfg.num_redundant
         if E % G:
             raise ConfigError(f"split: experts {E} must be a multiple of GPUs {G}")
+        if R > E:  # each replicated expert gets one copy more: at most E of them
+            raise ConfigError(f"split: num_redundant={R} is more than the {E} experts of a layer")
         cap = (E + R) // G
         order = [int(e) for e in np.lexsort((np.arange(E), -load))]  # heaviest first
         owner = [-1] * E

@@ -50,8 +50,8 @@ class TraceOracle(PrefetchPolicy):
             rows = self._batch
             key = (int(rows[0]) if len(rows) else 0, len(rows))
             return np.unique(self._ex[rows, layer + 1]), key
-        a, _ = self._bounds.get(ctx.request_id, (0, 0))
-        return np.unique(self._rows(ctx)[:, layer + 1]), (a, -1)
+        rows = self._rows(ctx)  # (a request not in the trace is refused here)
+        return np.unique(rows[:, layer + 1]), (self._bounds[ctx.request_id][0], -1)
 
     def _rows(self, ctx: PrefetchContext) -> np.ndarray:
         if self._ex is None:

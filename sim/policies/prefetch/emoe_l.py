@@ -59,11 +59,14 @@ class EMoELayerPrefetch(PrefetchPolicy):
     def observe(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> None:
         if not self.learn_online:
             return
+        if not 0 <= layer < self.num_layers:
+            raise ConfigError(f"emoe_l: observed layer {layer}; the model has {self.num_layers}")
         ex = np.asarray(experts, dtype=np.int64)
         cur = ex.reshape(-1, ex.shape[-1]) if ex.ndim > 1 else ex.reshape(1, -1)  # (n, K)
         prev = self._prev
+        # (the previous layer observed, so 1 <= layer <= L - 1: a row of M)
         if prev is not None and prev[0] == ctx.request_id and prev[1] == layer - 1 and \
-                prev[2].shape[0] == cur.shape[0] and 0 < layer <= self.M.shape[0]:
+                prev[2].shape[0] == cur.shape[0]:
             K1, K2 = prev[2].shape[1], cur.shape[1]
             a = np.repeat(prev[2], K2, axis=1).reshape(-1)
             b = np.tile(cur, (1, K1)).reshape(-1)

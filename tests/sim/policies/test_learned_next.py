@@ -313,3 +313,66 @@ def test_messages_bounds_and_initial_state(monkeypatch):
     with pytest.raises(ConfigError, match="the model has 3, top-1"):
         PREFETCH.make("learned_next", num_layers=3, num_experts=5, top_k=1, checkpoint="ck",
                       trace_path="tr")
+
+
+def test_gate_bounds_leads_and_backlog_by_hand(monkeypatch):
+    """Figures for the mutation run's survivors. Gate 0.875: token 0's 0.875 is kept (>=); one
+    true expert, predicted: recall and precision 1 / 1. The empty last layer is int64. A lead-2
+    candidate that was needed trains lead 2's calibration only. A backlog adds up across leads;
+    the second copy of a lead is saved against the backlog of the first (copy 0.5 s)."""
+    pol, experts = _policy(monkeypatch, gate=0.875)
+    tok = PrefetchContext(request_id="r", extra={"token": 0})
+    assert pol.next_layer(tok, 0, np.array([0])).tolist() == [0]
+    assert pol.accuracy() == {"recall": 1.0, "precision": 1.0}
+    assert pol.accuracy_by_lead() == [{"lead": 1, "recall": 1.0, "precision": 1.0, "chosen": 1}]
+    last = pol.next_layer(tok, 2, np.array([0]))
+    assert last.tolist() == [] and last.dtype == np.int64
+    pol.set_routing(experts)  # the whole trace is its own first prompts
+    with pytest.raises(ConfigError) as err:
+        pol.next_probs(PrefetchContext(request_id="r"), 0)
+    assert str(err.value) == "learned_next: the driver named no token or batch"
+    pol.batch([])  # an empty batch: no expert is needed
+    assert pol.next_probs(PrefetchContext(request_id="r"), 0).tolist() == [0.0] * 4
+    assert [c.tolist() for c in pol.weigh(tok, 0, [[]], 1.0, 1.5, 0.0)] == [[]]
+    # lead 2: token 0 uses expert 0 at layer 2 (p 0.25, bin 2): lead 2's bin learns it, twice
+    two, _ = _policy(monkeypatch, lead=2)
+    for _ in range(2):
+        two.weigh(tok, 0, [np.array([], dtype=np.int64), np.array([0])], 1.0, 0.0, 0.0)
+    assert two.calibrated(np.array([0.25]), 2)[0] == pytest.approx((2 + 5) / (2 + 20))
+    assert two.calibrated(np.array([0.25]), 1)[0] == 0.25
+    # counted per lead: layer 1 of token 2 used 3 (a hit), layer 2 of token 0 used 0 (a miss)
+    tok2 = PrefetchContext(request_id="r", extra={"token": 2})
+    two.count(tok2, 0, np.array([3]), 1)
+    two.count(tok2, 0, np.array([3]), 1)
+    two.count(tok, 0, np.array([3]), 2)
+    assert [(d["recall"], d["chosen"]) for d in two.accuracy_by_lead()] == [(1.0, 2), (0.0, 1)]
+    # backlog 0.25, c = 1, W = 0.75: lead 1 saves 0.5 (0.875 x 0.5 - 0.125 x 0.5 = 0.375), the
+    # backlog is then 1.25; lead 2 (1.5) saves 0.25 (0.75 x 0.25 - 0.25 x 0.5 = 0.0625)
+    b, _ = _policy(monkeypatch, lead=2)
+    got = b.weigh(tok, 0, [np.array([0]), np.array([3])], 1.0, 0.75, 0.25)
+    assert [g.tolist() for g in got] == [[0], [3]] and b._gain == pytest.approx(0.4375)
+    # c = 0.5, W = 0.75: 0.875 saves 0.5 (0.40625), 0.625 then 0.25 (0.15625 - 0.09375)
+    h, _ = _policy(monkeypatch)
+    assert h.weigh(tok, 0, [np.array([0, 1])], 0.5, 0.75, 0.0)[0].tolist() == [0, 1]
+    assert h._gain == pytest.approx(0.46875)
+    # a float16 probability is calibrated at its float64 value (20 x p in float16 would round)
+    p16 = np.array([0.1], dtype=np.float16)
+    assert h.calibrated(p16)[0] == float(p16[0])
+    # and 1 - (1 - p) is taken in float64 (in float16 1 - p rounds: 0.10009765625)
+    prob = np.zeros((1, 2, 2), dtype=np.float16)
+    prob[0, 1] = [0.1, 0.0]
+    monkeypatch.setitem(ln._PROBS, ("ck", "t16", 1), (SimpleNamespace(prob=prob, s_per_token=0.0),
+                                                      np.array([[[0], [0]]])))
+    q = PREFETCH.make("learned_next", num_layers=2, num_experts=2, top_k=1, checkpoint="ck",
+                      trace_path="t16")
+    assert q.next_probs(tok, 0).tolist() == [float(p16[0]), 0.0]
+
+
+def test_a_paying_iteration_resets_the_probe_count(monkeypatch):
+    pol, _ = _policy(monkeypatch)
+    for _ in range(ln.WARM + 3):
+        pol.batch(np.array([0]))
+    assert not pol.running and pol._off == 3
+    pol.gain_per_token = 1.0  # pays
+    pol.batch(np.array([0]))
+    assert pol.running and (pol._off, pol._every) == (0, 8)

@@ -494,3 +494,162 @@ def test_emoe_learned_bad_arguments(monkeypatch, tmp_path):
     with pytest.raises(Exception, match="ck: predictor trained for 3 layers x 4 experts, the model "
                                         "has 2 x 4"):
         _emoe_learned(monkeypatch)
+
+
+# ---- the survivors of the mutation run (2026-12-07): three layers, so that l + 1 is not l - 1
+
+def _trace3():
+    """3 tokens (a: rows 0, 1; b: row 2), 3 layers, top-2, int16 ids as traces store them."""
+    ex = np.array([[[0, 1], [2, 3], [1, 3]], [[1, 2], [3, 0], [0, 2]], [[0, 3], [1, 2], [2, 3]]],
+                  dtype=np.int16)
+    return RoutingTrace(ex, None, make_tokens(["a", "a", "b"], [0, 1, 0], "prefill", "chat"),
+                        TraceMeta("m", 3, 4, 2))
+
+
+def test_oracle_truth_and_its_key_per_driver():
+    """The truth for layer l + 1 and the key a noisy copy is seeded by: the replay's token t ->
+    (t, 1); the simulator's batch -> (first row, rows), an empty batch (0, 0); a whole request ->
+    (its first row, -1). Ids come back int64 whatever the trace's dtype."""
+    p = PREFETCH.make("perfect", num_layers=3, num_experts=4, top_k=2)
+    p.set_trace(_trace3())
+    ids, key = p._truth_next(ctx("a", token=1), 1)
+    assert ids.tolist() == [0, 2] and key == (1, 1) and ids.dtype == np.int64  # token 1, layer 2
+    ids, key = p._truth_next(ctx("b"), 1)
+    assert ids.tolist() == [2, 3] and key == (2, -1)  # request b: row 2's layer 2
+    ids, key = p._truth_next(ctx("a"), 0)
+    assert ids.tolist() == [0, 2, 3] and key == (0, -1)  # rows 0, 1 at layer 1
+    assert p.next_layer(ctx("a", token=0), 1, np.array([2])).tolist() == [1, 3]
+    p.batch([2, 0])
+    ids, key = p._truth_next(ctx("a"), 1)
+    assert ids.tolist() == [1, 2, 3] and key == (2, 2)  # rows 2 and 0 at layer 2
+    p.batch([])
+    ids, key = p._truth_next(ctx("a"), 1)
+    assert ids.tolist() == [] and key == (0, 0)
+    last = p.next_layer(ctx("a"), 2, np.array([2]))
+    assert last.tolist() == [] and last.dtype == np.int64
+    # the simulator's routing without a trace: no request bounds, so a request is unknown
+    q = PREFETCH.make("perfect", num_layers=3, num_experts=4, top_k=2)
+    q.set_routing(_trace3().experts)
+    with pytest.raises(Exception, match="perfect: request 'a' is not in the trace"):
+        q.next_layer(ctx("a"), 0, np.array([0]))
+
+
+def test_emoe_l_three_layers_leading_shapes_and_bad_layers():
+    """observe takes tokens as the rows of the last axis, any leading shape; pairs go to layer
+    l - 1's row of M; the last layer predicts an empty int64 array; a layer outside the model is
+    an error naming it."""
+    p = PREFETCH.make("emoe_l", num_layers=3, num_experts=4, top_k=1)
+    c = ctx()
+    p.observe(c, 0, np.array([[[0], [1]]]))  # (1, 2, 1): tokens 0 and 1
+    p.observe(c, 1, np.array([[2], [3]]))
+    p.observe(c, 2, np.array([[1], [1]]))
+    assert np.argwhere(p.M[0]).tolist() == [[0, 2], [1, 3]]
+    assert np.argwhere(p.M[1]).tolist() == [[2, 1], [3, 1]]
+    assert p.next_layer(c, 1, np.array([3])).tolist() == [1]
+    last = p.next_layer(c, 2, np.array([1]))
+    assert last.tolist() == [] and last.dtype == np.int64
+    for bad in (-1, 3):
+        with pytest.raises(Exception, match=f"emoe_l: observed layer {bad}; the model has 3"):
+            p.observe(c, bad, np.array([[0]]))
+    q = PREFETCH.make("emoe_l", num_layers=3, num_experts=4, top_k=1)
+    q.observe(c, 0, np.array(1))  # one token's one expert, as a scalar
+    q.observe(c, 1, np.array([2]))
+    assert np.argwhere(q.M[0]).tolist() == [[1, 2]]
+
+
+def test_emoe_a_first_request_observed_before_planning_and_a_cut_ranking():
+    """A prompt observed before any plan (and named '', a name like any other) is in the first
+    prediction, whatever the request index; set_size 1 keeps the most used only."""
+    p = PREFETCH.make("emoe_a", num_layers=1, num_experts=4, top_k=1, period=5, set_size=1)
+    p.observe(ctx(""), 0, np.array([[2], [2], [1]]))
+    assert p.on_request(ctx("b", 1))[0].tolist() == [2] and p.reruns == 1
+    q = PREFETCH.make("emoe_a", num_layers=1, num_experts=4, top_k=1, period=1)
+    q.on_request(ctx("", 0))
+    q.observe(ctx("", 0), 0, np.array([[2], [2], [1]]))
+    assert q.on_request(ctx("b", 1))[0].tolist() == [2, 1]
+
+
+def test_similarity_three_layers_width_and_accumulated_counts():
+    """On 3 layers the match's layer l + 1 is read (not l - 1); ``num_predict`` cuts the list; a
+    layer observed twice adds up; max_history 1 keeps the last request; '' is a request name
+    like any other; the messages are whole."""
+    p = PREFETCH.make("similarity", num_layers=3, num_experts=4, top_k=2, num_predict=1,
+                      max_history=1)
+    assert p.num_predict == 1
+    p.on_request(ctx(""))
+    p.observe(ctx(""), 0, np.array([[0, 1]]))
+    p.observe(ctx(""), 1, np.array([[1, 2], [2, 3]]))  # layer 1: 2 twice, 1 and 3 once
+    p.observe(ctx(""), 2, np.array([[3, 0]]))
+    p.observe(ctx(""), 1, np.array([[3, 3]]))  # layer 1 again: 3 now three times
+    assert p._cur.tolist() == [[1, 1, 0, 0], [0, 1, 2, 3], [1, 0, 0, 1]]
+    p.on_request(ctx("z"))
+    p.observe(ctx("z"), 0, np.array([[0, 1]]))
+    assert p.next_layer(ctx("z"), 0, np.array([0, 1])).tolist() == [3]  # layer 1: 3 of 3, 2, 1
+    assert p.next_layer(ctx("z"), 1, np.array([3])).tolist() == [0]  # layer 2: 0 and 3 tie
+    last = p.next_layer(ctx("z"), 2, np.array([0]))
+    assert last.tolist() == [] and last.dtype == np.int64
+    p.on_request(ctx("w"))  # z joins; max_history 1: '' leaves
+    assert len(p._lib) == 1 and p._lib_raw[0].tolist() == [[1, 1, 0, 0], [0] * 4, [0] * 4]
+    wide = PREFETCH.make("similarity", num_layers=3, num_experts=4, top_k=2)
+    assert wide.num_predict == 4
+    with pytest.raises(Exception) as err:
+        PREFETCH.make("similarity", num_layers=3, num_experts=4, top_k=2, max_history=0)
+    assert str(err.value) == "similarity: max_history and refresh must be >= 1"
+
+
+def test_top_ids_ranks_positive_scores_as_int64():
+    """Scores 0, 2, -1, 2, 1: the positive ones, larger first, ties the smaller id: 1, 3, 4."""
+    from sim.policies.prefetch._ids import top_ids
+
+    got = top_ids(np.array([0.0, 2, -1, 2, 1]), 3)
+    assert got.tolist() == [1, 3, 4] and got.dtype == np.int64
+    assert top_ids(np.array([0.0, 2, -1, 2, 1]), 9).tolist() == [1, 3, 4]
+    assert top_ids(np.array([0.0, 2, -1, 2, 1]), 1).tolist() == [1]
+
+
+def test_noisy_oracle_picks_by_its_keys_and_hashes_layer_l_plus_1():
+    """recall 1, precision 0.5 on S = {0, 1} of 6: kept = both, false = floor(2 x 0.5 / 0.5 + u) =
+    2, the two others with the smallest "add" keys h(E + expert); the ids come back int64
+    whatever S's dtype. next_layer is corrupt() of layer l + 1's truth, keyed by layer l + 1."""
+    from sim.policies.prefetch.noisy_oracle import corrupt, step_hash
+
+    h = step_hash(3, 2, (5, 1), np.arange(2 * 6 + 2))
+    others = np.array([2, 3, 4, 5])
+    want = sorted([0, 1] + others[np.argsort(h[6 + others])[:2]].tolist())
+    got = corrupt(np.array([0, 1], dtype=np.int16), 6, 1.0, 0.5, 3, 2, (5, 1))
+    assert got.tolist() == want and got.dtype == np.int64
+    assert corrupt(np.array([0, 1], dtype=np.int16), 6, 1.0, 1.0, 3, 2, (5, 1)).dtype == np.int64
+    p = PREFETCH.make("noisy_oracle", num_layers=3, num_experts=4, top_k=2, recall=0.5,
+                      precision=0.5, seed=9)
+    p.set_trace(_trace3())
+    for t in range(3):
+        truth, key = p._truth_next(ctx("a", token=t), 0)
+        assert p.next_layer(ctx("a", token=t), 0, np.array([0])).tolist() == \
+            corrupt(truth, 4, 0.5, 0.5, 9, 1, key).tolist()
+    last = p.next_layer(ctx("a", token=0), 2, np.array([0]))
+    assert last.tolist() == [] and last.dtype == np.int64
+
+
+def test_emoe_task_running_requests_counts_and_rerouting_by_hand():
+    """The running requests decide the plan: a new qa request of 8 tokens (W_o 4; f(qa) is (0,
+    .75, .25, 0) at layer 0, (0, 0, 0, 1) at layer 1) alone plans 1, 2 and 3 (12 x f); beside a
+    running sum request of 100 tokens (W_o 10, uniform f: 27.5 each) layer 0 is 27.5, 36.5, 30.5,
+    27.5 (1, 2 again) and layer 1 27.5, 27.5, 27.5, 39.5 (3, then 0 of the tied). Counts of a
+    layer observed twice add up; a layer with one token has that expert's share 1. Rerouting
+    moves every absent choice of every token."""
+    p = PREFETCH.make("emoe_task", num_layers=2, num_experts=4, top_k=1, top=2,
+                      output_tokens={"sum": 10, "qa": 4})
+    p.observe(ctx(task="qa"), 0, np.array([[1], [1]]))
+    p.observe(ctx(task="qa"), 0, np.array([[1], [2]]))
+    p.observe(ctx(task="qa"), 1, np.array([[3]]))
+    assert np.allclose(p.frequency("qa"), [[0, 0.75, 0.25, 0], [0, 0, 0, 1]])
+    alone = p.on_request(PrefetchContext(request_id="n", task="qa", prompt_tokens=8))
+    assert alone[0].tolist() == [1, 2] and alone[1].tolist() == [3]
+    both = p.on_request(PrefetchContext(request_id="n", task="qa", prompt_tokens=8,
+                                        extra={"running": [("sum", 100), ("qa", 8)]}))
+    assert both[0].tolist() == [1, 2] and both[1].tolist() == [3, 0]
+    # token 0 all resident; token 1 has two absent choices: both move (best resident first)
+    resident = np.array([True, False, True, True, False])
+    ex, moved = reroute(np.array([[0, 2], [1, 4]], dtype=np.int16), resident,
+                        np.array([0.1, 0.9, 0.5, 0.3, 0.8]))
+    assert ex.tolist() == [[0, 2], [2, 3]] and moved == 2 and ex.dtype == np.int64

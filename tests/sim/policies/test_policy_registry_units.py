@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
 from sim.common.errors import ConfigError
@@ -82,8 +83,25 @@ def test_accepts_lists_each_user_argument_with_its_default():
     assert reg.accepts("plain") == "(none)"
 
 
+def test_accepts_skips_a_derived_field_anywhere_and_marks_a_required_one():
+    """A field the user cannot set (``init=False``) is left out wherever it stands, the fields
+    after it still listed; a field without a default shows ``'?'``."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        size: int
+        derived: int = dataclasses.field(default=0, init=False)
+        rate: float = 0.25
+
+    reg: Registry = Registry("toy")
+    reg.register("req")(type("R", (), {"Config": Cfg}))
+    assert reg.accepts("req") == "size: int = '?', rate: float = 0.25"
+
+
 @pytest.mark.parametrize("value,tp,ok,out", [
-    (3, int, True, 3), (True, int, False, True), (2.0, int, False, 2.0), ("3", int, False, "3"),
+    (3, int, True, 3), (np.int64(3), int, True, 3), (np.float32(0.5), float, True, 0.5),
+    (np.bool_(True), int, False, np.bool_(True)), (True, int, False, True), (2.0, int, False, 2.0),
+    ("3", int, False, "3"),
     (2, float, True, 2.0), (2.5, float, True, 2.5), (False, float, False, False),
     ("1", float, False, "1"),
     (True, bool, True, True), (1, bool, False, 1),
@@ -95,6 +113,9 @@ def test_accepts_lists_each_user_argument_with_its_default():
     ([1], list[int], True, [1]), ((1,), Sequence[int], True, (1,)), ("ab", list[str], False, "ab"),
     ({"a": 1}, Mapping[str, int], True, {"a": 1}), (5, list[int], False, 5),
     (object(), Any, True, None), (1.5, complex, False, 1.5), (1j, complex, True, 1j),
+    # another generic: checked against its class, whatever the items
+    ({1, 2}, set[int], True, {1, 2}), (frozenset({1}), set[int], False, frozenset({1})),
+    ([1], set[int], False, [1]), (frozenset({1}), frozenset[str], True, frozenset({1})),
 ])
 def test_coerce_each_kind_of_type(value, tp, ok, out):
     got_ok, got = _coerce(value, tp)
@@ -109,6 +130,9 @@ def test_type_names():
     assert _type_name(int | None) == "int | None"
     assert _type_name(dict[str, Any]) == "dict[str, Any]"
     assert _type_name(list[int]) == "list[int]"
+    assert _type_name(set[str]) == "set[str]"
+    assert _type_name(Any) == "Any"
+    assert _type_name(TypeVar("T")) == "~T"  # no class, no arguments: as Python prints it
 
 
 def test_mistyped_argument_message_names_the_type():
