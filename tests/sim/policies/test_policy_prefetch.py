@@ -653,3 +653,88 @@ def test_emoe_task_running_requests_counts_and_rerouting_by_hand():
     ex, moved = reroute(np.array([[0, 2], [1, 4]], dtype=np.int16), resident,
                         np.array([0.1, 0.9, 0.5, 0.3, 0.8]))
     assert ex.tolist() == [[0, 2], [2, 3]] and moved == 2 and ex.dtype == np.int64
+
+
+def _learned_topk3(monkeypatch, top_k=2):
+    """learned_topk over 2 tokens, 3 layers, top-2 (layers != experts a token: the shapes'
+    axes are told apart). Token 0 predicted at layers 0 / 1 / 2: (0, 1) / (2, 3) / (1, 3), true
+    (0, 1) / (2, 0) / (3, 2); token 1 predicted (1, 2) / (1, 2) / (0, 2), true (1, 2) / (1, 3) /
+    (0, 1)."""
+    import sim.policies.prefetch.learned_topk as lt
+
+    top = np.array([[[0, 1], [2, 3], [1, 3]], [[1, 2], [1, 2], [0, 2]]], dtype=np.int16)
+    truth = np.array([[[0, 1], [2, 0], [3, 2]], [[1, 2], [1, 3], [0, 1]]])
+    monkeypatch.setitem(lt._TABLES, ("ck3", "tr3"), (_Table(top), truth))
+    return PREFETCH.make("learned_topk", num_layers=3, num_experts=4, top_k=top_k, checkpoint="ck3",
+                         trace_path="tr3"), truth
+
+
+def test_learned_topk_reads_the_next_layer_of_three(monkeypatch):
+    """At layer 0 the prediction is layer 1's (not layer 2's, which a 2-layer model could not
+    tell from l - 1): token 0 -> (2, 3) against true (0, 2): 1 hit of 2 predicted, 2 true; at
+    layer 1, layer 2's: (1, 3) against (2, 3): 1 hit. Integer ids whatever the table's dtype."""
+    p, truth = _learned_topk3(monkeypatch)
+    got = p.next_layer(ctx(token=0), 0, np.array([0]))
+    assert got.tolist() == [2, 3] and got.dtype == np.int64
+    assert (p.hits, p.predicted, p.true) == (1, 2, 2)
+    assert p.next_layer(ctx(token=0), 1, np.array([2])).tolist() == [1, 3]
+    assert (p.hits, p.predicted, p.true) == (2, 4, 4)
+    last = p.next_layer(ctx(token=0), 2, np.array([3]))
+    assert last.tolist() == [] and last.dtype == np.int64
+    p.batch([0, 1])  # a list of rows: kept as int64
+    assert p._batch.dtype == np.int64
+    p.batch(np.array([1], dtype=np.int32))
+    assert p._batch.dtype == np.int64
+    assert p.next_layer(ctx(), 0, np.array([1])).tolist() == [1, 2]  # true (1, 3): 1 hit
+    p.set_routing(truth)  # the whole trace is the table's trace
+    p.set_routing(truth[:1])
+
+
+def test_learned_topk_accuracy_of_one():
+    """One expert predicted and true, one hit: recall and precision 1 (not halved)."""
+    from sim.policies.prefetch.learned_topk import LearnedTopK
+
+    p = LearnedTopK.__new__(LearnedTopK)
+    p.hits = p.predicted = p.true = 1
+    assert p.accuracy() == {"recall": 1.0, "precision": 1.0}
+
+
+def test_learned_topk_messages(monkeypatch):
+    p, _ = _learned_topk3(monkeypatch)
+    with pytest.raises(Exception, match=r"^learned_topk: the driver named no token or batch$"):
+        p.next_layer(ctx(), 0, np.array([0]))
+    need = (r"^prefetch policy learned_topk needs checkpoint=DIR \(from 'moesim predictor train'\) "
+            r"and trace_path=FILE \(the routing trace replayed\)$")
+    with pytest.raises(Exception, match=need):
+        PREFETCH.make("learned_topk", num_layers=3, num_experts=4, top_k=2, checkpoint="ck3")
+    # the table's layers fit, the trace's top-k does not (the model's top-3): refused, with
+    # the trace's layers (3) and top-k (2) named
+    with pytest.raises(Exception, match=r"^tr3: routing has 3 layers, top-2; the model has 3, top-3$"):
+        _learned_topk3(monkeypatch, top_k=3)
+
+
+def test_learned_topk_loads_the_trace_and_its_table_once(monkeypatch):
+    """_load: the trace named by policy.prefetch_args.trace_path is read, the checkpoint's table
+    built on it, and the pair kept for the next policy of the same (checkpoint, trace)."""
+    import sim.common.files as files
+    import sim.policies.prefetch.learned_topk as lt
+    import sim.predictor.table as table
+    import traces.format as fmt
+
+    calls = []
+
+    class _Trace:
+        experts = [[[0, 1]], [[2, 3]]]
+
+    trace = _Trace()
+    monkeypatch.setattr(lt, "_TABLES", {})
+    monkeypatch.setattr(files, "require_file", lambda p, key: calls.append(("file", p, key)) or "P")
+    monkeypatch.setattr(fmt, "read_trace", lambda p: calls.append(("read", p)) or trace)
+    monkeypatch.setattr(table, "next_layer_table",
+                        lambda ck, tr: calls.append(("table", ck, tr is trace)) or "T")
+    got = lt._load("ckX", "trX")
+    assert got[0] == "T" and isinstance(got[1], np.ndarray)
+    assert got[1].tolist() == [[[0, 1]], [[2, 3]]]
+    assert calls == [("file", "trX", "policy.prefetch_args.trace_path"), ("read", "P"),
+                     ("table", "ckX", True)]
+    assert lt._load("ckX", "trX") is got and len(calls) == 3  # kept
