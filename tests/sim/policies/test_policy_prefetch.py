@@ -738,3 +738,34 @@ def test_learned_topk_loads_the_trace_and_its_table_once(monkeypatch):
     assert calls == [("file", "trX", "policy.prefetch_args.trace_path"), ("read", "P"),
                      ("table", "ckX", True)]
     assert lt._load("ckX", "trX") is got and len(calls) == 3  # kept
+
+
+def test_emoe_learned_edges(monkeypatch):
+    """Before any request it costs nothing; period 1 reruns at every prompt; the checkpoint goes
+    to the runtime; a prompt that used one expert once is history (its share 1 at that layer),
+    handed to the predictor as float32; a request announced again (re-routed) keeps counting
+    into the same prompt: one history entry, not two."""
+    p = _emoe_learned(monkeypatch, period=1)
+    assert p.cost_s() == 0.0 and p._rt.directory == "ck" and p.period == 1
+    p.on_request(ctx("a", 0))
+    p.observe(ctx("a", 0), 1, np.array([2]))
+    plan = p.on_request(ctx("b", 1))
+    assert len(_Runtime.calls) == 1 and _Runtime.calls[0].dtype == np.float32
+    assert _Runtime.calls[0].tolist() == [[[0, 0, 0, 0], [0, 0, 1, 0]]]
+    assert plan[1].tolist() == [2, 0]
+    p.on_request(ctx("c", 2))  # period 1: a rerun (b observed nothing: still a alone)
+    assert len(_Runtime.calls) == 2 and p.cost_s() == 0.5
+    q = _emoe_learned(monkeypatch)
+    q.on_request(ctx("a", 0))
+    q.observe(ctx("a", 0), 0, np.array([1]))
+    q.on_request(ctx("a", 0))  # a again (re-routed): the same prompt
+    q.observe(ctx("a", 0), 0, np.array([3]))
+    q.on_request(ctx("b", 1))
+    assert len(_Runtime.calls) == 1 and _Runtime.calls[0].shape == (1, 2, 4)
+    assert _Runtime.calls[0][0, 0].tolist() == [0, 0.5, 0, 0.5]
+
+
+def test_emoe_learned_checkpoint_message(monkeypatch):
+    with pytest.raises(Exception, match=r"^prefetch policy emoe_learned needs checkpoint=DIR \(from "
+                                        r"'moesim predictor train'\)$"):
+        _emoe_learned(monkeypatch, checkpoint="")
