@@ -122,39 +122,18 @@ def holders_of(gpus, nrep, layer, ee, ok, J):  # pragma: no cover - compiled
     return hl, nh
 
 
-@njit(cache=True)
-def round_alloc(fa, hl, nh, nn, tiepos):  # pragma: no cover - compiled
+def round_alloc(fa: np.ndarray, hl: np.ndarray, nh: np.ndarray, nn: np.ndarray,
+                tiepos: np.ndarray) -> np.ndarray:
     """token_split._round over each expert's holders: floors ``floor(fa + 1e-9)``, and the
     leftover tokens one each to the holders of largest ``rint((fa - floor) * 1e6)``, ties in
-    the tie order (``tiepos`` (M, G)). The reference's key ``-q * G + tie place`` is distinct
-    per GPU and puts every holder (q >= 0) before every other GPU (q = -1): a holder's rank is
-    the number of holders of smaller key; a GPU that does not hold the expert has 0.0, so 0."""
-    M, J, G = fa.shape
-    out = np.zeros((M, J, G), dtype=np.int64)
-    H = hl.shape[2]
-    key = np.empty(H, dtype=np.int64)
-    fl = np.empty(H)
-    for m in range(M):
-        for j in range(J):
-            k_n = nh[m, j]
-            tot = 0.0
-            for g in range(G):  # the floors' sum over all GPUs, as the reference (exact)
-                tot += np.floor(fa[m, j, g] + 1e-9)
-            rem = nn[m, j] - np.int64(tot)
-            for i in range(k_n):
-                g = hl[m, j, i]
-                f = np.floor(fa[m, j, g] + 1e-9)
-                fl[i] = f
-                q = np.int64(np.rint((fa[m, j, g] - f) * 1e6))
-                key[i] = -q * G + tiepos[m, g]
-            for i in range(k_n):
-                g = hl[m, j, i]
-                rank = 0
-                for i2 in range(k_n):
-                    if key[i2] < key[i]:
-                        rank += 1
-                out[m, j, g] = np.int64(fl[i]) + (1 if rank < rem else 0)
-    return out
+    the tie order (``tiepos`` (M, G)); (M, J, G) int64. By
+    :func:`sim.world.compiled_pairs.slot_round` on the holders' entries: the reference's key
+    ``-q * G + tie place`` is distinct per GPU and puts every holder (q >= 0) before every other
+    GPU (q = -1), and a GPU that does not hold the expert has 0.0 (floor 0: the floors' sum is
+    the same exact integer), so it gets 0."""
+    slots, where = _slots(fa, hl)
+    out = np.zeros(fa.shape, dtype=np.int64)
+    return _unslot(out, pairs.slot_round(slots, hl, nh, nn, tiepos), where)
 
 
 def _slots(alloc: np.ndarray, hl: np.ndarray) -> tuple[np.ndarray, tuple]:

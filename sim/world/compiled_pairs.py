@@ -258,8 +258,9 @@ def slot_refine(alloc, load, hl, nh, nn, passes):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def slot_round(fa, hl, nh, nn, tiepos):  # pragma: no cover - compiled
-    """compiled.round_alloc over holder slots (``fa`` (M, J, H) float64): the floors' sum over
-    the holders (the other GPUs' 0.0 floor to 0: the same exact sum)."""
+    """token_split._round over holder slots (``fa`` (M, J, H) float64; :func:`compiled.round_alloc`
+    is it on (M, J, G)): the floors' sum over the holders (the other GPUs' 0.0 floor to 0: the
+    same exact sum)."""
     M, J, H = fa.shape
     G = tiepos.shape[1]
     out = np.zeros((M, J, H), dtype=np.int64)
