@@ -108,6 +108,17 @@ class PrefetchPolicy:
     def observe(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> None:  # noqa: B027
         pass
 
+    def next_layers(self, ctx: PrefetchContext, used: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """An iteration's calls for every layer at once, ``used`` (L, E) bool the experts each
+        layer used: what ``next_layer(ctx, l, experts of l)`` answers when each comes after
+        ``observe(ctx, l, experts of l)`` (where ``observes``), l = 0 .. L-1, with the state
+        those calls leave, as ``(ranked, n)``: layer l's answer is ``ranked[l, :n[l]]``
+        (``ranked`` (L, W) int, ``n`` (L,) int). None (the default): no batched form, the
+        driver calls them one by one. The simulator's compiled prefetch walk asks it
+        (sim/serving/prefetch_walk.py)."""
+        return None
+
     def cost_s(self) -> float:
         return 0.0
 

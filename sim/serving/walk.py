@@ -44,6 +44,7 @@ from sim.serving.layer_timing import LayerTiming
 from sim.serving.offload import HostExperts
 from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
+from sim.serving.prefetch_walk import PrefetchWalk, prefetch_applies
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.serving.token_counts import batch_counts, pool_prefix_counts
 from sim.serving.why import book_why, why_begin, why_end, why_loaded, why_reused
@@ -130,6 +131,9 @@ class LayerWalk:
         self.walked = 0
         #: the whole iteration compiled where its case holds (sim/serving/fused_walk.py)
         self.fused: FusedWalk | None = None
+        #: a next-layer prefetch's iteration compiled where its case holds
+        #: (sim/serving/prefetch_walk.py)
+        self.pf_walk: PrefetchWalk | None = None
 
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
@@ -140,6 +144,8 @@ class LayerWalk:
             self.kern = walk_kernels()
             if self.kern is not None and fused_applies(self):
                 self.fused = FusedWalk(self, self.kern)
+            if self.kern is not None and prefetch_applies(self):
+                self.pf_walk = PrefetchWalk(self, self.kern)
         kern = self.kern
         if not (len(alloc) and alloc.min() > 0):
             keep = alloc > 0
@@ -191,6 +197,9 @@ class LayerWalk:
             t = t_fast if t_fast is not None else \
                 timing.time_layers(enumerate(miss_lg.tolist()), t, gaps, comp_arr.tolist(), states,
                                   None, stall, rec)
+        elif self.pf_walk is not None and rec is None and \
+                (t_pf := self.pf_walk.run(rep, used_flat, comp_arr, gaps, stall, t)) is not None:
+            t = t_pf  # a next-layer prefetch, compiled (sim/serving/prefetch_walk.py)
         else:
             comp = comp_arr.tolist()  # [L][G] seconds
             need, active = self.needs(states, used_flat)

@@ -73,6 +73,35 @@ class EMoELayerPrefetch(PrefetchPolicy):
             np.add.at(self.M[layer - 1], (a, b), 1.0)
         self._prev = (ctx.request_id, layer, cur)
 
+    def next_layers(self, ctx: PrefetchContext, used: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``observe`` then ``next_layer`` for every layer of an iteration (see the base class):
+        ``next_layer(l)`` reads ``M[l]``, which only ``observe(l + 1)`` changes, after it, so
+        every guess reads the counts as the iteration found them, and the observations add one
+        to ``M[l - 1][i, j]`` for each i used at l - 1 and j at l (layer 0 pairs with nothing
+        before it). The scores are sums of counts (integers in float64: exact in any order); the
+        ranking is :func:`top_ids`' (a stable sort by score keeps ties in id order, and the
+        positive scores come first)."""
+        L, E = self.num_layers, self.num_experts
+        u = np.asarray(used, dtype=bool).reshape(L, E)
+        ranked = np.zeros((L, E), dtype=np.int64)
+        n = np.zeros(L, dtype=np.int64)
+        if L > 1:
+            score = np.matmul(u[:-1, None, :].astype(np.float64), self.M)[:, 0, :]  # (L-1, E)
+            order = np.argsort(-score, axis=1, kind="stable")
+            ranked[:-1] = order
+            pos = (np.take_along_axis(score, order, axis=1) > 0).sum(axis=1)  # (L-1,)
+            want = np.full(L - 1, self.num_predict, dtype=np.int64) if self.num_predict is \
+                not None else self.top_k * np.maximum(1, u[:-1].sum(axis=1))
+            if self.max_predict is not None:
+                want = np.minimum(want, self.max_predict)
+            n[:-1] = np.minimum(np.minimum(want, E), pos)
+        if self.learn_online:
+            if L > 1:
+                self.M += u[:-1, :, None] & u[1:, None, :]
+            self._prev = (ctx.request_id, L - 1, np.flatnonzero(u[L - 1]).reshape(1, -1))
+        return ranked, n
+
     def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:
         if layer + 1 >= self.num_layers:
             return np.zeros(0, dtype=np.int64)

@@ -1,0 +1,344 @@
+"""A replica's iteration with a next-layer prefetch, compiled (numba): the LRU caches' decisions
+(each layer's step, then the prefetch's ``insert`` for the layer it targets), the host links'
+demand and prefetch copies, the waits for prefetched keys still in flight and the layers' time,
+layer after layer, as the general walk does them with the objects
+(:meth:`sim.serving.walk.LayerWalk.iteration` with :class:`~sim.policies.cache.lru.LRUCache`,
+:meth:`sim.serving.prediction.Prediction.prefetch_keys` / ``issue``,
+:meth:`sim.serving.layer_timing.LayerTiming.time_layers` / ``wait_prefetched`` and
+:class:`sim.serving.link.Link`): the same decisions and the same float operations in the same
+order, so the same bytes (tests/sim/serving/test_prefetch_walk.py). The predictions come in
+(the policy runs in Python, :meth:`~sim.serving.prediction.Prediction.next_layer_plan`);
+:mod:`sim.serving.prefetch_walk` packs the state in and out.
+
+Why the order may differ from the objects' where it does. A layer's decisions never read a
+time, and its prefetch decisions (after its step) read no state its timing changes, so each
+layer is: every GPU's step, the layer's time, every GPU's prefetch and the copies it issues, as
+the walk's lazy decisions interleave with its timing. GPUs share nothing but the layer's end.
+A prefetched key's wait (:func:`_finish`) serves the link's prefetch queue up to its copy: the
+ends do not depend on which key of a layer is waited for first.
+
+State per GPU ``g`` (its home keys by local index ``h``, increasing key order): LRU recency
+stamps ``S[g, h]`` (-1: not resident; the store's, :class:`sim.serving.lru_arrays.StampStore`);
+the link's demand clock (``lt``: the last demand copy's start, ``solo`` its bytes), prefetch
+clock ``pt``, next transfer id, byte total; its prefetch queue from ``qh`` to ``qn`` (id, bytes
+left, start, the key it loads: -1 once forgotten, as ``Link.forget`` marks it) and its demand
+intervals from ``gh`` to ``gn`` (``Link.gaps``); per home key the transfer in flight (``itid``,
+:data:`NONE`: none), its end once landed (``iland``, NaN until then) and its queue slot.
+Every kernel these kernels call lives in this file (numba's disk cache follows a file's edits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+#: ``itid`` of a key with no prefetched copy in flight
+NONE = -(1 << 62)
+#: the per-GPU figures :func:`prefetch_iteration` returns, by column
+FIGS = ("hits", "misses", "streamed", "evictions", "prefetched", "skipped", "late", "used",
+        "unused", "keys", "reused", "peak", "over")
+
+
+@njit(cache=True)
+def _serve_queue(g, until, horizon, bw, pt, qb, qs, qk, qh, qn, gs, ge, gh, gn, iland
+                 ):  # pragma: no cover - compiled
+    """``Link._serve``: the prefetch queue served from ``pt`` up to ``horizon`` or until the
+    copy in slot ``until`` ends (-1: none), pausing for the demand intervals; a copy that ends
+    lands its key (``iland``). Returns the clock reached."""
+    t = pt[g]
+    gi = gh[g]
+    ng = gn[g]
+    while qh[g] < qn[g]:
+        h = qh[g]
+        if qs[g, h] > t:
+            if qs[g, h] >= horizon:
+                break
+            t = qs[g, h]
+        if t >= horizon:
+            break
+        while gi < ng and ge[g, gi] <= t:
+            gi += 1
+        if gi < ng and gs[g, gi] <= t:  # a demand copy runs: wait for its end
+            t = ge[g, gi]
+            gi += 1
+            continue
+        wend = gs[g, gi] if gi < ng else np.inf
+        if horizon < wend:
+            wend = horizon
+        fin = t + qb[g, h] / bw
+        if fin <= wend:
+            t = fin
+            qh[g] += 1
+            if qk[g, h] >= 0:
+                iland[g, qk[g, h]] = t
+            if h == until:
+                break
+        else:
+            qb[g, h] -= (wend - t) * bw
+            t = wend
+    pt[g] = t
+    gh[g] = gi  # (``del gaps[:gi]``: they end by ``t``)
+    return t
+
+
+@njit(cache=True)
+def _victims(S, g, lo, hi, skip, n, out):  # pragma: no cover - compiled
+    """The ``n`` least recent resident keys of GPU ``g`` among its local indices ``lo .. hi - 1``
+    not marked in ``skip`` (there are at least ``n``), into ``out[:n]``, least recent first
+    (LRU's victims; each marked in ``skip`` as taken)."""
+    for j in range(n):
+        best = -1
+        bs = np.int64(0)
+        for h in range(lo, hi):
+            s = S[g, h]
+            if s >= 0 and not skip[h]:
+                if best < 0 or s < bs:
+                    best, bs = h, s
+        out[j] = best
+        skip[best] = True  # (taken: cleared by the caller)
+
+
+@njit(cache=True)
+def prefetch_iteration(S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, scap,
+                       t, attn, gate, pf_cost, a2a, comp, eb, stall,
+                       lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn, gs, ge, gh, gn,
+                       itid, iland, islot, figs):  # pragma: no cover - compiled
+    """One iteration of a replica's G GPUs over L layers (see the module doc); returns when the
+    next iteration may start and the stamp clock. ``hkey`` (G, H): each local index's key
+    (-1: padding), ``loc`` (G, L*E) each key's local index (-1: not held); ``lo`` (G, L+1):
+    each layer's first local index; ``used`` (L*E,) the keys the batch uses; the predictions
+    ``pk[po[l]:po[l + 1]]`` (keys of layer ``ptl[l]``, -1: none) decided after layer ``l``;
+    ``scap`` (G,) the GPUs' slots as the why-tallies count them; ``comp`` (L, G) the experts'
+    seconds, ``a2a`` (L,) the all-to-all's; ``stall`` (G,) added to. ``figs`` (G, len(FIGS))
+    gets the caches' and prefetches' figures."""
+    G, H = S.shape
+    L = lo.shape[1] - 1
+    row = np.zeros((G, H), dtype=np.bool_)  # a layer's keys (its step), per GPU
+    miss = np.zeros((G, H), dtype=np.bool_)  # ... missed there
+    held = np.zeros((G, H), dtype=np.bool_)  # why: the iteration's keys resident at its start
+    skip = np.zeros(H, dtype=np.bool_)
+    vic = np.empty(H, dtype=np.int64)
+    loaded = np.empty(H, dtype=np.int64)
+    nm_g = np.zeros(G, dtype=np.int64)  # the layer's misses per GPU (-1: no step)
+    icnt = np.zeros(G, dtype=np.int64)  # keys in flight per GPU
+    peak = np.zeros(G, dtype=np.int64)
+    for g in range(G):
+        n = 0
+        for h in range(lo[g, L]):
+            if itid[g, h] != NONE:
+                icnt[g] += 1
+            if used[hkey[g, h]]:
+                n += 1
+                held[g, h] = S[g, h] >= 0
+        figs[g, 9] += n
+        if n > scap[g]:
+            figs[g, 12] += 1
+    for l in range(L):
+        # -- every GPU's step (LRUCache.access: misses load in increasing key order, each past
+        # the free slots evicting the least recent key outside the step; none left: streamed)
+        for g in range(G):
+            a, b = lo[g, l], lo[g, l + 1]
+            n = 0
+            nm = 0
+            for h in range(a, b):
+                u = used[hkey[g, h]]
+                row[g, h] = u
+                miss[g, h] = False
+                if u:
+                    n += 1
+                    if S[g, h] < 0:
+                        miss[g, h] = True
+                        nm += 1
+            if n == 0:
+                nm_g[g] = -1
+                continue
+            nm_g[g] = nm
+            room = cap[g] - nres[g]
+            n_ev = 0
+            keep = nm
+            if nm > room:
+                n_ev = nm - room
+                n_cand = nres[g] - (n - nm)
+                if n_ev > n_cand:
+                    figs[g, 2] += n_ev - n_cand
+                    n_ev = n_cand
+                keep = room + n_ev
+                if n_ev > 0:
+                    for h in range(a, b):
+                        skip[h] = row[g, h]
+                    _victims(S, g, 0, lo[g, L], skip, n_ev, vic)
+                    for j in range(n_ev):
+                        S[g, vic[j]] = -1
+                    for h in range(lo[g, L]):
+                        skip[h] = False
+            nres[g] += keep - n_ev
+            figs[g, 0] += n - nm
+            figs[g, 1] += nm
+            figs[g, 3] += n_ev
+            k = 0
+            for h in range(a, b):  # the step's resident keys stamped in increasing key order
+                if row[g, h]:
+                    if miss[g, h]:
+                        if held[g, h]:
+                            figs[g, 10] += 1  # (why: a key the iteration held, evicted)
+                        if k >= keep:
+                            continue  # (streamed through: not kept)
+                        k += 1
+                    S[g, h] = clock
+                    clock += 1
+            if nres[g] > peak[g]:
+                peak[g] = nres[g]
+        # -- the layer's time (LayerTiming.time_layers, one layer)
+        t_gate = t + attn + gate + pf_cost
+        ready = t_gate + a2a[l]
+        cmax = comp[l, 0]
+        for g in range(1, G):
+            if comp[l, g] > cmax:
+                cmax = comp[l, g]
+        end = ready + cmax
+        if end < ready:
+            end = ready
+        for g in range(G):
+            nm = nm_g[g]
+            if nm < 0:
+                continue
+            start = ready
+            if nm:  # Link.fetch
+                nb = np.float64(nm * eb)
+                btot[g] += nb
+                st = t_gate + lat[g]
+                if solo[g]:
+                    prev = lt[g] + solo[g] / bw[g]
+                    if prev > st:
+                        st = prev
+                if st < pt[g] and qh[g] < qn[g]:
+                    raise ValueError("internal: a demand copy after prefetches were served")
+                fin = st + nb / bw[g]
+                lt[g] = st
+                solo[g] = nb
+                gs[g, gn[g]] = st
+                ge[g, gn[g]] = fin
+                gn[g] += 1
+                if fin > start:
+                    start = fin
+            if icnt[g]:  # wait_prefetched
+                r0 = start
+                late = 0
+                for h in range(lo[g, l], lo[g, l + 1]):
+                    if not row[g, h] or itid[g, h] == NONE:
+                        continue
+                    itid[g, h] = NONE
+                    icnt[g] -= 1
+                    if miss[g, h]:  # evicted before use: forgotten, its copy runs on
+                        if np.isnan(iland[g, h]):
+                            qk[g, islot[g, h]] = -1
+                            qt[g, islot[g, h]] = -1
+                        figs[g, 8] += 1
+                        continue
+                    figs[g, 7] += 1
+                    fin = iland[g, h]
+                    if np.isnan(fin):
+                        _serve_queue(g, islot[g, h], np.inf, bw[g], pt, qb, qs, qk, qh, qn, gs,
+                                     ge, gh, gn, iland)
+                        fin = iland[g, h]
+                    if fin > r0:
+                        late += 1
+                        if fin > start:
+                            start = fin
+                figs[g, 0] -= late
+                figs[g, 6] += late
+            if start > ready:
+                stall[g] += start - ready
+                e_end = start + comp[l, g]
+                if e_end > end:
+                    end = e_end
+        t_next = end + a2a[l]
+        # -- the prefetch after the layer: per GPU one insert of its predicted keys, never
+        # evicting a key the layers from this one to the target use, then its copies issued
+        tl = ptl[l]
+        if tl >= 0 and po[l + 1] > po[l]:
+            for g in range(G):
+                nt = 0
+                for j in range(po[l], po[l + 1]):
+                    h = loc[g, pk[j]]
+                    if h >= 0 and not skip[h]:
+                        skip[h] = True  # (mine, once)
+                        loaded[nt] = h
+                        nt += 1
+                if nt == 0:
+                    continue
+                # the protected keys (the layers l .. tl's), resident: held by the insert
+                todo = 0
+                for j in range(nt):
+                    h = loaded[j]
+                    skip[h] = False
+                    if S[g, h] < 0:
+                        loaded[todo] = h
+                        todo += 1
+                if todo == 0:
+                    if nres[g] > peak[g]:
+                        peak[g] = nres[g]
+                    continue
+                nheld = 0
+                for h in range(lo[g, l], lo[g, tl + 1]):
+                    if used[hkey[g, h]] and S[g, h] >= 0:
+                        skip[h] = True
+                        nheld += 1
+                room = cap[g] - nres[g]
+                n_ev = 0
+                keep = todo
+                if todo > room:
+                    n_ev = todo - room
+                    n_cand = nres[g] - nheld
+                    if n_ev > n_cand:
+                        figs[g, 5] += n_ev - n_cand
+                        n_ev = n_cand
+                    keep = room + n_ev
+                    if n_ev > 0:
+                        _victims(S, g, 0, lo[g, L], skip, n_ev, vic)
+                        for j in range(n_ev):
+                            S[g, vic[j]] = -1
+                for h in range(lo[g, L]):
+                    skip[h] = False
+                # the loads in increasing key order (the predictions' order sorted)
+                srt = np.sort(loaded[:todo])
+                nres[g] += keep - n_ev
+                figs[g, 3] += n_ev
+                figs[g, 4] += keep
+                for j in range(keep):
+                    S[g, srt[j]] = clock
+                    clock += 1
+                if nres[g] > peak[g]:
+                    peak[g] = nres[g]
+                # Prediction.issue: a key in flight again was evicted unused; then each copy
+                # starts on the link at the layer's gate
+                for j in range(keep):
+                    h = srt[j]
+                    held[g, h] = True  # (why: held from now on)
+                    if itid[g, h] != NONE:
+                        if np.isnan(iland[g, h]):
+                            qk[g, islot[g, h]] = -1
+                            qt[g, islot[g, h]] = -1
+                        itid[g, h] = NONE
+                        icnt[g] -= 1
+                        figs[g, 8] += 1
+                for j in range(keep):
+                    h = srt[j]
+                    tid = nid[g]
+                    nid[g] += 1
+                    nb = np.float64(eb)
+                    btot[g] += nb
+                    q = qn[g]
+                    qt[g, q] = tid
+                    qb[g, q] = nb
+                    qs[g, q] = t_gate + lat[g]
+                    qk[g, q] = h
+                    qn[g] = q + 1
+                    itid[g, h] = tid
+                    iland[g, h] = np.nan
+                    islot[g, h] = q
+                    icnt[g] += 1
+        t = t_next
+    for g in range(G):
+        figs[g, 11] = peak[g]
+    return t, clock

@@ -1,0 +1,261 @@
+"""The compiled next-layer prefetch walk (sim/serving/prefetch_walk.py,
+sim/serving/compiled_prefetch.py) against the general walk through the objects: whole runs write
+the same metrics.json; one iteration worked out by hand (a prefetch queued behind the layer's
+own demand copy lands after the next layer's gate: the order of events and the bytes); eMoE-L's
+batched calls against its calls one layer after the other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.engine.metrics import compute_metrics, metrics_json
+from sim.engine.simulation import Simulation
+from sim.policies.base import PREFETCH, PrefetchContext
+from sim.serving import prefetch_walk
+from sim.serving.binding import bind
+from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.world.config import FaultConfig
+
+cp = pytest.importorskip("sim.serving.compiled_prefetch", reason="numba is not installed")
+
+#: next-layer policies that run without a checkpoint (similarity also prefetches per request)
+NEXT = ["emoe_l", "perfect", "noisy_oracle", "similarity"]
+
+
+def _run(cfg, seed: int = 0, n: int = 14, prompt: int = 14, output: int = 6, tokens: int = 11):
+    rng = np.random.default_rng(seed)
+    m = cfg.model
+    pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=4, tokens=tokens, rng=rng)
+    r = np.random.default_rng(seed + 1)
+    wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(),
+                  r.integers(1, prompt + 1, n).tolist(), r.integers(1, output + 1, n).tolist())
+    sim_ = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
+    sim_.run()
+    return sim_, metrics_json(compute_metrics(sim_))
+
+
+def _both(make, monkeypatch, **kw):
+    """metrics.json with the compiled walk (the kernels from the second iteration) and through
+    the objects (policy.cache_arrays=false), and how many iterations the compiled walk took."""
+    taken = []
+    real = prefetch_walk.PrefetchWalk.run
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(prefetch_walk.PrefetchWalk, "run", spy)
+    fast = make()
+    s_fast, j_fast = _run(fast, **kw)
+    slow = make()
+    slow.policy.cache_arrays = False
+    _, j_slow = _run(slow, **kw)
+    return s_fast, j_fast, j_slow, taken
+
+
+@pytest.mark.parametrize("prefetch", NEXT)
+@pytest.mark.parametrize("shape", ["ep4", "ep1", "eplb", "tight"])
+def test_next_layer_policies_same_metrics(prefetch, shape, monkeypatch):
+    def make():
+        if shape == "ep4":  # one expert of a layer per GPU, as the Azure bench
+            cfg = tiny_config(layers=4, experts=4, top_k=2, gpus_per_node=4, ep=4,
+                              budget_fraction=0.5, token_budget=24)
+        elif shape == "ep1":  # one GPU holding every expert: steps of several keys
+            cfg = tiny_config(layers=3, experts=6, top_k=2, budget_fraction=0.5, token_budget=24)
+        elif shape == "eplb":  # replicated experts: a key on two GPUs
+            cfg = tiny_config(layers=3, experts=4, top_k=2, gpus_per_node=2, ep=2,
+                              budget_fraction=0.6, token_budget=24)
+            cfg.policy.placement = "eplb"
+        else:  # fewer slots than a step's keys: misses stream through, prefetches skipped
+            cfg = tiny_config(layers=3, experts=6, top_k=3, budget_fraction=0.2, token_budget=24)
+        cfg.policy.cache, cfg.policy.prefetch = "lru", prefetch
+        return cfg
+
+    s_fast, j_fast, j_slow, taken = _both(make, monkeypatch, seed=5)
+    assert j_fast == j_slow
+    iters = sum(r.iterations for r in s_fast.replicas)
+    # the first iteration walks the objects (the kernels load at the second), then every one
+    assert taken.count(True) == iters - 1 > 0
+    if PREFETCH.get(prefetch).plans_requests:
+        return
+    counts = compute_metrics(s_fast)["prefetch"]
+    assert counts["issued"] + counts["skipped"] > 0  # (the runs exercise the prefetches)
+
+
+@st.composite
+def scenarios(draw):
+    layers = draw(st.integers(2, 4))
+    experts = draw(st.integers(2, 6))
+    gpus = draw(st.sampled_from([1, 2, 4]))
+    return dict(layers=layers, experts=experts, top_k=draw(st.integers(1, min(3, experts))),
+                gpus=gpus, budget=draw(st.sampled_from([0.1, 0.3, 0.5, 0.8, 1.0])),
+                token_budget=draw(st.integers(1, 16)), seed=draw(st.integers(0, 50)),
+                fault=draw(st.booleans()), fault_gpu=draw(st.integers(0, gpus - 1)),
+                eplb=draw(st.booleans()), tokens=draw(st.integers(2, 9)),
+                prefetch=draw(st.sampled_from(NEXT)), lead=draw(st.integers(1, 2)),
+                bw=draw(st.sampled_from([200.0, 2000.0, 20000.0])))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_random_scenarios_same_metrics(s):
+    """Random tiny clusters (faults, replicated experts, prefetches two layers ahead, slow and
+    fast links, request prefetches turning the caches to objects and back): the same
+    metrics.json with and without the compiled walk."""
+    def make():
+        cfg = tiny_config(layers=s["layers"], experts=s["experts"], top_k=s["top_k"],
+                          gpus_per_node=s["gpus"], ep=s["gpus"], budget_fraction=s["budget"],
+                          token_budget=s["token_budget"], host_bytes_per_s=s["bw"])
+        cfg.policy.cache, cfg.policy.prefetch = "lru", s["prefetch"]
+        if s["prefetch"] == "perfect" and s["lead"] < s["layers"]:
+            cfg.policy.prefetch_args = {"lead": s["lead"]}
+        if s["eplb"] and s["gpus"] > 1:
+            cfg.policy.placement = "eplb"
+        if s["fault"]:
+            cfg.cluster.faults = [FaultConfig(time_s=0.01, gpu=s["fault_gpu"], recovery_s=0.02)]
+        return cfg
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            _, j_fast, j_slow, _ = _both(make, mp, seed=s["seed"], tokens=s["tokens"])
+    except Exception as exc:  # a config the simulator rejects is rejected by both paths alike
+        for arrays in (True, False):
+            with pytest.raises(type(exc)):
+                cfg = make()
+                cfg.policy.cache_arrays = arrays
+                _run(cfg, seed=s["seed"], tokens=s["tokens"])
+        return
+    assert j_fast == j_slow
+
+
+# -- one iteration by hand ------------------------------------------------------------------------
+def _kernel_state(G: int, H: int, QC: int = 8, GC: int = 8) -> dict:
+    return dict(lat=np.zeros(G), bw=np.ones(G), lt=np.zeros(G), solo=np.zeros(G), pt=np.zeros(G),
+                nid=np.zeros(G, dtype=np.int64), btot=np.zeros(G),
+                qt=np.full((G, QC), -1, dtype=np.int64), qb=np.zeros((G, QC)),
+                qs=np.zeros((G, QC)), qk=np.full((G, QC), -1, dtype=np.int64),
+                qh=np.zeros(G, dtype=np.int64), qn=np.zeros(G, dtype=np.int64),
+                gs=np.zeros((G, GC)), ge=np.zeros((G, GC)), gh=np.zeros(G, dtype=np.int64),
+                gn=np.zeros(G, dtype=np.int64), itid=np.full((G, H), cp.NONE, dtype=np.int64),
+                iland=np.full((G, H), np.nan), islot=np.zeros((G, H), dtype=np.int64))
+
+
+def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs):
+    G, H = S.shape
+    L = len(ptl)
+    E = len(used) // L
+    hkey = np.arange(H, dtype=np.int64)[None, :].repeat(G, 0)
+    loc = np.arange(L * E, dtype=np.int64)[None, :].repeat(G, 0)
+    lo = (np.arange(L + 1, dtype=np.int64) * E)[None, :].repeat(G, 0)
+    nres = (S >= 0).sum(axis=1)
+    clock = int(S.max()) + 1  # (the next stamp)
+    return cp.prefetch_iteration(
+        S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, cap, 0.0, 1.0, 0.0, 0.0,
+        np.zeros(L), comp, eb, stall, lk["lat"], lk["bw"], lk["lt"], lk["solo"], lk["pt"],
+        lk["nid"], lk["btot"], lk["qt"], lk["qb"], lk["qs"], lk["qk"], lk["qh"], lk["qn"],
+        lk["gs"], lk["ge"], lk["gh"], lk["gn"], lk["itid"], lk["iland"], lk["islot"], figs), nres
+
+
+def test_a_prefetch_behind_the_demand_copy_lands_late():
+    """One GPU, 2 layers of 2 experts (keys 0, 1 | 2, 3), 2 slots, empty; the batch uses key 0
+    then key 3, and the prefetch after layer 0 names key 3. Attention 1 s, experts 2 s a layer,
+    an expert 4 bytes on a 1 B/s link.
+
+    Layer 0 (t = 0): key 0 misses (a free slot); its demand copy runs 1 -> 5 (gate at 1), the
+    experts 5 -> 7 (4 s stall). The prefetch of key 3 (a free slot: no victim) is issued at
+    layer 0's gate, 1: demand copies own the link, so its 4 bytes move 5 -> 9. Layer 1 (t = 7):
+    key 3 is resident (a hit), needed at its gate 8; it lands at 9: a late hit, 1 s stall, the
+    experts 9 -> 11. 8 bytes crossed the link; the iteration ends at 11."""
+    S = np.full((1, 4), -1, dtype=np.int64)
+    cap = np.array([2], dtype=np.int64)
+    used = np.array([True, False, False, True])
+    pk, po, ptl = np.array([3]), np.array([0, 1, 1]), np.array([1, -1])
+    comp = np.array([[2.0], [2.0]])
+    lk = _kernel_state(1, 4)
+    stall = np.zeros(1)
+    figs = np.zeros((1, len(cp.FIGS)), dtype=np.int64)
+    (t, clock), nres = _iteration(S, cap, used, pk, po, ptl, comp, 4, lk, stall, figs)
+    f = dict(zip(cp.FIGS, figs[0].tolist()))
+    assert t == 11.0 and stall[0] == 5.0
+    assert lk["btot"][0] == 8.0 and lk["gs"][0, 0] == 1.0 and lk["ge"][0, 0] == 5.0
+    assert lk["pt"][0] == 9.0 and lk["qh"][0] == lk["qn"][0] == 1  # (the copy served, landed)
+    assert (f["hits"], f["late"], f["misses"], f["prefetched"], f["used"]) == (0, 1, 1, 1, 1)
+    assert (f["keys"], f["peak"], f["evictions"], f["skipped"]) == (2, 2, 0, 0)
+    # LRU stamps: key 0 at layer 0's step (0), key 3 loaded by the prefetch (1), then used at
+    # layer 1's step (2); nothing in flight
+    assert S[0].tolist() == [0, -1, -1, 2] and clock == 3 and nres[0] == 2
+    assert (lk["itid"][0] == cp.NONE).all()
+
+
+def test_a_prefetch_never_evicts_what_the_layers_use_and_may_stay_unwaited():
+    """As above with one slot: the prefetch after layer 0 may not evict key 0 (the layer
+    computing), so key 3 is skipped; layer 1 then misses key 3, which evicts key 0 (outside
+    its step), its demand copy at its gate 8 (8 bytes in all, no prefetch queued).
+
+    Then two slots holding keys 1 (least recent) and 2, and a batch that uses key 2 at layer 1
+    only: layer 0 takes no step (1 s of attention, no experts). The prefetch of key 3 evicts key
+    1, not key 2 (layer 1 uses it: protected); issued at layer 0's gate (1) on an idle link, its
+    copy would run 1 -> 5, but layer 1 (t = 1, gate 2) does not use key 3: a hit on key 2, no
+    wait, the iteration ends at 2 + 2 = 4 with key 3 still in flight (queued, id 0)."""
+    S = np.full((1, 4), -1, dtype=np.int64)
+    cap = np.array([1], dtype=np.int64)
+    used = np.array([True, False, False, True])
+    lk = _kernel_state(1, 4)
+    figs = np.zeros((1, len(cp.FIGS)), dtype=np.int64)
+    _iteration(S, cap, used, np.array([3]), np.array([0, 1, 1]), np.array([1, -1]),
+               np.array([[2.0], [2.0]]), 4, lk, np.zeros(1), figs)
+    f = dict(zip(cp.FIGS, figs[0].tolist()))
+    # layer 1: key 3 misses (the prefetch was skipped) and evicts key 0 (now outside the step)
+    assert (f["skipped"], f["prefetched"], f["misses"], f["evictions"]) == (1, 0, 2, 1)
+    assert lk["btot"][0] == 8.0 and lk["qn"][0] == 0
+
+    S = np.array([[-1, 0, 1, -1]], dtype=np.int64)  # keys 1 (older) and 2 resident
+    cap = np.array([2], dtype=np.int64)
+    used = np.array([False, False, True, False])  # only key 2, at layer 1
+    lk = _kernel_state(1, 4)
+    figs = np.zeros((1, len(cp.FIGS)), dtype=np.int64)
+    stall = np.zeros(1)
+    (t, _), _ = _iteration(S, cap, used, np.array([3]), np.array([0, 1, 1]), np.array([1, -1]),
+                           np.array([[0.0], [2.0]]), 4, lk, stall, figs)
+    f = dict(zip(cp.FIGS, figs[0].tolist()))
+    # the prefetch (layer 0's gate, 1) evicts key 1 (least recent; key 2 is protected: layer 1
+    # uses it): key 2 hits at layer 1 (t = 1, gate 2), key 3's copy runs 1 -> 5 unwaited
+    assert (f["prefetched"], f["evictions"], f["hits"], f["misses"]) == (1, 1, 1, 0)
+    assert S[0].tolist() == [-1, -1, 3, 2] and t == 4.0 and stall[0] == 0.0
+    assert lk["itid"][0, 3] == 0 and np.isnan(lk["iland"][0, 3])  # still in flight, queued
+    assert lk["qn"][0] == 1 and lk["qs"][0, 0] == 1.0 and lk["btot"][0] == 4.0
+
+
+# -- eMoE-L's batched calls -----------------------------------------------------------------------
+@pytest.mark.parametrize("args", [{}, {"num_predict": 3}, {"max_predict": 2},
+                                  {"learn_online": False}, {"num_predict": 0}])
+@pytest.mark.parametrize("seed", range(4))
+def test_emoe_l_batched_calls_equal_the_layer_by_layer_calls(args, seed):
+    L, E, K = 5, 8, 2
+    rng = np.random.default_rng(seed)
+    one = PREFETCH.make("emoe_l", num_layers=L, num_experts=E, top_k=K, **args)
+    two = PREFETCH.make("emoe_l", num_layers=L, num_experts=E, top_k=K, **args)
+    train = rng.integers(0, E, size=(40, L, K))
+    one.fit(train)
+    two.fit(train)
+    ctx = PrefetchContext(request_id="r")
+    for _ in range(6):
+        used = rng.random((L, E)) < rng.uniform(0.05, 0.6)
+        used[rng.integers(0, L)] = False  # (a layer with no tokens)
+        want = []
+        for l in range(L):
+            ex = np.flatnonzero(used[l])
+            one.observe(ctx, l, ex)
+            want.append(one.next_layer(ctx, l, ex).tolist())
+        ranked, n = two.next_layers(ctx, used)
+        assert [ranked[l, :n[l]].tolist() for l in range(L)] == want
+        assert np.array_equal(one.M, two.M)
+        if one._prev is None:  # (learn_online off: nothing observed)
+            assert two._prev is None
+        else:
+            assert one._prev[:2] == two._prev[:2] and np.array_equal(one._prev[2], two._prev[2])
