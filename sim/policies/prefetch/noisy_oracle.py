@@ -90,6 +90,28 @@ class NoisyOracle(TraceOracle):
             raise ConfigError(f"noisy_oracle: precision={p}; expected 0 < precision <= 1")
         self.recall, self.precision, self.seed = r, p, int(self.cfg.seed)
 
+    def next_layers(self, ctx: PrefetchContext, used: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """In a simulator's batch (see the base class): each layer's :meth:`next_layer` from the
+        driver's ``used``, the batch's truth (see ``perfect``); no state is read or left (the
+        hash depends only on the seed and the step). None outside a simulator's batch."""
+        if self._batch is None or "token" in ctx.extra:
+            return None
+        L, E = self.num_layers, self.num_experts
+        u = np.asarray(used, dtype=bool).reshape(L, E)
+        rows = self._batch
+        key = (int(rows[0]) if len(rows) else 0, len(rows))
+        ranked = np.zeros((L, E), dtype=np.int64)
+        n = np.zeros(L, dtype=np.int64)
+        exact = self.recall == 1.0 and self.precision == 1.0
+        for l in range(L - 1):
+            ids = np.flatnonzero(u[l + 1])
+            got = ids if exact else corrupt(ids, E, self.recall, self.precision, self.seed,
+                                            l + 1, key)
+            ranked[l, :len(got)] = got
+            n[l] = len(got)
+        return ranked, n
+
     def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:
         if layer + 1 >= self.num_layers:
             return np.zeros(0, dtype=np.int64)

@@ -40,6 +40,23 @@ class PerfectNextLayer(TraceOracle):
                               f"{self.num_layers} (the layers)")
         self.lead = int(self.cfg.lead)
 
+    def next_layers(self, ctx: PrefetchContext, used: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """In a simulator's batch (see the base class): at layer l the experts layer l + lead
+        uses, in increasing id order. The driver's ``used`` is the batch's truth: both are the
+        union of the batch's pool rows' experts (the walk counts those rows; tests hold the two
+        forms to the same runs). None outside a simulator's batch."""
+        if self._batch is None or "token" in ctx.extra:
+            return None
+        L, E, d = self.num_layers, self.num_experts, self.lead
+        u = np.asarray(used, dtype=bool).reshape(L, E)
+        ranked = np.zeros((L, E), dtype=np.int64)
+        n = np.zeros(L, dtype=np.int64)
+        if d < L:
+            ranked[:L - d] = np.argsort(~u[d:], axis=1, kind="stable")  # (the used, by id)
+            n[:L - d] = u[d:].sum(axis=1)
+        return ranked, n
+
     def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:
         if layer + self.lead >= self.num_layers:
             return np.zeros(0, dtype=np.int64)

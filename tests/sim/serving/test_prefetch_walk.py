@@ -259,3 +259,30 @@ def test_emoe_l_batched_calls_equal_the_layer_by_layer_calls(args, seed):
             assert two._prev is None
         else:
             assert one._prev[:2] == two._prev[:2] and np.array_equal(one._prev[2], two._prev[2])
+
+
+@pytest.mark.parametrize("name,args", [("perfect", {}), ("perfect", {"lead": 2}),
+                                       ("noisy_oracle", {}),
+                                       ("noisy_oracle", {"recall": 0.6, "precision": 0.7})])
+@pytest.mark.parametrize("E", [8, 70])
+def test_oracles_batched_calls_equal_the_layer_by_layer_calls(name, args, E):
+    """Given the batch's experts per layer (the union of its pool rows', what the walk counts),
+    the oracles' batched form answers what ``next_layer`` answers layer by layer from the
+    batch's rows; outside a simulator's batch there is no batched form."""
+    L, K, N = 4, 3, 50
+    rng = np.random.default_rng(E)
+    pol = PREFETCH.make(name, num_layers=L, num_experts=E, top_k=K, **args)
+    ex = np.stack([np.stack([rng.choice(E, K, replace=False) for _ in range(L)])
+                   for _ in range(N)])
+    pol.set_routing(ex)
+    ctx = PrefetchContext(request_id="r")
+    assert pol.next_layers(ctx, np.zeros((L, E), dtype=bool)) is None  # (no batch yet)
+    for T in (0, 1, 7, 30):
+        rows = rng.integers(0, N, size=T)
+        pol.batch(rows)
+        used = np.zeros((L, E), dtype=bool)
+        for l in range(L):
+            used[l, ex[rows, l].ravel()] = True
+        want = [pol.next_layer(ctx, l, np.flatnonzero(used[l])).tolist() for l in range(L)]
+        ranked, n = pol.next_layers(ctx, used)
+        assert [ranked[l, :n[l]].tolist() for l in range(L)] == want
