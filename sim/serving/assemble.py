@@ -41,7 +41,7 @@ from sim.serving.cache_log import CacheLog
 from sim.serving.link import Link
 from sim.serving.lru_arrays import StampStore, array_form
 from sim.serving.plan import ClusterPlan, check_config
-from sim.serving.prefetch_walk import prefetch_applies
+from sim.serving.prefetch_walk import RULES, prefetch_applies
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
 from sim.serving.walk import COMPILE_AFTER, IterationDone, LayerWalk
 from sim.world.config import SimConfig
@@ -112,17 +112,17 @@ class World:
         # the cache policy's array form (LRU as recency stamps, a replica's GPUs at once:
         # sim/serving/lru_arrays.py), where it declares one and nothing needs the objects' calls:
         # misses run on the host and a next-layer prefetch walk layer by layer through the
-        # objects (an array cache there only pays its modes' switching), but for LRU's stamps
-        # under a prefetch the compiled walk serves (sim/serving/prefetch_walk.py)
+        # objects (an array cache there only pays its modes' switching), but for LRU's, FIFO's
+        # and LIFO's stamps under a prefetch the compiled walk serves (prefetch_walk.py)
         form = array_form(CACHE.get(p.cache)) if p.cache_arrays else None
-        pf_fast = form is not None and form[0] is StampStore and prefetch_applies(self.walk)
+        pf_fast = form is not None and form[0] in RULES and prefetch_applies(self.walk)
         self.arrays = form is not None and not plan.layer_slots and cache_log is None and \
             (not self.walk.pred.pf_next or pf_fast) and self.walk.host is None
         # a run sure to walk COMPILE_AFTER iterations (each generates at most max_batch_requests
         # tokens) imports the kernels at its second iteration: they pay back numba's import and
         # loading (~0.5 s) anyway, and 2,047 iterations of numpy (~0.4 ms each) are saved; the
         # first iteration starts before the import. The batcher's kernels with the walk's. With a
-        # next-layer prefetch on LRU's stamps (~12 ms an iteration through the objects) at once.
+        # next-layer prefetch on stamps (~12 ms an iteration through the objects) at once.
         if int(self.req.output.sum()) >= COMPILE_AFTER * cfg.serving.max_batch_requests or \
                 (self.arrays and pf_fast):
             self.walk.compile_after = min(self.walk.compile_after, 2)

@@ -1,8 +1,9 @@
-"""A replica's iteration with a next-layer prefetch, compiled (numba): the LRU caches' decisions
-(each layer's step, then the prefetch's ``insert`` for the layer it targets), the host links'
-demand and prefetch copies, the waits for prefetched keys still in flight and the layers' time,
-layer after layer, as the general walk does them with the objects
+"""A replica's iteration with a next-layer prefetch, compiled (numba): the caches' decisions (LRU,
+FIFO, LIFO; each layer's step, then the prefetch's ``insert`` for the layer it targets), the
+host links' demand and prefetch copies, the waits for prefetched keys still in flight and the
+layers' time, layer after layer, as the general walk does them with the objects
 (:meth:`sim.serving.walk.LayerWalk.iteration` with :class:`~sim.policies.cache.lru.LRUCache`,
+``FIFOCache``, ``LIFOBufferingCache``,
 :meth:`sim.serving.prediction.Prediction.prefetch_keys` / ``issue``,
 :meth:`sim.serving.layer_timing.LayerTiming.time_layers` / ``wait_prefetched`` and
 :class:`sim.serving.link.Link`): the same decisions and the same float operations in the same
@@ -17,8 +18,9 @@ the walk's lazy decisions interleave with its timing. GPUs share nothing but the
 A prefetched key's wait (:func:`_finish`) serves the link's prefetch queue up to its copy: the
 ends do not depend on which key of a layer is waited for first.
 
-State per GPU ``g`` (its home keys by local index ``h``, increasing key order): LRU recency
-stamps ``S[g, h]`` (-1: not resident; the store's, :class:`sim.serving.lru_arrays.StampStore`);
+State per GPU ``g`` (its home keys by local index ``h``, increasing key order): LRU's recency
+or FIFO's / LIFO's load stamps ``S[g, h]`` (-1: not resident; the store's,
+:class:`sim.serving.lru_arrays.StampStore`, :class:`sim.serving.step_arrays.StepStore`);
 the link's demand clock (``lt``: the last demand copy's start, ``solo`` its bytes), prefetch
 clock ``pt``, next transfer id, byte total; its prefetch queue from ``qh`` to ``qn`` (id, bytes
 left, start, the key it loads: -1 once forgotten, as ``Link.forget`` marks it) and its demand
@@ -82,35 +84,45 @@ def _serve_queue(g, until, horizon, bw, pt, qb, qs, qk, qh, qn, gs, ge, gh, gn, 
 
 
 @njit(cache=True)
-def _victims(S, g, lo, hi, skip, n, out):  # pragma: no cover - compiled
-    """The ``n`` least recent resident keys of GPU ``g`` among its local indices ``lo .. hi - 1``
-    not marked in ``skip`` (there are at least ``n``), into ``out[:n]``, least recent first
-    (LRU's victims; each marked in ``skip`` as taken)."""
+def _victims(S, g, hi, skip, used, hkey, rule, n, out):  # pragma: no cover - compiled
+    """The ``n`` victims ``_victims`` picks among GPU ``g``'s resident keys (local indices below
+    ``hi``) not marked in ``skip`` (there are at least ``n``), into ``out[:n]`` in eviction
+    order, each then marked in ``skip``: LRU and FIFO (``rule`` 0, 1) the smallest stamps (the
+    least recent use, the oldest load); LIFO (2) the keys outside the iteration's active set
+    (its keys, ``used``) first, then the active ones, each the newest load first."""
     for j in range(n):
         best = -1
         bs = np.int64(0)
-        for h in range(lo, hi):
+        bact = True
+        for h in range(hi):
             s = S[g, h]
-            if s >= 0 and not skip[h]:
-                if best < 0 or s < bs:
-                    best, bs = h, s
+            if s < 0 or skip[h]:
+                continue
+            if rule == 2:
+                a = used[hkey[g, h]]
+                if best < 0 or (bact and not a) or (a == bact and s > bs):
+                    best, bs, bact = h, s, a
+            elif best < 0 or s < bs:
+                best, bs = h, s
         out[j] = best
-        skip[best] = True  # (taken: cleared by the caller)
+        skip[best] = True
 
 
 @njit(cache=True)
-def prefetch_iteration(S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, scap,
+def prefetch_iteration(rule, S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, scap,
                        t, attn, gate, pf_cost, a2a, comp, eb, stall,
                        lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn, gs, ge, gh, gn,
-                       itid, iland, islot, figs):  # pragma: no cover - compiled
+                       itid, iland, islot, icnt, figs):  # pragma: no cover - compiled
     """One iteration of a replica's G GPUs over L layers (see the module doc); returns when the
-    next iteration may start and the stamp clock. ``hkey`` (G, H): each local index's key
-    (-1: padding), ``loc`` (G, L*E) each key's local index (-1: not held); ``lo`` (G, L+1):
-    each layer's first local index; ``used`` (L*E,) the keys the batch uses; the predictions
-    ``pk[po[l]:po[l + 1]]`` (keys of layer ``ptl[l]``, -1: none) decided after layer ``l``;
-    ``scap`` (G,) the GPUs' slots as the why-tallies count them; ``comp`` (L, G) the experts'
-    seconds, ``a2a`` (L,) the all-to-all's; ``stall`` (G,) added to. ``figs`` (G, len(FIGS))
-    gets the caches' and prefetches' figures."""
+    next iteration may start and the stamp clock. ``rule``: the caches' (0 LRU, recency stamps;
+    1 FIFO, 2 LIFO with Huang et al.'s active set, load stamps: a hit is not stamped).
+    ``hkey`` (G, H): each local index's key (-1: padding), ``loc`` (G, L*E) each key's local
+    index (-1: not held); ``lo`` (G, L+1): each layer's first local index; ``used`` (L*E,) the
+    keys the batch uses (LIFO's active set); the predictions ``pk[po[l]:po[l + 1]]`` (keys of
+    layer ``ptl[l]``, -1: none) decided after layer ``l``; ``scap`` (G,) the GPUs' slots as
+    the why-tallies count them; ``comp`` (L, G) the experts' seconds, ``a2a`` (L,) the
+    all-to-all's; ``stall`` (G,) added to. ``icnt`` (G,) gets each GPU's keys in flight at the
+    end, ``figs`` (G, len(FIGS)) the caches' and prefetches' figures."""
     G, H = S.shape
     L = lo.shape[1] - 1
     row = np.zeros((G, H), dtype=np.bool_)  # a layer's keys (its step), per GPU
@@ -120,7 +132,7 @@ def prefetch_iteration(S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, sc
     vic = np.empty(H, dtype=np.int64)
     loaded = np.empty(H, dtype=np.int64)
     nm_g = np.zeros(G, dtype=np.int64)  # the layer's misses per GPU (-1: no step)
-    icnt = np.zeros(G, dtype=np.int64)  # keys in flight per GPU
+    icnt[:] = 0  # keys in flight per GPU
     peak = np.zeros(G, dtype=np.int64)
     for g in range(G):
         n = 0
@@ -166,7 +178,7 @@ def prefetch_iteration(S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, sc
                 if n_ev > 0:
                     for h in range(a, b):
                         skip[h] = row[g, h]
-                    _victims(S, g, 0, lo[g, L], skip, n_ev, vic)
+                    _victims(S, g, lo[g, L], skip, used, hkey, rule, n_ev, vic)
                     for j in range(n_ev):
                         S[g, vic[j]] = -1
                     for h in range(lo[g, L]):
@@ -176,14 +188,16 @@ def prefetch_iteration(S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, sc
             figs[g, 1] += nm
             figs[g, 3] += n_ev
             k = 0
-            for h in range(a, b):  # the step's resident keys stamped in increasing key order
-                if row[g, h]:
+            for h in range(a, b):  # stamped in increasing key order: the step's resident keys
+                if row[g, h]:  # (LRU), its loads (FIFO, LIFO)
                     if miss[g, h]:
                         if held[g, h]:
                             figs[g, 10] += 1  # (why: a key the iteration held, evicted)
                         if k >= keep:
                             continue  # (streamed through: not kept)
                         k += 1
+                    elif rule != 0:
+                        continue
                     S[g, h] = clock
                     clock += 1
             if nres[g] > peak[g]:
@@ -279,8 +293,9 @@ def prefetch_iteration(S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, sc
                     if nres[g] > peak[g]:
                         peak[g] = nres[g]
                     continue
-                nheld = 0
-                for h in range(lo[g, l], lo[g, tl + 1]):
+                nheld = 0  # (LIFO: every active key the GPU holds)
+                for h in range(0 if rule == 2 else lo[g, l], lo[g, L] if rule == 2 else
+                               lo[g, tl + 1]):
                     if used[hkey[g, h]] and S[g, h] >= 0:
                         skip[h] = True
                         nheld += 1
@@ -295,7 +310,7 @@ def prefetch_iteration(S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, sc
                         n_ev = n_cand
                     keep = room + n_ev
                     if n_ev > 0:
-                        _victims(S, g, 0, lo[g, L], skip, n_ev, vic)
+                        _victims(S, g, lo[g, L], skip, used, hkey, rule, n_ev, vic)
                         for j in range(n_ev):
                             S[g, vic[j]] = -1
                 for h in range(lo[g, L]):

@@ -6,8 +6,10 @@ objects, the prefetch's ``insert`` and :class:`sim.serving.link.Link` (about 12 
 of the Azure preset with ``emoe_l``, against 0.3 ms without prefetch).
 
 The case: a next-layer prefetch policy (not one that weighs the link's state, ``learned_next``),
-copies that overlap compute (not in line), LRU caches in their array form on every GPU of the
-replica (:class:`sim.serving.lru_arrays.StampStore`), finite host links, no host experts,
+copies that overlap compute (not in line), LRU, FIFO or LIFO caches in their array form on
+every GPU of the replica (:class:`sim.serving.lru_arrays.StampStore`,
+:class:`sim.serving.step_arrays.FifoStore`, :class:`~sim.serving.step_arrays.LifoStore`; LFU's
+counts stay on the objects), finite host links, no host experts,
 no recording, no cache log, no per-copy overhead or layer streaming, no per-layer slots, and an
 all-to-all on links the replica does not share. :meth:`PrefetchWalk.run` checks what varies
 per iteration before it changes anything and returns None where the general walk must run.
@@ -33,6 +35,11 @@ import numpy as np
 from sim.common.errors import MoesimError
 from sim.serving.lru_arrays import StampStore, _rows_to_arrays
 from sim.serving.state import ReplicaState
+from sim.serving.step_arrays import FifoStore, LifoStore
+
+#: the array stores this walk serves, by the kernel's rule code (LRU's recency stamps; FIFO's and
+#: LIFO's load stamps: :func:`sim.serving.compiled_prefetch.prefetch_iteration`)
+RULES: dict[type, int] = {StampStore: 0, FifoStore: 1, LifoStore: 2}
 
 
 def prefetch_applies(walk: Any) -> bool:
@@ -52,9 +59,9 @@ class PrefetchWalk:
 
         self.walk, self.kern, self.cp = walk, kern, compiled_prefetch
         self.E, self.L = walk.plan.E, walk.plan.L
-        self._homes: dict[int, tuple[StampStore, np.ndarray, np.ndarray]] = {}
+        self._homes: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
 
-    def _layout(self, store: StampStore) -> tuple[np.ndarray, np.ndarray]:
+    def _layout(self, store: Any) -> tuple[np.ndarray, np.ndarray]:
         """A store's home keys by local index (G, H), -1 past a GPU's own, and each layer's first
         local index (G, L+1) (homes are in increasing key order: a layer's are a range)."""
         got = self._homes.get(id(store))
@@ -77,7 +84,8 @@ class PrefetchWalk:
         (nothing changed) where the case does not hold."""
         walk = self.walk
         store = rep.stamps
-        if store is None or store.__class__ is not StampStore:
+        rule = RULES.get(store.__class__)
+        if rule is None:
             return None
         states = rep.states
         links = [st.link for st in states]
@@ -151,17 +159,18 @@ class PrefetchWalk:
         gh = np.zeros(G, dtype=np.int64)
         stall_a = np.array(stall, dtype=np.float64)
         figs = np.zeros((G, len(cp.FIGS)), dtype=np.int64)
+        icnt = np.zeros(G, dtype=np.int64)
         scap = np.array([st.capacity for st in states], dtype=np.int64)
         used = used_flat if used_flat.dtype == np.bool_ else used_flat.astype(bool)
         t, clock = cp.prefetch_iteration(
-            store.S, store.nres, store.cap, store.clock, hkey, loc, lo, used, pk, po, ptl, scap,
+            rule, store.S, store.nres, store.cap, store.clock, hkey, loc, lo, used, pk, po, ptl, scap,
             t, attn, gate, pf_cost, a2a, np.ascontiguousarray(comp_arr, dtype=np.float64),
             walk.timing.eb, stall_a, lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn,
-            gs, ge, gh, gn, itid, iland, islot, figs)
+            gs, ge, gh, gn, itid, iland, islot, icnt, figs)
         store.clock = int(clock)
         stall[:] = stall_a.tolist()
         self._unpack(states, links, hkey, figs, (lt, solo, pt, nid, btot),
-                     (qt, qb, qs, qh, qn), (gs, ge, gh, gn), (itid, iland))
+                     (qt, qb, qs, qh, qn), (gs, ge, gh, gn), (itid, iland, icnt, cp.NONE))
         return float(t)
 
     @staticmethod
@@ -172,9 +181,8 @@ class PrefetchWalk:
         lt, solo, pt, nid, btot = (a.tolist() for a in clocks)
         qt, qb, qs, qh, qn = queue
         gs, ge, gh, gn = gaps
-        itid, iland = flight
-        from sim.serving.compiled_prefetch import NONE
-
+        itid, iland, icnt, NONE = flight
+        flying = icnt.tolist()
         for g, (st, f) in enumerate(zip(states, figs.tolist())):
             hits, misses, streamed, ev, pf, skipped, late, used, unused, keys, reused, peak, \
                 over = f
@@ -206,8 +214,8 @@ class PrefetchWalk:
                 x.queued = {e[0]: e for e in items if e[0] >= 0}
             a, b = int(gh[g]), int(gn[g])
             x.gaps = list(zip(gs[g, a:b].tolist(), ge[g, a:b].tolist())) if b > a else []
-            fl = np.flatnonzero(itid[g] != NONE)
-            if len(fl) or st.inflight:
+            if flying[g] or st.inflight:
+                fl = np.flatnonzero(itid[g] != NONE)
                 tids = itid[g, fl].tolist()
                 st.inflight = dict(zip(hkey[g, fl].tolist(), tids))
                 lands = iland[g, fl].tolist()

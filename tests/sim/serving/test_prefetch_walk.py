@@ -58,9 +58,10 @@ def _both(make, monkeypatch, **kw):
     return s_fast, j_fast, j_slow, taken
 
 
+@pytest.mark.parametrize("cache", ["lru", "fifo", "lifo"])
 @pytest.mark.parametrize("prefetch", NEXT)
 @pytest.mark.parametrize("shape", ["ep4", "ep1", "eplb", "tight"])
-def test_next_layer_policies_same_metrics(prefetch, shape, monkeypatch):
+def test_next_layer_policies_same_metrics(cache, prefetch, shape, monkeypatch):
     def make():
         if shape == "ep4":  # one expert of a layer per GPU, as the Azure bench
             cfg = tiny_config(layers=4, experts=4, top_k=2, gpus_per_node=4, ep=4,
@@ -73,7 +74,7 @@ def test_next_layer_policies_same_metrics(prefetch, shape, monkeypatch):
             cfg.policy.placement = "eplb"
         else:  # fewer slots than a step's keys: misses stream through, prefetches skipped
             cfg = tiny_config(layers=3, experts=6, top_k=3, budget_fraction=0.2, token_budget=24)
-        cfg.policy.cache, cfg.policy.prefetch = "lru", prefetch
+        cfg.policy.cache, cfg.policy.prefetch = cache, prefetch
         return cfg
 
     s_fast, j_fast, j_slow, taken = _both(make, monkeypatch, seed=5)
@@ -98,10 +99,11 @@ def scenarios(draw):
                 fault=draw(st.booleans()), fault_gpu=draw(st.integers(0, gpus - 1)),
                 eplb=draw(st.booleans()), tokens=draw(st.integers(2, 9)),
                 prefetch=draw(st.sampled_from(NEXT)), lead=draw(st.integers(1, 2)),
+                cache=draw(st.sampled_from(["lru", "fifo", "lifo"])),
                 bw=draw(st.sampled_from([200.0, 2000.0, 20000.0])))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_random_scenarios_same_metrics(s):
     """Random tiny clusters (faults, replicated experts, prefetches two layers ahead, slow and
@@ -111,7 +113,7 @@ def test_random_scenarios_same_metrics(s):
         cfg = tiny_config(layers=s["layers"], experts=s["experts"], top_k=s["top_k"],
                           gpus_per_node=s["gpus"], ep=s["gpus"], budget_fraction=s["budget"],
                           token_budget=s["token_budget"], host_bytes_per_s=s["bw"])
-        cfg.policy.cache, cfg.policy.prefetch = "lru", s["prefetch"]
+        cfg.policy.cache, cfg.policy.prefetch = s["cache"], s["prefetch"]
         if s["prefetch"] == "perfect" and s["lead"] < s["layers"]:
             cfg.policy.prefetch_args = {"lead": s["lead"]}
         if s["eplb"] and s["gpus"] > 1:
@@ -145,7 +147,7 @@ def _kernel_state(G: int, H: int, QC: int = 8, GC: int = 8) -> dict:
                 iland=np.full((G, H), np.nan), islot=np.zeros((G, H), dtype=np.int64))
 
 
-def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs):
+def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs, rule=0):
     G, H = S.shape
     L = len(ptl)
     E = len(used) // L
@@ -155,10 +157,11 @@ def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs):
     nres = (S >= 0).sum(axis=1)
     clock = int(S.max()) + 1  # (the next stamp)
     return cp.prefetch_iteration(
-        S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, cap, 0.0, 1.0, 0.0, 0.0,
+        rule, S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, cap, 0.0, 1.0, 0.0, 0.0,
         np.zeros(L), comp, eb, stall, lk["lat"], lk["bw"], lk["lt"], lk["solo"], lk["pt"],
         lk["nid"], lk["btot"], lk["qt"], lk["qb"], lk["qs"], lk["qk"], lk["qh"], lk["qn"],
-        lk["gs"], lk["ge"], lk["gh"], lk["gn"], lk["itid"], lk["iland"], lk["islot"], figs), nres
+        lk["gs"], lk["ge"], lk["gh"], lk["gn"], lk["itid"], lk["iland"], lk["islot"],
+        np.zeros(G, dtype=np.int64), figs), nres
 
 
 def test_a_prefetch_behind_the_demand_copy_lands_late():
@@ -229,6 +232,31 @@ def test_a_prefetch_never_evicts_what_the_layers_use_and_may_stay_unwaited():
     assert S[0].tolist() == [-1, -1, 3, 2] and t == 4.0 and stall[0] == 0.0
     assert lk["itid"][0, 3] == 0 and np.isnan(lk["iland"][0, 3])  # still in flight, queued
     assert lk["qn"][0] == 1 and lk["qs"][0, 0] == 1.0 and lk["btot"][0] == 4.0
+
+
+@pytest.mark.parametrize("rule,after", [(0, [-1, 3, -1, -1, 4, -1]),
+                                        (1, [2, -1, -1, -1, 3, -1]),
+                                        (2, [-1, 0, -1, -1, 3, -1])])
+def test_the_three_rules_pick_their_victims(rule, after):
+    """One GPU, 2 layers of 3 experts, 2 slots holding keys 1 (loaded first, stamp 0) and 2
+    (stamp 1); the batch uses keys 0, 1 at layer 0 and key 4 at layer 1 (the active set
+    {0, 1, 4}); the prefetch after layer 0 names key 3, which layer 1 does not use.
+
+    Layer 0: key 1 hits, key 0 misses and evicts key 2 (the one resident outside the step): stamp
+    2 (LRU stamps its hit key 1 after it: 3). The prefetch may evict neither key 0 nor key 1
+    (LRU, FIFO: layer 0 computes with them; LIFO: both active): key 3 is skipped. Layer 1: key 4
+    misses and evicts LRU's least recent key 0 (stamp 2 < 3), FIFO's oldest load key 1 (stamp
+    0), LIFO's newest load key 0 (both active: the newest first)."""
+    S = np.array([[-1, 0, 1, -1, -1, -1]], dtype=np.int64)
+    used = np.array([True, True, False, False, True, False])
+    lk = _kernel_state(1, 6)
+    figs = np.zeros((1, len(cp.FIGS)), dtype=np.int64)
+    _iteration(S, np.array([2]), used, np.array([3]), np.array([0, 1, 1]), np.array([1, -1]),
+               np.array([[1.0], [1.0]]), 4, lk, np.zeros(1), figs, rule=rule)
+    f = dict(zip(cp.FIGS, figs[0].tolist()))
+    assert (f["hits"], f["misses"], f["evictions"], f["skipped"], f["prefetched"]) == \
+        (1, 2, 2, 1, 0)
+    assert S[0].tolist() == after  # (LRU: key 1 stamped 3 as layer 0's hit, key 4 then 4)
 
 
 # -- eMoE-L's batched calls -----------------------------------------------------------------------
