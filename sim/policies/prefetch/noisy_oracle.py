@@ -68,6 +68,39 @@ def corrupt(true_ids: np.ndarray, num_experts: int, recall: float, precision: fl
     return np.sort(kept)
 
 
+def corrupt_layers(truth: np.ndarray, recall: float, precision: float, seed: int,
+                   layers: np.ndarray, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`corrupt` of each row of ``truth`` (n, E) bool (row i: the true set of layer
+    ``layers[i]``) at once: ``(ranked, count)``, row i's answer ``ranked[i, :count[i]]``. The
+    same hashes (wrapping uint64 arithmetic, elementwise), the same float operations per row,
+    and the same picks: the kept true experts are the ones with the smallest keep keys, ties
+    by id (``corrupt``'s stable sort of the sorted true ids), as a lexicographic sort by
+    (outside the set, key, id); the false ones alike among the others."""
+    t = np.asarray(truth, dtype=bool)
+    n, E = t.shape
+    h = np.full(n, seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
+    parts = (np.asarray(layers, dtype=np.uint64),
+             np.full(n, key[0] & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64),
+             np.full(n, key[1] & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64))
+    for part in parts:
+        h = _mix(h ^ (part + _G))
+    hs = _mix(h[:, None] ^ (np.arange(2 * E + 2, dtype=np.uint64)[None, :] * _G))  # (n, 2E+2)
+    u = (hs[:, 2 * E:] >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # (n, 2)
+    s = t.sum(axis=1)
+    kept_n = np.minimum(s, np.floor(recall * s + u[:, 0]).astype(np.int64))
+    ids = np.broadcast_to(np.arange(E), (n, E))
+    pick = np.zeros((n, E), dtype=bool)
+    rows = np.arange(n)[:, None]
+    order = np.lexsort((ids, hs[:, :E], ~t), axis=-1)  # the true ids first, by key then id
+    pick[rows, order] = np.arange(E)[None, :] < kept_n[:, None]
+    if precision < 1.0:
+        false_n = np.where(kept_n > 0, np.minimum(
+            E - s, np.floor(kept_n * (1.0 - precision) / precision + u[:, 1]).astype(np.int64)), 0)
+        order = np.lexsort((ids, hs[:, E:2 * E], t), axis=-1)  # the others first
+        pick[rows, order] |= np.arange(E)[None, :] < false_n[:, None]
+    return np.argsort(~pick, axis=1, kind="stable"), pick.sum(axis=1)
+
+
 @dataclass(frozen=True)
 class NoisyOracleConfig:
     recall: float = 1.0  # expected share of the true next-layer experts predicted
@@ -99,17 +132,17 @@ class NoisyOracle(TraceOracle):
             return None
         L, E = self.num_layers, self.num_experts
         u = np.asarray(used, dtype=bool).reshape(L, E)
-        rows = self._batch
-        key = (int(rows[0]) if len(rows) else 0, len(rows))
         ranked = np.zeros((L, E), dtype=np.int64)
         n = np.zeros(L, dtype=np.int64)
-        exact = self.recall == 1.0 and self.precision == 1.0
-        for l in range(L - 1):
-            ids = np.flatnonzero(u[l + 1])
-            got = ids if exact else corrupt(ids, E, self.recall, self.precision, self.seed,
-                                            l + 1, key)
-            ranked[l, :len(got)] = got
-            n[l] = len(got)
+        if L > 1:
+            if self.recall == 1.0 and self.precision == 1.0:
+                ranked[:-1] = np.argsort(~u[1:], axis=1, kind="stable")
+                n[:-1] = u[1:].sum(axis=1)
+            else:
+                rows = self._batch
+                key = (int(rows[0]) if len(rows) else 0, len(rows))
+                ranked[:-1], n[:-1] = corrupt_layers(u[1:], self.recall, self.precision,
+                                                     self.seed, np.arange(1, L), key)
         return ranked, n
 
     def next_layer(self, ctx: PrefetchContext, layer: int, experts: np.ndarray) -> np.ndarray:

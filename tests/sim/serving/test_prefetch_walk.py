@@ -314,3 +314,23 @@ def test_oracles_batched_calls_equal_the_layer_by_layer_calls(name, args, E):
         want = [pol.next_layer(ctx, l, np.flatnonzero(used[l])).tolist() for l in range(L)]
         ranked, n = pol.next_layers(ctx, used)
         assert [ranked[l, :n[l]].tolist() for l in range(L)] == want
+
+
+@pytest.mark.parametrize("recall,precision", [(1.0, 1.0), (0.8, 0.8), (0.3, 1.0), (1.0, 0.2),
+                                              (0.0, 0.5), (0.55, 0.05)])
+def test_noisy_corruption_of_every_layer_at_once_equals_one_layer_at_a_time(recall, precision):
+    """``corrupt_layers`` picks what ``corrupt`` picks, row by row: empty, full and partial true
+    sets, 1 to 70 experts, several steps."""
+    from sim.policies.prefetch.noisy_oracle import corrupt, corrupt_layers
+
+    rng = np.random.default_rng(int(recall * 100 + precision * 10))
+    for E in (1, 2, 8, 64, 70):
+        truth = rng.random((9, E)) < rng.uniform(0, 1, size=(9, 1))
+        truth[0] = False
+        truth[1] = True
+        layers = rng.integers(0, 60, size=9)
+        key = (int(rng.integers(0, 10**6)), int(rng.integers(0, 5000)))
+        ranked, n = corrupt_layers(truth, recall, precision, 7, layers, key)
+        for i in range(9):
+            want = corrupt(np.flatnonzero(truth[i]), E, recall, precision, 7, int(layers[i]), key)
+            assert ranked[i, :n[i]].tolist() == want.tolist()
