@@ -1,9 +1,9 @@
 """A replica's iteration with a next-layer prefetch, compiled (numba): the caches' decisions (LRU,
-FIFO, LIFO; each layer's step, then the prefetch's ``insert`` for the layer it targets), the
+FIFO, LIFO, LFU; each layer's step, then the prefetch's ``insert`` for the layer it targets), the
 host links' demand and prefetch copies, the waits for prefetched keys still in flight and the
 layers' time, layer after layer, as the general walk does them with the objects
 (:meth:`sim.serving.walk.LayerWalk.iteration` with :class:`~sim.policies.cache.lru.LRUCache`,
-``FIFOCache``, ``LIFOBufferingCache``,
+``FIFOCache``, ``LIFOBufferingCache``, ``LFUCache``,
 :meth:`sim.serving.prediction.Prediction.prefetch_keys` / ``issue``,
 :meth:`sim.serving.layer_timing.LayerTiming.time_layers` / ``wait_prefetched`` and
 :class:`sim.serving.link.Link`): the same decisions and the same float operations in the same
@@ -19,7 +19,8 @@ A prefetched key's wait (:func:`_finish`) serves the link's prefetch queue up to
 ends do not depend on which key of a layer is waited for first.
 
 State per GPU ``g`` (its home keys by local index ``h``, increasing key order): LRU's recency
-or FIFO's / LIFO's load stamps ``S[g, h]`` (-1: not resident; the store's,
+or FIFO's / LIFO's load stamps ``S[g, h]`` (-1: not resident; LFU's uses and last step beside
+them, ``C``, ``T``; the store's,
 :class:`sim.serving.lru_arrays.StampStore`, :class:`sim.serving.step_arrays.StepStore`);
 the link's demand clock (``lt``: the last demand copy's start, ``solo`` its bytes), prefetch
 clock ``pt``, next transfer id, byte total; its prefetch queue from ``qh`` to ``qn`` (id, bytes
@@ -84,12 +85,13 @@ def _serve_queue(g, until, horizon, bw, pt, qb, qs, qk, qh, qn, gs, ge, gh, gn, 
 
 
 @njit(cache=True)
-def _victims(S, g, hi, skip, used, hkey, rule, n, out):  # pragma: no cover - compiled
+def _victims(S, C, T, g, hi, skip, used, hkey, rule, n, out):  # pragma: no cover - compiled
     """The ``n`` victims ``_victims`` picks among GPU ``g``'s resident keys (local indices below
     ``hi``) not marked in ``skip`` (there are at least ``n``), into ``out[:n]`` in eviction
     order, each then marked in ``skip``: LRU and FIFO (``rule`` 0, 1) the smallest stamps (the
     least recent use, the oldest load); LIFO (2) the keys outside the iteration's active set
-    (its keys, ``used``) first, then the active ones, each the newest load first."""
+    (its keys, ``used``) first, then the active ones, each the newest load first; LFU (3) the
+    fewest uses ``C``, then the oldest last use ``T``, then the smallest id."""
     for j in range(n):
         best = -1
         bs = np.int64(0)
@@ -102,6 +104,10 @@ def _victims(S, g, hi, skip, used, hkey, rule, n, out):  # pragma: no cover - co
                 a = used[hkey[g, h]]
                 if best < 0 or (bact and not a) or (a == bact and s > bs):
                     best, bs, bact = h, s, a
+            elif rule == 3:
+                if best < 0 or C[g, h] < C[g, best] or (C[g, h] == C[g, best] and
+                                                         T[g, h] < T[g, best]):
+                    best = h
             elif best < 0 or s < bs:
                 best, bs = h, s
         out[j] = best
@@ -109,13 +115,15 @@ def _victims(S, g, hi, skip, used, hkey, rule, n, out):  # pragma: no cover - co
 
 
 @njit(cache=True)
-def prefetch_iteration(rule, S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, scap,
+def prefetch_iteration(rule, S, C, T, step0, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, scap,
                        t, attn, gate, pf_cost, a2a, comp, eb, stall,
                        lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn, gs, ge, gh, gn,
                        itid, iland, islot, icnt, figs):  # pragma: no cover - compiled
     """One iteration of a replica's G GPUs over L layers (see the module doc); returns when the
     next iteration may start and the stamp clock. ``rule``: the caches' (0 LRU, recency stamps;
-    1 FIFO, 2 LIFO with Huang et al.'s active set, load stamps: a hit is not stamped).
+    1 FIFO, 2 LIFO with Huang et al.'s active set, load stamps: a hit is not stamped; 3 LFU:
+    ``S`` marks the resident keys, ``C``, ``T`` (G, H) each key's uses and last step, a layer
+    ``l``'s step being ``step0 + l``).
     ``hkey`` (G, H): each local index's key (-1: padding), ``loc`` (G, L*E) each key's local
     index (-1: not held); ``lo`` (G, L+1): each layer's first local index; ``used`` (L*E,) the
     keys the batch uses (LIFO's active set); the predictions ``pk[po[l]:po[l + 1]]`` (keys of
@@ -178,7 +186,7 @@ def prefetch_iteration(rule, S, nres, cap, clock, hkey, loc, lo, used, pk, po, p
                 if n_ev > 0:
                     for h in range(a, b):
                         skip[h] = row[g, h]
-                    _victims(S, g, lo[g, L], skip, used, hkey, rule, n_ev, vic)
+                    _victims(S, C, T, g, lo[g, L], skip, used, hkey, rule, n_ev, vic)
                     for j in range(n_ev):
                         S[g, vic[j]] = -1
                     for h in range(lo[g, L]):
@@ -200,6 +208,11 @@ def prefetch_iteration(rule, S, nres, cap, clock, hkey, loc, lo, used, pk, po, p
                         continue
                     S[g, h] = clock
                     clock += 1
+            if rule == 3:  # LFU: every key of the step one use more (streamed ones too)
+                for h in range(a, b):
+                    if row[g, h]:
+                        C[g, h] += 1
+                        T[g, h] = step0 + l
             if nres[g] > peak[g]:
                 peak[g] = nres[g]
         # -- the layer's time (LayerTiming.time_layers, one layer)
@@ -310,7 +323,7 @@ def prefetch_iteration(rule, S, nres, cap, clock, hkey, loc, lo, used, pk, po, p
                         n_ev = n_cand
                     keep = room + n_ev
                     if n_ev > 0:
-                        _victims(S, g, lo[g, L], skip, used, hkey, rule, n_ev, vic)
+                        _victims(S, C, T, g, lo[g, L], skip, used, hkey, rule, n_ev, vic)
                         for j in range(n_ev):
                             S[g, vic[j]] = -1
                 for h in range(lo[g, L]):

@@ -6,10 +6,9 @@ objects, the prefetch's ``insert`` and :class:`sim.serving.link.Link` (about 12 
 of the Azure preset with ``emoe_l``, against 0.3 ms without prefetch).
 
 The case: a next-layer prefetch policy (not one that weighs the link's state, ``learned_next``),
-copies that overlap compute (not in line), LRU, FIFO or LIFO caches in their array form on
-every GPU of the replica (:class:`sim.serving.lru_arrays.StampStore`,
-:class:`sim.serving.step_arrays.FifoStore`, :class:`~sim.serving.step_arrays.LifoStore`; LFU's
-counts stay on the objects), finite host links, no host experts,
+copies that overlap compute (not in line), LRU, FIFO, LIFO or LFU caches in their array form
+on every GPU of the replica (:class:`sim.serving.lru_arrays.StampStore`,
+:class:`sim.serving.step_arrays.FifoStore`, ``LifoStore``, ``LfuStore``), finite host links, no host experts,
 no recording, no cache log, no per-copy overhead or layer streaming, no per-layer slots, and an
 all-to-all on links the replica does not share. :meth:`PrefetchWalk.run` checks what varies
 per iteration before it changes anything and returns None where the general walk must run.
@@ -35,11 +34,12 @@ import numpy as np
 from sim.common.errors import MoesimError
 from sim.serving.lru_arrays import StampStore, _rows_to_arrays
 from sim.serving.state import ReplicaState
-from sim.serving.step_arrays import FifoStore, LifoStore
+from sim.serving.step_arrays import FifoStore, LfuStore, LifoStore
 
 #: the array stores this walk serves, by the kernel's rule code (LRU's recency stamps; FIFO's and
-#: LIFO's load stamps: :func:`sim.serving.compiled_prefetch.prefetch_iteration`)
-RULES: dict[type, int] = {StampStore: 0, FifoStore: 1, LifoStore: 2}
+#: LIFO's load stamps; LFU's uses and last steps:
+#: :func:`sim.serving.compiled_prefetch.prefetch_iteration`)
+RULES: dict[type, int] = {StampStore: 0, FifoStore: 1, LifoStore: 2, LfuStore: 3}
 
 
 def prefetch_applies(walk: Any) -> bool:
@@ -60,6 +60,7 @@ class PrefetchWalk:
         self.walk, self.kern, self.cp = walk, kern, compiled_prefetch
         self.E, self.L = walk.plan.E, walk.plan.L
         self._homes: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
+        self._none = np.zeros((0, 0), dtype=np.int64)  # (LFU's uses and last steps elsewhere)
 
     def _layout(self, store: Any) -> tuple[np.ndarray, np.ndarray]:
         """A store's home keys by local index (G, H), -1 past a GPU's own, and each layer's first
@@ -162,8 +163,10 @@ class PrefetchWalk:
         icnt = np.zeros(G, dtype=np.int64)
         scap = np.array([st.capacity for st in states], dtype=np.int64)
         used = used_flat if used_flat.dtype == np.bool_ else used_flat.astype(bool)
+        C, T = (store.C, store.T) if rule == 3 else (self._none, self._none)
         t, clock = cp.prefetch_iteration(
-            rule, store.S, store.nres, store.cap, store.clock, hkey, loc, lo, used, pk, po, ptl, scap,
+            rule, store.S, C, T, rep.step - L, store.nres, store.cap, store.clock, hkey, loc, lo,
+            used, pk, po, ptl, scap,
             t, attn, gate, pf_cost, a2a, np.ascontiguousarray(comp_arr, dtype=np.float64),
             walk.timing.eb, stall_a, lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn,
             gs, ge, gh, gn, itid, iland, islot, icnt, figs)

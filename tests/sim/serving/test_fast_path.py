@@ -85,10 +85,9 @@ def test_every_policy_same_metrics(cache, prefetch, shape):
     assert j_fast == j_slow
     form = array_form(CACHE.get(cache))
     assert (form is not None) == (cache in ARRAYS)
-    # a next-layer prefetch walks layer by layer through the objects: no array store, but for
-    # the stamps the compiled prefetch walk serves (sim/serving/prefetch_walk.py: not LFU's)
-    arrays = form is not None and (not PREFETCH.get(prefetch).predicts_next_layer
-                                   or cache != "lfu")
+    # a next-layer prefetch is served by the compiled prefetch walk on the array forms too
+    # (sim/serving/prefetch_walk.py)
+    arrays = form is not None
     assert (s_fast.replicas[0].stamps is not None) == arrays
     assert all(isinstance(st.cache, ArrayMode) == arrays for r in s_fast.replicas
                for st in r.states if st.cache is not None)

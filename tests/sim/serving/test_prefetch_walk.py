@@ -58,7 +58,7 @@ def _both(make, monkeypatch, **kw):
     return s_fast, j_fast, j_slow, taken
 
 
-@pytest.mark.parametrize("cache", ["lru", "fifo", "lifo"])
+@pytest.mark.parametrize("cache", ["lru", "fifo", "lifo", "lfu"])
 @pytest.mark.parametrize("prefetch", NEXT)
 @pytest.mark.parametrize("shape", ["ep4", "ep1", "eplb", "tight"])
 def test_next_layer_policies_same_metrics(cache, prefetch, shape, monkeypatch):
@@ -99,7 +99,7 @@ def scenarios(draw):
                 fault=draw(st.booleans()), fault_gpu=draw(st.integers(0, gpus - 1)),
                 eplb=draw(st.booleans()), tokens=draw(st.integers(2, 9)),
                 prefetch=draw(st.sampled_from(NEXT)), lead=draw(st.integers(1, 2)),
-                cache=draw(st.sampled_from(["lru", "fifo", "lifo"])),
+                cache=draw(st.sampled_from(["lru", "fifo", "lifo", "lfu"])),
                 bw=draw(st.sampled_from([200.0, 2000.0, 20000.0])))
 
 
@@ -147,7 +147,7 @@ def _kernel_state(G: int, H: int, QC: int = 8, GC: int = 8) -> dict:
                 iland=np.full((G, H), np.nan), islot=np.zeros((G, H), dtype=np.int64))
 
 
-def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs, rule=0):
+def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs, rule=0, C=None, T=None):
     G, H = S.shape
     L = len(ptl)
     E = len(used) // L
@@ -156,8 +156,10 @@ def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs, rule=0):
     lo = (np.arange(L + 1, dtype=np.int64) * E)[None, :].repeat(G, 0)
     nres = (S >= 0).sum(axis=1)
     clock = int(S.max()) + 1  # (the next stamp)
+    C = np.zeros_like(S) if C is None else C
+    T = np.full_like(S, -1) if T is None else T
     return cp.prefetch_iteration(
-        rule, S, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, cap, 0.0, 1.0, 0.0, 0.0,
+        rule, S, C, T, 10, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, cap, 0.0, 1.0, 0.0, 0.0,
         np.zeros(L), comp, eb, stall, lk["lat"], lk["bw"], lk["lt"], lk["solo"], lk["pt"],
         lk["nid"], lk["btot"], lk["qt"], lk["qb"], lk["qs"], lk["qk"], lk["qh"], lk["qn"],
         lk["gs"], lk["ge"], lk["gh"], lk["gn"], lk["itid"], lk["iland"], lk["islot"],
@@ -236,8 +238,9 @@ def test_a_prefetch_never_evicts_what_the_layers_use_and_may_stay_unwaited():
 
 @pytest.mark.parametrize("rule,after", [(0, [-1, 3, -1, -1, 4, -1]),
                                         (1, [2, -1, -1, -1, 3, -1]),
-                                        (2, [-1, 0, -1, -1, 3, -1])])
-def test_the_three_rules_pick_their_victims(rule, after):
+                                        (2, [-1, 0, -1, -1, 3, -1]),
+                                        (3, [-1, 0, -1, -1, 3, -1])])
+def test_the_four_rules_pick_their_victims(rule, after):
     """One GPU, 2 layers of 3 experts, 2 slots holding keys 1 (loaded first, stamp 0) and 2
     (stamp 1); the batch uses keys 0, 1 at layer 0 and key 4 at layer 1 (the active set
     {0, 1, 4}); the prefetch after layer 0 names key 3, which layer 1 does not use.
@@ -246,17 +249,21 @@ def test_the_three_rules_pick_their_victims(rule, after):
     2 (LRU stamps its hit key 1 after it: 3). The prefetch may evict neither key 0 nor key 1
     (LRU, FIFO: layer 0 computes with them; LIFO: both active): key 3 is skipped. Layer 1: key 4
     misses and evicts LRU's least recent key 0 (stamp 2 < 3), FIFO's oldest load key 1 (stamp
-    0), LIFO's newest load key 0 (both active: the newest first)."""
+    0), LIFO's newest load key 0 (both active: the newest first), LFU's key 0 (keys 0 and 1
+    both used once, at step 10: the smaller id)."""
     S = np.array([[-1, 0, 1, -1, -1, -1]], dtype=np.int64)
     used = np.array([True, True, False, False, True, False])
     lk = _kernel_state(1, 6)
     figs = np.zeros((1, len(cp.FIGS)), dtype=np.int64)
+    C, T = np.zeros_like(S), np.full_like(S, -1)
     _iteration(S, np.array([2]), used, np.array([3]), np.array([0, 1, 1]), np.array([1, -1]),
-               np.array([[1.0], [1.0]]), 4, lk, np.zeros(1), figs, rule=rule)
+               np.array([[1.0], [1.0]]), 4, lk, np.zeros(1), figs, rule=rule, C=C, T=T)
     f = dict(zip(cp.FIGS, figs[0].tolist()))
     assert (f["hits"], f["misses"], f["evictions"], f["skipped"], f["prefetched"]) == \
         (1, 2, 2, 1, 0)
     assert S[0].tolist() == after  # (LRU: key 1 stamped 3 as layer 0's hit, key 4 then 4)
+    if rule == 3:
+        assert C[0].tolist() == [1, 1, 0, 0, 1, 0] and T[0].tolist() == [10, 10, -1, -1, 11, -1]
 
 
 # -- eMoE-L's batched calls -----------------------------------------------------------------------
