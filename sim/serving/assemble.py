@@ -39,7 +39,7 @@ from sim.serving.batching import Batcher
 from sim.serving.binding import Binding, RoutingPool
 from sim.serving.cache_log import CacheLog
 from sim.serving.link import Link
-from sim.serving.lru_arrays import StampStore, array_form
+from sim.serving.lru_arrays import KeepStore, StampStore, array_form
 from sim.serving.plan import ClusterPlan, check_config
 from sim.serving.prefetch_walk import RULES, prefetch_applies
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
@@ -122,9 +122,10 @@ class World:
         # tokens) imports the kernels at its second iteration: they pay back numba's import and
         # loading (~0.5 s) anyway, and 2,047 iterations of numpy (~0.4 ms each) are saved; the
         # first iteration starts before the import. The batcher's kernels with the walk's. With a
-        # next-layer prefetch on stamps (~12 ms an iteration through the objects) at once.
+        # next-layer prefetch on stamps (~12 ms an iteration through the objects), or eMoE's
+        # keep_predicted (its steps only compiled), at once.
         if int(self.req.output.sum()) >= COMPILE_AFTER * cfg.serving.max_batch_requests or \
-                (self.arrays and pf_fast):
+                (self.arrays and pf_fast and (self.walk.pred.pf_next or form[0] is KeepStore)):
             self.walk.compile_after = min(self.walk.compile_after, 2)
         self.batcher.compile_after = self.walk.compile_after
         self._store_cls, self._array_cache_cls = form if self.arrays else (None, None)

@@ -1,21 +1,23 @@
-"""A replica's iteration with a next-layer prefetch, compiled (numba): the caches' decisions (LRU,
-FIFO, LIFO, LFU; each layer's step, then the prefetch's ``insert`` for the layer it targets), the
-host links' demand and prefetch copies, the waits for prefetched keys still in flight and the
-layers' time, layer after layer, as the general walk does them with the objects
-(:meth:`sim.serving.walk.LayerWalk.iteration` with :class:`~sim.policies.cache.lru.LRUCache`,
-``FIFOCache``, ``LIFOBufferingCache``, ``LFUCache``,
-:meth:`sim.serving.prediction.Prediction.prefetch_keys` / ``issue``,
+"""A replica's iteration with a next-layer prefetch, compiled (numba): the caches' decisions
+(LRU, FIFO, LIFO, LFU, eMoE's keep_predicted; each layer's step, then the prefetch's ``insert``
+for the layer it targets), the host links' demand and prefetch copies, the waits for prefetched
+keys still in flight and the layers' time, layer after layer, as the general walk does them with
+the objects (:meth:`sim.serving.walk.LayerWalk.iteration` with
+:class:`~sim.policies.cache.lru.LRUCache`, ``FIFOCache``, ``LIFOBufferingCache``, ``LFUCache``,
+``KeepPredictedCache``, :meth:`sim.serving.prediction.Prediction.prefetch_keys` / ``issue``,
 :meth:`sim.serving.layer_timing.LayerTiming.time_layers` / ``wait_prefetched`` and
 :class:`sim.serving.link.Link`): the same decisions and the same float operations in the same
 order, so the same bytes (tests/sim/serving/test_prefetch_walk.py). The predictions come in
-(the policy runs in Python, :meth:`~sim.serving.prediction.Prediction.next_layer_plan`);
-:mod:`sim.serving.prefetch_walk` packs the state in and out.
+(the policy runs in Python, :meth:`~sim.serving.prediction.Prediction.next_layer_plan`; none
+without a next-layer policy: the kernel then serves the steps of an iteration with prefetched
+keys in flight, or keep_predicted's); :mod:`sim.serving.prefetch_walk` packs the state in and
+out.
 
 Why the order may differ from the objects' where it does. A layer's decisions never read a
 time, and its prefetch decisions (after its step) read no state its timing changes, so each
 layer is: every GPU's step, the layer's time, every GPU's prefetch and the copies it issues, as
 the walk's lazy decisions interleave with its timing. GPUs share nothing but the layer's end.
-A prefetched key's wait (:func:`_finish`) serves the link's prefetch queue up to its copy: the
+A prefetched key's wait (:func:`_serve_queue`) serves the link's prefetch queue up to its copy: the
 ends do not depend on which key of a layer is waited for first.
 
 State per GPU ``g`` (its home keys by local index ``h``, increasing key order): LRU's recency
@@ -115,7 +117,7 @@ def _victims(S, C, T, g, hi, skip, used, hkey, rule, n, out):  # pragma: no cove
 
 
 @njit(cache=True)
-def prefetch_iteration(rule, S, C, T, step0, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, scap,
+def prefetch_iteration(rule, S, C, T, pin, step0, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, scap,
                        t, attn, gate, pf_cost, a2a, comp, eb, stall,
                        lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn, gs, ge, gh, gn,
                        itid, iland, islot, icnt, figs):  # pragma: no cover - compiled
@@ -123,7 +125,8 @@ def prefetch_iteration(rule, S, C, T, step0, nres, cap, clock, hkey, loc, lo, us
     next iteration may start and the stamp clock. ``rule``: the caches' (0 LRU, recency stamps;
     1 FIFO, 2 LIFO with Huang et al.'s active set, load stamps: a hit is not stamped; 3 LFU:
     ``S`` marks the resident keys, ``C``, ``T`` (G, H) each key's uses and last step, a layer
-    ``l``'s step being ``step0 + l``).
+    ``l``'s step being ``step0 + l``; 4 eMoE's keep_predicted: LRU whose resident keys marked
+    in ``pin`` (G, H), the predicted set, are no victims of a step or a prefetch).
     ``hkey`` (G, H): each local index's key (-1: padding), ``loc`` (G, L*E) each key's local
     index (-1: not held); ``lo`` (G, L+1): each layer's first local index; ``used`` (L*E,) the
     keys the batch uses (LIFO's active set); the predictions ``pk[po[l]:po[l + 1]]`` (keys of
@@ -179,6 +182,10 @@ def prefetch_iteration(rule, S, C, T, step0, nres, cap, clock, hkey, loc, lo, us
             if nm > room:
                 n_ev = nm - room
                 n_cand = nres[g] - (n - nm)
+                if rule == 4:  # (pinned resident keys outside the step are no victims)
+                    for h in range(lo[g, L]):
+                        if pin[g, h] and S[g, h] >= 0 and not (a <= h < b and row[g, h]):
+                            n_cand -= 1
                 if n_ev > n_cand:
                     figs[g, 2] += n_ev - n_cand
                     n_ev = n_cand
@@ -186,6 +193,9 @@ def prefetch_iteration(rule, S, C, T, step0, nres, cap, clock, hkey, loc, lo, us
                 if n_ev > 0:
                     for h in range(a, b):
                         skip[h] = row[g, h]
+                    if rule == 4:
+                        for h in range(lo[g, L]):
+                            skip[h] = skip[h] or pin[g, h]
                     _victims(S, C, T, g, lo[g, L], skip, used, hkey, rule, n_ev, vic)
                     for j in range(n_ev):
                         S[g, vic[j]] = -1
@@ -204,7 +214,7 @@ def prefetch_iteration(rule, S, C, T, step0, nres, cap, clock, hkey, loc, lo, us
                         if k >= keep:
                             continue  # (streamed through: not kept)
                         k += 1
-                    elif rule != 0:
+                    elif rule != 0 and rule != 4:
                         continue
                     S[g, h] = clock
                     clock += 1
@@ -306,12 +316,17 @@ def prefetch_iteration(rule, S, C, T, step0, nres, cap, clock, hkey, loc, lo, us
                     if nres[g] > peak[g]:
                         peak[g] = nres[g]
                     continue
-                nheld = 0  # (LIFO: every active key the GPU holds)
+                nheld = 0  # (LIFO: every active key the GPU holds; keep_predicted: its pins)
                 for h in range(0 if rule == 2 else lo[g, l], lo[g, L] if rule == 2 else
                                lo[g, tl + 1]):
                     if used[hkey[g, h]] and S[g, h] >= 0:
                         skip[h] = True
                         nheld += 1
+                if rule == 4:
+                    for h in range(lo[g, L]):
+                        if pin[g, h] and S[g, h] >= 0 and not skip[h]:
+                            skip[h] = True
+                            nheld += 1
                 room = cap[g] - nres[g]
                 n_ev = 0
                 keep = todo

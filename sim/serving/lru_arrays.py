@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from sim.policies.base import CachePolicy
+from sim.policies.cache.keep_predicted import KeepPredictedCache
 from sim.policies.cache.lru import LRUCache
 from sim.serving.row_store import RowStore
 from sim.serving.step_arrays import (
@@ -117,6 +118,21 @@ class StampedLRU(OrderedArrayMode, LRUCache):
     the two modes are :class:`sim.serving.step_arrays.ArrayMode`'s)."""
 
 
+class KeepStore(StampStore):
+    """eMoE's keep_predicted caches as recency stamps: LRU's state, but a step may not evict a
+    pinned (predicted) key, so the iteration is never served at once here (``serve``: None);
+    the compiled walk serves it step by step (sim/serving/prefetch_walk.py), the pins read from
+    each cache's ``pinned``."""
+
+    def serve(self, used_flat: np.ndarray, step0: int, kern: Any = None) -> np.ndarray | None:
+        return None
+
+
+class StampedKeepPredicted(OrderedArrayMode, KeepPredictedCache):
+    """A :class:`KeepPredictedCache` whose recency order may live in a :class:`KeepStore` row
+    (its predicted set stays on the object)."""
+
+
 #: the array forms a cache policy may declare (``CachePolicy.array_form``) -> (the store of a
 #: replica's GPUs, the cache class whose state lives in it): LRU's recency stamps, FIFO's and
 #: LIFO's load stamps, LFU's counts (sim/serving/step_arrays.py)
@@ -125,6 +141,7 @@ ARRAY_FORMS: dict[str, tuple[type, type[ArrayMode]]] = {
     "fifo_stamps": (FifoStore, StampedFIFO),
     "lifo_stamps": (LifoStore, StampedLIFO),
     "lfu_counts": (LfuStore, CountedLFU),
+    "keep_stamps": (KeepStore, StampedKeepPredicted),
 }
 
 

@@ -77,6 +77,7 @@ class Prediction:
         self.cache_uses_prediction = cache_cls.uses_prediction
         #: GPU id -> the predicted set last loaded there by a request prefetch (once per prediction)
         self._loaded: dict[int, tuple[Any, list[int]]] = {}  # (the cache, its keys)
+        self._plan_cache: tuple | None = None  # (the last plan's keys, as arrays: _plan_arrays)
 
     def cost_s(self) -> float:
         """Seconds one prediction call costs per layer (charged when a prefetch policy predicts)."""
@@ -136,7 +137,13 @@ class Prediction:
         n = 0
         # the policy's batched form, where it is the only observer (no other's calls interleave)
         batch = self.prefetch.next_layers(rep.ctx, used_flat.reshape(L, E)) \
-            if all(p is self.prefetch for p in self.observers) else None
+            if (self.pf_next or self.observers) and \
+            all(p is self.prefetch for p in self.observers) else None
+        if not self.pf_next:  # (no guesses: the observers learn each layer, as decide() has it)
+            if batch is None:
+                for l in range(L) if self.observers else ():
+                    self.observe(rep, l, used_flat)
+            return np.zeros(0, dtype=np.int64), offs, target
         if batch is not None:  # layer l's guess: ranked[l, :n[l]], for layer l + d
             ranked, cnt = batch
             cnt = np.where(np.arange(L) + d < L, np.asarray(cnt, dtype=np.int64), 0)
@@ -323,6 +330,7 @@ class Prediction:
                                   prompt_tokens=int(r.prompt[i]), request_index=i)
             pred_plan = self.predictor.on_request(ctx)
         plan_keys = self._plan_keys(pred_plan)
+        fitted: dict[int, list[int]] = {}  # GPU -> its fitted set (the same for both uses)
         for st in rep.states:
             cache = st.cache
             if cache is None:
@@ -332,7 +340,7 @@ class Prediction:
                     self.log.add(st.gpu, "begin", i)
                 cache.begin_request(i)
             if self.cache_uses_prediction and self.predictor is not None:
-                keys = self._predicted_keys(st, plan_keys)
+                keys = fitted[st.gpu] = self._predicted_keys(st, plan_keys)
                 if self.log is not None:
                     self.log.add(st.gpu, "predict", 0, keys)
                 cache.set_predicted(keys)
@@ -342,7 +350,9 @@ class Prediction:
                 cache = st.cache
                 if cache is None:
                     continue
-                keys = self._predicted_keys(st, plan_keys)
+                keys = fitted.get(st.gpu)
+                if keys is None:
+                    keys = self._predicted_keys(st, plan_keys)
                 if not keys or self._loaded.get(st.gpu) == (cache, keys):
                     continue  # nothing predicted, or this prediction is loaded already
                 self._loaded[st.gpu] = (cache, keys)
@@ -369,13 +379,27 @@ class Prediction:
         its slots; with one cache per layer this is the replay's rule (each layer's first C).
         ``plan_keys``: :meth:`_plan_keys`."""
         keys, ends = plan_keys
-        held = st.home_mask[keys].tolist() if keys else []
-        per_layer = []
-        a = 0
-        for b in ends:
-            per_layer.append([keys[j] for j in range(a, b) if held[j]])
-            a = b
+        if not keys:
+            return fit_predicted([[] for _ in ends], st.capacity)
+        k, ends_a = self._plan_arrays(plan_keys)
+        held = st.home_mask[k]
+        kept = k[held].tolist()  # the keys the GPU holds, layer after layer
+        csum = np.zeros(len(k) + 1, dtype=np.int64)
+        np.cumsum(held, out=csum[1:])
+        cut = csum[ends_a].tolist()  # ... where each layer's end
+        per_layer = [kept[a:b] for a, b in zip([0, *cut], cut)]
         return fit_predicted(per_layer, st.capacity)
+
+    def _plan_arrays(self, plan_keys: tuple[list[int], list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """A plan's keys and each layer's end in them, as arrays (built once per plan: the
+        replica's GPUs read the same)."""
+        got = self._plan_cache
+        if got is not None and got[0] is plan_keys:
+            return got[1], got[2]
+        keys, ends = plan_keys
+        self._plan_cache = (plan_keys, np.asarray(keys, dtype=np.int64),
+                            np.asarray(ends, dtype=np.int64))
+        return self._plan_cache[1], self._plan_cache[2]
 
 
 def compute_start(link: Link, after: float, gate: float) -> float:

@@ -32,21 +32,21 @@ from typing import Any
 import numpy as np
 
 from sim.common.errors import MoesimError
-from sim.serving.lru_arrays import StampStore, _rows_to_arrays
+from sim.serving.lru_arrays import KeepStore, StampStore, _rows_to_arrays
 from sim.serving.state import ReplicaState
 from sim.serving.step_arrays import FifoStore, LfuStore, LifoStore
 
 #: the array stores this walk serves, by the kernel's rule code (LRU's recency stamps; FIFO's and
 #: LIFO's load stamps; LFU's uses and last steps:
 #: :func:`sim.serving.compiled_prefetch.prefetch_iteration`)
-RULES: dict[type, int] = {StampStore: 0, FifoStore: 1, LifoStore: 2, LfuStore: 3}
+RULES: dict[type, int] = {StampStore: 0, FifoStore: 1, LifoStore: 2, LfuStore: 3, KeepStore: 4}
 
 
 def prefetch_applies(walk: Any) -> bool:
     """Whether the run's static setup is the case of the module (the replica's caches are
     checked per iteration: :meth:`PrefetchWalk.run`)."""
     pred, timing, plan = walk.pred, walk.timing, walk.plan
-    return bool(pred.pf_next and not pred.pf_weighs and not pred.inline and walk.host is None
+    return bool(not pred.pf_weighs and not pred.inline and walk.host is None
                 and walk.log is None and not timing.pad_bytes and timing.stream is None
                 and timing.eb > 0 and not plan.layer_slots)
 
@@ -61,6 +61,8 @@ class PrefetchWalk:
         self.E, self.L = walk.plan.E, walk.plan.L
         self._homes: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
         self._none = np.zeros((0, 0), dtype=np.int64)  # (LFU's uses and last steps elsewhere)
+        self._nopin = np.zeros((0, 0), dtype=np.bool_)
+        self._pin: dict[int, tuple[Any, list, np.ndarray]] = {}  # store id -> its pins, as a mask
 
     def _layout(self, store: Any) -> tuple[np.ndarray, np.ndarray]:
         """A store's home keys by local index (G, H), -1 past a GPU's own, and each layer's first
@@ -77,6 +79,23 @@ class PrefetchWalk:
             lo[g] = np.searchsorted(h, bounds)
         self._homes[id(store)] = (store, hkey, lo)
         return hkey, lo
+
+    def _pins(self, store: Any, states: list) -> np.ndarray:
+        """keep_predicted's pinned keys (each cache's predicted set) as a (G, H) mask of the
+        store's local indices, rebuilt when a cache's set is another object (``set_predicted``
+        assigns a new frozenset)."""
+        sets = [st.cache.pinned for st in states]
+        got = self._pin.get(id(store))
+        if got is not None and got[0] is store and all(a is b for a, b in zip(got[1], sets)):
+            return got[2]
+        G, H = store.S.shape
+        pin = np.zeros((G, H), dtype=np.bool_)
+        for g, keys in enumerate(sets):
+            if keys:
+                h = store.loc[g, np.fromiter(keys, dtype=np.int64, count=len(keys))]
+                pin[g, h[h >= 0]] = True
+        self._pin[id(store)] = (store, sets, pin)
+        return pin
 
     def run(self, rep: ReplicaState, used_flat: np.ndarray, comp_arr: np.ndarray,
             gaps: tuple[float, float, float, Any], stall: list[float], t: float) -> float | None:
@@ -164,8 +183,9 @@ class PrefetchWalk:
         scap = np.array([st.capacity for st in states], dtype=np.int64)
         used = used_flat if used_flat.dtype == np.bool_ else used_flat.astype(bool)
         C, T = (store.C, store.T) if rule == 3 else (self._none, self._none)
+        pin = self._pins(store, states) if rule == 4 else self._nopin
         t, clock = cp.prefetch_iteration(
-            rule, store.S, C, T, rep.step - L, store.nres, store.cap, store.clock, hkey, loc, lo,
+            rule, store.S, C, T, pin, rep.step - L, store.nres, store.cap, store.clock, hkey, loc, lo,
             used, pk, po, ptl, scap,
             t, attn, gate, pf_cost, a2a, np.ascontiguousarray(comp_arr, dtype=np.float64),
             walk.timing.eb, stall_a, lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn,

@@ -25,6 +25,9 @@ from sim.policies.cache.lru import LRUCache
 @CACHE.register("keep_predicted")
 class KeepPredictedCache(LRUCache):
     uses_prediction = True
+    #: served as recency stamps beside its pins by the simulator's compiled walk
+    #: (sim/serving/prefetch_walk.py)
+    array_form = "keep_stamps"
 
     @property
     def predicted(self) -> frozenset[int]:

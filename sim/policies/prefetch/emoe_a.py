@@ -65,6 +65,20 @@ class EMoEAPrefetch(PrefetchPolicy):
         ids = np.asarray(experts, dtype=np.int64).reshape(-1)
         self._cur[layer] += np.bincount(ids, minlength=self.num_experts)
 
+    def next_layers(self, ctx: PrefetchContext, used: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``observe`` of every layer of an iteration at once (see the base class): the prompt's
+        counts gain one for each expert a layer used (a layer's experts are distinct: its
+        bincount is the row); no guess for a next layer (it plans requests only)."""
+        L, E = self.num_layers, self.num_experts
+        u = np.asarray(used, dtype=bool).reshape(L, E)
+        if self._cur_id != ctx.request_id:  # (observe's first call of a new prompt)
+            self._close_current()
+            self._cur = np.zeros((L, E), dtype=np.int64)
+            self._cur_id = ctx.request_id
+        self._cur += u
+        return np.zeros((L, 0), dtype=np.int64), np.zeros(L, dtype=np.int64)
+
     def on_request(self, ctx: PrefetchContext) -> dict[int, np.ndarray]:
         if self._cur_id != ctx.request_id:
             self._close_current()

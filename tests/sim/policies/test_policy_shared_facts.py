@@ -20,7 +20,13 @@ from sim.policies.prefetch.emoe_a import EMoEAPrefetch
 from sim.replay.cache import replay_plain
 from sim.replay.placement import evaluate_load
 from sim.serving.binding import bind
-from sim.serving.lru_arrays import StampedLRU, StampStore, array_form
+from sim.serving.lru_arrays import (
+    KeepStore,
+    StampedKeepPredicted,
+    StampedLRU,
+    StampStore,
+    array_form,
+)
 from sim.serving.step_arrays import (
     ArrayMode,
     CountedLFU,
@@ -56,13 +62,17 @@ class _SecondChanceLRU(LRUCache):
 def test_array_form_is_declared_and_never_inherited():
     assert LRUCache.array_form == "stamps"
     assert array_form(LRUCache) == (StampStore, StampedLRU)
-    for cls in (KeepPredictedCache, _SecondChanceLRU, StampedLRU):
+    for cls in (_SecondChanceLRU, StampedLRU):
         assert issubclass(cls, LRUCache)
         assert cls.array_form is None and array_form(cls) is None, cls
+    # keep_predicted declares its own: LRU's stamps beside its pins, which only the compiled
+    # walk serves (sim/serving/prefetch_walk.py)
+    assert array_form(KeepPredictedCache) == (KeepStore, StampedKeepPredicted)
     for cls in (StampedFIFO, StampedLIFO, CountedLFU):  # the array caches declare none either
         assert cls.array_form is None and array_form(cls) is None, cls
     assert {n: CACHE.get(n).array_form for n in CACHE.names() if CACHE.get(n).array_form} == {
-        "lru": "stamps", "fifo": "fifo_stamps", "lifo": "lifo_stamps", "lfu": "lfu_counts"}
+        "lru": "stamps", "fifo": "fifo_stamps", "lifo": "lifo_stamps", "lfu": "lfu_counts",
+        "keep_predicted": "keep_stamps"}
     assert array_form(CACHE.get("fifo")) == (FifoStore, StampedFIFO)
     assert array_form(CACHE.get("lifo")) == (LifoStore, StampedLIFO)
     assert array_form(CACHE.get("lfu")) == (LfuStore, CountedLFU)
@@ -72,7 +82,7 @@ def test_array_form_is_declared_and_never_inherited():
 def test_the_simulator_takes_the_arrays_from_the_flag(cache):
     on = _simulation(cache)
     form = array_form(CACHE.get(cache))
-    assert on.arrays == (form is not None) == (cache in ("lru", "fifo"))
+    assert on.arrays == (form is not None) == (cache in ("lru", "fifo", "keep_predicted"))
     assert all(isinstance(st.cache, form[1] if form else ArrayMode) == (form is not None)
                for st in on.replicas[0].states if st.cache is not None)
     assert not _simulation(cache, arrays=False).arrays

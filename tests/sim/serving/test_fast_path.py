@@ -30,6 +30,8 @@ from sim.world.config import FaultConfig
 ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]
 #: the policies with an array form (sim/serving/lru_arrays.py ARRAY_FORMS)
 ARRAYS = ("lru", "fifo", "lifo", "lfu")
+#: ... and keep_predicted's stamps, which only the compiled walk serves (sim/serving/prefetch_walk.py)
+FORMS = (*ARRAYS, "keep_predicted")
 #: prefetch policies that run without a trained checkpoint or the future
 PREFETCHES = ["none", "emoe_a", "emoe_l", "emoe_task", "similarity"]
 
@@ -84,7 +86,7 @@ def test_every_policy_same_metrics(cache, prefetch, shape):
     s_fast, j_fast, _, j_slow = _both(make, seed=3)
     assert j_fast == j_slow
     form = array_form(CACHE.get(cache))
-    assert (form is not None) == (cache in ARRAYS)
+    assert (form is not None) == (cache in FORMS)
     # a next-layer prefetch is served by the compiled prefetch walk on the array forms too
     # (sim/serving/prefetch_walk.py)
     arrays = form is not None

@@ -58,7 +58,7 @@ def _both(make, monkeypatch, **kw):
     return s_fast, j_fast, j_slow, taken
 
 
-@pytest.mark.parametrize("cache", ["lru", "fifo", "lifo", "lfu"])
+@pytest.mark.parametrize("cache", ["lru", "fifo", "lifo", "lfu", "keep_predicted"])
 @pytest.mark.parametrize("prefetch", NEXT)
 @pytest.mark.parametrize("shape", ["ep4", "ep1", "eplb", "tight"])
 def test_next_layer_policies_same_metrics(cache, prefetch, shape, monkeypatch):
@@ -99,7 +99,7 @@ def scenarios(draw):
                 fault=draw(st.booleans()), fault_gpu=draw(st.integers(0, gpus - 1)),
                 eplb=draw(st.booleans()), tokens=draw(st.integers(2, 9)),
                 prefetch=draw(st.sampled_from(NEXT)), lead=draw(st.integers(1, 2)),
-                cache=draw(st.sampled_from(["lru", "fifo", "lifo", "lfu"])),
+                cache=draw(st.sampled_from(["lru", "fifo", "lifo", "lfu", "keep_predicted"])),
                 bw=draw(st.sampled_from([200.0, 2000.0, 20000.0])))
 
 
@@ -147,7 +147,8 @@ def _kernel_state(G: int, H: int, QC: int = 8, GC: int = 8) -> dict:
                 iland=np.full((G, H), np.nan), islot=np.zeros((G, H), dtype=np.int64))
 
 
-def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs, rule=0, C=None, T=None):
+def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs, rule=0, C=None, T=None,
+               pin=None):
     G, H = S.shape
     L = len(ptl)
     E = len(used) // L
@@ -158,8 +159,10 @@ def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs, rule=0, C=N
     clock = int(S.max()) + 1  # (the next stamp)
     C = np.zeros_like(S) if C is None else C
     T = np.full_like(S, -1) if T is None else T
+    pin = np.zeros_like(S, dtype=bool) if pin is None else pin
     return cp.prefetch_iteration(
-        rule, S, C, T, 10, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, cap, 0.0, 1.0, 0.0, 0.0,
+        rule, S, C, T, pin, 10, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, cap, 0.0,
+        1.0, 0.0, 0.0,
         np.zeros(L), comp, eb, stall, lk["lat"], lk["bw"], lk["lt"], lk["solo"], lk["pt"],
         lk["nid"], lk["btot"], lk["qt"], lk["qb"], lk["qs"], lk["qk"], lk["qh"], lk["qn"],
         lk["gs"], lk["ge"], lk["gh"], lk["gn"], lk["itid"], lk["iland"], lk["islot"],
@@ -264,6 +267,47 @@ def test_the_four_rules_pick_their_victims(rule, after):
     assert S[0].tolist() == after  # (LRU: key 1 stamped 3 as layer 0's hit, key 4 then 4)
     if rule == 3:
         assert C[0].tolist() == [1, 1, 0, 0, 1, 0] and T[0].tolist() == [10, 10, -1, -1, 11, -1]
+
+
+def test_keep_predicted_never_evicts_a_pin():
+    """keep_predicted (rule 4) on one GPU, 2 layers of 3 experts, 2 slots holding keys 1
+    (pinned: predicted) and 2. The batch uses key 0 at layer 0 and keys 3, 4 at layer 1. Layer
+    0: key 0 misses and evicts key 2 (key 1 is pinned, LRU would take it: the least recent).
+    Layer 1: keys 3 and 4 miss; the one slot not pinned goes to key 3 (evicting key 0, outside
+    the step), key 4 streams through (the only other resident key is pinned)."""
+    S = np.array([[-1, 0, 1, -1, -1, -1]], dtype=np.int64)
+    used = np.array([True, False, False, True, True, False])
+    pin = np.array([[False, True, False, False, False, False]])
+    lk = _kernel_state(1, 6)
+    figs = np.zeros((1, len(cp.FIGS)), dtype=np.int64)
+    _iteration(S, np.array([2]), used, np.zeros(0, dtype=np.int64), np.zeros(3, dtype=np.int64),
+               np.array([-1, -1]), np.array([[1.0], [1.0]]), 4, lk, np.zeros(1), figs, rule=4,
+               pin=pin)
+    f = dict(zip(cp.FIGS, figs[0].tolist()))
+    assert (f["hits"], f["misses"], f["evictions"], f["streamed"]) == (0, 3, 2, 1)
+    assert S[0].tolist() == [-1, 0, -1, 3, -1, -1]  # (key 1 pinned, untouched; key 3 loaded)
+    assert lk["btot"][0] == 12.0  # (three misses copied, the streamed one too)
+
+
+@pytest.mark.parametrize("prefetch", ["emoe_task", "similarity"])
+@pytest.mark.parametrize("cache", ["lru", "fifo", "lifo", "lfu", "keep_predicted"])
+def test_request_prefetches_in_flight_same_metrics(cache, prefetch, monkeypatch):
+    """Without a next-layer policy the compiled walk serves the iterations the array paths do
+    not (keys of a request's prefetch still in flight; keep_predicted's pins): with the kernels
+    from the first iteration, the same metrics.json as the objects."""
+    import sim.serving.walk as walk_mod
+
+    monkeypatch.setattr(walk_mod, "COMPILE_AFTER", 1)
+
+    def make():
+        cfg = tiny_config(layers=3, experts=4, top_k=2, gpus_per_node=2, ep=2,
+                          budget_fraction=0.5, token_budget=12, host_bytes_per_s=300.0)
+        cfg.policy.cache, cfg.policy.prefetch = cache, prefetch
+        return cfg
+
+    s_fast, j_fast, j_slow, taken = _both(make, monkeypatch, seed=2)
+    assert j_fast == j_slow
+    assert any(taken)
 
 
 # -- eMoE-L's batched calls -----------------------------------------------------------------------
