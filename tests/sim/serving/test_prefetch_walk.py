@@ -385,3 +385,21 @@ def test_noisy_corruption_of_every_layer_at_once_equals_one_layer_at_a_time(reca
         for i in range(9):
             want = corrupt(np.flatnonzero(truth[i]), E, recall, precision, 7, int(layers[i]), key)
             assert ranked[i, :n[i]].tolist() == want.tolist()
+
+
+def test_emoe_l_batched_calls_read_used_as_truth_values():
+    """``used`` is read as truth values (counts work: a layer's used experts), and the guesses
+    are integer ids."""
+    L, E = 4, 6
+    rng = np.random.default_rng(3)
+    a = PREFETCH.make("emoe_l", num_layers=L, num_experts=E, top_k=2)
+    b = PREFETCH.make("emoe_l", num_layers=L, num_experts=E, top_k=2)
+    train = rng.integers(0, E, size=(30, L, 2))
+    a.fit(train)
+    b.fit(train)
+    ctx = PrefetchContext(request_id="r")
+    counts = rng.integers(0, 4, size=(L, E))  # tokens per expert: 0 .. 3
+    ra, na = a.next_layers(ctx, counts)
+    rb, nb = b.next_layers(ctx, counts > 0)
+    assert np.issubdtype(ra.dtype, np.integer) and np.issubdtype(na.dtype, np.integer)
+    assert np.array_equal(ra, rb) and np.array_equal(na, nb) and np.array_equal(a.M, b.M)
