@@ -147,8 +147,8 @@ class PrefetchWalk:
         loc = store.loc
         for g, st in enumerate(states):
             x = links[g]
+            slot: dict[int, int] = {}  # a queued copy's id -> its slot
             if x.pq:
-                slot = {}
                 for i, (tid, nb, s0) in enumerate(x.pq):
                     qt[g, i], qb[g, i], qs[g, i] = tid, nb, s0
                     slot[tid] = i
@@ -164,10 +164,13 @@ class PrefetchWalk:
                     itid[g, h] = tid
                     if tid in done:
                         iland[g, h] = done[tid]
-                    else:
+                    elif tid in slot:
                         i = slot[tid]
                         islot[g, h] = i
                         qk[g, i] = h
+                    else:  # (Link keeps every copy in flight landed or queued)
+                        raise MoesimError(f"internal: GPU {st.gpu}'s prefetched key {k} has a "
+                                          f"copy ({tid}) neither landed nor queued")
         lat = np.array([x.latency_s for x in links])
         bw = np.array([x.bytes_per_s for x in links])
         lt = np.array([x.t for x in links])
