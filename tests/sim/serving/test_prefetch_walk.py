@@ -403,3 +403,20 @@ def test_emoe_l_batched_calls_read_used_as_truth_values():
     rb, nb = b.next_layers(ctx, counts > 0)
     assert np.issubdtype(ra.dtype, np.integer) and np.issubdtype(na.dtype, np.integer)
     assert np.array_equal(ra, rb) and np.array_equal(na, nb) and np.array_equal(a.M, b.M)
+
+
+@pytest.mark.parametrize("name", ["perfect", "noisy_oracle"])
+def test_oracles_batched_form_is_the_simulators_only(name):
+    """A replay's token context (``extra["token"]``) gets no batched form even with a batch
+    set; in the simulator's batch ``used`` is read as truth values (counts work) and the
+    guesses are integer ids."""
+    L, E = 3, 5
+    pol = PREFETCH.make(name, num_layers=L, num_experts=E, top_k=2)
+    pol.set_routing(np.zeros((4, L, 2), dtype=np.int64))
+    pol.batch(np.array([0, 1]))
+    counts = np.array([[0, 2, 0, 1, 0], [3, 0, 0, 0, 1], [0, 0, 2, 2, 0]])
+    assert pol.next_layers(PrefetchContext(request_id="r", extra={"token": 1}), counts) is None
+    ranked, n = pol.next_layers(PrefetchContext(request_id="r"), counts)
+    assert np.issubdtype(ranked.dtype, np.integer)
+    # at layer l the experts layer l + 1 uses, by id: {0, 4}, {2, 3}, then nothing
+    assert [ranked[l, :n[l]].tolist() for l in range(L)] == [[0, 4], [2, 3], []]
