@@ -24,7 +24,10 @@ interleaves with them, each GPU's cache serves all layers of the iteration in on
 layer by layer. The LRU stamp arrays (:mod:`sim.serving.lru_arrays`) are the decisions' fast
 form for the simulator: every GPU's misses of every layer at once, with numpy. Timing is then one
 loop (:meth:`sim.serving.layer_timing.LayerTiming.time_layers`) whatever the decisions came from;
-recording a Chrome trace only makes it visit every GPU.
+recording a Chrome trace only makes it visit every GPU. Where the array forms cannot serve an
+iteration at once (a next-layer prefetch, prefetched keys in flight, keep_predicted's pins), the
+compiled walk of :mod:`sim.serving.prefetch_walk` takes the decisions and the timing layer by
+layer in one call, as the general walk below does them with the objects.
 """
 
 from __future__ import annotations
