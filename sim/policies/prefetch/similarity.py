@@ -44,6 +44,7 @@ class TraceSimilarityPrefetch(PrefetchPolicy):
         self.num_predict = num_predict if num_predict is not None else 2 * self.top_k
         self.refresh = refresh
         self._lib: deque[np.ndarray] = deque(maxlen=max_history)  # (L*E,) unit vectors
+        self._lib_mat: np.ndarray | None = None  # np.stack(self._lib), built once per change
         self._lib_raw: deque[np.ndarray] = deque(maxlen=max_history)  # (L, E) counts
         self._cur: np.ndarray | None = None
         self._cur_id: str | None = None
@@ -55,6 +56,7 @@ class TraceSimilarityPrefetch(PrefetchPolicy):
             v = self._cur.reshape(-1).astype(np.float64)
             self._lib.append(v / np.linalg.norm(v))
             self._lib_raw.append(self._cur)
+            self._lib_mat = None
         self._cur = np.zeros((self.num_layers, self.num_experts), dtype=np.int64)  # (L, E)
         self._cur_id, self._since, self._match = rid, 0, None
 
@@ -74,7 +76,9 @@ class TraceSimilarityPrefetch(PrefetchPolicy):
         if not self._lib or layer + 1 >= self.num_layers or self._cur is None:
             return np.zeros(0, dtype=np.int64)
         if self._match is None or self._since >= self.refresh:
-            lib = np.stack(self._lib)  # (N, L*E)
+            if self._lib_mat is None:  # (the same matrix as stacking it at every match)
+                self._lib_mat = np.stack(self._lib)  # (N, L*E)
+            lib = self._lib_mat
             sims = lib @ self._cur.reshape(-1).astype(np.float64)  # (N,)
             self._match = int(np.argmax(sims))  # first maximum: the oldest of equals
             self._since = 0
