@@ -420,3 +420,21 @@ def test_oracles_batched_form_is_the_simulators_only(name):
     assert np.issubdtype(ranked.dtype, np.integer)
     # at layer l the experts layer l + 1 uses, by id: {0, 4}, {2, 3}, then nothing
     assert [ranked[l, :n[l]].tolist() for l in range(L)] == [[0, 4], [2, 3], []]
+
+
+def test_similarity_matches_against_every_finished_request():
+    """The library matrix (stacked once per finished request) holds the newest request: r3,
+    which used expert 2 at layer 0 as r2 did, matches r2 and is told r2's layer-1 expert 3,
+    not r1's expert 1."""
+    p = PREFETCH.make("similarity", num_layers=2, num_experts=4, top_k=1, num_predict=1)
+    for rid, (e0, e1) in (("r1", (0, 1)), ("r2", (2, 3))):
+        ctx = PrefetchContext(request_id=rid)
+        p.on_request(ctx)
+        p.observe(ctx, 0, np.array([e0]))
+        if rid == "r2":  # (r1 alone in the library: r2 is told r1's expert)
+            assert p.next_layer(ctx, 0, np.array([e0])).tolist() == [1]
+        p.observe(ctx, 1, np.array([e1]))
+    ctx = PrefetchContext(request_id="r3")
+    p.on_request(ctx)
+    p.observe(ctx, 0, np.array([2]))
+    assert p.next_layer(ctx, 0, np.array([2])).tolist() == [3]
