@@ -112,6 +112,8 @@ def _victims(S, C, T, g, hi, skip, used, hkey, rule, n, out):  # pragma: no cove
                     best = h
             elif best < 0 or s < bs:
                 best, bs = h, s
+        if best < 0:
+            raise ValueError("internal: fewer victims than the step's count of them")
         out[j] = best
         skip[best] = True
 
