@@ -10,7 +10,11 @@ while its traffic is in cache, no (L, G, G) array). Each gives the same floats a
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from sim.world.compiled_counts import prefer_workqueue
+
+prefer_workqueue()  # (split_links' layers side by side)
 
 
 @njit(cache=True)
@@ -131,15 +135,34 @@ def _chain_layer(km, share_p, pair_key, pair_gpu, p, base, E, tmp, acc):  # prag
     return p
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def split_links(km, share_p, pair_key, pair_gpu, E, rows_t, starts, out):  # pragma: no cover
     """:func:`link_loads` of ``traffic_share(km.T, share_p, pair_key, pair_gpu, L)`` into ``out``
     (L, C) without the (L, G, G) traffic: per layer its (G, G) chains (:func:`_chain_layer`,
     the product's floats), then each link's flows summed as link_loads sums them.
     ``rows_t``: the links' flows ``g * G + h`` as ``h * G + g`` (the chains' [h, g] order;
-    the same flows in the same order, so the same sums)."""
-    G = km.shape[1]
+    the same flows in the same order, so the same sums). The layers side by side
+    (:func:`_split_layer`: each its own chains from its first pair, found first as the
+    layer-by-layer walk of the pairs reaches it, and its own row of ``out``: the same
+    floats on any number of threads)."""
     L = km.shape[0] // E
+    P = pair_key.shape[0]
+    first = np.empty(L, dtype=np.int64)  # each layer's first pair (keys base .. base + E - 1)
+    p = 0
+    for l in range(L):
+        first[l] = p
+        for key in range(l * E, l * E + E):  # (_chain_layer's walk over the layer's keys)
+            while p < P and pair_key[p] == key:
+                p += 1
+    for l in prange(L):
+        _split_layer(km, share_p, pair_key, pair_gpu, first[l], l, E, rows_t, starts, out)
+    return out
+
+
+@njit(cache=True)
+def _split_layer(km, share_p, pair_key, pair_gpu, p, l, E, rows_t, starts, out):  # pragma: no cover
+    """split_links' layer ``l`` from its first pair ``p``: its chains, then ``out[l]``."""
+    G = km.shape[1]
     C = starts.shape[0]
     R = rows_t.shape[0]
     tmp = np.empty(G)
@@ -147,19 +170,16 @@ def split_links(km, share_p, pair_key, pair_gpu, E, rows_t, starts, out):  # pra
     fl = acc.reshape(G * G)
     stk = np.empty((192, 3), dtype=np.int64)
     vals = np.empty(64)
-    p = 0
-    for l in range(L):
-        p = _chain_layer(km, share_p, pair_key, pair_gpu, p, l * E, E, tmp, acc)
-        for c in range(C):
-            s = starts[c]
-            e = starts[c + 1] if c + 1 < C else R
-            v = np.float64(fl[rows_t[s]])
-            if e - s > 129:
-                v = v + _pairwise(fl, rows_t, s + 1, e - s - 1, stk, vals)
-            elif e - s > 1:
-                v = v + _block(fl, rows_t, s + 1, e - s - 1)
-            out[l, c] = v
-    return out
+    _chain_layer(km, share_p, pair_key, pair_gpu, p, l * E, E, tmp, acc)
+    for c in range(C):
+        s = starts[c]
+        e = starts[c + 1] if c + 1 < C else R
+        v = np.float64(fl[rows_t[s]])
+        if e - s > 129:
+            v = v + _pairwise(fl, rows_t, s + 1, e - s - 1, stk, vals)
+        elif e - s > 1:
+            v = v + _block(fl, rows_t, s + 1, e - s - 1)
+        out[l, c] = v
 
 
 @njit(cache=True)
