@@ -15,15 +15,21 @@ from numba import njit, prange
 
 
 def prefer_workqueue() -> None:
-    """Runs the kernels' parallel loops (``prange`` over layers: count_layers, compiled_links'
-    split_links) on numba's own ``workqueue`` threads unless NUMBA_THREADING_LAYER names a layer:
-    numba's default picks OpenMP where libgomp is installed, whose threads wait for each other by
-    spinning, on a loaded machine some milliseconds per call (measured on 2 busy cores: 8 to 12 ms
-    against 1.2 to 2 ms for count_layers). The layers' results do not depend on the threads: each
-    layer's integers and floats are its own (tests/sim/world/test_compiled_links.py)."""
+    """Runs the kernels' parallel loops (with :data:`PARALLEL_LAYERS`) on numba's own
+    ``workqueue`` threads unless NUMBA_THREADING_LAYER names a layer: numba's default picks
+    OpenMP where libgomp is installed, whose threads wait for each other by spinning, on a
+    loaded machine some milliseconds per call (measured on 2 busy cores: count_layers 8 to 12
+    ms against 1.2 to 2 ms)."""
     if not os.environ.get("NUMBA_THREADING_LAYER"):
         numba.config.THREADING_LAYER = "workqueue"
 
+
+#: count_layers and compiled_links.split_links with their layers side by side on numba's threads
+#: (the same bytes on any number of threads: each layer's integers and floats are its own,
+#: tests/sim/world/test_compiled_links.py): MOESIM_PARALLEL_LAYERS=1. Off by default: a call
+#: hands its layers to the threads and waits for them, which pays on idle cores only (on 2
+#: cores busy with other work, split_links took 1.75 ms a call so against 1.0 ms serially).
+PARALLEL_LAYERS = os.environ.get("MOESIM_PARALLEL_LAYERS", "") == "1"
 
 prefer_workqueue()
 
@@ -126,7 +132,7 @@ def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cove
 
 
 @njit(cache=True)
-def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - compiled
+def count_layers(idx, prefix, B, rows, G, E, out, total, parallel=False):  # pragma: no cover
     """count_runs per GPU, key-major and a layer at a time: ``out`` (L*E, G) int32 gets, for each
     token t (pool row ``rows[t]``, GPU ``t * G // T``) and each key v of ``idx[rows[t]]`` (a
     layer's K keys ``layer * E + expert`` side by side), one at ``out[v, GPU]``, and ``total``
@@ -134,7 +140,8 @@ def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - 
     whole blocks of ``prefix``; the rows counted one by one have their keys copied layer by
     layer first (each pool row read once, in order; a key outside its layer's range is refused
     there, ValueError), so that a layer's (E, G) rows of ``out`` (C-contiguous) stay in cache
-    while its tokens are counted (integers: the same counts in any order)."""
+    while its tokens are counted (integers: the same counts in any order). ``parallel``: the
+    layers side by side (:data:`PARALLEL_LAYERS`; the same integers)."""
     T = rows.shape[0]
     L = out.shape[0] // E
     K = idx.shape[1] // L
@@ -182,11 +189,15 @@ def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - 
             if bad:
                 raise ValueError("count_layers: a key outside its layer")
             s += 1
-    _layers(out, total, E, G, rg, rlo, rhi, nr, prefix, sk, sg)
+    if parallel:
+        _layers_parallel(out, total, E, G, rg, rlo, rhi, nr, prefix, sk, sg)
+    else:
+        for l in range(L):
+            _layer(l, out, total, E, G, rg, rlo, rhi, nr, prefix, sk[l], sg)
 
 
 @njit(cache=True, parallel=True)
-def _layers(out, total, E, G, rg, rlo, rhi, nr, prefix, sk, sg):  # pragma: no cover - compiled
+def _layers_parallel(out, total, E, G, rg, rlo, rhi, nr, prefix, sk, sg):  # pragma: no cover
     """count_layers' counting, the layers side by side (:func:`_layer` each: it writes its own
     rows of ``out`` and ``total`` only, integers: the same counts on any number of threads)."""
     for l in prange(out.shape[0] // E):
@@ -209,11 +220,12 @@ def _layer(l, out, total, E, G, rg, rlo, rhi, nr, prefix, skl, sg):  # pragma: n
             p1, p0 = prefix[rhi[q]], prefix[rlo[q]]
             for e in range(E):
                 slab[e, g] += p1[base + e] - p0[base + e]
+    Gu = np.uint64(G)  # (unsigned indices: no test for a negative index, a third faster)
     for s in range(skl.shape[0]):  # (keys checked when copied: within the layer)
-        g = sg[s]
+        g = np.uint64(sg[s])
         row = skl[s]
         for k in range(K):
-            flat[np.int64(row[k]) * G + g] += 1
+            flat[np.uint64(row[k]) * Gu + g] += 1
     for e in range(E):
         n = np.int64(0)
         for g in range(G):

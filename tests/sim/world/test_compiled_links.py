@@ -125,9 +125,9 @@ def test_split_links_equal_traffic_then_loads(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_layers_in_parallel_equal_on_one_thread(seed):
-    """count_layers and split_links run their layers side by side (prange): on one thread and on
-    every thread numba has, the same bytes (each layer's counts and chains are its own), and
-    split_links the product's (many layers: every thread gets some)."""
+    """count_layers and split_links with their layers side by side (``parallel``, prange) on one
+    thread and on every thread numba has: the serial kernels' bytes (each layer's counts and
+    chains are its own), split_links the product's (many layers: every thread gets some)."""
     import numba
 
     n = numba.config.NUMBA_NUM_THREADS
@@ -147,16 +147,16 @@ def test_layers_in_parallel_equal_on_one_thread(seed):
     want = compiled.links.link_loads(traffic, frows, starts, np.empty((L, len(starts))))
     got = []
     try:
-        for threads in (1, n):
+        for threads, par in ((1, False), (1, True), (n, True)):
             numba.set_num_threads(threads)
             out, total = np.empty((L * E, G), dtype=np.int32), np.empty(L * E, dtype=np.int64)
-            compiled.count_layers(idx, prefix, 64, rows, G, E, out, total)
+            compiled.count_layers(idx, prefix, 64, rows, G, E, out, total, par)
             loads = compiled.links.split_links(km, share_p, pk, pg, E, rows_t, starts,
-                                               np.empty((L, len(starts))))
+                                               np.empty((L, len(starts))), par)
             got.append((out.tobytes(), total.tobytes(), loads.tobytes()))
     finally:
         numba.set_num_threads(n)
-    assert got[0] == got[1]
+    assert got[0] == got[1] == got[2]
     assert got[0][2] == want.tobytes()
     assert np.array_equal(out.T, source_counts(idx[rows], G, L * E))
 
