@@ -26,10 +26,11 @@ def prefer_workqueue() -> None:
 
 #: count_layers and compiled_links.split_links with their layers side by side on numba's threads
 #: (the same bytes on any number of threads: each layer's integers and floats are its own,
-#: tests/sim/world/test_compiled_links.py): MOESIM_PARALLEL_LAYERS=1. Off by default: a call
-#: hands its layers to the threads and waits for them, which pays on idle cores only (on 2
-#: cores busy with other work, split_links took 1.75 ms a call so against 1.0 ms serially).
-PARALLEL_LAYERS = os.environ.get("MOESIM_PARALLEL_LAYERS", "") == "1"
+#: tests/sim/world/test_compiled_links.py); MOESIM_PARALLEL_LAYERS=0 runs them serially. On 2
+#: cores busy with other work (load 5), bench_cluster_1024 for 60 s reached 1.84 simulated s per
+#: wall s against 1.57 serially (1.32 before these kernels' changes), with the same CPU seconds
+#: per simulated second (0.42): the threads cost no work, they take a second core when one is free.
+PARALLEL_LAYERS = os.environ.get("MOESIM_PARALLEL_LAYERS", "1") != "0"
 
 prefer_workqueue()
 
