@@ -139,10 +139,11 @@ def count_layers(idx, prefix, B, rows, G, E, out, total, parallel=False):  # pra
     layer's K keys ``layer * E + expert`` side by side), one at ``out[v, GPU]``, and ``total``
     (L*E,) int64 each key's sum over the GPUs. The same runs (cut at the GPUs' bounds) and
     whole blocks of ``prefix``; the rows counted one by one have their keys copied layer by
-    layer first (each pool row read once, in order; a key outside its layer's range is refused
-    there, ValueError), so that a layer's (E, G) rows of ``out`` (C-contiguous) stay in cache
-    while its tokens are counted (integers: the same counts in any order). ``parallel``: the
-    layers side by side (:data:`PARALLEL_LAYERS`; the same integers)."""
+    layer first (each pool row read once, in order, in chunks of :data:`COPY_CHUNK` rows; a key
+    outside its layer's range is refused, ValueError, before any count), so that a layer's
+    (E, G) rows of ``out`` (C-contiguous) stay in cache while its tokens are counted (integers:
+    the same counts in any order). ``parallel``: the copy's chunks, then the layers, side by
+    side (:data:`PARALLEL_LAYERS`; the same integers)."""
     T = rows.shape[0]
     L = out.shape[0] // E
     K = idx.shape[1] // L
@@ -173,6 +174,7 @@ def count_layers(idx, prefix, B, rows, G, E, out, total, parallel=False):  # pra
         t = u
     sk = np.empty((L, S, K), dtype=idx.dtype)  # their keys, layer by layer
     sg = np.empty(S, dtype=np.int64)
+    srow = np.empty(S, dtype=np.int64)
     s = 0
     for q in range(nr):
         a, b, lo, hi = ra[q], rb[q], rlo[q], rhi[q]
@@ -180,21 +182,52 @@ def count_layers(idx, prefix, B, rows, G, E, out, total, parallel=False):  # pra
             if lo < hi and lo * B <= r < hi * B:
                 continue
             sg[s] = rg[q]
-            bad = False
-            for l in range(L):
-                for k in range(K):
-                    v = idx[r, l * K + k]
-                    sk[l, s, k] = v
-                    d = v - l * E
-                    bad |= (d < 0) | (d >= E)
-            if bad:
-                raise ValueError("count_layers: a key outside its layer")
+            srow[s] = r
             s += 1
+    nc = (S + COPY_CHUNK - 1) // COPY_CHUNK
+    bad = np.zeros(nc, dtype=np.bool_)
+    if parallel:
+        _copy_parallel(idx, srow, sk, E, bad)
+    else:
+        for c in range(nc):
+            bad[c] = _copy_keys(idx, srow, sk, E, c * COPY_CHUNK, min(S, (c + 1) * COPY_CHUNK))
+    if bad.any():
+        raise ValueError("count_layers: a key outside its layer")
     if parallel:
         _layers_parallel(out, total, E, G, rg, rlo, rhi, nr, prefix, sk, sg)
     else:
         for l in range(L):
             _layer(l, out, total, E, G, rg, rlo, rhi, nr, prefix, sk[l], sg)
+
+
+#: count_layers' rows counted one by one, per task of copying their keys layer by layer
+COPY_CHUNK = 256
+
+
+@njit(cache=True)
+def _copy_keys(idx, srow, sk, E, s0, s1):  # pragma: no cover - compiled
+    """count_layers' copy of the keys of pool rows ``srow[s0:s1]`` layer by layer into ``sk``
+    (L, S, K); returns whether one is outside its layer's range ``layer * E .. + E - 1``."""
+    L, _, K = sk.shape
+    bad = False
+    for s in range(s0, s1):
+        r = srow[s]
+        for l in range(L):
+            for k in range(K):
+                v = idx[r, l * K + k]
+                sk[l, s, k] = v
+                d = v - l * E
+                bad |= (d < 0) | (d >= E)
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def _copy_parallel(idx, srow, sk, E, bad):  # pragma: no cover - compiled
+    """count_layers' copy (:func:`_copy_keys`), chunks of :data:`COPY_CHUNK` rows side by side
+    (each writes its own rows of ``sk`` and its own flag of ``bad``)."""
+    S = srow.shape[0]
+    for c in prange(bad.shape[0]):
+        bad[c] = _copy_keys(idx, srow, sk, E, c * COPY_CHUNK, min(S, (c + 1) * COPY_CHUNK))
 
 
 @njit(cache=True, parallel=True)
