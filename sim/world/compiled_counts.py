@@ -26,11 +26,13 @@ def prefer_workqueue() -> None:
 
 #: count_layers and compiled_links.split_links with their layers side by side on numba's threads
 #: (the same bytes on any number of threads: each layer's integers and floats are its own,
-#: tests/sim/world/test_compiled_links.py); MOESIM_PARALLEL_LAYERS=0 runs them serially. On 2
-#: cores busy with other work (load 5), bench_cluster_1024 for 60 s reached 1.84 simulated s per
-#: wall s against 1.57 serially (1.32 before these kernels' changes), with the same CPU seconds
-#: per simulated second (0.42): the threads cost no work, they take a second core when one is free.
-PARALLEL_LAYERS = os.environ.get("MOESIM_PARALLEL_LAYERS", "1") != "0"
+#: tests/sim/world/test_compiled_links.py): MOESIM_PARALLEL_LAYERS=1. Off by default: each call
+#: hands its layers to the threads and waits for them (three launches an iteration), which pays
+#: for large batches on idle cores only. On 2 cores shared with other work, bench_cluster_1024
+#: to 800 requests (10,305 small iterations) took 49 and 56 s of loop wall, 53 and 50 CPU s, in
+#: parallel against 33 and 54 s, 36 and 43 CPU s serially; its 60 s prefix reached 1.55 and 2.07
+#: simulated s per wall s in parallel against 1.71 and 1.82 serially.
+PARALLEL_LAYERS = os.environ.get("MOESIM_PARALLEL_LAYERS", "") == "1"
 
 prefer_workqueue()
 
