@@ -82,8 +82,8 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
                 G: int, a2a_tokens: Any = "count", kern: Any = None) -> LayerCosts:
     """``counts_flat`` (L*E,) tokens per key of the iteration; ``a2a_tokens`` what the all-to-all
     needs of the batch (:func:`sim.world.traffic.count_tokens`; counted from the batch when not given).
-    ``kern``: single owners' fused MoE time under the analytic model compiled
-    (:func:`sim.serving.compiled_walk.moe_owned`, the same floats)."""
+    ``kern``: the fused MoE time under the analytic model compiled, of single owners and of a
+    large replica's holder pairs (:func:`sim.serving.compiled_walk.moe_owned`, the same floats)."""
     L, E = plan.L, plan.E
     counts = counts_flat.reshape(L, E)  # (L, E)
     computed = counts  # every layout below computes each routed token once
@@ -113,8 +113,17 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
             # dense arrays' nonzeros in their order: the same integers and floats
             tab = pair_table(plan, wide)
             tok_p = split_pairs(counts, tab, wide)  # (P,) tokens per (expert, GPU) holding
-            comp = cost.moe_s(tok_p, tab.group, L * G).reshape(L, G)
-            load = np.bincount(tab.group, weights=tok_p, minlength=L * G).reshape(L, G)
+            if kern is not None and cost.__class__ is AnalyticCost:  # (moe_s and the bincount
+                # over the pairs in one pass: the same sums in index order, then the same floats)
+                comp, load = kern.moe_owned(tok_p, tab.group, L * G, MOE_BLOCK_TOKENS,
+                                            cost._expert_flops_per_token,
+                                            cost._expert_weight_bytes, cost._act_bytes_per_token,
+                                            cost.flops_s, cost.hbm_s,
+                                            MOE_LAUNCHES * cost.hw.kernel_latency_s)
+                comp, load = comp.reshape(L, G), load.reshape(L, G)
+            else:
+                comp = cost.moe_s(tok_p, tab.group, L * G).reshape(L, G)
+                load = np.bincount(tab.group, weights=tok_p, minlength=L * G).reshape(L, G)
             batch_share = tok_p / np.maximum(counts_flat, 1)[tab.pair_key]  # (P,)
         else:
             tok_g = split_tokens(counts, plan.share > 0)  # (L, E, G) tokens per expert per GPU

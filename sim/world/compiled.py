@@ -35,6 +35,7 @@ from sim.world import compiled_pairs as pairs  # kern.pairs: the kernels over ho
 
 # the counting kernels live in their own module; callers reach them here (compiled_kernels())
 from sim.world.compiled_counts import (
+    PARALLEL_LAYERS,
     block_prefix,
     count_dups,
     count_layers,
@@ -290,6 +291,7 @@ def traffic_share(src_counts: np.ndarray, share: np.ndarray, pair_key: np.ndarra
     return out
 
 
-__all__ = ["MAX_CHAIN", "block_prefix", "count_dups", "count_layers", "count_runs", "count_sources",
+__all__ = ["MAX_CHAIN", "PARALLEL_LAYERS", "block_prefix", "count_dups", "count_layers", "count_runs",
+           "count_sources",
            "dup_index", "holders", "holders_of", "integer_passes", "links", "pairs", "refine",
            "round_alloc", "send_index", "single_holders", "traffic_share"]

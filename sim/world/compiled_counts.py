@@ -7,8 +7,34 @@ re-exports them), lazily, only from :data:`sim.world.token_split.COMPILED_MIN_GP
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+
+def prefer_workqueue() -> None:
+    """Runs the kernels' parallel loops (with :data:`PARALLEL_LAYERS`) on numba's own
+    ``workqueue`` threads unless NUMBA_THREADING_LAYER names a layer: numba's default picks
+    OpenMP where libgomp is installed, whose threads wait for each other by spinning, on a
+    loaded machine some milliseconds per call (measured on 2 busy cores: count_layers 8 to 12
+    ms against 1.2 to 2 ms)."""
+    if not os.environ.get("NUMBA_THREADING_LAYER"):
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+#: count_layers and compiled_links.split_links with their layers side by side on numba's threads
+#: (the same bytes on any number of threads: each layer's integers and floats are its own,
+#: tests/sim/world/test_compiled_links.py): MOESIM_PARALLEL_LAYERS=1. Off by default: each call
+#: hands its layers to the threads and waits for them (three launches an iteration), which pays
+#: for large batches on idle cores only. On 2 cores shared with other work, bench_cluster_1024
+#: to 800 requests (10,305 small iterations) took 49 and 56 s of loop wall, 53 and 50 CPU s, in
+#: parallel against 33 and 54 s, 36 and 43 CPU s serially; its 60 s prefix reached 1.55 and 2.07
+#: simulated s per wall s in parallel against 1.71 and 1.82 serially.
+PARALLEL_LAYERS = os.environ.get("MOESIM_PARALLEL_LAYERS", "") == "1"
+
+prefer_workqueue()
 
 
 @njit(cache=True)
@@ -109,15 +135,17 @@ def count_runs(idx, prefix, B, rows, G, per_gpu, total, out):  # pragma: no cove
 
 
 @njit(cache=True)
-def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - compiled
+def count_layers(idx, prefix, B, rows, G, E, out, total, parallel=False):  # pragma: no cover
     """count_runs per GPU, key-major and a layer at a time: ``out`` (L*E, G) int32 gets, for each
     token t (pool row ``rows[t]``, GPU ``t * G // T``) and each key v of ``idx[rows[t]]`` (a
     layer's K keys ``layer * E + expert`` side by side), one at ``out[v, GPU]``, and ``total``
     (L*E,) int64 each key's sum over the GPUs. The same runs (cut at the GPUs' bounds) and
     whole blocks of ``prefix``; the rows counted one by one have their keys copied layer by
-    layer first (each pool row read once, in order; a key outside its layer's range is refused
-    there, ValueError), so that a layer's (E, G) rows of ``out`` (C-contiguous) stay in cache
-    while its tokens are counted (integers: the same counts in any order)."""
+    layer first (each pool row read once, in order, in chunks of :data:`COPY_CHUNK` rows; a key
+    outside its layer's range is refused, ValueError, before any count), so that a layer's
+    (E, G) rows of ``out`` (C-contiguous) stay in cache while its tokens are counted (integers:
+    the same counts in any order). ``parallel``: the copy's chunks, then the layers, side by
+    side (:data:`PARALLEL_LAYERS`; the same integers)."""
     T = rows.shape[0]
     L = out.shape[0] // E
     K = idx.shape[1] // L
@@ -146,9 +174,9 @@ def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - 
         ra[nr], rb[nr], rg[nr], rlo[nr], rhi[nr] = a, b, g, lo, hi
         nr += 1
         t = u
-    flat = out.reshape(out.shape[0] * G)
     sk = np.empty((L, S, K), dtype=idx.dtype)  # their keys, layer by layer
     sg = np.empty(S, dtype=np.int64)
+    srow = np.empty(S, dtype=np.int64)
     s = 0
     for q in range(nr):
         a, b, lo, hi = ra[q], rb[q], rlo[q], rhi[q]
@@ -156,37 +184,89 @@ def count_layers(idx, prefix, B, rows, G, E, out, total):  # pragma: no cover - 
             if lo < hi and lo * B <= r < hi * B:
                 continue
             sg[s] = rg[q]
-            bad = False
-            for l in range(L):
-                for k in range(K):
-                    v = idx[r, l * K + k]
-                    sk[l, s, k] = v
-                    d = v - l * E
-                    bad |= (d < 0) | (d >= E)
-            if bad:
-                raise ValueError("count_layers: a key outside its layer")
+            srow[s] = r
             s += 1
-    for l in range(L):
-        base = l * E
-        slab = out[base:base + E]
-        slab[:, :] = 0
-        for q in range(nr):
-            if rlo[q] < rhi[q]:
-                g = rg[q]
-                p1, p0 = prefix[rhi[q]], prefix[rlo[q]]
-                for e in range(E):
-                    slab[e, g] += p1[base + e] - p0[base + e]
-        skl = sk[l]
-        for s in range(S):  # (keys checked when copied: within the layer)
-            g = sg[s]
-            row = skl[s]
+    nc = (S + COPY_CHUNK - 1) // COPY_CHUNK
+    bad = np.zeros(nc, dtype=np.bool_)
+    if parallel:
+        _copy_parallel(idx, srow, sk, E, bad)
+    else:
+        for c in range(nc):
+            bad[c] = _copy_keys(idx, srow, sk, E, c * COPY_CHUNK, min(S, (c + 1) * COPY_CHUNK))
+    if bad.any():
+        raise ValueError("count_layers: a key outside its layer")
+    if parallel:
+        _layers_parallel(out, total, E, G, rg, rlo, rhi, nr, prefix, sk, sg)
+    else:
+        for l in range(L):
+            _layer(l, out, total, E, G, rg, rlo, rhi, nr, prefix, sk[l], sg)
+
+
+#: count_layers' rows counted one by one, per task of copying their keys layer by layer
+COPY_CHUNK = 256
+
+
+@njit(cache=True)
+def _copy_keys(idx, srow, sk, E, s0, s1):  # pragma: no cover - compiled
+    """count_layers' copy of the keys of pool rows ``srow[s0:s1]`` layer by layer into ``sk``
+    (L, S, K); returns whether one is outside its layer's range ``layer * E .. + E - 1``."""
+    L, _, K = sk.shape
+    bad = False
+    for s in range(s0, s1):
+        r = srow[s]
+        for l in range(L):
             for k in range(K):
-                flat[np.int64(row[k]) * G + g] += 1
-        for e in range(E):
-            n = np.int64(0)
-            for g in range(G):
-                n += slab[e, g]
-            total[base + e] = n
+                v = idx[r, l * K + k]
+                sk[l, s, k] = v
+                d = v - l * E
+                bad |= (d < 0) | (d >= E)
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def _copy_parallel(idx, srow, sk, E, bad):  # pragma: no cover - compiled
+    """count_layers' copy (:func:`_copy_keys`), chunks of :data:`COPY_CHUNK` rows side by side
+    (each writes its own rows of ``sk`` and its own flag of ``bad``)."""
+    S = srow.shape[0]
+    for c in prange(bad.shape[0]):
+        bad[c] = _copy_keys(idx, srow, sk, E, c * COPY_CHUNK, min(S, (c + 1) * COPY_CHUNK))
+
+
+@njit(cache=True, parallel=True)
+def _layers_parallel(out, total, E, G, rg, rlo, rhi, nr, prefix, sk, sg):  # pragma: no cover
+    """count_layers' counting, the layers side by side (:func:`_layer` each: it writes its own
+    rows of ``out`` and ``total`` only, integers: the same counts on any number of threads)."""
+    for l in prange(out.shape[0] // E):
+        _layer(l, out, total, E, G, rg, rlo, rhi, nr, prefix, sk[l], sg)
+
+
+@njit(cache=True)
+def _layer(l, out, total, E, G, rg, rlo, rhi, nr, prefix, skl, sg):  # pragma: no cover - compiled
+    """count_layers' layer ``l``: its (E, G) rows of ``out`` from the runs' whole blocks of
+    ``prefix`` and the rows counted one by one (their keys ``skl`` (S, K), GPUs ``sg``), and its
+    E totals."""
+    base = l * E
+    slab = out[base:base + E]
+    flat = out.reshape(out.shape[0] * G)
+    K = skl.shape[1]
+    slab[:, :] = 0
+    for q in range(nr):
+        if rlo[q] < rhi[q]:
+            g = rg[q]
+            p1, p0 = prefix[rhi[q]], prefix[rlo[q]]
+            for e in range(E):
+                slab[e, g] += p1[base + e] - p0[base + e]
+    Gu = np.uint64(G)  # (unsigned indices: no test for a negative index, a third faster)
+    for s in range(skl.shape[0]):  # (keys checked when copied: within the layer)
+        g = np.uint64(sg[s])
+        row = skl[s]
+        for k in range(K):
+            flat[np.uint64(row[k]) * Gu + g] += 1
+    for e in range(E):
+        n = np.int64(0)
+        for g in range(G):
+            n += slab[e, g]
+        total[base + e] = n
 
 
 @njit(cache=True)

@@ -10,34 +10,45 @@ while its traffic is in cache, no (L, G, G) array). Each gives the same floats a
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from sim.world.compiled_counts import prefer_workqueue
+
+prefer_workqueue()  # (split_links' layers side by side)
+
+#: split_links' layers per parallel task (one set of scratch arrays each)
+LAYER_CHUNK = 8
 
 
 @njit(cache=True)
 def _block(a, idx, s0, m):  # pragma: no cover - compiled
-    """numpy's pairwise sum of ``a[idx[s0:s0 + m]]`` for m <= 128 (one block)."""
+    """numpy's pairwise sum of ``a[idx[s0:s0 + m]]`` for m <= 128 (one block). The flows
+    ``idx`` (nonnegative) read as unsigned: no test for a negative index (a third faster), the
+    same terms."""
     if m < 8:
         res = 0.0
         for i in range(m):
-            res += a[idx[s0 + i]]
+            res += a[np.uint64(idx[s0 + i])]
         return res
-    r0, r1, r2, r3 = a[idx[s0]], a[idx[s0 + 1]], a[idx[s0 + 2]], a[idx[s0 + 3]]
-    r4, r5, r6, r7 = a[idx[s0 + 4]], a[idx[s0 + 5]], a[idx[s0 + 6]], a[idx[s0 + 7]]
+    r0, r1 = a[np.uint64(idx[s0])], a[np.uint64(idx[s0 + 1])]
+    r2, r3 = a[np.uint64(idx[s0 + 2])], a[np.uint64(idx[s0 + 3])]
+    r4, r5 = a[np.uint64(idx[s0 + 4])], a[np.uint64(idx[s0 + 5])]
+    r6, r7 = a[np.uint64(idx[s0 + 6])], a[np.uint64(idx[s0 + 7])]
     i = s0 + 8
     end = s0 + m - (m % 8)
     while i < end:
-        r0 += a[idx[i]]
-        r1 += a[idx[i + 1]]
-        r2 += a[idx[i + 2]]
-        r3 += a[idx[i + 3]]
-        r4 += a[idx[i + 4]]
-        r5 += a[idx[i + 5]]
-        r6 += a[idx[i + 6]]
-        r7 += a[idx[i + 7]]
+        r0 += a[np.uint64(idx[i])]
+        r1 += a[np.uint64(idx[i + 1])]
+        r2 += a[np.uint64(idx[i + 2])]
+        r3 += a[np.uint64(idx[i + 3])]
+        r4 += a[np.uint64(idx[i + 4])]
+        r5 += a[np.uint64(idx[i + 5])]
+        r6 += a[np.uint64(idx[i + 6])]
+        r7 += a[np.uint64(idx[i + 7])]
         i += 8
     res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
     while i < s0 + m:
-        res += a[idx[i]]
+        res += a[np.uint64(idx[i])]
         i += 1
     return res
 
@@ -132,14 +143,49 @@ def _chain_layer(km, share_p, pair_key, pair_gpu, p, base, E, tmp, acc):  # prag
 
 
 @njit(cache=True)
-def split_links(km, share_p, pair_key, pair_gpu, E, rows_t, starts, out):  # pragma: no cover
+def split_links(km, share_p, pair_key, pair_gpu, E, rows_t, starts, out, parallel=False
+                ):  # pragma: no cover - compiled
     """:func:`link_loads` of ``traffic_share(km.T, share_p, pair_key, pair_gpu, L)`` into ``out``
     (L, C) without the (L, G, G) traffic: per layer its (G, G) chains (:func:`_chain_layer`,
     the product's floats), then each link's flows summed as link_loads sums them.
     ``rows_t``: the links' flows ``g * G + h`` as ``h * G + g`` (the chains' [h, g] order;
-    the same flows in the same order, so the same sums)."""
-    G = km.shape[1]
+    the same flows in the same order, so the same sums). Each layer's chains start from its
+    first pair, found first as the layer-by-layer walk of the pairs reaches it; ``parallel``:
+    the layers side by side (compiled_counts.PARALLEL_LAYERS; each layer's floats its own: the
+    same on any number of threads)."""
     L = km.shape[0] // E
+    P = pair_key.shape[0]
+    first = np.empty(L, dtype=np.int64)  # each layer's first pair (keys base .. base + E - 1)
+    p = 0
+    for l in range(L):
+        first[l] = p
+        for key in range(l * E, l * E + E):  # (_chain_layer's walk over the layer's keys)
+            while p < P and pair_key[p] == key:
+                p += 1
+    if parallel:
+        _split_parallel(km, share_p, pair_key, pair_gpu, first, E, rows_t, starts, out)
+    else:
+        _split_layers(km, share_p, pair_key, pair_gpu, first, 0, L, E, rows_t, starts, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _split_parallel(km, share_p, pair_key, pair_gpu, first, E, rows_t, starts, out
+                    ):  # pragma: no cover - compiled
+    """split_links' layers side by side, in chunks of :data:`LAYER_CHUNK` (:func:`_split_layers`
+    each: its layers' own chains and rows of ``out``)."""
+    L = km.shape[0] // E
+    for c in prange((L + LAYER_CHUNK - 1) // LAYER_CHUNK):
+        _split_layers(km, share_p, pair_key, pair_gpu, first, c * LAYER_CHUNK,
+                      min(L, (c + 1) * LAYER_CHUNK), E, rows_t, starts, out)
+
+
+@njit(cache=True)
+def _split_layers(km, share_p, pair_key, pair_gpu, first, l0, l1, E, rows_t, starts, out
+                  ):  # pragma: no cover - compiled
+    """split_links' layers ``l0 .. l1 - 1`` (layer l from its first pair ``first[l]``): their
+    chains, then their rows of ``out`` (one set of scratch arrays for them all)."""
+    G = km.shape[1]
     C = starts.shape[0]
     R = rows_t.shape[0]
     tmp = np.empty(G)
@@ -147,19 +193,17 @@ def split_links(km, share_p, pair_key, pair_gpu, E, rows_t, starts, out):  # pra
     fl = acc.reshape(G * G)
     stk = np.empty((192, 3), dtype=np.int64)
     vals = np.empty(64)
-    p = 0
-    for l in range(L):
-        p = _chain_layer(km, share_p, pair_key, pair_gpu, p, l * E, E, tmp, acc)
-        for c in range(C):
-            s = starts[c]
-            e = starts[c + 1] if c + 1 < C else R
-            v = np.float64(fl[rows_t[s]])
+    for l in range(l0, l1):
+        _chain_layer(km, share_p, pair_key, pair_gpu, first[l], l * E, E, tmp, acc)
+        for q in range(C):
+            s = starts[q]
+            e = starts[q + 1] if q + 1 < C else R
+            v = np.float64(fl[np.uint64(rows_t[s])])
             if e - s > 129:
                 v = v + _pairwise(fl, rows_t, s + 1, e - s - 1, stk, vals)
             elif e - s > 1:
                 v = v + _block(fl, rows_t, s + 1, e - s - 1)
-            out[l, c] = v
-    return out
+            out[l, q] = v
 
 
 @njit(cache=True)

@@ -234,7 +234,8 @@ class _ReplicaNet:
         if self.rows_t is None:  # the flows g * G + h as h * G + g (split_links' order)
             self.rows_t = (self.rows % G) * G + self.rows // G
         load = kern.links.split_links(km, share_p, plan.pair_key, plan.pair_gpu, E, self.rows_t,
-                                      self.starts, np.empty((L, len(self.starts))))
+                                      self.starts, np.empty((L, len(self.starts))),
+                                      kern.PARALLEL_LAYERS)
         if self.shared:
             return self.load_times(load)
         return kern.links.link_times(load, self.lat, self.scale, self.unshared, self.base), []

@@ -223,7 +223,8 @@ def _count_compiled(kern: Any, plan: Any, rows: np.ndarray, G: int) -> tuple[np.
     if not plan.single_owner:  # the split's traffic reads the counts key by key (split_links)
         km = np.empty((LE, G), dtype=np.int32)  # (counts of at most T tokens)
         total = np.empty(LE, dtype=np.int64)
-        kern.count_layers(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, E, km, total)
+        kern.count_layers(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, E, km, total,
+                          kern.PARALLEL_LAYERS)
         return total, km.T
     sc = np.zeros((G, LE), dtype=np.int64)
     kern.count_runs(plan.pool_keys, key_prefix, KEY_BLOCK, rows, G, True, no_total, sc)

@@ -123,6 +123,44 @@ def test_split_links_equal_traffic_then_loads(seed):
     assert got.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_layers_in_parallel_equal_on_one_thread(seed):
+    """count_layers and split_links with their layers side by side (``parallel``, prange) on one
+    thread and on every thread numba has: the serial kernels' bytes (each layer's counts and
+    chains are its own), split_links the product's (many layers: every thread gets some)."""
+    import numba
+
+    n = numba.config.NUMBA_NUM_THREADS
+    if n < 2:
+        pytest.skip("numba has one thread here: nothing runs side by side")
+    rng = np.random.default_rng(1900 + seed)
+    L, E, K, G = int(rng.integers(8, 24)), int(rng.choice([16, 64])), 4, int(rng.choice([16, 64]))
+    N = int(rng.integers(100, 900))
+    idx = (np.arange(L).repeat(K)[None, :] * E + rng.integers(0, E, size=(N, L * K))).astype(
+        np.int16)
+    rows = np.concatenate([np.arange(a, min(N, a + int(rng.choice([1, 5, 200]))))
+                           for a in rng.integers(0, N, size=20)]).astype(np.int64)
+    prefix = compiled.block_prefix(idx, 64, L * E)
+    km, share_p, pk, pg, frows, starts = _split_case(rng, L, E, G)
+    rows_t = (frows % G) * G + frows // G
+    traffic = compiled.traffic_share(np.ascontiguousarray(km.T), share_p, pk, pg, L)
+    want = compiled.links.link_loads(traffic, frows, starts, np.empty((L, len(starts))))
+    got = []
+    try:
+        for threads, par in ((1, False), (1, True), (n, True)):
+            numba.set_num_threads(threads)
+            out, total = np.empty((L * E, G), dtype=np.int32), np.empty(L * E, dtype=np.int64)
+            compiled.count_layers(idx, prefix, 64, rows, G, E, out, total, par)
+            loads = compiled.links.split_links(km, share_p, pk, pg, E, rows_t, starts,
+                                               np.empty((L, len(starts))), par)
+            got.append((out.tobytes(), total.tobytes(), loads.tobytes()))
+    finally:
+        numba.set_num_threads(n)
+    assert got[0] == got[1] == got[2]
+    assert got[0][2] == want.tobytes()
+    assert np.array_equal(out.T, source_counts(idx[rows], G, L * E))
+
+
 def test_split_links_hand_figure():
     """1 layer, 2 experts, 2 GPUs: expert 0 (3 tokens on GPU 0, 1 on GPU 1) shared 0.25 / 0.75,
     expert 1 (2 tokens on GPU 1) on GPU 0 alone. traffic[g, h]: [[0.75, 2.25], [0.25 + 2,

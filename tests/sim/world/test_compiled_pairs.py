@@ -197,8 +197,38 @@ def test_layer_costs_over_pairs_equal_dense(seed, monkeypatch):
     assert wide.a2a[1].shape == plan.pair_key.shape  # the share per pair
     assert wide.comp.tobytes() == dense.comp.tobytes()
     assert wide.load.tobytes() == dense.load.tobytes()
+    from sim.serving.walk import walk_kernels
+
+    fused = layer_costs(plan, sim.walk.cost, counts, shape, 8, kern=walk_kernels())  # moe_owned
+    assert fused.comp.tobytes() == dense.comp.tobytes()
+    assert fused.load.tobytes() == dense.load.tobytes()
     assert np.array_equal(wide.a2a[0], dense.a2a[0])
     net._cache = (None, None, None)
     assert net.layer_times(gpus, wide.a2a, 0.0)[0] == t_dense
     _, m_wide = _eplb_run(2, 4, 8, seed)
     assert json.dumps(m_wide, sort_keys=True) == json.dumps(m_dense, sort_keys=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_moe_owned_over_pairs_equals_the_analytic_moe(seed):
+    """layer_costs' wide path with the walk's kernels: moe_owned over a large replica's holder
+    pairs (more than analytic._SPARSE_MOE of them, mostly idle: moe_s then sums the active ones
+    only) gives moe_s's and the bincount's floats."""
+    from sim.cost import analytic
+    from sim.cost.analytic import MOE_BLOCK_TOKENS, MOE_LAUNCHES, AnalyticCost
+    from sim.serving import compiled_walk as kern
+    from sim.serving.testing import tiny_config
+
+    rng = np.random.default_rng(2300 + seed)
+    cfg = tiny_config(layers=3, experts=8, top_k=2)
+    cost = AnalyticCost(cfg.model, cfg.hardware)
+    groups = int(rng.integers(64, 4000))
+    P = analytic._SPARSE_MOE + int(rng.integers(0, 20000))
+    tok = rng.integers(0, 700, size=P) * (rng.random(P) < float(rng.choice([0.05, 0.5])))
+    group = np.sort(rng.integers(0, groups, size=P))
+    comp, load = kern.moe_owned(tok, group, groups, MOE_BLOCK_TOKENS, cost._expert_flops_per_token,
+                                cost._expert_weight_bytes, cost._act_bytes_per_token, cost.flops_s,
+                                cost.hbm_s, MOE_LAUNCHES * cost.hw.kernel_latency_s)
+    assert comp.tobytes() == cost.moe_s(tok, group, groups).tobytes()
+    assert load.tobytes() == np.bincount(group, weights=tok, minlength=groups).tobytes()
+    assert (comp > 0).sum() == (load > 0).sum() > 0
