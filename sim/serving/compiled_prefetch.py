@@ -8,7 +8,7 @@ the objects (:meth:`sim.serving.walk.LayerWalk.iteration` with
 :meth:`sim.serving.layer_timing.LayerTiming.time_layers` / ``wait_prefetched`` and
 :class:`sim.serving.link.Link`): the same decisions and the same float operations in the same
 order, so the same bytes (tests/sim/serving/test_prefetch_walk.py). The predictions come in
-(the policy runs in Python, :meth:`~sim.serving.prediction.Prediction.next_layer_plan`; none
+(the policy runs in Python, :func:`~sim.serving.prefetch_walk.next_layer_plan`; none
 without a next-layer policy: the kernel then serves the steps of an iteration with prefetched
 keys in flight, or keep_predicted's); :mod:`sim.serving.prefetch_walk` packs the state in and
 out.

@@ -122,50 +122,6 @@ class Prediction:
                                           in_use=l)
         return []
 
-    def next_layer_plan(self, rep: ReplicaState, used_flat: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`next_layer`'s calls of the policies for every layer of an iteration at once, in
-        the same order (per layer the observers, then the policy's guess), without the caches'
-        decisions (a policy never reads them; not for a weighing policy, which reads the links):
-        the predicted keys, flat (int64), each layer's start in them (L+1,) and the layer they
-        are for (L,), -1 where there is no guess."""
-        E, L = self.E, self.L
-        d = int(getattr(self.prefetch, "lead", 1))
-        keys: list[np.ndarray] = []
-        offs = np.zeros(L + 1, dtype=np.int64)
-        target = np.full(L, -1, dtype=np.int64)
-        n = 0
-        # the policy's batched form, where it is the only observer (no other's calls interleave)
-        batch = self.prefetch.next_layers(rep.ctx, used_flat.reshape(L, E)) \
-            if (self.pf_next or self.observers) and \
-            all(p is self.prefetch for p in self.observers) else None
-        if not self.pf_next:  # (no guesses: the observers learn each layer, as decide() has it)
-            if batch is None:
-                for l in range(L) if self.observers else ():
-                    self.observe(rep, l, used_flat)
-            return np.zeros(0, dtype=np.int64), offs, target
-        if batch is not None:  # layer l's guess: ranked[l, :n[l]], for layer l + d
-            ranked, cnt = batch
-            cnt = np.where(np.arange(L) + d < L, np.asarray(cnt, dtype=np.int64), 0)
-            ranked = np.asarray(ranked, dtype=np.int64)
-            sel = np.arange(ranked.shape[1])[None, :] < cnt[:, None]
-            offs[1:] = np.cumsum(cnt)
-            target[(cnt > 0)] = np.flatnonzero(cnt > 0) + d
-            base = ((np.arange(L, dtype=np.int64) + d) * E)[:, None]
-            return (ranked + base)[sel], offs, target
-        for l in range(L):
-            experts = self.observe(rep, l, used_flat) if self.observers else \
-                np.flatnonzero(used_flat[l * E:(l + 1) * E])
-            if l + d < L:
-                pred = np.asarray(self.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
-                if len(pred):
-                    keys.append((l + d) * E + pred.reshape(-1))
-                    target[l] = l + d
-                    n += len(pred.reshape(-1))
-            offs[l + 1] = n
-        flat = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-        return flat, offs, target
-
     def window_s(self) -> float:
         """Mean idle host-link seconds per layer measured so far (0: none yet): from a layer's
         gate, or its demand copies' end if later, to the next layer's gate."""

@@ -15,7 +15,7 @@ per iteration before it changes anything and returns None where the general walk
 
 The policy still runs in Python, as the general walk calls it: per layer the observers learn the
 layer's experts, then the policy names its guess for the layer ``lead`` ahead
-(:meth:`sim.serving.prediction.Prediction.next_layer_plan`). A policy never sees the caches or
+(:func:`next_layer_plan`). A policy never sees the caches or
 the time, so its calls for every layer may come before the iteration's decisions: the same calls
 in the same order. Each link's state (prefetch queue, demand intervals, transfers landed) and
 each GPU's keys in flight go into arrays for the call and back into the objects after it, so
@@ -49,6 +49,52 @@ def prefetch_applies(walk: Any) -> bool:
     return bool(not pred.pf_weighs and not pred.inline and walk.host is None
                 and walk.log is None and not timing.pad_bytes and timing.stream is None
                 and timing.eb > 0 and not plan.layer_slots)
+
+
+def next_layer_plan(pred: Any, rep: ReplicaState, used_flat: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The calls of the policies that ``pred`` (a :class:`sim.serving.prediction.Prediction`)
+    makes in its ``next_layer``, for every layer of an iteration at once and in the same order
+    (per layer the observers, then the policy's guess), without the caches' decisions (a policy
+    never reads them; not for a weighing policy, which reads the links): the predicted keys,
+    flat (int64), each layer's start in them (L+1,) and the layer they are for (L,), -1 where
+    there is no guess."""
+    E, L = pred.E, pred.L
+    d = int(getattr(pred.prefetch, "lead", 1))
+    keys: list[np.ndarray] = []
+    offs = np.zeros(L + 1, dtype=np.int64)
+    target = np.full(L, -1, dtype=np.int64)
+    n = 0
+    # the policy's batched form, where it is the only observer (no other's calls interleave)
+    batch = pred.prefetch.next_layers(rep.ctx, used_flat.reshape(L, E)) \
+        if (pred.pf_next or pred.observers) and \
+        all(p is pred.prefetch for p in pred.observers) else None
+    if not pred.pf_next:  # (no guesses: the observers learn each layer, as decide() has it)
+        if batch is None:
+            for l in range(L) if pred.observers else ():
+                pred.observe(rep, l, used_flat)
+        return np.zeros(0, dtype=np.int64), offs, target
+    if batch is not None:  # layer l's guess: ranked[l, :n[l]], for layer l + d
+        ranked, cnt = batch
+        cnt = np.where(np.arange(L) + d < L, np.asarray(cnt, dtype=np.int64), 0)
+        ranked = np.asarray(ranked, dtype=np.int64)
+        sel = np.arange(ranked.shape[1])[None, :] < cnt[:, None]
+        offs[1:] = np.cumsum(cnt)
+        target[(cnt > 0)] = np.flatnonzero(cnt > 0) + d
+        base = ((np.arange(L, dtype=np.int64) + d) * E)[:, None]
+        return (ranked + base)[sel], offs, target
+    for l in range(L):
+        experts = pred.observe(rep, l, used_flat) if pred.observers else \
+            np.flatnonzero(used_flat[l * E:(l + 1) * E])
+        if l + d < L:
+            guess = np.asarray(pred.prefetch.next_layer(rep.ctx, l, experts), dtype=np.int64)
+            if len(guess):
+                keys.append((l + d) * E + guess.reshape(-1))
+                target[l] = l + d
+                n += len(guess.reshape(-1))
+        offs[l + 1] = n
+    flat = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+    return flat, offs, target
 
 
 class PrefetchWalk:
@@ -123,7 +169,7 @@ class PrefetchWalk:
         if store.objects and not _rows_to_arrays(store):
             return None
         # -- from here on the iteration is this path's: the policy's calls, then the kernel
-        pk, po, ptl = walk.pred.next_layer_plan(rep, used_flat)
+        pk, po, ptl = next_layer_plan(walk.pred, rep, used_flat)
         L, E = self.L, self.E
         if len(pk) and (int(pk.min()) < 0 or int(pk.max()) >= L * E):
             raise MoesimError(f"prefetch policy {type(walk.pred.prefetch).__name__}: a predicted "
