@@ -431,3 +431,33 @@ def test_belady_replay_from_a_later_step_numbers_its_steps_from_there():
     c.access(0, [0])
     assert c.replay(future[1:], 1) == 2
     assert sorted(c.resident) == [0, 2]
+
+
+def test_belady_future_as_one_key_per_step():
+    # a 1-D array or a list of ints: one key per step. N = 3, C = 2, future 0: [0], 1: [1],
+    # 2: [2], 3: [0]: step 2 evicts 1 (never used again), step 3 hits 0
+    for future in (np.array([0, 1, 2, 0]), [0, 1, 2, 0]):
+        c = CACHE.make("belady", capacity=2, num_keys=3)
+        c.set_future(future)
+        assert [c.access(s, [k]) for s, k in enumerate([0, 1, 2, 0])] == [
+            ([0], []), ([1], []), ([2], [1]), ([], [])]
+
+
+def test_belady_next_uses_one_step_apart_from_the_table_and_a_prefetch():
+    # N = 3, C = 2, future 0: [2], 1: [1], 2: [0], 3: [2]. Key 2 (step 0) is next used at 3; key
+    # 0, prefetched at step 0, first at 2: step 1 evicts 2, the farther, though its id is larger
+    c = CACHE.make("belady", capacity=2, num_keys=3)
+    c.set_future(np.array([[2], [1], [0], [2]]))
+    c.access(0, [2])
+    assert c.insert(0, [0]) == ([0], [])
+    assert c.access(1, [1]) == ([1], [2])
+
+
+def test_belady_ties_among_many_keys_go_to_the_smaller_id():
+    # 20000 keys: 'never used again' ranks reach 2**40 * 20000 (past 2**53), exact as integers.
+    # Keys 19991 and 19992 are never used after steps 0 and 1: step 2 evicts the smaller, 19991
+    c = CACHE.make("belady", capacity=2, num_keys=20000)
+    c.set_future(np.array([[19991], [19992], [0]]))
+    c.access(0, [19991])
+    c.access(1, [19992])
+    assert c.access(2, [0]) == ([0], [19991])
