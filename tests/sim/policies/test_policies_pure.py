@@ -56,3 +56,37 @@ def test_lru_evicts_least_recent_and_breaks_ties_by_id():
     c2 = CACHE.make("lru", capacity=2, num_keys=8)
     c2.access(0, [4, 2])
     assert c2.access(1, [7]) == ([7], [2])  # equal last use: smallest id goes
+
+
+def test_anticorr_pairs_anticorrelated_experts_and_splits_correlated_ones():
+    """Huang et al.'s cost by hand: 2 GPUs of 2 slots, one layer, two batches with loads
+    [0, 3, 2, 3] and [0, 2, 3, 2]. Expert 0 is constant (correlation 0), 1 and 3 move together
+    (+1), 2 against both (-1); totals 0, 5, 5, 5 of 15. Heaviest first (ties smaller id): 1 -> GPU
+    0 (cost 0 on both); 2: GPU 0 costs 5/15 - 0.5 < 0 (GPU 1), so it joins 1; GPU 0 is full, so
+    3 and 0 go to GPU 1. The plain greedy (no correlation) puts 2 on GPU 1 and 3 on GPU 0."""
+    import warnings
+
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+
+    hist = np.array([[[0, 3, 2, 3]], [[0, 2, 3, 2]]])  # (B=2, L=1, E=4)
+    p = PLACEMENT.make("anticorr", num_gpus=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a constant expert's correlation is 0, without a warning
+        p.fit_history(hist)
+    assert [g for (g,) in p.place(hist.sum(axis=0)).replicas[0]] == [1, 0, 0, 1]
+    greedy = PLACEMENT.make("greedy", num_gpus=2)
+    assert [g for (g,) in greedy.place(hist.sum(axis=0)).replicas[0]] == [1, 0, 1, 0]
+
+
+def test_rebalance_replans_every_period_batches():
+    """period 3: the third, sixth and ninth observed batches replan, the others return None."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+
+    p = PLACEMENT.make("rebalance", num_gpus=2, window=4, period=3)
+    p.place(np.array([[4.0, 3.0, 2.0, 1.0]]))
+    got = [p.observe(np.array([[1.0, 2.0, 3.0, 4.0]])) is not None for _ in range(9)]
+    assert got == [False, False, True] * 3
