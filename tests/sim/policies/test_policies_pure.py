@@ -90,3 +90,36 @@ def test_rebalance_replans_every_period_batches():
     p.place(np.array([[4.0, 3.0, 2.0, 1.0]]))
     got = [p.observe(np.array([[1.0, 2.0, 3.0, 4.0]])) is not None for _ in range(9)]
     assert got == [False, False, True] * 3
+
+
+def test_rebalance_adds_the_moves_of_every_replan():
+    """window 1, period 1 (every batch replans on itself), greedy on 2 GPUs: loads
+    [10, 9, 1, 1] give owners [0, 1, 1, 0], [1, 1, 10, 9] give [1, 0, 0, 1]; each switch moves
+    all four experts, so two replans move 4 + 4."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+
+    a, b = np.array([[10.0, 9.0, 1.0, 1.0]]), np.array([[1.0, 1.0, 10.0, 9.0]])
+    p = PLACEMENT.make("rebalance", num_gpus=2, window=1, period=1)
+    assert [g for (g,) in p.place(a).replicas[0]] == [0, 1, 1, 0]
+    assert [g for (g,) in p.observe(b).replicas[0]] == [1, 0, 0, 1]
+    assert p.moved == 4
+    assert [g for (g,) in p.observe(a).replicas[0]] == [0, 1, 1, 0]
+    assert p.moved == 8 and [g for (g,) in p.current.replicas[0]] == [0, 1, 1, 0]
+
+
+def test_rebalance_arguments_checked():
+    import pytest
+
+    from sim.common.errors import ConfigError
+    from sim.policies import PLACEMENT
+
+    p = PLACEMENT.make("rebalance", num_gpus=2, window=1, period=1)  # the smallest accepted
+    assert (p.window, p.period) == (1, 1)
+    for window, period in ((0, 1), (1, 0)):
+        with pytest.raises(ConfigError, match=f"^rebalance: window and period must be >= 1, "
+                                              f"got {window}, {period}$"):
+            PLACEMENT.make("rebalance", num_gpus=2, window=window, period=period)
+    with pytest.raises(ConfigError, match="^rebalance: inner policy cannot be rebalance$"):
+        PLACEMENT.make("rebalance", num_gpus=2, inner="rebalance")
