@@ -123,3 +123,18 @@ def test_rebalance_arguments_checked():
             PLACEMENT.make("rebalance", num_gpus=2, window=window, period=period)
     with pytest.raises(ConfigError, match="^rebalance: inner policy cannot be rebalance$"):
         PLACEMENT.make("rebalance", num_gpus=2, inner="rebalance")
+
+
+def test_exhaustive_ties_go_to_the_first_owner_vector():
+    """Four equal experts on 2 GPUs: every split two and two has maximum load 2; the first in
+    lexicographic order (expert 0 on GPU 0) is [0, 0, 1, 1]. Loads [3, 1, 2, 2]: 4 is the best
+    maximum, reached first by [0, 0, 1, 1]."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+    from sim.policies.placement.exhaustive import best_layer
+
+    assert best_layer(np.array([1.0, 1.0, 1.0, 1.0]), 2) == (2.0, [0, 0, 1, 1])
+    p = PLACEMENT.make("exhaustive", num_gpus=2)
+    plan = p.place(np.array([[1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 2.0, 2.0]]))
+    assert [[g for (g,) in row] for row in plan.replicas] == [[0, 0, 1, 1], [0, 0, 1, 1]]
