@@ -138,3 +138,37 @@ def test_exhaustive_ties_go_to_the_first_owner_vector():
     p = PLACEMENT.make("exhaustive", num_gpus=2)
     plan = p.place(np.array([[1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 2.0, 2.0]]))
     assert [[g for (g,) in row] for row in plan.replicas] == [[0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+def test_exhaustive_keeps_equal_expert_counts_and_its_limits():
+    """Loads [3, 1, 1, 1] on 2 GPUs of 2 experts: the best maximum is 4 ([0, 0, 1, 1]: 3 + 1 and
+    1 + 1); three experts on one GPU (max 3) is not a placement. A layer of exactly
+    ``max_experts`` experts is searched, one more is refused; E must be a multiple of G."""
+    import numpy as np
+    import pytest
+
+    from sim.common.errors import ConfigError
+    from sim.policies import PLACEMENT
+    from sim.policies.placement.exhaustive import best_layer
+
+    assert best_layer(np.array([3.0, 1.0, 1.0, 1.0]), 2) == (4.0, [0, 0, 1, 1])
+    assert best_layer(np.array([3.0, 1.0, 1.0, 1.0, 1.0, 1.0]), 3) == (4.0, [0, 0, 1, 1, 2, 2])
+    p = PLACEMENT.make("exhaustive", num_gpus=2, max_experts=4)
+    assert [g for (g,) in p.place(np.array([[3, 1, 1, 1]])).replicas[0]] == [0, 0, 1, 1]
+    with pytest.raises(ConfigError, match=r"^exhaustive placement over 6 experts is too large "
+                                          r"\(max_experts=4\)$"):
+        p.place(np.ones((1, 6)))
+    with pytest.raises(ConfigError, match="^exhaustive placement needs experts 3 to be a "
+                                          "multiple of GPUs 2$"):
+        p.place(np.ones((1, 3)))
+
+
+def test_rebalance_replans_before_any_placement():
+    """Without a first ``place``, the first replan moves nothing (there was no placement)."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+
+    p = PLACEMENT.make("rebalance", num_gpus=2, window=2, period=1)
+    new = p.observe(np.array([[10.0, 9.0, 1.0, 1.0]]))
+    assert [g for (g,) in new.replicas[0]] == [0, 1, 1, 0] and p.moved == 0
