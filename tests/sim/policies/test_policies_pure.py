@@ -172,3 +172,32 @@ def test_rebalance_replans_before_any_placement():
     p = PLACEMENT.make("rebalance", num_gpus=2, window=2, period=1)
     new = p.observe(np.array([[10.0, 9.0, 1.0, 1.0]]))
     assert [g for (g,) in new.replicas[0]] == [0, 1, 1, 0] and p.moved == 0
+
+
+def test_anticorr_weight_trades_correlation_against_load():
+    """The history of the test above with ``weight`` 0.1 (totals 0, 5, 5, 5 of 15; 1 and 3
+    correlated +1, 2 against both): 1 -> GPU 0; 2: GPU 0 costs 5/15 - 0.1 > 0 (GPU 1), so GPU 1;
+    3: GPU 0 costs 5/15 + 0.1, GPU 1 5/15 - 0.1, so GPU 1; 0 fills GPU 0."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+
+    hist = np.array([[[0, 3, 2, 3]], [[0, 2, 3, 2]]])
+    p = PLACEMENT.make("anticorr", num_gpus=2, weight=0.1)
+    p.fit_history(hist)
+    assert [g for (g,) in p.place(hist.sum(axis=0)).replicas[0]] == [0, 0, 1, 1]
+
+
+def test_greedy_adds_each_expert_to_its_gpu_load_and_honours_slots():
+    """Huang et al.'s greedy by hand. Loads [4, 3, 2, 2, 1, 0], 2 GPUs of 3: 0 -> GPU 0 (4),
+    1 -> 1 (3), 2 -> 1 (5), 3 -> 0 (6), 4 -> 1 (6, full), 5 -> 0. With 3 slots each, loads
+    [4, 1, 1, 1] put 1, 2, 3 on GPU 1 (1, 2, 3 < 4); with the default 2 slots 3 goes to GPU 0."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+    from sim.policies.placement._greedy import greedy_layer
+
+    p = PLACEMENT.make("greedy", num_gpus=2)
+    assert [g for (g,) in p.place(np.array([[4, 3, 2, 2, 1, 0]])).replicas[0]] == [0, 1, 1, 0, 1, 0]
+    assert greedy_layer(np.array([4.0, 1.0, 1.0, 1.0]), 2, slots=3) == [0, 1, 1, 1]
+    assert greedy_layer(np.array([4.0, 1.0, 1.0, 1.0]), 2) == [0, 1, 1, 0]
