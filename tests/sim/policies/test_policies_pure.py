@@ -201,3 +201,54 @@ def test_greedy_adds_each_expert_to_its_gpu_load_and_honours_slots():
     assert [g for (g,) in p.place(np.array([[4, 3, 2, 2, 1, 0]])).replicas[0]] == [0, 1, 1, 0, 1, 0]
     assert greedy_layer(np.array([4.0, 1.0, 1.0, 1.0]), 2, slots=3) == [0, 1, 1, 1]
     assert greedy_layer(np.array([4.0, 1.0, 1.0, 1.0]), 2) == [0, 1, 1, 0]
+
+
+def test_eplb_replicas_by_hand():
+    """3 GPUs of 2 slots, 3 experts, loads [2, 1, 1], 3 redundant: replication gives 0 a second
+    copy (2 per copy the most), a third (1, 1, 1: the smaller id), then 1 (0 is on every GPU):
+    counts [3, 2, 1], per copy 2/3, 1/2, 1. Packing heaviest per copy first: 2 -> GPU 0; the
+    copies of 0 -> GPU 1, GPU 2, GPU 0 (each to a GPU without one); 1 -> GPU 1 (2/3 < 5/3), and
+    the other 1 to GPU 2, the one with room that has none."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+    from sim.policies.placement.eplb import replicate
+
+    p = PLACEMENT.make("eplb", num_gpus=3, num_redundant=3)
+    assert p.place(np.array([[2, 1, 1]])).replicas[0] == [(0, 1, 2), (1, 2), (0,)]
+    # per copy: [6, 4, 1] -> 0 gets a second copy, then [3, 4, 1] -> 1 does
+    assert replicate(np.array([6.0, 4.0, 1.0]), 5, 3).tolist() == [2, 2, 1]
+
+
+def test_eplb_default_redundancy_fills_the_last_slot_row():
+    """num_redundant None: R = (-E) mod G, or G when G divides E. 4 experts on 3 GPUs: R = 2,
+    2 slots each; on 2 GPUs: R = 2, 3 slots each."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+
+    load = np.array([[4.0, 3.0, 2.0, 1.0]])
+    for G, slots in ((3, 2), (2, 3)):
+        plan = PLACEMENT.make("eplb", num_gpus=G).place(load)
+        assert plan.slots_used().tolist() == [slots] * G
+
+
+def test_eplb_and_pack_refuse_what_does_not_fit():
+    import numpy as np
+    import pytest
+
+    from sim.common.errors import ConfigError
+    from sim.policies import PLACEMENT
+    from sim.policies.placement.eplb import pack
+
+    with pytest.raises(ConfigError, match="^eplb: experts 4 \\+ redundant 1 must be a multiple of "
+                                          "GPUs 2, and both of nodes 1$"):
+        PLACEMENT.make("eplb", num_gpus=2, num_redundant=1).place(np.ones((1, 4)))
+    for nodes in (0, 3):
+        with pytest.raises(ConfigError, match=f"^eplb: num_gpus 4 must be a multiple of num_nodes "
+                                              f"{nodes}$"):
+            PLACEMENT.make("eplb", num_gpus=4, num_nodes=nodes)
+    with pytest.raises(ConfigError, match="^packing 3 items into 1 bins of 2 slots$"):
+        pack(np.ones(3), np.arange(3), 1, 2)
+    # heaviest first: weights [1, 3, 2] into 2 bins of 2 -> 1 to bin 0, 2 to bin 1, 0 to bin 1
+    assert pack(np.array([1.0, 3.0, 2.0]), np.arange(3), 2, 2) == [[1], [2, 0]]
