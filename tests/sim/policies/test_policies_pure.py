@@ -252,3 +252,15 @@ def test_eplb_and_pack_refuse_what_does_not_fit():
         pack(np.ones(3), np.arange(3), 1, 2)
     # heaviest first: weights [1, 3, 2] into 2 bins of 2 -> 1 to bin 0, 2 to bin 1, 0 to bin 1
     assert pack(np.array([1.0, 3.0, 2.0]), np.arange(3), 2, 2) == [[1], [2, 0]]
+
+
+def test_contiguous_blocks_with_a_remainder_and_fewer_experts_than_gpus():
+    """10 experts on 4 GPUs: blocks of 3, 3, 2, 2 (the first E mod G GPUs one more); 2 experts on
+    4 GPUs: expert e on GPU e * 4 // 2, so 0 and 2."""
+    import numpy as np
+
+    from sim.policies import PLACEMENT
+
+    p = PLACEMENT.make("contiguous", num_gpus=4)
+    assert [g for (g,) in p.place(np.ones((1, 10))).replicas[0]] == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    assert [g for (g,) in p.place(np.ones((2, 2))).replicas[1]] == [0, 2]
