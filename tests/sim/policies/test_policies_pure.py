@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +265,83 @@ def test_contiguous_blocks_with_a_remainder_and_fewer_experts_than_gpus():
     p = PLACEMENT.make("contiguous", num_gpus=4)
     assert [g for (g,) in p.place(np.ones((1, 10))).replicas[0]] == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
     assert [g for (g,) in p.place(np.ones((2, 2))).replicas[1]] == [0, 2]
+
+
+def test_placement_gpu_load_over_batches_and_slots_as_integers():
+    """2 layers x 3 experts on 2 GPUs: layer 0 puts 0, 1 on GPU 0 and 2 on both (half each),
+    layer 1 puts 0 on GPU 1 and 1, 2 on GPU 0. Batch loads [[2, 4, 6], [1, 1, 2]] give GPU loads
+    [[2 + 4 + 3, 3], [1 + 2, 1]] = [[9, 3], [3, 1]]: max / mean 1.5 in both layers. Slots used:
+    GPU 0 holds 3 + 2 replicas, GPU 1 1 + 1."""
+    import numpy as np
+
+    from sim.policies.base import Placement
+
+    plan = Placement(num_gpus=2, replicas=[[(0,), (0,), (0, 1)], [(1,), (0,), (0,)]])
+    load = np.array([[[2.0, 4.0, 6.0], [1.0, 1.0, 2.0]]] * 2)  # (B=2, L=2, E=3)
+    assert plan.gpu_load(load).tolist() == [[[9.0, 3.0], [3.0, 1.0]]] * 2
+    assert plan.imbalance(load).tolist() == [[1.5, 1.5]] * 2
+    used = plan.slots_used()
+    assert used.tolist() == [5, 2] and used.dtype.kind == "i"
+
+
+def test_prefetch_default_next_layer_is_an_empty_index():
+    """The base policy prefetches nothing for the next layer: an empty integer array, usable as an
+    index like any policy's answer."""
+    import numpy as np
+
+    from sim.policies.base import PrefetchContext, PrefetchPolicy
+
+    got = PrefetchPolicy(2, 4, 1).next_layer(PrefetchContext(), 0, np.array([1]))
+    assert np.arange(4)[got].tolist() == [] and got.dtype.kind == "i"
+
+
+def test_routers_built_without_arguments():
+    from sim.policies import ROUTER
+    from sim.policies._registry import NoArgs
+    from sim.policies.router.least_loaded import LeastLoadedRouter
+    from sim.policies.router.round_robin import RoundRobinRouter
+
+    rr, ll = RoundRobinRouter(), LeastLoadedRouter()
+    assert rr.cfg == NoArgs() and ll.cfg == NoArgs() and ROUTER.make("round_robin").cfg == NoArgs()
+    assert [rr.pick([0, 2, 5], [0, 0, 0]) for _ in range(4)] == [0, 2, 5, 0]
+    assert ll.pick([0, 2, 5], [3, 1, 1]) == 2
+
+
+def test_placement_share_refuses_a_wrong_shape_or_gpu():
+    """The share check names what is wrong: a placement of 1 layer x 2 experts asked as 2 layers
+    (or 3 experts); an expert with no GPU, or on GPU 2 of 2."""
+    import numpy as np
+    import pytest
+
+    from sim.common.errors import ConfigError
+    from sim.policies.base import Placement
+
+    plan = Placement(num_gpus=2, replicas=[[(0,), (1,)]])
+    assert plan.share().tolist() == [[[1.0, 0.0], [0.0, 1.0]]]
+    with pytest.raises(ConfigError, match=r"^placement policy '\?' returned a placement of the "
+                                          r"wrong shape \(expected 2 layers x 2 experts on 2 GPUs\)$"):
+        plan.share(2, 2)
+    with pytest.raises(ConfigError, match=r"^placement policy 'greedy' returned a placement of the "
+                                          r"wrong shape \(expected 1 layers x 3 experts on 2 GPUs\)$"):
+        plan.share(1, 3, name="greedy")
+    with pytest.raises(ConfigError, match="wrong shape"):
+        plan.gpu_load(np.ones((2, 2)))
+    for gpus in ((), (0, 2)):
+        bad = Placement(num_gpus=2, replicas=[[(0,), gpus]])
+        with pytest.raises(ConfigError, match=rf"^placement puts layer 0 expert 1 on GPUs "
+                                              rf"{re.escape(str(gpus))}, expected 1\+ of 0..1$"):
+            bad.share()
+
+
+def test_fcfs_counts_a_resumed_requests_generated_tokens():
+    """Budget 10: A (4 prompt + 4 generated) leaves 2, so B (3) is admitted and overruns it; C is
+    not. A scheduler built without arguments has the empty config."""
+    from sim.policies._registry import NoArgs
+    from sim.policies.base import RequestView
+    from sim.policies.scheduler.fcfs import FCFSScheduler
+
+    views = [RequestView(i, float(i), p, d, 10.0, "t", float("inf"))
+             for i, (p, d) in enumerate([(4, 4), (3, 0), (3, 0)])]
+    s = FCFSScheduler()
+    assert isinstance(s.cfg, NoArgs)
+    assert s.admit(0.0, views, [], 10) == [0, 1]
