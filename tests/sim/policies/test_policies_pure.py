@@ -345,3 +345,24 @@ def test_fcfs_counts_a_resumed_requests_generated_tokens():
     s = FCFSScheduler()
     assert isinstance(s.cfg, NoArgs)
     assert s.admit(0.0, views, [], 10) == [0, 1]
+
+
+def test_placement_and_prefetch_policies_built_without_arguments():
+    import pytest
+
+    from sim.common.errors import ConfigError
+    from sim.policies import PLACEMENT
+    from sim.policies._registry import NoArgs
+    from sim.policies.base import PrefetchPolicy
+    from sim.policies.placement.greedy import GreedyPlacement
+
+    assert isinstance(GreedyPlacement(2).cfg, NoArgs) and isinstance(PrefetchPolicy(2, 4, 1).cfg, NoArgs)
+    with pytest.raises(ConfigError, match="^num_gpus must be positive, got 0$"):
+        PLACEMENT.make("greedy", num_gpus=0)
+
+
+def test_placement_share_of_a_gpu_listed_twice():
+    """A replica tuple (0, 0) lists GPU 0 twice: each listing takes half, GPU 0 computes all."""
+    from sim.policies.base import Placement
+
+    assert Placement(num_gpus=2, replicas=[[(0, 0)]]).share().tolist() == [[[1.0, 0.0]]]
