@@ -319,3 +319,145 @@ def test_belady_replay_from_a_later_step_and_its_consistency_check():
     other.set_future(future)
     with pytest.raises(Exception, match=r"^belady.replay: steps 2..4 differ from"):
         other.replay(future[1:4], 2)
+
+
+def _belady_stale_reference(future, C, N, calls):
+    """Belady's MIN as the policy keeps it when callers stray from the future: each key's rank is
+    set when it is touched (a step: its first use in ``future`` strictly after the step; a prefetch:
+    at or after it; never again: farthest) and kept until its next touch; victims are the resident
+    keys outside the row (or outside the protected ones) with the largest (next use, -id), in
+    that order. ``calls``: ("access", step, keys) or ("insert", step, keys, protect)."""
+    rank: dict[int, tuple[int, int]] = {}
+    res: set[int] = set()
+    out = []
+
+    def first_use(k, s, strict):
+        later = [t for t in range(len(future)) if k in future[t] and (t > s if strict else t >= s)]
+        return (later[0] if later else NEVER, -k)
+
+    for call in calls:
+        kind, s, keys = call[0], call[1], sorted(set(call[2]))
+        if kind == "access":
+            row, miss = keys, [k for k in keys if k not in res]
+        else:
+            miss = [k for k in keys if k not in res]
+            row = sorted(set(miss) | ({int(p) for p in call[3]} & res))
+        room = C - len(res)
+        cand = sorted((k for k in res if k not in row), key=lambda k: rank[k], reverse=True)
+        n_ev = min(max(len(miss) - room, 0), len(cand))
+        ev = cand[:n_ev]
+        res.difference_update(ev)
+        kept = miss[:max(room, 0) + n_ev]
+        res.update(kept)
+        for k in (row if kind == "access" else kept):
+            rank[k] = first_use(k, s, kind == "access")
+        out.append((kept if kind == "insert" else miss, ev))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_belady_off_the_future_and_prefetches_equal_a_stale_rank_reference(seed):
+    # steps that follow the future, steps that do not (other keys: ranks from the first use
+    # strictly after the step, searched per key), prefetches (first use at or after the step),
+    # several victims at once: each call's misses and victims equal the plain reference
+    rng = np.random.default_rng(100 + seed)
+    N, S = int(rng.integers(4, 8)), 24
+    future = [sorted(rng.choice(N, size=int(rng.integers(1, 4)), replace=False).tolist())
+              for _ in range(S)]
+    for C in (2, 3):
+        calls = []
+        for s in range(S):
+            if rng.random() < 0.3:
+                calls.append(("insert", s, rng.choice(N, size=2, replace=False).tolist(),
+                              rng.choice(N, size=1).tolist()))
+            if rng.random() < 0.5:
+                calls.append(("access", s, future[s]))
+            else:
+                calls.append(("access", s, rng.choice(N, size=int(rng.integers(1, 4)),
+                                                      replace=False).tolist()))
+        c = CACHE.make("belady", capacity=C, num_keys=N)
+        c.set_future([np.array(r) for r in future])
+        got = []
+        for call in calls:
+            if call[0] == "access":
+                got.append(c.access(call[1], call[2]))
+            else:
+                got.append(c.insert(call[1], call[2], protect=call[3]))
+        assert got == _belady_stale_reference(future, C, N, calls), (seed, C)
+
+
+def test_belady_prefetch_for_its_own_step_ranks_by_that_use():
+    # N = 4, C = 2, future 0: [0], 1: [1], 2: [2], 3: [0], 4: [1]. After steps 0 and 1 key 0 is
+    # next used at 3, key 1 at 4. A prefetch of 2 at step 2 evicts 1 (farthest); 2's own use is
+    # step 2 itself, nearer than 0's (step 3), so a second prefetch (3, never used) at step 2
+    # evicts 0, and step 2 hits
+    c = CACHE.make("belady", capacity=2, num_keys=4)
+    c.set_future(np.array([[0], [1], [2], [0], [1]]))
+    c.access(0, [0])
+    c.access(1, [1])
+    assert c.insert(2, [2]) == ([2], [1])
+    assert c.insert(2, [3]) == ([3], [0])
+    assert c.access(2, [2]) == ([], [])
+    # next uses one step apart, one ranked by a step, the other by a prefetch: N = 3, C = 2,
+    # future 0: [0], 1: [1], 2: [0], 3: [2]. Key 0 (step 0) is next used at 2, key 2 (prefetched
+    # at step 0) at 3: step 1 evicts 2, the farther, although its id is the larger
+    c = CACHE.make("belady", capacity=2, num_keys=3)
+    c.set_future(np.array([[0], [1], [0], [2]]))
+    c.access(0, [0])
+    assert c.insert(0, [2]) == ([2], [])
+    assert c.access(1, [1]) == ([1], [2])
+
+
+def test_belady_victims_outside_a_step_that_holds_the_farthest_keys():
+    # N = 8, C = 4, future 0: [0, 1, 2, 3], 1: [2, 3, 4, 5], 2: [0, 1]. After step 0 the ranks,
+    # farthest first: 0 (step 2), 1 (step 2, larger id), 2 (step 1), 3. A step off the future
+    # needing [0, 1, 6, 7] loads 6 and 7: the two farthest keys (0, 1) are its own, so the
+    # victims are the two farthest of the others, 2 then 3
+    c = CACHE.make("belady", capacity=4, num_keys=8)
+    c.set_future([np.array([0, 1, 2, 3]), np.array([2, 3, 4, 5]), np.array([0, 1])])
+    c.access(0, [0, 1, 2, 3])
+    assert c.access(1, [0, 1, 6, 7]) == ([6, 7], [2, 3])
+    assert sorted(c.resident) == [0, 1, 6, 7]
+
+
+def test_belady_replay_from_a_later_step_numbers_its_steps_from_there():
+    # N = 3, C = 2, future 0: [0], 1: [1], 2: [2], 3: [0]. After step 0, replaying steps 1..3:
+    # step 1 loads 1 (never used again), step 2 loads 2 and evicts 1 (0 is used at step 3), step
+    # 3 hits 0: two misses (numbered from 0, step "0" would need [1], off the future, and rank
+    # 1 by its use at step 1, then evict 0: three misses)
+    future = np.array([[0], [1], [2], [0]])
+    c = CACHE.make("belady", capacity=2, num_keys=3)
+    c.set_future(future)
+    c.access(0, [0])
+    assert c.replay(future[1:], 1) == 2
+    assert sorted(c.resident) == [0, 2]
+
+
+def test_belady_future_as_one_key_per_step():
+    # a 1-D array or a list of ints: one key per step. N = 3, C = 2, future 0: [0], 1: [1],
+    # 2: [2], 3: [0]: step 2 evicts 1 (never used again), step 3 hits 0
+    for future in (np.array([0, 1, 2, 0]), [0, 1, 2, 0]):
+        c = CACHE.make("belady", capacity=2, num_keys=3)
+        c.set_future(future)
+        assert [c.access(s, [k]) for s, k in enumerate([0, 1, 2, 0])] == [
+            ([0], []), ([1], []), ([2], [1]), ([], [])]
+
+
+def test_belady_next_uses_one_step_apart_from_the_table_and_a_prefetch():
+    # N = 3, C = 2, future 0: [2], 1: [1], 2: [0], 3: [2]. Key 2 (step 0) is next used at 3; key
+    # 0, prefetched at step 0, first at 2: step 1 evicts 2, the farther, though its id is larger
+    c = CACHE.make("belady", capacity=2, num_keys=3)
+    c.set_future(np.array([[2], [1], [0], [2]]))
+    c.access(0, [2])
+    assert c.insert(0, [0]) == ([0], [])
+    assert c.access(1, [1]) == ([1], [2])
+
+
+def test_belady_ties_among_many_keys_go_to_the_smaller_id():
+    # 20000 keys: 'never used again' ranks reach 2**40 * 20000 (past 2**53), exact as integers.
+    # Keys 19991 and 19992 are never used after steps 0 and 1: step 2 evicts the smaller, 19991
+    c = CACHE.make("belady", capacity=2, num_keys=20000)
+    c.set_future(np.array([[19991], [19992], [0]]))
+    c.access(0, [19991])
+    c.access(1, [19992])
+    assert c.access(2, [0]) == ([0], [19991])
