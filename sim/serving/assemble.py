@@ -112,8 +112,8 @@ class World:
         # the cache policy's array form (LRU as recency stamps, a replica's GPUs at once:
         # sim/serving/lru_arrays.py), where it declares one and nothing needs the objects' calls:
         # misses run on the host and a next-layer prefetch walk layer by layer through the
-        # objects (an array cache there only pays its modes' switching), but for LRU's, FIFO's
-        # and LIFO's stamps under a prefetch the compiled walk serves (prefetch_walk.py)
+        # objects (an array cache there only pays its modes' switching), but for the stores the
+        # compiled walk serves (prefetch_walk.RULES: LRU, FIFO, LIFO, LFU, keep_predicted)
         form = array_form(CACHE.get(p.cache)) if p.cache_arrays else None
         pf_fast = form is not None and form[0] in RULES and prefetch_applies(self.walk)
         self.arrays = form is not None and not plan.layer_slots and cache_log is None and \

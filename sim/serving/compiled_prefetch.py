@@ -41,7 +41,7 @@ from numba import njit
 NONE = -(1 << 62)
 #: the per-GPU figures :func:`prefetch_iteration` returns, by column
 FIGS = ("hits", "misses", "streamed", "evictions", "prefetched", "skipped", "late", "used",
-        "unused", "keys", "reused", "peak", "over")
+        "unused", "keys", "reused", "peak")
 
 
 @njit(cache=True)
@@ -119,7 +119,7 @@ def _victims(S, C, T, g, hi, skip, used, hkey, rule, n, out):  # pragma: no cove
 
 
 @njit(cache=True)
-def prefetch_iteration(rule, S, C, T, pin, step0, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, scap,
+def prefetch_iteration(rule, S, C, T, pin, step0, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl,
                        t, attn, gate, pf_cost, a2a, comp, eb, stall,
                        lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn, gs, ge, gh, gn,
                        itid, iland, islot, icnt, figs):  # pragma: no cover - compiled
@@ -128,14 +128,13 @@ def prefetch_iteration(rule, S, C, T, pin, step0, nres, cap, clock, hkey, loc, l
     1 FIFO, 2 LIFO with Huang et al.'s active set, load stamps: a hit is not stamped; 3 LFU:
     ``S`` marks the resident keys, ``C``, ``T`` (G, H) each key's uses and last step, a layer
     ``l``'s step being ``step0 + l``; 4 eMoE's keep_predicted: LRU whose resident keys marked
-    in ``pin`` (G, H), the predicted set, are no victims of a step or a prefetch).
-    ``hkey`` (G, H): each local index's key (-1: padding), ``loc`` (G, L*E) each key's local
-    index (-1: not held); ``lo`` (G, L+1): each layer's first local index; ``used`` (L*E,) the
-    keys the batch uses (LIFO's active set); the predictions ``pk[po[l]:po[l + 1]]`` (keys of
-    layer ``ptl[l]``, -1: none) decided after layer ``l``; ``scap`` (G,) the GPUs' slots as
-    the why-tallies count them; ``comp`` (L, G) the experts' seconds, ``a2a`` (L,) the
-    all-to-all's; ``stall`` (G,) added to. ``icnt`` (G,) gets each GPU's keys in flight at the
-    end, ``figs`` (G, len(FIGS)) the caches' and prefetches' figures."""
+    in ``pin`` (G, H), the predicted set, are no victims of a step or a prefetch). ``hkey`` (G,
+    H): each local index's key (-1: padding), ``loc`` (G, L*E) each key's local index (-1: not
+    held); ``lo`` (G, L+1): each layer's first local index; ``used`` (L*E,) the keys the batch
+    uses (LIFO's active set); the predictions ``pk[po[l]:po[l + 1]]`` (keys of layer
+    ``ptl[l]``, -1: none) decided after layer ``l``; ``comp`` (L, G) the experts' seconds,
+    ``a2a`` (L,) the all-to-all's; ``stall`` (G,) added to. ``icnt`` (G,) gets each GPU's keys
+    in flight at the end, ``figs`` (G, len(FIGS)) the caches' and prefetches' figures."""
     G, H = S.shape
     L = lo.shape[1] - 1
     row = np.zeros((G, H), dtype=np.bool_)  # a layer's keys (its step), per GPU
@@ -156,8 +155,6 @@ def prefetch_iteration(rule, S, C, T, pin, step0, nres, cap, clock, hkey, loc, l
                 n += 1
                 held[g, h] = S[g, h] >= 0
         figs[g, 9] += n
-        if n > scap[g]:
-            figs[g, 12] += 1
     for l in range(L):
         # -- every GPU's step (LRUCache.access: misses load in increasing key order, each past
         # the free slots evicting the least recent key outside the step; none left: streamed)

@@ -95,16 +95,7 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
         load = np.repeat(counts.sum(axis=1, keepdims=True) / G, G, axis=1)
     elif plan.single_owner:
         # each expert on one GPU: per-GPU sums by scatter (no (L, E, G) product)
-        lg = plan.lg_index
-        if kern is not None and cost.__class__ is AnalyticCost:
-            comp, load = kern.moe_owned(counts_flat, lg, L * G, MOE_BLOCK_TOKENS,
-                                        cost._expert_flops_per_token, cost._expert_weight_bytes,
-                                        cost._act_bytes_per_token, cost.flops_s, cost.hbm_s,
-                                        MOE_LAUNCHES * cost.hw.kernel_latency_s)
-            comp, load = comp.reshape(L, G), load.reshape(L, G)
-        else:
-            comp = cost.moe_s(counts_flat, lg, L * G).reshape(L, G)
-            load = np.bincount(lg, weights=counts_flat, minlength=L * G).reshape(L, G)
+        comp, load = _moe_load(cost, kern, counts_flat, plan.lg_index, L, G)
     else:
         # replicated experts: this batch's tokens split across the replicas, each token to the
         # least-loaded replica GPU (sim/world/token_split.py), integers summing to counts
@@ -113,17 +104,7 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
             # dense arrays' nonzeros in their order: the same integers and floats
             tab = pair_table(plan, wide)
             tok_p = split_pairs(counts, tab, wide)  # (P,) tokens per (expert, GPU) holding
-            if kern is not None and cost.__class__ is AnalyticCost:  # (moe_s and the bincount
-                # over the pairs in one pass: the same sums in index order, then the same floats)
-                comp, load = kern.moe_owned(tok_p, tab.group, L * G, MOE_BLOCK_TOKENS,
-                                            cost._expert_flops_per_token,
-                                            cost._expert_weight_bytes, cost._act_bytes_per_token,
-                                            cost.flops_s, cost.hbm_s,
-                                            MOE_LAUNCHES * cost.hw.kernel_latency_s)
-                comp, load = comp.reshape(L, G), load.reshape(L, G)
-            else:
-                comp = cost.moe_s(tok_p, tab.group, L * G).reshape(L, G)
-                load = np.bincount(tab.group, weights=tok_p, minlength=L * G).reshape(L, G)
+            comp, load = _moe_load(cost, kern, tok_p, tab.group, L, G)
             batch_share = tok_p / np.maximum(counts_flat, 1)[tab.pair_key]  # (P,)
         else:
             tok_g = split_tokens(counts, plan.share > 0)  # (L, E, G) tokens per expert per GPU
@@ -149,3 +130,21 @@ def layer_costs(plan: ClusterPlan, cost: Any, counts_flat: np.ndarray, shape: Ba
         a2a = (a2a, batch_share)
     pre = cost.iteration_s(prefill, shape.decode, shape.pairs, shape.kv_tokens, shape.sequences)
     return LayerCosts(comp=comp, load=load, computed=computed, attn=attn, gate=gate, a2a=a2a, pre=pre)
+
+
+def _moe_load(cost: Any, kern: Any, tokens: np.ndarray, group: np.ndarray, L: int, G: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Each (layer, GPU)'s fused MoE time (L, G) and tokens (L, G) of ``tokens`` (N,) computed
+    where ``group`` (N,) says (layer * G + GPU): ``cost.moe_s`` and a bincount, or, with the
+    walk's kernels under the analytic model, both in one compiled pass
+    (:func:`sim.serving.compiled_walk.moe_owned`: the same sums in index order, then the same
+    floats)."""
+    if kern is not None and cost.__class__ is AnalyticCost:
+        comp, load = kern.moe_owned(tokens, group, L * G, MOE_BLOCK_TOKENS,
+                                    cost._expert_flops_per_token, cost._expert_weight_bytes,
+                                    cost._act_bytes_per_token, cost.flops_s, cost.hbm_s,
+                                    MOE_LAUNCHES * cost.hw.kernel_latency_s)
+        return comp.reshape(L, G), load.reshape(L, G)
+    return (cost.moe_s(tokens, group, L * G).reshape(L, G),
+            np.bincount(group, weights=tokens, minlength=L * G).reshape(L, G))
+

@@ -77,7 +77,6 @@ class Prediction:
         self.cache_uses_prediction = cache_cls.uses_prediction
         #: GPU id -> the predicted set last loaded there by a request prefetch (once per prediction)
         self._loaded: dict[int, tuple[Any, list[int]]] = {}  # (the cache, its keys)
-        self._plan_cache: tuple | None = None  # (the last plan's keys, as arrays: _plan_arrays)
 
     def cost_s(self) -> float:
         """Seconds one prediction call costs per layer (charged when a prefetch policy predicts)."""
@@ -317,45 +316,30 @@ class Prediction:
                 self._insert(g, st, rep.step, keys, keys, None, copies)
         return copies
 
-    def _plan_keys(self, plan: dict[int, Any]) -> tuple[list[int], list[int]]:
+    def _plan_keys(self, plan: dict[int, Any]) -> tuple[np.ndarray, np.ndarray]:
         """A request predictor's plan (layer -> its predicted experts, most expected first) as
-        cache keys, layer after layer in increasing order, and each layer's end in that list:
+        cache keys (int64), layer after layer in increasing order, and each layer's end in them:
         built once per request for all the replica's GPUs."""
         E = self.E
-        keys: list[int] = []
-        ends: list[int] = []
-        for layer, experts in sorted(plan.items()):
-            keys.extend((int(layer) * E + np.asarray(experts, dtype=np.int64)).tolist())
-            ends.append(len(keys))
+        parts = [int(layer) * E + np.asarray(experts, dtype=np.int64).reshape(-1)
+                 for layer, experts in sorted(plan.items())]
+        ends = np.cumsum([len(p) for p in parts], dtype=np.int64)
+        keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return keys, ends
 
-    def _predicted_keys(self, st: GpuState, plan_keys: tuple[list[int], list[int]]) -> list[int]:
+    def _predicted_keys(self, st: GpuState, plan_keys: tuple[np.ndarray, np.ndarray]) -> list[int]:
         """The predicted set that fits a GPU's cache: the predicted experts the GPU holds, taken
         rank by rank across layers (every layer's first, then every layer's second, ...) up to
         its slots; with one cache per layer this is the replay's rule (each layer's first C).
         ``plan_keys``: :meth:`_plan_keys`."""
         keys, ends = plan_keys
-        if not keys:
-            return fit_predicted([[] for _ in ends], st.capacity)
-        k, ends_a = self._plan_arrays(plan_keys)
-        held = st.home_mask[k]
-        kept = k[held].tolist()  # the keys the GPU holds, layer after layer
-        csum = np.zeros(len(k) + 1, dtype=np.int64)
+        held = st.home_mask[keys]
+        kept = keys[held].tolist()  # the keys the GPU holds, layer after layer
+        csum = np.zeros(len(keys) + 1, dtype=np.int64)
         np.cumsum(held, out=csum[1:])
-        cut = csum[ends_a].tolist()  # ... where each layer's end
+        cut = csum[ends].tolist()  # ... where each layer's end
         per_layer = [kept[a:b] for a, b in zip([0, *cut], cut)]
         return fit_predicted(per_layer, st.capacity)
-
-    def _plan_arrays(self, plan_keys: tuple[list[int], list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """A plan's keys and each layer's end in them, as arrays (built once per plan: the
-        replica's GPUs read the same)."""
-        got = self._plan_cache
-        if got is not None and got[0] is plan_keys:
-            return got[1], got[2]
-        keys, ends = plan_keys
-        self._plan_cache = (plan_keys, np.asarray(keys, dtype=np.int64),
-                            np.asarray(ends, dtype=np.int64))
-        return self._plan_cache[1], self._plan_cache[2]
 
 
 def compute_start(link: Link, after: float, gate: float) -> float:

@@ -35,9 +35,10 @@ from sim.common.errors import MoesimError
 from sim.serving.lru_arrays import KeepStore, StampStore, _rows_to_arrays
 from sim.serving.state import ReplicaState
 from sim.serving.step_arrays import FifoStore, LfuStore, LifoStore
+from sim.serving.why import book_why
 
 #: the array stores this walk serves, by the kernel's rule code (LRU's recency stamps; FIFO's and
-#: LIFO's load stamps; LFU's uses and last steps:
+#: LIFO's load stamps; LFU's uses and last steps; keep_predicted's recency stamps and pins:
 #: :func:`sim.serving.compiled_prefetch.prefetch_iteration`)
 RULES: dict[type, int] = {StampStore: 0, FifoStore: 1, LifoStore: 2, LfuStore: 3, KeepStore: 4}
 
@@ -229,13 +230,12 @@ class PrefetchWalk:
         stall_a = np.array(stall, dtype=np.float64)
         figs = np.zeros((G, len(cp.FIGS)), dtype=np.int64)
         icnt = np.zeros(G, dtype=np.int64)
-        scap = np.array([st.capacity for st in states], dtype=np.int64)
         used = used_flat if used_flat.dtype == np.bool_ else used_flat.astype(bool)
         C, T = (store.C, store.T) if rule == 3 else (self._none, self._none)
         pin = self._pins(store, states) if rule == 4 else self._nopin
         t, clock = cp.prefetch_iteration(
             rule, store.S, C, T, pin, rep.step - L, store.nres, store.cap, store.clock, hkey, loc, lo,
-            used, pk, po, ptl, scap,
+            used, pk, po, ptl,
             t, attn, gate, pf_cost, a2a, np.ascontiguousarray(comp_arr, dtype=np.float64),
             walk.timing.eb, stall_a, lat, bw, lt, solo, pt, nid, btot, qt, qb, qs, qk, qh, qn,
             gs, ge, gh, gn, itid, iland, islot, icnt, figs)
@@ -256,8 +256,7 @@ class PrefetchWalk:
         itid, iland, icnt, NONE = flight
         flying = icnt.tolist()
         for g, (st, f) in enumerate(zip(states, figs.tolist())):
-            hits, misses, streamed, ev, pf, skipped, late, used, unused, keys, reused, peak, \
-                over = f
+            hits, misses, streamed, ev, pf, skipped, late, used, unused, keys, reused, peak = f
             c = st.cache.counts
             c.hits += hits
             c.misses += misses
@@ -268,14 +267,7 @@ class PrefetchWalk:
             c.late_prefetch_hits += late
             st.prefetch_used += used
             st.prefetch_evicted_unused += unused
-            if peak > st.peak_resident:
-                st.peak_resident = peak
-            st.iterations += 1
-            st.keys_touched += keys
-            if keys > st.keys_touched_max:
-                st.keys_touched_max = keys
-            st.over_slots += over
-            st.evicted_reused += reused
+            book_why(st, peak, keys, reused)  # (the most residents the iteration had)
             x = links[g]
             x.t, x._solo, x.pt, x.next_id, x.bytes_total = lt[g], solo[g], pt[g], nid[g], btot[g]
             a, b = int(qh[g]), int(qn[g])

@@ -38,3 +38,25 @@ def run_recorded(cfg, wl, pool, cost):
     sim = Simulation(cfg, wl, pool, b, cost, np.random.default_rng(0), recorder=rec)
     sim.run()
     return sim, rec.events, compute_metrics(sim)
+
+
+def run_tiny(cfg, seed: int = 0, n: int = 12, prompt: int = 14, output: int = 5, entries: int = 4,
+             tokens: int = 11):
+    """A run of ``n`` random requests (arrivals within 10 ms each, prompts 1..``prompt``, outputs
+    1..``output`` tokens) on a random routing pool (``entries`` of ``tokens`` tokens) with the
+    stub cost model: the simulation, after its run, and its metrics.json bytes. Same seed, same
+    run (the fast paths' tests compare two configs on it)."""
+    from sim.engine.metrics import compute_metrics, metrics_json
+    from sim.engine.simulation import Simulation
+    from sim.serving.binding import bind
+    from sim.serving.testing import StubCost, random_pool, workload
+
+    rng = np.random.default_rng(seed)
+    m = cfg.model
+    pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=entries, tokens=tokens, rng=rng)
+    r = np.random.default_rng(seed + 1)
+    wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(),
+                  r.integers(1, prompt + 1, n).tolist(), r.integers(1, output + 1, n).tolist())
+    sim_ = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
+    sim_.run()
+    return sim_, metrics_json(compute_metrics(sim_))

@@ -16,15 +16,13 @@ from hypothesis import strategies as st
 import sim.serving.step_arrays as step_arrays
 import sim.serving.token_counts
 import sim.serving.walk
-from sim.engine.metrics import compute_metrics, metrics_json
-from sim.engine.simulation import Simulation
 from sim.policies.base import CACHE, PREFETCH
 from sim.policies.cache.lru import LRUCache
-from sim.serving.binding import bind
 from sim.serving.lru_arrays import StampedLRU, StampStore, array_form, serve_lru_iteration
 from sim.serving.step_arrays import ArrayMode
-from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.serving.testing import tiny_config
 from sim.world.config import FaultConfig
+from tests.sim.sim_test_helpers import run_tiny
 
 #: online cache policies (the simulator rejects oracles: belady needs the replay)
 ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]
@@ -45,18 +43,10 @@ def _every_replica_wide_enough():
         yield
 
 
-def _sim(cfg, seed: int = 0, n: int = 12, prompt: int = 14, output: int = 5, entries: int = 4,
-         tokens: int = 11):
-    rng = np.random.default_rng(seed)
-    m = cfg.model
-    pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=entries, tokens=tokens, rng=rng)
-    r = np.random.default_rng(seed + 1)
-    wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(),
-                  r.integers(1, prompt + 1, n).tolist(), r.integers(1, output + 1, n).tolist())
-    sim_ = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
+def _sim(cfg, seed: int = 0, **kw):
+    sim_, metrics = run_tiny(cfg, seed, **kw)
     assert (sim_.walk.prefix is not None) == cfg.policy.cache_arrays
-    sim_.run()
-    return sim_, metrics_json(compute_metrics(sim_))
+    return sim_, metrics
 
 
 def _both(make_cfg, **kw):

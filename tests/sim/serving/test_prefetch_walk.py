@@ -12,13 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.engine.metrics import compute_metrics, metrics_json
-from sim.engine.simulation import Simulation
+from sim.engine.metrics import compute_metrics
 from sim.policies.base import PREFETCH, PrefetchContext
 from sim.serving import prefetch_walk
-from sim.serving.binding import bind
-from sim.serving.testing import StubCost, random_pool, tiny_config, workload
+from sim.serving.testing import tiny_config
 from sim.world.config import FaultConfig
+from tests.sim.sim_test_helpers import run_tiny
 
 cp = pytest.importorskip("sim.serving.compiled_prefetch", reason="numba is not installed")
 
@@ -26,16 +25,8 @@ cp = pytest.importorskip("sim.serving.compiled_prefetch", reason="numba is not i
 NEXT = ["emoe_l", "perfect", "noisy_oracle", "similarity"]
 
 
-def _run(cfg, seed: int = 0, n: int = 14, prompt: int = 14, output: int = 6, tokens: int = 11):
-    rng = np.random.default_rng(seed)
-    m = cfg.model
-    pool = random_pool(m.num_layers, m.num_experts, m.top_k, entries=4, tokens=tokens, rng=rng)
-    r = np.random.default_rng(seed + 1)
-    wl = workload(np.cumsum(r.uniform(0, 0.01, n)).tolist(),
-                  r.integers(1, prompt + 1, n).tolist(), r.integers(1, output + 1, n).tolist())
-    sim_ = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
-    sim_.run()
-    return sim_, metrics_json(compute_metrics(sim_))
+def _run(cfg, seed: int = 0, tokens: int = 11):
+    return run_tiny(cfg, seed, n=14, output=6, tokens=tokens)
 
 
 def _both(make, monkeypatch, **kw):
@@ -161,8 +152,8 @@ def _iteration(S, cap, used, pk, po, ptl, comp, eb, lk, stall, figs, rule=0, C=N
     T = np.full_like(S, -1) if T is None else T
     pin = np.zeros_like(S, dtype=bool) if pin is None else pin
     return cp.prefetch_iteration(
-        rule, S, C, T, pin, 10, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, cap, 0.0,
-        1.0, 0.0, 0.0,
+        rule, S, C, T, pin, 10, nres, cap, clock, hkey, loc, lo, used, pk, po, ptl, 0.0, 1.0,
+        0.0, 0.0,
         np.zeros(L), comp, eb, stall, lk["lat"], lk["bw"], lk["lt"], lk["solo"], lk["pt"],
         lk["nid"], lk["btot"], lk["qt"], lk["qb"], lk["qs"], lk["qk"], lk["qh"], lk["qn"],
         lk["gs"], lk["ge"], lk["gh"], lk["gn"], lk["itid"], lk["iland"], lk["islot"],
@@ -438,3 +429,42 @@ def test_similarity_matches_against_every_finished_request():
     p.on_request(ctx)
     p.observe(ctx, 0, np.array([2]))
     assert p.next_layer(ctx, 0, np.array([2])).tolist() == [3]
+
+
+def test_a_whole_run_by_hand(monkeypatch):
+    """The simulator end to end on the compiled walk: one GPU, 2 layers of 2 experts (top-1),
+    2 slots, an expert 6 bytes on a 2,000 B/s link (3 ms a copy), attention 1 ms and 1 ms per
+    expert a layer, the perfect next-layer oracle; one request of one prompt token routed to
+    expert 0 then expert 1 (keys 0 and 3), one output token (the prefill makes it).
+
+    Layer 0: key 0 misses; its copy runs 1 -> 4 ms (gate at 1), the expert 4 -> 5 ms (3 ms
+    stall). The oracle names key 3, a free slot: its copy, issued at layer 0's gate, waits for
+    the demand copy and runs 4 -> 7 ms. Layer 1 (t = 5 ms): key 3 is a hit needed at its gate,
+    6 ms, landed at 7 ms: a late hit, 1 ms stall, the expert 7 -> 8 ms. TTFT 8 ms, 12 bytes
+    copied, 4 ms of fetch stall."""
+    import sim.serving.walk as walk_mod
+    from sim.engine.metrics import compute_metrics
+    from sim.engine.simulation import Simulation
+    from sim.serving.binding import RoutingPool, bind
+    from sim.serving.testing import StubCost, workload
+
+    monkeypatch.setattr(walk_mod, "COMPILE_AFTER", 1)
+    taken = []
+    real = prefetch_walk.PrefetchWalk.run
+    monkeypatch.setattr(prefetch_walk.PrefetchWalk, "run",
+                        lambda self, *a, **k: taken.append(real(self, *a, **k)) or taken[-1])
+    cfg = tiny_config(layers=2, experts=2, top_k=1, budget_fraction=0.5, token_budget=8)
+    cfg.policy.cache, cfg.policy.prefetch = "lru", "perfect"
+    cfg.cluster.warm_start = False  # (an empty cache: no expert loaded before serving)
+    pool = RoutingPool(experts=np.array([[[0], [1]]], dtype=np.int16),
+                       offsets=np.array([0]), lengths=np.array([1]), tasks=["unknown"])
+    wl = workload([0.0], [1], [1])
+    rng = np.random.default_rng(0)
+    s = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng),
+                   StubCost(attn_s=0.001, expert_s_each=0.001, a2a_s=0.0), rng)
+    s.run()
+    m = compute_metrics(s)
+    assert len(taken) == 1 and taken[0] is not None  # (the iteration was the compiled walk's)
+    assert (m["misses"], m["late_prefetch_hits"], m["prefetched"], m["h2d_bytes"]) == (1, 1, 1, 12)
+    assert m["fetch_stall_s"] == pytest.approx(0.004, abs=1e-12)
+    assert m["ttft_s"]["p50"] == pytest.approx(0.008, abs=1e-12)
