@@ -23,6 +23,11 @@ from sim.world.traffic import count_tokens, gpu_traffic
 #: the largest pool (rows x keys) whose prefix counts :class:`sim.serving.walk.LayerWalk` keeps
 #: (int32: 128 MiB)
 PREFIX_MAX_ENTRIES = 1 << 25
+#: the pool's prefix counts (:class:`PoolPrefix`; (N+1) x L*E int32 entries: 64 MiB for the
+#: Azure preset's pool, 0.05 s to build, 0.4 s at times where the kernel compacts memory for
+#: huge pages) are built once counting each token's keys has cost this fraction of their
+#: entries (rent, then buy), or when the walk loads its kernels
+PREFIX_RENT = 1.0
 #: pool rows per block of :func:`pool_prefix_counts` (512 rows of the bench's 256 keys: 512 KiB)
 _PREFIX_BLOCK = 512
 
@@ -55,6 +60,36 @@ def pool_prefix_counts(pool_keys: np.ndarray, num_keys: int, max_entries: int = 
         blk[0] += out[a]
         _running_sum(blk)
     return out
+
+
+class PoolPrefix:
+    """The pool's prefix counts (:func:`pool_prefix_counts`) as :class:`sim.serving.walk.LayerWalk`
+    holds them: :attr:`counts` None until due. Each iteration counted key by key (T tokens, L*K
+    keys each: :meth:`charge`) adds to what counting without them has cost; they are built once
+    that reaches :data:`PREFIX_RENT` of their (N+1) x L*E entries, or at :meth:`build` (the walk
+    loads its kernels). A short run never builds them; the counts are the same integers either
+    way (tests/sim/serving/test_lazy_prefix.py)."""
+
+    def __init__(self, pool_keys: np.ndarray, num_keys: int, on: bool = True) -> None:
+        self.pool_keys, self.num_keys = pool_keys, num_keys
+        self.counts: np.ndarray | None = None
+        #: the entries counted key by key at which they are due (None: built, or never)
+        self.rent: float | None = PREFIX_RENT * (len(pool_keys) + 1) * num_keys if on else None
+        self.counted = 0  # entries counted key by key so far
+
+    def charge(self, alloc: np.ndarray) -> None:
+        """An iteration of ``alloc`` tokens per request is about to be counted: builds the
+        counts first where that makes them due."""
+        if self.rent is not None:
+            self.counted += int(alloc.sum()) * self.pool_keys[:1].size
+            if self.counted >= self.rent:
+                self.build()
+
+    def build(self) -> None:
+        """Builds them now, unless built or off (too large to keep: None throughout)."""
+        if self.rent is not None:
+            self.counts = pool_prefix_counts(self.pool_keys, self.num_keys, PREFIX_MAX_ENTRIES)
+            self.rent = None
 
 
 def _running_sum(x: np.ndarray, group: int = 16) -> None:

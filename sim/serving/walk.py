@@ -49,7 +49,7 @@ from sim.serving.plan import ClusterPlan
 from sim.serving.prediction import Prediction
 from sim.serving.prefetch_walk import PrefetchWalk, prefetch_applies
 from sim.serving.state import GpuState, Recorder, ReplicaState, Requests, Tallies
-from sim.serving.token_counts import batch_counts, pool_prefix_counts
+from sim.serving.token_counts import PoolPrefix, batch_counts
 from sim.serving.why import book_why, why_begin, why_end, why_loaded, why_reused
 from sim.world.facts import CacheCounts
 from sim.world.offload_config import OffloadConfig
@@ -119,9 +119,9 @@ class LayerWalk:
         #: where missed experts run when not copied (offload.expert_exec: sim/serving/offload.py)
         self.host = HostExperts(cost, offload, plan.expert_bytes, plan.L) \
             if offload is not None and offload.expert_exec != "copy" else None
-        #: (N+1, L*E) int32: tokens per key over the pool's rows before each row, where it fits
-        #: (``arrays``: policy.cache_arrays; off, every token's keys are counted)
-        self.prefix = pool_prefix_counts(plan.pool_keys, self.L * self.E) if arrays else None
+        #: the pool's prefix counts, built when due (``arrays``: policy.cache_arrays; off, every
+        #: token's keys are counted): :attr:`prefix`
+        self.pool_prefix = PoolPrefix(plan.pool_keys, self.L * self.E, arrays)
         self.arrays = arrays  # (off: the general path, the fast paths' reference, throughout)
         #: called after each iteration :meth:`iteration` walks, with its :class:`IterationDone`
         self.on_iteration: list[Callable[[IterationDone], None]] = []
@@ -138,12 +138,19 @@ class LayerWalk:
         #: (sim/serving/prefetch_walk.py)
         self.pf_walk: PrefetchWalk | None = None
 
+    @property
+    def prefix(self) -> np.ndarray | None:
+        """(N+1, L*E) int32: tokens per key over the pool's rows before each row, or None (not
+        built yet, or never: each token's keys are counted, the same integers)."""
+        return self.pool_prefix.counts
+
     # ------------------------------------------------------------------------------------------
     def iteration(self, rep: ReplicaState, batch: np.ndarray, alloc: np.ndarray, t0: float) -> float:
         """Walk the layers of one iteration; return its duration (s). Mutates caches and links."""
         L, E, plan, cost, tl, timing = self.L, self.E, self.plan, self.cost, self.t, self.timing
         self.walked += 1
         if self.walked == self.compile_after:
+            self.pool_prefix.build()  # (the fused walk needs them: first)
             self.kern = walk_kernels()
             if self.kern is not None and fused_applies(self):
                 self.fused = FusedWalk(self, self.kern)
@@ -153,6 +160,7 @@ class LayerWalk:
         if not (len(alloc) and alloc.min() > 0):
             keep = alloc > 0
             batch, alloc = batch[keep], alloc[keep]
+        self.pool_prefix.charge(alloc)
         if self.fused is not None:
             dur = self.fused.run(rep, batch, alloc, t0)
             if dur is not None:

@@ -37,9 +37,12 @@ PREFETCHES = ["none", "emoe_a", "emoe_l", "emoe_task", "similarity"]
 @pytest.fixture(autouse=True, scope="module")
 def _every_replica_wide_enough():
     """The tiny replicas here are served by the step arrays too (their ``MIN_GPUS`` is a speed
-    rule: narrower replicas go to the objects, equal by these same tests)."""
+    rule: narrower replicas go to the objects, equal by these same tests), and count from the
+    pool's prefix counts from their first iteration (a tiny run never makes them due:
+    tests/sim/serving/test_lazy_prefix.py)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(step_arrays, "MIN_GPUS", 1)
+        mp.setattr(sim.serving.token_counts, "PREFIX_RENT", 0.0)
         yield
 
 
