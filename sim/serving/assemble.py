@@ -173,7 +173,8 @@ class World:
             return self._new_layered(st, reset)
         if self.arrays:
             cache: CachePolicy = self._array_cache_cls(st.capacity, plan.L * plan.E,
-                                                       self._stores[st.gpu], st.local)
+                                                       self._stores[st.gpu], st.local,
+                                                       CACHE.config(p.cache, **p.cache_args))
         else:
             cache = CACHE.make(p.cache, capacity=st.capacity, num_keys=plan.L * plan.E,
                                **p.cache_args)

@@ -36,6 +36,7 @@ from sim.policies.base import CachePolicy
 from sim.policies.cache.keep_predicted import KeepPredictedCache
 from sim.policies.cache.lru import LRUCache
 from sim.serving.row_store import RowStore
+from sim.serving.static_arrays import StampedStatic, StaticStore
 from sim.serving.step_arrays import (
     ArrayMode,
     CountedLFU,
@@ -135,13 +136,15 @@ class StampedKeepPredicted(OrderedArrayMode, KeepPredictedCache):
 
 #: the array forms a cache policy may declare (``CachePolicy.array_form``) -> (the store of a
 #: replica's GPUs, the cache class whose state lives in it): LRU's recency stamps, FIFO's and
-#: LIFO's load stamps, LFU's counts (sim/serving/step_arrays.py)
+#: LIFO's load stamps, LFU's counts (sim/serving/step_arrays.py), eMoE's keep_predicted stamps
+#: (the compiled walk only) and the static cache's resident set (sim/serving/static_arrays.py)
 ARRAY_FORMS: dict[str, tuple[type, type[ArrayMode]]] = {
     "stamps": (StampStore, StampedLRU),
     "fifo_stamps": (FifoStore, StampedFIFO),
     "lifo_stamps": (LifoStore, StampedLIFO),
     "lfu_counts": (LfuStore, CountedLFU),
     "keep_stamps": (KeepStore, StampedKeepPredicted),
+    "static_set": (StaticStore, StampedStatic),
 }
 
 

@@ -42,6 +42,9 @@ class StaticConfig:
 @CACHE.register("static")
 class StaticCache(CachePolicy):
     Config = StaticConfig
+    #: the simulator's fast form: resident masks, an iteration at once once settled
+    #: (sim/serving/static_arrays.py)
+    array_form = "static_set"
 
     def __init__(self, capacity: int, num_keys: int, cfg: Any = None) -> None:
         super().__init__(capacity, num_keys, cfg)

@@ -27,6 +27,7 @@ from sim.serving.lru_arrays import (
     StampStore,
     array_form,
 )
+from sim.serving.static_arrays import StampedStatic, StaticStore
 from sim.serving.step_arrays import (
     ArrayMode,
     CountedLFU,
@@ -72,10 +73,12 @@ def test_array_form_is_declared_and_never_inherited():
         assert cls.array_form is None and array_form(cls) is None, cls
     assert {n: CACHE.get(n).array_form for n in CACHE.names() if CACHE.get(n).array_form} == {
         "lru": "stamps", "fifo": "fifo_stamps", "lifo": "lifo_stamps", "lfu": "lfu_counts",
-        "keep_predicted": "keep_stamps"}
+        "keep_predicted": "keep_stamps", "static": "static_set"}
     assert array_form(CACHE.get("fifo")) == (FifoStore, StampedFIFO)
     assert array_form(CACHE.get("lifo")) == (LifoStore, StampedLIFO)
     assert array_form(CACHE.get("lfu")) == (LfuStore, CountedLFU)
+    assert array_form(CACHE.get("static")) == (StaticStore, StampedStatic)
+    assert StampedStatic.array_form is None
 
 
 @pytest.mark.parametrize("cache", ["lru", "keep_predicted", "fifo", "priority"])

@@ -19,6 +19,7 @@ import sim.serving.walk
 from sim.policies.base import CACHE, PREFETCH
 from sim.policies.cache.lru import LRUCache
 from sim.serving.lru_arrays import StampedLRU, StampStore, array_form, serve_lru_iteration
+from sim.serving.prefetch_walk import RULES
 from sim.serving.step_arrays import ArrayMode
 from sim.serving.testing import tiny_config
 from sim.world.config import FaultConfig
@@ -27,7 +28,7 @@ from tests.sim.sim_test_helpers import run_tiny
 #: online cache policies (the simulator rejects oracles: belady needs the replay)
 ONLINE = [n for n in CACHE.names() if not CACHE.get(n).requires_future]
 #: the policies with an array form (sim/serving/lru_arrays.py ARRAY_FORMS)
-ARRAYS = ("lru", "fifo", "lifo", "lfu")
+ARRAYS = ("lru", "fifo", "lifo", "lfu", "static")
 #: ... and keep_predicted's stamps, which only the compiled walk serves (sim/serving/prefetch_walk.py)
 FORMS = (*ARRAYS, "keep_predicted")
 #: prefetch policies that run without a trained checkpoint or the future
@@ -81,8 +82,8 @@ def test_every_policy_same_metrics(cache, prefetch, shape):
     form = array_form(CACHE.get(cache))
     assert (form is not None) == (cache in FORMS)
     # a next-layer prefetch is served by the compiled prefetch walk on the array forms too
-    # (sim/serving/prefetch_walk.py)
-    arrays = form is not None
+    # (sim/serving/prefetch_walk.py RULES), not on the static cache's (the objects serve it)
+    arrays = form is not None and (not s_fast.walk.pred.pf_next or form[0] in RULES)
     assert (s_fast.replicas[0].stamps is not None) == arrays
     assert all(isinstance(st.cache, ArrayMode) == arrays for r in s_fast.replicas
                for st in r.states if st.cache is not None)
