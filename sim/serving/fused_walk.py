@@ -1,8 +1,10 @@
 """The layer walk of an iteration in one compiled call, where the walk's general steps reduce to
 its commonest case: every expert on one GPU of a one-node replica (tensor parallelism 1, no
 duplicate-token traffic), array caches (LRU's stamps, :class:`~sim.serving.lru_arrays.StampStore`,
-in one call; FIFO, LIFO, LFU's :class:`~sim.serving.step_arrays.StepStore` in three: the costs,
-the store's compiled serve, the timing; no step over its GPU's slots), the analytic cost model,
+in one call; FIFO, LIFO, LFU's :class:`~sim.serving.step_arrays.StepStore` and the static cache's
+:class:`~sim.serving.static_arrays.StaticStore` in three: the costs, the store's serve (compiled,
+or a few numpy calls), the timing; no step over its GPU's slots, no unsettled static cache), the
+analytic cost model,
 no prefetch policy or predictor, no host experts, no recording, no per-copy overhead, no layer
 streaming, and host links that are equal, idle before the iteration's first copy and far from
 the byte totals' 2**53.
@@ -25,6 +27,7 @@ import numpy as np
 from sim.cost.analytic import ATTENTION_TILE_TOKENS, MOE_BLOCK_TOKENS, MOE_LAUNCHES, AnalyticCost
 from sim.serving.lru_arrays import StampStore
 from sim.serving.state import ReplicaState
+from sim.serving.static_arrays import StaticStore
 from sim.serving.step_arrays import StepStore
 from sim.serving.why import book_why
 
@@ -80,7 +83,7 @@ class FusedWalk:
         states = rep.states
         G = len(states)
         lru = store.__class__ is StampStore
-        if G < 2 or not (lru or isinstance(store, StepStore)) or (
+        if G < 2 or not (lru or isinstance(store, StepStore | StaticStore)) or (
                 lru and (store.check_steps or store.objects)):
             return None
         rn = self._replica_net(rep)
@@ -111,7 +114,7 @@ class FusedWalk:
         fpar[7:] = (rn.fast_scale, rn.nv_lat, attn, gate, 0.0, lat, bw, t)
         ipar[0], ipar[1], ipar[3] = G, self.L, store.clock
         plan, tl, kk = walk.plan, walk.t, self.kern
-        if not lru:  # FIFO, LIFO, LFU: the costs, the store's serve, the timing (3 calls)
+        if not lru:  # FIFO, LIFO, LFU, static: the costs, the store's serve, the timing (3 calls)
             counts, comp, load, a2a, imb, imb_layers = kk.owned_costs(
                 plan.pool_keys, walk.prefix, req.offset, req.length, req.ctx, batch, alloc,
                 plan.lg_index, rn.fast_moves, rn.fast_idx, fpar, ipar)

@@ -181,7 +181,7 @@ def scenarios(draw):
                 budget=draw(st.sampled_from([0.1, 0.3, 0.5, 0.8, 1.0])),
                 token_budget=draw(st.integers(1, 16)), seed=draw(st.integers(0, 50)),
                 tokens=draw(st.integers(2, 9)), link=draw(st.sampled_from([1e9, 3e10])),
-                cache=draw(st.sampled_from(["lru", "lru", "fifo", "lfu", "lifo"])),
+                cache=draw(st.sampled_from(["lru", "lru", "fifo", "lfu", "lifo", "static"])),
                 prefetch=draw(st.sampled_from(["none", "none", "emoe_a", "similarity"])))
 
 

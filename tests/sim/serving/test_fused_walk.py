@@ -132,7 +132,7 @@ def scenarios(draw):
                 token_budget=draw(st.integers(1, 24)), seed=draw(st.integers(0, 50)),
                 tokens=draw(st.integers(2, 9)),
                 link=draw(st.sampled_from([2e8, 2e9, 3e10, 1e12])),
-                cache=draw(st.sampled_from(["lru", "lru", "lru", "fifo", "lfu"])),
+                cache=draw(st.sampled_from(["lru", "lru", "lru", "fifo", "lfu", "static"])),
                 prefetch=draw(st.sampled_from(["none", "none", "none", "emoe_a"])))
 
 
@@ -167,8 +167,8 @@ def test_random_runs_same_as_the_general_walk(s, monkeypatch):
 def test_taken_where_it_holds_and_declined_where_not(monkeypatch):
     """EP 4 with LRU: the fused path serves most iterations; with a slow host link some
     iterations find a link still copying past the first copy's start and run the general walk
-    (declined, nothing changed: the same metrics as numpy, checked above); FIFO, LIFO and LFU
-    take it too; a prefetch policy, a cache without arrays or one GPU never do."""
+    (declined, nothing changed: the same metrics as numpy, checked above); FIFO, LIFO, LFU and
+    static take it too; a prefetch policy, a cache without arrays or one GPU never do."""
     base = dict(layers=3, experts=4, top_k=2, gpus=4, ep=4, budget=0.5, token_budget=16,
                 seed=3, tokens=9, cache="lru", prefetch="none")
     fast = _run(_config({**base, "link": 1e12}), "fused", 3, monkeypatch, n=30)
@@ -181,7 +181,7 @@ def test_taken_where_it_holds_and_declined_where_not(monkeypatch):
                    {"experts": 8}):
         got = _run(_config({**base, "link": 1e12, **change}), "fused", 3, monkeypatch, n=12)
         assert got[2]["fused"] == 0, change
-    for cache in ("fifo", "lifo", "lfu"):  # the step arrays: costs, their serve, the timing
+    for cache in ("fifo", "lifo", "lfu", "static"):  # costs, the store's serve, the timing
         cfg = _config({**base, "link": 2e9, "cache": cache})
         got = _run(cfg, "fused", 3, monkeypatch, n=30)
         assert got[2]["fused"] > 10 * max(1, got[2]["declined"]), cache

@@ -126,3 +126,4 @@ def test_a_bad_fill_is_refused_on_the_arrays_too():
     cfg.policy.cache, cfg.policy.cache_args = "static", {"fill": "sideways"}
     with pytest.raises(ConfigError, match="fill"):
         run_tiny(cfg, 0)
+
