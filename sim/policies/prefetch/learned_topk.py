@@ -116,6 +116,34 @@ class LearnedTopK(PrefetchPolicy):
         self.true += len(true)
         return pred
 
+    def next_layers(self, ctx: PrefetchContext, used: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """In a simulator's batch (see the base class): at layer l the union of the batch's
+        predicted experts at layer l + 1, in increasing id order, and the accuracy counters as
+        the layer-by-layer calls leave them (integers). None outside a simulator's batch."""
+        rows = self._batch
+        if rows is None or "token" in ctx.extra:
+            return None
+        L, E = self.num_layers, self.num_experts
+        ranked = np.zeros((L, E), dtype=np.int64)
+        n = np.zeros(L, dtype=np.int64)
+        if L < 2:
+            return ranked, n
+        if len(rows) and rows.max() >= len(self._top):
+            raise ConfigError(f"learned_topk: token row {int(rows.max())} is past the "
+                              f"{len(self._top)} tokens of {self.cfg.trace_path}")
+        pm = np.zeros((L - 1, E), dtype=bool)  # layer l's predicted (and true) experts at l + 1
+        tm = np.zeros((L - 1, E), dtype=bool)
+        for table, mask in ((self._top, pm), (self._truth, tm)):
+            ex = table[rows, 1:]  # (T, L-1, K)
+            mask[np.broadcast_to(np.arange(L - 1)[None, :, None], ex.shape), ex] = True
+        self.hits += int((pm & tm).sum())
+        self.predicted += int(pm.sum())
+        self.true += int(tm.sum())
+        ranked[:L - 1] = np.argsort(~pm, axis=1, kind="stable")  # (the predicted, by id)
+        n[:L - 1] = pm.sum(axis=1)
+        return ranked, n
+
     def accuracy(self) -> dict[str, float]:
         """Micro recall and precision of what it predicted so far (see the module doc)."""
         return {"recall": self.hits / max(self.true, 1),
