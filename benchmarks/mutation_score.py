@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: the decision modules (pyproject.toml [tool.mutmut] only_mutate)
 MODULES = ["sim/policies", "sim/serving/batching.py", "sim/serving/offload.py", "sim/serving/step_arrays.py",
+           "sim/serving/static_arrays.py",
            "sim/replay/cache.py",
            "sim/world/facts.py", "traces/format.py", "kernels/align.py"]
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.md"
