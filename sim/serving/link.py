@@ -205,7 +205,11 @@ class Link:
             gaps.clear()
 
     def reset(self, t: float) -> None:
-        """Drop every transfer (the GPU failed) and restart the clock at ``t``."""
+        """Drop every transfer (the GPU failed) and restart the clock at ``t``. The prefetch
+        clock restarts at ``t`` too, even where it had been served past ``t``: the iteration
+        that served it was walked ahead of time and is cut off by the failure, so its copies
+        never ran (kept, it made a later demand copy start "before" prefetches that never
+        happened, and delayed the next prefetch behind them)."""
         self._solo = 0.0
         self._lazy = None
         self.pq.clear()
@@ -213,4 +217,4 @@ class Link:
         self.gaps.clear()
         self.done.clear()
         self.t = max(self.t, t)
-        self.pt = max(self.pt, t)
+        self.pt = t
