@@ -41,33 +41,33 @@ class StaticStore(RowStore):
     a resident key stays)."""
 
     def __init__(self, home_masks: list[np.ndarray], L: int) -> None:
-        G = len(home_masks)
+        G = len(home_masks)  # (a replica has GPUs: at least one)
         self.G, self.L = G, L
         self.homes = [np.flatnonzero(m) for m in home_masks]
-        self.H = H = max((len(h) for h in self.homes), default=0)
-        N = len(home_masks[0]) if G else 0
-        self.loc = np.full((G, N), -1, dtype=np.int64)
+        self.H = H = max(len(h) for h in self.homes)
+        N = len(home_masks[0])
+        self.loc = np.full((G, N), -1)
         for g, h in enumerate(self.homes):
             self.loc[g, h] = np.arange(len(h))
-        self.S = np.full((G, H), -1, dtype=np.int64)
+        self.S = np.full((G, H), -1)
         self.clock = 0
         self.nres = np.zeros(G, dtype=np.int64)
         self.cap = np.zeros(G, dtype=np.int64)
-        self.nhome = np.array([len(h) for h in self.homes], dtype=np.int64)
+        self.nhome = np.array([len(h) for h in self.homes])
         self.tally = np.zeros((3, G), dtype=np.int64)
         self.streamed = np.zeros(G, dtype=np.int64)
         self.why = np.zeros((2, G), dtype=np.int64)
         self.caches: list[Any] = [None] * G
         self.objects: set[int] = set()
         g, k = np.nonzero(self.loc >= 0)
-        self._all = (g, k, k // (N // L) if L else k)
-        self._bind()
+        self._all = (g, k, k // (N // L))
+        self._bind()  # (no cache attached yet: a replica whose GPUs all hold every key has none)
 
     def _bind(self) -> None:
         """The holdings of the GPUs with a cache (GPU, key, layer, flat index into ``S``)."""
         g, k, layer = self._all
-        self.have = np.array([c is not None for c in self.caches], dtype=bool)
-        keep = self.have[g] if len(g) else np.zeros(0, dtype=bool)
+        self.have = np.array([c is not None for c in self.caches])
+        keep = self.have[g]
         self.hg, self.hk, self.hl = g[keep], k[keep], layer[keep]
         self.hflat = self.hg * self.H + self.loc[self.hg, self.hk]
 
@@ -85,10 +85,7 @@ class StaticStore(RowStore):
             return None  # (a cache that can still load a key: the general path fills it)
         sel = used_flat[self.hk]
         g, lay = self.hg[sel], self.hl[sel]
-        if len(g) == 0:
-            self.why[:] = 0
-            return np.zeros((L, G), dtype=np.int64)
-        miss = self.S.reshape(-1)[self.hflat[sel]] < 0
+        miss = self.S.ravel()[self.hflat[sel]] < 0
         gm = g[miss]
         m_g = np.bincount(gm, minlength=G)
         none = np.zeros(G, dtype=np.int64)

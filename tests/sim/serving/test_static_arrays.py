@@ -64,6 +64,27 @@ def test_settled_iteration_by_hand():
     assert c0.counts.streamed == 2 and c1.counts.misses == 2
 
 
+def test_gpus_without_a_cache_or_a_used_key():
+    """Three GPUs: GPU 0 (keys 0 3, 1 slot, warm with 3) and GPU 1 (keys 1 4, 1 slot, warm
+    with 1) have caches, GPU 2 (keys 2 5) none (it holds all it needs). The batch uses 0 2 3
+    5: GPU 0 misses 0 at layer 0 (streamed) and hits 3; GPU 1 uses nothing (the last GPU with
+    a cache: its figures are zeros all the same); GPU 2's keys are nobody's misses."""
+    masks = [np.isin(np.arange(L * E), h) for h in ([0, 3], [1, 4], [2, 5])]
+    store = StaticStore(masks, L)
+    c0, c1 = StampedStatic(1, L * E, store, 0), StampedStatic(1, L * E, store, 1)
+    c0.insert(0, [3])
+    c1.insert(0, [1])
+    for c in (c0, c1):
+        c.counts = CacheCounts()
+    used = np.isin(np.arange(L * E), [0, 2, 3, 5])
+    assert store.serve(used, 0).tolist() == [[1, 0, 0], [0, 0, 0]]
+    assert store.why.tolist() == [[2, 0, 0], [0, 0, 0]]
+    assert (c0.counts.hits, c0.counts.misses, c0.counts.streamed) == (1, 1, 1)
+    assert c1.counts == CacheCounts()
+    empty = StaticStore(masks, L)  # (no cache attached: every GPU holds all it needs)
+    assert empty.serve(used, 0).tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
 def test_unsettled_left_to_the_general_path():
     """A cache with a free slot and a home key not resident can still load: None (nothing
     changed); once the general path has filled it, the store serves. A cache holding every
