@@ -60,3 +60,18 @@ def run_tiny(cfg, seed: int = 0, n: int = 12, prompt: int = 14, output: int = 5,
     sim_ = Simulation(cfg, wl, pool, bind(pool, wl, "wrap", rng), StubCost(a2a_s=0.0003), rng)
     sim_.run()
     return sim_, metrics_json(compute_metrics(sim_))
+
+
+def answered(monkeypatch, cls, name: str) -> list[bool]:
+    """Spies on method ``name`` of ``cls`` (monkeypatched): the list it returns gets, per call,
+    whether it answered (returned anything but None: a fast path that took the call)."""
+    real = getattr(cls, name)
+    seen: list[bool] = []
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        seen.append(out is not None)
+        return out
+
+    monkeypatch.setattr(cls, name, spy)
+    return seen

@@ -78,7 +78,7 @@ def test_whole_runs_on_the_compiled_walk_equal_the_objects(cache, monkeypatch):
     objects' metrics.json."""
     from sim.serving import prefetch_walk
     from sim.serving.testing import random_pool, tiny_config
-    from tests.sim.sim_test_helpers import run_tiny
+    from tests.sim.sim_test_helpers import answered, run_tiny
 
     pytest.importorskip("sim.serving.compiled_prefetch", reason="numba is not installed")
     L, E, K, seed = 4, 4, 2, 5
@@ -87,24 +87,8 @@ def test_whole_runs_on_the_compiled_walk_equal_the_objects(cache, monkeypatch):
     top[::3] = (top[::3] + 1) % E
     key = ("ck_run", "tr_run")
     monkeypatch.setitem(lt._TABLES, key, (_Table(top), np.asarray(truth)))
-    taken = []
-    real = prefetch_walk.PrefetchWalk.run
-
-    def spy(self, *a, **k):
-        out = real(self, *a, **k)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setattr(prefetch_walk.PrefetchWalk, "run", spy)
-    batched = []
-    real_batch = lt.LearnedTopK.next_layers
-
-    def spy_batch(self, *a):
-        out = real_batch(self, *a)
-        batched.append(out is not None)
-        return out
-
-    monkeypatch.setattr(lt.LearnedTopK, "next_layers", spy_batch)
+    taken = answered(monkeypatch, prefetch_walk.PrefetchWalk, "run")
+    batched = answered(monkeypatch, lt.LearnedTopK, "next_layers")
     out = []
     for arrays in (True, False):
         cfg = tiny_config(layers=L, experts=E, top_k=K, gpus_per_node=4, ep=4,

@@ -17,7 +17,7 @@ from sim.policies.base import PREFETCH, PrefetchContext
 from sim.serving import prefetch_walk
 from sim.serving.testing import tiny_config
 from sim.world.config import FaultConfig
-from tests.sim.sim_test_helpers import run_tiny
+from tests.sim.sim_test_helpers import answered, run_tiny
 
 cp = pytest.importorskip("sim.serving.compiled_prefetch", reason="numba is not installed")
 
@@ -32,15 +32,7 @@ def _run(cfg, seed: int = 0, tokens: int = 11):
 def _both(make, monkeypatch, **kw):
     """metrics.json with the compiled walk (the kernels from the second iteration) and through
     the objects (policy.cache_arrays=false), and how many iterations the compiled walk took."""
-    taken = []
-    real = prefetch_walk.PrefetchWalk.run
-
-    def spy(self, *a, **k):
-        out = real(self, *a, **k)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setattr(prefetch_walk.PrefetchWalk, "run", spy)
+    taken = answered(monkeypatch, prefetch_walk.PrefetchWalk, "run")
     fast = make()
     s_fast, j_fast = _run(fast, **kw)
     slow = make()
