@@ -47,6 +47,23 @@ def test_by_hand(monkeypatch):
         p.next_layers(ctx, np.zeros((3, 4), dtype=bool))
 
 
+def test_two_layers_and_one(monkeypatch):
+    """Two layers: layer 0 guesses layer 1 (rows 1, 2: predicted (1, 2) | (3, 3) = {1, 2, 3},
+    true (1, 2) | (3, 0): 3 hits of 3, 4 true), layer 1 nothing. One layer: nothing at all."""
+    top = np.array([[[0, 1], [0, 1]], [[1, 2], [1, 2]], [[0, 3], [3, 3]]])
+    truth = np.array([[[0, 1], [0, 2]], [[1, 2], [1, 2]], [[0, 3], [3, 0]]])
+    p = _policy(monkeypatch, top, truth, 4)
+    p.batch(np.array([1, 2]))
+    ranked, n = p.next_layers(PrefetchContext(request_id="r"), np.zeros((2, 4), dtype=bool))
+    assert n.tolist() == [3, 0] and ranked[0, :3].tolist() == [1, 2, 3]
+    assert (p.hits, p.predicted, p.true) == (3, 3, 4)
+    one = _policy(monkeypatch, top[:, :1], truth[:, :1], 4)
+    one.batch(np.array([0, 1, 2]))
+    ranked, n = one.next_layers(PrefetchContext(request_id="r"), np.zeros((1, 4), dtype=bool))
+    assert n.tolist() == [0] and ranked.shape == (1, 4)
+    assert (one.hits, one.predicted, one.true) == (0, 0, 0)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_equal_to_the_layer_by_layer_calls(seed, monkeypatch):
     """Random tables (1 to 5 layers, 2 to 70 experts, top-1 to top-3, batches of 0 to 40 rows,
