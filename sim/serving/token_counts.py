@@ -1,9 +1,11 @@
 """Tokens per cache key of an iteration's batch, counted from the pool's prefix counts: pure
 numpy over the plan (``pool_keys``), the requests (``req``) and the prefix counts, no state.
 
-:class:`sim.serving.walk.LayerWalk` builds the prefix counts once (:func:`pool_prefix_counts`) and
-calls :func:`batch_counts` every iteration; the counts are the same integers
-:func:`sim.world.traffic.count_tokens` counts from the tokens' rows (tests/sim/serving/test_fast_path.py).
+:class:`sim.serving.walk.LayerWalk` builds the prefix counts once, when due (:class:`PoolPrefix`:
+:func:`pool_prefix_counts` once counting without them has cost as much, or when the walk loads
+its kernels), and calls :func:`batch_counts` every iteration, with them or, until then, without;
+the counts are the same integers :func:`sim.world.traffic.count_tokens` counts from the tokens'
+rows (tests/sim/serving/test_fast_path.py, test_lazy_prefix.py).
 
 A request's tokens this iteration are a range of its pool entry's rows, wrapping around the
 entry (:func:`entry_range`): their tokens per key are a difference of two prefix-count rows,
