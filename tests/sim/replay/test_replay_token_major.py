@@ -63,3 +63,15 @@ def test_run_replay_batches_16_tokens_by_default_and_reports_each_step():
         assert {k: rec[k] for k in want} == want
     assert replay_batch(tr, "lifo", 0.25, 16).record(10) != \
         replay_batch(tr, "lifo", 0.25, 17).record(10)  # (the size shows in the figures)
+
+
+@pytest.mark.parametrize("none", ["", "none"])
+def test_an_empty_or_none_prefetch_name_is_no_prefetcher(none):
+    """``prefetch=""`` and ``"none"`` replay as no prefetcher: the same record as None (LRU,
+    one slot a layer: token 0 misses at each of the 3 layers, tokens 1 and 2 hit; nothing
+    prefetched)."""
+    want = replay_plain(_trace(), "lru", 0.25).record(10)
+    got = replay_plain(_trace(), "lru", 0.25, prefetch=none).record(10)
+    assert {k: v for k, v in got.items() if k != "prefetch"} == \
+        {k: v for k, v in want.items() if k != "prefetch"}
+    assert (got["misses"], got["prefetched"]) == (3, 0)
