@@ -49,3 +49,15 @@ def test_replay_log_passes_the_cache_arguments():
         replay_log([("access", 0, (0,), ())], "static", 2, 4, cache_args={"fill": "nope"})
     c = replay_log([("access", 0, (0,), ())], "static", 2, 4, cache_args={"fill": "frequency"})
     assert (c.misses, c.loads) == (1, 1)
+
+
+def test_the_per_request_path_numbers_steps_across_requests():
+    """LFU, 2 slots, served request by request (beside eMoE-A, which plans nothing before its
+    first rerun): a = expert 2 (step 0); b = 1, 0, 1 (steps 1-3). At step 2 expert 0 evicts one
+    of 2 and 1 (one use each): the older last use, 2 (step 0); 1 then hits: 3 misses, 1
+    eviction. (Steps restarted at each request would date 1 to step 0 as well: the tie to the
+    smaller id, 1, evicted, then missed.)"""
+    tr = routing_trace([[[2]], [[1]], [[0]], [[1]]], num_experts=3,
+                       request_of=["a", "b", "b", "b"])
+    rec = replay_plain(tr, "lfu", 0.7, prefetch="emoe_a").record(1)
+    assert (rec["capacity"], rec["misses"], rec["hits"], rec["evictions"]) == (2, 3, 1, 1)
