@@ -61,3 +61,20 @@ def test_the_per_request_path_numbers_steps_across_requests():
                        request_of=["a", "b", "b", "b"])
     rec = replay_plain(tr, "lfu", 0.7, prefetch="emoe_a").record(1)
     assert (rec["capacity"], rec["misses"], rec["hits"], rec["evictions"]) == (2, 3, 1, 1)
+
+
+def test_batch_mode_why_figures_add_up_over_layers():
+    """Batch mode, batches of 2 tokens, FIFO, 2 slots a layer, 4 batches: layer 0 runs 1, 2, 3
+    in each (tokens (1, 2) and (2, 3)): batch 0 loads 1, 2 and 3 evicts 1; each later batch 1
+    evicts 2 and 2 evicts 3 (both run later in it: re-used), 3 evicts 1 (ran already): 10
+    evictions, 6 re-used, each batch over the slots. Layer 1 runs 0, 1 (exactly the slots: 2
+    cold loads, never over). Together: 10 evictions, 6 re-used; 4 of the 8 (batch, layer) pairs
+    over the slots; 5 experts a batch; 4 slots."""
+    from sim.replay.cache import replay_batch
+
+    tr = routing_trace([[[1, 2], [0, 1]], [[2, 3], [1, 0]]] * 4, num_experts=4)
+    rec = replay_batch(tr, "fifo", 0.5, batch_size=2).record(1)
+    assert (rec["evictions"], rec["evictions_reused"], rec["iterations_over_slots"]) == \
+        (10, 6, 0.5)
+    assert rec["distinct_experts_per_iteration"] == {"mean": 5.0, "max": 5}
+    assert rec["cache_slots"] == 4.0
