@@ -75,7 +75,9 @@ def corrupt_layers(truth: np.ndarray, recall: float, precision: float, seed: int
     same hashes (wrapping uint64 arithmetic, elementwise), the same float operations per row,
     and the same picks: the kept true experts are the ones with the smallest keep keys, ties
     by id (``corrupt``'s stable sort of the sorted true ids), as a lexicographic sort by
-    (outside the set, key, id); the false ones alike among the others."""
+    (outside the set, key, id); the false ones alike among the others. The false count is
+    capped at E - s before it is made an integer (a tiny precision's count is past what an
+    int64 holds: cast first, it came out -2**63, no false expert)."""
     t = np.asarray(truth, dtype=bool)
     n, E = t.shape
     h = np.full(n, seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
@@ -95,7 +97,7 @@ def corrupt_layers(truth: np.ndarray, recall: float, precision: float, seed: int
     pick[rows, order] = np.arange(E)[None, :] < kept_n[:, None]
     if precision < 1.0:
         false_n = np.where(kept_n > 0, np.minimum(
-            E - s, np.floor(kept_n * (1.0 - precision) / precision + u[:, 1]).astype(np.int64)), 0)
+            E - s, np.floor(kept_n * (1.0 - precision) / precision + u[:, 1])).astype(np.int64), 0)
         order = np.lexsort((ids, hs[:, E:2 * E], t), axis=-1)  # the others first
         pick[rows, order] |= np.arange(E)[None, :] < false_n[:, None]
     return np.argsort(~pick, axis=1, kind="stable"), pick.sum(axis=1)

@@ -103,3 +103,34 @@ def test_host_time_and_the_rewritten_gpu_time():
     tokens = np.array([100, 0, 0, 1])
     list(h.run(iter([Serve(0, [[3], None])]), Serve, tokens, comp, [St(), St()], need, 101))
     assert comp[0][0] == pytest.approx(0.01)  # key 0's 100 tokens at 0.1 ms, over 2.5 ms on the host
+
+
+def test_cost_rule_books_the_host_queue_across_experts():
+    """The host's queue adds up: keys 1 (5 tokens) link at 3 ms, 3 (3) host at 4 ms, 2 (2) link
+    at 5 ms, 4 (1) host at 4 + 2 = 6 ms; key 5 (1 token): the link at 5 + 2 = 7 ms beats the host
+    at 6 + 2 = 8 ms (were the host's queue only its last expert, 2 + 2 = 4 ms would win)."""
+    tokens = np.array([0, 5, 2, 3, 1, 1])
+    assert _h("cost").split([5, 4, 3, 2, 1], tokens, 100) == ([1, 2, 5], [3, 4])
+
+
+def test_a_gpu_without_misses_leaves_the_next_gpus_split():
+    """GPU 0 misses nothing at the layer; GPU 1's miss (key 2, 3 tokens) still goes to the host
+    (1 ms + 3 ms, and 0.5 ms of hidden states) and its layer time becomes 4.5 ms."""
+    h = _h("cpu")
+
+    class Serve:
+        def __init__(self, layer, miss):
+            self.layer, self.miss = layer, miss
+
+    class St:
+        cpu_experts = 0
+        cpu_s = 0.0
+        host_excess_s = 0.0
+
+    comp = [[1.0, 0.0]]
+    states = [St(), St()]
+    got = list(h.run(iter([Serve(0, [[], [2]])]), Serve, np.array([0, 0, 3]), comp, states,
+                     [[set()], [{2}]], 3))
+    assert got[0].miss == [[], []]
+    assert comp[0] == [1.0, pytest.approx(0.0045)]
+    assert states[1].cpu_experts == 1 and states[0].cpu_experts == 0 and h.by_layer == [1, 0, 0]

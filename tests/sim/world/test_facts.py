@@ -62,6 +62,8 @@ def test_cache_counts_add_up_and_record_in_order():
     t.hit_was_late(2)
     assert (t.hits, t.late_prefetch_hits, t.accesses, t.resident_hits) == (2, 2, 12, 4)
     assert t.hit_rate == 2 / 12
+    t.hit_was_late()  # one, by default
+    assert (t.hits, t.late_prefetch_hits, t.accesses) == (1, 3, 12)
     assert all(type(v) is int for k, v in rec.items() if k != "hit_rate")
 
 
