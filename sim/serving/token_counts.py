@@ -78,12 +78,13 @@ class PoolPrefix:
         #: the entries counted key by key at which they are due (None: built, or never)
         self.rent: float | None = PREFIX_RENT * (len(pool_keys) + 1) * num_keys if on else None
         self.counted = 0  # entries counted key by key so far
+        self.width = pool_keys[:1].size  # (L*K: one entry a token and layer-slot)
 
     def charge(self, alloc: np.ndarray) -> None:
         """An iteration of ``alloc`` tokens per request is about to be counted: builds the
         counts first where that makes them due."""
         if self.rent is not None:
-            self.counted += int(alloc.sum()) * self.pool_keys[:1].size
+            self.counted += int(alloc.sum()) * self.width
             if self.counted >= self.rent:
                 self.build()
 

@@ -75,3 +75,14 @@ def answered(monkeypatch, cls, name: str) -> list[bool]:
 
     monkeypatch.setattr(cls, name, spy)
     return seen
+
+
+def refused_alike(exc: Exception, make, run) -> None:
+    """A config the simulator refused (``exc``, on one path) is refused with the same exception
+    type on both: ``run(cfg)`` of ``make()`` with and without the array paths
+    (``policy.cache_arrays``)."""
+    for arrays in (True, False):
+        with pytest.raises(type(exc)):
+            cfg = make()
+            cfg.policy.cache_arrays = arrays
+            run(cfg)
